@@ -1,0 +1,89 @@
+"""Image and label file I/O with clear errors (Pillow underneath)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# Refuse decompression bombs: ~ 16k x 16k pixels is far beyond any road-scene frame.
+Image.MAX_IMAGE_PIXELS = 268_435_456
+
+
+class ImageReadError(ValueError):
+    """An image or label file cannot be used; the message names the file."""
+
+
+def _open(path: str | Path) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageReadError(f"{path}: not a readable image ({error})") from None
+    if image.width == 0 or image.height == 0:
+        raise ImageReadError(f"{path}: image has zero size")
+    return image
+
+
+def to_rgb_array(image: Image.Image, source: str = "<image>") -> np.ndarray:
+    """Convert any Pillow image to ``(H, W, 3)`` uint8 RGB.
+
+    Documented conversions: greyscale is repeated to three channels, alpha is dropped,
+    palette images are expanded, and 16-bit or float images are rescaled from their own
+    min..max range to 0..255 (the usual way to view such data).
+    """
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scale = 255.0 / (high - low) if high > low else 0.0
+        grey = ((array - low) * scale).round().astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    try:
+        return np.asarray(image.convert("RGB"))
+    except (ValueError, OSError) as error:
+        raise ImageReadError(
+            f"{source}: cannot convert mode {image.mode} to RGB ({error})"
+        ) from None
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file as ``(H, W, 3)`` uint8 RGB (see ``to_rgb_array`` for conversions)."""
+    return to_rgb_array(_open(path), str(path))
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """Read a single-channel label image as ``(H, W)`` uint8/int32 class indices.
+
+    Palette ('P') PNGs give their indices, not colours. A colour label image is an error
+    here: colour-coded labels go through a data set's colour-to-class table instead.
+    """
+    image = _open(path)
+    if image.mode in ("L", "P"):
+        return np.asarray(image)
+    if image.mode in ("I", "I;16", "I;16B", "I;16L"):
+        return np.asarray(image).astype(np.int32)
+    raise ImageReadError(
+        f"{path}: label images must be single-channel class indices, got mode {image.mode}"
+    )
+
+
+def read_color_label(path: str | Path) -> np.ndarray:
+    """Read a colour-coded label image as ``(H, W, 3)`` uint8 RGB."""
+    image = _open(path)
+    return np.asarray(image.convert("RGB"))
+
+
+def write_png(path: str | Path, array: np.ndarray, palette: list[list[int]] | None = None) -> None:
+    """Write ``(H, W)`` indices (as an indexed PNG when a palette is given) or ``(H, W, 3)``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(array)
+    if palette is not None and array.ndim == 2:
+        # putpalette turns an 'L' image into 'P' while keeping the index values.
+        flat = [channel for colour in palette for channel in colour]
+        image.putpalette(flat + [0] * (768 - len(flat)))
+    image.save(path)

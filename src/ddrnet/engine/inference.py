@@ -1,0 +1,169 @@
+"""From images to label maps: normalisation, resizing back to the input, test-time
+augmentation (multi-scale, flip) and sliding-window inference.
+
+Used by ``ddrnet.Predictor`` (single images), by evaluation and by ``ddrnet predict``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(N, 3, H, W)`` uint8 (0..255) or float (0..1) RGB -> float32 normalised tensor."""
+    images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    return (images - mean_t) / std_t
+
+
+def _logits_full_size(
+    model: nn.Module, images: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    logits = model(images)
+    return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+
+
+def sliding_window_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    num_classes: int,
+    window: tuple[int, int],
+    stride: tuple[int, int],
+) -> torch.Tensor:
+    """Logits at the input size from overlapping ``window`` crops averaged where they overlap.
+
+    ``images``: ``(N, 3, H, W)`` normalised. Windows larger than the image shrink to it.
+    """
+    batch, _, height, width = images.shape
+    win_h, win_w = min(window[0], height), min(window[1], width)
+    rows = max(math.ceil((height - win_h) / stride[0]), 0) + 1
+    cols = max(math.ceil((width - win_w) / stride[1]), 0) + 1
+    total = images.new_zeros((batch, num_classes, height, width))
+    counts = images.new_zeros((1, 1, height, width))
+    for row in range(rows):
+        for col in range(cols):
+            top = min(row * stride[0], height - win_h)
+            left = min(col * stride[1], width - win_w)
+            crop = images[:, :, top : top + win_h, left : left + win_w]
+            total[:, :, top : top + win_h, left : left + win_w] += _logits_full_size(
+                model, crop, (win_h, win_w)
+            )
+            counts[:, :, top : top + win_h, left : left + win_w] += 1
+    return total / counts
+
+
+@torch.no_grad()
+def segment_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    window: tuple[int, int] | None = None,
+    stride: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Class scores at input resolution, ``(N, num_classes, H, W)``, for normalised images.
+
+    With several ``scales`` or ``flip``, softmax probabilities are averaged over the
+    augmented passes (the usual multi-scale + flip protocol); with one plain pass the raw
+    logits are returned. ``window`` turns on sliding-window inference at each scale.
+    """
+    height, width = images.shape[-2:]
+    num_classes = _num_classes(model)
+    single_pass = len(scales) == 1 and scales[0] == 1.0 and not flip
+    total = None
+    for scale in scales:
+        scaled = images
+        if scale != 1.0:
+            size = (max(8, round(height * scale)), max(8, round(width * scale)))
+            scaled = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        for flipped in (False, True) if flip else (False,):
+            batch = scaled.flip(-1) if flipped else scaled
+            if window is not None:
+                logits = sliding_window_logits(
+                    model,
+                    batch,
+                    num_classes,
+                    window,
+                    stride or (window[0] * 2 // 3, window[1] * 2 // 3),
+                )
+            else:
+                logits = _logits_full_size(model, batch, tuple(batch.shape[-2:]))
+            if flipped:
+                logits = logits.flip(-1)
+            if scale != 1.0:
+                logits = F.interpolate(
+                    logits, size=(height, width), mode="bilinear", align_corners=False
+                )
+            if single_pass:
+                return logits
+            probabilities = logits.softmax(dim=1)
+            total = probabilities if total is None else total + probabilities
+    assert total is not None
+    return total / (len(scales) * (2 if flip else 1))
+
+
+def _num_classes(model: nn.Module) -> int:
+    inner = getattr(model, "module", model)  # DDP / compiled wrappers
+    inner = getattr(inner, "_orig_mod", inner)
+    return int(inner.num_classes)
+
+
+class Predictor:
+    """Label maps at input resolution from RGB images, with the model's own pre-processing.
+
+    >>> predictor = Predictor(ddrnet.create_model(checkpoint="camvid.safetensors"))
+    >>> labels = predictor.predict("street.png")           # (H, W) uint8/int64 class indices
+    >>> probabilities = predictor.predict_proba(image_array)  # (C, H, W) float32
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str | torch.device = "cpu",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+    ) -> None:
+        metadata = getattr(model, "metadata", None)
+        self.mean = tuple(mean or (metadata.mean if metadata else (0.485, 0.456, 0.406)))
+        self.std = tuple(std or (metadata.std if metadata else (0.229, 0.224, 0.225)))
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.scales, self.flip = tuple(scales), flip
+
+    def _to_batch(self, image: np.ndarray | str | Path) -> torch.Tensor:
+        if isinstance(image, (str, Path)):
+            from ddrnet.data.io import read_rgb
+
+            image = read_rgb(image)
+        array = np.asarray(image)
+        if array.ndim != 3 or array.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) RGB image, got shape {array.shape}")
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None]
+        return normalize(tensor.to(self.device), self.mean, self.std)
+
+    def predict_proba(self, image: np.ndarray | str | Path) -> np.ndarray:
+        """Class probabilities ``(num_classes, H, W)`` float32 at the image's resolution."""
+        logits = segment_logits(self.model, self._to_batch(image), self.scales, self.flip)
+        return (
+            logits.softmax(dim=1)[0].cpu().numpy() if self._single_pass else logits[0].cpu().numpy()
+        )
+
+    @property
+    def _single_pass(self) -> bool:
+        return self.scales == (1.0,) and not self.flip
+
+    def predict(self, image: np.ndarray | str | Path) -> np.ndarray:
+        """Label map ``(H, W)`` of class indices (uint8 for <= 256 classes, else int32)."""
+        scores = segment_logits(self.model, self._to_batch(image), self.scales, self.flip)
+        labels = scores.argmax(dim=1)[0].cpu().numpy()
+        return labels.astype(np.uint8 if scores.shape[1] <= 256 else np.int32)

@@ -1,0 +1,97 @@
+"""DDRNet networks, their registry, and checkpoint conversion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from ddrnet.models.checkpoint import (
+    CheckpointError,
+    LoadReport,
+    load_weights,
+    read_checkpoint,
+    save_model,
+)
+from ddrnet.models.complexity import count_macs, count_parameters
+from ddrnet.models.ddrnet import DDRNet, DDRNetClassifier, DDRNetSpec
+from ddrnet.models.metadata import ModelMetadata
+from ddrnet.models.registry import build_model, list_models, variant_info
+
+__all__ = [
+    "CheckpointError",
+    "DDRNet",
+    "DDRNetClassifier",
+    "DDRNetSpec",
+    "LoadReport",
+    "ModelMetadata",
+    "build_model",
+    "count_macs",
+    "count_parameters",
+    "create_model",
+    "list_models",
+    "load_weights",
+    "read_checkpoint",
+    "save_model",
+    "variant_info",
+]
+
+
+def create_model(
+    name: str | None = None,
+    *,
+    num_classes: int | None = None,
+    checkpoint: str | Path | None = None,
+    aux_head: bool = False,
+    width_multiplier: float = 1.0,
+) -> nn.Module:
+    """Build a DDRNet variant, optionally with weights.
+
+    Args:
+        name: a registry name (``ddrnet.list_models()``). May be omitted when ``checkpoint``
+            is a ddrnet ``.safetensors`` file, whose metadata names its architecture.
+        num_classes: output classes; defaults to the checkpoint's, else 19 (Cityscapes) for
+            segmentation and 1000 for the ImageNet forms. When it differs from the
+            checkpoint's, the class-dependent layers are re-initialised (and logged).
+        checkpoint: a ddrnet ``.safetensors`` file, an official DDRNet checkpoint (ImageNet
+            or segmentation), or a ddrnet training checkpoint (``.pt``).
+        aux_head: build the auxiliary head used for deep supervision in training.
+        width_multiplier: scale branch and head widths (e.g. 1.5 for DDRNet-39 1.5x).
+
+    The returned model is in eval mode and carries ``model.metadata`` (a ``ModelMetadata``)
+    with classes, palette and normalisation for prediction.
+    """
+    raw = read_checkpoint(checkpoint) if checkpoint is not None else None
+    metadata = raw.metadata if raw is not None else None
+    if name is None:
+        if metadata is None:
+            raise ValueError(
+                "create_model needs a model name, or a ddrnet .safetensors checkpoint whose "
+                f"metadata names its architecture; available: {', '.join(list_models())}"
+            )
+        name = metadata.architecture
+    info = variant_info(name)
+    segmentation = info.task == "segmentation"
+    if num_classes is None:
+        num_classes = metadata.num_classes if metadata else (19 if segmentation else 1000)
+    if metadata is not None and metadata.architecture == name:
+        spec = DDRNetSpec.from_dict(metadata.spec)
+    else:
+        spec = info.spec if width_multiplier == 1.0 else info.spec.widened(width_multiplier)
+    model: nn.Module = (
+        DDRNet(spec, num_classes=num_classes, aux_head=aux_head)
+        if segmentation
+        else DDRNetClassifier(spec, num_classes=num_classes)
+    )
+    if raw is not None:
+        load_weights(model, raw)
+    if metadata is None or metadata.num_classes != num_classes or metadata.architecture != name:
+        metadata = ModelMetadata(
+            architecture=name,
+            num_classes=num_classes,
+            spec=spec.to_dict(),
+            task=info.task,
+            aux_head=aux_head,
+        )
+    model.metadata = metadata
+    return model.eval()

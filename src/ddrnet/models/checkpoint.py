@@ -1,0 +1,318 @@
+"""Reading, converting and writing DDRNet weights.
+
+Supported inputs, all loaded without unpickling arbitrary code:
+
+* ``ddrnet`` model files: ``.safetensors`` with ``ModelMetadata`` in the header;
+* the official ImageNet checkpoints (plain state dict; the classifier keys ``down5``,
+  ``last_layer`` and ``linear`` have no counterpart in the segmentation network);
+* the official Cityscapes/CamVid checkpoints (every key prefixed ``model.``, an extra
+  ``loss.criterion.weight``, with or without the auxiliary head ``seghead_extra``);
+* the usual wrappers: ``{"state_dict": ...}``, ``{"model": ...}``, ``module.`` from DDP;
+* our own training checkpoints (``{"model": state_dict, "optimizer": ..., ...}``).
+
+Conversion is strict, as in segmentation_models_pytorch: a key that no rule maps, a mapped key
+the model does not have, a missing weight, or a shape mismatch outside the class-dependent
+layers is an error that names every offending key. A different number of classes re-initialises
+the class-dependent layers and the report says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ddrnet.models.metadata import ModelMetadata
+
+logger = logging.getLogger(__name__)
+
+# Keys that belong to the official training wrapper rather than to the network.
+_WRAPPER_ONLY_PREFIXES = ("loss.",)
+# Parts that exist only in one task's network, in our naming.
+_CLASSIFICATION_ONLY = ("final_down.", "pre_logits.", "classifier.")
+_SEGMENTATION_ONLY = ("dappm.", "head.", "aux_head.")
+# Layers whose shape depends on the number of classes.
+_CLASS_DEPENDENT = ("head.conv2.", "aux_head.conv2.", "classifier.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read or does not fit the model; the message says why."""
+
+
+@dataclass
+class LoadReport:
+    """What loading did, beyond copying matching tensors."""
+
+    source: str
+    layout: str  # "ddrnet" or "official"
+    loaded: int = 0
+    dropped: list[str] = field(default_factory=list)  # keys with no place in this model
+    reinitialised: list[str] = field(default_factory=list)  # class-dependent, shape changed
+    missing: list[str] = field(default_factory=list)  # model keys left at initialisation
+
+    def summary(self) -> str:
+        parts = [f"loaded {self.loaded} tensors from {self.source} ({self.layout} layout)"]
+        if self.dropped:
+            parts.append(f"ignored {len(self.dropped)} keys with no counterpart in this model")
+        if self.reinitialised:
+            parts.append(
+                "re-initialised the class-dependent layers "
+                f"{_prefixes(self.reinitialised)} (number of classes differs)"
+            )
+        if self.missing:
+            parts.append(f"left {_prefixes(self.missing)} at their initial values")
+        return "; ".join(parts)
+
+
+def _prefixes(keys: list[str]) -> list[str]:
+    """Collapse parameter names to their module names for readable reports."""
+    return sorted({key.rsplit(".", 1)[0] for key in keys})
+
+
+@dataclass
+class RawCheckpoint:
+    state_dict: dict[str, torch.Tensor]
+    metadata: ModelMetadata | None
+    source: str
+
+
+def read_checkpoint(path: str | Path) -> RawCheckpoint:
+    """Read tensors (and ddrnet metadata, if any) from a ``.safetensors`` or PyTorch file.
+
+    Pickled files are opened with ``weights_only=True``: a file that holds anything but
+    tensors and plain containers is refused rather than executed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise CheckpointError(
+            f"refusing to load {path}: it is not a plain weights file and loading it would run "
+            f"code stored inside it (weights-only unpickling rejected it: {first_line}). "
+            "Only load checkpoints from sources you trust; convert them to .safetensors."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from None
+    metadata = None
+    if isinstance(payload, dict) and isinstance(payload.get("metadata"), str):
+        metadata = ModelMetadata.from_json(payload["metadata"], source=str(path))
+    return RawCheckpoint(_unwrap(payload, path), metadata, str(path))
+
+
+def _read_safetensors(path: Path) -> RawCheckpoint:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        tensors: dict[str, torch.Tensor] = {}
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            header = handle.metadata() or {}
+            for key in handle.keys():
+                tensors[key] = handle.get_tensor(key)
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"cannot read safetensors file {path}: {error}") from None
+    metadata = None
+    if "ddrnet" in header:
+        try:
+            metadata = ModelMetadata.from_json(header["ddrnet"], source=str(path))
+        except ValueError as error:
+            raise CheckpointError(str(error)) from None
+    return RawCheckpoint(tensors, metadata, str(path))
+
+
+def _unwrap(payload: object, path: Path) -> dict[str, torch.Tensor]:
+    """Find the state dict inside the usual wrappers."""
+    for _ in range(3):
+        if isinstance(payload, dict) and not _is_state_dict(payload):
+            inner = next(
+                (payload[k] for k in ("state_dict", "model", "model_state", "net") if k in payload),
+                None,
+            )
+            if inner is None:
+                break
+            payload = inner
+    if not isinstance(payload, dict) or not _is_state_dict(payload):
+        raise CheckpointError(
+            f"{path} holds no state dict: expected a mapping of names to tensors, possibly "
+            "under 'state_dict' or 'model'"
+        )
+    return dict(payload)
+
+
+def _is_state_dict(value: dict) -> bool:
+    return bool(value) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
+    )
+
+
+def _strip_common_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove ``module.`` (DDP) and ``model.`` (official FullModel) while every key has it."""
+    changed = True
+    while changed:
+        changed = False
+        network_keys = [k for k in state_dict if not k.startswith(_WRAPPER_ONLY_PREFIXES)]
+        for prefix in ("module.", "model."):
+            if network_keys and all(k.startswith(prefix) for k in network_keys):
+                state_dict = {
+                    (k[len(prefix) :] if k.startswith(prefix) else k): v
+                    for k, v in state_dict.items()
+                }
+                changed = True
+    return state_dict
+
+
+def _official_rules(stage3_splits: int) -> list[tuple[re.Pattern[str], str]]:
+    """Regex rules from the official key names to ours for a given stage-3 split count."""
+    stage_names = ["3"] if stage3_splits == 1 else [f"3_{i + 1}" for i in range(stage3_splits)]
+    stage_names.append("4")
+    rules = [
+        (r"conv1\.", "backbone.stem."),
+        (r"layer([12])\.", r"backbone.layer\1."),
+        (r"layer5_\.", "backbone.high_bottleneck."),
+        (r"layer5\.", "backbone.low_bottleneck."),
+        (r"spp\.", "dappm."),
+        (r"final_layer\.", "head."),
+        (r"seghead_extra\.", "aux_head."),
+        (r"down5\.", "final_down."),
+        (r"last_layer\.", "pre_logits."),
+        (r"linear\.", "classifier."),
+    ]
+    for index, name in enumerate(stage_names):
+        stage = f"backbone.stages.{index}."
+        rules += [
+            (rf"layer{name}_\.", stage + "high."),
+            (rf"layer{name}\.", stage + "low."),
+            (rf"compression{name}\.", stage + "low_to_high."),
+            (rf"down{name}\.", stage + "high_to_low."),
+        ]
+    return [(re.compile("^" + pattern), target) for pattern, target in rules]
+
+
+def convert_state_dict(
+    state_dict: dict[str, torch.Tensor], model: nn.Module, source: str = "<state dict>"
+) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """Map a foreign or wrapped state dict onto ``model``'s keys (timm's checkpoint filter).
+
+    Returns the state dict to load (class-dependent tensors of the wrong shape left out) and a
+    report. Raises ``CheckpointError`` naming every key that cannot be placed.
+    """
+    state_dict = _strip_common_prefixes(state_dict)
+    dropped = sorted(k for k in state_dict if k.startswith(_WRAPPER_ONLY_PREFIXES))
+    state_dict = {k: v for k, v in state_dict.items() if k not in dropped}
+    ours = any(k.startswith("backbone.") for k in state_dict)
+    layout = "ddrnet" if ours else "official"
+    if not ours:
+        rules = _official_rules(model.spec.stage3_splits)
+        renamed: dict[str, torch.Tensor] = {}
+        unmapped = []
+        for key, value in state_dict.items():
+            for pattern, target in rules:
+                if pattern.match(key):
+                    renamed[pattern.sub(target, key, count=1)] = value
+                    break
+            else:
+                unmapped.append(key)
+        if unmapped:
+            raise CheckpointError(
+                f"{source}: {len(unmapped)} keys match neither the ddrnet nor the official "
+                f"DDRNet layout: {', '.join(sorted(unmapped))}"
+            )
+        state_dict = renamed
+
+    expected = model.state_dict()
+    is_segmentation = hasattr(model, "dappm")
+    other_task_only = _CLASSIFICATION_ONLY if is_segmentation else _SEGMENTATION_ONLY
+    report = LoadReport(source=source, layout=layout, dropped=dropped)
+    result: dict[str, torch.Tensor] = {}
+    unknown, mismatched = [], []
+    for key, value in state_dict.items():
+        if key not in expected:
+            # Other-task parts (an ImageNet classifier into a segmenter), or an auxiliary head
+            # that this model was built without, are dropped; anything else is an error.
+            if key.startswith(other_task_only) or key.startswith("aux_head."):
+                report.dropped.append(key)
+            else:
+                unknown.append(key)
+            continue
+        if value.shape != expected[key].shape:
+            if key.startswith(_CLASS_DEPENDENT):
+                report.reinitialised.append(key)
+            else:
+                mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(expected[key].shape)}")
+            continue
+        result[key] = value
+    if unknown:
+        raise CheckpointError(
+            f"{source}: {len(unknown)} keys have no counterpart in {type(model).__name__} "
+            f"(is it another variant?): {', '.join(sorted(unknown))}"
+        )
+    if mismatched:
+        raise CheckpointError(
+            f"{source}: shape mismatch (checkpoint vs model; is it another variant?): "
+            + "; ".join(mismatched)
+        )
+    # Parts a checkpoint may lack legitimately: the other task's parts when converting between
+    # ImageNet and segmentation forms, the auxiliary head, BN batch counters of old PyTorch.
+    own_task_only = _SEGMENTATION_ONLY if is_segmentation else _CLASSIFICATION_ONLY
+    optional: tuple[str, ...] = ("aux_head.",)
+    if not any(k.startswith(own_task_only) for k in result):
+        optional += own_task_only  # a backbone-only transfer (e.g. ImageNet -> segmentation)
+    missing = [k for k in expected if k not in result and k not in report.reinitialised]
+    absent = [
+        k for k in missing if not (k.startswith(optional) or k.endswith("num_batches_tracked"))
+    ]
+    if absent:
+        raise CheckpointError(
+            f"{source}: {len(absent)} weights of the model are missing from the checkpoint: "
+            f"{', '.join(_prefixes(absent))}"
+        )
+    report.missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    report.loaded = len(result)
+    return result, report
+
+
+def load_weights(
+    model: nn.Module, source: str | Path | dict[str, torch.Tensor] | RawCheckpoint
+) -> LoadReport:
+    """Load weights from a file, a read checkpoint or a state dict into ``model`` in place.
+
+    Layers that are re-initialised or left at their initial values are logged at INFO level.
+    """
+    if isinstance(source, dict):
+        state_dict, name = source, "<state dict>"
+    else:
+        raw = source if isinstance(source, RawCheckpoint) else read_checkpoint(source)
+        state_dict, name = raw.state_dict, raw.source
+    converted, report = convert_state_dict(state_dict, model, source=name)
+    model.load_state_dict(converted, strict=False)
+    if report.reinitialised or report.missing:
+        logger.info(report.summary())
+    return report
+
+
+def save_model(model: nn.Module, path: str | Path, metadata: ModelMetadata) -> Path:
+    """Write ``model``'s weights and ``metadata`` to one ``.safetensors`` file, atomically.
+
+    Weights are stored in their current dtype (call ``.half()`` on a copy for a small file);
+    ``num_batches_tracked`` counters are kept so that training statistics survive.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"model files are .safetensors; got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    temporary = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(temporary), metadata={"ddrnet": metadata.to_json()})
+    temporary.replace(path)
+    return path

@@ -1,0 +1,319 @@
+"""Deep Dual-Resolution Networks (Hong et al., arXiv 2101.06085).
+
+One file for the whole family, in the manner of timm: a frozen ``DDRNetSpec`` describes a
+topology, ``DualResolutionBackbone`` builds the shared trunk and the two branches with their
+bilateral fusions, ``DDRNet`` adds DAPPM and the segmentation heads, and ``DDRNetClassifier``
+is the ImageNet form used for pre-training. Every resize is bilinear with
+``align_corners=False`` and takes its target size from the tensors themselves, so any input
+size works (the official code computes ``H // 8`` and fails on sizes that are not multiples
+of 8).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddrnet.models.blocks import (
+    BN_MOMENTUM,
+    BasicBlock,
+    Bottleneck,
+    SegmentationHead,
+    conv_bn,
+    make_res_layer,
+)
+from ddrnet.models.dappm import DAPPM
+from ddrnet.models.metadata import ModelMetadata
+
+
+@dataclass(frozen=True)
+class DDRNetSpec:
+    """Hyper-parameters that fix a DDRNet topology; every checkpoint records one.
+
+    Attributes:
+        planes: stem width. The high-resolution branch has ``2 * planes`` channels; the low
+            branch has ``2/4/8/16 * planes`` at 1/8, 1/16, 1/32 and 1/64 of the input.
+        blocks: BasicBlocks per stage 1-4 of the low branch; the high branch repeats the
+            stage 3 and 4 counts at 1/8.
+        stage3_splits: 1 for DDRNet-23 (one fusion after stage 3); 2 for DDRNet-39, which splits
+            stage 3 into halves with a bilateral fusion after each.
+        dappm_planes: width of each DAPPM scale.
+        head_planes: width of the 3x3 conv in the segmentation heads.
+        classifier_planes: width of the last 1x1 conv of the ImageNet classifier.
+    """
+
+    planes: int = 32
+    blocks: tuple[int, int, int, int] = (2, 2, 2, 2)
+    stage3_splits: int = 1
+    dappm_planes: int = 128
+    head_planes: int = 64
+    classifier_planes: int = 1024
+
+    def __post_init__(self) -> None:
+        if len(self.blocks) != 4 or any(count < 1 for count in self.blocks):
+            raise ValueError(f"blocks must be four positive counts, got {self.blocks}")
+        if self.blocks[2] % self.stage3_splits:
+            raise ValueError(
+                f"stage 3 has {self.blocks[2]} blocks, which cannot be split into "
+                f"{self.stage3_splits} equal parts"
+            )
+
+    def widened(self, multiplier: float) -> DDRNetSpec:
+        """The same topology with branch and head widths scaled (e.g. DDRNet-39 1.5x)."""
+
+        def scale(channels: int) -> int:
+            return max(8, int(round(channels * multiplier / 8)) * 8)
+
+        return dataclasses.replace(
+            self,
+            planes=scale(self.planes),
+            head_planes=scale(self.head_planes),
+            classifier_planes=scale(self.classifier_planes),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "blocks": list(self.blocks)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DDRNetSpec:
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown DDRNetSpec fields {unknown}; valid: {sorted(known)}")
+        values = dict(values)
+        if "blocks" in values:
+            values["blocks"] = tuple(int(count) for count in values["blocks"])
+        return cls(**values)
+
+
+def _upsample_to(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Bilinear resize of ``x`` to the spatial size of ``reference`` (align_corners=False)."""
+    return F.interpolate(x, size=reference.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class BilateralStage(nn.Module):
+    """One stage of both branches followed by a bilateral fusion.
+
+    The low branch runs ``low`` (possibly strided), the high branch runs ``high`` at 1/8.
+    Then, from the pre-fusion outputs of both: high -> low by strided 3x3 conv+BN
+    (``high_to_low``, one conv per halving) and low -> high by 1x1 conv+BN and bilinear
+    upsampling (``low_to_high``), each added to the other branch.
+    """
+
+    def __init__(
+        self,
+        low_in: int,
+        low_out: int,
+        high_in: int,
+        high_out: int,
+        num_blocks: int,
+        low_stride: int,
+        halvings: int,
+    ) -> None:
+        super().__init__()
+        self.low = make_res_layer(BasicBlock, low_in, low_out, num_blocks, stride=low_stride)
+        self.high = make_res_layer(BasicBlock, high_in, high_out, num_blocks)
+        self.low_to_high = nn.Sequential(*conv_bn(low_out, high_out, 1))
+        down: list[nn.Module] = []
+        channels = high_out
+        for step in range(halvings):
+            out_channels = low_out if step == halvings - 1 else low_out // 2
+            down += conv_bn(channels, out_channels, 3, stride=2)
+            if step < halvings - 1:
+                down.append(nn.ReLU(inplace=True))
+            channels = out_channels
+        self.high_to_low = nn.Sequential(*down)
+
+    def forward(
+        self, low: torch.Tensor, high: torch.Tensor, record: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        low = self.low(F.relu(low))
+        high = self.high(F.relu(high))
+        if record is not None:
+            record["low_before_fusion"], record["high_before_fusion"] = low, high
+        fused_low = low + self.high_to_low(F.relu(high))
+        fused_high = high + _upsample_to(self.low_to_high(F.relu(low)), high)
+        return fused_low, fused_high
+
+
+class BackboneOutput(NamedTuple):
+    """What the dual-resolution trunk hands to a task head.
+
+    ``high``: ``(N, 4 * planes, H/8, W/8)`` after the high-branch Bottleneck.
+    ``low``: ``(N, 16 * planes, H/64, W/64)`` (segmentation) or ``H/32`` (classification).
+    ``aux``: ``(N, 2 * planes, H/8, W/8)``, the high branch after the stage-3 fusion, where
+    the auxiliary head of deep supervision taps in.
+    """
+
+    high: torch.Tensor
+    low: torch.Tensor
+    aux: torch.Tensor
+
+
+class DualResolutionBackbone(nn.Module):
+    """Stem, shared stages 1-2, bilateral stages 3 (and 3b) and 4, and the Bottlenecks."""
+
+    def __init__(self, spec: DDRNetSpec, low_bottleneck_stride: int) -> None:
+        super().__init__()
+        planes, high = spec.planes, spec.planes * 2
+        # The stem convs carry biases in the official code, followed by BN anyway.
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, planes, 3, stride=2, padding=1),
+            nn.BatchNorm2d(planes, momentum=BN_MOMENTUM),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(planes, planes, 3, stride=2, padding=1),
+            nn.BatchNorm2d(planes, momentum=BN_MOMENTUM),
+            nn.ReLU(inplace=True),
+        )
+        self.layer1 = make_res_layer(BasicBlock, planes, planes, spec.blocks[0])
+        self.layer2 = make_res_layer(BasicBlock, planes, planes * 2, spec.blocks[1], stride=2)
+        stage3_blocks = spec.blocks[2] // spec.stage3_splits
+        stages = [
+            BilateralStage(
+                low_in=planes * 2 if split == 0 else planes * 4,
+                low_out=planes * 4,
+                high_in=planes * 2 if split == 0 else high,
+                high_out=high,
+                num_blocks=stage3_blocks,
+                low_stride=2 if split == 0 else 1,
+                halvings=1,
+            )
+            for split in range(spec.stage3_splits)
+        ]
+        stages.append(
+            BilateralStage(planes * 4, planes * 8, high, high, spec.blocks[3], 2, halvings=2)
+        )
+        self.stages = nn.ModuleList(stages)
+        self.aux_stage_index = spec.stage3_splits - 1
+        self.high_bottleneck = make_res_layer(Bottleneck, high, high, 1)
+        self.low_bottleneck = make_res_layer(
+            Bottleneck, planes * 8, planes * 8, 1, stride=low_bottleneck_stride
+        )
+
+    def forward(
+        self, x: torch.Tensor, record: dict[str, torch.Tensor] | None = None
+    ) -> BackboneOutput:
+        """``x``: ``(N, 3, H, W)`` normalised image. ``record``, if given, receives the
+        branch features before and after each fusion (for visualisation)."""
+        x = self.layer1(self.stem(x))
+        x = self.layer2(F.relu(x))
+        low, high = x, x
+        aux = x
+        for index, stage in enumerate(self.stages):
+            stage_record: dict[str, torch.Tensor] | None = {} if record is not None else None
+            low, high = stage(low, high, stage_record)
+            if record is not None and stage_record is not None:
+                for key, value in stage_record.items():
+                    record[f"stage{index}.{key}"] = value
+                record[f"stage{index}.low_after_fusion"] = low
+                record[f"stage{index}.high_after_fusion"] = high
+            if index == self.aux_stage_index:
+                aux = high
+        high = self.high_bottleneck(F.relu(high))
+        low = self.low_bottleneck(F.relu(low))
+        return BackboneOutput(high=high, low=low, aux=aux)
+
+
+def _init_weights(module: nn.Module) -> None:
+    """Kaiming-normal convolutions (fan-out, ReLU gain) and unit BatchNorm, as officially."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(layer, nn.BatchNorm2d):
+            nn.init.ones_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+
+class DDRNet(nn.Module):
+    """DDRNet for semantic segmentation.
+
+    ``forward`` maps a normalised image ``(N, 3, H, W)`` to class logits at 1/8 resolution,
+    ``(N, num_classes, ceil(H/8), ceil(W/8))``; upsample them to ``(H, W)`` for a label map
+    (``ddrnet.Predictor`` does). With ``aux_head=True`` the auxiliary head for deep
+    supervision is built; it is used only by ``forward_with_aux`` during training.
+    """
+
+    output_stride = 8
+
+    def __init__(self, spec: DDRNetSpec, num_classes: int = 19, aux_head: bool = False) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        self.spec = spec
+        self.num_classes = num_classes
+        # Classes, palette and normalisation; set by ``ddrnet.create_model``.
+        self.metadata: ModelMetadata | None = None
+        self.backbone = DualResolutionBackbone(spec, low_bottleneck_stride=2)
+        self.dappm = DAPPM(spec.planes * 16, spec.dappm_planes, spec.planes * 4)
+        self.head = SegmentationHead(spec.planes * 4, spec.head_planes, num_classes)
+        self.aux_head = (
+            SegmentationHead(spec.planes * 2, spec.head_planes, num_classes) if aux_head else None
+        )
+        _init_weights(self)
+
+    def _decode(self, features: BackboneOutput) -> torch.Tensor:
+        context = _upsample_to(self.dappm(features.low), features.high)
+        return self.head(features.high + context)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._decode(self.backbone(x))
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Main logits and auxiliary logits (``None`` without an aux head), both at 1/8."""
+        features = self.backbone(x)
+        aux = self.aux_head(features.aux) if self.aux_head is not None else None
+        return self._decode(features), aux
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every intermediate map worth looking at, keyed by name, plus ``logits``.
+
+        Includes both branches before and after each bilateral fusion, the five DAPPM
+        scales (``dappm.scale0..4``) and the DAPPM output.
+        """
+        record: dict[str, torch.Tensor] = {}
+        features = self.backbone(x, record)
+        record["high_final"], record["low_final"] = features.high, features.low
+        for index, scale in enumerate(self.dappm.forward_scales(features.low)):
+            record[f"dappm.scale{index}"] = scale
+        record["dappm.output"] = self.dappm(features.low)
+        record["logits"] = self._decode(features)
+        return record
+
+
+class DDRNetClassifier(nn.Module):
+    """The ImageNet form of DDRNet, used to pre-train the backbone.
+
+    The low branch stays at 1/32 (its Bottleneck is not strided); the high branch is brought
+    down by two strided convs and added, then a 1x1 conv, global pooling and a linear layer
+    give ``(N, num_classes)`` logits.
+    """
+
+    def __init__(self, spec: DDRNetSpec, num_classes: int = 1000) -> None:
+        super().__init__()
+        planes = spec.planes
+        self.spec = spec
+        self.num_classes = num_classes
+        self.metadata: ModelMetadata | None = None
+        self.backbone = DualResolutionBackbone(spec, low_bottleneck_stride=1)
+        self.final_down = nn.Sequential(
+            *conv_bn(planes * 4, planes * 8, 3, stride=2),
+            nn.ReLU(inplace=True),
+            *conv_bn(planes * 8, planes * 16, 3, stride=2),
+        )
+        self.pre_logits = nn.Sequential(
+            *conv_bn(planes * 16, spec.classifier_planes, 1),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d((1, 1)),
+        )
+        self.classifier = nn.Linear(spec.classifier_planes, num_classes)
+        _init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(x)
+        fused = features.low + self.final_down(F.relu(features.high))
+        return self.classifier(torch.flatten(self.pre_logits(F.relu(fused)), 1))

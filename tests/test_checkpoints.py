@@ -1,0 +1,164 @@
+"""Checkpoint formats: round trips, foreign layouts, strict errors, refusal of pickled code."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from official_reference import official_network, randomize_batchnorm
+
+import ddrnet
+from ddrnet.models import CheckpointError, ModelMetadata, read_checkpoint, save_model
+
+
+def _trained_like(name: str = "ddrnet_23_slim", **kwargs) -> torch.nn.Module:
+    model = ddrnet.create_model(name, **kwargs)
+    randomize_batchnorm(model, seed=3)
+    return model.eval()
+
+
+def _same_outputs(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    images = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        return torch.equal(a.eval()(images), b.eval()(images))
+
+
+def test_safetensors_round_trip_rebuilds_the_model_from_metadata(tmp_path: Path) -> None:
+    model = _trained_like(num_classes=11)
+    metadata = ModelMetadata(
+        architecture="ddrnet_23_slim",
+        num_classes=11,
+        spec=model.spec.to_dict(),
+        class_names=[f"c{i}" for i in range(11)],
+        palette=[[i, i, i] for i in range(11)],
+        mean=[0.4, 0.4, 0.4],
+        std=[0.3, 0.3, 0.3],
+        metrics={"mIoU": 12.5},
+    )
+    path = save_model(model, tmp_path / "m.safetensors", metadata)
+    rebuilt = ddrnet.create_model(checkpoint=path)  # no name: the file describes itself
+    assert rebuilt.metadata == metadata
+    assert _same_outputs(model, rebuilt)
+
+
+@pytest.mark.parametrize("wrapper", ["plain", "state_dict", "module", "model_and_module"])
+def test_wrapped_pickled_state_dicts_load(tmp_path: Path, wrapper: str) -> None:
+    model = _trained_like()
+    state = model.state_dict()
+    if wrapper == "state_dict":
+        payload: object = {"state_dict": state, "epoch": 3}
+    elif wrapper == "module":
+        payload = {f"module.{k}": v for k, v in state.items()}
+    elif wrapper == "model_and_module":
+        payload = {"model": {f"module.{k}": v for k, v in state.items()}, "step": 7}
+    else:
+        payload = state
+    torch.save(payload, tmp_path / "ckpt.pth")
+    loaded = ddrnet.create_model("ddrnet_23_slim", checkpoint=tmp_path / "ckpt.pth")
+    assert _same_outputs(model, loaded)
+
+
+def test_official_cityscapes_file_without_aux_head_loads(tmp_path: Path) -> None:
+    official = official_network("ddrnet_23_slim", augment=False)
+    randomize_batchnorm(official)
+    state = {f"model.{k}": v for k, v in official.state_dict().items()}
+    state["loss.criterion.weight"] = torch.ones(19)
+    torch.save(state, tmp_path / "best_val_smaller.pth")
+    model = ddrnet.create_model("ddrnet_23_slim", checkpoint=tmp_path / "best_val_smaller.pth")
+    images = torch.randn(1, 3, 64, 128)
+    with torch.no_grad():
+        assert (model(images) - official.eval()(images)).abs().max() < 1e-5
+
+
+def test_official_imagenet_checkpoint_initialises_the_segmentation_backbone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    classifier = official_network("ddrnet_23_slim_imagenet")
+    randomize_batchnorm(classifier)
+    torch.save(classifier.state_dict(), tmp_path / "DDRNet23s_imagenet.pth")
+    model = ddrnet.create_model("ddrnet_23_slim", num_classes=11)
+    report = ddrnet.load_weights(model, tmp_path / "DDRNet23s_imagenet.pth")
+    assert {k.split(".")[0] for k in report.dropped} == {"final_down", "pre_logits", "classifier"}
+    assert {k.split(".")[0] for k in report.missing} == {"dappm", "head"}
+    ours = model.state_dict()
+    assert torch.equal(
+        ours["backbone.stages.1.high_to_low.3.weight"], classifier.state_dict()["down4.3.weight"]
+    )
+
+
+def test_fewer_classes_reinitialise_the_heads_and_say_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = _trained_like(num_classes=19, aux_head=True)
+    torch.save(model.state_dict(), tmp_path / "cityscapes.pth")
+    fresh = ddrnet.create_model("ddrnet_23_slim", num_classes=11, aux_head=True)
+    report = ddrnet.load_weights(fresh, tmp_path / "cityscapes.pth")
+    assert sorted(report.reinitialised) == [
+        "aux_head.conv2.bias",
+        "aux_head.conv2.weight",
+        "head.conv2.bias",
+        "head.conv2.weight",
+    ]
+    assert "re-initialised the class-dependent layers" in report.summary()
+    assert torch.equal(
+        fresh.state_dict()["head.conv1.weight"], model.state_dict()["head.conv1.weight"]
+    )
+
+
+def test_unmappable_keys_are_listed(tmp_path: Path) -> None:
+    state = {f"model.{k}": v for k, v in official_network("ddrnet_23_slim").state_dict().items()}
+    state["model.extra_branch.weight"] = torch.zeros(3)
+    torch.save(state, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match=r"extra_branch\.weight"):
+        ddrnet.create_model("ddrnet_23_slim", checkpoint=tmp_path / "odd.pth")
+
+
+def test_wrong_variant_is_a_clear_error(tmp_path: Path) -> None:
+    torch.save(ddrnet.create_model("ddrnet_23").state_dict(), tmp_path / "ddrnet23.pth")
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        ddrnet.create_model("ddrnet_23_slim", checkpoint=tmp_path / "ddrnet23.pth")
+
+
+def test_missing_weights_are_named(tmp_path: Path) -> None:
+    state = ddrnet.create_model("ddrnet_23_slim").state_dict()
+    del state["backbone.layer1.0.conv1.weight"]
+    torch.save(state, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match=r"backbone\.layer1\.0\.conv1"):
+        ddrnet.create_model("ddrnet_23_slim", checkpoint=tmp_path / "partial.pth")
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # runs on unpickling if the loader is not weights-only
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_without_running_it(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    payload = {"state_dict": {"w": torch.zeros(1)}, "hook": _Exploit(marker)}
+    with open(tmp_path / "evil.pth", "wb") as handle:
+        pickle.dump(payload, handle, protocol=2)
+    with pytest.raises(CheckpointError, match="refusing to load .*evil.pth"):
+        read_checkpoint(tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+def test_missing_and_corrupt_files(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint(tmp_path / "nope.pth")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="junk.safetensors"):
+        read_checkpoint(tmp_path / "junk.safetensors")
+    (tmp_path / "junk.pth").write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="junk.pth"):
+        read_checkpoint(tmp_path / "junk.pth")
+
+
+def test_name_is_required_without_self_describing_checkpoint() -> None:
+    with pytest.raises(ValueError, match="needs a model name"):
+        ddrnet.create_model()

@@ -1,0 +1,122 @@
+"""The networks: topology against the paper and the official code, any input size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from official_reference import official_network, randomize_batchnorm
+
+import ddrnet
+from ddrnet.models import DDRNet, count_macs, count_parameters, variant_info
+
+SEGMENTATION = ddrnet.list_models("segmentation")
+CLASSIFICATION = ddrnet.list_models("classification")
+
+
+@pytest.mark.parametrize("name", SEGMENTATION)
+def test_segmentation_counts_match_the_paper(name: str) -> None:
+    info = variant_info(name)
+    model = ddrnet.create_model(name, num_classes=19, aux_head=True)
+    params = count_parameters(model, exclude_prefixes=("aux_head.",))
+    assert round(params / 1e6, 3) == pytest.approx(info.paper_params_millions, abs=0.0015)
+    macs = count_macs(model, (1024, 2048))
+    assert round(macs / 1e9, 2) == pytest.approx(info.paper_gmacs, abs=0.005)
+
+
+def test_exact_counts_of_the_slim_model() -> None:
+    # Hand-checked totals that the rounded paper figures come from.
+    model = ddrnet.create_model("ddrnet_23_slim")
+    assert count_parameters(model) == 5_695_987
+    assert count_macs(model, (1024, 2048)) == 36_281_319_424
+
+
+@pytest.mark.parametrize("name", CLASSIFICATION)
+def test_classification_parameters_match_the_paper(name: str) -> None:
+    model = ddrnet.create_model(name)
+    assert round(count_parameters(model) / 1e6, 3) == pytest.approx(
+        variant_info(name).paper_params_millions, abs=0.0015
+    )
+    assert model(torch.randn(2, 3, 224, 224)).shape == (2, 1000)
+
+
+SIZE_CASES = [
+    (name, size)
+    for name in SEGMENTATION
+    for size in ([(64, 64), (361, 479), (360, 480)] if name != "ddrnet_39" else [(361, 479)])
+]
+
+
+@pytest.mark.parametrize(("name", "size"), SIZE_CASES)
+def test_forward_and_backward_at_any_size(name: str, size: tuple[int, int]) -> None:
+    model = ddrnet.create_model(name, num_classes=5, aux_head=True).train()
+    images = torch.randn(2, 3, *size, requires_grad=True)
+    logits, aux = model.forward_with_aux(images)
+    expected = (2, 5, -(-size[0] // 8), -(-size[1] // 8))
+    assert logits.shape == expected and aux is not None and aux.shape == expected
+    (logits.mean() + 0.4 * aux.mean()).backward()
+    assert images.grad is not None and torch.isfinite(images.grad).all()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("size", [(720, 960), (1024, 2048)])
+def test_large_inputs_in_eval_mode(size: tuple[int, int]) -> None:
+    model = ddrnet.create_model("ddrnet_23_slim", num_classes=11)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, *size)).shape == (1, 11, size[0] // 8, size[1] // 8)
+
+
+def test_forward_returns_one_tensor_even_with_aux_head() -> None:
+    model = ddrnet.create_model("ddrnet_23_slim", num_classes=3, aux_head=True).train()
+    assert isinstance(model(torch.randn(2, 3, 64, 96)), torch.Tensor)
+
+
+@pytest.mark.parametrize("name", SEGMENTATION + CLASSIFICATION)
+def test_official_layout_reproduces_the_official_network(name: str) -> None:
+    """Weights in the official key layout give the same outputs as the official forward."""
+    segmentation = name in SEGMENTATION
+    official = official_network(name, augment=True) if segmentation else official_network(name)
+    randomize_batchnorm(official)
+    official.eval()
+    state = official.state_dict()
+    if segmentation:  # as published: the FullModel wrapper prefix and the loss weight
+        state = {f"model.{k}": v for k, v in state.items()}
+        state["loss.criterion.weight"] = torch.ones(19)
+    ours = ddrnet.create_model(name, aux_head=segmentation)
+    report = ddrnet.load_weights(ours, state)
+    assert report.layout == "official" and not report.missing and not report.reinitialised
+    images = torch.randn(1, 3, 128, 192) if segmentation else torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = official(images)
+        if segmentation:
+            main, aux = ours.eval().forward_with_aux(images)
+            assert (main - expected[0]).abs().max() < 1e-5
+            assert (aux - expected[1]).abs().max() < 1e-5
+        else:
+            assert (ours.eval()(images) - expected).abs().max() < 1e-5
+
+
+def test_forward_features_exposes_branches_and_dappm_scales() -> None:
+    model = ddrnet.create_model("ddrnet_39", num_classes=4)
+    with torch.no_grad():
+        features = model.forward_features(torch.randn(1, 3, 128, 128))
+        logits = model(torch.randn(1, 3, 128, 128))
+    for stage in range(3):
+        for key in ("low_before_fusion", "high_before_fusion", "low_after_fusion"):
+            assert f"stage{stage}.{key}" in features
+    assert features["stage0.high_after_fusion"].shape == (1, 128, 16, 16)
+    assert [features[f"dappm.scale{i}"].shape[1] for i in range(5)] == [128] * 5
+    assert features["logits"].shape == logits.shape
+
+
+def test_width_multiplier_widens_the_branches() -> None:
+    wide = ddrnet.create_model("ddrnet_39", width_multiplier=1.5)
+    assert isinstance(wide, DDRNet) and wide.spec.planes == 96
+    assert count_parameters(wide) > 1.9 * count_parameters(ddrnet.create_model("ddrnet_39"))
+    with torch.no_grad():
+        assert wide(torch.randn(1, 3, 72, 88)).shape == (1, 19, 9, 11)
+
+
+def test_unknown_model_name_lists_the_valid_ones() -> None:
+    with pytest.raises(KeyError, match="ddrnet_23_slim"):
+        ddrnet.create_model("ddrnet_99")
