@@ -68,6 +68,38 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def resolve_recipe(name_or_path: str):
+    """A bundled recipe name (``camvid_ddrnet23_slim``) or a path to a YAML file."""
+    from importlib import resources
+    from pathlib import Path
+
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise UsageError(f"config file {path} does not exist")
+        return path
+    bundled = resources.files("ddrnet") / "configs" / f"{name_or_path}.yaml"
+    if not bundled.is_file():
+        names = sorted(
+            p.name.removesuffix(".yaml")
+            for p in (resources.files("ddrnet") / "configs").iterdir()
+            if p.name.endswith(".yaml")
+        )
+        raise UsageError(f"no recipe {name_or_path!r}; bundled recipes: {', '.join(names)}")
+    return Path(str(bundled))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ddrnet.config import load_config
+    from ddrnet.engine.config import Config
+    from ddrnet.engine.train import train
+
+    config = load_config(Config, resolve_recipe(args.config), args.overrides)
+    output = train(config, resume=args.resume if args.resume != "auto" else True)
+    print(f"run written to {output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddrnet",
@@ -83,6 +115,22 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--num-classes", type=int, default=19)
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(handler=cmd_models)
+
+    train = commands.add_parser(
+        "train",
+        help="train from a YAML recipe",
+        description="Train from a recipe; any key can be overridden as section.key=value.",
+    )
+    train.add_argument("config", help="bundled recipe name or path to a YAML file")
+    train.add_argument("overrides", nargs="*", help="overrides such as train.epochs=10")
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=False,
+        help="resume from OUTPUT_DIR/last.pt, or from the checkpoint given",
+    )
+    train.set_defaults(handler=cmd_train)
     return parser
 
 
@@ -96,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except (UsageError, FileNotFoundError, ValueError, KeyError) as error:
+        if args.verbose:
+            raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"ddrnet {args.command}: error: {message}", file=sys.stderr)
         return 2

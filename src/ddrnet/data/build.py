@@ -1,0 +1,34 @@
+"""Build the training and validation data sets a ``DataConfig`` describes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ddrnet.data.datasets import DatasetError, PairedSegmentationDataset, camvid
+from ddrnet.data.transforms import TrainTransform
+
+
+def build_dataset(
+    config, split: str, train: bool, cache: bool | None = None
+) -> PairedSegmentationDataset:
+    """The data set for ``split``; with ``train`` the augmentation of ``config`` is applied.
+
+    ``config`` is a ``ddrnet.engine.config.DataConfig``.
+    """
+    transform = (
+        TrainTransform(
+            crop_size=tuple(config.crop_size),
+            scale_range=tuple(config.scale_range),
+            flip=config.flip,
+            photometric=config.photometric,
+            base_size=tuple(config.base_size) if config.base_size else None,
+        )
+        if train
+        else None
+    )
+    cache = config.cache_images if cache is None else cache
+    root = Path(config.root)
+    sequences = config.train_sequences if train else config.val_sequences
+    if config.dataset == "camvid":
+        return camvid(root, split, transform, cache=cache, sequences=sequences)
+    raise DatasetError(f"data set {config.dataset!r} is not available in this build")

@@ -1,0 +1,104 @@
+"""The training recipe as typed dataclasses; YAML files under ``ddrnet/configs`` fill them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class ModelConfig:
+    name: str = "ddrnet_23_slim"
+    aux_head: bool = True
+    # A local file: an ImageNet or segmentation checkpoint to start from (nothing is
+    # downloaded). None trains from scratch.
+    pretrained: str | None = None
+    width_multiplier: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["camvid", "cityscapes", "coco_stuff", "folder"] = "camvid"
+    root: str = "../shared/data/camvid"
+    train_split: str = "train"
+    val_split: str = "val"
+    # CamVid only: keep frames of these sequences (e.g. hold 0006R0 out of training).
+    train_sequences: list[str] | None = None
+    val_sequences: list[str] | None = None
+    crop_size: tuple[int, int] = (352, 480)  # (height, width) in pixels
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    base_size: tuple[int, int] | None = None  # random scale is relative to this (h, w)
+    flip: bool = True
+    photometric: bool = True
+    batch_size: int = 8
+    num_workers: int = 2
+    cache_images: bool = True  # decode every image once, keep it in memory
+    check: bool = True  # read every file before training and report problems by name
+    # Normalisation; None takes the data set's own statistics.
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    # Folder data sets: a YAML/JSON file naming the classes and their colours.
+    classes_file: str | None = None
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    poly_power: float = 0.9
+    warmup_epochs: float = 0.0
+    warmup_ratio: float = 0.1
+    min_lr: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    ohem: bool = True
+    ohem_threshold: float = 0.9
+    # Pixels always kept by OHEM, counted at full label resolution (scaled down with
+    # label_stride so that the kept fraction stays the same).
+    ohem_min_kept: int = 131072
+    aux_weight: float = 0.4
+    # 1: the official loss at full label resolution. s > 1: labels subsampled by s and logits
+    # resized to that grid; s = 8 matches the logits' own 1/8 grid. Cheaper on CPUs.
+    label_stride: int = 1
+    # None, "enet" (1/ln(1.02+p)), "median_frequency", or explicit per-class weights.
+    class_weights: str | list[float] | None = None
+
+
+@dataclass
+class EvalConfig:
+    every_epochs: int = 1
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    flip: bool = False
+    batch_size: int = 4
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    amp: Literal["none", "bf16", "fp16"] = "bf16"
+    channels_last: bool = True
+    compile: bool = False
+    seed: int = 0
+    output_dir: str = "runs/camvid_slim"
+    # Stop cleanly (checkpoint written) once this many minutes have passed; resume later.
+    max_minutes: float | None = None
+    # Limit iterations per epoch (smoke tests, quick experiments); None = the whole set.
+    max_iterations_per_epoch: int | None = None
+    log_every: int = 10
+    device: str = "auto"
+    threads: int | None = None  # torch CPU threads; None = PyTorch's default
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,0 +1,95 @@
+"""Confusion-matrix metrics: IoU per class, mIoU, pixel and mean accuracy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class ConfusionMatrix:
+    """Accumulates a ``(C, C)`` matrix, rows = ground truth, columns = prediction.
+
+    Pixels whose label is ``ignore_index`` (or otherwise outside ``0..C-1``) are skipped.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        """``prediction`` and ``target``: integer tensors of the same shape."""
+        if prediction.shape != target.shape:
+            raise ValueError(
+                f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ"
+            )
+        target = target.flatten().long()
+        prediction = prediction.flatten().long()
+        valid = (target >= 0) & (target < self.num_classes) & (target != self.ignore_index)
+        index = target[valid] * self.num_classes + prediction[valid]
+        counts = torch.bincount(index, minlength=self.num_classes**2)
+        self.matrix += counts.reshape(self.num_classes, self.num_classes).cpu()
+
+    def merge(self, other: torch.Tensor) -> None:
+        self.matrix += other.cpu()
+
+    def compute(self) -> SegmentationMetrics:
+        return SegmentationMetrics.from_matrix(self.matrix)
+
+
+@dataclass
+class SegmentationMetrics:
+    """Metrics in percent. ``iou[k]`` is ``nan`` for a class absent from both ground truth
+    and predictions; ``miou`` averages the others (the usual convention)."""
+
+    iou: list[float]
+    miou: float
+    pixel_accuracy: float
+    mean_accuracy: float
+    matrix: torch.Tensor
+
+    @classmethod
+    def from_matrix(cls, matrix: torch.Tensor) -> SegmentationMetrics:
+        matrix = matrix.double()
+        true_positive = matrix.diag()
+        ground_truth = matrix.sum(dim=1)
+        predicted = matrix.sum(dim=0)
+        union = ground_truth + predicted - true_positive
+        iou = torch.where(union > 0, true_positive / union.clamp(min=1), torch.nan)
+        accuracy = torch.where(
+            ground_truth > 0, true_positive / ground_truth.clamp(min=1), torch.nan
+        )
+        total = matrix.sum()
+        return cls(
+            iou=[float(v) * 100 for v in iou],
+            miou=float(iou.nanmean()) * 100 if (union > 0).any() else float("nan"),
+            pixel_accuracy=float(true_positive.sum() / total) * 100 if total > 0 else float("nan"),
+            mean_accuracy=float(accuracy.nanmean()) * 100
+            if (ground_truth > 0).any()
+            else float("nan"),
+            matrix=matrix.long(),
+        )
+
+    def to_dict(self, class_names: list[str] | None = None) -> dict:
+        names = class_names or [str(i) for i in range(len(self.iou))]
+        return {
+            "mIoU": self.miou,
+            "pixel_accuracy": self.pixel_accuracy,
+            "mean_accuracy": self.mean_accuracy,
+            "per_class_IoU": {name: value for name, value in zip(names, self.iou)},
+            "confusion_matrix": self.matrix.tolist(),
+        }
+
+    def table(self, class_names: list[str] | None = None) -> str:
+        names = class_names or [str(i) for i in range(len(self.iou))]
+        width = max(12, *(len(n) for n in names)) + 2
+        lines = [f"{'class':<{width}}{'IoU (%)':>9}", "-" * (width + 9)]
+        lines += [f"{name:<{width}}{value:>9.2f}" for name, value in zip(names, self.iou)]
+        lines += [
+            "-" * (width + 9),
+            f"{'mIoU':<{width}}{self.miou:>9.2f}",
+            f"{'pixel acc':<{width}}{self.pixel_accuracy:>9.2f}",
+            f"{'mean acc':<{width}}{self.mean_accuracy:>9.2f}",
+        ]
+        return "\n".join(lines)

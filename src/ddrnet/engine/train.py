@@ -1,0 +1,426 @@
+"""The training loop, readable top to bottom (in the spirit of nanoGPT).
+
+``train(config)`` builds data, model, loss and optimiser from a ``Config``, then runs epochs of
+SGD/AdamW with poly decay; after each epoch it evaluates (when due) and writes ``last.pt``
+atomically, plus ``best.pt`` and ``best.safetensors`` when mIoU improves. Resuming restores
+model, optimiser, scaler, epoch and iteration; the random streams are re-seeded from
+``(seed, epoch, rank)`` at the start of every epoch, so a resumed run continues exactly as an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from tqdm import tqdm
+
+from ddrnet.config import to_dict
+from ddrnet.data.build import build_dataset
+from ddrnet.engine.checkpointing import atomic_save, load_training_checkpoint
+from ddrnet.engine.config import Config
+from ddrnet.engine.distributed import (
+    DistributedContext,
+    barrier,
+    cleanup_distributed,
+    setup_distributed,
+)
+from ddrnet.engine.evaluate import evaluate
+from ddrnet.engine.inference import normalize
+from ddrnet.engine.losses import (
+    CrossEntropy,
+    DeepSupervisionLoss,
+    OhemCrossEntropy,
+    class_balance_weights,
+)
+from ddrnet.engine.schedules import poly_lr
+from ddrnet.models import ModelMetadata, create_model, load_weights, save_model
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the last checkpoint on disk is intact."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    if setting == "none":
+        return None
+    if setting == "fp16" and device.type == "cpu":
+        raise ValueError("train.amp=fp16 needs CUDA; use bf16 on CPU")
+    return torch.bfloat16 if setting == "bf16" else torch.float16
+
+
+def label_pixel_counts(dataset, num_classes: int) -> torch.Tensor:
+    """Pixels per class over the un-augmented training labels, ``(num_classes,)`` int64."""
+    counts = torch.zeros(num_classes, dtype=torch.int64)
+    for index in range(len(dataset)):
+        _, label = dataset.load(index)
+        label = torch.from_numpy(label).long().flatten()
+        counts += torch.bincount(label[label < num_classes], minlength=num_classes)
+    return counts
+
+
+def train(config: Config, resume: bool | str = False) -> Path:
+    """Run the recipe; returns the output folder. ``resume``: True = ``<output>/last.pt``."""
+    device = pick_device(config.train.device)
+    context = setup_distributed(device.type)
+    try:
+        return _train(config, resume, device, context)
+    finally:
+        cleanup_distributed(context)
+
+
+def _train(
+    config: Config, resume: bool | str, device: torch.device, ctx: DistributedContext
+) -> Path:
+    cfg_train, cfg_data, cfg_optim, cfg_loss = config.train, config.data, config.optim, config.loss
+    if cfg_train.threads:
+        torch.set_num_threads(cfg_train.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    output = Path(cfg_train.output_dir)
+    if ctx.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    torch.manual_seed(cfg_train.seed)
+
+    # ---- data -------------------------------------------------------------------------
+    train_set = build_dataset(cfg_data, cfg_data.train_split, train=True)
+    val_set = build_dataset(cfg_data, cfg_data.val_split, train=False)
+    if cfg_data.check and ctx.is_main:
+        logger.info("checking %d training and %d validation pairs", len(train_set), len(val_set))
+        train_set.check()
+        val_set.check()
+    labels = train_set.labels
+    mean = tuple(cfg_data.mean or labels.mean)
+    std = tuple(cfg_data.std or labels.std)
+    if len(train_set) < cfg_data.batch_size * ctx.world_size:
+        raise ValueError(
+            f"data.batch_size={cfg_data.batch_size} x {ctx.world_size} processes exceeds the "
+            f"{len(train_set)} training images"
+        )
+    iterations_per_epoch = len(train_set) // (cfg_data.batch_size * ctx.world_size)
+    if cfg_train.max_iterations_per_epoch:
+        iterations_per_epoch = min(iterations_per_epoch, cfg_train.max_iterations_per_epoch)
+    total_iterations = iterations_per_epoch * cfg_train.epochs
+
+    # ---- model ------------------------------------------------------------------------
+    model = create_model(
+        config.model.name,
+        num_classes=labels.num_classes,
+        aux_head=config.model.aux_head,
+        width_multiplier=config.model.width_multiplier,
+    )
+    if config.model.pretrained:
+        report = load_weights(model, config.model.pretrained)
+        logger.info(report.summary())
+    model.train().to(device)
+    if cfg_train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if ctx.enabled and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    core_model = model
+    # DDP and torch.compile wrap a module whose forward returns both heads.
+    forward: torch.nn.Module = MainAndAuxiliary(core_model)
+    if ctx.enabled:
+        forward = torch.nn.parallel.DistributedDataParallel(
+            forward, device_ids=[ctx.local_rank] if device.type == "cuda" else None
+        )
+    if cfg_train.compile:
+        forward = torch.compile(forward)
+
+    # ---- loss -------------------------------------------------------------------------
+    weights = None
+    if cfg_loss.class_weights is not None:
+        if isinstance(cfg_loss.class_weights, str):
+            counts = label_pixel_counts(train_set, labels.num_classes)
+            weights = class_balance_weights(counts, cfg_loss.class_weights)
+        else:
+            if len(cfg_loss.class_weights) != labels.num_classes:
+                raise ValueError(
+                    f"loss.class_weights has {len(cfg_loss.class_weights)} values for "
+                    f"{labels.num_classes} classes"
+                )
+            weights = torch.tensor(cfg_loss.class_weights, dtype=torch.float32)
+        logger.info("class weights: %s", [round(float(w), 3) for w in weights])
+    if cfg_loss.label_stride < 1:
+        raise ValueError(f"loss.label_stride must be >= 1, got {cfg_loss.label_stride}")
+    min_kept = max(1, cfg_loss.ohem_min_kept // cfg_loss.label_stride**2)
+    criterion_cls = (
+        OhemCrossEntropy(cfg_loss.ohem_threshold, min_kept, labels.ignore_index, weights)
+        if cfg_loss.ohem
+        else CrossEntropy(labels.ignore_index, weights)
+    )
+    criterion = DeepSupervisionLoss(
+        criterion_cls, 1.0, cfg_loss.aux_weight, cfg_loss.label_stride
+    ).to(device)
+
+    # ---- optimiser --------------------------------------------------------------------
+    if cfg_optim.optimizer == "sgd":
+        optimizer = torch.optim.SGD(
+            core_model.parameters(),
+            lr=cfg_optim.lr,
+            momentum=cfg_optim.momentum,
+            weight_decay=cfg_optim.weight_decay,
+            nesterov=cfg_optim.nesterov,
+        )
+    else:
+        optimizer = torch.optim.AdamW(
+            core_model.parameters(), lr=cfg_optim.lr, weight_decay=cfg_optim.weight_decay
+        )
+    autocast_dtype = amp_dtype(cfg_train.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+    warmup_iterations = int(cfg_optim.warmup_epochs * iterations_per_epoch)
+
+    # ---- resume -----------------------------------------------------------------------
+    start_epoch, iteration, best_miou, history = 0, 0, -1.0, []
+    resume_path = output / "last.pt" if resume is True else Path(resume) if resume else None
+    if resume_path is not None:
+        state = load_training_checkpoint(resume_path)
+        core_model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, iteration = state["epoch"], state["iteration"]
+        best_miou, history = state["best_miou"], state.get("history", [])
+        logger.info(
+            "resumed from %s at epoch %d (iteration %d)", resume_path, start_epoch, iteration
+        )
+
+    writer = _tensorboard(output) if ctx.is_main else None
+    started = time.monotonic()
+    seen_images = 0
+    for epoch in range(start_epoch, cfg_train.epochs):
+        # Re-seed every stream from (seed, epoch, rank): an epoch's randomness does not depend
+        # on what ran before it, which is what makes resume exact.
+        epoch_seed = cfg_train.seed + 1009 * epoch + ctx.rank
+        torch.manual_seed(epoch_seed)
+        generator = torch.Generator().manual_seed(epoch_seed)
+        if ctx.enabled:
+            sampler = DistributedSampler(train_set, ctx.world_size, ctx.rank, seed=cfg_train.seed)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = RandomSampler(train_set, generator=generator)
+        loader = DataLoader(
+            train_set,
+            batch_size=cfg_data.batch_size,
+            sampler=sampler,
+            num_workers=cfg_data.num_workers,
+            drop_last=True,
+            pin_memory=device.type == "cuda",
+            generator=generator,
+        )
+        forward.train()
+        epoch_start, epoch_losses = time.monotonic(), []
+        bar = tqdm(
+            total=iterations_per_epoch,
+            desc=f"epoch {epoch + 1}/{cfg_train.epochs}",
+            disable=not ctx.is_main,
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+        for step, (images, targets) in enumerate(loader):
+            if step >= iterations_per_epoch:
+                break
+            lr = poly_lr(
+                iteration,
+                total_iterations,
+                cfg_optim.lr,
+                cfg_optim.poly_power,
+                warmup_iterations,
+                cfg_optim.warmup_ratio,
+                cfg_optim.min_lr,
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images = normalize(images.to(device, non_blocking=True), mean, std)
+            if cfg_train.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = targets.to(device, non_blocking=True)
+            with torch.autocast(
+                device.type,
+                dtype=autocast_dtype or torch.float32,
+                enabled=autocast_dtype is not None,
+            ):
+                main, aux = forward(images)
+            loss, parts = criterion(main.float(), None if aux is None else aux.float(), targets)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"loss became {float(loss)} at epoch {epoch + 1}, iteration {iteration}; "
+                    f"lower optim.lr or check the labels. The last checkpoint in {output} is intact."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            iteration += 1
+            seen_images += images.shape[0] * ctx.world_size
+            epoch_losses.append(float(loss.detach()))
+            if ctx.is_main and (
+                step % cfg_train.log_every == 0 or step == iterations_per_epoch - 1
+            ):
+                elapsed = time.monotonic() - epoch_start
+                rate = (step + 1) * cfg_data.batch_size * ctx.world_size / max(elapsed, 1e-9)
+                remaining = (
+                    (total_iterations - iteration)
+                    * cfg_data.batch_size
+                    * ctx.world_size
+                    / max(rate, 1e-9)
+                )
+                bar.set_postfix(
+                    loss=f"{loss.item():.3f}",
+                    lr=f"{lr:.2e}",
+                    img_s=f"{rate:.1f}",
+                    eta=_hms(remaining),
+                )
+                if writer:
+                    writer.add_scalar("train/loss", loss.item(), iteration)
+                    writer.add_scalar("train/lr", lr, iteration)
+                    for name, value in parts.items():
+                        writer.add_scalar(f"train/{name}", value, iteration)
+            bar.update(1)
+        bar.close()
+        epoch_time = time.monotonic() - epoch_start
+        record = {
+            "epoch": epoch + 1,
+            "iteration": iteration,
+            "lr": lr,
+            "train_loss": sum(epoch_losses) / max(1, len(epoch_losses)),
+            "epoch_seconds": round(epoch_time, 2),
+            "images_per_second": round(
+                iterations_per_epoch * cfg_data.batch_size * ctx.world_size / epoch_time, 2
+            ),
+        }
+
+        # ---- evaluate ---------------------------------------------------------------------
+        is_last_epoch = epoch + 1 == cfg_train.epochs
+        out_of_time = (
+            cfg_train.max_minutes is not None
+            and (time.monotonic() - started) / 60 >= cfg_train.max_minutes
+        )
+        if (epoch + 1) % config.eval.every_epochs == 0 or is_last_epoch or out_of_time:
+            metrics = evaluate(
+                core_model,
+                val_set,
+                labels.num_classes,
+                mean,
+                std,
+                device=device,
+                scales=config.eval.scales,
+                flip=config.eval.flip,
+                batch_size=config.eval.batch_size,
+                amp_dtype=autocast_dtype,
+                channels_last=cfg_train.channels_last,
+                ignore_index=labels.ignore_index,
+                context=ctx,
+            )
+            record["val_mIoU"] = round(metrics.miou, 3)
+            record["val_pixel_accuracy"] = round(metrics.pixel_accuracy, 3)
+            record["val_per_class_IoU"] = dict(
+                zip(labels.class_names, (round(v, 2) for v in metrics.iou))
+            )
+            if writer:
+                writer.add_scalar("val/mIoU", metrics.miou, epoch + 1)
+        history.append(record)
+
+        # ---- checkpoint -------------------------------------------------------------------
+        if ctx.is_main:
+            improved = "val_mIoU" in record and record["val_mIoU"] > best_miou
+            if improved:
+                best_miou = record["val_mIoU"]
+            state = {
+                "model": core_model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch + 1,
+                "iteration": iteration,
+                "best_miou": best_miou,
+                "history": history,
+                "config": to_dict(config),
+                "metadata": _metadata(
+                    config, core_model, labels, mean, std, record, epoch + 1
+                ).to_json(),
+            }
+            atomic_save(state, output / "last.pt")
+            if improved:
+                atomic_save(state, output / "best.pt")
+                save_model(
+                    core_model,
+                    output / "best.safetensors",
+                    _metadata(config, core_model, labels, mean, std, record, epoch + 1),
+                )
+            with open(output / "metrics.jsonl", "a") as stream:
+                stream.write(json.dumps(record) + "\n")
+            logger.info(
+                "epoch %d: loss %.4f, %.1f img/s%s",
+                epoch + 1,
+                record["train_loss"],
+                record["images_per_second"],
+                f", val mIoU {record['val_mIoU']:.2f} (best {best_miou:.2f})"
+                if "val_mIoU" in record
+                else "",
+            )
+        barrier(ctx)
+        if out_of_time and not is_last_epoch:
+            logger.info("train.max_minutes=%s reached; resume with --resume", cfg_train.max_minutes)
+            break
+    if writer:
+        writer.close()
+    return output
+
+
+class MainAndAuxiliary(torch.nn.Module):
+    """Training view of a DDRNet: ``forward`` returns ``(main_logits, aux_logits | None)``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor):
+        return self.model.forward_with_aux(images)
+
+
+def _metadata(config: Config, model, labels, mean, std, record: dict, epoch: int) -> ModelMetadata:
+    return ModelMetadata(
+        architecture=config.model.name,
+        num_classes=labels.num_classes,
+        spec=model.spec.to_dict(),
+        aux_head=config.model.aux_head,
+        class_names=list(labels.class_names),
+        palette=[list(c) for c in labels.palette],
+        mean=list(mean),
+        std=list(std),
+        ignore_index=labels.ignore_index,
+        dataset=labels.name,
+        input_size=None,
+        metrics={k: v for k, v in record.items() if k.startswith("val_")},
+        training={"epoch": epoch, "epochs": config.train.epochs, "config": to_dict(config)},
+    )
+
+
+def _tensorboard(output: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        logger.info("tensorboard is not installed; metrics go to metrics.jsonl only")
+        return None
+    return SummaryWriter(str(output / "tensorboard"))
+
+
+def _hms(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
