@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ddrnet.data.datasets import DatasetError, PairedSegmentationDataset, camvid
+from ddrnet.data.datasets import (
+    DatasetError,
+    PairedSegmentationDataset,
+    camvid,
+    cityscapes,
+    coco_stuff,
+)
+from ddrnet.data.folder import folder_dataset
 from ddrnet.data.transforms import TrainTransform
 
 
@@ -31,4 +38,10 @@ def build_dataset(
     sequences = config.train_sequences if train else config.val_sequences
     if config.dataset == "camvid":
         return camvid(root, split, transform, cache=cache, sequences=sequences)
+    elif config.dataset == "cityscapes":
+        return cityscapes(root, split, transform, cache=cache)
+    elif config.dataset == "coco_stuff":
+        return coco_stuff(root, split, transform, cache=cache)
+    elif config.dataset == "folder":
+        return folder_dataset(root, split, config.classes_file, transform, cache=cache)
     raise DatasetError(f"data set {config.dataset!r} is not available in this build")

@@ -43,7 +43,7 @@ def to_rgb_array(image: Image.Image, source: str = "<image>") -> np.ndarray:
         grey = ((array - low) * scale).round().astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
     try:
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))  # a writable copy (torch warns on read-only)
     except (ValueError, OSError) as error:
         raise ImageReadError(
             f"{source}: cannot convert mode {image.mode} to RGB ({error})"
@@ -62,13 +62,42 @@ def read_label(path: str | Path) -> np.ndarray:
     here: colour-coded labels go through a data set's colour-to-class table instead.
     """
     image = _open(path)
+    indices = _index_array(image)
+    if indices is None:
+        raise ImageReadError(
+            f"{path}: label images must be single-channel class indices, got mode {image.mode}"
+        )
+    return indices
+
+
+def _index_array(image: Image.Image) -> np.ndarray | None:
+    """The stored values of a single-channel image, ``(H, W)``; None for colour images."""
     if image.mode in ("L", "P"):
-        return np.asarray(image)
+        return np.array(image)
     if image.mode in ("I", "I;16", "I;16B", "I;16L"):
         return np.asarray(image).astype(np.int32)
-    raise ImageReadError(
-        f"{path}: label images must be single-channel class indices, got mode {image.mode}"
-    )
+    return None
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a label image of either kind: ``(H, W)`` class indices for single-channel images
+    (L, P with its indices, 16/32-bit), ``(H, W, 3)`` uint8 RGB for colour ones (alpha dropped).
+    """
+    image = _open(path)
+    indices = _index_array(image)
+    return np.asarray(image.convert("RGB")) if indices is None else indices
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of an image file, read from its header without decoding pixels."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ImageReadError(f"{path}: not a readable image ({error})") from None
 
 
 def read_color_label(path: str | Path) -> np.ndarray:

@@ -1,0 +1,243 @@
+"""A data set of your own: images and masks in two folders, classes in a YAML/JSON file.
+
+Layout::
+
+    <root>/images/<split>/<name>.{png,jpg,jpeg}
+    <root>/masks/<split>/<name>.png        # same name, PNG only (JPEG would alter values)
+
+Masks are either index PNGs (single-channel; each value a class id, ``ignore_index`` =
+not labelled) or colour PNGs (RGB; each colour one class of the classes file, colours under
+``ignore_colors`` not labelled). The classes file::
+
+    classes:
+      - {name: road, color: [128, 64, 128]}
+      - {name: car, color: [0, 0, 142]}
+    ignore_index: 255          # optional: the index-mask value meaning "not labelled"
+    ignore_colors: [[0, 0, 0]] # optional: colour-mask colours meaning "not labelled"
+    mean: [0.485, 0.456, 0.406]  # optional, RGB on the 0..1 scale; default ImageNet's
+    std: [0.229, 0.224, 0.225]
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ddrnet.data.datasets import (
+    ColourLabelDataset,
+    DatasetError,
+    MaskFormat,
+    Sample,
+    Transform,
+    split_folder,
+)
+from ddrnet.data.labels import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, LabelSet, lookup_table
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_TOP_LEVEL_KEYS = ("classes", "ignore_index", "ignore_colors", "mean", "std")
+_CLASS_KEYS = ("name", "color")
+
+
+@dataclass(frozen=True)
+class FolderClasses:
+    """The parsed classes file: the label set a model is trained for, and how masks mark
+    unlabelled pixels (a raw index value and/or colours)."""
+
+    labels: LabelSet
+    ignore_index: int
+    ignore_colors: tuple[tuple[int, int, int], ...]
+    source: Path
+
+
+def _colour(value: Any, where: str, path: Path) -> tuple[int, int, int]:
+    ok = (
+        isinstance(value, (list, tuple))
+        and len(value) == 3
+        and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value)
+    )
+    if not ok:
+        raise DatasetError(f"{path}: {where} must be three integers 0..255, got {value!r}")
+    return (int(value[0]), int(value[1]), int(value[2]))
+
+
+def _statistics(value: Any, key: str, path: Path) -> tuple[float, float, float]:
+    ok = (
+        isinstance(value, (list, tuple))
+        and len(value) == 3
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    )
+    if not ok:
+        raise DatasetError(f"{path}: {key} must be three numbers (R, G, B), got {value!r}")
+    # Catch statistics on the 0..255 scale (as some frameworks write them): normalising
+    # with them would silently squash every input to almost zero.
+    low = 0.0 if key == "mean" else 1e-6
+    if not all(low <= v <= 1.0 for v in value):
+        raise DatasetError(
+            f"{path}: {key} {list(value)} must be on the 0..1 scale (divide 0..255 values by 255)"
+        )
+    return (float(value[0]), float(value[1]), float(value[2]))
+
+
+def load_classes_file(path: str | Path) -> FolderClasses:
+    """Parse and validate a classes file (YAML, or JSON by its ``.json`` suffix).
+
+    Every problem is a ``DatasetError`` naming the file and the entry: missing file,
+    unknown keys, a class without name or colour, a colour that is not three integers
+    0..255, duplicate names or colours, an ``ignore_index`` that is also a class id.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"classes file {path} does not exist")
+    text = path.read_text()
+    try:
+        values = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise DatasetError(f"{path}: cannot parse the classes file ({error})") from None
+    if not isinstance(values, dict):
+        raise DatasetError(f"{path}: the top level must be a mapping with a 'classes' list")
+    unknown = sorted(set(values) - set(_TOP_LEVEL_KEYS))
+    if unknown:
+        raise DatasetError(f"{path}: unknown keys {unknown}; valid: {list(_TOP_LEVEL_KEYS)}")
+    entries = values.get("classes")
+    if not isinstance(entries, list) or not entries:
+        raise DatasetError(f"{path}: 'classes' must be a non-empty list of {{name, color}}")
+    # Train ids are uint8 with 255 kept for "ignore".
+    if len(entries) > IGNORE_INDEX:
+        raise DatasetError(f"{path}: {len(entries)} classes; at most {IGNORE_INDEX} fit")
+
+    names: list[str] = []
+    colours: list[tuple[int, int, int]] = []
+    for index, entry in enumerate(entries):
+        where = f"classes[{index}]"
+        if not isinstance(entry, dict):
+            raise DatasetError(f"{path}: {where} must be a mapping with name and color")
+        extra = sorted(set(entry) - set(_CLASS_KEYS))
+        missing = [key for key in _CLASS_KEYS if key not in entry]
+        if extra or missing:
+            raise DatasetError(
+                f"{path}: {where} needs exactly the keys {list(_CLASS_KEYS)}; "
+                f"missing {missing}, unknown {extra}"
+            )
+        name = entry["name"]
+        if not isinstance(name, str) or not name.strip():
+            raise DatasetError(f"{path}: {where}.name must be a non-empty string, got {name!r}")
+        if name in names:
+            raise DatasetError(f"{path}: {where}: class name {name!r} appears twice")
+        colour = _colour(entry["color"], f"{where}.color", path)
+        if colour in colours:
+            other = names[colours.index(colour)]
+            raise DatasetError(f"{path}: {where} ({name}) has the colour of {other}: {colour}")
+        names.append(name)
+        colours.append(colour)
+
+    ignore_index = values.get("ignore_index", IGNORE_INDEX)
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        raise DatasetError(f"{path}: ignore_index must be an integer, got {ignore_index!r}")
+    if not len(names) <= ignore_index <= 255:
+        raise DatasetError(
+            f"{path}: ignore_index {ignore_index} must lie in {len(names)}..255: values "
+            f"0..{len(names) - 1} are the class ids"
+        )
+    raw_ignore_colours = values.get("ignore_colors", [])
+    if not isinstance(raw_ignore_colours, list):
+        raise DatasetError(f"{path}: ignore_colors must be a list of [R, G, B]")
+    ignore_colours = []
+    for index, value in enumerate(raw_ignore_colours):
+        colour = _colour(value, f"ignore_colors[{index}]", path)
+        if colour in colours:
+            raise DatasetError(
+                f"{path}: ignore_colors[{index}] {colour} is the colour of class "
+                f"{names[colours.index(colour)]}"
+            )
+        ignore_colours.append(colour)
+
+    mean = _statistics(values.get("mean", IMAGENET_MEAN), "mean", path)
+    std = _statistics(values.get("std", IMAGENET_STD), "std", path)
+    labels = LabelSet(
+        name=path.stem,
+        class_names=tuple(names),
+        palette=tuple(colours),
+        mean=mean,
+        std=std,
+        extra={"classes_file": str(path)},
+    )
+    return FolderClasses(labels, ignore_index, tuple(dict.fromkeys(ignore_colours)), path)
+
+
+def folder_samples(root: str | Path, split: str) -> list[Sample]:
+    """Pairs ``images/<split>/<name>.{png,jpg,jpeg}`` with ``masks/<split>/<name>.png``.
+
+    Raises naming the files: images without a mask, masks without an image, two images of
+    the same name (``a.png`` and ``a.jpg``), no images at all.
+    """
+    root = Path(root)
+    name = f"folder data set {root} split {split!r}"
+    image_dir = split_folder(root, "images", split, name)
+    mask_dir = split_folder(root, "masks", split, name)
+    images: dict[str, Path] = {}
+    for path in sorted(image_dir.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        if path.stem in images:
+            raise DatasetError(f"{name}: {images[path.stem]} and {path} share the name")
+        images[path.stem] = path
+    if not images:
+        raise DatasetError(f"{name}: no {'/'.join(IMAGE_SUFFIXES)} images in {image_dir}")
+    masks = {path.stem: path for path in sorted(mask_dir.glob("*.png")) if path.is_file()}
+    without_mask = [str(images[stem]) for stem in images if stem not in masks]
+    if without_mask:
+        raise DatasetError(
+            f"{name}: {len(without_mask)} images have no mask {mask_dir}/<name>.png: "
+            + ", ".join(without_mask[:10])
+        )
+    without_image = [str(masks[stem]) for stem in masks if stem not in images]
+    if without_image:
+        raise DatasetError(
+            f"{name}: {len(without_image)} masks have no image of the same name in "
+            f"{image_dir}: " + ", ".join(without_image[:10])
+        )
+    return [Sample(images[stem], masks[stem]) for stem in images]
+
+
+def folder_dataset(
+    root: str | Path,
+    split: str,
+    classes_file: str | Path | None = None,
+    transform: Transform | None = None,
+    cache: bool = False,
+    mask_format: MaskFormat = "auto",
+) -> ColourLabelDataset:
+    """A folder data set (layout in the module docstring). ``classes_file`` defaults to
+    ``<root>/classes.yaml``. ``mask_format="auto"`` reads single-channel masks as class ids
+    and colour masks through the class colours; ``"index"`` or ``"colour"`` insist on one
+    kind (``"colour"`` also reads palette PNGs through their palette)."""
+    root = Path(root)
+    classes = load_classes_file(root / "classes.yaml" if classes_file is None else classes_file)
+    count = classes.labels.num_classes
+    # Raw values are the index-mask values: 0..count-1 classes, ignore_index not labelled.
+    # Colour masks are translated into the same values, so one table serves both kinds.
+    lut = lookup_table({i: i for i in range(count)})
+    valid = np.zeros(256, dtype=bool)
+    valid[:count] = True
+    valid[classes.ignore_index] = True
+    colours = np.array(classes.labels.palette + classes.ignore_colors, dtype=np.uint8)
+    values = np.array(
+        list(range(count)) + [classes.ignore_index] * len(classes.ignore_colors), dtype=np.int32
+    )
+    return ColourLabelDataset(
+        folder_samples(root, split),
+        classes.labels,
+        lut,
+        valid,
+        colours,
+        values,
+        transform,
+        cache,
+        name=f"{root.name} {split}",
+        mask_format=mask_format,
+    )
