@@ -34,6 +34,6 @@ def cityscapes_root() -> Path:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # Under pytest-xdist each worker gets one thread: two workers on two cores, no contention.
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        torch.set_num_threads(1)
+    # One thread per test process: under pytest-xdist two workers share two cores, and OpenMP
+    # threads that outnumber the cores spin against each other and slow everything down.
+    torch.set_num_threads(1)

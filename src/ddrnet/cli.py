@@ -100,6 +100,92 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_model_for_inference(checkpoint: str | None, model_name: str | None, num_classes=None):
+    """A model from a checkpoint (its metadata names the architecture) or a registry name."""
+    import ddrnet
+
+    if checkpoint is None and model_name is None:
+        raise UsageError("give --checkpoint FILE (and --model NAME for files without metadata)")
+    return ddrnet.create_model(model_name, checkpoint=checkpoint, num_classes=num_classes)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from ddrnet.config import from_dict
+    from ddrnet.data.build import build_dataset
+    from ddrnet.engine.config import DataConfig
+    from ddrnet.engine.evaluate import evaluate
+
+    model = load_model_for_inference(args.checkpoint, args.model)
+    metadata = model.metadata
+    trained_with = (metadata.training or {}).get("config", {}).get("data", {})
+    data_values = {k: v for k, v in trained_with.items()} if trained_with else {}
+    for key, value in (
+        ("dataset", args.dataset),
+        ("root", args.root),
+        ("classes_file", args.classes_file),
+    ):
+        if value is not None:
+            data_values[key] = value
+    if "dataset" not in data_values or "root" not in data_values:
+        raise UsageError("this checkpoint does not record its data set: give --dataset and --root")
+    data_values["cache_images"] = False
+    data_values["check"] = False
+    data_config = from_dict(DataConfig, data_values)
+    dataset = build_dataset(data_config, args.split, train=False)
+    labels = dataset.labels
+    if labels.num_classes != model.num_classes:
+        raise UsageError(
+            f"the model predicts {model.num_classes} classes but {data_config.dataset} has "
+            f"{labels.num_classes}"
+        )
+    if args.max_images:
+        dataset = torch.utils.data.Subset(dataset, range(min(args.max_images, len(dataset))))
+    mean = metadata.mean if metadata.mean else labels.mean
+    std = metadata.std if metadata.std else labels.std
+    device = torch.device(
+        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    model.to(device)
+    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    metrics = evaluate(
+        model,
+        dataset,
+        labels.num_classes,
+        mean,
+        std,
+        device=device,
+        scales=args.scales,
+        flip=args.flip,
+        window=args.window,
+        batch_size=args.batch_size,
+        amp_dtype=amp,
+        ignore_index=labels.ignore_index,
+    )
+    names = list(labels.class_names)
+    print(
+        f"{data_config.dataset} {args.split}: {len(dataset)} images, scales {args.scales}, flip {args.flip}"
+    )
+    print(metrics.table(names))
+    if args.json:
+        from pathlib import Path
+
+        result = {
+            "checkpoint": args.checkpoint,
+            "dataset": data_config.dataset,
+            "split": args.split,
+            "images": len(dataset),
+            "scales": list(args.scales),
+            "flip": args.flip,
+            **metrics.to_dict(names),
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"metrics written to {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddrnet",
@@ -131,6 +217,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="resume from OUTPUT_DIR/last.pt, or from the checkpoint given",
     )
     train.set_defaults(handler=cmd_train)
+
+    evaluation = commands.add_parser(
+        "eval",
+        help="mIoU, per-class IoU and accuracy of a checkpoint on a data set",
+        description="Evaluate at full label resolution. The data set defaults to the one the "
+        "checkpoint was trained on (from its metadata).",
+    )
+    evaluation.add_argument("checkpoint", help="model file (.safetensors, .pt or .pth)")
+    evaluation.add_argument("--model", help="architecture, for checkpoints without metadata")
+    evaluation.add_argument("--dataset", choices=["camvid", "cityscapes", "coco_stuff", "folder"])
+    evaluation.add_argument("--root", help="data set folder")
+    evaluation.add_argument("--classes-file", help="folder data sets: the classes file")
+    evaluation.add_argument("--split", default="val")
+    evaluation.add_argument(
+        "--scales", type=float, nargs="+", default=[1.0], help="e.g. 0.5 0.75 1 1.25 1.5 1.75"
+    )
+    evaluation.add_argument("--flip", action="store_true", help="add horizontally flipped passes")
+    evaluation.add_argument("--window", type=parse_size, help="sliding window HEIGHTxWIDTH")
+    evaluation.add_argument("--batch-size", type=int, default=1)
+    evaluation.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    evaluation.add_argument("--device", default="auto")
+    evaluation.add_argument("--max-images", type=int, help="only the first N images")
+    evaluation.add_argument("--json", help="write the metrics (key 'mIoU') to this file")
+    evaluation.set_defaults(handler=cmd_eval)
     return parser
 
 

@@ -75,6 +75,8 @@ class EvalConfig:
     scales: list[float] = field(default_factory=lambda: [1.0])
     flip: bool = False
     batch_size: int = 4
+    # Evaluate on the first N validation images only (quick experiments); None = all.
+    max_images: int | None = None
 
 
 @dataclass

@@ -46,6 +46,16 @@ def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.T
     return tensor
 
 
+def any_process(flag: bool, context: DistributedContext) -> bool:
+    """True on every process when ``flag`` is true on at least one (keeps decisions such as
+    "stop now" identical across processes, which would otherwise deadlock)."""
+    if not context.enabled:
+        return flag
+    tensor = torch.tensor([1 if flag else 0])
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
 def barrier(context: DistributedContext) -> None:
     if context.enabled:
         dist.barrier()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 from tqdm import tqdm
 
 from ddrnet.config import to_dict
@@ -27,6 +27,7 @@ from ddrnet.engine.checkpointing import atomic_save, load_training_checkpoint
 from ddrnet.engine.config import Config
 from ddrnet.engine.distributed import (
     DistributedContext,
+    any_process,
     barrier,
     cleanup_distributed,
     setup_distributed,
@@ -100,10 +101,12 @@ def _train(
     # ---- data -------------------------------------------------------------------------
     train_set = build_dataset(cfg_data, cfg_data.train_split, train=True)
     val_set = build_dataset(cfg_data, cfg_data.val_split, train=False)
+    if config.eval.max_images:
+        val_set = Subset(val_set, range(min(config.eval.max_images, len(val_set))))
     if cfg_data.check and ctx.is_main:
         logger.info("checking %d training and %d validation pairs", len(train_set), len(val_set))
         train_set.check()
-        val_set.check()
+        getattr(val_set, "dataset", val_set).check()
     labels = train_set.labels
     mean = tuple(cfg_data.mean or labels.mean)
     std = tuple(cfg_data.std or labels.std)
@@ -258,7 +261,7 @@ def _train(
             loss, parts = criterion(main.float(), None if aux is None else aux.float(), targets)
             if not torch.isfinite(loss):
                 raise TrainingError(
-                    f"loss became {float(loss)} at epoch {epoch + 1}, iteration {iteration}; "
+                    f"loss became {loss.item()} at epoch {epoch + 1}, iteration {iteration}; "
                     f"lower optim.lr or check the labels. The last checkpoint in {output} is intact."
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -306,9 +309,10 @@ def _train(
 
         # ---- evaluate ---------------------------------------------------------------------
         is_last_epoch = epoch + 1 == cfg_train.epochs
-        out_of_time = (
+        out_of_time = any_process(
             cfg_train.max_minutes is not None
-            and (time.monotonic() - started) / 60 >= cfg_train.max_minutes
+            and (time.monotonic() - started) / 60 >= cfg_train.max_minutes,
+            ctx,
         )
         if (epoch + 1) % config.eval.every_epochs == 0 or is_last_epoch or out_of_time:
             metrics = evaluate(

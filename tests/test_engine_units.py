@@ -1,0 +1,129 @@
+"""Engine building blocks against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ddrnet.config import ConfigError, load_config
+from ddrnet.engine.config import Config
+from ddrnet.engine.losses import (
+    DeepSupervisionLoss,
+    OhemCrossEntropy,
+    bilinear_matrix,
+    class_balance_weights,
+    resize_logits,
+    subsample_labels,
+)
+from ddrnet.engine.metrics import ConfusionMatrix
+from ddrnet.engine.schedules import poly_lr
+
+
+def test_poly_schedule_with_warmup() -> None:
+    assert poly_lr(0, 100, 0.01) == pytest.approx(0.01)
+    assert poly_lr(50, 100, 0.01, power=0.9) == pytest.approx(0.01 * 0.5**0.9)
+    assert poly_lr(100, 100, 0.01) == 0.0
+    assert poly_lr(0, 100, 0.01, warmup_iterations=10, warmup_ratio=0.1) == pytest.approx(0.001)
+    assert poly_lr(5, 100, 0.01, warmup_iterations=10, warmup_ratio=0.1) == pytest.approx(0.0055)
+    assert poly_lr(99, 100, 0.01) == pytest.approx(0.01 * 0.01**0.9)
+    assert poly_lr(100, 100, 0.01, min_lr=1e-4) == pytest.approx(1e-4)
+
+
+def test_confusion_matrix_metrics_by_hand() -> None:
+    # 3 classes; ground truth / prediction pairs, 255 ignored.
+    target = torch.tensor([0, 0, 1, 1, 2, 255, 0])
+    prediction = torch.tensor([0, 1, 1, 1, 0, 2, 0])
+    confusion = ConfusionMatrix(3)
+    confusion.update(prediction, target)
+    assert confusion.matrix.tolist() == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
+    metrics = confusion.compute()
+    # IoU: class 0: 2 / (3 + 3 - 2) = 0.5; class 1: 2 / (2 + 3 - 2) = 2/3; class 2: 0 / 1 = 0.
+    assert metrics.iou == pytest.approx([50.0, 200 / 3, 0.0])
+    assert metrics.miou == pytest.approx((50 + 200 / 3 + 0) / 3)
+    assert metrics.pixel_accuracy == pytest.approx(4 / 6 * 100)
+    assert metrics.mean_accuracy == pytest.approx((2 / 3 + 1 + 0) / 3 * 100)
+
+
+def test_absent_class_is_nan_and_left_out_of_the_mean() -> None:
+    confusion = ConfusionMatrix(3)
+    confusion.update(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    metrics = confusion.compute()
+    assert math.isnan(metrics.iou[2]) and metrics.miou == pytest.approx(100.0)
+
+
+def test_ohem_keeps_pixels_below_threshold_by_hand() -> None:
+    # Four pixels of one image, two classes. True-class probabilities: sigmoid of the logit gap.
+    gaps = torch.tensor([4.0, 0.0, -1.0, 3.0])  # p = 0.982, 0.5, 0.269, 0.953
+    logits = torch.stack([gaps, torch.zeros(4)]).view(1, 2, 2, 2)
+    target = torch.zeros(1, 2, 2, dtype=torch.long)
+    probabilities = torch.sigmoid(gaps)
+    losses = -torch.log(probabilities)
+    # threshold 0.9, min_kept 1: kept are p < max(0.9, 2nd smallest p = 0.5) -> 0.5 and 0.269.
+    loss = OhemCrossEntropy(threshold=0.9, min_kept=1)(logits, target)
+    assert loss.item() == pytest.approx(((losses[1] + losses[2]) / 2).item(), rel=1e-5)
+    # min_kept 3: threshold rises to the 4th smallest p (0.982): three pixels kept.
+    loss = OhemCrossEntropy(threshold=0.9, min_kept=3)(logits, target)
+    assert loss.item() == pytest.approx(((losses[1] + losses[2] + losses[3]) / 3).item(), rel=1e-5)
+
+
+def test_ohem_ignores_void_and_handles_all_void() -> None:
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    target = torch.full((1, 4, 4), 255)
+    loss = OhemCrossEntropy()(logits, target)
+    loss.backward()
+    assert loss.item() == 0.0 and logits.grad is not None
+
+
+def test_resize_matches_interpolate_and_gradients_flow() -> None:
+    logits = torch.randn(2, 5, 45, 60, requires_grad=True)
+    expected = F.interpolate(logits, size=(360, 480), mode="bilinear", align_corners=False)
+    assert (resize_logits(logits, (360, 480)) - expected).abs().max() < 1e-5
+    matrix = bilinear_matrix(2, 4)
+    # Output centres at 0.125*... hand values: x_src = (i + 0.5) / 2 - 0.5 -> 0 (clamped), 0.25,
+    # 0.75, 1.25 -> clamped upper index.
+    assert matrix.tolist() == [[1.0, 0.0], [0.75, 0.25], [0.25, 0.75], [0.0, 1.0]]
+
+
+def test_label_subsampling_takes_cell_centres() -> None:
+    target = torch.arange(64).view(1, 8, 8)
+    assert subsample_labels(target, 4).tolist() == [[[9, 13], [41, 45]]]
+    assert subsample_labels(target, 1) is target
+
+
+def test_deep_supervision_weights() -> None:
+    criterion = DeepSupervisionLoss(torch.nn.MSELoss(), main_weight=1.0, aux_weight=0.4)
+    main, aux, target = torch.ones(2), torch.zeros(2), torch.zeros(2)
+    total, parts = criterion(main, aux, target)
+    assert total.item() == pytest.approx(1.0) and parts == {"loss_main": 1.0, "loss_aux": 0.0}
+
+
+def test_class_balance_weights_by_hand() -> None:
+    counts = torch.tensor([600, 300, 100])
+    enet = 1 / torch.log(1.02 + torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64))
+    assert class_balance_weights(counts, "enet").tolist() == pytest.approx(
+        (enet / enet.mean()).tolist(), rel=1e-6
+    )
+    median = torch.tensor([0.3 / 0.6, 1.0, 0.3 / 0.1])
+    assert class_balance_weights(counts, "median_frequency").tolist() == pytest.approx(
+        (median / median.mean()).tolist(), rel=1e-6
+    )
+    with pytest.raises(ValueError, match="enet"):
+        class_balance_weights(counts, "inverse")
+
+
+def test_config_overrides_and_errors(tmp_path) -> None:
+    config = load_config(Config, None, ["optim.lr=0.02", "data.crop_size=[64, 96]"])
+    assert config.optim.lr == 0.02 and config.data.crop_size == (64, 96)
+    with pytest.raises(ConfigError, match=r"optim\.learning_rate.*valid keys in optim: .*lr"):
+        load_config(Config, None, ["optim.learning_rate=0.1"])
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected an integer"):
+        load_config(Config, None, ["train.epochs=ten"])
+    with pytest.raises(ConfigError, match=r"train\.amp: 'fp8' is not one of"):
+        load_config(Config, None, ["train.amp=fp8"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  name: ddrnet_23_slim\nschedule:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key schedule; valid keys: data"):
+        load_config(Config, bad)

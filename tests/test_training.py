@@ -1,0 +1,197 @@
+"""Training end to end on real CamVid frames: exact resume, SIGKILL, intact checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import ddrnet
+from ddrnet.config import load_config
+from ddrnet.engine import train as train_module
+from ddrnet.engine.checkpointing import atomic_save
+from ddrnet.engine.config import Config
+from ddrnet.engine.train import TrainingError, train
+
+
+def tiny_overrides(camvid_root: Path, output: Path, epochs: int = 2) -> list[str]:
+    """A run that takes seconds: small crops, two iterations an epoch, four val images."""
+    return [
+        f"data.root={camvid_root}",
+        "data.crop_size=[64, 96]",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.cache_images=false",
+        "data.check=false",
+        "loss.ohem_min_kept=1000",
+        "eval.max_images=2",
+        "eval.every_epochs=1",
+        f"train.epochs={epochs}",
+        "train.max_iterations_per_epoch=2",
+        "train.amp=none",
+        f"train.output_dir={output}",
+    ]
+
+
+def tiny_config(camvid_root: Path, output: Path, epochs: int = 2, extra=()) -> Config:
+    return load_config(Config, None, tiny_overrides(camvid_root, output, epochs) + list(extra))
+
+
+def test_run_writes_config_metrics_and_a_self_describing_model(camvid_root, tmp_path) -> None:
+    output = train(tiny_config(camvid_root, tmp_path / "run", epochs=2))
+    saved = load_config(Config, output / "config.yaml")
+    assert saved.train.epochs == 2 and saved.data.crop_size == (64, 96)
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(0 <= r["val_mIoU"] <= 100 for r in records)
+    assert set(records[0]["val_per_class_IoU"]) >= {"Sky", "Road", "Bicyclist"}
+    model = ddrnet.create_model(checkpoint=output / "best.safetensors")
+    assert model.metadata.class_names[3] == "Road" and model.metadata.dataset == "camvid"
+    assert model.metadata.mean == pytest.approx([0.412, 0.425, 0.433])
+    assert model.num_classes == 11 and model.metadata.training["config"]["train"]["epochs"] == 2
+
+
+def test_resume_continues_exactly(camvid_root, tmp_path) -> None:
+    straight = train(tiny_config(camvid_root, tmp_path / "straight", epochs=3))
+    split = tmp_path / "split"
+    train(tiny_config(camvid_root, split, epochs=3, extra=["train.max_minutes=0"]))  # stops after 1
+    first = torch.load(split / "last.pt", weights_only=True)
+    assert first["epoch"] == 1
+    train(tiny_config(camvid_root, split, epochs=3), resume=True)
+    a = torch.load(straight / "last.pt", weights_only=True)
+    b = torch.load(split / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3 and a["iteration"] == b["iteration"] == 6
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert a["history"][-1]["val_mIoU"] == b["history"][-1]["val_mIoU"]
+
+
+def test_a_failed_epoch_leaves_the_last_checkpoint_intact(camvid_root, tmp_path) -> None:
+    output = tmp_path / "run"
+    train(tiny_config(camvid_root, output, epochs=1))
+    before = (output / "last.pt").read_bytes()
+    # An absurd learning rate makes the loss non-finite during the next epochs.
+    config = tiny_config(camvid_root, output, epochs=6, extra=["optim.lr=1e12"])
+    with pytest.raises(TrainingError, match=r"loss became .* last checkpoint .* is intact"):
+        train(config, resume=True)
+    assert (output / "last.pt").read_bytes() == before
+
+
+def test_atomic_save_survives_a_crash_mid_write(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "last.pt"
+    atomic_save({"epoch": 1}, path)
+
+    def crash(payload, stream):
+        stream.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_sigkill_then_resume_loses_at_most_the_current_epoch(camvid_root, tmp_path) -> None:
+    output = tmp_path / "killed"
+    command = [sys.executable, "-m", "ddrnet.cli", "train", "camvid_ddrnet23_slim"]
+    overrides = tiny_overrides(camvid_root, output, epochs=40)
+    process = subprocess.Popen(
+        command + overrides, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 240
+    try:
+        while not (output / "last.pt").exists():
+            assert process.poll() is None, process.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.2)
+        time.sleep(1.0)  # let it get into a later epoch, possibly mid-write
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    state = torch.load(output / "last.pt", weights_only=True)  # intact after SIGKILL
+    done = state["epoch"]
+    assert 1 <= done < 40
+    resumed = subprocess.run(
+        command + tiny_overrides(camvid_root, output, epochs=done + 1) + ["--resume"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from {output / 'last.pt'} at epoch {done}" in resumed.stderr
+    final = torch.load(output / "last.pt", weights_only=True)
+    assert final["epoch"] == done + 1 and final["iteration"] == 2 * (done + 1)
+
+
+def test_bad_recipe_keys_are_reported_by_the_cli(camvid_root, tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ddrnet.cli", "train", "camvid_ddrnet23_slim", "optim.lrate=1"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "unknown key optim.lrate; valid keys in optim:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_data_root_names_the_folder(tmp_path) -> None:
+    config = load_config(Config, None, [f"data.root={tmp_path / 'nowhere'}"])
+    with pytest.raises(ValueError, match="nowhere"):
+        train(config)
+
+
+def test_module_has_no_side_effects_on_import() -> None:
+    assert train_module.logger.name == "ddrnet.engine.train"
+    assert os.environ.get("WORLD_SIZE") in (None, "1")
+
+
+def test_two_process_torchrun_training_and_its_checkpoint_evaluates(camvid_root, tmp_path) -> None:
+    output = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "ddrnet.cli",
+        "train",
+        "camvid_ddrnet23_slim",
+        *tiny_overrides(camvid_root, output, epochs=1),
+        "train.threads=1",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(output / "last.pt", weights_only=True)
+    # Two iterations of two images on each of two processes.
+    assert state["iteration"] == 2 and state["epoch"] == 1
+    assert not any(k.startswith("module.") for k in state["model"])
+    evaluation = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ddrnet.cli",
+            "eval",
+            str(output / "best.safetensors"),
+            "--max-images",
+            "2",
+            "--json",
+            str(tmp_path / "metrics.json"),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["images"] == 2 and 0 < metrics["mIoU"] <= 100
+    assert len(metrics["per_class_IoU"]) == 11
