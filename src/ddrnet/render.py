@@ -1,0 +1,109 @@
+"""Turning label maps into pictures people can read: colours, overlays, legends."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ddrnet.data.labels import distinct_palette
+
+IGNORE_COLOUR = (0, 0, 0)
+
+
+def palette_array(palette: Sequence[Sequence[int]] | None, num_classes: int) -> np.ndarray:
+    """``(256, 3)`` uint8 lookup: class colours, then black (ignore and unknown ids)."""
+    colours = list(palette) if palette else list(distinct_palette(num_classes))
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[: len(colours)] = np.asarray(colours, dtype=np.uint8)[:256]
+    return table
+
+
+def colorize(
+    labels: np.ndarray, palette: Sequence[Sequence[int]] | None, num_classes: int
+) -> np.ndarray:
+    """``(H, W)`` class ids -> ``(H, W, 3)`` uint8 RGB with the data set's palette."""
+    return palette_array(palette, num_classes)[np.clip(labels, 0, 255).astype(np.uint8)]
+
+
+def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend ``(H, W, 3)`` colours over an ``(H, W, 3)`` uint8 image; ``alpha`` = colour weight."""
+    if image.shape != colours.shape:
+        raise ValueError(f"image {image.shape} and colour map {colours.shape} differ in size")
+    blended = image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha
+    return blended.round().astype(np.uint8)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def legend_panel(
+    class_names: Sequence[str],
+    palette: Sequence[Sequence[int]] | None,
+    height: int,
+    classes: Sequence[int] | None = None,
+    shares: dict[int, float] | None = None,
+) -> np.ndarray:
+    """A white ``(height, w, 3)`` panel listing colour swatches and class names.
+
+    ``classes`` limits the list (e.g. to the classes present in a prediction); ``shares``
+    adds each class's pixel share in percent.
+    """
+    table = palette_array(palette, len(class_names))
+    chosen = list(classes) if classes is not None else list(range(len(class_names)))
+    row = max(14, min(24, height // max(1, len(chosen))))
+    font = _font(max(10, row - 6))
+    labels = [
+        class_names[c] + (f" {shares[c]:.1f}%" if shares and c in shares else "") for c in chosen
+    ]
+    text_width = max((font.getlength(text) for text in labels), default=40)
+    width = int(row + 12 + text_width + 8)
+    panel = Image.new("RGB", (width, max(height, row * len(chosen) + 8)), "white")
+    draw = ImageDraw.Draw(panel)
+    for position, (class_id, text) in enumerate(zip(chosen, labels)):
+        top = 4 + position * row
+        draw.rectangle(
+            [4, top + 2, 4 + row - 4, top + row - 2],
+            fill=tuple(int(v) for v in table[class_id]),
+            outline="black",
+        )
+        draw.text((row + 8, top + 2), text, fill="black", font=font)
+    result = np.asarray(panel)
+    return result[:height] if result.shape[0] > height else result
+
+
+def with_legend(
+    picture: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    palette: Sequence[Sequence[int]] | None,
+) -> np.ndarray:
+    """``picture`` with a legend of the classes present in ``labels`` on its right."""
+    present, counts = np.unique(labels, return_counts=True)
+    keep = present < len(class_names)
+    total = max(1, int(counts[keep].sum()))
+    shares = {int(c): 100.0 * int(n) / total for c, n in zip(present[keep], counts[keep])}
+    panel = legend_panel(
+        class_names, palette, picture.shape[0], [int(c) for c in present[keep]], shares
+    )
+    if panel.shape[0] < picture.shape[0]:
+        pad = np.full((picture.shape[0] - panel.shape[0], panel.shape[1], 3), 255, np.uint8)
+        panel = np.concatenate([panel, pad])
+    return np.concatenate([picture, panel[: picture.shape[0]]], axis=1)
+
+
+def side_by_side(*pictures: np.ndarray, gap: int = 4) -> np.ndarray:
+    """Pictures of the same height placed left to right with white gaps."""
+    height = pictures[0].shape[0]
+    spacer = np.full((height, gap, 3), 255, np.uint8)
+    parts: list[np.ndarray] = []
+    for index, picture in enumerate(pictures):
+        if picture.shape[0] != height:
+            raise ValueError("side_by_side needs pictures of equal height")
+        parts += ([spacer] if index else []) + [picture]
+    return np.concatenate(parts, axis=1)
