@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 logger = logging.getLogger("ddrnet")
 
@@ -186,6 +187,46 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from ddrnet.assets import bundled_model_path, demo_frames
+    from ddrnet.predict import SegmentationRunner, run_prediction
+
+    checkpoint = args.checkpoint
+    if checkpoint is None and args.model is None:
+        checkpoint = str(bundled_model_path())
+    model = load_model_for_inference(checkpoint, args.model)
+    inputs = args.inputs or [str(p) for p in demo_frames()]
+    if not inputs:
+        raise UsageError("no inputs given and no demo frames are installed")
+    device = torch.device(
+        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    runner = SegmentationRunner(model, device, amp, args.scales, args.flip, args.alpha)
+    summary = run_prediction(
+        runner,
+        inputs,
+        Path(args.output),
+        kinds=args.save,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        max_frames=args.max_frames,
+    )
+    done, failed = len(summary.processed), len(summary.failed)
+    if summary.latencies_ms:
+        latencies = sorted(summary.latencies_ms)
+        print(
+            f"{done} inputs segmented into {args.output}; latency per image: "
+            f"mean {sum(latencies) / len(latencies):.1f} ms, median {latencies[len(latencies) // 2]:.1f} ms"
+        )
+    if failed:
+        print(f"{failed} of {done + failed} inputs failed (listed above)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddrnet",
@@ -241,6 +282,33 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--max-images", type=int, help="only the first N images")
     evaluation.add_argument("--json", help="write the metrics (key 'mIoU') to this file")
     evaluation.set_defaults(handler=cmd_eval)
+
+    predict = commands.add_parser(
+        "predict",
+        help="segment images, folders, globs, videos or a camera",
+        description="Without --checkpoint the bundled CamVid model is used; without inputs, the "
+        "bundled demo frames.",
+    )
+    predict.add_argument("inputs", nargs="*", help="image, folder, glob, video file or camera:N")
+    predict.add_argument("--checkpoint", help="model file (default: the bundled CamVid model)")
+    predict.add_argument("--model", help="architecture, for checkpoints without metadata")
+    predict.add_argument("-o", "--output", default="predictions", help="output folder")
+    predict.add_argument(
+        "--save",
+        nargs="+",
+        default=["labels", "overlay"],
+        choices=["labels", "overlay", "side"],
+        help="label PNGs, overlays with legend, side-by-side pictures",
+    )
+    predict.add_argument("--batch-size", type=int, default=1)
+    predict.add_argument("--workers", type=int, default=0, help="DataLoader workers for reading")
+    predict.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    predict.add_argument("--flip", action="store_true")
+    predict.add_argument("--alpha", type=float, default=0.5, help="overlay colour weight")
+    predict.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    predict.add_argument("--device", default="auto")
+    predict.add_argument("--max-frames", type=int, help="videos and cameras: stop after N frames")
+    predict.set_defaults(handler=cmd_predict)
     return parser
 
 

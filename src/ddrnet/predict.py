@@ -1,0 +1,292 @@
+"""Batch prediction: images, folders, globs, videos and cameras in; label maps and pictures out.
+
+A bad input (unreadable file, corrupt video) is reported by name and skipped; the rest of the
+job goes on. ``run_prediction`` returns a summary that says what failed.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ddrnet.data.io import ImageReadError, read_rgb, write_png
+from ddrnet.engine.inference import normalize, segment_logits
+from ddrnet.render import colorize, overlay, side_by_side, with_legend
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+OUTPUT_KINDS = ("labels", "overlay", "side")
+
+
+class PredictionInputError(ValueError):
+    """An input argument names nothing usable."""
+
+
+@dataclass
+class PredictionSummary:
+    processed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # input -> reason
+    latencies_ms: list[float] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+
+
+def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """Split command-line inputs into image files and video sources.
+
+    Each input may be an image file, a folder (its images, sorted, not recursive), a glob
+    pattern, a video file, or ``camera:N`` for camera N. Raises ``PredictionInputError`` for
+    an input that matches nothing.
+    """
+    images: list[Path] = []
+    videos: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if item.startswith("camera:"):
+            videos.append(item)
+        elif path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise PredictionInputError(
+                    f"folder {path} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
+            images += found
+        elif path.is_file():
+            (videos.append(item) if path.suffix.lower() in VIDEO_SUFFIXES else images.append(path))
+        elif any(char in item for char in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
+            matches = [p for p in matches if p.is_file()]
+            if not matches:
+                raise PredictionInputError(f"pattern {item!r} matches no files")
+            images += [p for p in matches if p.suffix.lower() not in VIDEO_SUFFIXES]
+            videos += [str(p) for p in matches if p.suffix.lower() in VIDEO_SUFFIXES]
+        else:
+            raise PredictionInputError(f"input {item!r}: no such file, folder or pattern")
+    return images, videos
+
+
+class _ImageFiles(Dataset):
+    """Reads images in DataLoader workers; a failure travels as a message, not an exception."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
+        try:
+            return index, read_rgb(self.paths[index]), None
+        except ImageReadError as error:
+            return index, None, str(error)
+
+
+def _keep_as_list(batch):
+    return batch
+
+
+class SegmentationRunner:
+    """Model + pre-processing + the chosen outputs, shared by the image and video paths."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        amp_dtype: torch.dtype | None = None,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+        alpha: float = 0.5,
+    ) -> None:
+        metadata = model.metadata
+        self.model = model.to(device).eval()
+        self.device = device
+        self.amp_dtype = amp_dtype
+        self.scales, self.flip, self.alpha = tuple(scales), flip, alpha
+        self.mean, self.std = metadata.mean, metadata.std
+        self.num_classes = model.num_classes
+        self.class_names = metadata.class_names or [f"class {i}" for i in range(self.num_classes)]
+        self.palette = metadata.palette or None
+
+    @torch.no_grad()
+    def labels(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
+        """Label maps ``(H, W)`` uint8 for same-sized ``(H, W, 3)`` images; and the time in ms."""
+        start = time.perf_counter()
+        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(self.device)
+        batch = normalize(batch, self.mean, self.std)
+        with torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+        ):
+            scores = segment_logits(self.model, batch, self.scales, self.flip)
+        labels = scores.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        return list(labels), (time.perf_counter() - start) * 1000
+
+    def pictures(
+        self, image: np.ndarray, labels: np.ndarray, kinds: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        colours = colorize(labels, self.palette, self.num_classes)
+        result: dict[str, np.ndarray] = {}
+        if "overlay" in kinds or "side" in kinds:
+            blended = with_legend(
+                overlay(image, colours, self.alpha), labels, self.class_names, self.palette
+            )
+            if "overlay" in kinds:
+                result["overlay"] = blended
+            if "side" in kinds:
+                result["side"] = side_by_side(image, blended)
+        return result
+
+
+def run_prediction(
+    runner: SegmentationRunner,
+    inputs: Sequence[str],
+    output_dir: Path,
+    kinds: Sequence[str] = ("labels", "overlay"),
+    batch_size: int = 1,
+    num_workers: int = 0,
+    max_frames: int | None = None,
+    progress: bool = True,
+    report=print,
+) -> PredictionSummary:
+    """Segment every input and write the requested ``kinds`` into ``output_dir``.
+
+    Images: ``<stem>_labels.png`` (indexed PNG, palette = class colours), ``<stem>_overlay.png``
+    and ``<stem>_side.png``. Videos: ``<stem>_overlay.mp4`` (and ``_side.mp4``). ``report``
+    receives one line per image with its latency.
+    """
+    unknown = sorted(set(kinds) - set(OUTPUT_KINDS))
+    if unknown:
+        raise PredictionInputError(
+            f"unknown output kinds {unknown}; choose from {list(OUTPUT_KINDS)}"
+        )
+    images, videos = expand_inputs(inputs)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary = PredictionSummary()
+    if images:
+        _predict_images(
+            runner, images, output_dir, kinds, batch_size, num_workers, progress, report, summary
+        )
+    for source in videos:
+        try:
+            _predict_video(runner, source, output_dir, kinds, max_frames, progress, summary)
+        except (OSError, ValueError) as error:
+            summary.failed[source] = str(error)
+            report(f"skipped {source}: {error}")
+    return summary
+
+
+def _predict_images(
+    runner, paths, output_dir, kinds, batch_size, num_workers, progress, report, summary
+):
+    loader = DataLoader(
+        _ImageFiles(paths), batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_as_list
+    )
+    stems = _unique_stems(paths)
+    for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress, leave=False):
+        good = []
+        for index, image, error in batch:
+            if error is not None:
+                summary.failed[str(paths[index])] = error
+                report(f"skipped: {error}")
+            else:
+                good.append((index, image))
+        # Images of one size run as one batch; other sizes one by one.
+        by_size: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
+        for index, image in good:
+            by_size.setdefault(image.shape[:2], []).append((index, image))
+        for group in by_size.values():
+            label_maps, milliseconds = runner.labels([image for _, image in group])
+            per_image = milliseconds / len(group)
+            for (index, image), labels in zip(group, label_maps):
+                stem = stems[index]
+                if "labels" in kinds:
+                    target = output_dir / f"{stem}_labels.png"
+                    write_png(target, labels, runner.palette or None)
+                    summary.outputs.append(target)
+                for kind, picture in runner.pictures(image, labels, kinds).items():
+                    target = output_dir / f"{stem}_{kind}.png"
+                    write_png(target, picture)
+                    summary.outputs.append(target)
+                summary.processed.append(str(paths[index]))
+                summary.latencies_ms.append(per_image)
+                report(f"{paths[index]}: {image.shape[1]}x{image.shape[0]}, {per_image:.1f} ms")
+
+
+def _unique_stems(paths: Sequence[Path]) -> list[str]:
+    """Output names from file stems; repeated stems (same name in two folders) get a suffix."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        count = seen.get(path.stem, 0)
+        seen[path.stem] = count + 1
+        stems.append(path.stem if count == 0 else f"{path.stem}_{count}")
+    return stems
+
+
+def _frames(capture) -> Iterator[np.ndarray]:
+    import cv2
+
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            return
+        yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
+def _predict_video(runner, source, output_dir, kinds, max_frames, progress, summary) -> None:
+    import cv2
+
+    is_camera = source.startswith("camera:")
+    capture = cv2.VideoCapture(int(source.split(":", 1)[1]) if is_camera else source)
+    if not capture.isOpened():
+        raise ValueError("cannot open video (missing codec, corrupt file, or no such camera)")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    stem = f"camera{source.split(':', 1)[1]}" if is_camera else Path(source).stem
+    writers: dict[str, cv2.VideoWriter] = {}
+    frames = 0
+    try:
+        bar = tqdm(
+            total=max_frames or total, desc=stem, unit="frame", disable=not progress, leave=False
+        )
+        for frame in _frames(capture):
+            if max_frames is not None and frames >= max_frames:
+                break
+            (labels,), milliseconds = runner.labels([frame])
+            summary.latencies_ms.append(milliseconds)
+            pictures = runner.pictures(
+                frame, labels, [k for k in kinds if k != "labels"] or ["overlay"]
+            )
+            for kind, picture in pictures.items():
+                if kind not in writers:
+                    target = output_dir / f"{stem}_{kind}.mp4"
+                    height, width = picture.shape[:2]
+                    writers[kind] = cv2.VideoWriter(
+                        str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height)
+                    )
+                    if not writers[kind].isOpened():
+                        raise OSError(f"cannot write {target} (no mp4v encoder)")
+                    summary.outputs.append(target)
+                writers[kind].write(cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+            frames += 1
+            bar.update(1)
+        bar.close()
+    finally:
+        capture.release()
+        for writer in writers.values():
+            writer.release()
+    if frames == 0:
+        raise ValueError("no frames could be decoded (corrupt or empty video)")
+    summary.processed.append(source)

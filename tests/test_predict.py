@@ -1,0 +1,153 @@
+"""Prediction on real frames: API, batch job, videos, bad inputs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import ddrnet
+from ddrnet.data.labels import CAMVID
+from ddrnet.models import ModelMetadata, save_model
+from ddrnet.predict import SegmentationRunner, expand_inputs, run_prediction
+from official_reference import randomize_batchnorm
+
+
+@pytest.fixture(scope="module")
+def camvid_model_file(tmp_path_factory) -> Path:
+    model = ddrnet.create_model("ddrnet_23_slim", num_classes=11)
+    randomize_batchnorm(model, seed=1)
+    metadata = ModelMetadata(
+        architecture="ddrnet_23_slim",
+        num_classes=11,
+        spec=model.spec.to_dict(),
+        class_names=list(CAMVID.class_names),
+        palette=[list(c) for c in CAMVID.palette],
+        mean=list(CAMVID.mean),
+        std=list(CAMVID.std),
+        dataset="camvid",
+    )
+    return save_model(model, tmp_path_factory.mktemp("model") / "camvid.safetensors", metadata)
+
+
+@pytest.fixture(scope="module")
+def frames(camvid_root) -> list[Path]:
+    return sorted((camvid_root / "val").glob("*.png"))[:3]
+
+
+def test_predictor_returns_label_maps_at_input_resolution(camvid_model_file, frames) -> None:
+    predictor = ddrnet.Predictor(ddrnet.create_model(checkpoint=camvid_model_file))
+    labels = predictor.predict(frames[0])
+    assert labels.shape == (360, 480) and labels.dtype == np.uint8 and labels.max() < 11
+    odd = np.asarray(Image.open(frames[0]).convert("RGB"))[:359, :479]
+    assert predictor.predict(odd).shape == (359, 479)
+    probabilities = predictor.predict_proba(frames[0])
+    assert probabilities.shape == (11, 360, 480)
+    assert np.allclose(probabilities.sum(axis=0), 1.0, atol=1e-4)
+    assert np.array_equal(probabilities.argmax(axis=0), labels)
+
+
+def test_flip_and_multiscale_average_probabilities(camvid_model_file, frames) -> None:
+    model = ddrnet.create_model(checkpoint=camvid_model_file)
+    plain = ddrnet.Predictor(model).predict_proba(frames[0])
+    tta = ddrnet.Predictor(model, scales=(0.75, 1.0), flip=True).predict_proba(frames[0])
+    assert tta.shape == plain.shape and np.allclose(tta.sum(axis=0), 1.0, atol=1e-4)
+    assert not np.allclose(tta, plain)
+
+
+def test_batch_job_writes_outputs_and_skips_bad_files(camvid_model_file, frames, tmp_path) -> None:
+    bad = tmp_path / "inputs"
+    bad.mkdir()
+    (bad / "notes.png").write_text("not an image")
+    truncated = bad / "truncated.png"
+    truncated.write_bytes(frames[1].read_bytes()[:2000])
+    grey = bad / "grey16.png"
+    Image.fromarray((np.arange(64 * 80).reshape(64, 80) * 16).astype(np.uint16)).save(grey)
+    runner = SegmentationRunner(
+        ddrnet.create_model(checkpoint=camvid_model_file), torch.device("cpu")
+    )
+    lines: list[str] = []
+    summary = run_prediction(
+        runner,
+        [str(frames[0]), str(frames[2]), str(bad)],
+        tmp_path / "out",
+        kinds=("labels", "overlay", "side"),
+        batch_size=2,
+        progress=False,
+        report=lines.append,
+    )
+    assert sorted(Path(p).name for p in summary.failed) == ["notes.png", "truncated.png"]
+    assert len(summary.processed) == 3  # two frames and the converted 16-bit image
+    labels = np.asarray(Image.open(tmp_path / "out" / f"{frames[0].stem}_labels.png"))
+    assert labels.shape == (360, 480) and labels.max() < 11
+    overlay = Image.open(tmp_path / "out" / f"{frames[0].stem}_overlay.png")
+    side = Image.open(tmp_path / "out" / f"{frames[0].stem}_side.png")
+    assert overlay.height == 360 and overlay.width > 480  # legend on the right
+    assert side.width > overlay.width
+    assert Image.open(tmp_path / "out" / "grey16_labels.png").size == (80, 64)
+    assert any("ms" in line and frames[0].name in line for line in lines)
+    assert any("skipped" in line and "notes.png" in line for line in lines)
+
+
+def test_video_in_video_out_and_corrupt_video(camvid_model_file, frames, tmp_path) -> None:
+    video = tmp_path / "drive.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (480, 360))
+    for frame in frames:
+        writer.write(cv2.imread(str(frame)))
+    writer.release()
+    (tmp_path / "broken.mp4").write_bytes(b"\x00\x01garbage" * 100)
+    runner = SegmentationRunner(
+        ddrnet.create_model(checkpoint=camvid_model_file), torch.device("cpu")
+    )
+    summary = run_prediction(
+        runner,
+        [str(video), str(tmp_path / "broken.mp4")],
+        tmp_path / "out",
+        progress=False,
+        report=lambda _: None,
+    )
+    assert str(tmp_path / "broken.mp4") in summary.failed
+    capture = cv2.VideoCapture(str(tmp_path / "out" / "drive_overlay.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    assert int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) == 360
+
+
+def test_inputs_that_match_nothing_are_named(tmp_path) -> None:
+    with pytest.raises(ValueError, match="nowhere.png"):
+        expand_inputs([str(tmp_path / "nowhere.png")])
+    with pytest.raises(ValueError, match="matches no files"):
+        expand_inputs([str(tmp_path / "*.jpg")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="contains no images"):
+        expand_inputs([str(tmp_path / "empty")])
+
+
+def test_cli_predict_exit_status_reports_failures(camvid_model_file, frames, tmp_path) -> None:
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff broken jpeg")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ddrnet.cli",
+            "predict",
+            str(frames[0]),
+            str(tmp_path / "bad.jpg"),
+            "--checkpoint",
+            str(camvid_model_file),
+            "-o",
+            str(tmp_path / "out"),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert "1 of 2 inputs failed" in result.stderr and "bad.jpg" in result.stdout
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "out" / f"{frames[0].stem}_overlay.png").is_file()
