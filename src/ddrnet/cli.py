@@ -227,6 +227,83 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_viz_features(args: argparse.Namespace) -> int:
+    from ddrnet.data.io import read_rgb
+    from ddrnet.viz import plot_features
+
+    model = load_model_for_inference(args.checkpoint, args.model)
+    output = plot_features(
+        model, read_rgb(args.image), args.output, top_k=args.top_k, reduction=args.reduce
+    )
+    print(f"feature maps of {args.image} written to {output}")
+    return 0
+
+
+def cmd_viz_confusion(args: argparse.Namespace) -> int:
+    from ddrnet.viz import plot_confusion
+
+    print(f"confusion matrix and IoU written to {plot_confusion(args.metrics, args.output)}")
+    return 0
+
+
+def cmd_viz_curves(args: argparse.Namespace) -> int:
+    from ddrnet.viz import plot_curves
+
+    print(f"training curves written to {plot_curves(args.run_dir, args.output)}")
+    return 0
+
+
+def cmd_viz_compare(args: argparse.Namespace) -> int:
+    from ddrnet.data.io import read_rgb
+    from ddrnet.viz import load_models, plot_compare
+
+    if not args.checkpoint and not args.model:
+        raise UsageError("give two or more --checkpoint FILE (or --model NAME) to compare")
+    models = load_models(args.checkpoint or [], args.model or [])
+    output = plot_compare(read_rgb(args.image), models, args.output)
+    print(f"{len(models)} models on {args.image} written to {output}")
+    return 0
+
+
+def default_serving_checkpoint() -> str:
+    """The bundled model's path, or a UsageError when this installation has none."""
+    import ddrnet
+    import ddrnet.assets
+
+    # Older installations have no bundled model at all, newer ones may export it at the top.
+    finder = getattr(ddrnet, "bundled_model_path", None) or getattr(
+        ddrnet.assets, "bundled_model_path", None
+    )
+    if finder is not None:
+        try:
+            return str(finder())
+        except FileNotFoundError:
+            pass
+    raise UsageError("no --checkpoint given and this installation bundles no model: give one")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ddrnet.serve import create_app, make_server
+
+    if args.max_upload_mb <= 0 or args.max_pixels <= 0:
+        raise UsageError("--max-upload-mb and --max-pixels must be positive")
+    checkpoint = args.checkpoint or (None if args.model else default_serving_checkpoint())
+    model = load_model_for_inference(checkpoint, args.model)
+    app = create_app(model, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels)
+    try:
+        server = make_server(app, args.host, args.port)
+    except OSError as error:
+        raise UsageError(f"cannot listen on {args.host}:{args.port} ({error})") from None
+    # Flushed: whoever started the server (a script, a test) reads the port from this line.
+    address = f"http://{args.host}:{server.server_port}/"
+    print(f"serving {model.metadata.architecture} on {address}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddrnet",
@@ -309,6 +386,66 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto")
     predict.add_argument("--max-frames", type=int, help="videos and cameras: stop after N frames")
     predict.set_defaults(handler=cmd_predict)
+
+    viz = commands.add_parser(
+        "viz",
+        help="pictures: feature maps, confusion matrix, training curves, model comparison",
+        description="Write one PNG per call; see 'ddrnet viz FIGURE --help'.",
+    )
+    figures = viz.add_subparsers(dest="figure", metavar="FIGURE", required=True)
+    features = figures.add_parser(
+        "features",
+        help="both branches around each fusion, DAPPM scales, class probabilities, entropy",
+    )
+    features.add_argument("image", help="input image")
+    features.add_argument("--checkpoint", required=True, help="model file")
+    features.add_argument("--model", help="architecture, for checkpoints without metadata")
+    features.add_argument("--top-k", type=int, default=5, help="class-probability maps to show")
+    features.add_argument(
+        "--reduce",
+        choices=["mean-abs", "pca"],
+        default="mean-abs",
+        help="channels -> one map: mean of |activation| or first PCA component",
+    )
+    features.add_argument("-o", "--output", required=True, help="PNG file to write")
+    features.set_defaults(handler=cmd_viz_features)
+    confusion = figures.add_parser(
+        "confusion", help="row-normalised confusion matrix and per-class IoU"
+    )
+    confusion.add_argument("metrics", help="JSON written by 'ddrnet eval --json'")
+    confusion.add_argument("-o", "--output", required=True, help="PNG file to write")
+    confusion.set_defaults(handler=cmd_viz_confusion)
+    curves = figures.add_parser("curves", help="loss, val mIoU, lr and throughput per epoch")
+    curves.add_argument("run_dir", help="training run folder (with metrics.jsonl)")
+    curves.add_argument("-o", "--output", required=True, help="PNG file to write")
+    curves.set_defaults(handler=cmd_viz_curves)
+    compare = figures.add_parser("compare", help="one image through several models")
+    compare.add_argument("image", help="input image")
+    compare.add_argument("--checkpoint", action="append", help="model file (repeat)")
+    compare.add_argument(
+        "--model", action="append", help="architecture (repeat; alone: untrained models)"
+    )
+    compare.add_argument("-o", "--output", required=True, help="PNG file to write")
+    compare.set_defaults(handler=cmd_viz_compare)
+
+    serve = commands.add_parser(
+        "serve",
+        help="HTTP server with a web demo page: /, /health, /predict, /demo",
+        description="Load the model once and serve predictions (format=png|overlay|json). "
+        "Without --checkpoint the bundled model is used.",
+    )
+    serve.add_argument("--checkpoint", help="model file (default: the bundled model)")
+    serve.add_argument("--model", help="architecture, for checkpoints without metadata")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="larger bodies get 413")
+    serve.add_argument(
+        "--max-pixels",
+        type=int,
+        default=4096 * 2048,
+        help="larger images get 413 (default 4096x2048)",
+    )
+    serve.set_defaults(handler=cmd_serve)
     return parser
 
 

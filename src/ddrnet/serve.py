@@ -1,0 +1,319 @@
+"""A small HTTP server for a segmentation model, with a web page to try it.
+
+Endpoints (``create_app``):
+
+- ``GET /``: the demo page (``ddrnet/static/index.html`` + ``app.js``; no external resources).
+- ``GET /health``: ``{"status": "ok", "architecture", "num_classes", "classes": [...]}``.
+- ``POST /predict?format=png|overlay|json``: the image as a multipart file (any field name)
+  or as the raw request body. ``png``: the label map as an indexed PNG with the data set's
+  palette, one class id per pixel; ``overlay``: the prediction over the image with a legend
+  (RGB PNG, the image's height, wider by the legend); ``json``: per-class pixel shares in
+  percent, ``latency_ms`` and the image size. Image responses carry the same timings in
+  ``X-Latency-Ms`` / ``X-Total-Ms`` headers.
+- ``GET /demo``: the demo frames shipped under ``ddrnet/assets/demo/`` (empty list if none);
+  ``GET /demo/NAME``: one of them.
+
+Errors are JSON ``{"error": message}``: 400 for a missing, non-image or truncated upload,
+413 for a body over the upload limit or an image over the pixel limit (decompression bombs
+are refused from the header, before any pixel is decoded).
+
+The model is loaded once; requests are served by threads, image decoding and encoding run in
+parallel and inference is serialised by a lock (one model, and PyTorch already uses every
+core for one image).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_UPLOAD_MB = 10.0
+# 4096 x 2048 pixels: twice a Cityscapes frame. Larger inputs need gigabytes of activations
+# on a CPU; clients should resize first.
+DEFAULT_MAX_PIXELS = 4096 * 2048
+FORMATS = ("png", "overlay", "json")
+# Formats Pillow may open: the common photo formats, nothing exotic (smaller attack surface).
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
+DEMO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+class RequestError(Exception):
+    """A request the server refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Uploaded bytes -> ``(H, W, 3)`` uint8 RGB, or ``RequestError`` (400 / 413).
+
+    The pixel count is checked from the header before decoding, so a small file that declares
+    a huge image (a decompression bomb) costs nothing. Pillow's own bomb check (which raises
+    above twice ``Image.MAX_IMAGE_PIXELS``) is mapped to 413 as well.
+    """
+    from ddrnet.data.io import ImageReadError, to_rgb_array
+
+    if not data:
+        raise RequestError(400, "no image in the request: send a file field or a raw body")
+    try:
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError as error:
+        raise RequestError(413, f"image refused as a decompression bomb ({error})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise RequestError(
+            400, f"the upload is not an image in a supported format ({', '.join(IMAGE_FORMATS)})"
+        ) from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise RequestError(
+            413,
+            f"image is {width}x{height} = {width * height} pixels, over this server's limit of "
+            f"{max_pixels} pixels; resize it first",
+        )
+    if width == 0 or height == 0:
+        raise RequestError(400, "image has zero size")
+    try:
+        image.load()
+        return to_rgb_array(image, "upload")
+    except Image.DecompressionBombError as error:
+        raise RequestError(413, f"image refused as a decompression bomb ({error})") from None
+    except (OSError, SyntaxError, ValueError, ImageReadError) as error:
+        # Truncated or corrupt data: Pillow raises OSError ("image file is truncated") etc.
+        raise RequestError(400, f"the image cannot be decoded: {error}") from None
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """``image`` encoded as PNG (fast compression: these are generated on every request)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def label_png(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> bytes:
+    """``(H, W)`` uint8 class ids as an indexed ('P') PNG whose colours are ``palette``."""
+    image = Image.fromarray(labels.astype(np.uint8))  # (H, W) uint8 -> mode 'L'
+    flat = [int(channel) for colour in palette for channel in colour][:768]
+    image.putpalette(flat + [0] * (768 - len(flat)))  # 'L' -> 'P', indices unchanged
+    return png_bytes(image)
+
+
+@dataclass
+class Prediction:
+    """One segmented image: ``labels`` ``(H, W)`` uint8, ``latency_ms`` of the model alone."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    latency_ms: float
+
+
+class SegmentationService:
+    """The loaded model, its classes, and thread-safe prediction."""
+
+    def __init__(self, model: nn.Module, device: str | torch.device = "cpu") -> None:
+        from ddrnet.engine.inference import Predictor
+        from ddrnet.viz import class_info
+
+        self.model = model.eval()
+        self.predictor = Predictor(self.model, device=device)
+        info = class_info(model)
+        self.class_names = list(info.names)
+        self.palette = [list(colour) for colour in info.palette]
+        metadata = getattr(model, "metadata", None)
+        self.architecture = metadata.architecture if metadata else type(model).__name__
+        # One forward pass at a time: the modules are shared, and on a CPU PyTorch already
+        # spreads one pass over all cores, so parallel passes would only compete.
+        self._lock = threading.Lock()
+
+    def predict(self, image: np.ndarray) -> Prediction:
+        """Label map of an ``(H, W, 3)`` uint8 RGB image at its own resolution."""
+        with self._lock:
+            start = time.perf_counter()
+            # Grad mode is per thread in PyTorch: set it here, in the request's thread.
+            with torch.inference_mode():
+                labels = self.predictor.predict(image)
+            latency = (time.perf_counter() - start) * 1000
+        return Prediction(image=image, labels=labels.astype(np.uint8), latency_ms=latency)
+
+    def shares(self, labels: np.ndarray) -> dict[str, float]:
+        """Percent of the image's pixels per class (every class listed; they sum to 100)."""
+        counts = np.bincount(labels.ravel(), minlength=len(self.class_names))
+        total = max(1, labels.size)
+        return {
+            name: round(100.0 * int(count) / total, 4)
+            for name, count in zip(self.class_names, counts)
+        }
+
+    def overlay_png(self, prediction: Prediction) -> bytes:
+        from ddrnet import render
+
+        colours = render.colorize(prediction.labels, self.palette, len(self.class_names))
+        picture = render.overlay(prediction.image, colours)
+        picture = render.with_legend(picture, prediction.labels, self.class_names, self.palette)
+        return png_bytes(Image.fromarray(picture))
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "architecture": self.architecture,
+            "num_classes": len(self.class_names),
+            "classes": [
+                {"id": index, "name": name, "colour": colour}
+                for index, (name, colour) in enumerate(zip(self.class_names, self.palette))
+            ],
+        }
+
+
+def demo_frames(folder: Path | None) -> dict[str, Path]:
+    """Name -> path of the demo images in ``folder`` (nothing when it does not exist)."""
+    if folder is None or not folder.is_dir():
+        return {}
+    return {
+        path.name: path
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.suffix.lower() in DEMO_SUFFIXES
+    }
+
+
+def default_demo_folder() -> Path | None:
+    """``ddrnet/assets/demo`` of the installed package, if the package ships one."""
+    try:
+        folder = Path(str(resources.files("ddrnet") / "assets" / "demo"))
+    except (ModuleNotFoundError, TypeError):
+        return None
+    return folder if folder.is_dir() else None
+
+
+def static_folder() -> Path:
+    return Path(str(resources.files("ddrnet") / "static"))
+
+
+def create_app(
+    model: nn.Module,
+    *,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    demo_folder: Path | None = None,
+    device: str | torch.device = "cpu",
+):
+    """The Flask application serving ``model``.
+
+    ``demo_folder`` defaults to the package's ``assets/demo`` (absent: ``/demo`` lists
+    nothing). Returns a ``flask.Flask``; run it with ``make_server`` (threaded).
+    """
+    from flask import Flask, Response, jsonify, request, send_file
+    from werkzeug.exceptions import HTTPException
+
+    if max_upload_mb <= 0 or max_pixels <= 0:
+        raise ValueError("max_upload_mb and max_pixels must be positive")
+    service = SegmentationService(model, device=device)
+    folder = demo_folder if demo_folder is not None else default_demo_folder()
+    app = Flask(__name__, static_folder=str(static_folder()), static_url_path="/static")
+    # Werkzeug answers 413 itself once a body exceeds this, before reading it into memory.
+    app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
+    app.extensions["ddrnet_service"] = service
+    app.json.sort_keys = False  # keep class order (Flask sorts JSON keys by default)
+
+    def error(status: int, message: str) -> Response:
+        response = jsonify({"error": message})
+        response.status_code = status
+        return response
+
+    @app.errorhandler(HTTPException)
+    def http_error(exception: HTTPException) -> Response:
+        if exception.code == 413:
+            return error(413, f"upload larger than this server's limit of {max_upload_mb:g} MB")
+        return error(exception.code or 500, exception.description or exception.name)
+
+    @app.errorhandler(RequestError)
+    def refused(exception: RequestError) -> Response:
+        return error(exception.status, exception.message)
+
+    @app.errorhandler(Exception)
+    def unexpected(exception: Exception) -> Response:
+        # The traceback goes to the operator's log, not to the client; the server keeps serving.
+        logger.exception("error while handling %s %s", request.method, request.path)
+        return error(500, f"internal error ({type(exception).__name__}); see the server log")
+
+    @app.get("/")
+    def index() -> Response:
+        return send_file(static_folder() / "index.html", mimetype="text/html")
+
+    @app.get("/health")
+    def health() -> Response:
+        return jsonify(
+            {**service.health(), "max_upload_mb": max_upload_mb, "max_pixels": max_pixels}
+        )
+
+    @app.post("/predict")
+    def predict() -> Response:
+        received = time.perf_counter()
+        output = request.args.get("format") or request.form.get("format") or "json"
+        if output not in FORMATS:
+            raise RequestError(400, f"format must be one of {', '.join(FORMATS)}, got {output!r}")
+        if request.files:
+            data = next(iter(request.files.values())).read()
+        elif request.mimetype == "multipart/form-data":
+            raise RequestError(400, "the multipart request has no file field")
+        else:
+            data = request.get_data(cache=False)
+        prediction = service.predict(decode_image(data, max_pixels))
+        height, width = prediction.labels.shape
+        if output == "json":
+            return jsonify(
+                {
+                    "architecture": service.architecture,
+                    "width": width,
+                    "height": height,
+                    "latency_ms": round(prediction.latency_ms, 2),
+                    "total_ms": round((time.perf_counter() - received) * 1000, 2),
+                    "shares": service.shares(prediction.labels),
+                }
+            )
+        body = (
+            label_png(prediction.labels, service.palette)
+            if output == "png"
+            else service.overlay_png(prediction)
+        )
+        response = Response(body, mimetype="image/png")
+        response.headers["X-Latency-Ms"] = f"{prediction.latency_ms:.2f}"
+        response.headers["X-Total-Ms"] = f"{(time.perf_counter() - received) * 1000:.2f}"
+        response.headers["X-Image-Size"] = f"{width}x{height}"
+        return response
+
+    @app.get("/demo")
+    def demo_list() -> Response:
+        return jsonify([{"name": name, "url": f"/demo/{name}"} for name in demo_frames(folder)])
+
+    @app.get("/demo/<name>")
+    def demo_frame(name: str) -> Response:
+        # Only names from the listing: no path from the client ever reaches the file system.
+        frames = demo_frames(folder)
+        if name not in frames:
+            raise RequestError(404, f"no demo frame {name!r}; GET /demo lists them")
+        return send_file(frames[name])
+
+    return app
+
+
+def make_server(app: Any, host: str = "127.0.0.1", port: int = 8000):
+    """A threaded WSGI server for ``app`` (one thread per request); ``port=0`` picks a free
+    port, read it back from ``server.server_port``. Call ``serve_forever()`` / ``shutdown()``."""
+    from werkzeug.serving import make_server as werkzeug_server
+
+    return werkzeug_server(host, port, app, threaded=True)

@@ -1,0 +1,180 @@
+"""`ddrnet viz`: the numeric helpers against hand values, and each figure written as a PNG
+of the expected size from real CamVid frames, a hand-made evaluation JSON and metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from camvid_models import camvid_model
+from PIL import Image
+
+import ddrnet
+from ddrnet.cli import main
+from ddrnet.data.io import read_rgb
+from ddrnet.data.labels import CAMVID, distinct_palette
+from ddrnet.viz import (
+    TITLE_HEIGHT,
+    class_info,
+    class_info_for_names,
+    compare_pictures,
+    confusion_figure_size,
+    entropy_map,
+    feature_figure_size,
+    feature_panels,
+    read_metrics_jsonl,
+    row_normalize,
+    summarize_channels,
+)
+
+
+@pytest.fixture(scope="module")
+def frame(camvid_root) -> Path:
+    return sorted((camvid_root / "val").glob("*.png"))[0]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("models")
+    paths = []
+    for seed in (1, 2):
+        model = camvid_model(seed)
+        paths.append(ddrnet.save_model(model, folder / f"seed{seed}.safetensors", model.metadata))
+    return paths
+
+
+def test_row_normalize_by_hand() -> None:
+    matrix = [[2, 1, 1], [0, 0, 0], [0, 3, 1]]
+    result = row_normalize(matrix)
+    assert np.allclose(result[0], [0.5, 0.25, 0.25]) and np.allclose(result[2], [0, 0.75, 0.25])
+    assert np.isnan(result[1]).all()  # no ground-truth pixels: no fractions
+    with pytest.raises(ValueError, match="square"):
+        row_normalize([[1, 2, 3]])
+
+
+def test_entropy_in_bits_by_hand() -> None:
+    probabilities = torch.zeros(4, 1, 3)
+    probabilities[:, 0, 0] = 0.25  # uniform over 4 classes: 2 bits
+    probabilities[2, 0, 1] = 1.0  # certain: 0 bits
+    probabilities[:2, 0, 2] = 0.5  # a coin flip: 1 bit
+    assert np.allclose(entropy_map(probabilities), [[2.0, 0.0, 1.0]])
+    assert np.allclose(entropy_map(probabilities, base=math.e), [[math.log(4), 0, math.log(2)]])
+
+
+def test_channel_summaries() -> None:
+    pattern = torch.tensor([[0.0, 1.0], [2.0, 4.0]])
+    weights = torch.tensor([1.0, -3.0, 2.0])
+    feature = weights[:, None, None] * pattern  # rank one: every channel is the pattern
+    # mean |activation| = 2 * pattern, min-max scaled: pattern / 4.
+    assert np.allclose(summarize_channels(feature, "mean-abs"), pattern / 4)
+    # The first principal component is the pattern itself, its sign made to follow the energy.
+    assert np.allclose(summarize_channels(feature, "pca"), pattern / 4, atol=1e-5)
+    assert np.allclose(summarize_channels(torch.ones(2, 3, 3), "pca"), 0)  # no variation
+    with pytest.raises(ValueError, match="unknown channel summary"):
+        summarize_channels(feature, "max")
+
+
+def test_class_info_falls_back_to_numbered_classes() -> None:
+    info = class_info(camvid_model())
+    assert info.names == CAMVID.class_names and info.palette == CAMVID.palette
+    bare = ddrnet.create_model("ddrnet_23_slim", num_classes=3)
+    assert class_info(bare).names == ("class 0", "class 1", "class 2")
+    assert class_info_for_names(CAMVID.class_names).palette == CAMVID.palette
+    assert class_info_for_names(["a", "b"]).palette == distinct_palette(2)
+
+
+def test_features_figure(frame, checkpoints, tmp_path) -> None:
+    image = read_rgb(frame)
+    panels = feature_panels(camvid_model(), image, top_k=5)
+    titles = [panel.title for panel in panels]
+    # Both branches before and after both fusions of DDRNet-23, five DAPPM scales, entropy.
+    for stage in ("3", "4"):
+        for branch in ("high", "low"):
+            for moment in ("before", "after"):
+                assert any(
+                    f"stage {stage}: {branch}-res branch, {moment} fusion" in t for t in titles
+                )
+    assert any(t.startswith("stage 3: high-res") and "1/8, 64 ch, 60x45" in t for t in titles)
+    assert any(t.startswith("stage 4: low-res") and "1/32, 256 ch, 15x12" in t for t in titles)
+    assert sum(t.startswith("DAPPM scale") for t in titles) == 5
+    assert any("1/64" in t for t in titles if t.startswith("DAPPM"))
+    assert any("entropy in bits" in t for t in titles)
+    probability_maps = [p for p in panels if p.title.startswith("P(")]
+    assert len(probability_maps) == 5
+    for panel in probability_maps:
+        assert panel.data.shape == (360, 480) and 0 <= panel.data.min() <= panel.data.max() <= 1
+
+    output = tmp_path / "features.png"
+    assert main(["viz", "features", str(frame), "--checkpoint", str(checkpoints[0]),
+                 "--reduce", "pca", "-o", str(output)]) == 0  # fmt: skip
+    assert Image.open(output).size == feature_figure_size(len(panels)) == (1600, 2090)
+
+
+def test_confusion_figure(tmp_path) -> None:
+    names = list(CAMVID.class_names)
+    matrix = np.diag(np.arange(1, 12) * 100)
+    matrix[0, 1] = 50
+    matrix[10] = 0  # Bicyclist absent from the ground truth: a blank row
+    iou = {name: 100.0 * (i % 3) / 3 for i, name in enumerate(names)}
+    iou["Bicyclist"] = float("nan")  # what 'ddrnet eval --json' writes for a class never seen
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(
+        json.dumps(
+            {
+                "mIoU": 33.3,
+                "dataset": "camvid",
+                "per_class_IoU": iou,
+                "confusion_matrix": matrix.tolist(),
+            }
+        )  # fmt: skip
+    )
+    output = tmp_path / "plots" / "confusion.png"
+    assert main(["viz", "confusion", str(metrics), "-o", str(output)]) == 0
+    assert Image.open(output).size == confusion_figure_size(11)
+
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"mIoU": 1.0}))
+    assert main(["viz", "confusion", str(broken), "-o", str(tmp_path / "x.png")]) == 2
+    assert main(["viz", "confusion", str(metrics), "-o", str(tmp_path / "x.jpg")]) == 2
+
+
+def test_training_curves(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [
+        {"epoch": e, "train_loss": 3 / e, "lr": 0.01 * (1 - e / 10), "images_per_second": 9.5}
+        | ({"val_mIoU": 10.0 * e} if e % 2 == 0 else {})
+        for e in range(1, 6)
+    ]
+    lines.append({"epoch": 4, "train_loss": 0.5, "lr": 0.004, "val_mIoU": 45.0})  # resumed
+    text = "\n".join(json.dumps(line) for line in lines) + '\n{"epoch": 6, "train_lo'
+    (run / "metrics.jsonl").write_text(text)  # the last line is still being written
+    records = read_metrics_jsonl(run / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5] and records[3]["val_mIoU"] == 45.0
+    output = tmp_path / "curves.png"
+    assert main(["viz", "curves", str(run), "-o", str(output)]) == 0
+    assert Image.open(output).size == (1200, 800)
+
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\nnot json\n{"epoch": 2}\n')
+    assert main(["viz", "curves", str(run), "-o", str(output)]) == 2
+    assert "metrics.jsonl:2: not a JSON line" in capsys.readouterr().err
+
+
+def test_compare_figure(frame, checkpoints, tmp_path) -> None:
+    output = tmp_path / "compare.png"
+    argv = ["viz", "compare", str(frame), "-o", str(output)]
+    assert main(argv + [arg for path in checkpoints for arg in ("--checkpoint", str(path))]) == 0
+    picture = np.asarray(Image.open(output))
+    # Input, two predictions and a legend, each under a caption bar; the input is unchanged.
+    assert picture.shape[0] == 360 + TITLE_HEIGHT and picture.shape[1] > 3 * 480 + 8 + 40
+    assert np.array_equal(picture[TITLE_HEIGHT:, :480], read_rgb(frame))
+    assert not np.array_equal(picture[TITLE_HEIGHT:, 484:964], picture[TITLE_HEIGHT:, 968:1448])
+
+    other = ddrnet.create_model("ddrnet_23_slim", num_classes=11)  # no class names
+    with pytest.raises(ValueError, match="one legend cannot describe both"):
+        compare_pictures(read_rgb(frame)[:64, :64], [("camvid", camvid_model()), ("bare", other)])
+    assert main(["viz", "compare", str(frame), "-o", str(output)]) == 2
