@@ -4,6 +4,11 @@ Images are ``(H, W, 3)`` uint8 RGB, labels ``(H, W)`` uint8 with 255 = ignore. G
 transforms apply the same parameters to both (bilinear for the image, nearest for the label);
 photometric ones touch the image only. Normalisation happens later, on the batch, on the
 training device.
+
+Both stages are written for CPU training, where the data pipeline shares the cores with the
+network: scale-and-crop is one affine warp that computes only the output crop (resizing the
+whole image to 2x and then cutting out a crop wastes most of the work), and the photometric
+changes are 256-entry lookup tables on uint8 data instead of float arithmetic.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from ddrnet.data.labels import IGNORE_INDEX
 
 @dataclass
 class TrainTransform:
-    """Random scale, pad-and-crop, horizontal flip and photometric distortion.
+    """Random scale, crop (labels padded with ignore), horizontal flip, photometric distortion.
 
     Attributes:
         crop_size: ``(height, width)`` of the output in pixels.
@@ -37,63 +42,77 @@ class TrainTransform:
     def __call__(
         self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
-        image, label = self.random_scale(image, label, rng)
-        image, label = self.pad_and_crop(image, label, rng)
-        if self.flip and rng.random() < 0.5:
-            image, label = image[:, ::-1], label[:, ::-1]
+        image, label = self.scale_crop_flip(image, label, rng)
         if self.photometric:
             image = photometric_distortion(image, rng)
-        return np.ascontiguousarray(image), np.ascontiguousarray(label)
-
-    def random_scale(
-        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        factor = rng.uniform(*self.scale_range)
-        base_h, base_w = self.base_size or image.shape[:2]
-        size = (max(1, round(base_w * factor)), max(1, round(base_h * factor)))  # cv2: (w, h)
-        if size == (image.shape[1], image.shape[0]):
-            return image, label
-        image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-        label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
         return image, label
 
-    def pad_and_crop(
+    def scale_crop_flip(
         self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Equivalent to: resize by a random factor (as ``cv2.resize``), pad bottom/right to the
+        crop size, take a random crop, flip with probability 0.5; done as one warp. Padding
+        is ignore in the label (so it never enters the loss); the image repeats its edge
+        there, which also makes the border rows identical to ``cv2.resize``'s."""
+        height, width = image.shape[:2]
         crop_h, crop_w = self.crop_size
-        pad_h, pad_w = max(crop_h - image.shape[0], 0), max(crop_w - image.shape[1], 0)
-        if pad_h or pad_w:
-            # Images are padded with black (0 before normalisation), labels with ignore,
-            # so padding never contributes to the loss.
-            image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=0)
-            label = cv2.copyMakeBorder(
-                label, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=self.ignore_index
-            )
-        top = int(rng.integers(0, image.shape[0] - crop_h + 1))
-        left = int(rng.integers(0, image.shape[1] - crop_w + 1))
-        return (
-            image[top : top + crop_h, left : left + crop_w],
-            label[top : top + crop_h, left : left + crop_w],
-        )
+        factor = rng.uniform(*self.scale_range)
+        base_h, base_w = self.base_size or (height, width)
+        scaled_h = max(1, round(base_h * factor))
+        scaled_w = max(1, round(base_w * factor))
+        scale_y, scale_x = scaled_h / height, scaled_w / width
+        top = int(rng.integers(0, max(scaled_h - crop_h, 0) + 1))
+        left = int(rng.integers(0, max(scaled_w - crop_w, 0) + 1))
+        flip = self.flip and rng.random() < 0.5
+        # Pixel centres as in cv2.resize: x_out + 0.5 = (x_in + 0.5) * scale, then the crop
+        # offset, then the mirror x -> crop_w - 1 - x.
+        tx = 0.5 * scale_x - 0.5 - left
+        ty = 0.5 * scale_y - 0.5 - top
+        if flip:
+            matrix = np.array([[-scale_x, 0, crop_w - 1 - tx], [0, scale_y, ty]], np.float64)
+        else:
+            matrix = np.array([[scale_x, 0, tx], [0, scale_y, ty]], np.float64)
+        image = cv2.warpAffine(
+            image, matrix, (crop_w, crop_h), flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )  # fmt: skip
+        label = cv2.warpAffine(
+            label, matrix, (crop_w, crop_h), flags=cv2.INTER_NEAREST,
+            borderMode=cv2.BORDER_CONSTANT, borderValue=self.ignore_index,
+        )  # fmt: skip
+        return image, label
+
+
+def _affine_lut(gain: float, offset: float) -> np.ndarray:
+    """uint8 table of ``clip(v * gain + offset, 0, 255)``."""
+    values = np.arange(256, dtype=np.float32) * gain + offset
+    return np.clip(np.round(values), 0, 255).astype(np.uint8)
 
 
 def photometric_distortion(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random brightness (+-32), contrast (0.5-1.5), saturation (0.5-1.5) and hue (+-18 deg),
-    each applied with probability 0.5, as in mmsegmentation's PhotoMetricDistortion."""
-    image = image.astype(np.float32)
-    if rng.random() < 0.5:
-        image += rng.uniform(-32, 32)
+    """Random brightness (+-32), contrast (x0.5-1.5), saturation (x0.5-1.5) and hue (+-18
+    degrees), each with probability 0.5; contrast comes before or after the colour changes
+    with equal chance. This is mmsegmentation's PhotoMetricDistortion on uint8 tables."""
+    brightness = rng.uniform(-32, 32) if rng.random() < 0.5 else 0.0
     contrast_first = rng.random() < 0.5
-    if contrast_first and rng.random() < 0.5:
-        image *= rng.uniform(0.5, 1.5)
-    image = np.clip(image, 0, 255)
-    if rng.random() < 0.5 or rng.random() < 0.5:
-        hsv = cv2.cvtColor(image.astype(np.uint8), cv2.COLOR_RGB2HSV).astype(np.float32)
-        if rng.random() < 0.5:
-            hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.5, 1.5), 0, 255)
-        if rng.random() < 0.5:
-            hsv[..., 0] = (hsv[..., 0] + rng.integers(-9, 10)) % 180  # OpenCV hue is 0..179
-        image = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
-    if not contrast_first and rng.random() < 0.5:
-        image *= rng.uniform(0.5, 1.5)
-    return np.clip(image, 0, 255).astype(np.uint8)
+    contrast = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else 1.0
+    saturation = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else 1.0
+    hue_shift = int(rng.integers(-9, 10)) if rng.random() < 0.5 else 0  # OpenCV hue: 0..179
+    if contrast_first:
+        # Brightness then contrast, composed into one table: clip(clip(v + b) * c).
+        table = _affine_lut(1.0, brightness)
+        table = _affine_lut(contrast, 0.0)[table]
+    else:
+        table = _affine_lut(1.0, brightness)
+    image = cv2.LUT(image, table)
+    if saturation != 1.0 or hue_shift:
+        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+        if saturation != 1.0:
+            hsv[..., 1] = cv2.LUT(hsv[..., 1], _affine_lut(saturation, 0.0))
+        if hue_shift:
+            hue_table = ((np.arange(256) + hue_shift) % 180).astype(np.uint8)
+            hsv[..., 0] = cv2.LUT(hsv[..., 0], hue_table)
+        image = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if not contrast_first and contrast != 1.0:
+        image = cv2.LUT(image, _affine_lut(contrast, 0.0))
+    return image
