@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from official_reference import official_network, randomize_batchnorm
 
 import ddrnet
 from ddrnet.models import CheckpointError, ModelMetadata, read_checkpoint, save_model
+
+from official_reference import official_network, randomize_batchnorm
 
 
 def _trained_like(name: str = "ddrnet_23_slim", **kwargs) -> torch.nn.Module:
@@ -24,6 +25,31 @@ def _same_outputs(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     images = torch.randn(1, 3, 96, 128)
     with torch.no_grad():
         return torch.equal(a.eval()(images), b.eval()(images))
+
+
+@pytest.mark.parametrize("name", ddrnet.list_models())
+@pytest.mark.parametrize("file_format", ["safetensors", "ddp_pickle"])
+def test_every_variant_round_trips(name: str, file_format: str, tmp_path: Path) -> None:
+    model = _trained_like(name)
+    if file_format == "safetensors":
+        metadata = ModelMetadata(
+            architecture=name,
+            num_classes=model.num_classes,
+            spec=model.spec.to_dict(),
+            task=ddrnet.models.variant_info(name).task,
+        )
+        path = save_model(model, tmp_path / "model.safetensors", metadata)
+        loaded = ddrnet.create_model(checkpoint=path)
+    else:
+        torch.save(
+            {"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}},
+            tmp_path / "m.pth",
+        )
+        loaded = ddrnet.create_model(name, checkpoint=tmp_path / "m.pth")
+    size = (96, 128) if ddrnet.models.variant_info(name).task == "segmentation" else (64, 64)
+    images = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        assert torch.equal(model(images), loaded.eval()(images))
 
 
 def test_safetensors_round_trip_rebuilds_the_model_from_metadata(tmp_path: Path) -> None:
