@@ -1,0 +1,53 @@
+"""Deployment: ONNX / TorchScript export, BN folding, INT8 quantisation and CPU benchmarks.
+
+onnx, onnxruntime and openvino are optional (``pip install ddrnet[deploy]``); they are
+imported by the functions that use them, so importing this package needs only PyTorch.
+"""
+
+from __future__ import annotations
+
+from ddrnet.deploy.bench import (
+    BACKENDS,
+    Runner,
+    benchmark,
+    build_runner,
+    measure_conv_peak_gflops,
+    run_benchmarks,
+)
+from ddrnet.deploy.export import (
+    ExportError,
+    conv_bn_pairs,
+    export_onnx,
+    export_torchscript,
+    fuse_conv_bn,
+    onnx_session,
+    read_onnx_metadata,
+    verify_onnx,
+)
+from ddrnet.deploy.quantize import (
+    ImageCalibrationReader,
+    evaluate_onnx,
+    load_calibration_images,
+    quantize_onnx_int8,
+)
+
+__all__ = [
+    "BACKENDS",
+    "ExportError",
+    "ImageCalibrationReader",
+    "Runner",
+    "benchmark",
+    "build_runner",
+    "conv_bn_pairs",
+    "evaluate_onnx",
+    "export_onnx",
+    "export_torchscript",
+    "fuse_conv_bn",
+    "load_calibration_images",
+    "measure_conv_peak_gflops",
+    "onnx_session",
+    "quantize_onnx_int8",
+    "read_onnx_metadata",
+    "run_benchmarks",
+    "verify_onnx",
+]

@@ -1,0 +1,431 @@
+"""CPU inference speed of one model across backends, measured the same way for each.
+
+``benchmark`` times any callable with ``time.perf_counter`` (warm-up first, then per-call
+latencies). ``build_runner`` turns a model into a ready-to-call backend: eager PyTorch
+(float32, channels-last, bfloat16 autocast), BN-folded, ``torch.compile``, ONNX Runtime FP32
+and INT8, OpenVINO. ``run_benchmarks`` times a list of backends in one process and reports
+each one's speed relative to eager float32 measured in the same run, so machine load and
+thread settings cancel out of the ratio. ``measure_conv_peak_gflops`` gives the CPU's
+achievable convolution throughput, the yardstick for "fraction of peak".
+
+Peak memory is the process's peak resident set size (Linux ``VmHWM``) while a backend is
+built and timed, minus the resident size just before: the extra memory that backend needed
+at its worst (weights copies, workspace, compiled code), in MiB. The peak is reset per
+backend through ``/proc/self/clear_refs``; where that is not possible (not Linux, no
+permission) ``getrusage`` ``ru_maxrss`` is used, which never goes down, so a backend that
+stays under an earlier backend's peak then reports 0. tracemalloc is no use here: it sees
+only Python allocations, not PyTorch's or ONNX Runtime's.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ddrnet.deploy.export import export_onnx, float_cpu_copy, fuse_conv_bn, onnx_session
+from ddrnet.deploy.quantize import quantize_onnx_int8
+from ddrnet.models.complexity import count_macs
+from ddrnet.models.metadata import IMAGENET_MEAN, IMAGENET_STD
+
+BACKENDS: dict[str, str] = {
+    "eager": "PyTorch eager, float32, NCHW",
+    "eager_channels_last": "PyTorch eager, float32, channels-last (NHWC) memory format",
+    "eager_bf16": "PyTorch eager, bfloat16 autocast, NCHW",
+    "eager_bf16_channels_last": "PyTorch eager, bfloat16 autocast, channels-last",
+    "bn_folded": "PyTorch eager, float32, Conv+BN folded (the paper's speed protocol)",
+    "compile": "torch.compile (inductor), float32, BN folded",
+    "ort": "ONNX Runtime CPU, float32, all graph optimisations",
+    "ort_int8": "ONNX Runtime CPU, INT8 QDQ (u8 activations, per-channel s8 weights)",
+    "openvino": "OpenVINO CPU, float32 inference precision",
+    "openvino_bf16": "OpenVINO CPU, bfloat16 inference precision where the CPU supports it",
+}
+REFERENCE_BACKEND = "eager"
+
+
+def _percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    """Linear-interpolated percentile of already sorted values (``fraction`` in 0..1)."""
+    position = fraction * (len(sorted_values) - 1)
+    low = int(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def benchmark(
+    fn: Callable[..., Any],
+    inputs: Sequence[Any] = (),
+    warmup_seconds: float = 1.0,
+    min_seconds: float = 3.0,
+    *,
+    min_iterations: int = 5,
+    max_iterations: int | None = None,
+    batch_size: int = 1,
+) -> dict[str, float]:
+    """Time ``fn(*inputs)``: warm up, then call it until ``min_seconds`` and
+    ``min_iterations`` are both reached (or ``max_iterations``).
+
+    Warm-up runs at least once, so one-time work (allocator growth, oneDNN primitive
+    creation, compilation) stays out of the numbers. Returns:
+
+    - ``iterations``: timed calls;
+    - ``fps``: images per second, ``batch_size * iterations / total time``;
+    - ``latency_ms_mean``, ``latency_ms_p50``, ``latency_ms_p90``, ``latency_ms_p99``,
+      ``latency_ms_min``: per call, in milliseconds;
+    - ``seconds``: total timed wall-clock time.
+    """
+    if min_iterations < 1:
+        raise ValueError(f"min_iterations must be >= 1, got {min_iterations}")
+    if max_iterations is not None and max_iterations < min_iterations:
+        raise ValueError(
+            f"max_iterations ({max_iterations}) is below min_iterations ({min_iterations})"
+        )
+    deadline = time.perf_counter() + warmup_seconds
+    fn(*inputs)
+    while time.perf_counter() < deadline:
+        fn(*inputs)
+    latencies: list[float] = []
+    started = time.perf_counter()
+    while True:
+        begin = time.perf_counter()
+        fn(*inputs)
+        end = time.perf_counter()
+        latencies.append(end - begin)
+        if max_iterations is not None and len(latencies) >= max_iterations:
+            break
+        if len(latencies) >= min_iterations and end - started >= min_seconds:
+            break
+    total = sum(latencies)
+    ordered = sorted(latencies)
+    return {
+        "iterations": len(latencies),
+        "fps": batch_size * len(latencies) / total,
+        "latency_ms_mean": 1000 * statistics.fmean(latencies),
+        "latency_ms_p50": 1000 * _percentile(ordered, 0.50),
+        "latency_ms_p90": 1000 * _percentile(ordered, 0.90),
+        "latency_ms_p99": 1000 * _percentile(ordered, 0.99),
+        "latency_ms_min": 1000 * ordered[0],
+        "seconds": total,
+    }
+
+
+@dataclass
+class Runner:
+    """A backend ready to time: ``fn(*inputs)`` runs one forward pass.
+
+    ``output()`` returns that pass's logits as a float32 ``torch.Tensor`` (for checking the
+    backend against eager float32); ``keep`` holds objects that must outlive the runner
+    (temporary folders with exported files).
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    inputs: tuple[Any, ...]
+    description: str
+    keep: list[Any] = field(default_factory=list)
+
+    def output(self) -> torch.Tensor:
+        result = self.fn(*self.inputs)
+        if isinstance(result, (list, tuple)):
+            result = result[0]
+        if isinstance(result, np.ndarray):
+            result = torch.from_numpy(result)
+        return result.float()
+
+
+def _torch_call(
+    module: nn.Module, image: torch.Tensor, bf16: bool = False, channels_last: bool = False
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """``(fn, input)`` running ``module`` without autograd, optionally under bfloat16
+    autocast and with module and input in channels-last memory format."""
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+        image = image.contiguous(memory_format=torch.channels_last)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            return module(x)
+
+    return run, image
+
+
+def _torch_runner(
+    name: str,
+    module: nn.Module,
+    image: torch.Tensor,
+    bf16: bool = False,
+    channels_last: bool = False,
+) -> Runner:
+    fn, image = _torch_call(module, image, bf16, channels_last)
+    return Runner(name, fn, (image,), BACKENDS[name])
+
+
+def _onnx_runner(
+    name: str,
+    model: nn.Module,
+    image: torch.Tensor,
+    threads: int,
+    calibration_images: Sequence[Any] | None,
+) -> Runner:
+    scratch = tempfile.TemporaryDirectory(prefix="ddrnet-bench-")
+    input_size = (int(image.shape[-2]), int(image.shape[-1]))
+    path = export_onnx(model, Path(scratch.name) / "model.onnx", input_size)
+    if name == "ort_int8":
+        mean, std = _model_normalisation(model)
+        if calibration_images is None:
+            # Speed does not depend on the ranges; without real images, use noise images.
+            generator = np.random.default_rng(0)
+            calibration_images = [
+                generator.integers(0, 256, (*input_size, 3), dtype=np.uint8) for _ in range(2)
+            ]
+        path = quantize_onnx_int8(
+            path, Path(scratch.name) / "model_int8.onnx", calibration_images, mean, std, input_size
+        )
+    array = image.numpy()
+    if name.startswith("openvino"):
+        import openvino as ov
+
+        precision = "bf16" if name == "openvino_bf16" else "f32"
+        compiled = ov.Core().compile_model(
+            str(path),
+            "CPU",
+            {
+                "INFERENCE_NUM_THREADS": threads,
+                "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_PRECISION_HINT": precision,
+            },
+        )
+        request = compiled.create_infer_request()
+        output_port = compiled.output(0)
+
+        def run_openvino(x: np.ndarray) -> np.ndarray:
+            return request.infer([x])[output_port]
+
+        return Runner(name, run_openvino, (array,), BACKENDS[name], keep=[scratch, compiled])
+    session = onnx_session(path, threads=threads)
+    input_name = session.get_inputs()[0].name
+
+    def run_ort(x: np.ndarray) -> Any:
+        return session.run(None, {input_name: x})
+
+    return Runner(name, run_ort, (array,), BACKENDS[name], keep=[scratch, session])
+
+
+def _model_normalisation(model: nn.Module) -> tuple[Sequence[float], Sequence[float]]:
+    metadata = getattr(model, "metadata", None)
+    if metadata is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return metadata.mean, metadata.std
+
+
+def build_runner(
+    backend: str,
+    model: nn.Module,
+    input_size: tuple[int, int] = (360, 480),
+    *,
+    batch_size: int = 1,
+    threads: int | None = None,
+    calibration_images: Sequence[Any] | None = None,
+    seed: int = 0,
+) -> Runner:
+    """Prepare ``backend`` (a key of ``BACKENDS``) for ``model`` on a fixed random input
+    ``(batch_size, 3, H, W)`` float32, ``input_size = (H, W)`` in pixels.
+
+    Each runner works on its own copy of the model. ``threads``: ONNX Runtime / OpenVINO
+    threads, by default ``torch.get_num_threads()`` so every backend gets the same cores.
+    ``calibration_images`` (``(H, W, 3)`` uint8 RGB) calibrate ``ort_int8``; without them
+    noise images are used, fine for timing but not for accuracy. ``compile`` compiles (and
+    runs once) here, so a compilation failure raises from this function.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    threads = threads or torch.get_num_threads()
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.randn(batch_size, 3, *input_size, generator=generator)
+    if backend in ("eager", "eager_channels_last", "eager_bf16", "eager_bf16_channels_last"):
+        return _torch_runner(
+            backend,
+            float_cpu_copy(model),
+            image,
+            bf16="bf16" in backend,
+            channels_last="channels_last" in backend,
+        )
+    if backend in ("bn_folded", "compile"):
+        folded = fuse_conv_bn(model)
+        if backend == "bn_folded":
+            return _torch_runner(backend, folded, image)
+        runner = _torch_runner(backend, torch.compile(folded, dynamic=False), image)
+        runner.fn(*runner.inputs)  # compile now, inside the caller's error handling
+        return runner
+    return _onnx_runner(backend, model, image, threads, calibration_images)
+
+
+def _proc_status_bytes(field_name: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmHWM``, ``VmRSS``) in bytes; None off Linux."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _peak_rss_bytes() -> int:
+    """Peak resident set size of this process since the last reset, in bytes."""
+    peak = _proc_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def _current_rss_bytes() -> int:
+    current = _proc_status_bytes("VmRSS")
+    return current if current is not None else _peak_rss_bytes()
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark to the current RSS (Linux >= 4.0); False if not."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def run_benchmarks(
+    model: nn.Module,
+    input_size: tuple[int, int] = (360, 480),
+    backends: Sequence[str] | None = None,
+    seconds: float = 3.0,
+    *,
+    warmup_seconds: float = 1.0,
+    batch_size: int = 1,
+    threads: int | None = None,
+    calibration_images: Sequence[Any] | None = None,
+    peak_gflops: float | None = None,
+) -> list[dict[str, Any]]:
+    """Time ``backends`` (default: all in ``BACKENDS``) on ``model`` at ``input_size``
+    ``(H, W)``, one row per backend, in the order given.
+
+    Eager float32 (``"eager"``) is the reference: it is timed first, and added if missing,
+    so every ``speedup`` (``fps / eager fps``) compares runs made in the same process under
+    the same load. A backend that cannot be built or run (``torch.compile`` without a
+    compiler, OpenVINO not installed) gives a row with ``error`` (the exception as text)
+    instead of numbers; the others still run.
+
+    Row keys: ``backend``, ``description``, ``error`` (``None`` if it ran), the ``benchmark``
+    keys (``fps``, ``latency_ms_*``, ``iterations``), ``speedup``, ``build_seconds``
+    (export/quantise/compile time), ``peak_memory_mib`` (see module docstring),
+    ``max_abs_diff`` (largest logit difference from eager float32 on the timed input: ~1e-4
+    for float32 backends, larger for bf16/INT8), ``gmacs`` (per image),
+    ``achieved_gflops`` (``2 * gmacs * fps``) and, with ``peak_gflops`` (from
+    ``measure_conv_peak_gflops``), ``fraction_of_peak``. Give the float32 peak: bf16 and
+    INT8 backends then show how far past float32's ceiling they get (values above 1).
+
+    Threads: PyTorch uses ``torch.get_num_threads()``; keep it at or below the idle cores.
+    OpenMP threads that compete with another busy process for cores spin and can run ten
+    times slower, while ONNX Runtime degrades gracefully, which distorts every ratio.
+    """
+    requested = list(backends) if backends is not None else list(BACKENDS)
+    unknown = [name for name in requested if name not in BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown backends {unknown}; valid: {', '.join(BACKENDS)}")
+    if seconds <= 0:
+        raise ValueError(f"seconds must be positive, got {seconds}")
+    order = list(dict.fromkeys([REFERENCE_BACKEND, *requested]))
+    gmacs = count_macs(float_cpu_copy(model), input_size) / 1e9
+    rows: dict[str, dict[str, Any]] = {}
+    reference_output: torch.Tensor | None = None
+    for name in order:
+        row: dict[str, Any] = {"backend": name, "description": BACKENDS[name], "error": None}
+        exact_peak = _reset_peak_rss()
+        rss_before = _current_rss_bytes() if exact_peak else _peak_rss_bytes()
+        started = time.perf_counter()
+        try:
+            runner = build_runner(
+                name,
+                model,
+                input_size,
+                batch_size=batch_size,
+                threads=threads,
+                calibration_images=calibration_images,
+            )
+            row["build_seconds"] = time.perf_counter() - started
+            output = runner.output()
+            if reference_output is None:
+                reference_output = output
+            elif output.shape == reference_output.shape:
+                row["max_abs_diff"] = float((output - reference_output).abs().max())
+            row.update(
+                benchmark(
+                    runner.fn,
+                    runner.inputs,
+                    warmup_seconds,
+                    seconds,
+                    batch_size=batch_size,
+                )
+            )
+        except Exception as error:  # report any backend failure, keep benchmarking the rest
+            row["error"] = f"{type(error).__name__}: {error}"
+        finally:
+            runner = None  # release the backend's memory before the next one
+        row["peak_memory_mib"] = max(0, _peak_rss_bytes() - rss_before) / 2**20
+        if row["error"] is None:
+            row["gmacs"] = gmacs
+            row["achieved_gflops"] = 2 * gmacs * row["fps"]
+            if peak_gflops:
+                row["fraction_of_peak"] = row["achieved_gflops"] / peak_gflops
+        rows[name] = row
+    reference_fps = rows[REFERENCE_BACKEND].get("fps")
+    for row in rows.values():
+        if reference_fps and row.get("fps"):
+            row["speedup"] = row["fps"] / reference_fps
+    return list(rows.values())
+
+
+def measure_conv_peak_gflops(
+    seconds: float = 2.0,
+    *,
+    channels: int = 256,
+    spatial: tuple[int, int] = (128, 256),
+    dtypes: Sequence[str] = ("float32", "bfloat16"),
+) -> dict[str, float]:
+    """Achievable convolution throughput of this CPU, in GFLOP/s per dtype.
+
+    Times a large 3x3 convolution, ``channels -> channels`` on ``(1, channels, *spatial)``
+    (by default 256 -> 256 on 128x256: 19.3 GMACs per call), for ``seconds`` per dtype and
+    memory format (NCHW and channels-last; the faster counts) with PyTorch's current thread
+    count. FLOP/s = 2 * MACs * calls / s. Dense 3x3 convs of this size reach the best a
+    convolution library gets from the CPU, so a model's ``fraction of peak`` =
+    ``2 * model GMACs * FPS / peak`` says how much of that the model's smaller, memory-bound
+    layers achieve. ``bfloat16`` runs under autocast (oneDNN with AMX/AVX512-BF16 where
+    present; emulated, slow, elsewhere).
+    """
+    conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
+    macs = channels * channels * 9 * spatial[0] * spatial[1]
+    results: dict[str, float] = {}
+    for dtype_name in dtypes:
+        if dtype_name not in ("float32", "bfloat16"):
+            raise ValueError(f"dtypes must be float32 or bfloat16, got {dtype_name!r}")
+        best = 0.0
+        for channels_last in (False, True):
+            fn, image = _torch_call(
+                conv, torch.randn(1, channels, *spatial), dtype_name == "bfloat16", channels_last
+            )
+            timing = benchmark(fn, (image,), min(0.5, seconds / 4), seconds / 2, min_iterations=2)
+            best = max(best, 2 * macs * timing["fps"] / 1e9)
+        results[dtype_name] = best
+    return results

@@ -1,0 +1,423 @@
+"""Deployable forms of a DDRNet: ONNX (dynamic batch, height and width), TorchScript, and a
+BatchNorm-folded eager model.
+
+Every resize in DDRNet takes its target size from a tensor (``F.interpolate(size=t.shape[-2:])``),
+so a traced graph computes its Resize sizes from ``Shape`` ops and works at any input size,
+including odd ones such as 361x479; ``export_onnx`` checks that no Resize was frozen to the
+export size. ``verify_onnx`` runs the exported file in ONNX Runtime against the PyTorch model.
+
+onnx and onnxruntime (the ``deploy`` extra) are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DEFAULT_VERIFY_SIZES: tuple[tuple[int, int], ...] = ((360, 480), (361, 479), (64, 64))
+METADATA_KEY = "ddrnet"  # ONNX metadata_props key holding the model's ModelMetadata as JSON
+
+
+class ExportError(RuntimeError):
+    """An export produced a graph that would not work as asked; the message says why."""
+
+
+class SegmentationExportWrapper(nn.Module):
+    """What gets exported: ``model.forward`` (never the auxiliary head), optionally followed by
+    a bilinear resize of the logits to the input size and an argmax.
+
+    Shapes: ``(N, 3, H, W)`` normalised float32 ->
+    logits ``(N, C, ceil(H/8), ceil(W/8))`` float32 (default),
+    logits ``(N, C, H, W)`` with ``upsample_to_input``,
+    labels ``(N, h, w)`` with ``argmax`` (``h, w`` = 1/8 or, with ``upsample_to_input``, the
+    input size), uint8 for up to 256 classes, else int64.
+    """
+
+    def __init__(self, model: nn.Module, argmax: bool = False, upsample_to_input: bool = False):
+        super().__init__()
+        self.model = model
+        self.argmax = argmax
+        self.upsample_to_input = upsample_to_input
+        num_classes = int(getattr(model, "num_classes", 256))
+        self.label_dtype = torch.uint8 if num_classes <= 256 else torch.int64
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        logits = self.model(image)
+        if self.upsample_to_input:
+            # Same resize as ddrnet.engine.inference, so labels match Predictor's.
+            logits = F.interpolate(
+                logits, size=image.shape[-2:], mode="bilinear", align_corners=False
+            )
+        if not self.argmax:
+            return logits
+        return logits.argmax(dim=1).to(self.label_dtype)
+
+
+def _check_size(name: str, size: Sequence[int]) -> tuple[int, int]:
+    if len(size) != 2 or any(int(side) < 1 for side in size):
+        raise ValueError(f"{name} must be (height, width) in pixels, both >= 1; got {size}")
+    return int(size[0]), int(size[1])
+
+
+def _example_input(batch_size: int, height: int, width: int) -> torch.Tensor:
+    """A tracing input ``(N, 3, H, W)`` from a private generator: exporting must not move the
+    caller's random stream."""
+    return torch.randn(batch_size, 3, height, width, generator=torch.Generator().manual_seed(0))
+
+
+def _unwrapped_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of the network inside DDP / ``torch.compile`` wrappers, so that
+    exporting or folding never changes the caller's model."""
+    inner = getattr(model, "module", model)  # DDP wrapper
+    inner = getattr(inner, "_orig_mod", inner)  # torch.compile wrapper
+    return copy.deepcopy(inner).eval()
+
+
+def float_cpu_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode float32 CPU copy: exported graphs take float32 input."""
+    return _unwrapped_copy(model).float().cpu()
+
+
+def static_resize_nodes(onnx_model: object) -> list[str]:
+    """Names of Resize nodes whose output height and width are fixed numbers even though the
+    graph's input size is symbolic.
+
+    Found by ONNX shape inference with data propagation, which evaluates the little
+    ``Shape -> Slice -> Concat`` programs that compute Resize sizes: a size taken from a
+    tensor stays unknown, a size frozen at export time (``F.interpolate(size=(64, 128))``,
+    or ``H // 8`` computed in Python) comes out as a number. Such a node breaks, or silently
+    mis-sizes, at other input sizes; an exported DDRNet should have none.
+    """
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(onnx_model, data_prop=True)
+    graph = inferred.graph
+    shapes = {
+        value.name: [dim.dim_value for dim in value.type.tensor_type.shape.dim]
+        for value in [*graph.value_info, *graph.output]
+    }
+    frozen = []
+    for node in graph.node:
+        if node.op_type != "Resize":
+            continue
+        dims = shapes.get(node.output[0], [])
+        if len(dims) == 4 and dims[2] > 0 and dims[3] > 0:
+            frozen.append(node.name or node.output[0])
+    return frozen
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    input_size: tuple[int, int] = (360, 480),
+    *,
+    dynamic: bool = True,
+    argmax: bool = False,
+    upsample_to_input: bool = False,
+    opset: int | None = None,
+    batch_size: int = 1,
+    dynamo: bool = False,
+) -> Path:
+    """Export ``model.forward`` to an ONNX file and check it.
+
+    Args:
+        model: a ``DDRNet`` (the auxiliary head, if any, is not exported).
+        path: output ``.onnx`` file; parent folders are created.
+        input_size: ``(height, width)`` in pixels of the example input used for tracing. With
+            ``dynamic=True`` the file accepts other sizes too.
+        dynamic: make batch, height and width symbolic (``batch``, ``height``, ``width``).
+        argmax: end the graph with an argmax: output ``labels`` ``(N, h, w)`` uint8 (int64 for
+            more than 256 classes) instead of ``logits`` ``(N, C, h, w)`` float32.
+        upsample_to_input: resize logits bilinearly (``align_corners=False``) to ``(H, W)``
+            before the optional argmax; otherwise outputs are at 1/8 (``ceil(H/8)``).
+        opset: ONNX opset; by default 17 (every op here exists in it, and runtimes from
+            2022 on accept it), or 18 with ``dynamo``, whose exporter has nothing older.
+        batch_size: batch of the example input.
+        dynamo: use the ``torch.export``-based exporter (needs onnxscript, slower to export)
+            instead of the TorchScript-based one, which is the default because it handles
+            this model's data-dependent resizes at every size and exports in about a second.
+
+    Returns the path written. The file's metadata (``metadata_props["ddrnet"]``) holds the
+    model's ``ModelMetadata`` as JSON (classes, palette, mean/std) when the model has one.
+
+    Raises ``ExportError`` if the checker rejects the graph or, with ``dynamic=True``, a
+    Resize node kept a constant size.
+    """
+    import onnx
+
+    height, width = _check_size("input_size", input_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = SegmentationExportWrapper(float_cpu_copy(model), argmax, upsample_to_input).eval()
+    example = _example_input(batch_size, height, width)
+    output_name = "labels" if argmax else "logits"
+    export_kwargs: dict[str, object] = {
+        "input_names": ["image"],
+        "output_names": [output_name],
+        "opset_version": opset or (18 if dynamo else 17),
+    }
+    if dynamo:
+        if dynamic:
+            dims = {
+                0: torch.export.Dim("batch"),
+                2: torch.export.Dim("height", min=1),
+                3: torch.export.Dim("width", min=1),
+            }
+            export_kwargs["dynamic_shapes"] = {"image": dims}
+        export_kwargs["dynamo"] = True
+    else:
+        if dynamic:
+            output_axes = {0: "batch", 1: "out_height", 2: "out_width"}
+            if not argmax:
+                output_axes = {0: "batch", 2: "out_height", 3: "out_width"}
+            export_kwargs["dynamic_axes"] = {
+                "image": {0: "batch", 2: "height", 3: "width"},
+                output_name: output_axes,
+            }
+        export_kwargs["dynamo"] = False
+        export_kwargs["do_constant_folding"] = True
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript-based exporter is chosen deliberately (see ``dynamo``); its
+        # deprecation notices say nothing about this export.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message=".*will be removed.*")
+        torch.onnx.export(wrapper, (example,), str(path), **export_kwargs)
+
+    onnx_model = onnx.load(str(path))
+    try:
+        onnx.checker.check_model(onnx_model)
+    except onnx.checker.ValidationError as error:
+        raise ExportError(f"{path}: the ONNX checker rejects the exported graph: {error}") from None
+    if dynamic:
+        frozen = static_resize_nodes(onnx_model)
+        if frozen:
+            raise ExportError(
+                f"{path}: Resize nodes {frozen} have constant output sizes, so the graph would "
+                "only work at the export size; every resize in the model must take its size "
+                "from a tensor (F.interpolate(size=reference.shape[-2:]))"
+            )
+    metadata = getattr(model, "metadata", None)
+    props = {
+        "ddrnet.export": json.dumps(
+            {"argmax": argmax, "upsample_to_input": upsample_to_input, "dynamic": dynamic}
+        )
+    }
+    if metadata is not None and hasattr(metadata, "to_json"):
+        props[METADATA_KEY] = metadata.to_json()
+    onnx.helper.set_model_props(onnx_model, props)
+    onnx.save(onnx_model, str(path))
+    return path
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, object]:
+    """The ``ModelMetadata`` dict ``export_onnx`` stored in the file (empty if none)."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such ONNX file")
+    model = onnx.load(str(path), load_external_data=False)
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            return json.loads(prop.value)
+    return {}
+
+
+def onnx_session(path: str | Path, threads: int | None = None, optimize: bool = True) -> object:
+    """An ONNX Runtime CPU session for ``path``.
+
+    ``threads``: intra-op threads, by default ``torch.get_num_threads()`` so that ORT and
+    PyTorch are compared with the same parallelism. ``optimize``: all graph optimisations
+    (constant folding, Conv+Add/Relu fusion, layout transforms) versus none.
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such ONNX file")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimize
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    # One model, one request at a time: parallelism belongs inside the ops.
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def verify_onnx(
+    model: nn.Module,
+    path: str | Path,
+    sizes: Sequence[tuple[int, int]] = DEFAULT_VERIFY_SIZES,
+    *,
+    inputs: Sequence[torch.Tensor] | None = None,
+    batch_size: int = 1,
+    seed: int = 0,
+) -> float:
+    """Largest absolute difference between ONNX Runtime (CPU) and PyTorch logits.
+
+    Compares on ``inputs`` (normalised ``(N, 3, H, W)`` float tensors) when given, otherwise
+    on random normal inputs ``(batch_size, 3, H, W)`` for every ``(H, W)`` in ``sizes``
+    (include sizes other than the export size, and odd ones, to prove the graph is dynamic).
+    Logits exported with ``upsample_to_input`` are compared with the model's logits resized
+    the same way. Returns the max abs difference in logit units over all inputs.
+
+    The difference scales with the logits: a trained model gives logits of order 10 on real
+    images and float32 differences around 1e-4, but random noise is far from the data its
+    BatchNorm statistics describe and can drive logits into the thousands (and the
+    difference with them), so pass real images for a tolerance that means something.
+
+    Raises ``ValueError`` for a graph that ends in argmax (compare labels directly) and
+    ``ExportError`` when an output has the wrong shape.
+    """
+    session = onnx_session(path)
+    reference_model = float_cpu_copy(model)
+    output = session.get_outputs()[0]
+    if "float" not in output.type:
+        raise ValueError(
+            f"{path}: output {output.name!r} is {output.type}, not logits; verify_onnx compares "
+            "logits, so export with argmax=False to verify"
+        )
+    input_name = session.get_inputs()[0].name
+    if inputs is None:
+        generator = torch.Generator().manual_seed(seed)
+        inputs = [
+            torch.randn(batch_size, 3, *_check_size("sizes entry", size), generator=generator)
+            for size in sizes
+        ]
+    worst = 0.0
+    for image in inputs:
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"inputs must be (N, 3, H, W) tensors, got {tuple(image.shape)}")
+        image = image.float().cpu()
+        height, width = image.shape[-2:]
+        expected = reference_model(image)
+        (actual,) = session.run(None, {input_name: image.numpy()})
+        if actual.shape[-2:] == (height, width) and expected.shape[-2:] != (height, width):
+            expected = F.interpolate(
+                expected, size=(height, width), mode="bilinear", align_corners=False
+            )
+        if tuple(actual.shape) != tuple(expected.shape):
+            raise ExportError(
+                f"{path}: at input {height}x{width} ONNX gives {tuple(actual.shape)}, PyTorch "
+                f"{tuple(expected.shape)}"
+            )
+        worst = max(worst, float((torch.from_numpy(actual) - expected).abs().max()))
+    return worst
+
+
+def export_torchscript(
+    model: nn.Module,
+    path: str | Path,
+    input_size: tuple[int, int] = (360, 480),
+    *,
+    argmax: bool = False,
+    upsample_to_input: bool = False,
+    freeze: bool = True,
+) -> Path:
+    """Trace ``model.forward`` with ``torch.jit.trace`` and save it (load with
+    ``torch.jit.load``, also from C++ libtorch).
+
+    The trace records ``shape`` reads as graph ops, so the file runs at any batch and input
+    size, not only ``input_size`` ``(height, width)``. ``argmax`` and ``upsample_to_input``
+    are as in ``export_onnx``. ``freeze`` inlines weights and folds Conv+BN for inference.
+
+    Chosen over ``torch.export``: exporting this model with dynamic height and width makes
+    ``torch.export`` specialise the batch to 1 and bound the sizes (the 1/512 DAPPM pool
+    produces guards), while the trace stays general. TorchScript is deprecated upstream but
+    still works in PyTorch 2.x; ``export_onnx`` is the preferred deployment format.
+    """
+    height, width = _check_size("input_size", input_size)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = SegmentationExportWrapper(float_cpu_copy(model), argmax, upsample_to_input).eval()
+    example = _example_input(1, height, width)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is deprecated.*")
+        traced = torch.jit.trace(wrapper, example)
+        if freeze:
+            traced = torch.jit.freeze(traced)
+    torch.jit.save(traced, str(path))
+    return path
+
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """``(conv_name, bn_name)`` for every Conv2d whose output feeds only a BatchNorm2d.
+
+    Found by tracing the forward pass with ``torch.fx``, so the pairs are those the data
+    really flows through (not guessed from module order). BatchNorms that follow a ReLU or
+    a pool (DAPPM and head pre-activation units) have no such conv and are not listed.
+    """
+    import torch.fx
+
+    try:
+        graph_module = torch.fx.symbolic_trace(model)
+    except Exception as error:  # fx raises many types for untraceable code
+        raise ExportError(
+            f"cannot trace {type(model).__name__} to find Conv+BN pairs: {error}"
+        ) from error
+    modules = dict(graph_module.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph_module.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = []
+    for node in graph_module.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
+            continue
+        source = node.args[0]
+        if (
+            isinstance(source, torch.fx.Node)
+            and source.op == "call_module"
+            and isinstance(modules[source.target], nn.Conv2d)
+            and len(source.users) == 1
+            # A module called twice would be folded for both uses; only fold single uses.
+            and calls[source.target] == 1
+            and calls[node.target] == 1
+        ):
+            pairs.append((str(source.target), str(node.target)))
+    return pairs
+
+
+def fuse_conv_bn(model: nn.Module) -> nn.Module:
+    """An eval-mode copy with every Conv2d -> BatchNorm2d pair folded into the conv.
+
+    The folded conv computes ``bn(conv(x))`` exactly up to rounding: in float64 outputs
+    match to ~1e-12; in float32 the fused and unfused models differ by about as much as
+    either differs from float64 (~1e-4 on logits of order 10, from summation order). Each
+    folded BatchNorm becomes ``nn.Identity`` so the module tree, its class, dtype, device
+    and ``metadata`` stay as they were. BatchNorm -> ReLU -> Conv units
+    (pre-activation, in DAPPM and the heads) cannot be folded exactly because of the ReLU
+    between them and are left alone. This is the BN-fused form the paper's speed protocol
+    times. The input model is not modified.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = _unwrapped_copy(model)
+    for conv_name, bn_name in conv_bn_pairs(fused):
+        conv = fused.get_submodule(conv_name)
+        bn = fused.get_submodule(bn_name)
+        _replace_submodule(fused, conv_name, fuse_conv_bn_eval(conv, bn))
+        _replace_submodule(fused, bn_name, nn.Identity())
+    return fused
+
+
+def _replace_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)

@@ -1,0 +1,331 @@
+"""INT8 post-training quantisation for CPU with ONNX Runtime, and evaluation of any ONNX form.
+
+``quantize_onnx_int8`` calibrates activation ranges on real images and writes a QDQ model
+(int8 per-channel weights, uint8 activations), the layout ONNX Runtime's CPU kernels fuse
+into integer convolutions. ``evaluate_onnx`` measures mIoU of an ONNX file on a data set the
+same way ``ddrnet.engine`` evaluates a PyTorch model, so FP32, INT8 and the PyTorch model can
+be compared on the same images.
+
+bfloat16: ONNX Runtime's CPU provider has no bfloat16 convolution kernels, so a bf16 ONNX
+graph would run as casts around float32 ops (slower, not faster). bf16 on CPU is served by
+PyTorch autocast instead (``torch.autocast("cpu", dtype=torch.bfloat16)``, oneDNN uses AMX or
+AVX512-BF16 where the CPU has them); ``ddrnet.deploy.bench`` times it as ``eager_bf16``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ddrnet.deploy.export import onnx_session, read_onnx_metadata
+from ddrnet.engine.inference import normalize
+from ddrnet.engine.metrics import ConfusionMatrix, SegmentationMetrics
+
+ImageSource = np.ndarray | str | Path
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+def load_calibration_images(source: str | Path | object, count: int = 16) -> list[np.ndarray]:
+    """Up to ``count`` ``(H, W, 3)`` uint8 RGB images, evenly spaced over ``source``.
+
+    ``source``: a folder of images (png/jpg/bmp/webp, sorted by name), or a data set with
+    ``load(index) -> (image, label)`` such as ``ddrnet.data.datasets.camvid(root, "train")``.
+    Even spacing covers every sequence of a video data set rather than its first frames.
+    """
+    from ddrnet.data.io import read_rgb
+
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    if isinstance(source, (str, Path)):
+        folder = Path(source)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"calibration folder {folder} does not exist")
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"calibration folder {folder} has no {'/'.join(IMAGE_SUFFIXES)} files")
+        picks = np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)
+        return [read_rgb(files[index]) for index in picks]
+    if not hasattr(source, "load") or not hasattr(source, "__len__"):
+        raise TypeError(
+            f"calibration source must be a folder or a data set with load(index), "
+            f"got {type(source).__name__}"
+        )
+    picks = np.linspace(0, len(source) - 1, min(count, len(source))).round().astype(int)
+    return [source.load(int(index))[0] for index in picks]
+
+
+def preprocess_image(
+    image: ImageSource,
+    mean: Sequence[float],
+    std: Sequence[float],
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 RGB image (or its path) -> ``(1, 3, h, w)`` float32 normalised.
+
+    ``size`` ``(h, w)`` in pixels resizes bilinearly first (``align_corners=False``, as the
+    evaluation code does); ``None`` keeps the image's size.
+    """
+    if isinstance(image, (str, Path)):
+        from ddrnet.data.io import read_rgb
+
+        image = read_rgb(image)
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(
+            f"calibration images must be (H, W, 3) uint8 RGB, got {array.shape} {array.dtype}"
+        )
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None]
+    batch = normalize(tensor, mean, std)
+    if size is not None and tuple(batch.shape[-2:]) != tuple(size):
+        batch = F.interpolate(batch, size=tuple(size), mode="bilinear", align_corners=False)
+    return batch.numpy()
+
+
+class ImageCalibrationReader:
+    """ONNX Runtime calibration data: one normalised image ``(1, 3, H, W)`` per ``get_next``.
+
+    Implements ``onnxruntime.quantization.CalibrationDataReader`` (which recognises any class
+    with ``get_next``, so onnxruntime is not needed to import this module). Images are
+    pre-processed lazily, one at a time, so a long list costs little memory.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[ImageSource],
+        input_name: str,
+        mean: Sequence[float],
+        std: Sequence[float],
+        size: tuple[int, int] | None,
+    ) -> None:
+        if not images:
+            raise ValueError("calibration_images is empty; give at least one image")
+        self.images = list(images)
+        self.input_name = input_name
+        self.mean, self.std, self.size = tuple(mean), tuple(std), size
+        self._iterator: Iterator[dict[str, np.ndarray]] = self._batches()
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        for image in self.images:
+            yield {self.input_name: preprocess_image(image, self.mean, self.std, self.size)}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._iterator, None)
+
+    def rewind(self) -> None:
+        self._iterator = self._batches()
+
+    # Iteration as in CalibrationDataReader, for ORT tools that loop over a reader.
+    def __iter__(self) -> ImageCalibrationReader:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = self.get_next()
+        if batch is None:
+            raise StopIteration
+        return batch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _normalisation(
+    path: Path, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``mean``/``std`` as given, else the ones ``export_onnx`` stored in the file."""
+    if mean is not None and std is not None:
+        return tuple(mean), tuple(std)
+    metadata = read_onnx_metadata(path)
+    if "mean" not in metadata or "std" not in metadata:
+        raise ValueError(
+            f"{path} carries no normalisation metadata; pass mean and std (RGB, 0..1 scale)"
+        )
+    return (
+        tuple(mean if mean is not None else metadata["mean"]),  # type: ignore[arg-type]
+        tuple(std if std is not None else metadata["std"]),  # type: ignore[arg-type]
+    )
+
+
+def quantize_onnx_int8(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    calibration_images: Sequence[ImageSource],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    size: tuple[int, int] | None = (360, 480),
+    *,
+    per_channel: bool = True,
+    method: str = "minmax",
+    reduce_range: bool = False,
+    preprocess: bool = True,
+    keep_float: Sequence[str] = (),
+) -> Path:
+    """Static INT8 quantisation (QDQ) of an FP32 ONNX model for ONNX Runtime on CPU.
+
+    Args:
+        fp32_path: a logits model from ``export_onnx`` (dynamic sizes are kept).
+        out_path: where to write the INT8 model.
+        calibration_images: real ``(H, W, 3)`` uint8 RGB images or their paths, e.g. from
+            ``load_calibration_images``; 16-64 from the training set are typical. Activation
+            ranges come from these, so they must look like the deployment data.
+        mean, std: RGB normalisation on the 0..1 scale; default: the model's, stored in the
+            file by ``export_onnx``.
+        size: ``(height, width)`` the images are resized to, the deployment size; ``None``
+            keeps each image's own size.
+        per_channel: one weight scale per output channel (accuracy; ~free on CPU).
+        method: activation range estimate, ``"minmax"`` (fast, robust for ReLU nets),
+            ``"entropy"`` or ``"percentile"`` (slower, need more memory).
+        reduce_range: 7-bit weights, for x86 CPUs without VNNI (avoids int16 saturation in
+            their u8s8 dot products); leave off on VNNI/AMX CPUs and ARM.
+        preprocess: run ``quant_pre_process`` first (ORT's basic graph optimisations and
+            ONNX shape inference), so ranges are measured on the graph that will run. Its
+            symbolic shape inference is skipped: it adds nothing to this all-convolutional
+            graph and takes ~7 s in pure Python.
+        keep_float: ONNX node names, or name prefixes ending in ``/``, left in float32.
+            With ``export_onnx``'s default exporter node names follow module paths, so
+            ``("/model/dappm/",)`` keeps DAPPM in float: a small share of the MACs (it runs
+            at 1/64 resolution) that on random-weight test models raised the logits' SQNR
+            by 3-5 dB.
+
+    Activations are uint8 (asymmetric, suits post-ReLU maps) and weights int8 symmetric, the
+    combination ONNX Runtime recommends for x86 CPUs. Returns ``out_path``.
+    """
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    if not fp32_path.is_file():
+        raise FileNotFoundError(f"fp32_path {fp32_path}: no such ONNX file")
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    if method not in methods:
+        raise ValueError(f"method must be one of {CALIBRATION_METHODS}, got {method!r}")
+    mean, std = _normalisation(fp32_path, mean, std)
+    session = onnx_session(fp32_path)
+    output_type = session.get_outputs()[0].type
+    if "float" not in output_type:
+        raise ValueError(
+            f"fp32_path {fp32_path}: output is {output_type}; quantise a logits model "
+            "(export_onnx with argmax=False)"
+        )
+    reader = ImageCalibrationReader(
+        calibration_images, session.get_inputs()[0].name, mean, std, size
+    )
+    del session
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ddrnet-quant-") as scratch:
+        model_input = fp32_path
+        if preprocess:
+            model_input = Path(scratch) / "preprocessed.onnx"
+            quant_pre_process(str(fp32_path), str(model_input), skip_symbolic_shape=True)
+        # Matched on the graph being quantised: pre-processing may merge or drop nodes.
+        excluded = _matching_nodes(model_input, keep_float)
+        quantize_static(
+            str(model_input),
+            str(out_path),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=methods[method],
+            nodes_to_exclude=excluded or None,
+        )
+    return out_path
+
+
+def _matching_nodes(path: Path, patterns: Sequence[str]) -> list[str]:
+    """Node names of ``path`` equal to a pattern or, for patterns ending in ``/``, under it."""
+    if not patterns:
+        return []
+    import onnx
+
+    names = [node.name for node in onnx.load(str(path), load_external_data=False).graph.node]
+    matched = [
+        name
+        for name in names
+        if any(name == p or (p.endswith("/") and name.startswith(p)) for p in patterns)
+    ]
+    unmatched = [p for p in patterns if not any(n == p or n.startswith(p) for n in matched)]
+    if unmatched:
+        raise ValueError(f"keep_float entries {unmatched} match no node of {path}")
+    return matched
+
+
+def onnx_logits(session: object, image: np.ndarray) -> np.ndarray:
+    """Run a logits session on one normalised ``(N, 3, H, W)`` float32 batch."""
+    input_name = session.get_inputs()[0].name  # type: ignore[attr-defined]
+    (output,) = session.run(None, {input_name: np.ascontiguousarray(image, np.float32)})  # type: ignore[attr-defined]
+    return output
+
+
+def evaluate_onnx(
+    path: str | Path,
+    dataset: object,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    num_classes: int | None = None,
+    *,
+    ignore_index: int = 255,
+    limit: int | None = None,
+    threads: int | None = None,
+) -> SegmentationMetrics:
+    """Segmentation metrics of an ONNX model on ``dataset``, with ONNX Runtime on CPU.
+
+    ``dataset[i]`` gives ``(image, label)``: image ``(3, H, W)`` uint8 RGB tensor, label
+    ``(H, W)`` int64 with ``ignore_index`` for void (``ddrnet.data.datasets`` data sets do).
+    Each image is normalised with ``mean``/``std`` (default: stored in the file), run at its
+    own size, the logits are resized to the label size (bilinear, ``align_corners=False``,
+    as ``ddrnet.engine`` does for PyTorch models) and arg-maxed. A model exported with
+    ``argmax=True, upsample_to_input=True`` (labels at input size) is scored directly.
+    ``limit`` evaluates the first ``limit`` samples only. ``num_classes`` defaults to the
+    logits' channel count.
+    """
+    path = Path(path)
+    mean, std = _normalisation(path, mean, std)
+    session = onnx_session(path, threads=threads)
+    count = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
+    if count < 1:
+        raise ValueError(f"nothing to evaluate: dataset has {len(dataset)} samples, limit={limit}")  # type: ignore[arg-type]
+    matrix: ConfusionMatrix | None = None
+    for index in range(count):
+        image, label = dataset[index]  # type: ignore[index]
+        batch = normalize(torch.as_tensor(image)[None], mean, std).numpy()
+        output = torch.from_numpy(onnx_logits(session, batch))
+        label = torch.as_tensor(label)
+        if output.is_floating_point():
+            if num_classes is None:
+                num_classes = int(output.shape[1])
+            logits = F.interpolate(
+                output, size=tuple(label.shape[-2:]), mode="bilinear", align_corners=False
+            )
+            prediction = logits.argmax(dim=1)[0]
+        else:
+            prediction = output[0]
+            if tuple(prediction.shape) != tuple(label.shape):
+                raise ValueError(
+                    f"{path}: labels come out {tuple(prediction.shape)} for a "
+                    f"{tuple(label.shape)} label map; export with upsample_to_input=True "
+                    "(or argmax=False) to evaluate"
+                )
+            if num_classes is None:
+                raise ValueError(f"{path} outputs labels; pass num_classes")
+        if matrix is None:
+            matrix = ConfusionMatrix(num_classes, ignore_index=ignore_index)
+        matrix.update(prediction, label)
+    assert matrix is not None
+    return matrix.compute()
