@@ -13,27 +13,17 @@ import torch
 from PIL import Image
 
 import ddrnet
-from ddrnet.data.labels import CAMVID
-from ddrnet.models import ModelMetadata, save_model
+from ddrnet.models import save_model
 from ddrnet.predict import SegmentationRunner, expand_inputs, run_prediction
-from official_reference import randomize_batchnorm
+
+from camvid_models import camvid_model
 
 
 @pytest.fixture(scope="module")
 def camvid_model_file(tmp_path_factory) -> Path:
-    model = ddrnet.create_model("ddrnet_23_slim", num_classes=11)
-    randomize_batchnorm(model, seed=1)
-    metadata = ModelMetadata(
-        architecture="ddrnet_23_slim",
-        num_classes=11,
-        spec=model.spec.to_dict(),
-        class_names=list(CAMVID.class_names),
-        palette=[list(c) for c in CAMVID.palette],
-        mean=list(CAMVID.mean),
-        std=list(CAMVID.std),
-        dataset="camvid",
-    )
-    return save_model(model, tmp_path_factory.mktemp("model") / "camvid.safetensors", metadata)
+    model = camvid_model()
+    path = tmp_path_factory.mktemp("model") / "camvid.safetensors"
+    return save_model(model, path, model.metadata)
 
 
 @pytest.fixture(scope="module")

@@ -304,6 +304,132 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_for_deploy(args: argparse.Namespace):
+    """--checkpoint (self-describing or with --model), else a fresh --model, else the bundled."""
+    from ddrnet.assets import bundled_model_path
+
+    if args.checkpoint is None and args.model is None:
+        return load_model_for_inference(str(bundled_model_path()), None)
+    return load_model_for_inference(args.checkpoint, args.model)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from ddrnet.assets import demo_frames
+    from ddrnet.deploy import (
+        BACKENDS,
+        load_calibration_images,
+        measure_conv_peak_gflops,
+        run_benchmarks,
+    )
+    from ddrnet.models import count_macs, count_parameters
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = _model_for_deploy(args)
+    height, width = args.size
+    params = count_parameters(model, exclude_prefixes=("aux_head.",))
+    gmacs = count_macs(model, (height, width)) / 1e9
+    print(
+        f"{model.metadata.architecture}: {params / 1e6:.3f}M parameters, {gmacs:.2f} GMACs at "
+        f"{height}x{width}; batch {args.batch_size}, {torch.get_num_threads()} threads"
+    )
+    peak = measure_conv_peak_gflops(seconds=2.0)
+    print(
+        f"convolution peak of this CPU (3x3, 256 ch): fp32 {peak['float32']:.0f} GFLOP/s, "
+        f"bf16 {peak['bfloat16']:.0f} GFLOP/s"
+    )
+    calibration = None
+    if any(name.endswith("int8") for name in args.backends):
+        source = args.calibration or (demo_frames()[0].parent if demo_frames() else None)
+        if source is None:
+            raise UsageError("INT8 needs --calibration FOLDER of real images")
+        calibration = load_calibration_images(source, count=16)
+    rows = run_benchmarks(
+        model,
+        (height, width),
+        args.backends,
+        seconds=args.seconds,
+        warmup_seconds=args.warmup,
+        batch_size=args.batch_size,
+        calibration_images=calibration,
+        peak_gflops=peak["float32"],
+    )
+    header = f"{'backend':<26}{'FPS':>8}{'mean ms':>9}{'p50':>8}{'p90':>8}{'p99':>8}{'speedup':>9}{'peak MiB':>10}{'of fp32 peak':>14}"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        if row.get("error"):
+            print(f"{row['backend']:<26}failed: {row['error'][:90]}")
+            continue
+        print(
+            f"{row['backend']:<26}{row['fps']:>8.2f}{row['latency_ms_mean']:>9.1f}"
+            f"{row['latency_ms_p50']:>8.1f}{row['latency_ms_p90']:>8.1f}{row['latency_ms_p99']:>8.1f}"
+            f"{row['speedup']:>8.2f}x{row.get('peak_memory_mib') or 0:>10.0f}"
+            f"{row.get('fraction_of_peak') or 0:>14.2f}"
+        )
+    if args.json:
+        result = {
+            "model": model.metadata.architecture,
+            "input_size": [height, width],
+            "parameters": params,
+            "gmacs": gmacs,
+            "threads": torch.get_num_threads(),
+            "conv_peak_gflops": peak,
+            "backends": {name: BACKENDS[name] for name in args.backends},
+            "rows": rows,
+        }
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+        print(f"results written to {args.json}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ddrnet.deploy import (
+        evaluate_onnx,
+        export_onnx,
+        export_torchscript,
+        load_calibration_images,
+        quantize_onnx_int8,
+        verify_onnx,
+    )
+
+    model = _model_for_deploy(args)
+    output = Path(args.output)
+    if args.format == "torchscript":
+        export_torchscript(
+            model, output, args.size, argmax=args.argmax, upsample_to_input=args.upsample
+        )
+        print(f"TorchScript written to {output}")
+        return 0
+    fp32_path = output if args.format == "onnx" else output.with_name(output.stem + "_fp32.onnx")
+    export_onnx(model, fp32_path, args.size, argmax=args.argmax, upsample_to_input=args.upsample)
+    print(f"ONNX written to {fp32_path} (dynamic batch, height and width)")
+    if not args.argmax:
+        difference = verify_onnx(model, fp32_path)
+        print(f"ONNX Runtime vs PyTorch: max abs logit difference {difference:.2e}")
+    final = fp32_path
+    if args.format == "onnx-int8":
+        if args.calibration is None:
+            raise UsageError("--format onnx-int8 needs --calibration (a folder of real images)")
+        images = load_calibration_images(args.calibration, count=args.calibration_count)
+        final = quantize_onnx_int8(fp32_path, output, images, size=args.size)
+        print(f"INT8 (QDQ, per-channel) written to {final}, calibrated on {len(images)} images")
+    if args.evaluate_root:
+        from ddrnet.data.datasets import camvid
+
+        dataset = camvid(args.evaluate_root, "val")
+        reference = evaluate_onnx(fp32_path, dataset, limit=args.evaluate_images)
+        print(f"fp32 ONNX on CamVid val: mIoU {reference.miou:.2f}")
+        if final != fp32_path:
+            deployed = evaluate_onnx(final, dataset, limit=args.evaluate_images)
+            print(
+                f"INT8 ONNX on CamVid val: mIoU {deployed.miou:.2f} ({deployed.miou - reference.miou:+.2f})"
+            )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddrnet",
@@ -386,6 +512,46 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto")
     predict.add_argument("--max-frames", type=int, help="videos and cameras: stop after N frames")
     predict.set_defaults(handler=cmd_predict)
+
+    bench = commands.add_parser(
+        "bench",
+        help="inference speed of several backends in one run (the paper's protocol by default)",
+        description="Batch 1, eval mode, warm-up then a timed loop; every speedup is relative "
+        "to eager fp32 measured in the same run.",
+    )
+    bench.add_argument("--checkpoint", help="model file (default: the bundled CamVid model)")
+    bench.add_argument("--model", help="architecture (fresh weights unless --checkpoint)")
+    bench.add_argument("--size", type=parse_size, default=(1024, 2048), help="HEIGHTxWIDTH")
+    bench.add_argument(
+        "--backends",
+        nargs="+",
+        default=["eager", "bn_folded", "eager_bf16_channels_last", "ort", "ort_int8"],
+        help="eager, eager_channels_last, eager_bf16, eager_bf16_channels_last, bn_folded, "
+        "compile, ort, ort_int8, openvino, openvino_bf16",
+    )
+    bench.add_argument("--seconds", type=float, default=5.0, help="timed loop per backend")
+    bench.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per backend")
+    bench.add_argument("--batch-size", type=int, default=1)
+    bench.add_argument("--threads", type=int, help="torch CPU threads")
+    bench.add_argument("--calibration", help="INT8: folder of real images (default: demo frames)")
+    bench.add_argument("--json", help="write all figures to this file")
+    bench.set_defaults(handler=cmd_bench)
+
+    export = commands.add_parser(
+        "export", help="ONNX (fp32 or INT8) or TorchScript, checked against PyTorch"
+    )
+    export.add_argument("--checkpoint", help="model file (default: the bundled CamVid model)")
+    export.add_argument("--model", help="architecture, for checkpoints without metadata")
+    export.add_argument("--format", choices=["onnx", "onnx-int8", "torchscript"], default="onnx")
+    export.add_argument("-o", "--output", required=True, help="output file")
+    export.add_argument("--size", type=parse_size, default=(360, 480), help="example HEIGHTxWIDTH")
+    export.add_argument("--argmax", action="store_true", help="labels instead of logits")
+    export.add_argument("--upsample", action="store_true", help="resize to the input size in-graph")
+    export.add_argument("--calibration", help="INT8: folder of real images")
+    export.add_argument("--calibration-count", type=int, default=32)
+    export.add_argument("--evaluate-root", help="CamVid root: report mIoU of fp32 and INT8 on val")
+    export.add_argument("--evaluate-images", type=int, help="only the first N val images")
+    export.set_defaults(handler=cmd_export)
 
     viz = commands.add_parser(
         "viz",
