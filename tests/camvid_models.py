@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from official_reference import randomize_batchnorm
 from torch import nn
 
 import ddrnet
 from ddrnet.data.labels import CAMVID
 from ddrnet.models import ModelMetadata
+
+from official_reference import randomize_batchnorm
 
 
 def camvid_model(seed: int = 1) -> nn.Module:

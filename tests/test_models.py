@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from official_reference import official_network, randomize_batchnorm
 
 import ddrnet
 from ddrnet.models import DDRNet, count_macs, count_parameters, variant_info
+
+from official_reference import official_network, randomize_batchnorm
 
 SEGMENTATION = ddrnet.list_models("segmentation")
 CLASSIFICATION = ddrnet.list_models("classification")

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from camvid_models import camvid_model
 from PIL import Image
 
 import ddrnet
 from ddrnet.cli import main
 from ddrnet.data.labels import CAMVID
 from ddrnet.serve import create_app, make_server
+
+from camvid_models import camvid_model
 
 MAX_UPLOAD_MB = 1.0
 MAX_PIXELS = 1000 * 1000

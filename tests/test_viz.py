@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from camvid_models import camvid_model
 from PIL import Image
 
 import ddrnet
@@ -30,6 +29,8 @@ from ddrnet.viz import (
     row_normalize,
     summarize_channels,
 )
+
+from camvid_models import camvid_model
 
 
 @pytest.fixture(scope="module")

@@ -166,7 +166,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     names = list(labels.class_names)
     print(
-        f"{data_config.dataset} {args.split}: {len(dataset)} images, scales {args.scales}, flip {args.flip}"
+        f"{data_config.dataset} {args.split}: {len(dataset)} images, "
+        f"scales {args.scales}, flip {args.flip}"
     )
     print(metrics.table(names))
     if args.json:
@@ -219,7 +220,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         latencies = sorted(summary.latencies_ms)
         print(
             f"{done} inputs segmented into {args.output}; latency per image: "
-            f"mean {sum(latencies) / len(latencies):.1f} ms, median {latencies[len(latencies) // 2]:.1f} ms"
+            f"mean {sum(latencies) / len(latencies):.1f} ms, "
+            f"median {latencies[len(latencies) // 2]:.1f} ms"
         )
     if failed:
         print(f"{failed} of {done + failed} inputs failed (listed above)", file=sys.stderr)
@@ -356,7 +358,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         calibration_images=calibration,
         peak_gflops=peak["float32"],
     )
-    header = f"{'backend':<26}{'FPS':>8}{'mean ms':>9}{'p50':>8}{'p90':>8}{'p99':>8}{'speedup':>9}{'peak MiB':>10}{'of fp32 peak':>14}"
+    header = (
+        f"{'backend':<26}{'FPS':>8}{'mean ms':>9}{'p50':>8}{'p90':>8}{'p99':>8}"
+        f"{'speedup':>9}{'peak MiB':>10}{'of fp32 peak':>14}"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -425,7 +430,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         if final != fp32_path:
             deployed = evaluate_onnx(final, dataset, limit=args.evaluate_images)
             print(
-                f"INT8 ONNX on CamVid val: mIoU {deployed.miou:.2f} ({deployed.miou - reference.miou:+.2f})"
+                f"INT8 ONNX on CamVid val: mIoU {deployed.miou:.2f} "
+                f"({deployed.miou - reference.miou:+.2f})"
             )
     return 0
 

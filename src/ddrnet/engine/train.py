@@ -262,7 +262,8 @@ def _train(
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"loss became {loss.item()} at epoch {epoch + 1}, iteration {iteration}; "
-                    f"lower optim.lr or check the labels. The last checkpoint in {output} is intact."
+                    "lower optim.lr or check the labels. "
+                    f"The last checkpoint in {output} is intact."
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
