@@ -1,0 +1,87 @@
+"""Inference speed of DDRNet-23-slim on this CPU, every backend against eager fp32, in one run.
+
+For 1024x2048 (the paper's Cityscapes protocol) and 360x480 (CamVid), batch 1, eval mode:
+FPS, latency percentiles, speed as a ratio to the plain eager fp32 forward pass measured in the
+same run, and the fraction of this CPU's float32 convolution peak (also measured in this run)
+that each backend reaches (bf16/INT8 backends can exceed 1: they beat fp32's ceiling).
+Run on an otherwise idle machine:
+
+    python benchmarks/inference_speed.py [--checkpoint FILE] [--seconds 10] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+import ddrnet
+from ddrnet.assets import demo_frames
+from ddrnet.deploy import load_calibration_images, measure_conv_peak_gflops, run_benchmarks
+
+BACKENDS = [
+    "eager",
+    "bn_folded",
+    "eager_channels_last",
+    "eager_bf16_channels_last",
+    "ort",
+    "ort_int8",
+    "openvino",
+    "openvino_bf16",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--checkpoint", help="default: the bundled CamVid model, else fresh weights"
+    )
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--backends", nargs="+", default=BACKENDS)
+    parser.add_argument("--json", help="write all rows here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    try:
+        checkpoint = args.checkpoint or str(ddrnet.assets.bundled_model_path())
+        model = ddrnet.create_model(checkpoint=checkpoint)
+    except FileNotFoundError:
+        model = ddrnet.create_model("ddrnet_23_slim", num_classes=11)
+    calibration = load_calibration_images(demo_frames()[0].parent, count=3)
+    peak = measure_conv_peak_gflops(seconds=3.0)
+    print(
+        f"torch {torch.__version__}, {args.threads} threads; convolution peak fp32 "
+        f"{peak['float32']:.0f} GFLOP/s, bf16 {peak['bfloat16']:.0f} GFLOP/s"
+    )
+    results = {}
+    for size in ((1024, 2048), (360, 480)):
+        rows = run_benchmarks(
+            model,
+            size,
+            args.backends,
+            seconds=args.seconds,
+            warmup_seconds=2.0,
+            calibration_images=calibration,
+            peak_gflops=peak["float32"],
+        )
+        results[f"{size[0]}x{size[1]}"] = rows
+        print(f"\n{size[0]}x{size[1]}")
+        print(f"{'backend':<26}{'FPS':>8}{'p50 ms':>9}{'vs eager fp32':>15}{'of fp32 peak':>14}")
+        for row in rows:
+            if row.get("error"):
+                print(f"{row['backend']:<26}unavailable: {row['error'][:70]}")
+                continue
+            print(
+                f"{row['backend']:<26}{row['fps']:>8.2f}{row['latency_ms_p50']:>9.1f}"
+                f"{row['speedup']:>14.2f}x{row.get('fraction_of_peak') or 0:>14.2f}"
+            )
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"peak": peak, "results": results}, indent=2, default=str)
+        )
+
+
+if __name__ == "__main__":
+    main()
