@@ -150,6 +150,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     model.to(device)
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    write_result = None
+    if args.submission:
+        if data_config.dataset != "cityscapes":
+            raise UsageError(
+                "--submission writes Cityscapes server files; the data set is "
+                f"{data_config.dataset}"
+            )
+        from ddrnet.data.datasets import write_cityscapes_submission
+
+        samples = getattr(dataset, "dataset", dataset).samples
+
+        def write_result(index: int, prediction) -> None:
+            write_cityscapes_submission(prediction, samples[index].image, args.submission)
+
     metrics = evaluate(
         model,
         dataset,
@@ -163,6 +177,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         amp_dtype=amp,
         ignore_index=labels.ignore_index,
+        prediction_callback=write_result,
     )
     names = list(labels.class_names)
     print(
@@ -490,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--device", default="auto")
     evaluation.add_argument("--max-images", type=int, help="only the first N images")
     evaluation.add_argument("--json", help="write the metrics (key 'mIoU') to this file")
+    evaluation.add_argument(
+        "--submission", help="Cityscapes: write labelId PNGs for the evaluation server here"
+    )
     evaluation.set_defaults(handler=cmd_eval)
 
     predict = commands.add_parser(
