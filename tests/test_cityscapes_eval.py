@@ -9,11 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-import ddrnet
 from ddrnet.data.labels import CITYSCAPES
-from ddrnet.models import ModelMetadata, save_model
+from ddrnet.models import save_model
 
-from official_reference import randomize_batchnorm
+from camvid_models import labelled_model
 
 official = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
 
@@ -27,19 +26,8 @@ def test_miou_and_class_iou_match_the_official_script(
         monkeypatch.setattr(
             np, "in1d", lambda a, b, **kw: np.isin(np.ravel(a), b, **kw), raising=False
         )
-    model = ddrnet.create_model("ddrnet_23_slim", num_classes=19)
-    randomize_batchnorm(model, seed=7)  # varied predictions: many classes, many errors
-    metadata = ModelMetadata(
-        architecture="ddrnet_23_slim",
-        num_classes=19,
-        spec=model.spec.to_dict(),
-        class_names=list(CITYSCAPES.class_names),
-        palette=[list(c) for c in CITYSCAPES.palette],
-        mean=list(CITYSCAPES.mean),
-        std=list(CITYSCAPES.std),
-        dataset="cityscapes",
-    )
-    path = save_model(model, tmp_path / "cityscapes.safetensors", metadata)
+    model = labelled_model(CITYSCAPES, seed=7)  # varied predictions: many classes, errors
+    path = save_model(model, tmp_path / "cityscapes.safetensors", model.metadata)
     result = subprocess.run(
         [
             sys.executable,
