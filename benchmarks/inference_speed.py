@@ -30,6 +30,7 @@ BACKENDS = [
     "ort_int8",
     "openvino",
     "openvino_bf16",
+    "openvino_int8",
 ]
 
 

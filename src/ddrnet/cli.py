@@ -443,11 +443,18 @@ def cmd_export(args: argparse.Namespace) -> int:
         reference = evaluate_onnx(fp32_path, dataset, limit=args.evaluate_images)
         print(f"fp32 ONNX on CamVid val: mIoU {reference.miou:.2f}")
         if final != fp32_path:
-            deployed = evaluate_onnx(final, dataset, limit=args.evaluate_images)
-            print(
-                f"INT8 ONNX on CamVid val: mIoU {deployed.miou:.2f} "
-                f"({deployed.miou - reference.miou:+.2f})"
-            )
+            for runtime in ("onnxruntime", "openvino"):
+                try:
+                    deployed = evaluate_onnx(
+                        final, dataset, limit=args.evaluate_images, runtime=runtime
+                    )
+                except ImportError:
+                    print(f"INT8 with {runtime}: not installed")
+                    continue
+                print(
+                    f"INT8 ONNX with {runtime} on CamVid val: mIoU {deployed.miou:.2f} "
+                    f"({deployed.miou - reference.miou:+.2f})"
+                )
     return 0
 
 
@@ -551,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["eager", "bn_folded", "eager_bf16_channels_last", "ort", "ort_int8"],
         help="eager, eager_channels_last, eager_bf16, eager_bf16_channels_last, bn_folded, "
-        "compile, ort, ort_int8, openvino, openvino_bf16",
+        "compile, ort, ort_int8, openvino, openvino_bf16, openvino_int8",
     )
     bench.add_argument("--seconds", type=float, default=5.0, help="timed loop per backend")
     bench.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per backend")
