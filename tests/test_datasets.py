@@ -676,7 +676,7 @@ def test_build_dataset_knows_every_data_set(
 
 
 def test_every_bundled_recipe_loads() -> None:
-    recipes = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "custom_classes_example.yaml")
+    recipes = sorted(CONFIGS.glob("*.yaml"))
     assert {p.stem for p in recipes} >= {
         "camvid_ddrnet23_slim",
         "cityscapes_ddrnet23_slim",
@@ -707,6 +707,6 @@ def test_every_bundled_recipe_loads() -> None:
 
 
 def test_example_classes_file_is_valid() -> None:
-    classes = load_classes_file(CONFIGS / "custom_classes_example.yaml")
+    classes = load_classes_file(CONFIGS / "classes" / "custom_example.yaml")
     assert classes.labels.class_names[0] == "road" and classes.labels.num_classes == 7
     assert classes.ignore_colors == ((0, 0, 0),) and classes.ignore_index == 255
