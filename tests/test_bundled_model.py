@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 import ddrnet
 from ddrnet.assets import bundled_model_path, demo_frames
+
+from cli_runner import run_ddrnet
 
 
 def test_bundled_model_reproduces_its_model_card(camvid_root, tmp_path) -> None:
@@ -19,23 +19,15 @@ def test_bundled_model_reproduces_its_model_card(camvid_root, tmp_path) -> None:
     claimed = model.metadata.metrics["camvid_val_mIoU"]
     card = (path.parent / "MODEL_CARD.md").read_text()
     assert f"**{claimed:.2f}**" in card
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ddrnet.cli",
-            "eval",
-            str(path),
-            "--root",
-            str(camvid_root),
-            "--batch-size",
-            "4",
-            "--json",
-            str(tmp_path / "metrics.json"),
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = run_ddrnet(
+        "eval",
+        str(path),
+        "--root",
+        str(camvid_root),
+        "--batch-size",
+        "4",
+        "--json",
+        str(tmp_path / "metrics.json"),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     measured = json.loads((tmp_path / "metrics.json").read_text())
@@ -44,12 +36,7 @@ def test_bundled_model_reproduces_its_model_card(camvid_root, tmp_path) -> None:
 
 
 def test_predict_with_no_arguments_segments_the_demo_frames(tmp_path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "ddrnet.cli", "predict", "-o", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_ddrnet("predict", "-o", str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
     frames = demo_frames()
     assert len(frames) == 3

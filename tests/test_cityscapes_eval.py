@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ from ddrnet.data.labels import CITYSCAPES
 from ddrnet.models import save_model
 
 from camvid_models import labelled_model
+from cli_runner import run_ddrnet
 
 official = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
 
@@ -28,25 +27,17 @@ def test_miou_and_class_iou_match_the_official_script(
         )
     model = labelled_model(CITYSCAPES, seed=7)  # varied predictions: many classes, errors
     path = save_model(model, tmp_path / "cityscapes.safetensors", model.metadata)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ddrnet.cli",
-            "eval",
-            str(path),
-            "--dataset",
-            "cityscapes",
-            "--root",
-            str(cityscapes_root),
-            "--json",
-            str(tmp_path / "ours.json"),
-            "--submission",
-            str(tmp_path / "submission"),
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_ddrnet(
+        "eval",
+        str(path),
+        "--dataset",
+        "cityscapes",
+        "--root",
+        str(cityscapes_root),
+        "--json",
+        str(tmp_path / "ours.json"),
+        "--submission",
+        str(tmp_path / "submission"),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     ours = json.loads((tmp_path / "ours.json").read_text())

@@ -3,42 +3,33 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-
-def _ddrnet(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ddrnet.cli", *arguments],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+from cli_runner import run_ddrnet
 
 
 def test_models_table_matches_the_paper() -> None:
-    result = _ddrnet("models", "--json")
+    result = run_ddrnet("models", "--json")
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert (rows["ddrnet_23_slim"]["params_M"], rows["ddrnet_23_slim"]["GMACs"]) == (5.696, 36.28)
     assert (rows["ddrnet_23"]["params_M"], rows["ddrnet_23"]["GMACs"]) == (20.149, 143.06)
     assert (rows["ddrnet_39"]["params_M"], rows["ddrnet_39"]["GMACs"]) == (32.36, 281.12)
     assert rows["ddrnet_39_imagenet"]["params_M"] == 40.13
-    table = _ddrnet("models", "--size", "360x480").stdout
+    table = run_ddrnet("models", "--size", "360x480").stdout
     assert "ddrnet_23_slim" in table and "3.04" in table  # GMACs at CamVid's size
 
 
 def test_every_subcommand_has_help() -> None:
     for command in ("models", "train", "eval", "predict", "bench", "export", "viz", "serve"):
-        result = _ddrnet(command, "--help")
+        result = run_ddrnet(command, "--help")
         assert result.returncode == 0 and "usage: ddrnet" in result.stdout, command
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path) -> None:
-    result = _ddrnet("models", "--size", "1024by2048")
+    result = run_ddrnet("models", "--size", "1024by2048")
     assert result.returncode == 2 and "HEIGHTxWIDTH" in result.stderr
-    result = _ddrnet("train", "no_such_recipe")
+    result = run_ddrnet("train", "no_such_recipe")
     assert result.returncode == 2 and "bundled recipes: camvid_ddrnet23_slim" in result.stderr
-    result = _ddrnet("eval", str(tmp_path / "missing.safetensors"))
+    result = run_ddrnet("eval", str(tmp_path / "missing.safetensors"))
     assert result.returncode == 2 and "missing.safetensors" in result.stderr
     assert "Traceback" not in result.stderr

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ from ddrnet.deploy import onnx_session
 from ddrnet.models import count_macs, save_model
 
 from camvid_models import camvid_model
+from cli_runner import run_ddrnet
 
 
 @pytest.fixture(scope="module")
@@ -22,17 +21,8 @@ def model_file(tmp_path_factory) -> Path:
     return save_model(model, tmp_path_factory.mktemp("m") / "camvid.safetensors", model.metadata)
 
 
-def _ddrnet(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ddrnet.cli", *arguments],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 def test_export_onnx_with_argmax_runs_at_another_size(model_file, tmp_path) -> None:
-    result = _ddrnet(
+    result = run_ddrnet(
         "export", "--checkpoint", str(model_file), "-o", str(tmp_path / "m.onnx"),
         "--size", "64x96", "--argmax", "--upsample",
     )  # fmt: skip
@@ -44,7 +34,7 @@ def test_export_onnx_with_argmax_runs_at_another_size(model_file, tmp_path) -> N
 
 
 def test_export_reports_parity(model_file, tmp_path) -> None:
-    result = _ddrnet(
+    result = run_ddrnet(
         "export", "--checkpoint", str(model_file), "-o", str(tmp_path / "m.onnx"), "--size", "64x96"
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -53,7 +43,7 @@ def test_export_reports_parity(model_file, tmp_path) -> None:
 
 
 def test_bench_prints_and_writes_rows(model_file, tmp_path) -> None:
-    result = _ddrnet(
+    result = run_ddrnet(
         "bench", "--checkpoint", str(model_file), "--size", "64x96", "--seconds", "0.3",
         "--warmup", "0.1", "--threads", "1", "--backends", "eager", "bn_folded", "ort",
         "--json", str(tmp_path / "bench.json"),
@@ -69,6 +59,6 @@ def test_bench_prints_and_writes_rows(model_file, tmp_path) -> None:
 
 
 def test_bench_without_bundled_model_or_checkpoint_is_a_clear_error(tmp_path) -> None:
-    result = _ddrnet("bench", "--checkpoint", str(tmp_path / "missing.safetensors"))
+    result = run_ddrnet("bench", "--checkpoint", str(tmp_path / "missing.safetensors"))
     assert result.returncode == 2 and "missing.safetensors" in result.stderr
     assert "Traceback" not in result.stderr

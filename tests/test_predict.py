@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -17,6 +15,7 @@ from ddrnet.models import save_model
 from ddrnet.predict import SegmentationRunner, expand_inputs, run_prediction
 
 from camvid_models import camvid_model
+from cli_runner import run_ddrnet
 
 
 @pytest.fixture(scope="module")
@@ -120,22 +119,14 @@ def test_inputs_that_match_nothing_are_named(tmp_path) -> None:
 
 def test_cli_predict_exit_status_reports_failures(camvid_model_file, frames, tmp_path) -> None:
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff broken jpeg")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ddrnet.cli",
-            "predict",
-            str(frames[0]),
-            str(tmp_path / "bad.jpg"),
-            "--checkpoint",
-            str(camvid_model_file),
-            "-o",
-            str(tmp_path / "out"),
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_ddrnet(
+        "predict",
+        str(frames[0]),
+        str(tmp_path / "bad.jpg"),
+        "--checkpoint",
+        str(camvid_model_file),
+        "-o",
+        str(tmp_path / "out"),
     )
     assert result.returncode == 1
     assert "1 of 2 inputs failed" in result.stderr and "bad.jpg" in result.stdout
