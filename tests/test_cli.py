@@ -33,3 +33,29 @@ def test_bad_arguments_are_one_line_errors(tmp_path) -> None:
     result = run_ddrnet("eval", str(tmp_path / "missing.safetensors"))
     assert result.returncode == 2 and "missing.safetensors" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_eval_on_one_camvid_sequence(camvid_root, tmp_path) -> None:
+    from ddrnet.models import save_model
+
+    from camvid_models import camvid_model
+
+    model = camvid_model()
+    path = save_model(model, tmp_path / "m.safetensors", model.metadata)
+    result = run_ddrnet(
+        "eval", str(path), "--dataset", "camvid", "--root", str(camvid_root), "--split", "train",
+        "--sequences", "0006R0", "--max-images", "2", "--json", str(tmp_path / "m.json"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "m.json").read_text())["images"] == 2
+    result = run_ddrnet(
+        "eval",
+        str(path),
+        "--dataset",
+        "camvid",
+        "--root",
+        str(camvid_root),
+        "--sequences",
+        "0006R0",
+    )
+    assert result.returncode == 2 and "has no frames of sequences ['0006R0']" in result.stderr

@@ -133,6 +133,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError("this checkpoint does not record its data set: give --dataset and --root")
     data_values["cache_images"] = False
     data_values["check"] = False
+    # The recorded sequence filter describes the run's own validation split; another split,
+    # or --sequences, replaces it.
+    if args.sequences is not None or args.split != data_values.get("val_split", args.split):
+        data_values["val_sequences"] = args.sequences
     data_config = from_dict(DataConfig, data_values)
     dataset = build_dataset(data_config, args.split, train=False)
     labels = dataset.labels
@@ -502,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--root", help="data set folder")
     evaluation.add_argument("--classes-file", help="folder data sets: the classes file")
     evaluation.add_argument("--split", default="val")
+    evaluation.add_argument(
+        "--sequences", nargs="+", help="CamVid: only frames of these sequences (e.g. 0006R0)"
+    )
     evaluation.add_argument(
         "--scales", type=float, nargs="+", default=[1.0], help="e.g. 0.5 0.75 1 1.25 1.5 1.75"
     )
