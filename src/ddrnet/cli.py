@@ -110,6 +110,16 @@ def load_model_for_inference(checkpoint: str | None, model_name: str | None, num
     return ddrnet.create_model(model_name, checkpoint=checkpoint, num_classes=num_classes)
 
 
+def _device_and_amp(args: argparse.Namespace):
+    """The ``--device`` and ``--amp`` options as a torch device and autocast dtype (or None)."""
+    import torch
+
+    from ddrnet.engine.inference import pick_device
+
+    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    return pick_device(args.device), amp
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
@@ -149,11 +159,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         dataset = torch.utils.data.Subset(dataset, range(min(args.max_images, len(dataset))))
     mean = metadata.mean if metadata.mean else labels.mean
     std = metadata.std if metadata.std else labels.std
-    device = torch.device(
-        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    device, amp = _device_and_amp(args)
     model.to(device)
-    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     write_result = None
     if args.submission:
         if data_config.dataset != "cityscapes":
@@ -208,7 +215,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import torch
 
     from ddrnet.assets import bundled_model_path, demo_frames
     from ddrnet.predict import SegmentationRunner, run_prediction
@@ -220,10 +226,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     inputs = args.inputs or [str(p) for p in demo_frames()]
     if not inputs:
         raise UsageError("no inputs given and no demo frames are installed")
-    device = torch.device(
-        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
-    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    device, amp = _device_and_amp(args)
     runner = SegmentationRunner(model, device, amp, args.scales, args.flip, args.alpha)
     summary = run_prediction(
         runner,

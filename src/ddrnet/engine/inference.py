@@ -16,6 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def pick_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; any other name as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """``(N, 3, H, W)`` uint8 (0..255) or float (0..1) RGB -> float32 normalised tensor."""
     images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()

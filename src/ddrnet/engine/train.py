@@ -33,7 +33,7 @@ from ddrnet.engine.distributed import (
     setup_distributed,
 )
 from ddrnet.engine.evaluate import evaluate
-from ddrnet.engine.inference import normalize
+from ddrnet.engine.inference import normalize, pick_device
 from ddrnet.engine.losses import (
     CrossEntropy,
     DeepSupervisionLoss,
@@ -48,12 +48,6 @@ logger = logging.getLogger(__name__)
 
 class TrainingError(RuntimeError):
     """Training cannot go on; the last checkpoint on disk is intact."""
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
@@ -345,6 +339,7 @@ def _train(
             improved = "val_mIoU" in record and record["val_mIoU"] > best_miou
             if improved:
                 best_miou = record["val_mIoU"]
+            metadata = _metadata(config, core_model, labels, mean, std, record, epoch + 1)
             state = {
                 "model": core_model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -354,18 +349,12 @@ def _train(
                 "best_miou": best_miou,
                 "history": history,
                 "config": to_dict(config),
-                "metadata": _metadata(
-                    config, core_model, labels, mean, std, record, epoch + 1
-                ).to_json(),
+                "metadata": metadata.to_json(),
             }
             atomic_save(state, output / "last.pt")
             if improved:
                 atomic_save(state, output / "best.pt")
-                save_model(
-                    core_model,
-                    output / "best.safetensors",
-                    _metadata(config, core_model, labels, mean, std, record, epoch + 1),
-                )
+                save_model(core_model, output / "best.safetensors", metadata)
             with open(output / "metrics.jsonl", "a") as stream:
                 stream.write(json.dumps(record) + "\n")
             logger.info(
