@@ -83,20 +83,28 @@ class OhemCrossEntropy(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = resize_logits(logits, tuple(target.shape[-2:]))
         valid = target != self.ignore_index
-        if not valid.any():
+        num_valid = int(valid.sum())
+        if num_valid == 0:
             return logits.sum() * 0.0
-        safe_target = torch.where(valid, target, 0)
-        log_probs = logits.log_softmax(dim=1)
-        pixel_losses = -log_probs.gather(1, safe_target[:, None])[:, 0]  # (N, H, W)
-        if self.class_weights is not None:
-            pixel_losses = pixel_losses * self.class_weights[safe_target]
+        # Fused log-softmax + NLL, 0 at void pixels; the selection below works on masks, not on
+        # gathered copies: boolean indexing of full-resolution maps dominated this loss on CPU.
+        pixel_losses = F.cross_entropy(
+            logits, target, ignore_index=self.ignore_index, reduction="none"
+        )  # (N, H, W)
         with torch.no_grad():
-            true_prob = log_probs.detach().gather(1, safe_target[:, None])[:, 0].exp()[valid]
-            k = min(self.min_kept, true_prob.numel() - 1)
-            kth = true_prob.kthvalue(k + 1).values
-            threshold = torch.clamp(kth, min=self.threshold)
-        kept = pixel_losses[valid][true_prob < threshold]
-        return kept.mean() if kept.numel() else pixel_losses[valid].mean()
+            true_prob = torch.exp(-pixel_losses)
+            k = min(self.min_kept, num_valid - 1)
+            kept = valid & (true_prob < self.threshold)
+            # The k-th smallest probability is below the threshold whenever more than k pixels
+            # are: then the threshold alone decides and no selection pass is needed.
+            if int(kept.sum()) <= k:
+                kth = true_prob.masked_fill(~valid, 2.0).flatten().kthvalue(k + 1).values
+                kept = valid & (true_prob < torch.clamp(kth, min=self.threshold))
+            if not kept.any():
+                kept = valid
+        if self.class_weights is not None:
+            pixel_losses = pixel_losses * self.class_weights[torch.where(valid, target, 0)]
+        return (pixel_losses * kept).sum() / kept.sum()
 
 
 class CrossEntropy(nn.Module):
