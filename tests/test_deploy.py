@@ -20,10 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import ddrnet
+from ddrnet.assets import bundled_model_path
 from ddrnet.data.datasets import camvid
 from ddrnet.deploy import (
     BACKENDS,
     ExportError,
+    average_pools_as_depthwise_convs,
     benchmark,
     conv_bn_pairs,
     evaluate_onnx,
@@ -33,6 +35,7 @@ from ddrnet.deploy import (
     load_calibration_images,
     measure_conv_peak_gflops,
     onnx_session,
+    openvino_logits_function,
     quantize_onnx_int8,
     read_onnx_metadata,
     run_benchmarks,
@@ -239,11 +242,11 @@ def test_int8_quantization_on_real_camvid_images(onnx_path, camvid_root, camvid_
     # A random-weight network amplifies quantisation noise layer by layer (per-tensor SQNR
     # falls from ~30 dB after the stem to ~5-10 dB at the logits), so INT8 argmax agrees on
     # only 0.5-0.85 of pixels for such models, against ~0.99 typical for trained ones.
-    # Measured here: 6.7 dB, 0.61. The control below shows what a broken calibration gives.
+    # Measured here: 11.2 dB, 0.69. The control below shows what a broken calibration gives.
     assert sqnr > 4.0 and agreement > 0.5
 
     # Negative control: calibrating on wrongly normalised images (0..1 instead of the
-    # model's mean/std) gives wrong activation ranges; measured 0.8 dB, 0.28 agreement.
+    # model's mean/std) gives wrong activation ranges; measured 0.5 dB, 0.25 agreement.
     wrong = quantize_onnx_int8(
         onnx_path, tmp_path / "wrong.onnx", calibration, mean=(0, 0, 0), std=(1, 1, 1)
     )
@@ -257,9 +260,11 @@ def test_int8_quantization_on_real_camvid_images(onnx_path, camvid_root, camvid_
     mixed_graph = onnx.load(str(mixed)).graph
     producers = {out: node.op_type for node in mixed_graph.node for out in node.output}
     dappm_convs = [n for n in mixed_graph.node if n.op_type == "Conv" and "/dappm/" in n.name]
-    assert len(dappm_convs) == 11
+    assert len(dappm_convs) == 14  # 11 + the three padded pools, now depthwise convs
     assert all(producers.get(conv.input[1]) != "DequantizeLinear" for conv in dappm_convs)
-    assert int8_fidelity(onnx_path, mixed, images)[0] > sqnr  # measured 10.8 dB vs 6.7
+    # Measured 10.8 dB: with the pools quantised correctly (as convolutions) DAPPM is no
+    # longer where the error comes from; keeping it in float is a choice, not a fix.
+    assert int8_fidelity(onnx_path, mixed, images)[0] > sqnr - 1.5
 
     with pytest.raises(FileNotFoundError, match="nope.onnx"):
         quantize_onnx_int8(tmp_path / "nope.onnx", tmp_path / "x.onnx", calibration)
@@ -339,3 +344,41 @@ def test_export_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="absent"):
         load_calibration_images(tmp_path / "absent")
     assert ExportError.__doc__
+
+
+def test_openvino_int8_matches_onnxruntime_once_pools_are_convolutions(
+    camvid_root, camvid_val, tmp_path
+):
+    """OpenVINO pads a quantised average pool with the zero point's raw value; DAPPM's
+    padded pools over a signed map then go wrong and its INT8 model lost 1.6 mIoU. Written
+    as depthwise convolutions, the pools quantise correctly in both runtimes."""
+    pytest.importorskip("openvino")
+    trained = ddrnet.create_model(checkpoint=bundled_model_path())
+    fp32_path = export_onnx(trained, tmp_path / "fp32.onnx")
+    rewritten = average_pools_as_depthwise_convs(onnx.load(str(fp32_path)))
+    ops = [node.op_type for node in rewritten.graph.node]
+    assert "AveragePool" not in ops and "GlobalAveragePool" in ops  # unpadded pool untouched
+    onnx.save(rewritten, tmp_path / "rewritten.onnx")
+    mean, std = trained.metadata.mean, trained.metadata.std
+    images = [preprocess_image(camvid_val.load(i)[0], mean, std) for i in (0, 50, 100)]
+    fp32 = onnx_session(fp32_path)
+    same = onnx_session(tmp_path / "rewritten.onnx")
+    for image in images:
+        difference = np.abs(onnx_logits(same, image) - onnx_logits(fp32, image)).max()
+        assert difference < 1e-4
+
+    calibration = load_calibration_images(camvid(camvid_root, "train"), count=4)
+    fidelity = {}
+    for rewrite in (True, False):
+        path = quantize_onnx_int8(
+            fp32_path, tmp_path / f"int8_{rewrite}.onnx", calibration, pools_as_convs=rewrite
+        )
+        run_openvino = openvino_logits_function(path, threads=1, precision="f32")
+        int8 = onnx_session(path)
+        for runtime, run in (("ort", lambda x, s=int8: onnx_logits(s, x)), ("ov", run_openvino)):
+            sqnr = [centred_sqnr_db(onnx_logits(fp32, x), run(x)) for x in images]
+            fidelity[runtime, rewrite] = float(np.mean(sqnr))
+    # Measured (centred SQNR of INT8 logits against fp32): ONNX Runtime 30.8 dB rewritten,
+    # 29.5 dB not; OpenVINO 31.3 dB rewritten, 14.5 dB not.
+    assert abs(fidelity["ov", True] - fidelity["ort", True]) < 2.0
+    assert fidelity["ov", True] > fidelity["ov", False] + 8.0

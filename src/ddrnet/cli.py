@@ -448,20 +448,31 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         dataset = camvid(args.evaluate_root, "val")
         reference = evaluate_onnx(fp32_path, dataset, limit=args.evaluate_images)
-        print(f"fp32 ONNX on CamVid val: mIoU {reference.miou:.2f}")
+        print(f"fp32 ONNX with onnxruntime on CamVid val: mIoU {reference.miou:.2f}")
+        # Every deployed form against that reference, run as `ddrnet bench` runs it.
+        forms = [("fp32 ONNX", fp32_path, "openvino", "bf16")]
         if final != fp32_path:
-            for runtime in ("onnxruntime", "openvino"):
-                try:
-                    deployed = evaluate_onnx(
-                        final, dataset, limit=args.evaluate_images, runtime=runtime
-                    )
-                except ImportError:
-                    print(f"INT8 with {runtime}: not installed")
-                    continue
-                print(
-                    f"INT8 ONNX with {runtime} on CamVid val: mIoU {deployed.miou:.2f} "
-                    f"({deployed.miou - reference.miou:+.2f})"
+            forms += [
+                ("INT8 ONNX", final, "onnxruntime", ""),
+                ("INT8 ONNX", final, "openvino", "bf16"),
+            ]
+        for label, path, runtime, precision in forms:
+            try:
+                deployed = evaluate_onnx(
+                    path,
+                    dataset,
+                    limit=args.evaluate_images,
+                    runtime=runtime,
+                    openvino_precision=precision or "bf16",
                 )
+            except ImportError:
+                print(f"{label} with {runtime}: not installed")
+                continue
+            where = f"{runtime} ({precision} float layers)" if precision else runtime
+            print(
+                f"{label} with {where} on CamVid val: mIoU {deployed.miou:.2f} "
+                f"({deployed.miou - reference.miou:+.2f})"
+            )
     return 0
 
 

@@ -26,8 +26,10 @@ from ddrnet.deploy.export import (
 )
 from ddrnet.deploy.quantize import (
     ImageCalibrationReader,
+    average_pools_as_depthwise_convs,
     evaluate_onnx,
     load_calibration_images,
+    openvino_logits_function,
     quantize_onnx_int8,
 )
 
@@ -36,6 +38,7 @@ __all__ = [
     "ExportError",
     "ImageCalibrationReader",
     "Runner",
+    "average_pools_as_depthwise_convs",
     "benchmark",
     "build_runner",
     "conv_bn_pairs",
@@ -46,6 +49,7 @@ __all__ = [
     "load_calibration_images",
     "measure_conv_peak_gflops",
     "onnx_session",
+    "openvino_logits_function",
     "quantize_onnx_int8",
     "read_onnx_metadata",
     "run_benchmarks",

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ddrnet.deploy.export import export_onnx, float_cpu_copy, fuse_conv_bn, onnx_session
-from ddrnet.deploy.quantize import quantize_onnx_int8
+from ddrnet.deploy.quantize import openvino_logits_function, quantize_onnx_int8
 from ddrnet.models.complexity import count_macs
 from ddrnet.models.metadata import IMAGENET_MEAN, IMAGENET_STD
 
@@ -193,27 +193,11 @@ def _onnx_runner(
         )
     array = image.numpy()
     if name.startswith("openvino"):
-        import openvino as ov
-
         # The INT8 model's quantised convolutions run in int8 whatever the hint; the hint sets
         # the precision of what stays in floating point (resizes, softmax-free head, DAPPM).
         precision = "f32" if name == "openvino" else "bf16"
-        compiled = ov.Core().compile_model(
-            str(path),
-            "CPU",
-            {
-                "INFERENCE_NUM_THREADS": threads,
-                "PERFORMANCE_HINT": "LATENCY",
-                "INFERENCE_PRECISION_HINT": precision,
-            },
-        )
-        request = compiled.create_infer_request()
-        output_port = compiled.output(0)
-
-        def run_openvino(x: np.ndarray) -> np.ndarray:
-            return request.infer([x])[output_port]
-
-        return Runner(name, run_openvino, (array,), BACKENDS[name], keep=[scratch, compiled])
+        run_openvino = openvino_logits_function(path, threads, precision, array.shape)
+        return Runner(name, run_openvino, (array,), BACKENDS[name], keep=[scratch])
     session = onnx_session(path, threads=threads)
     input_name = session.get_inputs()[0].name
 

@@ -15,8 +15,9 @@ AVX512-BF16 where the CPU has them); ``ddrnet.deploy.bench`` times it as ``eager
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ import torch.nn.functional as F
 from ddrnet.deploy.export import onnx_session, read_onnx_metadata
 from ddrnet.engine.inference import normalize
 from ddrnet.engine.metrics import ConfusionMatrix, SegmentationMetrics
+
+if TYPE_CHECKING:
+    import onnx
 
 ImageSource = np.ndarray | str | Path
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -164,8 +168,10 @@ def quantize_onnx_int8(
     reduce_range: bool = False,
     preprocess: bool = True,
     keep_float: Sequence[str] = (),
+    pools_as_convs: bool = True,
 ) -> Path:
-    """Static INT8 quantisation (QDQ) of an FP32 ONNX model for ONNX Runtime on CPU.
+    """Static INT8 quantisation (QDQ) of an FP32 ONNX model for ONNX Runtime and OpenVINO
+    on CPU.
 
     Args:
         fp32_path: a logits model from ``export_onnx`` (dynamic sizes are kept).
@@ -188,9 +194,11 @@ def quantize_onnx_int8(
             graph and takes ~7 s in pure Python.
         keep_float: ONNX node names, or name prefixes ending in ``/``, left in float32.
             With ``export_onnx``'s default exporter node names follow module paths, so
-            ``("/model/dappm/",)`` keeps DAPPM in float: a small share of the MACs (it runs
-            at 1/64 resolution) that on random-weight test models raised the logits' SQNR
-            by 3-5 dB.
+            ``("/model/dappm/",)`` keeps DAPPM in float (a small share of the MACs: it runs
+            at 1/64 resolution). With ``pools_as_convs`` it is not needed for accuracy.
+        pools_as_convs: rewrite zero-padded average pools (DAPPM's 5/9/17 pools) as
+            depthwise convolutions first (``average_pools_as_depthwise_convs``): the same
+            numbers in float, and the form OpenVINO quantises correctly. Off only to show why.
 
     Activations are uint8 (asymmetric, suits post-ReLU maps) and weights int8 symmetric, the
     combination ONNX Runtime recommends for x86 CPUs. Returns ``out_path``.
@@ -231,6 +239,12 @@ def quantize_onnx_int8(
         if preprocess:
             model_input = Path(scratch) / "preprocessed.onnx"
             quant_pre_process(str(fp32_path), str(model_input), skip_symbolic_shape=True)
+        if pools_as_convs:
+            import onnx
+
+            rewritten = Path(scratch) / "pools_as_convs.onnx"
+            onnx.save(average_pools_as_depthwise_convs(onnx.load(str(model_input))), rewritten)
+            model_input = rewritten
         # Matched on the graph being quantised: pre-processing may merge or drop nodes.
         excluded = _matching_nodes(model_input, keep_float)
         quantize_static(
@@ -246,6 +260,75 @@ def quantize_onnx_int8(
             nodes_to_exclude=excluded or None,
         )
     return out_path
+
+
+def average_pools_as_depthwise_convs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace every ``AveragePool`` that pads with zeros (``count_include_pad=1``) by the
+    equivalent depthwise ``Conv`` (one ``1/(kh*kw)`` filter per channel, same kernel, strides
+    and pads); returns ``model``, changed in place.
+
+    Why: OpenVINO's low-precision pipeline runs an average pool that follows a
+    ``DequantizeLinear`` in the uint8 domain and pads it with 0 instead of the tensor's zero
+    point, i.e. with ``-zero_point * scale`` rather than 0.0. DAPPM pools a signed tensor (the
+    low branch's last residual sum, not ReLU'd) with pads of 2/4/8 on a map of 1/64 of the
+    input, where most of each window is padding: its pooled features came out wrong by
+    6-180x their magnitude and the INT8 model lost 1.6 mIoU (4.5 on a less trained model)
+    under OpenVINO (logits' SQNR 14.5 dB against 31 dB). ONNX Runtime's quantised pool is
+    also less exact than a quantised depthwise convolution (29.5 against 30.8 dB on the
+    bundled model; 6.7 against 11.2 dB on a random-weight one). A quantised convolution pads
+    with the zero point, so in this form both runtimes agree with float. The cost is nil: the pools
+    run at 1/64 of the input resolution. Pools without padding, or with
+    ``count_include_pad=0`` (a different divisor per position), are left alone.
+
+    Node names are kept, so name-based selections (``keep_float``) still apply.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    pools = [node for node in graph.node if node.op_type == "AveragePool"]
+    if not pools:
+        return model
+    inferred = onnx.shape_inference.infer_shapes(model)
+    channels: dict[str, int] = {}
+    for info in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        dims = info.type.tensor_type.shape.dim
+        if len(dims) == 4 and dims[1].HasField("dim_value"):
+            channels[info.name] = dims[1].dim_value
+    for node in pools:
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        pads = list(attributes.get("pads", [0, 0, 0, 0]))
+        if not any(pads) or not attributes.get("count_include_pad", 0):
+            continue
+        if attributes.get("ceil_mode", 0) or attributes.get("auto_pad", b"NOTSET") != b"NOTSET":
+            continue  # border windows would differ from a convolution's
+        if node.input[0] not in channels:
+            raise ValueError(
+                f"AveragePool {node.name}: channel count of its input {node.input[0]!r} is "
+                "unknown after shape inference; cannot build the depthwise filter"
+            )
+        kernel = list(attributes["kernel_shape"])
+        count = channels[node.input[0]]
+        weight_name = f"{node.name}/depthwise_mean_weight"
+        graph.initializer.append(
+            numpy_helper.from_array(
+                np.full((count, 1, *kernel), 1.0 / float(np.prod(kernel)), np.float32),
+                weight_name,
+            )
+        )
+        node.op_type = "Conv"
+        del node.input[1:]
+        node.input.append(weight_name)
+        del node.attribute[:]
+        node.attribute.extend(
+            [
+                helper.make_attribute("kernel_shape", kernel),
+                helper.make_attribute("strides", list(attributes.get("strides", [1, 1]))),
+                helper.make_attribute("pads", pads),
+                helper.make_attribute("group", count),
+            ]
+        )
+    return model
 
 
 def _matching_nodes(path: Path, patterns: Sequence[str]) -> list[str]:
@@ -284,9 +367,12 @@ def evaluate_onnx(
     limit: int | None = None,
     threads: int | None = None,
     runtime: str = "onnxruntime",
+    openvino_precision: str = "bf16",
 ) -> SegmentationMetrics:
-    """Segmentation metrics of an ONNX model on ``dataset``, with ONNX Runtime on CPU
-    (``runtime="openvino"``: OpenVINO's CPU plugin, bf16 outside the int8 layers).
+    """Segmentation metrics of an ONNX model on ``dataset``, with ONNX Runtime on CPU, or
+    with ``runtime="openvino"``: OpenVINO's CPU plugin at ``openvino_precision`` (``"f32"``
+    or ``"bf16"``: the precision of every layer not quantised to int8), compiled exactly as
+    ``ddrnet bench`` times it.
 
     ``dataset[i]`` gives ``(image, label)``: image ``(3, H, W)`` uint8 RGB tensor, label
     ``(H, W)`` int64 with ``ignore_index`` for void (``ddrnet.data.datasets`` data sets do).
@@ -300,7 +386,7 @@ def evaluate_onnx(
     path = Path(path)
     mean, std = _normalisation(path, mean, std)
     if runtime == "openvino":
-        run = _openvino_logits(path, threads)
+        run = openvino_logits_function(path, threads, openvino_precision)
     elif runtime == "onnxruntime":
         session = onnx_session(path, threads=threads)
 
@@ -342,18 +428,42 @@ def evaluate_onnx(
     return matrix.compute()
 
 
-def _openvino_logits(path: Path, threads: int | None):
-    """A function running the ONNX file with OpenVINO on CPU, as ``bench`` times it."""
+def openvino_logits_function(
+    path: str | Path,
+    threads: int | None = None,
+    precision: str = "f32",
+    input_shape: Sequence[int] | None = None,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Compile the ONNX file with OpenVINO for CPU (latency hint, ``threads`` inference
+    threads, ``precision`` ``"f32"`` or ``"bf16"`` for float layers) and return a function
+    mapping one ``(N, 3, H, W)`` float32 batch to the model's output array.
+
+    ``input_shape`` ``(N, 3, H, W)`` fixes the input size before compiling, which lets
+    OpenVINO plan every layer for it (faster than the file's dynamic sizes); the function
+    then accepts that shape only. Quantised (QDQ) files stay dynamic: OpenVINO 2026.4
+    crashes (segfault) compiling them with static shapes.
+    """
     import openvino as ov
 
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    if precision not in ("f32", "bf16"):
+        raise ValueError(f"OpenVINO precision must be 'f32' or 'bf16', got {precision!r}")
+    config: dict[str, object] = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": precision,
+    }
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    core = ov.Core()
+    model = core.read_model(str(path))
+    quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+    if input_shape is not None and not quantized:
+        model.reshape([int(size) for size in input_shape])
+    compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
     output = compiled.output(0)
 
     def run(batch: np.ndarray) -> np.ndarray:
         return request.infer([batch])[output]
 
+    run.compiled_model = compiled  # type: ignore[attr-defined]  # keeps it alive
     return run
