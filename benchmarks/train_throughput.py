@@ -3,10 +3,12 @@
 Prints images/s for:
   * the bare step (forward, main + auxiliary loss, backward, SGD step; no data loading),
     fp32 and bf16 autocast + channels_last, with the loss at full label resolution and at
-    ``loss.label_stride`` 4;
+    ``loss.label_stride`` 2 (the CamVid recipe) and 4, and with no loss at all (the network
+    alone: the ceiling for the whole loop);
   * the data pipeline alone (decode-once cache, random scale/crop/flip/photometric), with
     0, 1 and 2 DataLoader workers;
-  * our whole training loop (``ddrnet.engine.train.train``: data, step, logging), second epoch;
+  * our whole training loop (``ddrnet.engine.train.train``: data, step, logging; the recipe's
+    bf16, channels_last, label_stride 2), second epoch, with 0 and 1 DataLoader workers;
 and each as a ratio to the bare fp32 step. Run on an otherwise idle machine:
 
     python benchmarks/train_throughput.py [--data ../shared/data/camvid] [--seconds 20]
@@ -32,8 +34,9 @@ from ddrnet.engine.train import train
 BATCH, CROP, CLASSES = 8, (352, 480), 11
 
 
-def bare_step_rate(bf16: bool, label_stride: int, seconds: float) -> float:
-    """Images/s of the bare training step on random tensors of CamVid's shape."""
+def bare_step_rate(bf16: bool, label_stride: int | None, seconds: float) -> float:
+    """Images/s of the bare training step on random tensors of CamVid's shape;
+    ``label_stride=None``: the mean of the logits as the loss (the network's cost alone)."""
     torch.manual_seed(0)
     model = ddrnet.create_model("ddrnet_23_slim", num_classes=CLASSES, aux_head=True).train()
     images = torch.randn(BATCH, 3, *CROP)
@@ -42,14 +45,18 @@ def bare_step_rate(bf16: bool, label_stride: int, seconds: float) -> float:
         images = images.contiguous(memory_format=torch.channels_last)
     targets = torch.randint(0, CLASSES, (BATCH, *CROP))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    stride = label_stride or 1
     criterion = DeepSupervisionLoss(
-        OhemCrossEntropy(min_kept=131072 // label_stride**2), 1.0, 0.4, label_stride
+        OhemCrossEntropy(min_kept=131072 // stride**2), 1.0, 0.4, stride
     )
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             main, aux = model.forward_with_aux(images)
-        loss, _ = criterion(main, aux, targets)
+        if label_stride is None:
+            loss = main.float().mean() + 0.4 * aux.float().mean()
+        else:
+            loss, _ = criterion(main.float(), aux.float(), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -82,7 +89,7 @@ def data_pipeline_rate(config: Config, workers: int, seconds: float) -> float:
     return delivered / (time.perf_counter() - start)
 
 
-def training_loop_rate(data_root: str, workers: int, iterations: int) -> float:
+def training_loop_rate(data_root: str, workers: int, iterations: int, label_stride: int) -> float:
     """Images/s of the second epoch of a real ``train()`` run (first epoch warms up)."""
     with tempfile.TemporaryDirectory() as output:
         config = load_config(
@@ -92,7 +99,7 @@ def training_loop_rate(data_root: str, workers: int, iterations: int) -> float:
                 f"data.root={data_root}",
                 f"data.num_workers={workers}",
                 "data.check=false",
-                "loss.label_stride=4",
+                f"loss.label_stride={label_stride}",
                 "eval.max_images=1",
                 "eval.every_epochs=100",
                 "train.epochs=2",
@@ -123,8 +130,9 @@ def main() -> None:
     rows = []
     baseline = bare_step_rate(bf16=False, label_stride=1, seconds=args.seconds)
     rows.append(("bare step fp32, full-res loss", baseline))
-    for bf16, stride in ((False, 4), (True, 1), (True, 4)):
-        name = f"bare step {'bf16+channels_last' if bf16 else 'fp32'}, loss label_stride {stride}"
+    for bf16, stride in ((False, 4), (True, 1), (True, 2), (True, 4), (True, None)):
+        loss = "no loss (network alone)" if stride is None else f"loss label_stride {stride}"
+        name = f"bare step {'bf16+channels_last' if bf16 else 'fp32'}, {loss}"
         rows.append((name, bare_step_rate(bf16, stride, args.seconds)))
     config = load_config(Config, None, [f"data.root={args.data}", "data.check=false"])
     for workers in (0, 1, 2):
@@ -134,11 +142,11 @@ def main() -> None:
                 data_pipeline_rate(config, workers, args.seconds),
             )
         )
-    for workers in (1, 2):
+    for workers, stride in ((0, 2), (1, 2), (0, 4)):
         rows.append(
             (
-                f"ddrnet train loop (bf16, label_stride 4), {workers} workers",
-                training_loop_rate(args.data, workers, args.iterations),
+                f"ddrnet train loop (bf16, label_stride {stride}), {workers} workers",
+                training_loop_rate(args.data, workers, args.iterations, stride),
             )
         )
     width = max(len(name) for name, _ in rows) + 2
