@@ -1,6 +1,6 @@
 """Turn a finished CamVid run into the bundled model: fp16 weights and a model card.
 
-    python scripts/bundle_model.py RUN_DIR [--command "ddrnet train ..."]
+    python scripts/bundle_model.py RUN_DIR [--command "ddrnet train ..."] [--experiments MD]
 
 Reads RUN_DIR/best.safetensors and RUN_DIR/metrics.jsonl, stores the weights in fp16 as
 src/ddrnet/assets/camvid_ddrnet23_slim.safetensors (the metadata gains the evaluation of the
@@ -32,6 +32,12 @@ def main() -> None:
     )
     parser.add_argument("--command", default=None, help="the command that reproduces the run")
     parser.add_argument("--trained-on", default="CamVid train (367 frames)")
+    parser.add_argument(
+        "--experiments",
+        type=Path,
+        default=Path(__file__).with_name("camvid_experiments.md"),
+        help="markdown of the experiments behind the recipe, appended to the card",
+    )
     args = parser.parse_args()
 
     model = ddrnet.create_model(checkpoint=args.run / "best.safetensors")
@@ -97,6 +103,8 @@ Reproduce the figure: `ddrnet eval src/ddrnet/assets/{BUNDLED_MODEL_NAME} --root
 | epoch | val mIoU |
 |---|---|
 {curve_rows}
+
+{args.experiments.read_text().strip() if args.experiments.is_file() else ""}
 
 ## Data and licence
 
