@@ -25,7 +25,7 @@ import ddrnet
 from ddrnet.assets import demo_frames
 from ddrnet.data.datasets import camvid
 from ddrnet.deploy import (
-    evaluate_onnx,
+    evaluate_onnx_forms,
     export_onnx,
     load_calibration_images,
     measure_conv_peak_gflops,
@@ -130,19 +130,8 @@ def deployed_accuracy(
             ("ort_int8", int8, "onnxruntime", "f32"),
             ("openvino_int8", int8, "openvino", "bf16"),
         ]
-        for name, path, runtime, precision in forms:
-            try:
-                metrics = evaluate_onnx(
-                    path,
-                    val,
-                    limit=images,
-                    threads=threads,
-                    runtime=runtime,
-                    openvino_precision=precision,
-                )
-            except ImportError:
-                continue
-            results[name] = metrics.miou
+        evaluated = evaluate_onnx_forms(forms, val, limit=images, threads=threads)
+        results.update({name: m.miou for name, m in evaluated.items() if m is not None})
     subset = torch.utils.data.Subset(val, range(min(images, len(val))))
     for name, amp in (("eager", None), ("eager_bf16_channels_last", torch.bfloat16)):
         metrics = evaluate(

@@ -9,6 +9,10 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("ddrnet")
 
@@ -110,7 +114,7 @@ def load_model_for_inference(checkpoint: str | None, model_name: str | None, num
     return ddrnet.create_model(model_name, checkpoint=checkpoint, num_classes=num_classes)
 
 
-def _device_and_amp(args: argparse.Namespace):
+def _device_and_amp(args: argparse.Namespace) -> tuple[torch.device, torch.dtype | None]:
     """The ``--device`` and ``--amp`` options as a torch device and autocast dtype (or None)."""
     import torch
 
@@ -215,7 +219,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-
     from ddrnet.assets import bundled_model_path, demo_frames
     from ddrnet.predict import SegmentationRunner, run_prediction
 
@@ -415,6 +418,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from ddrnet.deploy import (
         evaluate_onnx,
+        evaluate_onnx_forms,
         export_onnx,
         export_torchscript,
         load_calibration_images,
@@ -450,27 +454,19 @@ def cmd_export(args: argparse.Namespace) -> int:
         reference = evaluate_onnx(fp32_path, dataset, limit=args.evaluate_images)
         print(f"fp32 ONNX with onnxruntime on CamVid val: mIoU {reference.miou:.2f}")
         # Every deployed form against that reference, run as `ddrnet bench` runs it.
-        forms = [("fp32 ONNX", fp32_path, "openvino", "bf16")]
+        forms = [("fp32 ONNX with openvino (bf16 float layers)", fp32_path, "openvino", "bf16")]
         if final != fp32_path:
             forms += [
-                ("INT8 ONNX", final, "onnxruntime", ""),
-                ("INT8 ONNX", final, "openvino", "bf16"),
+                ("INT8 ONNX with onnxruntime", final, "onnxruntime", "f32"),
+                ("INT8 ONNX with openvino (bf16 float layers)", final, "openvino", "bf16"),
             ]
-        for label, path, runtime, precision in forms:
-            try:
-                deployed = evaluate_onnx(
-                    path,
-                    dataset,
-                    limit=args.evaluate_images,
-                    runtime=runtime,
-                    openvino_precision=precision or "bf16",
-                )
-            except ImportError:
-                print(f"{label} with {runtime}: not installed")
+        results = evaluate_onnx_forms(forms, dataset, limit=args.evaluate_images)
+        for name, deployed in results.items():
+            if deployed is None:
+                print(f"{name}: not installed")
                 continue
-            where = f"{runtime} ({precision} float layers)" if precision else runtime
             print(
-                f"{label} with {where} on CamVid val: mIoU {deployed.miou:.2f} "
+                f"{name} on CamVid val: mIoU {deployed.miou:.2f} "
                 f"({deployed.miou - reference.miou:+.2f})"
             )
     return 0

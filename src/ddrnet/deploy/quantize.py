@@ -428,6 +428,31 @@ def evaluate_onnx(
     return matrix.compute()
 
 
+def evaluate_onnx_forms(
+    forms: Sequence[tuple[str, str | Path, str, str]],
+    dataset: object,
+    *,
+    limit: int | None = None,
+    threads: int | None = None,
+) -> dict[str, SegmentationMetrics | None]:
+    """``evaluate_onnx`` of each ``(name, path, runtime, openvino_precision)`` form on
+    ``dataset``, keyed by name; ``None`` where that runtime is not installed."""
+    results: dict[str, SegmentationMetrics | None] = {}
+    for name, path, runtime, precision in forms:
+        try:
+            results[name] = evaluate_onnx(
+                path,
+                dataset,
+                limit=limit,
+                threads=threads,
+                runtime=runtime,
+                openvino_precision=precision,
+            )
+        except ImportError:
+            results[name] = None
+    return results
+
+
 def openvino_logits_function(
     path: str | Path,
     threads: int | None = None,
