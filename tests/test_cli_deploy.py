@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ddrnet.deploy import onnx_session
 from ddrnet.models import count_macs, save_model
@@ -46,12 +47,16 @@ def test_bench_prints_and_writes_rows(model_file, tmp_path) -> None:
     result = run_ddrnet(
         "bench", "--checkpoint", str(model_file), "--size", "64x96", "--seconds", "0.3",
         "--warmup", "0.1", "--threads", "1", "--backends", "eager", "bn_folded", "ort",
-        "--json", str(tmp_path / "bench.json"),
+        "cuda_fp16", "tensorrt_fp16", "--json", str(tmp_path / "bench.json"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "bench.json").read_text())
     rows = {row["backend"]: row for row in report["rows"]}
-    assert set(rows) == {"eager", "bn_folded", "ort"}
+    assert set(rows) == {"eager", "bn_folded", "ort", "cuda_fp16", "tensorrt_fp16"}
+    gpu_rows = [rows.pop("cuda_fp16"), rows.pop("tensorrt_fp16")]
+    if not torch.cuda.is_available():  # a GPU backend here is a row with a reason, not a crash
+        assert all("needs an NVIDIA GPU" in row["error"] for row in gpu_rows)
+        assert "cuda_fp16" in result.stdout and "failed: RuntimeError" in result.stdout
     assert rows["eager"]["speedup"] == pytest.approx(1.0)
     assert all(r["fps"] > 0 and r["latency_ms_p50"] <= r["latency_ms_p99"] for r in rows.values())
     assert report["gmacs"] == pytest.approx(count_macs(camvid_model(), (64, 96)) / 1e9)
@@ -62,3 +67,46 @@ def test_bench_without_bundled_model_or_checkpoint_is_a_clear_error(tmp_path) ->
     result = run_ddrnet("bench", "--checkpoint", str(tmp_path / "missing.safetensors"))
     assert result.returncode == 2 and "missing.safetensors" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without GPU")
+def test_tensorrt_export_without_gpu_is_a_clear_error(model_file, tmp_path) -> None:
+    result = run_ddrnet(
+        "export", "--checkpoint", str(model_file), "--format", "tensorrt",
+        "-o", str(tmp_path / "m.engine"),
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--format tensorrt" in result.stderr and "needs an NVIDIA GPU" in result.stderr
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_export_evaluates_every_deployed_form_on_camvid_val(camvid_root, tmp_path) -> None:
+    """fp32 ONNX scores what PyTorch scores on the same frames; the INT8 and bf16 forms are
+    reported against it and stay within 3 mIoU points (bundled model, 3 val frames)."""
+    from ddrnet.assets import bundled_model_path, demo_frames
+
+    images = 3
+    evaluated = run_ddrnet(
+        "eval", str(bundled_model_path()), "--root", str(camvid_root), "--max-images",
+        str(images), "--json", str(tmp_path / "torch.json"),
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    torch_miou = json.loads((tmp_path / "torch.json").read_text())["mIoU"]
+    result = run_ddrnet(
+        "export", "--format", "onnx-int8", "-o", str(tmp_path / "m_int8.onnx"),
+        "--calibration", str(demo_frames()[0].parent), "--calibration-count", "2",
+        "--evaluate-root", str(camvid_root), "--evaluate-images", str(images),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    reference = next(line for line in lines if line.startswith("fp32 ONNX with onnxruntime"))
+    assert float(reference.split("mIoU ")[1]) == pytest.approx(torch_miou, abs=0.01)
+    deployed = [line for line in lines if "on CamVid val: mIoU" in line and line != reference]
+    names = [line.split(" on CamVid val")[0] for line in deployed]
+    assert "INT8 ONNX with onnxruntime" in names
+    for line in deployed:
+        miou, difference = line.split("mIoU ")[1].split()
+        assert float(difference.strip("()")) == pytest.approx(
+            float(miou) - float(reference.split("mIoU ")[1]), abs=0.011
+        )
+        assert abs(float(difference.strip("()"))) < 3.0, line

@@ -346,6 +346,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ddrnet.assets import demo_frames
     from ddrnet.deploy import (
         BACKENDS,
+        GPU_BACKENDS,
         load_calibration_images,
         measure_conv_peak_gflops,
         run_benchmarks,
@@ -354,6 +355,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.backends is None:
+        args.backends = ["eager", "bn_folded", "eager_bf16_channels_last", "ort", "ort_int8"]
+        if torch.cuda.is_available():
+            args.backends += list(GPU_BACKENDS)
     model = _model_for_deploy(args)
     height, width = args.size
     params = count_parameters(model, exclude_prefixes=("aux_head.",))
@@ -434,6 +439,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
         print(f"TorchScript written to {output}")
         return 0
+    if args.format == "tensorrt":
+        from ddrnet.deploy import build_tensorrt_engine
+        from ddrnet.deploy.gpu import require_cuda
+
+        try:
+            require_cuda("--format tensorrt")
+            import tensorrt  # noqa: F401
+        except (RuntimeError, ImportError) as error:
+            raise UsageError(f"--format tensorrt: {error}") from None
     fp32_path = output if args.format == "onnx" else output.with_name(output.stem + "_fp32.onnx")
     export_onnx(model, fp32_path, args.size, argmax=args.argmax, upsample_to_input=args.upsample)
     print(f"ONNX written to {fp32_path} (dynamic batch, height and width)")
@@ -441,6 +455,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         difference = verify_onnx(model, fp32_path)
         print(f"ONNX Runtime vs PyTorch: max abs logit difference {difference:.2e}")
     final = fp32_path
+    if args.format == "tensorrt":
+        height, width = args.size
+        build_tensorrt_engine(fp32_path, output, (1, 3, height, width), fp16=True)
+        print(f"TensorRT engine (float16 allowed, input 1x3x{height}x{width}) written to {output}")
+        return 0
     if args.format == "onnx-int8":
         if args.calibration is None:
             raise UsageError("--format onnx-int8 needs --calibration (a folder of real images)")
@@ -573,9 +592,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--backends",
         nargs="+",
-        default=["eager", "bn_folded", "eager_bf16_channels_last", "ort", "ort_int8"],
         help="eager, eager_channels_last, eager_bf16, eager_bf16_channels_last, bn_folded, "
-        "compile, ort, ort_int8, openvino, openvino_bf16, openvino_int8",
+        "compile, ort, ort_int8, openvino, openvino_bf16, openvino_int8, and on NVIDIA GPUs "
+        "cuda, cuda_fp16, tensorrt_fp16 (default: eager, bn_folded, "
+        "eager_bf16_channels_last, ort, ort_int8, plus the GPU ones where CUDA is available)",
     )
     bench.add_argument("--seconds", type=float, default=5.0, help="timed loop per backend")
     bench.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per backend")
@@ -590,7 +610,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--checkpoint", help="model file (default: the bundled CamVid model)")
     export.add_argument("--model", help="architecture, for checkpoints without metadata")
-    export.add_argument("--format", choices=["onnx", "onnx-int8", "torchscript"], default="onnx")
+    export.add_argument(
+        "--format",
+        choices=["onnx", "onnx-int8", "torchscript", "tensorrt"],
+        default="onnx",
+        help="tensorrt: a float16 engine for --size, built on this machine's GPU",
+    )
     export.add_argument("-o", "--output", required=True, help="output file")
     export.add_argument("--size", type=parse_size, default=(360, 480), help="example HEIGHTxWIDTH")
     export.add_argument("--argmax", action="store_true", help="labels instead of logits")

@@ -1,4 +1,5 @@
-"""Deployment: ONNX / TorchScript export, BN folding, INT8 quantisation and CPU benchmarks.
+"""Deployment: ONNX / TorchScript / TensorRT export, BN folding, INT8 quantisation and
+speed benchmarks.
 
 onnx, onnxruntime and openvino are optional (``pip install ddrnet[deploy]``); they are
 imported by the functions that use them, so importing this package needs only PyTorch.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from ddrnet.deploy.bench import (
     BACKENDS,
+    GPU_BACKENDS,
     Runner,
     benchmark,
     build_runner,
@@ -24,6 +26,7 @@ from ddrnet.deploy.export import (
     read_onnx_metadata,
     verify_onnx,
 )
+from ddrnet.deploy.gpu import build_tensorrt_engine, tensorrt_function
 from ddrnet.deploy.quantize import (
     ImageCalibrationReader,
     average_pools_as_depthwise_convs,
@@ -36,12 +39,14 @@ from ddrnet.deploy.quantize import (
 
 __all__ = [
     "BACKENDS",
+    "GPU_BACKENDS",
     "ExportError",
     "ImageCalibrationReader",
     "Runner",
     "average_pools_as_depthwise_convs",
     "benchmark",
     "build_runner",
+    "build_tensorrt_engine",
     "conv_bn_pairs",
     "evaluate_onnx",
     "evaluate_onnx_forms",
@@ -55,5 +60,6 @@ __all__ = [
     "quantize_onnx_int8",
     "read_onnx_metadata",
     "run_benchmarks",
+    "tensorrt_function",
     "verify_onnx",
 ]

@@ -1,9 +1,11 @@
-"""CPU inference speed of one model across backends, measured the same way for each.
+"""Inference speed of one model across backends (CPU, and NVIDIA GPUs where present),
+measured the same way for each.
 
 ``benchmark`` times any callable with ``time.perf_counter`` (warm-up first, then per-call
 latencies). ``build_runner`` turns a model into a ready-to-call backend: eager PyTorch
 (float32, channels-last, bfloat16 autocast), BN-folded, ``torch.compile``, ONNX Runtime FP32
-and INT8, OpenVINO. ``run_benchmarks`` times a list of backends in one process and reports
+and INT8, OpenVINO, and on NVIDIA GPUs PyTorch float32/float16 and TensorRT (``gpu.py``).
+``run_benchmarks`` times a list of backends in one process and reports
 each one's speed relative to eager float32 measured in the same run, so machine load and
 thread settings cancel out of the ratio. ``measure_conv_peak_gflops`` gives the CPU's
 achievable convolution throughput, the yardstick for "fraction of peak".
@@ -50,7 +52,11 @@ BACKENDS: dict[str, str] = {
     "openvino": "OpenVINO CPU, float32 inference precision",
     "openvino_bf16": "OpenVINO CPU, bfloat16 inference precision where the CPU supports it",
     "openvino_int8": "OpenVINO CPU running our INT8 QDQ model (AMX/VNNI int8), bf16 elsewhere",
+    "cuda": "PyTorch on the GPU, float32 (no TF32), BN folded, cudnn.benchmark",
+    "cuda_fp16": "PyTorch on the GPU, float16 weights and input, channels-last, BN folded",
+    "tensorrt_fp16": "TensorRT engine from our ONNX export, float16 allowed, static shape",
 }
+GPU_BACKENDS = ("cuda", "cuda_fp16", "tensorrt_fp16")
 REFERENCE_BACKEND = "eager"
 
 
@@ -135,12 +141,13 @@ class Runner:
     keep: list[Any] = field(default_factory=list)
 
     def output(self) -> torch.Tensor:
+        """Logits of one pass, float32 on the CPU."""
         result = self.fn(*self.inputs)
         if isinstance(result, (list, tuple)):
             result = result[0]
         if isinstance(result, np.ndarray):
             result = torch.from_numpy(result)
-        return result.float()
+        return result.float().cpu()
 
 
 def _torch_call(
@@ -253,7 +260,28 @@ def build_runner(
         runner = _torch_runner(backend, torch.compile(folded, dynamic=False), image)
         runner.fn(*runner.inputs)  # compile now, inside the caller's error handling
         return runner
+    if backend in GPU_BACKENDS:
+        return _gpu_runner(backend, model, image)
     return _onnx_runner(backend, model, image, threads, calibration_images)
+
+
+def _gpu_runner(name: str, model: nn.Module, image: torch.Tensor) -> Runner:
+    from ddrnet.deploy import gpu
+
+    gpu.require_cuda(f"backend {name!r}")
+    if name in ("cuda", "cuda_fp16"):
+        fn, image = gpu.cuda_torch_function(fuse_conv_bn(model), image, half=name == "cuda_fp16")
+        return Runner(name, fn, (image,), BACKENDS[name])
+    scratch = tempfile.TemporaryDirectory(prefix="ddrnet-bench-")
+    input_size = (int(image.shape[-2]), int(image.shape[-1]))
+    onnx_path = export_onnx(
+        model, Path(scratch.name) / "model.onnx", input_size, batch_size=int(image.shape[0])
+    )
+    engine = gpu.build_tensorrt_engine(
+        onnx_path, Path(scratch.name) / "model.engine", tuple(image.shape), fp16=True
+    )
+    fn, image = gpu.tensorrt_function(engine, image)
+    return Runner(name, fn, (image,), BACKENDS[name], keep=[scratch])
 
 
 def _proc_status_bytes(field_name: str) -> int | None:
@@ -322,6 +350,11 @@ def run_benchmarks(
     ``measure_conv_peak_gflops``), ``fraction_of_peak``. Give the float32 peak: bf16 and
     INT8 backends then show how far past float32's ceiling they get (values above 1).
 
+    GPU backends (``GPU_BACKENDS``, only where CUDA is available; elsewhere their rows carry
+    the error) also report ``peak_gpu_memory_mib`` (``torch.cuda.max_memory_allocated``) and,
+    when ``"cuda"`` was timed, ``speedup_vs_cuda_fp32``; their ``speedup`` still compares with
+    eager float32 on the CPU.
+
     Threads: PyTorch uses ``torch.get_num_threads()``; keep it at or below the idle cores.
     OpenMP threads that compete with another busy process for cores spin and can run ten
     times slower, while ONNX Runtime degrades gracefully, which distorts every ratio.
@@ -340,6 +373,9 @@ def run_benchmarks(
         row: dict[str, Any] = {"backend": name, "description": BACKENDS[name], "error": None}
         exact_peak = _reset_peak_rss()
         rss_before = _current_rss_bytes() if exact_peak else _peak_rss_bytes()
+        on_gpu = name in GPU_BACKENDS and torch.cuda.is_available()
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
         try:
             runner = build_runner(
@@ -370,16 +406,21 @@ def run_benchmarks(
         finally:
             runner = None  # release the backend's memory before the next one
         row["peak_memory_mib"] = max(0, _peak_rss_bytes() - rss_before) / 2**20
+        if on_gpu:
+            row["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
         if row["error"] is None:
             row["gmacs"] = gmacs
             row["achieved_gflops"] = 2 * gmacs * row["fps"]
-            if peak_gflops:
+            if peak_gflops and name not in GPU_BACKENDS:  # the peak is the CPU's
                 row["fraction_of_peak"] = row["achieved_gflops"] / peak_gflops
         rows[name] = row
     reference_fps = rows[REFERENCE_BACKEND].get("fps")
-    for row in rows.values():
+    gpu_reference_fps = rows.get("cuda", {}).get("fps")
+    for name, row in rows.items():
         if reference_fps and row.get("fps"):
             row["speedup"] = row["fps"] / reference_fps
+        if gpu_reference_fps and row.get("fps") and name in GPU_BACKENDS:
+            row["speedup_vs_cuda_fp32"] = row["fps"] / gpu_reference_fps
     return list(rows.values())
 
 
