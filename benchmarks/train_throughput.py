@@ -9,7 +9,8 @@ Prints images/s for:
     0, 1 and 2 DataLoader workers;
   * our whole training loop (``ddrnet.engine.train.train``: data, step, logging; the recipe's
     bf16, channels_last, label_stride 2), second epoch, with 0 and 1 DataLoader workers;
-and each as a ratio to the bare fp32 step. Run on an otherwise idle machine:
+and each as a ratio to the bare fp32 step (medians over ``--rounds`` round-robin repeats,
+with their spread). Run on an otherwise idle machine:
 
     python benchmarks/train_throughput.py [--data ../shared/data/camvid] [--seconds 20]
 """
@@ -17,9 +18,12 @@ and each as a ratio to the bare fp32 step. Run on an otherwise idle machine:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,7 +48,9 @@ def bare_step_rate(bf16: bool, label_stride: int | None, seconds: float) -> floa
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     targets = torch.randint(0, CLASSES, (BATCH, *CROP))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=True
+    )
     stride = label_stride or 1
     criterion = DeepSupervisionLoss(
         OhemCrossEntropy(min_kept=131072 // stride**2), 1.0, 0.4, stride
@@ -123,36 +129,51 @@ def main() -> None:
     parser.add_argument(
         "--iterations", type=int, default=25, help="training-loop iterations per epoch"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="measure everything this many times, round-robin, and report the median: the "
+        "same step on this kind of machine varies by up to 40%% from one minute to the next",
+    )
     args = parser.parse_args()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, crop {CROP}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, "
+        f"crop {CROP}, {args.rounds} rounds"
     )
-    rows = []
-    baseline = bare_step_rate(bf16=False, label_stride=1, seconds=args.seconds)
-    rows.append(("bare step fp32, full-res loss", baseline))
+    measurements: list[tuple[str, Callable[[], float]]] = [
+        ("bare step fp32, full-res loss", lambda: bare_step_rate(False, 1, args.seconds))
+    ]
     for bf16, stride in ((False, 4), (True, 1), (True, 2), (True, 4), (True, None)):
         loss = "no loss (network alone)" if stride is None else f"loss label_stride {stride}"
         name = f"bare step {'bf16+channels_last' if bf16 else 'fp32'}, {loss}"
-        rows.append((name, bare_step_rate(bf16, stride, args.seconds)))
+        measurements.append((name, functools.partial(bare_step_rate, bf16, stride, args.seconds)))
     config = load_config(Config, None, [f"data.root={args.data}", "data.check=false"])
     for workers in (0, 1, 2):
-        rows.append(
+        measurements.append(
             (
                 f"data pipeline alone, {workers} workers",
-                data_pipeline_rate(config, workers, args.seconds),
+                functools.partial(data_pipeline_rate, config, workers, args.seconds),
             )
         )
     for workers, stride in ((0, 2), (1, 2), (0, 4)):
-        rows.append(
+        measurements.append(
             (
                 f"ddrnet train loop (bf16, label_stride {stride}), {workers} workers",
-                training_loop_rate(args.data, workers, args.iterations, stride),
+                functools.partial(training_loop_rate, args.data, workers, args.iterations, stride),
             )
         )
-    width = max(len(name) for name, _ in rows) + 2
-    print(f"\n{'measurement':<{width}}{'img/s':>8}{'vs bare fp32':>14}")
-    for name, rate in rows:
-        print(f"{name:<{width}}{rate:>8.1f}{rate / baseline:>13.2f}x")
+    rates: dict[str, list[float]] = {name: [] for name, _ in measurements}
+    for _ in range(args.rounds):
+        for name, measure in measurements:
+            rates[name].append(measure())
+    baseline = statistics.median(rates[measurements[0][0]])
+    width = max(len(name) for name in rates) + 2
+    print(f"\n{'measurement':<{width}}{'img/s':>8}{'min-max':>14}{'vs bare fp32':>14}")
+    for name, values in rates.items():
+        median = statistics.median(values)
+        spread = f"{min(values):.1f}-{max(values):.1f}"
+        print(f"{name:<{width}}{median:>8.1f}{spread:>14}{median / baseline:>13.2f}x")
 
 
 if __name__ == "__main__":
