@@ -701,6 +701,12 @@ def test_every_bundled_recipe_loads() -> None:
     assert paper.loss.aux_weight == 0.4
     for name in ("cityscapes_ddrnet23_slim", "cityscapes_ddrnet23"):
         assert configs[name].data == paper.data and configs[name].optim == paper.optim
+    camvid = configs["camvid_ddrnet23_slim"]  # the final model's recipe: train + val, 200 epochs
+    assert (camvid.data.train_split, camvid.train.epochs, camvid.loss.label_stride) == (
+        "trainval",
+        200,
+        2,
+    )
     coco = configs["coco_stuff_ddrnet23"]
     assert (coco.data.dataset, coco.data.crop_size) == ("coco_stuff", (640, 640))
     assert configs["custom_folder_example"].data.dataset == "folder"
