@@ -1,4 +1,4 @@
-"""The bundled CamVid model: its card's figures are reproduced by `ddrnet eval`."""
+"""The bundled CamVid models: their card's figures are reproduced by `ddrnet eval`."""
 
 from __future__ import annotations
 
@@ -7,21 +7,26 @@ import json
 import pytest
 
 import ddrnet
-from ddrnet.assets import bundled_model_path, demo_frames
+from ddrnet.assets import BUNDLED_MODELS, bundled_model_path, demo_frames
+from ddrnet.models import CheckpointError
 
 from cli_runner import run_ddrnet
 
 
-def test_bundled_model_reproduces_its_model_card(camvid_root, tmp_path) -> None:
-    path = bundled_model_path()
+@pytest.mark.parametrize("name", list(BUNDLED_MODELS))
+def test_bundled_model_reproduces_its_model_card(name, camvid_root, tmp_path) -> None:
+    path = bundled_model_path(name)
     model = ddrnet.create_model(checkpoint=path)
     assert model.metadata.architecture == "ddrnet_23_slim" and model.num_classes == 11
     claimed = model.metadata.metrics["camvid_val_mIoU"]
     card = (path.parent / "MODEL_CARD.md").read_text()
-    assert f"**{claimed:.2f}**" in card
+    section = card.split(f"## `{name}`")[1].split("\n## ")[0]
+    assert f"**{claimed:.2f}**" in section
+    seen = model.metadata.training["val_in_training_data"]
+    assert seen == (name == "camvid_ddrnet23_slim")  # the final model trained on train + val
     result = run_ddrnet(
         "eval",
-        str(path),
+        name,  # a bundled model's name stands for its file
         "--root",
         str(camvid_root),
         "--batch-size",
@@ -43,3 +48,8 @@ def test_predict_with_no_arguments_segments_the_demo_frames(tmp_path) -> None:
     for frame in frames:
         assert (tmp_path / f"{frame.stem}_overlay.png").is_file()
         assert f"{frame.name}: 480x360" in result.stdout and " ms" in result.stdout
+
+
+def test_unknown_checkpoint_error_lists_the_bundled_names(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="camvid_ddrnet23_slim_train"):
+        ddrnet.create_model(checkpoint=tmp_path / "camvid_ddrnet23_slim_tran")

@@ -1,24 +1,51 @@
-"""Files shipped inside the package: the bundled CamVid model and demo frames."""
+"""Files shipped inside the package: the bundled CamVid models and demo frames.
+
+Two DDRNet-23-slim models trained by our CamVid recipe ship with the package (MODEL_CARD.md):
+
+- ``camvid_ddrnet23_slim`` (the default of ``predict``, ``bench``, ``export`` and the web
+  demo): the final model, trained on CamVid train + val. Its val score is a training-set
+  figure, not a measure of accuracy on new scenes.
+- ``camvid_ddrnet23_slim_train``: the same recipe trained on CamVid train only, so that its
+  CamVid val mIoU is an honest held-out figure and can be reproduced with ``ddrnet eval``.
+
+Anywhere a checkpoint path is accepted, these names can be given instead of a path.
+"""
 
 from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
 
-BUNDLED_MODEL_NAME = "camvid_ddrnet23_slim.safetensors"
+DEFAULT_BUNDLED_MODEL = "camvid_ddrnet23_slim"
+BUNDLED_MODELS: dict[str, str] = {
+    "camvid_ddrnet23_slim": "CamVid train+val (468 frames), the final model",
+    "camvid_ddrnet23_slim_train": "CamVid train only (367 frames): val mIoU is held out",
+}
+BUNDLED_MODEL_NAME = f"{DEFAULT_BUNDLED_MODEL}.safetensors"  # file name of the default
 
 
 def assets_dir() -> Path:
     return Path(str(resources.files("ddrnet") / "assets"))
 
 
-def bundled_model_path() -> Path:
-    """The DDRNet-23-slim trained on CamVid by our own recipe (see MODEL_CARD.md here)."""
-    path = assets_dir() / BUNDLED_MODEL_NAME
+def bundled_model_path(name: str = DEFAULT_BUNDLED_MODEL) -> Path:
+    """The file of a bundled model (a key of ``BUNDLED_MODELS``); see MODEL_CARD.md here."""
+    if name not in BUNDLED_MODELS:
+        raise ValueError(f"no bundled model {name!r}; bundled: {', '.join(BUNDLED_MODELS)}")
+    path = assets_dir() / f"{name}.safetensors"
     if not path.is_file():
         raise FileNotFoundError(
             f"the bundled model {path} is missing from this installation; pass --checkpoint"
         )
+    return path
+
+
+def resolve_bundled_name(checkpoint: str | Path) -> Path:
+    """``checkpoint`` itself, unless it is no existing file but the name of a bundled model
+    (``camvid_ddrnet23_slim_train``), which becomes that model's file."""
+    path = Path(checkpoint)
+    if not path.exists() and str(checkpoint) in BUNDLED_MODELS:
+        return bundled_model_path(str(checkpoint))
     return path
 
 

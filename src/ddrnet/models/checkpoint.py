@@ -85,11 +85,17 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
     """Read tensors (and ddrnet metadata, if any) from a ``.safetensors`` or PyTorch file.
 
     Pickled files are opened with ``weights_only=True``: a file that holds anything but
-    tensors and plain containers is refused rather than executed.
+    tensors and plain containers is refused rather than executed. The name of a bundled
+    model (``ddrnet.assets.BUNDLED_MODELS``) stands for its file.
     """
-    path = Path(path)
+    from ddrnet.assets import BUNDLED_MODELS, resolve_bundled_name
+
+    path = resolve_bundled_name(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+        raise CheckpointError(
+            f"checkpoint {path} does not exist or is not a file (bundled models, usable by "
+            f"name: {', '.join(BUNDLED_MODELS)})"
+        )
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     try:
