@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ import torch
 import ddrnet
 from ddrnet.assets import BUNDLED_MODELS, DEFAULT_BUNDLED_MODEL, assets_dir
 from ddrnet.data.datasets import camvid
+from ddrnet.deploy import benchmark
 from ddrnet.engine.evaluate import evaluate
 from ddrnet.models import count_macs, count_parameters, save_model
 
@@ -35,23 +35,20 @@ TTA_SCALES = (0.75, 1.0, 1.25, 1.5)
 def latency_ms(model: torch.nn.Module, seconds: float = 5.0) -> float:
     """Mean eager fp32 latency of one 480x360 frame, batch 1, in milliseconds."""
     image = torch.randn(1, 3, 360, 480)
-    with torch.no_grad():
-        for _ in range(3):
-            model(image)
-        start, runs = time.perf_counter(), 0
-        while time.perf_counter() - start < seconds:
-            model(image)
-            runs += 1
-    return (time.perf_counter() - start) / runs * 1000
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x)
+
+    return benchmark(forward, (image,), warmup_seconds=1.0, min_seconds=seconds)["latency_ms_mean"]
 
 
 def bundle(args: argparse.Namespace) -> None:
     source = args.run / ("best.safetensors" if args.weights == "best" else "last.pt")
-    model = ddrnet.create_model(checkpoint=source)
-    metadata = model.metadata
-    target = assets_dir() / f"{args.name}.safetensors"
     # fp16 storage halves the wheel; create_model loads it back into fp32 parameters.
     half = ddrnet.create_model(checkpoint=source).half()
+    metadata = half.metadata
+    target = assets_dir() / f"{args.name}.safetensors"
     save_model(half, target, metadata)
     bundled = ddrnet.create_model(checkpoint=target)
 
@@ -75,7 +72,7 @@ def bundle(args: argparse.Namespace) -> None:
         {
             "trained_on": args.trained_on,
             "val_in_training_data": split == "trainval",
-            "weights": f"{args.weights} ({'epoch ' + str(metadata.training.get('epoch'))})",
+            "weights": f"{args.weights} (epoch {metadata.training.get('epoch')})",
             "minutes": round(sum(r["epoch_seconds"] for r in history) / 60),
             "latency_ms_480x360_fp32": round(latency_ms(bundled), 1),
             "threads": torch.get_num_threads(),

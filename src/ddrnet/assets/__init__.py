@@ -21,7 +21,6 @@ BUNDLED_MODELS: dict[str, str] = {
     "camvid_ddrnet23_slim": "CamVid train+val (468 frames), the final model",
     "camvid_ddrnet23_slim_train": "CamVid train only (367 frames): val mIoU is held out",
 }
-BUNDLED_MODEL_NAME = f"{DEFAULT_BUNDLED_MODEL}.safetensors"  # file name of the default
 
 
 def assets_dir() -> Path:
