@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ddrnet.config import ConfigError, load_config
 from ddrnet.engine.config import Config
+from ddrnet.engine.ema import ModelEma
 from ddrnet.engine.losses import (
     DeepSupervisionLoss,
     OhemCrossEntropy,
@@ -127,3 +128,29 @@ def test_config_overrides_and_errors(tmp_path) -> None:
     bad.write_text("model:\n  name: ddrnet_23_slim\nschedule:\n  epochs: 3\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key schedule; valid keys: data"):
         load_config(Config, bad)
+
+
+def test_ema_follows_the_weights_by_hand() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    ema = ModelEma(model, decay=0.5)
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    # Update 1: the ramp gives min(0.5, 2/11) = 2/11, so ema = 1 + (3 - 1) * 9/11.
+    with torch.no_grad():
+        model[0].weight.fill_(3.0)
+        model[1].running_mean.fill_(11.0)
+        model[1].num_batches_tracked.fill_(7)
+    ema.update()
+    assert ema.module[0].weight.item() == pytest.approx(1 + 2 * 9 / 11)
+    assert ema.module[1].running_mean.item() == pytest.approx(11 * 9 / 11)
+    assert ema.module[1].num_batches_tracked.item() == 7  # integers are copied
+    # Many updates later the ramp (1 + n) / (10 + n) exceeds 0.5 and the decay is 0.5.
+    ema.updates = 100
+    before = ema.module[0].weight.item()
+    with torch.no_grad():
+        model[0].weight.fill_(-1.0)
+    ema.update()
+    assert ema.module[0].weight.item() == pytest.approx(0.5 * before - 0.5)
+    with pytest.raises(ValueError, match="ema_decay must be between 0 and 1"):
+        ModelEma(model, decay=1.0)

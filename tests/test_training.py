@@ -73,6 +73,32 @@ def test_resume_continues_exactly(camvid_root, tmp_path) -> None:
     assert a["history"][-1]["val_mIoU"] == b["history"][-1]["val_mIoU"]
 
 
+def test_ema_run_resumes_exactly_and_ships_the_average(camvid_root, tmp_path) -> None:
+    ema = ["train.ema_decay=0.9"]
+    straight = train(tiny_config(camvid_root, tmp_path / "straight", epochs=3, extra=ema))
+    split = tmp_path / "split"
+    train(tiny_config(camvid_root, split, epochs=3, extra=ema + ["train.max_minutes=0"]))
+    train(tiny_config(camvid_root, split, epochs=3, extra=ema), resume=True)
+    a = torch.load(straight / "last.pt", weights_only=True)
+    b = torch.load(split / "last.pt", weights_only=True)
+    for key, value in a["state_dict_ema"].items():
+        assert torch.equal(value, b["state_dict_ema"][key]), key
+    assert a["history"][-1]["val_mIoU"] == b["history"][-1]["val_mIoU"]
+    # The average differs from the raw weights, and it is what every reader gets.
+    weight = "backbone.stem.0.weight"
+    assert not torch.equal(a["model"][weight], a["state_dict_ema"][weight])
+    from_last = ddrnet.create_model(checkpoint=straight / "last.pt").state_dict()[weight]
+    assert torch.equal(from_last, a["state_dict_ema"][weight])
+    best = torch.load(straight / "best.pt", weights_only=True)
+    from_best = ddrnet.create_model(checkpoint=straight / "best.safetensors").state_dict()[weight]
+    assert torch.equal(from_best, best["state_dict_ema"][weight])
+    # A run that had no average cannot be resumed with one.
+    plain = tmp_path / "plain"
+    train(tiny_config(camvid_root, plain, epochs=1))
+    with pytest.raises(TrainingError, match="without train.ema_decay"):
+        train(tiny_config(camvid_root, plain, epochs=2, extra=ema), resume=True)
+
+
 def test_a_failed_epoch_leaves_the_last_checkpoint_intact(camvid_root, tmp_path) -> None:
     output = tmp_path / "run"
     train(tiny_config(camvid_root, output, epochs=1))

@@ -85,6 +85,9 @@ class TrainConfig:
     amp: Literal["none", "bf16", "fp16"] = "bf16"
     channels_last: bool = True
     compile: bool = False
+    # Keep an exponential moving average of the weights with this decay per optimiser step
+    # (e.g. 0.999); it is what gets evaluated, kept as best and exported. None = off.
+    ema_decay: float | None = None
     seed: int = 0
     output_dir: str = "runs/camvid_slim"
     # Stop cleanly (checkpoint written) once this many minutes have passed; resume later.

@@ -32,6 +32,7 @@ from ddrnet.engine.distributed import (
     cleanup_distributed,
     setup_distributed,
 )
+from ddrnet.engine.ema import ModelEma
 from ddrnet.engine.evaluate import evaluate
 from ddrnet.engine.inference import normalize, pick_device
 from ddrnet.engine.losses import (
@@ -138,6 +139,9 @@ def _train(
         )
     if cfg_train.compile:
         forward = torch.compile(forward)
+    # With EMA on, the average is the model: evaluated, kept as best, exported.
+    ema = ModelEma(core_model, cfg_train.ema_decay) if cfg_train.ema_decay else None
+    eval_model = ema.module if ema else core_model
 
     # ---- loss -------------------------------------------------------------------------
     weights = None
@@ -198,6 +202,13 @@ def _train(
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, iteration = state["epoch"], state["iteration"]
+        if ema is not None:
+            if "state_dict_ema" not in state:
+                raise TrainingError(
+                    f"{resume_path} was written without train.ema_decay; resume it with the "
+                    "same setting, or start a new run"
+                )
+            ema.load_state_dict(state["state_dict_ema"], updates=iteration)
         best_miou, history = state["best_miou"], state.get("history", [])
         logger.info(
             "resumed from %s at epoch %d (iteration %d)", resume_path, start_epoch, iteration
@@ -270,6 +281,8 @@ def _train(
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if ema is not None:
+                ema.update()
             iteration += 1
             seen_images += images.shape[0] * ctx.world_size
             epoch_losses.append(float(loss.detach()))
@@ -318,7 +331,7 @@ def _train(
         )
         if (epoch + 1) % config.eval.every_epochs == 0 or is_last_epoch or out_of_time:
             metrics = evaluate(
-                core_model,
+                eval_model,
                 val_set,
                 labels.num_classes,
                 mean,
@@ -346,7 +359,7 @@ def _train(
             improved = "val_mIoU" in record and record["val_mIoU"] > best_miou
             if improved:
                 best_miou = record["val_mIoU"]
-            metadata = _metadata(config, core_model, labels, mean, std, record, epoch + 1)
+            metadata = _metadata(config, eval_model, labels, mean, std, record, epoch + 1)
             state = {
                 "model": core_model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -358,10 +371,13 @@ def _train(
                 "config": to_dict(config),
                 "metadata": metadata.to_json(),
             }
+            if ema is not None:
+                # timm's key; checkpoint readers prefer it to "model" (the raw weights).
+                state["state_dict_ema"] = ema.state_dict()
             atomic_save(state, output / "last.pt")
             if improved:
                 atomic_save(state, output / "best.pt")
-                save_model(core_model, output / "best.safetensors", metadata)
+                save_model(eval_model, output / "best.safetensors", metadata)
             with open(output / "metrics.jsonl", "a") as stream:
                 stream.write(json.dumps(record) + "\n")
             logger.info(

@@ -8,7 +8,9 @@ Supported inputs, all loaded without unpickling arbitrary code:
 * the official Cityscapes/CamVid checkpoints (every key prefixed ``model.``, an extra
   ``loss.criterion.weight``, with or without the auxiliary head ``seghead_extra``);
 * the usual wrappers: ``{"state_dict": ...}``, ``{"model": ...}``, ``module.`` from DDP;
-* our own training checkpoints (``{"model": state_dict, "optimizer": ..., ...}``).
+* our own training checkpoints (``{"model": state_dict, "optimizer": ..., ...}``); when the
+  run kept an exponential moving average of its weights (``state_dict_ema``, also timm's
+  key), that average is read, since it is what the run evaluated.
 
 Conversion is strict, as in segmentation_models_pytorch: a key that no rule maps, a mapped key
 the model does not have, a missing weight, or a shape mismatch outside the class-dependent
@@ -135,12 +137,17 @@ def _read_safetensors(path: Path) -> RawCheckpoint:
     return RawCheckpoint(tensors, metadata, str(path))
 
 
+# Where wrappers keep the weights, in order of preference: an exponential moving average of
+# the weights (timm's key, and ours when train.ema_decay is set) is what such a run evaluated.
+_STATE_DICT_KEYS = ("state_dict_ema", "state_dict", "model", "model_state", "net")
+
+
 def _unwrap(payload: object, path: Path) -> dict[str, torch.Tensor]:
     """Find the state dict inside the usual wrappers."""
     for _ in range(3):
         if isinstance(payload, dict) and not _is_state_dict(payload):
             inner = next(
-                (payload[k] for k in ("state_dict", "model", "model_state", "net") if k in payload),
+                (payload[k] for k in _STATE_DICT_KEYS if k in payload),
                 None,
             )
             if inner is None:
