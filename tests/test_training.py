@@ -84,6 +84,7 @@ def test_ema_run_resumes_exactly_and_ships_the_average(camvid_root, tmp_path) ->
     for key, value in a["state_dict_ema"].items():
         assert torch.equal(value, b["state_dict_ema"][key]), key
     assert a["history"][-1]["val_mIoU"] == b["history"][-1]["val_mIoU"]
+    assert 0 <= a["history"][-1]["val_mIoU_raw_weights"] <= 100
     # The average differs from the raw weights, and it is what every reader gets.
     weight = "backbone.stem.0.weight"
     assert not torch.equal(a["model"][weight], a["state_dict_ema"][weight])

@@ -214,6 +214,23 @@ def _train(
             "resumed from %s at epoch %d (iteration %d)", resume_path, start_epoch, iteration
         )
 
+    def validate(model: torch.nn.Module):
+        return evaluate(
+            model,
+            val_set,
+            labels.num_classes,
+            mean,
+            std,
+            device=device,
+            scales=config.eval.scales,
+            flip=config.eval.flip,
+            batch_size=config.eval.batch_size,
+            amp_dtype=autocast_dtype,
+            channels_last=cfg_train.channels_last,
+            ignore_index=labels.ignore_index,
+            context=ctx,
+        )
+
     writer = _tensorboard(output) if ctx.is_main else None
     started = time.monotonic()
     seen_images = 0
@@ -330,26 +347,15 @@ def _train(
             ctx,
         )
         if (epoch + 1) % config.eval.every_epochs == 0 or is_last_epoch or out_of_time:
-            metrics = evaluate(
-                eval_model,
-                val_set,
-                labels.num_classes,
-                mean,
-                std,
-                device=device,
-                scales=config.eval.scales,
-                flip=config.eval.flip,
-                batch_size=config.eval.batch_size,
-                amp_dtype=autocast_dtype,
-                channels_last=cfg_train.channels_last,
-                ignore_index=labels.ignore_index,
-                context=ctx,
-            )
+            metrics = validate(eval_model)
             record["val_mIoU"] = round(metrics.miou, 3)
             record["val_pixel_accuracy"] = round(metrics.pixel_accuracy, 3)
             record["val_per_class_IoU"] = dict(
                 zip(labels.class_names, (round(v, 2) for v in metrics.iou))
             )
+            if ema is not None:
+                # The raw weights too, so that one run measures what the average adds.
+                record["val_mIoU_raw_weights"] = round(validate(core_model).miou, 3)
             if writer:
                 writer.add_scalar("val/mIoU", metrics.miou, epoch + 1)
         history.append(record)
