@@ -133,7 +133,13 @@ def tensorrt_function(
         raise RuntimeError(
             f"{engine_path} was built for other input shapes than {tuple(image.shape)}"
         )
-    dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.uint8: torch.uint8}
+    # An in-graph argmax comes out as int64 (TensorRT 10) or int32 (TensorRT 8 narrows it).
+    dtypes = {
+        trt.float32: torch.float32,
+        trt.float16: torch.float16,
+        trt.int32: torch.int32,
+        trt.uint8: torch.uint8,
+    }
     dtypes.update({trt.int64: torch.int64} if hasattr(trt, "int64") else {})
     logits = torch.empty(
         tuple(context.get_tensor_shape(outputs[0])),
