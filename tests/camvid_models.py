@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 import ddrnet
@@ -14,10 +15,13 @@ from official_reference import randomize_batchnorm
 def labelled_model(labels: LabelSet = CAMVID, seed: int = 1) -> nn.Module:
     """A DDRNet-23-slim with a data set's metadata (names, palette, normalisation).
 
-    Random BatchNorm statistics (``seed``) make its feature maps and predictions vary over
+    Weights drawn from ``seed``, so every run tests the same model. Random BatchNorm
+    statistics (``seed``) make its feature maps and predictions vary over
     the image: untrained, but enough to test pictures, serving and evaluation end to end.
     """
-    model = ddrnet.create_model("ddrnet_23_slim", num_classes=labels.num_classes)
+    with torch.random.fork_rng():  # the same weights in every run, global RNG untouched
+        torch.manual_seed(seed)
+        model = ddrnet.create_model("ddrnet_23_slim", num_classes=labels.num_classes)
     randomize_batchnorm(model, seed=seed)
     model.metadata = ModelMetadata(
         architecture="ddrnet_23_slim",

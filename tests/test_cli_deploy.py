@@ -110,3 +110,23 @@ def test_export_evaluates_every_deployed_form_on_camvid_val(camvid_root, tmp_pat
             float(miou) - float(reference.split("mIoU ")[1]), abs=0.011
         )
         assert abs(float(difference.strip("()"))) < 3.0, line
+
+    # `ddrnet eval` runs the deployed files themselves and agrees with the export's report.
+    scored = {}
+    for name, path, options in (
+        ("fp32 ONNX with onnxruntime", "m_int8_fp32.onnx", []),
+        ("INT8 ONNX with openvino (bf16 float layers)", "m_int8.onnx",
+         ["--runtime", "openvino", "--amp", "bf16"]),
+    ):  # fmt: skip
+        result = run_ddrnet(
+            "eval", str(tmp_path / path), "--root", str(camvid_root), "--max-images",
+            str(images), "--json", str(tmp_path / "deployed.json"), *options,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        scored[name] = json.loads((tmp_path / "deployed.json").read_text())["mIoU"]
+    assert scored["fp32 ONNX with onnxruntime"] == pytest.approx(torch_miou, abs=0.01)
+    if any(line.startswith("INT8 ONNX with openvino") for line in deployed):
+        reported = next(line for line in deployed if line.startswith("INT8 ONNX with openvino"))
+        assert scored["INT8 ONNX with openvino (bf16 float layers)"] == pytest.approx(
+            float(reported.split("mIoU ")[1].split()[0]), abs=0.01
+        )

@@ -11,6 +11,7 @@ Re-estimated statistics give logits of order 10-50, like a trained model's.
 from __future__ import annotations
 
 import copy
+import logging
 
 import numpy as np
 import onnx
@@ -225,10 +226,16 @@ def int8_fidelity(fp32_path, int8_path, images) -> tuple[float, float]:
     return float(np.mean(sqnr)), float(np.mean(agreement))
 
 
-def test_int8_quantization_on_real_camvid_images(onnx_path, camvid_root, camvid_val, tmp_path):
+def test_int8_quantization_on_real_camvid_images(
+    onnx_path, camvid_root, camvid_val, tmp_path, caplog
+):
     calibration = load_calibration_images(camvid(camvid_root, "train"), count=4)
     assert len(calibration) == 4 and calibration[0].shape == (360, 480, 3)
-    int8_path = quantize_onnx_int8(onnx_path, tmp_path / "int8.onnx", calibration)
+    with caplog.at_level(logging.WARNING):
+        int8_path = quantize_onnx_int8(onnx_path, tmp_path / "int8.onnx", calibration)
+    # ORT's per-tensor fallback for the pre-activation BNs' 1-D scales is expected, not news
+    assert not [r for r in caplog.records if "out-of-range for weight" in r.getMessage()]
+    assert not logging.getLogger().filters  # and the filter is gone afterwards
     graph = onnx.load(str(int8_path))
     assert sum(node.op_type == "QuantizeLinear" for node in graph.graph.node) > 50
     assert static_resize_nodes(graph) == []

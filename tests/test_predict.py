@@ -132,3 +132,80 @@ def test_cli_predict_exit_status_reports_failures(camvid_model_file, frames, tmp
     assert "1 of 2 inputs failed" in result.stderr and "bad.jpg" in result.stdout
     assert "Traceback" not in result.stderr
     assert (tmp_path / "out" / f"{frames[0].stem}_overlay.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def onnx_files(camvid_model_file, tmp_path_factory) -> dict[str, Path]:
+    """The test model exported as a logits file and as a labels (argmax) file."""
+    from ddrnet.deploy import export_onnx
+
+    folder = tmp_path_factory.mktemp("onnx")
+    model = ddrnet.create_model(checkpoint=camvid_model_file)
+    return {
+        "logits": export_onnx(model, folder / "camvid.onnx"),
+        "argmax": export_onnx(model, folder / "camvid_argmax.onnx", argmax=True),
+    }
+
+
+def test_an_exported_onnx_file_predicts_like_its_pytorch_model(
+    camvid_model_file, onnx_files, frames, tmp_path
+) -> None:
+    from ddrnet.deploy import OnnxSegmentationModel, load_onnx_model
+
+    reference = ddrnet.Predictor(ddrnet.create_model(checkpoint=camvid_model_file))
+    for runtime in ("onnxruntime", "openvino"):
+        model = load_onnx_model(onnx_files["logits"], runtime=runtime)
+        assert isinstance(model, OnnxSegmentationModel) and model.num_classes == 11
+        assert model.metadata.class_names[0] == "Sky"  # the metadata travelled in the file
+        predictor = ddrnet.Predictor(model)
+        for frame in frames[:2]:
+            expected, labels = reference.predict(frame), predictor.predict(frame)
+            assert labels.shape == expected.shape == (360, 480)
+            # float32 either way; only pixels whose top two logits tie within rounding differ
+            assert (labels == expected).mean() > 0.999, runtime
+        odd = np.asarray(Image.open(frames[0]).convert("RGB"))[:359, :479]
+        assert predictor.predict(odd).shape == (359, 479)  # another size: recompiled
+
+    # precision="bf16" really runs OpenVINO's float layers in bf16 (on CPUs that have it)
+    import openvino
+
+    batch = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        exact = ddrnet.create_model(checkpoint=camvid_model_file).eval()(batch)
+    f32_error = (load_onnx_model(onnx_files["logits"], "openvino")(batch) - exact).abs().max()
+    bf16 = load_onnx_model(onnx_files["logits"], "openvino", precision="bf16")(batch)
+    assert float(f32_error) < 1e-3 * float(exact.abs().max())
+    if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert float((bf16 - exact).abs().max()) > 10 * float(f32_error)
+
+    result = run_ddrnet(
+        "predict", *map(str, frames), "--checkpoint", str(onnx_files["logits"]),
+        "--runtime", "openvino", "--amp", "bf16", "--save", "labels", "-o", str(tmp_path / "ov"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    for frame in frames:
+        written = np.asarray(Image.open(tmp_path / "ov" / f"{frame.stem}_labels.png"))
+        # bf16 float layers flip near-ties that float32 keeps; this untrained model's logits
+        # have small margins (98.8-98.9% of pixels agree), a trained model's agree better
+        assert (written == reference.predict(frame)).mean() > 0.97
+
+
+def test_options_that_cannot_work_are_clear_errors(camvid_model_file, onnx_files, tmp_path) -> None:
+    logits = str(onnx_files["logits"])
+    (tmp_path / "broken.onnx").write_bytes(b"not a protobuf")
+    cases = [
+        (["--checkpoint", str(onnx_files["argmax"])], "exported with --argmax"),
+        (["--checkpoint", logits, "--amp", "bf16"], "--runtime openvino --amp bf16"),
+        (["--checkpoint", logits, "--device", "cuda"], "ONNX files run on the CPU"),
+        (["--checkpoint", logits, "--model", "ddrnet_23"], "--model does not apply"),
+        (["--checkpoint", str(camvid_model_file), "--runtime", "openvino"], "is a PyTorch model"),
+        (["--checkpoint", str(tmp_path / "broken.onnx")], "not a readable ONNX file"),
+        (["--checkpoint", str(tmp_path / "missing.onnx")], "missing.onnx: no such ONNX file"),
+        (["--checkpoint", str(camvid_model_file), "--device", "gpu"], "--device gpu: Expected"),
+        (["--checkpoint", str(camvid_model_file), "--device", "cuda:99"], "usable CUDA device"),
+    ]
+    for options, message in cases:
+        result = run_ddrnet("predict", *options, "-o", str(tmp_path / "out"))
+        assert result.returncode == 2 and message in result.stderr, (options, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything was written

@@ -105,23 +105,100 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_model_for_inference(checkpoint: str | None, model_name: str | None, num_classes=None):
-    """A model from a checkpoint (its metadata names the architecture) or a registry name."""
+def load_model_for_inference(
+    checkpoint: str | None,
+    model_name: str | None,
+    num_classes=None,
+    runtime: str | None = None,
+    amp: str = "none",
+):
+    """A model from a checkpoint (its metadata names the architecture) or a registry name.
+
+    An ``.onnx`` checkpoint gives an ``OnnxSegmentationModel`` run by ``runtime``
+    (``onnxruntime`` by default, or ``openvino``, whose float layers run in bf16 with
+    ``amp="bf16"``); ``runtime`` is an error for PyTorch model files.
+    """
     import ddrnet
 
     if checkpoint is None and model_name is None:
         raise UsageError("give --checkpoint FILE (and --model NAME for files without metadata)")
+    from ddrnet.deploy.runtime import is_onnx_file
+
+    if is_onnx_file(checkpoint):
+        return _load_onnx_model(checkpoint, model_name, runtime, amp)
+    if runtime is not None:
+        raise UsageError(
+            f"--runtime applies to exported .onnx files; {checkpoint or model_name} is a "
+            "PyTorch model (use --amp and --device for it)"
+        )
     return ddrnet.create_model(model_name, checkpoint=checkpoint, num_classes=num_classes)
 
 
-def _device_and_amp(args: argparse.Namespace) -> tuple[torch.device, torch.dtype | None]:
-    """The ``--device`` and ``--amp`` options as a torch device and autocast dtype (or None)."""
+def _load_onnx_model(checkpoint: str, model_name: str | None, runtime: str | None, amp: str):
+    from ddrnet.deploy.export import ExportError
+    from ddrnet.deploy.runtime import load_onnx_model
+
+    runtime = runtime or "onnxruntime"
+    if model_name is not None:
+        raise UsageError(f"--model does not apply to {checkpoint}: an ONNX file is its own model")
+    if amp == "fp16" or (amp == "bf16" and runtime == "onnxruntime"):
+        raise UsageError(
+            f"--amp {amp} with --runtime {runtime}: ONNX files run in float32 (or INT8 when "
+            "quantised); for bf16 use --runtime openvino --amp bf16"
+        )
+    try:
+        return load_onnx_model(checkpoint, runtime, "bf16" if amp == "bf16" else "f32")
+    except ExportError as error:
+        raise UsageError(str(error)) from None
+    except ImportError as error:
+        package = "openvino" if runtime == "openvino" else "onnxruntime and onnx"
+        raise UsageError(
+            f"running {checkpoint} with {runtime} needs {package} ({error}): "
+            "pip install 'ddrnet[deploy]'"
+        ) from None
+
+
+def _device_and_amp(
+    args: argparse.Namespace, model: torch.nn.Module | None = None
+) -> tuple[torch.device, torch.dtype | None]:
+    """The ``--device`` and ``--amp`` options as a torch device and autocast dtype (or None).
+
+    For an ONNX model the runtime already took ``--amp``, and the device is the CPU.
+    """
     import torch
 
+    from ddrnet.deploy.runtime import OnnxSegmentationModel
     from ddrnet.engine.inference import pick_device
 
+    if isinstance(model, OnnxSegmentationModel):
+        if args.device not in ("auto", "cpu"):
+            raise UsageError(
+                f"--device {args.device}: ONNX files run on the CPU here; for NVIDIA GPUs "
+                "use the PyTorch model file or `ddrnet export --format tensorrt`"
+            )
+        return torch.device("cpu"), None
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
-    return pick_device(args.device), amp
+    try:
+        device = pick_device(args.device)
+    except RuntimeError as error:  # torch's own message names the bad string
+        raise UsageError(f"--device {args.device}: {error}") from None
+    if device.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= available:
+            raise UsageError(
+                f"--device {args.device}: this machine has {available} usable CUDA device(s) "
+                f"(torch {torch.__version__}); use --device cpu or auto"
+            )
+    return device, amp
+
+
+def _add_runtime_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--runtime",
+        choices=["onnxruntime", "openvino"],
+        help="for an exported .onnx checkpoint: the CPU runtime (default onnxruntime); "
+        "openvino with --amp bf16 is the fastest float path on CPUs with AMX/AVX512-BF16",
+    )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -132,7 +209,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ddrnet.engine.config import DataConfig
     from ddrnet.engine.evaluate import evaluate
 
-    model = load_model_for_inference(args.checkpoint, args.model)
+    model = load_model_for_inference(
+        args.checkpoint, args.model, runtime=args.runtime, amp=args.amp
+    )
     metadata = model.metadata
     trained_with = (metadata.training or {}).get("config", {}).get("data", {})
     data_values = {k: v for k, v in trained_with.items()} if trained_with else {}
@@ -163,7 +242,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         dataset = torch.utils.data.Subset(dataset, range(min(args.max_images, len(dataset))))
     mean = metadata.mean if metadata.mean else labels.mean
     std = metadata.std if metadata.std else labels.std
-    device, amp = _device_and_amp(args)
+    device, amp = _device_and_amp(args, model)
     model.to(device)
     write_result = None
     if args.submission:
@@ -225,11 +304,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint
     if checkpoint is None and args.model is None:
         checkpoint = str(bundled_model_path())
-    model = load_model_for_inference(checkpoint, args.model)
+    model = load_model_for_inference(checkpoint, args.model, runtime=args.runtime, amp=args.amp)
     inputs = args.inputs or [str(p) for p in demo_frames()]
     if not inputs:
         raise UsageError("no inputs given and no demo frames are installed")
-    device, amp = _device_and_amp(args)
+    device, amp = _device_and_amp(args, model)
     runner = SegmentationRunner(model, device, amp, args.scales, args.flip, args.alpha)
     summary = run_prediction(
         runner,
@@ -315,8 +394,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_upload_mb <= 0 or args.max_pixels <= 0:
         raise UsageError("--max-upload-mb and --max-pixels must be positive")
     checkpoint = args.checkpoint or (None if args.model else default_serving_checkpoint())
-    model = load_model_for_inference(checkpoint, args.model)
-    app = create_app(model, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels)
+    model = load_model_for_inference(checkpoint, args.model, runtime=args.runtime, amp=args.amp)
+    device, amp = _device_and_amp(args, model)
+    app = create_app(
+        model,
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=args.max_pixels,
+        device=device,
+        amp_dtype=amp,
+    )
     try:
         server = make_server(app, args.host, args.port)
     except OSError as error:
@@ -529,7 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate at full label resolution. The data set defaults to the one the "
         "checkpoint was trained on (from its metadata).",
     )
-    evaluation.add_argument("checkpoint", help="model file (.safetensors, .pt or .pth)")
+    evaluation.add_argument(
+        "checkpoint", help="model file (.safetensors, .pt or .pth), or an exported .onnx file"
+    )
     evaluation.add_argument("--model", help="architecture, for checkpoints without metadata")
     evaluation.add_argument("--dataset", choices=["camvid", "cityscapes", "coco_stuff", "folder"])
     evaluation.add_argument("--root", help="data set folder")
@@ -546,6 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--batch-size", type=int, default=1)
     evaluation.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     evaluation.add_argument("--device", default="auto")
+    _add_runtime_option(evaluation)
     evaluation.add_argument("--max-images", type=int, help="only the first N images")
     evaluation.add_argument("--json", help="write the metrics (key 'mIoU') to this file")
     evaluation.add_argument(
@@ -560,7 +649,10 @@ def build_parser() -> argparse.ArgumentParser:
         "bundled demo frames.",
     )
     predict.add_argument("inputs", nargs="*", help="image, folder, glob, video file or camera:N")
-    predict.add_argument("--checkpoint", help="model file (default: the bundled CamVid model)")
+    predict.add_argument(
+        "--checkpoint",
+        help="model file, or an exported .onnx file (default: the bundled CamVid model)",
+    )
     predict.add_argument("--model", help="architecture, for checkpoints without metadata")
     predict.add_argument("-o", "--output", default="predictions", help="output folder")
     predict.add_argument(
@@ -577,6 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--alpha", type=float, default=0.5, help="overlay colour weight")
     predict.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     predict.add_argument("--device", default="auto")
+    _add_runtime_option(predict)
     predict.add_argument("--max-frames", type=int, help="videos and cameras: stop after N frames")
     predict.set_defaults(handler=cmd_predict)
 
@@ -673,7 +766,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load the model once and serve predictions (format=png|overlay|json). "
         "Without --checkpoint the bundled model is used.",
     )
-    serve.add_argument("--checkpoint", help="model file (default: the bundled model)")
+    serve.add_argument(
+        "--checkpoint", help="model file, or an exported .onnx file (default: the bundled model)"
+    )
     serve.add_argument("--model", help="architecture, for checkpoints without metadata")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
@@ -684,6 +779,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=4096 * 2048,
         help="larger images get 413 (default 4096x2048)",
     )
+    serve.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    serve.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+    _add_runtime_option(serve)
     serve.set_defaults(handler=cmd_serve)
     return parser
 

@@ -125,12 +125,17 @@ class Prediction:
 class SegmentationService:
     """The loaded model, its classes, and thread-safe prediction."""
 
-    def __init__(self, model: nn.Module, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str | torch.device = "cpu",
+        amp_dtype: torch.dtype | None = None,
+    ) -> None:
         from ddrnet.engine.inference import Predictor
         from ddrnet.viz import class_info
 
         self.model = model.eval()
-        self.predictor = Predictor(self.model, device=device)
+        self.predictor = Predictor(self.model, device=device, amp_dtype=amp_dtype)
         info = class_info(model)
         self.class_names = list(info.names)
         self.palette = [list(colour) for colour in info.palette]
@@ -210,8 +215,10 @@ def create_app(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     demo_folder: Path | None = None,
     device: str | torch.device = "cpu",
+    amp_dtype: torch.dtype | None = None,
 ):
-    """The Flask application serving ``model``.
+    """The Flask application serving ``model`` (on ``device``, under autocast to
+    ``amp_dtype`` when given).
 
     ``demo_folder`` defaults to the package's ``assets/demo`` (absent: ``/demo`` lists
     nothing). Returns a ``flask.Flask``; run it with ``make_server`` (threaded).
@@ -221,7 +228,7 @@ def create_app(
 
     if max_upload_mb <= 0 or max_pixels <= 0:
         raise ValueError("max_upload_mb and max_pixels must be positive")
-    service = SegmentationService(model, device=device)
+    service = SegmentationService(model, device=device, amp_dtype=amp_dtype)
     folder = demo_folder if demo_folder is not None else default_demo_folder()
     app = Flask(__name__, static_folder=str(static_folder()), static_url_path="/static")
     # Werkzeug answers 413 itself once a body exceeds this, before reading it into memory.

@@ -1,5 +1,5 @@
-"""Deployment: ONNX / TorchScript / TensorRT export, BN folding, INT8 quantisation and
-speed benchmarks.
+"""Deployment: ONNX / TorchScript / TensorRT export, BN folding, INT8 quantisation, speed
+benchmarks, and exported ONNX files run as models (``load_onnx_model``).
 
 onnx, onnxruntime and openvino are optional (``pip install ddrnet[deploy]``); they are
 imported by the functions that use them, so importing this package needs only PyTorch.
@@ -36,12 +36,14 @@ from ddrnet.deploy.quantize import (
     openvino_logits_function,
     quantize_onnx_int8,
 )
+from ddrnet.deploy.runtime import OnnxSegmentationModel, is_onnx_file, load_onnx_model
 
 __all__ = [
     "BACKENDS",
     "GPU_BACKENDS",
     "ExportError",
     "ImageCalibrationReader",
+    "OnnxSegmentationModel",
     "Runner",
     "average_pools_as_depthwise_convs",
     "benchmark",
@@ -53,7 +55,9 @@ __all__ = [
     "export_onnx",
     "export_torchscript",
     "fuse_conv_bn",
+    "is_onnx_file",
     "load_calibration_images",
+    "load_onnx_model",
     "measure_conv_peak_gflops",
     "onnx_session",
     "openvino_logits_function",

@@ -14,6 +14,8 @@ AVX512-BF16 where the CPU has them); ``ddrnet.deploy.bench`` times it as ``eager
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -247,19 +249,45 @@ def quantize_onnx_int8(
             model_input = rewritten
         # Matched on the graph being quantised: pre-processing may merge or drop nodes.
         excluded = _matching_nodes(model_input, keep_float)
-        quantize_static(
-            str(model_input),
-            str(out_path),
-            reader,
-            quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            reduce_range=reduce_range,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=methods[method],
-            nodes_to_exclude=excluded or None,
-        )
+        with _without_per_channel_axis_warnings():
+            quantize_static(
+                str(model_input),
+                str(out_path),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=methods[method],
+                nodes_to_exclude=excluded or None,
+            )
     return out_path
+
+
+class _PerChannelAxisFilter(logging.Filter):
+    """Drops ONNX Runtime's "Axis 1 is out-of-range for weight ... with rank 1" lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is out-of-range for weight" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_per_channel_axis_warnings() -> Iterator[None]:
+    """Silence one harmless warning of ``quantize_static`` while it runs.
+
+    With ``per_channel`` ORT asks for a per-channel scale along axis 1 of every weight;
+    the 1-D scales of the batch norms that precede a ReLU (DAPPM's and the head's
+    pre-activation BNs, which cannot fold into a convolution) have no axis 1, so ORT
+    quantises them per tensor, as it should, and logs a root-logger warning for each: a
+    screenful of noise on every INT8 export.
+    """
+    quiet, root = _PerChannelAxisFilter(), logging.getLogger()
+    root.addFilter(quiet)  # ORT logs through the root logger itself (logging.warning)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
 
 
 def average_pools_as_depthwise_convs(model: onnx.ModelProto) -> onnx.ModelProto:

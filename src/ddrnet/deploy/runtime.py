@@ -1,0 +1,164 @@
+"""Exported ONNX files behind the PyTorch model interface, so that ``ddrnet predict``,
+``ddrnet eval``, ``ddrnet serve`` and ``ddrnet.Predictor`` run the deployed form itself.
+
+``OnnxSegmentationModel`` is an ``nn.Module`` without parameters whose ``forward`` hands the
+normalised batch to ONNX Runtime or OpenVINO on the CPU and returns the logits as a tensor;
+it carries the ``ModelMetadata`` that ``export_onnx`` stored in the file (classes, palette,
+mean/std), so everything that takes a ``DDRNet`` takes it unchanged. That makes the fast CPU
+paths measured by ``ddrnet bench`` (OpenVINO bf16, INT8) usable for real work, and lets
+``ddrnet eval`` score exactly the file that will be deployed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ddrnet.deploy.export import ExportError, onnx_session
+from ddrnet.models.metadata import ModelMetadata
+
+RUNTIMES = ("onnxruntime", "openvino")
+OPENVINO_PRECISIONS = ("f32", "bf16")
+
+
+def is_onnx_file(path: str | Path | None) -> bool:
+    """Whether ``path`` names an ONNX file (by its suffix; the file need not exist)."""
+    return path is not None and Path(path).suffix.lower() == ".onnx"
+
+
+def _file_properties(path: Path) -> tuple[dict[str, str], int, str, bool]:
+    """The file's metadata properties, its output's channel count (0 if symbolic), the
+    output's element type name (``"FLOAT"``, ``"INT64"``...) and whether it is quantised."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # onnx raises DecodeError, OSError, ... for bad files
+        raise ExportError(f"{path}: not a readable ONNX file ({error})") from None
+    properties = {prop.key: prop.value for prop in model.metadata_props}
+    output = model.graph.output[0].type.tensor_type
+    dims = output.shape.dim
+    channels = dims[1].dim_value if len(dims) == 4 else 0
+    quantized = any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+    output_type = onnx.TensorProto.DataType.Name(output.elem_type)
+    return properties, int(channels), output_type, quantized
+
+
+class OnnxSegmentationModel(nn.Module):
+    """An ONNX logits model (from ``ddrnet export``) run on the CPU by ONNX Runtime or OpenVINO.
+
+    ``forward``: ``(N, 3, H, W)`` normalised float images -> ``(N, num_classes, h, w)``
+    float32 logits (``h, w`` = ``ceil(H/8), ceil(W/8)``, or ``H, W`` for files exported with
+    ``--upsample``), on the input's device. Gradients do not flow through it.
+
+    Args:
+        path: the ``.onnx`` file; INT8 (QDQ) files from ``ddrnet export --format onnx-int8``
+            work as well.
+        runtime: ``"onnxruntime"`` or ``"openvino"``.
+        precision: OpenVINO only: ``"f32"`` or ``"bf16"`` for the float layers (bf16 is the
+            fastest float path on CPUs with AMX or AVX512-BF16).
+        threads: inference threads; by default ``torch.get_num_threads()``.
+
+    OpenVINO plans each layer for a fixed input size, which is faster than running the file's
+    dynamic sizes, so a float file is compiled once per input shape (the last four are kept:
+    a video or a folder of same-sized frames compiles once). INT8 files stay dynamic (see
+    ``openvino_logits_function``).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        runtime: str = "onnxruntime",
+        precision: str = "f32",
+        threads: int | None = None,
+    ) -> None:
+        super().__init__()
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such ONNX file")
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+        if precision not in OPENVINO_PRECISIONS:
+            raise ValueError(f"precision must be one of {OPENVINO_PRECISIONS}, got {precision!r}")
+        if runtime == "onnxruntime" and precision != "f32":
+            raise ValueError(
+                "ONNX Runtime's CPU provider has no bf16 convolutions: use runtime='openvino' "
+                "for bf16 (or an INT8 file with either runtime)"
+            )
+        properties, channels, output_type, self.quantized = _file_properties(path)
+        if output_type != "FLOAT":
+            raise ExportError(
+                f"{path} outputs {output_type.lower()} labels (exported with --argmax); "
+                "prediction and evaluation need its logits: export again without --argmax"
+            )
+        if "ddrnet" in properties:
+            self.metadata = ModelMetadata.from_json(properties["ddrnet"], source=str(path))
+        else:
+            if channels < 1:
+                raise ExportError(
+                    f"{path} has no ddrnet metadata and a symbolic class dimension, so its "
+                    "class count is unknown: export it with `ddrnet export`"
+                )
+            # A foreign file: classes by number, ImageNet normalisation (ModelMetadata's).
+            self.metadata = ModelMetadata(architecture=path.stem, num_classes=channels, spec={})
+        export_options = json.loads(properties.get("ddrnet.export", "{}"))
+        self.upsampled = bool(export_options.get("upsample_to_input", False))
+        self.num_classes = self.metadata.num_classes
+        self.path, self.runtime, self.precision = path, runtime, precision
+        self.threads = threads
+        self._compiled: OrderedDict[tuple[int, ...] | None, Callable[[np.ndarray], np.ndarray]] = (
+            OrderedDict()
+        )
+        self._session = onnx_session(path, threads=threads) if runtime == "onnxruntime" else None
+        if self._session is not None:
+            self._input_name = self._session.get_inputs()[0].name
+
+    def _run_function(self, shape: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
+        from ddrnet.deploy.quantize import openvino_logits_function
+
+        key = None if self.quantized else shape  # INT8 files compile once, dynamic
+        if key in self._compiled:
+            self._compiled.move_to_end(key)
+            return self._compiled[key]
+        run = openvino_logits_function(
+            self.path, self.threads, self.precision, None if self.quantized else shape
+        )
+        self._compiled[key] = run
+        if len(self._compiled) > 4:
+            self._compiled.popitem(last=False)
+        return run
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected (N, 3, H, W) images, got shape {tuple(images.shape)}")
+        batch = np.ascontiguousarray(images.detach().float().cpu().numpy())
+        if self._session is not None:
+            (logits,) = self._session.run(None, {self._input_name: batch})
+        else:
+            # Copied: OpenVINO's result is a view of the request's buffer, reused next call.
+            logits = np.array(self._run_function(tuple(batch.shape))(batch), copy=True)
+        return torch.from_numpy(np.asarray(logits, dtype=np.float32)).to(images.device)
+
+    def extra_repr(self) -> str:
+        detail = f", precision={self.precision}" if self.runtime == "openvino" else ""
+        return f"path={str(self.path)!r}, runtime={self.runtime}{detail}"
+
+
+def load_onnx_model(
+    path: str | Path,
+    runtime: str = "onnxruntime",
+    precision: str = "f32",
+    threads: int | None = None,
+) -> OnnxSegmentationModel:
+    """``OnnxSegmentationModel(path, runtime, precision, threads)``, in eval mode.
+
+    >>> model = load_onnx_model("camvid_int8.onnx", runtime="openvino", precision="bf16")
+    >>> labels = ddrnet.Predictor(model).predict("street.png")
+    """
+    return OnnxSegmentationModel(path, runtime, precision, threads).eval()
