@@ -154,3 +154,15 @@ def test_ema_follows_the_weights_by_hand() -> None:
     assert ema.module[0].weight.item() == pytest.approx(0.5 * before - 0.5)
     with pytest.raises(ValueError, match="ema_decay must be between 0 and 1"):
         ModelEma(model, decay=1.0)
+
+
+def test_class_indices_is_argmax_with_first_index_on_ties() -> None:
+    from ddrnet.engine.inference import class_indices
+
+    scores = torch.tensor(
+        [[[[0.0, 2.0]], [[1.0, 2.0]], [[1.0, -1.0]]]]  # (1, 3, 1, 2): a tie at each pixel
+    )
+    assert class_indices(scores).tolist() == [[[1, 0]]]  # first of the tied classes
+    random = torch.randn(2, 11, 37, 53, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(class_indices(random), random.argmax(dim=1))
+    assert class_indices(random[0], dim=0).shape == (37, 53)

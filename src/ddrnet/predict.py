@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ddrnet.data.io import ImageReadError, read_rgb, write_png
-from ddrnet.engine.inference import normalize, segment_logits
+from ddrnet.engine.inference import class_indices, normalize, segment_logits
 from ddrnet.render import colorize, overlay, side_by_side, with_legend
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class SegmentationRunner:
             enabled=self.amp_dtype is not None,
         ):
             scores = segment_logits(self.model, batch, self.scales, self.flip)
-        labels = scores.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        labels = class_indices(scores).to(torch.uint8).cpu().numpy()
         return list(labels), (time.perf_counter() - start) * 1000
 
     def pictures(

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ddrnet.deploy.export import onnx_session, read_onnx_metadata
-from ddrnet.engine.inference import normalize
+from ddrnet.engine.inference import class_indices, normalize
 from ddrnet.engine.metrics import ConfusionMatrix, SegmentationMetrics
 
 if TYPE_CHECKING:
@@ -438,7 +438,7 @@ def evaluate_onnx(
             logits = F.interpolate(
                 output, size=tuple(label.shape[-2:]), mode="bilinear", align_corners=False
             )
-            prediction = logits.argmax(dim=1)[0]
+            prediction = class_indices(logits)[0]
         else:
             prediction = output[0]
             if tuple(prediction.shape) != tuple(label.shape):

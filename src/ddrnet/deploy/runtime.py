@@ -115,7 +115,10 @@ class OnnxSegmentationModel(nn.Module):
         self._compiled: OrderedDict[tuple[int, ...] | None, Callable[[np.ndarray], np.ndarray]] = (
             OrderedDict()
         )
-        self._session = onnx_session(path, threads=threads) if runtime == "onnxruntime" else None
+        self._session = None
+        if runtime == "onnxruntime":
+            # No spin-waiting: PyTorch's resize and argmax run between two calls (see there).
+            self._session = onnx_session(path, threads=threads, spin_wait=False)
         if self._session is not None:
             self._input_name = self._session.get_inputs()[0].name
 

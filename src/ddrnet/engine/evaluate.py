@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from ddrnet.engine.distributed import DistributedContext, all_reduce_sum
-from ddrnet.engine.inference import normalize, segment_logits
+from ddrnet.engine.inference import class_indices, normalize, segment_logits
 from ddrnet.engine.metrics import ConfusionMatrix, SegmentationMetrics
 
 
@@ -77,7 +77,7 @@ def evaluate(
                 device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
             ):
                 scores = segment_logits(model, batch, scales=scales, flip=flip, window=window)
-            prediction = scores.argmax(dim=1).cpu()
+            prediction = class_indices(scores).cpu()
             confusion.update(prediction, label_batch)
             if prediction_callback is not None:
                 for item in prediction:
