@@ -4,9 +4,11 @@ For 1024x2048 (the paper's Cityscapes protocol) and 360x480 (CamVid), batch 1, e
 FPS, latency percentiles, speed as a ratio to the plain eager fp32 forward pass measured in the
 same run, and the fraction of this CPU's float32 convolution peak (also measured in this run)
 that each backend reaches (bf16/INT8 backends can exceed 1: they beat fp32's ceiling).
-Then, with CamVid at hand, the accuracy of every deployed form of the same weights on CamVid
-val (mIoU and its change against the fp32 ONNX model), INT8 calibrated on 16 CamVid *train*
-images. Run on an otherwise idle machine:
+Then, with CamVid at hand, every deployed form of the same weights run as a model, through
+the code of ``ddrnet eval`` (mIoU on CamVid val and its change against eager fp32; INT8
+calibrated on 16 CamVid *train* images) and of ``ddrnet predict`` (median latency per frame,
+pre- and post-processing included, and its ratio to eager fp32). Run on an otherwise idle
+machine:
 
     python benchmarks/inference_speed.py [--checkpoint FILE] [--seconds 10] [--threads 2]
         [--camvid ../shared/data/camvid] [--evaluate-images 101]
@@ -25,14 +27,15 @@ import ddrnet
 from ddrnet.assets import demo_frames
 from ddrnet.data.datasets import camvid
 from ddrnet.deploy import (
-    evaluate_onnx_forms,
     export_onnx,
     load_calibration_images,
+    load_onnx_model,
     measure_conv_peak_gflops,
     quantize_onnx_int8,
     run_benchmarks,
 )
 from ddrnet.engine.evaluate import evaluate
+from ddrnet.predict import SegmentationRunner
 
 BACKENDS = [
     "eager",
@@ -102,57 +105,81 @@ def main() -> None:
                 f"{row['backend']:<26}{row['fps']:>8.2f}{row['latency_ms_p50']:>9.1f}"
                 f"{row['speedup']:>14.2f}x{row.get('fraction_of_peak') or 0:>14.2f}"
             )
-    accuracy = deployed_accuracy(model, args.camvid, args.evaluate_images, args.threads)
+    accuracy = deployed_accuracy_and_latency(model, args.camvid, args.evaluate_images, args.threads)
     if args.json:
         Path(args.json).write_text(
             json.dumps(
-                {"peak": peak, "results": results, "camvid_val_mIoU": accuracy},
+                {"peak": peak, "results": results, "camvid_val": accuracy},
                 indent=2,
                 default=str,
             )
         )
 
 
-def deployed_accuracy(
+def deployed_forms(
+    model: torch.nn.Module, scratch: Path, calibration: list, threads: int
+) -> dict[str, tuple[torch.nn.Module, torch.dtype | None]]:
+    """Every deployed form of ``model`` as a model ``ddrnet predict``/``eval`` can run, with its
+    autocast dtype: PyTorch fp32 and bf16, the fp32 ONNX file with ONNX Runtime and OpenVINO
+    (f32, bf16), the INT8 file with both (OpenVINO's float layers in bf16)."""
+    fp32 = export_onnx(model, scratch / "fp32.onnx")
+    int8 = quantize_onnx_int8(fp32, scratch / "int8.onnx", calibration)
+    forms: dict[str, tuple[torch.nn.Module, torch.dtype | None]] = {
+        "eager": (model, None),
+        "eager_bf16": (model, torch.bfloat16),
+    }
+    for name, path, runtime, precision in (
+        ("ort", fp32, "onnxruntime", "f32"),
+        ("openvino", fp32, "openvino", "f32"),
+        ("openvino_bf16", fp32, "openvino", "bf16"),
+        ("ort_int8", int8, "onnxruntime", "f32"),
+        ("openvino_int8", int8, "openvino", "bf16"),
+    ):
+        try:
+            forms[name] = (load_onnx_model(path, runtime, precision, threads), None)
+        except ImportError:
+            print(f"({name}: {runtime} is not installed)")
+    return forms
+
+
+def deployed_accuracy_and_latency(
     model: torch.nn.Module, root: Path, images: int, threads: int
-) -> dict[str, float]:
-    """mIoU on the first ``images`` CamVid val frames of each deployed form of ``model``."""
+) -> dict[str, dict[str, float]]:
+    """For each deployed form of ``model``: mIoU on the first ``images`` CamVid val frames
+    (``ddrnet eval``'s code path) and the median per-frame latency of ``ddrnet predict``'s
+    code path on 20 of them (normalise, forward, resize to 360x480, class ids; file reading
+    and writing excluded)."""
     if not (root / "val.txt").is_file() or getattr(model, "metadata", None) is None:
         print(f"\n(no accuracy table: needs a trained checkpoint and CamVid at {root})")
         return {}
     val = camvid(root, "val")
-    metadata = model.metadata
-    results: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as scratch:
-        fp32 = export_onnx(model, Path(scratch) / "fp32.onnx")
-        calibration = load_calibration_images(camvid(root, "train"), count=16)
-        int8 = quantize_onnx_int8(fp32, Path(scratch) / "int8.onnx", calibration)
-        forms = [
-            ("ort", fp32, "onnxruntime", "f32"),
-            ("openvino", fp32, "openvino", "f32"),
-            ("openvino_bf16", fp32, "openvino", "bf16"),
-            ("ort_int8", int8, "onnxruntime", "f32"),
-            ("openvino_int8", int8, "openvino", "bf16"),
-        ]
-        evaluated = evaluate_onnx_forms(forms, val, limit=images, threads=threads)
-        results.update({name: m.miou for name, m in evaluated.items() if m is not None})
     subset = torch.utils.data.Subset(val, range(min(images, len(val))))
-    for name, amp in (("eager", None), ("eager_bf16_channels_last", torch.bfloat16)):
-        metrics = evaluate(
-            model,
-            subset,
-            model.num_classes,
-            metadata.mean,
-            metadata.std,
-            amp_dtype=amp,
-            channels_last=amp is not None,
-            progress=False,
+    frames = [val[index][0].permute(1, 2, 0).numpy() for index in range(min(20, len(val)))]
+    metadata = model.metadata
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        calibration = load_calibration_images(camvid(root, "train"), count=16)
+        for name, (form, amp) in deployed_forms(model, Path(scratch), calibration, threads).items():
+            metrics = evaluate(
+                form, subset, model.num_classes, metadata.mean, metadata.std,
+                amp_dtype=amp, progress=False,
+            )  # fmt: skip
+            runner = SegmentationRunner(form, torch.device("cpu"), amp)
+            for frame in frames[:3]:  # warm-up: OpenVINO compiles for the size, oneDNN plans
+                runner.labels([frame])
+            latencies = sorted(runner.labels([frame])[1] for frame in frames)
+            results[name] = {"mIoU": metrics.miou, "latency_ms": latencies[len(latencies) // 2]}
+    reference = results["eager"]
+    print(
+        f"\nddrnet eval on the first {len(subset)} CamVid val images, and ddrnet predict's "
+        "median latency per 360x480 frame (normalise, forward, resize, class ids)"
+    )
+    print(f"{'form':<26}{'mIoU':>8}{'change':>9}{'ms/frame':>10}{'vs eager':>10}")
+    for name, row in results.items():
+        print(
+            f"{name:<26}{row['mIoU']:>8.2f}{row['mIoU'] - reference['mIoU']:>+9.2f}"
+            f"{row['latency_ms']:>10.1f}{reference['latency_ms'] / row['latency_ms']:>9.2f}x"
         )
-        results[name] = metrics.miou
-    reference = results["ort"]
-    print(f"\nCamVid val mIoU, first {len(subset)} images (change against fp32 ONNX)")
-    for name, miou in results.items():
-        print(f"{name:<26}{miou:>8.2f}{miou - reference:>+9.2f}")
     return results
 
 

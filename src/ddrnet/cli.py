@@ -208,6 +208,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ddrnet.data.build import build_dataset
     from ddrnet.engine.config import DataConfig
     from ddrnet.engine.evaluate import evaluate
+    from ddrnet.engine.inference import to_fast_layout
 
     model = load_model_for_inference(
         args.checkpoint, args.model, runtime=args.runtime, amp=args.amp
@@ -243,7 +244,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     mean = metadata.mean if metadata.mean else labels.mean
     std = metadata.std if metadata.std else labels.std
     device, amp = _device_and_amp(args, model)
-    model.to(device)
+    model, memory_format = to_fast_layout(model.to(device))
     write_result = None
     if args.submission:
         if data_config.dataset != "cityscapes":
@@ -270,6 +271,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         window=args.window,
         batch_size=args.batch_size,
         amp_dtype=amp,
+        channels_last=memory_format == torch.channels_last,
         ignore_index=labels.ignore_index,
         prediction_callback=write_result,
     )
