@@ -390,6 +390,22 @@ def default_serving_checkpoint() -> str:
     raise UsageError("no --checkpoint given and this installation bundles no model: give one")
 
 
+def _warm_up(service) -> None:
+    """One prediction on the first demo frame before the first request: oneDNN creates its
+    kernels and OpenVINO compiles for that size (about a second for an ONNX file), so the
+    first user of the usual frame size does not wait for it."""
+    from ddrnet.data.io import ImageReadError, read_rgb
+    from ddrnet.serve import default_demo_folder
+
+    folder = default_demo_folder()
+    frames = sorted(folder.glob("*.png")) if folder is not None else []
+    if frames:
+        try:
+            service.predict(read_rgb(frames[0]))
+        except ImageReadError:
+            logger.warning("could not warm up on %s", frames[0])
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from ddrnet.serve import create_app, make_server
 
@@ -405,6 +421,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         device=device,
         amp_dtype=amp,
     )
+    _warm_up(app.extensions["ddrnet_service"])
     try:
         server = make_server(app, args.host, args.port)
     except OSError as error:
