@@ -99,6 +99,22 @@ def test_official_cityscapes_file_without_aux_head_loads(tmp_path: Path) -> None
         assert (model(images) - official.eval()(images)).abs().max() < 1e-5
 
 
+def test_official_camvid_file_without_metadata_keeps_its_11_class_head(tmp_path: Path) -> None:
+    official = official_network("ddrnet_23_slim", augment=False, num_classes=11)
+    randomize_batchnorm(official)
+    torch.save({f"model.{k}": v for k, v in official.state_dict().items()}, tmp_path / "c.pth")
+    model = ddrnet.create_model("ddrnet_23_slim", checkpoint=tmp_path / "c.pth")
+    assert model.num_classes == model.metadata.num_classes == 11  # not 19 + a random head
+    images = torch.randn(1, 3, 64, 128)
+    with torch.no_grad():
+        assert (model(images) - official.eval()(images)).abs().max() < 1e-5
+    # An explicit count still wins, re-initialising the head (next test) ...
+    assert ddrnet.create_model("ddrnet_23_slim", checkpoint=tmp_path / "c.pth", num_classes=19)
+    # ... and an ImageNet file has no segmentation head to count: the default 19 stands.
+    torch.save(official_network("ddrnet_23_slim_imagenet").state_dict(), tmp_path / "i.pth")
+    assert ddrnet.create_model("ddrnet_23_slim", checkpoint=tmp_path / "i.pth").num_classes == 19
+
+
 def test_official_imagenet_checkpoint_initialises_the_segmentation_backbone(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

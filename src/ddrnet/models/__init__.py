@@ -9,6 +9,7 @@ from torch import nn
 from ddrnet.models.checkpoint import (
     CheckpointError,
     LoadReport,
+    checkpoint_num_classes,
     load_weights,
     read_checkpoint,
     save_model,
@@ -50,8 +51,9 @@ def create_model(
     Args:
         name: a registry name (``ddrnet.list_models()``). May be omitted when ``checkpoint``
             is a ddrnet ``.safetensors`` file, whose metadata names its architecture.
-        num_classes: output classes; defaults to the checkpoint's, else 19 (Cityscapes) for
-            segmentation and 1000 for the ImageNet forms. When it differs from the
+        num_classes: output classes; defaults to the checkpoint's (from its metadata, else
+            from the shape of its final layer), else 19 (Cityscapes) for segmentation and
+            1000 for the ImageNet forms. When it differs from the
             checkpoint's, the class-dependent layers are re-initialised (and logged).
         checkpoint: a ddrnet ``.safetensors`` file, an official DDRNet checkpoint (ImageNet
             or segmentation), or a ddrnet training checkpoint (``.pt``).
@@ -72,12 +74,16 @@ def create_model(
         name = metadata.architecture
     info = variant_info(name)
     segmentation = info.task == "segmentation"
-    if num_classes is None:
-        num_classes = metadata.num_classes if metadata else (19 if segmentation else 1000)
     if metadata is not None and metadata.architecture == name:
         spec = DDRNetSpec.from_dict(metadata.spec)
     else:
         spec = info.spec if width_multiplier == 1.0 else info.spec.widened(width_multiplier)
+    if num_classes is None and metadata is not None:
+        num_classes = metadata.num_classes
+    if num_classes is None and raw is not None:
+        num_classes = checkpoint_num_classes(raw, spec.stage3_splits, segmentation)
+    if num_classes is None:
+        num_classes = 19 if segmentation else 1000
     model: nn.Module = (
         DDRNet(spec, num_classes=num_classes, aux_head=aux_head)
         if segmentation

@@ -210,6 +210,48 @@ def _official_rules(stage3_splits: int) -> list[tuple[re.Pattern[str], str]]:
     return [(re.compile("^" + pattern), target) for pattern, target in rules]
 
 
+def _with_our_keys(
+    state_dict: dict[str, torch.Tensor], stage3_splits: int, source: str
+) -> tuple[dict[str, torch.Tensor], str, list[str]]:
+    """The state dict under ddrnet's key names, its layout (``"ddrnet"`` or ``"official"``)
+    and the wrapper-only keys dropped on the way. Raises ``CheckpointError`` naming every key
+    that fits neither layout."""
+    state_dict = _strip_common_prefixes(state_dict)
+    dropped = sorted(k for k in state_dict if k.startswith(_WRAPPER_ONLY_PREFIXES))
+    state_dict = {k: v for k, v in state_dict.items() if k not in dropped}
+    if any(k.startswith("backbone.") for k in state_dict):
+        return state_dict, "ddrnet", dropped
+    rules = _official_rules(stage3_splits)
+    renamed: dict[str, torch.Tensor] = {}
+    unmapped = []
+    for key, value in state_dict.items():
+        for pattern, target in rules:
+            if pattern.match(key):
+                renamed[pattern.sub(target, key, count=1)] = value
+                break
+        else:
+            unmapped.append(key)
+    if unmapped:
+        raise CheckpointError(
+            f"{source}: {len(unmapped)} keys match neither the ddrnet nor the official "
+            f"DDRNet layout: {', '.join(sorted(unmapped))}"
+        )
+    return renamed, "official", dropped
+
+
+def checkpoint_num_classes(
+    raw: RawCheckpoint, stage3_splits: int, segmentation: bool = True
+) -> int | None:
+    """The class count of a checkpoint's segmentation head (or, with ``segmentation=False``,
+    its ImageNet classifier), from the weights; ``None`` when it has no such layer (an
+    ImageNet file read for a segmenter, a backbone). For checkpoints without metadata, such
+    as the official ones: an 11-class CamVid file then builds an 11-class model instead of a
+    19-class one with its trained head thrown away."""
+    state_dict, _, _ = _with_our_keys(raw.state_dict, stage3_splits, raw.source)
+    weight = state_dict.get("head.conv2.weight" if segmentation else "classifier.weight")
+    return None if weight is None else int(weight.shape[0])
+
+
 def convert_state_dict(
     state_dict: dict[str, torch.Tensor], model: nn.Module, source: str = "<state dict>"
 ) -> tuple[dict[str, torch.Tensor], LoadReport]:
@@ -218,29 +260,7 @@ def convert_state_dict(
     Returns the state dict to load (class-dependent tensors of the wrong shape left out) and a
     report. Raises ``CheckpointError`` naming every key that cannot be placed.
     """
-    state_dict = _strip_common_prefixes(state_dict)
-    dropped = sorted(k for k in state_dict if k.startswith(_WRAPPER_ONLY_PREFIXES))
-    state_dict = {k: v for k, v in state_dict.items() if k not in dropped}
-    ours = any(k.startswith("backbone.") for k in state_dict)
-    layout = "ddrnet" if ours else "official"
-    if not ours:
-        rules = _official_rules(model.spec.stage3_splits)
-        renamed: dict[str, torch.Tensor] = {}
-        unmapped = []
-        for key, value in state_dict.items():
-            for pattern, target in rules:
-                if pattern.match(key):
-                    renamed[pattern.sub(target, key, count=1)] = value
-                    break
-            else:
-                unmapped.append(key)
-        if unmapped:
-            raise CheckpointError(
-                f"{source}: {len(unmapped)} keys match neither the ddrnet nor the official "
-                f"DDRNet layout: {', '.join(sorted(unmapped))}"
-            )
-        state_dict = renamed
-
+    state_dict, layout, dropped = _with_our_keys(state_dict, model.spec.stage3_splits, source)
     expected = model.state_dict()
     is_segmentation = hasattr(model, "dappm")
     other_task_only = _CLASSIFICATION_ONLY if is_segmentation else _SEGMENTATION_ONLY
