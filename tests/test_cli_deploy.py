@@ -28,6 +28,8 @@ def test_export_onnx_with_argmax_runs_at_another_size(model_file, tmp_path) -> N
         "--size", "64x96", "--argmax", "--upsample",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
+    agreement = float(result.stdout.split("labels agree on ")[1].split("%")[0])
+    assert agreement > 99.9  # the argmax graph is checked too
     session = onnx_session(tmp_path / "m.onnx", threads=1)
     name = session.get_inputs()[0].name
     labels = session.run(None, {name: np.zeros((1, 3, 73, 91), np.float32)})[0]
@@ -67,6 +69,8 @@ def test_bench_without_bundled_model_or_checkpoint_is_a_clear_error(tmp_path) ->
     result = run_ddrnet("bench", "--checkpoint", str(tmp_path / "missing.safetensors"))
     assert result.returncode == 2 and "missing.safetensors" in result.stderr
     assert "Traceback" not in result.stderr
+    result = run_ddrnet("export", "--checkpoint", str(tmp_path / "model.onnx"), "-o", "x.onnx")
+    assert result.returncode == 2 and "works on the PyTorch model" in result.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without GPU")

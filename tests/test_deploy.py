@@ -41,6 +41,7 @@ from ddrnet.deploy import (
     read_onnx_metadata,
     run_benchmarks,
     verify_onnx,
+    verify_onnx_labels,
 )
 from ddrnet.deploy.export import static_resize_nodes
 from ddrnet.deploy.quantize import onnx_logits, preprocess_image
@@ -135,6 +136,13 @@ def test_onnx_argmax_graph_equals_torch_argmax(model, camvid_val, tmp_path):
         assert (labels == expected).mean() > 0.999
         with pytest.raises(ValueError, match="not logits"):
             verify_onnx(model, path)
+        assert verify_onnx_labels(model, path, inputs=[image]) > 0.999
+    # Checked against other weights (BN statistics re-drawn), the same file disagrees.
+    other = copy.deepcopy(model)
+    randomize_batchnorm(other, seed=7)
+    assert verify_onnx_labels(other.eval(), path, inputs=[image]) < 0.8
+    with pytest.raises(ValueError, match="use verify_onnx"):
+        verify_onnx_labels(model, export_onnx(model, tmp_path / "logits.onnx"))
 
 
 def test_onnx_upsampled_logits_and_bad_arguments(model, camvid_val, tmp_path):

@@ -25,6 +25,7 @@ from ddrnet.viz import (
     entropy_map,
     feature_figure_size,
     feature_panels,
+    load_models,
     read_metrics_jsonl,
     row_normalize,
     summarize_channels,
@@ -179,3 +180,9 @@ def test_compare_figure(frame, checkpoints, tmp_path) -> None:
     with pytest.raises(ValueError, match="one legend cannot describe both"):
         compare_pictures(read_rgb(frame)[:64, :64], [("camvid", camvid_model()), ("bare", other)])
     assert main(["viz", "compare", str(frame), "-o", str(output)]) == 2
+    # The bundled models by name, as wherever a checkpoint path is accepted.
+    bundled = load_models(["camvid_ddrnet23_slim", "camvid_ddrnet23_slim_train"], [])
+    assert [caption.split(":")[0] for caption, _ in bundled] == [
+        "assets/camvid_ddrnet23_slim.safetensors",
+        "assets/camvid_ddrnet23_slim_train.safetensors",
+    ]

@@ -62,7 +62,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(header)
     print("-" * len(header))
     for row in rows:
-        paper = f"{row['paper_params_M']}M"
+        paper = f"{row['paper_params_M']}M" if row["paper_params_M"] is not None else ""
         if row["paper_GMACs"] is not None:
             paper += f" / {row['paper_GMACs']}"
         print(
@@ -339,6 +339,7 @@ def cmd_viz_features(args: argparse.Namespace) -> int:
     from ddrnet.data.io import read_rgb
     from ddrnet.viz import plot_features
 
+    _pytorch_checkpoint_only(args.checkpoint, "ddrnet viz features")
     model = load_model_for_inference(args.checkpoint, args.model)
     output = plot_features(
         model, read_rgb(args.image), args.output, top_k=args.top_k, reduction=args.reduce
@@ -436,9 +437,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pytorch_checkpoint_only(checkpoint: str | None, command: str) -> None:
+    from ddrnet.deploy.runtime import is_onnx_file
+
+    if is_onnx_file(checkpoint):
+        raise UsageError(
+            f"{command} works on the PyTorch model (.safetensors/.pt/.pth), not on the exported "
+            f"{checkpoint}; predict, eval and serve run .onnx files"
+        )
+
+
 def _model_for_deploy(args: argparse.Namespace):
     """--checkpoint (self-describing or with --model), else a fresh --model, else the bundled."""
     from ddrnet.assets import bundled_model_path
+
+    _pytorch_checkpoint_only(args.checkpoint, f"ddrnet {args.command}")
 
     if args.checkpoint is None and args.model is None:
         return load_model_for_inference(str(bundled_model_path()), None)
@@ -534,6 +547,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         load_calibration_images,
         quantize_onnx_int8,
         verify_onnx,
+        verify_onnx_labels,
     )
 
     model = _model_for_deploy(args)
@@ -556,7 +570,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     fp32_path = output if args.format == "onnx" else output.with_name(output.stem + "_fp32.onnx")
     export_onnx(model, fp32_path, args.size, argmax=args.argmax, upsample_to_input=args.upsample)
     print(f"ONNX written to {fp32_path} (dynamic batch, height and width)")
-    if not args.argmax:
+    if args.argmax:
+        agreement = verify_onnx_labels(model, fp32_path)
+        print(f"ONNX Runtime vs PyTorch: labels agree on {100 * agreement:.3f}% of pixels")
+    else:
         difference = verify_onnx(model, fp32_path)
         print(f"ONNX Runtime vs PyTorch: max abs logit difference {difference:.2e}")
     final = fp32_path

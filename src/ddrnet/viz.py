@@ -687,8 +687,10 @@ def load_models(
     if model_names:
         names = list(model_names) if len(model_names) > 1 else [model_names[0]] * len(names)
     models = []
+    from ddrnet.assets import resolve_bundled_name
+
     for checkpoint, name in zip(checkpoints, names):
-        path = Path(checkpoint)
+        path = resolve_bundled_name(checkpoint)  # a bundled model's name stands for its file
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such checkpoint file")
         model = ddrnet.create_model(name, checkpoint=path)

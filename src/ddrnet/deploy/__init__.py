@@ -25,6 +25,7 @@ from ddrnet.deploy.export import (
     onnx_session,
     read_onnx_metadata,
     verify_onnx,
+    verify_onnx_labels,
 )
 from ddrnet.deploy.gpu import build_tensorrt_engine, tensorrt_function
 from ddrnet.deploy.quantize import (
@@ -66,4 +67,5 @@ __all__ = [
     "run_benchmarks",
     "tensorrt_function",
     "verify_onnx",
+    "verify_onnx_labels",
 ]

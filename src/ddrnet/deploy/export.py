@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -266,6 +266,39 @@ def onnx_session(
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def _onnx_and_pytorch_outputs(
+    model: nn.Module,
+    path: str | Path,
+    sizes: Sequence[tuple[int, int]],
+    inputs: Sequence[torch.Tensor] | None,
+    batch_size: int,
+    seed: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """For each input: the file's output (ONNX Runtime, CPU) and PyTorch's logits, resized to
+    the input when the file's output is at input size."""
+    session = onnx_session(path)
+    reference_model = float_cpu_copy(model)
+    input_name = session.get_inputs()[0].name
+    if inputs is None:
+        generator = torch.Generator().manual_seed(seed)
+        inputs = [
+            torch.randn(batch_size, 3, *_check_size("sizes entry", size), generator=generator)
+            for size in sizes
+        ]
+    for image in inputs:
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"inputs must be (N, 3, H, W) tensors, got {tuple(image.shape)}")
+        image = image.float().cpu()
+        height, width = image.shape[-2:]
+        expected = reference_model(image)
+        (actual,) = session.run(None, {input_name: image.numpy()})
+        if actual.shape[-2:] == (height, width) and expected.shape[-2:] != (height, width):
+            expected = F.interpolate(
+                expected, size=(height, width), mode="bilinear", align_corners=False
+            )
+        yield torch.from_numpy(actual), expected
+
+
 @torch.no_grad()
 def verify_onnx(
     model: nn.Module,
@@ -289,43 +322,53 @@ def verify_onnx(
     BatchNorm statistics describe and can drive logits into the thousands (and the
     difference with them), so pass real images for a tolerance that means something.
 
-    Raises ``ValueError`` for a graph that ends in argmax (compare labels directly) and
-    ``ExportError`` when an output has the wrong shape.
+    Raises ``ValueError`` for a graph that ends in argmax (``verify_onnx_labels`` checks
+    those) and ``ExportError`` when an output has the wrong shape.
     """
-    session = onnx_session(path)
-    reference_model = float_cpu_copy(model)
-    output = session.get_outputs()[0]
-    if "float" not in output.type:
+    if _output_is_labels(path):
         raise ValueError(
-            f"{path}: output {output.name!r} is {output.type}, not logits; verify_onnx compares "
-            "logits, so export with argmax=False to verify"
+            f"{path}: its output is class labels, not logits; verify_onnx compares logits "
+            "(verify_onnx_labels compares labels)"
         )
-    input_name = session.get_inputs()[0].name
-    if inputs is None:
-        generator = torch.Generator().manual_seed(seed)
-        inputs = [
-            torch.randn(batch_size, 3, *_check_size("sizes entry", size), generator=generator)
-            for size in sizes
-        ]
     worst = 0.0
-    for image in inputs:
-        if image.ndim != 4 or image.shape[1] != 3:
-            raise ValueError(f"inputs must be (N, 3, H, W) tensors, got {tuple(image.shape)}")
-        image = image.float().cpu()
-        height, width = image.shape[-2:]
-        expected = reference_model(image)
-        (actual,) = session.run(None, {input_name: image.numpy()})
-        if actual.shape[-2:] == (height, width) and expected.shape[-2:] != (height, width):
-            expected = F.interpolate(
-                expected, size=(height, width), mode="bilinear", align_corners=False
-            )
+    for actual, expected in _onnx_and_pytorch_outputs(model, path, sizes, inputs, batch_size, seed):
         if tuple(actual.shape) != tuple(expected.shape):
             raise ExportError(
-                f"{path}: at input {height}x{width} ONNX gives {tuple(actual.shape)}, PyTorch "
-                f"{tuple(expected.shape)}"
+                f"{path}: ONNX gives {tuple(actual.shape)}, PyTorch {tuple(expected.shape)}"
             )
-        worst = max(worst, float((torch.from_numpy(actual) - expected).abs().max()))
+        worst = max(worst, float((actual - expected).abs().max()))
     return worst
+
+
+@torch.no_grad()
+def verify_onnx_labels(
+    model: nn.Module,
+    path: str | Path,
+    sizes: Sequence[tuple[int, int]] = DEFAULT_VERIFY_SIZES,
+    *,
+    inputs: Sequence[torch.Tensor] | None = None,
+    batch_size: int = 1,
+    seed: int = 0,
+) -> float:
+    """Fraction of pixels (0..1) where a graph that ends in argmax gives PyTorch's class,
+    on the same inputs as ``verify_onnx``. Pixels whose top two logits tie within float32
+    rounding may differ; anything well below 1 means a broken graph."""
+    if not _output_is_labels(path):
+        raise ValueError(f"{path}: its output is logits; use verify_onnx")
+    agree, total = 0, 0
+    for actual, expected in _onnx_and_pytorch_outputs(model, path, sizes, inputs, batch_size, seed):
+        labels = expected.max(dim=1).indices  # argmax; see ddrnet.engine.inference
+        if tuple(actual.shape) != tuple(labels.shape):
+            raise ExportError(
+                f"{path}: ONNX gives labels {tuple(actual.shape)}, PyTorch {tuple(labels.shape)}"
+            )
+        agree += int((actual.long() == labels).sum())
+        total += labels.numel()
+    return agree / total
+
+
+def _output_is_labels(path: str | Path) -> bool:
+    return "float" not in onnx_session(path).get_outputs()[0].type
 
 
 def export_torchscript(

@@ -4,9 +4,11 @@
 ``OnnxSegmentationModel`` is an ``nn.Module`` without parameters whose ``forward`` hands the
 normalised batch to ONNX Runtime or OpenVINO on the CPU and returns the logits as a tensor;
 it carries the ``ModelMetadata`` that ``export_onnx`` stored in the file (classes, palette,
-mean/std), so everything that takes a ``DDRNet`` takes it unchanged. That makes the fast CPU
-paths measured by ``ddrnet bench`` (OpenVINO bf16, INT8) usable for real work, and lets
-``ddrnet eval`` score exactly the file that will be deployed.
+mean/std), so inference code that takes a ``DDRNet`` (``Predictor``, ``segment_logits``,
+``evaluate``, the prediction and serving code) takes it unchanged. What needs the network's
+insides (``ddrnet viz features``, BN folding, export, ``bench``) needs the PyTorch model.
+That makes the fast CPU paths measured by ``ddrnet bench`` (OpenVINO bf16, INT8) usable for
+real work, and lets ``ddrnet eval`` score exactly the file that will be deployed.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ class OnnxSegmentationModel(nn.Module):
         runtime: ``"onnxruntime"`` or ``"openvino"``.
         precision: OpenVINO only: ``"f32"`` or ``"bf16"`` for the float layers (bf16 is the
             fastest float path on CPUs with AMX or AVX512-BF16).
-        threads: inference threads; by default ``torch.get_num_threads()``.
+        threads: inference threads; by default ``torch.get_num_threads()`` for ONNX Runtime
+            and OpenVINO's own choice (one per core) for OpenVINO.
 
     OpenVINO plans each layer for a fixed input size, which is faster than running the file's
     dynamic sizes, so a float file is compiled once per input shape (the last four are kept:
@@ -161,6 +164,7 @@ def load_onnx_model(
 ) -> OnnxSegmentationModel:
     """``OnnxSegmentationModel(path, runtime, precision, threads)``, in eval mode.
 
+    >>> import ddrnet
     >>> model = load_onnx_model("camvid_int8.onnx", runtime="openvino", precision="bf16")
     >>> labels = ddrnet.Predictor(model).predict("street.png")
     """

@@ -153,7 +153,7 @@ class Predictor:
     """Label maps at input resolution from RGB images, with the model's own pre-processing.
 
     >>> predictor = Predictor(ddrnet.create_model(checkpoint="camvid.safetensors"))
-    >>> labels = predictor.predict("street.png")           # (H, W) uint8/int64 class indices
+    >>> labels = predictor.predict("street.png")           # (H, W) uint8/int32 class indices
     >>> probabilities = predictor.predict_proba(image_array)  # (C, H, W) float32
 
     ``amp_dtype`` (``torch.bfloat16`` on CPUs with AMX/AVX512-BF16, ``torch.float16`` on
