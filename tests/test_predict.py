@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import ddrnet
+from ddrnet.assets import bundled_model_path
 from ddrnet.models import save_model
 from ddrnet.predict import SegmentationRunner, expand_inputs, run_prediction
 
@@ -87,12 +88,15 @@ def test_batch_job_writes_outputs_and_skips_bad_files(camvid_model_file, frames,
 def test_video_in_video_out_and_corrupt_video(camvid_model_file, frames, tmp_path) -> None:
     video = tmp_path / "drive.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (480, 360))
-    for frame in frames:
-        writer.write(cv2.imread(str(frame)))
+    noise = np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
+    pictures = [cv2.imread(str(frame)) for frame in frames] + [noise, noise * 0]
+    for picture in pictures:
+        writer.write(picture)
     writer.release()
     (tmp_path / "broken.mp4").write_bytes(b"\x00\x01garbage" * 100)
+    # The trained bundled model: its predictions (and so its legends) follow the frames.
     runner = SegmentationRunner(
-        ddrnet.create_model(checkpoint=camvid_model_file), torch.device("cpu")
+        ddrnet.create_model(checkpoint=bundled_model_path()), torch.device("cpu")
     )
     summary = run_prediction(
         runner,
@@ -103,8 +107,15 @@ def test_video_in_video_out_and_corrupt_video(camvid_model_file, frames, tmp_pat
     )
     assert str(tmp_path / "broken.mp4") in summary.failed
     capture = cv2.VideoCapture(str(tmp_path / "out" / "drive_overlay.mp4"))
-    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    # Every frame written, although per-frame legends (classes present) differ in width:
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
     assert int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) == 360
+    widths = set()
+    for picture in pictures:
+        rgb = cv2.cvtColor(picture, cv2.COLOR_BGR2RGB)
+        (labels,), _ = runner.labels([rgb])
+        widths.add(runner.pictures(rgb, labels, ["overlay"])["overlay"].shape[1])
+    assert len(widths) > 1  # what made the writer drop frames before
 
 
 def test_inputs_that_match_nothing_are_named(tmp_path) -> None:

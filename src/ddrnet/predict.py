@@ -134,13 +134,22 @@ class SegmentationRunner:
         return list(labels), (time.perf_counter() - start) * 1000
 
     def pictures(
-        self, image: np.ndarray, labels: np.ndarray, kinds: Sequence[str]
+        self,
+        image: np.ndarray,
+        labels: np.ndarray,
+        kinds: Sequence[str],
+        every_class_legend: bool = False,
     ) -> dict[str, np.ndarray]:
+        """The requested pictures; ``every_class_legend`` (videos) keeps their size fixed."""
         colours = colorize(labels, self.palette, self.num_classes)
         result: dict[str, np.ndarray] = {}
         if "overlay" in kinds or "side" in kinds:
             blended = with_legend(
-                overlay(image, colours, self.alpha), labels, self.class_names, self.palette
+                overlay(image, colours, self.alpha),
+                labels,
+                self.class_names,
+                self.palette,
+                every_class=every_class_legend,
             )
             if "overlay" in kinds:
                 result["overlay"] = blended
@@ -256,6 +265,7 @@ def _predict_video(runner, source, output_dir, kinds, max_frames, progress, summ
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     stem = f"camera{source.split(':', 1)[1]}" if is_camera else Path(source).stem
     writers: dict[str, cv2.VideoWriter] = {}
+    sizes: dict[str, tuple[int, int]] = {}
     frames = 0
     try:
         bar = tqdm(
@@ -266,19 +276,27 @@ def _predict_video(runner, source, output_dir, kinds, max_frames, progress, summ
                 break
             (labels,), milliseconds = runner.labels([frame])
             summary.latencies_ms.append(milliseconds)
+            # One legend for the whole video: the per-frame legend's width follows the
+            # classes present, and a video writer silently drops frames of another size.
             pictures = runner.pictures(
-                frame, labels, [k for k in kinds if k != "labels"] or ["overlay"]
+                frame, labels, [k for k in kinds if k != "labels"] or ["overlay"], True
             )
             for kind, picture in pictures.items():
                 if kind not in writers:
                     target = output_dir / f"{stem}_{kind}.mp4"
-                    height, width = picture.shape[:2]
+                    height, width = sizes[kind] = picture.shape[:2]
                     writers[kind] = cv2.VideoWriter(
                         str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height)
                     )
                     if not writers[kind].isOpened():
                         raise OSError(f"cannot write {target} (no mp4v encoder)")
                     summary.outputs.append(target)
+                height, width = sizes[kind]
+                if picture.shape[:2] != (height, width):  # a frame of another size mid-video
+                    raise ValueError(
+                        f"frame {frames} is {picture.shape[1]}x{picture.shape[0]}, the video "
+                        f"{width}x{height}"
+                    )
                 writers[kind].write(cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
             frames += 1
             bar.update(1)

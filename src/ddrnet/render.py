@@ -82,15 +82,21 @@ def with_legend(
     labels: np.ndarray,
     class_names: Sequence[str],
     palette: Sequence[Sequence[int]] | None,
+    every_class: bool = False,
 ) -> np.ndarray:
-    """``picture`` with a legend of the classes present in ``labels`` on its right."""
-    present, counts = np.unique(labels, return_counts=True)
-    keep = present < len(class_names)
-    total = max(1, int(counts[keep].sum()))
-    shares = {int(c): 100.0 * int(n) / total for c, n in zip(present[keep], counts[keep])}
-    panel = legend_panel(
-        class_names, palette, picture.shape[0], [int(c) for c in present[keep]], shares
-    )
+    """``picture`` with a legend of the classes present in ``labels`` and their pixel shares
+    on its right; with ``every_class``, a fixed legend of all classes instead, whose width
+    does not change from frame to frame (a video writer needs one frame size)."""
+    if every_class:
+        panel = legend_panel(class_names, palette, picture.shape[0])
+    else:
+        present, counts = np.unique(labels, return_counts=True)
+        keep = present < len(class_names)
+        total = max(1, int(counts[keep].sum()))
+        shares = {int(c): 100.0 * int(n) / total for c, n in zip(present[keep], counts[keep])}
+        panel = legend_panel(
+            class_names, palette, picture.shape[0], [int(c) for c in present[keep]], shares
+        )
     if panel.shape[0] < picture.shape[0]:
         pad = np.full((picture.shape[0] - panel.shape[0], panel.shape[1], 3), 255, np.uint8)
         panel = np.concatenate([panel, pad])
