@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from cli_runner import run_ddrnet
 
@@ -59,3 +60,19 @@ def test_eval_on_one_camvid_sequence(camvid_root, tmp_path) -> None:
         "0006R0",
     )
     assert result.returncode == 2 and "has no frames of sequences ['0006R0']" in result.stderr
+
+
+def test_out_of_range_options_are_refused_by_name(tmp_path) -> None:
+    for arguments, message in (
+        (["eval", "x", "--json", str(tmp_path)], "is a folder, but a file is to be written"),
+        (["export", "-o", str(tmp_path / "m.png")], "expected a .onnx file name"),
+        (["export", "-o", str(tmp_path / "m.onnx"), "--format", "onnx-int8"], "--calibration"),
+        (["predict", "--scales", "0"], "argument --scales: must be > 0"),
+        (["predict", "--alpha", "nan"], "argument --alpha: must be >= 0 and <= 1"),
+        (["eval", "x", "--max-images", "-1"], "argument --max-images: must be >= 1"),
+        (["serve", "--port", "99999"], "argument --port: must be >= 0 and <= 65535"),
+        (["bench", "--threads", "0"], "argument --threads: must be >= 1"),
+    ):
+        result = run_ddrnet(*arguments)
+        assert result.returncode == 2 and message in result.stderr, (arguments, result.stderr)
+    assert os.listdir(tmp_path) == []  # refused before any work or any file

@@ -166,3 +166,23 @@ def test_class_indices_is_argmax_with_first_index_on_ties() -> None:
     random = torch.randn(2, 11, 37, 53, generator=torch.Generator().manual_seed(0))
     assert torch.equal(class_indices(random), random.argmax(dim=1))
     assert class_indices(random[0], dim=0).shape == (37, 53)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.batch_size=0", "data: batch_size must be >= 1, got 0"),
+        ("data.scale_range=[2, 0.5]", "scale_range must be 0 < low <= high"),
+        ("data.crop_size=[0, 0]", "crop_size must be at least 8 x 8"),
+        ("optim.lr=-1", "optim: lr must be > 0"),
+        ("loss.ohem_threshold=2", "ohem_threshold must be in \\(0, 1\\]"),
+        ("eval.every_epochs=0", "every_epochs must be >= 1"),
+        ("eval.scales=[0]", "scales must be > 0"),
+        ("train.epochs=0", "train: epochs must be >= 1"),
+        ("train.threads=-1", "threads must be >= 1"),
+        ("model.width_multiplier=0", "width_multiplier must be > 0"),
+    ],
+)
+def test_settings_out_of_range_are_named(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(Config, None, [override])

@@ -222,3 +222,23 @@ def test_two_process_torchrun_training_and_its_checkpoint_evaluates(camvid_root,
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["images"] == 2 and 0 < metrics["mIoU"] <= 100
     assert len(metrics["per_class_IoU"]) == 11
+
+
+def test_refusals_come_before_anything_is_written(camvid_root, tmp_path) -> None:
+    run = tmp_path / "earlier_run"
+    run.mkdir()
+    atomic_save({"epoch": 7}, run / "last.pt")
+    before = (run / "last.pt").read_bytes()
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(tiny_config(camvid_root, run))  # a new run must not replace the old one
+    assert (run / "last.pt").read_bytes() == before and sorted(os.listdir(run)) == ["last.pt"]
+    with pytest.raises(ValueError, match="holds weights, not a training run's state"):
+        train(tiny_config(camvid_root, run), resume=True)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(TrainingError, match="no checkpoint to resume from"):
+        train(tiny_config(camvid_root, fresh), resume=True)
+    with pytest.raises(TrainingError, match="at least 2 images per batch"):
+        train(tiny_config(camvid_root, fresh, extra=["data.batch_size=1"]))
+    with pytest.raises(TrainingError, match="train.device=cuda:99"):
+        train(tiny_config(camvid_root, fresh, extra=["train.device=cuda:99"]))
+    assert not fresh.exists()  # no stub folder, no config.yaml from refused runs

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,33 @@ logger = logging.getLogger("ddrnet")
 
 class UsageError(Exception):
     """Bad command-line input: printed as one line, exit status 2."""
+
+
+def _number(kind: type, low: float, high: float = math.inf, *, open_low: bool = False):
+    """An argparse ``type`` accepting ``kind`` values in ``[low, high]`` (``(low, high]``
+    with ``open_low``), finite: a bad value is named by argparse with the option."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        below = value <= low if open_low else value < low
+        if not math.isfinite(value) or below or value > high:
+            bound = f"> {low:g}" if open_low else f">= {low:g}"
+            limit = f" and <= {high:g}" if math.isfinite(high) else ""
+            raise argparse.ArgumentTypeError(f"must be {bound}{limit}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE_INT = _number(int, 1)
+NON_NEGATIVE_INT = _number(int, 0)
+POSITIVE_FLOAT = _number(float, 0, open_low=True)
+FRACTION = _number(float, 0, 1)
+PORT = _number(int, 0, 65535)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -204,6 +232,8 @@ def _add_runtime_option(parser: argparse.ArgumentParser) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
+    writable_file("--json", args.json, (".json",))
+
     from ddrnet.config import from_dict
     from ddrnet.data.build import build_dataset
     from ddrnet.engine.config import DataConfig
@@ -239,7 +269,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"the model predicts {model.num_classes} classes but {data_config.dataset} has "
             f"{labels.num_classes}"
         )
-    if args.max_images:
+    if args.max_images is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.max_images, len(dataset))))
     mean = metadata.mean if metadata.mean else labels.mean
     std = metadata.std if metadata.std else labels.std
@@ -464,6 +494,8 @@ def _model_for_deploy(args: argparse.Namespace):
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
+    writable_file("--json", args.json, (".json",))
+
     from ddrnet.assets import demo_frames
     from ddrnet.deploy import (
         BACKENDS,
@@ -553,6 +585,18 @@ def cmd_export(args: argparse.Namespace) -> int:
         verify_onnx_labels,
     )
 
+    writable_file(
+        "-o",
+        args.output,
+        {
+            "onnx": (".onnx",),
+            "onnx-int8": (".onnx",),
+            "torchscript": (".pt", ".ts", ".torchscript"),
+            "tensorrt": (".engine", ".plan", ".trt"),
+        }[args.format],
+    )
+    if args.format == "onnx-int8" and args.calibration is None:
+        raise UsageError("--format onnx-int8 needs --calibration (a folder of real images)")
     model = _model_for_deploy(args)
     output = Path(args.output)
     if args.format == "torchscript":
@@ -666,15 +710,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--sequences", nargs="+", help="CamVid: only frames of these sequences (e.g. 0006R0)"
     )
     evaluation.add_argument(
-        "--scales", type=float, nargs="+", default=[1.0], help="e.g. 0.5 0.75 1 1.25 1.5 1.75"
+        "--scales",
+        type=POSITIVE_FLOAT,
+        nargs="+",
+        default=[1.0],
+        help="e.g. 0.5 0.75 1 1.25 1.5 1.75",
     )
     evaluation.add_argument("--flip", action="store_true", help="add horizontally flipped passes")
     evaluation.add_argument("--window", type=parse_size, help="sliding window HEIGHTxWIDTH")
-    evaluation.add_argument("--batch-size", type=int, default=1)
+    evaluation.add_argument("--batch-size", type=POSITIVE_INT, default=1)
     evaluation.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     evaluation.add_argument("--device", default="auto")
     _add_runtime_option(evaluation)
-    evaluation.add_argument("--max-images", type=int, help="only the first N images")
+    evaluation.add_argument("--max-images", type=POSITIVE_INT, help="only the first N images")
     evaluation.add_argument("--json", help="write the metrics (key 'mIoU') to this file")
     evaluation.add_argument(
         "--submission", help="Cityscapes: write labelId PNGs for the evaluation server here"
@@ -701,15 +749,19 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["labels", "overlay", "side"],
         help="label PNGs, overlays with legend, side-by-side pictures",
     )
-    predict.add_argument("--batch-size", type=int, default=1)
-    predict.add_argument("--workers", type=int, default=0, help="DataLoader workers for reading")
-    predict.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    predict.add_argument("--batch-size", type=POSITIVE_INT, default=1)
+    predict.add_argument(
+        "--workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers for reading"
+    )
+    predict.add_argument("--scales", type=POSITIVE_FLOAT, nargs="+", default=[1.0])
     predict.add_argument("--flip", action="store_true")
-    predict.add_argument("--alpha", type=float, default=0.5, help="overlay colour weight")
+    predict.add_argument("--alpha", type=FRACTION, default=0.5, help="overlay colour weight, 0-1")
     predict.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     predict.add_argument("--device", default="auto")
     _add_runtime_option(predict)
-    predict.add_argument("--max-frames", type=int, help="videos and cameras: stop after N frames")
+    predict.add_argument(
+        "--max-frames", type=NON_NEGATIVE_INT, help="videos and cameras: stop after N frames"
+    )
     predict.set_defaults(handler=cmd_predict)
 
     bench = commands.add_parser(
@@ -731,8 +783,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--seconds", type=float, default=5.0, help="timed loop per backend")
     bench.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per backend")
-    bench.add_argument("--batch-size", type=int, default=1)
-    bench.add_argument("--threads", type=int, help="torch CPU threads")
+    bench.add_argument("--batch-size", type=POSITIVE_INT, default=1)
+    bench.add_argument("--threads", type=POSITIVE_INT, help="torch CPU threads")
     bench.add_argument("--calibration", help="INT8: folder of real images (default: demo frames)")
     bench.add_argument("--json", help="write all figures to this file")
     bench.set_defaults(handler=cmd_bench)
@@ -753,9 +805,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--argmax", action="store_true", help="labels instead of logits")
     export.add_argument("--upsample", action="store_true", help="resize to the input size in-graph")
     export.add_argument("--calibration", help="INT8: folder of real images")
-    export.add_argument("--calibration-count", type=int, default=32)
+    export.add_argument("--calibration-count", type=POSITIVE_INT, default=32)
     export.add_argument("--evaluate-root", help="CamVid root: report mIoU of fp32 and INT8 on val")
-    export.add_argument("--evaluate-images", type=int, help="only the first N val images")
+    export.add_argument("--evaluate-images", type=POSITIVE_INT, help="only the first N val images")
     export.set_defaults(handler=cmd_export)
 
     viz = commands.add_parser(
@@ -771,7 +823,9 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("image", help="input image")
     features.add_argument("--checkpoint", required=True, help="model file")
     features.add_argument("--model", help="architecture, for checkpoints without metadata")
-    features.add_argument("--top-k", type=int, default=5, help="class-probability maps to show")
+    features.add_argument(
+        "--top-k", type=POSITIVE_INT, default=5, help="class-probability maps to show"
+    )
     features.add_argument(
         "--reduce",
         choices=["mean-abs", "pca"],
@@ -810,7 +864,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--model", help="architecture, for checkpoints without metadata")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    serve.add_argument("--port", type=PORT, default=8000, help="0 picks a free port")
     serve.add_argument("--max-upload-mb", type=float, default=10.0, help="larger bodies get 413")
     serve.add_argument(
         "--max-pixels",
@@ -825,6 +879,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def writable_file(option: str, path: str | None, suffixes: Sequence[str] = ()) -> None:
+    """Check an output file's path before the work that fills it: not a folder, the right
+    suffix, and a parent folder that exists or can be made."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{option} {path}: is a folder, but a file is to be written there")
+    if suffixes and target.suffix.lower() not in suffixes:
+        raise UsageError(f"{option} {path}: expected a {' or '.join(suffixes)} file name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"{option} {path}: cannot create its folder ({error})") from None
+
+
+def _os_error_reason(error: OSError) -> str:
+    """What an OS error on an output path means for the user (e.g. ``-o`` naming a file)."""
+    if isinstance(error, (FileExistsError, NotADirectoryError)):
+        return "a file is in the way where an output folder is needed"
+    if isinstance(error, IsADirectoryError):
+        return "is a folder, but a file is to be written there"
+    return str(error.strerror or error)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -832,12 +911,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from ddrnet.deploy.export import ExportError
+    from ddrnet.engine.train import TrainingError
+
     try:
         return int(args.handler(args) or 0)
-    except (UsageError, FileNotFoundError, ValueError, KeyError) as error:
+    except (UsageError, ValueError, KeyError, OSError, TrainingError, ExportError) as error:
         if args.verbose:
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        if isinstance(error, OSError) and error.filename is not None:
+            message = f"{error.filename}: {_os_error_reason(error)}"
         print(f"ddrnet {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -31,6 +31,18 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from at {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt or foreign file: say which
-        raise ValueError(f"cannot resume from {path}: {error}") from None
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"cannot resume from {path}: not a readable training checkpoint ({reason})"
+        ) from None
+    needed = ("model", "optimizer", "scaler", "epoch", "iteration", "best_miou")
+    missing = [key for key in needed if not (isinstance(state, dict) and key in state)]
+    if missing:
+        raise ValueError(
+            f"cannot resume from {path}: it holds weights, not a training run's state (no "
+            f"{', '.join(missing)}); resume from a run's last.pt, or start from these weights "
+            "with model.pretrained"
+        )
+    return state

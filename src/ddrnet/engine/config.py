@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
+
+
+def _require(ok: bool, key: str, rule: str, value: object) -> None:
+    """A range check for a config field: ``ValueError`` naming the key, the rule and the
+    value (``ddrnet.config.from_dict`` adds the section, e.g. ``data: batch_size ...``)."""
+    if not ok:
+        raise ValueError(f"{key} must be {rule}, got {value!r}")
+
+
+def _positive(value: float | None) -> bool:
+    return value is None or (math.isfinite(value) and value > 0)
 
 
 @dataclass
@@ -14,6 +26,9 @@ class ModelConfig:
     # downloaded). None trains from scratch.
     pretrained: str | None = None
     width_multiplier: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(_positive(self.width_multiplier), "width_multiplier", "> 0", self.width_multiplier)
 
 
 @dataclass
@@ -40,6 +55,17 @@ class DataConfig:
     # Folder data sets: a YAML/JSON file naming the classes and their colours.
     classes_file: str | None = None
 
+    def __post_init__(self) -> None:
+        _require(min(self.crop_size) >= 8, "crop_size", "at least 8 x 8 pixels", self.crop_size)
+        low, high = self.scale_range
+        _require(0 < low <= high < math.inf, "scale_range", "0 < low <= high", self.scale_range)
+        if self.base_size is not None:
+            _require(min(self.base_size) >= 1, "base_size", "positive", self.base_size)
+        _require(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
+        _require(self.num_workers >= 0, "num_workers", ">= 0", self.num_workers)
+        if self.std is not None:
+            _require(all(_positive(v) for v in self.std), "std", "> 0 per channel", self.std)
+
 
 @dataclass
 class OptimConfig:
@@ -52,6 +78,15 @@ class OptimConfig:
     warmup_epochs: float = 0.0
     warmup_ratio: float = 0.1
     min_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(_positive(self.lr), "lr", "> 0", self.lr)
+        _require(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
+        _require(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
+        _require(self.poly_power >= 0, "poly_power", ">= 0", self.poly_power)
+        _require(self.warmup_epochs >= 0, "warmup_epochs", ">= 0", self.warmup_epochs)
+        _require(0 < self.warmup_ratio <= 1, "warmup_ratio", "in (0, 1]", self.warmup_ratio)
+        _require(0 <= self.min_lr <= self.lr, "min_lr", "in [0, lr]", self.min_lr)
 
 
 @dataclass
@@ -68,6 +103,11 @@ class LossConfig:
     # None, "enet" (1/ln(1.02+p)), "median_frequency", or explicit per-class weights.
     class_weights: str | list[float] | None = None
 
+    def __post_init__(self) -> None:
+        _require(0 < self.ohem_threshold <= 1, "ohem_threshold", "in (0, 1]", self.ohem_threshold)
+        _require(self.ohem_min_kept >= 0, "ohem_min_kept", ">= 0", self.ohem_min_kept)
+        _require(self.aux_weight >= 0, "aux_weight", ">= 0", self.aux_weight)
+
 
 @dataclass
 class EvalConfig:
@@ -77,6 +117,13 @@ class EvalConfig:
     batch_size: int = 4
     # Evaluate on the first N validation images only (quick experiments); None = all.
     max_images: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.every_epochs >= 1, "every_epochs", ">= 1", self.every_epochs)
+        _require(all(_positive(v) for v in self.scales), "scales", "> 0", self.scales)
+        _require(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
+        if self.max_images is not None:
+            _require(self.max_images >= 1, "max_images", ">= 1 (or null: all)", self.max_images)
 
 
 @dataclass
@@ -97,6 +144,31 @@ class TrainConfig:
     log_every: int = 10
     device: str = "auto"
     threads: int | None = None  # torch CPU threads; None = PyTorch's default
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "epochs", ">= 1", self.epochs)
+        if self.ema_decay is not None:
+            _require(
+                0 < self.ema_decay < 1, "ema_decay", "in (0, 1) (or null: off)", self.ema_decay
+            )
+        _require(
+            self.max_minutes is None or self.max_minutes >= 0,
+            "max_minutes",
+            ">= 0 (0: stop after the first epoch; null: no limit)",
+            self.max_minutes,
+        )
+        if self.max_iterations_per_epoch is not None:
+            _require(
+                self.max_iterations_per_epoch >= 1,
+                "max_iterations_per_epoch",
+                ">= 1 (or null: all)",
+                self.max_iterations_per_epoch,
+            )
+        _require(self.log_every >= 1, "log_every", ">= 1", self.log_every)
+        if self.threads is not None:
+            _require(
+                self.threads >= 1, "threads", ">= 1 (or null: PyTorch's default)", self.threads
+            )
 
 
 @dataclass

@@ -71,12 +71,40 @@ def label_pixel_counts(dataset, num_classes: int) -> torch.Tensor:
 
 def train(config: Config, resume: bool | str = False) -> Path:
     """Run the recipe; returns the output folder. ``resume``: True = ``<output>/last.pt``."""
-    device = pick_device(config.train.device)
+    device = _checked_device(config.train.device)
     context = setup_distributed(device.type)
     try:
         return _train(config, resume, device, context)
     finally:
         cleanup_distributed(context)
+
+
+def _checked_device(name: str) -> torch.device:
+    try:
+        device = pick_device(name)
+    except RuntimeError as error:
+        raise TrainingError(f"train.device={name}: {error}") from None
+    if device.type == "cuda" and (device.index or 0) >= (
+        torch.cuda.device_count() if torch.cuda.is_available() else 0
+    ):
+        raise TrainingError(f"train.device={name}: no such CUDA device on this machine")
+    return device
+
+
+def _checked_output(output: Path, resume: bool | str) -> Path | None:
+    """The checkpoint to resume from (None for a new run), refusing before anything is
+    written: a missing checkpoint to resume, or a new run over a folder that holds one."""
+    resume_path = output / "last.pt" if resume is True else Path(resume) if resume else None
+    if output.exists() and not output.is_dir():
+        raise TrainingError(f"train.output_dir={output} is a file, not a folder")
+    if resume_path is not None and not resume_path.is_file():
+        raise TrainingError(f"no checkpoint to resume from at {resume_path}")
+    if resume_path is None and (output / "last.pt").exists():
+        raise TrainingError(
+            f"train.output_dir={output} already holds a run (last.pt); continue it with "
+            "--resume, or give another train.output_dir (nothing was overwritten)"
+        )
+    return resume_path
 
 
 def _train(
@@ -88,9 +116,12 @@ def _train(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     output = Path(cfg_train.output_dir)
-    if ctx.is_main:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    resume_path = _checked_output(output, resume)
+    if cfg_data.batch_size < 2:
+        raise TrainingError(
+            f"data.batch_size={cfg_data.batch_size}: training needs at least 2 images per "
+            "batch (batch norm estimates its statistics from the batch)"
+        )
     torch.manual_seed(cfg_train.seed)
 
     # ---- data -------------------------------------------------------------------------
@@ -103,6 +134,9 @@ def _train(
         train_set.check()
         getattr(val_set, "dataset", val_set).check()
     labels = train_set.labels
+    if ctx.is_main:  # written once the data passed its checks: a refused run leaves nothing
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     mean = tuple(cfg_data.mean or labels.mean)
     std = tuple(cfg_data.std or labels.std)
     if len(train_set) < cfg_data.batch_size * ctx.world_size:
@@ -195,7 +229,6 @@ def _train(
 
     # ---- resume -----------------------------------------------------------------------
     start_epoch, iteration, best_miou, history = 0, 0, -1.0, []
-    resume_path = output / "last.pt" if resume is True else Path(resume) if resume else None
     if resume_path is not None:
         state = load_training_checkpoint(resume_path)
         core_model.load_state_dict(state["model"])
