@@ -204,3 +204,17 @@ def test_missing_and_corrupt_files(tmp_path: Path) -> None:
 def test_name_is_required_without_self_describing_checkpoint() -> None:
     with pytest.raises(ValueError, match="needs a model name"):
         ddrnet.create_model()
+
+
+def test_files_that_are_no_checkpoint_are_named_for_what_they_are(tmp_path: Path) -> None:
+    (tmp_path / "notes.pt").write_text("hello")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    scripted = torch.jit.script(torch.nn.Linear(2, 2))
+    torch.jit.save(scripted, str(tmp_path / "scripted.pt"))
+    for name, message in (
+        ("notes.pt", "is not a PyTorch or safetensors file"),
+        ("empty.pth", "is an empty file"),
+        ("scripted.pt", "is a TorchScript export"),
+    ):
+        with pytest.raises(CheckpointError, match=message):
+            read_checkpoint(tmp_path / name)

@@ -255,6 +255,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             data_values[key] = value
     if "dataset" not in data_values or "root" not in data_values:
         raise UsageError("this checkpoint does not record its data set: give --dataset and --root")
+    if args.root is None and not Path(data_values["root"]).is_dir():
+        raise UsageError(
+            f"the model records its data at {data_values['root']}, which is not a folder from "
+            f"here ({Path.cwd()}); give --root"
+        )
     data_values["cache_images"] = False
     data_values["check"] = False
     # The recorded sequence filter describes the run's own validation split; another split,
@@ -312,8 +317,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     print(metrics.table(names))
     if args.json:
-        from pathlib import Path
-
         result = {
             "checkpoint": args.checkpoint,
             "dataset": data_config.dataset,

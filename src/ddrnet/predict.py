@@ -56,7 +56,9 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
         if item.startswith("camera:"):
             videos.append(item)
         elif path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
             if not found:
                 raise PredictionInputError(
                     f"folder {path} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})"

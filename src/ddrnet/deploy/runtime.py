@@ -43,6 +43,8 @@ def _file_properties(path: Path) -> tuple[dict[str, str], int, str, bool]:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # onnx raises DecodeError, OSError, ... for bad files
         raise ExportError(f"{path}: not a readable ONNX file ({error})") from None
+    if not model.graph.output or not model.graph.input:
+        raise ExportError(f"{path}: not an ONNX model (no graph inputs or outputs; empty file?)")
     properties = {prop.key: prop.value for prop in model.metadata_props}
     output = model.graph.output[0].type.tensor_type
     dims = output.shape.dim

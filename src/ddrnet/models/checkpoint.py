@@ -100,6 +100,7 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
         )
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
+    _refuse_what_is_no_pytorch_file(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -115,6 +116,34 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
     if isinstance(payload, dict) and isinstance(payload.get("metadata"), str):
         metadata = ModelMetadata.from_json(payload["metadata"], source=str(path))
     return RawCheckpoint(_unwrap(payload, path), metadata, str(path))
+
+
+def _refuse_what_is_no_pytorch_file(path: Path) -> None:
+    """Name what a file is when it is plainly no PyTorch checkpoint (a picture, text, an
+    ONNX file, a TorchScript export), instead of torch's advice to unpickle it unsafely."""
+    import zipfile
+
+    with path.open("rb") as stream:
+        head = stream.read(4)
+    if not head:
+        raise CheckpointError(f"checkpoint {path} is an empty file")
+    if head.startswith(b"PK"):  # torch.save's zip format, and TorchScript's
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            return  # torch will say what is wrong
+        if any(name.split("/", 1)[-1].startswith("code/") for name in names):
+            raise CheckpointError(
+                f"{path} is a TorchScript export (torch.jit), not a checkpoint: load the "
+                ".safetensors/.pt model it was exported from"
+            )
+        return
+    if not head.startswith(b"\x80"):  # pickle protocol 2+: what older torch.save wrote
+        raise CheckpointError(
+            f"checkpoint {path} is not a PyTorch or safetensors file (it starts with {head!r}); "
+            "ONNX files run with predict/eval/serve --checkpoint model.onnx"
+        )
 
 
 def _read_safetensors(path: Path) -> RawCheckpoint:
