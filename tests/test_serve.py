@@ -223,6 +223,8 @@ def test_cli_serves_a_checkpoint_and_refuses_bad_options(tmp_path, frame, capsys
     assert "must be positive" in capsys.readouterr().err
     assert main(["serve", "--checkpoint", str(checkpoint), "--runtime", "openvino"]) == 2
     assert "--runtime applies to exported .onnx files" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", str(checkpoint), "--host", "no-such-host.invalid"]) == 2
+    assert "--host no-such-host.invalid" in capsys.readouterr().err
     process = subprocess.Popen(
         [sys.executable, "-m", "ddrnet.cli", "serve", "--checkpoint", str(checkpoint),
          "--port", "0"],

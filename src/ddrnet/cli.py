@@ -403,7 +403,7 @@ def cmd_viz_compare(args: argparse.Namespace) -> int:
     from ddrnet.viz import load_models, plot_compare
 
     if not args.checkpoint and not args.model:
-        raise UsageError("give two or more --checkpoint FILE (or --model NAME) to compare")
+        raise UsageError("give one or more --checkpoint FILE (or --model NAME) to compare")
     models = load_models(args.checkpoint or [], args.model or [])
     output = plot_compare(read_rgb(args.image), models, args.output)
     print(f"{len(models)} models on {args.image} written to {output}")
@@ -444,7 +444,14 @@ def _warm_up(service) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import socket
+
     from ddrnet.serve import create_app, make_server
+
+    try:  # before loading anything: a mistyped host fails in a second, not after the warm-up
+        socket.getaddrinfo(args.host, args.port)
+    except socket.gaierror as error:
+        raise UsageError(f"--host {args.host}: {error.strerror}") from None
 
     if args.max_upload_mb <= 0 or args.max_pixels <= 0:
         raise UsageError("--max-upload-mb and --max-pixels must be positive")
@@ -463,6 +470,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server = make_server(app, args.host, args.port)
     except OSError as error:
         raise UsageError(f"cannot listen on {args.host}:{args.port} ({error})") from None
+    except SystemExit:  # werkzeug prints its reason (port in use, ...) and exits by itself
+        raise UsageError(f"cannot listen on {args.host}:{args.port} (see above)") from None
     # Flushed: whoever started the server (a script, a test) reads the port from this line.
     address = f"http://{args.host}:{server.server_port}/"
     print(f"serving {model.metadata.architecture} on {address}", flush=True)
