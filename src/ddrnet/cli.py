@@ -207,17 +207,9 @@ def _device_and_amp(
         return torch.device("cpu"), None
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     try:
-        device = pick_device(args.device)
-    except RuntimeError as error:  # torch's own message names the bad string
-        raise UsageError(f"--device {args.device}: {error}") from None
-    if device.type == "cuda":
-        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (device.index or 0) >= available:
-            raise UsageError(
-                f"--device {args.device}: this machine has {available} usable CUDA device(s) "
-                f"(torch {torch.__version__}); use --device cpu or auto"
-            )
-    return device, amp
+        return pick_device(args.device), amp
+    except ValueError as error:
+        raise UsageError(f"--device {args.device}: {error}; use --device cpu or auto") from None
 
 
 def _add_runtime_option(parser: argparse.ArgumentParser) -> None:
@@ -431,11 +423,10 @@ def _warm_up(service) -> None:
     """One prediction on the first demo frame before the first request: oneDNN creates its
     kernels and OpenVINO compiles for that size (about a second for an ONNX file), so the
     first user of the usual frame size does not wait for it."""
+    from ddrnet.assets import demo_frames
     from ddrnet.data.io import ImageReadError, read_rgb
-    from ddrnet.serve import default_demo_folder
 
-    folder = default_demo_folder()
-    frames = sorted(folder.glob("*.png")) if folder is not None else []
+    frames = demo_frames()
     if frames:
         try:
             service.predict(read_rgb(frames[0]))

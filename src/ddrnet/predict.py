@@ -20,7 +20,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ddrnet.data.io import ImageReadError, read_rgb, write_png
-from ddrnet.engine.inference import class_indices, normalize, segment_logits, to_fast_layout
+from ddrnet.engine.inference import (
+    autocast,
+    class_indices,
+    normalize,
+    segment_logits,
+    to_fast_layout,
+)
 from ddrnet.render import colorize, overlay, side_by_side, with_legend
 
 logger = logging.getLogger(__name__)
@@ -126,11 +132,7 @@ class SegmentationRunner:
         start = time.perf_counter()
         batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(self.device)
         batch = normalize(batch, self.mean, self.std).contiguous(memory_format=self.memory_format)
-        with torch.autocast(
-            self.device.type,
-            dtype=self.amp_dtype or torch.float32,
-            enabled=self.amp_dtype is not None,
-        ):
+        with autocast(self.device, self.amp_dtype):
             scores = segment_logits(self.model, batch, self.scales, self.flip)
         labels = class_indices(scores).to(torch.uint8).cpu().numpy()
         return list(labels), (time.perf_counter() - start) * 1000

@@ -273,10 +273,21 @@ def _onnx_and_pytorch_outputs(
     inputs: Sequence[torch.Tensor] | None,
     batch_size: int,
     seed: int,
+    labels: bool,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """For each input: the file's output (ONNX Runtime, CPU) and PyTorch's logits, resized to
-    the input when the file's output is at input size."""
+    the input when the file's output is at input size. ``labels``: whether the caller
+    compares class labels (a graph ending in argmax) or logits; the other kind of file is a
+    ``ValueError``."""
     session = onnx_session(path)
+    outputs_labels = "float" not in session.get_outputs()[0].type
+    if outputs_labels and not labels:
+        raise ValueError(
+            f"{path}: its output is class labels, not logits; verify_onnx compares logits "
+            "(verify_onnx_labels compares labels)"
+        )
+    if labels and not outputs_labels:
+        raise ValueError(f"{path}: its output is logits; use verify_onnx")
     reference_model = float_cpu_copy(model)
     input_name = session.get_inputs()[0].name
     if inputs is None:
@@ -325,13 +336,9 @@ def verify_onnx(
     Raises ``ValueError`` for a graph that ends in argmax (``verify_onnx_labels`` checks
     those) and ``ExportError`` when an output has the wrong shape.
     """
-    if _output_is_labels(path):
-        raise ValueError(
-            f"{path}: its output is class labels, not logits; verify_onnx compares logits "
-            "(verify_onnx_labels compares labels)"
-        )
     worst = 0.0
-    for actual, expected in _onnx_and_pytorch_outputs(model, path, sizes, inputs, batch_size, seed):
+    pairs = _onnx_and_pytorch_outputs(model, path, sizes, inputs, batch_size, seed, labels=False)
+    for actual, expected in pairs:
         if tuple(actual.shape) != tuple(expected.shape):
             raise ExportError(
                 f"{path}: ONNX gives {tuple(actual.shape)}, PyTorch {tuple(expected.shape)}"
@@ -353,10 +360,9 @@ def verify_onnx_labels(
     """Fraction of pixels (0..1) where a graph that ends in argmax gives PyTorch's class,
     on the same inputs as ``verify_onnx``. Pixels whose top two logits tie within float32
     rounding may differ; anything well below 1 means a broken graph."""
-    if not _output_is_labels(path):
-        raise ValueError(f"{path}: its output is logits; use verify_onnx")
     agree, total = 0, 0
-    for actual, expected in _onnx_and_pytorch_outputs(model, path, sizes, inputs, batch_size, seed):
+    pairs = _onnx_and_pytorch_outputs(model, path, sizes, inputs, batch_size, seed, labels=True)
+    for actual, expected in pairs:
         labels = expected.max(dim=1).indices  # argmax; see ddrnet.engine.inference
         if tuple(actual.shape) != tuple(labels.shape):
             raise ExportError(
@@ -365,10 +371,6 @@ def verify_onnx_labels(
         agree += int((actual.long() == labels).sum())
         total += labels.numel()
     return agree / total
-
-
-def _output_is_labels(path: str | Path) -> bool:
-    return "float" not in onnx_session(path).get_outputs()[0].type
 
 
 def export_torchscript(

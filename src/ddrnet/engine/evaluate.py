@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from ddrnet.engine.distributed import DistributedContext, all_reduce_sum
-from ddrnet.engine.inference import class_indices, normalize, segment_logits
+from ddrnet.engine.inference import autocast, class_indices, normalize, segment_logits
 from ddrnet.engine.metrics import ConfusionMatrix, SegmentationMetrics
 
 
@@ -73,9 +73,7 @@ def evaluate(
             batch = normalize(image_batch.to(device), mean, std)
             if channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(
-                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-            ):
+            with autocast(device, amp_dtype):
                 scores = segment_logits(model, batch, scales=scales, flip=flip, window=window)
             prediction = class_indices(scores).cpu()
             confusion.update(prediction, label_batch)

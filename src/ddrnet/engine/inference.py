@@ -17,10 +17,31 @@ from torch import nn
 
 
 def pick_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; any other name as given."""
+    """``"auto"`` -> CUDA when available, else CPU; any other name as given.
+
+    Raises ``ValueError`` for a name torch does not know and for a CUDA device this machine
+    does not have (callers add the option's name to the message).
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:  # torch's own message lists the device types
+        raise ValueError(str(error)) from None
+    if device.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= available:
+            raise ValueError(
+                f"this machine has {available} usable CUDA device(s) (torch {torch.__version__})"
+            )
+    return device
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:
+    """Autocast to ``amp_dtype`` on ``device``'s type, or a disabled one for ``None``."""
+    return torch.autocast(
+        device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+    )
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -179,11 +200,7 @@ class Predictor:
         self.amp_dtype = amp_dtype  # e.g. torch.bfloat16: autocast around the forward passes
 
     def _scores(self, image: np.ndarray | str | Path) -> torch.Tensor:
-        with torch.autocast(
-            self.device.type,
-            dtype=self.amp_dtype or torch.float32,
-            enabled=self.amp_dtype is not None,
-        ):
+        with autocast(self.device, self.amp_dtype):
             scores = segment_logits(self.model, self._to_batch(image), self.scales, self.flip)
         return scores.float()
 

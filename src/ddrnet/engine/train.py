@@ -34,7 +34,7 @@ from ddrnet.engine.distributed import (
 )
 from ddrnet.engine.ema import ModelEma
 from ddrnet.engine.evaluate import evaluate
-from ddrnet.engine.inference import normalize, pick_device
+from ddrnet.engine.inference import autocast, normalize, pick_device
 from ddrnet.engine.losses import (
     CrossEntropy,
     DeepSupervisionLoss,
@@ -81,14 +81,9 @@ def train(config: Config, resume: bool | str = False) -> Path:
 
 def _checked_device(name: str) -> torch.device:
     try:
-        device = pick_device(name)
-    except RuntimeError as error:
+        return pick_device(name)
+    except ValueError as error:
         raise TrainingError(f"train.device={name}: {error}") from None
-    if device.type == "cuda" and (device.index or 0) >= (
-        torch.cuda.device_count() if torch.cuda.is_available() else 0
-    ):
-        raise TrainingError(f"train.device={name}: no such CUDA device on this machine")
-    return device
 
 
 def _checked_output(output: Path, resume: bool | str) -> Path | None:
@@ -314,11 +309,7 @@ def _train(
             if cfg_train.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             targets = targets.to(device, non_blocking=True)
-            with torch.autocast(
-                device.type,
-                dtype=autocast_dtype or torch.float32,
-                enabled=autocast_dtype is not None,
-            ):
+            with autocast(device, autocast_dtype):
                 main, aux = forward(images)
             loss, parts = criterion(main.float(), None if aux is None else aux.float(), targets)
             if not torch.isfinite(loss):
