@@ -181,6 +181,13 @@ def test_class_indices_is_argmax_with_first_index_on_ties() -> None:
         ("train.epochs=0", "train: epochs must be >= 1"),
         ("train.threads=-1", "threads must be >= 1"),
         ("model.width_multiplier=0", "width_multiplier must be > 0"),
+        ("model.name=ddrnet_23_slim_imagenet", "model: name must be one of \\['ddrnet_23_slim'"),
+        (
+            "loss.class_weights=enett",
+            "class_weights must be one of \\['enet', 'median_frequency'\\]",
+        ),
+        ("loss.class_weights=[1, 0]", "class_weights must be > 0 per class"),
+        ("loss.label_stride=0", "loss: label_stride must be >= 1"),
     ],
 )
 def test_settings_out_of_range_are_named(override: str, message: str) -> None:

@@ -19,6 +19,7 @@ from ddrnet.engine import train as train_module
 from ddrnet.engine.checkpointing import atomic_save
 from ddrnet.engine.config import Config
 from ddrnet.engine.train import TrainingError, train
+from ddrnet.models import CheckpointError
 
 
 def tiny_overrides(camvid_root: Path, output: Path, epochs: int = 2) -> list[str]:
@@ -241,4 +242,11 @@ def test_refusals_come_before_anything_is_written(camvid_root, tmp_path) -> None
         train(tiny_config(camvid_root, fresh, extra=["data.batch_size=1"]))
     with pytest.raises(TrainingError, match="train.device=cuda:99"):
         train(tiny_config(camvid_root, fresh, extra=["train.device=cuda:99"]))
+    # Quick refusals come before the file-by-file data check and name their setting.
+    with pytest.raises(ValueError, match="train.amp=fp16 needs CUDA"):
+        train(tiny_config(camvid_root, fresh, extra=["train.amp=fp16"]))
+    with pytest.raises(ValueError, match=r"validation set \(data.val_split=tset\): CamVid split"):
+        train(tiny_config(camvid_root, fresh, extra=["data.val_split=tset"]))
+    with pytest.raises(CheckpointError, match="missing.pt does not exist"):
+        train(tiny_config(camvid_root, fresh, extra=[f"model.pretrained={tmp_path}/missing.pt"]))
     assert not fresh.exists()  # no stub folder, no config.yaml from refused runs

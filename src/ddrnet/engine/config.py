@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ddrnet.models import list_models
+
 
 def _require(ok: bool, key: str, rule: str, value: object) -> None:
     """A range check for a config field: ``ValueError`` naming the key, the rule and the
@@ -28,6 +30,8 @@ class ModelConfig:
     width_multiplier: float = 1.0
 
     def __post_init__(self) -> None:
+        names = list_models("segmentation")  # the classifiers are ImageNet backbones
+        _require(self.name in names, "name", f"one of {names}", self.name)
         _require(_positive(self.width_multiplier), "width_multiplier", "> 0", self.width_multiplier)
 
 
@@ -89,6 +93,10 @@ class OptimConfig:
         _require(0 <= self.min_lr <= self.lr, "min_lr", "in [0, lr]", self.min_lr)
 
 
+# Names accepted by ``ddrnet.engine.losses.class_balance_weights``.
+CLASS_WEIGHTING_METHODS = ("enet", "median_frequency")
+
+
 @dataclass
 class LossConfig:
     ohem: bool = True
@@ -107,6 +115,13 @@ class LossConfig:
         _require(0 < self.ohem_threshold <= 1, "ohem_threshold", "in (0, 1]", self.ohem_threshold)
         _require(self.ohem_min_kept >= 0, "ohem_min_kept", ">= 0", self.ohem_min_kept)
         _require(self.aux_weight >= 0, "aux_weight", ">= 0", self.aux_weight)
+        _require(self.label_stride >= 1, "label_stride", ">= 1", self.label_stride)
+        weights = self.class_weights
+        if isinstance(weights, str):
+            methods = list(CLASS_WEIGHTING_METHODS)
+            _require(weights in methods, "class_weights", f"one of {methods} or a list", weights)
+        elif weights is not None:
+            _require(all(_positive(w) for w in weights), "class_weights", "> 0 per class", weights)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ddrnet.config import to_dict
 from ddrnet.data.build import build_dataset
+from ddrnet.data.datasets import DatasetError
 from ddrnet.engine.checkpointing import atomic_save, load_training_checkpoint
 from ddrnet.engine.config import Config
 from ddrnet.engine.distributed import (
@@ -86,6 +87,16 @@ def _checked_device(name: str) -> torch.device:
         raise TrainingError(f"train.device={name}: {error}") from None
 
 
+def _dataset(cfg_data, split_key: str, train: bool):
+    """The data set of ``data.<split_key>``; its errors say which set they concern."""
+    split = getattr(cfg_data, split_key)
+    try:
+        return build_dataset(cfg_data, split, train=train)
+    except DatasetError as error:
+        kind = "training" if train else "validation"
+        raise DatasetError(f"{kind} set (data.{split_key}={split}): {error}") from None
+
+
 def _checked_output(output: Path, resume: bool | str) -> Path | None:
     """The checkpoint to resume from (None for a new run), refusing before anything is
     written: a missing checkpoint to resume, or a new run over a folder that holds one."""
@@ -117,21 +128,15 @@ def _train(
             f"data.batch_size={cfg_data.batch_size}: training needs at least 2 images per "
             "batch (batch norm estimates its statistics from the batch)"
         )
+    autocast_dtype = amp_dtype(cfg_train.amp, device)
     torch.manual_seed(cfg_train.seed)
 
     # ---- data -------------------------------------------------------------------------
-    train_set = build_dataset(cfg_data, cfg_data.train_split, train=True)
-    val_set = build_dataset(cfg_data, cfg_data.val_split, train=False)
+    train_set = _dataset(cfg_data, "train_split", train=True)
+    val_set = _dataset(cfg_data, "val_split", train=False)
     if config.eval.max_images:
         val_set = Subset(val_set, range(min(config.eval.max_images, len(val_set))))
-    if cfg_data.check and ctx.is_main:
-        logger.info("checking %d training and %d validation pairs", len(train_set), len(val_set))
-        train_set.check()
-        getattr(val_set, "dataset", val_set).check()
     labels = train_set.labels
-    if ctx.is_main:  # written once the data passed its checks: a refused run leaves nothing
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     mean = tuple(cfg_data.mean or labels.mean)
     std = tuple(cfg_data.std or labels.std)
     if len(train_set) < cfg_data.batch_size * ctx.world_size:
@@ -154,6 +159,14 @@ def _train(
     if config.model.pretrained:
         report = load_weights(model, config.model.pretrained)
         logger.info(report.summary())
+    # Reading every file takes a while, so it comes after the quick refusals above.
+    if cfg_data.check and ctx.is_main:
+        logger.info("checking %d training and %d validation pairs", len(train_set), len(val_set))
+        train_set.check()
+        getattr(val_set, "dataset", val_set).check()
+    if ctx.is_main:  # written once the data passed its checks: a refused run leaves nothing
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     model.train().to(device)
     if cfg_train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -186,8 +199,6 @@ def _train(
                 )
             weights = torch.tensor(cfg_loss.class_weights, dtype=torch.float32)
         logger.info("class weights: %s", [round(float(w), 3) for w in weights])
-    if cfg_loss.label_stride < 1:
-        raise ValueError(f"loss.label_stride must be >= 1, got {cfg_loss.label_stride}")
     min_kept = max(1, cfg_loss.ohem_min_kept // cfg_loss.label_stride**2)
     criterion_cls = (
         OhemCrossEntropy(cfg_loss.ohem_threshold, min_kept, labels.ignore_index, weights)
@@ -218,7 +229,6 @@ def _train(
             weight_decay=cfg_optim.weight_decay,
             fused=fused,
         )
-    autocast_dtype = amp_dtype(cfg_train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
     warmup_iterations = int(cfg_optim.warmup_epochs * iterations_per_epoch)
 
