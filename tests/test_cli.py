@@ -60,6 +60,10 @@ def test_eval_on_one_camvid_sequence(camvid_root, tmp_path) -> None:
         "0006R0",
     )
     assert result.returncode == 2 and "has no frames of sequences ['0006R0']" in result.stderr
+    result = run_ddrnet(
+        "eval", str(path), "--dataset", "camvid", "--root", str(camvid_root), "--split", "vall"
+    )
+    assert result.returncode == 2 and "(--split vall): CamVid split must be" in result.stderr
 
 
 def test_out_of_range_options_are_refused_by_name(tmp_path) -> None:

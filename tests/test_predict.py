@@ -141,7 +141,7 @@ def test_cli_predict_exit_status_reports_failures(camvid_model_file, frames, tmp
     )
     assert result.returncode == 1
     assert "1 of 2 inputs failed" in result.stderr and "bad.jpg" in result.stdout
-    assert "1 inputs segmented" in result.stdout and "latency per image: mean" in result.stdout
+    assert "1 input segmented" in result.stdout and "latency per image: mean" in result.stdout
     assert "Traceback" not in result.stderr
     assert (tmp_path / "out" / f"{frames[0].stem}_overlay.png").is_file()
 

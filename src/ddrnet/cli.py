@@ -228,6 +228,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from ddrnet.config import from_dict
     from ddrnet.data.build import build_dataset
+    from ddrnet.data.datasets import DatasetError
     from ddrnet.engine.config import DataConfig
     from ddrnet.engine.evaluate import evaluate
     from ddrnet.engine.inference import to_fast_layout
@@ -259,7 +260,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.sequences is not None or args.split != data_values.get("val_split", args.split):
         data_values["val_sequences"] = args.sequences
     data_config = from_dict(DataConfig, data_values)
-    dataset = build_dataset(data_config, args.split, train=False)
+    try:
+        dataset = build_dataset(data_config, args.split, train=False)
+    except DatasetError as error:
+        raise DatasetError(f"evaluation set (--split {args.split}): {error}") from None
     labels = dataset.labels
     if labels.num_classes != model.num_classes:
         raise UsageError(
@@ -350,7 +354,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if summary.latencies_ms:
         first, latencies = summary.latencies_ms[0], sorted(summary.latencies_ms)
         line = (
-            f"{done} inputs segmented into {args.output}; latency per image: "
+            f"{done} input{'s' if done != 1 else ''} segmented into {args.output}; "
+            "latency per image: "
             f"mean {sum(latencies) / len(latencies):.1f} ms, "
             f"median {latencies[len(latencies) // 2]:.1f} ms"
         )
