@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from ddrnet.config import to_dict
 from ddrnet.data.build import build_dataset
-from ddrnet.data.datasets import DatasetError
+from ddrnet.data.datasets import DatasetError, PairedSegmentationDataset
 from ddrnet.engine.checkpointing import atomic_save, load_training_checkpoint
-from ddrnet.engine.config import Config
+from ddrnet.engine.config import Config, DataConfig
 from ddrnet.engine.distributed import (
     DistributedContext,
     any_process,
@@ -87,7 +87,7 @@ def _checked_device(name: str) -> torch.device:
         raise TrainingError(f"train.device={name}: {error}") from None
 
 
-def _dataset(cfg_data, split_key: str, train: bool):
+def _dataset(cfg_data: DataConfig, split_key: str, train: bool) -> PairedSegmentationDataset:
     """The data set of ``data.<split_key>``; its errors say which set they concern."""
     split = getattr(cfg_data, split_key)
     try:
