@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ddrnet.engine.losses import CLASS_WEIGHTING_METHODS
 from ddrnet.models import list_models
 
 
@@ -91,10 +92,6 @@ class OptimConfig:
         _require(self.warmup_epochs >= 0, "warmup_epochs", ">= 0", self.warmup_epochs)
         _require(0 < self.warmup_ratio <= 1, "warmup_ratio", "in (0, 1]", self.warmup_ratio)
         _require(0 <= self.min_lr <= self.lr, "min_lr", "in [0, lr]", self.min_lr)
-
-
-# Names accepted by ``ddrnet.engine.losses.class_balance_weights``.
-CLASS_WEIGHTING_METHODS = ("enet", "median_frequency")
 
 
 @dataclass

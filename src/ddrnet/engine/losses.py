@@ -159,6 +159,10 @@ class DeepSupervisionLoss(nn.Module):
         return total, parts
 
 
+# The ``method`` names ``class_balance_weights`` accepts (``loss.class_weights`` in recipes).
+CLASS_WEIGHTING_METHODS = ("enet", "median_frequency")
+
+
 def class_balance_weights(
     pixel_counts: torch.Tensor, method: str = "enet", enet_c: float = 1.02
 ) -> torch.Tensor:
@@ -177,7 +181,9 @@ def class_balance_weights(
         weights = torch.zeros_like(frequency)
         weights[present] = frequency[present].median() / frequency[present]
     else:
-        raise ValueError(f"class weighting must be 'enet' or 'median_frequency', got {method!r}")
+        raise ValueError(
+            f"class weighting must be one of {CLASS_WEIGHTING_METHODS}, got {method!r}"
+        )
     unseen = counts == 0
     if unseen.any():
         weights[unseen] = weights[~unseen].max() if (~unseen).any() else 1.0
