@@ -283,7 +283,10 @@ def _predict_video(runner, source, output_dir, kinds, max_frames, progress, summ
             # One legend for the whole video: the per-frame legend's width follows the
             # classes present, and a video writer silently drops frames of another size.
             pictures = runner.pictures(
-                frame, labels, [k for k in kinds if k != "labels"] or ["overlay"], True
+                frame,
+                labels,
+                [k for k in kinds if k != "labels"] or ["overlay"],
+                every_class_legend=True,
             )
             for kind, picture in pictures.items():
                 if kind not in writers:
