@@ -2,15 +2,18 @@
 
 For 1024x2048 (the paper's Cityscapes protocol) and 360x480 (CamVid), batch 1, eval mode:
 FPS, latency percentiles, speed as a ratio to the plain eager fp32 forward pass measured in the
-same run, and the fraction of this CPU's float32 convolution peak (also measured in this run)
-that each backend reaches (bf16/INT8 backends can exceed 1: they beat fp32's ceiling).
+same run (every backend timed in ``--rounds`` interleaved passes; the ratio is the median of
+the per-pass ratios, shown with their range, so load that drifts during the run cancels), and
+the fraction of this CPU's float32 convolution peak (also measured in this run) that each
+backend reaches (bf16/INT8 backends can exceed 1: they beat fp32's ceiling).
 Then, with CamVid at hand, every deployed form of the same weights run as a model, through
 the code of ``ddrnet eval`` (mIoU on CamVid val and its change against eager fp32; INT8
 calibrated on 16 CamVid *train* images) and of ``ddrnet predict`` (median latency per frame,
 pre- and post-processing included, and its ratio to eager fp32). Run on an otherwise idle
 machine:
 
-    python benchmarks/inference_speed.py [--checkpoint FILE] [--seconds 10] [--threads 2]
+    python benchmarks/inference_speed.py [--checkpoint FILE] [--seconds 10] [--rounds 5]
+        [--threads 2]
         [--camvid ../shared/data/camvid] [--evaluate-images 101]
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -57,7 +61,8 @@ def main() -> None:
         help="default: the bundled camvid_ddrnet23_slim_train (trained without val, so the "
         "accuracy table is held out), else fresh weights",
     )
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per backend")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved passes over backends")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--backends", nargs="+", default=BACKENDS)
     parser.add_argument("--json", help="write all rows here")
@@ -90,20 +95,26 @@ def main() -> None:
             size,
             args.backends,
             seconds=args.seconds,
+            rounds=args.rounds,
             warmup_seconds=2.0,
             calibration_images=calibration,
             peak_gflops=peak["float32"],
         )
         results[f"{size[0]}x{size[1]}"] = rows
         print(f"\n{size[0]}x{size[1]}")
-        print(f"{'backend':<26}{'FPS':>8}{'p50 ms':>9}{'vs eager fp32':>15}{'of fp32 peak':>14}")
+        print(
+            f"{'backend':<26}{'FPS':>8}{'p50 ms':>9}{'vs eager fp32':>15}{'range':>12}"
+            f"{'of fp32 peak':>14}"
+        )
         for row in rows:
             if row.get("error"):
                 print(f"{row['backend']:<26}unavailable: {row['error'][:70]}")
                 continue
             print(
                 f"{row['backend']:<26}{row['fps']:>8.2f}{row['latency_ms_p50']:>9.1f}"
-                f"{row['speedup']:>14.2f}x{row.get('fraction_of_peak') or 0:>14.2f}"
+                f"{row['speedup']:>14.2f}x"
+                f"{min(row['speedup_rounds']):>6.2f}-{max(row['speedup_rounds']):<5.2f}"
+                f"{row.get('fraction_of_peak') or 0:>14.2f}"
             )
     accuracy = deployed_accuracy_and_latency(model, args.camvid, args.evaluate_images, args.threads)
     if args.json:
@@ -148,7 +159,7 @@ def deployed_accuracy_and_latency(
     """For each deployed form of ``model``: mIoU on the first ``images`` CamVid val frames
     (``ddrnet eval``'s code path) and the median per-frame latency of ``ddrnet predict``'s
     code path on 20 of them (normalise, forward, resize to 360x480, class ids; file reading
-    and writing excluded)."""
+    and writing excluded), the forms taking turns frame by frame so drifting load hits all."""
     if not (root / "val.txt").is_file() or getattr(model, "metadata", None) is None:
         print(f"\n(no accuracy table: needs a trained checkpoint and CamVid at {root})")
         return {}
@@ -159,16 +170,22 @@ def deployed_accuracy_and_latency(
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         calibration = load_calibration_images(camvid(root, "train"), count=16)
+        runners = {}
         for name, (form, amp) in deployed_forms(model, Path(scratch), calibration, threads).items():
             metrics = evaluate(
                 form, subset, model.num_classes, metadata.mean, metadata.std,
                 amp_dtype=amp, progress=False,
             )  # fmt: skip
-            runner = SegmentationRunner(form, torch.device("cpu"), amp)
+            results[name] = {"mIoU": metrics.miou}
+            runners[name] = SegmentationRunner(form, torch.device("cpu"), amp)
             for frame in frames[:3]:  # warm-up: OpenVINO compiles for the size, oneDNN plans
-                runner.labels([frame])
-            latencies = sorted(runner.labels([frame])[1] for frame in frames)
-            results[name] = {"mIoU": metrics.miou, "latency_ms": latencies[len(latencies) // 2]}
+                runners[name].labels([frame])
+        latencies: dict[str, list[float]] = {name: [] for name in runners}
+        for frame in frames:
+            for name, runner in runners.items():
+                latencies[name].append(runner.labels([frame])[1])
+        for name, values in latencies.items():
+            results[name]["latency_ms"] = statistics.median(values)
     reference = results["eager"]
     print(
         f"\nddrnet eval on the first {len(subset)} CamVid val images, and ddrnet predict's "

@@ -544,14 +544,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         (height, width),
         args.backends,
         seconds=args.seconds,
+        rounds=args.rounds,
         warmup_seconds=args.warmup,
         batch_size=args.batch_size,
         calibration_images=calibration,
         peak_gflops=peak["float32"],
     )
+    print(
+        f"{args.rounds} interleaved rounds; FPS and speed-up are medians over rounds, the range "
+        "is the lowest and highest per-round speed-up"
+    )
     header = (
         f"{'backend':<26}{'FPS':>8}{'mean ms':>9}{'p50':>8}{'p90':>8}{'p99':>8}"
-        f"{'speedup':>9}{'peak MiB':>10}{'of fp32 peak':>14}"
+        f"{'speedup':>9}{'range':>12}{'peak MiB':>10}{'of fp32 peak':>14}"
     )
     print(header)
     print("-" * len(header))
@@ -559,10 +564,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if row.get("error"):
             print(f"{row['backend']:<26}failed: {row['error'][:90]}")
             continue
+        spread = f"{min(row['speedup_rounds']):.2f}-{max(row['speedup_rounds']):.2f}"
         print(
             f"{row['backend']:<26}{row['fps']:>8.2f}{row['latency_ms_mean']:>9.1f}"
             f"{row['latency_ms_p50']:>8.1f}{row['latency_ms_p90']:>8.1f}{row['latency_ms_p99']:>8.1f}"
-            f"{row['speedup']:>8.2f}x{row.get('peak_memory_mib') or 0:>10.0f}"
+            f"{row['speedup']:>8.2f}x{spread:>12}{row.get('peak_memory_mib') or 0:>10.0f}"
             f"{row.get('fraction_of_peak') or 0:>14.2f}"
         )
     if args.json:
@@ -789,7 +795,17 @@ def build_parser() -> argparse.ArgumentParser:
         "cuda, cuda_fp16, tensorrt_fp16 (default: eager, bn_folded, "
         "eager_bf16_channels_last, ort, ort_int8, plus the GPU ones where CUDA is available)",
     )
-    bench.add_argument("--seconds", type=float, default=5.0, help="timed loop per backend")
+    bench.add_argument(
+        "--seconds", type=POSITIVE_FLOAT, default=6.0, help="timed seconds per backend, in all"
+    )
+    bench.add_argument(
+        "--rounds",
+        type=POSITIVE_INT,
+        default=3,
+        help="split --seconds into this many round-robin passes over the backends; speed-ups "
+        "are medians of the per-pass ratios, so a machine whose load drifts still gives "
+        "fair ratios",
+    )
     bench.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per backend")
     bench.add_argument("--batch-size", type=POSITIVE_INT, default=1)
     bench.add_argument("--threads", type=POSITIVE_INT, help="torch CPU threads")

@@ -5,16 +5,16 @@ measured the same way for each.
 latencies). ``build_runner`` turns a model into a ready-to-call backend: eager PyTorch
 (float32, channels-last, bfloat16 autocast), BN-folded, ``torch.compile``, ONNX Runtime FP32
 and INT8, OpenVINO, and on NVIDIA GPUs PyTorch float32/float16 and TensorRT (``gpu.py``).
-``run_benchmarks`` times a list of backends in one process and reports
-each one's speed relative to eager float32 measured in the same run, so machine load and
-thread settings cancel out of the ratio. ``measure_conv_peak_gflops`` gives the CPU's
-achievable convolution throughput, the yardstick for "fraction of peak".
+``run_benchmarks`` times a list of backends in one process, in interleaved rounds, and
+reports each one's speed relative to eager float32 measured in the same rounds, so machine
+load, its drift and thread settings cancel out of the ratio. ``measure_conv_peak_gflops``
+gives the CPU's achievable convolution throughput, the yardstick for "fraction of peak".
 
 Peak memory is the process's peak resident set size (Linux ``VmHWM``) while a backend is
-built and timed, minus the resident size just before: the extra memory that backend needed
-at its worst (weights copies, workspace, compiled code), in MiB. The peak is reset per
-backend through ``/proc/self/clear_refs``; where that is not possible (not Linux, no
-permission) ``getrusage`` ``ru_maxrss`` is used, which never goes down, so a backend that
+built and timed for the first time, minus the resident size just before: the extra memory
+that backend needed at its worst (weights copies, workspace, compiled code), in MiB. The
+peak is reset per backend through ``/proc/self/clear_refs``; where that is not possible (not
+Linux, no permission) ``getrusage`` ``ru_maxrss`` is used, which never goes down, so a backend that
 stays under an earlier backend's peak then reports 0. tracemalloc is no use here: it sees
 only Python allocations, not PyTorch's or ONNX Runtime's.
 """
@@ -68,6 +68,55 @@ def _percentile(sorted_values: Sequence[float], fraction: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
+def _time_calls(
+    fn: Callable[..., Any],
+    inputs: Sequence[Any],
+    warmup_seconds: float,
+    min_seconds: float,
+    min_iterations: int,
+    max_iterations: int | None,
+) -> list[float]:
+    """Per-call wall-clock seconds of ``fn(*inputs)`` after at least one warm-up call."""
+    if min_iterations < 1:
+        raise ValueError(f"min_iterations must be >= 1, got {min_iterations}")
+    if max_iterations is not None and max_iterations < min_iterations:
+        raise ValueError(
+            f"max_iterations ({max_iterations}) is below min_iterations ({min_iterations})"
+        )
+    deadline = time.perf_counter() + warmup_seconds
+    fn(*inputs)
+    while time.perf_counter() < deadline:
+        fn(*inputs)
+    latencies: list[float] = []
+    started = time.perf_counter()
+    while True:
+        begin = time.perf_counter()
+        fn(*inputs)
+        end = time.perf_counter()
+        latencies.append(end - begin)
+        if max_iterations is not None and len(latencies) >= max_iterations:
+            break
+        if len(latencies) >= min_iterations and end - started >= min_seconds:
+            break
+    return latencies
+
+
+def _latency_statistics(latencies: Sequence[float], batch_size: int) -> dict[str, float]:
+    """The ``benchmark`` keys for per-call ``latencies`` in seconds."""
+    total = sum(latencies)
+    ordered = sorted(latencies)
+    return {
+        "iterations": len(latencies),
+        "fps": batch_size * len(latencies) / total,
+        "latency_ms_mean": 1000 * statistics.fmean(latencies),
+        "latency_ms_p50": 1000 * _percentile(ordered, 0.50),
+        "latency_ms_p90": 1000 * _percentile(ordered, 0.90),
+        "latency_ms_p99": 1000 * _percentile(ordered, 0.99),
+        "latency_ms_min": 1000 * ordered[0],
+        "seconds": total,
+    }
+
+
 def benchmark(
     fn: Callable[..., Any],
     inputs: Sequence[Any] = (),
@@ -90,39 +139,8 @@ def benchmark(
       ``latency_ms_min``: per call, in milliseconds;
     - ``seconds``: total timed wall-clock time.
     """
-    if min_iterations < 1:
-        raise ValueError(f"min_iterations must be >= 1, got {min_iterations}")
-    if max_iterations is not None and max_iterations < min_iterations:
-        raise ValueError(
-            f"max_iterations ({max_iterations}) is below min_iterations ({min_iterations})"
-        )
-    deadline = time.perf_counter() + warmup_seconds
-    fn(*inputs)
-    while time.perf_counter() < deadline:
-        fn(*inputs)
-    latencies: list[float] = []
-    started = time.perf_counter()
-    while True:
-        begin = time.perf_counter()
-        fn(*inputs)
-        end = time.perf_counter()
-        latencies.append(end - begin)
-        if max_iterations is not None and len(latencies) >= max_iterations:
-            break
-        if len(latencies) >= min_iterations and end - started >= min_seconds:
-            break
-    total = sum(latencies)
-    ordered = sorted(latencies)
-    return {
-        "iterations": len(latencies),
-        "fps": batch_size * len(latencies) / total,
-        "latency_ms_mean": 1000 * statistics.fmean(latencies),
-        "latency_ms_p50": 1000 * _percentile(ordered, 0.50),
-        "latency_ms_p90": 1000 * _percentile(ordered, 0.90),
-        "latency_ms_p99": 1000 * _percentile(ordered, 0.99),
-        "latency_ms_min": 1000 * ordered[0],
-        "seconds": total,
-    }
+    latencies = _time_calls(fn, inputs, warmup_seconds, min_seconds, min_iterations, max_iterations)
+    return _latency_statistics(latencies, batch_size)
 
 
 @dataclass
@@ -326,6 +344,7 @@ def run_benchmarks(
     backends: Sequence[str] | None = None,
     seconds: float = 3.0,
     *,
+    rounds: int = 1,
     warmup_seconds: float = 1.0,
     batch_size: int = 1,
     threads: int | None = None,
@@ -341,12 +360,20 @@ def run_benchmarks(
     compiler, OpenVINO not installed) gives a row with ``error`` (the exception as text)
     instead of numbers; the others still run.
 
+    ``seconds`` of timed calls per backend are split into ``rounds`` round-robin passes over
+    all backends (each pass: one warm-up call, then the timed calls of its share). A
+    machine whose speed drifts (other processes, turbo, a noisy neighbour) then slows every
+    backend of a pass alike: ``speedup`` is the median over passes of that pass's
+    ``fps / eager fps``, and ``fps`` the median of the per-pass rates, with the per-pass
+    values in ``speedup_rounds`` and ``fps_rounds``. Latency percentiles pool all calls.
+
     Row keys: ``backend``, ``description``, ``error`` (``None`` if it ran), the ``benchmark``
-    keys (``fps``, ``latency_ms_*``, ``iterations``), ``speedup``, ``build_seconds``
-    (export/quantise/compile time), ``peak_memory_mib`` (see module docstring),
-    ``max_abs_diff`` (largest logit difference from eager float32 on the timed input: ~1e-4
-    for float32 backends, larger for bf16/INT8), ``gmacs`` (per image),
-    ``achieved_gflops`` (``2 * gmacs * fps``) and, with ``peak_gflops`` (from
+    keys (``fps``, ``latency_ms_*``, ``iterations``), ``rounds``, ``fps_rounds``,
+    ``speedup``, ``speedup_rounds``, ``build_seconds`` (export/quantise/compile time),
+    ``peak_memory_mib`` (see module docstring; measured while the backend is built and
+    timed in the first pass), ``max_abs_diff`` (largest logit difference from eager float32
+    on the timed input: ~1e-4 for float32 backends, larger for bf16/INT8), ``gmacs`` (per
+    image), ``achieved_gflops`` (``2 * gmacs * fps``) and, with ``peak_gflops`` (from
     ``measure_conv_peak_gflops``), ``fraction_of_peak``. Give the float32 peak: bf16 and
     INT8 backends then show how far past float32's ceiling they get (values above 1).
 
@@ -365,12 +392,20 @@ def run_benchmarks(
         raise ValueError(f"unknown backends {unknown}; valid: {', '.join(BACKENDS)}")
     if seconds <= 0:
         raise ValueError(f"seconds must be positive, got {seconds}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     order = list(dict.fromkeys([REFERENCE_BACKEND, *requested]))
     gmacs = count_macs(float_cpu_copy(model), input_size) / 1e9
+    seconds_per_round = seconds / rounds
+    # At least 5 timed calls per backend in all, however slow it is.
+    calls_per_round = -(-5 // rounds)
     rows: dict[str, dict[str, Any]] = {}
+    runners: dict[str, Runner] = {}  # kept alive for the later passes
+    latencies: dict[str, list[list[float]]] = {}
     reference_output: torch.Tensor | None = None
-    for name in order:
+    for name in order:  # the first pass, each backend built just before it is timed
         row: dict[str, Any] = {"backend": name, "description": BACKENDS[name], "error": None}
+        rows[name] = row
         exact_peak = _reset_peak_rss()
         rss_before = _current_rss_bytes() if exact_peak else _peak_rss_bytes()
         on_gpu = name in GPU_BACKENDS and torch.cuda.is_available()
@@ -392,35 +427,60 @@ def run_benchmarks(
                 reference_output = output
             elif output.shape == reference_output.shape:
                 row["max_abs_diff"] = float((output - reference_output).abs().max())
-            row.update(
-                benchmark(
+            latencies[name] = [
+                _time_calls(
                     runner.fn,
                     runner.inputs,
                     warmup_seconds,
-                    seconds,
-                    batch_size=batch_size,
+                    seconds_per_round,
+                    calls_per_round,
+                    None,
                 )
-            )
+            ]
+            runners[name] = runner
         except Exception as error:  # report any backend failure, keep benchmarking the rest
             row["error"] = f"{type(error).__name__}: {error}"
         finally:
-            runner = None  # release the backend's memory before the next one
+            runner = None
         row["peak_memory_mib"] = max(0, _peak_rss_bytes() - rss_before) / 2**20
         if on_gpu:
             row["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
-        if row["error"] is None:
-            row["gmacs"] = gmacs
-            row["achieved_gflops"] = 2 * gmacs * row["fps"]
-            if peak_gflops and name not in GPU_BACKENDS:  # the peak is the CPU's
-                row["fraction_of_peak"] = row["achieved_gflops"] / peak_gflops
-        rows[name] = row
-    reference_fps = rows[REFERENCE_BACKEND].get("fps")
-    gpu_reference_fps = rows.get("cuda", {}).get("fps")
-    for name, row in rows.items():
-        if reference_fps and row.get("fps"):
-            row["speedup"] = row["fps"] / reference_fps
-        if gpu_reference_fps and row.get("fps") and name in GPU_BACKENDS:
-            row["speedup_vs_cuda_fp32"] = row["fps"] / gpu_reference_fps
+    for _ in range(rounds - 1):
+        for name, runner in list(runners.items()):
+            try:
+                latencies[name].append(
+                    _time_calls(
+                        runner.fn, runner.inputs, 0.0, seconds_per_round, calls_per_round, None
+                    )
+                )
+            except Exception as error:  # a backend that fails later is reported, not fatal
+                rows[name]["error"] = f"{type(error).__name__}: {error}"
+                del runners[name], latencies[name]
+    runners.clear()  # release every backend's memory
+    round_fps = {
+        name: [batch_size * len(calls) / sum(calls) for calls in per_round]
+        for name, per_round in latencies.items()
+    }
+    for name, per_round in latencies.items():
+        row = rows[name]
+        row.update(_latency_statistics([t for calls in per_round for t in calls], batch_size))
+        row["rounds"] = len(per_round)
+        row["fps_rounds"] = round_fps[name]
+        row["fps"] = statistics.median(round_fps[name])
+        row["gmacs"] = gmacs
+        row["achieved_gflops"] = 2 * gmacs * row["fps"]
+        if peak_gflops and name not in GPU_BACKENDS:  # the peak is the CPU's
+            row["fraction_of_peak"] = row["achieved_gflops"] / peak_gflops
+    for reference, key in ((REFERENCE_BACKEND, "speedup"), ("cuda", "speedup_vs_cuda_fp32")):
+        if reference not in round_fps:
+            continue
+        for name, per_round in round_fps.items():
+            if key == "speedup_vs_cuda_fp32" and name not in GPU_BACKENDS:
+                continue
+            ratios = [fps / base for fps, base in zip(per_round, round_fps[reference])]
+            rows[name][key] = statistics.median(ratios)
+            if key == "speedup":
+                rows[name]["speedup_rounds"] = ratios
     return list(rows.values())
 
 
