@@ -25,9 +25,11 @@ from ddrnet.assets import bundled_model_path
 from ddrnet.data.datasets import camvid
 from ddrnet.deploy import (
     BACKENDS,
+    OPENVINO_FIXED_SIZE_KEY,
     ExportError,
     average_pools_as_depthwise_convs,
     benchmark,
+    concat_convolution_blocks,
     conv_bn_pairs,
     evaluate_onnx,
     export_onnx,
@@ -36,6 +38,7 @@ from ddrnet.deploy import (
     load_calibration_images,
     measure_conv_peak_gflops,
     onnx_session,
+    openvino_fixed_size_ok,
     openvino_logits_function,
     quantize_onnx_int8,
     read_onnx_metadata,
@@ -246,6 +249,27 @@ def test_int8_quantization_on_real_camvid_images(
     assert not logging.getLogger().filters  # and the filter is gone afterwards
     graph = onnx.load(str(int8_path))
     assert sum(node.op_type == "QuantizeLinear" for node in graph.graph.node) > 50
+    # DAPPM's compression block, the one reading the concat, stays float so that OpenVINO
+    # can compile the file for a fixed size; the file says so.
+    weight_producers = {out: node.op_type for node in graph.graph.node for out in node.output}
+    compression = [
+        n
+        for n in graph.graph.node
+        if "/dappm/compression/" in n.name and n.op_type in ("BatchNormalization", "Relu", "Conv")
+    ]
+    assert [n.op_type for n in compression] == ["BatchNormalization", "Relu", "Conv"]
+    assert weight_producers.get(compression[-1].input[1]) != "DequantizeLinear"
+    assert concat_convolution_blocks(onnx_path) == [n.name for n in compression]
+    assert {p.key: p.value for p in graph.metadata_props}[OPENVINO_FIXED_SIZE_KEY] == "1"
+    assert openvino_fixed_size_ok(int8_path) and openvino_fixed_size_ok(onnx_path)
+    whole = quantize_onnx_int8(
+        onnx_path, tmp_path / "whole.onnx", calibration, openvino_fixed_size=False
+    )
+    assert not openvino_fixed_size_ok(whole)
+    whole_graph = onnx.load(str(whole)).graph
+    whole_producers = {out: node.op_type for node in whole_graph.node for out in node.output}
+    (whole_conv,) = [n for n in whole_graph.node if n.name == compression[-1].name]
+    assert whole_producers[whole_conv.input[1]] == "DequantizeLinear"
     assert static_resize_nodes(graph) == []
     session = onnx_session(int8_path)
     assert onnx_logits(session, np.zeros((2, 3, 361, 479), np.float32)).shape == (2, 11, 46, 60)
@@ -345,6 +369,37 @@ def test_run_benchmarks_rows(model, monkeypatch):
     assert "ort_int8" in BACKENDS
 
 
+def test_run_benchmarks_takes_medians_of_interleaved_rounds(model, monkeypatch):
+    """Per-round rates and ratios by hand: eager 10, 5, 10 FPS; ort 20, 10, 40 FPS over the
+    same three rounds, so the ratios are 2, 2, 4 (median 2) although ort's own median rate
+    (20) over eager's (10) would also say 2, and its mean (23.3) would say 2.3."""
+    from ddrnet.deploy import bench
+
+    schedule = {  # seconds per timed call, in call order: the passes go eager, ort, eager...
+        "eager": [[0.1, 0.1], [0.2, 0.2], [0.1, 0.1]],
+        "ort": [[0.05, 0.05], [0.1, 0.1], [0.025, 0.025]],
+    }
+    calls = []
+
+    def fake_time_calls(fn, inputs, warmup, seconds, min_iterations, max_iterations):
+        name = {"run": "eager", "run_ort": "ort"}[fn.__name__]  # the runners' closures
+        calls.append(name)
+        assert seconds == pytest.approx(0.3 / 3) and min_iterations == 2  # ceil(5 / 3)
+        return schedule[name][calls.count(name) - 1]
+
+    monkeypatch.setattr(bench, "_time_calls", fake_time_calls)
+    rows = run_benchmarks(model, (32, 32), ["ort"], seconds=0.3, rounds=3, warmup_seconds=0.0)
+    eager, ort = rows
+    assert calls == ["eager", "ort"] * 3  # interleaved, not one backend after the other
+    assert eager["fps_rounds"] == pytest.approx([10, 5, 10]) and eager["fps"] == pytest.approx(10)
+    assert ort["fps_rounds"] == pytest.approx([20, 10, 40]) and ort["fps"] == pytest.approx(20)
+    assert ort["speedup_rounds"] == pytest.approx([2, 2, 4]) and ort["speedup"] == pytest.approx(2)
+    assert eager["speedup"] == pytest.approx(1.0) and ort["rounds"] == 3
+    assert ort["iterations"] == 6 and ort["latency_ms_p50"] == pytest.approx(50)
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        run_benchmarks(model, (32, 32), ["ort"], rounds=0)
+
+
 def test_measure_conv_peak_gflops():
     peak = measure_conv_peak_gflops(0.2, channels=32, spatial=(32, 32))
     assert set(peak) == {"float32", "bfloat16"}
@@ -359,6 +414,30 @@ def test_export_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="absent"):
         load_calibration_images(tmp_path / "absent")
     assert ExportError.__doc__
+
+
+def test_openvino_plans_compile_once_per_size_and_keep_the_last_few(onnx_path, monkeypatch):
+    from ddrnet.deploy import quantize
+
+    compiled = []
+
+    def fake_compile(path, threads, precision, input_shape):
+        compiled.append(input_shape)
+        return lambda batch: batch.shape
+
+    monkeypatch.setattr(quantize, "openvino_logits_function", fake_compile)
+    plans = quantize.OpenVinoPlans(onnx_path, 1, "f32", keep=2)
+    for height in (8, 8, 16, 8, 24, 16):
+        assert plans(np.zeros((1, 3, height, 8), np.float32)) == (1, 3, height, 8)
+    # 24 evicts 16 (8 was used more recently), so 16 compiles again.
+    assert compiled == [(1, 3, 8, 8), (1, 3, 16, 8), (1, 3, 24, 8), (1, 3, 16, 8)]
+
+    compiled.clear()
+    monkeypatch.setattr(quantize, "openvino_fixed_size_ok", lambda path: False)
+    dynamic = quantize.OpenVinoPlans(onnx_path, 1, "f32")
+    for height in (8, 16, 24):
+        dynamic(np.zeros((1, 3, height, 8), np.float32))
+    assert compiled == [None]  # one dynamic plan for every size
 
 
 def test_openvino_int8_matches_onnxruntime_once_pools_are_convolutions(
@@ -390,6 +469,9 @@ def test_openvino_int8_matches_onnxruntime_once_pools_are_convolutions(
         )
         run_openvino = openvino_logits_function(path, threads=1, precision="f32")
         int8 = onnx_session(path)
+        # Compiled for the frames' fixed size (the fast plan), it computes the same.
+        fixed = openvino_logits_function(path, 1, "f32", images[0].shape)
+        assert np.abs(fixed(images[0]) - run_openvino(images[0])).max() < 1e-3
         for runtime, run in (("ort", lambda x, s=int8: onnx_logits(s, x)), ("ov", run_openvino)):
             sqnr = [centred_sqnr_db(onnx_logits(fp32, x), run(x)) for x in images]
             fidelity[runtime, rewrite] = float(np.mean(sqnr))

@@ -17,6 +17,7 @@ from ddrnet.deploy.bench import (
     run_benchmarks,
 )
 from ddrnet.deploy.export import (
+    OPENVINO_FIXED_SIZE_KEY,
     ExportError,
     conv_bn_pairs,
     export_onnx,
@@ -31,9 +32,11 @@ from ddrnet.deploy.gpu import build_tensorrt_engine, tensorrt_function
 from ddrnet.deploy.quantize import (
     ImageCalibrationReader,
     average_pools_as_depthwise_convs,
+    concat_convolution_blocks,
     evaluate_onnx,
     evaluate_onnx_forms,
     load_calibration_images,
+    openvino_fixed_size_ok,
     openvino_logits_function,
     quantize_onnx_int8,
 )
@@ -42,6 +45,7 @@ from ddrnet.deploy.runtime import OnnxSegmentationModel, is_onnx_file, load_onnx
 __all__ = [
     "BACKENDS",
     "GPU_BACKENDS",
+    "OPENVINO_FIXED_SIZE_KEY",
     "ExportError",
     "ImageCalibrationReader",
     "OnnxSegmentationModel",
@@ -50,6 +54,7 @@ __all__ = [
     "benchmark",
     "build_runner",
     "build_tensorrt_engine",
+    "concat_convolution_blocks",
     "conv_bn_pairs",
     "evaluate_onnx",
     "evaluate_onnx_forms",
@@ -61,6 +66,7 @@ __all__ = [
     "load_onnx_model",
     "measure_conv_peak_gflops",
     "onnx_session",
+    "openvino_fixed_size_ok",
     "openvino_logits_function",
     "quantize_onnx_int8",
     "read_onnx_metadata",

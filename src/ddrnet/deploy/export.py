@@ -23,6 +23,8 @@ from torch import nn
 
 DEFAULT_VERIFY_SIZES: tuple[tuple[int, int], ...] = ((360, 480), (361, 479), (64, 64))
 METADATA_KEY = "ddrnet"  # ONNX metadata_props key holding the model's ModelMetadata as JSON
+# metadata_props key of an INT8 file that OpenVINO can compile for a fixed input size.
+OPENVINO_FIXED_SIZE_KEY = "ddrnet.openvino_fixed_size"
 
 
 class ExportError(RuntimeError):

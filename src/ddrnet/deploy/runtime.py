@@ -14,8 +14,6 @@ real work, and lets ``ddrnet eval`` score exactly the file that will be deployed
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +70,9 @@ class OnnxSegmentationModel(nn.Module):
 
     OpenVINO plans each layer for a fixed input size, which is faster than running the file's
     dynamic sizes, so a float file is compiled once per input shape (the last four are kept:
-    a video or a folder of same-sized frames compiles once). INT8 files stay dynamic (see
-    ``openvino_logits_function``).
+    a video or a folder of same-sized frames compiles once). So is an INT8 file written by
+    ``quantize_onnx_int8``; other quantised files compile once, dynamic (see
+    ``openvino_fixed_size_ok``).
     """
 
     def __init__(
@@ -117,30 +116,16 @@ class OnnxSegmentationModel(nn.Module):
         self.num_classes = self.metadata.num_classes
         self.path, self.runtime, self.precision = path, runtime, precision
         self.threads = threads
-        self._compiled: OrderedDict[tuple[int, ...] | None, Callable[[np.ndarray], np.ndarray]] = (
-            OrderedDict()
-        )
         self._session = None
+        if runtime == "openvino":
+            from ddrnet.deploy.quantize import OpenVinoPlans
+
+            self._openvino = OpenVinoPlans(path, threads, precision)
         if runtime == "onnxruntime":
             # No spin-waiting: PyTorch's resize and argmax run between two calls (see there).
             self._session = onnx_session(path, threads=threads, spin_wait=False)
         if self._session is not None:
             self._input_name = self._session.get_inputs()[0].name
-
-    def _run_function(self, shape: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
-        from ddrnet.deploy.quantize import openvino_logits_function
-
-        key = None if self.quantized else shape  # INT8 files compile once, dynamic
-        if key in self._compiled:
-            self._compiled.move_to_end(key)
-            return self._compiled[key]
-        run = openvino_logits_function(
-            self.path, self.threads, self.precision, None if self.quantized else shape
-        )
-        self._compiled[key] = run
-        if len(self._compiled) > 4:
-            self._compiled.popitem(last=False)
-        return run
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
@@ -150,7 +135,7 @@ class OnnxSegmentationModel(nn.Module):
             (logits,) = self._session.run(None, {self._input_name: batch})
         else:
             # Copied: OpenVINO's result is a view of the request's buffer, reused next call.
-            logits = np.array(self._run_function(tuple(batch.shape))(batch), copy=True)
+            logits = np.array(self._openvino(batch), copy=True)
         return torch.from_numpy(np.asarray(logits, dtype=np.float32)).to(images.device)
 
     def extra_repr(self) -> str:
