@@ -168,6 +168,26 @@ def test_class_indices_is_argmax_with_first_index_on_ties() -> None:
     assert class_indices(random[0], dim=0).shape == (37, 53)
 
 
+def test_normalize_by_hand_for_uint8_float_and_channels_last_input() -> None:
+    from ddrnet.engine.inference import normalize
+
+    mean, std = (0.5, 0.25, 0.0), (0.25, 0.5, 2.0)
+    # One pixel per channel value: (x / 255 - mean) / std.
+    pixels = torch.tensor([[[[255]], [[0]], [[51]]]], dtype=torch.uint8)  # (1, 3, 1, 1)
+    expected = [2.0, -0.5, 0.1]  # (1 - .5) / .25, (0 - .25) / .5, (.2 - 0) / 2
+    assert normalize(pixels, mean, std).flatten().tolist() == pytest.approx(expected, abs=1e-6)
+    floats = pixels.float() / 255
+    assert normalize(floats, mean, std).flatten().tolist() == pytest.approx(expected, abs=1e-6)
+    # A decoded (H, W, 3) frame permuted to NCHW is a channels-last view: same values, and
+    # the result is plain contiguous float32.
+    frame = torch.randint(0, 256, (1, 5, 7, 3), dtype=torch.uint8)
+    result = normalize(frame.permute(0, 3, 1, 2), mean, std)
+    reference = frame.permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)
+    reference = reference / torch.tensor(std).view(1, 3, 1, 1)
+    assert result.dtype == torch.float32 and result.is_contiguous()
+    assert torch.allclose(result, reference, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
