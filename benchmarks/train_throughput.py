@@ -4,7 +4,7 @@ Prints images/s for:
   * the bare step (forward, main + auxiliary loss, backward, SGD step; no data loading),
     fp32 and bf16 autocast + channels_last, with the loss at full label resolution and at
     ``loss.label_stride`` 2 (the CamVid recipe) and 4, and with no loss at all (the network
-    alone: the ceiling for the whole loop);
+    alone: the ceiling for the whole loop); and the recipe's step with ``torch.compile``;
   * the data pipeline alone (decode-once cache, random scale/crop/flip/photometric), with
     0, 1 and 2 DataLoader workers;
   * our whole training loop (``ddrnet.engine.train.train``: data, step, logging; the recipe's
@@ -13,6 +13,7 @@ and each as a ratio to the bare fp32 step (medians over ``--rounds`` round-robin
 with their spread). Run on an otherwise idle machine:
 
     python benchmarks/train_throughput.py [--data ../shared/data/camvid] [--seconds 20]
+        [--rounds 3] [--only "label_stride 2"]
 """
 
 from __future__ import annotations
@@ -38,9 +39,13 @@ from ddrnet.engine.train import train
 BATCH, CROP, CLASSES = 8, (352, 480), 11
 
 
-def bare_step_rate(bf16: bool, label_stride: int | None, seconds: float) -> float:
+def bare_step_rate(
+    bf16: bool, label_stride: int | None, seconds: float, compiled: bool = False
+) -> float:
     """Images/s of the bare training step on random tensors of CamVid's shape;
-    ``label_stride=None``: the mean of the logits as the loss (the network's cost alone)."""
+    ``label_stride=None``: the mean of the logits as the loss (the network's cost alone);
+    ``compiled``: the network's forward (and so its backward) through ``torch.compile``, as
+    ``train.compile: true`` does (compilation happens in the warm-up steps)."""
     torch.manual_seed(0)
     model = ddrnet.create_model("ddrnet_23_slim", num_classes=CLASSES, aux_head=True).train()
     images = torch.randn(BATCH, 3, *CROP)
@@ -51,6 +56,7 @@ def bare_step_rate(bf16: bool, label_stride: int | None, seconds: float) -> floa
     optimizer = torch.optim.SGD(
         model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=True
     )
+    forward_with_aux = torch.compile(model.forward_with_aux) if compiled else model.forward_with_aux
     stride = label_stride or 1
     criterion = DeepSupervisionLoss(
         OhemCrossEntropy(min_kept=131072 // stride**2), 1.0, 0.4, stride
@@ -58,7 +64,7 @@ def bare_step_rate(bf16: bool, label_stride: int | None, seconds: float) -> floa
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            main, aux = model.forward_with_aux(images)
+            main, aux = forward_with_aux(images)
         if label_stride is None:
             loss = main.float().mean() + 0.4 * aux.float().mean()
         else:
@@ -136,6 +142,13 @@ def main() -> None:
         help="measure everything this many times, round-robin, and report the median: the "
         "same step on this kind of machine varies by up to 40%% from one minute to the next",
     )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="TEXT",
+        help="run only the measurements whose name contains one of these texts (the first, "
+        "bare fp32, always runs: it is the baseline of the ratios)",
+    )
     args = parser.parse_args()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, "
@@ -148,6 +161,12 @@ def main() -> None:
         loss = "no loss (network alone)" if stride is None else f"loss label_stride {stride}"
         name = f"bare step {'bf16+channels_last' if bf16 else 'fp32'}, {loss}"
         measurements.append((name, functools.partial(bare_step_rate, bf16, stride, args.seconds)))
+    measurements.append(
+        (
+            "bare step bf16+channels_last, loss label_stride 2, torch.compile",
+            functools.partial(bare_step_rate, True, 2, args.seconds, compiled=True),
+        )
+    )
     config = load_config(Config, None, [f"data.root={args.data}", "data.check=false"])
     for workers in (0, 1, 2):
         measurements.append(
@@ -163,6 +182,12 @@ def main() -> None:
                 functools.partial(training_loop_rate, args.data, workers, args.iterations, stride),
             )
         )
+    if args.only:
+        measurements = measurements[:1] + [
+            (name, measure)
+            for name, measure in measurements[1:]
+            if any(text in name for text in args.only)
+        ]
     rates: dict[str, list[float]] = {name: [] for name, _ in measurements}
     for _ in range(args.rounds):
         for name, measure in measurements:
