@@ -219,8 +219,11 @@ def test_page_is_served_without_external_resources(base_url) -> None:
 def test_cli_serves_a_checkpoint_and_refuses_bad_options(tmp_path, frame, capsys) -> None:
     model = camvid_model()
     checkpoint = ddrnet.save_model(model, tmp_path / "camvid.safetensors", model.metadata)
-    assert main(["serve", "--checkpoint", str(checkpoint), "--max-upload-mb", "0"]) == 2
-    assert "must be positive" in capsys.readouterr().err
+    for option in ("--max-upload-mb", "--max-pixels"):
+        with pytest.raises(SystemExit) as refused:  # argparse refuses it, before any loading
+            main(["serve", "--checkpoint", str(checkpoint), option, "0"])
+        assert refused.value.code == 2
+        assert f"argument {option}: must be" in capsys.readouterr().err
     assert main(["serve", "--checkpoint", str(checkpoint), "--runtime", "openvino"]) == 2
     assert "--runtime applies to exported .onnx files" in capsys.readouterr().err
     assert main(["serve", "--checkpoint", str(checkpoint), "--host", "no-such-host.invalid"]) == 2

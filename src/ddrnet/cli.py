@@ -449,8 +449,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except socket.gaierror as error:
         raise UsageError(f"--host {args.host}: {error.strerror}") from None
 
-    if args.max_upload_mb <= 0 or args.max_pixels <= 0:
-        raise UsageError("--max-upload-mb and --max-pixels must be positive")
     checkpoint = args.checkpoint or (None if args.model else default_serving_checkpoint())
     model = load_model_for_inference(checkpoint, args.model, runtime=args.runtime, amp=args.amp)
     device, amp = _device_and_amp(args, model)
@@ -889,10 +887,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="architecture, for checkpoints without metadata")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=PORT, default=8000, help="0 picks a free port")
-    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="larger bodies get 413")
+    serve.add_argument(
+        "--max-upload-mb", type=POSITIVE_FLOAT, default=10.0, help="larger bodies get 413"
+    )
     serve.add_argument(
         "--max-pixels",
-        type=int,
+        type=POSITIVE_INT,
         default=4096 * 2048,
         help="larger images get 413 (default 4096x2048)",
     )
