@@ -554,7 +554,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     header = (
         f"{'backend':<26}{'FPS':>8}{'mean ms':>9}{'p50':>8}{'p90':>8}{'p99':>8}"
-        f"{'speedup':>9}{'range':>12}{'peak MiB':>10}{'of fp32 peak':>14}"
+        f"{'speedup':>9}{'range':>14}{'peak MiB':>10}{'of fp32 peak':>14}"
     )
     print(header)
     print("-" * len(header))
@@ -566,7 +566,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(
             f"{row['backend']:<26}{row['fps']:>8.2f}{row['latency_ms_mean']:>9.1f}"
             f"{row['latency_ms_p50']:>8.1f}{row['latency_ms_p90']:>8.1f}{row['latency_ms_p99']:>8.1f}"
-            f"{row['speedup']:>8.2f}x{spread:>12}{row.get('peak_memory_mib') or 0:>10.0f}"
+            f"{row['speedup']:>8.2f}x{spread:>14}{row.get('peak_memory_mib') or 0:>10.0f}"
             f"{row.get('fraction_of_peak') or 0:>14.2f}"
         )
     if args.json:
