@@ -421,8 +421,8 @@ def test_openvino_plans_compile_once_per_size_and_keep_the_last_few(onnx_path, m
 
     compiled = []
 
-    def fake_compile(path, threads, precision, input_shape):
-        compiled.append(input_shape)
+    def fake_compile(path, threads, precision, input_shape, class_ids):
+        compiled.append(input_shape if not class_ids else ("class ids", input_shape))
         return lambda batch: batch.shape
 
     monkeypatch.setattr(quantize, "openvino_logits_function", fake_compile)
@@ -438,6 +438,9 @@ def test_openvino_plans_compile_once_per_size_and_keep_the_last_few(onnx_path, m
     for height in (8, 16, 24):
         dynamic(np.zeros((1, 3, height, 8), np.float32))
     assert compiled == [None]  # one dynamic plan for every size
+    compiled.clear()
+    quantize.OpenVinoPlans(onnx_path, 1, "f32", class_ids=True)(np.zeros((1, 3, 8, 8), np.float32))
+    assert compiled == [("class ids", None)]
 
 
 def test_openvino_int8_matches_onnxruntime_once_pools_are_convolutions(

@@ -22,9 +22,8 @@ from tqdm import tqdm
 from ddrnet.data.io import ImageReadError, read_rgb, write_png
 from ddrnet.engine.inference import (
     autocast,
-    class_indices,
     normalize,
-    segment_logits,
+    segment_class_ids,
     to_fast_layout,
 )
 from ddrnet.render import colorize, overlay, side_by_side, with_legend
@@ -133,8 +132,8 @@ class SegmentationRunner:
         batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(self.device)
         batch = normalize(batch, self.mean, self.std).contiguous(memory_format=self.memory_format)
         with autocast(self.device, self.amp_dtype):
-            scores = segment_logits(self.model, batch, self.scales, self.flip)
-        labels = class_indices(scores).to(torch.uint8).cpu().numpy()
+            ids = segment_class_ids(self.model, batch, self.scales, self.flip)
+        labels = ids.to(torch.uint8).cpu().numpy()
         return list(labels), (time.perf_counter() - start) * 1000
 
     def pictures(

@@ -121,6 +121,7 @@ class OnnxSegmentationModel(nn.Module):
             from ddrnet.deploy.quantize import OpenVinoPlans
 
             self._openvino = OpenVinoPlans(path, threads, precision)
+            self._openvino_class_ids = OpenVinoPlans(path, threads, precision, class_ids=True)
         if runtime == "onnxruntime":
             # No spin-waiting: PyTorch's resize and argmax run between two calls (see there).
             self._session = onnx_session(path, threads=threads, spin_wait=False)
@@ -137,6 +138,23 @@ class OnnxSegmentationModel(nn.Module):
             # Copied: OpenVINO's result is a view of the request's buffer, reused next call.
             logits = np.array(self._openvino(batch), copy=True)
         return torch.from_numpy(np.asarray(logits, dtype=np.float32)).to(images.device)
+
+    def class_ids(self, images: torch.Tensor) -> torch.Tensor | None:
+        """``(N, 3, H, W)`` normalised images -> ``(N, H, W)`` int64 class ids at input size,
+        or None where only logits are available (ONNX Runtime).
+
+        With OpenVINO the resize of the logits and the arg-max run inside the compiled graph
+        (``openvino_logits_function(class_ids=True)``): the same class ids as
+        ``class_indices(F.interpolate(logits))`` up to near-ties (under ``precision="bf16"``
+        the tail runs in bf16 too: 0.02% of pixels differed on CamVid), in less time.
+        """
+        if self.runtime != "openvino":
+            return None
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected (N, 3, H, W) images, got shape {tuple(images.shape)}")
+        batch = np.ascontiguousarray(images.detach().float().cpu().numpy())
+        ids = self._openvino_class_ids(batch).astype(np.int64)  # a copy, off OpenVINO's buffer
+        return torch.from_numpy(ids).to(images.device)
 
     def extra_repr(self) -> str:
         detail = f", precision={self.precision}" if self.runtime == "openvino" else ""

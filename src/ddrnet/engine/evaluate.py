@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from ddrnet.engine.distributed import DistributedContext, all_reduce_sum
-from ddrnet.engine.inference import autocast, class_indices, normalize, segment_logits
+from ddrnet.engine.inference import autocast, normalize, segment_class_ids
 from ddrnet.engine.metrics import ConfusionMatrix, SegmentationMetrics
 
 
@@ -74,8 +74,8 @@ def evaluate(
             if channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp_dtype):
-                scores = segment_logits(model, batch, scales=scales, flip=flip, window=window)
-            prediction = class_indices(scores).cpu()
+                ids = segment_class_ids(model, batch, scales=scales, flip=flip, window=window)
+            prediction = ids.cpu()
             confusion.update(prediction, label_batch)
             if prediction_callback is not None:
                 for item in prediction:

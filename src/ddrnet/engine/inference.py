@@ -172,6 +172,25 @@ def segment_logits(
     return total / (len(scales) * (2 if flip else 1))
 
 
+def segment_class_ids(
+    model: nn.Module,
+    images: torch.Tensor,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    window: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Class ids ``(N, H, W)`` int64 at input resolution for normalised ``(N, 3, H, W)``
+    images: ``class_indices(segment_logits(...))``, except that a single plain pass on a
+    model with its own ``class_ids`` method (an exported file run by OpenVINO) lets the
+    runtime resize and arg-max inside its compiled graph, which is faster."""
+    plain = tuple(scales) == (1.0,) and not flip and window is None
+    own = getattr(model, "class_ids", None) if plain else None
+    ids = own(images) if own is not None else None
+    if ids is None:
+        ids = class_indices(segment_logits(model, images, scales, flip, window))
+    return ids
+
+
 def _num_classes(model: nn.Module) -> int:
     inner = getattr(model, "module", model)  # DDP / compiled wrappers
     inner = getattr(inner, "_orig_mod", inner)
@@ -237,6 +256,7 @@ class Predictor:
 
     def predict(self, image: np.ndarray | str | Path) -> np.ndarray:
         """Label map ``(H, W)`` of class indices (uint8 for <= 256 classes, else int32)."""
-        scores = self._scores(image)
-        labels = class_indices(scores)[0].cpu().numpy()
-        return labels.astype(np.uint8 if scores.shape[1] <= 256 else np.int32)
+        with autocast(self.device, self.amp_dtype):
+            ids = segment_class_ids(self.model, self._to_batch(image), self.scales, self.flip)
+        labels = ids[0].cpu().numpy()
+        return labels.astype(np.uint8 if _num_classes(self.model) <= 256 else np.int32)
