@@ -32,9 +32,9 @@ def is_onnx_file(path: str | Path | None) -> bool:
     return path is not None and Path(path).suffix.lower() == ".onnx"
 
 
-def _file_properties(path: Path) -> tuple[dict[str, str], int, str, bool]:
-    """The file's metadata properties, its output's channel count (0 if symbolic), the
-    output's element type name (``"FLOAT"``, ``"INT64"``...) and whether it is quantised."""
+def _file_properties(path: Path) -> tuple[dict[str, str], int, str]:
+    """The file's metadata properties, its output's channel count (0 if symbolic) and the
+    output's element type name (``"FLOAT"``, ``"INT64"``...)."""
     import onnx
 
     try:
@@ -47,9 +47,8 @@ def _file_properties(path: Path) -> tuple[dict[str, str], int, str, bool]:
     output = model.graph.output[0].type.tensor_type
     dims = output.shape.dim
     channels = dims[1].dim_value if len(dims) == 4 else 0
-    quantized = any(node.op_type == "QuantizeLinear" for node in model.graph.node)
     output_type = onnx.TensorProto.DataType.Name(output.elem_type)
-    return properties, int(channels), output_type, quantized
+    return properties, int(channels), output_type
 
 
 class OnnxSegmentationModel(nn.Module):
@@ -95,7 +94,7 @@ class OnnxSegmentationModel(nn.Module):
                 "ONNX Runtime's CPU provider has no bf16 convolutions: use runtime='openvino' "
                 "for bf16 (or an INT8 file with either runtime)"
             )
-        properties, channels, output_type, self.quantized = _file_properties(path)
+        properties, channels, output_type = _file_properties(path)
         if output_type != "FLOAT":
             raise ExportError(
                 f"{path} outputs {output_type.lower()} labels (exported with --argmax); "
