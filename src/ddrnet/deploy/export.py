@@ -236,6 +236,25 @@ def read_onnx_metadata(path: str | Path) -> dict[str, object]:
     return {}
 
 
+def onnx_file_properties(path: str | Path) -> tuple[dict[str, str], int, str]:
+    """The file's metadata properties, its output's channel count (0 if symbolic) and the
+    output's element type name (``"FLOAT"``, ``"INT64"``...)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # onnx raises DecodeError, OSError, ... for bad files
+        raise ExportError(f"{path}: not a readable ONNX file ({error})") from None
+    if not model.graph.output or not model.graph.input:
+        raise ExportError(f"{path}: not an ONNX model (no graph inputs or outputs; empty file?)")
+    properties = {prop.key: prop.value for prop in model.metadata_props}
+    output = model.graph.output[0].type.tensor_type
+    dims = output.shape.dim
+    channels = dims[1].dim_value if len(dims) == 4 else 0
+    output_type = onnx.TensorProto.DataType.Name(output.elem_type)
+    return properties, int(channels), output_type
+
+
 def onnx_session(
     path: str | Path, threads: int | None = None, optimize: bool = True, spin_wait: bool = True
 ) -> object:

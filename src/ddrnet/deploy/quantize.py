@@ -25,7 +25,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddrnet.deploy.export import OPENVINO_FIXED_SIZE_KEY, onnx_session, read_onnx_metadata
+from ddrnet.deploy.export import (
+    OPENVINO_FIXED_SIZE_KEY,
+    onnx_file_properties,
+    onnx_session,
+    read_onnx_metadata,
+)
 from ddrnet.engine.inference import class_indices, normalize
 from ddrnet.engine.metrics import ConfusionMatrix, SegmentationMetrics
 
@@ -483,9 +488,11 @@ def evaluate_onnx(
     class_ids = None
     if runtime == "openvino":
         run = OpenVinoPlans(path, threads, openvino_precision)
-        if _outputs_floats(path):
+        _, channels, output_type = onnx_file_properties(path)
+        if output_type in ("FLOAT", "FLOAT16"):  # logits, not class ids already
             # What ddrnet predict and ddrnet eval run: resize and arg-max inside the graph.
             class_ids = OpenVinoPlans(path, threads, openvino_precision, class_ids=True)
+            num_classes = num_classes or channels or None  # 0: a symbolic class dimension
     elif runtime == "onnxruntime":
         session = onnx_session(path, threads=threads)
 
@@ -536,15 +543,6 @@ def _prediction(
     if num_classes is None:
         raise ValueError(f"{path} outputs labels; pass num_classes")
     return prediction, num_classes
-
-
-def _outputs_floats(path: Path) -> bool:
-    """Whether the ONNX file's first output is floating point (logits, not class ids)."""
-    import onnx
-
-    output = onnx.load(str(path), load_external_data=False).graph.output[0]
-    elem_type = output.type.tensor_type.elem_type
-    return elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 
 
 def evaluate_onnx_forms(

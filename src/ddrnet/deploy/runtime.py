@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddrnet.deploy.export import ExportError, onnx_session
+from ddrnet.deploy.export import ExportError, onnx_file_properties, onnx_session
 from ddrnet.models.metadata import ModelMetadata
 
 RUNTIMES = ("onnxruntime", "openvino")
@@ -30,25 +30,6 @@ OPENVINO_PRECISIONS = ("f32", "bf16")
 def is_onnx_file(path: str | Path | None) -> bool:
     """Whether ``path`` names an ONNX file (by its suffix; the file need not exist)."""
     return path is not None and Path(path).suffix.lower() == ".onnx"
-
-
-def _file_properties(path: Path) -> tuple[dict[str, str], int, str]:
-    """The file's metadata properties, its output's channel count (0 if symbolic) and the
-    output's element type name (``"FLOAT"``, ``"INT64"``...)."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # onnx raises DecodeError, OSError, ... for bad files
-        raise ExportError(f"{path}: not a readable ONNX file ({error})") from None
-    if not model.graph.output or not model.graph.input:
-        raise ExportError(f"{path}: not an ONNX model (no graph inputs or outputs; empty file?)")
-    properties = {prop.key: prop.value for prop in model.metadata_props}
-    output = model.graph.output[0].type.tensor_type
-    dims = output.shape.dim
-    channels = dims[1].dim_value if len(dims) == 4 else 0
-    output_type = onnx.TensorProto.DataType.Name(output.elem_type)
-    return properties, int(channels), output_type
 
 
 class OnnxSegmentationModel(nn.Module):
@@ -94,7 +75,7 @@ class OnnxSegmentationModel(nn.Module):
                 "ONNX Runtime's CPU provider has no bf16 convolutions: use runtime='openvino' "
                 "for bf16 (or an INT8 file with either runtime)"
             )
-        properties, channels, output_type = _file_properties(path)
+        properties, channels, output_type = onnx_file_properties(path)
         if output_type != "FLOAT":
             raise ExportError(
                 f"{path} outputs {output_type.lower()} labels (exported with --argmax); "
@@ -127,10 +108,15 @@ class OnnxSegmentationModel(nn.Module):
         if self._session is not None:
             self._input_name = self._session.get_inputs()[0].name
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _as_batch(images: torch.Tensor) -> np.ndarray:
+        """``(N, 3, H, W)`` images as the contiguous float32 array both runtimes take."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected (N, 3, H, W) images, got shape {tuple(images.shape)}")
-        batch = np.ascontiguousarray(images.detach().float().cpu().numpy())
+        return np.ascontiguousarray(images.detach().float().cpu().numpy())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        batch = self._as_batch(images)
         if self._session is not None:
             (logits,) = self._session.run(None, {self._input_name: batch})
         else:
@@ -149,10 +135,9 @@ class OnnxSegmentationModel(nn.Module):
         """
         if self.runtime != "openvino":
             return None
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected (N, 3, H, W) images, got shape {tuple(images.shape)}")
-        batch = np.ascontiguousarray(images.detach().float().cpu().numpy())
-        ids = self._openvino_class_ids(batch).astype(np.int64)  # a copy, off OpenVINO's buffer
+        ids = self._openvino_class_ids(self._as_batch(images)).astype(
+            np.int64
+        )  # a copy, off OpenVINO's buffer
         return torch.from_numpy(ids).to(images.device)
 
     def extra_repr(self) -> str:
