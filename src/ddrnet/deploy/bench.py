@@ -440,8 +440,6 @@ def run_benchmarks(
             runners[name] = runner
         except Exception as error:  # report any backend failure, keep benchmarking the rest
             row["error"] = f"{type(error).__name__}: {error}"
-        finally:
-            runner = None
         row["peak_memory_mib"] = max(0, _peak_rss_bytes() - rss_before) / 2**20
         if on_gpu:
             row["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -461,26 +459,22 @@ def run_benchmarks(
         name: [batch_size * len(calls) / sum(calls) for calls in per_round]
         for name, per_round in latencies.items()
     }
+    reference_fps, cuda_fps = round_fps.get(REFERENCE_BACKEND), round_fps.get("cuda")
     for name, per_round in latencies.items():
-        row = rows[name]
+        row, fps = rows[name], round_fps[name]
         row.update(_latency_statistics([t for calls in per_round for t in calls], batch_size))
         row["rounds"] = len(per_round)
-        row["fps_rounds"] = round_fps[name]
-        row["fps"] = statistics.median(round_fps[name])
+        row["fps_rounds"] = fps
+        row["fps"] = statistics.median(fps)
         row["gmacs"] = gmacs
         row["achieved_gflops"] = 2 * gmacs * row["fps"]
         if peak_gflops and name not in GPU_BACKENDS:  # the peak is the CPU's
             row["fraction_of_peak"] = row["achieved_gflops"] / peak_gflops
-    for reference, key in ((REFERENCE_BACKEND, "speedup"), ("cuda", "speedup_vs_cuda_fp32")):
-        if reference not in round_fps:
-            continue
-        for name, per_round in round_fps.items():
-            if key == "speedup_vs_cuda_fp32" and name not in GPU_BACKENDS:
-                continue
-            ratios = [fps / base for fps, base in zip(per_round, round_fps[reference])]
-            rows[name][key] = statistics.median(ratios)
-            if key == "speedup":
-                rows[name]["speedup_rounds"] = ratios
+        if reference_fps:
+            row["speedup_rounds"] = [a / b for a, b in zip(fps, reference_fps)]
+            row["speedup"] = statistics.median(row["speedup_rounds"])
+        if cuda_fps and name in GPU_BACKENDS:
+            row["speedup_vs_cuda_fp32"] = statistics.median([a / b for a, b in zip(fps, cuda_fps)])
     return list(rows.values())
 
 
