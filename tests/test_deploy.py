@@ -421,12 +421,15 @@ def test_openvino_plans_compile_once_per_size_and_keep_the_last_few(onnx_path, m
 
     compiled = []
 
-    def fake_compile(path, threads, precision, input_shape, class_ids):
+    def fake_compile(path, threads, precision, input_shape, class_ids, fixed_size_ok):
+        # The plans pass on the answer they got once, so nothing parses the file again.
+        assert fixed_size_ok is (input_shape is not None)
         compiled.append(input_shape if not class_ids else ("class ids", input_shape))
         return lambda batch: batch.shape
 
     monkeypatch.setattr(quantize, "openvino_logits_function", fake_compile)
     plans = quantize.OpenVinoPlans(onnx_path, 1, "f32", keep=2)
+    assert plans.fixed_size  # a float file
     for height in (8, 8, 16, 8, 24, 16):
         assert plans(np.zeros((1, 3, height, 8), np.float32)) == (1, 3, height, 8)
     # 24 evicts 16 (8 was used more recently), so 16 compiles again.
@@ -441,6 +444,9 @@ def test_openvino_plans_compile_once_per_size_and_keep_the_last_few(onnx_path, m
     compiled.clear()
     quantize.OpenVinoPlans(onnx_path, 1, "f32", class_ids=True)(np.zeros((1, 3, 8, 8), np.float32))
     assert compiled == [("class ids", None)]
+    # A caller that knows the answer passes it, and the file is not read for it.
+    told = quantize.OpenVinoPlans(onnx_path, 1, "f32", fixed_size=True)
+    assert told.fixed_size
 
 
 def test_openvino_int8_matches_onnxruntime_once_pools_are_convolutions(

@@ -491,7 +491,9 @@ def evaluate_onnx(
         _, channels, output_type = onnx_file_properties(path)
         if output_type in ("FLOAT", "FLOAT16"):  # logits, not class ids already
             # What ddrnet predict and ddrnet eval run: resize and arg-max inside the graph.
-            class_ids = OpenVinoPlans(path, threads, openvino_precision, class_ids=True)
+            class_ids = OpenVinoPlans(
+                path, threads, openvino_precision, class_ids=True, fixed_size=run.fixed_size
+            )
             num_classes = num_classes or channels or None  # 0: a symbolic class dimension
     elif runtime == "onnxruntime":
         session = onnx_session(path, threads=threads)
@@ -577,6 +579,7 @@ def openvino_logits_function(
     input_shape: Sequence[int] | None = None,
     *,
     class_ids: bool = False,
+    fixed_size_ok: bool | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
     """Compile the ONNX file with OpenVINO for CPU (latency hint, ``threads`` inference
     threads, ``precision`` ``"f32"`` or ``"bf16"`` for float layers) and return a function
@@ -590,7 +593,9 @@ def openvino_logits_function(
     ``input_shape`` ``(N, 3, H, W)`` fixes the input size before compiling, which lets
     OpenVINO plan every layer for it (faster than the file's dynamic sizes: 1.1-1.4x for the
     INT8 DDRNet-23-slim); the function then accepts that shape only. Quantised (QDQ) files
-    not marked by ``quantize_onnx_int8`` stay dynamic (``openvino_fixed_size_ok``).
+    not marked by ``quantize_onnx_int8`` stay dynamic (``openvino_fixed_size_ok``;
+    ``fixed_size_ok`` passes its answer when the caller already has it, to spare parsing the
+    file again).
     """
     import openvino as ov
 
@@ -604,7 +609,9 @@ def openvino_logits_function(
         config["INFERENCE_NUM_THREADS"] = threads
     core = ov.Core()
     model = core.read_model(str(path))
-    if input_shape is not None and openvino_fixed_size_ok(path):
+    if fixed_size_ok is None and input_shape is not None:
+        fixed_size_ok = openvino_fixed_size_ok(path)
+    if input_shape is not None and fixed_size_ok:
         model.reshape([int(size) for size in input_shape])
     if class_ids:
         model = _with_class_ids(model)
@@ -651,7 +658,8 @@ class OpenVinoPlans:
     sizes for a file that ``openvino_fixed_size_ok`` rules out. Call it with one
     ``(N, 3, H, W)`` float32 batch; it returns the output array (a view of OpenVINO's
     buffer, overwritten by the next call: copy it to keep it). ``class_ids``: see
-    ``openvino_logits_function``."""
+    ``openvino_logits_function``. ``fixed_size``: ``openvino_fixed_size_ok(path)`` when the
+    caller already knows it (two plans of one file parse it once)."""
 
     def __init__(
         self,
@@ -661,10 +669,11 @@ class OpenVinoPlans:
         keep: int = 4,
         *,
         class_ids: bool = False,
+        fixed_size: bool | None = None,
     ) -> None:
         self.path, self.threads, self.precision, self.keep = Path(path), threads, precision, keep
         self.class_ids = class_ids
-        self.fixed_size = openvino_fixed_size_ok(path)
+        self.fixed_size = openvino_fixed_size_ok(path) if fixed_size is None else fixed_size
         self._plans: dict[tuple[int, ...] | None, Callable[[np.ndarray], np.ndarray]] = {}
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -672,7 +681,12 @@ class OpenVinoPlans:
         plan = self._plans.pop(key, None)  # re-inserted below: most recent last
         if plan is None:
             plan = openvino_logits_function(
-                self.path, self.threads, self.precision, key, class_ids=self.class_ids
+                self.path,
+                self.threads,
+                self.precision,
+                key,
+                class_ids=self.class_ids,
+                fixed_size_ok=self.fixed_size,
             )
         self._plans[key] = plan
         if len(self._plans) > self.keep:

@@ -101,7 +101,9 @@ class OnnxSegmentationModel(nn.Module):
             from ddrnet.deploy.quantize import OpenVinoPlans
 
             self._openvino = OpenVinoPlans(path, threads, precision)
-            self._openvino_class_ids = OpenVinoPlans(path, threads, precision, class_ids=True)
+            self._openvino_class_ids = OpenVinoPlans(
+                path, threads, precision, class_ids=True, fixed_size=self._openvino.fixed_size
+            )
         if runtime == "onnxruntime":
             # No spin-waiting: PyTorch's resize and argmax run between two calls (see there).
             self._session = onnx_session(path, threads=threads, spin_wait=False)
