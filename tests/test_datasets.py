@@ -701,12 +701,13 @@ def test_every_bundled_recipe_loads() -> None:
     assert paper.loss.aux_weight == 0.4
     for name in ("cityscapes_ddrnet23_slim", "cityscapes_ddrnet23"):
         assert configs[name].data == paper.data and configs[name].optim == paper.optim
-    camvid = configs["camvid_ddrnet23_slim"]  # the final model's recipe: train + val, 200 epochs
+    camvid = configs["camvid_ddrnet23_slim"]  # the final model's recipe: train + val, 300 epochs
     assert (camvid.data.train_split, camvid.train.epochs, camvid.loss.label_stride) == (
         "trainval",
-        200,
+        300,
         2,
     )
+    assert camvid.train.ema_decay == 0.999
     coco = configs["coco_stuff_ddrnet23"]
     assert (coco.data.dataset, coco.data.crop_size) == ("coco_stuff", (640, 640))
     assert configs["custom_folder_example"].data.dataset == "folder"
