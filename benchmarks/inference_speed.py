@@ -44,6 +44,7 @@ from ddrnet.predict import SegmentationRunner
 BACKENDS = [
     "eager",
     "bn_folded",
+    "compile",
     "eager_channels_last",
     "eager_bf16_channels_last",
     "ort",
