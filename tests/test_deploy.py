@@ -444,7 +444,7 @@ def test_openvino_plans_compile_once_per_size_and_keep_the_last_few(onnx_path, m
     compiled.clear()
     quantize.OpenVinoPlans(onnx_path, 1, "f32", class_ids=True)(np.zeros((1, 3, 8, 8), np.float32))
     assert compiled == [("class ids", None)]
-    # A caller that knows the answer passes it, and the file is not read for it.
+    # A caller that knows the answer passes it, and it wins over the (patched, False) check.
     told = quantize.OpenVinoPlans(onnx_path, 1, "f32", fixed_size=True)
     assert told.fixed_size
 

@@ -137,9 +137,8 @@ class OnnxSegmentationModel(nn.Module):
         """
         if self.runtime != "openvino":
             return None
-        ids = self._openvino_class_ids(self._as_batch(images)).astype(
-            np.int64
-        )  # a copy, off OpenVINO's buffer
+        ids = self._openvino_class_ids(self._as_batch(images))
+        ids = ids.astype(np.int64)  # a copy, off OpenVINO's buffer
         return torch.from_numpy(ids).to(images.device)
 
     def extra_repr(self) -> str:
