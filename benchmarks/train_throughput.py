@@ -9,8 +9,12 @@ Prints images/s for:
     0, 1 and 2 DataLoader workers;
   * our whole training loop (``ddrnet.engine.train.train``: data, step, logging; the recipe's
     bf16, channels_last, label_stride 2), second epoch, with 0 and 1 DataLoader workers;
+  * the bf16 bare step and the loop with and without ``train.retain_freed_memory`` (glibc
+    keeps freed memory for the next step instead of page-faulting it back in; the bare steps
+    above run with glibc's defaults, the loop with the setting unless it says otherwise);
 and each as a ratio to the bare fp32 step (medians over ``--rounds`` round-robin repeats,
-with their spread). Run on an otherwise idle machine:
+with their spread). Every measurement runs in a fresh process, so that none inherits another's
+heap or allocator setting. Run on an otherwise idle machine:
 
     python benchmarks/train_throughput.py [--data ../shared/data/camvid] [--seconds 20]
         [--rounds 3] [--only "label_stride 2"]
@@ -21,10 +25,12 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import multiprocessing
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -32,6 +38,7 @@ import torch
 import ddrnet
 from ddrnet.config import load_config
 from ddrnet.data.build import build_dataset
+from ddrnet.engine.allocator import retain_freed_memory
 from ddrnet.engine.config import Config
 from ddrnet.engine.losses import DeepSupervisionLoss, OhemCrossEntropy
 from ddrnet.engine.train import train
@@ -40,12 +47,19 @@ BATCH, CROP, CLASSES = 8, (352, 480), 11
 
 
 def bare_step_rate(
-    bf16: bool, label_stride: int | None, seconds: float, compiled: bool = False
+    bf16: bool,
+    label_stride: int | None,
+    seconds: float,
+    compiled: bool = False,
+    retain_memory: bool = False,
 ) -> float:
     """Images/s of the bare training step on random tensors of CamVid's shape;
     ``label_stride=None``: the mean of the logits as the loss (the network's cost alone);
     ``compiled``: the network's forward (and so its backward) through ``torch.compile``, as
-    ``train.compile: true`` does (compilation happens in the warm-up steps)."""
+    ``train.compile: true`` does (compilation happens in the warm-up steps);
+    ``retain_memory``: with ``retain_freed_memory()`` (the loop's default on CPU)."""
+    if retain_memory and not retain_freed_memory():
+        raise SystemExit("retain_freed_memory() does not apply here (needs Linux with glibc)")
     torch.manual_seed(0)
     model = ddrnet.create_model("ddrnet_23_slim", num_classes=CLASSES, aux_head=True).train()
     images = torch.randn(BATCH, 3, *CROP)
@@ -101,7 +115,9 @@ def data_pipeline_rate(config: Config, workers: int, seconds: float) -> float:
     return delivered / (time.perf_counter() - start)
 
 
-def training_loop_rate(data_root: str, workers: int, iterations: int, label_stride: int) -> float:
+def training_loop_rate(
+    data_root: str, workers: int, iterations: int, label_stride: int, retain_memory: bool = True
+) -> float:
     """Images/s of the second epoch of a real ``train()`` run (first epoch warms up)."""
     with tempfile.TemporaryDirectory() as output:
         config = load_config(
@@ -117,6 +133,7 @@ def training_loop_rate(data_root: str, workers: int, iterations: int, label_stri
                 "train.epochs=2",
                 f"train.max_iterations_per_epoch={iterations}",
                 f"train.output_dir={output}",
+                f"train.retain_freed_memory={str(retain_memory).lower()}",
             ],
         )
         train(config)
@@ -124,6 +141,13 @@ def training_loop_rate(data_root: str, workers: int, iterations: int, label_stri
             json.loads(line) for line in (Path(output) / "metrics.jsonl").read_text().splitlines()
         ]
         return records[-1]["images_per_second"]
+
+
+def in_fresh_process(measure: Callable[[], float]) -> float:
+    """Run one measurement in a new interpreter: allocator settings and heap state last for
+    a process's lifetime, so measurements in one process would not be independent."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(measure).result()
 
 
 def main() -> None:
@@ -155,7 +179,7 @@ def main() -> None:
         f"crop {CROP}, {args.rounds} rounds"
     )
     measurements: list[tuple[str, Callable[[], float]]] = [
-        ("bare step fp32, full-res loss", lambda: bare_step_rate(False, 1, args.seconds))
+        ("bare step fp32, full-res loss", functools.partial(bare_step_rate, False, 1, args.seconds))
     ]
     for bf16, stride in ((False, 4), (True, 1), (True, 2), (True, 4), (True, None)):
         loss = "no loss (network alone)" if stride is None else f"loss label_stride {stride}"
@@ -167,6 +191,14 @@ def main() -> None:
             functools.partial(bare_step_rate, True, 2, args.seconds, compiled=True),
         )
     )
+    for stride in (2, None):
+        loss = "no loss (network alone)" if stride is None else f"loss label_stride {stride}"
+        measurements.append(
+            (
+                f"bare step bf16+channels_last, {loss}, freed memory retained",
+                functools.partial(bare_step_rate, True, stride, args.seconds, retain_memory=True),
+            )
+        )
     config = load_config(Config, None, [f"data.root={args.data}", "data.check=false"])
     for workers in (0, 1, 2):
         measurements.append(
@@ -182,6 +214,14 @@ def main() -> None:
                 functools.partial(training_loop_rate, args.data, workers, args.iterations, stride),
             )
         )
+    measurements.append(
+        (
+            "ddrnet train loop (bf16, label_stride 2), 0 workers, glibc malloc defaults",
+            functools.partial(
+                training_loop_rate, args.data, 0, args.iterations, 2, retain_memory=False
+            ),
+        )
+    )
     if args.only:
         measurements = measurements[:1] + [
             (name, measure)
@@ -191,7 +231,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {name: [] for name, _ in measurements}
     for _ in range(args.rounds):
         for name, measure in measurements:
-            rates[name].append(measure())
+            rates[name].append(in_fresh_process(measure))
     baseline = statistics.median(rates[measurements[0][0]])
     width = max(len(name) for name in rates) + 2
     print(f"\n{'measurement':<{width}}{'img/s':>8}{'min-max':>14}{'vs bare fp32':>14}")

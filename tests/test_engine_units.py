@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -213,3 +216,37 @@ def test_normalize_by_hand_for_uint8_float_and_channels_last_input() -> None:
 def test_settings_out_of_range_are_named(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(Config, None, [override])
+
+
+_FAULTS_PER_CYCLE = """
+import resource, sys, torch
+from ddrnet.engine.allocator import retain_freed_memory
+
+def faults_per_cycle(cycles=10):
+    for _ in range(3):  # 64 MiB blocks; glibc settles after the first two
+        torch.empty(16 << 20).fill_(1.0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(cycles):
+        torch.empty(16 << 20).fill_(1.0)  # allocate, touch every page, free
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / cycles
+
+default = faults_per_cycle()
+applied = retain_freed_memory()
+print(default, faults_per_cycle(), applied)
+"""
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
+)
+def test_retained_memory_is_reused_without_page_faults() -> None:
+    # In a child process: the setting lasts for the process's lifetime. With glibc's defaults a
+    # freed 64 MiB block (above the 32 MiB its adaptive threshold reaches) goes back to the
+    # kernel, and its 16 384 pages fault in again on reuse.
+    output = subprocess.run(
+        [sys.executable, "-c", _FAULTS_PER_CYCLE], capture_output=True, text=True, check=True
+    ).stdout.split()
+    default, retained, applied = float(output[0]), float(output[1]), output[2]
+    assert applied == "True"
+    assert default > 10_000
+    assert retained < 100

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ddrnet.config import to_dict
 from ddrnet.data.build import build_dataset
 from ddrnet.data.datasets import DatasetError, PairedSegmentationDataset
+from ddrnet.engine.allocator import retain_freed_memory
 from ddrnet.engine.checkpointing import atomic_save, load_training_checkpoint
 from ddrnet.engine.config import Config, DataConfig
 from ddrnet.engine.distributed import (
@@ -121,6 +122,8 @@ def _train(
         torch.set_num_threads(cfg_train.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if device.type == "cpu" and cfg_train.retain_freed_memory:
+        retain_freed_memory()
     output = Path(cfg_train.output_dir)
     resume_path = _checked_output(output, resume)
     if cfg_data.batch_size < 2:
