@@ -37,6 +37,7 @@ from ddrnet.deploy import (
     fuse_conv_bn,
     load_calibration_images,
     measure_conv_peak_gflops,
+    onnx_file_properties,
     onnx_session,
     openvino_fixed_size_ok,
     openvino_logits_function,
@@ -262,6 +263,11 @@ def test_int8_quantization_on_real_camvid_images(
     assert concat_convolution_blocks(onnx_path) == [n.name for n in compression]
     assert {p.key: p.value for p in graph.metadata_props}[OPENVINO_FIXED_SIZE_KEY] == "1"
     assert openvino_fixed_size_ok(int8_path) and openvino_fixed_size_ok(onnx_path)
+    int8_properties = onnx_file_properties(int8_path)
+    float_properties = onnx_file_properties(onnx_path)
+    assert int8_properties.quantized and not float_properties.quantized
+    assert (int8_properties.channels, int8_properties.output_type) == (11, "FLOAT")
+    assert int8_properties.model_metadata == float_properties.model_metadata != {}
     whole = quantize_onnx_int8(
         onnx_path, tmp_path / "whole.onnx", calibration, openvino_fixed_size=False
     )

@@ -15,6 +15,7 @@ import copy
 import json
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -224,35 +225,56 @@ def export_onnx(
 
 def read_onnx_metadata(path: str | Path) -> dict[str, object]:
     """The ``ModelMetadata`` dict ``export_onnx`` stored in the file (empty if none)."""
+    return onnx_file_properties(path).model_metadata
+
+
+@dataclass(frozen=True)
+class OnnxFileProperties:
+    """What the runtimes need to know of an ONNX file, read in one parse
+    (``onnx_file_properties``)."""
+
+    metadata_props: dict[str, str]  # the file's metadata_props, key -> value
+    channels: int  # the output's channel count; 0 if symbolic
+    output_type: str  # the output's element type name: "FLOAT", "INT64"...
+    quantized: bool  # holds QuantizeLinear nodes (an INT8 QDQ file)
+
+    @property
+    def model_metadata(self) -> dict[str, object]:
+        """The ``ModelMetadata`` dict ``export_onnx`` stored (empty if none)."""
+        stored = self.metadata_props.get(METADATA_KEY)
+        return json.loads(stored) if stored else {}
+
+    @property
+    def openvino_fixed_size(self) -> bool:
+        """Whether OpenVINO may compile the file for a fixed input size: any float file, and a
+        quantised one written by ``quantize_onnx_int8(openvino_fixed_size=True)`` (others stay
+        dynamic: OpenVINO 2026.4 segfaults on some quantised graphs compiled at a fixed size).
+        """
+        return not self.quantized or OPENVINO_FIXED_SIZE_KEY in self.metadata_props
+
+
+def onnx_file_properties(path: str | Path) -> OnnxFileProperties:
+    """Metadata, output channels and type, and quantisation of the ONNX file ``path``; errors
+    name the file when it is missing or not an ONNX model."""
     import onnx
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such ONNX file")
-    model = onnx.load(str(path), load_external_data=False)
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:
-            return json.loads(prop.value)
-    return {}
-
-
-def onnx_file_properties(path: str | Path) -> tuple[dict[str, str], int, str]:
-    """The file's metadata properties, its output's channel count (0 if symbolic) and the
-    output's element type name (``"FLOAT"``, ``"INT64"``...)."""
-    import onnx
-
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # onnx raises DecodeError, OSError, ... for bad files
         raise ExportError(f"{path}: not a readable ONNX file ({error})") from None
     if not model.graph.output or not model.graph.input:
         raise ExportError(f"{path}: not an ONNX model (no graph inputs or outputs; empty file?)")
-    properties = {prop.key: prop.value for prop in model.metadata_props}
     output = model.graph.output[0].type.tensor_type
     dims = output.shape.dim
-    channels = dims[1].dim_value if len(dims) == 4 else 0
-    output_type = onnx.TensorProto.DataType.Name(output.elem_type)
-    return properties, int(channels), output_type
+    return OnnxFileProperties(
+        metadata_props={prop.key: prop.value for prop in model.metadata_props},
+        channels=int(dims[1].dim_value) if len(dims) == 4 else 0,
+        output_type=onnx.TensorProto.DataType.Name(output.elem_type),
+        quantized=any(node.op_type == "QuantizeLinear" for node in model.graph.node),
+    )
 
 
 def onnx_session(

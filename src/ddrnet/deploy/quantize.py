@@ -147,12 +147,17 @@ class ImageCalibrationReader:
 
 
 def _normalisation(
-    path: Path, mean: Sequence[float] | None, std: Sequence[float] | None
+    path: Path,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    metadata: dict[str, object] | None = None,
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``mean``/``std`` as given, else the ones ``export_onnx`` stored in the file."""
+    """``mean``/``std`` as given, else the ones ``export_onnx`` stored in the file (read from
+    it unless the caller passes its ``metadata``)."""
     if mean is not None and std is not None:
         return tuple(mean), tuple(std)
-    metadata = read_onnx_metadata(path)
+    if metadata is None:
+        metadata = read_onnx_metadata(path)
     if "mean" not in metadata or "std" not in metadata:
         raise ValueError(
             f"{path} carries no normalisation metadata; pass mean and std (RGB, 0..1 scale)"
@@ -324,15 +329,9 @@ def concat_convolution_blocks(path: str | Path) -> list[str]:
 
 
 def openvino_fixed_size_ok(path: str | Path) -> bool:
-    """Whether OpenVINO may compile ``path`` for a fixed input size: any float file, and a
-    quantised one written by ``quantize_onnx_int8(openvino_fixed_size=True)`` (others stay
-    dynamic: OpenVINO 2026.4 segfaults on some quantised graphs compiled at a fixed size)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    if not any(node.op_type == "QuantizeLinear" for node in model.graph.node):
-        return True
-    return any(prop.key == OPENVINO_FIXED_SIZE_KEY for prop in model.metadata_props)
+    """Whether OpenVINO may compile ``path`` for a fixed input size
+    (``OnnxFileProperties.openvino_fixed_size``)."""
+    return onnx_file_properties(path).openvino_fixed_size
 
 
 class _PerChannelAxisFilter(logging.Filter):
@@ -484,17 +483,19 @@ def evaluate_onnx(
     logits' channel count.
     """
     path = Path(path)
-    mean, std = _normalisation(path, mean, std)
+    properties = onnx_file_properties(path)
+    mean, std = _normalisation(path, mean, std, properties.model_metadata)
     class_ids = None
     if runtime == "openvino":
-        run = OpenVinoPlans(path, threads, openvino_precision)
-        _, channels, output_type = onnx_file_properties(path)
-        if output_type in ("FLOAT", "FLOAT16"):  # logits, not class ids already
+        fixed_size = properties.openvino_fixed_size
+        run = OpenVinoPlans(path, threads, openvino_precision, fixed_size=fixed_size)
+        if properties.output_type in ("FLOAT", "FLOAT16"):  # logits, not class ids already
             # What ddrnet predict and ddrnet eval run: resize and arg-max inside the graph.
             class_ids = OpenVinoPlans(
-                path, threads, openvino_precision, class_ids=True, fixed_size=run.fixed_size
+                path, threads, openvino_precision, class_ids=True, fixed_size=fixed_size
             )
-            num_classes = num_classes or channels or None  # 0: a symbolic class dimension
+            # 0: a symbolic class dimension
+            num_classes = num_classes or properties.channels or None
     elif runtime == "onnxruntime":
         session = onnx_session(path, threads=threads)
 

@@ -20,7 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddrnet.deploy.export import ExportError, onnx_file_properties, onnx_session
+from ddrnet.deploy.export import (
+    METADATA_KEY,
+    ExportError,
+    onnx_file_properties,
+    onnx_session,
+)
 from ddrnet.models.metadata import ModelMetadata
 
 RUNTIMES = ("onnxruntime", "openvino")
@@ -75,23 +80,27 @@ class OnnxSegmentationModel(nn.Module):
                 "ONNX Runtime's CPU provider has no bf16 convolutions: use runtime='openvino' "
                 "for bf16 (or an INT8 file with either runtime)"
             )
-        properties, channels, output_type = onnx_file_properties(path)
-        if output_type != "FLOAT":
+        properties = onnx_file_properties(path)
+        if properties.output_type != "FLOAT":
             raise ExportError(
-                f"{path} outputs {output_type.lower()} labels (exported with --argmax); "
+                f"{path} outputs {properties.output_type.lower()} labels (exported with --argmax); "
                 "prediction and evaluation need its logits: export again without --argmax"
             )
-        if "ddrnet" in properties:
-            self.metadata = ModelMetadata.from_json(properties["ddrnet"], source=str(path))
+        if METADATA_KEY in properties.metadata_props:
+            self.metadata = ModelMetadata.from_json(
+                properties.metadata_props[METADATA_KEY], source=str(path)
+            )
         else:
-            if channels < 1:
+            if properties.channels < 1:
                 raise ExportError(
                     f"{path} has no ddrnet metadata and a symbolic class dimension, so its "
                     "class count is unknown: export it with `ddrnet export`"
                 )
             # A foreign file: classes by number, ImageNet normalisation (ModelMetadata's).
-            self.metadata = ModelMetadata(architecture=path.stem, num_classes=channels, spec={})
-        export_options = json.loads(properties.get("ddrnet.export", "{}"))
+            self.metadata = ModelMetadata(
+                architecture=path.stem, num_classes=properties.channels, spec={}
+            )
+        export_options = json.loads(properties.metadata_props.get("ddrnet.export", "{}"))
         self.upsampled = bool(export_options.get("upsample_to_input", False))
         self.num_classes = self.metadata.num_classes
         self.path, self.runtime, self.precision = path, runtime, precision
@@ -100,9 +109,10 @@ class OnnxSegmentationModel(nn.Module):
         if runtime == "openvino":
             from ddrnet.deploy.quantize import OpenVinoPlans
 
-            self._openvino = OpenVinoPlans(path, threads, precision)
+            fixed_size = properties.openvino_fixed_size
+            self._openvino = OpenVinoPlans(path, threads, precision, fixed_size=fixed_size)
             self._openvino_class_ids = OpenVinoPlans(
-                path, threads, precision, class_ids=True, fixed_size=self._openvino.fixed_size
+                path, threads, precision, class_ids=True, fixed_size=fixed_size
             )
         if runtime == "onnxruntime":
             # No spin-waiting: PyTorch's resize and argmax run between two calls (see there).
