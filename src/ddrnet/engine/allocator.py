@@ -7,9 +7,9 @@ defaults every step takes 9 000-26 000 page faults in which the kernel maps and 
 pages (DDRNet-23-slim, bf16, batch 8, 352x480, 2 threads). Raising the mmap and trim
 thresholds keeps freed blocks inside malloc's heap, where the next step reuses them: 180-420
 faults per step, and the kernel's share of the step's CPU time falls from 0.024-0.061 s to
-0.002-0.004 s. On this 2-core machine the wall-clock gain (about 2% over 5 interleaved pairs)
-is smaller than the minute-to-minute noise; where many threads fault at once the kernel's
-share grows. It is what preloading jemalloc or tcmalloc does, which PyTorch's CPU performance
+0.002-0.004 s. On this 2-core machine the wall-clock difference is smaller than the
+minute-to-minute noise (README, "Train"); where many threads fault at once the kernel's share
+grows. It is what preloading jemalloc or tcmalloc does, which PyTorch's CPU performance
 guide recommends, without a preload or another library. The price: the heap does not shrink
 before the process ends (peak resident memory within +-8% in the same measurement).
 """
