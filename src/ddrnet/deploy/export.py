@@ -24,6 +24,8 @@ from torch import nn
 
 DEFAULT_VERIFY_SIZES: tuple[tuple[int, int], ...] = ((360, 480), (361, 479), (64, 64))
 METADATA_KEY = "ddrnet"  # ONNX metadata_props key holding the model's ModelMetadata as JSON
+# metadata_props key holding export_onnx's options (argmax, upsample_to_input, dynamic) as JSON.
+EXPORT_OPTIONS_KEY = "ddrnet.export"
 # metadata_props key of an INT8 file that OpenVINO can compile for a fixed input size.
 OPENVINO_FIXED_SIZE_KEY = "ddrnet.openvino_fixed_size"
 
@@ -212,7 +214,7 @@ def export_onnx(
             )
     metadata = getattr(model, "metadata", None)
     props = {
-        "ddrnet.export": json.dumps(
+        EXPORT_OPTIONS_KEY: json.dumps(
             {"argmax": argmax, "upsample_to_input": upsample_to_input, "dynamic": dynamic}
         )
     }
@@ -242,6 +244,12 @@ class OnnxFileProperties:
     def model_metadata(self) -> dict[str, object]:
         """The ``ModelMetadata`` dict ``export_onnx`` stored (empty if none)."""
         stored = self.metadata_props.get(METADATA_KEY)
+        return json.loads(stored) if stored else {}
+
+    @property
+    def export_options(self) -> dict[str, object]:
+        """The options ``export_onnx`` wrote the file with (empty if none)."""
+        stored = self.metadata_props.get(EXPORT_OPTIONS_KEY)
         return json.loads(stored) if stored else {}
 
     @property

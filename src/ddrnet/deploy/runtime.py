@@ -13,7 +13,6 @@ real work, and lets ``ddrnet eval`` score exactly the file that will be deployed
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -100,8 +99,7 @@ class OnnxSegmentationModel(nn.Module):
             self.metadata = ModelMetadata(
                 architecture=path.stem, num_classes=properties.channels, spec={}
             )
-        export_options = json.loads(properties.metadata_props.get("ddrnet.export", "{}"))
-        self.upsampled = bool(export_options.get("upsample_to_input", False))
+        self.upsampled = bool(properties.export_options.get("upsample_to_input", False))
         self.num_classes = self.metadata.num_classes
         self.path, self.runtime, self.precision = path, runtime, precision
         self.threads = threads
