@@ -157,7 +157,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None  # torch CPU threads; None = PyTorch's default
     # On CPU (Linux, glibc): keep freed memory in malloc's heap for the next step instead of
-    # returning it to the kernel, which saves ~20 000 page faults per step
+    # returning it to the kernel, which saves 9 000-26 000 page faults per step
     # (ddrnet.engine.allocator). false: glibc's defaults, memory returned as it is freed.
     retain_freed_memory: bool = True
 
