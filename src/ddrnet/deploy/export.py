@@ -239,6 +239,9 @@ class OnnxFileProperties:
     channels: int  # the output's channel count; 0 if symbolic
     output_type: str  # the output's element type name: "FLOAT", "INT64"...
     quantized: bool  # holds QuantizeLinear nodes (an INT8 QDQ file)
+    # Some int8 weight lies outside [-64, 64], the 7-bit range: 8-bit weights, which
+    # saturate on x86 CPUs without VNNI (ddrnet.hardware). False for float files.
+    full_range_int8_weights: bool = False
 
     @property
     def model_metadata(self) -> dict[str, object]:
@@ -282,7 +285,23 @@ def onnx_file_properties(path: str | Path) -> OnnxFileProperties:
         channels=int(dims[1].dim_value) if len(dims) == 4 else 0,
         output_type=onnx.TensorProto.DataType.Name(output.elem_type),
         quantized=any(node.op_type == "QuantizeLinear" for node in model.graph.node),
+        full_range_int8_weights=_largest_int8_weight(model) > 64,
     )
+
+
+def _largest_int8_weight(model: object) -> int:
+    """The largest magnitude among the int8 initializers (quantised weights); 0 if none.
+    Read from the weights themselves, so it holds for files from any quantiser."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    largest = 0
+    for tensor in model.graph.initializer:
+        if tensor.data_type == onnx.TensorProto.INT8 and tensor.dims:
+            values = numpy_helper.to_array(tensor)
+            largest = max(largest, int(np.abs(values.astype(np.int16)).max(initial=0)))
+    return largest
 
 
 def onnx_session(

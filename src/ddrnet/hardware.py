@@ -1,0 +1,85 @@
+"""What this machine's processor does fast, for choosing precisions that pay off on it.
+
+Two facts decide which reduced precisions help on a CPU:
+
+* **bfloat16.** oneDNN (PyTorch's CPU convolutions) and OpenVINO compute bf16 natively only
+  with AVX512-BF16 or AMX. Elsewhere, on AVX2 laptops and servers such as AMD Zen 2, bf16
+  autocast is emulated through conversions and runs slower than float32 (DDRNet-23-slim
+  training step, batch 8, 352x480, on a 2-core AMD EPYC Zen 2: see README, "Train"), and
+  OpenVINO silently runs its bf16 hint in float32.
+* **int8 dot products.** x86 CPUs without VNNI (AVX512-VNNI, AVX-VNNI or AMX) multiply
+  uint8 activations by int8 weights with ``vpmaddubsw``, whose pairwise sums saturate at
+  int16. With full-range 8-bit weights that clips large products and costs a quantised
+  DDRNet mIoU (ONNX Runtime's and OpenVINO's documented overflow issue); 7-bit weights
+  (``reduce_range``) cannot saturate. VNNI, AMX and ARM accumulate in int32 directly.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
+import torch
+
+_X86 = ("x86_64", "amd64", "i386", "i686")
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """The CPU feature flags Linux reports in ``/proc/cpuinfo`` (empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def _torch_cpu_check(name: str) -> bool:
+    check = getattr(torch.cpu, name, None)
+    return bool(check()) if check is not None else False
+
+
+def is_x86() -> bool:
+    return platform.machine().lower() in _X86
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bfloat16 in hardware (x86: AVX512-BF16 or AMX; ARM:
+    the BF16 extension), so bf16 autocast and OpenVINO's bf16 hint run faster than float32."""
+    if is_x86():
+        return (
+            _torch_cpu_check("_is_avx512_bf16_supported")
+            or _torch_cpu_check("_is_amx_tile_supported")
+            or bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+        )
+    return "bf16" in _cpu_flags()
+
+
+def cpu_has_int8_dot_product() -> bool:
+    """True when uint8 x int8 products accumulate without int16 saturation: x86 with
+    AVX512-VNNI, AVX-VNNI or AMX, and every non-x86 CPU (ARM widens or uses SDOT/UDOT)."""
+    if not is_x86():
+        return True
+    return _torch_cpu_check("_is_vnni_supported") or bool(
+        {"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags()
+    )
+
+
+def describe_cpu() -> str:
+    """One line naming the CPU and the capabilities above, for benchmark and log headers."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    capability = torch.backends.cpu.get_cpu_capability()
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    int8 = "int8 dot products" if cpu_has_int8_dot_product() else "no VNNI"
+    return f"{name} ({capability}, {bf16}, {int8})"
