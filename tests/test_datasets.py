@@ -690,7 +690,7 @@ def test_every_bundled_recipe_loads() -> None:
     assert paper.model.name == "ddrnet_39" and paper.data.dataset == "cityscapes"
     assert paper.data.crop_size == (1024, 1024) and paper.data.base_size == (1024, 2048)
     assert paper.data.scale_range == (0.5, 2.0) and paper.data.batch_size * 4 == 12
-    assert (paper.train.epochs, paper.train.amp, paper.eval.every_epochs) == (484, "bf16", 10)
+    assert (paper.train.epochs, paper.train.amp, paper.eval.every_epochs) == (484, "auto", 10)
     assert (paper.optim.optimizer, paper.optim.lr, paper.optim.momentum) == ("sgd", 0.01, 0.9)
     assert (paper.optim.weight_decay, paper.optim.poly_power) == (0.0005, 0.9)
     assert (paper.loss.ohem, paper.loss.ohem_threshold, paper.loss.ohem_min_kept) == (

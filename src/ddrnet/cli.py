@@ -174,8 +174,17 @@ def _load_onnx_model(checkpoint: str, model_name: str | None, runtime: str | Non
             f"--amp {amp} with --runtime {runtime}: ONNX files run in float32 (or INT8 when "
             "quantised); for bf16 use --runtime openvino --amp bf16"
         )
+    from ddrnet.hardware import cpu_has_native_bf16
+
+    if amp == "bf16" and not cpu_has_native_bf16():
+        logger.warning(
+            "--amp bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX); OpenVINO runs "
+            "the float layers of %s in float32 here",
+            checkpoint,
+        )
+    bf16 = amp == "bf16" or (amp == "auto" and runtime == "openvino" and cpu_has_native_bf16())
     try:
-        return load_onnx_model(checkpoint, runtime, "bf16" if amp == "bf16" else "f32")
+        return load_onnx_model(checkpoint, runtime, "bf16" if bf16 else "f32")
     except ExportError as error:
         raise UsageError(str(error)) from None
     except ImportError as error:
@@ -196,7 +205,7 @@ def _device_and_amp(
     import torch
 
     from ddrnet.deploy.runtime import OnnxSegmentationModel
-    from ddrnet.engine.inference import pick_device
+    from ddrnet.engine.inference import pick_device, resolve_amp
 
     if isinstance(model, OnnxSegmentationModel):
         if args.device not in ("auto", "cpu"):
@@ -205,11 +214,20 @@ def _device_and_amp(
                 "use the PyTorch model file or `ddrnet export --format tensorrt`"
             )
         return torch.device("cpu"), None
-    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     try:
-        return pick_device(args.device), amp
+        device = pick_device(args.device)
     except ValueError as error:
         raise UsageError(f"--device {args.device}: {error}; use --device cpu or auto") from None
+    try:
+        return device, resolve_amp(args.amp, device, "--amp")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+AMP_HELP = (
+    "reduced precision: auto = bf16 where the CPU computes it natively (AVX512-BF16/AMX) or "
+    "on CUDA, else float32; bf16 on other CPUs is emulated and slow; fp16 needs CUDA"
+)
 
 
 def _add_runtime_option(parser: argparse.ArgumentParser) -> None:
@@ -645,8 +663,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.calibration is None:
             raise UsageError("--format onnx-int8 needs --calibration (a folder of real images)")
         images = load_calibration_images(args.calibration, count=args.calibration_count)
-        final = quantize_onnx_int8(fp32_path, output, images, size=args.size)
-        print(f"INT8 (QDQ, per-channel) written to {final}, calibrated on {len(images)} images")
+        final = quantize_onnx_int8(
+            fp32_path, output, images, size=args.size, reduce_range=args.weight_bits == 7
+        )
+        print(
+            f"INT8 (QDQ, per-channel, {args.weight_bits}-bit weights) written to {final}, "
+            f"calibrated on {len(images)} images"
+        )
     if args.evaluate_root:
         from ddrnet.data.datasets import camvid
 
@@ -731,7 +754,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--flip", action="store_true", help="add horizontally flipped passes")
     evaluation.add_argument("--window", type=parse_size, help="sliding window HEIGHTxWIDTH")
     evaluation.add_argument("--batch-size", type=POSITIVE_INT, default=1)
-    evaluation.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    evaluation.add_argument(
+        "--amp",
+        choices=["none", "auto", "bf16", "fp16"],
+        default="none",
+        help=AMP_HELP,
+    )
     evaluation.add_argument("--device", default="auto")
     _add_runtime_option(evaluation)
     evaluation.add_argument("--max-images", type=POSITIVE_INT, help="only the first N images")
@@ -768,7 +796,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--scales", type=POSITIVE_FLOAT, nargs="+", default=[1.0])
     predict.add_argument("--flip", action="store_true")
     predict.add_argument("--alpha", type=FRACTION, default=0.5, help="overlay colour weight, 0-1")
-    predict.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    predict.add_argument(
+        "--amp",
+        choices=["none", "auto", "bf16", "fp16"],
+        default="none",
+        help=AMP_HELP,
+    )
     predict.add_argument("--device", default="auto")
     _add_runtime_option(predict)
     predict.add_argument(
@@ -828,6 +861,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--upsample", action="store_true", help="resize to the input size in-graph")
     export.add_argument("--calibration", help="INT8: folder of real images")
     export.add_argument("--calibration-count", type=POSITIVE_INT, default=32)
+    export.add_argument(
+        "--weight-bits",
+        type=int,
+        choices=[7, 8],
+        default=7,
+        help="INT8: 7 (default) is accurate on every CPU; 8 only for files that run on "
+        "VNNI/AMX CPUs or ARM (x86 CPUs without VNNI saturate with 8-bit weights)",
+    )
     export.add_argument("--evaluate-root", help="CamVid root: report mIoU of fp32 and INT8 on val")
     export.add_argument("--evaluate-images", type=POSITIVE_INT, help="only the first N val images")
     export.set_defaults(handler=cmd_export)
@@ -896,7 +937,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=4096 * 2048,
         help="larger images get 413 (default 4096x2048)",
     )
-    serve.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    serve.add_argument(
+        "--amp",
+        choices=["none", "auto", "bf16", "fp16"],
+        default="none",
+        help=AMP_HELP,
+    )
     serve.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     _add_runtime_option(serve)
     serve.set_defaults(handler=cmd_serve)

@@ -141,7 +141,9 @@ class EvalConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 200
-    amp: Literal["none", "bf16", "fp16"] = "bf16"
+    # auto: bf16 where the CPU computes it natively (AVX512-BF16/AMX) or the GPU supports it,
+    # fp16 on older GPUs, float32 on other CPUs (emulated bf16 is ~10x slower there).
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     channels_last: bool = True
     compile: bool = False
     # Keep an exponential moving average of the weights with this decay per optimiser step

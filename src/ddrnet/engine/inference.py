@@ -6,6 +6,7 @@ Used by ``ddrnet.Predictor`` (single images), by evaluation and by ``ddrnet pred
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ddrnet.hardware import cpu_has_native_bf16
+
+logger = logging.getLogger(__name__)
 
 
 def pick_device(name: str) -> torch.device:
@@ -35,6 +40,45 @@ def pick_device(name: str) -> torch.device:
                 f"this machine has {available} usable CUDA device(s) (torch {torch.__version__})"
             )
     return device
+
+
+AMP_SETTINGS = ("auto", "none", "bf16", "fp16")
+
+
+def resolve_amp(setting: str, device: torch.device, option: str = "amp") -> torch.dtype | None:
+    """The autocast dtype (None: float32) that the ``amp`` setting ``setting`` means on
+    ``device``; ``option`` names the setting in messages (``"train.amp"``, ``"--amp"``).
+
+    ``"auto"``: bfloat16 on CPUs that compute it natively (AVX512-BF16, AMX; see
+    ``ddrnet.hardware``) and float32 on other CPUs, where bf16 is emulated: a DDRNet-23-slim
+    training step ran 0.32 img/s in bf16 against 3.5 in float32 on an AMD EPYC (Zen 2,
+    AVX2). On CUDA, bfloat16 where the GPU supports it (Ampere and later), else float16.
+    An explicit ``"bf16"`` on a CPU without native bf16 is obeyed with a warning; ``"fp16"``
+    on a CPU is a ``ValueError``.
+    """
+    if setting not in AMP_SETTINGS:
+        raise ValueError(f"{option}={setting}: choose one of {', '.join(AMP_SETTINGS)}")
+    if setting == "none":
+        return None
+    if setting == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cpu" and cpu_has_native_bf16():
+            return torch.bfloat16
+        return None
+    if setting == "fp16":
+        if device.type == "cpu":
+            raise ValueError(f"{option}=fp16 needs CUDA; on a CPU use bf16, or auto")
+        return torch.float16
+    if device.type == "cpu" and not cpu_has_native_bf16():
+        logger.warning(
+            "%s=bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so bf16 is "
+            "emulated and runs several times slower than float32 (a training step: 10x "
+            "slower on an AMD Zen 2); %s=auto picks float32 here",
+            option,
+            option,
+        )
+    return torch.bfloat16
 
 
 def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:

@@ -36,7 +36,7 @@ from ddrnet.engine.distributed import (
 )
 from ddrnet.engine.ema import ModelEma
 from ddrnet.engine.evaluate import evaluate
-from ddrnet.engine.inference import autocast, normalize, pick_device
+from ddrnet.engine.inference import autocast, normalize, pick_device, resolve_amp
 from ddrnet.engine.losses import (
     CrossEntropy,
     DeepSupervisionLoss,
@@ -44,6 +44,7 @@ from ddrnet.engine.losses import (
     class_balance_weights,
 )
 from ddrnet.engine.schedules import poly_lr
+from ddrnet.hardware import describe_cpu
 from ddrnet.models import ModelMetadata, create_model, load_weights, save_model
 
 logger = logging.getLogger(__name__)
@@ -51,14 +52,6 @@ logger = logging.getLogger(__name__)
 
 class TrainingError(RuntimeError):
     """Training cannot go on; the last checkpoint on disk is intact."""
-
-
-def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    if setting == "none":
-        return None
-    if setting == "fp16" and device.type == "cpu":
-        raise ValueError("train.amp=fp16 needs CUDA; use bf16 on CPU")
-    return torch.bfloat16 if setting == "bf16" else torch.float16
 
 
 def label_pixel_counts(dataset, num_classes: int) -> torch.Tensor:
@@ -131,7 +124,14 @@ def _train(
             f"data.batch_size={cfg_data.batch_size}: training needs at least 2 images per "
             "batch (batch norm estimates its statistics from the batch)"
         )
-    autocast_dtype = amp_dtype(cfg_train.amp, device)
+    autocast_dtype = resolve_amp(cfg_train.amp, device, "train.amp")
+    if ctx.is_main:
+        logger.info(
+            "training on %s in %s (train.amp=%s)",
+            describe_cpu() if device.type == "cpu" else device,
+            str(autocast_dtype or torch.float32).removeprefix("torch."),
+            cfg_train.amp,
+        )
     torch.manual_seed(cfg_train.seed)
 
     # ---- data -------------------------------------------------------------------------
