@@ -2,14 +2,17 @@
 
 Prints images/s for:
   * the bare step (forward, main + auxiliary loss, backward, SGD step; no data loading),
-    fp32 and bf16 autocast + channels_last, with the loss at full label resolution and at
-    ``loss.label_stride`` 2 (the CamVid recipe) and 4, and with no loss at all (the network
-    alone: the ceiling for the whole loop); and the recipe's step with ``torch.compile``;
+    fp32, and bf16 autocast + channels_last where the CPU computes bf16 natively (AVX512-BF16
+    or AMX; emulated elsewhere and ~10x slower than fp32, so not timed), with the loss at full
+    label resolution and at ``loss.label_stride`` 2 (the CamVid recipe) and 4, and with no
+    loss at all (the network alone: the ceiling for the whole loop); and the recipe's step
+    with ``torch.compile``;
   * the data pipeline alone (decode-once cache, random scale/crop/flip/photometric), with
     0, 1 and 2 DataLoader workers;
   * our whole training loop (``ddrnet.engine.train.train``: data, step, logging; the recipe's
-    bf16, channels_last, label_stride 2), second epoch, with 0 and 1 DataLoader workers;
-  * the bf16 bare step and the loop with and without ``train.retain_freed_memory`` (glibc
+    ``train.amp: auto``, channels_last, label_stride 2), second epoch, with 0 and 1 DataLoader
+    workers;
+  * the recipe's bare step and the loop with and without ``train.retain_freed_memory`` (glibc
     keeps freed memory for the next step instead of page-faulting it back in; the bare steps
     above run with glibc's defaults, the loop with the setting unless it says otherwise);
 and each as a ratio to the bare fp32 step (medians over ``--rounds`` round-robin repeats,
@@ -42,6 +45,7 @@ from ddrnet.engine.allocator import retain_freed_memory
 from ddrnet.engine.config import Config
 from ddrnet.engine.losses import DeepSupervisionLoss, OhemCrossEntropy
 from ddrnet.engine.train import train
+from ddrnet.hardware import cpu_has_native_bf16, describe_cpu
 
 BATCH, CROP, CLASSES = 8, (352, 480), 11
 
@@ -174,29 +178,45 @@ def main() -> None:
         "bare fp32, always runs: it is the baseline of the ratios)",
     )
     args = parser.parse_args()
+    print(describe_cpu())
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, "
         f"crop {CROP}, {args.rounds} rounds"
     )
+    # The recipe's precision here (train.amp: auto): bf16 only where the CPU computes it
+    # natively; emulated bf16 runs ~10x slower than fp32 and is not timed.
+    bf16 = cpu_has_native_bf16()
+    recipe = "bf16+channels_last" if bf16 else "fp32"
     measurements: list[tuple[str, Callable[[], float]]] = [
         ("bare step fp32, full-res loss", functools.partial(bare_step_rate, False, 1, args.seconds))
     ]
-    for bf16, stride in ((False, 4), (True, 1), (True, 2), (True, 4), (True, None)):
+    strides = (
+        ((False, 4), (True, 1), (True, 2), (True, 4), (True, None))
+        if bf16
+        else (
+            (False, 2),
+            (False, 4),
+            (False, None),
+        )
+    )
+    for step_bf16, stride in strides:
         loss = "no loss (network alone)" if stride is None else f"loss label_stride {stride}"
-        name = f"bare step {'bf16+channels_last' if bf16 else 'fp32'}, {loss}"
-        measurements.append((name, functools.partial(bare_step_rate, bf16, stride, args.seconds)))
+        name = f"bare step {'bf16+channels_last' if step_bf16 else 'fp32'}, {loss}"
+        measurements.append(
+            (name, functools.partial(bare_step_rate, step_bf16, stride, args.seconds))
+        )
     measurements.append(
         (
-            "bare step bf16+channels_last, loss label_stride 2, torch.compile",
-            functools.partial(bare_step_rate, True, 2, args.seconds, compiled=True),
+            f"bare step {recipe}, loss label_stride 2, torch.compile",
+            functools.partial(bare_step_rate, bf16, 2, args.seconds, compiled=True),
         )
     )
     for stride in (2, None):
         loss = "no loss (network alone)" if stride is None else f"loss label_stride {stride}"
         measurements.append(
             (
-                f"bare step bf16+channels_last, {loss}, freed memory retained",
-                functools.partial(bare_step_rate, True, stride, args.seconds, retain_memory=True),
+                f"bare step {recipe}, {loss}, freed memory retained",
+                functools.partial(bare_step_rate, bf16, stride, args.seconds, retain_memory=True),
             )
         )
     config = load_config(Config, None, [f"data.root={args.data}", "data.check=false"])
@@ -210,13 +230,13 @@ def main() -> None:
     for workers, stride in ((0, 2), (1, 2), (0, 4)):
         measurements.append(
             (
-                f"ddrnet train loop (bf16, label_stride {stride}), {workers} workers",
+                f"ddrnet train loop ({recipe}, label_stride {stride}), {workers} workers",
                 functools.partial(training_loop_rate, args.data, workers, args.iterations, stride),
             )
         )
     measurements.append(
         (
-            "ddrnet train loop (bf16, label_stride 2), 0 workers, glibc malloc defaults",
+            f"ddrnet train loop ({recipe}, label_stride 2), 0 workers, glibc malloc defaults",
             functools.partial(
                 training_loop_rate, args.data, 0, args.iterations, 2, retain_memory=False
             ),

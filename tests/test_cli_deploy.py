@@ -119,8 +119,7 @@ def test_export_evaluates_every_deployed_form_on_camvid_val(camvid_root, tmp_pat
     scored = {}
     for name, path, options in (
         ("fp32 ONNX with onnxruntime", "m_int8_fp32.onnx", []),
-        ("INT8 ONNX with openvino (bf16 float layers)", "m_int8.onnx",
-         ["--runtime", "openvino", "--amp", "bf16"]),
+        ("INT8 ONNX with openvino", "m_int8.onnx", ["--runtime", "openvino", "--amp", "auto"]),
     ):  # fmt: skip
         result = run_ddrnet(
             "eval", str(tmp_path / path), "--root", str(camvid_root), "--max-images",
@@ -131,6 +130,6 @@ def test_export_evaluates_every_deployed_form_on_camvid_val(camvid_root, tmp_pat
     assert scored["fp32 ONNX with onnxruntime"] == pytest.approx(torch_miou, abs=0.01)
     if any(line.startswith("INT8 ONNX with openvino") for line in deployed):
         reported = next(line for line in deployed if line.startswith("INT8 ONNX with openvino"))
-        assert scored["INT8 ONNX with openvino (bf16 float layers)"] == pytest.approx(
+        assert scored["INT8 ONNX with openvino"] == pytest.approx(
             float(reported.split("mIoU ")[1].split()[0]), abs=0.01
         )
