@@ -43,6 +43,31 @@ def test_predictor_returns_label_maps_at_input_resolution(camvid_model_file, fra
     assert np.array_equal(probabilities.argmax(axis=0), labels)
 
 
+def test_inference_runs_batch_norm_folded_and_leaves_the_callers_model_alone(frames) -> None:
+    """Predictor, predict, eval and serve run an eval-mode copy with Conv+BN folded (1.09-1.14x
+    on a 2-core Zen 2), in channels_last; it computes the trained model's logits."""
+    from torch import nn
+
+    from ddrnet.engine.inference import normalize, to_fast_layout
+
+    model = ddrnet.create_model(checkpoint=bundled_model_path("camvid_ddrnet23_slim_train"))
+    model.train()
+    batch_norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    fast, memory_format = to_fast_layout(model)
+    remaining = sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    # Only DAPPM's and the heads' pre-activation BNs (BN -> ReLU -> conv) stay.
+    assert batch_norms > 50 and 0 < remaining < 20
+    assert model.training and not fast.training and memory_format == torch.channels_last
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == batch_norms
+    assert fast.metadata == model.metadata
+    image = torch.from_numpy(np.array(Image.open(frames[0]).convert("RGB"))).permute(2, 0, 1)
+    batch = normalize(image[None], model.metadata.mean, model.metadata.std)
+    with torch.no_grad():
+        reference = model.eval()(batch)
+        folded = fast(batch.contiguous(memory_format=memory_format))
+    assert float((folded - reference).abs().max()) < 1e-4 * float(reference.abs().max())
+
+
 def test_flip_and_multiscale_average_probabilities(camvid_model_file, frames) -> None:
     model = ddrnet.create_model(checkpoint=camvid_model_file)
     plain = ddrnet.Predictor(model).predict_proba(frames[0])

@@ -20,10 +20,8 @@ from ddrnet.deploy.export import (
     OPENVINO_FIXED_SIZE_KEY,
     ExportError,
     OnnxFileProperties,
-    conv_bn_pairs,
     export_onnx,
     export_torchscript,
-    fuse_conv_bn,
     onnx_file_properties,
     onnx_session,
     read_onnx_metadata,
@@ -43,6 +41,7 @@ from ddrnet.deploy.quantize import (
     quantize_onnx_int8,
 )
 from ddrnet.deploy.runtime import OnnxSegmentationModel, is_onnx_file, load_onnx_model
+from ddrnet.models.fusion import conv_bn_pairs, fuse_conv_bn
 
 __all__ = [
     "BACKENDS",

@@ -35,9 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddrnet.deploy.export import export_onnx, float_cpu_copy, fuse_conv_bn, onnx_session
+from ddrnet.deploy.export import export_onnx, float_cpu_copy, onnx_session
 from ddrnet.deploy.quantize import openvino_logits_function, quantize_onnx_int8
 from ddrnet.models.complexity import count_macs
+from ddrnet.models.fusion import fuse_conv_bn
 from ddrnet.models.metadata import IMAGENET_MEAN, IMAGENET_STD
 
 BACKENDS: dict[str, str] = {

@@ -11,7 +11,6 @@ onnx and onnxruntime (the ``deploy`` extra) are imported inside the functions th
 
 from __future__ import annotations
 
-import copy
 import json
 import warnings
 from collections.abc import Iterator, Sequence
@@ -21,6 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ddrnet.models.fusion import unwrapped_copy
 
 DEFAULT_VERIFY_SIZES: tuple[tuple[int, int], ...] = ((360, 480), (361, 479), (64, 64))
 METADATA_KEY = "ddrnet"  # ONNX metadata_props key holding the model's ModelMetadata as JSON
@@ -77,17 +78,9 @@ def _example_input(batch_size: int, height: int, width: int) -> torch.Tensor:
     return torch.randn(batch_size, 3, height, width, generator=torch.Generator().manual_seed(0))
 
 
-def _unwrapped_copy(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of the network inside DDP / ``torch.compile`` wrappers, so that
-    exporting or folding never changes the caller's model."""
-    inner = getattr(model, "module", model)  # DDP wrapper
-    inner = getattr(inner, "_orig_mod", inner)  # torch.compile wrapper
-    return copy.deepcopy(inner).eval()
-
-
 def float_cpu_copy(model: nn.Module) -> nn.Module:
     """An eval-mode float32 CPU copy: exported graphs take float32 input."""
-    return _unwrapped_copy(model).float().cpu()
+    return unwrapped_copy(model).float().cpu()
 
 
 def static_resize_nodes(onnx_model: object) -> list[str]:
@@ -476,70 +469,3 @@ def export_torchscript(
             traced = torch.jit.freeze(traced)
     torch.jit.save(traced, str(path))
     return path
-
-
-def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """``(conv_name, bn_name)`` for every Conv2d whose output feeds only a BatchNorm2d.
-
-    Found by tracing the forward pass with ``torch.fx``, so the pairs are those the data
-    really flows through (not guessed from module order). BatchNorms that follow a ReLU or
-    a pool (DAPPM and head pre-activation units) have no such conv and are not listed.
-    """
-    import torch.fx
-
-    try:
-        graph_module = torch.fx.symbolic_trace(model)
-    except Exception as error:  # fx raises many types for untraceable code
-        raise ExportError(
-            f"cannot trace {type(model).__name__} to find Conv+BN pairs: {error}"
-        ) from error
-    modules = dict(graph_module.named_modules())
-    calls: dict[str, int] = {}
-    for node in graph_module.graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
-    pairs = []
-    for node in graph_module.graph.nodes:
-        if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
-            continue
-        source = node.args[0]
-        if (
-            isinstance(source, torch.fx.Node)
-            and source.op == "call_module"
-            and isinstance(modules[source.target], nn.Conv2d)
-            and len(source.users) == 1
-            # A module called twice would be folded for both uses; only fold single uses.
-            and calls[source.target] == 1
-            and calls[node.target] == 1
-        ):
-            pairs.append((str(source.target), str(node.target)))
-    return pairs
-
-
-def fuse_conv_bn(model: nn.Module) -> nn.Module:
-    """An eval-mode copy with every Conv2d -> BatchNorm2d pair folded into the conv.
-
-    The folded conv computes ``bn(conv(x))`` exactly up to rounding: in float64 outputs
-    match to ~1e-12; in float32 the fused and unfused models differ by about as much as
-    either differs from float64 (~1e-4 on logits of order 10, from summation order). Each
-    folded BatchNorm becomes ``nn.Identity`` so the module tree, its class, dtype, device
-    and ``metadata`` stay as they were. BatchNorm -> ReLU -> Conv units
-    (pre-activation, in DAPPM and the heads) cannot be folded exactly because of the ReLU
-    between them and are left alone. This is the BN-fused form the paper's speed protocol
-    times. The input model is not modified.
-    """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    fused = _unwrapped_copy(model)
-    for conv_name, bn_name in conv_bn_pairs(fused):
-        conv = fused.get_submodule(conv_name)
-        bn = fused.get_submodule(bn_name)
-        _replace_submodule(fused, conv_name, fuse_conv_bn_eval(conv, bn))
-        _replace_submodule(fused, bn_name, nn.Identity())
-    return fused
-
-
-def _replace_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
