@@ -4,8 +4,9 @@ For 1024x2048 (the paper's Cityscapes protocol) and 360x480 (CamVid), batch 1, e
 FPS, latency percentiles, speed as a ratio to the plain eager fp32 forward pass measured in the
 same run (every backend timed in ``--rounds`` interleaved passes; the ratio is the median of
 the per-pass ratios, shown with their range, so load that drifts during the run cancels), and
-the fraction of this CPU's float32 convolution peak (also measured in this run) that each
-backend reaches (bf16/INT8 backends can exceed 1: they beat fp32's ceiling).
+the fraction of this CPU's float32 convolution peak (measured again after every pass, each
+pass's rates against its own peak) that each backend reaches (bf16/INT8 backends can exceed 1:
+they beat fp32's ceiling).
 Then, with CamVid at hand, every deployed form of the same weights run as a model, through
 the code of ``ddrnet eval`` (mIoU on CamVid val and its change against eager fp32; INT8
 calibrated on 16 CamVid *train* images) and of ``ddrnet predict`` (median latency per frame,
@@ -108,10 +109,14 @@ def main() -> None:
             rounds=args.rounds,
             warmup_seconds=2.0,
             calibration_images=calibration,
-            peak_gflops=peak["float32"],
+            measure_peak=lambda: measure_conv_peak_gflops(1.0, dtypes=("float32",))["float32"],
         )
         results[f"{size[0]}x{size[1]}"] = rows
-        print(f"\n{size[0]}x{size[1]}")
+        peaks = next((r["peak_gflops_rounds"] for r in rows if "peak_gflops_rounds" in r), [0])
+        print(
+            f"\n{size[0]}x{size[1]} (fp32 convolution peak per round: "
+            f"{', '.join(f'{peak:.0f}' for peak in peaks)} GFLOP/s)"
+        )
         print(
             f"{'backend':<26}{'FPS':>8}{'p50 ms':>9}{'vs eager fp32':>15}{'range':>12}"
             f"{'of fp32 peak':>14}"

@@ -51,6 +51,7 @@ from ddrnet.deploy.export import static_resize_nodes
 from ddrnet.deploy.quantize import onnx_logits, preprocess_image
 from ddrnet.engine.inference import normalize, segment_logits
 from ddrnet.engine.metrics import ConfusionMatrix
+from ddrnet.models import count_macs
 
 from official_reference import randomize_batchnorm
 
@@ -433,9 +434,24 @@ def test_run_benchmarks_takes_medians_of_interleaved_rounds(model, monkeypatch):
         return schedule[name][calls.count(name) - 1]
 
     monkeypatch.setattr(bench, "_time_calls", fake_time_calls)
-    rows = run_benchmarks(model, (32, 32), ["ort"], seconds=0.3, rounds=3, warmup_seconds=0.0)
+    # The convolution peak is measured after each pass; in units of one image's FLOPs per
+    # second it is 40, 10, 160: ort's fractions 20/40, 10/10, 40/160 (median 0.5), eager's
+    # 10/40, 5/10, 10/160 (median 0.25). One peak for the whole run would give ort 20/40.
+    flops = 2 * count_macs(model, (32, 32)) / 1e9
+    peaks = iter([40 * flops, 10 * flops, 160 * flops])
+
+    def fake_peak() -> float:
+        calls.append("peak")
+        return next(peaks)
+
+    rows = run_benchmarks(
+        model, (32, 32), ["ort"], seconds=0.3, rounds=3, warmup_seconds=0.0, measure_peak=fake_peak
+    )
     eager, ort = rows
-    assert calls == ["eager", "ort"] * 3  # interleaved, not one backend after the other
+    assert calls == ["eager", "ort", "peak"] * 3  # interleaved, not one backend after the other
+    assert ort["fraction_of_peak"] == pytest.approx(0.5)
+    assert eager["fraction_of_peak"] == pytest.approx(0.25)
+    assert ort["peak_gflops_rounds"] == pytest.approx([40 * flops, 10 * flops, 160 * flops])
     assert eager["fps_rounds"] == pytest.approx([10, 5, 10]) and eager["fps"] == pytest.approx(10)
     assert ort["fps_rounds"] == pytest.approx([20, 10, 40]) and ort["fps"] == pytest.approx(20)
     assert ort["speedup_rounds"] == pytest.approx([2, 2, 4]) and ort["speedup"] == pytest.approx(2)

@@ -568,11 +568,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         warmup_seconds=args.warmup,
         batch_size=args.batch_size,
         calibration_images=calibration,
-        peak_gflops=peak["float32"],
+        measure_peak=lambda: measure_conv_peak_gflops(1.0, dtypes=("float32",))["float32"],
     )
     print(
         f"{args.rounds} interleaved rounds; FPS and speed-up are medians over rounds, the range "
-        "is the lowest and highest per-round speed-up"
+        "is the lowest and highest per-round speed-up; 'of fp32 peak' compares each round with "
+        "the fp32 convolution peak measured after it "
+        f"({_peak_range(rows)} GFLOP/s)"
     )
     header = (
         f"{'backend':<26}{'FPS':>8}{'mean ms':>9}{'p50':>8}{'p90':>8}{'p99':>8}"
@@ -605,6 +607,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))
         print(f"results written to {args.json}")
     return 0
+
+
+def _peak_range(rows: list[dict]) -> str:
+    """The lowest-highest per-round convolution peak that ``run_benchmarks`` measured."""
+    peaks = next((row["peak_gflops_rounds"] for row in rows if "peak_gflops_rounds" in row), [])
+    return f"{min(peaks):.0f}-{max(peaks):.0f}" if peaks else "not measured"
 
 
 def cmd_export(args: argparse.Namespace) -> int:

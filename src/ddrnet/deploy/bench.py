@@ -351,6 +351,7 @@ def run_benchmarks(
     threads: int | None = None,
     calibration_images: Sequence[Any] | None = None,
     peak_gflops: float | None = None,
+    measure_peak: Callable[[], float] | None = None,
 ) -> list[dict[str, Any]]:
     """Time ``backends`` (default: all in ``BACKENDS``) on ``model`` at ``input_size``
     ``(H, W)``, one row per backend, in the order given.
@@ -377,6 +378,12 @@ def run_benchmarks(
     image), ``achieved_gflops`` (``2 * gmacs * fps``) and, with ``peak_gflops`` (from
     ``measure_conv_peak_gflops``), ``fraction_of_peak``. Give the float32 peak: bf16 and
     INT8 backends then show how far past float32's ceiling they get (values above 1).
+    ``measure_peak`` (a function returning GFLOP/s, e.g. a short
+    ``measure_conv_peak_gflops``) is called after every pass instead, so that each pass's
+    rates are compared with a peak from the same minutes: ``fraction_of_peak`` is then the
+    median over passes of ``achieved / peak`` and ``peak_gflops_rounds`` lists the peaks. A
+    machine whose speed drifts by 25% between a peak measured once and the timed backends
+    otherwise shows float32 backends "above the peak" (seen on an AMD Zen 2).
 
     GPU backends (``GPU_BACKENDS``, only where CUDA is available; elsewhere their rows carry
     the error) also report ``peak_gpu_memory_mib`` (``torch.cuda.max_memory_allocated``) and,
@@ -444,6 +451,7 @@ def run_benchmarks(
         row["peak_memory_mib"] = max(0, _peak_rss_bytes() - rss_before) / 2**20
         if on_gpu:
             row["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    peaks = [measure_peak()] if measure_peak else []
     for _ in range(rounds - 1):
         for name, runner in list(runners.items()):
             try:
@@ -455,6 +463,8 @@ def run_benchmarks(
             except Exception as error:  # a backend that fails later is reported, not fatal
                 rows[name]["error"] = f"{type(error).__name__}: {error}"
                 del runners[name], latencies[name]
+        if measure_peak:
+            peaks.append(measure_peak())
     runners.clear()  # release every backend's memory
     round_fps = {
         name: [batch_size * len(calls) / sum(calls) for calls in per_round]
@@ -469,7 +479,13 @@ def run_benchmarks(
         row["fps"] = statistics.median(fps)
         row["gmacs"] = gmacs
         row["achieved_gflops"] = 2 * gmacs * row["fps"]
-        if peak_gflops and name not in GPU_BACKENDS:  # the peak is the CPU's
+        if name in GPU_BACKENDS:
+            pass  # the peak is the CPU's
+        elif peaks:
+            fractions = [2 * gmacs * rate / peak for rate, peak in zip(fps, peaks)]
+            row["fraction_of_peak"] = statistics.median(fractions)
+            row["peak_gflops_rounds"] = peaks
+        elif peak_gflops:
             row["fraction_of_peak"] = row["achieved_gflops"] / peak_gflops
         if reference_fps:
             row["speedup_rounds"] = [a / b for a, b in zip(fps, reference_fps)]
