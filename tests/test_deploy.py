@@ -435,10 +435,11 @@ def test_run_benchmarks_takes_medians_of_interleaved_rounds(model, monkeypatch):
 
     monkeypatch.setattr(bench, "_time_calls", fake_time_calls)
     # The convolution peak is measured after each pass; in units of one image's FLOPs per
-    # second it is 40, 10, 160: ort's fractions 20/40, 10/10, 40/160 (median 0.5), eager's
-    # 10/40, 5/10, 10/160 (median 0.25). One peak for the whole run would give ort 20/40.
+    # second it is 40, 5, 20: ort's fractions 20/40, 10/5, 40/20 (median 2), eager's
+    # 10/40, 5/5, 10/20 (median 0.5). ort's median rate over the first peak would say 0.5,
+    # over the median peak 1.
     flops = 2 * count_macs(model, (32, 32)) / 1e9
-    peaks = iter([40 * flops, 10 * flops, 160 * flops])
+    peaks = iter([40 * flops, 5 * flops, 20 * flops])
 
     def fake_peak() -> float:
         calls.append("peak")
@@ -449,9 +450,9 @@ def test_run_benchmarks_takes_medians_of_interleaved_rounds(model, monkeypatch):
     )
     eager, ort = rows
     assert calls == ["eager", "ort", "peak"] * 3  # interleaved, not one backend after the other
-    assert ort["fraction_of_peak"] == pytest.approx(0.5)
-    assert eager["fraction_of_peak"] == pytest.approx(0.25)
-    assert ort["peak_gflops_rounds"] == pytest.approx([40 * flops, 10 * flops, 160 * flops])
+    assert ort["fraction_of_peak"] == pytest.approx(2.0)
+    assert eager["fraction_of_peak"] == pytest.approx(0.5)
+    assert ort["peak_gflops_rounds"] == pytest.approx([40 * flops, 5 * flops, 20 * flops])
     assert eager["fps_rounds"] == pytest.approx([10, 5, 10]) and eager["fps"] == pytest.approx(10)
     assert ort["fps_rounds"] == pytest.approx([20, 10, 40]) and ort["fps"] == pytest.approx(20)
     assert ort["speedup_rounds"] == pytest.approx([2, 2, 4]) and ort["speedup"] == pytest.approx(2)
