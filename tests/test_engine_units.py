@@ -274,3 +274,30 @@ def test_amp_auto_takes_bf16_only_where_the_cpu_computes_it(monkeypatch, caplog,
     with pytest.raises(ValueError, match=r"choose one of auto, none, bf16, fp16"):
         inference.resolve_amp("half", cpu)
     assert Config().train.amp == "auto"
+
+
+def test_cpu_capabilities_come_from_the_cpu_flags(monkeypatch) -> None:
+    """bf16 and int8 dot products as /proc/cpuinfo reports them: a Zen 2 (AVX2 only), a
+    Sapphire Rapids (AMX, AVX512-BF16, VNNI), and ARM, which has no int16 saturation."""
+    from ddrnet import hardware
+
+    if platform.system() == "Linux":  # the real file parses: flags on x86, Features on ARM
+        assert {"avx2", "asimd", "sse2"} & hardware._cpu_flags()
+    monkeypatch.setattr(hardware, "_torch_cpu_check", lambda name: False)
+    monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
+    zen2 = frozenset("fpu sse2 avx fma avx2 f16c sha_ni".split())
+    sapphire_rapids = zen2 | {"avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}
+    laptop_with_avx_vnni = zen2 | {"avx_vnni"}
+    cases = [
+        (zen2, False, False),
+        (sapphire_rapids, True, True),
+        (laptop_with_avx_vnni, False, True),
+    ]
+    for flags, bf16, int8 in cases:
+        monkeypatch.setattr(hardware, "_cpu_flags", lambda f=flags: f)
+        assert (hardware.cpu_has_native_bf16(), hardware.cpu_has_int8_dot_product()) == (bf16, int8)
+    monkeypatch.setattr(hardware.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(hardware, "_cpu_flags", lambda: frozenset({"fp", "asimd", "bf16"}))
+    assert hardware.cpu_has_native_bf16() and hardware.cpu_has_int8_dot_product()
+    monkeypatch.setattr(hardware, "_cpu_flags", lambda: frozenset({"fp", "asimd"}))
+    assert not hardware.cpu_has_native_bf16()
