@@ -224,10 +224,15 @@ def _device_and_amp(
         raise UsageError(str(error)) from None
 
 
-AMP_HELP = (
-    "reduced precision: auto = bf16 where the CPU computes it natively (AVX512-BF16/AMX) or "
-    "on CUDA, else float32; bf16 on other CPUs is emulated and slow; fp16 needs CUDA"
-)
+def _add_amp_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--amp",
+        choices=["none", "auto", "bf16", "fp16"],
+        default="none",
+        help="reduced precision: auto = bf16 where the CPU computes it natively "
+        "(AVX512-BF16/AMX) or on CUDA, else float32; bf16 on other CPUs is emulated and "
+        "slow; fp16 needs CUDA",
+    )
 
 
 def _add_runtime_option(parser: argparse.ArgumentParser) -> None:
@@ -770,12 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--flip", action="store_true", help="add horizontally flipped passes")
     evaluation.add_argument("--window", type=parse_size, help="sliding window HEIGHTxWIDTH")
     evaluation.add_argument("--batch-size", type=POSITIVE_INT, default=1)
-    evaluation.add_argument(
-        "--amp",
-        choices=["none", "auto", "bf16", "fp16"],
-        default="none",
-        help=AMP_HELP,
-    )
+    _add_amp_option(evaluation)
     evaluation.add_argument("--device", default="auto")
     _add_runtime_option(evaluation)
     evaluation.add_argument("--max-images", type=POSITIVE_INT, help="only the first N images")
@@ -812,12 +812,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--scales", type=POSITIVE_FLOAT, nargs="+", default=[1.0])
     predict.add_argument("--flip", action="store_true")
     predict.add_argument("--alpha", type=FRACTION, default=0.5, help="overlay colour weight, 0-1")
-    predict.add_argument(
-        "--amp",
-        choices=["none", "auto", "bf16", "fp16"],
-        default="none",
-        help=AMP_HELP,
-    )
+    _add_amp_option(predict)
     predict.add_argument("--device", default="auto")
     _add_runtime_option(predict)
     predict.add_argument(
@@ -953,12 +948,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=4096 * 2048,
         help="larger images get 413 (default 4096x2048)",
     )
-    serve.add_argument(
-        "--amp",
-        choices=["none", "auto", "bf16", "fp16"],
-        default="none",
-        help=AMP_HELP,
-    )
+    _add_amp_option(serve)
     serve.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     _add_runtime_option(serve)
     serve.set_defaults(handler=cmd_serve)
