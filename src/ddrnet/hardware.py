@@ -26,16 +26,23 @@ _X86 = ("x86_64", "amd64", "i386", "i686")
 
 
 @functools.cache
-def _cpu_flags() -> frozenset[str]:
-    """The CPU feature flags Linux reports in ``/proc/cpuinfo`` (empty elsewhere)."""
+def _cpuinfo_field(*names: str) -> str | None:
+    """The first ``/proc/cpuinfo`` line's value whose key is one of ``names`` (Linux; None
+    elsewhere or when absent). The file is the same for every core we read it for."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
+        return None
     for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+        key, _, value = line.partition(":")
+        if key.strip() in names:
+            return value.strip()
+    return None
+
+
+def _cpu_flags() -> frozenset[str]:
+    """The CPU feature flags Linux reports (x86 ``flags``, ARM ``Features``; empty elsewhere)."""
+    return frozenset((_cpuinfo_field("flags", "Features") or "").split())
 
 
 def _torch_cpu_check(name: str) -> bool:
@@ -71,14 +78,7 @@ def cpu_has_int8_dot_product() -> bool:
 
 def describe_cpu() -> str:
     """One line naming the CPU and the capabilities above, for benchmark and log headers."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    name = _cpuinfo_field("model name") or platform.processor() or platform.machine()
     capability = torch.backends.cpu.get_cpu_capability()
     bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
     int8 = "int8 dot products" if cpu_has_int8_dot_product() else "no VNNI"
