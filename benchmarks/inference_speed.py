@@ -33,9 +33,11 @@ from ddrnet.assets import demo_frames
 from ddrnet.data.datasets import camvid
 from ddrnet.deploy import (
     export_onnx,
+    float32_conv_peak,
     load_calibration_images,
     load_onnx_model,
     measure_conv_peak_gflops,
+    measured_peaks,
     quantize_onnx_int8,
     run_benchmarks,
 )
@@ -109,14 +111,11 @@ def main() -> None:
             rounds=args.rounds,
             warmup_seconds=2.0,
             calibration_images=calibration,
-            measure_peak=lambda: measure_conv_peak_gflops(1.0, dtypes=("float32",))["float32"],
+            measure_peak=float32_conv_peak,
         )
         results[f"{size[0]}x{size[1]}"] = rows
-        peaks = next((r["peak_gflops_rounds"] for r in rows if "peak_gflops_rounds" in r), [0])
-        print(
-            f"\n{size[0]}x{size[1]} (fp32 convolution peak per round: "
-            f"{', '.join(f'{peak:.0f}' for peak in peaks)} GFLOP/s)"
-        )
+        peaks = ", ".join(f"{peak:.0f}" for peak in measured_peaks(rows))
+        print(f"\n{size[0]}x{size[1]} (fp32 convolution peak per round: {peaks} GFLOP/s)")
         print(
             f"{'backend':<26}{'FPS':>8}{'p50 ms':>9}{'vs eager fp32':>15}{'range':>12}"
             f"{'of fp32 peak':>14}"

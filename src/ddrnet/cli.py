@@ -529,8 +529,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ddrnet.deploy import (
         BACKENDS,
         GPU_BACKENDS,
+        float32_conv_peak,
         load_calibration_images,
         measure_conv_peak_gflops,
+        measured_peaks,
         run_benchmarks,
     )
     from ddrnet.hardware import cpu_has_native_bf16, describe_cpu
@@ -573,13 +575,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         warmup_seconds=args.warmup,
         batch_size=args.batch_size,
         calibration_images=calibration,
-        measure_peak=lambda: measure_conv_peak_gflops(1.0, dtypes=("float32",))["float32"],
+        measure_peak=float32_conv_peak,
     )
     print(
         f"{args.rounds} interleaved rounds; FPS and speed-up are medians over rounds, the range "
         "is the lowest and highest per-round speed-up; 'of fp32 peak' compares each round with "
         "the fp32 convolution peak measured after it "
-        f"({_peak_range(rows)} GFLOP/s)"
+        f"({_peak_range(measured_peaks(rows))} GFLOP/s)"
     )
     header = (
         f"{'backend':<26}{'FPS':>8}{'mean ms':>9}{'p50':>8}{'p90':>8}{'p99':>8}"
@@ -614,9 +616,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _peak_range(rows: list[dict]) -> str:
-    """The lowest-highest per-round convolution peak that ``run_benchmarks`` measured."""
-    peaks = next((row["peak_gflops_rounds"] for row in rows if "peak_gflops_rounds" in row), [])
+def _peak_range(peaks: list[float]) -> str:
     return f"{min(peaks):.0f}-{max(peaks):.0f}" if peaks else "not measured"
 
 

@@ -13,7 +13,9 @@ from ddrnet.deploy.bench import (
     Runner,
     benchmark,
     build_runner,
+    float32_conv_peak,
     measure_conv_peak_gflops,
+    measured_peaks,
     run_benchmarks,
 )
 from ddrnet.deploy.export import (
@@ -66,7 +68,9 @@ __all__ = [
     "is_onnx_file",
     "load_calibration_images",
     "load_onnx_model",
+    "float32_conv_peak",
     "measure_conv_peak_gflops",
+    "measured_peaks",
     "onnx_file_properties",
     "onnx_session",
     "openvino_fixed_size_ok",

@@ -479,20 +479,30 @@ def run_benchmarks(
         row["fps"] = statistics.median(fps)
         row["gmacs"] = gmacs
         row["achieved_gflops"] = 2 * gmacs * row["fps"]
-        if name in GPU_BACKENDS:
-            pass  # the peak is the CPU's
-        elif peaks:
-            fractions = [2 * gmacs * rate / peak for rate, peak in zip(fps, peaks)]
+        # Each pass against its own peak; a fixed peak stands for every pass.
+        round_peaks = peaks or ([peak_gflops] * len(fps) if peak_gflops else [])
+        if round_peaks and name not in GPU_BACKENDS:  # the peak is the CPU's
+            fractions = [2 * gmacs * rate / peak for rate, peak in zip(fps, round_peaks)]
             row["fraction_of_peak"] = statistics.median(fractions)
-            row["peak_gflops_rounds"] = peaks
-        elif peak_gflops:
-            row["fraction_of_peak"] = row["achieved_gflops"] / peak_gflops
+            if peaks:
+                row["peak_gflops_rounds"] = peaks
         if reference_fps:
             row["speedup_rounds"] = [a / b for a, b in zip(fps, reference_fps)]
             row["speedup"] = statistics.median(row["speedup_rounds"])
         if cuda_fps and name in GPU_BACKENDS:
             row["speedup_vs_cuda_fp32"] = statistics.median([a / b for a, b in zip(fps, cuda_fps)])
     return list(rows.values())
+
+
+def float32_conv_peak(seconds: float = 1.0) -> float:
+    """``measure_conv_peak_gflops`` for float32 only: the short per-pass peak that
+    ``run_benchmarks(measure_peak=float32_conv_peak)`` takes."""
+    return measure_conv_peak_gflops(seconds, dtypes=("float32",))["float32"]
+
+
+def measured_peaks(rows: Sequence[dict[str, Any]]) -> list[float]:
+    """The per-pass convolution peaks a ``run_benchmarks`` result holds (empty if none)."""
+    return next((row["peak_gflops_rounds"] for row in rows if "peak_gflops_rounds" in row), [])
 
 
 def measure_conv_peak_gflops(
