@@ -262,3 +262,80 @@ def test_options_that_cannot_work_are_clear_errors(camvid_model_file, onnx_files
         assert result.returncode == 2 and message in result.stderr, (options, result.stderr)
         assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_an_output_folder_in_or_around_an_input_folder_is_refused(
+    camvid_model_file, frames, tmp_path
+) -> None:
+    from ddrnet.predict import PredictionInputError, check_output_folder
+
+    inputs = tmp_path / "frames"
+    (inputs / "sub").mkdir(parents=True)
+    frame = inputs / frames[0].name
+    frame.write_bytes(frames[0].read_bytes())
+    cases = [
+        ([str(inputs)], inputs, "is the input folder"),
+        ([str(inputs)], inputs / "out", "is inside the input folder"),
+        ([str(inputs)], tmp_path, "holds the input folder"),
+        ([str(inputs / "**" / "*.png")], inputs / "sub", "is inside the input folder"),
+        ([str(frame)], inputs, f"holds the input {frame}"),
+    ]
+    for arguments, output, message in cases:
+        with pytest.raises(PredictionInputError, match=message):
+            check_output_folder(output, arguments, [frame])
+    check_output_folder(tmp_path / "elsewhere", [str(inputs)], [frame])  # no error
+
+    result = run_ddrnet(
+        "predict", str(inputs), "--checkpoint", str(camvid_model_file), "-o", str(inputs)
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().count("\n") == 0 and "is the input folder" in result.stderr
+    assert sorted(p.name for p in inputs.iterdir()) == [frames[0].name, "sub"]  # untouched
+    assert frame.read_bytes() == frames[0].read_bytes()
+
+
+def test_a_huge_image_is_skipped_and_the_good_frame_beside_it_is_segmented(
+    camvid_model_file, frames, tmp_path
+) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    huge = inputs / "huge.png"
+    Image.new("1", (16000, 16000)).save(huge)  # 256 megapixels, ~20 GB to segment
+    assert huge.stat().st_size < 1_000_000
+    (inputs / frames[0].name).write_bytes(frames[0].read_bytes())
+    result = run_ddrnet(
+        "predict", str(inputs), "--checkpoint", str(camvid_model_file), "--save", "labels",
+        "-o", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    skipped = [line for line in result.stdout.splitlines() if line.startswith("skipped")]
+    assert skipped == [
+        f"skipped: {huge}: 16000x16000 is 256.0 megapixels, over the limit of 50.0 megapixels "
+        "(ddrnet predict --max-pixels raises it)"
+    ]
+    assert "1 of 2 inputs failed" in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "out" / f"{frames[0].stem}_labels.png").is_file()
+    assert not (tmp_path / "out" / "huge_labels.png").exists()
+
+
+def test_the_pixel_cap_counts_the_largest_scale(camvid_model_file, frames, tmp_path) -> None:
+    model = ddrnet.create_model(checkpoint=camvid_model_file)
+    runner = SegmentationRunner(model, torch.device("cpu"), scales=(0.5, 2.0))
+    lines: list[str] = []
+    summary = run_prediction(
+        runner, [str(frames[0])], tmp_path / "out", kinds=("labels",), progress=False,
+        report=lines.append, max_pixels=500_000,
+    )  # fmt: skip
+    assert list(summary.failed) == [str(frames[0])] and not summary.processed
+    assert "480x360 is 0.2 megapixels, 0.7 megapixels at scale 2, over the limit of 0.5" in lines[0]
+    summary = run_prediction(
+        runner, [str(frames[0])], tmp_path / "out", kinds=("labels",), progress=False,
+        report=lines.append, max_pixels=4 * 480 * 360,
+    )  # fmt: skip
+    assert summary.processed == [str(frames[0])]
+    assert summary.warmup_ms is not None and len(summary.latencies_ms) == 1
+    for scales in ((20.0,), (1e9,), (0.0,), (float("nan"),)):
+        with pytest.raises(ValueError, match=r"outside \(0, 4\]"):
+            SegmentationRunner(model, torch.device("cpu"), scales=scales)
+        with pytest.raises(ValueError, match=r"outside \(0, 4\]"):
+            ddrnet.Predictor(model, scales=scales).predict(np.zeros((8, 8, 3), np.uint8))

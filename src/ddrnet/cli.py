@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ddrnet.limits import DEFAULT_MAX_PIXELS, MAX_SCALE
+
 if TYPE_CHECKING:
     import torch
 
@@ -46,6 +48,7 @@ POSITIVE_INT = _number(int, 1)
 NON_NEGATIVE_INT = _number(int, 0)
 POSITIVE_FLOAT = _number(float, 0, open_low=True)
 FRACTION = _number(float, 0, 1)
+SCALE = _number(float, 0, MAX_SCALE, open_low=True)
 PORT = _number(int, 0, 65535)
 
 
@@ -372,19 +375,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.workers,
         max_frames=args.max_frames,
+        max_pixels=args.max_pixels,
     )
     done, failed = len(summary.processed), len(summary.failed)
     if summary.latencies_ms:
-        first, latencies = summary.latencies_ms[0], sorted(summary.latencies_ms)
-        line = (
+        latencies = sorted(summary.latencies_ms)
+        print(
             f"{done} input{'s' if done != 1 else ''} segmented into {args.output}; "
             "latency per image: "
             f"mean {sum(latencies) / len(latencies):.1f} ms, "
-            f"median {latencies[len(latencies) // 2]:.1f} ms"
+            f"median {latencies[len(latencies) // 2]:.1f} ms (not counted: a first, untimed "
+            f"pass of {summary.warmup_ms:.0f} ms that created the kernels or compiled the model)"
         )
-        if len(latencies) > 1:  # the first call also creates kernels (OpenVINO: compiles)
-            line += f" (first {first:.1f} ms)"
-        print(line)
     if failed:
         print(f"{failed} of {done + failed} inputs failed (listed above)", file=sys.stderr)
         return 1
@@ -767,10 +769,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument(
         "--scales",
-        type=POSITIVE_FLOAT,
+        type=SCALE,
         nargs="+",
         default=[1.0],
-        help="e.g. 0.5 0.75 1 1.25 1.5 1.75",
+        help=f"each in (0, {MAX_SCALE:g}], e.g. 0.5 0.75 1 1.25 1.5 1.75",
     )
     evaluation.add_argument("--flip", action="store_true", help="add horizontally flipped passes")
     evaluation.add_argument("--window", type=parse_size, help="sliding window HEIGHTxWIDTH")
@@ -809,7 +811,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers for reading"
     )
-    predict.add_argument("--scales", type=POSITIVE_FLOAT, nargs="+", default=[1.0])
+    predict.add_argument(
+        "--scales",
+        type=SCALE,
+        nargs="+",
+        default=[1.0],
+        help=f"test-time scales, each in (0, {MAX_SCALE:g}], e.g. 0.75 1 1.25",
+    )
+    predict.add_argument(
+        "--max-pixels",
+        type=POSITIVE_INT,
+        default=DEFAULT_MAX_PIXELS,
+        help="skip (with a warning) images with more pixels than this at the largest scale "
+        f"(default {DEFAULT_MAX_PIXELS:,}); the exit status is then 1",
+    )
     predict.add_argument("--flip", action="store_true")
     predict.add_argument("--alpha", type=FRACTION, default=0.5, help="overlay colour weight, 0-1")
     _add_amp_option(predict)

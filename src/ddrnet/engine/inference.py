@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddrnet.hardware import cpu_has_native_bf16
+from ddrnet.limits import check_scales
 from ddrnet.models.fusion import FusionError, fuse_conv_bn
 
 logger = logging.getLogger(__name__)
@@ -189,8 +190,10 @@ def segment_logits(
 
     With several ``scales`` or ``flip``, softmax probabilities are averaged over the
     augmented passes (the usual multi-scale + flip protocol); with one plain pass the raw
-    logits are returned. ``window`` turns on sliding-window inference at each scale.
+    logits are returned. ``window`` turns on sliding-window inference at each scale. A
+    scale outside ``(0, ddrnet.limits.MAX_SCALE]`` is a ``ValueError``.
     """
+    scales = check_scales(scales)
     height, width = images.shape[-2:]
     num_classes = _num_classes(model)
     single_pass = len(scales) == 1 and scales[0] == 1.0 and not flip
