@@ -153,6 +153,32 @@ def test_predict_in_three_formats(base_url, frame) -> None:
     assert np.allclose(list(result["shares"].values()), expected, atol=1e-3)
 
 
+def test_a_raw_image_body_is_accepted_whatever_its_content_type(base_url, frame) -> None:
+    """`curl --data-binary @f.png` sends application/x-www-form-urlencoded; other clients
+    send no Content-Type at all. The body is an image either way."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    data = frame.read_bytes()
+    # urllib, like curl, labels a body without a Content-Type as a urlencoded form.
+    status, _, body = request(f"{base_url}/predict?format=json", data)
+    assert status == 200, body
+    assert json.loads(body)["width"] == Image.open(frame).width
+    address = urlsplit(base_url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+    try:
+        connection.putrequest("POST", "/predict?format=json")
+        connection.putheader("Content-Length", str(len(data)))
+        connection.endheaders(data)
+        response = connection.getresponse()
+        assert response.status == 200 and json.loads(response.read())["height"] == 360
+    finally:
+        connection.close()
+    # A real urlencoded form carries no image: the answer says what is wrong.
+    status, _, body = request(f"{base_url}/predict", b"format=png")
+    assert status == 400 and "not an image" in json.loads(body)["error"]
+
+
 def test_parallel_requests_get_identical_answers(base_url, frame) -> None:
     data = frame.read_bytes()
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -219,7 +245,7 @@ def test_page_is_served_without_external_resources(base_url) -> None:
 def test_cli_serves_a_checkpoint_and_refuses_bad_options(tmp_path, frame, capsys) -> None:
     model = camvid_model()
     checkpoint = ddrnet.save_model(model, tmp_path / "camvid.safetensors", model.metadata)
-    for option in ("--max-upload-mb", "--max-pixels"):
+    for option in ("--max-upload-mb", "--max-pixels", "--threads", "--timeout"):
         with pytest.raises(SystemExit) as refused:  # argparse refuses it, before any loading
             main(["serve", "--checkpoint", str(checkpoint), option, "0"])
         assert refused.value.code == 2
@@ -230,7 +256,7 @@ def test_cli_serves_a_checkpoint_and_refuses_bad_options(tmp_path, frame, capsys
     assert "--host no-such-host.invalid" in capsys.readouterr().err
     process = subprocess.Popen(
         [sys.executable, "-m", "ddrnet.cli", "serve", "--checkpoint", str(checkpoint),
-         "--port", "0"],
+         "--port", "0", "--threads", "2", "--timeout", "5"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

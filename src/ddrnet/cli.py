@@ -486,11 +486,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     _warm_up(app.extensions["ddrnet_service"])
     try:
-        server = make_server(app, args.host, args.port)
+        server = make_server(app, args.host, args.port, threads=args.threads, timeout=args.timeout)
     except OSError as error:
         raise UsageError(f"cannot listen on {args.host}:{args.port} ({error})") from None
-    except SystemExit:  # werkzeug prints its reason (port in use, ...) and exits by itself
-        raise UsageError(f"cannot listen on {args.host}:{args.port} (see above)") from None
     # Flushed: whoever started the server (a script, a test) reads the port from this line.
     address = f"http://{args.host}:{server.server_port}/"
     print(f"serving {model.metadata.architecture} on {address}", flush=True)
@@ -962,6 +960,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=POSITIVE_INT,
         default=4096 * 2048,
         help="larger images get 413 (default 4096x2048)",
+    )
+    serve.add_argument("--threads", type=POSITIVE_INT, default=4, help="worker threads (default 4)")
+    serve.add_argument(
+        "--timeout",
+        type=POSITIVE_INT,
+        default=30,
+        help="close a connection after this many seconds without a byte (default 30)",
     )
     _add_amp_option(serve)
     serve.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")

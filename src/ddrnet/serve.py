@@ -17,9 +17,11 @@ Errors are JSON ``{"error": message}``: 400 for a missing, non-image or truncate
 413 for a body over the upload limit or an image over the pixel limit (decompression bombs
 are refused from the header, before any pixel is decoded).
 
-The model is loaded once; requests are served by threads, image decoding and encoding run in
-parallel and inference is serialised by a lock (one model, and PyTorch already uses every
-core for one image).
+The model is loaded once. ``make_server`` runs the app under waitress: one thread watches every
+connection (an idle or stalled client holds no thread), a fixed pool of worker threads runs the
+requests, and a connection idle for ``timeout`` seconds is closed. Image decoding and encoding
+run in parallel in the workers; inference is serialised by a lock (one model, and PyTorch
+already uses every core for one image).
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ DEFAULT_MAX_UPLOAD_MB = 10.0
 # 4096 x 2048 pixels: twice a Cityscapes frame. Larger inputs need gigabytes of activations
 # on a CPU; clients should resize first.
 DEFAULT_MAX_PIXELS = 4096 * 2048
+# Worker threads, and seconds without a byte after which a connection is closed.
+DEFAULT_THREADS = 4
+DEFAULT_TIMEOUT_S = 30
+# Open connections beyond this wait in the listen backlog until others close.
+CONNECTION_LIMIT = 500
 FORMATS = ("png", "overlay", "json")
 # Formats Pillow may open: the common photo formats, nothing exotic (smaller attack surface).
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
@@ -221,7 +228,7 @@ def create_app(
     ``amp_dtype`` when given).
 
     ``demo_folder`` defaults to the package's ``assets/demo`` (absent: ``/demo`` lists
-    nothing). Returns a ``flask.Flask``; run it with ``make_server`` (threaded).
+    nothing). Returns a ``flask.Flask``; run it with ``make_server`` (waitress).
     """
     from flask import Flask, Response, jsonify, request, send_file
     from werkzeug.exceptions import HTTPException
@@ -270,15 +277,20 @@ def create_app(
     @app.post("/predict")
     def predict() -> Response:
         received = time.perf_counter()
-        output = request.args.get("format") or request.form.get("format") or "json"
+        form_format = None
+        if request.mimetype == "multipart/form-data":
+            if not request.files:
+                raise RequestError(400, "the multipart request has no file field")
+            data = next(iter(request.files.values())).read()
+            form_format = request.form.get("format")
+        else:
+            # The raw body whatever its Content-Type says (never parsed as a form: `curl
+            # --data-binary @f.png` labels it x-www-form-urlencoded); decode_image tells an
+            # image from its bytes.
+            data = request.get_data(cache=False)
+        output = request.args.get("format") or form_format or "json"
         if output not in FORMATS:
             raise RequestError(400, f"format must be one of {', '.join(FORMATS)}, got {output!r}")
-        if request.files:
-            data = next(iter(request.files.values())).read()
-        elif request.mimetype == "multipart/form-data":
-            raise RequestError(400, "the multipart request has no file field")
-        else:
-            data = request.get_data(cache=False)
         prediction = service.predict(decode_image(data, max_pixels))
         height, width = prediction.labels.shape
         if output == "json":
@@ -318,9 +330,76 @@ def create_app(
     return app
 
 
-def make_server(app: Any, host: str = "127.0.0.1", port: int = 8000):
-    """A threaded WSGI server for ``app`` (one thread per request); ``port=0`` picks a free
-    port, read it back from ``server.server_port``. Call ``serve_forever()`` / ``shutdown()``."""
-    from werkzeug.serving import make_server as werkzeug_server
+class Server:
+    """waitress serving a WSGI app, driven like ``socketserver``: ``server_port``,
+    ``serve_forever()`` (blocks), ``shutdown()`` (from another thread), ``server_close()``."""
 
-    return werkzeug_server(host, port, app, threaded=True)
+    def __init__(self, app: Any, host: str, port: int, **adjustments: Any) -> None:
+        from waitress.server import create_server
+
+        self._map: dict = {}  # waitress's socket map: the listening sockets and connections
+        self._server = create_server(app, map=self._map, host=host, port=port, **adjustments)
+        if hasattr(self._server, "effective_port"):
+            self.server_port: int = self._server.effective_port
+        else:  # a host name with several addresses: one socket each
+            self.server_port = self._server.effective_listen[0][1]
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+
+    def serve_forever(self) -> None:
+        """Serve until ``shutdown()`` (or an exception, e.g. ``KeyboardInterrupt``)."""
+        from waitress import wasyncore
+
+        self._stopped.clear()
+        try:
+            while not self._stop.is_set() and self._map:
+                wasyncore.loop(timeout=1.0, map=self._map, use_poll=True, count=1)
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop ``serve_forever()`` (within a second) and wait until it has returned."""
+        self._stop.set()
+        if hasattr(self._server, "pull_trigger"):
+            self._server.pull_trigger()  # wakes the loop now
+        self._stopped.wait(timeout=10)
+
+    def server_close(self) -> None:
+        """Stop the worker threads and close every socket."""
+        from waitress import wasyncore
+
+        self._server.task_dispatcher.shutdown()
+        wasyncore.close_all(self._map)
+
+
+def make_server(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    threads: int = DEFAULT_THREADS,
+    timeout: int = DEFAULT_TIMEOUT_S,
+) -> Server:
+    """A production WSGI server (waitress) for ``app``: ``threads`` workers, connections
+    closed after ``timeout`` seconds without a byte, at most ``CONNECTION_LIMIT`` open at
+    once. ``port=0`` picks a free port, read it back from ``server.server_port``.
+
+    A body declared over twice the app's ``MAX_CONTENT_LENGTH`` is refused by waitress (413,
+    plain text) before it is read; up to that, the app refuses it with its JSON message.
+    Raises ``OSError`` when the address cannot be bound.
+    """
+    if threads < 1 or timeout < 1:
+        raise ValueError(f"threads and timeout must be at least 1, got {threads}, {timeout}")
+    limit = getattr(app, "config", {}).get("MAX_CONTENT_LENGTH")
+    body_cap = {"max_request_body_size": 2 * limit + 2**20} if limit else {}
+    return Server(
+        app,
+        host,
+        port,
+        threads=threads,
+        channel_timeout=timeout,
+        cleanup_interval=1,  # look for idle connections every second
+        connection_limit=CONNECTION_LIMIT,
+        asyncore_use_poll=True,  # select() stops at 1024 descriptors
+        **body_cap,
+    )
