@@ -75,7 +75,12 @@ def test_small_scales_pad_the_label_with_ignore(frame) -> None:
     assert np.abs(out_image[:180, :240].astype(float) - means).max() <= 2
 
 
-def test_image_and_label_stay_aligned_under_random_draws(frame) -> None:
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"cat_max_ratio": 0.75, "aspect_range": (0.8, 1.25), "rotate_degrees": 10}],
+    ids=["plain", "balanced-crop-aspect-rotation"],
+)
+def test_image_and_label_stay_aligned_under_random_draws(frame, options) -> None:
     # Paint the image with the label's palette colours: after any upscaling draw, pixels whose
     # 5x5 neighbourhood has one class must still show that class's colour. (Downscaling is left
     # out: there a bilinear sample may fall on a one-pixel structure that no nearest sample of
@@ -83,7 +88,7 @@ def test_image_and_label_stay_aligned_under_random_draws(frame) -> None:
     _, label = frame
     palette = np.array(CAMVID.palette + ((0, 0, 0),) * 245, dtype=np.uint8)
     painted = palette[np.where(label == 255, 11, label)]
-    transform = TrainTransform((256, 320), scale_range=(1.0, 2.0), photometric=False)
+    transform = TrainTransform((256, 320), scale_range=(1.0, 2.0), photometric=False, **options)
     rng = np.random.default_rng(0)
     for _ in range(10):
         image, out = transform(painted, label, rng)

@@ -29,6 +29,12 @@ def build_dataset(
             flip=config.flip,
             photometric=config.photometric,
             base_size=tuple(config.base_size) if config.base_size else None,
+            cat_max_ratio=config.cat_max_ratio,
+            aspect_range=tuple(config.aspect_range) if config.aspect_range else None,
+            rotate_degrees=config.rotate_degrees,
+            gamma_range=tuple(config.gamma_range) if config.gamma_range else None,
+            blur_sigma=config.blur_sigma,
+            noise_std=config.noise_std,
         )
         if train
         else None

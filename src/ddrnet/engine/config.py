@@ -59,6 +59,22 @@ class DataConfig:
     std: tuple[float, float, float] | None = None
     # Folder data sets: a YAML/JSON file naming the classes and their colours.
     classes_file: str | None = None
+    # Recipe options for unseen streets (issue 20); each null = off, today's behaviour.
+    # Re-draw the crop position (up to 10 tries, same scale) while one class covers more than
+    # this fraction of the crop's labelled pixels (mmsegmentation's cat_max_ratio, e.g. 0.75).
+    cat_max_ratio: float | None = None
+    # Draw frames with replacement, weight = sum over classes of (the frame's pixel share) x
+    # (training pixel frequency)^-power, this power (0: uniform; e.g. 0.5 or 1). DDP too.
+    rare_class_sampling: float | None = None
+    # Width/height stretch drawn log-uniformly from [low, high] (e.g. [0.8, 1.25]), area kept.
+    aspect_range: tuple[float, float] | None = None
+    rotate_degrees: float | None = None  # rotate by U(-d, d) degrees, labels padded with ignore
+    # Each with probability 0.5: gamma drawn log-uniformly from [low, high] (e.g. [0.7, 1.5]),
+    # Gaussian blur with sigma U(0, blur_sigma] pixels (e.g. 1.5), Gaussian noise with std
+    # U(0, noise_std] grey levels (e.g. 8).
+    gamma_range: tuple[float, float] | None = None
+    blur_sigma: float | None = None
+    noise_std: float | None = None
 
     def __post_init__(self) -> None:
         _require(min(self.crop_size) >= 8, "crop_size", "at least 8 x 8 pixels", self.crop_size)
@@ -70,6 +86,34 @@ class DataConfig:
         _require(self.num_workers >= 0, "num_workers", ">= 0", self.num_workers)
         if self.std is not None:
             _require(all(_positive(v) for v in self.std), "std", "> 0 per channel", self.std)
+        self._check_augmentation_options()
+
+    def _check_augmentation_options(self) -> None:
+        """The issue-20 options: null (off) or a value in range."""
+        if self.cat_max_ratio is not None:
+            _require(
+                0 < self.cat_max_ratio < 1, "cat_max_ratio", "in (0, 1) (or null: off)",
+                self.cat_max_ratio,
+            )  # fmt: skip
+        if self.rare_class_sampling is not None:
+            _require(
+                math.isfinite(self.rare_class_sampling) and self.rare_class_sampling >= 0,
+                "rare_class_sampling", ">= 0 (or null: off)", self.rare_class_sampling,
+            )  # fmt: skip
+        for key in ("aspect_range", "gamma_range"):
+            value = getattr(self, key)
+            if value is not None:
+                ok = 0 < value[0] <= value[1] < math.inf
+                _require(ok, key, "0 < low <= high (or null: off)", value)
+        if self.rotate_degrees is not None:
+            _require(
+                0 <= self.rotate_degrees <= 180, "rotate_degrees", "in [0, 180] (or null: off)",
+                self.rotate_degrees,
+            )  # fmt: skip
+        for key in ("blur_sigma", "noise_std"):
+            value = getattr(self, key)
+            if value is not None:
+                _require(_positive(value), key, "> 0 (or null: off)", value)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ddrnet.config import to_dict
 from ddrnet.data.build import build_dataset
 from ddrnet.data.datasets import DatasetError, PairedSegmentationDataset
+from ddrnet.data.sampling import WeightedFrameSampler, dataset_frame_weights
 from ddrnet.engine.allocator import retain_freed_memory
 from ddrnet.engine.checkpointing import atomic_save, load_training_checkpoint
 from ddrnet.engine.config import Config, DataConfig
@@ -272,6 +273,10 @@ def _train(
             context=ctx,
         )
 
+    frame_weights = None  # data.rare_class_sampling; class frequencies read once per run
+    if cfg_data.rare_class_sampling is not None:
+        frame_weights = dataset_frame_weights(train_set, cfg_data.rare_class_sampling)
+
     writer = _tensorboard(output) if ctx.is_main else None
     started = time.monotonic()
     seen_images = 0
@@ -281,7 +286,10 @@ def _train(
         epoch_seed = cfg_train.seed + 1009 * epoch + ctx.rank
         torch.manual_seed(epoch_seed)
         generator = torch.Generator().manual_seed(epoch_seed)
-        if ctx.enabled:
+        if frame_weights is not None:  # drawn from (seed, epoch), split across processes
+            sampler = WeightedFrameSampler(frame_weights, ctx.world_size, ctx.rank, cfg_train.seed)
+            sampler.set_epoch(epoch)
+        elif ctx.enabled:
             sampler = DistributedSampler(train_set, ctx.world_size, ctx.rank, seed=cfg_train.seed)
             sampler.set_epoch(epoch)
         else:
