@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import pickle
 from pathlib import Path
 
@@ -218,3 +219,74 @@ def test_files_that_are_no_checkpoint_are_named_for_what_they_are(tmp_path: Path
     ):
         with pytest.raises(CheckpointError, match=message):
             read_checkpoint(tmp_path / name)
+
+
+def _crafted_file(path: Path, tensors: dict[str, torch.Tensor] | None = None, **fields) -> Path:
+    """A safetensors file whose ddrnet metadata has ``fields`` replaced, bypassing checks."""
+    import json
+
+    from safetensors.torch import save_file
+
+    model = ddrnet.create_model("ddrnet_23_slim", num_classes=2)
+    values = json.loads(
+        ModelMetadata(architecture="ddrnet_23_slim", num_classes=2, spec=model.spec.to_dict())
+        .to_json()
+    )
+    values.update(fields)
+    tensors = model.state_dict() if tensors is None else tensors
+    save_file(dict(tensors), str(path), metadata={"ddrnet": json.dumps(values)})
+    return path
+
+
+def test_metadata_claiming_a_huge_model_is_refused_before_building_it(tmp_path: Path) -> None:
+    spec = {**ddrnet.create_model("ddrnet_23_slim").spec.to_dict(), "planes": 1024}
+    path = _crafted_file(
+        tmp_path / "small.safetensors", {"backbone.stem.0.weight": torch.zeros(32, 3, 3, 3)},
+        spec=spec,
+    )  # fmt: skip
+    assert path.stat().st_size < 5000
+    # Built for real, this model would take ~19 GB: the refusal comes from shapes alone.
+    with pytest.raises(CheckpointError, match=r"has 4,728\.5 M weights but the file holds only"):
+        ddrnet.create_model(checkpoint=path)
+    for bad_spec in ({**spec, "planes": "wide"}, {**spec, "blocks": [2, 2]}, {"depth": 3}):
+        with pytest.raises(CheckpointError, match="small.safetensors"):
+            ddrnet.create_model(checkpoint=_crafted_file(path, spec=bad_spec))
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"palette": [[0, 0, 0], [300, 0, 0]]}, "palette colours must be"),
+        ({"class_names": ["road", 7]}, "class_names must be a list of strings"),
+        ({"std": [0.2, 0.0, 0.2]}, "std must be positive"),
+        ({"mean": [0.5, 0.5]}, "mean must be three finite numbers"),
+        ({"num_classes": "2"}, "num_classes must be a positive integer"),
+    ],
+)
+def test_crafted_metadata_is_a_one_line_error(fields, message, tmp_path: Path) -> None:
+    path = _crafted_file(tmp_path / "crafted.safetensors", **fields)
+    with pytest.raises(CheckpointError, match=f"crafted.safetensors: metadata: {message}"):
+        read_checkpoint(path)
+
+
+def test_crafted_metadata_from_the_command_line(tmp_path: Path) -> None:
+    from cli_runner import run_ddrnet
+
+    for fields, message in (
+        ({"palette": [[0, 0, 0], [300, 0, 0]]}, "palette colours must be [r, g, b] integers"),
+        ({"std": [0.2, 0.0, 0.2]}, "std must be positive"),
+    ):
+        path = _crafted_file(tmp_path / "crafted.safetensors", **fields)
+        result = run_ddrnet("predict", "--checkpoint", str(path), "-o", str(tmp_path / "out"))
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        assert result.stderr.count("\n") == 1 and "crafted.safetensors" in result.stderr
+
+
+def test_a_shape_mismatch_is_summarised(tmp_path: Path) -> None:
+    torch.save(ddrnet.create_model("ddrnet_23").state_dict(), tmp_path / "ddrnet23.pth")
+    with pytest.raises(CheckpointError) as error:
+        ddrnet.create_model("ddrnet_23_slim", checkpoint=tmp_path / "ddrnet23.pth")
+    message = str(error.value)
+    assert re.search(r"shape mismatch in \d{3} tensors", message), message
+    assert "backbone.stem.0.weight (64, 3, 3, 3) vs (32, 3, 3, 3)" in message
+    assert re.search(r"\.\.\. and \d{3} more$", message) and len(message) < 1000

@@ -9,6 +9,7 @@ from torch import nn
 from ddrnet.models.checkpoint import (
     CheckpointError,
     LoadReport,
+    check_weights_fit,
     checkpoint_num_classes,
     load_weights,
     read_checkpoint,
@@ -75,7 +76,10 @@ def create_model(
     info = variant_info(name)
     segmentation = info.task == "segmentation"
     if metadata is not None and metadata.architecture == name:
-        spec = DDRNetSpec.from_dict(metadata.spec)
+        try:
+            spec = DDRNetSpec.from_dict(metadata.spec)
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"{raw.source}: metadata spec: {error}") from None
     else:
         spec = info.spec if width_multiplier == 1.0 else info.spec.widened(width_multiplier)
     if num_classes is None and metadata is not None:
@@ -84,11 +88,15 @@ def create_model(
         num_classes = checkpoint_num_classes(raw, spec.stage3_splits, segmentation)
     if num_classes is None:
         num_classes = 19 if segmentation else 1000
-    model: nn.Module = (
-        DDRNet(spec, num_classes=num_classes, aux_head=aux_head)
-        if segmentation
-        else DDRNetClassifier(spec, num_classes=num_classes)
-    )
+
+    def build() -> nn.Module:
+        if segmentation:
+            return DDRNet(spec, num_classes=num_classes, aux_head=aux_head)
+        return DDRNetClassifier(spec, num_classes=num_classes)
+
+    if raw is not None:
+        check_weights_fit(build, raw)  # before allocating a model the file may not fill
+    model = build()
     if raw is not None:
         load_weights(model, raw)
     if metadata is None or metadata.num_classes != num_classes or metadata.architecture != name:

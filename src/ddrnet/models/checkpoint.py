@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,13 @@ class LoadReport:
         if self.missing:
             parts.append(f"left {_prefixes(self.missing)} at their initial values")
         return "; ".join(parts)
+
+
+def _first_few(items: list[str], separator: str, count: int = 5) -> str:
+    """The first ``count`` items joined, and how many more there are: a 14 KB line of every
+    key of a model helps nobody."""
+    more = f"{separator}... and {len(items) - count} more" if len(items) > count else ""
+    return separator.join(items[:count]) + more
 
 
 def _prefixes(keys: list[str]) -> list[str]:
@@ -315,12 +323,12 @@ def convert_state_dict(
     if unknown:
         raise CheckpointError(
             f"{source}: {len(unknown)} keys have no counterpart in {type(model).__name__} "
-            f"(is it another variant?): {', '.join(sorted(unknown))}"
+            f"(is it another variant?): {_first_few(sorted(unknown), ', ')}"
         )
     if mismatched:
         raise CheckpointError(
-            f"{source}: shape mismatch (checkpoint vs model; is it another variant?): "
-            + "; ".join(mismatched)
+            f"{source}: shape mismatch in {len(mismatched)} tensors (checkpoint vs model; is it "
+            f"another variant?): {_first_few(mismatched, '; ')}"
         )
     # Parts a checkpoint may lack legitimately: the other task's parts when converting between
     # ImageNet and segmentation forms, the auxiliary head, BN batch counters of old PyTorch.
@@ -340,6 +348,34 @@ def convert_state_dict(
     report.missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     report.loaded = len(result)
     return result, report
+
+
+def check_weights_fit(build: Callable[[], nn.Module], raw: RawCheckpoint) -> None:
+    """Check that ``raw``'s tensors fit the model ``build()`` makes, before any of its memory
+    is allocated: the model is built on the meta device (shapes only), then its size is
+    compared with the weights present and the keys converted as ``load_weights`` would.
+
+    A 3 KB file whose metadata claims ``planes=1024`` would otherwise build a model of tens of
+    GB before reading a single weight. Raises ``CheckpointError`` naming the file.
+    """
+    try:
+        with torch.device("meta"):
+            shell = build()
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(
+            f"{raw.source}: its metadata describes no valid model ({error})"
+        ) from None
+    needed = sum(t.numel() for t in shell.state_dict().values())
+    held = sum(t.numel() for t in raw.state_dict.values())
+    # Room for what may legitimately differ: an auxiliary head, another number of classes.
+    if needed > 2 * held + 1_000_000:
+        raise CheckpointError(
+            f"{raw.source}: the model to build ({type(shell).__name__}, planes "
+            f"{shell.spec.planes}) has {needed / 1e6:,.1f} M weights but the file holds only "
+            f"{held / 1e6:,.3f} M; refusing to build it (another variant, or damaged or "
+            "crafted metadata)"
+        )
+    convert_state_dict(raw.state_dict, shell, source=raw.source)
 
 
 def load_weights(
@@ -367,14 +403,14 @@ def save_model(model: nn.Module, path: str | Path, metadata: ModelMetadata) -> P
     Weights are stored in their current dtype (call ``.half()`` on a copy for a small file);
     ``num_batches_tracked`` counters are kept so that training statistics survive.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from ddrnet.engine.checkpointing import atomic_write
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"model files are .safetensors; got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    temporary = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(temporary), metadata={"ddrnet": metadata.to_json()})
-    temporary.replace(path)
+    data = save(tensors, metadata={"ddrnet": metadata.to_json()})
+    atomic_write(path, lambda stream: stream.write(data))
     return path

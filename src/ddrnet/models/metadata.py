@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,12 +45,40 @@ class ModelMetadata:
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        """Refuse values that would fail later with a traceback (a palette entry of 300, a
+        class name that is a number) or silently give wrong results (``std`` 0 makes every
+        normalised pixel infinite, and every prediction one class)."""
+        if not _is_int(self.num_classes) or self.num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {self.num_classes!r}")
+        if not isinstance(self.spec, dict):
+            raise ValueError(f"spec must be a mapping, got {self.spec!r:.80}")
+        if not isinstance(self.class_names, list) or not all(
+            isinstance(name, str) for name in self.class_names
+        ):
+            raise ValueError(f"class_names must be a list of strings, got {self.class_names!r:.80}")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(
                 f"{len(self.class_names)} class names given for {self.num_classes} classes"
             )
+        bad_colours = [c for c in self.palette if not _is_rgb(c)] if isinstance(
+            self.palette, list
+        ) else [self.palette]
+        if bad_colours:
+            raise ValueError(
+                f"palette colours must be [r, g, b] integers in 0..255, got {bad_colours[0]!r:.80}"
+            )
         if self.palette and len(self.palette) != self.num_classes:
             raise ValueError(f"{len(self.palette)} palette colours for {self.num_classes} classes")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not isinstance(values, (list, tuple)) or len(values) != 3 or not all(
+                _is_number(v) and math.isfinite(v) for v in values
+            ):
+                raise ValueError(f"{name} must be three finite numbers (RGB), got {values!r:.80}")
+        if any(v <= 0 for v in self.std):
+            raise ValueError(f"std must be positive (it divides every pixel), got {self.std}")
+        if not _is_int(self.ignore_index):
+            raise ValueError(f"ignore_index must be an integer, got {self.ignore_index!r:.80}")
 
     def to_json(self) -> str:
         return json.dumps(
@@ -73,4 +103,23 @@ class ModelMetadata:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{source}: unknown metadata fields {unknown}")
-        return cls(**values)
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as error:  # TypeError: a required field is missing
+            raise ValueError(f"{source}: metadata: {error}") from None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_rgb(colour: object) -> bool:
+    return (
+        isinstance(colour, (list, tuple))
+        and len(colour) == 3
+        and all(_is_int(c) and 0 <= c <= 255 for c in colour)
+    )
