@@ -8,7 +8,7 @@ where ``s_ic`` is the share of frame ``i``'s labelled pixels in class ``c`` and 
 share of class ``c`` among all labelled training pixels (void excluded). ``power = 0`` is
 uniform; ``1`` weights a frame by how rare its average pixel is. The share, not the mere
 presence, of a class counts because on street scenes nearly every frame holds a few pixels of
-every class (on CamVid 0001TP + 0016E5: Pole in 98% of frames, Bicyclist in 70%), so weights
+every class (on CamVid 0001TP + 0016E5: Pole in all frames, Bicyclist in 70%), so weights
 by presence (LVIS repeat factors) hardly differ between frames.
 
 Frames are drawn with replacement, ``len(dataset)`` per epoch in all, from one stream seeded
