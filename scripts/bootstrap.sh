@@ -1,40 +1,29 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install ddrnet with the CPU build of PyTorch.
-# Pinning torch==2.13.0 first makes pip take the CPU wheel instead of a multi-GB CUDA build;
-# later runs find everything installed and finish in seconds.
+# Create .venv (once) and install ddrnet with the CPU build of PyTorch, every package at the
+# version pinned in constraints.txt (the versions the test suite was run with; see
+# scripts/update_constraints.sh to move them). Installing torch first makes pip take the CPU
+# wheel instead of a multi-GB CUDA build. The stamp holds a hash of pyproject.toml and
+# constraints.txt: when either changes, the next run installs again; otherwise it finishes at
+# once. Each step says what it does on stderr (the first run takes a few minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+say() { echo "bootstrap: $*" >&2; }
+
 if [ ! -x .venv/bin/python ]; then
+    say "creating .venv with $PYTHON"
     "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.ddrnet-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
-    touch "$stamp"
-fi
-# Debian's Chromium and its driver for the browser test of `ddrnet serve`, which skips without
-# them. Installed only where missing and apt-get exists, so later runs cost nothing; on CI a
-# failed install is an error, so that the browser test really runs there.
-if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } \
-    && command -v apt-get >/dev/null 2>&1; then
-    sudo_cmd=""
-    if [ "$(id -u)" != 0 ]; then
-        sudo_cmd=$(command -v sudo || true)
-    fi
-    apt_log=$(mktemp)
-    if { [ "$(id -u)" = 0 ] || [ -n "$sudo_cmd" ]; } \
-        && $sudo_cmd apt-get update -qq >"$apt_log" 2>&1 \
-        && $sudo_cmd env DEBIAN_FRONTEND=noninteractive \
-            apt-get install -y -qq chromium chromium-driver >>"$apt_log" 2>&1; then
-        :
-    elif [ "${CI:-}" = true ]; then
-        tail -n 20 "$apt_log" >&2
-        echo "bootstrap: installing chromium failed (needed by tests/test_serve.py)" >&2
-        exit 1
-    else
-        echo "bootstrap: chromium not installed; the browser test will be skipped" >&2
-    fi
-    rm -f "$apt_log"
+wanted=$(cat pyproject.toml constraints.txt | .venv/bin/python -c \
+    'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
+    pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt)
+    torch_pin=$(grep -m1 '^torch==' constraints.txt || echo torch)
+    say "installing $torch_pin (CPU wheel; the first time takes a minute or two)"
+    "${pip[@]}" torch
+    say "installing ddrnet and its dependencies at the versions in constraints.txt"
+    "${pip[@]}" -e ".[dev]"
+    echo "$wanted" >"$stamp"
+    say "done: .venv is ready"
 fi

@@ -309,7 +309,7 @@ def test_serving_without_checkpoint_needs_a_bundled_model(monkeypatch, capsys) -
 
 @pytest.mark.skipif(
     not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
-    reason="needs Debian's chromium and chromium-driver in /usr/bin (scripts/bootstrap.sh "
+    reason="needs Debian's chromium and chromium-driver in /usr/bin (scripts/test.sh "
     "installs them on CI)",
 )
 def test_web_page_in_headless_chromium(base_url, frame, tmp_path) -> None:
