@@ -39,6 +39,14 @@ def setup_distributed(device_type: str) -> DistributedContext:
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
+def collective_device() -> torch.device:
+    """Where a tensor must live for a collective of the current process group: NCCL takes
+    only CUDA tensors (a CPU tensor is an error on every multi-GPU run), Gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
     """Sum ``tensor`` over all processes (in place) and return it."""
     if context.enabled:
@@ -51,7 +59,7 @@ def any_process(flag: bool, context: DistributedContext) -> bool:
     "stop now" identical across processes, which would otherwise deadlock)."""
     if not context.enabled:
         return flag
-    tensor = torch.tensor([1 if flag else 0])
+    tensor = torch.tensor([1 if flag else 0], device=collective_device())
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item())
 
