@@ -80,3 +80,37 @@ def test_out_of_range_options_are_refused_by_name(tmp_path) -> None:
         result = run_ddrnet(*arguments)
         assert result.returncode == 2 and message in result.stderr, (arguments, result.stderr)
     assert os.listdir(tmp_path) == []  # refused before any work or any file
+
+
+def test_eval_refuses_labels_outside_the_classes_by_file(camvid_root, tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from ddrnet.models import save_model
+
+    from camvid_models import camvid_model
+
+    model = camvid_model()
+    path = save_model(model, tmp_path / "m.safetensors", model.metadata)
+    root = tmp_path / "camvid"
+    (root / "val").mkdir(parents=True)
+    (root / "valannot").mkdir()
+    frames = sorted(p.name for p in (camvid_root / "valannot").glob("*.png"))[:2]
+    labels = []
+    for name in frames:
+        (root / "val" / name).write_bytes((camvid_root / "val" / name).read_bytes())
+        labels.append(np.array(Image.open(camvid_root / "valannot" / name)))
+    labels[0][:10] = 255  # the ignore index stays ignore
+    labels[1][100:110, 200:210] = 77  # before: silently ignored, as if it were 255
+    for name, label in zip(frames, labels):
+        Image.fromarray(label).save(root / "valannot" / name)
+    arguments = ["eval", str(path), "--dataset", "camvid", "--root", str(root)]
+    result = run_ddrnet(*arguments)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"{root / 'valannot' / frames[1]}: label values [77] are not classes" in result.stderr
+    assert "Traceback" not in result.stderr  # (above it: the progress bar)
+
+    Image.fromarray(labels[0][:180, :240]).save(root / "valannot" / frames[1])
+    result = run_ddrnet(*arguments)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"{root / 'valannot' / frames[1]}: label is 240x180 but image" in result.stderr
