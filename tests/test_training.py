@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import torch
 
 import ddrnet
 from ddrnet.config import load_config
+from ddrnet.engine import checkpointing
 from ddrnet.engine import train as train_module
 from ddrnet.engine.checkpointing import atomic_save
 from ddrnet.engine.config import Config
@@ -250,3 +253,129 @@ def test_refusals_come_before_anything_is_written(camvid_root, tmp_path) -> None
     with pytest.raises(CheckpointError, match="missing.pt does not exist"):
         train(tiny_config(camvid_root, fresh, extra=[f"model.pretrained={tmp_path}/missing.pt"]))
     assert not fresh.exists()  # no stub folder, no config.yaml from refused runs
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing catches it, nothing runs after it."""
+
+
+def assert_consistent(run: Path) -> None:
+    """best.* hold the epoch of last.pt's best_miou, metrics.jsonl one line per finished
+    epoch, and no temporary file is left."""
+    last = torch.load(run / "last.pt", weights_only=True)
+    best_epoch = next(r["epoch"] for r in last["history"] if r["val_mIoU"] == last["best_miou"])
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert (best["epoch"], best["best_miou"]) == (best_epoch, last["best_miou"])
+    model = ddrnet.create_model(checkpoint=run / "best.safetensors")
+    assert model.metadata.training["epoch"] == best_epoch
+    assert model.metadata.metrics["val_mIoU"] == last["best_miou"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, best["model"][key]), key
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == list(range(1, last["epoch"] + 1))
+    assert [json.loads(line) for line in lines] == last["history"]
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("writes_done", [1, 2, 3])
+def test_resume_repairs_an_epoch_whose_writes_a_kill_cut_short(
+    camvid_root, tmp_path, monkeypatch, writes_done
+) -> None:
+    # The first epoch always improves on "no best yet": it writes last.pt, best.pt,
+    # best.safetensors and metrics.jsonl. A kill after `writes_done` of them, mid-way into the
+    # next, leaves that one's temporary file behind, as SIGKILL would.
+    run = tmp_path / "run"
+    written = []
+    real_write = checkpointing.atomic_write
+
+    def write_then_die(path: Path, write) -> None:
+        if path.name == "config.yaml":  # written before the epochs
+            return real_write(path, write)
+        if len(written) == writes_done:
+            (path.parent / f".{path.name}.k1ll3d.tmp").write_bytes(b"partial")
+            raise Killed
+        real_write(path, write)
+        written.append(path.name)
+
+    monkeypatch.setattr(checkpointing, "atomic_write", write_then_die)
+    with pytest.raises(Killed):
+        train(tiny_config(camvid_root, run, epochs=1))
+    monkeypatch.undo()
+    assert written == ["last.pt", "best.pt", "best.safetensors"][:writes_done]
+    assert (run / "config.yaml").exists()
+    # Epoch 1 is committed in last.pt: resuming with nothing left to train only repairs.
+    train(tiny_config(camvid_root, run, epochs=1), resume=True)
+    assert_consistent(run)
+    train(tiny_config(camvid_root, run, epochs=2), resume=True)
+    assert_consistent(run)
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_epoch(
+    camvid_root, tmp_path, monkeypatch
+) -> None:
+    run = tmp_path / "run"
+    train(tiny_config(camvid_root, run, epochs=1))
+    checkpoints = ("last.pt", "best.pt", "best.safetensors", "metrics.jsonl")
+    before = {name: (run / name).read_bytes() for name in checkpoints}
+
+    def disk_full(payload, stream) -> None:
+        stream.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    message = rf"cannot write {run / 'last.pt'}: No space left on device; {run / 'last.pt'} "
+    with pytest.raises(TrainingError, match=re.escape(message) + "holds epoch 1 intact"):
+        train(tiny_config(camvid_root, run, epochs=2), resume=True)
+    monkeypatch.undo()
+    assert {name: (run / name).read_bytes() for name in checkpoints} == before
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_refused_run_or_resume_changes_nothing_of_the_old_run(camvid_root, tmp_path) -> None:
+    run = tmp_path / "run"
+    train(tiny_config(camvid_root, run, epochs=1))
+    files = lambda: {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}  # noqa: E731
+    before = files()
+    other_model = tiny_config(camvid_root, run, epochs=2, extra=["model.name=ddrnet_23"])
+    with pytest.raises(
+        TrainingError,
+        match=r"last.pt: it was written with model.name=ddrnet_23_slim \(this run: ddrnet_23\)",
+    ):
+        train(other_model, resume=True)
+    assert files() == before  # config.yaml included
+    # A checkpoint that does not say how it was made: load_state_dict's verdict, in one line.
+    state = torch.load(run / "last.pt", weights_only=True)
+    del state["config"]
+    atomic_save(state, tmp_path / "anonymous.pt")
+    with pytest.raises(TrainingError, match=r"its model does not fit this run's \(\d+ problems, "):
+        train(other_model, resume=str(tmp_path / "anonymous.pt"))
+    assert files() == before
+    # Without last.pt, the folder still holds a run: a new one must not overwrite or append.
+    (run / "last.pt").unlink()
+    del before["last.pt"]
+    with pytest.raises(
+        TrainingError,
+        match=r"already holds a run \(best.pt, best.safetensors, metrics.jsonl\); continue from",
+    ):
+        train(tiny_config(camvid_root, run, epochs=1))
+    assert files() == before
+    refused = tmp_path / "refused"
+    with pytest.raises(ValueError):
+        train(tiny_config(camvid_root, refused, extra=["data.val_split=tset"]))
+    assert not refused.exists()
+
+
+def test_a_failed_resume_is_one_line_from_the_cli(camvid_root, tmp_path) -> None:
+    run = tmp_path / "run"
+    train(tiny_config(camvid_root, run, epochs=1))
+    config_before = (run / "config.yaml").read_text()
+    command = [sys.executable, "-m", "ddrnet.cli", "train", "camvid_ddrnet23_slim"]
+    overrides = tiny_overrides(camvid_root, run, epochs=2) + ["model.name=ddrnet_23"]
+    result = subprocess.run(command + overrides + ["--resume"], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(
+        f"ddrnet train: error: cannot resume from {run / 'last.pt'}: it was written with "
+        "model.name=ddrnet_23_slim (this run: ddrnet_23)"
+    )
+    assert (run / "config.yaml").read_text() == config_before

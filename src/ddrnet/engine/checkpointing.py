@@ -4,26 +4,56 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 
-def atomic_save(payload: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over
-    ``path``: a crash (even SIGKILL) mid-write leaves the previous file intact."""
+class TrainingError(RuntimeError):
+    """Training cannot go on; the last checkpoint on disk is intact."""
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Call ``write`` on a temporary file in ``path``'s folder, fsync, then rename it over
+    ``path``: a crash (even SIGKILL) or a full disk mid-write leaves the previous file intact.
+    The temporary is named ``.<name>.<random>.tmp``; ``remove_stale_temporaries`` finds the
+    ones a kill left behind. An ``OSError`` names ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
+            write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno is not None and error.filename is None:
+            error.filename = str(path)  # "[Errno 28] No space left on device: 'last.pt'"
         raise
+
+
+def atomic_save(payload: dict[str, Any], path: Path) -> None:
+    """``torch.save`` through ``atomic_write``."""
+    atomic_write(path, lambda stream: torch.save(payload, stream))
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    """Write a text file (UTF-8) through ``atomic_write``."""
+    data = text.encode()
+    atomic_write(path, lambda stream: stream.write(data))
+
+
+def remove_stale_temporaries(folder: Path, names: tuple[str, ...]) -> list[Path]:
+    """Delete the temporaries of ``names`` that a killed ``atomic_write`` left in ``folder``
+    (and ``<name>.tmp``, what ``save_model`` wrote before it used ``atomic_write``)."""
+    stale = [p for name in names for p in folder.glob(f".{name}.*.tmp")]
+    stale += [folder / f"{name}.tmp" for name in names if (folder / f"{name}.tmp").is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def load_training_checkpoint(path: Path) -> dict[str, Any]:
@@ -46,3 +76,50 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
             "with model.pretrained"
         )
     return state
+
+
+# Settings that decide the shape of the saved state: a resume must keep them.
+STRUCTURAL_SETTINGS = (
+    ("model", "name"),
+    ("model", "aux_head"),
+    ("model", "width_multiplier"),
+    ("optim", "optimizer"),
+)
+
+
+def check_resumable(state: dict[str, Any], config: dict[str, Any], path: Path) -> None:
+    """Refuse, in one line, to resume ``state`` (read from ``path``) under a ``config`` (a
+    plain dict) whose model or optimiser differs from the one the checkpoint was written by."""
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        return
+    changed = [
+        f"{section}.{key}={saved[section][key]} (this run: {config[section][key]})"
+        for section, key in STRUCTURAL_SETTINGS
+        if isinstance(saved.get(section), dict)
+        and key in saved[section]
+        and saved[section][key] != config[section][key]
+    ]
+    if changed:
+        raise TrainingError(
+            f"cannot resume from {path}: it was written with {', '.join(changed)}; resume with "
+            "its settings, or start a new run in another train.output_dir (nothing was changed)"
+        )
+
+
+def restore(target: Any, state_dict: dict[str, Any], what: str, path: Path) -> None:
+    """``target.load_state_dict(state_dict)``; a mismatch (another number of classes, a
+    checkpoint of another recipe) is a one-line ``TrainingError`` naming ``path``."""
+    try:
+        target.load_state_dict(state_dict)
+    except (RuntimeError, ValueError, KeyError) as error:
+        # PyTorch lists every offending tensor on a line of its own: say how many, show one.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        problems = lines[1:] or lines or [type(error).__name__]
+        first = problems[0] if len(problems[0]) <= 200 else problems[0][:200] + "..."
+        count = f"{len(problems)} problems, the first: " if len(problems) > 1 else ""
+        raise TrainingError(
+            f"cannot resume from {path}: its {what} does not fit this run's ({count}{first}); "
+            "resume with the settings it was written with, or start a new run in another "
+            "train.output_dir (nothing was changed)"
+        ) from None

@@ -5,12 +5,12 @@ SGD/AdamW with poly decay; after each epoch it evaluates (when due) and writes `
 atomically, plus ``best.pt`` and ``best.safetensors`` when mIoU improves. Resuming restores
 model, optimiser, scaler, epoch and iteration; the random streams are re-seeded from
 ``(seed, epoch, rank)`` at the start of every epoch, so a resumed run continues exactly as an
-uninterrupted one would.
+uninterrupted one would. The order of the epoch's writes, and the repair of what a kill left
+half done, are in ``ddrnet.engine.run_folder``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -26,7 +26,13 @@ from ddrnet.data.build import build_dataset
 from ddrnet.data.datasets import DatasetError, PairedSegmentationDataset
 from ddrnet.data.sampling import WeightedFrameSampler, dataset_frame_weights
 from ddrnet.engine.allocator import retain_freed_memory
-from ddrnet.engine.checkpointing import atomic_save, load_training_checkpoint
+from ddrnet.engine.checkpointing import (
+    TrainingError,
+    atomic_write_text,
+    check_resumable,
+    load_training_checkpoint,
+    restore,
+)
 from ddrnet.engine.config import Config, DataConfig
 from ddrnet.engine.distributed import (
     DistributedContext,
@@ -44,15 +50,14 @@ from ddrnet.engine.losses import (
     OhemCrossEntropy,
     class_balance_weights,
 )
+from ddrnet.engine.run_folder import checked_output, repair_run, write_epoch
 from ddrnet.engine.schedules import poly_lr
 from ddrnet.hardware import describe_cpu
-from ddrnet.models import ModelMetadata, create_model, load_weights, save_model
+from ddrnet.models import ModelMetadata, create_model, load_weights
 
 logger = logging.getLogger(__name__)
 
-
-class TrainingError(RuntimeError):
-    """Training cannot go on; the last checkpoint on disk is intact."""
+__all__ = ["TrainingError", "label_pixel_counts", "train"]
 
 
 def label_pixel_counts(dataset, num_classes: int) -> torch.Tensor:
@@ -92,22 +97,6 @@ def _dataset(cfg_data: DataConfig, split_key: str, train: bool) -> PairedSegment
         raise DatasetError(f"{kind} set (data.{split_key}={split}): {error}") from None
 
 
-def _checked_output(output: Path, resume: bool | str) -> Path | None:
-    """The checkpoint to resume from (None for a new run), refusing before anything is
-    written: a missing checkpoint to resume, or a new run over a folder that holds one."""
-    resume_path = output / "last.pt" if resume is True else Path(resume) if resume else None
-    if output.exists() and not output.is_dir():
-        raise TrainingError(f"train.output_dir={output} is a file, not a folder")
-    if resume_path is not None and not resume_path.is_file():
-        raise TrainingError(f"no checkpoint to resume from at {resume_path}")
-    if resume_path is None and (output / "last.pt").exists():
-        raise TrainingError(
-            f"train.output_dir={output} already holds a run (last.pt); continue it with "
-            "--resume, or give another train.output_dir (nothing was overwritten)"
-        )
-    return resume_path
-
-
 def _train(
     config: Config, resume: bool | str, device: torch.device, ctx: DistributedContext
 ) -> Path:
@@ -119,7 +108,7 @@ def _train(
     if device.type == "cpu" and cfg_train.retain_freed_memory:
         retain_freed_memory()
     output = Path(cfg_train.output_dir)
-    resume_path = _checked_output(output, resume)
+    resume_path = checked_output(output, resume)
     if cfg_data.batch_size < 2:
         raise TrainingError(
             f"data.batch_size={cfg_data.batch_size}: training needs at least 2 images per "
@@ -168,9 +157,6 @@ def _train(
         logger.info("checking %d training and %d validation pairs", len(train_set), len(val_set))
         train_set.check()
         getattr(val_set, "dataset", val_set).check()
-    if ctx.is_main:  # written once the data passed its checks: a refused run leaves nothing
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     model.train().to(device)
     if cfg_train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -237,11 +223,12 @@ def _train(
     warmup_iterations = int(cfg_optim.warmup_epochs * iterations_per_epoch)
 
     # ---- resume -----------------------------------------------------------------------
-    start_epoch, iteration, best_miou, history = 0, 0, -1.0, []
+    start_epoch, iteration, best_miou, history, state = 0, 0, -1.0, [], None
     if resume_path is not None:
         state = load_training_checkpoint(resume_path)
-        core_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        check_resumable(state, to_dict(config), resume_path)
+        restore(core_model, state["model"], "model", resume_path)
+        restore(optimizer, state["optimizer"], "optimiser state", resume_path)
         scaler.load_state_dict(state["scaler"])
         start_epoch, iteration = state["epoch"], state["iteration"]
         if ema is not None:
@@ -255,6 +242,11 @@ def _train(
         logger.info(
             "resumed from %s at epoch %d (iteration %d)", resume_path, start_epoch, iteration
         )
+    if ctx.is_main:  # written once the data passed its checks and the checkpoint fitted:
+        # a refused run leaves nothing, a refused resume leaves the run as it was
+        if state is not None:
+            repair_run(output, state, eval_model)
+        atomic_write_text(yaml.safe_dump(to_dict(config), sort_keys=False), output / "config.yaml")
 
     def validate(model: torch.nn.Module):
         return evaluate(
@@ -425,12 +417,7 @@ def _train(
             if ema is not None:
                 # timm's key; checkpoint readers prefer it to "model" (the raw weights).
                 state["state_dict_ema"] = ema.state_dict()
-            atomic_save(state, output / "last.pt")
-            if improved:
-                atomic_save(state, output / "best.pt")
-                save_model(eval_model, output / "best.safetensors", metadata)
-            with open(output / "metrics.jsonl", "a") as stream:
-                stream.write(json.dumps(record) + "\n")
+            write_epoch(output, state, eval_model, improved)
             logger.info(
                 "epoch %d: loss %.4f, %.1f img/s%s",
                 epoch + 1,
