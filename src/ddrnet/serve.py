@@ -350,10 +350,16 @@ class Server:
         """Serve until ``shutdown()`` (or an exception, e.g. ``KeyboardInterrupt``)."""
         from waitress import wasyncore
 
+        adjustments = self._server.adj
         self._stopped.clear()
         try:
             while not self._stop.is_set() and self._map:
-                wasyncore.loop(timeout=1.0, map=self._map, use_poll=True, count=1)
+                wasyncore.loop(
+                    timeout=adjustments.asyncore_loop_timeout,
+                    map=self._map,
+                    use_poll=adjustments.asyncore_use_poll,
+                    count=1,
+                )
         finally:
             self._stopped.set()
 
