@@ -16,12 +16,14 @@ import pytest
 import torch
 
 import ddrnet
+from ddrnet import limits
 from ddrnet.config import load_config
 from ddrnet.engine import checkpointing
 from ddrnet.engine import train as train_module
 from ddrnet.engine.checkpointing import atomic_save
 from ddrnet.engine.config import Config
 from ddrnet.engine.train import TrainingError, train
+from ddrnet.limits import InputTooLargeError
 from ddrnet.models import CheckpointError
 
 
@@ -379,3 +381,26 @@ def test_a_failed_resume_is_one_line_from_the_cli(camvid_root, tmp_path) -> None
         "model.name=ddrnet_23_slim (this run: ddrnet_23)"
     )
     assert (run / "config.yaml").read_text() == config_before
+
+
+def test_a_crop_too_large_for_memory_is_refused_in_one_line(
+    camvid_root, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setattr(limits, "device_memory", lambda device: 64 * 2**30)
+    fresh = tmp_path / "fresh"
+    # 550 bytes per pixel (DDRNet-23-slim, float32) x 16 x 20000 x 20000 = 3.52e12 bytes.
+    big = ["data.crop_size=[20000, 20000]", "data.batch_size=16"]
+    with pytest.raises(
+        InputTooLargeError,
+        match=re.escape(
+            "data.crop_size=[20000, 20000] with data.batch_size=16: a training step needs about "
+            "3,278 GiB (550 bytes per pixel for this model), more than the 64 GiB of memory of "
+            "cpu; use a smaller crop or batch"
+        ),
+    ):
+        train(tiny_config(camvid_root, fresh, extra=big + ["train.device=cpu"]))
+    assert not fresh.exists()
+    # In bf16 half of it; the recipe's crop and batch fit easily.
+    with pytest.raises(InputTooLargeError, match="1,639 GiB \\(275 bytes per pixel"):
+        limits.check_training_crop((20000, 20000), 16, 32, torch.device("cpu"), True)
+    limits.check_training_crop((352, 480), 8, 32, torch.device("cpu"))

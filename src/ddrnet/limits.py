@@ -2,13 +2,19 @@
 
 A small file can ask for a lot of memory: a 746 KB PNG of 16000x16000 pixels needs ~20 GB to
 segment, a scale of 20 multiplies a frame's pixels by 400. These caps turn such inputs into
-a one-line refusal that names the input, before anything is allocated.
+a one-line refusal that names the input, before anything is allocated. Training checks its
+crop size and batch against the memory of the device it runs on.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the CLI imports this module: torch only where it is used
+    import torch
 
 # 50 megapixels: an 8K frame (7680x4320, 33 MP) passes; segmenting one at the cap takes
 # several GB with DDRNet-23-slim on a CPU. `ddrnet predict --max-pixels` raises it.
@@ -56,4 +62,50 @@ def check_pixels(
     raise InputTooLargeError(
         f"{source}: {width}x{height} is {megapixels(width * height)}{at_scale}, over the "
         f"limit of {megapixels(max_pixels)} (ddrnet predict --max-pixels raises it)"
+    )
+
+
+# A DDRNet-23-slim training step (forward with the auxiliary head, backward, float32) holds
+# ~550 bytes per input pixel beyond the model: peak RSS grew 207 MB from 256x256 to 512x512
+# crops, batch 2, on a CPU (DDRNet-23, planes 64: ~1100). Per 32 planes of the model it is a
+# lower bound for the other variants (deeper ones hold more), halved for bf16/fp16 autocast.
+TRAIN_BYTES_PER_PIXEL_PER_32_PLANES = 550
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Bytes of memory of ``device`` (physical RAM for the CPU); None where unknown."""
+    import torch
+
+    try:
+        if device.type == "cuda":
+            return torch.cuda.get_device_properties(device).total_memory
+        if device.type == "cpu":
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, RuntimeError, AttributeError):
+        pass
+    return None
+
+
+def check_training_crop(
+    crop_size: tuple[int, int],
+    batch_size: int,
+    planes: int,
+    device: torch.device,
+    half_precision: bool = False,
+) -> None:
+    """Refuse, before anything is allocated, a ``data.crop_size`` and ``data.batch_size``
+    whose training step needs more memory than ``device`` has (estimated from
+    ``TRAIN_BYTES_PER_PIXEL_PER_32_PLANES`` for a model of ``planes``): it would die in an
+    allocation error or the kernel's OOM killer at the first step."""
+    memory = device_memory(device)
+    height, width = crop_size
+    per_pixel = TRAIN_BYTES_PER_PIXEL_PER_32_PLANES * planes / 32 / (2 if half_precision else 1)
+    needed = per_pixel * batch_size * height * width
+    if memory is None or needed <= memory:
+        return
+    raise InputTooLargeError(
+        f"data.crop_size=[{height}, {width}] with data.batch_size={batch_size}: a training "
+        f"step needs about {needed / 2**30:,.0f} GiB ({per_pixel:.0f} bytes per pixel for "
+        f"this model), more than the {memory / 2**30:,.0f} GiB of memory of {device}; use a "
+        "smaller crop or batch (the recipes crop 352x480 to 1024x1024)"
     )

@@ -53,6 +53,7 @@ from ddrnet.engine.losses import (
 from ddrnet.engine.run_folder import checked_output, repair_run, write_epoch
 from ddrnet.engine.schedules import poly_lr
 from ddrnet.hardware import describe_cpu
+from ddrnet.limits import check_training_crop
 from ddrnet.models import ModelMetadata, create_model, load_weights
 
 logger = logging.getLogger(__name__)
@@ -148,6 +149,9 @@ def _train(
         num_classes=labels.num_classes,
         aux_head=config.model.aux_head,
         width_multiplier=config.model.width_multiplier,
+    )
+    check_training_crop(
+        cfg_data.crop_size, cfg_data.batch_size, model.spec.planes, device, bool(autocast_dtype)
     )
     if config.model.pretrained:
         report = load_weights(model, config.model.pretrained)
