@@ -133,6 +133,26 @@ def test_config_overrides_and_errors(tmp_path) -> None:
         load_config(Config, bad)
 
 
+@pytest.mark.parametrize(
+    ("override", "guess"),
+    [
+        ("output_dir=runs/x", "train.output_dir"),  # a key given without its section
+        ("batch_size=4", "data.batch_size or eval.batch_size"),
+        ("train.epoch=3", "train.epochs"),  # a typo
+        ("optim.lrate=0.1", None),  # nothing close enough: the list of valid keys only
+    ],
+)
+def test_unknown_keys_suggest_the_one_meant(override: str, guess: str | None) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(Config, None, [override])
+    message = str(error.value)
+    assert "valid keys" in message
+    if guess is None:
+        assert "did you mean" not in message
+    else:
+        assert message.endswith(f"; did you mean {guess}?")
+
+
 def test_ema_follows_the_weights_by_hand() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
     with torch.no_grad():

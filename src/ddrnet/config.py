@@ -8,6 +8,7 @@ types (``int``, ``float``, ``bool``, ``str``, ``Literal``, ``X | None``, ``list[
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from collections.abc import Sequence
@@ -98,12 +99,29 @@ def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
             f"unknown key{'s' if len(unknown) > 1 else ''} "
             f"{', '.join(prefix + k for k in unknown)}; valid keys"
             f"{' in ' + prefix.rstrip('.') if prefix else ''}: {', '.join(sorted(fields))}"
+            + _did_you_mean(cls, unknown, prefix)
         )
     kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in values.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {error}") from None
+
+
+def _did_you_mean(cls: type, unknown: list[str], prefix: str) -> str:
+    """``"; did you mean train.output_dir?"`` for keys that belong to a section of ``cls``
+    (``output_dir=...`` given without its section) or are close to a valid key (a typo)."""
+    hints = typing.get_type_hints(cls)
+    guesses = []
+    for key in unknown:
+        sections = [
+            name
+            for name, hint in hints.items()
+            if dataclasses.is_dataclass(hint) and key in {f.name for f in dataclasses.fields(hint)}
+        ]
+        close = difflib.get_close_matches(key, list(hints), n=1)
+        guesses += [f"{section}.{key}" for section in sections] or [prefix + c for c in close]
+    return f"; did you mean {' or '.join(guesses)}?" if guesses else ""
 
 
 def to_dict(config: Any) -> dict[str, Any]:
