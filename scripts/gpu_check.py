@@ -26,7 +26,8 @@ Steps (``--steps`` picks some; the order is fixed):
 
 Everything goes to OUT_DIR: ``gpu_check.log`` (every command and its output) and
 ``gpu_check.json`` (per step: status passed/failed/skipped, seconds, reason, figures). The
-exit status is 1 when a step failed. On a machine without CUDA every GPU step is skipped
+exit status is 1 when a step failed. Calling it again with the same OUT_DIR and ``--steps``
+reruns those steps and keeps the other steps' records. On a machine without CUDA every GPU step is skipped
 with the reason, so CI keeps the script working; ``--cpu-smoke`` instead runs each step on
 the CPU at toy sizes (the suite does this to check the commands the script builds).
 """
@@ -70,7 +71,8 @@ class Checker:
         self.out, self.data, self.cpu_smoke = out, data, cpu_smoke
         self.log = out / "gpu_check.log"
         started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-        self.log.write_text(f"gpu_check.py {' '.join(sys.argv[1:])}, started {started}\n")
+        with self.log.open("a") as log:
+            log.write(f"\ngpu_check.py {' '.join(sys.argv[1:])}, started {started}\n")
         self.env = dict(os.environ, PYTHONUNBUFFERED="1", DDRNET_DATA=str(data.parent))
         self.env["PYTHONPATH"] = os.pathsep.join(
             [str(REPO / "src"), str(REPO / "tests")]
@@ -78,7 +80,12 @@ class Checker:
         )
         self.device = "cpu" if cpu_smoke else "cuda"
         self.epochs = [1, 2] if cpu_smoke else [1, 2, 3, 4]  # of each training run
-        self.records: list[dict[str, Any]] = []
+        # A later call into the same folder reruns the steps it names and keeps the others'
+        # records: fix what failed on the GPU, then rerun that step alone.
+        previous = out / "gpu_check.json"
+        self.records: list[dict[str, Any]] = (
+            json.loads(previous.read_text())["steps"] if previous.is_file() else []
+        )
 
     # -- running commands ----------------------------------------------------------------
     def run(self, args: list[str], timeout: float, check: bool = True) -> str:
@@ -135,7 +142,8 @@ class Checker:
             except Exception as error:  # a crash in a step must not stop the others
                 record.update(status="failed", reason=f"{type(error).__name__}: {error}")
         record["seconds"] = round(time.perf_counter() - start, 1)
-        self.records.append(record)
+        self.records = [r for r in self.records if r["step"] != name] + [record]
+        self.records.sort(key=lambda r: STEPS.index(r["step"]))
         print(f"{name:<12} {record['status']:<8} {record['seconds']:>7.1f} s  "
               f"{record.get('reason', '')}", flush=True)  # fmt: skip
         self.write_json()

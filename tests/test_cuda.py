@@ -42,8 +42,9 @@ def _exact_float32() -> None:
 
 @pytest.fixture(scope="module")
 def val_frames(camvid_root: Path) -> list[np.ndarray]:
-    """Four real CamVid val frames (480x360 RGB)."""
-    names = sorted((camvid_root / "val").glob("*.png"))[:4]
+    """Four real CamVid val frames (480x360 RGB; PNG, or JPEG where a copy was made small
+    enough to send to a GPU machine)."""
+    names = sorted(p for p in (camvid_root / "val").iterdir() if p.suffix in (".png", ".jpg"))[:4]
     return [read_rgb(name) for name in names]
 
 
