@@ -404,3 +404,13 @@ def test_a_crop_too_large_for_memory_is_refused_in_one_line(
     with pytest.raises(InputTooLargeError, match="1,639 GiB \\(275 bytes per pixel"):
         limits.check_training_crop((20000, 20000), 16, 32, torch.device("cpu"), True)
     limits.check_training_crop((352, 480), 8, 32, torch.device("cpu"))
+
+
+def test_train_help_shows_how_to_make_a_short_run(capsys) -> None:
+    from ddrnet.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "train.max_iterations_per_epoch=20 (optimiser steps per epoch)" in text
+    assert "eval.max_images=20 (validation images)" in text and "train.output_dir=" in text

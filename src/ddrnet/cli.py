@@ -735,10 +735,18 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         help="train from a YAML recipe",
-        description="Train from a recipe; any key can be overridden as section.key=value.",
+        description="Train from a recipe; any key can be overridden as section.key=value "
+        "(train.output_dir=runs/x, train.epochs=50, data.root=/data/camvid).",
+        epilog="A short run, to try a recipe or a machine in minutes: "
+        "train.epochs=2 train.max_iterations_per_epoch=20 (optimiser steps per epoch) "
+        "eval.max_images=20 (validation images) train.output_dir=runs/try. "
+        "train.max_minutes=N stops cleanly after the epoch that crosses N minutes; "
+        "--resume continues.",
     )
     train.add_argument("config", help="bundled recipe name or path to a YAML file")
-    train.add_argument("overrides", nargs="*", help="overrides such as train.epochs=10")
+    train.add_argument(
+        "overrides", nargs="*", help="overrides such as train.epochs=10 (section.key=value)"
+    )
     train.add_argument(
         "--resume",
         nargs="?",
