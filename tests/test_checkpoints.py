@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import re
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -229,8 +229,9 @@ def _crafted_file(path: Path, tensors: dict[str, torch.Tensor] | None = None, **
 
     model = ddrnet.create_model("ddrnet_23_slim", num_classes=2)
     values = json.loads(
-        ModelMetadata(architecture="ddrnet_23_slim", num_classes=2, spec=model.spec.to_dict())
-        .to_json()
+        ModelMetadata(
+            architecture="ddrnet_23_slim", num_classes=2, spec=model.spec.to_dict()
+        ).to_json()
     )
     values.update(fields)
     tensors = model.state_dict() if tensors is None else tensors

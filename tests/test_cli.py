@@ -18,6 +18,11 @@ def test_models_table_matches_the_paper() -> None:
     assert rows["ddrnet_39_imagenet"]["params_M"] == 40.13
     table = run_ddrnet("models", "--size", "360x480").stdout
     assert "ddrnet_23_slim" in table and "3.04" in table  # GMACs at CamVid's size
+    # The bundled trained models too, with what they were trained on.
+    assert rows["camvid_ddrnet23_slim_train"]["val_mIoU"] == 72.1
+    assert rows["camvid_ddrnet23_slim_train"]["val_held_out"] is True
+    assert rows["camvid_ddrnet23_slim"]["val_held_out"] is False
+    assert "camvid_ddrnet23_slim_train  ddrnet_23_slim, CamVid train only" in table
 
 
 def test_every_subcommand_has_help() -> None:
@@ -72,6 +77,9 @@ def test_out_of_range_options_are_refused_by_name(tmp_path) -> None:
         (["export", "-o", str(tmp_path / "m.png")], "expected a .onnx file name"),
         (["export", "-o", str(tmp_path / "m.onnx"), "--format", "onnx-int8"], "--calibration"),
         (["predict", "--scales", "0"], "argument --scales: must be > 0"),
+        (["predict", "--scales", "1e9"], "argument --scales: must be > 0 and <= 4, got '1e9'"),
+        (["eval", "x", "--scales", "20"], "argument --scales: must be > 0 and <= 4, got '20'"),
+        (["predict", "--max-pixels", "0"], "argument --max-pixels: must be >= 1"),
         (["predict", "--alpha", "nan"], "argument --alpha: must be >= 0 and <= 1"),
         (["eval", "x", "--max-images", "-1"], "argument --max-images: must be >= 1"),
         (["serve", "--port", "99999"], "argument --port: must be >= 0 and <= 65535"),
@@ -114,3 +122,12 @@ def test_eval_refuses_labels_outside_the_classes_by_file(camvid_root, tmp_path) 
     result = run_ddrnet(*arguments)
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"{root / 'valannot' / frames[1]}: label is 240x180 but image" in result.stderr
+
+
+def test_viz_features_defaults_to_the_bundled_model(tmp_path) -> None:
+    from ddrnet.assets import demo_frames
+
+    output = tmp_path / "features.png"
+    result = run_ddrnet("viz", "features", str(demo_frames()[0]), "-o", str(output))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert output.stat().st_size > 10_000

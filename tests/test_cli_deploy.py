@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,11 @@ def test_export_evaluates_every_deployed_form_on_camvid_val(camvid_root, tmp_pat
         "--evaluate-root", str(camvid_root), "--evaluate-images", str(images),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
+    fp32_file = tmp_path / "m_int8_fp32.onnx"
+    assert f"ONNX written to {fp32_file} (the float32 model, kept beside the INT8" in result.stdout
+    assert "scoring on 3 of the 101 CamVid val images" in result.stdout
+    # The default (bundled) model saw CamVid val in training, and the output says so.
+    assert "this model was trained on CamVid val" in result.stderr
     lines = result.stdout.splitlines()
     reference = next(line for line in lines if line.startswith("fp32 ONNX with onnxruntime"))
     assert float(reference.split("mIoU ")[1]) == pytest.approx(torch_miou, abs=0.01)
@@ -133,3 +139,53 @@ def test_export_evaluates_every_deployed_form_on_camvid_val(camvid_root, tmp_pat
         assert scored["INT8 ONNX with openvino"] == pytest.approx(
             float(reported.split("mIoU ")[1].split()[0]), abs=0.01
         )
+
+
+def test_bench_checks_its_backends_before_measuring_and_fails_when_all_did(model_file) -> None:
+    result = run_ddrnet("bench", "--checkpoint", str(model_file), "--backends", "eager", "ort8")
+    assert result.returncode == 2 and "unknown backends ['ort8']; valid: eager" in result.stderr
+    assert "convolution peak" not in result.stdout  # refused before ~30 s of measuring
+    if not torch.cuda.is_available():
+        result = run_ddrnet(
+            "bench", "--checkpoint", str(model_file), "--size", "64x96", "--seconds", "0.2",
+            "--warmup", "0", "--rounds", "1", "--threads", "1", "--backends", "cuda_fp16",
+        )  # fmt: skip
+        assert result.returncode == 1, result.stderr[-2000:]
+        assert "every backend asked for failed" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_help_shows_defaults_and_the_backends_that_run_here() -> None:
+    from ddrnet.deploy import default_backends
+    from ddrnet.hardware import cpu_has_native_bf16
+
+    text = " ".join(run_ddrnet("bench", "--help").stdout.split())
+    for option, default in (("seconds", "6.0"), ("rounds", "3"), ("warmup", "2.0")):
+        assert re.search(rf"--{option} \w+ .*?\(default {re.escape(default)}\)", text), option
+    assert f"here {' '.join(default_backends())}" in text
+    assert ("eager_bf16_channels_last" in default_backends()) == cpu_has_native_bf16()
+
+
+def test_export_refuses_a_huge_size_and_a_folder_it_cannot_write(model_file, tmp_path) -> None:
+    from ddrnet.deploy import export_onnx, export_torchscript
+
+    result = run_ddrnet(
+        "export", "--checkpoint", str(model_file), "-o", str(tmp_path / "m.onnx"),
+        "--size", "100000x100000",
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (
+        "argument --size: 100000x100000 is 10000.0 megapixels, over the limit of 50.0 megapixels"
+        in result.stderr
+    )
+    with pytest.raises(ValueError, match="over the limit of 50.0 megapixels"):
+        export_onnx(camvid_model(), tmp_path / "m.onnx", (100000, 100000))
+    # sysfs takes no new files, whoever we are (chmod does not stop root)
+    result = run_ddrnet(
+        "export", "--checkpoint", str(model_file), "--format", "torchscript", "-o", "/sys/m.pt"
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "-o /sys/m.pt: cannot write in its folder" in result.stderr
+    with pytest.raises(OSError) as error:
+        export_torchscript(camvid_model(), "/sys/m.pt", (64, 96))
+    assert error.value.filename == "/sys/m.pt"
+    assert not list(tmp_path.iterdir())

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +48,7 @@ def _number(kind: type, low: float, high: float = math.inf, *, open_low: bool = 
 POSITIVE_INT = _number(int, 1)
 NON_NEGATIVE_INT = _number(int, 0)
 POSITIVE_FLOAT = _number(float, 0, open_low=True)
+NON_NEGATIVE_FLOAT = _number(float, 0)
 FRACTION = _number(float, 0, 1)
 SCALE = _number(float, 0, MAX_SCALE, open_low=True)
 PORT = _number(int, 0, 65535)
@@ -65,7 +67,21 @@ def parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``parse_size`` for sizes that tensors are allocated for: at most
+    ``ddrnet.limits.DEFAULT_MAX_PIXELS``."""
+    from ddrnet.limits import check_pixels
+
+    height, width = parse_size(text)
+    try:
+        check_pixels("", width, height, hint="")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return height, width
+
+
 def cmd_models(args: argparse.Namespace) -> int:
+    from ddrnet.assets import bundled_model_rows
     from ddrnet.models import build_model, count_macs, count_parameters, list_models, variant_info
 
     rows = []
@@ -86,8 +102,9 @@ def cmd_models(args: argparse.Namespace) -> int:
                 "paper_GMACs": info.paper_gmacs if size == (1024, 2048) else None,
             }
         )
+    bundled = bundled_model_rows()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([*rows, *({**row, "bundled": True} for row in bundled)], indent=2))
         return 0
     header = f"{'model':<26}{'task':<16}{'input':>11}{'params (M)':>12}{'GMACs':>9}{'paper':>18}"
     print(header)
@@ -101,6 +118,12 @@ def cmd_models(args: argparse.Namespace) -> int:
             f"{row['GMACs']:>9.2f}{paper:>18}"
         )
     print("(segmentation: auxiliary head excluded, as in the paper; MACs count conv/linear)")
+    print("\nbundled trained models (give the name as --checkpoint; the first is the default):")
+    for row in bundled:
+        score = f"CamVid val mIoU {row['val_mIoU']}" + (
+            "" if row["val_held_out"] else " (val was training data)"
+        )
+        print(f"  {row['name']:<28}{row['architecture']}, {row['trained_on']}; {score}")
     return 0
 
 
@@ -296,6 +319,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"the model predicts {model.num_classes} classes but {data_config.dataset} has "
             f"{labels.num_classes}"
         )
+    if metadata.trained_on(data_config.dataset, args.split):
+        logger.warning(
+            "%s was trained on %s %s: its scores there are training-set figures",
+            args.checkpoint,
+            data_config.dataset,
+            args.split,
+        )
     if args.max_images is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.max_images, len(dataset))))
     mean = metadata.mean if metadata.mean else labels.mean
@@ -397,8 +427,7 @@ def cmd_viz_features(args: argparse.Namespace) -> int:
     from ddrnet.data.io import read_rgb
     from ddrnet.viz import plot_features
 
-    _pytorch_checkpoint_only(args.checkpoint, "ddrnet viz features")
-    model = load_model_for_inference(args.checkpoint, args.model)
+    model = _model_for_deploy(args)  # --checkpoint, else --model, else the bundled model
     output = plot_features(
         model, read_rgb(args.image), args.output, top_k=args.top_k, reduction=args.reduce
     )
@@ -528,24 +557,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ddrnet.assets import demo_frames
     from ddrnet.deploy import (
         BACKENDS,
-        GPU_BACKENDS,
+        check_backends,
+        default_backends,
         float32_conv_peak,
         load_calibration_images,
         measure_conv_peak_gflops,
         measured_peaks,
         run_benchmarks,
     )
-    from ddrnet.hardware import cpu_has_native_bf16, describe_cpu
+    from ddrnet.hardware import describe_cpu
     from ddrnet.models import count_macs, count_parameters
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.backends is None:
-        # bf16 only where the CPU computes it: emulated, it runs ~10x slower than fp32.
-        bf16 = ["eager_bf16_channels_last"] if cpu_has_native_bf16() else []
-        args.backends = ["eager", "bn_folded", *bf16, "ort", "ort_int8"]
-        if torch.cuda.is_available():
-            args.backends += list(GPU_BACKENDS)
+    # Checked before the ~30 s of measuring, not after.
+    args.backends = check_backends(args.backends) if args.backends else default_backends()
     model = _model_for_deploy(args)
     height, width = args.size
     params = count_parameters(model, exclude_prefixes=("aux_head.",))
@@ -613,6 +639,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         }
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))
         print(f"results written to {args.json}")
+    if all(row.get("error") for row in rows if row["backend"] in args.backends):
+        print("ddrnet bench: every backend asked for failed (see above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -664,7 +693,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise UsageError(f"--format tensorrt: {error}") from None
     fp32_path = output if args.format == "onnx" else output.with_name(output.stem + "_fp32.onnx")
     export_onnx(model, fp32_path, args.size, argmax=args.argmax, upsample_to_input=args.upsample)
-    print(f"ONNX written to {fp32_path} (dynamic batch, height and width)")
+    kept = " (the float32 model, kept beside the INT8 file)" if fp32_path != output else ""
+    print(f"ONNX written to {fp32_path}{kept} (dynamic batch, height and width)")
     if args.argmax:
         agreement = verify_onnx_labels(model, fp32_path)
         print(f"ONNX Runtime vs PyTorch: labels agree on {100 * agreement:.3f}% of pixels")
@@ -692,6 +722,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         from ddrnet.data.datasets import camvid
 
         dataset = camvid(args.evaluate_root, "val")
+        count = min(args.evaluate_images or len(dataset), len(dataset))
+        print(f"scoring on {count} of the {len(dataset)} CamVid val images (--evaluate-images)")
+        if model.metadata.trained_on("camvid", "val"):
+            logger.warning(
+                "this model was trained on CamVid val: its scores there are training-set "
+                "figures; the held-out model is camvid_ddrnet23_slim_train (--checkpoint)"
+            )
         reference = evaluate_onnx(fp32_path, dataset, limit=args.evaluate_images)
         print(f"fp32 ONNX with onnxruntime on CamVid val: mIoU {reference.miou:.2f}")
         # Every deployed form against that reference, run as `ddrnet bench` runs it.
@@ -849,17 +886,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--checkpoint", help="model file (default: the bundled CamVid model)")
     bench.add_argument("--model", help="architecture (fresh weights unless --checkpoint)")
-    bench.add_argument("--size", type=parse_size, default=(1024, 2048), help="HEIGHTxWIDTH")
+    bench.add_argument(
+        "--size",
+        type=parse_image_size,
+        default=(1024, 2048),
+        help="HEIGHTxWIDTH (default 1024x2048)",
+    )
+    from ddrnet.deploy.bench import BACKENDS, default_backends
+
     bench.add_argument(
         "--backends",
         nargs="+",
-        help="eager, eager_channels_last, eager_bf16, eager_bf16_channels_last, bn_folded, "
-        "compile, ort, ort_int8, openvino, openvino_bf16, openvino_int8, and on NVIDIA GPUs "
-        "cuda, cuda_fp16, tensorrt_fp16 (default: eager, bn_folded, "
-        "eager_bf16_channels_last, ort, ort_int8, plus the GPU ones where CUDA is available)",
+        help=f"any of {', '.join(BACKENDS)} (cuda* and tensorrt* on NVIDIA GPUs); default: "
+        f"those that run well on this machine, here {' '.join(default_backends())}",
     )
     bench.add_argument(
-        "--seconds", type=POSITIVE_FLOAT, default=6.0, help="timed seconds per backend, in all"
+        "--seconds",
+        type=POSITIVE_FLOAT,
+        default=6.0,
+        help="timed seconds per backend, in all (default %(default)s)",
     )
     bench.add_argument(
         "--rounds",
@@ -867,9 +912,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="split --seconds into this many round-robin passes over the backends; speed-ups "
         "are medians of the per-pass ratios, so a machine whose load drifts still gives "
-        "fair ratios",
+        "fair ratios (default %(default)s)",
     )
-    bench.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per backend")
+    bench.add_argument(
+        "--warmup",
+        type=NON_NEGATIVE_FLOAT,
+        default=2.0,
+        help="warm-up seconds per backend (default %(default)s)",
+    )
     bench.add_argument("--batch-size", type=POSITIVE_INT, default=1)
     bench.add_argument("--threads", type=POSITIVE_INT, help="torch CPU threads")
     bench.add_argument("--calibration", help="INT8: folder of real images (default: demo frames)")
@@ -888,7 +938,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="tensorrt: a float16 engine for --size, built on this machine's GPU",
     )
     export.add_argument("-o", "--output", required=True, help="output file")
-    export.add_argument("--size", type=parse_size, default=(360, 480), help="example HEIGHTxWIDTH")
+    export.add_argument(
+        "--size",
+        type=parse_image_size,
+        default=(360, 480),
+        help="example HEIGHTxWIDTH (default 360x480)",
+    )
     export.add_argument("--argmax", action="store_true", help="labels instead of logits")
     export.add_argument("--upsample", action="store_true", help="resize to the input size in-graph")
     export.add_argument("--calibration", help="INT8: folder of real images")
@@ -916,7 +971,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="both branches around each fusion, DAPPM scales, class probabilities, entropy",
     )
     features.add_argument("image", help="input image")
-    features.add_argument("--checkpoint", required=True, help="model file")
+    features.add_argument("--checkpoint", help="model file (default: the bundled CamVid model)")
     features.add_argument("--model", help="architecture, for checkpoints without metadata")
     features.add_argument(
         "--top-k", type=POSITIVE_INT, default=5, help="class-probability maps to show"
@@ -997,6 +1052,12 @@ def writable_file(option: str, path: str | None, suffixes: Sequence[str] = ()) -
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UsageError(f"{option} {path}: cannot create its folder ({error})") from None
+    try:  # a read-only folder: refused now, not after minutes of work
+        with tempfile.TemporaryFile(dir=target.parent):
+            pass
+    except OSError as error:
+        reason = error.strerror or error
+        raise UsageError(f"{option} {path}: cannot write in its folder ({reason})") from None
 
 
 def _os_error_reason(error: OSError) -> str:

@@ -50,18 +50,21 @@ def check_pixels(
     height: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     largest_scale: float = 1.0,
+    hint: str = "ddrnet predict --max-pixels raises it",
 ) -> None:
-    """Raise ``InputTooLargeError`` naming ``source`` when a ``width`` x ``height`` image,
-    resized by ``largest_scale`` (test-time scales above 1 enlarge it), has more than
-    ``max_pixels`` pixels."""
+    """Raise ``InputTooLargeError`` naming ``source`` (if not empty) when a ``width`` x
+    ``height`` image, resized by ``largest_scale`` (test-time scales above 1 enlarge it), has
+    more than ``max_pixels`` pixels; ``hint`` (in parentheses) says how to raise the cap."""
     factor = max(1.0, largest_scale) ** 2
     pixels = width * height * factor
     if pixels <= max_pixels:
         return
     at_scale = f", {megapixels(pixels)} at scale {largest_scale:g}" if factor > 1 else ""
+    named = f"{source}: " if source else ""
+    how = f" ({hint})" if hint else ""
     raise InputTooLargeError(
-        f"{source}: {width}x{height} is {megapixels(width * height)}{at_scale}, over the "
-        f"limit of {megapixels(max_pixels)} (ddrnet predict --max-pixels raises it)"
+        f"{named}{width}x{height} is {megapixels(width * height)}{at_scale}, over the limit of "
+        f"{megapixels(max_pixels)}{how}"
     )
 
 

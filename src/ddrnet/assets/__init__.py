@@ -51,3 +51,32 @@ def resolve_bundled_name(checkpoint: str | Path) -> Path:
 def demo_frames() -> list[Path]:
     """The demo road scenes shipped with the package (CamVid, CC BY-NC 4.0; see demo/README.md)."""
     return sorted((assets_dir() / "demo").glob("*.png"))
+
+
+def bundled_model_rows() -> list[dict[str, object]]:
+    """One row per bundled model present in this installation, read from its metadata
+    (no weights loaded): name, architecture, classes, data set, what it was trained on and
+    its CamVid val mIoU."""
+    from safetensors import safe_open
+
+    from ddrnet.models.metadata import ModelMetadata
+
+    rows = []
+    for name, description in BUNDLED_MODELS.items():
+        path = assets_dir() / f"{name}.safetensors"
+        if not path.is_file():
+            continue
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = ModelMetadata.from_json((handle.metadata() or {})["ddrnet"], str(path))
+        rows.append(
+            {
+                "name": name,
+                "architecture": metadata.architecture,
+                "classes": metadata.num_classes,
+                "dataset": metadata.dataset,
+                "trained_on": description,
+                "val_mIoU": metadata.metrics.get("camvid_val_mIoU"),
+                "val_held_out": not metadata.trained_on("camvid", "val"),
+            }
+        )
+    return rows

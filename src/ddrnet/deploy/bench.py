@@ -61,6 +61,32 @@ GPU_BACKENDS = ("cuda", "cuda_fp16", "tensorrt_fp16")
 REFERENCE_BACKEND = "eager"
 
 
+def check_backends(names: Sequence[str]) -> list[str]:
+    """``names`` as a list, or a ``ValueError`` naming those that are not in ``BACKENDS``
+    (called before anything is measured)."""
+    unknown = [name for name in names if name not in BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown backends {unknown}; valid: {', '.join(BACKENDS)}")
+    return list(names)
+
+
+def default_backends() -> list[str]:
+    """The backends ``ddrnet bench`` times by default: only those that run well here.
+
+    bf16 autocast only where the CPU computes bf16 natively (emulated, it ran ~10x slower
+    than float32 on an AMD Zen 2), OpenVINO where it is installed, the GPU backends where
+    CUDA is available."""
+    from importlib.util import find_spec
+
+    from ddrnet.hardware import cpu_has_native_bf16
+
+    names = ["eager", "bn_folded"]
+    names += ["eager_bf16_channels_last"] if cpu_has_native_bf16() else []
+    names += ["ort", "ort_int8"] if find_spec("onnxruntime") is not None else []
+    names += ["openvino"] if find_spec("openvino") is not None else []
+    return names + (list(GPU_BACKENDS) if torch.cuda.is_available() else [])
+
+
 def _percentile(sorted_values: Sequence[float], fraction: float) -> float:
     """Linear-interpolated percentile of already sorted values (``fraction`` in 0..1)."""
     position = fraction * (len(sorted_values) - 1)
@@ -394,10 +420,7 @@ def run_benchmarks(
     OpenMP threads that compete with another busy process for cores spin and can run ten
     times slower, while ONNX Runtime degrades gracefully, which distorts every ratio.
     """
-    requested = list(backends) if backends is not None else list(BACKENDS)
-    unknown = [name for name in requested if name not in BACKENDS]
-    if unknown:
-        raise ValueError(f"unknown backends {unknown}; valid: {', '.join(BACKENDS)}")
+    requested = check_backends(backends if backends is not None else list(BACKENDS))
     if seconds <= 0:
         raise ValueError(f"seconds must be positive, got {seconds}")
     if rounds < 1:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddrnet.limits import check_pixels
 from ddrnet.models.fusion import unwrapped_copy
 
 DEFAULT_VERIFY_SIZES: tuple[tuple[int, int], ...] = ((360, 480), (361, 479), (64, 64))
@@ -67,8 +68,11 @@ class SegmentationExportWrapper(nn.Module):
 
 
 def _check_size(name: str, size: Sequence[int]) -> tuple[int, int]:
+    """``(height, width)``, both >= 1 and no more than ``ddrnet.limits.DEFAULT_MAX_PIXELS``
+    in all: tracing allocates activations for the example input."""
     if len(size) != 2 or any(int(side) < 1 for side in size):
         raise ValueError(f"{name} must be (height, width) in pixels, both >= 1; got {size}")
+    check_pixels(name, int(size[1]), int(size[0]), hint="")
     return int(size[0]), int(size[1])
 
 
@@ -467,5 +471,8 @@ def export_torchscript(
         traced = torch.jit.trace(wrapper, example)
         if freeze:
             traced = torch.jit.freeze(traced)
-    torch.jit.save(traced, str(path))
+    # Through a Python file object: a folder we may not write to gives an OSError naming
+    # the file (torch's own writer raises a bare RuntimeError).
+    with path.open("wb") as stream:
+        torch.jit.save(traced, stream)
     return path

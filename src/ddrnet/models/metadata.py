@@ -60,9 +60,11 @@ class ModelMetadata:
             raise ValueError(
                 f"{len(self.class_names)} class names given for {self.num_classes} classes"
             )
-        bad_colours = [c for c in self.palette if not _is_rgb(c)] if isinstance(
-            self.palette, list
-        ) else [self.palette]
+        bad_colours = (
+            [c for c in self.palette if not _is_rgb(c)]
+            if isinstance(self.palette, list)
+            else [self.palette]
+        )
         if bad_colours:
             raise ValueError(
                 f"palette colours must be [r, g, b] integers in 0..255, got {bad_colours[0]!r:.80}"
@@ -71,14 +73,29 @@ class ModelMetadata:
             raise ValueError(f"{len(self.palette)} palette colours for {self.num_classes} classes")
         for name in ("mean", "std"):
             values = getattr(self, name)
-            if not isinstance(values, (list, tuple)) or len(values) != 3 or not all(
-                _is_number(v) and math.isfinite(v) for v in values
+            if (
+                not isinstance(values, (list, tuple))
+                or len(values) != 3
+                or not all(_is_number(v) and math.isfinite(v) for v in values)
             ):
                 raise ValueError(f"{name} must be three finite numbers (RGB), got {values!r:.80}")
         if any(v <= 0 for v in self.std):
             raise ValueError(f"std must be positive (it divides every pixel), got {self.std}")
         if not _is_int(self.ignore_index):
             raise ValueError(f"ignore_index must be an integer, got {self.ignore_index!r:.80}")
+
+    def trained_on(self, dataset: str, split: str) -> bool:
+        """Whether the training run recorded in ``training`` saw ``split`` of ``dataset``:
+        its score there measures memory, not accuracy (the bundled ``camvid_ddrnet23_slim``
+        was trained on CamVid train + val)."""
+        config = self.training.get("config") if isinstance(self.training, dict) else None
+        data = config.get("data") if isinstance(config, dict) else None
+        if not isinstance(data, dict) or data.get("dataset", self.dataset) != dataset:
+            return False
+        trained = str(data.get("train_split", ""))
+        if split == data.get("val_split") and self.training.get("val_in_training_data"):
+            return True
+        return split == trained or (trained == "trainval" and split in ("train", "val"))
 
     def to_json(self) -> str:
         return json.dumps(
