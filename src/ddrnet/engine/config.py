@@ -234,6 +234,49 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation (issue 21): a frozen teacher's logits guide the student.
+
+    The teacher runs in eval mode without gradients on the same (normalised) crops; its
+    1/8-resolution logits are compared with the student's main-head logits on that grid
+    (``ddrnet.engine.distill``). The total loss is the recipe's loss plus
+    ``kd_weight * KD + cwd_weight * CWD``.
+    """
+
+    # A model file (.safetensors, or a .pt training checkpoint) or a bundled model's name
+    # (camvid_ddrnet23_slim); it must predict the run's classes. None = no distillation.
+    teacher: str | None = None
+    # Hinton KD: T^2 * KL(softmax(teacher/T) || softmax(student/T)) over the classes of each
+    # pixel, averaged over labelled pixels. 1.0 at T = 1..4 is the usual range.
+    kd_weight: float = 1.0
+    temperature: float = 1.0
+    # Channel-wise distillation (Shu et al., ICCV 2021): per class channel, a softmax over the
+    # spatial positions of logits/tau, KL teacher -> student, x tau^2, averaged over batch and
+    # channels. 0 = off. Published logit settings: weight 5 at tau 1 (mmrazor, PSPNet
+    # R101 -> R18, Cityscapes), weight 6 at tau 3 (super-gradients, DDRNet-39 -> 23-slim).
+    cwd_weight: float = 0.0
+    cwd_temperature: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.teacher is not None:
+            _require(
+                bool(self.teacher.strip()), "teacher",
+                "a model file or a bundled model's name (or null: off)", self.teacher,
+            )  # fmt: skip
+        for key in ("kd_weight", "cwd_weight"):
+            value = getattr(self, key)
+            _require(math.isfinite(value) and value >= 0, key, ">= 0", value)
+        for key in ("temperature", "cwd_temperature"):
+            value = getattr(self, key)
+            _require(_positive(value), key, "> 0", value)
+        if self.teacher is not None:
+            _require(
+                self.kd_weight > 0 or self.cwd_weight > 0, "kd_weight or cwd_weight",
+                "> 0 when a teacher is set", (self.kd_weight, self.cwd_weight),
+            )  # fmt: skip
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -241,3 +284,4 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)

@@ -34,6 +34,7 @@ from ddrnet.engine.checkpointing import (
     restore,
 )
 from ddrnet.engine.config import Config, DataConfig
+from ddrnet.engine.distill import build_distiller
 from ddrnet.engine.distributed import (
     DistributedContext,
     any_process,
@@ -156,6 +157,10 @@ def _train(
     if config.model.pretrained:
         report = load_weights(model, config.model.pretrained)
         logger.info(report.summary())
+    # distill.teacher: loaded (or refused) here, before the slow data check; None when off.
+    distiller = build_distiller(
+        config.distill, labels, mean, std, device, autocast_dtype, cfg_train.channels_last
+    )
     # Reading every file takes a while, so it comes after the quick refusals above.
     if cfg_data.check and ctx.is_main:
         logger.info("checking %d training and %d validation pairs", len(train_set), len(val_set))
@@ -329,6 +334,8 @@ def _train(
             with autocast(device, autocast_dtype):
                 main, aux = forward(images)
             loss, parts = criterion(main.float(), None if aux is None else aux.float(), targets)
+            if distiller is not None:  # the teacher's forward counts in the img/s shown
+                loss, parts = distiller.add_to(loss, parts, images, main, targets)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"loss became {loss.item()} at epoch {epoch + 1}, iteration {iteration}; "
@@ -379,6 +386,8 @@ def _train(
                 iterations_per_epoch * cfg_data.batch_size * ctx.world_size / epoch_time, 2
             ),
         }
+        if distiller is not None:
+            record.update(distiller.epoch_means())  # train_kd_loss, train_cwd_loss
 
         # ---- evaluate ---------------------------------------------------------------------
         is_last_epoch = epoch + 1 == cfg_train.epochs
