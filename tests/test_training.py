@@ -312,6 +312,17 @@ def test_resume_repairs_an_epoch_whose_writes_a_kill_cut_short(
     assert_consistent(run)
 
 
+def test_resume_drops_metrics_lines_of_epochs_that_last_pt_does_not_hold(
+    camvid_root, tmp_path
+) -> None:
+    run = tmp_path / "run"
+    train(tiny_config(camvid_root, run, epochs=1))
+    with open(run / "metrics.jsonl", "a") as stream:  # as an older version could leave it
+        stream.write(json.dumps({"epoch": 2, "iteration": 4}) + "\n")
+    train(tiny_config(camvid_root, run, epochs=1), resume=True)
+    assert_consistent(run)
+
+
 def test_a_full_disk_while_checkpointing_keeps_the_previous_epoch(
     camvid_root, tmp_path, monkeypatch
 ) -> None:
