@@ -176,8 +176,11 @@ def load_model_for_inference(
 
     if checkpoint is None and model_name is None:
         raise UsageError("give --checkpoint FILE (and --model NAME for files without metadata)")
+    from ddrnet.deploy.ncnn_runtime import is_ncnn_file
     from ddrnet.deploy.runtime import is_onnx_file
 
+    if runtime == "ncnn" or is_ncnn_file(checkpoint):
+        return _load_ncnn_model(checkpoint or model_name, model_name, runtime, amp)
     if is_onnx_file(checkpoint):
         return _load_onnx_model(checkpoint, model_name, runtime, amp)
     if runtime is not None:
@@ -221,6 +224,28 @@ def _load_onnx_model(checkpoint: str, model_name: str | None, runtime: str | Non
         ) from None
 
 
+def _load_ncnn_model(checkpoint: str, model_name: str | None, runtime: str | None, amp: str):
+    """An ``NcnnSegmentationModel`` for ``--runtime ncnn`` or a ``.param`` checkpoint; a
+    UsageError naming the file for another format, a missing .bin or a missing ncnn."""
+    from ddrnet.deploy.ncnn_runtime import is_ncnn_file, load_ncnn_model
+
+    if runtime not in (None, "ncnn"):
+        raise UsageError(
+            f"--runtime {runtime}: {checkpoint} is an ncnn file; run it with --runtime ncnn "
+            "(or without --runtime)"
+        )
+    if not is_ncnn_file(checkpoint):
+        raise UsageError(
+            f"--runtime ncnn: {checkpoint} is not an ncnn .param file; export one with "
+            "`ddrnet export --format ncnn -o NAME.param` (writes NAME.param, NAME.bin, NAME.json)"
+        )
+    if model_name is not None and model_name != checkpoint:
+        raise UsageError(f"--model does not apply to {checkpoint}: an ncnn file is its own model")
+    if amp not in ("none", "auto"):
+        raise UsageError(f"--amp {amp}: ncnn files run in float32 here")
+    return load_ncnn_model(checkpoint)  # NcnnFileError (an ExportError): one line from main
+
+
 def _device_and_amp(
     args: argparse.Namespace, model: torch.nn.Module | None = None
 ) -> tuple[torch.device, torch.dtype | None]:
@@ -230,13 +255,14 @@ def _device_and_amp(
     """
     import torch
 
+    from ddrnet.deploy.ncnn_runtime import NcnnSegmentationModel
     from ddrnet.deploy.runtime import OnnxSegmentationModel
     from ddrnet.engine.inference import pick_device, resolve_amp
 
-    if isinstance(model, OnnxSegmentationModel):
+    if isinstance(model, (OnnxSegmentationModel, NcnnSegmentationModel)):
         if args.device not in ("auto", "cpu"):
             raise UsageError(
-                f"--device {args.device}: ONNX files run on the CPU here; for NVIDIA GPUs "
+                f"--device {args.device}: exported files run on the CPU here; for NVIDIA GPUs "
                 "use the PyTorch model file or `ddrnet export --format tensorrt`"
             )
         return torch.device("cpu"), None
@@ -264,9 +290,10 @@ def _add_amp_option(parser: argparse.ArgumentParser) -> None:
 def _add_runtime_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runtime",
-        choices=["onnxruntime", "openvino"],
+        choices=["onnxruntime", "openvino", "ncnn"],
         help="for an exported .onnx checkpoint: the CPU runtime (default onnxruntime); "
-        "openvino with --amp bf16 is the fastest float path on CPUs with AMX/AVX512-BF16",
+        "openvino with --amp bf16 is the fastest float path on CPUs with AMX/AVX512-BF16; "
+        "ncnn for a NAME.param from `ddrnet export --format ncnn` (picked by the suffix)",
     )
 
 
@@ -529,12 +556,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _pytorch_checkpoint_only(checkpoint: str | None, command: str) -> None:
+    from ddrnet.deploy.ncnn_runtime import is_ncnn_file
     from ddrnet.deploy.runtime import is_onnx_file
 
-    if is_onnx_file(checkpoint):
+    if is_onnx_file(checkpoint) or is_ncnn_file(checkpoint):
         raise UsageError(
             f"{command} works on the PyTorch model (.safetensors/.pt/.pth), not on the exported "
-            f"{checkpoint}; predict, eval and serve run .onnx files"
+            f"{checkpoint}; predict, eval and serve run .onnx and ncnn .param files"
         )
 
 
@@ -670,12 +698,27 @@ def cmd_export(args: argparse.Namespace) -> int:
             "onnx-int8": (".onnx",),
             "torchscript": (".pt", ".ts", ".torchscript"),
             "tensorrt": (".engine", ".plan", ".trt"),
+            "ncnn": (".param",),
         }[args.format],
     )
+    if args.format == "ncnn" and args.argmax:
+        raise UsageError("--format ncnn exports logits only: drop --argmax (pnnx has no argmax)")
     if args.format == "onnx-int8" and args.calibration is None:
         raise UsageError("--format onnx-int8 needs --calibration (a folder of real images)")
     model = _model_for_deploy(args)
     output = Path(args.output)
+    if args.format == "ncnn":
+        from ddrnet.deploy.ncnn_export import export_ncnn_checked
+
+        export_ncnn_checked(
+            model,
+            output,
+            args.size,
+            upsample_to_input=args.upsample,
+            evaluate_root=args.evaluate_root,
+            evaluate_images=args.evaluate_images,
+        )
+        return 0
     if args.format == "torchscript":
         export_torchscript(
             model, output, args.size, argmax=args.argmax, upsample_to_input=args.upsample
@@ -933,9 +976,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", help="architecture, for checkpoints without metadata")
     export.add_argument(
         "--format",
-        choices=["onnx", "onnx-int8", "torchscript", "tensorrt"],
+        choices=["onnx", "onnx-int8", "torchscript", "tensorrt", "ncnn"],
         default="onnx",
-        help="tensorrt: a float16 engine for --size, built on this machine's GPU",
+        help="tensorrt: a float16 engine for --size, built on this machine's GPU; ncnn: "
+        "-o NAME.param writes NAME.param, NAME.bin and NAME.json (needs pnnx and ncnn)",
     )
     export.add_argument("-o", "--output", required=True, help="output file")
     export.add_argument(

@@ -53,6 +53,7 @@ BACKENDS: dict[str, str] = {
     "openvino": "OpenVINO CPU, float32 inference precision",
     "openvino_bf16": "OpenVINO CPU, bfloat16 inference precision where the CPU supports it",
     "openvino_int8": "OpenVINO CPU running our INT8 QDQ model (AMX/VNNI int8), bf16 elsewhere",
+    "ncnn": "ncnn CPU (pnnx export), float32, Winograd 3x3 and packed layouts (its defaults)",
     "cuda": "PyTorch on the GPU, float32 (no TF32), BN folded, cudnn.benchmark",
     "cuda_fp16": "PyTorch on the GPU, float16 weights and input, channels-last, BN folded",
     "tensorrt_fp16": "TensorRT engine from our ONNX export, float16 allowed, static shape",
@@ -307,6 +308,10 @@ def build_runner(
         return runner
     if backend in GPU_BACKENDS:
         return _gpu_runner(backend, model, image)
+    if backend == "ncnn":
+        from ddrnet.deploy.ncnn_export import ncnn_bench_runner
+
+        return ncnn_bench_runner(model, image, threads)
     return _onnx_runner(backend, model, image, threads, calibration_images)
 
 

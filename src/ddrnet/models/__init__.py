@@ -19,6 +19,7 @@ from ddrnet.models.complexity import count_macs, count_parameters
 from ddrnet.models.ddrnet import DDRNet, DDRNetClassifier, DDRNetSpec
 from ddrnet.models.metadata import ModelMetadata
 from ddrnet.models.registry import build_model, list_models, variant_info
+from ddrnet.models.widths import apply_channel_widths
 
 __all__ = [
     "CheckpointError",
@@ -75,11 +76,13 @@ def create_model(
         name = metadata.architecture
     info = variant_info(name)
     segmentation = info.task == "segmentation"
+    widths: dict[str, list[int]] = {}
     if metadata is not None and metadata.architecture == name:
         try:
             spec = DDRNetSpec.from_dict(metadata.spec)
         except (TypeError, ValueError) as error:
             raise CheckpointError(f"{raw.source}: metadata spec: {error}") from None
+        widths = metadata.channel_widths  # a channel-pruned model's narrower layers
     else:
         spec = info.spec if width_multiplier == 1.0 else info.spec.widened(width_multiplier)
     if num_classes is None and metadata is not None:
@@ -91,8 +94,10 @@ def create_model(
 
     def build() -> nn.Module:
         if segmentation:
-            return DDRNet(spec, num_classes=num_classes, aux_head=aux_head)
-        return DDRNetClassifier(spec, num_classes=num_classes)
+            network = DDRNet(spec, num_classes=num_classes, aux_head=aux_head)
+        else:
+            network = DDRNetClassifier(spec, num_classes=num_classes)
+        return apply_channel_widths(network, widths)
 
     if raw is not None:
         check_weights_fit(build, raw)  # before allocating a model the file may not fill
@@ -106,6 +111,7 @@ def create_model(
             spec=spec.to_dict(),
             task=info.task,
             aux_head=aux_head,
+            channel_widths=widths,
         )
     model.metadata = metadata
     return model.eval()

@@ -13,6 +13,8 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
+from ddrnet.models.widths import check_widths_format
+
 FORMAT_NAME = "ddrnet"
 FORMAT_VERSION = 1
 
@@ -43,6 +45,9 @@ class ModelMetadata:
     input_size: list[int] | None = None  # recommended (height, width) in pixels
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    # Channel-pruned models: {layer name: [in, out] or [features]} of the layers narrower
+    # than the spec's (``ddrnet.models.widths``); empty for unpruned models.
+    channel_widths: dict[str, list[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Refuse values that would fail later with a traceback (a palette entry of 300, a
@@ -83,6 +88,7 @@ class ModelMetadata:
             raise ValueError(f"std must be positive (it divides every pixel), got {self.std}")
         if not _is_int(self.ignore_index):
             raise ValueError(f"ignore_index must be an integer, got {self.ignore_index!r:.80}")
+        check_widths_format(self.channel_widths)
 
     def trained_on(self, dataset: str, split: str) -> bool:
         """Whether the training run recorded in ``training`` saw ``split`` of ``dataset``:
