@@ -1,0 +1,304 @@
+"""ncnn export through pnnx, its check against PyTorch, and its ``ddrnet bench`` runner.
+
+``export_ncnn`` traces the BN-folded eval model (the ``SegmentationExportWrapper`` that
+``export_onnx`` exports), hands the TorchScript file to pnnx (``pip install pnnx``), and keeps
+pnnx's ncnn output: ``NAME.param`` + ``NAME.bin`` (float32 weights), plus our sidecar
+``NAME.json`` with the model's classes, palette and normalisation (``ncnn_runtime``). pnnx
+turns every ``F.interpolate(size=t.shape[-2:])`` into an ncnn ``Interp`` that takes its size
+from a blob, so the file runs at any input size; the export traces two sizes to make sure.
+
+pnnx's intermediate files (TorchScript, pnnx graph, Python) stay in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ddrnet.deploy.export import (
+    EXPORT_OPTIONS_KEY,
+    METADATA_KEY,
+    ExportError,
+    SegmentationExportWrapper,
+    _check_size,
+    _example_input,
+    float_cpu_copy,
+)
+from ddrnet.deploy.ncnn_runtime import (
+    NCNN_KEY,
+    NcnnFiles,
+    NcnnSegmentationModel,
+    is_ncnn_file,
+)
+from ddrnet.models.fusion import FusionError, fuse_conv_bn
+
+logger = logging.getLogger(__name__)
+
+PNNX_INSTALL_HINT = "pip install pnnx ncnn (or pip install 'ddrnet[edge]')"
+PNNX_TIMEOUT_SECONDS = 900
+
+
+def _pnnx_executable() -> str:
+    """The pnnx converter's path, or an ``ExportError`` saying what to install."""
+    try:
+        import pnnx
+    except ImportError as error:
+        raise ExportError(f"--format ncnn needs pnnx ({error}): {PNNX_INSTALL_HINT}") from None
+    return str(pnnx.EXEC_PATH)
+
+
+def _folded_wrapper(model: nn.Module, upsample_to_input: bool) -> nn.Module:
+    """The exported module: BN folded into the convolutions where it can be (pnnx folds what
+    is left the same way), auxiliary head off, optional resize to the input."""
+    copy = float_cpu_copy(model)
+    try:
+        copy = fuse_conv_bn(copy)
+    except FusionError as error:
+        logger.debug("batch norm left to pnnx to fold: %s", error)
+    return SegmentationExportWrapper(copy, upsample_to_input=upsample_to_input).eval()
+
+
+def _second_size(height: int, width: int) -> tuple[int, int]:
+    """Another input size for pnnx's second trace (``inputshape2``), which is how pnnx tells
+    the dynamic height and width from constants."""
+    return max(32, height // 2 + 1), max(32, width // 2 + 3)
+
+
+def _run_pnnx(traced: Path, param: Path, weights: Path, sizes: Sequence[tuple[int, int]]) -> None:
+    """Convert ``traced`` with pnnx into ``param`` and ``weights`` (float32), side files in
+    the traced file's folder; an ``ExportError`` with pnnx's last words when it fails."""
+    scratch = traced.parent
+    shapes = [f"[1,3,{height},{width}]f32" for height, width in sizes]
+    command = [
+        _pnnx_executable(),
+        str(traced),
+        f"inputshape={shapes[0]}",
+        f"inputshape2={shapes[1]}",
+        "device=cpu",
+        "fp16=0",  # float32 weights in the .bin (pnnx's default is float16)
+        f"ncnnparam={param}",
+        f"ncnnbin={weights}",
+        f"ncnnpy={scratch / 'model_ncnn.py'}",
+        f"pnnxparam={scratch / 'model.pnnx.param'}",
+        f"pnnxbin={scratch / 'model.pnnx.bin'}",
+        f"pnnxpy={scratch / 'model_pnnx.py'}",
+        f"pnnxonnx={scratch / 'model.pnnx.onnx'}",
+    ]
+    try:
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            cwd=scratch,
+            timeout=PNNX_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ExportError(f"pnnx did not finish in {PNNX_TIMEOUT_SECONDS} s") from None
+    if result.returncode != 0 or not param.is_file() or not weights.is_file():
+        tail = " | ".join((result.stderr or result.stdout).strip().splitlines()[-3:])
+        raise ExportError(f"pnnx could not convert the model (exit {result.returncode}): {tail}")
+
+
+def export_ncnn(
+    model: nn.Module,
+    path: str | Path,
+    input_size: tuple[int, int] = (360, 480),
+    *,
+    upsample_to_input: bool = False,
+) -> Path:
+    """Export ``model.forward`` to ncnn: ``path`` (``NAME.param``), ``NAME.bin``, ``NAME.json``.
+
+    Args:
+        model: a ``DDRNet`` (the auxiliary head, if any, is not exported).
+        path: the ``.param`` file to write; parent folders are created. Existing files of
+            the same name are replaced only once the conversion has succeeded.
+        input_size: ``(height, width)`` of the example input traced (a second, smaller size
+            is traced too); the file runs at any size.
+        upsample_to_input: resize the logits bilinearly to the input size inside the graph.
+
+    Returns the ``.param`` path. Raises ``ExportError`` when pnnx is missing or fails.
+    There is no ``argmax`` form: pnnx has no ncnn layer for ``torch.argmax`` over channels.
+    """
+    files = NcnnFiles.of(path)
+    if not is_ncnn_file(files.param):
+        raise ValueError(f"{files.param}: an ncnn export is written to a NAME.param file")
+    sizes = [_check_size("input_size", input_size)]
+    sizes.append(_second_size(*sizes[0]))
+    _pnnx_executable()  # before tracing: a missing pnnx fails at once
+    files.param.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = _folded_wrapper(model, upsample_to_input)
+    with tempfile.TemporaryDirectory(prefix="ddrnet-pnnx-") as folder:
+        scratch = Path(folder)
+        traced_path = scratch / "model.pt"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is deprecated.*")
+            traced = torch.jit.trace(wrapper, _example_input(1, *sizes[0]))
+            traced.save(str(traced_path))
+        _run_pnnx(traced_path, scratch / "out.param", scratch / "out.bin", sizes)
+        sidecar = _sidecar(model, scratch / "out.param", upsample_to_input)
+        shutil.move(str(scratch / "out.bin"), files.weights)
+        shutil.move(str(scratch / "out.param"), files.param)
+    files.sidecar.write_text(json.dumps(sidecar, indent=1) + "\n")
+    return files.param
+
+
+def _sidecar(model: nn.Module, param: Path, upsample_to_input: bool) -> dict[str, Any]:
+    """What ``NcnnSegmentationModel`` reads beside the file: metadata, options, blob names."""
+    import ncnn
+
+    net = ncnn.Net()
+    if net.load_param(str(param)) != 0:
+        raise ExportError(f"pnnx wrote a .param file that ncnn cannot parse ({param})")
+    values: dict[str, Any] = {
+        NCNN_KEY: {"input": net.input_names()[0], "output": net.output_names()[0]},
+        EXPORT_OPTIONS_KEY: {"argmax": False, "upsample_to_input": upsample_to_input},
+    }
+    metadata = getattr(model, "metadata", None)
+    if metadata is not None and hasattr(metadata, "to_json"):
+        values[METADATA_KEY] = json.loads(metadata.to_json())
+    return values
+
+
+@torch.no_grad()
+def verify_ncnn(
+    model: nn.Module,
+    path: str | Path,
+    inputs: Sequence[torch.Tensor],
+    threads: int | None = None,
+) -> float:
+    """Largest absolute difference between the ncnn file's logits and PyTorch's (float32,
+    unfolded) on ``inputs``, normalised ``(N, 3, H, W)`` tensors (use real images: see
+    ``verify_onnx``). Raises ``ExportError`` when the shapes differ."""
+    deployed = NcnnSegmentationModel(path, threads)
+    reference = float_cpu_copy(model)
+    worst = 0.0
+    for image in inputs:
+        image = image.float().cpu()
+        expected = reference(image)
+        if deployed.upsampled:
+            expected = torch.nn.functional.interpolate(
+                expected, size=image.shape[-2:], mode="bilinear", align_corners=False
+            )
+        actual = deployed(image)
+        if tuple(actual.shape) != tuple(expected.shape):
+            raise ExportError(
+                f"{path}: ncnn gives {tuple(actual.shape)}, PyTorch {tuple(expected.shape)}"
+            )
+        worst = max(worst, float((actual - expected).abs().max()))
+    return worst
+
+
+def ncnn_bench_runner(model: nn.Module, image: torch.Tensor, threads: int) -> Any:
+    """The ``ncnn`` row of ``ddrnet bench``: the model exported with pnnx, run by ncnn in
+    float32 with its Winograd 3x3 and packed layouts (its defaults). ``image``: the
+    ``(N, 3, H, W)`` input."""
+    from ddrnet.deploy.bench import BACKENDS, Runner
+
+    scratch = tempfile.TemporaryDirectory(prefix="ddrnet-bench-ncnn-")
+    input_size = (int(image.shape[-2]), int(image.shape[-1]))
+    path = export_ncnn(model, Path(scratch.name) / "model.ncnn.param", input_size)
+    deployed = NcnnSegmentationModel(path, threads)
+    array = np.ascontiguousarray(image.numpy())
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.stack([deployed._run(one) for one in x])  # ncnn runs one image at a time
+
+    return Runner("ncnn", run, (array,), BACKENDS["ncnn"], keep=[scratch, deployed])
+
+
+def real_frames(model: nn.Module, count: int = 2) -> list[torch.Tensor]:
+    """The first ``count`` bundled demo frames (CamVid, 360x480) normalised as ``model``
+    expects, plus the first one resized to an odd 361x479: the inputs ``verify_ncnn`` checks
+    an export on where it is written."""
+    import torch.nn.functional as F
+
+    from ddrnet.assets import demo_frames
+    from ddrnet.data.io import read_rgb
+    from ddrnet.deploy.bench import _model_normalisation
+    from ddrnet.engine.inference import normalize
+
+    mean, std = _model_normalisation(model)
+    images = [torch.from_numpy(read_rgb(frame)).permute(2, 0, 1)[None] for frame in demo_frames()]
+    inputs = [normalize(image, mean, std) for image in images[:count]]
+    if inputs:
+        odd = F.interpolate(inputs[0], size=(361, 479), mode="bilinear", align_corners=False)
+        inputs.append(odd)
+    return inputs
+
+
+def export_ncnn_checked(
+    model: nn.Module,
+    path: str | Path,
+    input_size: tuple[int, int] = (360, 480),
+    *,
+    upsample_to_input: bool = False,
+    evaluate_root: str | Path | None = None,
+    evaluate_images: int | None = None,
+    report: Any = print,
+) -> Path:
+    """``ddrnet export --format ncnn``: ``export_ncnn``, then the logit difference to PyTorch
+    on real frames, and with ``evaluate_root`` (a CamVid folder) the val mIoU of PyTorch fp32
+    and of the ncnn file (first ``evaluate_images`` frames), each line passed to ``report``."""
+    path = export_ncnn(model, path, input_size, upsample_to_input=upsample_to_input)
+    files = NcnnFiles.of(path)
+    report(
+        f"ncnn written to {files.param} with {files.weights.name} (float32 weights) and "
+        f"{files.sidecar.name} (classes, palette, normalisation); any input size"
+    )
+    inputs = real_frames(model)
+    if inputs:
+        difference = verify_ncnn(model, path, inputs)
+        sizes = sorted({f"{int(x.shape[-2])}x{int(x.shape[-1])}" for x in inputs})
+        report(
+            f"ncnn vs PyTorch on {len(inputs)} real frames ({', '.join(sizes)}): "
+            f"max abs logit difference {difference:.2e}"
+        )
+    if evaluate_root is not None:
+        reference, deployed, count = evaluate_on_camvid(
+            model, path, evaluate_root, limit=evaluate_images
+        )
+        report(f"CamVid val, {count} images: PyTorch fp32 mIoU {reference:.2f}")
+        change = deployed - reference
+        report(f"CamVid val, {count} images: ncnn mIoU {deployed:.2f} ({change:+.2f})")
+    return path
+
+
+def evaluate_on_camvid(
+    model: nn.Module, path: str | Path, root: str | Path, limit: int | None = None
+) -> tuple[float, float, int]:
+    """CamVid val mIoU of ``model`` (PyTorch fp32) and of the ncnn file ``path``, scored by
+    ``ddrnet.engine.evaluate`` as ``ddrnet eval`` scores them; and the image count."""
+    from ddrnet.data.datasets import camvid
+    from ddrnet.deploy.bench import _model_normalisation
+    from ddrnet.engine.evaluate import evaluate
+
+    dataset = camvid(str(root), "val")
+    count = min(limit or len(dataset), len(dataset))
+    subset = torch.utils.data.Subset(dataset, range(count))
+    mean, std = _model_normalisation(model)
+    labels = dataset.labels
+    scores = []
+    for candidate in (float_cpu_copy(model), NcnnSegmentationModel(path)):
+        metrics = evaluate(
+            candidate,
+            subset,
+            labels.num_classes,
+            mean,
+            std,
+            ignore_index=labels.ignore_index,
+            progress=False,
+        )
+        scores.append(float(metrics.miou))  # in percent
+    return scores[0], scores[1], count
