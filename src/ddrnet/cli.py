@@ -796,6 +796,52 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Channel-prune a model to a fraction of its MACs and write it as a model file."""
+    import ddrnet
+    from ddrnet.deploy.runtime import is_onnx_file
+    from ddrnet.models import CheckpointError, save_model
+    from ddrnet.models.prune import PruningError, prune_to_macs, training_size
+
+    if not 0 < args.macs < 1:  # also refuses nan
+        raise UsageError(f"--macs {args.macs:g}: the MAC fraction to keep must be in (0, 1)")
+    if not 0 < args.max_layer_ratio < 1:
+        raise UsageError(f"--max-layer-ratio {args.max_layer_ratio:g}: must be in (0, 1)")
+    if is_onnx_file(args.checkpoint):
+        raise UsageError(
+            f"CHECKPOINT {args.checkpoint}: an exported ONNX file cannot be pruned; prune the "
+            ".safetensors model it was exported from, then export the pruned one"
+        )
+    writable_file("-o", args.output, (".safetensors",))
+    try:
+        model = ddrnet.create_model(args.model, checkpoint=args.checkpoint)
+    except (CheckpointError, ValueError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        raise UsageError(f"CHECKPOINT {args.checkpoint}: {message}") from None
+    size = args.size or training_size(model.metadata)
+    try:
+        result = prune_to_macs(
+            model,
+            args.macs,
+            input_size=size,
+            importance=args.importance,
+            max_layer_ratio=args.max_layer_ratio,
+            global_pruning=args.global_pruning,
+            round_to=args.round_to,
+        )
+    except PruningError as error:
+        raise UsageError(str(error)) from None
+    save_model(result.model, args.output, result.model.metadata)
+    print(
+        f"pruned {args.checkpoint} at {size[0]}x{size[1]}: "
+        f"{result.macs_before / 1e9:.3f} -> {result.macs_after / 1e9:.3f} GMACs "
+        f"({result.macs_fraction:.3f} of the MACs), {result.params_before / 1e6:.3f} -> "
+        f"{result.params_after / 1e6:.3f} M parameters; written to {args.output} "
+        "(not fine-tuned: train it before use)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddrnet",
@@ -1003,6 +1049,48 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--evaluate-root", help="CamVid root: report mIoU of fp32 and INT8 on val")
     export.add_argument("--evaluate-images", type=POSITIVE_INT, help="only the first N val images")
     export.set_defaults(handler=cmd_export)
+
+    prune = commands.add_parser(
+        "prune",
+        help="structured channel pruning to a fraction of the MACs (torch-pruning)",
+        description="Remove whole channels, keeping every residual, fusion, DAPPM and head "
+        "connection consistent, until the model has at most --macs of its multiply-adds at "
+        "its training size. The result is not fine-tuned.",
+    )
+    prune.add_argument("checkpoint", help="model file or bundled model name (not .onnx)")
+    prune.add_argument("--model", help="architecture, for checkpoints without metadata")
+    prune.add_argument(
+        "--macs", type=float, required=True, help="fraction of the MACs to keep, in (0, 1)"
+    )
+    prune.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    prune.add_argument(
+        "--importance",
+        choices=["l1", "l2", "bn-scale"],
+        default="l1",
+        help="channel score: weight L1 (default) or L2 norm over the coupled layers, or "
+        "BatchNorm scale",
+    )
+    prune.add_argument(
+        "--max-layer-ratio",
+        type=float,
+        default=0.8,
+        help="most any layer may lose, as a fraction of its channels (default 0.8)",
+    )
+    prune.add_argument(
+        "--global",
+        dest="global_pruning",
+        action="store_true",
+        help="rank channels across the network (uneven widths) instead of the same "
+        "fraction from every layer",
+    )
+    prune.add_argument("--round-to", type=POSITIVE_INT, help="keep widths multiples of N")
+    prune.add_argument(
+        "--size",
+        type=parse_image_size,
+        help="HEIGHTxWIDTH to count MACs at (default: the model's training size, e.g. "
+        "360x480 for CamVid)",
+    )
+    prune.set_defaults(handler=cmd_prune)
 
     viz = commands.add_parser(
         "viz",

@@ -1,0 +1,201 @@
+"""Structured channel pruning (issue 21, item 1): exactness on channels that contribute
+nothing, the MAC target, model files that rebuild themselves, and the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import ddrnet
+from ddrnet.cli import main
+from ddrnet.models import CheckpointError, count_macs, save_model
+from ddrnet.models.prune import PruningError, prune_channels, prune_to_macs
+
+from camvid_models import camvid_model
+from cli_runner import run_ddrnet
+
+pytest.importorskip("torch_pruning")
+
+SIZE = (96, 128)  # (height, width) of the test inputs
+
+
+def _zero_channels(model: torch.nn.Module, conv: str, bn: str, channels: list[int]) -> None:
+    """Make ``channels`` of ``conv`` contribute nothing: zero weights and a BatchNorm that
+    maps them to exactly 0 (gamma = beta = 0), so the ReLU and the next conv see zeros."""
+    with torch.no_grad():
+        model.get_submodule(conv).weight[channels] = 0
+        norm = model.get_submodule(bn)
+        norm.weight[channels] = 0
+        norm.bias[channels] = 0
+
+
+def test_pruning_channels_that_contribute_nothing_keeps_the_outputs() -> None:
+    model = camvid_model()
+    plan = {
+        ("backbone.layer1.0.conv1", "backbone.layer1.0.bn1"): [1, 4, 7],
+        ("backbone.stages.0.high.1.conv1", "backbone.stages.0.high.1.bn1"): [0, 63],
+        ("backbone.high_bottleneck.0.conv1", "backbone.high_bottleneck.0.bn1"): [5],
+        ("backbone.low_bottleneck.0.conv2", "backbone.low_bottleneck.0.bn2"): [2, 3],
+        ("head.conv1", "head.bn2"): [10, 20],
+    }
+    for (conv, bn), channels in plan.items():
+        _zero_channels(model, conv, bn, channels)
+    pruned = prune_channels(model, {conv: channels for (conv, _), channels in plan.items()})
+    # Compared in float64: pruning only slices tensors, but this untrained network's logits
+    # reach ~200, where float32 summation order alone moves them by ~2e-4.
+    image = torch.randn(2, 3, *SIZE, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model.double()(image)
+        actual = pruned.double()(image)
+    assert expected.abs().max() > 1
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
+    widths = pruned.metadata.channel_widths
+    assert widths["backbone.layer1.0.conv1"] == [32, 29]
+    assert widths["backbone.layer1.0.conv2"] == [29, 32]
+    assert widths["backbone.stages.0.high.1.bn1"] == [62]
+    assert widths["backbone.low_bottleneck.0.conv3"] == [254, 512]
+    assert widths["head.conv2"] == [62, 11]  # its output stays at the classes
+    assert model.metadata.channel_widths == {}  # the original is untouched
+
+
+def test_the_classifier_output_is_never_pruned() -> None:
+    with pytest.raises(PruningError, match="class scores"):
+        prune_channels(camvid_model(), {"head.conv2": [0]})
+
+
+@pytest.fixture(scope="module")
+def pruned_half() -> ddrnet.models.prune.PruneResult:
+    return prune_to_macs(camvid_model(), 0.5)
+
+
+def test_prune_to_macs_meets_the_target(pruned_half) -> None:
+    result = pruned_half
+    assert result.input_size == (360, 480)  # CamVid's training size, from the metadata
+    assert 0.47 <= result.macs_fraction <= 0.5
+    assert result.macs_after == count_macs(result.model, (360, 480))
+    assert result.params_after < 0.7 * result.params_before
+    output = result.model(torch.randn(1, 3, *SIZE))
+    assert output.shape == (1, 11, SIZE[0] // 8, SIZE[1] // 8)
+    assert result.model.backbone.stem[0].in_channels == 3
+    assert result.model.metadata.metrics == {}  # the unpruned model's scores no longer hold
+
+
+def test_global_bn_scale_pruning_respects_the_per_layer_limit() -> None:
+    model = camvid_model()
+    result = prune_to_macs(
+        model, 0.6, importance="bn-scale", global_pruning=True, max_layer_ratio=0.5
+    )
+    assert 0.57 <= result.macs_fraction <= 0.6
+    before = dict(model.named_modules())
+    for name, layer in result.model.named_modules():
+        if isinstance(layer, torch.nn.Conv2d):
+            assert layer.out_channels >= before[name].out_channels // 2, name
+
+
+def test_pruned_model_file_rebuilds_itself_and_exports(pruned_half, tmp_path: Path) -> None:
+    from ddrnet.deploy import export_onnx, verify_onnx
+
+    model = pruned_half.model
+    path = save_model(model, tmp_path / "pruned.safetensors", model.metadata)
+    rebuilt = ddrnet.create_model(checkpoint=path)
+    image = torch.randn(1, 3, *SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(image), model(image), rtol=0, atol=0)
+    assert rebuilt.metadata.channel_widths == model.metadata.channel_widths
+    # A training run may add the auxiliary head: it is built at the pruned width.
+    with_aux = ddrnet.create_model(checkpoint=path, aux_head=True)
+    assert with_aux.forward_with_aux(image)[1].shape == (1, 11, SIZE[0] // 8, SIZE[1] // 8)
+    onnx_path = export_onnx(rebuilt, tmp_path / "pruned.onnx", SIZE)
+    assert verify_onnx(rebuilt, onnx_path, sizes=[SIZE]) < 1e-4
+
+
+def _rewrite_metadata(source: Path, target: Path, **changes: object) -> Path:
+    with safe_open(str(source), framework="pt") as handle:
+        header = json.loads(handle.metadata()["ddrnet"])
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    header.update(changes)
+    save_file(tensors, str(target), metadata={"ddrnet": json.dumps(header)})
+    return target
+
+
+def test_model_file_checks_hold_for_pruned_files(pruned_half, tmp_path: Path) -> None:
+    model = pruned_half.model
+    path = save_model(model, tmp_path / "pruned.safetensors", model.metadata)
+    # Without its widths the file describes the unpruned model: strict loading refuses it.
+    bare = _rewrite_metadata(path, tmp_path / "bare.safetensors", channel_widths={})
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        ddrnet.create_model(checkpoint=bare)
+    # Widths larger than the variant's would make a crafted file grow the model.
+    widths = dict(model.metadata.channel_widths, **{"backbone.stem.1": [4096]})
+    grown = _rewrite_metadata(path, tmp_path / "grown.safetensors", channel_widths=widths)
+    with pytest.raises(CheckpointError, match="describes no valid model"):
+        ddrnet.create_model(checkpoint=grown)
+    unknown = dict(model.metadata.channel_widths, **{"backbone.nowhere": [3, 4]})
+    crafted = _rewrite_metadata(path, tmp_path / "unknown.safetensors", channel_widths=unknown)
+    with pytest.raises(CheckpointError, match="no layer of the model"):
+        ddrnet.create_model(checkpoint=crafted)
+
+
+def test_pruned_metadata_keeps_the_rest(pruned_half) -> None:
+    before, after = camvid_model().metadata, pruned_half.model.metadata
+    unchanged = ("architecture", "num_classes", "spec", "class_names", "palette", "dataset")
+    for name in unchanged:
+        assert getattr(after, name) == getattr(before, name), name
+    assert after.training["pruning"][0]["macs_fraction_target"] == 0.5
+    assert dataclasses.replace(after, channel_widths={}).channel_widths == {}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["--macs", "1.5"], "--macs 1.5: the MAC fraction to keep must be in (0, 1)"),
+        (["--macs", "0"], "--macs 0: the MAC fraction to keep must be in (0, 1)"),
+        (["--macs", "nan"], "--macs nan: the MAC fraction to keep must be in (0, 1)"),
+    ],
+)
+def test_prune_refuses_a_fraction_outside_0_1(arguments, expected, capsys, tmp_path) -> None:
+    code = main(
+        ["prune", "camvid_ddrnet23_slim_train", *arguments, "-o", str(tmp_path / "p.safetensors")]
+    )
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and error == f"ddrnet prune: error: {expected}"
+
+
+def test_prune_refuses_onnx_files_and_files_that_are_no_model(capsys, tmp_path) -> None:
+    output = str(tmp_path / "p.safetensors")
+    assert main(["prune", str(tmp_path / "model.onnx"), "--macs", "0.5", "-o", output]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("ddrnet prune: error: CHECKPOINT ") and "ONNX" in error
+    assert len(error.splitlines()) == 1
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a model\n")
+    assert main(["prune", str(notes), "--macs", "0.5", "-o", output]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"ddrnet prune: error: CHECKPOINT {notes}: ")
+    assert len(error.splitlines()) == 1
+    assert not Path(output).exists()
+
+
+def test_prune_eval_export_predict_through_the_cli(tmp_path: Path, camvid_root: Path) -> None:
+    pruned = tmp_path / "pruned.safetensors"
+    result = run_ddrnet("prune", "camvid_ddrnet23_slim_train", "--macs", "0.5", "-o", str(pruned))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "of the MACs" in result.stdout
+    result = run_ddrnet("eval", str(pruned), "--root", str(camvid_root), "--max-images", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "mIoU" in result.stdout
+    onnx_path = tmp_path / "pruned.onnx"
+    result = run_ddrnet("export", "--checkpoint", str(pruned), "-o", str(onnx_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    frame = sorted((camvid_root / "val").glob("*.png"))[0]
+    result = run_ddrnet(
+        "predict", str(frame), "--checkpoint", str(onnx_path), "-o", str(tmp_path / "out")
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list((tmp_path / "out").rglob("*.png"))
