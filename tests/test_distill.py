@@ -173,3 +173,24 @@ def test_the_cli_refuses_a_teacher_of_other_classes_in_one_line(camvid_root, tmp
     lines = [line for line in result.stderr.splitlines() if "error" in line]
     assert lines == [lines[0]] and "distill.teacher=" in lines[0] and "19 classes" in lines[0]
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_pruned_teacher_and_pruned_student(tmp_path) -> None:
+    """A pruned model file is a teacher like any other (rebuilt from its metadata's widths),
+    and a pruned student gets gradients from the distillation loss alone."""
+    prune = pytest.importorskip("ddrnet.models.prune")
+    pytest.importorskip("torch_pruning")
+    result = prune.prune_to_macs(labelled_model(CAMVID), 0.5, input_size=(64, 96), max_trials=3)
+    pruned = result.model
+    path = save_model(pruned, tmp_path / "pruned.safetensors", pruned.metadata)
+    teacher = load_teacher(str(path), CAMVID)
+    assert sum(p.numel() for p in teacher.parameters()) == result.params_after
+    student = prune.prune_to_macs(labelled_model(CAMVID, seed=2), 0.5, input_size=(64, 96),
+                                  max_trials=3).model.train()  # fmt: skip
+    distiller = Distiller(teacher, DistillConfig(str(path), 1.0, 2.0, 3.0, 4.0), CAMVID.mean,
+                          CAMVID.std)  # fmt: skip
+    images = torch.randn(2, 3, 64, 96)
+    loss, _ = distiller(images, student(images), torch.randint(0, 11, (2, 64, 96)))
+    loss.backward()
+    assert float(loss.detach()) > 0
+    assert all(p.grad is not None for p in student.head.parameters())
