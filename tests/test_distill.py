@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -194,3 +196,19 @@ def test_pruned_teacher_and_pruned_student(tmp_path) -> None:
     loss.backward()
     assert float(loss.detach()) > 0
     assert all(p.grad is not None for p in student.head.parameters())
+
+
+def test_torchrun_processes_each_load_the_teacher(camvid_root, tmp_path) -> None:
+    output = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "ddrnet.cli", "train", "camvid_ddrnet23_slim",
+        *tiny_overrides(camvid_root, output, epochs=1),
+        "loss.class_weights=null", "train.threads=1",
+        "distill.teacher=camvid_ddrnet23_slim", "distill.cwd_weight=3",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("distilling from camvid_ddrnet23_slim") == 2  # one per process
+    record = json.loads((output / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["iteration"] == 2 and record["train_kd_loss"] > 0 < record["train_cwd_loss"]
