@@ -71,8 +71,26 @@ def _folded_wrapper(model: nn.Module, upsample_to_input: bool) -> nn.Module:
 
 def _second_size(height: int, width: int) -> tuple[int, int]:
     """Another input size for pnnx's second trace (``inputshape2``), which is how pnnx tells
-    the dynamic height and width from constants."""
-    return max(32, height // 2 + 1), max(32, width // 2 + 3)
+    the dynamic height and width from constants: 128 pixels more each way, so that every
+    feature map down to DAPPM's 1/64 (and its 1/128 pool) differs in both sides between the
+    traces. (A second size of 49x67 for 96x128 left the 1/64 map 2 wide in both, and pnnx
+    froze DAPPM's resizes to that width: wrong logits at every other size.)"""
+    return height + 128, width + 128
+
+
+def frozen_interps(param: str | Path) -> list[str]:
+    """Names of the ``Interp`` layers of an ncnn ``.param`` whose output size is a number
+    rather than an expression over a blob's size (``9="1w,1h"``): such a resize only works
+    at the export size; an exported DDRNet should have none."""
+    frozen = []
+    for line in Path(param).read_text().splitlines():
+        fields = line.split()
+        if len(fields) < 2 or fields[0] != "Interp":
+            continue
+        sizes = [field.split("=", 1)[1].strip('"') for field in fields if field.startswith("9=")]
+        if not sizes or any(part.strip().isdigit() for part in sizes[0].split(",")):
+            frozen.append(fields[1])
+    return frozen
 
 
 def _run_pnnx(traced: Path, param: Path, weights: Path, sizes: Sequence[tuple[int, int]]) -> None:
@@ -147,6 +165,12 @@ def export_ncnn(
             traced = torch.jit.trace(wrapper, _example_input(1, *sizes[0]))
             traced.save(str(traced_path))
         _run_pnnx(traced_path, scratch / "out.param", scratch / "out.bin", sizes)
+        frozen = frozen_interps(scratch / "out.param")
+        if frozen:
+            raise ExportError(
+                f"{files.param}: pnnx fixed the output size of the resizes {frozen}, so the "
+                "graph would only work at the export size; export at another --size"
+            )
         sidecar = _sidecar(model, scratch / "out.param", upsample_to_input)
         shutil.move(str(scratch / "out.bin"), files.weights)
         shutil.move(str(scratch / "out.param"), files.param)

@@ -1,0 +1,161 @@
+"""ncnn: export through pnnx, logits against PyTorch on real CamVid frames, ``ddrnet eval`` and
+``ddrnet predict`` on the exported file, and the bad-input messages (issue 23).
+
+One export (about 10-25 s: pnnx loads libtorch) serves the whole module. Skips where pnnx or
+ncnn is not installed (``pip install 'ddrnet[edge]'``); the dev extra, and so CI, has both.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("ncnn", reason="ncnn is not installed (pip install 'ddrnet[edge]')")
+pytest.importorskip("pnnx", reason="pnnx is not installed (pip install 'ddrnet[edge]')")
+
+from ddrnet.assets import demo_frames
+from ddrnet.cli import main
+from ddrnet.data.datasets import camvid
+from ddrnet.deploy.ncnn_export import export_ncnn, frozen_interps, verify_ncnn
+from ddrnet.deploy.ncnn_runtime import NcnnFiles, NcnnSegmentationModel, load_ncnn_model
+from ddrnet.engine.evaluate import evaluate
+from ddrnet.engine.inference import Predictor, normalize
+from ddrnet.models import save_model
+
+from camvid_models import camvid_model
+from cli_runner import run_ddrnet
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return camvid_model()
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory) -> Path:
+    """The test model as ``model.ncnn.param`` (+ ``.bin``, ``.json``)."""
+    return export_ncnn(model, tmp_path_factory.mktemp("ncnn") / "model.ncnn.param", (96, 128))
+
+
+@pytest.fixture(scope="module")
+def val_frames(model, camvid_root) -> list[torch.Tensor]:
+    """The first CamVid val frame (360x480) normalised, and the same frame at an odd size."""
+    image, _ = camvid(str(camvid_root), "val")[0]
+    batch = normalize(torch.as_tensor(image)[None], model.metadata.mean, model.metadata.std)
+    odd = torch.nn.functional.interpolate(batch, size=(361, 479), mode="bilinear")
+    return [batch, odd]
+
+
+def test_export_writes_param_bin_and_sidecar(exported, model) -> None:
+    files = NcnnFiles.of(exported)
+    assert files.param.read_text().startswith("7767517")
+    assert files.weights.stat().st_size > 1_000_000  # float32 weights, not an empty file
+    deployed = load_ncnn_model(exported)
+    assert deployed.num_classes == 11
+    assert deployed.metadata.class_names == model.metadata.class_names
+    assert deployed.metadata.mean == model.metadata.mean
+
+
+def test_logits_match_pytorch_on_real_frames_at_any_size(exported, model, val_frames) -> None:
+    difference = verify_ncnn(model, exported, val_frames)
+    with torch.no_grad():
+        scale = max(float(model(frame).abs().max()) for frame in val_frames)
+    assert difference < 1e-4 * max(1.0, scale), (difference, scale)
+    logits = NcnnSegmentationModel(exported)(torch.cat([val_frames[0], val_frames[0]]))
+    assert logits.shape == (2, 11, 45, 60)  # a batch runs image by image
+
+
+def test_cli_eval_scores_the_ncnn_file_as_pytorch(exported, model, camvid_root) -> None:
+    result = run_ddrnet(
+        "eval",
+        str(exported),
+        "--dataset",
+        "camvid",
+        "--root",
+        str(camvid_root),
+        "--max-images",
+        "2",
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    line = next(row for row in result.stdout.splitlines() if row.startswith("mIoU"))
+    dataset = torch.utils.data.Subset(camvid(str(camvid_root), "val"), range(2))
+    mean, std = model.metadata.mean, model.metadata.std
+    reference = evaluate(model, dataset, 11, mean, std, progress=False)
+    assert float(line.split()[-1]) == pytest.approx(reference.miou, abs=0.01)
+
+
+def test_cli_predict_on_the_ncnn_file(exported, model, tmp_path) -> None:
+    frames = [str(frame) for frame in demo_frames()[:2]]
+    output = tmp_path / "out"
+    result = run_ddrnet(
+        "predict", *frames, "--checkpoint", str(exported), "-o", str(output), "--save", "labels"
+    )
+    assert result.returncode == 0, result.stderr
+    labels = sorted(output.rglob("*.png"))
+    assert len(labels) == 2
+    expected = Predictor(model).predict(frames[0])
+    actual = np.asarray(Image.open(labels[0]))
+    assert actual.shape == expected.shape
+    assert (actual == expected).mean() > 0.999
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    return error
+
+
+def test_bad_input_is_one_line_naming_the_file(
+    exported, model, tmp_path, capsys, monkeypatch
+) -> None:
+    model_file = save_model(model, tmp_path / "m.safetensors", model.metadata)
+    error = _one_line_error(capsys, ["eval", str(model_file), "--runtime", "ncnn"])
+    assert str(model_file) in error and "not an ncnn .param file" in error
+    lonely = tmp_path / "lonely.param"
+    shutil.copy(exported, lonely)
+    error = _one_line_error(capsys, ["predict", "--checkpoint", str(lonely)])
+    assert "lonely.bin" in error and "missing" in error
+    garbage = tmp_path / "garbage.param"
+    garbage.write_text("not a graph\n")
+    (tmp_path / "garbage.bin").write_bytes(b"\0" * 16)
+    error = _one_line_error(capsys, ["predict", "--checkpoint", str(garbage)])
+    assert str(garbage) in error and "magic" in error
+    error = _one_line_error(capsys, ["eval", str(exported), "--runtime", "onnxruntime"])
+    assert "--runtime ncnn" in error
+    error = _one_line_error(capsys, ["export", "--format", "ncnn", "-o", str(tmp_path / "m.onnx")])
+    assert ".param" in error
+    monkeypatch.setitem(sys.modules, "ncnn", None)  # as if ncnn were not installed
+    error = _one_line_error(capsys, ["predict", "--checkpoint", str(exported)])
+    assert str(exported) in error and "pip install ncnn" in error
+    monkeypatch.setitem(sys.modules, "pnnx", None)
+    argv = ["export", "--checkpoint", str(model_file), "--format", "ncnn"]
+    error = _one_line_error(capsys, [*argv, "-o", str(tmp_path / "x.param")])
+    assert "pip install pnnx" in error
+
+
+def test_frozen_resizes_are_found(tmp_path) -> None:
+    param = tmp_path / "frozen.param"
+    param.write_text(
+        "7767517\n3 3\nInput in0 0 1 in0\n"
+        'Interp up_ok 2 1 a b c 0=2 5=1 6=0 9="1w,1h"\n'
+        'Interp up_frozen 2 1 d e f 0=2 5=1 6=0 9="2,1h"\n'
+    )
+    assert frozen_interps(param) == ["up_frozen"]
+
+
+def test_bench_row_runs_the_export_and_matches_eager(model) -> None:
+    from ddrnet.deploy import build_runner
+
+    runner = build_runner("ncnn", model, (64, 96), threads=1)
+    expected = build_runner("eager", model, (64, 96)).output()
+    actual = runner.output()
+    assert actual.shape == expected.shape == (1, 11, 8, 12)
+    assert float((actual - expected).abs().max()) < 1e-4 * max(1.0, float(expected.abs().max()))
