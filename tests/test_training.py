@@ -425,3 +425,23 @@ def test_train_help_shows_how_to_make_a_short_run(capsys) -> None:
     text = " ".join(capsys.readouterr().out.split())
     assert "train.max_iterations_per_epoch=20 (optimiser steps per epoch)" in text
     assert "eval.max_images=20 (validation images)" in text and "train.output_dir=" in text
+
+
+def test_fine_tuning_a_pruned_file_keeps_its_widths(camvid_root, tmp_path) -> None:
+    """model.pretrained = a `ddrnet prune` file: the run trains the narrower network (it
+    starts from the file's weights) and its model files rebuild it without a name."""
+    pytest.importorskip("torch_pruning")
+    from ddrnet.models.prune import prune_channels
+
+    from camvid_models import camvid_model
+
+    pruned = prune_channels(camvid_model(), {"backbone.layer1.0.conv1": [1, 4, 7]})
+    start = ddrnet.save_model(pruned, tmp_path / "pruned.safetensors", pruned.metadata)
+    extra = [f"model.pretrained={start}"]
+    output = train(tiny_config(camvid_root, tmp_path / "run", epochs=1, extra=extra))
+    tuned = ddrnet.create_model(checkpoint=output / "best.safetensors")
+    assert tuned.metadata.channel_widths == pruned.metadata.channel_widths
+    assert tuned.backbone.layer1[0].conv1.weight.shape[0] == 29
+    before = pruned.state_dict()["backbone.layer1.0.conv1.weight"]
+    after = tuned.state_dict()["backbone.layer1.0.conv1.weight"]
+    assert before.shape == after.shape and not torch.equal(before, after)  # trained from it

@@ -56,6 +56,8 @@ from ddrnet.engine.schedules import poly_lr
 from ddrnet.hardware import describe_cpu
 from ddrnet.limits import check_training_crop
 from ddrnet.models import ModelMetadata, create_model, load_weights
+from ddrnet.models.checkpoint import read_checkpoint
+from ddrnet.models.widths import apply_channel_widths
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +156,14 @@ def _train(
     check_training_crop(
         cfg_data.crop_size, cfg_data.batch_size, model.spec.planes, device, bool(autocast_dtype)
     )
+    widths: dict[str, list[int]] = {}
     if config.model.pretrained:
-        report = load_weights(model, config.model.pretrained)
+        raw = read_checkpoint(config.model.pretrained)
+        if raw.metadata is not None and raw.metadata.architecture == config.model.name:
+            # A channel-pruned file (`ddrnet prune`): fine-tune its narrower layers.
+            widths = raw.metadata.channel_widths
+            apply_channel_widths(model, widths)
+        report = load_weights(model, raw)
         logger.info(report.summary())
     # distill.teacher: loaded (or refused) here, before the slow data check; None when off.
     distiller = build_distiller(
@@ -416,6 +424,7 @@ def _train(
             if improved:
                 best_miou = record["val_mIoU"]
             metadata = _metadata(config, eval_model, labels, mean, std, record, epoch + 1)
+            metadata.channel_widths = widths  # a pruned model's file rebuilds it
             state = {
                 "model": core_model.state_dict(),
                 "optimizer": optimizer.state_dict(),
