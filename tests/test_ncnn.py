@@ -67,8 +67,12 @@ def test_logits_match_pytorch_on_real_frames_at_any_size(exported, model, val_fr
     with torch.no_grad():
         scale = max(float(model(frame).abs().max()) for frame in val_frames)
     assert difference < 1e-4 * max(1.0, scale), (difference, scale)
-    logits = NcnnSegmentationModel(exported)(torch.cat([val_frames[0], val_frames[0]]))
+    deployed = NcnnSegmentationModel(exported)
+    logits = deployed(torch.cat([val_frames[0], val_frames[0]]))
     assert logits.shape == (2, 11, 45, 60)  # a batch runs image by image
+    # A channels-last (non-contiguous) batch: ncnn.Mat borrows memory, so it must stay alive.
+    strided = deployed(val_frames[0].contiguous(memory_format=torch.channels_last))
+    assert torch.equal(strided, logits[:1])
 
 
 def test_cli_eval_scores_the_ncnn_file_as_pytorch(exported, model, camvid_root) -> None:

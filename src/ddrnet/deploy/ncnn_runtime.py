@@ -174,8 +174,11 @@ class NcnnSegmentationModel(nn.Module):
 
     def _run(self, image: np.ndarray) -> np.ndarray:
         """One ``(3, H, W)`` float32 image -> ``(C, h, w)`` float32 logits (a copy)."""
+        # ncnn.Mat borrows the array's memory: the array must outlive the extraction (a
+        # temporary copy made inline, for a non-contiguous image, would be freed under it).
+        data = np.ascontiguousarray(image, dtype=np.float32)
         with self.net.create_extractor() as extractor:
-            extractor.input(self.input_name, self._ncnn.Mat(np.ascontiguousarray(image)))
+            extractor.input(self.input_name, self._ncnn.Mat(data))
             status, output = extractor.extract(self.output_name)
             if status != 0:
                 raise NcnnFileError(
