@@ -1,8 +1,10 @@
-"""Deployment: ONNX / TorchScript / TensorRT export, BN folding, INT8 quantisation, speed
-benchmarks, and exported ONNX files run as models (``load_onnx_model``).
+"""Deployment: ONNX / TorchScript / TensorRT / ncnn export, BN folding, INT8 quantisation,
+speed benchmarks, and exported ONNX and ncnn files run as models (``load_onnx_model``,
+``load_ncnn_model``).
 
-onnx, onnxruntime and openvino are optional (``pip install ddrnet[deploy]``); they are
-imported by the functions that use them, so importing this package needs only PyTorch.
+onnx, onnxruntime and openvino are optional (``pip install ddrnet[deploy]``), as are pnnx and
+ncnn (``pip install ddrnet[edge]``); they are imported by the functions that use them, so
+importing this package needs only PyTorch.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from ddrnet.deploy.export import (
     verify_onnx_labels,
 )
 from ddrnet.deploy.gpu import build_tensorrt_engine, tensorrt_function
+from ddrnet.deploy.ncnn_export import export_ncnn, verify_ncnn
+from ddrnet.deploy.ncnn_runtime import NcnnSegmentationModel, is_ncnn_file, load_ncnn_model
 from ddrnet.deploy.quantize import (
     ImageCalibrationReader,
     average_pools_as_depthwise_convs,
@@ -53,6 +57,7 @@ __all__ = [
     "OPENVINO_FIXED_SIZE_KEY",
     "ExportError",
     "ImageCalibrationReader",
+    "NcnnSegmentationModel",
     "OnnxFileProperties",
     "OnnxSegmentationModel",
     "Runner",
@@ -66,11 +71,14 @@ __all__ = [
     "default_backends",
     "evaluate_onnx",
     "evaluate_onnx_forms",
+    "export_ncnn",
     "export_onnx",
     "export_torchscript",
     "fuse_conv_bn",
+    "is_ncnn_file",
     "is_onnx_file",
     "load_calibration_images",
+    "load_ncnn_model",
     "load_onnx_model",
     "float32_conv_peak",
     "measure_conv_peak_gflops",
@@ -83,6 +91,7 @@ __all__ = [
     "read_onnx_metadata",
     "run_benchmarks",
     "tensorrt_function",
+    "verify_ncnn",
     "verify_onnx",
     "verify_onnx_labels",
 ]
