@@ -163,3 +163,14 @@ def test_bench_row_runs_the_export_and_matches_eager(model) -> None:
     actual = runner.output()
     assert actual.shape == expected.shape == (1, 11, 8, 12)
     assert float((actual - expected).abs().max()) < 1e-4 * max(1.0, float(expected.abs().max()))
+
+
+def test_upsample_export_gives_logits_at_input_size(model, val_frames, tmp_path) -> None:
+    path = export_ncnn(model, tmp_path / "up.ncnn.param", (96, 128), upsample_to_input=True)
+    assert load_ncnn_model(path).upsampled
+    odd = val_frames[1]
+    difference = verify_ncnn(model, path, [odd])  # against PyTorch's logits resized the same way
+    with torch.no_grad():
+        scale = float(model(odd).abs().max())
+    assert difference < 1e-4 * max(1.0, scale)
+    assert tuple(load_ncnn_model(path)(odd).shape) == (1, 11, 361, 479)
