@@ -321,3 +321,37 @@ def test_cpu_capabilities_come_from_the_cpu_flags(monkeypatch) -> None:
     assert hardware.cpu_has_native_bf16() and hardware.cpu_has_int8_dot_product()
     monkeypatch.setattr(hardware, "_cpu_flags", lambda: frozenset({"fp", "asimd"}))
     assert not hardware.cpu_has_native_bf16()
+
+
+def test_steps_skipped_by_fp16_loss_scaling_leave_the_optimizer_state_finite() -> None:
+    """GradScaler skips a step whose gradients overflowed; the optimizer must then change
+    nothing. Fused SGD wrote such gradients into its momentum buffers (and the next step
+    into the weights: an fp16 run on a GPU died of a NaN loss), so loss scaling takes the
+    unfused implementation. On the CPU, float16 autocast overflows the same way."""
+    from ddrnet import create_model
+    from ddrnet.engine.config import OptimConfig
+    from ddrnet.engine.schedules import build_optimizer
+
+    model = create_model("ddrnet_23_slim", num_classes=11, aux_head=True).train()
+    config = OptimConfig(lr=0.005, momentum=0.9, weight_decay=5e-4)
+    cpu = torch.device("cpu")
+    assert build_optimizer(config, model.parameters(), cpu, loss_scaling=False).defaults["fused"]
+    optimizer = build_optimizer(config, model.parameters(), cpu, loss_scaling=True)
+    scaler = torch.amp.GradScaler("cpu")  # 65536 at first: the first steps overflow
+    images, target = torch.randn(2, 3, 96, 128), torch.randint(0, 11, (2, 96, 128))
+    skipped = 0
+    for _ in range(3):
+        with torch.autocast("cpu", dtype=torch.float16):
+            main, _aux = model.forward_with_aux(images)
+        logits = torch.nn.functional.interpolate(main.float(), (96, 128), mode="bilinear")
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        scale = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        skipped += scaler.get_scale() < scale
+    assert skipped >= 1  # the case this test is about happened
+    buffers = [s["momentum_buffer"] for s in optimizer.state.values() if "momentum_buffer" in s]
+    assert all(torch.isfinite(b).all() for b in buffers)
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -1,6 +1,44 @@
-"""Learning-rate schedule: linear warm-up then polynomial decay, by iteration."""
+"""The optimiser, and its learning-rate schedule: linear warm-up then polynomial decay, by
+iteration."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from ddrnet.engine.config import OptimConfig
+
+
+def build_optimizer(
+    config: OptimConfig,
+    parameters: Iterable[torch.nn.Parameter],
+    device: torch.device,
+    loss_scaling: bool,
+) -> torch.optim.Optimizer:
+    """SGD or AdamW as ``config`` says, for parameters on ``device``.
+
+    The fused kernels update all parameters in one pass: 5 ms instead of 11.5 per SGD step
+    for DDRNet-23-slim on a 2-core CPU (the per-parameter loop is Python-bound there). Not
+    with ``loss_scaling`` (fp16's GradScaler): on a step that the scaler skips for inf/NaN
+    gradients, fused SGD (torch 2.11 CUDA, 2.13 CPU) still writes some of those gradients
+    into its momentum buffers, and the next step spreads them into the weights; an fp16
+    training run on an H200 died of a NaN loss at its fifth step that way. The foreach
+    implementation skips cleanly.
+    """
+    fused = device.type in ("cpu", "cuda") and not loss_scaling
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            parameters,
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            nesterov=config.nesterov,
+            fused=fused,
+        )
+    return torch.optim.AdamW(
+        parameters, lr=config.lr, weight_decay=config.weight_decay, fused=fused
+    )
 
 
 def poly_lr(
