@@ -291,7 +291,7 @@ def bench(checker: Checker) -> dict[str, Any]:
     if checker.cpu_smoke:
         backends, size, seconds = ["eager"], "64x128", ["--seconds", "0.5", "--rounds", "1"]
     else:
-        size, seconds = "1024x2048", ["--seconds", "6", "--rounds", "2", "--warmup", "2"]
+        size, seconds = "1024x2048", ["--seconds", "4", "--rounds", "2", "--warmup", "1"]
     figures: dict[str, Any] = {"backends": backends, "size": size}
     for variant in VARIANTS if not checker.cpu_smoke else VARIANTS[:1]:
         result = checker.out / f"bench_{variant}.json"
