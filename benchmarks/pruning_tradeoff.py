@@ -1,0 +1,175 @@
+"""Accuracy against speed for DDRNet-23-slim and its pruned forms, every deployed form, one run.
+
+For each model file (default: the bundled CamVid 23-slim and the bundled fast model, both the
+train-only twins, so that val was never trained on): MACs and parameters at 360x480, CamVid
+val mIoU through ``ddrnet eval``'s code, and the median per-frame latency through ``ddrnet
+predict``'s code (normalise, forward, resize to 360x480, class ids) in PyTorch fp32, ONNX
+Runtime fp32 and INT8, OpenVINO fp32 and INT8, and ncnn where installed. Every (model, form)
+pair takes its turn frame by frame, so load that drifts during the run hits all alike: the
+ratios are fair even where the absolute figures are not. ``--speed-only FILE`` adds models
+whose accuracy means nothing yet (pruned, not fine-tuned): latency only. Then a PNG of mIoU
+against ms per frame. Run on an otherwise idle machine:
+
+    python benchmarks/pruning_tradeoff.py [--models A B ...] [--speed-only C ...]
+        [--camvid ../shared/data/camvid] [--images 101] [--frames 30] [--threads 2]
+        [--plot benchmarks/pruning_tradeoff.png] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+import ddrnet
+from ddrnet.data.datasets import camvid
+from ddrnet.deploy import load_calibration_images
+from ddrnet.engine.evaluate import evaluate
+from ddrnet.hardware import describe_cpu
+from ddrnet.models import count_macs, count_parameters
+from ddrnet.predict import SegmentationRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inference_speed import deployed_forms  # noqa: E402  (one definition of the forms)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
+
+
+def ncnn_form(model: torch.nn.Module, scratch: Path, threads: int) -> torch.nn.Module | None:
+    """The model exported to ncnn and loaded back, or None where pnnx/ncnn are missing."""
+    from ddrnet.deploy.export import ExportError
+
+    try:
+        from ddrnet.deploy.ncnn_export import export_ncnn
+        from ddrnet.deploy.ncnn_runtime import load_ncnn_model
+
+        param = export_ncnn(model, scratch / "model.param")
+        return load_ncnn_model(param, threads)
+    except (ImportError, ExportError) as error:  # pnnx or ncnn not installed
+        print(f"(ncnn: {error})")
+        return None
+
+
+def forms_of(
+    path: str, scratch: Path, calibration: list, threads: int
+) -> tuple[torch.nn.Module, dict]:
+    """The model in ``path`` and its deployed forms (``inference_speed.deployed_forms``, the
+    fp32 and INT8 ones, plus ncnn)."""
+    model = ddrnet.create_model(checkpoint=path)
+    forms = deployed_forms(model, scratch, calibration, threads)
+    forms.pop("eager_bf16", None)  # the fp32 comparison; bf16 is the CPU's own question
+    forms.pop("openvino_bf16", None)
+    ncnn = ncnn_form(model, scratch, threads)
+    if ncnn is not None:
+        forms["ncnn"] = (ncnn, None)
+    return model, forms
+
+
+def measure(args: argparse.Namespace) -> list[dict]:
+    val = camvid(args.camvid, "val")
+    subset = torch.utils.data.Subset(val, range(min(args.images, len(val))))
+    frames = [val[i][0].permute(1, 2, 0).numpy() for i in range(min(args.frames, len(val)))]
+    calibration = load_calibration_images(camvid(args.camvid, "train"), count=16)
+    rows, runners = [], {}
+    with tempfile.TemporaryDirectory() as scratch_root:
+        for index, path in enumerate([*args.models, *args.speed_only]):
+            scratch = Path(scratch_root) / str(index)
+            scratch.mkdir()
+            model, forms = forms_of(path, scratch, calibration, args.threads)
+            common = {
+                "model": str(path),
+                "gmacs": count_macs(model, (360, 480)) / 1e9,
+                "params_m": count_parameters(model, exclude_prefixes=("aux_head.",)) / 1e6,
+            }
+            for name, (form, amp) in forms.items():
+                row = dict(common, form=name, mIoU=None)
+                if path in args.models:
+                    metadata = model.metadata
+                    row["mIoU"] = evaluate(
+                        form, subset, model.num_classes, metadata.mean, metadata.std,
+                        amp_dtype=amp, progress=False,
+                    ).miou  # fmt: skip
+                runners[len(rows)] = SegmentationRunner(form, torch.device("cpu"), amp)
+                for frame in frames[:3]:  # warm-up: OpenVINO compiles, oneDNN plans
+                    runners[len(rows)].labels([frame])
+                rows.append(row)
+        latencies: dict[int, list[float]] = {key: [] for key in runners}
+        for frame in frames:
+            for key, runner in runners.items():
+                latencies[key].append(runner.labels([frame])[1])
+    for key, row in enumerate(rows):
+        row["ms_per_frame"] = statistics.median(latencies[key])
+    return rows
+
+
+def report(rows: list[dict]) -> None:
+    reference = {r["form"]: r["ms_per_frame"] for r in rows if r["model"] == rows[0]["model"]}
+    print(f"\n{describe_cpu()}; {torch.get_num_threads()} threads; the first model is the 1.00x")
+    header = (
+        f"{'model':<44}{'GMACs':>7}{'params M':>9}{'form':>15}{'mIoU':>8}{'ms':>8}{'FPS':>7}"
+        f"{'speed':>8}"
+    )
+    print(header + "\n" + "-" * len(header))
+    for r in rows:
+        miou = f"{r['mIoU']:.2f}" if r["mIoU"] is not None else "-"
+        speed = reference.get(r["form"], float("nan")) / r["ms_per_frame"]
+        print(
+            f"{Path(r['model']).name[:43]:<44}{r['gmacs']:>7.2f}{r['params_m']:>9.2f}"
+            f"{r['form']:>15}{miou:>8}{r['ms_per_frame']:>8.1f}{1000 / r['ms_per_frame']:>7.1f}"
+            f"{speed:>7.2f}x"
+        )
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for form in dict.fromkeys(r["form"] for r in rows):
+        points = [r for r in rows if r["form"] == form and r["mIoU"] is not None]
+        axes.plot(
+            [r["ms_per_frame"] for r in points], [r["mIoU"] for r in points], "o-", label=form
+        )
+        for r in points:
+            axes.annotate(f"{r['gmacs']:.1f} GMACs", (r["ms_per_frame"], r["mIoU"]), fontsize=7)
+    axes.set_xlabel("ms per 480x360 frame through ddrnet predict (lower is better)")
+    axes.set_ylabel("CamVid val mIoU (%)")
+    axes.set_title(describe_cpu()[:80], fontsize=8)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    print(f"picture written to {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--models", nargs="+",
+        default=["camvid_ddrnet23_slim_train", "camvid_ddrnet23_slim_fast_train"],
+    )  # fmt: skip
+    parser.add_argument("--speed-only", nargs="*", default=[])
+    parser.add_argument("--camvid", type=Path, default=DATA)
+    parser.add_argument("--images", type=int, default=101)
+    parser.add_argument("--frames", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--plot", type=Path, default=Path(__file__).with_suffix(".png"))
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = measure(args)
+    report(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    plot(rows, args.plot)
+
+
+if __name__ == "__main__":
+    main()
