@@ -124,8 +124,8 @@ def model_section(name: str) -> str:
 | | |
 |---|---|
 | file | `src/ddrnet/assets/{name}.safetensors` (weights in fp16, loaded as fp32; metadata inside) |
-| architecture | ddrnet_23_slim, {count_parameters(model) / 1e6:.3f}M parameters, {count_macs(model, (360, 480)) / 1e9:.2f} GMACs at 480x360 |
-| trained on | {training.get("trained_on")}, from scratch (no ImageNet weights) |
+| architecture | ddrnet_23_slim{", channel-pruned" if meta.channel_widths else ""}, {count_parameters(model) / 1e6:.3f}M parameters, {count_macs(model, (360, 480)) / 1e9:.2f} GMACs at 480x360 |
+| trained on | {training.get("trained_on")}{"" if meta.channel_widths else ", from scratch (no ImageNet weights)"} |
 | weights | {training.get("weights")} of {config.get("train", {}).get("epochs")}, {training.get("minutes")} minutes of training |
 | recipe | `{recipe}` |
 | reproduce | `{training.get("command", "see metadata.training.config")}` |
@@ -155,8 +155,10 @@ def write_card(experiments: Path) -> Path:
     sections = "\n".join(model_section(name) for name in present)
     card = f"""# Bundled models: DDRNet-23-slim, CamVid 11 classes
 
-Both were trained from scratch by this package's engine with the `camvid_ddrnet23_slim`
-recipe on a 2-core CPU; each section's "reproduce" row is the exact command, overrides
+The first two were trained from scratch by this package's engine with the
+`camvid_ddrnet23_slim` recipe on a 2-core CPU; the two `_fast` models are those two, pruned to
+40% of their multiply-adds and fine-tuned with distillation from their unpruned selves (each
+section's "trained on" row). Each section's "reproduce" row is the exact command, overrides
 included. `{DEFAULT_BUNDLED_MODEL}` is the default of `ddrnet predict`, `bench`, `export` and
 `serve`; either can be named wherever a checkpoint path is accepted
 (`ddrnet eval camvid_ddrnet23_slim_train --root ../shared/data/camvid`).

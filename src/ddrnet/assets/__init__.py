@@ -7,6 +7,9 @@ Two DDRNet-23-slim models trained by our CamVid recipe ship with the package (MO
   figure, not a measure of accuracy on new scenes.
 - ``camvid_ddrnet23_slim_train``: the same recipe trained on CamVid train only, so that its
   CamVid val mIoU is an honest held-out figure and can be reproduced with ``ddrnet eval``.
+- ``camvid_ddrnet23_slim_fast`` and ``camvid_ddrnet23_slim_fast_train``: each of the two above
+  channel-pruned to 40% of its multiply-adds (``ddrnet prune``) and fine-tuned on the same
+  frames with distillation from its unpruned self: the fast models for CPUs.
 
 Anywhere a checkpoint path is accepted, these names can be given instead of a path.
 """
@@ -20,6 +23,9 @@ DEFAULT_BUNDLED_MODEL = "camvid_ddrnet23_slim"
 BUNDLED_MODELS: dict[str, str] = {
     "camvid_ddrnet23_slim": "CamVid train+val (468 frames), the final model",
     "camvid_ddrnet23_slim_train": "CamVid train only (367 frames): val mIoU is held out",
+    "camvid_ddrnet23_slim_fast": "camvid_ddrnet23_slim pruned to 40% of the MACs, distilled",
+    "camvid_ddrnet23_slim_fast_train": "camvid_ddrnet23_slim_train pruned to 40% of the MACs, "
+    "distilled on train only: val mIoU is held out",
 }
 
 
