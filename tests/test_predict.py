@@ -252,7 +252,7 @@ def test_options_that_cannot_work_are_clear_errors(camvid_model_file, onnx_files
     cases = [
         (["--checkpoint", str(onnx_files["argmax"])], "exported with --argmax"),
         (["--checkpoint", logits, "--amp", "bf16"], "--runtime openvino --amp bf16"),
-        (["--checkpoint", logits, "--device", "cuda"], "ONNX files run on the CPU"),
+        (["--checkpoint", logits, "--device", "cuda"], "exported files run on the CPU"),
         (["--checkpoint", logits, "--model", "ddrnet_23"], "--model does not apply"),
         (["--checkpoint", str(camvid_model_file), "--runtime", "openvino"], "is a PyTorch model"),
         (["--checkpoint", str(tmp_path / "broken.onnx")], "not a readable ONNX file"),
