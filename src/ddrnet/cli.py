@@ -119,11 +119,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         )
     print("(segmentation: auxiliary head excluded, as in the paper; MACs count conv/linear)")
     print("\nbundled trained models (give the name as --checkpoint; the first is the default):")
+    width = max((len(row["name"]) for row in bundled), default=0) + 2
     for row in bundled:
         score = f"CamVid val mIoU {row['val_mIoU']}" + (
             "" if row["val_held_out"] else " (val was training data)"
         )
-        print(f"  {row['name']:<28}{row['architecture']}, {row['trained_on']}; {score}")
+        print(f"  {row['name']:<{width}}{row['architecture']}, {row['trained_on']}; {score}")
     return 0
 
 
