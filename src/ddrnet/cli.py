@@ -288,6 +288,16 @@ def _add_amp_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_scales_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scales",
+        type=SCALE,
+        nargs="+",
+        default=[1.0],
+        help=f"test-time scales, each in (0, {MAX_SCALE:g}], e.g. 0.5 0.75 1 1.25 1.5 1.75",
+    )
+
+
 def _add_runtime_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runtime",
@@ -900,13 +910,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument(
         "--sequences", nargs="+", help="CamVid: only frames of these sequences (e.g. 0006R0)"
     )
-    evaluation.add_argument(
-        "--scales",
-        type=SCALE,
-        nargs="+",
-        default=[1.0],
-        help=f"each in (0, {MAX_SCALE:g}], e.g. 0.5 0.75 1 1.25 1.5 1.75",
-    )
+    _add_scales_option(evaluation)
     evaluation.add_argument("--flip", action="store_true", help="add horizontally flipped passes")
     evaluation.add_argument("--window", type=parse_size, help="sliding window HEIGHTxWIDTH")
     evaluation.add_argument("--batch-size", type=POSITIVE_INT, default=1)
@@ -944,13 +948,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers for reading"
     )
-    predict.add_argument(
-        "--scales",
-        type=SCALE,
-        nargs="+",
-        default=[1.0],
-        help=f"test-time scales, each in (0, {MAX_SCALE:g}], e.g. 0.75 1 1.25",
-    )
+    _add_scales_option(predict)
     predict.add_argument(
         "--max-pixels",
         type=POSITIVE_INT,
