@@ -24,7 +24,11 @@ from tqdm import tqdm
 from ddrnet.config import to_dict
 from ddrnet.data.build import build_dataset
 from ddrnet.data.datasets import DatasetError, PairedSegmentationDataset
-from ddrnet.data.sampling import WeightedFrameSampler, dataset_frame_weights
+from ddrnet.data.sampling import (
+    WeightedFrameSampler,
+    dataset_frame_weights,
+    frame_class_pixels,
+)
 from ddrnet.engine.allocator import retain_freed_memory
 from ddrnet.engine.checkpointing import (
     TrainingError,
@@ -66,12 +70,7 @@ __all__ = ["TrainingError", "label_pixel_counts", "train"]
 
 def label_pixel_counts(dataset, num_classes: int) -> torch.Tensor:
     """Pixels per class over the un-augmented training labels, ``(num_classes,)`` int64."""
-    counts = torch.zeros(num_classes, dtype=torch.int64)
-    for index in range(len(dataset)):
-        _, label = dataset.load(index)
-        label = torch.from_numpy(label).long().flatten()
-        counts += torch.bincount(label[label < num_classes], minlength=num_classes)
-    return counts
+    return torch.from_numpy(frame_class_pixels(dataset, num_classes).sum(0))
 
 
 def train(config: Config, resume: bool | str = False) -> Path:
