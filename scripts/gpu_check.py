@@ -213,7 +213,9 @@ def tests(checker: Checker) -> dict[str, Any]:
     except ImportError:
         pass
     output = checker.run(args, timeout=900)
-    summary = output.strip().splitlines()[-1]
+    # pytest's last line may be a plugin's warning: the summary is the line with the counts.
+    counts = [line for line in output.splitlines() if re.search(r"\d+ (passed|failed)", line)]
+    summary = counts[-1].strip() if counts else output.strip().splitlines()[-1]
     return {"summary": summary, "cuda_tests_skipped": "skipped" in summary}
 
 
@@ -340,8 +342,9 @@ def predict(checker: Checker) -> dict[str, Any]:
 
 
 def serve(checker: Checker) -> dict[str, Any]:
-    from ddrnet.assets import demo_frames
-
+    # The demo frame by path: this process may not import ddrnet (the install step's pip
+    # writes an editable hook that only later processes see).
+    demo_frame = sorted((REPO / "src" / "ddrnet" / "assets" / "demo").glob("*.png"))[0]
     args = [sys.executable, "-m", "ddrnet.cli", "serve", "--device", checker.device,
             "--port", "0"]  # fmt: skip
     log = (checker.out / "serve.log").open("w")
@@ -361,7 +364,7 @@ def serve(checker: Checker) -> dict[str, Any]:
         health = json.loads(urllib.request.urlopen(address + "health", timeout=30).read())
         request = urllib.request.Request(
             address + "predict?format=json",
-            data=demo_frames()[0].read_bytes(),
+            data=demo_frame.read_bytes(),
             headers={"Content-Type": "image/png"},
         )
         start = time.perf_counter()
