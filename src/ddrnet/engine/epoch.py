@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from ddrnet.engine.run_folder import write_epoch
 from ddrnet.engine.steps import Progress, TrainingData, TrainingModels
 from ddrnet.models import ModelMetadata
 
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
 logger = logging.getLogger("ddrnet.engine.train")  # the run's log lines keep one source
 
 
@@ -41,7 +44,7 @@ class Run:
     ctx: DistributedContext
     amp_dtype: torch.dtype | None  # autocast's dtype; None computes in float32
     output: Path  # train.output_dir
-    writer: Any  # a tensorboard SummaryWriter on the main process, else None
+    writer: SummaryWriter | None  # tensorboard's, on the main process when installed
 
 
 def epoch_loader(
@@ -185,7 +188,9 @@ def run_epoch(
     return record
 
 
-def _log_step(writer, iteration: int, loss: float, lr: float, parts: dict[str, float]) -> None:
+def _log_step(
+    writer: SummaryWriter | None, iteration: int, loss: float, lr: float, parts: dict[str, float]
+) -> None:
     """The step's loss, its terms and the learning rate to tensorboard (when on)."""
     if writer:
         writer.add_scalar("train/loss", loss, iteration)
@@ -302,7 +307,7 @@ def _metadata(
     )
 
 
-def open_tensorboard(output: Path):
+def open_tensorboard(output: Path) -> SummaryWriter | None:
     """A tensorboard ``SummaryWriter`` writing under ``<output>/tensorboard``; None (logged)
     when tensorboard is not installed."""
     try:
