@@ -3,7 +3,8 @@ iteration."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -61,3 +62,19 @@ def poly_lr(
         return base_lr * (warmup_ratio + (1.0 - warmup_ratio) * fraction)
     progress = min(iteration, total_iterations) / max(1, total_iterations)
     return max(min_lr, base_lr * (1.0 - progress) ** power)
+
+
+def lr_schedule(
+    config: OptimConfig, iterations_per_epoch: int, epochs: int
+) -> Callable[[int], float]:
+    """``config``'s ``poly_lr`` as a function of the iteration alone, over ``epochs`` epochs
+    of ``iterations_per_epoch`` optimiser steps (warm-up: ``config.warmup_epochs`` of them)."""
+    return functools.partial(
+        poly_lr,
+        total_iterations=iterations_per_epoch * epochs,
+        base_lr=config.lr,
+        power=config.poly_power,
+        warmup_iterations=int(config.warmup_epochs * iterations_per_epoch),
+        warmup_ratio=config.warmup_ratio,
+        min_lr=config.min_lr,
+    )

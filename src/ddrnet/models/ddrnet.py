@@ -285,6 +285,23 @@ class DDRNet(nn.Module):
         return record
 
 
+class MainAndAuxiliary(nn.Module):
+    """Training view of a ``DDRNet``: ``forward`` is its ``forward_with_aux``, returning
+    ``(main_logits, aux_logits | None)``, both ``(N, num_classes, ceil(H/8), ceil(W/8))``.
+
+    DDP and ``torch.compile`` wrap a module's ``forward``; this one lets them wrap the pass
+    that feeds both heads of deep supervision. Its state dict is the model's, under
+    ``model.``; checkpoints save the wrapped model itself.
+    """
+
+    def __init__(self, model: DDRNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.model.forward_with_aux(x)
+
+
 class DDRNetClassifier(nn.Module):
     """The ImageNet form of DDRNet, used to pre-train the backbone.
 

@@ -1,0 +1,252 @@
+"""The steps ``ddrnet.engine.train.train`` takes before its first epoch: the data, the model,
+the loss, and the state a ``--resume`` restores. Each refuses in one line what it cannot use,
+and none writes a file (the run's folder is written only once they all passed)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from ddrnet.config import to_dict
+from ddrnet.data.build import build_dataset
+from ddrnet.data.datasets import DatasetError, PairedSegmentationDataset
+from ddrnet.data.labels import LabelSet
+from ddrnet.data.sampling import dataset_frame_weights, frame_class_pixels
+from ddrnet.engine.checkpointing import TrainingError, check_resumable, restore
+from ddrnet.engine.config import Config, DataConfig, LossConfig, TrainConfig
+from ddrnet.engine.distributed import DistributedContext
+from ddrnet.engine.ema import ModelEma
+from ddrnet.engine.losses import (
+    CrossEntropy,
+    DeepSupervisionLoss,
+    OhemCrossEntropy,
+    class_balance_weights,
+)
+from ddrnet.limits import check_training_crop
+from ddrnet.models import create_model, load_weights
+from ddrnet.models.checkpoint import read_checkpoint
+from ddrnet.models.ddrnet import MainAndAuxiliary
+from ddrnet.models.widths import apply_channel_widths
+
+logger = logging.getLogger("ddrnet.engine.train")  # the run's log lines keep one source
+
+
+@dataclass
+class TrainingData:
+    """The training and validation sets, their classes and normalisation statistics."""
+
+    train_set: PairedSegmentationDataset
+    val_set: Dataset  # a Subset of the validation set with eval.max_images
+    labels: LabelSet
+    mean: tuple[float, ...]  # per RGB channel, of images scaled to [0, 1]
+    std: tuple[float, ...]
+    iterations_per_epoch: int  # optimiser steps per epoch, on every process
+
+
+def build_data(config: Config, ctx: DistributedContext) -> TrainingData:
+    """The data sets of ``config.data``; refuses a batch (times the processes) larger than
+    the training set. Files are not read yet (``check_data`` does)."""
+    cfg_data = config.data
+    train_set = _dataset(cfg_data, "train_split", train=True)
+    val_set: Dataset = _dataset(cfg_data, "val_split", train=False)
+    if config.eval.max_images:
+        val_set = Subset(val_set, range(min(config.eval.max_images, len(val_set))))
+    labels = train_set.labels
+    images_per_step = cfg_data.batch_size * ctx.world_size
+    if len(train_set) < images_per_step:
+        raise ValueError(
+            f"data.batch_size={cfg_data.batch_size} x {ctx.world_size} processes exceeds the "
+            f"{len(train_set)} training images"
+        )
+    iterations = len(train_set) // images_per_step
+    if config.train.max_iterations_per_epoch:
+        iterations = min(iterations, config.train.max_iterations_per_epoch)
+    return TrainingData(
+        train_set,
+        val_set,
+        labels,
+        tuple(cfg_data.mean or labels.mean),
+        tuple(cfg_data.std or labels.std),
+        iterations,
+    )
+
+
+def _dataset(cfg_data: DataConfig, split_key: str, train: bool) -> PairedSegmentationDataset:
+    """The data set of ``data.<split_key>``; its errors say which set they concern."""
+    split = getattr(cfg_data, split_key)
+    try:
+        return build_dataset(cfg_data, split, train=train)
+    except DatasetError as error:
+        kind = "training" if train else "validation"
+        raise DatasetError(f"{kind} set (data.{split_key}={split}): {error}") from None
+
+
+def check_data(data: TrainingData) -> None:
+    """Read every file of both sets, reporting problems by name (``data.check``; slow, so
+    it comes after the quick refusals)."""
+    logger.info(
+        "checking %d training and %d validation pairs", len(data.train_set), len(data.val_set)
+    )
+    data.train_set.check()
+    getattr(data.val_set, "dataset", data.val_set).check()
+
+
+def rare_class_frame_weights(data: TrainingData, cfg_data: DataConfig) -> np.ndarray | None:
+    """Each training frame's sampling weight, ``(len(train_set),)`` with mean 1, for
+    ``data.rare_class_sampling`` (the class frequencies are read once per run); None when off."""
+    if cfg_data.rare_class_sampling is None:
+        return None
+    return dataset_frame_weights(data.train_set, cfg_data.rare_class_sampling)
+
+
+def build_model(
+    config: Config, labels: LabelSet, device: torch.device, amp: bool
+) -> tuple[nn.Module, dict[str, list[int]]]:
+    """The DDRNet of ``config.model`` for ``labels``, on the CPU, with the weights of
+    ``model.pretrained`` when set; and its channel widths (``{}`` unless that file is a
+    channel-pruned model of the same architecture, whose narrower layers it then takes).
+    Refuses a ``data.crop_size`` x ``data.batch_size`` step larger than ``device``'s memory."""
+    model = create_model(
+        config.model.name,
+        num_classes=labels.num_classes,
+        aux_head=config.model.aux_head,
+        width_multiplier=config.model.width_multiplier,
+    )
+    cfg_data = config.data
+    check_training_crop(cfg_data.crop_size, cfg_data.batch_size, model.spec.planes, device, amp)
+    widths: dict[str, list[int]] = {}
+    if config.model.pretrained:
+        raw = read_checkpoint(config.model.pretrained)
+        if raw.metadata is not None and raw.metadata.architecture == config.model.name:
+            # A channel-pruned file (`ddrnet prune`): fine-tune its narrower layers.
+            widths = raw.metadata.channel_widths
+            apply_channel_widths(model, widths)
+        report = load_weights(model, raw)
+        logger.info(report.summary())
+    return model, widths
+
+
+@dataclass
+class TrainingModels:
+    """The model in its three roles: ``core`` holds the trained weights (what a checkpoint's
+    ``model`` is), ``forward`` runs the training pass (``MainAndAuxiliary`` under DDP and
+    ``torch.compile`` when on), ``ema`` averages ``core``'s weights (``train.ema_decay``)."""
+
+    core: nn.Module
+    forward: nn.Module
+    ema: ModelEma | None
+    widths: dict[str, list[int]]  # channel widths of a pruned model, {} otherwise
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """With EMA on, the average is the model: evaluated, kept as best, exported."""
+        return self.ema.module if self.ema else self.core
+
+
+def prepare_models(
+    model: nn.Module,
+    widths: dict[str, list[int]],
+    cfg_train: TrainConfig,
+    device: torch.device,
+    ctx: DistributedContext,
+) -> TrainingModels:
+    """``model`` on ``device`` in training mode, in channels-last memory and with synchronised
+    batch norm (DDP on CUDA) when asked, wrapped for the training pass, with its average."""
+    model.train().to(device)
+    if cfg_train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if ctx.enabled and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    forward: nn.Module = MainAndAuxiliary(model)
+    if ctx.enabled:
+        forward = torch.nn.parallel.DistributedDataParallel(
+            forward, device_ids=[ctx.local_rank] if device.type == "cuda" else None
+        )
+    if cfg_train.compile:
+        forward = torch.compile(forward)
+    ema = ModelEma(model, cfg_train.ema_decay) if cfg_train.ema_decay else None
+    return TrainingModels(model, forward, ema, widths)
+
+
+def label_pixel_counts(dataset: PairedSegmentationDataset, num_classes: int) -> torch.Tensor:
+    """Pixels per class over the un-augmented training labels, ``(num_classes,)`` int64."""
+    return torch.from_numpy(frame_class_pixels(dataset, num_classes).sum(0))
+
+
+def build_criterion(
+    cfg_loss: LossConfig, train_set: PairedSegmentationDataset, device: torch.device
+) -> DeepSupervisionLoss:
+    """Cross-entropy (OHEM with ``loss.ohem``) on the main and auxiliary logits, with the
+    class weights of ``loss.class_weights``: a method's name (computed from the training
+    labels) or one value per class."""
+    labels = train_set.labels
+    weights = None
+    if isinstance(cfg_loss.class_weights, str):
+        counts = label_pixel_counts(train_set, labels.num_classes)
+        weights = class_balance_weights(counts, cfg_loss.class_weights)
+    elif cfg_loss.class_weights is not None:
+        if len(cfg_loss.class_weights) != labels.num_classes:
+            raise ValueError(
+                f"loss.class_weights has {len(cfg_loss.class_weights)} values for "
+                f"{labels.num_classes} classes"
+            )
+        weights = torch.tensor(cfg_loss.class_weights, dtype=torch.float32)
+    if weights is not None:
+        logger.info("class weights: %s", [round(float(w), 3) for w in weights])
+    # ohem_min_kept counts full-resolution pixels; the loss sees 1/label_stride^2 of them.
+    min_kept = max(1, cfg_loss.ohem_min_kept // cfg_loss.label_stride**2)
+    per_head = (
+        OhemCrossEntropy(cfg_loss.ohem_threshold, min_kept, labels.ignore_index, weights)
+        if cfg_loss.ohem
+        else CrossEntropy(labels.ignore_index, weights)
+    )
+    return DeepSupervisionLoss(per_head, 1.0, cfg_loss.aux_weight, cfg_loss.label_stride).to(device)
+
+
+@dataclass
+class Progress:
+    """Where a run stands; ``last.pt`` records it beside the weights and optimiser."""
+
+    epoch: int = 0  # epochs finished
+    iteration: int = 0  # optimiser steps taken
+    best_miou: float = -1.0  # the best val mIoU so far; -1 before any evaluation
+    history: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl's records
+
+
+def restore_run(
+    state: dict[str, Any],
+    path: Path,
+    config: Config,
+    models: TrainingModels,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+) -> Progress:
+    """Load the training ``state`` read from ``path`` into the model, its average, the
+    optimiser and the loss scaler; refuses (changing nothing on disk) a state written with
+    another model or optimiser, or without the average this run keeps."""
+    check_resumable(state, to_dict(config), path)
+    restore(models.core, state["model"], "model", path)
+    restore(optimizer, state["optimizer"], "optimiser state", path)
+    scaler.load_state_dict(state["scaler"])
+    progress = Progress(
+        state["epoch"], state["iteration"], state["best_miou"], state.get("history", [])
+    )
+    if models.ema is not None:
+        if "state_dict_ema" not in state:
+            raise TrainingError(
+                f"{path} was written without train.ema_decay; resume it with the same "
+                "setting, or start a new run"
+            )
+        # The ramp of the decay depends on the number of updates: one per iteration.
+        models.ema.load_state_dict(state["state_dict_ema"], updates=progress.iteration)
+    logger.info(
+        "resumed from %s at epoch %d (iteration %d)", path, progress.epoch, progress.iteration
+    )
+    return progress
