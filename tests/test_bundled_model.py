@@ -7,13 +7,14 @@ import json
 import pytest
 
 import ddrnet
-from ddrnet.assets import BUNDLED_MODELS, bundled_model_path, demo_frames
+from ddrnet.assets import bundled_model_path, demo_frames
 from ddrnet.models import CheckpointError
+from ddrnet.models.weights import bundled_names
 
 from cli_runner import run_ddrnet
 
 
-@pytest.mark.parametrize("name", list(BUNDLED_MODELS))
+@pytest.mark.parametrize("name", bundled_names())
 def test_bundled_model_reproduces_its_model_card(name, camvid_root, tmp_path) -> None:
     path = bundled_model_path(name)
     model = ddrnet.create_model(checkpoint=path)
