@@ -12,10 +12,12 @@ Supported inputs, all loaded without unpickling arbitrary code:
   run kept an exponential moving average of its weights (``state_dict_ema``, also timm's
   key), that average is read, since it is what the run evaluated.
 
-Conversion is strict, as in segmentation_models_pytorch: a key that no rule maps, a mapped key
-the model does not have, a missing weight, or a shape mismatch outside the class-dependent
-layers is an error that names every offending key. A different number of classes re-initialises
-the class-dependent layers and the report says so.
+Conversion is ``checkpoint_filter_fn(state_dict, model)``, timm's hook, in one pass over the
+keys, and strict, as in segmentation_models_pytorch: a key that no rule maps, a mapped key the
+model does not have, a missing weight, or a shape mismatch outside the class-dependent layers
+is an error that names every offending key. A different number of classes re-initialises the
+class-dependent layers and the ``LoadReport`` says so. ``check_weights_fit`` runs the same
+filter on a shape-only (meta device) build before a model is allocated.
 """
 
 from __future__ import annotations
