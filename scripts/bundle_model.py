@@ -22,11 +22,18 @@ from pathlib import Path
 import torch
 
 import ddrnet
-from ddrnet.assets import BUNDLED_MODELS, DEFAULT_BUNDLED_MODEL, assets_dir
+from ddrnet.assets import assets_dir
 from ddrnet.data.datasets import camvid
 from ddrnet.deploy import benchmark
 from ddrnet.engine.evaluate import evaluate
-from ddrnet.models import count_macs, count_parameters, save_model
+from ddrnet.models import (
+    DDRNet23Slim_Weights,
+    count_macs,
+    count_parameters,
+    get_weights,
+    save_model,
+)
+from ddrnet.models.weights import bundled_names
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/camvid"
 TTA_SCALES = (0.75, 1.0, 1.25, 1.5)
@@ -119,7 +126,7 @@ def model_section(name: str) -> str:
         for row in curve
     )
     recipe = json.dumps({k: config.get(k) for k in ("optim", "loss", "train")})
-    return f"""## `{name}`: {BUNDLED_MODELS[name]}
+    return f"""## `{name}`: {get_weights(name).description}
 
 | | |
 |---|---|
@@ -151,7 +158,8 @@ Learning curve (training loss of the epoch; val mIoU every {config.get("eval", {
 
 
 def write_card(experiments: Path) -> Path:
-    present = [n for n in BUNDLED_MODELS if (assets_dir() / f"{n}.safetensors").is_file()]
+    present = [n for n in bundled_names() if get_weights(n).file.is_file()]
+    default = DDRNet23Slim_Weights.DEFAULT.bundled_name
     sections = "\n".join(model_section(name) for name in present)
     card = f"""# Bundled models: DDRNet-23-slim, CamVid 11 classes
 
@@ -159,7 +167,7 @@ The first two were trained from scratch by this package's engine with the
 `camvid_ddrnet23_slim` recipe on a 2-core CPU; the two `_fast` models are those two, pruned to
 40% of their multiply-adds and fine-tuned with distillation from their unpruned selves (each
 section's "trained on" row). Each section's "reproduce" row is the exact command, overrides
-included. `{DEFAULT_BUNDLED_MODEL}` is the default of `ddrnet predict`, `bench`, `export` and
+included. `{default}` is the default of `ddrnet predict`, `bench`, `export` and
 `serve`; either can be named wherever a checkpoint path is accepted
 (`ddrnet eval camvid_ddrnet23_slim_train --root ../shared/data/camvid`).
 
@@ -192,7 +200,9 @@ accuracy on scenes from other cities and cameras (see the held-out column above)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path, nargs="?", help="training run folder")
-    parser.add_argument("--name", choices=list(BUNDLED_MODELS), default=DEFAULT_BUNDLED_MODEL)
+    parser.add_argument(
+        "--name", choices=bundled_names(), default=DDRNet23Slim_Weights.DEFAULT.bundled_name
+    )
     parser.add_argument("--weights", choices=["best", "last"], default="best")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--command", default=None, help="the command that reproduces the run")

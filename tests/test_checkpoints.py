@@ -291,3 +291,22 @@ def test_a_shape_mismatch_is_summarised(tmp_path: Path) -> None:
     assert re.search(r"shape mismatch in \d{3} tensors", message), message
     assert "backbone.stem.0.weight (64, 3, 3, 3) vs (32, 3, 3, 3)" in message
     assert re.search(r"\.\.\. and \d{3} more$", message) and len(message) < 1000
+
+
+def test_checkpoint_filter_fn_maps_official_keys_in_one_pass() -> None:
+    from ddrnet.models import checkpoint_filter_fn
+
+    official = official_network("ddrnet_39", augment=True)
+    state = {f"model.{k}": v for k, v in official.state_dict().items()}
+    state["loss.criterion.weight"] = torch.ones(19)
+    model = ddrnet.create_model("ddrnet_39", aux_head=True)
+    converted, report = checkpoint_filter_fn(state, model)
+    assert set(converted) == set(model.state_dict()) and report.layout == "official"
+    assert report.dropped == ["loss.criterion.weight"] and report.loaded == len(converted)
+    assert torch.equal(
+        converted["backbone.stages.1.high_to_low.0.weight"], state["model.down3_2.0.weight"]
+    )
+    # A state dict that mixes the two layouts is refused rather than half loaded.
+    mixed = {**model.state_dict(), "layer1.0.conv1.weight": state["model.layer1.0.conv1.weight"]}
+    with pytest.raises(CheckpointError, match="mixes ddrnet and official"):
+        checkpoint_filter_fn(mixed, model)

@@ -136,3 +136,62 @@ def test_width_multiplier_widens_the_branches() -> None:
 def test_unknown_model_name_lists_the_valid_ones() -> None:
     with pytest.raises(KeyError, match="ddrnet_23_slim"):
         ddrnet.create_model("ddrnet_99")
+
+
+def test_create_model_goes_through_the_registered_builder(monkeypatch) -> None:
+    from ddrnet.models import registry
+    from ddrnet.models.ddrnet import SLIM_SPEC, ddrnet_23_slim
+
+    monkeypatch.setattr(registry, "_VARIANTS", dict(registry._VARIANTS))  # forgotten afterwards
+    calls: list[dict] = []
+
+    @ddrnet.register_model(spec=SLIM_SPEC, task="segmentation", description="a test variant")
+    def test_variant(**kwargs) -> DDRNet:
+        calls.append(kwargs)
+        return ddrnet_23_slim(**kwargs)
+
+    assert "test_variant" in ddrnet.list_models("segmentation")
+    model = ddrnet.create_model("test_variant", num_classes=3, aux_head=True)
+    assert calls == [{"num_classes": 3, "aux_head": True}]
+    assert model.metadata.architecture == "test_variant" and model.aux_head is not None
+    ddrnet.create_model("test_variant", width_multiplier=1.5)
+    assert calls[-1] == {"width_multiplier": 1.5}
+    with pytest.raises(ValueError, match="registered twice"):
+        ddrnet.register_model(spec=SLIM_SPEC, task="segmentation", description="")(test_variant)
+
+
+def test_a_pruned_file_is_rebuilt_by_its_builder_from_its_metadata(monkeypatch) -> None:
+    import dataclasses
+
+    from ddrnet.models import registry
+
+    info = variant_info("ddrnet_23_slim")
+    calls: list[dict] = []
+
+    def spy(**kwargs) -> torch.nn.Module:
+        calls.append(kwargs)
+        return info.builder(**kwargs)
+
+    variants = dict(registry._VARIANTS, ddrnet_23_slim=dataclasses.replace(info, builder=spy))
+    monkeypatch.setattr(registry, "_VARIANTS", variants)
+    weights = ddrnet.DDRNet23Slim_Weights.CAMVID_FAST
+    model = ddrnet.create_model(weights=weights)  # no name: the file's metadata names it
+    # Once on the meta device (does the file fit?), once for real: the same arguments.
+    assert len(calls) == 2 and calls[0] == calls[1]
+    assert calls[0]["channel_widths"] == weights.metadata.channel_widths != {}
+    assert calls[0]["spec"].to_dict() == weights.metadata.spec
+    assert model.backbone.stem[0].out_channels < info.spec.planes  # narrowed by the widths
+
+
+@pytest.mark.parametrize("name", SEGMENTATION + CLASSIFICATION)
+def test_each_builder_makes_its_registered_topology(name: str) -> None:
+    info = variant_info(name)
+    with torch.device("meta"):  # shapes only
+        model = info.builder()
+    assert model.spec == info.spec and info.builder.__name__ == name
+    assert model.num_classes == (19 if info.task == "segmentation" else 1000)
+
+
+def test_a_classifier_has_no_auxiliary_head() -> None:
+    with pytest.raises(ValueError, match="no auxiliary head"):
+        ddrnet.create_model("ddrnet_23_slim_imagenet", aux_head=True)

@@ -3,6 +3,7 @@
 >>> import ddrnet
 >>> model = ddrnet.create_model("ddrnet_23_slim", num_classes=11)
 >>> labels = ddrnet.Predictor(model).predict("street.png")  # (H, W) class indices
+>>> trained = ddrnet.create_model(weights=ddrnet.DDRNet23Slim_Weights.CAMVID)  # bundled
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ from __future__ import annotations
 from ddrnet.engine.inference import Predictor
 from ddrnet.models import (
     CheckpointError,
+    DDRNet23Slim_Weights,
     ModelMetadata,
+    WeightsEnum,
     count_macs,
     count_parameters,
     create_model,
+    get_weights,
     list_models,
     load_weights,
+    register_model,
     save_model,
 )
 
@@ -23,13 +28,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "DDRNet23Slim_Weights",
     "ModelMetadata",
     "Predictor",
+    "WeightsEnum",
     "__version__",
     "count_macs",
     "count_parameters",
     "create_model",
+    "get_weights",
     "list_models",
     "load_weights",
+    "register_model",
     "save_model",
 ]

@@ -81,8 +81,14 @@ def parse_image_size(text: str) -> tuple[int, int]:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from ddrnet.assets import bundled_model_rows
-    from ddrnet.models import build_model, count_macs, count_parameters, list_models, variant_info
+    from ddrnet.models import (
+        bundled_weights,
+        count_macs,
+        count_parameters,
+        create_model,
+        list_models,
+        variant_info,
+    )
 
     rows = []
     for name in list_models():
@@ -90,7 +96,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         segmentation = info.task == "segmentation"
         size = args.size if segmentation else (224, 224)
         classes = args.num_classes if segmentation else 1000
-        model = build_model(name, num_classes=classes)
+        model = create_model(name, num_classes=classes)
         rows.append(
             {
                 "name": name,
@@ -102,7 +108,20 @@ def cmd_models(args: argparse.Namespace) -> int:
                 "paper_GMACs": info.paper_gmacs if size == (1024, 2048) else None,
             }
         )
-    bundled = bundled_model_rows()
+    # The bundled trained models this installation ships, from their files' metadata.
+    bundled = [
+        {
+            "name": weights.bundled_name,
+            "architecture": weights.architecture,
+            "classes": weights.num_classes,
+            "dataset": weights.metadata.dataset,
+            "trained_on": weights.description,
+            "val_mIoU": weights.val_miou,
+            "val_held_out": weights.val_held_out,
+        }
+        for weights in bundled_weights()
+        if weights.file.is_file()
+    ]
     if args.json:
         print(json.dumps([*rows, *({**row, "bundled": True} for row in bundled)], indent=2))
         return 0

@@ -1,15 +1,18 @@
 """Files shipped inside the package: the bundled CamVid models and demo frames.
 
-Two DDRNet-23-slim models trained by our CamVid recipe ship with the package (MODEL_CARD.md):
+Four DDRNet-23-slim models trained by our CamVid recipe ship with the package (MODEL_CARD.md);
+``ddrnet.models.weights.DDRNet23Slim_Weights`` describes them, one typed entry each:
 
-- ``camvid_ddrnet23_slim`` (the default of ``predict``, ``bench``, ``export`` and the web
-  demo): the final model, trained on CamVid train + val. Its val score is a training-set
-  figure, not a measure of accuracy on new scenes.
-- ``camvid_ddrnet23_slim_train``: the same recipe trained on CamVid train only, so that its
-  CamVid val mIoU is an honest held-out figure and can be reproduced with ``ddrnet eval``.
-- ``camvid_ddrnet23_slim_fast`` and ``camvid_ddrnet23_slim_fast_train``: each of the two above
-  channel-pruned to 40% of its multiply-adds (``ddrnet prune``) and fine-tuned on the same
-  frames with distillation from its unpruned self: the fast models for CPUs.
+- ``camvid_ddrnet23_slim`` (``.CAMVID``, the ``DEFAULT`` of ``predict``, ``bench``,
+  ``export`` and the web demo): the final model, trained on CamVid train + val. Its val score
+  is a training-set figure, not a measure of accuracy on new scenes.
+- ``camvid_ddrnet23_slim_train`` (``.CAMVID_TRAIN``): the same recipe trained on CamVid train
+  only, so that its CamVid val mIoU is an honest held-out figure and can be reproduced with
+  ``ddrnet eval``.
+- ``camvid_ddrnet23_slim_fast`` and ``camvid_ddrnet23_slim_fast_train`` (``.CAMVID_FAST``,
+  ``.CAMVID_FAST_TRAIN``): each of the two above channel-pruned to 40% of its multiply-adds
+  (``ddrnet prune``) and fine-tuned on the same frames with distillation from its unpruned
+  self: the fast models for CPUs.
 
 Anywhere a checkpoint path is accepted, these names can be given instead of a path.
 """
@@ -19,37 +22,28 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-DEFAULT_BUNDLED_MODEL = "camvid_ddrnet23_slim"
-BUNDLED_MODELS: dict[str, str] = {
-    "camvid_ddrnet23_slim": "CamVid train+val (468 frames), the final model",
-    "camvid_ddrnet23_slim_train": "CamVid train only (367 frames): val mIoU is held out",
-    "camvid_ddrnet23_slim_fast": "camvid_ddrnet23_slim pruned to 40% of the MACs, distilled",
-    "camvid_ddrnet23_slim_fast_train": "camvid_ddrnet23_slim_train pruned to 40% of the MACs, "
-    "distilled on train only: val mIoU is held out",
-}
-
 
 def assets_dir() -> Path:
     return Path(str(resources.files("ddrnet") / "assets"))
 
 
-def bundled_model_path(name: str = DEFAULT_BUNDLED_MODEL) -> Path:
-    """The file of a bundled model (a key of ``BUNDLED_MODELS``); see MODEL_CARD.md here."""
-    if name not in BUNDLED_MODELS:
-        raise ValueError(f"no bundled model {name!r}; bundled: {', '.join(BUNDLED_MODELS)}")
-    path = assets_dir() / f"{name}.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"the bundled model {path} is missing from this installation; pass --checkpoint"
-        )
-    return path
+def bundled_model_path(name: str | None = None) -> Path:
+    """The file of a bundled model, by its string name (``camvid_ddrnet23_slim_train``; the
+    default model when ``None``); ``ValueError`` for an unknown name, ``FileNotFoundError``
+    when this installation lacks the file."""
+    from ddrnet.models.weights import DDRNet23Slim_Weights, get_weights
+
+    weights = DDRNet23Slim_Weights.DEFAULT if name is None else get_weights(name)
+    return weights.path
 
 
 def resolve_bundled_name(checkpoint: str | Path) -> Path:
     """``checkpoint`` itself, unless it is no existing file but the name of a bundled model
     (``camvid_ddrnet23_slim_train``), which becomes that model's file."""
+    from ddrnet.models.weights import bundled_names
+
     path = Path(checkpoint)
-    if not path.exists() and str(checkpoint) in BUNDLED_MODELS:
+    if not path.exists() and str(checkpoint) in bundled_names():
         return bundled_model_path(str(checkpoint))
     return path
 
@@ -57,32 +51,3 @@ def resolve_bundled_name(checkpoint: str | Path) -> Path:
 def demo_frames() -> list[Path]:
     """The demo road scenes shipped with the package (CamVid, CC BY-NC 4.0; see demo/README.md)."""
     return sorted((assets_dir() / "demo").glob("*.png"))
-
-
-def bundled_model_rows() -> list[dict[str, object]]:
-    """One row per bundled model present in this installation, read from its metadata
-    (no weights loaded): name, architecture, classes, data set, what it was trained on and
-    its CamVid val mIoU."""
-    from safetensors import safe_open
-
-    from ddrnet.models.metadata import ModelMetadata
-
-    rows = []
-    for name, description in BUNDLED_MODELS.items():
-        path = assets_dir() / f"{name}.safetensors"
-        if not path.is_file():
-            continue
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = ModelMetadata.from_json((handle.metadata() or {})["ddrnet"], str(path))
-        rows.append(
-            {
-                "name": name,
-                "architecture": metadata.architecture,
-                "classes": metadata.num_classes,
-                "dataset": metadata.dataset,
-                "trained_on": description,
-                "val_mIoU": metadata.metrics.get("camvid_val_mIoU"),
-                "val_held_out": not metadata.trained_on("camvid", "val"),
-            }
-        )
-    return rows

@@ -12,10 +12,12 @@ Supported inputs, all loaded without unpickling arbitrary code:
   run kept an exponential moving average of its weights (``state_dict_ema``, also timm's
   key), that average is read, since it is what the run evaluated.
 
-Conversion is strict, as in segmentation_models_pytorch: a key that no rule maps, a mapped key
-the model does not have, a missing weight, or a shape mismatch outside the class-dependent
-layers is an error that names every offending key. A different number of classes re-initialises
-the class-dependent layers and the report says so.
+Conversion is ``checkpoint_filter_fn(state_dict, model)``, timm's hook, in one pass over the
+keys, and strict, as in segmentation_models_pytorch: a key that no rule maps, a mapped key the
+model does not have, a missing weight, or a shape mismatch outside the class-dependent layers
+is an error that names every offending key. A different number of classes re-initialises the
+class-dependent layers and the ``LoadReport`` says so. ``check_weights_fit`` runs the same
+filter on a shape-only (meta device) build before a model is allocated.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ _CLASSIFICATION_ONLY = ("final_down.", "pre_logits.", "classifier.")
 _SEGMENTATION_ONLY = ("dappm.", "head.", "aux_head.")
 # Layers whose shape depends on the number of classes.
 _CLASS_DEPENDENT = ("head.conv2.", "aux_head.conv2.", "classifier.")
+# Every top-level module of either network: a key under one of these is in our layout.
+_OUR_MODULES = ("backbone.", *_SEGMENTATION_ONLY, *_CLASSIFICATION_ONLY)
 
 
 class CheckpointError(ValueError):
@@ -96,15 +100,16 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
 
     Pickled files are opened with ``weights_only=True``: a file that holds anything but
     tensors and plain containers is refused rather than executed. The name of a bundled
-    model (``ddrnet.assets.BUNDLED_MODELS``) stands for its file.
+    model (``ddrnet.models.weights``: ``camvid_ddrnet23_slim``, ...) stands for its file.
     """
-    from ddrnet.assets import BUNDLED_MODELS, resolve_bundled_name
+    from ddrnet.assets import resolve_bundled_name
+    from ddrnet.models.weights import bundled_names
 
     path = resolve_bundled_name(path)
     if not path.is_file():
         raise CheckpointError(
             f"checkpoint {path} does not exist or is not a file (bundled models, usable by "
-            f"name: {', '.join(BUNDLED_MODELS)})"
+            f"name: {', '.join(bundled_names())})"
         )
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
@@ -165,13 +170,30 @@ def _read_safetensors(path: Path) -> RawCheckpoint:
                 tensors[key] = handle.get_tensor(key)
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"cannot read safetensors file {path}: {error}") from None
-    metadata = None
-    if "ddrnet" in header:
-        try:
-            metadata = ModelMetadata.from_json(header["ddrnet"], source=str(path))
-        except ValueError as error:
-            raise CheckpointError(str(error)) from None
-    return RawCheckpoint(tensors, metadata, str(path))
+    return RawCheckpoint(tensors, _metadata_of(header, path), str(path))
+
+
+def read_metadata(path: str | Path) -> ModelMetadata | None:
+    """The ``ModelMetadata`` of a ``.safetensors`` model file, reading its header only (no
+    weights); ``None`` when the file carries none. Raises ``CheckpointError``."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            header = handle.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"cannot read safetensors file {path}: {error}") from None
+    return _metadata_of(header, path)
+
+
+def _metadata_of(header: dict[str, str], path: Path) -> ModelMetadata | None:
+    if "ddrnet" not in header:
+        return None
+    try:
+        return ModelMetadata.from_json(header["ddrnet"], source=str(path))
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
 
 
 # Where wrappers keep the weights, in order of preference: an exponential moving average of
@@ -247,33 +269,16 @@ def _official_rules(stage3_splits: int) -> list[tuple[re.Pattern[str], str]]:
     return [(re.compile("^" + pattern), target) for pattern, target in rules]
 
 
-def _with_our_keys(
-    state_dict: dict[str, torch.Tensor], stage3_splits: int, source: str
-) -> tuple[dict[str, torch.Tensor], str, list[str]]:
-    """The state dict under ddrnet's key names, its layout (``"ddrnet"`` or ``"official"``)
-    and the wrapper-only keys dropped on the way. Raises ``CheckpointError`` naming every key
-    that fits neither layout."""
-    state_dict = _strip_common_prefixes(state_dict)
-    dropped = sorted(k for k in state_dict if k.startswith(_WRAPPER_ONLY_PREFIXES))
-    state_dict = {k: v for k, v in state_dict.items() if k not in dropped}
-    if any(k.startswith("backbone.") for k in state_dict):
-        return state_dict, "ddrnet", dropped
-    rules = _official_rules(stage3_splits)
-    renamed: dict[str, torch.Tensor] = {}
-    unmapped = []
-    for key, value in state_dict.items():
-        for pattern, target in rules:
-            if pattern.match(key):
-                renamed[pattern.sub(target, key, count=1)] = value
-                break
-        else:
-            unmapped.append(key)
-    if unmapped:
-        raise CheckpointError(
-            f"{source}: {len(unmapped)} keys match neither the ddrnet nor the official "
-            f"DDRNet layout: {', '.join(sorted(unmapped))}"
-        )
-    return renamed, "official", dropped
+def _our_key(key: str, rules: list[tuple[re.Pattern[str], str]]) -> tuple[str, str] | None:
+    """``key`` under ddrnet's names and the layout it came in (``"ddrnet"`` or
+    ``"official"``); ``None`` when it fits neither. No official name starts with one of our
+    top-level module names, so one lookup tells the layouts apart."""
+    if key.startswith(_OUR_MODULES):
+        return key, "ddrnet"
+    for pattern, target in rules:
+        if pattern.match(key):
+            return pattern.sub(target, key, count=1), "official"
+    return None
 
 
 def checkpoint_num_classes(
@@ -284,27 +289,45 @@ def checkpoint_num_classes(
     ImageNet file read for a segmenter, a backbone). For checkpoints without metadata, such
     as the official ones: an 11-class CamVid file then builds an 11-class model instead of a
     19-class one with its trained head thrown away."""
-    state_dict, _, _ = _with_our_keys(raw.state_dict, stage3_splits, raw.source)
-    weight = state_dict.get("head.conv2.weight" if segmentation else "classifier.weight")
-    return None if weight is None else int(weight.shape[0])
+    wanted = "head.conv2.weight" if segmentation else "classifier.weight"
+    rules = _official_rules(stage3_splits)
+    for key, value in _strip_common_prefixes(raw.state_dict).items():
+        mapped = _our_key(key, rules)
+        if mapped is not None and mapped[0] == wanted:
+            return int(value.shape[0])
+    return None
 
 
-def convert_state_dict(
+def checkpoint_filter_fn(
     state_dict: dict[str, torch.Tensor], model: nn.Module, source: str = "<state dict>"
 ) -> tuple[dict[str, torch.Tensor], LoadReport]:
-    """Map a foreign or wrapped state dict onto ``model``'s keys (timm's checkpoint filter).
+    """Map a foreign or wrapped state dict onto ``model``'s keys, timm's checkpoint filter.
 
-    Returns the state dict to load (class-dependent tensors of the wrong shape left out) and a
-    report. Raises ``CheckpointError`` naming every key that cannot be placed.
+    One pass over the keys, after stripping the wrappers' ``module.``/``model.`` prefixes:
+    each key is renamed from the official layout (or kept, in ours), then placed against the
+    model. Returns the state dict to load strictly (class-dependent tensors of another shape
+    left out, to stay initialised) and a ``LoadReport``. Raises ``CheckpointError`` naming
+    every key that fits neither layout, a mix of the two layouts, keys the model lacks,
+    shape mismatches and missing weights.
     """
-    state_dict, layout, dropped = _with_our_keys(state_dict, model.spec.stage3_splits, source)
+    rules = _official_rules(model.spec.stage3_splits)
     expected = model.state_dict()
     is_segmentation = hasattr(model, "dappm")
     other_task_only = _CLASSIFICATION_ONLY if is_segmentation else _SEGMENTATION_ONLY
-    report = LoadReport(source=source, layout=layout, dropped=dropped)
+    report = LoadReport(source=source, layout="ddrnet")
     result: dict[str, torch.Tensor] = {}
-    unknown, mismatched = [], []
-    for key, value in state_dict.items():
+    layouts: set[str] = set()
+    unmapped, unknown, mismatched = [], [], []
+    for original, value in _strip_common_prefixes(state_dict).items():
+        if original.startswith(_WRAPPER_ONLY_PREFIXES):
+            report.dropped.append(original)
+            continue
+        mapped = _our_key(original, rules)
+        if mapped is None:
+            unmapped.append(original)
+            continue
+        key, layout = mapped
+        layouts.add(layout)
         if key not in expected:
             # Other-task parts (an ImageNet classifier into a segmenter), or an auxiliary head
             # that this model was built without, are dropped; anything else is an error.
@@ -312,14 +335,32 @@ def convert_state_dict(
                 report.dropped.append(key)
             else:
                 unknown.append(key)
-            continue
-        if value.shape != expected[key].shape:
+        elif value.shape != expected[key].shape:
             if key.startswith(_CLASS_DEPENDENT):
                 report.reinitialised.append(key)
             else:
                 mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(expected[key].shape)}")
-            continue
-        result[key] = value
+        else:
+            result[key] = value
+    if unmapped:
+        raise CheckpointError(
+            f"{source}: {len(unmapped)} keys match neither the ddrnet nor the official "
+            f"DDRNet layout: {', '.join(sorted(unmapped))}"
+        )
+    if len(layouts) > 1:
+        raise CheckpointError(
+            f"{source}: mixes ddrnet and official DDRNet key names; convert it from one layout"
+        )
+    report.layout = layouts.pop() if layouts else "official"
+    _check_placed(unknown, mismatched, model, source)
+    report.missing = _missing_weights(
+        expected, result, report.reinitialised, is_segmentation, source
+    )
+    report.loaded = len(result)
+    return result, report
+
+
+def _check_placed(unknown: list[str], mismatched: list[str], model: nn.Module, source: str) -> None:
     if unknown:
         raise CheckpointError(
             f"{source}: {len(unknown)} keys have no counterpart in {type(model).__name__} "
@@ -330,13 +371,24 @@ def convert_state_dict(
             f"{source}: shape mismatch in {len(mismatched)} tensors (checkpoint vs model; is it "
             f"another variant?): {_first_few(mismatched, '; ')}"
         )
+
+
+def _missing_weights(
+    expected: dict[str, torch.Tensor],
+    result: dict[str, torch.Tensor],
+    reinitialised: list[str],
+    is_segmentation: bool,
+    source: str,
+) -> list[str]:
+    """The model's keys the checkpoint legitimately lacks (``LoadReport.missing``); raises
+    ``CheckpointError`` for any other missing weight."""
+    own_task_only = _SEGMENTATION_ONLY if is_segmentation else _CLASSIFICATION_ONLY
     # Parts a checkpoint may lack legitimately: the other task's parts when converting between
     # ImageNet and segmentation forms, the auxiliary head, BN batch counters of old PyTorch.
-    own_task_only = _SEGMENTATION_ONLY if is_segmentation else _CLASSIFICATION_ONLY
     optional: tuple[str, ...] = ("aux_head.",)
     if not any(k.startswith(own_task_only) for k in result):
         optional += own_task_only  # a backbone-only transfer (e.g. ImageNet -> segmentation)
-    missing = [k for k in expected if k not in result and k not in report.reinitialised]
+    missing = [k for k in expected if k not in result and k not in reinitialised]
     absent = [
         k for k in missing if not (k.startswith(optional) or k.endswith("num_batches_tracked"))
     ]
@@ -345,9 +397,7 @@ def convert_state_dict(
             f"{source}: {len(absent)} weights of the model are missing from the checkpoint: "
             f"{', '.join(_prefixes(absent))}"
         )
-    report.missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    report.loaded = len(result)
-    return result, report
+    return [k for k in missing if not k.endswith("num_batches_tracked")]
 
 
 def check_weights_fit(build: Callable[[], nn.Module], raw: RawCheckpoint) -> None:
@@ -375,7 +425,7 @@ def check_weights_fit(build: Callable[[], nn.Module], raw: RawCheckpoint) -> Non
             f"{held / 1e6:,.3f} M; refusing to build it (another variant, or damaged or "
             "crafted metadata)"
         )
-    convert_state_dict(raw.state_dict, shell, source=raw.source)
+    checkpoint_filter_fn(raw.state_dict, shell, source=raw.source)
 
 
 def load_weights(
@@ -390,7 +440,7 @@ def load_weights(
     else:
         raw = source if isinstance(source, RawCheckpoint) else read_checkpoint(source)
         state_dict, name = raw.state_dict, raw.source
-    converted, report = convert_state_dict(state_dict, model, source=name)
+    converted, report = checkpoint_filter_fn(state_dict, model, source=name)
     model.load_state_dict(converted, strict=False)
     if report.reinitialised or report.missing:
         logger.info(report.summary())

@@ -1,12 +1,18 @@
-"""Deep Dual-Resolution Networks (Hong et al., arXiv 2101.06085).
+"""Deep Dual-Resolution Networks (Hong et al., arXiv 2101.06085): the family, assembled.
 
-One file for the whole family, in the manner of timm: a frozen ``DDRNetSpec`` describes a
-topology, ``DualResolutionBackbone`` builds the shared trunk and the two branches with their
-bilateral fusions, ``DDRNet`` adds DAPPM and the segmentation heads, and ``DDRNetClassifier``
-is the ImageNet form used for pre-training. Every resize is bilinear with
-``align_corners=False`` and takes its target size from the tensors themselves, so any input
-size works (the official code computes ``H // 8`` and fails on sizes that are not multiples
-of 8).
+This file puts the family together and holds its variant builders, in the manner of timm:
+a frozen ``DDRNetSpec`` describes a topology, ``DualResolutionBackbone`` builds the shared
+trunk and the two branches with their bilateral fusions (``BilateralStage``), ``DDRNet`` adds
+DAPPM and the segmentation heads, and ``DDRNetClassifier`` is the ImageNet form used for
+pre-training. The ``@register_model`` functions at the end (``ddrnet_23_slim``,
+``ddrnet_23``, ``ddrnet_39`` and their ``_imagenet`` forms) are what ``ddrnet.create_model``
+calls. The parts live beside it, one concept a file: the residual blocks and heads in
+``blocks.py``, DAPPM in ``dappm.py``; ``fusion.py`` is unrelated to the bilateral fusion (it
+folds BatchNorm into convolutions for deployment).
+
+Every resize is bilinear with ``align_corners=False`` and takes its target size from the
+tensors themselves, so any input size works (the official code computes ``H // 8`` and fails
+on sizes that are not multiples of 8).
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from ddrnet.models.blocks import (
 )
 from ddrnet.models.dappm import DAPPM
 from ddrnet.models.metadata import ModelMetadata
+from ddrnet.models.registry import register_model
+from ddrnet.models.widths import apply_channel_widths
 
 
 @dataclass(frozen=True)
@@ -334,3 +342,108 @@ class DDRNetClassifier(nn.Module):
         features = self.backbone(x)
         fused = features.low + self.final_down(F.relu(features.high))
         return self.classifier(torch.flatten(self.pre_logits(F.relu(fused)), 1))
+
+
+# ---- variant builders --------------------------------------------------------------------
+
+SLIM_SPEC = DDRNetSpec(planes=32, blocks=(2, 2, 2, 2), head_planes=64, classifier_planes=1024)
+DDRNET23_SPEC = DDRNetSpec(planes=64, blocks=(2, 2, 2, 2), head_planes=128, classifier_planes=2048)
+DDRNET39_SPEC = DDRNetSpec(
+    planes=64, blocks=(3, 4, 6, 3), stage3_splits=2, head_planes=256, classifier_planes=2048
+)
+
+
+def _variant_spec(
+    default: DDRNetSpec, spec: DDRNetSpec | None, width_multiplier: float
+) -> DDRNetSpec:
+    """The topology to build: a recorded ``spec`` as is, else ``default`` widened."""
+    if spec is not None:
+        if width_multiplier != 1.0:
+            raise ValueError("give spec or width_multiplier, not both: a spec is already widened")
+        return spec
+    return default if width_multiplier == 1.0 else default.widened(width_multiplier)
+
+
+def _segmenter(
+    default: DDRNetSpec,
+    num_classes: int = 19,
+    aux_head: bool = False,
+    width_multiplier: float = 1.0,
+    spec: DDRNetSpec | None = None,
+    channel_widths: dict[str, list[int]] | None = None,
+) -> DDRNet:
+    """A segmentation variant; ``channel_widths`` narrows a channel-pruned model's layers."""
+    model = DDRNet(_variant_spec(default, spec, width_multiplier), num_classes, aux_head)
+    return apply_channel_widths(model, channel_widths or {})
+
+
+def _classifier(
+    default: DDRNetSpec,
+    num_classes: int = 1000,
+    width_multiplier: float = 1.0,
+    spec: DDRNetSpec | None = None,
+    channel_widths: dict[str, list[int]] | None = None,
+) -> DDRNetClassifier:
+    """An ImageNet form; it has no auxiliary head, so it takes no ``aux_head``."""
+    model = DDRNetClassifier(_variant_spec(default, spec, width_multiplier), num_classes)
+    return apply_channel_widths(model, channel_widths or {})
+
+
+# The paper's Table (Cityscapes): parameters in millions and GFLOPs (multiply-adds) at
+# 1024x2048, as printed. The networks here, like the official code, measure 5.696 / 36.28,
+# 20.149 / 143.06 and 32.360 / 281.12 (``ddrnet models``; tests/test_models.py). The paper
+# gives no counts for the ImageNet forms. Registration order is the order of ``ddrnet models``.
+
+
+@register_model(
+    spec=SLIM_SPEC,
+    task="segmentation",
+    description="DDRNet-23-slim",
+    paper_params_millions=5.7,
+    paper_gmacs=36.3,
+)
+def ddrnet_23_slim(**kwargs: Any) -> DDRNet:
+    """DDRNet-23-slim for segmentation (keyword arguments: ``ddrnet.models.registry``)."""
+    return _segmenter(SLIM_SPEC, **kwargs)
+
+
+@register_model(spec=SLIM_SPEC, task="classification", description="DDRNet-23-slim, ImageNet form")
+def ddrnet_23_slim_imagenet(**kwargs: Any) -> DDRNetClassifier:
+    """DDRNet-23-slim's ImageNet classifier, 1000 classes by default."""
+    return _classifier(SLIM_SPEC, **kwargs)
+
+
+@register_model(
+    spec=DDRNET23_SPEC,
+    task="segmentation",
+    description="DDRNet-23",
+    paper_params_millions=20.1,
+    paper_gmacs=143.1,
+)
+def ddrnet_23(**kwargs: Any) -> DDRNet:
+    """DDRNet-23 for segmentation (keyword arguments: ``ddrnet.models.registry``)."""
+    return _segmenter(DDRNET23_SPEC, **kwargs)
+
+
+@register_model(spec=DDRNET23_SPEC, task="classification", description="DDRNet-23, ImageNet form")
+def ddrnet_23_imagenet(**kwargs: Any) -> DDRNetClassifier:
+    """DDRNet-23's ImageNet classifier, 1000 classes by default."""
+    return _classifier(DDRNET23_SPEC, **kwargs)
+
+
+@register_model(
+    spec=DDRNET39_SPEC,
+    task="segmentation",
+    description="DDRNet-39",
+    paper_params_millions=32.3,
+    paper_gmacs=281.2,
+)
+def ddrnet_39(**kwargs: Any) -> DDRNet:
+    """DDRNet-39 for segmentation; ``width_multiplier=1.5`` gives the paper's DDRNet-39 1.5x."""
+    return _segmenter(DDRNET39_SPEC, **kwargs)
+
+
+@register_model(spec=DDRNET39_SPEC, task="classification", description="DDRNet-39, ImageNet form")
+def ddrnet_39_imagenet(**kwargs: Any) -> DDRNetClassifier:
+    """DDRNet-39's ImageNet classifier, 1000 classes by default."""
+    return _classifier(DDRNET39_SPEC, **kwargs)

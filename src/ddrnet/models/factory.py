@@ -1,0 +1,126 @@
+"""``create_model``: a registry name (or a self-describing file) to a model, weights loaded.
+
+The one way a model is built, in the manner of timm's ``create_model``: the name is looked up
+in the registry (``ddrnet.models.registry``) and its ``@register_model`` builder
+(``ddrnet.models.ddrnet``) is called with the keyword arguments; a checkpoint's metadata adds
+its recorded topology and, for a channel-pruned file, its narrower layers. Weights are
+checked against a shape-only build on the meta device before the real one is allocated, then
+loaded strictly through ``checkpoint_filter_fn``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ddrnet.models.checkpoint import (
+    CheckpointError,
+    RawCheckpoint,
+    check_weights_fit,
+    checkpoint_num_classes,
+    load_weights,
+    read_checkpoint,
+)
+from ddrnet.models.ddrnet import DDRNetSpec
+from ddrnet.models.metadata import ModelMetadata
+from ddrnet.models.registry import list_models, variant_info
+from ddrnet.models.weights import WeightsEnum
+
+
+def create_model(
+    name: str | None = None,
+    *,
+    num_classes: int | None = None,
+    checkpoint: str | Path | None = None,
+    weights: WeightsEnum | None = None,
+    aux_head: bool = False,
+    width_multiplier: float = 1.0,
+) -> nn.Module:
+    """Build a DDRNet variant, optionally with weights.
+
+    Args:
+        name: a registry name (``ddrnet.list_models()``). May be omitted when ``checkpoint``
+            is a ddrnet ``.safetensors`` file, whose metadata names its architecture.
+        num_classes: output classes; defaults to the checkpoint's (from its metadata, else
+            from the shape of its final layer), else the builder's: 19 (Cityscapes) for
+            segmentation and 1000 for the ImageNet forms. When it differs from the
+            checkpoint's, the class-dependent layers are re-initialised (and logged).
+        checkpoint: a ddrnet ``.safetensors`` file, an official DDRNet checkpoint (ImageNet
+            or segmentation), a ddrnet training checkpoint (``.pt``), or a bundled model's
+            name (``camvid_ddrnet23_slim``).
+        weights: a bundled model as a typed entry (``DDRNet23Slim_Weights.CAMVID``), the same
+            as ``checkpoint=`` its name; give one of the two.
+        aux_head: build the auxiliary head used for deep supervision in training.
+        width_multiplier: scale branch and head widths (e.g. 1.5 for DDRNet-39 1.5x); a
+            self-describing file's recorded widths take its place.
+
+    The returned model is in eval mode and carries ``model.metadata`` (a ``ModelMetadata``)
+    with classes, palette and normalisation for prediction.
+    """
+    if weights is not None:
+        if checkpoint is not None:
+            raise ValueError("give checkpoint or weights, not both")
+        checkpoint = weights.path
+    raw = read_checkpoint(checkpoint) if checkpoint is not None else None
+    metadata = raw.metadata if raw is not None else None
+    if name is None:
+        if metadata is None:
+            raise ValueError(
+                "create_model needs a model name, or a ddrnet .safetensors checkpoint whose "
+                f"metadata names its architecture; available: {', '.join(list_models())}"
+            )
+        name = metadata.architecture
+    info = variant_info(name)
+    if aux_head and info.task != "segmentation":
+        raise ValueError(f"{name} is an ImageNet classifier: it has no auxiliary head")
+    kwargs = _builder_kwargs(raw, name, aux_head, width_multiplier)
+    if num_classes is None and metadata is not None:
+        num_classes = metadata.num_classes
+    if num_classes is None and raw is not None:
+        segmentation = info.task == "segmentation"
+        num_classes = checkpoint_num_classes(raw, info.spec.stage3_splits, segmentation)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if raw is not None:  # before allocating a model the file may not fill
+        check_weights_fit(lambda: info.builder(**kwargs), raw)
+    model = info.builder(**kwargs)
+    if raw is not None:
+        load_weights(model, raw)
+    if (
+        metadata is None
+        or metadata.num_classes != model.num_classes
+        or metadata.architecture != name
+    ):
+        metadata = ModelMetadata(
+            architecture=name,
+            num_classes=model.num_classes,
+            spec=model.spec.to_dict(),
+            task=info.task,
+            aux_head=aux_head,
+            channel_widths=kwargs.get("channel_widths", {}),
+        )
+    model.metadata = metadata
+    return model.eval()
+
+
+def _builder_kwargs(
+    raw: RawCheckpoint | None, name: str, aux_head: bool, width_multiplier: float
+) -> dict[str, Any]:
+    """The builder's keyword arguments but ``num_classes``. A file of this architecture
+    brings its recorded ``spec`` (already widened) and ``channel_widths`` (pruned layers);
+    defaults are left out, so that a builder without an auxiliary head never sees
+    ``aux_head``."""
+    kwargs: dict[str, Any] = {"aux_head": True} if aux_head else {}
+    metadata = raw.metadata if raw is not None else None
+    if raw is not None and metadata is not None and metadata.architecture == name:
+        try:
+            kwargs["spec"] = DDRNetSpec.from_dict(metadata.spec)
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"{raw.source}: metadata spec: {error}") from None
+        if metadata.channel_widths:
+            kwargs["channel_widths"] = metadata.channel_widths
+    elif width_multiplier != 1.0:
+        kwargs["width_multiplier"] = width_multiplier
+    return kwargs
