@@ -3,11 +3,13 @@
 >>> import ddrnet
 >>> model = ddrnet.create_model("ddrnet_23_slim", num_classes=11)
 >>> labels = ddrnet.Predictor(model).predict("street.png")  # (H, W) class indices
+>>> labels = ddrnet.Predictor(ddrnet.load()).predict("street.png")  # the bundled CamVid model
 """
 
 from __future__ import annotations
 
 from ddrnet.engine.inference import Predictor
+from ddrnet.loading import load
 from ddrnet.models import (
     CheckpointError,
     ModelMetadata,
@@ -30,6 +32,7 @@ __all__ = [
     "count_parameters",
     "create_model",
     "list_models",
+    "load",
     "load_weights",
     "save_model",
 ]

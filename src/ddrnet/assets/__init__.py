@@ -19,6 +19,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from ddrnet.errors import MissingFileError, UsageError
+
 DEFAULT_BUNDLED_MODEL = "camvid_ddrnet23_slim"
 BUNDLED_MODELS: dict[str, str] = {
     "camvid_ddrnet23_slim": "CamVid train+val (468 frames), the final model",
@@ -36,10 +38,10 @@ def assets_dir() -> Path:
 def bundled_model_path(name: str = DEFAULT_BUNDLED_MODEL) -> Path:
     """The file of a bundled model (a key of ``BUNDLED_MODELS``); see MODEL_CARD.md here."""
     if name not in BUNDLED_MODELS:
-        raise ValueError(f"no bundled model {name!r}; bundled: {', '.join(BUNDLED_MODELS)}")
+        raise UsageError(f"no bundled model {name!r}; bundled: {', '.join(BUNDLED_MODELS)}")
     path = assets_dir() / f"{name}.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"the bundled model {path} is missing from this installation; pass --checkpoint"
         )
     return path

@@ -21,7 +21,7 @@ import yaml
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 from tqdm import tqdm
 
-from ddrnet.config import to_dict
+from ddrnet.config import ConfigError, to_dict
 from ddrnet.data.build import build_dataset
 from ddrnet.data.datasets import DatasetError, PairedSegmentationDataset
 from ddrnet.data.sampling import (
@@ -48,7 +48,7 @@ from ddrnet.engine.distributed import (
 )
 from ddrnet.engine.ema import ModelEma
 from ddrnet.engine.evaluate import evaluate
-from ddrnet.engine.inference import autocast, normalize, pick_device, resolve_amp
+from ddrnet.engine.inference import autocast, normalize, pick_device, resolve_precision
 from ddrnet.engine.losses import (
     CrossEntropy,
     DeepSupervisionLoss,
@@ -117,7 +117,7 @@ def _train(
             f"data.batch_size={cfg_data.batch_size}: training needs at least 2 images per "
             "batch (batch norm estimates its statistics from the batch)"
         )
-    autocast_dtype = resolve_amp(cfg_train.amp, device, "train.amp")
+    autocast_dtype = resolve_precision(cfg_train.amp, device, option="train.amp")
     if ctx.is_main:
         logger.info(
             "training on %s in %s (train.amp=%s)",
@@ -136,7 +136,7 @@ def _train(
     mean = tuple(cfg_data.mean or labels.mean)
     std = tuple(cfg_data.std or labels.std)
     if len(train_set) < cfg_data.batch_size * ctx.world_size:
-        raise ValueError(
+        raise ConfigError(
             f"data.batch_size={cfg_data.batch_size} x {ctx.world_size} processes exceeds the "
             f"{len(train_set)} training images"
         )
@@ -199,7 +199,7 @@ def _train(
             weights = class_balance_weights(counts, cfg_loss.class_weights)
         else:
             if len(cfg_loss.class_weights) != labels.num_classes:
-                raise ValueError(
+                raise ConfigError(
                     f"loss.class_weights has {len(cfg_loss.class_weights)} values for "
                     f"{labels.num_classes} classes"
                 )

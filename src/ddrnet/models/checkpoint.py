@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ddrnet.errors import DDRNetError
 from ddrnet.models.metadata import ModelMetadata
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ _SEGMENTATION_ONLY = ("dappm.", "head.", "aux_head.")
 _CLASS_DEPENDENT = ("head.conv2.", "aux_head.conv2.", "classifier.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DDRNetError, ValueError):
     """A checkpoint cannot be read or does not fit the model; the message says why."""
 
 

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ddrnet.errors import DDRNetError
 from ddrnet.models.ddrnet import DDRNet, DDRNetClassifier, DDRNetSpec
+
+
+class UnknownModelError(DDRNetError, KeyError):
+    """No registered variant has this name; the message lists the valid ones."""
+
+    __str__ = Exception.__str__  # the message as given, not KeyError's repr of it
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,7 @@ def list_models(task: str | None = None) -> list[str]:
 def variant_info(name: str) -> VariantInfo:
     """Metadata of a registered variant; a clear error lists the valid names otherwise."""
     if name not in _VARIANTS:
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+        raise UnknownModelError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     return _VARIANTS[name]
 
 
