@@ -13,6 +13,7 @@ from ddrnet.cli.options import (
     add_runtime_option,
     add_scales_option,
     device_and_precision,
+    load_model,
     parse_size,
     writable_file,
 )
@@ -60,10 +61,9 @@ def run(args: argparse.Namespace) -> int:
     from ddrnet.engine.evaluate import evaluate
     from ddrnet.engine.evaluation_set import evaluation_dataset
     from ddrnet.engine.inference import to_fast_layout
-    from ddrnet.loading import load
 
     writable_file("--json", args.json, (".json",))
-    model = load(args.checkpoint, model=args.model, runtime=args.runtime, amp=args.amp)
+    model = load_model(args)
     metadata = model.metadata
     dataset, data_config = evaluation_dataset(
         metadata,
