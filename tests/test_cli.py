@@ -136,3 +136,23 @@ def test_viz_features_defaults_to_the_bundled_model(tmp_path) -> None:
     result = run_ddrnet("viz", "features", str(demo_frames()[0]), "-o", str(output))
     assert result.returncode == 0, result.stderr[-2000:]
     assert output.stat().st_size > 10_000
+
+
+def test_an_error_that_is_no_user_error_shows_its_traceback() -> None:
+    """Only ``DDRNetError`` (and OS errors naming a file) are one-line usage errors: a plain
+    ValueError from inside a command is a bug, shown with its traceback, exit status 1."""
+    import subprocess
+    import sys
+
+    program = (
+        "import sys, ddrnet.models\n"
+        "def broken(task=None):\n"
+        "    raise ValueError('a bug, not a user error')\n"
+        "ddrnet.models.list_models = broken\n"
+        "from ddrnet.cli import main\n"
+        "sys.exit(main(['models']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" in result.stderr and "ValueError: a bug, not a user error" in result.stderr
+    assert "ddrnet models: error:" not in result.stderr

@@ -280,19 +280,19 @@ def test_amp_auto_takes_bf16_only_where_the_cpu_computes_it(monkeypatch, caplog,
 
     monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: native_bf16)
     cpu = torch.device("cpu")
-    assert inference.resolve_amp("auto", cpu) == (torch.bfloat16 if native_bf16 else None)
-    assert inference.resolve_amp("none", cpu) is None
+    assert inference.resolve_precision("auto", cpu) == (torch.bfloat16 if native_bf16 else None)
+    assert inference.resolve_precision("none", cpu) is None
     with caplog.at_level("WARNING", logger="ddrnet.engine.inference"):
-        assert inference.resolve_amp("bf16", cpu, "train.amp") == torch.bfloat16
+        assert inference.resolve_precision("bf16", cpu, option="train.amp") == torch.bfloat16
     warnings = [r.getMessage() for r in caplog.records]
     if native_bf16:
         assert warnings == []
     else:
         assert len(warnings) == 1 and warnings[0].startswith("train.amp=bf16: this CPU")
     with pytest.raises(ValueError, match=r"--amp=fp16 needs CUDA"):
-        inference.resolve_amp("fp16", cpu, "--amp")
+        inference.resolve_precision("fp16", cpu, option="--amp")
     with pytest.raises(ValueError, match=r"choose one of auto, none, bf16, fp16"):
-        inference.resolve_amp("half", cpu)
+        inference.resolve_precision("half", cpu)
     assert Config().train.amp == "auto"
 
 

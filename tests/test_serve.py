@@ -294,7 +294,7 @@ def test_an_exported_onnx_file_is_served_like_its_model(tmp_path, frame) -> None
 
 def test_serving_without_checkpoint_needs_a_bundled_model(monkeypatch, capsys) -> None:
     import ddrnet.assets
-    from ddrnet.cli import default_serving_checkpoint
+    from ddrnet.loading import default_checkpoint as default_serving_checkpoint
 
     def missing():
         raise FileNotFoundError("no bundled model")

@@ -4,11 +4,13 @@
 >>> model = ddrnet.create_model("ddrnet_23_slim", num_classes=11)
 >>> labels = ddrnet.Predictor(model).predict("street.png")  # (H, W) class indices
 >>> trained = ddrnet.create_model(weights=ddrnet.DDRNet23Slim_Weights.CAMVID)  # bundled
+>>> labels = ddrnet.Predictor(ddrnet.load()).predict("street.png")  # the bundled CamVid model
 """
 
 from __future__ import annotations
 
 from ddrnet.engine.inference import Predictor
+from ddrnet.loading import load
 from ddrnet.models import (
     CheckpointError,
     DDRNet23Slim_Weights,
@@ -38,6 +40,7 @@ __all__ = [
     "create_model",
     "get_weights",
     "list_models",
+    "load",
     "load_weights",
     "register_model",
     "save_model",

@@ -17,10 +17,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from ddrnet.errors import DDRNetError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(DDRNetError, ValueError):
     """A configuration file or override is invalid; the message names the key."""
 
 

@@ -13,6 +13,8 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ddrnet.errors import DDRNetError, UsageError
+
 if TYPE_CHECKING:  # the CLI imports this module: torch only where it is used
     import torch
 
@@ -23,7 +25,7 @@ DEFAULT_MAX_PIXELS = 50_000_000
 MAX_SCALE = 4.0
 
 
-class InputTooLargeError(ValueError):
+class InputTooLargeError(DDRNetError, ValueError):
     """An input would make us allocate more than the caps allow; the message names it."""
 
 
@@ -32,10 +34,10 @@ def check_scales(scales: Sequence[float], option: str = "scales") -> tuple[float
     a finite number in ``(0, MAX_SCALE]``."""
     scales = tuple(float(scale) for scale in scales)
     if not scales:
-        raise ValueError(f"{option}: give at least one scale")
+        raise UsageError(f"{option}: give at least one scale")
     for scale in scales:
         if not math.isfinite(scale) or not 0 < scale <= MAX_SCALE:
-            raise ValueError(f"{option}: scale {scale:g} is outside (0, {MAX_SCALE:g}]")
+            raise UsageError(f"{option}: scale {scale:g} is outside (0, {MAX_SCALE:g}]")
     return scales
 
 

@@ -28,6 +28,7 @@ from ddrnet.engine.inference import (
     segment_class_ids,
     to_fast_layout,
 )
+from ddrnet.errors import DDRNetError
 from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels, check_scales
 from ddrnet.render import colorize, overlay, side_by_side, with_legend
 
@@ -38,7 +39,7 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 OUTPUT_KINDS = ("labels", "overlay", "side")
 
 
-class PredictionInputError(ValueError):
+class PredictionInputError(DDRNetError, ValueError):
     """An input argument names nothing usable."""
 
 

@@ -33,6 +33,7 @@ from torch import nn
 from ddrnet import render
 from ddrnet.data.labels import CAMVID, CITYSCAPES, COCO_STUFF, distinct_palette
 from ddrnet.engine.inference import normalize
+from ddrnet.errors import MissingFileError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -362,26 +363,26 @@ def read_eval_json(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray,
     classes never seen) and the whole document of an ``ddrnet eval --json`` file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such metrics file")
+        raise MissingFileError(f"{path}: no such metrics file")
     try:
         document = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+        raise UsageError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(document, dict):
-        raise ValueError(f"{path}: expected a JSON object from 'ddrnet eval --json'")
+        raise UsageError(f"{path}: expected a JSON object from 'ddrnet eval --json'")
     missing = [key for key in ("confusion_matrix", "per_class_IoU") if key not in document]
     if missing:
-        raise ValueError(
+        raise UsageError(
             f"{path}: missing {', '.join(missing)}; write it with 'ddrnet eval CHECKPOINT --json'"
         )
     per_class = document["per_class_IoU"]
     if not isinstance(per_class, dict):
-        raise ValueError(f"{path}: per_class_IoU must map class names to IoU in percent")
+        raise UsageError(f"{path}: per_class_IoU must map class names to IoU in percent")
     names = [str(name) for name in per_class]
     iou = np.array([np.nan if v is None else float(v) for v in per_class.values()], np.float64)
     matrix = np.asarray(document["confusion_matrix"], dtype=np.float64)
     if matrix.shape != (len(names), len(names)):
-        raise ValueError(
+        raise UsageError(
             f"{path}: confusion_matrix has shape {matrix.shape} but per_class_IoU names "
             f"{len(names)} classes"
         )
@@ -474,7 +475,7 @@ def read_metrics_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file (is this a training run folder?)")
+        raise MissingFileError(f"{path}: no such file (is this a training run folder?)")
     lines = path.read_text().splitlines()
     by_epoch: dict[int, dict[str, Any]] = {}
     for number, line in enumerate(lines, start=1):
@@ -486,12 +487,12 @@ def read_metrics_jsonl(path: str | Path) -> list[dict[str, Any]]:
             if number == len(lines):
                 logger.warning("%s: skipping the unfinished last line %d", path, number)
                 continue
-            raise ValueError(f"{path}:{number}: not a JSON line ({error})") from None
+            raise UsageError(f"{path}:{number}: not a JSON line ({error})") from None
         if not isinstance(record, dict) or "epoch" not in record:
-            raise ValueError(f"{path}:{number}: expected an object with an 'epoch' key")
+            raise UsageError(f"{path}:{number}: expected an object with an 'epoch' key")
         by_epoch[int(record["epoch"])] = record
     if not by_epoch:
-        raise ValueError(f"{path}: no epoch records yet")
+        raise UsageError(f"{path}: no epoch records yet")
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
@@ -515,7 +516,7 @@ def plot_curves(run_dir: str | Path, output: str | Path) -> Path:
     output = _prepare(output)
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: no such run folder")
+        raise MissingFileError(f"{run_dir}: no such run folder")
     records = read_metrics_jsonl(run_dir / "metrics.jsonl")
     from matplotlib.ticker import MaxNLocator
 
@@ -597,7 +598,7 @@ def compare_pictures(
     infos = [class_info(model) for _, model in models]
     for (title, _), info in zip(models[1:], infos[1:]):
         if info.names != infos[0].names:
-            raise ValueError(
+            raise UsageError(
                 f"{title} predicts classes {list(info.names)}, but {models[0][0]} predicts "
                 f"{list(infos[0].names)}: one legend cannot describe both"
             )
@@ -632,7 +633,7 @@ def plot_compare(
 def _prepare(output: str | Path) -> Path:
     path = Path(output)
     if path.suffix.lower() != ".png":
-        raise ValueError(f"{path}: the output must be a .png file")
+        raise UsageError(f"{path}: the output must be a .png file")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -674,12 +675,12 @@ def load_models(
     import ddrnet
 
     if not checkpoints and not model_names:
-        raise ValueError("give at least one --checkpoint FILE (or --model NAME)")
+        raise UsageError("give at least one --checkpoint FILE (or --model NAME)")
     if not checkpoints:
         logger.warning("no --checkpoint: the models have random weights")
         return [(f"{name} (untrained)", ddrnet.create_model(name)) for name in model_names]
     if len(model_names) not in (0, 1, len(checkpoints)):
-        raise ValueError(
+        raise UsageError(
             f"{len(model_names)} --model names for {len(checkpoints)} --checkpoint files: give "
             "none, one for all, or one per checkpoint"
         )
@@ -692,7 +693,7 @@ def load_models(
     for checkpoint, name in zip(checkpoints, names):
         path = resolve_bundled_name(checkpoint)  # a bundled model's name stands for its file
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such checkpoint file")
+            raise MissingFileError(f"{path}: no such checkpoint file")
         model = ddrnet.create_model(name, checkpoint=path)
         metadata = model.metadata
         caption = f"{path.parent.name}/{path.name}" if path.parent.name else path.name

@@ -29,7 +29,7 @@ def assets_dir() -> Path:
 
 def bundled_model_path(name: str | None = None) -> Path:
     """The file of a bundled model, by its string name (``camvid_ddrnet23_slim_train``; the
-    default model when ``None``); ``ValueError`` for an unknown name, ``FileNotFoundError``
+    default model when ``None``); ``UsageError`` for an unknown name, ``MissingFileError``
     when this installation lacks the file."""
     from ddrnet.models.weights import DDRNet23Slim_Weights, get_weights
 

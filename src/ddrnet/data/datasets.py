@@ -45,11 +45,12 @@ from ddrnet.data.labels import (
     lookup_table,
     pack_rgb,
 )
+from ddrnet.errors import DDRNetError
 
 Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
 
-class DatasetError(ValueError):
+class DatasetError(DDRNetError, ValueError):
     """The data set on disk is unusable; the message lists the offending files."""
 
 
@@ -536,7 +537,7 @@ def write_cityscapes_submission(
         )
     frame = Path(image_path).name.removesuffix(".png").removesuffix("_leftImg8bit")
     if not _CITYSCAPES_FRAME.fullmatch(frame):
-        raise ValueError(
+        raise DatasetError(
             f"{image_path}: the server matches results by <city>_<seq>_<frame> "
             "(e.g. berlin_000000_000019_leftImg8bit.png); this name does not have that form"
         )
@@ -544,7 +545,7 @@ def write_cityscapes_submission(
     if image_path.is_file():
         width, height = image_size(image_path)
         if prediction.shape != (height, width):
-            raise ValueError(
+            raise DatasetError(
                 f"prediction is {prediction.shape[1]}x{prediction.shape[0]} but {image_path} is "
                 f"{width}x{height} (WxH); the server needs full-resolution results"
             )

@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ddrnet.errors import DDRNetError
+
 # Refuse decompression bombs: ~ 16k x 16k pixels is far beyond any road-scene frame.
 Image.MAX_IMAGE_PIXELS = 268_435_456
 
 
-class ImageReadError(ValueError):
+class ImageReadError(DDRNetError, ValueError):
     """An image or label file cannot be used; the message names the file."""
 
 

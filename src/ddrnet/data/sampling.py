@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from ddrnet.data.datasets import DatasetError
+
 logger = logging.getLogger(__name__)
 
 
@@ -59,7 +61,7 @@ def rare_class_weights(counts: np.ndarray, power: float) -> np.ndarray:
     shares = np.divide(counts, per_frame, out=np.zeros_like(counts), where=per_frame > 0)
     weights = shares @ rarity
     if not weights.any():
-        raise ValueError("rare_class_sampling: the training labels hold no labelled pixels")
+        raise DatasetError("rare_class_sampling: the training labels hold no labelled pixels")
     return weights / weights.mean()
 
 

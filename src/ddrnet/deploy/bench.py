@@ -37,6 +37,7 @@ from torch import nn
 
 from ddrnet.deploy.export import export_onnx, float_cpu_copy, onnx_session
 from ddrnet.deploy.quantize import openvino_logits_function, quantize_onnx_int8
+from ddrnet.errors import UsageError
 from ddrnet.models.complexity import count_macs
 from ddrnet.models.fusion import fuse_conv_bn
 from ddrnet.models.metadata import IMAGENET_MEAN, IMAGENET_STD
@@ -63,11 +64,11 @@ REFERENCE_BACKEND = "eager"
 
 
 def check_backends(names: Sequence[str]) -> list[str]:
-    """``names`` as a list, or a ``ValueError`` naming those that are not in ``BACKENDS``
-    (called before anything is measured)."""
+    """``names`` as a list, or a ``UsageError`` (a ``ValueError``) naming those that are not
+    in ``BACKENDS`` (called before anything is measured)."""
     unknown = [name for name in names if name not in BACKENDS]
     if unknown:
-        raise ValueError(f"unknown backends {unknown}; valid: {', '.join(BACKENDS)}")
+        raise UsageError(f"unknown backends {unknown}; valid: {', '.join(BACKENDS)}")
     return list(names)
 
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddrnet.errors import DDRNetError, MissingFileError
 from ddrnet.limits import check_pixels
 from ddrnet.models.fusion import unwrapped_copy
 
@@ -32,7 +33,7 @@ EXPORT_OPTIONS_KEY = "ddrnet.export"
 OPENVINO_FIXED_SIZE_KEY = "ddrnet.openvino_fixed_size"
 
 
-class ExportError(RuntimeError):
+class ExportError(DDRNetError, RuntimeError):
     """An export produced a graph that would not work as asked; the message says why."""
 
 
@@ -268,7 +269,7 @@ def onnx_file_properties(path: str | Path) -> OnnxFileProperties:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such ONNX file")
+        raise MissingFileError(f"{path}: no such ONNX file")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # onnx raises DecodeError, OSError, ... for bad files
@@ -317,7 +318,7 @@ def onnx_session(
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such ONNX file")
+        raise MissingFileError(f"{path}: no such ONNX file")
     options = ort.SessionOptions()
     options.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL

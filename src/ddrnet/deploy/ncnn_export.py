@@ -41,6 +41,7 @@ from ddrnet.deploy.ncnn_runtime import (
     NcnnSegmentationModel,
     is_ncnn_file,
 )
+from ddrnet.errors import UsageError
 from ddrnet.models.fusion import FusionError, fuse_conv_bn
 
 logger = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ def export_ncnn(
     """
     files = NcnnFiles.of(path)
     if not is_ncnn_file(files.param):
-        raise ValueError(f"{files.param}: an ncnn export is written to a NAME.param file")
+        raise UsageError(f"{files.param}: an ncnn export is written to a NAME.param file")
     sizes = [_check_size("input_size", input_size)]
     sizes.append(_second_size(*sizes[0]))
     _pnnx_executable()  # before tracing: a missing pnnx fails at once

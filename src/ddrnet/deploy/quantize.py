@@ -33,6 +33,7 @@ from ddrnet.deploy.export import (
 )
 from ddrnet.engine.inference import class_indices, normalize
 from ddrnet.engine.metrics import ConfusionMatrix, SegmentationMetrics
+from ddrnet.errors import MissingFileError, UsageError
 
 if TYPE_CHECKING:
     import onnx
@@ -57,10 +58,10 @@ def load_calibration_images(source: str | Path | object, count: int = 16) -> lis
     if isinstance(source, (str, Path)):
         folder = Path(source)
         if not folder.is_dir():
-            raise FileNotFoundError(f"calibration folder {folder} does not exist")
+            raise MissingFileError(f"calibration folder {folder} does not exist")
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise ValueError(f"calibration folder {folder} has no {'/'.join(IMAGE_SUFFIXES)} files")
+            raise UsageError(f"calibration folder {folder} has no {'/'.join(IMAGE_SUFFIXES)} files")
         picks = np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)
         return [read_rgb(files[index]) for index in picks]
     if not hasattr(source, "load") or not hasattr(source, "__len__"):
@@ -242,7 +243,7 @@ def quantize_onnx_int8(
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     if not fp32_path.is_file():
-        raise FileNotFoundError(f"fp32_path {fp32_path}: no such ONNX file")
+        raise MissingFileError(f"fp32_path {fp32_path}: no such ONNX file")
     methods = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,

@@ -26,6 +26,7 @@ from ddrnet.deploy.export import (
     onnx_file_properties,
     onnx_session,
 )
+from ddrnet.errors import MissingFileError
 from ddrnet.hardware import cpu_has_int8_dot_product
 from ddrnet.models.metadata import ModelMetadata
 
@@ -73,7 +74,7 @@ class OnnxSegmentationModel(nn.Module):
         super().__init__()
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such ONNX file")
+            raise MissingFileError(f"{path}: no such ONNX file")
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         if precision not in OPENVINO_PRECISIONS:

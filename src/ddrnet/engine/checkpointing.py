@@ -10,8 +10,11 @@ from typing import IO, Any
 
 import torch
 
+from ddrnet.errors import DDRNetError, MissingFileError
+from ddrnet.models.checkpoint import CheckpointError
 
-class TrainingError(RuntimeError):
+
+class TrainingError(DDRNetError, RuntimeError):
     """Training cannot go on; the last checkpoint on disk is intact."""
 
 
@@ -59,18 +62,18 @@ def remove_stale_temporaries(folder: Path, names: tuple[str, ...]) -> list[Path]
 def load_training_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint written by ``atomic_save`` (weights-only unpickling)."""
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint to resume from at {path}")
+        raise MissingFileError(f"no checkpoint to resume from at {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt or foreign file: say which
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(
+        raise CheckpointError(
             f"cannot resume from {path}: not a readable training checkpoint ({reason})"
         ) from None
     needed = ("model", "optimizer", "scaler", "epoch", "iteration", "best_miou")
     missing = [key for key in needed if not (isinstance(state, dict) and key in state)]
     if missing:
-        raise ValueError(
+        raise CheckpointError(
             f"cannot resume from {path}: it holds weights, not a training run's state (no "
             f"{', '.join(missing)}); resume from a run's last.pt, or start from these weights "
             "with model.pretrained"

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
 from typing import Literal
 
+from ddrnet.config import ConfigError
 from ddrnet.engine.losses import CLASS_WEIGHTING_METHODS
 from ddrnet.models import list_models
 
@@ -285,3 +288,20 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+def resolve_recipe(name_or_path: str) -> Path:
+    """The YAML file of a recipe: a bundled recipe's name (``camvid_ddrnet23_slim``, a file
+    under ``ddrnet/configs``) or a path to a YAML file; a ``ConfigError`` naming the bundled
+    recipes otherwise."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    folder = resources.files("ddrnet") / "configs"
+    bundled = folder / f"{name_or_path}.yaml"
+    if not bundled.is_file():
+        names = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+        raise ConfigError(f"no recipe {name_or_path!r}; bundled recipes: {', '.join(names)}")
+    return Path(str(bundled))

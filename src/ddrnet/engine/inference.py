@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddrnet.errors import UsageError
 from ddrnet.hardware import cpu_has_native_bf16
 from ddrnet.limits import check_scales
 from ddrnet.models.fusion import FusionError, fuse_conv_bn
@@ -26,51 +27,63 @@ logger = logging.getLogger(__name__)
 def pick_device(name: str) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; any other name as given.
 
-    Raises ``ValueError`` for a name torch does not know and for a CUDA device this machine
-    does not have (callers add the option's name to the message).
+    Raises ``UsageError`` (a ``ValueError``) for a name torch does not know and for a CUDA
+    device this machine does not have (callers add the option's name to the message).
     """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as error:  # torch's own message lists the device types
-        raise ValueError(str(error)) from None
+        raise UsageError(str(error)) from None
     if device.type == "cuda":
         available = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if (device.index or 0) >= available:
-            raise ValueError(
+            raise UsageError(
                 f"this machine has {available} usable CUDA device(s) (torch {torch.__version__})"
             )
     return device
 
 
 AMP_SETTINGS = ("auto", "none", "bf16", "fp16")
+# The CPU runtimes of exported files (``ddrnet.load``): ONNX Runtime, OpenVINO, ncnn.
+EXPORTED_RUNTIMES = ("onnxruntime", "openvino", "ncnn")
 
 
-def resolve_amp(setting: str, device: torch.device, option: str = "amp") -> torch.dtype | None:
-    """The autocast dtype (None: float32) that the ``amp`` setting ``setting`` means on
-    ``device``; ``option`` names the setting in messages (``"train.amp"``, ``"--amp"``).
+def resolve_precision(
+    amp: str, device: torch.device, runtime: str | None = None, option: str = "amp"
+) -> torch.dtype | None:
+    """The dtype that the float layers compute in (None: float32) under the ``amp`` setting
+    on ``device``, for a PyTorch network (``runtime=None``: the autocast dtype) or for an
+    exported file run by ``runtime`` (one of ``EXPORTED_RUNTIMES``, on the CPU); ``option``
+    names the setting in messages (``"train.amp"``, ``"--amp"``).
 
-    ``"auto"``: bfloat16 on CPUs that compute it natively (AVX512-BF16, AMX; see
+    PyTorch, ``"auto"``: bfloat16 on CPUs that compute it natively (AVX512-BF16, AMX; see
     ``ddrnet.hardware``) and float32 on other CPUs, where bf16 is emulated: a DDRNet-23-slim
     training step ran 0.32 img/s in bf16 against 3.5 in float32 on an AMD EPYC (Zen 2,
     AVX2). On CUDA, bfloat16 where the GPU supports it (Ampere and later), else float16.
     An explicit ``"bf16"`` on a CPU without native bf16 is obeyed with a warning; ``"fp16"``
-    on a CPU is a ``ValueError``.
+    on a CPU is a ``UsageError``.
+
+    Exported files: OpenVINO runs the float layers in bf16 for ``"bf16"``, and for
+    ``"auto"`` where the CPU computes it natively; ONNX Runtime and ncnn run float32 only,
+    so ``"bf16"`` (and ``"fp16"`` anywhere) is a ``UsageError`` there, as is a GPU device.
     """
-    if setting not in AMP_SETTINGS:
-        raise ValueError(f"{option}={setting}: choose one of {', '.join(AMP_SETTINGS)}")
-    if setting == "none":
+    if amp not in AMP_SETTINGS:
+        raise UsageError(f"{option}={amp}: choose one of {', '.join(AMP_SETTINGS)}")
+    if runtime is not None:
+        return _exported_precision(amp, device, runtime, option)
+    if amp == "none":
         return None
-    if setting == "auto":
+    if amp == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         if device.type == "cpu" and cpu_has_native_bf16():
             return torch.bfloat16
         return None
-    if setting == "fp16":
+    if amp == "fp16":
         if device.type == "cpu":
-            raise ValueError(f"{option}=fp16 needs CUDA; on a CPU use bf16, or auto")
+            raise UsageError(f"{option}=fp16 needs CUDA; on a CPU use bf16, or auto")
         return torch.float16
     if device.type == "cpu" and not cpu_has_native_bf16():
         logger.warning(
@@ -81,6 +94,31 @@ def resolve_amp(setting: str, device: torch.device, option: str = "amp") -> torc
             option,
         )
     return torch.bfloat16
+
+
+def _exported_precision(
+    amp: str, device: torch.device, runtime: str, option: str
+) -> torch.dtype | None:
+    """``resolve_precision`` for an exported file run by ``runtime`` on the CPU (no side
+    effects: ``ddrnet.load`` and the choice of device both ask it)."""
+    if runtime not in EXPORTED_RUNTIMES:
+        raise UsageError(f"runtime {runtime!r}: choose one of {', '.join(EXPORTED_RUNTIMES)}")
+    if device.type != "cpu":
+        raise UsageError(
+            f"--device {device}: exported files run on the CPU here; for NVIDIA GPUs use the "
+            "PyTorch model file or `ddrnet export --format tensorrt`"
+        )
+    if runtime == "ncnn":
+        if amp not in ("none", "auto"):
+            raise UsageError(f"{option} {amp}: ncnn files run in float32 here")
+        return None
+    if amp == "fp16" or (amp == "bf16" and runtime == "onnxruntime"):
+        raise UsageError(
+            f"{option} {amp} with --runtime {runtime}: ONNX files run in float32 (or INT8 when "
+            "quantised); for bf16 use --runtime openvino --amp bf16"
+        )
+    native = runtime == "openvino" and cpu_has_native_bf16()
+    return torch.bfloat16 if amp == "bf16" or (amp == "auto" and native) else None
 
 
 def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from ddrnet.config import to_dict
+from ddrnet.config import ConfigError, to_dict
 from ddrnet.data.build import build_dataset
 from ddrnet.data.datasets import DatasetError, PairedSegmentationDataset
 from ddrnet.data.labels import LabelSet
@@ -61,7 +61,7 @@ def build_data(config: Config, ctx: DistributedContext) -> TrainingData:
     labels = train_set.labels
     images_per_step = cfg_data.batch_size * ctx.world_size
     if len(train_set) < images_per_step:
-        raise ValueError(
+        raise ConfigError(
             f"data.batch_size={cfg_data.batch_size} x {ctx.world_size} processes exceeds the "
             f"{len(train_set)} training images"
         )
@@ -193,7 +193,7 @@ def build_criterion(
         weights = class_balance_weights(counts, cfg_loss.class_weights)
     elif cfg_loss.class_weights is not None:
         if len(cfg_loss.class_weights) != labels.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"loss.class_weights has {len(cfg_loss.class_weights)} values for "
                 f"{labels.num_classes} classes"
             )

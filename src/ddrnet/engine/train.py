@@ -41,7 +41,7 @@ from ddrnet.engine.epoch import (
     save_epoch,
     validate,
 )
-from ddrnet.engine.inference import pick_device, resolve_amp
+from ddrnet.engine.inference import pick_device, resolve_precision
 from ddrnet.engine.run_folder import checked_output, repair_run
 from ddrnet.engine.schedules import build_optimizer, lr_schedule
 from ddrnet.engine.steps import (
@@ -152,7 +152,7 @@ def _set_up_process(
             f"data.batch_size={config.data.batch_size}: training needs at least 2 images per "
             "batch (batch norm estimates its statistics from the batch)"
         )
-    amp_dtype = resolve_amp(cfg_train.amp, device, "train.amp")
+    amp_dtype = resolve_precision(cfg_train.amp, device, option="train.amp")
     if ctx.is_main:
         logger.info(
             "training on %s in %s (train.amp=%s)",

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ddrnet.errors import DDRNetError
 from ddrnet.models.metadata import ModelMetadata
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ _CLASS_DEPENDENT = ("head.conv2.", "aux_head.conv2.", "classifier.")
 _OUR_MODULES = ("backbone.", *_SEGMENTATION_ONLY, *_CLASSIFICATION_ONLY)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DDRNetError, ValueError):
     """A checkpoint cannot be read or does not fit the model; the message says why."""
 
 

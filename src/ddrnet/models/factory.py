@@ -67,7 +67,7 @@ def create_model(
     metadata = raw.metadata if raw is not None else None
     if name is None:
         if metadata is None:
-            raise ValueError(
+            raise CheckpointError(
                 "create_model needs a model name, or a ddrnet .safetensors checkpoint whose "
                 f"metadata names its architecture; available: {', '.join(list_models())}"
             )

@@ -13,6 +13,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
+from ddrnet.errors import DDRNetError
 from ddrnet.models.widths import check_widths_format
 
 FORMAT_NAME = "ddrnet"
@@ -20,6 +21,10 @@ FORMAT_VERSION = 1
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class MetadataError(DDRNetError, ValueError):
+    """A model file's metadata is unreadable or invalid; the message names the file."""
 
 
 @dataclass
@@ -113,23 +118,23 @@ class ModelMetadata:
         try:
             values = json.loads(text)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{source}: metadata is not valid JSON ({error})") from None
+            raise MetadataError(f"{source}: metadata is not valid JSON ({error})") from None
         if values.pop("format", None) != FORMAT_NAME:
-            raise ValueError(f"{source}: not a ddrnet model file (no 'format: ddrnet' metadata)")
+            raise MetadataError(f"{source}: not a ddrnet model file (no 'format: ddrnet' metadata)")
         version = values.pop("version", None)
         if version != FORMAT_VERSION:
-            raise ValueError(
+            raise MetadataError(
                 f"{source}: model file format version {version} is not supported "
                 f"(this ddrnet reads version {FORMAT_VERSION})"
             )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{source}: unknown metadata fields {unknown}")
+            raise MetadataError(f"{source}: unknown metadata fields {unknown}")
         try:
             return cls(**values)
         except (TypeError, ValueError) as error:  # TypeError: a required field is missing
-            raise ValueError(f"{source}: metadata: {error}") from None
+            raise MetadataError(f"{source}: metadata: {error}") from None
 
 
 def _is_int(value: object) -> bool:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ddrnet.errors import DDRNetError
 from ddrnet.models.complexity import count_macs, count_parameters
 from ddrnet.models.ddrnet import DDRNet
 from ddrnet.models.metadata import ModelMetadata
@@ -44,7 +45,7 @@ TRAINING_SIZES = {"camvid": (360, 480), "cityscapes": (1024, 2048), "coco_stuff"
 DEFAULT_SIZE = (512, 512)
 
 
-class PruningError(ValueError):
+class PruningError(DDRNetError, ValueError):
     """The model cannot be pruned as asked; the message says why."""
 
 

@@ -19,10 +19,18 @@ from typing import TYPE_CHECKING, TypeVar
 
 from torch import nn
 
+from ddrnet.errors import DDRNetError
+
 if TYPE_CHECKING:  # ddrnet.py imports this module to register its builders
     from ddrnet.models.ddrnet import DDRNetSpec
 
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
+
+
+class UnknownModelError(DDRNetError, KeyError):
+    """No registered variant has this name; the message lists the valid ones."""
+
+    __str__ = Exception.__str__  # the message as given, not KeyError's repr of it
 
 
 @dataclass(frozen=True)
@@ -77,5 +85,5 @@ def list_models(task: str | None = None) -> list[str]:
 def variant_info(name: str) -> VariantInfo:
     """Metadata of a registered variant; a clear error lists the valid names otherwise."""
     if name not in _VARIANTS:
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+        raise UnknownModelError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     return _VARIANTS[name]

@@ -21,6 +21,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from ddrnet.errors import MissingFileError, UsageError
 from ddrnet.models.metadata import ModelMetadata
 
 # The bundled models' data set, CamVid, and so their weights (MODEL_CARD.md, "Data and
@@ -52,9 +53,9 @@ class WeightsEnum(Enum):
 
     @property
     def path(self) -> Path:
-        """``file``, checked: ``FileNotFoundError`` when this installation lacks it."""
+        """``file``, checked: ``MissingFileError`` (a ``FileNotFoundError``) when this installation lacks it."""
         if not self.file.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"the bundled model {self.file} is missing from this installation; pass "
                 "--checkpoint"
             )
@@ -157,8 +158,8 @@ def bundled_names() -> list[str]:
 
 def get_weights(name: str) -> WeightsEnum:
     """The entry whose string name is ``name`` (``camvid_ddrnet23_slim_train``); a
-    ``ValueError`` lists the bundled names otherwise."""
+    ``UsageError`` (a ``ValueError``) lists the bundled names otherwise."""
     for weights in bundled_weights():
         if weights.bundled_name == name:
             return weights
-    raise ValueError(f"no bundled model {name!r}; bundled: {', '.join(bundled_names())}")
+    raise UsageError(f"no bundled model {name!r}; bundled: {', '.join(bundled_names())}")

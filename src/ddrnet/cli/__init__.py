@@ -1,0 +1,73 @@
+"""The ``ddrnet`` command line: one module per command, each with ``add_parser`` (its
+options) and a handler that parses, calls the library and prints. Heavy imports happen
+inside the handlers, so that ``ddrnet --help`` stays fast.
+
+Errors: a ``ddrnet.errors.DDRNetError`` (input the user can fix) is printed as one line,
+``ddrnet COMMAND: error: MESSAGE``, with exit status 2, as argparse does for bad options.
+So is an ``OSError`` that names a file (``error.filename``): the operating system refused a
+path the user gave (not found, permission denied, disk full, read-only folder). Anything
+else is a bug and shows its traceback (exit status 1); ``-v`` shows tracebacks for all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from ddrnet.cli import bench, export, models, predict, prune, serve, train, viz
+from ddrnet.cli import eval as evaluate  # the module of `ddrnet eval`, not the builtin
+from ddrnet.errors import DDRNetError
+
+# The order of ``ddrnet --help``.
+COMMANDS = (models, train, evaluate, predict, bench, export, prune, viz, serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ddrnet",
+        description="Real-time semantic segmentation with Deep Dual-Resolution Networks.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.add_parser(commands)
+    return parser
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The one-line message for an error caused by the user's input, or None for a bug."""
+    if isinstance(error, DDRNetError):
+        return str(error)
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {_os_error_reason(error)}"
+    return None
+
+
+def _os_error_reason(error: OSError) -> str:
+    """What an OS error on an output path means for the user (e.g. ``-o`` naming a file)."""
+    if isinstance(error, (FileExistsError, NotADirectoryError)):
+        return "a file is in the way where an output folder is needed"
+    if isinstance(error, IsADirectoryError):
+        return "is a folder, but a file is to be written there"
+    return str(error.strerror or error)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except (DDRNetError, OSError) as error:
+        message = user_error_message(error)
+        if message is None or args.verbose:
+            raise
+        print(f"ddrnet {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

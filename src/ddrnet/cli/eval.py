@@ -1,0 +1,141 @@
+"""``ddrnet eval``: mIoU, per-class IoU and accuracy of a model on a data set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from ddrnet.cli.options import (
+    POSITIVE_INT,
+    add_amp_option,
+    add_runtime_option,
+    add_scales_option,
+    device_and_precision,
+    load_model,
+    parse_size,
+    writable_file,
+)
+from ddrnet.errors import UsageError
+
+logger = logging.getLogger("ddrnet")
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "eval",
+        help="mIoU, per-class IoU and accuracy of a checkpoint on a data set",
+        description="Evaluate at full label resolution. The data set defaults to the one the "
+        "checkpoint was trained on (from its metadata).",
+    )
+    parser.add_argument(
+        "checkpoint", help="model file (.safetensors, .pt or .pth), or an exported .onnx file"
+    )
+    parser.add_argument("--model", help="architecture, for checkpoints without metadata")
+    parser.add_argument("--dataset", choices=["camvid", "cityscapes", "coco_stuff", "folder"])
+    parser.add_argument("--root", help="data set folder")
+    parser.add_argument("--classes-file", help="folder data sets: the classes file")
+    parser.add_argument("--split", default="val")
+    parser.add_argument(
+        "--sequences", nargs="+", help="CamVid: only frames of these sequences (e.g. 0006R0)"
+    )
+    add_scales_option(parser)
+    parser.add_argument("--flip", action="store_true", help="add horizontally flipped passes")
+    parser.add_argument("--window", type=parse_size, help="sliding window HEIGHTxWIDTH")
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=1)
+    add_amp_option(parser)
+    parser.add_argument("--device", default="auto")
+    add_runtime_option(parser)
+    parser.add_argument("--max-images", type=POSITIVE_INT, help="only the first N images")
+    parser.add_argument("--json", help="write the metrics (key 'mIoU') to this file")
+    parser.add_argument(
+        "--submission", help="Cityscapes: write labelId PNGs for the evaluation server here"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ddrnet.engine.evaluate import evaluate
+    from ddrnet.engine.evaluation_set import evaluation_dataset
+    from ddrnet.engine.inference import to_fast_layout
+
+    writable_file("--json", args.json, (".json",))
+    model = load_model(args)
+    metadata = model.metadata
+    dataset, data_config = evaluation_dataset(
+        metadata,
+        args.split,
+        dataset=args.dataset,
+        root=args.root,
+        classes_file=args.classes_file,
+        sequences=args.sequences,
+    )
+    if args.submission and data_config.dataset != "cityscapes":
+        raise UsageError(
+            f"--submission writes Cityscapes server files; the data set is {data_config.dataset}"
+        )
+    if metadata.trained_on(data_config.dataset, args.split):
+        logger.warning(
+            "%s was trained on %s %s: its scores there are training-set figures",
+            args.checkpoint,
+            data_config.dataset,
+            args.split,
+        )
+    labels = dataset.labels
+    if args.max_images is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(args.max_images, len(dataset))))
+    device, amp = device_and_precision(args, model)
+    model, memory_format = to_fast_layout(model.to(device))
+    metrics = evaluate(
+        model,
+        dataset,
+        labels.num_classes,
+        metadata.mean or labels.mean,
+        metadata.std or labels.std,
+        device=device,
+        scales=args.scales,
+        flip=args.flip,
+        window=args.window,
+        batch_size=args.batch_size,
+        amp_dtype=amp,
+        channels_last=memory_format == torch.channels_last,
+        ignore_index=labels.ignore_index,
+        prediction_callback=_submission_writer(args.submission, dataset),
+    )
+    names = list(labels.class_names)
+    print(
+        f"{data_config.dataset} {args.split}: {len(dataset)} images, "
+        f"scales {args.scales}, flip {args.flip}"
+    )
+    print(metrics.table(names))
+    if args.json:
+        result = {
+            "checkpoint": args.checkpoint,
+            "dataset": data_config.dataset,
+            "split": args.split,
+            "images": len(dataset),
+            "scales": list(args.scales),
+            "flip": args.flip,
+            **metrics.to_dict(names),
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"metrics written to {args.json}")
+    return 0
+
+
+def _submission_writer(folder: str | None, dataset):
+    """The ``prediction_callback`` that writes Cityscapes server files into ``folder``."""
+    if not folder:
+        return None
+    from ddrnet.data.datasets import write_cityscapes_submission
+
+    samples = getattr(dataset, "dataset", dataset).samples
+
+    def write_result(index: int, prediction) -> None:
+        write_cityscapes_submission(prediction, samples[index].image, folder)
+
+    return write_result

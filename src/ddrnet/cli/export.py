@@ -1,0 +1,194 @@
+"""``ddrnet export``: ONNX (fp32 or INT8), TorchScript, TensorRT or ncnn, each checked
+against PyTorch, optionally scored on CamVid val."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ddrnet.cli.options import (
+    POSITIVE_INT,
+    add_model_options,
+    load_pytorch_model,
+    parse_image_size,
+    writable_file,
+)
+from ddrnet.errors import UsageError
+
+logger = logging.getLogger("ddrnet")
+
+SUFFIXES = {
+    "onnx": (".onnx",),
+    "onnx-int8": (".onnx",),
+    "torchscript": (".pt", ".ts", ".torchscript"),
+    "tensorrt": (".engine", ".plan", ".trt"),
+    "ncnn": (".param",),
+}
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "export", help="ONNX (fp32 or INT8) or TorchScript, checked against PyTorch"
+    )
+    add_model_options(parser, "model file (default: the bundled CamVid model)")
+    parser.add_argument(
+        "--format",
+        choices=list(SUFFIXES),
+        default="onnx",
+        help="tensorrt: a float16 engine for --size, built on this machine's GPU; ncnn: "
+        "-o NAME.param writes NAME.param, NAME.bin and NAME.json (needs pnnx and ncnn)",
+    )
+    parser.add_argument("-o", "--output", required=True, help="output file")
+    parser.add_argument(
+        "--size",
+        type=parse_image_size,
+        default=(360, 480),
+        help="example HEIGHTxWIDTH (default 360x480)",
+    )
+    parser.add_argument("--argmax", action="store_true", help="labels instead of logits")
+    parser.add_argument("--upsample", action="store_true", help="resize to the input size in-graph")
+    parser.add_argument("--calibration", help="INT8: folder of real images")
+    parser.add_argument("--calibration-count", type=POSITIVE_INT, default=32)
+    parser.add_argument(
+        "--weight-bits",
+        type=int,
+        choices=[7, 8],
+        default=7,
+        help="INT8: 7 (default) is accurate on every CPU; 8 only for files that run on "
+        "VNNI/AMX CPUs or ARM (x86 CPUs without VNNI saturate with 8-bit weights)",
+    )
+    parser.add_argument("--evaluate-root", help="CamVid root: report mIoU of fp32 and INT8 on val")
+    parser.add_argument("--evaluate-images", type=POSITIVE_INT, help="only the first N val images")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ddrnet.deploy.calibration import calibration_folder
+
+    writable_file("-o", args.output, SUFFIXES[args.format])
+    if args.format == "ncnn" and args.argmax:
+        raise UsageError("--format ncnn exports logits only: drop --argmax (pnnx has no argmax)")
+    calibration = None
+    if args.format == "onnx-int8":  # refused before the model is loaded or anything written
+        calibration = calibration_folder(args.calibration, "--format onnx-int8", demo_default=False)
+    if args.format == "tensorrt":
+        _check_tensorrt()
+    model = load_pytorch_model(args)
+    output = Path(args.output)
+    if args.format == "ncnn":
+        from ddrnet.deploy.ncnn_export import export_ncnn_checked
+
+        export_ncnn_checked(
+            model,
+            output,
+            args.size,
+            upsample_to_input=args.upsample,
+            evaluate_root=args.evaluate_root,
+            evaluate_images=args.evaluate_images,
+        )
+        return 0
+    if args.format == "torchscript":
+        from ddrnet.deploy import export_torchscript
+
+        export_torchscript(
+            model, output, args.size, argmax=args.argmax, upsample_to_input=args.upsample
+        )
+        print(f"TorchScript written to {output}")
+        return 0
+    fp32_path = output if args.format == "onnx" else output.with_name(output.stem + "_fp32.onnx")
+    _export_checked_onnx(model, fp32_path, output, args)
+    if args.format == "tensorrt":
+        from ddrnet.deploy import build_tensorrt_engine
+
+        height, width = args.size
+        build_tensorrt_engine(fp32_path, output, (1, 3, height, width), fp16=True)
+        print(f"TensorRT engine (float16 allowed, input 1x3x{height}x{width}) written to {output}")
+        return 0
+    final = fp32_path
+    if calibration is not None:
+        final = _quantize(fp32_path, output, calibration, args)
+    if args.evaluate_root:
+        _evaluate_forms(model, fp32_path, final, args)
+    return 0
+
+
+def _check_tensorrt() -> None:
+    """A TensorRT engine is built on this machine's GPU: refused before any work without
+    one, or without the tensorrt package."""
+    from ddrnet.deploy.gpu import require_cuda
+
+    try:
+        require_cuda("--format tensorrt")
+        import tensorrt  # noqa: F401
+    except (RuntimeError, ImportError) as error:
+        raise UsageError(f"--format tensorrt: {error}") from None
+
+
+def _export_checked_onnx(model, fp32_path: Path, output: Path, args: argparse.Namespace) -> None:
+    """Write the float32 ONNX file and report how closely ONNX Runtime reproduces PyTorch."""
+    from ddrnet.deploy import export_onnx, verify_onnx, verify_onnx_labels
+
+    export_onnx(model, fp32_path, args.size, argmax=args.argmax, upsample_to_input=args.upsample)
+    kept = " (the float32 model, kept beside the INT8 file)" if fp32_path != output else ""
+    print(f"ONNX written to {fp32_path}{kept} (dynamic batch, height and width)")
+    if args.argmax:
+        agreement = verify_onnx_labels(model, fp32_path)
+        print(f"ONNX Runtime vs PyTorch: labels agree on {100 * agreement:.3f}% of pixels")
+    else:
+        difference = verify_onnx(model, fp32_path)
+        print(f"ONNX Runtime vs PyTorch: max abs logit difference {difference:.2e}")
+
+
+def _quantize(fp32_path: Path, output: Path, folder: Path, args: argparse.Namespace) -> Path:
+    from ddrnet.deploy import load_calibration_images, quantize_onnx_int8
+
+    images = load_calibration_images(folder, count=args.calibration_count)
+    final = quantize_onnx_int8(
+        fp32_path, output, images, size=args.size, reduce_range=args.weight_bits == 7
+    )
+    print(
+        f"INT8 (QDQ, per-channel, {args.weight_bits}-bit weights) written to {final}, "
+        f"calibrated on {len(images)} images"
+    )
+    return final
+
+
+def _evaluate_forms(model, fp32_path: Path, final: Path, args: argparse.Namespace) -> None:
+    """mIoU on CamVid val of the fp32 ONNX file with onnxruntime, and of every deployed form
+    (OpenVINO, the INT8 file) against it, run as ``ddrnet bench`` runs them."""
+    import torch
+
+    from ddrnet.data.datasets import camvid
+    from ddrnet.deploy import evaluate_onnx, evaluate_onnx_forms
+    from ddrnet.engine.inference import resolve_precision
+
+    dataset = camvid(args.evaluate_root, "val")
+    count = min(args.evaluate_images or len(dataset), len(dataset))
+    print(f"scoring on {count} of the {len(dataset)} CamVid val images (--evaluate-images)")
+    if model.metadata.trained_on("camvid", "val"):
+        logger.warning(
+            "this model was trained on CamVid val: its scores there are training-set "
+            "figures; the held-out model is camvid_ddrnet23_slim_train (--checkpoint)"
+        )
+    reference = evaluate_onnx(fp32_path, dataset, limit=args.evaluate_images)
+    print(f"fp32 ONNX with onnxruntime on CamVid val: mIoU {reference.miou:.2f}")
+    # OpenVINO's float layers as --amp auto runs them: bf16 where the CPU computes it.
+    auto = resolve_precision("auto", torch.device("cpu"), "openvino")
+    precision = "bf16" if auto == torch.bfloat16 else "f32"
+    layers = f"({precision} float layers)"
+    forms = [(f"fp32 ONNX with openvino {layers}", fp32_path, "openvino", precision)]
+    if final != fp32_path:
+        forms += [
+            ("INT8 ONNX with onnxruntime", final, "onnxruntime", "f32"),
+            (f"INT8 ONNX with openvino {layers}", final, "openvino", precision),
+        ]
+    results = evaluate_onnx_forms(forms, dataset, limit=args.evaluate_images)
+    for name, deployed in results.items():
+        if deployed is None:
+            print(f"{name}: not installed")
+            continue
+        print(
+            f"{name} on CamVid val: mIoU {deployed.miou:.2f} "
+            f"({deployed.miou - reference.miou:+.2f})"
+        )

@@ -1,0 +1,161 @@
+"""Option types and options that several ``ddrnet`` commands share, and the checks of
+output paths that run before any work. Parsing only: what the values mean is decided in
+the library (``ddrnet.load``, ``ddrnet.loading.inference_setup``)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ddrnet.errors import UsageError
+from ddrnet.limits import MAX_SCALE
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+def _number(
+    kind: type, low: float, high: float = math.inf, *, open_low: bool = False
+) -> Callable[[str], float]:
+    """An argparse ``type`` accepting ``kind`` values in ``[low, high]`` (``(low, high]``
+    with ``open_low``), finite: a bad value is named by argparse with the option."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        below = value <= low if open_low else value < low
+        if not math.isfinite(value) or below or value > high:
+            bound = f"> {low:g}" if open_low else f">= {low:g}"
+            limit = f" and <= {high:g}" if math.isfinite(high) else ""
+            raise argparse.ArgumentTypeError(f"must be {bound}{limit}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE_INT = _number(int, 1)
+NON_NEGATIVE_INT = _number(int, 0)
+POSITIVE_FLOAT = _number(float, 0, open_low=True)
+NON_NEGATIVE_FLOAT = _number(float, 0)
+FRACTION = _number(float, 0, 1)
+SCALE = _number(float, 0, MAX_SCALE, open_low=True)
+PORT = _number(int, 0, 65535)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"1024x2048"`` (height x width, pixels) -> ``(1024, 2048)``."""
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"size must be HEIGHTxWIDTH in pixels, e.g. 1024x2048; got {text!r}"
+        ) from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return height, width
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``parse_size`` for sizes that tensors are allocated for: at most
+    ``ddrnet.limits.DEFAULT_MAX_PIXELS``."""
+    from ddrnet.limits import check_pixels
+
+    height, width = parse_size(text)
+    try:
+        check_pixels("", width, height, hint="")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return height, width
+
+
+def add_amp_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--amp",
+        choices=["none", "auto", "bf16", "fp16"],
+        default="none",
+        help="reduced precision: auto = bf16 where the CPU computes it natively "
+        "(AVX512-BF16/AMX) or on CUDA, else float32; bf16 on other CPUs is emulated and "
+        "slow; fp16 needs CUDA",
+    )
+
+
+def add_scales_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scales",
+        type=SCALE,
+        nargs="+",
+        default=[1.0],
+        help=f"test-time scales, each in (0, {MAX_SCALE:g}], e.g. 0.5 0.75 1 1.25 1.5 1.75",
+    )
+
+
+def add_runtime_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--runtime",
+        choices=["onnxruntime", "openvino", "ncnn"],
+        help="for an exported .onnx checkpoint: the CPU runtime (default onnxruntime); "
+        "openvino with --amp bf16 is the fastest float path on CPUs with AMX/AVX512-BF16; "
+        "ncnn for a NAME.param from `ddrnet export --format ncnn` (picked by the suffix)",
+    )
+
+
+def add_model_options(parser: argparse.ArgumentParser, checkpoint_help: str) -> None:
+    """``--checkpoint`` (default: the bundled model) and ``--model``."""
+    parser.add_argument("--checkpoint", help=checkpoint_help)
+    parser.add_argument("--model", help="architecture, for checkpoints without metadata")
+
+
+def load_model(args: argparse.Namespace) -> nn.Module:
+    """``ddrnet.load`` of ``--checkpoint`` (or the bundled model), ``--model``,
+    ``--runtime`` and ``--amp``, for the commands that run exported files too."""
+    from ddrnet.loading import load
+
+    return load(args.checkpoint, model=args.model, runtime=args.runtime, amp=args.amp)
+
+
+def load_pytorch_model(args: argparse.Namespace) -> nn.Module:
+    """``--checkpoint`` (self-describing or with ``--model``), else a fresh ``--model``, else
+    the bundled model, for the commands that need the PyTorch network itself."""
+    from ddrnet.loading import check_pytorch_file, load
+
+    check_pytorch_file(args.checkpoint, f"ddrnet {args.command}")
+    return load(args.checkpoint, model=args.model)
+
+
+def device_and_precision(
+    args: argparse.Namespace, model: nn.Module
+) -> tuple[torch.device, torch.dtype | None]:
+    """``--device`` and ``--amp`` for ``model``: ``ddrnet.loading.inference_setup``."""
+    from ddrnet.loading import inference_setup
+
+    return inference_setup(model, args.device, args.amp)
+
+
+def writable_file(option: str, path: str | None, suffixes: Sequence[str] = ()) -> None:
+    """Check an output file's path before the work that fills it: not a folder, the right
+    suffix, and a parent folder that exists or can be made."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{option} {path}: is a folder, but a file is to be written there")
+    if suffixes and target.suffix.lower() not in suffixes:
+        raise UsageError(f"{option} {path}: expected a {' or '.join(suffixes)} file name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"{option} {path}: cannot create its folder ({error})") from None
+    try:  # a read-only folder: refused now, not after minutes of work
+        with tempfile.TemporaryFile(dir=target.parent):
+            pass
+    except OSError as error:
+        reason = error.strerror or error
+        raise UsageError(f"{option} {path}: cannot write in its folder ({reason})") from None

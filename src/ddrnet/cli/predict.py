@@ -1,0 +1,99 @@
+"""``ddrnet predict``: segment images, folders, globs, videos or a camera."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ddrnet.cli.options import (
+    FRACTION,
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    add_amp_option,
+    add_model_options,
+    add_runtime_option,
+    add_scales_option,
+    device_and_precision,
+    load_model,
+)
+from ddrnet.errors import UsageError
+from ddrnet.limits import DEFAULT_MAX_PIXELS
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "predict",
+        help="segment images, folders, globs, videos or a camera",
+        description="Without --checkpoint the bundled CamVid model is used; without inputs, the "
+        "bundled demo frames.",
+    )
+    parser.add_argument("inputs", nargs="*", help="image, folder, glob, video file or camera:N")
+    add_model_options(
+        parser, "model file, or an exported .onnx file (default: the bundled CamVid model)"
+    )
+    parser.add_argument("-o", "--output", default="predictions", help="output folder")
+    parser.add_argument(
+        "--save",
+        nargs="+",
+        default=["labels", "overlay"],
+        choices=["labels", "overlay", "side"],
+        help="label PNGs, overlays with legend, side-by-side pictures",
+    )
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=1)
+    parser.add_argument(
+        "--workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers for reading"
+    )
+    add_scales_option(parser)
+    parser.add_argument(
+        "--max-pixels",
+        type=POSITIVE_INT,
+        default=DEFAULT_MAX_PIXELS,
+        help="skip (with a warning) images with more pixels than this at the largest scale "
+        f"(default {DEFAULT_MAX_PIXELS:,}); the exit status is then 1",
+    )
+    parser.add_argument("--flip", action="store_true")
+    parser.add_argument("--alpha", type=FRACTION, default=0.5, help="overlay colour weight, 0-1")
+    add_amp_option(parser)
+    parser.add_argument("--device", default="auto")
+    add_runtime_option(parser)
+    parser.add_argument(
+        "--max-frames", type=NON_NEGATIVE_INT, help="videos and cameras: stop after N frames"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ddrnet.assets import demo_frames
+    from ddrnet.predict import SegmentationRunner, run_prediction
+
+    model = load_model(args)
+    inputs = args.inputs or [str(p) for p in demo_frames()]
+    if not inputs:
+        raise UsageError("no inputs given and no demo frames are installed")
+    device, amp = device_and_precision(args, model)
+    runner = SegmentationRunner(model, device, amp, args.scales, args.flip, args.alpha)
+    summary = run_prediction(
+        runner,
+        inputs,
+        Path(args.output),
+        kinds=args.save,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        max_frames=args.max_frames,
+        max_pixels=args.max_pixels,
+    )
+    done, failed = len(summary.processed), len(summary.failed)
+    if summary.latencies_ms:
+        latencies = sorted(summary.latencies_ms)
+        print(
+            f"{done} input{'s' if done != 1 else ''} segmented into {args.output}; "
+            "latency per image: "
+            f"mean {sum(latencies) / len(latencies):.1f} ms, "
+            f"median {latencies[len(latencies) // 2]:.1f} ms (not counted: a first, untimed "
+            f"pass of {summary.warmup_ms:.0f} ms that created the kernels or compiled the model)"
+        )
+    if failed:
+        print(f"{failed} of {done + failed} inputs failed (listed above)", file=sys.stderr)
+        return 1
+    return 0

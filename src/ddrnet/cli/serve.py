@@ -1,0 +1,102 @@
+"""``ddrnet serve``: an HTTP server with a web demo page around one loaded model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ddrnet.cli.options import (
+    PORT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    add_amp_option,
+    add_model_options,
+    add_runtime_option,
+    device_and_precision,
+    load_model,
+)
+from ddrnet.errors import UsageError
+
+logger = logging.getLogger("ddrnet")
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="HTTP server with a web demo page: /, /health, /predict, /demo",
+        description="Load the model once and serve predictions (format=png|overlay|json). "
+        "Without --checkpoint the bundled model is used.",
+    )
+    add_model_options(parser, "model file, or an exported .onnx file (default: the bundled model)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=PORT, default=8000, help="0 picks a free port")
+    parser.add_argument(
+        "--max-upload-mb", type=POSITIVE_FLOAT, default=10.0, help="larger bodies get 413"
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=POSITIVE_INT,
+        default=4096 * 2048,
+        help="larger images get 413 (default 4096x2048)",
+    )
+    parser.add_argument(
+        "--threads", type=POSITIVE_INT, default=4, help="worker threads (default 4)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=POSITIVE_INT,
+        default=30,
+        help="close a connection after this many seconds without a byte (default 30)",
+    )
+    add_amp_option(parser)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+    add_runtime_option(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import socket
+
+    from ddrnet.serve import create_app, make_server
+
+    try:  # before loading anything: a mistyped host fails in a second, not after the warm-up
+        socket.getaddrinfo(args.host, args.port)
+    except socket.gaierror as error:
+        raise UsageError(f"--host {args.host}: {error.strerror}") from None
+    model = load_model(args)
+    device, amp = device_and_precision(args, model)
+    app = create_app(
+        model,
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=args.max_pixels,
+        device=device,
+        amp_dtype=amp,
+    )
+    _warm_up(app.extensions["ddrnet_service"])
+    try:
+        server = make_server(app, args.host, args.port, threads=args.threads, timeout=args.timeout)
+    except OSError as error:
+        raise UsageError(f"cannot listen on {args.host}:{args.port} ({error})") from None
+    # Flushed: whoever started the server (a script, a test) reads the port from this line.
+    address = f"http://{args.host}:{server.server_port}/"
+    print(f"serving {model.metadata.architecture} on {address}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
+def _warm_up(service) -> None:
+    """One prediction on the first demo frame before the first request: oneDNN creates its
+    kernels and OpenVINO compiles for that size (about a second for an ONNX file), so the
+    first user of the usual frame size does not wait for it."""
+    from ddrnet.assets import demo_frames
+    from ddrnet.data.io import ImageReadError, read_rgb
+
+    frames = demo_frames()
+    if frames:
+        try:
+            service.predict(read_rgb(frames[0]))
+        except ImageReadError:
+            logger.warning("could not warm up on %s", frames[0])

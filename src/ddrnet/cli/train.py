@@ -1,0 +1,42 @@
+"""``ddrnet train``: train from a bundled recipe or a YAML file, with overrides."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="train from a YAML recipe",
+        description="Train from a recipe; any key can be overridden as section.key=value "
+        "(train.output_dir=runs/x, train.epochs=50, data.root=/data/camvid).",
+        epilog="A short run, to try a recipe or a machine in minutes: "
+        "train.epochs=2 train.max_iterations_per_epoch=20 (optimiser steps per epoch) "
+        "eval.max_images=20 (validation images) train.output_dir=runs/try. "
+        "train.max_minutes=N stops cleanly after the epoch that crosses N minutes; "
+        "--resume continues.",
+    )
+    parser.add_argument("config", help="bundled recipe name or path to a YAML file")
+    parser.add_argument(
+        "overrides", nargs="*", help="overrides such as train.epochs=10 (section.key=value)"
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=False,
+        help="resume from OUTPUT_DIR/last.pt, or from the checkpoint given",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ddrnet.config import load_config
+    from ddrnet.engine.config import Config, resolve_recipe
+    from ddrnet.engine.train import train
+
+    config = load_config(Config, resolve_recipe(args.config), args.overrides)
+    output = train(config, resume=args.resume if args.resume != "auto" else True)
+    print(f"run written to {output}")
+    return 0

@@ -1,0 +1,73 @@
+"""The data set to score a model on: the one its metadata records, with the user's changes.
+
+A model file written by ``ddrnet train`` records its run's ``data`` section, so
+``ddrnet eval model.safetensors`` finds the data set, root, classes file and validation
+sequences by itself; any of them can be given instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ddrnet.config import from_dict
+from ddrnet.data.build import build_dataset
+from ddrnet.data.datasets import DatasetError, PairedSegmentationDataset
+from ddrnet.engine.config import DataConfig
+from ddrnet.errors import UsageError
+from ddrnet.models.metadata import ModelMetadata
+
+
+def recorded_data_section(metadata: ModelMetadata) -> dict[str, Any]:
+    """A copy of the ``data`` section of the training run that wrote the model; empty for
+    files that record none (official checkpoints, exports of foreign models)."""
+    training = metadata.training if isinstance(metadata.training, dict) else {}
+    config = training.get("config")
+    data = config.get("data") if isinstance(config, dict) else None
+    return dict(data) if isinstance(data, dict) else {}
+
+
+def evaluation_dataset(
+    metadata: ModelMetadata,
+    split: str = "val",
+    *,
+    dataset: str | None = None,
+    root: str | None = None,
+    classes_file: str | None = None,
+    sequences: list[str] | None = None,
+) -> tuple[PairedSegmentationDataset, DataConfig]:
+    """The un-augmented ``split`` of the data set that ``metadata`` records, with any of
+    ``dataset``, ``root``, ``classes_file`` and (CamVid) ``sequences`` given instead, and the
+    ``DataConfig`` it was built from. Images are read when used (no cache, no check pass).
+
+    The recorded sequence filter describes the run's own validation split: another split,
+    or ``sequences``, replaces it. Errors a user can fix (no recorded data set and none
+    given, a recorded root that does not exist from here, a data set of other classes than
+    the model's) are ``UsageError``; the data set's own are ``DatasetError`` naming
+    ``--split``.
+    """
+    values = recorded_data_section(metadata)
+    given = {"dataset": dataset, "root": root, "classes_file": classes_file}
+    values.update({key: value for key, value in given.items() if value is not None})
+    if "dataset" not in values or "root" not in values:
+        raise UsageError("this checkpoint does not record its data set: give --dataset and --root")
+    if root is None and not Path(values["root"]).is_dir():
+        raise UsageError(
+            f"the model records its data at {values['root']}, which is not a folder from "
+            f"here ({Path.cwd()}); give --root"
+        )
+    values["cache_images"] = False
+    values["check"] = False
+    if sequences is not None or split != values.get("val_split", split):
+        values["val_sequences"] = sequences
+    config = from_dict(DataConfig, values)
+    try:
+        data = build_dataset(config, split, train=False)
+    except DatasetError as error:
+        raise DatasetError(f"evaluation set (--split {split}): {error}") from None
+    if data.labels.num_classes != metadata.num_classes:
+        raise UsageError(
+            f"the model predicts {metadata.num_classes} classes but {config.dataset} has "
+            f"{data.labels.num_classes}"
+        )
+    return data, config

@@ -1,0 +1,48 @@
+"""The errors ddrnet raises for input the user can fix, under one base class.
+
+Every error of this package that means "what you gave cannot work" (an option or setting,
+a file, a data set, a model file) is a ``DDRNetError``; the ``ddrnet`` command prints it as
+one line, ``ddrnet COMMAND: error: MESSAGE``, and exits with status 2. Anything else that
+escapes a command is a bug and keeps its traceback.
+
+Each class keeps the built-in base it always had (``ValueError``, ``RuntimeError``,
+``KeyError``, ``FileNotFoundError``), so that ``except ValueError`` in callers still works:
+
+================================  ======================================================
+``DDRNetError`` subclass          where
+================================  ======================================================
+``UsageError`` (ValueError)       here: an option or setting value that cannot work
+``MissingFileError``              here: a file or folder the user named does not exist
+``ConfigError`` (ValueError)      ``ddrnet.config``: a recipe key or value
+``CheckpointError`` (ValueError)  ``ddrnet.models.checkpoint``: an unreadable model file
+``MetadataError`` (ValueError)    ``ddrnet.models.metadata``: a model file's metadata
+``UnknownModelError`` (KeyError)  ``ddrnet.models.registry``: no such architecture
+``PruningError`` (ValueError)     ``ddrnet.models.prune``
+``DatasetError`` (ValueError)     ``ddrnet.data.datasets``: a data set on disk
+``ImageReadError`` (ValueError)   ``ddrnet.data.io``: an image file
+``InputTooLargeError``            ``ddrnet.limits``: an input over the memory limits
+``TrainingError`` (RuntimeError)  ``ddrnet.engine.checkpointing``: training cannot go on
+``ExportError`` (RuntimeError)    ``ddrnet.deploy.export``; ``NcnnFileError`` under it
+``PredictionInputError``          ``ddrnet.predict``: prediction inputs and output folder
+================================  ======================================================
+
+``ddrnet.models.fusion.FusionError`` is no user error: it says that BN folding could not
+trace a network, which callers handle (they run it unfolded) or is a bug to report.
+"""
+
+from __future__ import annotations
+
+
+class DDRNetError(Exception):
+    """Base of the errors that input the user can fix causes; the message says what and how."""
+
+
+class UsageError(DDRNetError, ValueError):
+    """An option or setting value that cannot work (here, or with the other options given);
+    the message names it."""
+
+
+class MissingFileError(DDRNetError, FileNotFoundError):
+    """A file or folder that the user named does not exist; the message names it.
+
+    Raised with a message only (no errno), so ``str(error)`` is that message."""

@@ -1,0 +1,188 @@
+"""One way to get a runnable model from whatever the user names: ``ddrnet.load``.
+
+>>> import ddrnet
+>>> model = ddrnet.load()                               # the bundled CamVid model
+>>> model = ddrnet.load("camvid_ddrnet23_slim_train")   # a bundled model by name
+>>> model = ddrnet.load("runs/camvid/best.safetensors")  # a model file (or .pt/.pth)
+>>> model = ddrnet.load("camvid.onnx", runtime="openvino", amp="bf16")  # an exported file
+>>> from ddrnet.loading import inference_setup
+>>> device, amp_dtype = inference_setup(model, "auto", "bf16")  # where and how to run it
+
+Every model that comes back carries ``model.metadata`` (classes, palette, normalisation) and
+takes normalised ``(N, 3, H, W)`` images, so ``ddrnet.Predictor``, evaluation, prediction
+and serving run any of them. Exported files (ONNX, ncnn) run on the CPU through their
+runtime; what needs the network's insides (export, bench, prune, feature maps) needs the
+PyTorch model: ``check_pytorch_file`` refuses exported files for those by name.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ddrnet import assets
+from ddrnet.engine.inference import pick_device, resolve_precision
+from ddrnet.errors import UsageError
+from ddrnet.hardware import cpu_has_native_bf16
+from ddrnet.models import create_model
+
+logger = logging.getLogger(__name__)
+
+
+def default_checkpoint() -> str:
+    """The path of the bundled default model (``ddrnet.assets.DEFAULT_BUNDLED_MODEL``), or a
+    ``UsageError`` when this installation bundles none."""
+    try:
+        return str(assets.bundled_model_path())
+    except FileNotFoundError:
+        raise UsageError(
+            "no --checkpoint given and this installation bundles no model: give one"
+        ) from None
+
+
+def load(
+    source: str | Path | None = None,
+    *,
+    model: str | None = None,
+    runtime: str | None = None,
+    amp: str = "none",
+    num_classes: int | None = None,
+) -> nn.Module:
+    """The model that ``source`` names, in eval mode, with ``model.metadata``.
+
+    Args:
+        source: a model file (``.safetensors``, ``.pt``, ``.pth``; official DDRNet
+            checkpoints too), a bundled model's name (``camvid_ddrnet23_slim_train``), an
+            exported ``.onnx`` file or an ncnn ``.param`` file. ``None``: the bundled default
+            model, or with ``model`` a fresh network with random weights.
+        model: the architecture (``ddrnet.list_models()``), for files without metadata.
+        runtime: for exported files, ``"onnxruntime"`` (the default for ``.onnx``),
+            ``"openvino"`` or ``"ncnn"`` (the only one for ``.param``); a ``UsageError``
+            for a PyTorch model, whose device and precision are chosen when it runs.
+        amp: for exported files, the precision the runtime prepares them for
+            (``resolve_precision``: OpenVINO's float layers in bf16 for ``"bf16"``, and for
+            ``"auto"`` on CPUs with native bf16); PyTorch models take it when they run
+            (``inference_setup``).
+        num_classes: PyTorch models: re-initialise the class-dependent layers for this many
+            classes (``ddrnet.create_model``).
+
+    Errors a user can fix (a missing or unreadable file, options that do not fit the file)
+    are ``DDRNetError`` subclasses that name the file.
+    """
+    from ddrnet.deploy.ncnn_runtime import is_ncnn_file
+    from ddrnet.deploy.runtime import is_onnx_file
+
+    if source is None and model is None:
+        source = default_checkpoint()
+    if runtime == "ncnn" or is_ncnn_file(source):
+        return _load_ncnn(str(source or model), model, runtime, amp)
+    if is_onnx_file(source):
+        return _load_onnx(str(source), model, runtime, amp)
+    if runtime is not None:
+        raise UsageError(
+            f"--runtime applies to exported .onnx files; {source or model} is a PyTorch model "
+            "(use --amp and --device for it)"
+        )
+    return create_model(model, checkpoint=source, num_classes=num_classes)
+
+
+def _load_onnx(path: str, model: str | None, runtime: str | None, amp: str) -> nn.Module:
+    """An ``OnnxSegmentationModel`` of ``path`` run by ``runtime`` (default onnxruntime)."""
+    from ddrnet.deploy.runtime import load_onnx_model
+
+    runtime = runtime or "onnxruntime"
+    if model is not None:
+        raise UsageError(f"--model does not apply to {path}: an ONNX file is its own model")
+    precision = resolve_precision(amp, torch.device("cpu"), runtime, option="--amp")
+    if amp == "bf16" and not cpu_has_native_bf16():
+        logger.warning(
+            "--amp bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX); OpenVINO runs "
+            "the float layers of %s in float32 here",
+            path,
+        )
+    try:
+        return load_onnx_model(path, runtime, "bf16" if precision == torch.bfloat16 else "f32")
+    except ImportError as error:
+        package = "openvino" if runtime == "openvino" else "onnxruntime and onnx"
+        raise UsageError(
+            f"running {path} with {runtime} needs {package} ({error}): pip install 'ddrnet[deploy]'"
+        ) from None
+
+
+def _load_ncnn(path: str, model: str | None, runtime: str | None, amp: str) -> nn.Module:
+    """An ``NcnnSegmentationModel`` for ``runtime="ncnn"`` or a ``.param`` file; a
+    ``UsageError`` naming the file for another format or runtime, an ``NcnnFileError`` for a
+    missing ``.bin`` or a missing ncnn package."""
+    from ddrnet.deploy.ncnn_runtime import is_ncnn_file, load_ncnn_model
+
+    if runtime not in (None, "ncnn"):
+        raise UsageError(
+            f"--runtime {runtime}: {path} is an ncnn file; run it with --runtime ncnn "
+            "(or without --runtime)"
+        )
+    if not is_ncnn_file(path):
+        raise UsageError(
+            f"--runtime ncnn: {path} is not an ncnn .param file; export one with "
+            "`ddrnet export --format ncnn -o NAME.param` (writes NAME.param, NAME.bin, NAME.json)"
+        )
+    if model is not None and model != path:
+        raise UsageError(f"--model does not apply to {path}: an ncnn file is its own model")
+    resolve_precision(amp, torch.device("cpu"), "ncnn", option="--amp")  # refuses bf16, fp16
+    return load_ncnn_model(path)
+
+
+def runtime_of(model: nn.Module) -> str | None:
+    """The runtime that runs ``model`` when it is an exported file (``"onnxruntime"``,
+    ``"openvino"``, ``"ncnn"``), or None for a PyTorch network."""
+    from ddrnet.deploy.ncnn_runtime import NcnnSegmentationModel
+    from ddrnet.deploy.runtime import OnnxSegmentationModel
+
+    if isinstance(model, NcnnSegmentationModel):
+        return "ncnn"
+    if isinstance(model, OnnxSegmentationModel):
+        return model.runtime
+    return None
+
+
+def inference_setup(
+    model: nn.Module, device: str = "auto", amp: str = "none"
+) -> tuple[torch.device, torch.dtype | None]:
+    """Where to run ``model`` (from ``load``) and its autocast dtype (None: float32), from
+    the ``device`` name (``"auto"``, ``"cpu"``, ``"cuda:1"``) and the ``amp`` setting.
+
+    An exported file runs on the CPU (``"auto"`` picks it; a GPU is a ``UsageError``) in the
+    precision its runtime took at ``load``, so its autocast dtype is None.
+    """
+    runtime = runtime_of(model)
+    try:
+        where = pick_device(device) if runtime is None else _named_device(device)
+    except UsageError as error:
+        raise UsageError(f"--device {device}: {error}; use --device cpu or auto") from None
+    precision = resolve_precision(amp, where, runtime, option="--amp")
+    return where, precision if runtime is None else None
+
+
+def _named_device(name: str) -> torch.device:
+    """The device ``name`` means without asking whether this machine has it; ``"auto"`` is
+    the CPU (for exported files, which run there)."""
+    try:
+        return torch.device("cpu" if name == "auto" else name)
+    except RuntimeError as error:  # torch's own message lists the device types
+        raise UsageError(str(error)) from None
+
+
+def check_pytorch_file(source: str | Path | None, command: str) -> None:
+    """Refuse an exported file (``.onnx``, ncnn ``.param``) where ``command`` (e.g.
+    ``"ddrnet export"``) needs the PyTorch network itself: a ``UsageError`` naming it."""
+    from ddrnet.deploy.ncnn_runtime import is_ncnn_file
+    from ddrnet.deploy.runtime import is_onnx_file
+
+    if is_onnx_file(source) or is_ncnn_file(source):
+        kind = "ONNX" if is_onnx_file(source) else "ncnn"
+        raise UsageError(
+            f"{command} works on the PyTorch model (.safetensors/.pt/.pth), not on the exported "
+            f"{kind} file {source}; predict, eval and serve run .onnx and ncnn .param files"
+        )
