@@ -10,9 +10,10 @@ import ddrnet
 from ddrnet.assets import BUNDLED_MODELS, bundled_model_path, demo_frames
 from ddrnet.models import CheckpointError
 
-from cli_runner import run_ddrnet
+from helpers import run_ddrnet
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(BUNDLED_MODELS))
 def test_bundled_model_reproduces_its_model_card(name, camvid_root, tmp_path) -> None:
     path = bundled_model_path(name)
