@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Run the whole test suite on CPU (two workers, one thread each), after setting up .venv.
+# Arguments go to pytest: `bash scripts/test.sh -m "not slow"` leaves out the tests marked
+# slow (over ~10 s each on 2 cores), `bash scripts/test.sh tests/test_models.py -k official`
+# runs a few. Each run ends with its ten slowest tests, to keep the `slow` marks true.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
@@ -29,4 +32,4 @@ if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } \
     fi
     rm -f "$apt_log"
 fi
-exec .venv/bin/python -m pytest -n 2 "$@"
+exec .venv/bin/python -m pytest -n 2 --durations=10 "$@"

@@ -1,15 +1,41 @@
-"""Shared fixtures: paths to the real data beside the checkout, deterministic torch."""
+"""Shared fixtures: the real data beside the checkout, a saved CamVid test model, one thread
+and a fixed seed for torch.
+
+Real data: CamVid and the one-frame Cityscapes sample are read from ``../shared/data``, or
+from ``$DDRNET_DATA``. Where a data set is missing, the tests that need it skip and say which
+folder they looked in; on CI (``CI=true``, which CI sets) they fail instead, so that a CI run
+never passes by skipping the real-data tests.
+
+Markers (registered in pyproject.toml): ``slow`` for tests that take more than ~10 s on a
+2-core CPU (``bash scripts/test.sh -m "not slow"`` runs the rest; CI runs everything), and
+``cuda`` for those that need a CUDA GPU (they skip without one).
+
+Plain functions shared by the tests (the command line in a subprocess, untrained labelled
+models, training runs of seconds, a server on a free port) are in ``helpers.py``; the
+independent re-implementation of the official networks in ``official_reference.py``.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+import ddrnet
+from ddrnet.data.datasets import camvid
+
+from helpers import REPO_ROOT, camvid_model
+
 SHARED_DATA = Path(os.environ.get("DDRNET_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # One thread per test process: under pytest-xdist two workers share two cores, and OpenMP
+    # threads that outnumber the cores spin against each other and slow everything down.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -17,23 +43,57 @@ def _deterministic() -> None:
     torch.manual_seed(0)
 
 
+def _data_folder(name: str, marker: str, what: str) -> Path:
+    """``SHARED_DATA / name`` if ``marker`` exists in it; otherwise skip the test, or fail it
+    on CI (see the module docstring)."""
+    root = SHARED_DATA / name
+    if not (root / marker).exists():
+        message = f"{what} is expected at {root} (set DDRNET_DATA to the shared data folder)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
+
+
 @pytest.fixture(scope="session")
 def camvid_root() -> Path:
-    root = SHARED_DATA / "camvid"
-    if not (root / "train.txt").is_file():
-        pytest.fail(f"CamVid is expected at {root} (set DDRNET_DATA to the shared data folder)")
-    return root
+    """The CamVid folder (SegNet layout: ``train``, ``trainannot``, ``val``, ... and the
+    ``*.txt`` lists; 480x360 frames)."""
+    return _data_folder("camvid", "train.txt", "CamVid")
 
 
 @pytest.fixture(scope="session")
 def cityscapes_root() -> Path:
-    root = SHARED_DATA / "cityscapes_sample"
-    if not (root / "gtFine").is_dir():
-        pytest.fail(f"the Cityscapes sample is expected at {root}")
-    return root
+    """The Cityscapes sample: one val frame, frankfurt_000000_000294, at 256x128."""
+    return _data_folder("cityscapes_sample", "gtFine", "the Cityscapes sample")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # One thread per test process: under pytest-xdist two workers share two cores, and OpenMP
-    # threads that outnumber the cores spin against each other and slow everything down.
-    torch.set_num_threads(1)
+@pytest.fixture(scope="session")
+def camvid_frames(camvid_root: Path) -> list[Path]:
+    """The first three CamVid val frames in name order (480x360 RGB PNGs)."""
+    return sorted((camvid_root / "val").glob("*.png"))[:3]
+
+
+@pytest.fixture(scope="session")
+def camvid_frame(camvid_frames: list[Path]) -> Path:
+    """The first CamVid val frame (480x360 RGB PNG)."""
+    return camvid_frames[0]
+
+
+@pytest.fixture(scope="session")
+def camvid_sample(camvid_root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """CamVid val frame 5 decoded: image ``(360, 480, 3)`` uint8 RGB, label ``(360, 480)``
+    uint8 class ids (255: void). Read-only: the modules that share it cannot alter it."""
+    arrays = camvid(camvid_root, "val").load(5)
+    for array in arrays:
+        array.setflags(write=False)
+    return arrays
+
+
+@pytest.fixture(scope="session")
+def camvid_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``helpers.camvid_model()`` (untrained, seed 1, CamVid metadata) saved as safetensors.
+    Shared: tests must not write into its folder."""
+    model = camvid_model()
+    path = tmp_path_factory.mktemp("camvid_model") / "camvid.safetensors"
+    return ddrnet.save_model(model, path, model.metadata)

@@ -12,9 +12,10 @@ from ddrnet.assets import bundled_model_path, demo_frames
 from ddrnet.models import CheckpointError
 from ddrnet.models.weights import bundled_names
 
-from cli_runner import run_ddrnet
+from helpers import run_ddrnet
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", bundled_names())
 def test_bundled_model_reproduces_its_model_card(name, camvid_root, tmp_path) -> None:
     path = bundled_model_path(name)

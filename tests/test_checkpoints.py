@@ -109,16 +109,18 @@ def test_official_camvid_file_without_metadata_keeps_its_11_class_head(tmp_path:
     images = torch.randn(1, 3, 64, 128)
     with torch.no_grad():
         assert (model(images) - official.eval()(images)).abs().max() < 1e-5
-    # An explicit count still wins, re-initialising the head (next test) ...
-    assert ddrnet.create_model("ddrnet_23_slim", checkpoint=tmp_path / "c.pth", num_classes=19)
+    # An explicit count still wins, re-initialising the classifier (next test) ...
+    wider = ddrnet.create_model("ddrnet_23_slim", checkpoint=tmp_path / "c.pth", num_classes=19)
+    assert wider.num_classes == 19 and wider(images).shape == (1, 19, 8, 16)
+    loaded, kept = model.state_dict(), wider.state_dict()
+    assert torch.equal(kept["head.conv1.weight"], loaded["head.conv1.weight"])
+    assert kept["head.conv2.weight"].shape[0] == 19
     # ... and an ImageNet file has no segmentation head to count: the default 19 stands.
     torch.save(official_network("ddrnet_23_slim_imagenet").state_dict(), tmp_path / "i.pth")
     assert ddrnet.create_model("ddrnet_23_slim", checkpoint=tmp_path / "i.pth").num_classes == 19
 
 
-def test_official_imagenet_checkpoint_initialises_the_segmentation_backbone(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_official_imagenet_checkpoint_initialises_the_segmentation_backbone(tmp_path: Path) -> None:
     classifier = official_network("ddrnet_23_slim_imagenet")
     randomize_batchnorm(classifier)
     torch.save(classifier.state_dict(), tmp_path / "DDRNet23s_imagenet.pth")
@@ -132,9 +134,7 @@ def test_official_imagenet_checkpoint_initialises_the_segmentation_backbone(
     )
 
 
-def test_fewer_classes_reinitialise_the_heads_and_say_so(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_fewer_classes_reinitialise_the_heads_and_say_so(tmp_path: Path) -> None:
     model = _trained_like(num_classes=19, aux_head=True)
     torch.save(model.state_dict(), tmp_path / "cityscapes.pth")
     fresh = ddrnet.create_model("ddrnet_23_slim", num_classes=11, aux_head=True)
@@ -271,7 +271,7 @@ def test_crafted_metadata_is_a_one_line_error(fields, message, tmp_path: Path) -
 
 
 def test_crafted_metadata_from_the_command_line(tmp_path: Path) -> None:
-    from cli_runner import run_ddrnet
+    from helpers import run_ddrnet
 
     for fields, message in (
         ({"palette": [[0, 0, 0], [300, 0, 0]]}, "palette colours must be [r, g, b] integers"),

@@ -6,9 +6,12 @@ import json
 import os
 import re
 
-from cli_runner import run_ddrnet
+import pytest
+
+from helpers import run_ddrnet
 
 
+@pytest.mark.slow
 def test_models_table_matches_the_paper() -> None:
     result = run_ddrnet("models", "--json")
     assert result.returncode == 0, result.stderr
@@ -30,6 +33,7 @@ def test_models_table_matches_the_paper() -> None:
     assert len({line.index("ddrnet_23_slim,") for line in lines}) == 1, lines
 
 
+@pytest.mark.slow
 def test_every_subcommand_has_help() -> None:
     for command in ("models", "train", "eval", "predict", "bench", "export", "viz", "serve"):
         result = run_ddrnet(command, "--help")
@@ -46,13 +50,9 @@ def test_bad_arguments_are_one_line_errors(tmp_path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_eval_on_one_camvid_sequence(camvid_root, tmp_path) -> None:
-    from ddrnet.models import save_model
-
-    from camvid_models import camvid_model
-
-    model = camvid_model()
-    path = save_model(model, tmp_path / "m.safetensors", model.metadata)
+@pytest.mark.slow
+def test_eval_on_one_camvid_sequence(camvid_root, camvid_model_file, tmp_path) -> None:
+    path = camvid_model_file
     result = run_ddrnet(
         "eval", str(path), "--dataset", "camvid", "--root", str(camvid_root), "--split", "train",
         "--sequences", "0006R0", "--max-images", "2", "--json", str(tmp_path / "m.json"),
@@ -76,6 +76,7 @@ def test_eval_on_one_camvid_sequence(camvid_root, tmp_path) -> None:
     assert result.returncode == 2 and "(--split vall): CamVid split must be" in result.stderr
 
 
+@pytest.mark.slow
 def test_out_of_range_options_are_refused_by_name(tmp_path) -> None:
     for arguments, message in (
         (["eval", "x", "--json", str(tmp_path)], "is a folder, but a file is to be written"),
@@ -95,16 +96,14 @@ def test_out_of_range_options_are_refused_by_name(tmp_path) -> None:
     assert os.listdir(tmp_path) == []  # refused before any work or any file
 
 
-def test_eval_refuses_labels_outside_the_classes_by_file(camvid_root, tmp_path) -> None:
+@pytest.mark.slow
+def test_eval_refuses_labels_outside_the_classes_by_file(
+    camvid_root, camvid_model_file, tmp_path
+) -> None:
     import numpy as np
     from PIL import Image
 
-    from ddrnet.models import save_model
-
-    from camvid_models import camvid_model
-
-    model = camvid_model()
-    path = save_model(model, tmp_path / "m.safetensors", model.metadata)
+    path = camvid_model_file
     root = tmp_path / "camvid"
     (root / "val").mkdir(parents=True)
     (root / "valannot").mkdir()

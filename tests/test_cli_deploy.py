@@ -4,28 +4,21 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from ddrnet.deploy import onnx_session
-from ddrnet.models import count_macs, save_model
+from ddrnet.models import count_macs
 
-from camvid_models import camvid_model
-from cli_runner import run_ddrnet
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    model = camvid_model()
-    return save_model(model, tmp_path_factory.mktemp("m") / "camvid.safetensors", model.metadata)
+from helpers import camvid_model, run_ddrnet
 
 
-def test_export_onnx_with_argmax_runs_at_another_size(model_file, tmp_path) -> None:
+@pytest.mark.slow
+def test_export_onnx_with_argmax_runs_at_another_size(camvid_model_file, tmp_path) -> None:
     result = run_ddrnet(
-        "export", "--checkpoint", str(model_file), "-o", str(tmp_path / "m.onnx"),
+        "export", "--checkpoint", str(camvid_model_file), "-o", str(tmp_path / "m.onnx"),
         "--size", "64x96", "--argmax", "--upsample",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -37,18 +30,25 @@ def test_export_onnx_with_argmax_runs_at_another_size(model_file, tmp_path) -> N
     assert labels.shape[-2:] == (73, 91) and labels.max() < 11
 
 
-def test_export_reports_parity(model_file, tmp_path) -> None:
+def test_export_reports_parity(camvid_model_file, tmp_path) -> None:
     result = run_ddrnet(
-        "export", "--checkpoint", str(model_file), "-o", str(tmp_path / "m.onnx"), "--size", "64x96"
+        "export",
+        "--checkpoint",
+        str(camvid_model_file),
+        "-o",
+        str(tmp_path / "m.onnx"),
+        "--size",
+        "64x96",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     difference = float(result.stdout.split("max abs logit difference ")[1].split()[0])
     assert difference < 1e-2
 
 
-def test_bench_prints_and_writes_rows(model_file, tmp_path) -> None:
+@pytest.mark.slow
+def test_bench_prints_and_writes_rows(camvid_model_file, tmp_path) -> None:
     result = run_ddrnet(
-        "bench", "--checkpoint", str(model_file), "--size", "64x96", "--seconds", "0.3",
+        "bench", "--checkpoint", str(camvid_model_file), "--size", "64x96", "--seconds", "0.3",
         "--warmup", "0.1", "--threads", "1", "--backends", "eager", "bn_folded", "ort",
         "cuda_fp16", "tensorrt_fp16", "--json", str(tmp_path / "bench.json"),
     )  # fmt: skip
@@ -75,9 +75,9 @@ def test_bench_without_bundled_model_or_checkpoint_is_a_clear_error(tmp_path) ->
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without GPU")
-def test_tensorrt_export_without_gpu_is_a_clear_error(model_file, tmp_path) -> None:
+def test_tensorrt_export_without_gpu_is_a_clear_error(camvid_model_file, tmp_path) -> None:
     result = run_ddrnet(
-        "export", "--checkpoint", str(model_file), "--format", "tensorrt",
+        "export", "--checkpoint", str(camvid_model_file), "--format", "tensorrt",
         "-o", str(tmp_path / "m.engine"),
     )  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -85,6 +85,7 @@ def test_tensorrt_export_without_gpu_is_a_clear_error(model_file, tmp_path) -> N
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
+@pytest.mark.slow
 def test_export_evaluates_every_deployed_form_on_camvid_val(camvid_root, tmp_path) -> None:
     """fp32 ONNX scores what PyTorch scores on the same frames; the INT8 and bf16 forms are
     reported against it and stay within 3 mIoU points (bundled model, 3 val frames)."""
@@ -141,13 +142,17 @@ def test_export_evaluates_every_deployed_form_on_camvid_val(camvid_root, tmp_pat
         )
 
 
-def test_bench_checks_its_backends_before_measuring_and_fails_when_all_did(model_file) -> None:
-    result = run_ddrnet("bench", "--checkpoint", str(model_file), "--backends", "eager", "ort8")
+def test_bench_checks_its_backends_before_measuring_and_fails_when_all_did(
+    camvid_model_file,
+) -> None:
+    result = run_ddrnet(
+        "bench", "--checkpoint", str(camvid_model_file), "--backends", "eager", "ort8"
+    )
     assert result.returncode == 2 and "unknown backends ['ort8']; valid: eager" in result.stderr
     assert "convolution peak" not in result.stdout  # refused before ~30 s of measuring
     if not torch.cuda.is_available():
         result = run_ddrnet(
-            "bench", "--checkpoint", str(model_file), "--size", "64x96", "--seconds", "0.2",
+            "bench", "--checkpoint", str(camvid_model_file), "--size", "64x96", "--seconds", "0.2",
             "--warmup", "0", "--rounds", "1", "--threads", "1", "--backends", "cuda_fp16",
         )  # fmt: skip
         assert result.returncode == 1, result.stderr[-2000:]
@@ -166,11 +171,13 @@ def test_bench_help_shows_defaults_and_the_backends_that_run_here() -> None:
     assert ("eager_bf16_channels_last" in default_backends()) == cpu_has_native_bf16()
 
 
-def test_export_refuses_a_huge_size_and_a_folder_it_cannot_write(model_file, tmp_path) -> None:
+def test_export_refuses_a_huge_size_and_a_folder_it_cannot_write(
+    camvid_model_file, tmp_path
+) -> None:
     from ddrnet.deploy import export_onnx, export_torchscript
 
     result = run_ddrnet(
-        "export", "--checkpoint", str(model_file), "-o", str(tmp_path / "m.onnx"),
+        "export", "--checkpoint", str(camvid_model_file), "-o", str(tmp_path / "m.onnx"),
         "--size", "100000x100000",
     )  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -182,7 +189,13 @@ def test_export_refuses_a_huge_size_and_a_folder_it_cannot_write(model_file, tmp
         export_onnx(camvid_model(), tmp_path / "m.onnx", (100000, 100000))
     # sysfs takes no new files, whoever we are (chmod does not stop root)
     result = run_ddrnet(
-        "export", "--checkpoint", str(model_file), "--format", "torchscript", "-o", "/sys/m.pt"
+        "export",
+        "--checkpoint",
+        str(camvid_model_file),
+        "--format",
+        "torchscript",
+        "-o",
+        "/sys/m.pt",
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "-o /sys/m.pt: cannot write in its folder" in result.stderr

@@ -475,7 +475,9 @@ def test_export_errors_name_the_problem(tmp_path):
         load_calibration_images(empty)
     with pytest.raises(FileNotFoundError, match="absent"):
         load_calibration_images(tmp_path / "absent")
-    assert ExportError.__doc__
+    (tmp_path / "junk.onnx").write_bytes(b"not a protobuf")
+    with pytest.raises(ExportError, match="junk.onnx: not a readable ONNX file"):
+        onnx_file_properties(tmp_path / "junk.onnx")
 
 
 def test_openvino_plans_compile_once_per_size_and_keep_the_last_few(onnx_path, monkeypatch):
@@ -506,11 +508,16 @@ def test_openvino_plans_compile_once_per_size_and_keep_the_last_few(onnx_path, m
     compiled.clear()
     quantize.OpenVinoPlans(onnx_path, 1, "f32", class_ids=True)(np.zeros((1, 3, 8, 8), np.float32))
     assert compiled == [("class ids", None)]
-    # A caller that knows the answer passes it, and it wins over the (patched, False) check.
+    # A caller that knows the answer passes it, and it wins over the (patched, False) check:
+    # a plan per size again.
+    compiled.clear()
     told = quantize.OpenVinoPlans(onnx_path, 1, "f32", fixed_size=True)
-    assert told.fixed_size
+    for height in (8, 16):
+        told(np.zeros((1, 3, height, 8), np.float32))
+    assert compiled == [(1, 3, 8, 8), (1, 3, 16, 8)]
 
 
+@pytest.mark.slow
 def test_openvino_int8_matches_onnxruntime_once_pools_are_convolutions(
     camvid_root, camvid_val, tmp_path
 ):

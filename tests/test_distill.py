@@ -12,7 +12,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from test_training import tiny_overrides
 
 from ddrnet.config import ConfigError, load_config
 from ddrnet.data.labels import CAMVID, CITYSCAPES
@@ -27,8 +26,7 @@ from ddrnet.engine.distill import (
 from ddrnet.engine.train import TrainingError, train
 from ddrnet.models import save_model
 
-from camvid_models import labelled_model
-from cli_runner import run_ddrnet
+from helpers import labelled_model, run_ddrnet, tiny_overrides
 
 LN3 = math.log(3.0)
 

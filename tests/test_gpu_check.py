@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+
+from helpers import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "scripts" / "gpu_check.py"
 

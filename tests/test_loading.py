@@ -10,7 +10,7 @@ from ddrnet.assets import bundled_model_path
 from ddrnet.errors import DDRNetError, UsageError
 from ddrnet.loading import inference_setup, runtime_of
 
-from camvid_models import camvid_model
+from helpers import camvid_model
 
 
 def test_a_bundled_name_and_the_default_load_the_bundled_files() -> None:

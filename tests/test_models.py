@@ -84,7 +84,12 @@ def test_large_inputs_in_eval_mode(size: tuple[int, int]) -> None:
 
 def test_forward_returns_one_tensor_even_with_aux_head() -> None:
     model = ddrnet.create_model("ddrnet_23_slim", num_classes=3, aux_head=True).train()
-    assert isinstance(model(torch.randn(2, 3, 64, 96)), torch.Tensor)
+    images = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        logits = model(images)  # the main head's logits alone, not (main, aux)
+        main, aux = model.forward_with_aux(images)
+    assert logits.shape == aux.shape == (2, 3, 8, 12)
+    assert torch.equal(logits, main) and not torch.equal(logits, aux)
 
 
 @pytest.mark.parametrize("name", SEGMENTATION + CLASSIFICATION)
@@ -127,7 +132,7 @@ def test_forward_features_exposes_branches_and_dappm_scales() -> None:
 
 def test_width_multiplier_widens_the_branches() -> None:
     wide = ddrnet.create_model("ddrnet_39", width_multiplier=1.5)
-    assert isinstance(wide, DDRNet) and wide.spec.planes == 96
+    assert wide.spec.planes == 96
     assert count_parameters(wide) > 1.9 * count_parameters(ddrnet.create_model("ddrnet_39"))
     with torch.no_grad():
         assert wide(torch.randn(1, 3, 72, 88)).shape == (1, 19, 9, 11)

@@ -20,16 +20,13 @@ pytest.importorskip("ncnn", reason="ncnn is not installed (pip install 'ddrnet[e
 pytest.importorskip("pnnx", reason="pnnx is not installed (pip install 'ddrnet[edge]')")
 
 from ddrnet.assets import demo_frames
-from ddrnet.cli import main
 from ddrnet.data.datasets import camvid
 from ddrnet.deploy.ncnn_export import export_ncnn, frozen_interps, verify_ncnn
 from ddrnet.deploy.ncnn_runtime import NcnnFiles, NcnnSegmentationModel, load_ncnn_model
 from ddrnet.engine.evaluate import evaluate
 from ddrnet.engine.inference import Predictor, normalize
-from ddrnet.models import save_model
 
-from camvid_models import camvid_model
-from cli_runner import run_ddrnet
+from helpers import camvid_model, one_line_cli_error, run_ddrnet
 
 
 @pytest.fixture(scope="module")
@@ -110,38 +107,33 @@ def test_cli_predict_on_the_ncnn_file(exported, model, tmp_path) -> None:
     assert (actual == expected).mean() > 0.999
 
 
-def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    assert main(argv) == 2
-    error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1, error
-    return error
-
-
 def test_bad_input_is_one_line_naming_the_file(
-    exported, model, tmp_path, capsys, monkeypatch
+    exported, camvid_model_file, tmp_path, capsys, monkeypatch
 ) -> None:
-    model_file = save_model(model, tmp_path / "m.safetensors", model.metadata)
-    error = _one_line_error(capsys, ["eval", str(model_file), "--runtime", "ncnn"])
+    model_file = camvid_model_file
+    error = one_line_cli_error(capsys, ["eval", str(model_file), "--runtime", "ncnn"])
     assert str(model_file) in error and "not an ncnn .param file" in error
     lonely = tmp_path / "lonely.param"
     shutil.copy(exported, lonely)
-    error = _one_line_error(capsys, ["predict", "--checkpoint", str(lonely)])
+    error = one_line_cli_error(capsys, ["predict", "--checkpoint", str(lonely)])
     assert "lonely.bin" in error and "missing" in error
     garbage = tmp_path / "garbage.param"
     garbage.write_text("not a graph\n")
     (tmp_path / "garbage.bin").write_bytes(b"\0" * 16)
-    error = _one_line_error(capsys, ["predict", "--checkpoint", str(garbage)])
+    error = one_line_cli_error(capsys, ["predict", "--checkpoint", str(garbage)])
     assert str(garbage) in error and "magic" in error
-    error = _one_line_error(capsys, ["eval", str(exported), "--runtime", "onnxruntime"])
+    error = one_line_cli_error(capsys, ["eval", str(exported), "--runtime", "onnxruntime"])
     assert "--runtime ncnn" in error
-    error = _one_line_error(capsys, ["export", "--format", "ncnn", "-o", str(tmp_path / "m.onnx")])
+    error = one_line_cli_error(
+        capsys, ["export", "--format", "ncnn", "-o", str(tmp_path / "m.onnx")]
+    )
     assert ".param" in error
     monkeypatch.setitem(sys.modules, "ncnn", None)  # as if ncnn were not installed
-    error = _one_line_error(capsys, ["predict", "--checkpoint", str(exported)])
+    error = one_line_cli_error(capsys, ["predict", "--checkpoint", str(exported)])
     assert str(exported) in error and "pip install ncnn" in error
     monkeypatch.setitem(sys.modules, "pnnx", None)
     argv = ["export", "--checkpoint", str(model_file), "--format", "ncnn"]
-    error = _one_line_error(capsys, [*argv, "-o", str(tmp_path / "x.param")])
+    error = one_line_cli_error(capsys, [*argv, "-o", str(tmp_path / "x.param")])
     assert "pip install pnnx" in error
 
 

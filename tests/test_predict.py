@@ -13,38 +13,24 @@ from PIL import Image
 
 import ddrnet
 from ddrnet.assets import bundled_model_path
-from ddrnet.models import save_model
 from ddrnet.predict import SegmentationRunner, expand_inputs, run_prediction
 
-from camvid_models import camvid_model
-from cli_runner import run_ddrnet
+from helpers import run_ddrnet
 
 
-@pytest.fixture(scope="module")
-def camvid_model_file(tmp_path_factory) -> Path:
-    model = camvid_model()
-    path = tmp_path_factory.mktemp("model") / "camvid.safetensors"
-    return save_model(model, path, model.metadata)
-
-
-@pytest.fixture(scope="module")
-def frames(camvid_root) -> list[Path]:
-    return sorted((camvid_root / "val").glob("*.png"))[:3]
-
-
-def test_predictor_returns_label_maps_at_input_resolution(camvid_model_file, frames) -> None:
+def test_predictor_returns_label_maps_at_input_resolution(camvid_model_file, camvid_frames) -> None:
     predictor = ddrnet.Predictor(ddrnet.create_model(checkpoint=camvid_model_file))
-    labels = predictor.predict(frames[0])
+    labels = predictor.predict(camvid_frames[0])
     assert labels.shape == (360, 480) and labels.dtype == np.uint8 and labels.max() < 11
-    odd = np.asarray(Image.open(frames[0]).convert("RGB"))[:359, :479]
+    odd = np.asarray(Image.open(camvid_frames[0]).convert("RGB"))[:359, :479]
     assert predictor.predict(odd).shape == (359, 479)
-    probabilities = predictor.predict_proba(frames[0])
+    probabilities = predictor.predict_proba(camvid_frames[0])
     assert probabilities.shape == (11, 360, 480)
     assert np.allclose(probabilities.sum(axis=0), 1.0, atol=1e-4)
     assert np.array_equal(probabilities.argmax(axis=0), labels)
 
 
-def test_inference_runs_batch_norm_folded_and_leaves_the_callers_model_alone(frames) -> None:
+def test_inference_runs_batch_norm_folded_and_leaves_the_callers_model_alone(camvid_frames) -> None:
     """Predictor, predict, eval and serve run an eval-mode copy with Conv+BN folded (1.09-1.14x
     on a 2-core Zen 2), in channels_last; it computes the trained model's logits."""
     from torch import nn
@@ -61,7 +47,7 @@ def test_inference_runs_batch_norm_folded_and_leaves_the_callers_model_alone(fra
     assert model.training and not fast.training and memory_format == torch.channels_last
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == batch_norms
     assert fast.metadata == model.metadata
-    image = torch.from_numpy(np.array(Image.open(frames[0]).convert("RGB"))).permute(2, 0, 1)
+    image = torch.from_numpy(np.array(Image.open(camvid_frames[0]).convert("RGB"))).permute(2, 0, 1)
     batch = normalize(image[None], model.metadata.mean, model.metadata.std)
     with torch.no_grad():
         reference = model.eval()(batch)
@@ -69,20 +55,22 @@ def test_inference_runs_batch_norm_folded_and_leaves_the_callers_model_alone(fra
     assert float((folded - reference).abs().max()) < 1e-4 * float(reference.abs().max())
 
 
-def test_flip_and_multiscale_average_probabilities(camvid_model_file, frames) -> None:
+def test_flip_and_multiscale_average_probabilities(camvid_model_file, camvid_frames) -> None:
     model = ddrnet.create_model(checkpoint=camvid_model_file)
-    plain = ddrnet.Predictor(model).predict_proba(frames[0])
-    tta = ddrnet.Predictor(model, scales=(0.75, 1.0), flip=True).predict_proba(frames[0])
+    plain = ddrnet.Predictor(model).predict_proba(camvid_frames[0])
+    tta = ddrnet.Predictor(model, scales=(0.75, 1.0), flip=True).predict_proba(camvid_frames[0])
     assert tta.shape == plain.shape and np.allclose(tta.sum(axis=0), 1.0, atol=1e-4)
     assert not np.allclose(tta, plain)
 
 
-def test_batch_job_writes_outputs_and_skips_bad_files(camvid_model_file, frames, tmp_path) -> None:
+def test_batch_job_writes_outputs_and_skips_bad_files(
+    camvid_model_file, camvid_frames, tmp_path
+) -> None:
     bad = tmp_path / "inputs"
     bad.mkdir()
     (bad / "notes.png").write_text("not an image")
     truncated = bad / "truncated.png"
-    truncated.write_bytes(frames[1].read_bytes()[:2000])
+    truncated.write_bytes(camvid_frames[1].read_bytes()[:2000])
     grey = bad / "grey16.png"
     Image.fromarray((np.arange(64 * 80).reshape(64, 80) * 16).astype(np.uint16)).save(grey)
     runner = SegmentationRunner(
@@ -91,7 +79,7 @@ def test_batch_job_writes_outputs_and_skips_bad_files(camvid_model_file, frames,
     lines: list[str] = []
     summary = run_prediction(
         runner,
-        [str(frames[0]), str(frames[2]), str(bad)],
+        [str(camvid_frames[0]), str(camvid_frames[2]), str(bad)],
         tmp_path / "out",
         kinds=("labels", "overlay", "side"),
         batch_size=2,
@@ -100,22 +88,22 @@ def test_batch_job_writes_outputs_and_skips_bad_files(camvid_model_file, frames,
     )
     assert sorted(Path(p).name for p in summary.failed) == ["notes.png", "truncated.png"]
     assert len(summary.processed) == 3  # two frames and the converted 16-bit image
-    labels = np.asarray(Image.open(tmp_path / "out" / f"{frames[0].stem}_labels.png"))
+    labels = np.asarray(Image.open(tmp_path / "out" / f"{camvid_frames[0].stem}_labels.png"))
     assert labels.shape == (360, 480) and labels.max() < 11
-    overlay = Image.open(tmp_path / "out" / f"{frames[0].stem}_overlay.png")
-    side = Image.open(tmp_path / "out" / f"{frames[0].stem}_side.png")
+    overlay = Image.open(tmp_path / "out" / f"{camvid_frames[0].stem}_overlay.png")
+    side = Image.open(tmp_path / "out" / f"{camvid_frames[0].stem}_side.png")
     assert overlay.height == 360 and overlay.width > 480  # legend on the right
     assert side.width > overlay.width
     assert Image.open(tmp_path / "out" / "grey16_labels.png").size == (80, 64)
-    assert any("ms" in line and frames[0].name in line for line in lines)
+    assert any("ms" in line and camvid_frames[0].name in line for line in lines)
     assert any("skipped" in line and "notes.png" in line for line in lines)
 
 
-def test_video_in_video_out_and_corrupt_video(camvid_model_file, frames, tmp_path) -> None:
+def test_video_in_video_out_and_corrupt_video(camvid_model_file, camvid_frames, tmp_path) -> None:
     video = tmp_path / "drive.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (480, 360))
     noise = np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
-    pictures = [cv2.imread(str(frame)) for frame in frames] + [noise, noise * 0]
+    pictures = [cv2.imread(str(frame)) for frame in camvid_frames] + [noise, noise * 0]
     for picture in pictures:
         writer.write(picture)
     writer.release()
@@ -154,11 +142,13 @@ def test_inputs_that_match_nothing_are_named(tmp_path) -> None:
         expand_inputs([str(tmp_path / "empty")])
 
 
-def test_cli_predict_exit_status_reports_failures(camvid_model_file, frames, tmp_path) -> None:
+def test_cli_predict_exit_status_reports_failures(
+    camvid_model_file, camvid_frames, tmp_path
+) -> None:
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff broken jpeg")
     result = run_ddrnet(
         "predict",
-        str(frames[0]),
+        str(camvid_frames[0]),
         str(tmp_path / "bad.jpg"),
         "--checkpoint",
         str(camvid_model_file),
@@ -171,7 +161,7 @@ def test_cli_predict_exit_status_reports_failures(camvid_model_file, frames, tmp
     # kernel creation (OpenVINO: compilation) is reported apart, not as the frame's latency
     assert re.search(r"not counted: a first, untimed pass of \d+ ms", result.stdout)
     assert "Traceback" not in result.stderr
-    assert (tmp_path / "out" / f"{frames[0].stem}_overlay.png").is_file()
+    assert (tmp_path / "out" / f"{camvid_frames[0].stem}_overlay.png").is_file()
 
 
 @pytest.fixture(scope="module")
@@ -188,22 +178,22 @@ def onnx_files(camvid_model_file, tmp_path_factory) -> dict[str, Path]:
 
 
 def test_an_exported_onnx_file_predicts_like_its_pytorch_model(
-    camvid_model_file, onnx_files, frames, tmp_path
+    camvid_model_file, onnx_files, camvid_frames, tmp_path
 ) -> None:
-    from ddrnet.deploy import OnnxSegmentationModel, load_onnx_model
+    from ddrnet.deploy import load_onnx_model
 
     reference = ddrnet.Predictor(ddrnet.create_model(checkpoint=camvid_model_file))
     for runtime in ("onnxruntime", "openvino"):
         model = load_onnx_model(onnx_files["logits"], runtime=runtime)
-        assert isinstance(model, OnnxSegmentationModel) and model.num_classes == 11
+        assert model.num_classes == 11
         assert model.metadata.class_names[0] == "Sky"  # the metadata travelled in the file
         predictor = ddrnet.Predictor(model)
-        for frame in frames[:2]:
+        for frame in camvid_frames[:2]:
             expected, labels = reference.predict(frame), predictor.predict(frame)
             assert labels.shape == expected.shape == (360, 480)
             # float32 either way; only pixels whose top two logits tie within rounding differ
             assert (labels == expected).mean() > 0.999, runtime
-        odd = np.asarray(Image.open(frames[0]).convert("RGB"))[:359, :479]
+        odd = np.asarray(Image.open(camvid_frames[0]).convert("RGB"))[:359, :479]
         assert predictor.predict(odd).shape == (359, 479)  # another size: recompiled
 
     # With OpenVINO the resize and arg-max run inside its graph (what Predictor used above);
@@ -213,7 +203,7 @@ def test_an_exported_onnx_file_predicts_like_its_pytorch_model(
     from ddrnet.engine.inference import class_indices, normalize
 
     openvino_model = load_onnx_model(onnx_files["logits"], runtime="openvino")
-    image = np.asarray(Image.open(frames[0]).convert("RGB"))[:359, :479]
+    image = np.asarray(Image.open(camvid_frames[0]).convert("RGB"))[:359, :479]
     pixels = torch.from_numpy(image.copy()).permute(2, 0, 1)[None]
     batch = normalize(pixels, openvino_model.metadata.mean, openvino_model.metadata.std)
     ids = openvino_model.class_ids(batch)
@@ -235,17 +225,18 @@ def test_an_exported_onnx_file_predicts_like_its_pytorch_model(
         assert float((bf16 - exact).abs().max()) > 10 * float(f32_error)
 
     result = run_ddrnet(
-        "predict", *map(str, frames), "--checkpoint", str(onnx_files["logits"]),
+        "predict", *map(str, camvid_frames), "--checkpoint", str(onnx_files["logits"]),
         "--runtime", "openvino", "--amp", "bf16", "--save", "labels", "-o", str(tmp_path / "ov"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    for frame in frames:
+    for frame in camvid_frames:
         written = np.asarray(Image.open(tmp_path / "ov" / f"{frame.stem}_labels.png"))
         # bf16 float layers flip near-ties that float32 keeps; this untrained model's logits
         # have small margins (98.8-98.9% of pixels agree), a trained model's agree better
         assert (written == reference.predict(frame)).mean() > 0.97
 
 
+@pytest.mark.slow
 def test_options_that_cannot_work_are_clear_errors(camvid_model_file, onnx_files, tmp_path) -> None:
     logits = str(onnx_files["logits"])
     (tmp_path / "broken.onnx").write_bytes(b"not a protobuf")
@@ -268,14 +259,14 @@ def test_options_that_cannot_work_are_clear_errors(camvid_model_file, onnx_files
 
 
 def test_an_output_folder_in_or_around_an_input_folder_is_refused(
-    camvid_model_file, frames, tmp_path
+    camvid_model_file, camvid_frames, tmp_path
 ) -> None:
     from ddrnet.predict import PredictionInputError, check_output_folder
 
     inputs = tmp_path / "frames"
     (inputs / "sub").mkdir(parents=True)
-    frame = inputs / frames[0].name
-    frame.write_bytes(frames[0].read_bytes())
+    frame = inputs / camvid_frames[0].name
+    frame.write_bytes(camvid_frames[0].read_bytes())
     cases = [
         ([str(inputs)], inputs, "is the input folder"),
         ([str(inputs)], inputs / "out", "is inside the input folder"),
@@ -293,19 +284,19 @@ def test_an_output_folder_in_or_around_an_input_folder_is_refused(
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().count("\n") == 0 and "is the input folder" in result.stderr
-    assert sorted(p.name for p in inputs.iterdir()) == [frames[0].name, "sub"]  # untouched
-    assert frame.read_bytes() == frames[0].read_bytes()
+    assert sorted(p.name for p in inputs.iterdir()) == [camvid_frames[0].name, "sub"]  # untouched
+    assert frame.read_bytes() == camvid_frames[0].read_bytes()
 
 
 def test_a_huge_image_is_skipped_and_the_good_frame_beside_it_is_segmented(
-    camvid_model_file, frames, tmp_path
+    camvid_model_file, camvid_frames, tmp_path
 ) -> None:
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     huge = inputs / "huge.png"
     Image.new("1", (16000, 16000)).save(huge)  # 256 megapixels, ~20 GB to segment
     assert huge.stat().st_size < 1_000_000
-    (inputs / frames[0].name).write_bytes(frames[0].read_bytes())
+    (inputs / camvid_frames[0].name).write_bytes(camvid_frames[0].read_bytes())
     result = run_ddrnet(
         "predict", str(inputs), "--checkpoint", str(camvid_model_file), "--save", "labels",
         "-o", str(tmp_path / "out"),
@@ -317,25 +308,25 @@ def test_a_huge_image_is_skipped_and_the_good_frame_beside_it_is_segmented(
         "(ddrnet predict --max-pixels raises it)"
     ]
     assert "1 of 2 inputs failed" in result.stderr and "Traceback" not in result.stderr
-    assert (tmp_path / "out" / f"{frames[0].stem}_labels.png").is_file()
+    assert (tmp_path / "out" / f"{camvid_frames[0].stem}_labels.png").is_file()
     assert not (tmp_path / "out" / "huge_labels.png").exists()
 
 
-def test_the_pixel_cap_counts_the_largest_scale(camvid_model_file, frames, tmp_path) -> None:
+def test_the_pixel_cap_counts_the_largest_scale(camvid_model_file, camvid_frames, tmp_path) -> None:
     model = ddrnet.create_model(checkpoint=camvid_model_file)
     runner = SegmentationRunner(model, torch.device("cpu"), scales=(0.5, 2.0))
     lines: list[str] = []
     summary = run_prediction(
-        runner, [str(frames[0])], tmp_path / "out", kinds=("labels",), progress=False,
+        runner, [str(camvid_frames[0])], tmp_path / "out", kinds=("labels",), progress=False,
         report=lines.append, max_pixels=500_000,
     )  # fmt: skip
-    assert list(summary.failed) == [str(frames[0])] and not summary.processed
+    assert list(summary.failed) == [str(camvid_frames[0])] and not summary.processed
     assert "480x360 is 0.2 megapixels, 0.7 megapixels at scale 2, over the limit of 0.5" in lines[0]
     summary = run_prediction(
-        runner, [str(frames[0])], tmp_path / "out", kinds=("labels",), progress=False,
+        runner, [str(camvid_frames[0])], tmp_path / "out", kinds=("labels",), progress=False,
         report=lines.append, max_pixels=4 * 480 * 360,
     )  # fmt: skip
-    assert summary.processed == [str(frames[0])]
+    assert summary.processed == [str(camvid_frames[0])]
     assert summary.warmup_ms is not None and len(summary.latencies_ms) == 1
     for scales in ((20.0,), (1e9,), (0.0,), (float("nan"),)):
         with pytest.raises(ValueError, match=r"outside \(0, 4\]"):

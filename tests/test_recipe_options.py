@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from ddrnet.config import ConfigError, load_config
-from ddrnet.data.datasets import camvid
 from ddrnet.data.sampling import (
     WeightedFrameSampler,
     frame_class_pixels,
@@ -45,11 +44,6 @@ class Draws:
         return self.coin
 
 
-@pytest.fixture(scope="module")
-def frame(camvid_root):
-    return camvid(camvid_root, "val").load(5)
-
-
 def reference_transform(image, label, rng, crop=(352, 480), scale_range=(0.5, 2.0)):
     """TrainTransform as it was before the options (commit 17ebb56), flip and photometric on."""
     height, width = image.shape[:2]
@@ -73,8 +67,8 @@ def reference_transform(image, label, rng, crop=(352, 480), scale_range=(0.5, 2.
     return photometric_distortion(image, rng), label
 
 
-def test_options_off_give_todays_output_byte_for_byte(frame) -> None:
-    image, label = frame
+def test_options_off_give_todays_output_byte_for_byte(camvid_sample) -> None:
+    image, label = camvid_sample
     transform = TrainTransform((352, 480))
     for seed in range(6):
         rng, reference_rng = np.random.default_rng(seed), np.random.default_rng(seed)
@@ -150,8 +144,8 @@ def test_rotation_pads_the_label_with_ignore() -> None:
     assert (out[18:23, 18:23] == 0).all() and out[20, 0] == 0  # the diagonal reaches the edge
 
 
-def test_aspect_change_scales_width_and_height_by_the_drawn_stretch(frame) -> None:
-    image, label = frame
+def test_aspect_change_scales_width_and_height_by_the_drawn_stretch(camvid_sample) -> None:
+    image, label = camvid_sample
     transform = TrainTransform((352, 480), (2.0, 2.0), photometric=False, aspect_range=(0.25, 4.0))
     # Scale 2 and the log-uniform draw log(4): the width is scaled by 2 * sqrt(4) = 4, the
     # height by 2 / sqrt(4) = 1. (Upscaling only: at exact halving nearest-neighbour ties

@@ -10,7 +10,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,9 +26,9 @@ from PIL import Image
 import ddrnet
 from ddrnet.cli import main
 from ddrnet.data.labels import CAMVID
-from ddrnet.serve import create_app, make_server
+from ddrnet.serve import create_app
 
-from camvid_models import camvid_model
+from helpers import camvid_model, serving
 
 MAX_UPLOAD_MB = 1.0
 MAX_PIXELS = 1000 * 1000
@@ -38,24 +37,15 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 
 @pytest.fixture(scope="module")
-def frame(camvid_root) -> Path:
-    return sorted((camvid_root / "val").glob("*.png"))[0]
-
-
-@pytest.fixture(scope="module")
-def base_url(frame, tmp_path_factory) -> Iterator[str]:
+def base_url(camvid_frame, tmp_path_factory) -> Iterator[str]:
     demo = tmp_path_factory.mktemp("demo")
-    shutil.copy(frame, demo / "street.png")
+    shutil.copy(camvid_frame, demo / "street.png")
     (demo / "notes.txt").write_text("not an image: must not be listed")
     app = create_app(
         camvid_model(), max_upload_mb=MAX_UPLOAD_MB, max_pixels=MAX_PIXELS, demo_folder=demo
     )
-    server = make_server(app, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    with serving(app) as server:
+        yield f"http://127.0.0.1:{server.server_port}"
 
 
 def request(
@@ -121,9 +111,9 @@ def test_health_names_model_and_classes(base_url) -> None:
     assert health["classes"][3]["colour"] == list(CAMVID.palette[3])
 
 
-def test_predict_in_three_formats(base_url, frame) -> None:
-    data = frame.read_bytes()
-    width, height = Image.open(frame).size
+def test_predict_in_three_formats(base_url, camvid_frame) -> None:
+    data = camvid_frame.read_bytes()
+    width, height = Image.open(camvid_frame).size
 
     status, headers, body = post_file(base_url, data, "png")
     assert status == 200 and headers["Content-Type"] == "image/png"
@@ -153,17 +143,17 @@ def test_predict_in_three_formats(base_url, frame) -> None:
     assert np.allclose(list(result["shares"].values()), expected, atol=1e-3)
 
 
-def test_a_raw_image_body_is_accepted_whatever_its_content_type(base_url, frame) -> None:
+def test_a_raw_image_body_is_accepted_whatever_its_content_type(base_url, camvid_frame) -> None:
     """`curl --data-binary @f.png` sends application/x-www-form-urlencoded; other clients
     send no Content-Type at all. The body is an image either way."""
     import http.client
     from urllib.parse import urlsplit
 
-    data = frame.read_bytes()
+    data = camvid_frame.read_bytes()
     # urllib, like curl, labels a body without a Content-Type as a urlencoded form.
     status, _, body = request(f"{base_url}/predict?format=json", data)
     assert status == 200, body
-    assert json.loads(body)["width"] == Image.open(frame).width
+    assert json.loads(body)["width"] == Image.open(camvid_frame).width
     address = urlsplit(base_url)
     connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
     try:
@@ -179,8 +169,8 @@ def test_a_raw_image_body_is_accepted_whatever_its_content_type(base_url, frame)
     assert status == 400 and "not an image" in json.loads(body)["error"]
 
 
-def test_parallel_requests_get_identical_answers(base_url, frame) -> None:
-    data = frame.read_bytes()
+def test_parallel_requests_get_identical_answers(base_url, camvid_frame) -> None:
+    data = camvid_frame.read_bytes()
     with ThreadPoolExecutor(max_workers=8) as pool:
         answers = list(pool.map(lambda _: post_file(base_url, data, "png"), range(8)))
     assert [status for status, _, _ in answers] == [200] * 8
@@ -191,7 +181,7 @@ def test_parallel_requests_get_identical_answers(base_url, frame) -> None:
 
 # Pillow warns about the 20000 x 20000 upload before the server refuses it.
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
-def test_refused_uploads_get_clear_errors_and_the_server_lives_on(base_url, frame) -> None:
+def test_refused_uploads_get_clear_errors_and_the_server_lives_on(base_url, camvid_frame) -> None:
     def refused(status_and_body, expected_status: int, words: str) -> None:
         status, headers, body = status_and_body
         assert status == expected_status, body
@@ -202,10 +192,10 @@ def test_refused_uploads_get_clear_errors_and_the_server_lives_on(base_url, fram
     refused(post_file(base_url, oversized, "png"), 413, "limit of 1 MB")
     refused(post_file(base_url, oversized, "png", raw=True), 413, "limit of 1 MB")
     refused(post_file(base_url, b"just some text\n", "png"), 400, "not an image")
-    truncated = frame.read_bytes()[: frame.stat().st_size // 2]
+    truncated = camvid_frame.read_bytes()[: camvid_frame.stat().st_size // 2]
     refused(post_file(base_url, truncated, "json"), 400, "cannot be decoded")
     refused(post_file(base_url, b"", "json", raw=True), 400, "no image")
-    refused(post_file(base_url, frame.read_bytes(), "jpeg"), 400, "format must be one of")
+    refused(post_file(base_url, camvid_frame.read_bytes(), "jpeg"), 400, "format must be one of")
     body, content_type = multipart(b"png", None, field="format")
     refused(request(f"{base_url}/predict", body, content_type), 400, "no file field")
     # 2000 x 2000 is over this server's limit; 20000 x 20000 (a ~50 kB file) also over
@@ -220,14 +210,14 @@ def test_refused_uploads_get_clear_errors_and_the_server_lives_on(base_url, fram
     refused(post_file(base_url, bomb_png(40000, 40000, rows=1), "png"), 413, "decompression bomb")
     status, _, _ = request(f"{base_url}/health")
     assert status == 200
-    assert post_file(base_url, frame.read_bytes(), "json")[0] == 200
+    assert post_file(base_url, camvid_frame.read_bytes(), "json")[0] == 200
 
 
-def test_demo_frames_are_listed_and_served(base_url, frame) -> None:
+def test_demo_frames_are_listed_and_served(base_url, camvid_frame) -> None:
     status, _, body = request(f"{base_url}/demo")
     assert status == 200 and json.loads(body) == [{"name": "street.png", "url": "/demo/street.png"}]
     status, headers, body = request(f"{base_url}/demo/street.png")
-    assert status == 200 and body == frame.read_bytes()
+    assert status == 200 and body == camvid_frame.read_bytes()
     for name in ("notes.txt", "..%2Fdemo%2Fstreet.png", "missing.png"):
         status, _, body = request(f"{base_url}/demo/{name}")
         assert status == 404 and "error" in json.loads(body)
@@ -242,9 +232,10 @@ def test_page_is_served_without_external_resources(base_url) -> None:
     assert status == 200 and b"predict?format=overlay" in script and b"://" not in script
 
 
-def test_cli_serves_a_checkpoint_and_refuses_bad_options(tmp_path, frame, capsys) -> None:
-    model = camvid_model()
-    checkpoint = ddrnet.save_model(model, tmp_path / "camvid.safetensors", model.metadata)
+def test_cli_serves_a_checkpoint_and_refuses_bad_options(
+    camvid_model_file, camvid_frame, capsys
+) -> None:
+    checkpoint = camvid_model_file
     for option in ("--max-upload-mb", "--max-pixels", "--threads", "--timeout"):
         with pytest.raises(SystemExit) as refused:  # argparse refuses it, before any loading
             main(["serve", "--checkpoint", str(checkpoint), option, "0"])
@@ -267,14 +258,14 @@ def test_cli_serves_a_checkpoint_and_refuses_bad_options(tmp_path, frame, capsys
         url = line.split(" on ")[1].strip().rstrip("/")
         status, _, body = request(f"{url}/health")
         assert status == 200 and json.loads(body)["num_classes"] == 11
-        status, _, body = post_file(url, frame.read_bytes(), "json")
+        status, _, body = post_file(url, camvid_frame.read_bytes(), "json")
         assert status == 200 and json.loads(body)["width"] == 480
     finally:
         process.terminate()
         process.wait(timeout=10)
 
 
-def test_an_exported_onnx_file_is_served_like_its_model(tmp_path, frame) -> None:
+def test_an_exported_onnx_file_is_served_like_its_model(tmp_path, camvid_frame) -> None:
     from ddrnet.deploy import export_onnx, load_onnx_model
 
     model = camvid_model()
@@ -283,11 +274,13 @@ def test_an_exported_onnx_file_is_served_like_its_model(tmp_path, frame) -> None
     health = client.get("/health").get_json()
     assert health["architecture"] == "ddrnet_23_slim" and health["num_classes"] == 11
     response = client.post(
-        "/predict?format=png", data=frame.read_bytes(), content_type="application/octet-stream"
+        "/predict?format=png",
+        data=camvid_frame.read_bytes(),
+        content_type="application/octet-stream",
     )
     assert response.status_code == 200, response.data[:500]
     labels = np.asarray(Image.open(io.BytesIO(response.data)))
-    expected = ddrnet.Predictor(model).predict(frame)
+    expected = ddrnet.Predictor(model).predict(camvid_frame)
     # bf16 float layers flip some near-ties of this untrained model (measured 98.8% agree)
     assert labels.shape == expected.shape and (labels == expected).mean() > 0.97
 
@@ -312,7 +305,7 @@ def test_serving_without_checkpoint_needs_a_bundled_model(monkeypatch, capsys) -
     reason="needs Debian's chromium and chromium-driver in /usr/bin (scripts/test.sh "
     "installs them on CI)",
 )
-def test_web_page_in_headless_chromium(base_url, frame, tmp_path) -> None:
+def test_web_page_in_headless_chromium(base_url, camvid_frame, tmp_path) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -341,7 +334,7 @@ def test_web_page_in_headless_chromium(base_url, frame, tmp_path) -> None:
         wait.until(lambda d: "ddrnet_23_slim" in d.find_element(By.ID, "model").text)
         # The demo section lists the frames of GET /demo.
         assert driver.find_element(By.ID, "demo-list").text == "street.png"
-        driver.find_element(By.ID, "file").send_keys(str(frame))
+        driver.find_element(By.ID, "file").send_keys(str(camvid_frame))
         wait.until(lambda d: d.find_element(By.ID, "latency").text.startswith("latency"))
         result = driver.find_element(By.ID, "result")
         natural = driver.execute_script(
@@ -356,14 +349,14 @@ def test_web_page_in_headless_chromium(base_url, frame, tmp_path) -> None:
     finally:
         driver.quit()
     assert errors == ""
-    _, _, overlay = post_file(base_url, frame.read_bytes(), "overlay")
+    _, _, overlay = post_file(base_url, camvid_frame.read_bytes(), "overlay")
     assert tuple(natural) == Image.open(io.BytesIO(overlay)).size
-    assert natural[1] == Image.open(frame).height
+    assert natural[1] == Image.open(camvid_frame).height
     screenshot = Image.open(tmp_path / "page.png")
     assert screenshot.width >= 1000 and np.asarray(screenshot).std() > 10  # not a blank page
 
 
-def test_a_failing_model_gives_500_and_the_app_goes_on(frame, caplog) -> None:
+def test_a_failing_model_gives_500_and_the_app_goes_on(camvid_frame, caplog) -> None:
     model = camvid_model()
     calls = []
 
@@ -373,7 +366,7 @@ def test_a_failing_model_gives_500_and_the_app_goes_on(frame, caplog) -> None:
 
     model.forward = broken_forward
     client = create_app(model).test_client()
-    response = client.post("/predict?format=json", data=frame.read_bytes())
+    response = client.post("/predict?format=json", data=camvid_frame.read_bytes())
     assert response.status_code == 500 and calls
     assert "see the server log" in response.get_json()["error"]
     assert "simulated" in caplog.text  # the traceback is logged for the operator

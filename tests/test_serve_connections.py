@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddrnet.serve import create_app, make_server
+from ddrnet.serve import create_app
 
-from camvid_models import camvid_model
+from helpers import camvid_model, serving
 
 IDLE_CONNECTIONS = 50
 TIMEOUT_S = 2
@@ -29,20 +29,11 @@ def app():
     return create_app(camvid_model(), max_upload_mb=1.0)
 
 
-def start(server) -> threading.Thread:
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return thread
-
-
 @pytest.fixture
 def default_server(app) -> Iterator[int]:
     """A server with the default settings; yields its port."""
-    server = make_server(app, "127.0.0.1", 0)
-    start(server)
-    yield server.server_port
-    server.shutdown()
-    server.server_close()
+    with serving(app) as server:
+        yield server.server_port
 
 
 def small_png() -> bytes:
@@ -92,9 +83,7 @@ def test_stalled_connections_hold_no_thread_each(default_server) -> None:
 
 
 def test_idle_connections_are_closed_after_the_timeout(app) -> None:
-    server = make_server(app, "127.0.0.1", 0, threads=2, timeout=TIMEOUT_S)
-    start(server)
-    try:
+    with serving(app, threads=2, timeout=TIMEOUT_S) as server:
         sockets = stalled_connections(server.server_port, 10)
         sockets.append(socket.create_connection(("127.0.0.1", server.server_port), timeout=10))
         started = time.monotonic()
@@ -109,9 +98,6 @@ def test_idle_connections_are_closed_after_the_timeout(app) -> None:
         # Not closed before the timeout; closed within the cleanup period after it.
         assert TIMEOUT_S - 0.5 <= elapsed <= TIMEOUT_S + 4, elapsed
         assert predict(server.server_port)[0] == 200
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_a_body_declared_far_over_the_limit_is_refused_before_it_is_sent(

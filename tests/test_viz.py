@@ -31,22 +31,15 @@ from ddrnet.viz import (
     summarize_channels,
 )
 
-from camvid_models import camvid_model
+from helpers import camvid_model
 
 
 @pytest.fixture(scope="module")
-def frame(camvid_root) -> Path:
-    return sorted((camvid_root / "val").glob("*.png"))[0]
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("models")
-    paths = []
-    for seed in (1, 2):
-        model = camvid_model(seed)
-        paths.append(ddrnet.save_model(model, folder / f"seed{seed}.safetensors", model.metadata))
-    return paths
+def checkpoints(camvid_model_file, tmp_path_factory) -> list[Path]:
+    """Two untrained CamVid models that predict differently: seeds 1 and 2."""
+    other = camvid_model(seed=2)
+    path = tmp_path_factory.mktemp("models") / "seed2.safetensors"
+    return [camvid_model_file, ddrnet.save_model(other, path, other.metadata)]
 
 
 def test_row_normalize_by_hand() -> None:
@@ -89,8 +82,8 @@ def test_class_info_falls_back_to_numbered_classes() -> None:
     assert class_info_for_names(["a", "b"]).palette == distinct_palette(2)
 
 
-def test_features_figure(frame, checkpoints, tmp_path) -> None:
-    image = read_rgb(frame)
+def test_features_figure(camvid_frame, checkpoints, tmp_path) -> None:
+    image = read_rgb(camvid_frame)
     panels = feature_panels(camvid_model(), image, top_k=5)
     titles = [panel.title for panel in panels]
     # Both branches before and after both fusions of DDRNet-23, five DAPPM scales, entropy.
@@ -111,7 +104,7 @@ def test_features_figure(frame, checkpoints, tmp_path) -> None:
         assert panel.data.shape == (360, 480) and 0 <= panel.data.min() <= panel.data.max() <= 1
 
     output = tmp_path / "features.png"
-    assert main(["viz", "features", str(frame), "--checkpoint", str(checkpoints[0]),
+    assert main(["viz", "features", str(camvid_frame), "--checkpoint", str(checkpoints[0]),
                  "--reduce", "pca", "-o", str(output)]) == 0  # fmt: skip
     assert Image.open(output).size == feature_figure_size(len(panels)) == (1600, 2090)
 
@@ -166,20 +159,22 @@ def test_training_curves(tmp_path, capsys) -> None:
     assert "metrics.jsonl:2: not a JSON line" in capsys.readouterr().err
 
 
-def test_compare_figure(frame, checkpoints, tmp_path) -> None:
+def test_compare_figure(camvid_frame, checkpoints, tmp_path) -> None:
     output = tmp_path / "compare.png"
-    argv = ["viz", "compare", str(frame), "-o", str(output)]
+    argv = ["viz", "compare", str(camvid_frame), "-o", str(output)]
     assert main(argv + [arg for path in checkpoints for arg in ("--checkpoint", str(path))]) == 0
     picture = np.asarray(Image.open(output))
     # Input, two predictions and a legend, each under a caption bar; the input is unchanged.
     assert picture.shape[0] == 360 + TITLE_HEIGHT and picture.shape[1] > 3 * 480 + 8 + 40
-    assert np.array_equal(picture[TITLE_HEIGHT:, :480], read_rgb(frame))
+    assert np.array_equal(picture[TITLE_HEIGHT:, :480], read_rgb(camvid_frame))
     assert not np.array_equal(picture[TITLE_HEIGHT:, 484:964], picture[TITLE_HEIGHT:, 968:1448])
 
     other = ddrnet.create_model("ddrnet_23_slim", num_classes=11)  # no class names
     with pytest.raises(ValueError, match="one legend cannot describe both"):
-        compare_pictures(read_rgb(frame)[:64, :64], [("camvid", camvid_model()), ("bare", other)])
-    assert main(["viz", "compare", str(frame), "-o", str(output)]) == 2
+        compare_pictures(
+            read_rgb(camvid_frame)[:64, :64], [("camvid", camvid_model()), ("bare", other)]
+        )
+    assert main(["viz", "compare", str(camvid_frame), "-o", str(output)]) == 2
     # The bundled models by name, as wherever a checkpoint path is accepted.
     bundled = load_models(["camvid_ddrnet23_slim", "camvid_ddrnet23_slim_train"], [])
     assert [caption.split(":")[0] for caption, _ in bundled] == [

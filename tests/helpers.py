@@ -1,0 +1,124 @@
+"""Plain functions shared by the test modules (the fixtures are in ``conftest.py``): the command
+line in a subprocess or in this process, untrained models that carry a data set's metadata,
+training runs that take seconds, and a server on a free loopback port.
+
+Import them by name (``from helpers import run_ddrnet``): pytest puts ``tests/`` on
+``sys.path``, as it does for ``official_reference``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import ddrnet
+from ddrnet.config import load_config
+from ddrnet.data.labels import CAMVID, LabelSet
+from ddrnet.engine.config import Config
+from ddrnet.models import ModelMetadata
+
+from official_reference import randomize_batchnorm
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_ddrnet(*arguments: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m ddrnet.cli ARGUMENTS``, as a user would run it; stdout and stderr captured
+    as text, ``timeout`` in seconds."""
+    return subprocess.run(
+        [sys.executable, "-m", "ddrnet.cli", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_line_cli_error(capsys: Any, argv: list[str]) -> str:
+    """Run ``ddrnet ARGV`` in this process (``ddrnet.cli.main``) and check that it refuses
+    with exit status 2 and a one-line message on stderr, which is returned, stripped.
+    ``capsys`` is pytest's fixture."""
+    from ddrnet.cli import main
+
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    return error
+
+
+def labelled_model(labels: LabelSet = CAMVID, seed: int = 1) -> nn.Module:
+    """An untrained DDRNet-23-slim in eval mode with a data set's metadata (class names,
+    palette, normalisation), for the tests that need a model but no trained one.
+
+    Weights drawn from ``seed``, so every run tests the same model; random BatchNorm
+    statistics make its feature maps and predictions vary over the image. Logits
+    ``(N, labels.num_classes, ceil(H/8), ceil(W/8))`` for ``(N, 3, H, W)`` inputs.
+    """
+    with torch.random.fork_rng():  # the same weights in every run, global RNG untouched
+        torch.manual_seed(seed)
+        model = ddrnet.create_model("ddrnet_23_slim", num_classes=labels.num_classes)
+    randomize_batchnorm(model, seed=seed)
+    model.metadata = ModelMetadata(
+        architecture="ddrnet_23_slim",
+        num_classes=labels.num_classes,
+        spec=model.spec.to_dict(),
+        class_names=list(labels.class_names),
+        palette=[list(c) for c in labels.palette],
+        mean=list(labels.mean),
+        std=list(labels.std),
+        dataset=labels.name,
+    )
+    return model.eval()
+
+
+def camvid_model(seed: int = 1) -> nn.Module:
+    """An untrained 11-class CamVid model (see ``labelled_model``); the ``camvid_model_file``
+    fixture is this model (seed 1) saved as safetensors."""
+    return labelled_model(CAMVID, seed)
+
+
+def tiny_overrides(camvid_root: Path, output: Path, epochs: int = 2) -> list[str]:
+    """Config overrides for a CamVid training run of seconds into ``output``: 64x96 crops,
+    batches of two, two iterations an epoch, two validation images."""
+    return [
+        f"data.root={camvid_root}",
+        "data.crop_size=[64, 96]",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.cache_images=false",
+        "data.check=false",
+        "loss.ohem_min_kept=1000",
+        "eval.max_images=2",
+        "eval.every_epochs=1",
+        f"train.epochs={epochs}",
+        "train.max_iterations_per_epoch=2",
+        "train.amp=none",
+        f"train.output_dir={output}",
+    ]
+
+
+def tiny_config(camvid_root: Path, output: Path, epochs: int = 2, extra=()) -> Config:
+    """``tiny_overrides`` followed by the ``extra`` overrides, as a loaded ``Config``."""
+    return load_config(Config, None, tiny_overrides(camvid_root, output, epochs) + list(extra))
+
+
+@contextmanager
+def serving(app: Any, **options: Any) -> Iterator[Any]:
+    """``ddrnet.serve.make_server(app, "127.0.0.1", 0, **options)`` answering in a daemon
+    thread; yields the server (its port: ``server.server_port``) and stops it afterwards."""
+    from ddrnet.serve import make_server
+
+    server = make_server(app, "127.0.0.1", 0, **options)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
