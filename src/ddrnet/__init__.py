@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from ddrnet.engine.inference import Predictor
+from ddrnet.engine.predictor import Predictor
 from ddrnet.models import (
     CheckpointError,
     ModelMetadata,
