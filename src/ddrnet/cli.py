@@ -193,7 +193,7 @@ def load_model_for_inference(
 
 
 def _load_onnx_model(checkpoint: str, model_name: str | None, runtime: str | None, amp: str):
-    from ddrnet.deploy.export import ExportError
+    from ddrnet.deploy.onnx_file import ExportError
     from ddrnet.deploy.runtime import load_onnx_model
 
     runtime = runtime or "onnxruntime"
@@ -980,7 +980,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=(1024, 2048),
         help="HEIGHTxWIDTH (default 1024x2048)",
     )
-    from ddrnet.deploy.bench import BACKENDS, default_backends
+    from ddrnet.deploy.backends import BACKENDS, default_backends
 
     bench.add_argument(
         "--backends",
@@ -1207,7 +1207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from ddrnet.deploy.export import ExportError
+    from ddrnet.deploy.onnx_file import ExportError
     from ddrnet.engine.train import TrainingError
 
     try:
