@@ -42,7 +42,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 
 def ncnn_form(model: torch.nn.Module, scratch: Path, threads: int) -> torch.nn.Module | None:
     """The model exported to ncnn and loaded back, or None where pnnx/ncnn are missing."""
-    from ddrnet.deploy.export import ExportError
+    from ddrnet.deploy.onnx_file import ExportError
 
     try:
         from ddrnet.deploy.ncnn_export import export_ncnn

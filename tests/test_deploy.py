@@ -48,7 +48,8 @@ from ddrnet.deploy import (
     verify_onnx_labels,
 )
 from ddrnet.deploy.export import static_resize_nodes
-from ddrnet.deploy.quantize import onnx_logits, preprocess_image
+from ddrnet.deploy.quantize import preprocess_image
+from ddrnet.deploy.runtime import onnx_logits
 from ddrnet.engine.inference import normalize, segment_logits
 from ddrnet.engine.metrics import ConfusionMatrix
 from ddrnet.models import count_macs
@@ -481,7 +482,7 @@ def test_export_errors_name_the_problem(tmp_path):
 
 
 def test_openvino_plans_compile_once_per_size_and_keep_the_last_few(onnx_path, monkeypatch):
-    from ddrnet.deploy import quantize
+    from ddrnet.deploy import runtime
 
     compiled = []
 
@@ -491,8 +492,8 @@ def test_openvino_plans_compile_once_per_size_and_keep_the_last_few(onnx_path, m
         compiled.append(input_shape if not class_ids else ("class ids", input_shape))
         return lambda batch: batch.shape
 
-    monkeypatch.setattr(quantize, "openvino_logits_function", fake_compile)
-    plans = quantize.OpenVinoPlans(onnx_path, 1, "f32", keep=2)
+    monkeypatch.setattr(runtime, "openvino_logits_function", fake_compile)
+    plans = runtime.OpenVinoPlans(onnx_path, 1, "f32", keep=2)
     assert plans.fixed_size  # a float file
     for height in (8, 8, 16, 8, 24, 16):
         assert plans(np.zeros((1, 3, height, 8), np.float32)) == (1, 3, height, 8)
@@ -500,18 +501,18 @@ def test_openvino_plans_compile_once_per_size_and_keep_the_last_few(onnx_path, m
     assert compiled == [(1, 3, 8, 8), (1, 3, 16, 8), (1, 3, 24, 8), (1, 3, 16, 8)]
 
     compiled.clear()
-    monkeypatch.setattr(quantize, "openvino_fixed_size_ok", lambda path: False)
-    dynamic = quantize.OpenVinoPlans(onnx_path, 1, "f32")
+    monkeypatch.setattr(runtime, "openvino_fixed_size_ok", lambda path: False)
+    dynamic = runtime.OpenVinoPlans(onnx_path, 1, "f32")
     for height in (8, 16, 24):
         dynamic(np.zeros((1, 3, height, 8), np.float32))
     assert compiled == [None]  # one dynamic plan for every size
     compiled.clear()
-    quantize.OpenVinoPlans(onnx_path, 1, "f32", class_ids=True)(np.zeros((1, 3, 8, 8), np.float32))
+    runtime.OpenVinoPlans(onnx_path, 1, "f32", class_ids=True)(np.zeros((1, 3, 8, 8), np.float32))
     assert compiled == [("class ids", None)]
     # A caller that knows the answer passes it, and it wins over the (patched, False) check:
     # a plan per size again.
     compiled.clear()
-    told = quantize.OpenVinoPlans(onnx_path, 1, "f32", fixed_size=True)
+    told = runtime.OpenVinoPlans(onnx_path, 1, "f32", fixed_size=True)
     for height in (8, 16):
         told(np.zeros((1, 3, height, 8), np.float32))
     assert compiled == [(1, 3, 8, 8), (1, 3, 16, 8)]

@@ -21,10 +21,12 @@ pytest.importorskip("pnnx", reason="pnnx is not installed (pip install 'ddrnet[e
 
 from ddrnet.assets import demo_frames
 from ddrnet.data.datasets import camvid
-from ddrnet.deploy.ncnn_export import export_ncnn, frozen_interps, verify_ncnn
+from ddrnet.deploy.ncnn_export import export_ncnn, frozen_interps
 from ddrnet.deploy.ncnn_runtime import NcnnFiles, NcnnSegmentationModel, load_ncnn_model
+from ddrnet.deploy.verify import verify_ncnn
 from ddrnet.engine.evaluate import evaluate
-from ddrnet.engine.inference import Predictor, normalize
+from ddrnet.engine.inference import normalize
+from ddrnet.engine.predictor import Predictor
 
 from helpers import camvid_model, one_line_cli_error, run_ddrnet
 

@@ -15,10 +15,10 @@ from PIL import Image
 import ddrnet
 from ddrnet.cli import main
 from ddrnet.data.io import read_rgb
-from ddrnet.data.labels import CAMVID, distinct_palette
+from ddrnet.data.labels import CAMVID
+from ddrnet.models.metadata import class_info, distinct_palette
 from ddrnet.viz import (
     TITLE_HEIGHT,
-    class_info,
     class_info_for_names,
     compare_pictures,
     confusion_figure_size,

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from ddrnet.engine.inference import Predictor
+from ddrnet.engine.predictor import Predictor
 from ddrnet.loading import load
 from ddrnet.models import (
     CheckpointError,

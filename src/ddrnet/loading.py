@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 
 def default_checkpoint() -> str:
-    """The path of the bundled default model (``ddrnet.assets.DEFAULT_BUNDLED_MODEL``), or a
+    """The path of the bundled default model (``DDRNet23Slim_Weights.DEFAULT``), or a
     ``UsageError`` when this installation bundles none."""
     try:
         return str(assets.bundled_model_path())

@@ -21,20 +21,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ddrnet.data.io import image_size, read_rgb, write_png
-from ddrnet.engine.inference import (
-    autocast,
-    normalize,
-    segment_class_ids,
-    to_fast_layout,
-)
+from ddrnet.data.io import IMAGE_SUFFIXES, image_files, image_size, read_rgb, write_png
+from ddrnet.engine.predictor import Predictor
 from ddrnet.errors import DDRNetError
-from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels, check_scales
+from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels
+from ddrnet.models.metadata import class_info
 from ddrnet.render import colorize, overlay, side_by_side, with_legend
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 OUTPUT_KINDS = ("labels", "overlay", "side")
 
@@ -66,9 +61,7 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
         if item.startswith("camera:"):
             videos.append(item)
         elif path.is_dir():
-            found = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
+            found = image_files(path)
             if not found:
                 raise PredictionInputError(
                     f"folder {path} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
@@ -155,7 +148,7 @@ class _ImageFiles(Dataset):
             width, height = image_size(path)
             check_pixels(str(path), width, height, self.max_pixels, self.largest_scale)
             return index, read_rgb(path), None
-        except ValueError as error:  # ImageReadError, InputTooLargeError
+        except DDRNetError as error:  # ImageReadError, InputTooLargeError
             return index, None, str(error)
 
 
@@ -164,7 +157,8 @@ def _keep_as_list(batch):
 
 
 class SegmentationRunner:
-    """Model + pre-processing + the chosen outputs, shared by the image and video paths."""
+    """A ``Predictor``, the model's classes and the chosen outputs, shared by the image and
+    video paths; it times each batch."""
 
     def __init__(
         self,
@@ -175,21 +169,17 @@ class SegmentationRunner:
         flip: bool = False,
         alpha: float = 0.5,
     ) -> None:
-        metadata = model.metadata
-        self.scales = check_scales(scales)
-        self.model, self.memory_format = to_fast_layout(model.to(device).eval())
-        self.device = device
-        self.amp_dtype = amp_dtype
-        self.flip, self.alpha = flip, alpha
+        self.predictor = Predictor(model, device, scales=scales, flip=flip, amp_dtype=amp_dtype)
+        self.scales = self.predictor.scales
+        self.alpha = alpha
         self.warmup_ms: float | None = None
-        self.mean, self.std = metadata.mean, metadata.std
-        self.num_classes = model.num_classes
-        self.class_names = metadata.class_names or [f"class {i}" for i in range(self.num_classes)]
-        self.palette = metadata.palette or None
+        info = class_info(model)
+        self.num_classes = self.predictor.num_classes
+        self.class_names, self.palette = list(info.names), list(info.palette)
 
-    @torch.no_grad()
     def labels(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
-        """Label maps ``(H, W)`` uint8 for same-sized ``(H, W, 3)`` images; and the time in ms.
+        """Label maps ``(H, W)`` (uint8 for <= 256 classes) for same-sized ``(H, W, 3)``
+        images; and the time in ms.
 
         The runner's first call runs the batch twice: the first, untimed pass creates the
         kernels (OpenVINO compiles its graph, ~1 s) and its time goes to ``warmup_ms``, so
@@ -200,12 +190,8 @@ class SegmentationRunner:
 
     def _labels(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
         start = time.perf_counter()
-        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(self.device)
-        batch = normalize(batch, self.mean, self.std).contiguous(memory_format=self.memory_format)
-        with autocast(self.device, self.amp_dtype):
-            ids = segment_class_ids(self.model, batch, self.scales, self.flip)
-        labels = ids.to(torch.uint8).cpu().numpy()
-        return list(labels), (time.perf_counter() - start) * 1000
+        labels = self.predictor.predict_batch(images)
+        return labels, (time.perf_counter() - start) * 1000
 
     def pictures(
         self,
@@ -275,7 +261,7 @@ def run_prediction(
             _predict_video(
                 runner, source, output_dir, kinds, max_frames, progress, summary, max_pixels
             )
-        except (OSError, ValueError) as error:
+        except (OSError, DDRNetError) as error:  # this input's fault: the others go on
             summary.failed[source] = str(error)
             report(f"skipped {source}: {error}")
     summary.warmup_ms = runner.warmup_ms
@@ -303,7 +289,9 @@ def _predict_images(runner, paths, loader, output_dir, kinds, progress, report, 
                 stem = stems[index]
                 if "labels" in kinds:
                     target = output_dir / f"{stem}_labels.png"
-                    write_png(target, labels, runner.palette or None)
+                    # An indexed PNG holds 256 colours: more classes are written as plain ids.
+                    palette = runner.palette if labels.dtype == np.uint8 else None
+                    write_png(target, labels, palette)
                     summary.outputs.append(target)
                 for kind, picture in runner.pictures(image, labels, kinds).items():
                     target = output_dir / f"{stem}_{kind}.png"
@@ -343,12 +331,14 @@ def _predict_video(
     is_camera = source.startswith("camera:")
     capture = cv2.VideoCapture(int(source.split(":", 1)[1]) if is_camera else source)
     if not capture.isOpened():
-        raise ValueError("cannot open video (missing codec, corrupt file, or no such camera)")
+        raise PredictionInputError(
+            "cannot open video (missing codec, corrupt file, or no such camera)"
+        )
     width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
     try:
         check_pixels("its frames", width, height, max_pixels, max(runner.scales))
-    except ValueError:
+    except DDRNetError:
         capture.release()
         raise
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
@@ -386,7 +376,7 @@ def _predict_video(
                     summary.outputs.append(target)
                 height, width = sizes[kind]
                 if picture.shape[:2] != (height, width):  # a frame of another size mid-video
-                    raise ValueError(
+                    raise PredictionInputError(
                         f"frame {frames} is {picture.shape[1]}x{picture.shape[0]}, the video "
                         f"{width}x{height}"
                     )
@@ -399,5 +389,5 @@ def _predict_video(
         for writer in writers.values():
             writer.release()
     if frames == 0:
-        raise ValueError("no frames could be decoded (corrupt or empty video)")
+        raise PredictionInputError("no frames could be decoded (corrupt or empty video)")
     summary.processed.append(source)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ddrnet.data.labels import distinct_palette
+from ddrnet.models.metadata import distinct_palette
 
 IGNORE_COLOUR = (0, 0, 0)
 

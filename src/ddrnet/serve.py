@@ -41,6 +41,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
+from ddrnet.assets import demo_frames
+from ddrnet.engine.predictor import Predictor
+from ddrnet.models.metadata import class_info
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_MB = 10.0
@@ -55,7 +59,6 @@ CONNECTION_LIMIT = 500
 FORMATS = ("png", "overlay", "json")
 # Formats Pillow may open: the common photo formats, nothing exotic (smaller attack surface).
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
-DEMO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 class RequestError(Exception):
@@ -122,7 +125,8 @@ def label_png(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> bytes:
 
 @dataclass
 class Prediction:
-    """One segmented image: ``labels`` ``(H, W)`` uint8, ``latency_ms`` of the model alone."""
+    """One segmented image: ``labels`` ``(H, W)`` class ids (uint8 for <= 256 classes),
+    ``latency_ms`` of the model alone."""
 
     image: np.ndarray
     labels: np.ndarray
@@ -138,9 +142,6 @@ class SegmentationService:
         device: str | torch.device = "cpu",
         amp_dtype: torch.dtype | None = None,
     ) -> None:
-        from ddrnet.engine.inference import Predictor
-        from ddrnet.viz import class_info
-
         self.model = model.eval()
         self.predictor = Predictor(self.model, device=device, amp_dtype=amp_dtype)
         info = class_info(model)
@@ -160,7 +161,7 @@ class SegmentationService:
             with torch.inference_mode():
                 labels = self.predictor.predict(image)
             latency = (time.perf_counter() - start) * 1000
-        return Prediction(image=image, labels=labels.astype(np.uint8), latency_ms=latency)
+        return Prediction(image=image, labels=labels, latency_ms=latency)
 
     def shares(self, labels: np.ndarray) -> dict[str, float]:
         """Percent of the image's pixels per class (every class listed; they sum to 100)."""
@@ -191,26 +192,6 @@ class SegmentationService:
         }
 
 
-def demo_frames(folder: Path | None) -> dict[str, Path]:
-    """Name -> path of the demo images in ``folder`` (nothing when it does not exist)."""
-    if folder is None or not folder.is_dir():
-        return {}
-    return {
-        path.name: path
-        for path in sorted(folder.iterdir())
-        if path.is_file() and path.suffix.lower() in DEMO_SUFFIXES
-    }
-
-
-def default_demo_folder() -> Path | None:
-    """``ddrnet/assets/demo`` of the installed package, if the package ships one."""
-    try:
-        folder = Path(str(resources.files("ddrnet") / "assets" / "demo"))
-    except (ModuleNotFoundError, TypeError):
-        return None
-    return folder if folder.is_dir() else None
-
-
 def static_folder() -> Path:
     return Path(str(resources.files("ddrnet") / "static"))
 
@@ -227,21 +208,57 @@ def create_app(
     """The Flask application serving ``model`` (on ``device``, under autocast to
     ``amp_dtype`` when given).
 
-    ``demo_folder`` defaults to the package's ``assets/demo`` (absent: ``/demo`` lists
-    nothing). Returns a ``flask.Flask``; run it with ``make_server`` (waitress).
+    ``demo_folder`` defaults to the package's ``assets/demo`` (``ddrnet.assets.demo_frames``;
+    absent: ``/demo`` lists nothing). Returns a ``flask.Flask``; run it with ``make_server``
+    (waitress).
     """
-    from flask import Flask, Response, jsonify, request, send_file
-    from werkzeug.exceptions import HTTPException
+    from flask import Flask, Response, jsonify, send_file
 
     if max_upload_mb <= 0 or max_pixels <= 0:
         raise ValueError("max_upload_mb and max_pixels must be positive")
     service = SegmentationService(model, device=device, amp_dtype=amp_dtype)
-    folder = demo_folder if demo_folder is not None else default_demo_folder()
     app = Flask(__name__, static_folder=str(static_folder()), static_url_path="/static")
     # Werkzeug answers 413 itself once a body exceeds this, before reading it into memory.
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
     app.extensions["ddrnet_service"] = service
     app.json.sort_keys = False  # keep class order (Flask sorts JSON keys by default)
+    _add_error_handlers(app, max_upload_mb)
+
+    @app.get("/")
+    def index() -> Response:
+        return send_file(static_folder() / "index.html", mimetype="text/html")
+
+    @app.get("/health")
+    def health() -> Response:
+        return jsonify(
+            {**service.health(), "max_upload_mb": max_upload_mb, "max_pixels": max_pixels}
+        )
+
+    @app.post("/predict")
+    def predict() -> Response:
+        return _predict(service, max_pixels)
+
+    @app.get("/demo")
+    def demo_list() -> Response:
+        names = [path.name for path in demo_frames(demo_folder)]
+        return jsonify([{"name": name, "url": f"/demo/{name}"} for name in names])
+
+    @app.get("/demo/<name>")
+    def demo_frame(name: str) -> Response:
+        # Only names from the listing: no path from the client ever reaches the file system.
+        frames = {path.name: path for path in demo_frames(demo_folder)}
+        if name not in frames:
+            raise RequestError(404, f"no demo frame {name!r}; GET /demo lists them")
+        return send_file(frames[name])
+
+    return app
+
+
+def _add_error_handlers(app: Any, max_upload_mb: float) -> None:
+    """Every error as JSON ``{"error": message}`` with its status; an unexpected exception
+    as a 500 whose traceback goes to the operator's log, not to the client."""
+    from flask import Response, jsonify, request
+    from werkzeug.exceptions import HTTPException
 
     def error(status: int, message: str) -> Response:
         response = jsonify({"error": message})
@@ -260,74 +277,57 @@ def create_app(
 
     @app.errorhandler(Exception)
     def unexpected(exception: Exception) -> Response:
-        # The traceback goes to the operator's log, not to the client; the server keeps serving.
+        # The server keeps serving.
         logger.exception("error while handling %s %s", request.method, request.path)
         return error(500, f"internal error ({type(exception).__name__}); see the server log")
 
-    @app.get("/")
-    def index() -> Response:
-        return send_file(static_folder() / "index.html", mimetype="text/html")
 
-    @app.get("/health")
-    def health() -> Response:
+def _uploaded_image() -> tuple[bytes, str | None]:
+    """The current request's image bytes and the ``format`` field of its form (if any)."""
+    from flask import request
+
+    if request.mimetype == "multipart/form-data":
+        if not request.files:
+            raise RequestError(400, "the multipart request has no file field")
+        return next(iter(request.files.values())).read(), request.form.get("format")
+    # The raw body whatever its Content-Type says (never parsed as a form: `curl
+    # --data-binary @f.png` labels it x-www-form-urlencoded); decode_image tells an image
+    # from its bytes.
+    return request.get_data(cache=False), None
+
+
+def _predict(service: SegmentationService, max_pixels: int) -> Any:
+    """``POST /predict``: the uploaded image segmented, answered in the asked format."""
+    from flask import Response, jsonify, request
+
+    received = time.perf_counter()
+    data, form_format = _uploaded_image()
+    output = request.args.get("format") or form_format or "json"
+    if output not in FORMATS:
+        raise RequestError(400, f"format must be one of {', '.join(FORMATS)}, got {output!r}")
+    prediction = service.predict(decode_image(data, max_pixels))
+    height, width = prediction.labels.shape
+    if output == "json":
         return jsonify(
-            {**service.health(), "max_upload_mb": max_upload_mb, "max_pixels": max_pixels}
+            {
+                "architecture": service.architecture,
+                "width": width,
+                "height": height,
+                "latency_ms": round(prediction.latency_ms, 2),
+                "total_ms": round((time.perf_counter() - received) * 1000, 2),
+                "shares": service.shares(prediction.labels),
+            }
         )
-
-    @app.post("/predict")
-    def predict() -> Response:
-        received = time.perf_counter()
-        form_format = None
-        if request.mimetype == "multipart/form-data":
-            if not request.files:
-                raise RequestError(400, "the multipart request has no file field")
-            data = next(iter(request.files.values())).read()
-            form_format = request.form.get("format")
-        else:
-            # The raw body whatever its Content-Type says (never parsed as a form: `curl
-            # --data-binary @f.png` labels it x-www-form-urlencoded); decode_image tells an
-            # image from its bytes.
-            data = request.get_data(cache=False)
-        output = request.args.get("format") or form_format or "json"
-        if output not in FORMATS:
-            raise RequestError(400, f"format must be one of {', '.join(FORMATS)}, got {output!r}")
-        prediction = service.predict(decode_image(data, max_pixels))
-        height, width = prediction.labels.shape
-        if output == "json":
-            return jsonify(
-                {
-                    "architecture": service.architecture,
-                    "width": width,
-                    "height": height,
-                    "latency_ms": round(prediction.latency_ms, 2),
-                    "total_ms": round((time.perf_counter() - received) * 1000, 2),
-                    "shares": service.shares(prediction.labels),
-                }
-            )
-        body = (
-            label_png(prediction.labels, service.palette)
-            if output == "png"
-            else service.overlay_png(prediction)
-        )
-        response = Response(body, mimetype="image/png")
-        response.headers["X-Latency-Ms"] = f"{prediction.latency_ms:.2f}"
-        response.headers["X-Total-Ms"] = f"{(time.perf_counter() - received) * 1000:.2f}"
-        response.headers["X-Image-Size"] = f"{width}x{height}"
-        return response
-
-    @app.get("/demo")
-    def demo_list() -> Response:
-        return jsonify([{"name": name, "url": f"/demo/{name}"} for name in demo_frames(folder)])
-
-    @app.get("/demo/<name>")
-    def demo_frame(name: str) -> Response:
-        # Only names from the listing: no path from the client ever reaches the file system.
-        frames = demo_frames(folder)
-        if name not in frames:
-            raise RequestError(404, f"no demo frame {name!r}; GET /demo lists them")
-        return send_file(frames[name])
-
-    return app
+    body = (
+        label_png(prediction.labels, service.palette)
+        if output == "png"
+        else service.overlay_png(prediction)
+    )
+    response = Response(body, mimetype="image/png")
+    response.headers["X-Latency-Ms"] = f"{prediction.latency_ms:.2f}"
+    response.headers["X-Total-Ms"] = f"{(time.perf_counter() - received) * 1000:.2f}"
+    response.headers["X-Image-Size"] = f"{width}x{height}"
+    return response
 
 
 class Server:

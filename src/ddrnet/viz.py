@@ -31,9 +31,10 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from ddrnet import render
-from ddrnet.data.labels import CAMVID, CITYSCAPES, COCO_STUFF, distinct_palette
+from ddrnet.data.labels import CAMVID, CITYSCAPES, COCO_STUFF
 from ddrnet.engine.inference import normalize
 from ddrnet.errors import MissingFileError, UsageError
+from ddrnet.models.metadata import ClassInfo, class_info, normalisation
 
 logger = logging.getLogger(__name__)
 
@@ -117,34 +118,13 @@ def summarize_channels(feature: torch.Tensor | np.ndarray, method: str = "mean-a
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ClassInfo:
-    """Names and ``[r, g, b]`` colours (0..255) of a model's or a metrics file's classes."""
-
-    names: tuple[str, ...]
-    palette: tuple[tuple[int, int, int], ...]
-
-
-def class_info(model: nn.Module) -> ClassInfo:
-    """The classes of a model from its metadata; numbered names and distinct colours when the
-    model has none (e.g. built from a registry name without a checkpoint)."""
-    metadata = getattr(model, "metadata", None)
-    count = int(getattr(model, "num_classes", 0) or (metadata.num_classes if metadata else 0))
-    names = list(metadata.class_names) if metadata and metadata.class_names else []
-    palette = [tuple(c) for c in metadata.palette] if metadata and metadata.palette else []
-    return ClassInfo(
-        names=tuple(names or (f"class {i}" for i in range(count))),
-        palette=tuple(palette or distinct_palette(count)),
-    )
-
-
 def class_info_for_names(names: Sequence[str]) -> ClassInfo:
     """Colours for class names read from a metrics file: the palette of the known data set
     with exactly these classes (CamVid, Cityscapes, COCO-Stuff), else distinct colours."""
     for labels in KNOWN_LABEL_SETS:
         if tuple(labels.class_names) == tuple(names):
             return ClassInfo(tuple(names), tuple(labels.palette))
-    return ClassInfo(tuple(names), distinct_palette(len(names)))
+    return ClassInfo.of(len(names), names)
 
 
 def _hex(colour: Sequence[int]) -> str:
@@ -189,9 +169,7 @@ def compute_features(model: nn.Module, image: np.ndarray) -> dict[str, torch.Ten
     normalisation; every map is ``(1, C, h, w)`` on the CPU, ``logits`` at 1/8."""
     if not hasattr(model, "forward_features"):
         raise ValueError(f"{type(model).__name__} has no forward_features (not a DDRNet?)")
-    metadata = getattr(model, "metadata", None)
-    mean = metadata.mean if metadata and metadata.mean else (0.485, 0.456, 0.406)
-    std = metadata.std if metadata and metadata.std else (0.229, 0.224, 0.225)
+    mean, std = normalisation(model)
     device = next(model.parameters()).device
     tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
     model.eval()
@@ -602,7 +580,7 @@ def compare_pictures(
                 f"{title} predicts classes {list(info.names)}, but {models[0][0]} predicts "
                 f"{list(infos[0].names)}: one legend cannot describe both"
             )
-    from ddrnet.engine.inference import Predictor
+    from ddrnet.engine.predictor import Predictor
 
     pictures = [titled(image, f"input {image.shape[1]}x{image.shape[0]}")]
     present: set[int] = set()

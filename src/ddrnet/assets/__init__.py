@@ -48,6 +48,11 @@ def resolve_bundled_name(checkpoint: str | Path) -> Path:
     return path
 
 
-def demo_frames() -> list[Path]:
-    """The demo road scenes shipped with the package (CamVid, CC BY-NC 4.0; see demo/README.md)."""
-    return sorted((assets_dir() / "demo").glob("*.png"))
+def demo_frames(folder: Path | None = None) -> list[Path]:
+    """The images in ``folder`` (``ddrnet.data.io.image_files``; none when the folder does
+    not exist), by default the demo road scenes shipped with the
+    package (CamVid, CC BY-NC 4.0; see demo/README.md)."""
+    from ddrnet.data.io import image_files
+
+    folder = assets_dir() / "demo" if folder is None else Path(folder)
+    return image_files(folder) if folder.is_dir() else []

@@ -18,7 +18,7 @@ from ddrnet.cli.options import (
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    from ddrnet.deploy.bench import BACKENDS, default_backends
+    from ddrnet.deploy.backends import BACKENDS, default_backends
 
     parser = commands.add_parser(
         "bench",

@@ -2,7 +2,7 @@
 
 Layout::
 
-    <root>/images/<split>/<name>.{png,jpg,jpeg}
+    <root>/images/<split>/<name>.{png,jpg,jpeg,...}  # any of ddrnet.data.io.IMAGE_SUFFIXES
     <root>/masks/<split>/<name>.png        # same name, PNG only (JPEG would alter values)
 
 Masks are either index PNGs (single-channel; each value a class id, ``ignore_index`` =
@@ -36,9 +36,10 @@ from ddrnet.data.datasets import (
     Transform,
     split_folder,
 )
-from ddrnet.data.labels import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, LabelSet, lookup_table
+from ddrnet.data.io import IMAGE_SUFFIXES, image_files
+from ddrnet.data.labels import IGNORE_INDEX, LabelSet, lookup_table
+from ddrnet.models.metadata import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _TOP_LEVEL_KEYS = ("classes", "ignore_index", "ignore_colors", "mean", "std")
 _CLASS_KEYS = ("name", "color")
 
@@ -170,7 +171,8 @@ def load_classes_file(path: str | Path) -> FolderClasses:
 
 
 def folder_samples(root: str | Path, split: str) -> list[Sample]:
-    """Pairs ``images/<split>/<name>.{png,jpg,jpeg}`` with ``masks/<split>/<name>.png``.
+    """Pairs ``images/<split>/<name>.{png,jpg,...}`` (``IMAGE_SUFFIXES``) with
+    ``masks/<split>/<name>.png``.
 
     Raises naming the files: images without a mask, masks without an image, two images of
     the same name (``a.png`` and ``a.jpg``), no images at all.
@@ -180,9 +182,7 @@ def folder_samples(root: str | Path, split: str) -> list[Sample]:
     image_dir = split_folder(root, "images", split, name)
     mask_dir = split_folder(root, "masks", split, name)
     images: dict[str, Path] = {}
-    for path in sorted(image_dir.iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
-            continue
+    for path in image_files(image_dir):
         if path.stem in images:
             raise DatasetError(f"{name}: {images[path.stem]} and {path} share the name")
         images[path.stem] = path

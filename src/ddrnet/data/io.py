@@ -9,8 +9,22 @@ from PIL import Image, UnidentifiedImageError
 
 from ddrnet.errors import DDRNetError
 
+# What counts as an image file wherever files are picked from a folder or a pattern (inputs
+# of ``ddrnet predict``, calibration folders, folder data sets, demo frames): formats Pillow
+# reads.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+
 # Refuse decompression bombs: ~ 16k x 16k pixels is far beyond any road-scene frame.
 Image.MAX_IMAGE_PIXELS = 268_435_456
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files (``IMAGE_SUFFIXES``, any case) directly in ``folder``, sorted by name."""
+    return sorted(
+        path
+        for path in Path(folder).iterdir()
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    )
 
 
 class ImageReadError(DDRNetError, ValueError):

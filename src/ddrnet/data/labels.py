@@ -7,12 +7,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from ddrnet.models.metadata import IMAGENET_MEAN, IMAGENET_STD, distinct_palette
 
-# ImageNet RGB statistics on the 0..1 scale: the normalisation of ImageNet-pretrained
-# backbones, so data sets trained from such weights keep it.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IGNORE_INDEX = 255
 
 
 @dataclass(frozen=True)
@@ -109,22 +106,6 @@ def colour_indices(rgb: np.ndarray, colours: np.ndarray) -> np.ndarray:
     position = np.minimum(np.searchsorted(sorted_keys, packed), len(keys) - 1)
     found = sorted_keys[position] == packed
     return np.where(found, order[position], len(keys)).astype(np.int32)
-
-
-def distinct_palette(count: int) -> tuple[tuple[int, int, int], ...]:
-    """``count`` distinct colours from the PASCAL VOC bit-interleaving scheme, starting at
-    its second entry so that no class is drawn black (black reads as "nothing here")."""
-    palette = []
-    for index in range(1, count + 1):
-        red = green = blue = 0
-        code = index
-        for bit in range(8):
-            red |= ((code >> 0) & 1) << (7 - bit)
-            green |= ((code >> 1) & 1) << (7 - bit)
-            blue |= ((code >> 2) & 1) << (7 - bit)
-            code >>= 3
-        palette.append((red, green, blue))
-    return tuple(palette)
 
 
 # --------------------------------------------------------------------------------------------

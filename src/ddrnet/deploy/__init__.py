@@ -2,6 +2,11 @@
 speed benchmarks, and exported ONNX and ncnn files run as models (``load_onnx_model``,
 ``load_ncnn_model``).
 
+Data flows one way, export -> file -> runtime: ``export`` / ``ncnn_export`` / ``quantize``
+write files, ``onnx_file`` reads what a file says about itself, ``runtime`` / ``ncnn_runtime``
+run files (sessions, OpenVINO plans, ``nn.Module`` wrappers), ``verify`` checks a file
+against PyTorch and scores it, ``backends`` + ``bench`` time every form.
+
 onnx, onnxruntime and openvino are optional (``pip install ddrnet[deploy]``), as are pnnx and
 ncnn (``pip install ddrnet[edge]``); they are imported by the functions that use them, so
 importing this package needs only PyTorch.
@@ -9,46 +14,54 @@ importing this package needs only PyTorch.
 
 from __future__ import annotations
 
-from ddrnet.deploy.bench import (
+from ddrnet.deploy.backends import (
     BACKENDS,
     GPU_BACKENDS,
     Runner,
-    benchmark,
     build_runner,
     check_backends,
     default_backends,
+)
+from ddrnet.deploy.bench import (
+    benchmark,
     float32_conv_peak,
     measure_conv_peak_gflops,
     measured_peaks,
     run_benchmarks,
 )
-from ddrnet.deploy.export import (
+from ddrnet.deploy.export import export_onnx, export_torchscript
+from ddrnet.deploy.gpu import build_tensorrt_engine, tensorrt_function
+from ddrnet.deploy.ncnn_export import export_ncnn
+from ddrnet.deploy.ncnn_runtime import NcnnSegmentationModel, is_ncnn_file, load_ncnn_model
+from ddrnet.deploy.onnx_file import (
     OPENVINO_FIXED_SIZE_KEY,
     ExportError,
     OnnxFileProperties,
-    export_onnx,
-    export_torchscript,
     onnx_file_properties,
-    onnx_session,
+    openvino_fixed_size_ok,
     read_onnx_metadata,
-    verify_onnx,
-    verify_onnx_labels,
 )
-from ddrnet.deploy.gpu import build_tensorrt_engine, tensorrt_function
-from ddrnet.deploy.ncnn_export import export_ncnn, verify_ncnn
-from ddrnet.deploy.ncnn_runtime import NcnnSegmentationModel, is_ncnn_file, load_ncnn_model
 from ddrnet.deploy.quantize import (
     ImageCalibrationReader,
     average_pools_as_depthwise_convs,
     concat_convolution_blocks,
-    evaluate_onnx,
-    evaluate_onnx_forms,
     load_calibration_images,
-    openvino_fixed_size_ok,
-    openvino_logits_function,
     quantize_onnx_int8,
 )
-from ddrnet.deploy.runtime import OnnxSegmentationModel, is_onnx_file, load_onnx_model
+from ddrnet.deploy.runtime import (
+    OnnxSegmentationModel,
+    is_onnx_file,
+    load_onnx_model,
+    onnx_session,
+    openvino_logits_function,
+)
+from ddrnet.deploy.verify import (
+    evaluate_onnx,
+    evaluate_onnx_forms,
+    verify_ncnn,
+    verify_onnx,
+    verify_onnx_labels,
+)
 from ddrnet.models.fusion import conv_bn_pairs, fuse_conv_bn
 
 __all__ = [

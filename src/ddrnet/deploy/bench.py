@@ -2,10 +2,9 @@
 measured the same way for each.
 
 ``benchmark`` times any callable with ``time.perf_counter`` (warm-up first, then per-call
-latencies). ``build_runner`` turns a model into a ready-to-call backend: eager PyTorch
-(float32, channels-last, bfloat16 autocast), BN-folded, ``torch.compile``, ONNX Runtime FP32
-and INT8, OpenVINO, and on NVIDIA GPUs PyTorch float32/float16 and TensorRT (``gpu.py``).
-``run_benchmarks`` times a list of backends in one process, in interleaved rounds, and
+latencies). ``ddrnet.deploy.backends.build_runner`` turns a model into a ready-to-call
+backend (eager PyTorch, BN-folded, ``torch.compile``, ONNX Runtime, OpenVINO, ncnn, CUDA,
+TensorRT). ``run_benchmarks`` times a list of backends in one process, in interleaved rounds, and
 reports each one's speed relative to eager float32 measured in the same rounds, so machine
 load, its drift and thread settings cancel out of the ratio. ``measure_conv_peak_gflops``
 gives the CPU's achievable convolution throughput, the yardstick for "fraction of peak".
@@ -24,71 +23,25 @@ from __future__ import annotations
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from ddrnet.deploy.export import export_onnx, float_cpu_copy, onnx_session
-from ddrnet.deploy.quantize import openvino_logits_function, quantize_onnx_int8
-from ddrnet.errors import UsageError
+from ddrnet.deploy.backends import (
+    BACKENDS,
+    GPU_BACKENDS,
+    REFERENCE_BACKEND,
+    Runner,
+    build_runner,
+    check_backends,
+    torch_call,
+)
+from ddrnet.deploy.export import float_cpu_copy
 from ddrnet.models.complexity import count_macs
-from ddrnet.models.fusion import fuse_conv_bn
-from ddrnet.models.metadata import IMAGENET_MEAN, IMAGENET_STD
-
-BACKENDS: dict[str, str] = {
-    "eager": "PyTorch eager, float32, NCHW",
-    "eager_channels_last": "PyTorch eager, float32, channels-last (NHWC) memory format",
-    "eager_bf16": "PyTorch eager, bfloat16 autocast, NCHW",
-    "eager_bf16_channels_last": "PyTorch eager, bfloat16 autocast, channels-last",
-    "bn_folded": "PyTorch eager, float32, Conv+BN folded (the paper's speed protocol)",
-    "compile": "torch.compile (inductor), float32, BN folded",
-    "ort": "ONNX Runtime CPU, float32, all graph optimisations",
-    "ort_int8": "ONNX Runtime CPU, INT8 QDQ (u8 activations, per-channel s8 weights)",
-    "openvino": "OpenVINO CPU, float32 inference precision",
-    "openvino_bf16": "OpenVINO CPU, bfloat16 inference precision where the CPU supports it",
-    "openvino_int8": "OpenVINO CPU running our INT8 QDQ model (AMX/VNNI int8), bf16 elsewhere",
-    "ncnn": "ncnn CPU (pnnx export), float32, Winograd 3x3 and packed layouts (its defaults)",
-    "cuda": "PyTorch on the GPU, float32 (no TF32), BN folded, cudnn.benchmark",
-    "cuda_fp16": "PyTorch on the GPU, float16 weights and input, channels-last, BN folded",
-    "tensorrt_fp16": "TensorRT engine from our ONNX export, float16 allowed, static shape",
-}
-GPU_BACKENDS = ("cuda", "cuda_fp16", "tensorrt_fp16")
-REFERENCE_BACKEND = "eager"
-
-
-def check_backends(names: Sequence[str]) -> list[str]:
-    """``names`` as a list, or a ``UsageError`` (a ``ValueError``) naming those that are not
-    in ``BACKENDS`` (called before anything is measured)."""
-    unknown = [name for name in names if name not in BACKENDS]
-    if unknown:
-        raise UsageError(f"unknown backends {unknown}; valid: {', '.join(BACKENDS)}")
-    return list(names)
-
-
-def default_backends() -> list[str]:
-    """The backends ``ddrnet bench`` times by default: only those that run well here.
-
-    bf16 autocast only where the CPU computes bf16 natively (emulated, it ran ~10x slower
-    than float32 on an AMD Zen 2), OpenVINO where it is installed, ncnn where ncnn and pnnx
-    are (its Winograd convolutions made it the fastest fp32 form on a Zen 4: 2.1x eager,
-    1.5x ONNX Runtime at 360x480), the GPU backends where CUDA is available."""
-    from importlib.util import find_spec
-
-    from ddrnet.hardware import cpu_has_native_bf16
-
-    names = ["eager", "bn_folded"]
-    names += ["eager_bf16_channels_last"] if cpu_has_native_bf16() else []
-    names += ["ort", "ort_int8"] if find_spec("onnxruntime") is not None else []
-    names += ["openvino"] if find_spec("openvino") is not None else []
-    names += ["ncnn"] if find_spec("ncnn") is not None and find_spec("pnnx") is not None else []
-    return names + (list(GPU_BACKENDS) if torch.cuda.is_available() else [])
 
 
 def _percentile(sorted_values: Sequence[float], fraction: float) -> float:
@@ -172,169 +125,6 @@ def benchmark(
     """
     latencies = _time_calls(fn, inputs, warmup_seconds, min_seconds, min_iterations, max_iterations)
     return _latency_statistics(latencies, batch_size)
-
-
-@dataclass
-class Runner:
-    """A backend ready to time: ``fn(*inputs)`` runs one forward pass.
-
-    ``output()`` returns that pass's logits as a float32 ``torch.Tensor`` (for checking the
-    backend against eager float32); ``keep`` holds objects that must outlive the runner
-    (temporary folders with exported files).
-    """
-
-    name: str
-    fn: Callable[..., Any]
-    inputs: tuple[Any, ...]
-    description: str
-    keep: list[Any] = field(default_factory=list)
-
-    def output(self) -> torch.Tensor:
-        """Logits of one pass, float32 on the CPU."""
-        result = self.fn(*self.inputs)
-        if isinstance(result, (list, tuple)):
-            result = result[0]
-        if isinstance(result, np.ndarray):
-            result = torch.from_numpy(result)
-        return result.float().cpu()
-
-
-def _torch_call(
-    module: nn.Module, image: torch.Tensor, bf16: bool = False, channels_last: bool = False
-) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
-    """``(fn, input)`` running ``module`` without autograd, optionally under bfloat16
-    autocast and with module and input in channels-last memory format."""
-    if channels_last:
-        module = module.to(memory_format=torch.channels_last)
-        image = image.contiguous(memory_format=torch.channels_last)
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-            return module(x)
-
-    return run, image
-
-
-def _torch_runner(
-    name: str,
-    module: nn.Module,
-    image: torch.Tensor,
-    bf16: bool = False,
-    channels_last: bool = False,
-) -> Runner:
-    fn, image = _torch_call(module, image, bf16, channels_last)
-    return Runner(name, fn, (image,), BACKENDS[name])
-
-
-def _onnx_runner(
-    name: str,
-    model: nn.Module,
-    image: torch.Tensor,
-    threads: int,
-    calibration_images: Sequence[Any] | None,
-) -> Runner:
-    scratch = tempfile.TemporaryDirectory(prefix="ddrnet-bench-")
-    input_size = (int(image.shape[-2]), int(image.shape[-1]))
-    path = export_onnx(model, Path(scratch.name) / "model.onnx", input_size)
-    if name in ("ort_int8", "openvino_int8"):
-        mean, std = _model_normalisation(model)
-        if calibration_images is None:
-            # Speed does not depend on the ranges; without real images, use noise images.
-            generator = np.random.default_rng(0)
-            calibration_images = [
-                generator.integers(0, 256, (*input_size, 3), dtype=np.uint8) for _ in range(2)
-            ]
-        path = quantize_onnx_int8(
-            path, Path(scratch.name) / "model_int8.onnx", calibration_images, mean, std, input_size
-        )
-    array = image.numpy()
-    if name.startswith("openvino"):
-        # The INT8 model's quantised convolutions run in int8 whatever the hint; the hint sets
-        # the precision of what stays in floating point (resizes, softmax-free head, DAPPM).
-        precision = "f32" if name == "openvino" else "bf16"
-        run_openvino = openvino_logits_function(path, threads, precision, array.shape)
-        return Runner(name, run_openvino, (array,), BACKENDS[name], keep=[scratch])
-    session = onnx_session(path, threads=threads)
-    input_name = session.get_inputs()[0].name
-
-    def run_ort(x: np.ndarray) -> Any:
-        return session.run(None, {input_name: x})
-
-    return Runner(name, run_ort, (array,), BACKENDS[name], keep=[scratch, session])
-
-
-def _model_normalisation(model: nn.Module) -> tuple[Sequence[float], Sequence[float]]:
-    metadata = getattr(model, "metadata", None)
-    if metadata is None:
-        return IMAGENET_MEAN, IMAGENET_STD
-    return metadata.mean, metadata.std
-
-
-def build_runner(
-    backend: str,
-    model: nn.Module,
-    input_size: tuple[int, int] = (360, 480),
-    *,
-    batch_size: int = 1,
-    threads: int | None = None,
-    calibration_images: Sequence[Any] | None = None,
-    seed: int = 0,
-) -> Runner:
-    """Prepare ``backend`` (a key of ``BACKENDS``) for ``model`` on a fixed random input
-    ``(batch_size, 3, H, W)`` float32, ``input_size = (H, W)`` in pixels.
-
-    Each runner works on its own copy of the model. ``threads``: ONNX Runtime / OpenVINO
-    threads, by default ``torch.get_num_threads()`` so every backend gets the same cores.
-    ``calibration_images`` (``(H, W, 3)`` uint8 RGB) calibrate ``ort_int8``; without them
-    noise images are used, fine for timing but not for accuracy. ``compile`` compiles (and
-    runs once) here, so a compilation failure raises from this function.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    threads = threads or torch.get_num_threads()
-    generator = torch.Generator().manual_seed(seed)
-    image = torch.randn(batch_size, 3, *input_size, generator=generator)
-    if backend in ("eager", "eager_channels_last", "eager_bf16", "eager_bf16_channels_last"):
-        return _torch_runner(
-            backend,
-            float_cpu_copy(model),
-            image,
-            bf16="bf16" in backend,
-            channels_last="channels_last" in backend,
-        )
-    if backend in ("bn_folded", "compile"):
-        folded = fuse_conv_bn(model)
-        if backend == "bn_folded":
-            return _torch_runner(backend, folded, image)
-        runner = _torch_runner(backend, torch.compile(folded, dynamic=False), image)
-        runner.fn(*runner.inputs)  # compile now, inside the caller's error handling
-        return runner
-    if backend in GPU_BACKENDS:
-        return _gpu_runner(backend, model, image)
-    if backend == "ncnn":
-        from ddrnet.deploy.ncnn_export import ncnn_bench_runner
-
-        return ncnn_bench_runner(model, image, threads)
-    return _onnx_runner(backend, model, image, threads, calibration_images)
-
-
-def _gpu_runner(name: str, model: nn.Module, image: torch.Tensor) -> Runner:
-    from ddrnet.deploy import gpu
-
-    gpu.require_cuda(f"backend {name!r}")
-    if name in ("cuda", "cuda_fp16"):
-        fn, image = gpu.cuda_torch_function(fuse_conv_bn(model), image, half=name == "cuda_fp16")
-        return Runner(name, fn, (image,), BACKENDS[name])
-    scratch = tempfile.TemporaryDirectory(prefix="ddrnet-bench-")
-    input_size = (int(image.shape[-2]), int(image.shape[-1]))
-    onnx_path = export_onnx(
-        model, Path(scratch.name) / "model.onnx", input_size, batch_size=int(image.shape[0])
-    )
-    engine = gpu.build_tensorrt_engine(
-        onnx_path, Path(scratch.name) / "model.engine", tuple(image.shape), fp16=True
-    )
-    fn, image = gpu.tensorrt_function(engine, image)
-    return Runner(name, fn, (image,), BACKENDS[name], keep=[scratch])
 
 
 def _proc_status_bytes(field_name: str) -> int | None:
@@ -435,75 +225,114 @@ def run_benchmarks(
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     order = list(dict.fromkeys([REFERENCE_BACKEND, *requested]))
     gmacs = count_macs(float_cpu_copy(model), input_size) / 1e9
-    seconds_per_round = seconds / rounds
     # At least 5 timed calls per backend in all, however slow it is.
-    calls_per_round = -(-5 // rounds)
-    rows: dict[str, dict[str, Any]] = {}
-    runners: dict[str, Runner] = {}  # kept alive for the later passes
-    latencies: dict[str, list[list[float]]] = {}
-    reference_output: torch.Tensor | None = None
+    passes = _Passes(seconds / rounds, -(-5 // rounds))
+
+    def build(name: str) -> Runner:
+        return build_runner(
+            name,
+            model,
+            input_size,
+            batch_size=batch_size,
+            threads=threads,
+            calibration_images=calibration_images,
+        )
+
     for name in order:  # the first pass, each backend built just before it is timed
-        row: dict[str, Any] = {"backend": name, "description": BACKENDS[name], "error": None}
-        rows[name] = row
-        exact_peak = _reset_peak_rss()
-        rss_before = _current_rss_bytes() if exact_peak else _peak_rss_bytes()
-        on_gpu = name in GPU_BACKENDS and torch.cuda.is_available()
-        if on_gpu:
-            torch.cuda.reset_peak_memory_stats()
-        started = time.perf_counter()
-        try:
-            runner = build_runner(
-                name,
-                model,
-                input_size,
-                batch_size=batch_size,
-                threads=threads,
-                calibration_images=calibration_images,
-            )
-            row["build_seconds"] = time.perf_counter() - started
-            output = runner.output()
-            if reference_output is None:
-                reference_output = output
-            elif output.shape == reference_output.shape:
-                row["max_abs_diff"] = float((output - reference_output).abs().max())
-            latencies[name] = [
-                _time_calls(
-                    runner.fn,
-                    runner.inputs,
-                    warmup_seconds,
-                    seconds_per_round,
-                    calls_per_round,
-                    None,
-                )
-            ]
-            runners[name] = runner
-        except Exception as error:  # report any backend failure, keep benchmarking the rest
-            row["error"] = f"{type(error).__name__}: {error}"
-        row["peak_memory_mib"] = max(0, _peak_rss_bytes() - rss_before) / 2**20
-        if on_gpu:
-            row["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        _build_and_time(passes, name, build, warmup_seconds)
     peaks = [measure_peak()] if measure_peak else []
     for _ in range(rounds - 1):
-        for name, runner in list(runners.items()):
-            try:
-                latencies[name].append(
-                    _time_calls(
-                        runner.fn, runner.inputs, 0.0, seconds_per_round, calls_per_round, None
-                    )
-                )
-            except Exception as error:  # a backend that fails later is reported, not fatal
-                rows[name]["error"] = f"{type(error).__name__}: {error}"
-                del runners[name], latencies[name]
+        _time_again(passes)
         if measure_peak:
             peaks.append(measure_peak())
-    runners.clear()  # release every backend's memory
+    passes.runners.clear()  # release every backend's memory
+    _summarise(passes, batch_size, gmacs, peaks, peak_gflops)
+    return list(passes.rows.values())
+
+
+@dataclass
+class _Passes:
+    """What ``run_benchmarks`` keeps from pass to pass: per backend its result row, its
+    ``Runner`` (kept alive for the later passes) and the timed calls of each pass (s)."""
+
+    seconds_per_round: float
+    calls_per_round: int
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    runners: dict[str, Runner] = field(default_factory=dict)
+    latencies: dict[str, list[list[float]]] = field(default_factory=dict)
+    reference_output: torch.Tensor | None = None  # eager float32's logits
+
+    def time(self, runner: Runner, warmup_seconds: float) -> list[float]:
+        """One pass's share of timed calls of ``runner``, in seconds each."""
+        return _time_calls(
+            runner.fn,
+            runner.inputs,
+            warmup_seconds,
+            self.seconds_per_round,
+            self.calls_per_round,
+            None,
+        )
+
+
+def _build_and_time(
+    passes: _Passes, name: str, build: Callable[[str], Runner], warmup_seconds: float
+) -> None:
+    """Backend ``name``'s part of the first pass: build it, check its logits against eager
+    float32's, time it, and record its row (with the error instead, if any step failed) and
+    the peak memory all that took."""
+    row: dict[str, Any] = {"backend": name, "description": BACKENDS[name], "error": None}
+    passes.rows[name] = row
+    exact_peak = _reset_peak_rss()
+    rss_before = _current_rss_bytes() if exact_peak else _peak_rss_bytes()
+    on_gpu = name in GPU_BACKENDS and torch.cuda.is_available()
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    try:
+        runner = build(name)
+        row["build_seconds"] = time.perf_counter() - started
+        output = runner.output()
+        if passes.reference_output is None:
+            passes.reference_output = output
+        elif output.shape == passes.reference_output.shape:
+            row["max_abs_diff"] = float((output - passes.reference_output).abs().max())
+        passes.latencies[name] = [passes.time(runner, warmup_seconds)]
+        passes.runners[name] = runner
+    except Exception as error:  # report any backend failure, keep benchmarking the rest
+        row["error"] = f"{type(error).__name__}: {error}"
+    row["peak_memory_mib"] = max(0, _peak_rss_bytes() - rss_before) / 2**20
+    if on_gpu:
+        row["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+
+
+def _time_again(passes: _Passes) -> None:
+    """One later pass over every backend still running (already warm)."""
+    for name, runner in list(passes.runners.items()):
+        try:
+            passes.latencies[name].append(passes.time(runner, 0.0))
+        except Exception as error:  # a backend that fails later is reported, not fatal
+            passes.rows[name]["error"] = f"{type(error).__name__}: {error}"
+            del passes.runners[name], passes.latencies[name]
+
+
+def _summarise(
+    passes: _Passes,
+    batch_size: int,
+    gmacs: float,
+    peaks: list[float],
+    peak_gflops: float | None,
+) -> None:
+    """Add the speed keys (``run_benchmarks`` lists them) to the row of every backend that
+    ran: medians over passes of its rates and of its ratios to eager float32 (and to CUDA
+    float32, for GPU backends) and to the convolution ``peaks`` of each pass (or the fixed
+    ``peak_gflops``)."""
     round_fps = {
         name: [batch_size * len(calls) / sum(calls) for calls in per_round]
-        for name, per_round in latencies.items()
+        for name, per_round in passes.latencies.items()
     }
     reference_fps, cuda_fps = round_fps.get(REFERENCE_BACKEND), round_fps.get("cuda")
-    for name, per_round in latencies.items():
-        row, fps = rows[name], round_fps[name]
+    for name, per_round in passes.latencies.items():
+        row, fps = passes.rows[name], round_fps[name]
         row.update(_latency_statistics([t for calls in per_round for t in calls], batch_size))
         row["rounds"] = len(per_round)
         row["fps_rounds"] = fps
@@ -522,7 +351,6 @@ def run_benchmarks(
             row["speedup"] = statistics.median(row["speedup_rounds"])
         if cuda_fps and name in GPU_BACKENDS:
             row["speedup_vs_cuda_fp32"] = statistics.median([a / b for a, b in zip(fps, cuda_fps)])
-    return list(rows.values())
 
 
 def float32_conv_peak(seconds: float = 1.0) -> float:
@@ -562,7 +390,7 @@ def measure_conv_peak_gflops(
             raise ValueError(f"dtypes must be float32 or bfloat16, got {dtype_name!r}")
         best = 0.0
         for channels_last in (False, True):
-            fn, image = _torch_call(
+            fn, image = torch_call(
                 conv, torch.randn(1, channels, *spatial), dtype_name == "bfloat16", channels_last
             )
             timing = benchmark(fn, (image,), min(0.5, seconds / 4), seconds / 2, min_iterations=2)

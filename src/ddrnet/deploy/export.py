@@ -4,7 +4,7 @@ BatchNorm-folded eager model.
 Every resize in DDRNet takes its target size from a tensor (``F.interpolate(size=t.shape[-2:])``),
 so a traced graph computes its Resize sizes from ``Shape`` ops and works at any input size,
 including odd ones such as 361x479; ``export_onnx`` checks that no Resize was frozen to the
-export size. ``verify_onnx`` runs the exported file in ONNX Runtime against the PyTorch model.
+export size. ``ddrnet.deploy.verify`` checks the exported file against the PyTorch model.
 
 onnx and onnxruntime (the ``deploy`` extra) are imported inside the functions that need them.
 """
@@ -13,28 +13,16 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddrnet.errors import DDRNetError, MissingFileError
+from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.limits import check_pixels
 from ddrnet.models.fusion import unwrapped_copy
-
-DEFAULT_VERIFY_SIZES: tuple[tuple[int, int], ...] = ((360, 480), (361, 479), (64, 64))
-METADATA_KEY = "ddrnet"  # ONNX metadata_props key holding the model's ModelMetadata as JSON
-# metadata_props key holding export_onnx's options (argmax, upsample_to_input, dynamic) as JSON.
-EXPORT_OPTIONS_KEY = "ddrnet.export"
-# metadata_props key of an INT8 file that OpenVINO can compile for a fixed input size.
-OPENVINO_FIXED_SIZE_KEY = "ddrnet.openvino_fixed_size"
-
-
-class ExportError(DDRNetError, RuntimeError):
-    """An export produced a graph that would not work as asked; the message says why."""
 
 
 class SegmentationExportWrapper(nn.Module):
@@ -153,8 +141,6 @@ def export_onnx(
     Raises ``ExportError`` if the checker rejects the graph or, with ``dynamic=True``, a
     Resize node kept a constant size.
     """
-    import onnx
-
     height, width = _check_size("input_size", input_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -162,6 +148,25 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = SegmentationExportWrapper(float_cpu_copy(model), argmax, upsample_to_input).eval()
     example = _example_input(batch_size, height, width)
+    export_kwargs = _exporter_options(dynamic, argmax, opset, dynamo)
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript-based exporter is chosen deliberately (see ``dynamo``); its
+        # deprecation notices say nothing about this export.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message=".*will be removed.*")
+        torch.onnx.export(wrapper, (example,), str(path), **export_kwargs)
+    options = {"argmax": argmax, "upsample_to_input": upsample_to_input, "dynamic": dynamic}
+    _check_and_describe(path, dynamic, options, getattr(model, "metadata", None))
+    return path
+
+
+def _exporter_options(
+    dynamic: bool, argmax: bool, opset: int | None, dynamo: bool
+) -> dict[str, object]:
+    """``torch.onnx.export`` keyword arguments: names, opset, symbolic sizes for either
+    exporter (``export_onnx`` documents the arguments)."""
     output_name = "labels" if argmax else "logits"
     export_kwargs: dict[str, object] = {
         "input_names": ["image"],
@@ -177,25 +182,27 @@ def export_onnx(
             }
             export_kwargs["dynamic_shapes"] = {"image": dims}
         export_kwargs["dynamo"] = True
-    else:
-        if dynamic:
-            output_axes = {0: "batch", 1: "out_height", 2: "out_width"}
-            if not argmax:
-                output_axes = {0: "batch", 2: "out_height", 3: "out_width"}
-            export_kwargs["dynamic_axes"] = {
-                "image": {0: "batch", 2: "height", 3: "width"},
-                output_name: output_axes,
-            }
-        export_kwargs["dynamo"] = False
-        export_kwargs["do_constant_folding"] = True
-    with torch.no_grad(), warnings.catch_warnings():
-        # The TorchScript-based exporter is chosen deliberately (see ``dynamo``); its
-        # deprecation notices say nothing about this export.
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        warnings.filterwarnings("ignore", message=".*will be removed.*")
-        torch.onnx.export(wrapper, (example,), str(path), **export_kwargs)
+        return export_kwargs
+    if dynamic:
+        output_axes = {0: "batch", 1: "out_height", 2: "out_width"}
+        if not argmax:
+            output_axes = {0: "batch", 2: "out_height", 3: "out_width"}
+        export_kwargs["dynamic_axes"] = {
+            "image": {0: "batch", 2: "height", 3: "width"},
+            output_name: output_axes,
+        }
+    export_kwargs["dynamo"] = False
+    export_kwargs["do_constant_folding"] = True
+    return export_kwargs
+
+
+def _check_and_describe(
+    path: Path, dynamic: bool, options: dict[str, bool], metadata: object | None
+) -> None:
+    """Check the file ``torch.onnx.export`` wrote (the ONNX checker; no frozen Resize
+    sizes when ``dynamic``), then store the export ``options`` and the model's
+    ``ModelMetadata`` in its ``metadata_props`` (``ddrnet.deploy.onnx_file``)."""
+    import onnx
 
     onnx_model = onnx.load(str(path))
     try:
@@ -210,235 +217,11 @@ def export_onnx(
                 "only work at the export size; every resize in the model must take its size "
                 "from a tensor (F.interpolate(size=reference.shape[-2:]))"
             )
-    metadata = getattr(model, "metadata", None)
-    props = {
-        EXPORT_OPTIONS_KEY: json.dumps(
-            {"argmax": argmax, "upsample_to_input": upsample_to_input, "dynamic": dynamic}
-        )
-    }
+    props = {EXPORT_OPTIONS_KEY: json.dumps(options)}
     if metadata is not None and hasattr(metadata, "to_json"):
         props[METADATA_KEY] = metadata.to_json()
     onnx.helper.set_model_props(onnx_model, props)
     onnx.save(onnx_model, str(path))
-    return path
-
-
-def read_onnx_metadata(path: str | Path) -> dict[str, object]:
-    """The ``ModelMetadata`` dict ``export_onnx`` stored in the file (empty if none)."""
-    return onnx_file_properties(path).model_metadata
-
-
-@dataclass(frozen=True)
-class OnnxFileProperties:
-    """What the runtimes need to know of an ONNX file, read in one parse
-    (``onnx_file_properties``)."""
-
-    metadata_props: dict[str, str]  # the file's metadata_props, key -> value
-    channels: int  # the output's channel count; 0 if symbolic
-    output_type: str  # the output's element type name: "FLOAT", "INT64"...
-    quantized: bool  # holds QuantizeLinear nodes (an INT8 QDQ file)
-    # Some int8 weight lies outside [-64, 64], the 7-bit range: 8-bit weights, which
-    # saturate on x86 CPUs without VNNI (ddrnet.hardware). False for float files.
-    full_range_int8_weights: bool = False
-
-    @property
-    def model_metadata(self) -> dict[str, object]:
-        """The ``ModelMetadata`` dict ``export_onnx`` stored (empty if none)."""
-        stored = self.metadata_props.get(METADATA_KEY)
-        return json.loads(stored) if stored else {}
-
-    @property
-    def export_options(self) -> dict[str, object]:
-        """The options ``export_onnx`` wrote the file with (empty if none)."""
-        stored = self.metadata_props.get(EXPORT_OPTIONS_KEY)
-        return json.loads(stored) if stored else {}
-
-    @property
-    def openvino_fixed_size(self) -> bool:
-        """Whether OpenVINO may compile the file for a fixed input size: any float file, and a
-        quantised one written by ``quantize_onnx_int8(openvino_fixed_size=True)`` (others stay
-        dynamic: OpenVINO 2026.4 segfaults on some quantised graphs compiled at a fixed size).
-        """
-        return not self.quantized or OPENVINO_FIXED_SIZE_KEY in self.metadata_props
-
-
-def onnx_file_properties(path: str | Path) -> OnnxFileProperties:
-    """Metadata, output channels and type, and quantisation of the ONNX file ``path``; errors
-    name the file when it is missing or not an ONNX model."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"{path}: no such ONNX file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # onnx raises DecodeError, OSError, ... for bad files
-        raise ExportError(f"{path}: not a readable ONNX file ({error})") from None
-    if not model.graph.output or not model.graph.input:
-        raise ExportError(f"{path}: not an ONNX model (no graph inputs or outputs; empty file?)")
-    output = model.graph.output[0].type.tensor_type
-    dims = output.shape.dim
-    return OnnxFileProperties(
-        metadata_props={prop.key: prop.value for prop in model.metadata_props},
-        channels=int(dims[1].dim_value) if len(dims) == 4 else 0,
-        output_type=onnx.TensorProto.DataType.Name(output.elem_type),
-        quantized=any(node.op_type == "QuantizeLinear" for node in model.graph.node),
-        full_range_int8_weights=_largest_int8_weight(model) > 64,
-    )
-
-
-def _largest_int8_weight(model: object) -> int:
-    """The largest magnitude among the int8 initializers (quantised weights); 0 if none.
-    Read from the weights themselves, so it holds for files from any quantiser."""
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
-
-    largest = 0
-    for tensor in model.graph.initializer:
-        if tensor.data_type == onnx.TensorProto.INT8 and tensor.dims:
-            values = numpy_helper.to_array(tensor)
-            largest = max(largest, int(np.abs(values.astype(np.int16)).max(initial=0)))
-    return largest
-
-
-def onnx_session(
-    path: str | Path, threads: int | None = None, optimize: bool = True, spin_wait: bool = True
-) -> object:
-    """An ONNX Runtime CPU session for ``path``.
-
-    ``threads``: intra-op threads, by default ``torch.get_num_threads()`` so that ORT and
-    PyTorch are compared with the same parallelism. ``optimize``: all graph optimisations
-    (constant folding, Conv+Add/Relu fusion, layout transforms) versus none. ``spin_wait``:
-    ORT's default, its threads spin after a run waiting for the next one; that is fastest
-    for back-to-back runs, but steals the cores from whatever runs in between (PyTorch's
-    resize and argmax in ``ddrnet predict``: +11 ms per CamVid frame for INT8 here).
-    """
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"{path}: no such ONNX file")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if optimize
-        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    )
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    # One model, one request at a time: parallelism belongs inside the ops.
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if not spin_wait:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _onnx_and_pytorch_outputs(
-    model: nn.Module,
-    path: str | Path,
-    sizes: Sequence[tuple[int, int]],
-    inputs: Sequence[torch.Tensor] | None,
-    batch_size: int,
-    seed: int,
-    labels: bool,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """For each input: the file's output (ONNX Runtime, CPU) and PyTorch's logits, resized to
-    the input when the file's output is at input size. ``labels``: whether the caller
-    compares class labels (a graph ending in argmax) or logits; the other kind of file is a
-    ``ValueError``."""
-    session = onnx_session(path)
-    outputs_labels = "float" not in session.get_outputs()[0].type
-    if outputs_labels and not labels:
-        raise ValueError(
-            f"{path}: its output is class labels, not logits; verify_onnx compares logits "
-            "(verify_onnx_labels compares labels)"
-        )
-    if labels and not outputs_labels:
-        raise ValueError(f"{path}: its output is logits; use verify_onnx")
-    reference_model = float_cpu_copy(model)
-    input_name = session.get_inputs()[0].name
-    if inputs is None:
-        generator = torch.Generator().manual_seed(seed)
-        inputs = [
-            torch.randn(batch_size, 3, *_check_size("sizes entry", size), generator=generator)
-            for size in sizes
-        ]
-    for image in inputs:
-        if image.ndim != 4 or image.shape[1] != 3:
-            raise ValueError(f"inputs must be (N, 3, H, W) tensors, got {tuple(image.shape)}")
-        image = image.float().cpu()
-        height, width = image.shape[-2:]
-        expected = reference_model(image)
-        (actual,) = session.run(None, {input_name: image.numpy()})
-        if actual.shape[-2:] == (height, width) and expected.shape[-2:] != (height, width):
-            expected = F.interpolate(
-                expected, size=(height, width), mode="bilinear", align_corners=False
-            )
-        yield torch.from_numpy(actual), expected
-
-
-@torch.no_grad()
-def verify_onnx(
-    model: nn.Module,
-    path: str | Path,
-    sizes: Sequence[tuple[int, int]] = DEFAULT_VERIFY_SIZES,
-    *,
-    inputs: Sequence[torch.Tensor] | None = None,
-    batch_size: int = 1,
-    seed: int = 0,
-) -> float:
-    """Largest absolute difference between ONNX Runtime (CPU) and PyTorch logits.
-
-    Compares on ``inputs`` (normalised ``(N, 3, H, W)`` float tensors) when given, otherwise
-    on random normal inputs ``(batch_size, 3, H, W)`` for every ``(H, W)`` in ``sizes``
-    (include sizes other than the export size, and odd ones, to prove the graph is dynamic).
-    Logits exported with ``upsample_to_input`` are compared with the model's logits resized
-    the same way. Returns the max abs difference in logit units over all inputs.
-
-    The difference scales with the logits: a trained model gives logits of order 10 on real
-    images and float32 differences around 1e-4, but random noise is far from the data its
-    BatchNorm statistics describe and can drive logits into the thousands (and the
-    difference with them), so pass real images for a tolerance that means something.
-
-    Raises ``ValueError`` for a graph that ends in argmax (``verify_onnx_labels`` checks
-    those) and ``ExportError`` when an output has the wrong shape.
-    """
-    worst = 0.0
-    pairs = _onnx_and_pytorch_outputs(model, path, sizes, inputs, batch_size, seed, labels=False)
-    for actual, expected in pairs:
-        if tuple(actual.shape) != tuple(expected.shape):
-            raise ExportError(
-                f"{path}: ONNX gives {tuple(actual.shape)}, PyTorch {tuple(expected.shape)}"
-            )
-        worst = max(worst, float((actual - expected).abs().max()))
-    return worst
-
-
-@torch.no_grad()
-def verify_onnx_labels(
-    model: nn.Module,
-    path: str | Path,
-    sizes: Sequence[tuple[int, int]] = DEFAULT_VERIFY_SIZES,
-    *,
-    inputs: Sequence[torch.Tensor] | None = None,
-    batch_size: int = 1,
-    seed: int = 0,
-) -> float:
-    """Fraction of pixels (0..1) where a graph that ends in argmax gives PyTorch's class,
-    on the same inputs as ``verify_onnx``. Pixels whose top two logits tie within float32
-    rounding may differ; anything well below 1 means a broken graph."""
-    agree, total = 0, 0
-    pairs = _onnx_and_pytorch_outputs(model, path, sizes, inputs, batch_size, seed, labels=True)
-    for actual, expected in pairs:
-        labels = expected.max(dim=1).indices  # argmax; see ddrnet.engine.inference
-        if tuple(actual.shape) != tuple(labels.shape):
-            raise ExportError(
-                f"{path}: ONNX gives labels {tuple(actual.shape)}, PyTorch {tuple(labels.shape)}"
-            )
-        agree += int((actual.long() == labels).sum())
-        total += labels.numel()
-    return agree / total
 
 
 def export_torchscript(

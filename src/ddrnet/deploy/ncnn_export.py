@@ -1,4 +1,5 @@
-"""ncnn export through pnnx, its check against PyTorch, and its ``ddrnet bench`` runner.
+"""ncnn export through pnnx, and ``ddrnet export --format ncnn`` (the export, then its check
+against PyTorch: ``ddrnet.deploy.verify``).
 
 ``export_ncnn`` traces the BN-folded eval model (the ``SegmentationExportWrapper`` that
 ``export_onnx`` exports), hands the TorchScript file to pnnx (``pip install pnnx``), and keeps
@@ -22,25 +23,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from ddrnet.deploy.export import (
-    EXPORT_OPTIONS_KEY,
-    METADATA_KEY,
-    ExportError,
     SegmentationExportWrapper,
     _check_size,
     _example_input,
     float_cpu_copy,
 )
-from ddrnet.deploy.ncnn_runtime import (
-    NCNN_KEY,
-    NcnnFiles,
-    NcnnSegmentationModel,
-    is_ncnn_file,
-)
+from ddrnet.deploy.ncnn_runtime import NCNN_KEY, NcnnFiles, is_ncnn_file
+from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
+from ddrnet.deploy.verify import evaluate_on_camvid, real_frames, verify_ncnn
 from ddrnet.errors import UsageError
 from ddrnet.models.fusion import FusionError, fuse_conv_bn
 
@@ -196,73 +190,6 @@ def _sidecar(model: nn.Module, param: Path, upsample_to_input: bool) -> dict[str
     return values
 
 
-@torch.no_grad()
-def verify_ncnn(
-    model: nn.Module,
-    path: str | Path,
-    inputs: Sequence[torch.Tensor],
-    threads: int | None = None,
-) -> float:
-    """Largest absolute difference between the ncnn file's logits and PyTorch's (float32,
-    unfolded) on ``inputs``, normalised ``(N, 3, H, W)`` tensors (use real images: see
-    ``verify_onnx``). Raises ``ExportError`` when the shapes differ."""
-    deployed = NcnnSegmentationModel(path, threads)
-    reference = float_cpu_copy(model)
-    worst = 0.0
-    for image in inputs:
-        image = image.float().cpu()
-        expected = reference(image)
-        if deployed.upsampled:
-            expected = torch.nn.functional.interpolate(
-                expected, size=image.shape[-2:], mode="bilinear", align_corners=False
-            )
-        actual = deployed(image)
-        if tuple(actual.shape) != tuple(expected.shape):
-            raise ExportError(
-                f"{path}: ncnn gives {tuple(actual.shape)}, PyTorch {tuple(expected.shape)}"
-            )
-        worst = max(worst, float((actual - expected).abs().max()))
-    return worst
-
-
-def ncnn_bench_runner(model: nn.Module, image: torch.Tensor, threads: int) -> Any:
-    """The ``ncnn`` row of ``ddrnet bench``: the model exported with pnnx, run by ncnn in
-    float32 with its Winograd 3x3 and packed layouts (its defaults). ``image``: the
-    ``(N, 3, H, W)`` input."""
-    from ddrnet.deploy.bench import BACKENDS, Runner
-
-    scratch = tempfile.TemporaryDirectory(prefix="ddrnet-bench-ncnn-")
-    input_size = (int(image.shape[-2]), int(image.shape[-1]))
-    path = export_ncnn(model, Path(scratch.name) / "model.ncnn.param", input_size)
-    deployed = NcnnSegmentationModel(path, threads)
-    array = np.ascontiguousarray(image.numpy())
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return np.stack([deployed._run(one) for one in x])  # ncnn runs one image at a time
-
-    return Runner("ncnn", run, (array,), BACKENDS["ncnn"], keep=[scratch, deployed])
-
-
-def real_frames(model: nn.Module, count: int = 2) -> list[torch.Tensor]:
-    """The first ``count`` bundled demo frames (CamVid, 360x480) normalised as ``model``
-    expects, plus the first one resized to an odd 361x479: the inputs ``verify_ncnn`` checks
-    an export on where it is written."""
-    import torch.nn.functional as F
-
-    from ddrnet.assets import demo_frames
-    from ddrnet.data.io import read_rgb
-    from ddrnet.deploy.bench import _model_normalisation
-    from ddrnet.engine.inference import normalize
-
-    mean, std = _model_normalisation(model)
-    images = [torch.from_numpy(read_rgb(frame)).permute(2, 0, 1)[None] for frame in demo_frames()]
-    inputs = [normalize(image, mean, std) for image in images[:count]]
-    if inputs:
-        odd = F.interpolate(inputs[0], size=(361, 479), mode="bilinear", align_corners=False)
-        inputs.append(odd)
-    return inputs
-
-
 def export_ncnn_checked(
     model: nn.Module,
     path: str | Path,
@@ -298,32 +225,3 @@ def export_ncnn_checked(
         change = deployed - reference
         report(f"CamVid val, {count} images: ncnn mIoU {deployed:.2f} ({change:+.2f})")
     return path
-
-
-def evaluate_on_camvid(
-    model: nn.Module, path: str | Path, root: str | Path, limit: int | None = None
-) -> tuple[float, float, int]:
-    """CamVid val mIoU of ``model`` (PyTorch fp32) and of the ncnn file ``path``, scored by
-    ``ddrnet.engine.evaluate`` as ``ddrnet eval`` scores them; and the image count."""
-    from ddrnet.data.datasets import camvid
-    from ddrnet.deploy.bench import _model_normalisation
-    from ddrnet.engine.evaluate import evaluate
-
-    dataset = camvid(str(root), "val")
-    count = min(limit or len(dataset), len(dataset))
-    subset = torch.utils.data.Subset(dataset, range(count))
-    mean, std = _model_normalisation(model)
-    labels = dataset.labels
-    scores = []
-    for candidate in (float_cpu_copy(model), NcnnSegmentationModel(path)):
-        metrics = evaluate(
-            candidate,
-            subset,
-            labels.num_classes,
-            mean,
-            std,
-            ignore_index=labels.ignore_index,
-            progress=False,
-        )
-        scores.append(float(metrics.miou))  # in percent
-    return scores[0], scores[1], count

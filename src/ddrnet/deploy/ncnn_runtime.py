@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddrnet.deploy.export import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
+from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.models.metadata import ModelMetadata
 
 NCNN_KEY = "ncnn"  # sidecar key: {"input": blob name, "output": blob name}

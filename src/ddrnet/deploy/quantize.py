@@ -1,10 +1,10 @@
-"""INT8 post-training quantisation for CPU with ONNX Runtime, and evaluation of any ONNX form.
+"""INT8 post-training quantisation for CPU with ONNX Runtime (and OpenVINO).
 
 ``quantize_onnx_int8`` calibrates activation ranges on real images and writes a QDQ model
 (int8 per-channel weights, uint8 activations), the layout ONNX Runtime's CPU kernels fuse
-into integer convolutions. ``evaluate_onnx`` measures mIoU of an ONNX file on a data set the
-same way ``ddrnet.engine`` evaluates a PyTorch model, so FP32, INT8 and the PyTorch model can
-be compared on the same images.
+into integer convolutions, after the graph rewrites that keep it accurate in OpenVINO too
+(``average_pools_as_depthwise_convs``, ``concat_convolution_blocks``).
+``ddrnet.deploy.verify.evaluate_onnx`` scores the result on a data set.
 
 bfloat16: ONNX Runtime's CPU provider has no bfloat16 convolution kernels, so a bf16 ONNX
 graph would run as casts around float32 ops (slower, not faster). bf16 on CPU is served by
@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,33 +25,30 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddrnet.deploy.export import (
+from ddrnet.data.io import IMAGE_SUFFIXES
+from ddrnet.deploy.onnx_file import (
     OPENVINO_FIXED_SIZE_KEY,
+    file_normalisation,
     onnx_file_properties,
-    onnx_session,
-    read_onnx_metadata,
 )
-from ddrnet.engine.inference import class_indices, normalize
-from ddrnet.engine.metrics import ConfusionMatrix, SegmentationMetrics
+from ddrnet.engine.inference import normalize
 from ddrnet.errors import MissingFileError, UsageError
 
 if TYPE_CHECKING:
     import onnx
-    import openvino as ov
 
 ImageSource = np.ndarray | str | Path
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 def load_calibration_images(source: str | Path | object, count: int = 16) -> list[np.ndarray]:
     """Up to ``count`` ``(H, W, 3)`` uint8 RGB images, evenly spaced over ``source``.
 
-    ``source``: a folder of images (png/jpg/bmp/webp, sorted by name), or a data set with
+    ``source``: a folder of images (``ddrnet.data.io.image_files``), or a data set with
     ``load(index) -> (image, label)`` such as ``ddrnet.data.datasets.camvid(root, "train")``.
     Even spacing covers every sequence of a video data set rather than its first frames.
     """
-    from ddrnet.data.io import read_rgb
+    from ddrnet.data.io import image_files, read_rgb
 
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
@@ -59,7 +56,7 @@ def load_calibration_images(source: str | Path | object, count: int = 16) -> lis
         folder = Path(source)
         if not folder.is_dir():
             raise MissingFileError(f"calibration folder {folder} does not exist")
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(folder)
         if not files:
             raise UsageError(f"calibration folder {folder} has no {'/'.join(IMAGE_SUFFIXES)} files")
         picks = np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)
@@ -147,28 +144,6 @@ class ImageCalibrationReader:
         return len(self.images)
 
 
-def _normalisation(
-    path: Path,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-    metadata: dict[str, object] | None = None,
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``mean``/``std`` as given, else the ones ``export_onnx`` stored in the file (read from
-    it unless the caller passes its ``metadata``)."""
-    if mean is not None and std is not None:
-        return tuple(mean), tuple(std)
-    if metadata is None:
-        metadata = read_onnx_metadata(path)
-    if "mean" not in metadata or "std" not in metadata:
-        raise ValueError(
-            f"{path} carries no normalisation metadata; pass mean and std (RGB, 0..1 scale)"
-        )
-    return (
-        tuple(mean if mean is not None else metadata["mean"]),  # type: ignore[arg-type]
-        tuple(std if std is not None else metadata["std"]),  # type: ignore[arg-type]
-    )
-
-
 def quantize_onnx_int8(
     fp32_path: str | Path,
     out_path: str | Path,
@@ -239,7 +214,6 @@ def quantize_onnx_int8(
         QuantType,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     if not fp32_path.is_file():
@@ -251,30 +225,10 @@ def quantize_onnx_int8(
     }
     if method not in methods:
         raise ValueError(f"method must be one of {CALIBRATION_METHODS}, got {method!r}")
-    mean, std = _normalisation(fp32_path, mean, std)
-    session = onnx_session(fp32_path)
-    output_type = session.get_outputs()[0].type
-    if "float" not in output_type:
-        raise ValueError(
-            f"fp32_path {fp32_path}: output is {output_type}; quantise a logits model "
-            "(export_onnx with argmax=False)"
-        )
-    reader = ImageCalibrationReader(
-        calibration_images, session.get_inputs()[0].name, mean, std, size
-    )
-    del session
+    reader = _calibration_reader(fp32_path, calibration_images, mean, std, size)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ddrnet-quant-") as scratch:
-        model_input = fp32_path
-        if preprocess:
-            model_input = Path(scratch) / "preprocessed.onnx"
-            quant_pre_process(str(fp32_path), str(model_input), skip_symbolic_shape=True)
-        if pools_as_convs:
-            import onnx
-
-            rewritten = Path(scratch) / "pools_as_convs.onnx"
-            onnx.save(average_pools_as_depthwise_convs(onnx.load(str(model_input))), rewritten)
-            model_input = rewritten
+        model_input = _graph_to_quantise(fp32_path, Path(scratch), preprocess, pools_as_convs)
         # Matched on the graph being quantised: pre-processing may merge or drop nodes.
         excluded = _matching_nodes(model_input, keep_float)
         if openvino_fixed_size:
@@ -293,18 +247,59 @@ def quantize_onnx_int8(
                 nodes_to_exclude=excluded or None,
             )
     if openvino_fixed_size:
-        import onnx
-
-        quantized = onnx.load(str(out_path))
-        onnx.helper.set_model_props(
-            quantized,
-            {
-                **{prop.key: prop.value for prop in quantized.metadata_props},
-                OPENVINO_FIXED_SIZE_KEY: "1",
-            },
-        )
-        onnx.save(quantized, str(out_path))
+        _mark_openvino_fixed_size(out_path)
     return out_path
+
+
+def _calibration_reader(
+    fp32_path: Path,
+    images: Sequence[ImageSource],
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    size: tuple[int, int] | None,
+) -> ImageCalibrationReader:
+    """The calibration images of ``quantize_onnx_int8`` as ORT reads them, normalised with
+    ``mean``/``std`` or the file's own; a ``ValueError`` for a file that is not a logits
+    model."""
+    properties = onnx_file_properties(fp32_path)
+    if not properties.outputs_logits:
+        raise ValueError(
+            f"fp32_path {fp32_path}: output is {properties.output_type}; quantise a logits "
+            "model (export_onnx with argmax=False)"
+        )
+    mean, std = file_normalisation(fp32_path, mean, std, properties.model_metadata)
+    return ImageCalibrationReader(images, properties.input_name, mean, std, size)
+
+
+def _graph_to_quantise(
+    fp32_path: Path, scratch: Path, preprocess: bool, pools_as_convs: bool
+) -> Path:
+    """The graph ``quantize_static`` calibrates and quantises, written into ``scratch``:
+    ``fp32_path`` after ORT's pre-processing and with padded average pools as depthwise
+    convolutions (each step optional; see ``quantize_onnx_int8``)."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model_input = fp32_path
+    if preprocess:
+        model_input = scratch / "preprocessed.onnx"
+        quant_pre_process(str(fp32_path), str(model_input), skip_symbolic_shape=True)
+    if pools_as_convs:
+        rewritten = scratch / "pools_as_convs.onnx"
+        onnx.save(average_pools_as_depthwise_convs(onnx.load(str(model_input))), rewritten)
+        model_input = rewritten
+    return model_input
+
+
+def _mark_openvino_fixed_size(path: Path) -> None:
+    """Add ``OPENVINO_FIXED_SIZE_KEY`` to the file's metadata (keeping the rest): OpenVINO
+    may compile it for a fixed input size (``OnnxFileProperties.openvino_fixed_size``)."""
+    import onnx
+
+    quantized = onnx.load(str(path))
+    props = {prop.key: prop.value for prop in quantized.metadata_props}
+    onnx.helper.set_model_props(quantized, {**props, OPENVINO_FIXED_SIZE_KEY: "1"})
+    onnx.save(quantized, str(path))
 
 
 def concat_convolution_blocks(path: str | Path) -> list[str]:
@@ -333,12 +328,6 @@ def concat_convolution_blocks(path: str | Path) -> list[str]:
                 break
             tensor = node.output[0]
     return blocks
-
-
-def openvino_fixed_size_ok(path: str | Path) -> bool:
-    """Whether OpenVINO may compile ``path`` for a fixed input size
-    (``OnnxFileProperties.openvino_fixed_size``)."""
-    return onnx_file_properties(path).openvino_fixed_size
 
 
 class _PerChannelAxisFilter(logging.Filter):
@@ -451,252 +440,3 @@ def _matching_nodes(path: Path, patterns: Sequence[str]) -> list[str]:
     if unmatched:
         raise ValueError(f"keep_float entries {unmatched} match no node of {path}")
     return matched
-
-
-def onnx_logits(session: object, image: np.ndarray) -> np.ndarray:
-    """Run a logits session on one normalised ``(N, 3, H, W)`` float32 batch."""
-    input_name = session.get_inputs()[0].name  # type: ignore[attr-defined]
-    (output,) = session.run(None, {input_name: np.ascontiguousarray(image, np.float32)})  # type: ignore[attr-defined]
-    return output
-
-
-def evaluate_onnx(
-    path: str | Path,
-    dataset: object,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    num_classes: int | None = None,
-    *,
-    ignore_index: int = 255,
-    limit: int | None = None,
-    threads: int | None = None,
-    runtime: str = "onnxruntime",
-    openvino_precision: str = "bf16",
-) -> SegmentationMetrics:
-    """Segmentation metrics of an ONNX model on ``dataset``, with ONNX Runtime on CPU, or
-    with ``runtime="openvino"``: OpenVINO's CPU plugin at ``openvino_precision`` (``"f32"``
-    or ``"bf16"``: the precision of every layer not quantised to int8), compiled for each
-    input size exactly as ``ddrnet bench`` times it and ``ddrnet predict`` runs it.
-
-    ``dataset[i]`` gives ``(image, label)``: image ``(3, H, W)`` uint8 RGB tensor, label
-    ``(H, W)`` int64 with ``ignore_index`` for void (``ddrnet.data.datasets`` data sets do).
-    Each image is normalised with ``mean``/``std`` (default: stored in the file), run at its
-    own size, the logits are resized to the label size (bilinear, ``align_corners=False``,
-    as ``ddrnet.engine`` does for PyTorch models) and arg-maxed; with OpenVINO, when label and
-    image sizes agree, inside the compiled graph, as ``ddrnet predict`` and ``ddrnet eval``
-    run such a file (``openvino_logits_function(class_ids=True)``). A model exported with
-    ``argmax=True, upsample_to_input=True`` (labels at input size) is scored directly.
-    ``limit`` evaluates the first ``limit`` samples only. ``num_classes`` defaults to the
-    logits' channel count.
-    """
-    path = Path(path)
-    properties = onnx_file_properties(path)
-    mean, std = _normalisation(path, mean, std, properties.model_metadata)
-    class_ids = None
-    if runtime == "openvino":
-        fixed_size = properties.openvino_fixed_size
-        run = OpenVinoPlans(path, threads, openvino_precision, fixed_size=fixed_size)
-        if properties.output_type in ("FLOAT", "FLOAT16"):  # logits, not class ids already
-            # What ddrnet predict and ddrnet eval run: resize and arg-max inside the graph.
-            class_ids = OpenVinoPlans(
-                path, threads, openvino_precision, class_ids=True, fixed_size=fixed_size
-            )
-            # 0: a symbolic class dimension
-            num_classes = num_classes or properties.channels or None
-    elif runtime == "onnxruntime":
-        session = onnx_session(path, threads=threads)
-
-        def run(batch: np.ndarray) -> np.ndarray:
-            return onnx_logits(session, batch)
-
-    else:
-        raise ValueError(f"runtime must be 'onnxruntime' or 'openvino', got {runtime!r}")
-    count = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
-    if count < 1:
-        raise ValueError(f"nothing to evaluate: dataset has {len(dataset)} samples, limit={limit}")  # type: ignore[arg-type]
-    matrix: ConfusionMatrix | None = None
-    for index in range(count):
-        image, label = dataset[index]  # type: ignore[index]
-        batch = normalize(torch.as_tensor(image)[None], mean, std).numpy()
-        label = torch.as_tensor(label)
-        if class_ids is not None and tuple(batch.shape[-2:]) == tuple(label.shape[-2:]):
-            if num_classes is None:
-                num_classes = int(np.asarray(run(batch)).shape[1])
-            prediction = torch.from_numpy(class_ids(batch).astype(np.int64))[0]
-        else:
-            prediction, num_classes = _prediction(path, run(batch), label, num_classes)
-        if matrix is None:
-            matrix = ConfusionMatrix(num_classes, ignore_index=ignore_index)
-        matrix.update(prediction, label)
-    assert matrix is not None
-    return matrix.compute()
-
-
-def _prediction(
-    path: Path, output: np.ndarray, label: torch.Tensor, num_classes: int | None
-) -> tuple[torch.Tensor, int]:
-    """Class ids at the label's size from one output of ``path`` (logits, resized and
-    arg-maxed, or class ids already at input size), and the class count."""
-    scores = torch.from_numpy(np.asarray(output))
-    if scores.is_floating_point():
-        logits = F.interpolate(
-            scores, size=tuple(label.shape[-2:]), mode="bilinear", align_corners=False
-        )
-        return class_indices(logits)[0], num_classes or int(scores.shape[1])
-    prediction = scores[0]
-    if tuple(prediction.shape) != tuple(label.shape):
-        raise ValueError(
-            f"{path}: labels come out {tuple(prediction.shape)} for a "
-            f"{tuple(label.shape)} label map; export with upsample_to_input=True "
-            "(or argmax=False) to evaluate"
-        )
-    if num_classes is None:
-        raise ValueError(f"{path} outputs labels; pass num_classes")
-    return prediction, num_classes
-
-
-def evaluate_onnx_forms(
-    forms: Sequence[tuple[str, str | Path, str, str]],
-    dataset: object,
-    *,
-    limit: int | None = None,
-    threads: int | None = None,
-) -> dict[str, SegmentationMetrics | None]:
-    """``evaluate_onnx`` of each ``(name, path, runtime, openvino_precision)`` form on
-    ``dataset``, keyed by name; ``None`` where that runtime is not installed."""
-    results: dict[str, SegmentationMetrics | None] = {}
-    for name, path, runtime, precision in forms:
-        try:
-            results[name] = evaluate_onnx(
-                path,
-                dataset,
-                limit=limit,
-                threads=threads,
-                runtime=runtime,
-                openvino_precision=precision,
-            )
-        except ImportError:
-            results[name] = None
-    return results
-
-
-def openvino_logits_function(
-    path: str | Path,
-    threads: int | None = None,
-    precision: str = "f32",
-    input_shape: Sequence[int] | None = None,
-    *,
-    class_ids: bool = False,
-    fixed_size_ok: bool | None = None,
-) -> Callable[[np.ndarray], np.ndarray]:
-    """Compile the ONNX file with OpenVINO for CPU (latency hint, ``threads`` inference
-    threads, ``precision`` ``"f32"`` or ``"bf16"`` for float layers) and return a function
-    mapping one ``(N, 3, H, W)`` float32 batch to the model's output array.
-
-    ``class_ids``: end the graph with a bilinear resize of the logits to the input size
-    (``align_corners=False``, as ``F.interpolate``) and a stable arg-max over classes, so the
-    output is ``(N, H, W)`` int32 class ids. OpenVINO fuses and threads that tail: 10 ms less
-    per 360x480 frame, 70 ms less at 1024x2048, than doing it in PyTorch after the logits.
-
-    ``input_shape`` ``(N, 3, H, W)`` fixes the input size before compiling, which lets
-    OpenVINO plan every layer for it (faster than the file's dynamic sizes: 1.1-1.4x for the
-    INT8 DDRNet-23-slim); the function then accepts that shape only. Quantised (QDQ) files
-    not marked by ``quantize_onnx_int8`` stay dynamic (``openvino_fixed_size_ok``;
-    ``fixed_size_ok`` passes its answer when the caller already has it, to spare parsing the
-    file again).
-    """
-    import openvino as ov
-
-    if precision not in ("f32", "bf16"):
-        raise ValueError(f"OpenVINO precision must be 'f32' or 'bf16', got {precision!r}")
-    config: dict[str, object] = {
-        "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_PRECISION_HINT": precision,
-    }
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    core = ov.Core()
-    model = core.read_model(str(path))
-    if fixed_size_ok is None and input_shape is not None:
-        fixed_size_ok = openvino_fixed_size_ok(path)
-    if input_shape is not None and fixed_size_ok:
-        model.reshape([int(size) for size in input_shape])
-    if class_ids:
-        model = _with_class_ids(model)
-    compiled = core.compile_model(model, "CPU", config)
-    request = compiled.create_infer_request()
-    output = compiled.output(0)
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        return request.infer([batch])[output]
-
-    run.compiled_model = compiled  # type: ignore[attr-defined]  # keeps it alive
-    return run
-
-
-def _with_class_ids(model: ov.Model) -> ov.Model:
-    """``model`` (one image input, logits output) with its output replaced, in place, by a
-    resize of the logits to the input's height and width and an arg-max over the class
-    axis: ``(N, H, W)`` int32."""
-    import openvino.opset13 as ops
-
-    (image,) = model.get_parameters()
-    (logits_result,) = model.get_results()
-    height_width = ops.gather(ops.shape_of(image), np.array([2, 3]), np.array(0))
-    resized = ops.interpolate(
-        logits_result.input_value(0),
-        height_width,
-        mode="linear_onnx",  # ONNX Resize linear: what our exported Resize nodes become
-        shape_calculation_mode="sizes",
-        coordinate_transformation_mode="half_pixel",  # align_corners=False
-        axes=np.array([2, 3]),
-    )
-    # stable: the first class among equal scores, as torch.max / argmax
-    best = ops.topk(resized, np.array(1), axis=1, mode="max", sort="value", stable=True)
-    ids = ops.squeeze(best.output(1), np.array([1]))
-    model.remove_result(logits_result)
-    model.add_results([ops.result(ids)])
-    model.validate_nodes_and_infer_types()
-    return model
-
-
-class OpenVinoPlans:
-    """``openvino_logits_function`` compiled once per input shape, the last ``keep`` shapes
-    kept (a video, or a folder of same-sized frames, compiles once), or once with dynamic
-    sizes for a file that ``openvino_fixed_size_ok`` rules out. Call it with one
-    ``(N, 3, H, W)`` float32 batch; it returns the output array (a view of OpenVINO's
-    buffer, overwritten by the next call: copy it to keep it). ``class_ids``: see
-    ``openvino_logits_function``. ``fixed_size``: ``openvino_fixed_size_ok(path)`` when the
-    caller already knows it (two plans of one file parse it once)."""
-
-    def __init__(
-        self,
-        path: str | Path,
-        threads: int | None,
-        precision: str,
-        keep: int = 4,
-        *,
-        class_ids: bool = False,
-        fixed_size: bool | None = None,
-    ) -> None:
-        self.path, self.threads, self.precision, self.keep = Path(path), threads, precision, keep
-        self.class_ids = class_ids
-        self.fixed_size = openvino_fixed_size_ok(path) if fixed_size is None else fixed_size
-        self._plans: dict[tuple[int, ...] | None, Callable[[np.ndarray], np.ndarray]] = {}
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        key = tuple(batch.shape) if self.fixed_size else None
-        plan = self._plans.pop(key, None)  # re-inserted below: most recent last
-        if plan is None:
-            plan = openvino_logits_function(
-                self.path,
-                self.threads,
-                self.precision,
-                key,
-                class_ids=self.class_ids,
-                fixed_size_ok=self.fixed_size,
-            )
-        self._plans[key] = plan
-        if len(self._plans) > self.keep:
-            del self._plans[next(iter(self._plans))]
-        return plan(batch)

@@ -1,34 +1,47 @@
-"""Exported ONNX files behind the PyTorch model interface, so that ``ddrnet predict``,
-``ddrnet eval``, ``ddrnet serve`` and ``ddrnet.Predictor`` run the deployed form itself.
+"""Exported ONNX files run on the CPU by ONNX Runtime or OpenVINO, and behind the PyTorch
+model interface, so that ``ddrnet predict``, ``ddrnet eval``, ``ddrnet serve`` and
+``ddrnet.Predictor`` run the deployed form itself.
+
+The sessions (``onnx_session``), OpenVINO's compiled plans (``openvino_logits_function``,
+cached per input shape by ``OpenVinoPlans``) and the model wrapper built on them
+(``OnnxSegmentationModel``) live here; ``ddrnet bench`` times the same sessions and plans.
 
 ``OnnxSegmentationModel`` is an ``nn.Module`` without parameters whose ``forward`` hands the
-normalised batch to ONNX Runtime or OpenVINO on the CPU and returns the logits as a tensor;
-it carries the ``ModelMetadata`` that ``export_onnx`` stored in the file (classes, palette,
-mean/std), so inference code that takes a ``DDRNet`` (``Predictor``, ``segment_logits``,
-``evaluate``, the prediction and serving code) takes it unchanged. What needs the network's
-insides (``ddrnet viz features``, BN folding, export, ``bench``) needs the PyTorch model.
-That makes the fast CPU paths measured by ``ddrnet bench`` (OpenVINO bf16, INT8) usable for
-real work, and lets ``ddrnet eval`` score exactly the file that will be deployed.
+normalised batch to ONNX Runtime or OpenVINO and returns the logits as a tensor; it carries
+the ``ModelMetadata`` that ``export_onnx`` stored in the file (classes, palette, mean/std),
+so inference code that takes a ``DDRNet`` (``Predictor``, ``segment_logits``, ``evaluate``)
+takes it unchanged. What needs the network's insides (``ddrnet viz features``, BN folding,
+export, ``bench``) needs the PyTorch model. That makes the fast CPU paths measured by
+``ddrnet bench`` (OpenVINO bf16, INT8) usable for real work, and lets ``ddrnet eval`` score
+exactly the file that will be deployed.
+
+onnxruntime and openvino (the ``deploy`` extra) are imported by the functions that use them.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from ddrnet.deploy.export import (
+from ddrnet.deploy.onnx_file import (
     METADATA_KEY,
     ExportError,
+    OnnxFileProperties,
     onnx_file_properties,
-    onnx_session,
+    openvino_fixed_size_ok,
 )
 from ddrnet.errors import MissingFileError
 from ddrnet.hardware import cpu_has_int8_dot_product
 from ddrnet.models.metadata import ModelMetadata
+
+if TYPE_CHECKING:
+    import openvino as ov
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +52,210 @@ OPENVINO_PRECISIONS = ("f32", "bf16")
 def is_onnx_file(path: str | Path | None) -> bool:
     """Whether ``path`` names an ONNX file (by its suffix; the file need not exist)."""
     return path is not None and Path(path).suffix.lower() == ".onnx"
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX Runtime
+# --------------------------------------------------------------------------------------------
+
+
+def onnx_session(
+    path: str | Path, threads: int | None = None, optimize: bool = True, spin_wait: bool = True
+) -> object:
+    """An ONNX Runtime CPU session for ``path``.
+
+    ``threads``: intra-op threads, by default ``torch.get_num_threads()`` so that ORT and
+    PyTorch are compared with the same parallelism. ``optimize``: all graph optimisations
+    (constant folding, Conv+Add/Relu fusion, layout transforms) versus none. ``spin_wait``:
+    ORT's default, its threads spin after a run waiting for the next one; that is fastest
+    for back-to-back runs, but steals the cores from whatever runs in between (PyTorch's
+    resize and argmax in ``ddrnet predict``: +11 ms per CamVid frame for INT8 here).
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no such ONNX file")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimize
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    # One model, one request at a time: parallelism belongs inside the ops.
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not spin_wait:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(session: object, image: np.ndarray) -> np.ndarray:
+    """Run a session on one normalised ``(N, 3, H, W)`` batch (made float32, contiguous);
+    its one output: logits, or class ids for a file exported with argmax."""
+    input_name = session.get_inputs()[0].name  # type: ignore[attr-defined]
+    (output,) = session.run(None, {input_name: np.ascontiguousarray(image, np.float32)})  # type: ignore[attr-defined]
+    return output
+
+
+# --------------------------------------------------------------------------------------------
+# OpenVINO
+# --------------------------------------------------------------------------------------------
+
+
+def openvino_logits_function(
+    path: str | Path,
+    threads: int | None = None,
+    precision: str = "f32",
+    input_shape: Sequence[int] | None = None,
+    *,
+    class_ids: bool = False,
+    fixed_size_ok: bool | None = None,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Compile the ONNX file with OpenVINO for CPU (latency hint, ``threads`` inference
+    threads, ``precision`` ``"f32"`` or ``"bf16"`` for float layers) and return a function
+    mapping one ``(N, 3, H, W)`` float32 batch to the model's output array.
+
+    ``class_ids``: end the graph with a bilinear resize of the logits to the input size
+    (``align_corners=False``, as ``F.interpolate``) and a stable arg-max over classes, so the
+    output is ``(N, H, W)`` int32 class ids. OpenVINO fuses and threads that tail: 10 ms less
+    per 360x480 frame, 70 ms less at 1024x2048, than doing it in PyTorch after the logits.
+
+    ``input_shape`` ``(N, 3, H, W)`` fixes the input size before compiling, which lets
+    OpenVINO plan every layer for it (faster than the file's dynamic sizes: 1.1-1.4x for the
+    INT8 DDRNet-23-slim); the function then accepts that shape only. Quantised (QDQ) files
+    not marked by ``quantize_onnx_int8`` stay dynamic (``openvino_fixed_size_ok``;
+    ``fixed_size_ok`` passes its answer when the caller already has it, to spare parsing the
+    file again).
+    """
+    import openvino as ov
+
+    if precision not in OPENVINO_PRECISIONS:
+        raise ValueError(f"OpenVINO precision must be 'f32' or 'bf16', got {precision!r}")
+    config: dict[str, object] = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": precision,
+    }
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    core = ov.Core()
+    model = core.read_model(str(path))
+    if fixed_size_ok is None and input_shape is not None:
+        fixed_size_ok = openvino_fixed_size_ok(path)
+    if input_shape is not None and fixed_size_ok:
+        model.reshape([int(size) for size in input_shape])
+    if class_ids:
+        model = _with_class_ids(model)
+    compiled = core.compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
+    output = compiled.output(0)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return request.infer([batch])[output]
+
+    run.compiled_model = compiled  # type: ignore[attr-defined]  # keeps it alive
+    return run
+
+
+def _with_class_ids(model: ov.Model) -> ov.Model:
+    """``model`` (one image input, logits output) with its output replaced, in place, by a
+    resize of the logits to the input's height and width and an arg-max over the class
+    axis: ``(N, H, W)`` int32."""
+    import openvino.opset13 as ops
+
+    (image,) = model.get_parameters()
+    (logits_result,) = model.get_results()
+    height_width = ops.gather(ops.shape_of(image), np.array([2, 3]), np.array(0))
+    resized = ops.interpolate(
+        logits_result.input_value(0),
+        height_width,
+        mode="linear_onnx",  # ONNX Resize linear: what our exported Resize nodes become
+        shape_calculation_mode="sizes",
+        coordinate_transformation_mode="half_pixel",  # align_corners=False
+        axes=np.array([2, 3]),
+    )
+    # stable: the first class among equal scores, as torch.max / argmax
+    best = ops.topk(resized, np.array(1), axis=1, mode="max", sort="value", stable=True)
+    ids = ops.squeeze(best.output(1), np.array([1]))
+    model.remove_result(logits_result)
+    model.add_results([ops.result(ids)])
+    model.validate_nodes_and_infer_types()
+    return model
+
+
+class OpenVinoPlans:
+    """``openvino_logits_function`` compiled once per input shape, the last ``keep`` shapes
+    kept (a video, or a folder of same-sized frames, compiles once), or once with dynamic
+    sizes for a file that ``openvino_fixed_size_ok`` rules out. Call it with one
+    ``(N, 3, H, W)`` float32 batch; it returns the output array (a view of OpenVINO's
+    buffer, overwritten by the next call: copy it to keep it). ``class_ids``: see
+    ``openvino_logits_function``. ``fixed_size``: ``openvino_fixed_size_ok(path)`` when the
+    caller already knows it (two plans of one file parse it once)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int | None,
+        precision: str,
+        keep: int = 4,
+        *,
+        class_ids: bool = False,
+        fixed_size: bool | None = None,
+    ) -> None:
+        self.path, self.threads, self.precision, self.keep = Path(path), threads, precision, keep
+        self.class_ids = class_ids
+        self.fixed_size = openvino_fixed_size_ok(path) if fixed_size is None else fixed_size
+        self._plans: dict[tuple[int, ...] | None, Callable[[np.ndarray], np.ndarray]] = {}
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        key = tuple(batch.shape) if self.fixed_size else None
+        plan = self._plans.pop(key, None)  # re-inserted below: most recent last
+        if plan is None:
+            plan = openvino_logits_function(
+                self.path,
+                self.threads,
+                self.precision,
+                key,
+                class_ids=self.class_ids,
+                fixed_size_ok=self.fixed_size,
+            )
+        self._plans[key] = plan
+        if len(self._plans) > self.keep:
+            del self._plans[next(iter(self._plans))]
+        return plan(batch)
+
+
+# --------------------------------------------------------------------------------------------
+# The model wrapper
+# --------------------------------------------------------------------------------------------
+
+
+def _check_options(path: Path, runtime: str, precision: str) -> None:
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no such ONNX file")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if precision not in OPENVINO_PRECISIONS:
+        raise ValueError(f"precision must be one of {OPENVINO_PRECISIONS}, got {precision!r}")
+    if runtime == "onnxruntime" and precision != "f32":
+        raise ValueError(
+            "ONNX Runtime's CPU provider has no bf16 convolutions: use runtime='openvino' "
+            "for bf16 (or an INT8 file with either runtime)"
+        )
+
+
+def _file_metadata(path: Path, properties: OnnxFileProperties) -> ModelMetadata:
+    """The ``ModelMetadata`` stored in the file; for a foreign file, classes by number and
+    ImageNet normalisation (``ModelMetadata``'s defaults)."""
+    if METADATA_KEY in properties.metadata_props:
+        return ModelMetadata.from_json(properties.metadata_props[METADATA_KEY], source=str(path))
+    if properties.channels < 1:
+        raise ExportError(
+            f"{path} has no ddrnet metadata and a symbolic class dimension, so its "
+            "class count is unknown: export it with `ddrnet export`"
+        )
+    return ModelMetadata(architecture=path.stem, num_classes=properties.channels, spec={})
 
 
 class OnnxSegmentationModel(nn.Module):
@@ -56,6 +273,10 @@ class OnnxSegmentationModel(nn.Module):
             fastest float path on CPUs with AMX or AVX512-BF16).
         threads: inference threads; by default ``torch.get_num_threads()`` for ONNX Runtime
             and OpenVINO's own choice (one per core) for OpenVINO.
+        accept_labels: also take a file that outputs class ids (exported with ``--argmax``
+            and ``--upsample``); it has no ``forward``, only ``class_ids``, so it can be
+            evaluated at one scale but not augmented. Otherwise such a file is an
+            ``ExportError``.
 
     OpenVINO plans each layer for a fixed input size, which is faster than running the file's
     dynamic sizes, so a float file is compiled once per input shape (the last four are kept:
@@ -70,40 +291,20 @@ class OnnxSegmentationModel(nn.Module):
         runtime: str = "onnxruntime",
         precision: str = "f32",
         threads: int | None = None,
+        *,
+        accept_labels: bool = False,
     ) -> None:
         super().__init__()
         path = Path(path)
-        if not path.is_file():
-            raise MissingFileError(f"{path}: no such ONNX file")
-        if runtime not in RUNTIMES:
-            raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-        if precision not in OPENVINO_PRECISIONS:
-            raise ValueError(f"precision must be one of {OPENVINO_PRECISIONS}, got {precision!r}")
-        if runtime == "onnxruntime" and precision != "f32":
-            raise ValueError(
-                "ONNX Runtime's CPU provider has no bf16 convolutions: use runtime='openvino' "
-                "for bf16 (or an INT8 file with either runtime)"
-            )
+        _check_options(path, runtime, precision)
         properties = onnx_file_properties(path)
-        if properties.output_type != "FLOAT":
+        self.outputs_labels = not properties.outputs_logits
+        if self.outputs_labels and not accept_labels:
             raise ExportError(
                 f"{path} outputs {properties.output_type.lower()} labels (exported with --argmax); "
                 "prediction and evaluation need its logits: export again without --argmax"
             )
-        if METADATA_KEY in properties.metadata_props:
-            self.metadata = ModelMetadata.from_json(
-                properties.metadata_props[METADATA_KEY], source=str(path)
-            )
-        else:
-            if properties.channels < 1:
-                raise ExportError(
-                    f"{path} has no ddrnet metadata and a symbolic class dimension, so its "
-                    "class count is unknown: export it with `ddrnet export`"
-                )
-            # A foreign file: classes by number, ImageNet normalisation (ModelMetadata's).
-            self.metadata = ModelMetadata(
-                architecture=path.stem, num_classes=properties.channels, spec={}
-            )
+        self.metadata = _file_metadata(path, properties)
         if properties.full_range_int8_weights and not cpu_has_int8_dot_product():
             logger.warning(
                 "%s has 8-bit int8 weights and this CPU has no VNNI: its uint8 x int8 "
@@ -116,20 +317,17 @@ class OnnxSegmentationModel(nn.Module):
         self.num_classes = self.metadata.num_classes
         self.path, self.runtime, self.precision = path, runtime, precision
         self.threads = threads
-        self._session = None
+        self._session = self._openvino = self._openvino_class_ids = None
         if runtime == "openvino":
-            from ddrnet.deploy.quantize import OpenVinoPlans
-
             fixed_size = properties.openvino_fixed_size
             self._openvino = OpenVinoPlans(path, threads, precision, fixed_size=fixed_size)
-            self._openvino_class_ids = OpenVinoPlans(
-                path, threads, precision, class_ids=True, fixed_size=fixed_size
-            )
-        if runtime == "onnxruntime":
+            if not self.outputs_labels:  # the resize and arg-max tail needs logits
+                self._openvino_class_ids = OpenVinoPlans(
+                    path, threads, precision, class_ids=True, fixed_size=fixed_size
+                )
+        else:
             # No spin-waiting: PyTorch's resize and argmax run between two calls (see there).
             self._session = onnx_session(path, threads=threads, spin_wait=False)
-        if self._session is not None:
-            self._input_name = self._session.get_inputs()[0].name
 
     @staticmethod
     def _as_batch(images: torch.Tensor) -> np.ndarray:
@@ -138,13 +336,20 @@ class OnnxSegmentationModel(nn.Module):
             raise ValueError(f"expected (N, 3, H, W) images, got shape {tuple(images.shape)}")
         return np.ascontiguousarray(images.detach().float().cpu().numpy())
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        batch = self._as_batch(images)
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """The file's output for one batch, a copy that outlives the next call."""
         if self._session is not None:
-            (logits,) = self._session.run(None, {self._input_name: batch})
-        else:
-            # Copied: OpenVINO's result is a view of the request's buffer, reused next call.
-            logits = np.array(self._openvino(batch), copy=True)
+            return onnx_logits(self._session, batch)
+        # Copied: OpenVINO's result is a view of the request's buffer, reused next call.
+        return np.array(self._openvino(batch), copy=True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.outputs_labels:
+            raise ExportError(
+                f"{self.path} outputs class labels (exported with --argmax): only one plain "
+                "pass can be scored (no --scales, --flip or --window); export without --argmax"
+            )
+        logits = self._run(self._as_batch(images))
         return torch.from_numpy(np.asarray(logits, dtype=np.float32)).to(images.device)
 
     def class_ids(self, images: torch.Tensor) -> torch.Tensor | None:
@@ -154,13 +359,23 @@ class OnnxSegmentationModel(nn.Module):
         With OpenVINO the resize of the logits and the arg-max run inside the compiled graph
         (``openvino_logits_function(class_ids=True)``): the same class ids as
         ``class_indices(F.interpolate(logits))`` up to near-ties (under ``precision="bf16"``
-        the tail runs in bf16 too: 0.02% of pixels differed on CamVid), in less time.
+        the tail runs in bf16 too: 0.02% of pixels differed on CamVid), in less time. A file
+        that outputs class ids gives its own (at input size, or a ``ValueError``).
         """
-        if self.runtime != "openvino":
+        batch = self._as_batch(images)
+        if self.outputs_labels:
+            ids = self._run(batch)
+            if tuple(ids.shape[-2:]) != tuple(batch.shape[-2:]):
+                raise ValueError(
+                    f"{self.path}: labels come out {tuple(ids.shape[-2:])} for a "
+                    f"{tuple(batch.shape[-2:])} image; export with upsample_to_input=True "
+                    "(or argmax=False) to evaluate"
+                )
+        elif self._openvino_class_ids is not None:
+            ids = self._openvino_class_ids(batch)
+        else:
             return None
-        ids = self._openvino_class_ids(self._as_batch(images))
-        ids = ids.astype(np.int64)  # a copy, off OpenVINO's buffer
-        return torch.from_numpy(ids).to(images.device)
+        return torch.from_numpy(ids.astype(np.int64)).to(images.device)  # a copy, off the buffer
 
     def extra_repr(self) -> str:
         detail = f", precision={self.precision}" if self.runtime == "openvino" else ""

@@ -1,17 +1,21 @@
-"""Evaluation: confusion matrix over a data set at full label resolution."""
+"""Evaluation: confusion matrix over a data set at full label resolution, for every kind of
+model (PyTorch, ONNX Runtime, OpenVINO, ncnn) through the one ``Predictor``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from ddrnet.engine.distributed import DistributedContext, all_reduce_sum
-from ddrnet.engine.inference import autocast, normalize, segment_class_ids
 from ddrnet.engine.metrics import ConfusionMatrix, SegmentationMetrics
+from ddrnet.engine.predictor import Predictor
+
+PredictionCallback = Callable[[int, np.ndarray], object]
 
 
 def _collate(batch: list[tuple[torch.Tensor, torch.Tensor]]):
@@ -39,17 +43,60 @@ def evaluate(
     context: DistributedContext | None = None,
     progress: bool = True,
     num_workers: int = 0,
-    prediction_callback=None,
+    prediction_callback: PredictionCallback | None = None,
 ) -> SegmentationMetrics:
     """mIoU, per-class IoU and accuracies of ``model`` on ``dataset`` (un-augmented pairs).
+
+    ``model`` runs as given (in eval mode for the duration, its inputs channels-last with
+    ``channels_last``): the training loop evaluates its live model, ``ddrnet eval`` the fast
+    form it made with ``to_fast_layout``. ``dataset[i]`` gives ``(image, label)``: a
+    ``(3, H, W)`` uint8 RGB tensor and an ``(H, W)`` int64 label map with ``ignore_index``
+    for void. See ``evaluate_predictor`` for the rest.
+    """
+    was_training = model.training
+    model.eval()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    predictor = Predictor(
+        model, device, mean, std, scales, flip, amp_dtype, window, prepared=memory_format
+    )
+    try:
+        return evaluate_predictor(
+            predictor,
+            dataset,
+            num_classes,
+            batch_size=batch_size,
+            ignore_index=ignore_index,
+            context=context,
+            progress=progress,
+            num_workers=num_workers,
+            prediction_callback=prediction_callback,
+        )
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def evaluate_predictor(
+    predictor: Predictor,
+    dataset: Dataset,
+    num_classes: int,
+    *,
+    batch_size: int = 1,
+    ignore_index: int = 255,
+    context: DistributedContext | None = None,
+    progress: bool = True,
+    num_workers: int = 0,
+    prediction_callback: PredictionCallback | None = None,
+) -> SegmentationMetrics:
+    """The evaluation loop: ``predictor``'s class ids for every image of ``dataset``
+    against its labels.
 
     Predictions are made at each image's full resolution (logits upsampled bilinearly), so
     the labels are never resized. Under ``torchrun`` each process takes a shard and the
     confusion matrices are summed. ``prediction_callback(index, labels)`` receives each
-    ``(H, W)`` prediction (for writing result files).
+    ``(H, W)`` int64 prediction with its index in ``dataset`` (for writing result files).
     """
     context = context or DistributedContext()
-    device = torch.device(device)
     indices = list(range(context.rank, len(dataset), context.world_size))
     loader = DataLoader(
         Subset(dataset, indices),
@@ -59,8 +106,6 @@ def evaluate(
         collate_fn=_collate,
     )
     confusion = ConfusionMatrix(num_classes, ignore_index)
-    was_training = model.training
-    model.eval()
     position = 0
     bar = tqdm(loader, desc="eval", disable=not (progress and context.is_main), leave=False)
     for images, labels in bar:
@@ -70,17 +115,11 @@ def evaluate(
             else [(image[None], label[None]) for image, label in zip(images, labels)]
         )
         for image_batch, label_batch in groups:
-            batch = normalize(image_batch.to(device), mean, std)
-            if channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            with autocast(device, amp_dtype):
-                ids = segment_class_ids(model, batch, scales=scales, flip=flip, window=window)
-            prediction = ids.cpu()
+            prediction = predictor.class_ids(image_batch).cpu()
             confusion.update(prediction, label_batch)
             if prediction_callback is not None:
                 for item in prediction:
                     prediction_callback(indices[position], item.numpy())
                     position += 1
-    model.train(was_training)
-    matrix = all_reduce_sum(confusion.matrix.to(device), context).cpu()
+    matrix = all_reduce_sum(confusion.matrix.to(predictor.device), context).cpu()
     return SegmentationMetrics.from_matrix(matrix)

@@ -1,7 +1,9 @@
-"""From images to label maps: normalisation, resizing back to the input, test-time
-augmentation (multi-scale, flip) and sliding-window inference.
+"""The steps from images to label maps: device and autocast choice, normalisation, the fast
+inference form of a model, test-time augmentation (multi-scale, flip), sliding-window
+inference and the arg-max back at input resolution.
 
-Used by ``ddrnet.Predictor`` (single images), by evaluation and by ``ddrnet predict``.
+``ddrnet.engine.predictor.Predictor`` puts them together; everything that segments images
+(``ddrnet.Predictor``, evaluation, ``ddrnet predict``, ``ddrnet serve``) goes through it.
 """
 
 from __future__ import annotations
@@ -9,9 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,7 +19,7 @@ from torch import nn
 from ddrnet.errors import UsageError
 from ddrnet.hardware import cpu_has_native_bf16
 from ddrnet.limits import check_scales
-from ddrnet.models.fusion import FusionError, fuse_conv_bn
+from ddrnet.models.fusion import FusionError, fuse_conv_bn, unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def segment_logits(
     """
     scales = check_scales(scales)
     height, width = images.shape[-2:]
-    num_classes = _num_classes(model)
+    num_classes = model_num_classes(model)
     single_pass = len(scales) == 1 and scales[0] == 1.0 and not flip
     total = None
     for scale in scales:
@@ -273,85 +273,21 @@ def segment_class_ids(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     window: tuple[int, int] | None = None,
+    stride: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Class ids ``(N, H, W)`` int64 at input resolution for normalised ``(N, 3, H, W)``
     images: ``class_indices(segment_logits(...))``, except that a single plain pass on a
-    model with its own ``class_ids`` method (an exported file run by OpenVINO) lets the
-    runtime resize and arg-max inside its compiled graph, which is faster."""
+    model with its own ``class_ids`` method (an exported file run by OpenVINO, or one that
+    outputs class ids itself) lets the runtime resize and arg-max inside its graph, which
+    is faster."""
     plain = tuple(scales) == (1.0,) and not flip and window is None
     own = getattr(model, "class_ids", None) if plain else None
     ids = own(images) if own is not None else None
     if ids is None:
-        ids = class_indices(segment_logits(model, images, scales, flip, window))
+        ids = class_indices(segment_logits(model, images, scales, flip, window, stride))
     return ids
 
 
-def _num_classes(model: nn.Module) -> int:
-    inner = getattr(model, "module", model)  # DDP / compiled wrappers
-    inner = getattr(inner, "_orig_mod", inner)
-    return int(inner.num_classes)
-
-
-class Predictor:
-    """Label maps at input resolution from RGB images, with the model's own pre-processing.
-
-    >>> predictor = Predictor(ddrnet.create_model(checkpoint="camvid.safetensors"))
-    >>> labels = predictor.predict("street.png")           # (H, W) uint8/int32 class indices
-    >>> probabilities = predictor.predict_proba(image_array)  # (C, H, W) float32
-
-    ``amp_dtype`` (``torch.bfloat16`` on CPUs with AMX/AVX512-BF16, ``torch.float16`` on
-    GPUs) runs the network under autocast; scores come back as float32.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        device: str | torch.device = "cpu",
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        scales: Sequence[float] = (1.0,),
-        flip: bool = False,
-        amp_dtype: torch.dtype | None = None,
-    ) -> None:
-        metadata = getattr(model, "metadata", None)
-        self.mean = tuple(mean or (metadata.mean if metadata else (0.485, 0.456, 0.406)))
-        self.std = tuple(std or (metadata.std if metadata else (0.229, 0.224, 0.225)))
-        self.device = torch.device(device)
-        self.model, self.memory_format = to_fast_layout(model.to(self.device).eval())
-        self.scales, self.flip = tuple(scales), flip
-        self.amp_dtype = amp_dtype  # e.g. torch.bfloat16: autocast around the forward passes
-
-    def _scores(self, image: np.ndarray | str | Path) -> torch.Tensor:
-        with autocast(self.device, self.amp_dtype):
-            scores = segment_logits(self.model, self._to_batch(image), self.scales, self.flip)
-        return scores.float()
-
-    def _to_batch(self, image: np.ndarray | str | Path) -> torch.Tensor:
-        if isinstance(image, (str, Path)):
-            from ddrnet.data.io import read_rgb
-
-            image = read_rgb(image)
-        array = np.asarray(image)
-        if array.ndim != 3 or array.shape[2] != 3:
-            raise ValueError(f"expected an (H, W, 3) RGB image, got shape {array.shape}")
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None]
-        batch = normalize(tensor.to(self.device), self.mean, self.std)
-        return batch.contiguous(memory_format=self.memory_format)
-
-    def predict_proba(self, image: np.ndarray | str | Path) -> np.ndarray:
-        """Class probabilities ``(num_classes, H, W)`` float32 at the image's resolution."""
-        logits = self._scores(image)
-        return (
-            logits.softmax(dim=1)[0].cpu().numpy() if self._single_pass else logits[0].cpu().numpy()
-        )
-
-    @property
-    def _single_pass(self) -> bool:
-        return self.scales == (1.0,) and not self.flip
-
-    def predict(self, image: np.ndarray | str | Path) -> np.ndarray:
-        """Label map ``(H, W)`` of class indices (uint8 for <= 256 classes, else int32)."""
-        with autocast(self.device, self.amp_dtype):
-            ids = segment_class_ids(self.model, self._to_batch(image), self.scales, self.flip)
-        labels = ids[0].cpu().numpy()
-        return labels.astype(np.uint8 if _num_classes(self.model) <= 256 else np.int32)
+def model_num_classes(model: nn.Module) -> int:
+    """The class count of ``model``, through DDP and ``torch.compile`` wrappers."""
+    return int(unwrap_model(model).num_classes)

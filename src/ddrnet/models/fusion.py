@@ -18,12 +18,17 @@ class FusionError(RuntimeError):
     """The network cannot be traced to find its Conv+BN pairs; the message says why."""
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The network inside ``DistributedDataParallel`` (``.module``) and ``torch.compile``
+    (``._orig_mod``) wrappers; ``model`` itself when it is not wrapped."""
+    inner = getattr(model, "module", model)
+    return getattr(inner, "_orig_mod", inner)
+
+
 def unwrapped_copy(model: nn.Module) -> nn.Module:
     """An eval-mode copy of the network inside DDP / ``torch.compile`` wrappers, so that
     exporting or folding never changes the caller's model."""
-    inner = getattr(model, "module", model)  # DDP wrapper
-    inner = getattr(inner, "_orig_mod", inner)  # torch.compile wrapper
-    return copy.deepcopy(inner).eval()
+    return copy.deepcopy(unwrap_model(model)).eval()
 
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,8 @@ from ddrnet.models.widths import check_widths_format
 FORMAT_NAME = "ddrnet"
 FORMAT_VERSION = 1
 
+# ImageNet RGB statistics on the 0..1 scale: the normalisation of ImageNet-pretrained
+# backbones, the default of every data set and model that records none of its own.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -108,6 +111,11 @@ class ModelMetadata:
             return True
         return split == trained or (trained == "trainval" and split in ("train", "val"))
 
+    def class_info(self) -> ClassInfo:
+        """The classes' names and colours; numbered names (``"class 3"``) and
+        ``distinct_palette`` colours where this metadata records none."""
+        return ClassInfo.of(self.num_classes, self.class_names, self.palette)
+
     def to_json(self) -> str:
         return json.dumps(
             {"format": FORMAT_NAME, "version": FORMAT_VERSION, **dataclasses.asdict(self)}
@@ -135,6 +143,59 @@ class ModelMetadata:
             return cls(**values)
         except (TypeError, ValueError) as error:  # TypeError: a required field is missing
             raise MetadataError(f"{source}: metadata: {error}") from None
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """Names and ``[r, g, b]`` colours (0..255) of a model's or a metrics file's classes."""
+
+    names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+
+    @classmethod
+    def of(
+        cls, count: int, names: Sequence[str] = (), palette: Sequence[Sequence[int]] = ()
+    ) -> ClassInfo:
+        """``count`` classes named ``names`` and coloured ``palette``; either one empty:
+        numbered names (``"class 0"``...) or ``distinct_palette`` colours."""
+        return cls(
+            names=tuple(names) or tuple(f"class {index}" for index in range(count)),
+            palette=tuple(tuple(colour) for colour in palette) or distinct_palette(count),
+        )
+
+
+def class_info(model: object) -> ClassInfo:
+    """The classes of ``model`` from its ``metadata`` (``ModelMetadata.class_info``); a
+    model without metadata (any ``nn.Module`` with ``num_classes``) gets numbered classes."""
+    metadata = getattr(model, "metadata", None)
+    if metadata is None:
+        return ClassInfo.of(int(getattr(model, "num_classes", 0)))
+    return metadata.class_info()
+
+
+def normalisation(model: object) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The RGB ``(mean, std)`` on the 0..1 scale that ``model``'s inputs are normalised
+    with: its metadata's, or ImageNet's for a model without metadata."""
+    metadata = getattr(model, "metadata", None)
+    if metadata is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(metadata.mean), tuple(metadata.std)
+
+
+def distinct_palette(count: int) -> tuple[tuple[int, int, int], ...]:
+    """``count`` distinct colours from the PASCAL VOC bit-interleaving scheme, starting at
+    its second entry so that no class is drawn black (black reads as "nothing here")."""
+    palette = []
+    for index in range(1, count + 1):
+        red = green = blue = 0
+        code = index
+        for bit in range(8):
+            red |= ((code >> 0) & 1) << (7 - bit)
+            green |= ((code >> 1) & 1) << (7 - bit)
+            blue |= ((code >> 2) & 1) << (7 - bit)
+            code >>= 3
+        palette.append((red, green, blue))
+    return tuple(palette)
 
 
 def _is_int(value: object) -> bool:

@@ -53,7 +53,8 @@ class WeightsEnum(Enum):
 
     @property
     def path(self) -> Path:
-        """``file``, checked: ``MissingFileError`` (a ``FileNotFoundError``) when this installation lacks it."""
+        """``file``, checked: ``MissingFileError`` (a ``FileNotFoundError``) when this
+        installation lacks it."""
         if not self.file.is_file():
             raise MissingFileError(
                 f"the bundled model {self.file} is missing from this installation; pass "

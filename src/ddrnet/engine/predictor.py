@@ -1,0 +1,157 @@
+"""``Predictor``: RGB images in, label maps at input resolution out, for every kind of model.
+
+The one inference path: ``ddrnet.Predictor`` (the public API), evaluation
+(``ddrnet.engine.evaluate``), ``ddrnet predict`` and ``ddrnet serve`` all segment through
+it. It takes a PyTorch ``DDRNet`` or an exported file behind the same ``nn.Module``
+interface (``ddrnet.deploy.runtime.OnnxSegmentationModel`` for ONNX Runtime and OpenVINO,
+``ddrnet.deploy.ncnn_runtime.NcnnSegmentationModel``), and applies the model's own
+normalisation, test-time augmentation (scales, flip) and sliding windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ddrnet.engine.inference import (
+    autocast,
+    model_num_classes,
+    normalize,
+    segment_class_ids,
+    segment_logits,
+    to_fast_layout,
+)
+from ddrnet.limits import check_scales
+from ddrnet.models.metadata import normalisation
+
+ImageInput = np.ndarray | str | Path
+
+
+def label_dtype(num_classes: int) -> type[np.integer]:
+    """The dtype of label maps for ``num_classes`` classes: uint8 up to 256, else int32."""
+    return np.uint8 if num_classes <= 256 else np.int32
+
+
+def image_batch(images: Sequence[ImageInput]) -> torch.Tensor:
+    """Same-sized ``(H, W, 3)`` uint8 RGB images (or their paths) as one ``(N, 3, H, W)``
+    uint8 tensor (a channels-last view of the stacked pixels, not a copy of them)."""
+    from ddrnet.data.io import read_rgb
+
+    arrays = [np.asarray(read_rgb(i) if isinstance(i, (str, Path)) else i) for i in images]
+    if not arrays:
+        raise ValueError("no images given")
+    for array in arrays:
+        if array.ndim != 3 or array.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) RGB image, got shape {array.shape}")
+        if array.shape != arrays[0].shape:
+            raise ValueError(
+                f"a batch needs images of one size, got {arrays[0].shape} and {array.shape}"
+            )
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+
+class Predictor:
+    """Label maps at input resolution from RGB images, with the model's own pre-processing.
+
+    >>> predictor = Predictor(ddrnet.create_model(checkpoint="camvid.safetensors"))
+    >>> labels = predictor.predict("street.png")           # (H, W) uint8/int32 class indices
+    >>> probabilities = predictor.predict_proba(image_array)  # (C, H, W) float32
+    >>> label_maps = predictor.predict_batch([frame_a, frame_b])  # same-sized frames
+
+    Args:
+        model: a ``DDRNet`` or a runtime wrapper (``load_onnx_model``, ``load_ncnn_model``).
+        device: where the network runs; runtime wrappers run on the CPU whatever it says.
+        mean, std: RGB normalisation on the 0..1 scale; default: the model's metadata
+            (ImageNet's for a model without metadata).
+        scales, flip: test-time augmentation; several passes average their softmax
+            probabilities. Each scale must lie in ``(0, ddrnet.limits.MAX_SCALE]``.
+        amp_dtype: ``torch.bfloat16`` (CPUs with AMX/AVX512-BF16) or ``torch.float16``
+            (GPUs) runs the network under autocast; scores come back as float32.
+        window, stride: sliding-window inference with ``(height, width)`` crops in pixels
+            (stride by default two thirds of the window).
+        prepared: ``None`` (default): the model runs as its fast eval-mode copy
+            (``to_fast_layout``: BatchNorm folded, channels-last), the caller's model left
+            as it is. A memory format: the model is run as given, on the device it is on,
+            inputs in that format (the training loop evaluates its live model this way).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str | torch.device = "cpu",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+        amp_dtype: torch.dtype | None = None,
+        window: tuple[int, int] | None = None,
+        stride: tuple[int, int] | None = None,
+        *,
+        prepared: torch.memory_format | None = None,
+    ) -> None:
+        default_mean, default_std = normalisation(model)
+        self.mean = tuple(mean or default_mean)
+        self.std = tuple(std or default_std)
+        self.device = torch.device(device)
+        self.scales, self.flip = check_scales(scales), flip
+        self.window, self.stride = window, stride
+        self.amp_dtype = amp_dtype
+        self.num_classes = model_num_classes(model)
+        self.label_dtype = label_dtype(self.num_classes)
+        if prepared is None:
+            fast, self.memory_format = to_fast_layout(model)
+            self.model = fast.to(self.device)
+        else:
+            self.model, self.memory_format = model, prepared
+
+    @property
+    def single_pass(self) -> bool:
+        """One plain pass per image (no scales, flip or windows): scores are logits."""
+        return self.scales == (1.0,) and not self.flip and self.window is None
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` uint8 (0..255) or float (0..1) RGB -> the normalised float32
+        batch on the device, in the model's memory format."""
+        batch = normalize(images.to(self.device), self.mean, self.std)
+        return batch.contiguous(memory_format=self.memory_format)
+
+    @torch.no_grad()
+    def class_ids(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` RGB images (as ``preprocess`` takes them) -> ``(N, H, W)``
+        int64 class ids at input resolution, on the device."""
+        batch = self.preprocess(images)
+        with autocast(self.device, self.amp_dtype):
+            return segment_class_ids(
+                self.model, batch, self.scales, self.flip, self.window, self.stride
+            )
+
+    @torch.no_grad()
+    def scores(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` RGB images -> ``(N, C, H, W)`` float32 class scores at input
+        resolution: logits for a single pass, averaged probabilities with augmentation."""
+        batch = self.preprocess(images)
+        with autocast(self.device, self.amp_dtype):
+            scores = segment_logits(
+                self.model, batch, self.scales, self.flip, self.window, self.stride
+            )
+        return scores.float()
+
+    def predict_batch(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
+        """Label maps ``(H, W)`` (``label_dtype``: uint8 for <= 256 classes, else int32) of
+        same-sized ``(H, W, 3)`` uint8 RGB images or image paths, run as one batch."""
+        ids = self.class_ids(image_batch(images)).cpu().numpy()
+        return list(ids.astype(self.label_dtype))
+
+    def predict(self, image: ImageInput) -> np.ndarray:
+        """Label map ``(H, W)`` of class indices (uint8 for <= 256 classes, else int32)."""
+        return self.predict_batch([image])[0]
+
+    def predict_proba(self, image: ImageInput) -> np.ndarray:
+        """Class probabilities ``(num_classes, H, W)`` float32 at the image's resolution."""
+        scores = self.scores(image_batch([image]))
+        probabilities = scores.softmax(dim=1) if self.single_pass else scores
+        return probabilities[0].cpu().numpy()
