@@ -16,9 +16,8 @@ import pytest
 import torch
 
 import ddrnet
-from ddrnet import limits
+from ddrnet import atomic, limits
 from ddrnet.config import load_config
-from ddrnet.engine import checkpointing
 from ddrnet.engine import train as train_module
 from ddrnet.engine.checkpointing import atomic_save
 from ddrnet.engine.config import Config
@@ -290,7 +289,7 @@ def test_resume_repairs_an_epoch_whose_writes_a_kill_cut_short(
     # next, leaves that one's temporary file behind, as SIGKILL would.
     run = tmp_path / "run"
     written = []
-    real_write = checkpointing.atomic_write
+    real_write = atomic.atomic_write
 
     def write_then_die(path: Path, write) -> None:
         if path.name == "config.yaml":  # written before the epochs
@@ -301,7 +300,7 @@ def test_resume_repairs_an_epoch_whose_writes_a_kill_cut_short(
         real_write(path, write)
         written.append(path.name)
 
-    monkeypatch.setattr(checkpointing, "atomic_write", write_then_die)
+    monkeypatch.setattr(atomic, "atomic_write", write_then_die)
     with pytest.raises(Killed):
         train(tiny_config(camvid_root, run, epochs=1))
     monkeypatch.undo()

@@ -1,15 +1,13 @@
-"""Training checkpoints: atomic writes and exact resume."""
+"""Training checkpoints: written atomically (``ddrnet.atomic``), read back for an exact resume."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
+from ddrnet import atomic
 from ddrnet.errors import DDRNetError, MissingFileError
 from ddrnet.models.checkpoint import CheckpointError
 
@@ -18,45 +16,9 @@ class TrainingError(DDRNetError, RuntimeError):
     """Training cannot go on; the last checkpoint on disk is intact."""
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Call ``write`` on a temporary file in ``path``'s folder, fsync, then rename it over
-    ``path``: a crash (even SIGKILL) or a full disk mid-write leaves the previous file intact.
-    The temporary is named ``.<name>.<random>.tmp``; ``remove_stale_temporaries`` finds the
-    ones a kill left behind. An ``OSError`` names ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:
-        Path(temporary).unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno is not None and error.filename is None:
-            error.filename = str(path)  # "[Errno 28] No space left on device: 'last.pt'"
-        raise
-
-
 def atomic_save(payload: dict[str, Any], path: Path) -> None:
-    """``torch.save`` through ``atomic_write``."""
-    atomic_write(path, lambda stream: torch.save(payload, stream))
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    """Write a text file (UTF-8) through ``atomic_write``."""
-    data = text.encode()
-    atomic_write(path, lambda stream: stream.write(data))
-
-
-def remove_stale_temporaries(folder: Path, names: tuple[str, ...]) -> list[Path]:
-    """Delete the temporaries of ``names`` that a killed ``atomic_write`` left in ``folder``
-    (and ``<name>.tmp``, what ``save_model`` wrote before it used ``atomic_write``)."""
-    stale = [p for name in names for p in folder.glob(f".{name}.*.tmp")]
-    stale += [folder / f"{name}.tmp" for name in names if (folder / f"{name}.tmp").is_file()]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
+    """``torch.save`` through ``ddrnet.atomic.atomic_write``."""
+    atomic.atomic_write(path, lambda stream: torch.save(payload, stream))
 
 
 def load_training_checkpoint(path: Path) -> dict[str, Any]:

@@ -4,7 +4,7 @@
 ``best_miou``, the ``history`` of metrics records and the model metadata), so it is written
 first and is the epoch's commit point. Then, when val mIoU improved, ``best.pt`` (the same
 state) and ``best.safetensors`` (the evaluated weights), then ``metrics.jsonl`` (one line per
-finished epoch, rewritten whole from the history). Every file goes through ``atomic_write``,
+finished epoch, rewritten whole from the history). Every file goes through ``ddrnet.atomic``,
 so a kill leaves each file either as it was or complete, and at any moment ``last.pt`` is the
 previous epoch's or this one's; the files after it are at most that one epoch behind, which
 ``repair_run`` restores from ``last.pt`` on ``--resume``. No finished epoch is lost.
@@ -20,12 +20,8 @@ from typing import Any
 
 import torch
 
-from ddrnet.engine.checkpointing import (
-    TrainingError,
-    atomic_save,
-    atomic_write_text,
-    remove_stale_temporaries,
-)
+from ddrnet.atomic import atomic_write_text, remove_stale_temporaries
+from ddrnet.engine.checkpointing import TrainingError, atomic_save
 from ddrnet.models import ModelMetadata, read_checkpoint, save_model
 
 logger = logging.getLogger(__name__)

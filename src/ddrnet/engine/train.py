@@ -20,9 +20,10 @@ from typing import Any
 import torch
 import yaml
 
+from ddrnet.atomic import atomic_write_text
 from ddrnet.config import to_dict
 from ddrnet.engine.allocator import retain_freed_memory
-from ddrnet.engine.checkpointing import TrainingError, atomic_write_text, load_training_checkpoint
+from ddrnet.engine.checkpointing import TrainingError, load_training_checkpoint
 from ddrnet.engine.config import Config
 from ddrnet.engine.distill import build_distiller
 from ddrnet.engine.distributed import (

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ddrnet import atomic
 from ddrnet.errors import DDRNetError
 from ddrnet.models.metadata import ModelMetadata
 
@@ -456,12 +457,10 @@ def save_model(model: nn.Module, path: str | Path, metadata: ModelMetadata) -> P
     """
     from safetensors.torch import save
 
-    from ddrnet.engine.checkpointing import atomic_write
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"model files are .safetensors; got {path}")
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     data = save(tensors, metadata={"ddrnet": metadata.to_json()})
-    atomic_write(path, lambda stream: stream.write(data))
+    atomic.atomic_write(path, lambda stream: stream.write(data))
     return path

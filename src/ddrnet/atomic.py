@@ -1,0 +1,54 @@
+"""Files written whole or not at all: a temporary beside the target, fsync, then a rename.
+
+Training checkpoints, run metrics and model files all go through ``atomic_write``, so a crash
+(even SIGKILL) or a full disk mid-write leaves the previous file intact. It sits below every
+layer (models write model files, the engine writes run folders) and needs nothing but the
+standard library.
+
+Callers that need a simulated kill in tests to reach every write call it as
+``atomic.atomic_write`` (through the module), so that one ``monkeypatch`` intercepts them all.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Call ``write`` on a temporary file in ``path``'s folder, fsync, then rename it over
+    ``path``: a crash (even SIGKILL) or a full disk mid-write leaves the previous file intact.
+    The temporary is named ``.<name>.<random>.tmp``; ``remove_stale_temporaries`` finds the
+    ones a kill left behind. An ``OSError`` names ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException as error:
+        Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno is not None and error.filename is None:
+            error.filename = str(path)  # "[Errno 28] No space left on device: 'last.pt'"
+        raise
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    """Write a text file (UTF-8) through ``atomic_write``."""
+    data = text.encode()
+    atomic_write(path, lambda stream: stream.write(data))
+
+
+def remove_stale_temporaries(folder: Path, names: tuple[str, ...]) -> list[Path]:
+    """Delete the temporaries of ``names`` that a killed ``atomic_write`` left in ``folder``
+    (and ``<name>.tmp``, what ``save_model`` wrote before it used ``atomic_write``)."""
+    stale = [p for name in names for p in folder.glob(f".{name}.*.tmp")]
+    stale += [folder / f"{name}.tmp" for name in names if (folder / f"{name}.tmp").is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
