@@ -26,7 +26,7 @@ Each class keeps the built-in base it always had (``ValueError``, ``RuntimeError
 ``PredictionInputError``          ``ddrnet.predict``: prediction inputs and output folder
 ================================  ======================================================
 
-``ddrnet.models.fusion.FusionError`` is no user error: it says that BN folding could not
+``ddrnet.models.bn_folding.FusionError`` is no user error: it says that BN folding could not
 trace a network, which callers handle (they run it unfolded) or is a bug to report.
 """
 

@@ -62,7 +62,7 @@ from ddrnet.deploy.verify import (
     verify_onnx,
     verify_onnx_labels,
 )
-from ddrnet.models.fusion import conv_bn_pairs, fuse_conv_bn
+from ddrnet.models.bn_folding import conv_bn_pairs, fuse_conv_bn
 
 __all__ = [
     "BACKENDS",

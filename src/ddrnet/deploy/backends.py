@@ -23,7 +23,7 @@ from ddrnet.deploy.export import export_onnx, float_cpu_copy
 from ddrnet.deploy.quantize import quantize_onnx_int8
 from ddrnet.deploy.runtime import onnx_session, openvino_logits_function
 from ddrnet.errors import UsageError
-from ddrnet.models.fusion import fuse_conv_bn
+from ddrnet.models.bn_folding import fuse_conv_bn
 from ddrnet.models.metadata import normalisation
 
 BACKENDS: dict[str, str] = {

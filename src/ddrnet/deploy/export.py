@@ -22,7 +22,7 @@ from torch import nn
 
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.limits import check_pixels
-from ddrnet.models.fusion import unwrapped_copy
+from ddrnet.models.bn_folding import unwrapped_copy
 
 
 class SegmentationExportWrapper(nn.Module):

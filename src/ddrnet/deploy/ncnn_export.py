@@ -36,7 +36,7 @@ from ddrnet.deploy.ncnn_runtime import NCNN_KEY, NcnnFiles, is_ncnn_file
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.deploy.verify import evaluate_on_camvid, real_frames, verify_ncnn
 from ddrnet.errors import UsageError
-from ddrnet.models.fusion import FusionError, fuse_conv_bn
+from ddrnet.models.bn_folding import FusionError, fuse_conv_bn
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from torch import nn
 from ddrnet.errors import UsageError
 from ddrnet.hardware import cpu_has_native_bf16
 from ddrnet.limits import check_scales
-from ddrnet.models.fusion import FusionError, fuse_conv_bn, unwrap_model
+from ddrnet.models.bn_folding import FusionError, fuse_conv_bn, unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def to_fast_layout(model: nn.Module) -> tuple[nn.Module, torch.memory_format]:
     inputs should have.
 
     A PyTorch network comes back as an eval-mode copy with every Conv+BatchNorm pair folded
-    into one convolution (``ddrnet.models.fusion.fuse_conv_bn``: the same logits within
+    into one convolution (``ddrnet.models.bn_folding.fuse_conv_bn``: the same logits within
     ~1e-5) and in channels_last, which oneDNN (CPU) and cuDNN run without the layout reorders
     around every layer that NCHW costs them. For DDRNet-23-slim on 2-core CPUs, channels_last
     gave 1.16-1.31x and folding another 1.09x (1024x2048) to 1.14x (360x480) on an AMD Zen 2

@@ -7,8 +7,8 @@ DAPPM and the segmentation heads, and ``DDRNetClassifier`` is the ImageNet form 
 pre-training. The ``@register_model`` functions at the end (``ddrnet_23_slim``,
 ``ddrnet_23``, ``ddrnet_39`` and their ``_imagenet`` forms) are what ``ddrnet.create_model``
 calls. The parts live beside it, one concept a file: the residual blocks and heads in
-``blocks.py``, DAPPM in ``dappm.py``; ``fusion.py`` is unrelated to the bilateral fusion (it
-folds BatchNorm into convolutions for deployment).
+``blocks.py``, DAPPM in ``dappm.py``; ``bn_folding.py`` folds BatchNorm into the
+convolutions for deployment.
 
 Every resize is bilinear with ``align_corners=False`` and takes its target size from the
 tensors themselves, so any input size works (the official code computes ``H // 8`` and fails
