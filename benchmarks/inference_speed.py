@@ -30,7 +30,7 @@ import torch
 
 import ddrnet
 from ddrnet.assets import demo_frames
-from ddrnet.data.datasets import camvid
+from ddrnet.data.camvid import camvid
 from ddrnet.deploy import (
     export_onnx,
     float32_conv_peak,

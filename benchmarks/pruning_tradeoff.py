@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 import ddrnet
-from ddrnet.data.datasets import camvid
+from ddrnet.data.camvid import camvid
 from ddrnet.deploy import load_calibration_images
 from ddrnet.engine.evaluate import evaluate
 from ddrnet.hardware import describe_cpu

@@ -23,7 +23,7 @@ import torch
 
 import ddrnet
 from ddrnet.assets import assets_dir
-from ddrnet.data.datasets import camvid
+from ddrnet.data.camvid import camvid
 from ddrnet.deploy import benchmark
 from ddrnet.engine.evaluate import evaluate
 from ddrnet.models import (

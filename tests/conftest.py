@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import ddrnet
-from ddrnet.data.datasets import camvid
+from ddrnet.data.camvid import camvid
 
 from helpers import REPO_ROOT, camvid_model
 

@@ -18,14 +18,10 @@ from PIL import Image
 
 from ddrnet.config import load_config
 from ddrnet.data.build import build_dataset
-from ddrnet.data.datasets import (
-    ColourLabelDataset,
-    DatasetError,
-    camvid,
-    cityscapes,
-    coco_stuff,
-    write_cityscapes_submission,
-)
+from ddrnet.data.camvid import camvid
+from ddrnet.data.cityscapes import cityscapes, write_cityscapes_submission
+from ddrnet.data.coco_stuff import coco_stuff
+from ddrnet.data.datasets import ColourLabelDataset, DatasetError
 from ddrnet.data.folder import folder_dataset, load_classes_file
 from ddrnet.data.io import read_label, read_rgb
 from ddrnet.data.labels import (

@@ -22,7 +22,7 @@ from torch import nn
 
 import ddrnet
 from ddrnet.assets import bundled_model_path
-from ddrnet.data.datasets import camvid
+from ddrnet.data.camvid import camvid
 from ddrnet.deploy import (
     BACKENDS,
     OPENVINO_FIXED_SIZE_KEY,

@@ -20,7 +20,7 @@ pytest.importorskip("ncnn", reason="ncnn is not installed (pip install 'ddrnet[e
 pytest.importorskip("pnnx", reason="pnnx is not installed (pip install 'ddrnet[edge]')")
 
 from ddrnet.assets import demo_frames
-from ddrnet.data.datasets import camvid
+from ddrnet.data.camvid import camvid
 from ddrnet.deploy.ncnn_export import export_ncnn, frozen_interps
 from ddrnet.deploy.ncnn_runtime import NcnnFiles, NcnnSegmentationModel, load_ncnn_model
 from ddrnet.deploy.verify import verify_ncnn

@@ -131,7 +131,7 @@ def _submission_writer(folder: str | None, dataset):
     """The ``prediction_callback`` that writes Cityscapes server files into ``folder``."""
     if not folder:
         return None
-    from ddrnet.data.datasets import write_cityscapes_submission
+    from ddrnet.data.cityscapes import write_cityscapes_submission
 
     samples = getattr(dataset, "dataset", dataset).samples
 

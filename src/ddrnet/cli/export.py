@@ -159,7 +159,7 @@ def _evaluate_forms(model, fp32_path: Path, final: Path, args: argparse.Namespac
     (OpenVINO, the INT8 file) against it, run as ``ddrnet bench`` runs them."""
     import torch
 
-    from ddrnet.data.datasets import camvid
+    from ddrnet.data.camvid import camvid
     from ddrnet.deploy import evaluate_onnx, evaluate_onnx_forms
     from ddrnet.engine.inference import resolve_precision
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ddrnet.data.datasets import (
-    DatasetError,
-    PairedSegmentationDataset,
-    camvid,
-    cityscapes,
-    coco_stuff,
-)
+from ddrnet.data.camvid import camvid
+from ddrnet.data.cityscapes import cityscapes
+from ddrnet.data.coco_stuff import coco_stuff
+from ddrnet.data.datasets import DatasetError, PairedSegmentationDataset
 from ddrnet.data.folder import folder_dataset
 from ddrnet.data.transforms import TrainTransform
 

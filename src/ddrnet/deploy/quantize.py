@@ -45,7 +45,7 @@ def load_calibration_images(source: str | Path | object, count: int = 16) -> lis
     """Up to ``count`` ``(H, W, 3)`` uint8 RGB images, evenly spaced over ``source``.
 
     ``source``: a folder of images (``ddrnet.data.io.image_files``), or a data set with
-    ``load(index) -> (image, label)`` such as ``ddrnet.data.datasets.camvid(root, "train")``.
+    ``load(index) -> (image, label)`` such as ``ddrnet.data.camvid.camvid(root, "train")``.
     Even spacing covers every sequence of a video data set rather than its first frames.
     """
     from ddrnet.data.io import image_files, read_rgb

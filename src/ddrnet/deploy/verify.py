@@ -256,7 +256,7 @@ def evaluate_on_camvid(
 ) -> tuple[float, float, int]:
     """CamVid val mIoU of ``model`` (PyTorch fp32) and of the ncnn file ``path``, scored by
     ``ddrnet.engine.evaluate`` as ``ddrnet eval`` scores them; and the image count."""
-    from ddrnet.data.datasets import camvid
+    from ddrnet.data.camvid import camvid
 
     dataset = camvid(str(root), "val")
     count = min(limit or len(dataset), len(dataset))
