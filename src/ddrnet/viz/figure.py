@@ -1,0 +1,56 @@
+"""What every figure of ``ddrnet.viz`` shares: its output check, a pyplot-free matplotlib
+figure of an exact pixel size, and writing it (or a plain RGB array) as a PNG.
+
+matplotlib is imported inside the functions that need it, so importing ``ddrnet.viz`` stays
+cheap for commands that draw nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ddrnet.errors import UsageError
+
+# Figures are saved without ``bbox_inches="tight"`` so that their pixel size is exactly
+# ``figsize * DPI`` and predictable (tests and documentation rely on it).
+DPI = 100
+
+
+def prepare_output(output: str | Path) -> Path:
+    """``output`` as a path to a ``.png`` file whose folder exists; another suffix is a
+    ``UsageError`` (raised before any work, so a bad path fails fast)."""
+    path = Path(output)
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"{path}: the output must be a .png file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def new_figure(size: tuple[int, int], rows: int, columns: int, **kwargs: Any) -> tuple[Any, Any]:
+    """A matplotlib ``Figure`` of ``size`` = (width, height) pixels with a grid of axes.
+
+    Built without pyplot: no global figure registry and no backend switch in the caller's
+    process (a notebook keeps its backend); ``savefig`` renders with Agg by itself.
+    """
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI)
+    return figure, figure.subplots(rows, columns, **kwargs)
+
+
+def save_figure(figure: Any, output: str | Path) -> Path:
+    """Write a figure of ``new_figure`` as a PNG on a white background; returns the path."""
+    path = prepare_output(output)
+    figure.savefig(path, dpi=DPI, facecolor="white")
+    return path
+
+
+def save_array(picture: np.ndarray, output: str | Path) -> Path:
+    """Write an ``(H, W, 3)`` uint8 RGB array as a PNG of exactly its size."""
+    path = prepare_output(output)
+    Image.fromarray(picture).save(path)
+    return path
