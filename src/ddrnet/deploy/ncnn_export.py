@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -300,10 +300,15 @@ def export_ncnn_checked(
 
 
 def evaluate_on_camvid(
-    model: nn.Module, path: str | Path, root: str | Path, limit: int | None = None
+    model: nn.Module,
+    path: str | Path,
+    root: str | Path,
+    limit: int | None = None,
+    load: Callable[[Path], nn.Module] = NcnnSegmentationModel,
 ) -> tuple[float, float, int]:
-    """CamVid val mIoU of ``model`` (PyTorch fp32) and of the ncnn file ``path``, scored by
-    ``ddrnet.engine.evaluate`` as ``ddrnet eval`` scores them; and the image count."""
+    """CamVid val mIoU of ``model`` (PyTorch fp32) and of the exported file ``path`` (run by
+    ``load(path)``: ncnn by default), scored by ``ddrnet.engine.evaluate`` as ``ddrnet eval``
+    scores them; and the image count."""
     from ddrnet.data.datasets import camvid
     from ddrnet.deploy.bench import _model_normalisation
     from ddrnet.engine.evaluate import evaluate
@@ -314,7 +319,7 @@ def evaluate_on_camvid(
     mean, std = _model_normalisation(model)
     labels = dataset.labels
     scores = []
-    for candidate in (float_cpu_copy(model), NcnnSegmentationModel(path)):
+    for candidate in (float_cpu_copy(model), load(Path(path))):
         metrics = evaluate(
             candidate,
             subset,
