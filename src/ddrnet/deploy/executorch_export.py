@@ -13,7 +13,8 @@ scale per output channel; int8 activations, one affine scale per tensor from his
 The size is fixed because ``torch.export`` with symbolic height and width failed on DDRNet
 (the DAPPM pools and the resizes between branches give it guards it cannot prove), and a
 fixed size is what XNNPACK plans best anyway. Batch 1: the runtime runs a batch image by
-image. Exporting DDRNet-23-slim took 25-90 s on a loaded 2-core CPU (INT8 about 60 s more).
+image. Exporting DDRNet-23-slim took 25-90 s on a 2-core CPU, INT8 55-200 s (calibration
+and the larger quantised graph), idle to loaded.
 """
 
 from __future__ import annotations

@@ -167,18 +167,23 @@ def _native_stderr_captured() -> Iterator[list[str]]:
             lines.extend(sink.read().decode(errors="replace").splitlines())
 
 
+def _set_thread_pool(threads: int) -> None:
+    """Size ExecuTorch's thread pool (process-wide, and unsafe to change while a method runs,
+    so only ever at load time; creating it is what prints XNNPACK's CPU probe)."""
+    from executorch.extension.pybindings import portable_lib
+
+    if portable_lib._threadpool_get_thread_count() != threads:
+        portable_lib._unsafe_reset_threadpool(threads)
+
+
 def load_method(files: ExecutorchFiles, threads: int | None = None) -> Any:
     """The program's ``forward`` method, ready to run; ``threads``: the size of ExecuTorch's
     process-wide thread pool (left as it is, one thread per core, when None)."""
     runtime = executorch_runtime(files.program)
-    if threads is not None:
-        from executorch.extension.pybindings import portable_lib
-
-        # Process-wide, and unsafe while another method runs: set once, at load time.
-        if portable_lib._threadpool_get_thread_count() != threads:
-            portable_lib._unsafe_reset_threadpool(threads)
     with _native_stderr_captured() as native:
         try:
+            if threads is not None:
+                _set_thread_pool(threads)
             program = runtime.load_program(files.program)
             method = program.load_method("forward")
         except (RuntimeError, ValueError) as error:
