@@ -1,5 +1,6 @@
 """ExecuTorch (XNNPACK): export, logits against PyTorch, the fixed-size resize, the bundled
-CamVid model's val mIoU in float32 and INT8, and the bad-input messages (issue 23).
+CamVid model's val mIoU in float32 and its label agreement in INT8, and the bad-input
+messages (issue 23).
 
 Each export takes 15-90 s on a 2-core CPU, idle to loaded (``torch.export`` and the
 lowering passes, whatever the image size), so a tiny model exported once serves the quick
