@@ -12,6 +12,7 @@ onnx and onnxruntime (the ``deploy`` extra) are imported inside the functions th
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,9 @@ from torch import nn
 
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.limits import check_pixels
-from ddrnet.models.bn_folding import unwrapped_copy
+from ddrnet.models.bn_folding import FusionError, fuse_conv_bn, unwrapped_copy
+
+logger = logging.getLogger(__name__)
 
 
 class SegmentationExportWrapper(nn.Module):
@@ -56,7 +59,7 @@ class SegmentationExportWrapper(nn.Module):
         return logits.argmax(dim=1).to(self.label_dtype)
 
 
-def _check_size(name: str, size: Sequence[int]) -> tuple[int, int]:
+def check_size(name: str, size: Sequence[int]) -> tuple[int, int]:
     """``(height, width)``, both >= 1 and no more than ``ddrnet.limits.DEFAULT_MAX_PIXELS``
     in all: tracing allocates activations for the example input."""
     if len(size) != 2 or any(int(side) < 1 for side in size):
@@ -65,7 +68,7 @@ def _check_size(name: str, size: Sequence[int]) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-def _example_input(batch_size: int, height: int, width: int) -> torch.Tensor:
+def example_input(batch_size: int, height: int, width: int) -> torch.Tensor:
     """A tracing input ``(N, 3, H, W)`` from a private generator: exporting must not move the
     caller's random stream."""
     return torch.randn(batch_size, 3, height, width, generator=torch.Generator().manual_seed(0))
@@ -74,6 +77,18 @@ def _example_input(batch_size: int, height: int, width: int) -> torch.Tensor:
 def float_cpu_copy(model: nn.Module) -> nn.Module:
     """An eval-mode float32 CPU copy: exported graphs take float32 input."""
     return unwrapped_copy(model).float().cpu()
+
+
+def folded_export_wrapper(model: nn.Module, upsample_to_input: bool) -> nn.Module:
+    """What ncnn and ExecuTorch export: a float32 CPU copy with BN folded into the
+    convolutions where it can be (their converters fold what is left the same way),
+    auxiliary head off, optionally resized to the input."""
+    copy = float_cpu_copy(model)
+    try:
+        copy = fuse_conv_bn(copy)
+    except FusionError as error:
+        logger.debug("batch norm left to pnnx to fold: %s", error)
+    return SegmentationExportWrapper(copy, upsample_to_input=upsample_to_input).eval()
 
 
 def static_resize_nodes(onnx_model: object) -> list[str]:
@@ -141,13 +156,13 @@ def export_onnx(
     Raises ``ExportError`` if the checker rejects the graph or, with ``dynamic=True``, a
     Resize node kept a constant size.
     """
-    height, width = _check_size("input_size", input_size)
+    height, width = check_size("input_size", input_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = SegmentationExportWrapper(float_cpu_copy(model), argmax, upsample_to_input).eval()
-    example = _example_input(batch_size, height, width)
+    example = example_input(batch_size, height, width)
     export_kwargs = _exporter_options(dynamic, argmax, opset, dynamo)
     with torch.no_grad(), warnings.catch_warnings():
         # The TorchScript-based exporter is chosen deliberately (see ``dynamo``); its
@@ -245,11 +260,11 @@ def export_torchscript(
     produces guards), while the trace stays general. TorchScript is deprecated upstream but
     still works in PyTorch 2.x; ``export_onnx`` is the preferred deployment format.
     """
-    height, width = _check_size("input_size", input_size)
+    height, width = check_size("input_size", input_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = SegmentationExportWrapper(float_cpu_copy(model), argmax, upsample_to_input).eval()
-    example = _example_input(1, height, width)
+    example = example_input(1, height, width)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is deprecated.*")
         traced = torch.jit.trace(wrapper, example)

@@ -26,17 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddrnet.deploy.export import (
-    SegmentationExportWrapper,
-    _check_size,
-    _example_input,
-    float_cpu_copy,
-)
+from ddrnet.deploy.export import check_size, example_input, folded_export_wrapper
 from ddrnet.deploy.ncnn_runtime import NCNN_KEY, NcnnFiles, is_ncnn_file
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.deploy.verify import evaluate_on_camvid, real_frames, verify_ncnn
 from ddrnet.errors import UsageError
-from ddrnet.models.bn_folding import FusionError, fuse_conv_bn
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +45,6 @@ def _pnnx_executable() -> str:
     except ImportError as error:
         raise ExportError(f"--format ncnn needs pnnx ({error}): {PNNX_INSTALL_HINT}") from None
     return str(pnnx.EXEC_PATH)
-
-
-def _folded_wrapper(model: nn.Module, upsample_to_input: bool) -> nn.Module:
-    """The exported module: BN folded into the convolutions where it can be (pnnx folds what
-    is left the same way), auxiliary head off, optional resize to the input."""
-    copy = float_cpu_copy(model)
-    try:
-        copy = fuse_conv_bn(copy)
-    except FusionError as error:
-        logger.debug("batch norm left to pnnx to fold: %s", error)
-    return SegmentationExportWrapper(copy, upsample_to_input=upsample_to_input).eval()
 
 
 def _second_size(height: int, width: int) -> tuple[int, int]:
@@ -147,17 +130,17 @@ def export_ncnn(
     files = NcnnFiles.of(path)
     if not is_ncnn_file(files.param):
         raise UsageError(f"{files.param}: an ncnn export is written to a NAME.param file")
-    sizes = [_check_size("input_size", input_size)]
+    sizes = [check_size("input_size", input_size)]
     sizes.append(_second_size(*sizes[0]))
     _pnnx_executable()  # before tracing: a missing pnnx fails at once
     files.param.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = _folded_wrapper(model, upsample_to_input)
+    wrapper = folded_export_wrapper(model, upsample_to_input)
     with tempfile.TemporaryDirectory(prefix="ddrnet-pnnx-") as folder:
         scratch = Path(folder)
         traced_path = scratch / "model.pt"
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is deprecated.*")
-            traced = torch.jit.trace(wrapper, _example_input(1, *sizes[0]))
+            traced = torch.jit.trace(wrapper, example_input(1, *sizes[0]))
             traced.save(str(traced_path))
         _run_pnnx(traced_path, scratch / "out.param", scratch / "out.bin", sizes)
         frozen = frozen_interps(scratch / "out.param")

@@ -9,7 +9,7 @@ and ``ddrnet eval`` run them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from ddrnet.deploy.export import _check_size, float_cpu_copy
+from ddrnet.deploy.export import check_size, float_cpu_copy
 from ddrnet.deploy.ncnn_runtime import NcnnSegmentationModel
 from ddrnet.deploy.onnx_file import ExportError, file_normalisation
 from ddrnet.deploy.runtime import RUNTIMES, OnnxSegmentationModel, onnx_logits, onnx_session
@@ -55,7 +55,7 @@ def _onnx_and_pytorch_outputs(
     if inputs is None:
         generator = torch.Generator().manual_seed(seed)
         inputs = [
-            torch.randn(batch_size, 3, *_check_size("sizes entry", size), generator=generator)
+            torch.randn(batch_size, 3, *check_size("sizes entry", size), generator=generator)
             for size in sizes
         ]
     for image in inputs:
@@ -252,10 +252,15 @@ def evaluate_onnx_forms(
 
 
 def evaluate_on_camvid(
-    model: nn.Module, path: str | Path, root: str | Path, limit: int | None = None
+    model: nn.Module,
+    path: str | Path,
+    root: str | Path,
+    limit: int | None = None,
+    load: Callable[[Path], nn.Module] = NcnnSegmentationModel,
 ) -> tuple[float, float, int]:
-    """CamVid val mIoU of ``model`` (PyTorch fp32) and of the ncnn file ``path``, scored by
-    ``ddrnet.engine.evaluate`` as ``ddrnet eval`` scores them; and the image count."""
+    """CamVid val mIoU of ``model`` (PyTorch fp32) and of the exported file ``path`` (run by
+    ``load(path)``: ncnn by default), scored by ``ddrnet.engine.evaluate`` as ``ddrnet eval``
+    scores them; and the image count."""
     from ddrnet.data.camvid import camvid
 
     dataset = camvid(str(root), "val")
@@ -264,7 +269,7 @@ def evaluate_on_camvid(
     mean, std = normalisation(model)
     labels = dataset.labels
     scores = []
-    for candidate in (float_cpu_copy(model), NcnnSegmentationModel(path)):
+    for candidate in (float_cpu_copy(model), load(Path(path))):
         metrics = evaluate(
             candidate,
             subset,

@@ -1,0 +1,311 @@
+"""ExecuTorch export for phones and ARM boards: the model lowered to XNNPACK, float32 or INT8,
+its check against PyTorch, and its ``ddrnet bench`` runner.
+
+``export_executorch`` exports the BN-folded eval model (the ``SegmentationExportWrapper`` that
+``export_ncnn`` traces: normalised ``(1, 3, H, W)`` float32 in, logits out; normalisation stays
+outside the graph, its mean and std travel in the sidecar) with ``torch.export`` at one fixed
+input size, and lowers it with ``to_edge_transform_and_lower`` and the XNNPACK partitioner
+into ``NAME.pte``, with ``NAME.json`` beside it (``executorch_runtime``). INT8 goes through
+PT2E post-training quantisation first: ``XNNPACKQuantizer`` (int8 weights, symmetric, one
+scale per output channel; int8 activations, one affine scale per tensor from histograms),
+``prepare_pt2e``, calibration on real images, ``convert_pt2e``.
+
+The size is fixed because ``torch.export`` with symbolic height and width failed on DDRNet
+(the DAPPM pools and the resizes between branches give it guards it cannot prove), and a
+fixed size is what XNNPACK plans best anyway. Batch 1: the runtime runs a batch image by
+image. Exporting DDRNet-23-slim took 25-90 s on a 2-core CPU, INT8 55-200 s (calibration
+and the larger quantised graph), idle to loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddrnet.deploy.executorch_runtime import (
+    INSTALL_HINT,
+    ExecutorchFiles,
+    ExecutorchSegmentationModel,
+    is_executorch_file,
+    quiet_executorch_import,
+)
+from ddrnet.deploy.export import check_size, example_input, float_cpu_copy, folded_export_wrapper
+from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
+from ddrnet.deploy.quantize import ImageSource, preprocess_image
+from ddrnet.deploy.verify import evaluate_on_camvid, real_frames
+
+# The ``ddrnet bench`` rows this module provides (``executorch_bench_runner``).
+EXECUTORCH_BACKENDS: dict[str, str] = {
+    "executorch": "ExecuTorch CPU, XNNPACK delegate, float32, fixed input size",
+    "executorch_int8": "ExecuTorch CPU, XNNPACK delegate, INT8 PT2E (per-channel s8 weights)",
+}
+
+
+class Agreement(NamedTuple):
+    """How an exported program's outputs compare with PyTorch float32 on the same inputs."""
+
+    max_logit_difference: float  # largest absolute difference, in logit units
+    label_agreement: float  # fraction of logit pixels (0..1) with the same arg-max class
+
+
+def _lowering() -> tuple[Any, Any]:
+    """ExecuTorch's ``XnnpackPartitioner`` and ``to_edge_transform_and_lower``, or an
+    ``ExportError`` saying what to install."""
+    try:
+        with quiet_executorch_import():
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+                XnnpackPartitioner,
+            )
+            from executorch.exir import to_edge_transform_and_lower
+    except ImportError as error:
+        raise ExportError(
+            f"--format executorch needs executorch ({error}): {INSTALL_HINT}"
+        ) from None
+    return XnnpackPartitioner, to_edge_transform_and_lower
+
+
+def default_export_size(model: nn.Module) -> tuple[int, int]:
+    """``(height, width)`` to export at when none is given: the model's recorded input size,
+    else its data set's usual one (CamVid 360x480, Cityscapes 1024x2048), else 512x512."""
+    from ddrnet.models.prune import training_size
+
+    return training_size(getattr(model, "metadata", None))
+
+
+def calibration_batches(
+    model: nn.Module, images: Sequence[ImageSource], size: tuple[int, int]
+) -> list[torch.Tensor]:
+    """Real ``(H, W, 3)`` uint8 RGB images (or their paths) -> ``(1, 3, *size)`` float32
+    batches normalised with the model's mean and std, resized bilinearly to ``size``: the
+    same pre-processing as ``quantize_onnx_int8``'s calibration."""
+    metadata = getattr(model, "metadata", None)
+    if metadata is None:
+        raise ValueError("the model has no metadata: its normalisation is unknown")
+    if not images:
+        raise ValueError("INT8 export needs calibration images; give at least one")
+    return [
+        torch.from_numpy(preprocess_image(image, metadata.mean, metadata.std, size))
+        for image in images
+    ]
+
+
+def _quantized(program: torch.export.ExportedProgram, batches: Sequence[torch.Tensor]) -> nn.Module:
+    """``program`` quantised for XNNPACK by PT2E: observers placed by ``XNNPACKQuantizer``,
+    calibrated on ``batches``, converted to quantise/dequantise pairs XNNPACK fuses."""
+    with quiet_executorch_import():
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer()
+    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(program.module(), quantizer)
+    with torch.no_grad():
+        for batch in batches:
+            prepared(batch)
+    return convert_pt2e(prepared)
+
+
+def export_executorch(
+    model: nn.Module,
+    path: str | Path,
+    size: tuple[int, int] | None = None,
+    int8: bool = False,
+    calibration: Sequence[ImageSource] | None = None,
+    *,
+    upsample_to_input: bool = False,
+) -> Path:
+    """Export ``model.forward`` to ExecuTorch (XNNPACK): ``path`` (``NAME.pte``), ``NAME.json``.
+
+    Args:
+        model: a ``DDRNet`` with ``metadata`` (the auxiliary head, if any, is not exported).
+        path: the ``.pte`` file to write; parent folders are created. An existing file of
+            the same name is replaced only once the export has succeeded.
+        size: ``(height, width)`` in pixels of the program's fixed input; by default
+            ``default_export_size(model)`` (360x480 for CamVid models).
+        int8: quantise (PT2E, ``XNNPACKQuantizer``, per-channel weights) before lowering.
+        calibration: INT8 only: real ``(H, W, 3)`` uint8 RGB images or their paths (e.g.
+            ``load_calibration_images(folder, 32)``), resized to ``size``; activation
+            ranges come from them, so they must look like the deployment data.
+        upsample_to_input: resize the logits bilinearly to the input size inside the graph.
+
+    Returns the ``.pte`` path. The sidecar holds the model's ``ModelMetadata`` (its
+    ``input_size`` set to ``size``) and the export options (``input_size``, ``int8``,
+    ``upsample_to_input``). Raises ``ExportError`` when executorch is missing or the
+    lowering fails, ``ValueError`` for a bad path, size or calibration.
+    """
+    files = ExecutorchFiles.of(path)
+    if not is_executorch_file(files.program):
+        raise ValueError(f"{files.program}: an ExecuTorch export is written to a NAME.pte file")
+    if getattr(model, "metadata", None) is None:
+        raise ValueError("the model has no metadata (classes, normalisation) to export with it")
+    height, width = check_size("size", size or default_export_size(model))
+    if int8 and calibration is None:
+        raise ValueError("INT8 export needs calibration images (real frames)")
+    partitioner, lower = _lowering()  # before the slow steps: a missing package fails at once
+    batches = calibration_batches(model, calibration, (height, width)) if int8 else []
+    wrapper = folded_export_wrapper(model, upsample_to_input)
+    example = (example_input(1, height, width),)
+    try:
+        with torch.no_grad(), quiet_executorch_import():
+            program = torch.export.export(wrapper, example)
+            if int8:
+                program = torch.export.export(_quantized(program, batches), example)
+            lowered = lower(program, partitioner=[partitioner()]).to_executorch()
+    except (RuntimeError, ValueError, AssertionError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise ExportError(
+            f"{files.program}: ExecuTorch could not export the model: {first_line}"
+        ) from None
+    files.program.parent.mkdir(parents=True, exist_ok=True)
+    partial = files.program.with_name(files.program.name + ".partial")
+    partial.write_bytes(lowered.buffer)
+    os.replace(partial, files.program)
+    sidecar = _sidecar(model, (height, width), int8, upsample_to_input)
+    files.sidecar.write_text(json.dumps(sidecar, indent=1) + "\n")
+    return files.program
+
+
+def _sidecar(
+    model: nn.Module, size: tuple[int, int], int8: bool, upsample_to_input: bool
+) -> dict[str, Any]:
+    """What ``ExecutorchSegmentationModel`` reads beside the ``.pte``: metadata, options."""
+    metadata = json.loads(model.metadata.to_json())
+    metadata["input_size"] = list(size)  # the one size the program takes
+    options = {
+        "argmax": False,
+        "upsample_to_input": upsample_to_input,
+        "input_size": list(size),
+        "int8": int8,
+    }
+    return {METADATA_KEY: metadata, EXPORT_OPTIONS_KEY: options}
+
+
+@torch.no_grad()
+def verify_executorch(
+    model: nn.Module, path: str | Path, inputs: Sequence[torch.Tensor]
+) -> Agreement:
+    """The ExecuTorch file's logits against PyTorch's (float32, unfolded) on ``inputs``,
+    normalised ``(N, 3, H, W)`` tensors at the file's input size (use real images: see
+    ``verify_onnx``). Raises ``ExportError`` when the shapes differ, ``ValueError`` when an
+    input is not at the file's size (the runtime would resize it: a different comparison)."""
+    deployed = ExecutorchSegmentationModel(path, resize=False)
+    reference = float_cpu_copy(model)
+    worst, agree, total = 0.0, 0, 0
+    for image in inputs:
+        image = image.float().cpu()
+        if tuple(image.shape[-2:]) != deployed.input_size:
+            raise ValueError(
+                f"{path} takes {deployed.input_size} inputs; got {tuple(image.shape[-2:])}"
+            )
+        expected = reference(image)
+        if deployed.upsampled:
+            expected = F.interpolate(
+                expected, image.shape[-2:], mode="bilinear", align_corners=False
+            )
+        actual = deployed(image)
+        if tuple(actual.shape) != tuple(expected.shape):
+            raise ExportError(
+                f"{path}: ExecuTorch gives {tuple(actual.shape)}, PyTorch {tuple(expected.shape)}"
+            )
+        worst = max(worst, float((actual - expected).abs().max()))
+        agree += int((actual.argmax(1) == expected.argmax(1)).sum())
+        total += expected[:, 0].numel()
+    return Agreement(worst, agree / max(total, 1))
+
+
+def frames_at(model: nn.Module, size: tuple[int, int], count: int = 2) -> list[torch.Tensor]:
+    """The first ``count`` bundled demo frames (CamVid, 360x480) normalised as ``model``
+    expects and resized bilinearly to ``size``: the inputs an export is checked on."""
+    frames = real_frames(model, count)[:count]
+    return [
+        frame
+        if tuple(frame.shape[-2:]) == tuple(size)
+        else F.interpolate(frame, size=tuple(size), mode="bilinear", align_corners=False)
+        for frame in frames
+    ]
+
+
+def export_executorch_checked(
+    model: nn.Module,
+    path: str | Path,
+    size: tuple[int, int] | None = None,
+    *,
+    int8: bool = False,
+    calibration: Sequence[ImageSource] | None = None,
+    upsample_to_input: bool = False,
+    evaluate_root: str | Path | None = None,
+    evaluate_images: int | None = None,
+    report: Callable[[str], Any] = print,
+) -> Path:
+    """``ddrnet export --format executorch``: ``export_executorch``, then the comparison with
+    PyTorch on real frames (float32: the logit difference; INT8: the label agreement too),
+    and with ``evaluate_root`` (a CamVid folder) the val mIoU of PyTorch fp32 and of the file
+    (first ``evaluate_images`` frames), each line passed to ``report``."""
+    size = check_size("size", size or default_export_size(model))
+    path = export_executorch(
+        model, path, size, int8, calibration, upsample_to_input=upsample_to_input
+    )
+    files = ExecutorchFiles.of(path)
+    precision = "INT8 (PT2E, per-channel weights)" if int8 else "float32"
+    report(
+        f"ExecuTorch written to {files.program} (XNNPACK, {precision}, fixed {size[0]}x{size[1]} "
+        f"input) with {files.sidecar.name} (classes, palette, normalisation)"
+    )
+    inputs = frames_at(model, size)
+    if inputs:
+        check = verify_executorch(model, path, inputs)
+        where = f"on {len(inputs)} real frames at {size[0]}x{size[1]}"
+        line = f"max abs logit difference {check.max_logit_difference:.2e}"
+        if int8:
+            line = f"labels agree on {100 * check.label_agreement:.2f}% of pixels, {line}"
+        report(f"ExecuTorch vs PyTorch fp32 {where}: {line}")
+    if evaluate_root is not None:
+        reference, deployed, count = evaluate_on_camvid(
+            model, path, evaluate_root, limit=evaluate_images, load=ExecutorchSegmentationModel
+        )
+        report(f"CamVid val, {count} images: PyTorch fp32 mIoU {reference:.2f}")
+        change = deployed - reference
+        report(f"CamVid val, {count} images: ExecuTorch mIoU {deployed:.2f} ({change:+.2f})")
+    return path
+
+
+def executorch_bench_runner(
+    name: str,
+    model: nn.Module,
+    image: torch.Tensor,
+    threads: int | None = None,
+    calibration_images: Sequence[ImageSource] | None = None,
+) -> Any:
+    """The ``executorch`` / ``executorch_int8`` rows of ``ddrnet bench`` (``name``): the model
+    exported at ``image``'s size, run by ``ExecutorchSegmentationModel`` with ``threads``.
+    ``image``: the ``(N, 3, H, W)`` input. INT8 calibrates on ``calibration_images`` or,
+    without them, on two noise images (speed does not depend on the ranges)."""
+    import tempfile
+
+    import numpy as np
+
+    from ddrnet.deploy.backends import Runner
+
+    if name not in EXECUTORCH_BACKENDS:
+        raise ValueError(f"unknown ExecuTorch backend {name!r}; valid: {list(EXECUTORCH_BACKENDS)}")
+    size = (int(image.shape[-2]), int(image.shape[-1]))
+    int8 = name == "executorch_int8"
+    if int8 and calibration_images is None:
+        noise = np.random.default_rng(0)
+        calibration_images = [noise.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(2)]
+    scratch = tempfile.TemporaryDirectory(prefix="ddrnet-bench-executorch-")
+    path = export_executorch(
+        model, Path(scratch.name) / "model.pte", size, int8, calibration_images
+    )
+    deployed = ExecutorchSegmentationModel(path, threads)
+    return Runner(name, deployed, (image,), EXECUTORCH_BACKENDS[name], keep=[scratch])
