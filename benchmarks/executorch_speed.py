@@ -25,7 +25,6 @@ import torch
 import ddrnet
 from ddrnet.data.camvid import camvid
 from ddrnet.deploy import build_runner, load_calibration_images
-from ddrnet.deploy.executorch_export import executorch_bench_runner
 from ddrnet.hardware import describe_cpu
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,10 +51,12 @@ def main() -> None:
     if (Path(args.camvid) / "train.txt").is_file():
         calibration = load_calibration_images(camvid(args.camvid, "train"), args.calibration_count)
     runners = {"eager": build_runner("eager", model, args.size, threads=args.threads)}
-    image = runners["eager"].inputs[0]  # the same random input for every form
+    # build_runner draws the same random input (seed 0) for every form.
     for name in ("executorch", "executorch_int8"):
         started = time.perf_counter()
-        runners[name] = executorch_bench_runner(name, model, image, args.threads, calibration)
+        runners[name] = build_runner(
+            name, model, args.size, threads=args.threads, calibration_images=calibration
+        )
         print(f"{name}: exported in {time.perf_counter() - started:.0f} s", flush=True)
 
     for runner in runners.values():  # warm-up: XNNPACK and oneDNN plan on the first call

@@ -15,9 +15,11 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ddrnet.deploy.executorch_runtime import quiet_executorch_import
 
@@ -30,11 +32,9 @@ import ddrnet
 from ddrnet.assets import demo_frames
 from ddrnet.data.camvid import camvid
 from ddrnet.deploy.executorch_export import (
-    EXECUTORCH_BACKENDS,
     export_executorch,
     export_executorch_checked,
     frames_at,
-    verify_executorch,
 )
 from ddrnet.deploy.executorch_runtime import (
     ExecutorchFileError,
@@ -42,9 +42,13 @@ from ddrnet.deploy.executorch_runtime import (
     ExecutorchSegmentationModel,
     load_executorch_model,
 )
-from ddrnet.deploy.export import ExportError, export_onnx
+from ddrnet.deploy.export import export_onnx
+from ddrnet.deploy.onnx_file import ExportError
 from ddrnet.deploy.quantize import load_calibration_images
-from ddrnet.engine.inference import Predictor
+from ddrnet.deploy.verify import verify_executorch
+from ddrnet.engine.predictor import Predictor
+
+from helpers import one_line_cli_error, run_ddrnet
 
 TINY_SIZE = (64, 96)
 
@@ -170,7 +174,6 @@ def test_bad_export_arguments(tiny_model, tmp_path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "executorch.exir", None)
     with pytest.raises(ExportError, match="pip install executorch"):
         export_executorch(tiny_model, tmp_path / "model.pte", TINY_SIZE)
-    assert set(EXECUTORCH_BACKENDS) == {"executorch", "executorch_int8"}
 
 
 def _miou(lines: list[str]) -> tuple[float, float]:
@@ -218,3 +221,66 @@ def test_bundled_int8_agrees_with_pytorch(bundled, camvid_root, tmp_path) -> Non
     assert load_executorch_model(path).int8
     check = verify_executorch(bundled, path, frames_at(bundled, (360, 480), count=3))
     assert check.label_agreement >= 0.95, check
+
+
+@pytest.fixture(scope="module")
+def tiny_cli_export(tiny_model, tmp_path_factory) -> Path:
+    """``ddrnet export --format executorch`` of the tiny model's file, at 64x96."""
+    from ddrnet.cli import main
+    from ddrnet.models import save_model
+
+    folder = tmp_path_factory.mktemp("et_cli")
+    save_model(tiny_model, folder / "tiny.safetensors", tiny_model.metadata)
+    output = folder / "tiny.pte"
+    argv = ["export", "--checkpoint", str(folder / "tiny.safetensors"), "--format", "executorch"]
+    assert main([*argv, "--size", "64x96", "-o", str(output)]) == 0
+    return output
+
+
+def test_cli_eval_and_predict_run_the_file(tiny_cli_export, camvid_root, tmp_path) -> None:
+    from ddrnet.engine.evaluate import evaluate
+
+    deployed = load_executorch_model(tiny_cli_export)
+    assert deployed.input_size == TINY_SIZE  # the --size given to export
+    result = run_ddrnet(
+        "eval", str(tiny_cli_export), "--dataset", "camvid", "--root", str(camvid_root),
+        "--max-images", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    line = next(row for row in result.stdout.splitlines() if row.startswith("mIoU"))
+    dataset = torch.utils.data.Subset(camvid(str(camvid_root), "val"), range(2))
+    mean, std = deployed.metadata.mean, deployed.metadata.std
+    reference = evaluate(deployed, dataset, 11, mean, std, progress=False)
+    assert float(line.split()[-1]) == pytest.approx(reference.miou, abs=0.01)
+
+    frame = str(demo_frames()[0])
+    output = tmp_path / "out"
+    argv = ["predict", frame, "--checkpoint", str(tiny_cli_export), "-o", str(output)]
+    result = run_ddrnet(*argv, "--save", "labels")
+    assert result.returncode == 0, result.stderr
+    (labels,) = output.rglob("*.png")
+    assert np.array_equal(np.asarray(Image.open(labels)), Predictor(deployed).predict(frame))
+
+
+def test_cli_refusals_name_the_file(tiny_cli_export, camvid_model_file, tmp_path, capsys) -> None:
+    error = one_line_cli_error(capsys, ["eval", str(camvid_model_file), "--runtime", "executorch"])
+    assert str(camvid_model_file) in error and "not an ExecuTorch .pte file" in error
+    error = one_line_cli_error(capsys, ["eval", str(tiny_cli_export), "--runtime", "ncnn"])
+    assert "--runtime executorch" in error
+    error = one_line_cli_error(
+        capsys, ["export", "--format", "executorch", "-o", str(tmp_path / "m.onnx")]
+    )
+    assert ".pte" in error
+    error = one_line_cli_error(
+        capsys, ["export", "--format", "executorch-int8", "-o", str(tmp_path / "m.pte")]
+    )
+    assert "--calibration" in error
+    error = one_line_cli_error(
+        capsys,
+        ["prune", str(tiny_cli_export), "--macs", "0.5", "-o", str(tmp_path / "p.safetensors")],
+    )
+    assert "ExecuTorch" in error and str(tiny_cli_export) in error
+    lonely = tmp_path / "lonely.pte"
+    lonely.write_bytes(tiny_cli_export.read_bytes())
+    error = one_line_cli_error(capsys, ["predict", "--checkpoint", str(lonely)])
+    assert "lonely.json" in error

@@ -17,7 +17,9 @@ PyTorch model: ``check_pytorch_file`` refuses exported files for those by name.
 
 from __future__ import annotations
 
+import importlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -72,13 +74,16 @@ def load(
     Errors a user can fix (a missing or unreadable file, options that do not fit the file)
     are ``DDRNetError`` subclasses that name the file.
     """
+    from ddrnet.deploy.executorch_runtime import is_executorch_file
     from ddrnet.deploy.ncnn_runtime import is_ncnn_file
     from ddrnet.deploy.runtime import is_onnx_file
 
     if source is None and model is None:
         source = default_checkpoint()
+    if runtime == "executorch" or is_executorch_file(source):
+        return _load_own_format("executorch", str(source or model), model, runtime, amp)
     if runtime == "ncnn" or is_ncnn_file(source):
-        return _load_ncnn(str(source or model), model, runtime, amp)
+        return _load_own_format("ncnn", str(source or model), model, runtime, amp)
     if is_onnx_file(source):
         return _load_onnx(str(source), model, runtime, amp)
     if runtime is not None:
@@ -112,34 +117,65 @@ def _load_onnx(path: str, model: str | None, runtime: str | None, amp: str) -> n
         ) from None
 
 
-def _load_ncnn(path: str, model: str | None, runtime: str | None, amp: str) -> nn.Module:
-    """An ``NcnnSegmentationModel`` for ``runtime="ncnn"`` or a ``.param`` file; a
-    ``UsageError`` naming the file for another format or runtime, an ``NcnnFileError`` for a
-    missing ``.bin`` or a missing ncnn package."""
-    from ddrnet.deploy.ncnn_runtime import is_ncnn_file, load_ncnn_model
+@dataclass(frozen=True)
+class _OwnFormat:
+    """An exported format that only its own runtime runs (ncnn, ExecuTorch)."""
 
-    if runtime not in (None, "ncnn"):
+    label: str  # as users call it
+    file_kind: str  # what its file is, for messages
+    export_hint: str  # how to make one
+    module: str  # its runtime module, imported when used
+    is_file: str  # that module's suffix test
+    loader: str  # that module's loading function
+
+
+_OWN_FORMATS = {
+    "ncnn": _OwnFormat(
+        "ncnn", "ncnn .param file",
+        "`ddrnet export --format ncnn -o NAME.param` (writes NAME.param, NAME.bin, NAME.json)",
+        "ddrnet.deploy.ncnn_runtime", "is_ncnn_file", "load_ncnn_model",
+    ),
+    "executorch": _OwnFormat(
+        "ExecuTorch", "ExecuTorch .pte file",
+        "`ddrnet export --format executorch -o NAME.pte` (writes NAME.pte and NAME.json)",
+        "ddrnet.deploy.executorch_runtime", "is_executorch_file", "load_executorch_model",
+    ),
+}  # fmt: skip
+
+
+def _load_own_format(
+    runtime_name: str, path: str, model: str | None, runtime: str | None, amp: str
+) -> nn.Module:
+    """The file ``path`` run by ``runtime_name`` (``"ncnn"`` or ``"executorch"``, picked by
+    the suffix or by ``--runtime``); a ``UsageError`` naming the file for another format,
+    runtime or precision; the runtime's own error for a missing companion file or package."""
+    fmt = _OWN_FORMATS[runtime_name]
+    module = importlib.import_module(fmt.module)
+    if runtime not in (None, runtime_name):
         raise UsageError(
-            f"--runtime {runtime}: {path} is an ncnn file; run it with --runtime ncnn "
-            "(or without --runtime)"
+            f"--runtime {runtime}: {path} is an {fmt.label} file; run it with --runtime "
+            f"{runtime_name} (or without --runtime)"
         )
-    if not is_ncnn_file(path):
+    if not getattr(module, fmt.is_file)(path):
         raise UsageError(
-            f"--runtime ncnn: {path} is not an ncnn .param file; export one with "
-            "`ddrnet export --format ncnn -o NAME.param` (writes NAME.param, NAME.bin, NAME.json)"
+            f"--runtime {runtime_name}: {path} is not an {fmt.file_kind}; export one with "
+            f"{fmt.export_hint}"
         )
     if model is not None and model != path:
-        raise UsageError(f"--model does not apply to {path}: an ncnn file is its own model")
-    resolve_precision(amp, torch.device("cpu"), "ncnn", option="--amp")  # refuses bf16, fp16
-    return load_ncnn_model(path)
+        raise UsageError(f"--model does not apply to {path}: an {fmt.label} file is its own model")
+    resolve_precision(amp, torch.device("cpu"), runtime_name, option="--amp")  # float32/INT8
+    return getattr(module, fmt.loader)(path)
 
 
 def runtime_of(model: nn.Module) -> str | None:
     """The runtime that runs ``model`` when it is an exported file (``"onnxruntime"``,
-    ``"openvino"``, ``"ncnn"``), or None for a PyTorch network."""
+    ``"openvino"``, ``"ncnn"``, ``"executorch"``), or None for a PyTorch network."""
+    from ddrnet.deploy.executorch_runtime import ExecutorchSegmentationModel
     from ddrnet.deploy.ncnn_runtime import NcnnSegmentationModel
     from ddrnet.deploy.runtime import OnnxSegmentationModel
 
+    if isinstance(model, ExecutorchSegmentationModel):
+        return "executorch"
     if isinstance(model, NcnnSegmentationModel):
         return "ncnn"
     if isinstance(model, OnnxSegmentationModel):
@@ -175,14 +211,18 @@ def _named_device(name: str) -> torch.device:
 
 
 def check_pytorch_file(source: str | Path | None, command: str) -> None:
-    """Refuse an exported file (``.onnx``, ncnn ``.param``) where ``command`` (e.g.
-    ``"ddrnet export"``) needs the PyTorch network itself: a ``UsageError`` naming it."""
+    """Refuse an exported file (``.onnx``, ncnn ``.param``, ExecuTorch ``.pte``) where
+    ``command`` (e.g. ``"ddrnet export"``) needs the PyTorch network itself: a ``UsageError``
+    naming it."""
+    from ddrnet.deploy.executorch_runtime import is_executorch_file
     from ddrnet.deploy.ncnn_runtime import is_ncnn_file
     from ddrnet.deploy.runtime import is_onnx_file
 
-    if is_onnx_file(source) or is_ncnn_file(source):
-        kind = "ONNX" if is_onnx_file(source) else "ncnn"
-        raise UsageError(
-            f"{command} works on the PyTorch model (.safetensors/.pt/.pth), not on the exported "
-            f"{kind} file {source}; predict, eval and serve run .onnx and ncnn .param files"
-        )
+    kinds = {"ONNX": is_onnx_file, "ncnn": is_ncnn_file, "ExecuTorch": is_executorch_file}
+    for kind, is_kind in kinds.items():
+        if is_kind(source):
+            raise UsageError(
+                f"{command} works on the PyTorch model (.safetensors/.pt/.pth), not on the "
+                f"exported {kind} file {source}; predict, eval and serve run .onnx, ncnn "
+                ".param and ExecuTorch .pte files"
+            )

@@ -1,11 +1,12 @@
-"""``ddrnet export``: ONNX (fp32 or INT8), TorchScript, TensorRT or ncnn, each checked
-against PyTorch, optionally scored on CamVid val."""
+"""``ddrnet export``: ONNX (fp32 or INT8), TorchScript, TensorRT, ncnn or ExecuTorch (fp32
+or INT8), each checked against PyTorch, optionally scored on CamVid val."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ddrnet.cli.options import (
     POSITIVE_INT,
@@ -16,6 +17,9 @@ from ddrnet.cli.options import (
 )
 from ddrnet.errors import UsageError
 
+if TYPE_CHECKING:
+    from torch import nn
+
 logger = logging.getLogger("ddrnet")
 
 SUFFIXES = {
@@ -24,7 +28,11 @@ SUFFIXES = {
     "torchscript": (".pt", ".ts", ".torchscript"),
     "tensorrt": (".engine", ".plan", ".trt"),
     "ncnn": (".param",),
+    "executorch": (".pte",),
+    "executorch-int8": (".pte",),
 }
+# Formats whose INT8 calibration reads real images (``--calibration``).
+INT8_FORMATS = ("onnx-int8", "executorch-int8")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -37,7 +45,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         choices=list(SUFFIXES),
         default="onnx",
         help="tensorrt: a float16 engine for --size, built on this machine's GPU; ncnn: "
-        "-o NAME.param writes NAME.param, NAME.bin and NAME.json (needs pnnx and ncnn)",
+        "-o NAME.param writes NAME.param, NAME.bin and NAME.json (needs pnnx and ncnn); "
+        "executorch(-int8): -o NAME.pte writes NAME.pte and NAME.json, XNNPACK, fixed --size "
+        "(other sizes are resized to it when run; needs executorch)",
     )
     parser.add_argument("-o", "--output", required=True, help="output file")
     parser.add_argument(
@@ -67,11 +77,13 @@ def run(args: argparse.Namespace) -> int:
     from ddrnet.deploy.calibration import calibration_folder
 
     writable_file("-o", args.output, SUFFIXES[args.format])
-    if args.format == "ncnn" and args.argmax:
-        raise UsageError("--format ncnn exports logits only: drop --argmax (pnnx has no argmax)")
+    if args.format in ("ncnn", "executorch", "executorch-int8") and args.argmax:
+        raise UsageError(f"--format {args.format} exports logits only: drop --argmax")
     calibration = None
-    if args.format == "onnx-int8":  # refused before the model is loaded or anything written
-        calibration = calibration_folder(args.calibration, "--format onnx-int8", demo_default=False)
+    if args.format in INT8_FORMATS:  # refused before the model is loaded or anything written
+        calibration = calibration_folder(
+            args.calibration, f"--format {args.format}", demo_default=False
+        )
     if args.format == "tensorrt":
         _check_tensorrt()
     model = load_pytorch_model(args)
@@ -87,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
             evaluate_root=args.evaluate_root,
             evaluate_images=args.evaluate_images,
         )
+        return 0
+    if args.format.startswith("executorch"):
+        _export_executorch(model, output, calibration, args)
         return 0
     if args.format == "torchscript":
         from ddrnet.deploy import export_torchscript
@@ -111,6 +126,27 @@ def run(args: argparse.Namespace) -> int:
     if args.evaluate_root:
         _evaluate_forms(model, fp32_path, final, args)
     return 0
+
+
+def _export_executorch(
+    model: nn.Module, output: Path, calibration: Path | None, args: argparse.Namespace
+) -> None:
+    from ddrnet.deploy.executorch_export import export_executorch_checked
+    from ddrnet.deploy.quantize import load_calibration_images
+
+    images = None
+    if calibration is not None:
+        images = load_calibration_images(calibration, args.calibration_count)
+    export_executorch_checked(
+        model,
+        output,
+        args.size,
+        int8=images is not None,
+        calibration=images,
+        upsample_to_input=args.upsample,
+        evaluate_root=args.evaluate_root,
+        evaluate_images=args.evaluate_images,
+    )
 
 
 def _check_tensorrt() -> None:

@@ -100,7 +100,7 @@ def add_scales_option(parser: argparse.ArgumentParser) -> None:
 def add_runtime_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runtime",
-        choices=["onnxruntime", "openvino", "ncnn"],
+        choices=["onnxruntime", "openvino", "ncnn", "executorch"],
         help="for an exported .onnx checkpoint: the CPU runtime (default onnxruntime); "
         "openvino with --amp bf16 is the fastest float path on CPUs with AMX/AVX512-BF16; "
         "ncnn for a NAME.param from `ddrnet export --format ncnn` (picked by the suffix)",

@@ -1,6 +1,6 @@
-"""Deployment: ONNX / TorchScript / TensorRT / ncnn export, BN folding, INT8 quantisation,
-speed benchmarks, and exported ONNX and ncnn files run as models (``load_onnx_model``,
-``load_ncnn_model``).
+"""Deployment: ONNX / TorchScript / TensorRT / ncnn / ExecuTorch export, BN folding, INT8
+quantisation, speed benchmarks, and exported ONNX, ncnn and ExecuTorch files run as models
+(``load_onnx_model``, ``load_ncnn_model``, ``load_executorch_model``).
 
 Data flows one way, export -> file -> runtime: ``export`` / ``ncnn_export`` / ``quantize``
 write files, ``onnx_file`` reads what a file says about itself, ``runtime`` / ``ncnn_runtime``
@@ -28,6 +28,12 @@ from ddrnet.deploy.bench import (
     measure_conv_peak_gflops,
     measured_peaks,
     run_benchmarks,
+)
+from ddrnet.deploy.executorch_export import export_executorch
+from ddrnet.deploy.executorch_runtime import (
+    ExecutorchSegmentationModel,
+    is_executorch_file,
+    load_executorch_model,
 )
 from ddrnet.deploy.export import export_onnx, export_torchscript
 from ddrnet.deploy.gpu import build_tensorrt_engine, tensorrt_function
@@ -58,6 +64,7 @@ from ddrnet.deploy.runtime import (
 from ddrnet.deploy.verify import (
     evaluate_onnx,
     evaluate_onnx_forms,
+    verify_executorch,
     verify_ncnn,
     verify_onnx,
     verify_onnx_labels,
@@ -68,6 +75,7 @@ __all__ = [
     "BACKENDS",
     "GPU_BACKENDS",
     "OPENVINO_FIXED_SIZE_KEY",
+    "ExecutorchSegmentationModel",
     "ExportError",
     "ImageCalibrationReader",
     "NcnnSegmentationModel",
@@ -84,13 +92,16 @@ __all__ = [
     "default_backends",
     "evaluate_onnx",
     "evaluate_onnx_forms",
+    "export_executorch",
     "export_ncnn",
     "export_onnx",
     "export_torchscript",
     "fuse_conv_bn",
+    "is_executorch_file",
     "is_ncnn_file",
     "is_onnx_file",
     "load_calibration_images",
+    "load_executorch_model",
     "load_ncnn_model",
     "load_onnx_model",
     "float32_conv_peak",
@@ -104,6 +115,7 @@ __all__ = [
     "read_onnx_metadata",
     "run_benchmarks",
     "tensorrt_function",
+    "verify_executorch",
     "verify_ncnn",
     "verify_onnx",
     "verify_onnx_labels",

@@ -39,6 +39,8 @@ BACKENDS: dict[str, str] = {
     "openvino_bf16": "OpenVINO CPU, bfloat16 inference precision where the CPU supports it",
     "openvino_int8": "OpenVINO CPU running our INT8 QDQ model (AMX/VNNI int8), bf16 elsewhere",
     "ncnn": "ncnn CPU (pnnx export), float32, Winograd 3x3 and packed layouts (its defaults)",
+    "executorch": "ExecuTorch CPU, XNNPACK delegate, float32, fixed input size",
+    "executorch_int8": "ExecuTorch CPU, XNNPACK delegate, INT8 PT2E (per-channel s8 weights)",
     "cuda": "PyTorch on the GPU, float32 (no TF32), BN folded, cudnn.benchmark",
     "cuda_fp16": "PyTorch on the GPU, float16 weights and input, channels-last, BN folded",
     "tensorrt_fp16": "TensorRT engine from our ONNX export, float16 allowed, static shape",
@@ -207,6 +209,8 @@ def build_runner(
         return _gpu_runner(backend, model, image)
     if backend == "ncnn":
         return _ncnn_runner(model, image, threads)
+    if backend.startswith("executorch"):
+        return _executorch_runner(backend, model, image, threads, calibration_images)
     return _onnx_runner(backend, model, image, threads, calibration_images)
 
 
@@ -245,3 +249,28 @@ def _ncnn_runner(model: nn.Module, image: torch.Tensor, threads: int) -> Runner:
         return np.stack([deployed._run(one) for one in x])  # ncnn runs one image at a time
 
     return Runner("ncnn", run, (array,), BACKENDS["ncnn"], keep=[scratch, deployed])
+
+
+def _executorch_runner(
+    name: str,
+    model: nn.Module,
+    image: torch.Tensor,
+    threads: int,
+    calibration_images: Sequence[Any] | None,
+) -> Runner:
+    """The model exported for ExecuTorch's XNNPACK delegate at ``image``'s size (float32, or
+    INT8 calibrated on ``calibration_images``, noise without them), run with ``threads``."""
+    from ddrnet.deploy.executorch_export import export_executorch
+    from ddrnet.deploy.executorch_runtime import ExecutorchSegmentationModel
+
+    size = (int(image.shape[-2]), int(image.shape[-1]))
+    int8 = name == "executorch_int8"
+    if int8 and calibration_images is None:
+        noise = np.random.default_rng(0)
+        calibration_images = [noise.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(2)]
+    scratch = tempfile.TemporaryDirectory(prefix="ddrnet-bench-executorch-")
+    path = export_executorch(
+        model, Path(scratch.name) / "model.pte", size, int8, calibration_images
+    )
+    deployed = ExecutorchSegmentationModel(path, threads)
+    return Runner(name, deployed, (image,), BACKENDS[name], keep=[scratch, deployed])

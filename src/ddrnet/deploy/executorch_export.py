@@ -23,7 +23,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,23 +36,11 @@ from ddrnet.deploy.executorch_runtime import (
     is_executorch_file,
     quiet_executorch_import,
 )
-from ddrnet.deploy.export import check_size, example_input, float_cpu_copy, folded_export_wrapper
+from ddrnet.deploy.export import check_size, example_input, folded_export_wrapper
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.deploy.quantize import ImageSource, preprocess_image
-from ddrnet.deploy.verify import evaluate_on_camvid, real_frames
-
-# The ``ddrnet bench`` rows this module provides (``executorch_bench_runner``).
-EXECUTORCH_BACKENDS: dict[str, str] = {
-    "executorch": "ExecuTorch CPU, XNNPACK delegate, float32, fixed input size",
-    "executorch_int8": "ExecuTorch CPU, XNNPACK delegate, INT8 PT2E (per-channel s8 weights)",
-}
-
-
-class Agreement(NamedTuple):
-    """How an exported program's outputs compare with PyTorch float32 on the same inputs."""
-
-    max_logit_difference: float  # largest absolute difference, in logit units
-    label_agreement: float  # fraction of logit pixels (0..1) with the same arg-max class
+from ddrnet.deploy.verify import evaluate_on_camvid, real_frames, verify_executorch
+from ddrnet.errors import UsageError
 
 
 def _lowering() -> tuple[Any, Any]:
@@ -87,9 +75,9 @@ def calibration_batches(
     same pre-processing as ``quantize_onnx_int8``'s calibration."""
     metadata = getattr(model, "metadata", None)
     if metadata is None:
-        raise ValueError("the model has no metadata: its normalisation is unknown")
+        raise UsageError("the model has no metadata: its normalisation is unknown")
     if not images:
-        raise ValueError("INT8 export needs calibration images; give at least one")
+        raise UsageError("INT8 export needs calibration images; give at least one")
     return [
         torch.from_numpy(preprocess_image(image, metadata.mean, metadata.std, size))
         for image in images
@@ -145,12 +133,12 @@ def export_executorch(
     """
     files = ExecutorchFiles.of(path)
     if not is_executorch_file(files.program):
-        raise ValueError(f"{files.program}: an ExecuTorch export is written to a NAME.pte file")
+        raise UsageError(f"{files.program}: an ExecuTorch export is written to a NAME.pte file")
     if getattr(model, "metadata", None) is None:
-        raise ValueError("the model has no metadata (classes, normalisation) to export with it")
+        raise UsageError("the model has no metadata (classes, normalisation) to export with it")
     height, width = check_size("size", size or default_export_size(model))
     if int8 and calibration is None:
-        raise ValueError("INT8 export needs calibration images (real frames)")
+        raise UsageError("INT8 export needs calibration images (real frames)")
     partitioner, lower = _lowering()  # before the slow steps: a missing package fails at once
     batches = calibration_batches(model, calibration, (height, width)) if int8 else []
     wrapper = folded_export_wrapper(model, upsample_to_input)
@@ -191,38 +179,6 @@ def _sidecar(
 
 
 @torch.no_grad()
-def verify_executorch(
-    model: nn.Module, path: str | Path, inputs: Sequence[torch.Tensor]
-) -> Agreement:
-    """The ExecuTorch file's logits against PyTorch's (float32, unfolded) on ``inputs``,
-    normalised ``(N, 3, H, W)`` tensors at the file's input size (use real images: see
-    ``verify_onnx``). Raises ``ExportError`` when the shapes differ, ``ValueError`` when an
-    input is not at the file's size (the runtime would resize it: a different comparison)."""
-    deployed = ExecutorchSegmentationModel(path, resize=False)
-    reference = float_cpu_copy(model)
-    worst, agree, total = 0.0, 0, 0
-    for image in inputs:
-        image = image.float().cpu()
-        if tuple(image.shape[-2:]) != deployed.input_size:
-            raise ValueError(
-                f"{path} takes {deployed.input_size} inputs; got {tuple(image.shape[-2:])}"
-            )
-        expected = reference(image)
-        if deployed.upsampled:
-            expected = F.interpolate(
-                expected, image.shape[-2:], mode="bilinear", align_corners=False
-            )
-        actual = deployed(image)
-        if tuple(actual.shape) != tuple(expected.shape):
-            raise ExportError(
-                f"{path}: ExecuTorch gives {tuple(actual.shape)}, PyTorch {tuple(expected.shape)}"
-            )
-        worst = max(worst, float((actual - expected).abs().max()))
-        agree += int((actual.argmax(1) == expected.argmax(1)).sum())
-        total += expected[:, 0].numel()
-    return Agreement(worst, agree / max(total, 1))
-
-
 def frames_at(model: nn.Module, size: tuple[int, int], count: int = 2) -> list[torch.Tensor]:
     """The first ``count`` bundled demo frames (CamVid, 360x480) normalised as ``model``
     expects and resized bilinearly to ``size``: the inputs an export is checked on."""
@@ -277,35 +233,3 @@ def export_executorch_checked(
         change = deployed - reference
         report(f"CamVid val, {count} images: ExecuTorch mIoU {deployed:.2f} ({change:+.2f})")
     return path
-
-
-def executorch_bench_runner(
-    name: str,
-    model: nn.Module,
-    image: torch.Tensor,
-    threads: int | None = None,
-    calibration_images: Sequence[ImageSource] | None = None,
-) -> Any:
-    """The ``executorch`` / ``executorch_int8`` rows of ``ddrnet bench`` (``name``): the model
-    exported at ``image``'s size, run by ``ExecutorchSegmentationModel`` with ``threads``.
-    ``image``: the ``(N, 3, H, W)`` input. INT8 calibrates on ``calibration_images`` or,
-    without them, on two noise images (speed does not depend on the ranges)."""
-    import tempfile
-
-    import numpy as np
-
-    from ddrnet.deploy.backends import Runner
-
-    if name not in EXECUTORCH_BACKENDS:
-        raise ValueError(f"unknown ExecuTorch backend {name!r}; valid: {list(EXECUTORCH_BACKENDS)}")
-    size = (int(image.shape[-2]), int(image.shape[-1]))
-    int8 = name == "executorch_int8"
-    if int8 and calibration_images is None:
-        noise = np.random.default_rng(0)
-        calibration_images = [noise.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(2)]
-    scratch = tempfile.TemporaryDirectory(prefix="ddrnet-bench-executorch-")
-    path = export_executorch(
-        model, Path(scratch.name) / "model.pte", size, int8, calibration_images
-    )
-    deployed = ExecutorchSegmentationModel(path, threads)
-    return Runner(name, deployed, (image,), EXECUTORCH_BACKENDS[name], keep=[scratch])

@@ -14,7 +14,6 @@ pnnx's intermediate files (TorchScript, pnnx graph, Python) stay in a temporary 
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import subprocess
 import tempfile
@@ -31,8 +30,6 @@ from ddrnet.deploy.ncnn_runtime import NCNN_KEY, NcnnFiles, is_ncnn_file
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.deploy.verify import evaluate_on_camvid, real_frames, verify_ncnn
 from ddrnet.errors import UsageError
-
-logger = logging.getLogger(__name__)
 
 PNNX_INSTALL_HINT = "pip install pnnx ncnn (or pip install 'ddrnet[edge]')"
 PNNX_TIMEOUT_SECONDS = 900

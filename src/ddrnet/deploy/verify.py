@@ -1,22 +1,25 @@
 """Checking an export against the PyTorch model it came from: logits and labels on the same
-inputs (``verify_onnx``, ``verify_onnx_labels``, ``verify_ncnn``), and accuracy on a data set
+inputs (``verify_onnx``, ``verify_onnx_labels``, ``verify_ncnn``, ``verify_executorch``),
+and accuracy on a data set
 scored by ``ddrnet.engine.evaluate``, the loop ``ddrnet eval`` runs (``evaluate_onnx``,
 ``evaluate_onnx_forms``, ``evaluate_on_camvid``).
 
-The files are run by ``ddrnet.deploy.runtime`` / ``ncnn_runtime`` exactly as ``ddrnet predict``
-and ``ddrnet eval`` run them.
+The files are run by ``ddrnet.deploy.runtime`` / ``ncnn_runtime`` / ``executorch_runtime``
+exactly as ``ddrnet predict`` and ``ddrnet eval`` run them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from ddrnet.deploy.executorch_runtime import ExecutorchSegmentationModel
 from ddrnet.deploy.export import check_size, float_cpu_copy
 from ddrnet.deploy.ncnn_runtime import NcnnSegmentationModel
 from ddrnet.deploy.onnx_file import ExportError, file_normalisation
@@ -162,6 +165,46 @@ def verify_ncnn(
             )
         worst = max(worst, float((actual - expected).abs().max()))
     return worst
+
+
+class Agreement(NamedTuple):
+    """How an exported program's outputs compare with PyTorch float32 on the same inputs."""
+
+    max_logit_difference: float  # largest absolute difference, in logit units
+    label_agreement: float  # fraction of logit pixels (0..1) with the same arg-max class
+
+
+@torch.no_grad()
+def verify_executorch(
+    model: nn.Module, path: str | Path, inputs: Sequence[torch.Tensor]
+) -> Agreement:
+    """The ExecuTorch file's logits against PyTorch's (float32, unfolded) on ``inputs``,
+    normalised ``(N, 3, H, W)`` tensors at the file's input size (use real images: see
+    ``verify_onnx``). Raises ``ExportError`` when the shapes differ, ``ValueError`` when an
+    input is not at the file's size (the runtime would resize it: a different comparison)."""
+    deployed = ExecutorchSegmentationModel(path, resize=False)
+    reference = float_cpu_copy(model)
+    worst, agree, total = 0.0, 0, 0
+    for image in inputs:
+        image = image.float().cpu()
+        if tuple(image.shape[-2:]) != deployed.input_size:
+            raise ValueError(
+                f"{path} takes {deployed.input_size} inputs; got {tuple(image.shape[-2:])}"
+            )
+        expected = reference(image)
+        if deployed.upsampled:
+            expected = F.interpolate(
+                expected, image.shape[-2:], mode="bilinear", align_corners=False
+            )
+        actual = deployed(image)
+        if tuple(actual.shape) != tuple(expected.shape):
+            raise ExportError(
+                f"{path}: ExecuTorch gives {tuple(actual.shape)}, PyTorch {tuple(expected.shape)}"
+            )
+        worst = max(worst, float((actual - expected).abs().max()))
+        agree += int((actual.argmax(1) == expected.argmax(1)).sum())
+        total += expected[:, 0].numel()
+    return Agreement(worst, agree / max(total, 1))
 
 
 def real_frames(model: nn.Module, count: int = 2) -> list[torch.Tensor]:

@@ -46,8 +46,9 @@ def pick_device(name: str) -> torch.device:
 
 
 AMP_SETTINGS = ("auto", "none", "bf16", "fp16")
-# The CPU runtimes of exported files (``ddrnet.load``): ONNX Runtime, OpenVINO, ncnn.
-EXPORTED_RUNTIMES = ("onnxruntime", "openvino", "ncnn")
+# The CPU runtimes of exported files (``ddrnet.load``): ONNX Runtime, OpenVINO, ncnn,
+# ExecuTorch (XNNPACK).
+EXPORTED_RUNTIMES = ("onnxruntime", "openvino", "ncnn", "executorch")
 
 
 def resolve_precision(
@@ -108,9 +109,12 @@ def _exported_precision(
             f"--device {device}: exported files run on the CPU here; for NVIDIA GPUs use the "
             "PyTorch model file or `ddrnet export --format tensorrt`"
         )
-    if runtime == "ncnn":
+    if runtime in ("ncnn", "executorch"):
         if amp not in ("none", "auto"):
-            raise UsageError(f"{option} {amp}: ncnn files run in float32 here")
+            raise UsageError(
+                f"{option} {amp}: {runtime} files run in the precision they were exported in "
+                "(float32, or INT8 when quantised)"
+            )
         return None
     if amp == "fp16" or (amp == "bf16" and runtime == "onnxruntime"):
         raise UsageError(
