@@ -89,7 +89,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     try:
         checkpoint = args.checkpoint or str(
-            ddrnet.assets.bundled_model_path("camvid_ddrnet23_slim_train")
+            ddrnet.models.weights.bundled_model_path("camvid_ddrnet23_slim_train")
         )
         model = ddrnet.create_model(checkpoint=checkpoint)
     except FileNotFoundError:

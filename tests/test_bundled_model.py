@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import ddrnet
-from ddrnet.assets import bundled_model_path, demo_frames
+from ddrnet.assets import demo_frames
 from ddrnet.models import CheckpointError
-from ddrnet.models.weights import bundled_names
+from ddrnet.models.weights import bundled_model_path, bundled_names
 
 from helpers import run_ddrnet
 
@@ -79,8 +79,8 @@ def test_weights_entries_carry_their_files_metadata(weights) -> None:
 
 
 def test_string_names_and_typed_weights_are_one_file() -> None:
-    from ddrnet.assets import resolve_bundled_name
     from ddrnet.models import get_weights
+    from ddrnet.models.weights import resolve_bundled_name
 
     weights = ddrnet.DDRNet23Slim_Weights
     assert weights.DEFAULT is weights.CAMVID and len(weights) == 4  # an alias, not an entry

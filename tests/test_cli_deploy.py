@@ -89,7 +89,8 @@ def test_tensorrt_export_without_gpu_is_a_clear_error(camvid_model_file, tmp_pat
 def test_export_evaluates_every_deployed_form_on_camvid_val(camvid_root, tmp_path) -> None:
     """fp32 ONNX scores what PyTorch scores on the same frames; the INT8 and bf16 forms are
     reported against it and stay within 3 mIoU points (bundled model, 3 val frames)."""
-    from ddrnet.assets import bundled_model_path, demo_frames
+    from ddrnet.assets import demo_frames
+    from ddrnet.models.weights import bundled_model_path
 
     images = 3
     evaluated = run_ddrnet(

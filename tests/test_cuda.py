@@ -17,9 +17,9 @@ import torch
 import torch.distributed as dist
 
 import ddrnet
-from ddrnet.assets import bundled_model_path
 from ddrnet.data.io import read_rgb
 from ddrnet.engine.distributed import DistributedContext, all_reduce_sum, any_process
+from ddrnet.models.weights import bundled_model_path
 
 from official_reference import official_network, randomize_batchnorm
 

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import ddrnet
-from ddrnet.assets import bundled_model_path
 from ddrnet.data.camvid import camvid
 from ddrnet.deploy import (
     BACKENDS,
@@ -53,6 +52,7 @@ from ddrnet.deploy.runtime import onnx_logits
 from ddrnet.engine.inference import normalize, segment_logits
 from ddrnet.engine.metrics import ConfusionMatrix
 from ddrnet.models import count_macs
+from ddrnet.models.weights import bundled_model_path
 
 from official_reference import randomize_batchnorm
 

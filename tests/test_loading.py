@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import ddrnet
-from ddrnet.assets import bundled_model_path
 from ddrnet.errors import DDRNetError, UsageError
 from ddrnet.loading import inference_setup, runtime_of
+from ddrnet.models.weights import bundled_model_path
 
 from helpers import camvid_model
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import ddrnet
-from ddrnet.assets import bundled_model_path
+from ddrnet.models.weights import bundled_model_path
 from ddrnet.predict import SegmentationRunner, expand_inputs, run_prediction
 
 from helpers import run_ddrnet

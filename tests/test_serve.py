@@ -286,17 +286,19 @@ def test_an_exported_onnx_file_is_served_like_its_model(tmp_path, camvid_frame) 
 
 
 def test_serving_without_checkpoint_needs_a_bundled_model(monkeypatch, capsys) -> None:
-    import ddrnet.assets
+    import ddrnet.models.weights
     from ddrnet.loading import default_checkpoint as default_serving_checkpoint
 
     def missing():
         raise FileNotFoundError("no bundled model")
 
-    monkeypatch.setattr(ddrnet.assets, "bundled_model_path", missing, raising=False)
+    monkeypatch.setattr(ddrnet.models.weights, "bundled_model_path", missing)
     monkeypatch.delattr(ddrnet, "bundled_model_path", raising=False)
     assert main(["serve"]) == 2
     assert "no --checkpoint given" in capsys.readouterr().err
-    monkeypatch.setattr(ddrnet.assets, "bundled_model_path", lambda: Path("/x/bundled.safetensors"))
+    monkeypatch.setattr(
+        ddrnet.models.weights, "bundled_model_path", lambda: Path("/x/bundled.safetensors")
+    )
     assert default_serving_checkpoint() == "/x/bundled.safetensors"
 
 

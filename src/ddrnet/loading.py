@@ -25,11 +25,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ddrnet import assets
 from ddrnet.engine.inference import pick_device, resolve_precision
 from ddrnet.errors import UsageError
 from ddrnet.hardware import cpu_has_native_bf16
-from ddrnet.models import create_model
+from ddrnet.models import create_model, weights
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ def default_checkpoint() -> str:
     """The path of the bundled default model (``DDRNet23Slim_Weights.DEFAULT``), or a
     ``UsageError`` when this installation bundles none."""
     try:
-        return str(assets.bundled_model_path())
+        return str(weights.bundled_model_path())
     except FileNotFoundError:
         raise UsageError(
             "no --checkpoint given and this installation bundles no model: give one"

@@ -14,7 +14,8 @@ Four DDRNet-23-slim models trained by our CamVid recipe ship with the package (M
   (``ddrnet prune``) and fine-tuned on the same frames with distillation from its unpruned
   self: the fast models for CPUs.
 
-Anywhere a checkpoint path is accepted, these names can be given instead of a path.
+Anywhere a checkpoint path is accepted, these names can be given instead of a path
+(``ddrnet.models.weights.resolve_bundled_name``). This module only locates the shipped files.
 """
 
 from __future__ import annotations
@@ -25,27 +26,6 @@ from pathlib import Path
 
 def assets_dir() -> Path:
     return Path(str(resources.files("ddrnet") / "assets"))
-
-
-def bundled_model_path(name: str | None = None) -> Path:
-    """The file of a bundled model, by its string name (``camvid_ddrnet23_slim_train``; the
-    default model when ``None``); ``UsageError`` for an unknown name, ``MissingFileError``
-    when this installation lacks the file."""
-    from ddrnet.models.weights import DDRNet23Slim_Weights, get_weights
-
-    weights = DDRNet23Slim_Weights.DEFAULT if name is None else get_weights(name)
-    return weights.path
-
-
-def resolve_bundled_name(checkpoint: str | Path) -> Path:
-    """``checkpoint`` itself, unless it is no existing file but the name of a bundled model
-    (``camvid_ddrnet23_slim_train``), which becomes that model's file."""
-    from ddrnet.models.weights import bundled_names
-
-    path = Path(checkpoint)
-    if not path.exists() and str(checkpoint) in bundled_names():
-        return bundled_model_path(str(checkpoint))
-    return path
 
 
 def demo_frames(folder: Path | None = None) -> list[Path]:

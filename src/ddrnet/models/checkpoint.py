@@ -104,8 +104,7 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
     tensors and plain containers is refused rather than executed. The name of a bundled
     model (``ddrnet.models.weights``: ``camvid_ddrnet23_slim``, ...) stands for its file.
     """
-    from ddrnet.assets import resolve_bundled_name
-    from ddrnet.models.weights import bundled_names
+    from ddrnet.models.weights import bundled_names, resolve_bundled_name
 
     path = resolve_bundled_name(path)
     if not path.is_file():

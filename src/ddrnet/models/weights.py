@@ -164,3 +164,20 @@ def get_weights(name: str) -> WeightsEnum:
         if weights.bundled_name == name:
             return weights
     raise UsageError(f"no bundled model {name!r}; bundled: {', '.join(bundled_names())}")
+
+
+def bundled_model_path(name: str | None = None) -> Path:
+    """The file of a bundled model, by its string name (``camvid_ddrnet23_slim_train``; the
+    default model when ``None``); ``UsageError`` for an unknown name, ``MissingFileError``
+    when this installation lacks the file."""
+    weights = DDRNet23Slim_Weights.DEFAULT if name is None else get_weights(name)
+    return weights.path
+
+
+def resolve_bundled_name(checkpoint: str | Path) -> Path:
+    """``checkpoint`` itself, unless it is no existing file but the name of a bundled model
+    (``camvid_ddrnet23_slim_train``), which becomes that model's file."""
+    path = Path(checkpoint)
+    if not path.exists() and str(checkpoint) in bundled_names():
+        return bundled_model_path(str(checkpoint))
+    return path

@@ -107,7 +107,7 @@ def load_models(
     if model_names:
         names = list(model_names) if len(model_names) > 1 else [model_names[0]] * len(names)
     models = []
-    from ddrnet.assets import resolve_bundled_name
+    from ddrnet.models.weights import resolve_bundled_name
 
     for checkpoint, name in zip(checkpoints, names):
         path = resolve_bundled_name(checkpoint)  # a bundled model's name stands for its file
