@@ -196,21 +196,25 @@ def test_an_exported_onnx_file_predicts_like_its_pytorch_model(
         odd = np.asarray(Image.open(camvid_frames[0]).convert("RGB"))[:359, :479]
         assert predictor.predict(odd).shape == (359, 479)  # another size: recompiled
 
-    # With OpenVINO the resize and arg-max run inside its graph (what Predictor used above);
-    # they give the class ids PyTorch's resize and max give on the same logits.
+    # With OpenVINO in bf16 the resize and arg-max run inside its graph; they give the class
+    # ids PyTorch's resize and max give on the same logits. In f32 (and with ONNX Runtime)
+    # the model leaves them to the Predictor.
     import torch.nn.functional as F
 
     from ddrnet.engine.inference import class_indices, normalize
 
-    openvino_model = load_onnx_model(onnx_files["logits"], runtime="openvino")
+    openvino_model = load_onnx_model(onnx_files["logits"], runtime="openvino", precision="bf16")
     image = np.asarray(Image.open(camvid_frames[0]).convert("RGB"))[:359, :479]
     pixels = torch.from_numpy(image.copy()).permute(2, 0, 1)[None]
     batch = normalize(pixels, openvino_model.metadata.mean, openvino_model.metadata.std)
     ids = openvino_model.class_ids(batch)
     logits = F.interpolate(openvino_model(batch), size=(359, 479), mode="bilinear")
     assert ids.dtype == torch.int64 and ids.shape == (1, 359, 479)
-    assert (ids == class_indices(logits)).float().mean() > 0.9999
+    # bf16 rounding in the tail flips near-ties: 0.02% of a trained model's pixels, more of
+    # this untrained model's close logits; a wrong resize or arg-max would flip far more.
+    assert (ids == class_indices(logits)).float().mean() > 0.99
     assert load_onnx_model(onnx_files["logits"]).class_ids(batch) is None  # ONNX Runtime
+    assert load_onnx_model(onnx_files["logits"], runtime="openvino").class_ids(batch) is None
 
     # precision="bf16" really runs OpenVINO's float layers in bf16 (on CPUs that have it)
     import openvino

@@ -119,8 +119,10 @@ def openvino_logits_function(
 
     ``class_ids``: end the graph with a bilinear resize of the logits to the input size
     (``align_corners=False``, as ``F.interpolate``) and a stable arg-max over classes, so the
-    output is ``(N, H, W)`` int32 class ids. OpenVINO fuses and threads that tail: 10 ms less
-    per 360x480 frame, 70 ms less at 1024x2048, than doing it in PyTorch after the logits.
+    output is ``(N, H, W)`` int32 class ids. ``OnnxSegmentationModel`` uses it under bf16,
+    where OpenVINO runs that tail in bf16 and it measured faster than PyTorch's float32 tail
+    (an AMX CPU); for float32 and INT8 files in f32 PyTorch's resize and ``max`` measured
+    faster (AVX-512 CPU, both sizes), so there the model gives logits.
 
     ``input_shape`` ``(N, 3, H, W)`` fixes the input size before compiling, which lets
     OpenVINO plan every layer for it (faster than the file's dynamic sizes: 1.1-1.4x for the
@@ -321,7 +323,9 @@ class OnnxSegmentationModel(nn.Module):
         if runtime == "openvino":
             fixed_size = properties.openvino_fixed_size
             self._openvino = OpenVinoPlans(path, threads, precision, fixed_size=fixed_size)
-            if not self.outputs_labels:  # the resize and arg-max tail needs logits
+            # The resize and arg-max tail in the graph pays in bf16 only (see
+            # openvino_logits_function); in f32 the Predictor does it after the logits.
+            if not self.outputs_labels and precision == "bf16":
                 self._openvino_class_ids = OpenVinoPlans(
                     path, threads, precision, class_ids=True, fixed_size=fixed_size
                 )
@@ -354,13 +358,14 @@ class OnnxSegmentationModel(nn.Module):
 
     def class_ids(self, images: torch.Tensor) -> torch.Tensor | None:
         """``(N, 3, H, W)`` normalised images -> ``(N, H, W)`` int64 class ids at input size,
-        or None where only logits are available (ONNX Runtime).
+        or None where the caller should take them from the logits (ONNX Runtime; OpenVINO in
+        f32).
 
-        With OpenVINO the resize of the logits and the arg-max run inside the compiled graph
-        (``openvino_logits_function(class_ids=True)``): the same class ids as
-        ``class_indices(F.interpolate(logits))`` up to near-ties (under ``precision="bf16"``
-        the tail runs in bf16 too: 0.02% of pixels differed on CamVid), in less time. A file
-        that outputs class ids gives its own (at input size, or a ``ValueError``).
+        With OpenVINO in bf16 the resize of the logits and the arg-max run inside the
+        compiled graph (``openvino_logits_function(class_ids=True)``), in bf16: the class ids
+        ``class_indices(F.interpolate(logits))`` gives up to near-ties (0.02% of pixels
+        differed on CamVid), in less time. A file that outputs class ids gives its own (at
+        input size, or a ``ValueError``).
         """
         batch = self._as_batch(images)
         if self.outputs_labels:
