@@ -17,7 +17,6 @@ PyTorch model: ``check_pytorch_file`` refuses exported files for those by name.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,21 +122,16 @@ class _OwnFormat:
     label: str  # as users call it
     file_kind: str  # what its file is, for messages
     export_hint: str  # how to make one
-    module: str  # its runtime module, imported when used
-    is_file: str  # that module's suffix test
-    loader: str  # that module's loading function
 
 
 _OWN_FORMATS = {
     "ncnn": _OwnFormat(
         "ncnn", "ncnn .param file",
         "`ddrnet export --format ncnn -o NAME.param` (writes NAME.param, NAME.bin, NAME.json)",
-        "ddrnet.deploy.ncnn_runtime", "is_ncnn_file", "load_ncnn_model",
     ),
     "executorch": _OwnFormat(
         "ExecuTorch", "ExecuTorch .pte file",
         "`ddrnet export --format executorch -o NAME.pte` (writes NAME.pte and NAME.json)",
-        "ddrnet.deploy.executorch_runtime", "is_executorch_file", "load_executorch_model",
     ),
 }  # fmt: skip
 
@@ -148,14 +142,22 @@ def _load_own_format(
     """The file ``path`` run by ``runtime_name`` (``"ncnn"`` or ``"executorch"``, picked by
     the suffix or by ``--runtime``); a ``UsageError`` naming the file for another format,
     runtime or precision; the runtime's own error for a missing companion file or package."""
+    from ddrnet.deploy import executorch_runtime, ncnn_runtime
+
+    is_file, loader = {
+        "ncnn": (ncnn_runtime.is_ncnn_file, ncnn_runtime.load_ncnn_model),
+        "executorch": (
+            executorch_runtime.is_executorch_file,
+            executorch_runtime.load_executorch_model,
+        ),
+    }[runtime_name]
     fmt = _OWN_FORMATS[runtime_name]
-    module = importlib.import_module(fmt.module)
     if runtime not in (None, runtime_name):
         raise UsageError(
             f"--runtime {runtime}: {path} is an {fmt.label} file; run it with --runtime "
             f"{runtime_name} (or without --runtime)"
         )
-    if not getattr(module, fmt.is_file)(path):
+    if not is_file(path):
         raise UsageError(
             f"--runtime {runtime_name}: {path} is not an {fmt.file_kind}; export one with "
             f"{fmt.export_hint}"
@@ -163,7 +165,7 @@ def _load_own_format(
     if model is not None and model != path:
         raise UsageError(f"--model does not apply to {path}: an {fmt.label} file is its own model")
     resolve_precision(amp, torch.device("cpu"), runtime_name, option="--amp")  # float32/INT8
-    return getattr(module, fmt.loader)(path)
+    return loader(path)
 
 
 def runtime_of(model: nn.Module) -> str | None:

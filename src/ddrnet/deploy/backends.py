@@ -129,6 +129,15 @@ def _torch_runner(
     return Runner(name, fn, (image,), BACKENDS[name])
 
 
+def _timing_calibration(images: Sequence[Any] | None, size: tuple[int, int]) -> Sequence[Any]:
+    """``images`` for an INT8 backend's calibration, or without them two noise images of
+    ``size`` (height, width): speed does not depend on the activation ranges."""
+    if images is not None:
+        return images
+    generator = np.random.default_rng(0)
+    return [generator.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(2)]
+
+
 def _onnx_runner(
     name: str,
     model: nn.Module,
@@ -141,14 +150,13 @@ def _onnx_runner(
     path = export_onnx(model, Path(scratch.name) / "model.onnx", input_size)
     if name in ("ort_int8", "openvino_int8"):
         mean, std = normalisation(model)
-        if calibration_images is None:
-            # Speed does not depend on the ranges; without real images, use noise images.
-            generator = np.random.default_rng(0)
-            calibration_images = [
-                generator.integers(0, 256, (*input_size, 3), dtype=np.uint8) for _ in range(2)
-            ]
         path = quantize_onnx_int8(
-            path, Path(scratch.name) / "model_int8.onnx", calibration_images, mean, std, input_size
+            path,
+            Path(scratch.name) / "model_int8.onnx",
+            _timing_calibration(calibration_images, input_size),
+            mean,
+            std,
+            input_size,
         )
     array = image.numpy()
     if name.startswith("openvino"):
@@ -265,12 +273,8 @@ def _executorch_runner(
 
     size = (int(image.shape[-2]), int(image.shape[-1]))
     int8 = name == "executorch_int8"
-    if int8 and calibration_images is None:
-        noise = np.random.default_rng(0)
-        calibration_images = [noise.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(2)]
+    calibration = _timing_calibration(calibration_images, size) if int8 else None
     scratch = tempfile.TemporaryDirectory(prefix="ddrnet-bench-executorch-")
-    path = export_executorch(
-        model, Path(scratch.name) / "model.pte", size, int8, calibration_images
-    )
+    path = export_executorch(model, Path(scratch.name) / "model.pte", size, int8, calibration)
     deployed = ExecutorchSegmentationModel(path, threads)
     return Runner(name, deployed, (image,), BACKENDS[name], keep=[scratch, deployed])

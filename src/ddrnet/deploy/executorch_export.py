@@ -20,7 +20,6 @@ and the larger quantised graph), idle to loaded.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddrnet.atomic import atomic_write, atomic_write_text
 from ddrnet.deploy.executorch_runtime import (
     INSTALL_HINT,
     ExecutorchFiles,
@@ -72,16 +72,12 @@ def calibration_batches(
 ) -> list[torch.Tensor]:
     """Real ``(H, W, 3)`` uint8 RGB images (or their paths) -> ``(1, 3, *size)`` float32
     batches normalised with the model's mean and std, resized bilinearly to ``size``: the
-    same pre-processing as ``quantize_onnx_int8``'s calibration."""
-    metadata = getattr(model, "metadata", None)
-    if metadata is None:
-        raise UsageError("the model has no metadata: its normalisation is unknown")
+    same pre-processing as ``quantize_onnx_int8``'s calibration. ``model`` has metadata
+    (``export_executorch`` checks it first)."""
     if not images:
         raise UsageError("INT8 export needs calibration images; give at least one")
-    return [
-        torch.from_numpy(preprocess_image(image, metadata.mean, metadata.std, size))
-        for image in images
-    ]
+    mean, std = model.metadata.mean, model.metadata.std
+    return [torch.from_numpy(preprocess_image(image, mean, std, size)) for image in images]
 
 
 def _quantized(program: torch.export.ExportedProgram, batches: Sequence[torch.Tensor]) -> nn.Module:
@@ -154,12 +150,9 @@ def export_executorch(
         raise ExportError(
             f"{files.program}: ExecuTorch could not export the model: {first_line}"
         ) from None
-    files.program.parent.mkdir(parents=True, exist_ok=True)
-    partial = files.program.with_name(files.program.name + ".partial")
-    partial.write_bytes(lowered.buffer)
-    os.replace(partial, files.program)
+    atomic_write(files.program, lambda stream: stream.write(lowered.buffer))
     sidecar = _sidecar(model, (height, width), int8, upsample_to_input)
-    files.sidecar.write_text(json.dumps(sidecar, indent=1) + "\n")
+    atomic_write_text(json.dumps(sidecar, indent=1) + "\n", files.sidecar)
     return files.program
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ddrnet.atomic import atomic_write_text
 from ddrnet.deploy.export import check_size, example_input, folded_export_wrapper
 from ddrnet.deploy.ncnn_runtime import NCNN_KEY, NcnnFiles, is_ncnn_file
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
@@ -149,7 +150,7 @@ def export_ncnn(
         sidecar = _sidecar(model, scratch / "out.param", upsample_to_input)
         shutil.move(str(scratch / "out.bin"), files.weights)
         shutil.move(str(scratch / "out.param"), files.param)
-    files.sidecar.write_text(json.dumps(sidecar, indent=1) + "\n")
+    atomic_write_text(json.dumps(sidecar, indent=1) + "\n", files.sidecar)
     return files.param
 
 
