@@ -78,6 +78,12 @@ class DataConfig:
     gamma_range: tuple[float, float] | None = None
     blur_sigma: float | None = None
     noise_std: float | None = None
+    # Mixing across frames (data/mixing.py): each crop of a batch receives, with this
+    # probability, the pixels of some classes of the next crop in the batch (e.g. 0.5), with
+    # their labels: ClassMix's random half of the classes present, or only the classes named
+    # in class_mix_classes (copy-paste of those objects, e.g. [Pole, SignSymbol, Pedestrian]).
+    class_mix: float | None = None
+    class_mix_classes: list[str] | None = None
 
     def __post_init__(self) -> None:
         _require(min(self.crop_size) >= 8, "crop_size", "at least 8 x 8 pixels", self.crop_size)
@@ -117,6 +123,15 @@ class DataConfig:
             value = getattr(self, key)
             if value is not None:
                 _require(_positive(value), key, "> 0 (or null: off)", value)
+        if self.class_mix is not None:
+            ok = 0 < self.class_mix <= 1
+            _require(ok, "class_mix", "in (0, 1] (or null: off)", self.class_mix)
+        if self.class_mix_classes is not None:
+            _require(
+                self.class_mix is not None and len(self.class_mix_classes) > 0,
+                "class_mix_classes", "a non-empty list used with class_mix",
+                self.class_mix_classes,
+            )  # fmt: skip
 
 
 @dataclass
@@ -154,8 +169,18 @@ class LossConfig:
     label_stride: int = 1
     # None, "enet" (1/ln(1.02+p)), "median_frequency", or explicit per-class weights.
     class_weights: str | list[float] | None = None
+    # Boundary-aware term for thin structures: pixels within boundary_width pixels (of the
+    # full-resolution labels) of another class weigh 1 + boundary_weight (e.g. 1.0); null: off.
+    boundary_weight: float | None = None
+    boundary_width: int = 3
 
     def __post_init__(self) -> None:
+        if self.boundary_weight is not None:
+            _require(
+                _positive(self.boundary_weight), "boundary_weight", "> 0 (or null: off)",
+                self.boundary_weight,
+            )  # fmt: skip
+        _require(self.boundary_width >= 1, "boundary_width", ">= 1 pixel", self.boundary_width)
         _require(0 < self.ohem_threshold <= 1, "ohem_threshold", "in (0, 1]", self.ohem_threshold)
         _require(self.ohem_min_kept >= 0, "ohem_min_kept", ">= 0", self.ohem_min_kept)
         _require(self.aux_weight >= 0, "aux_weight", ">= 0", self.aux_weight)

@@ -77,6 +77,7 @@ def epoch_loader(
         drop_last=True,
         pin_memory=run.device.type == "cuda",
         generator=generator,
+        collate_fn=data.collate,
     )
 
 

@@ -55,6 +55,42 @@ def subsample_labels(target: torch.Tensor, stride: int) -> torch.Tensor:
     return target[:, offset::stride, offset::stride].contiguous()
 
 
+def boundary_mask(target: torch.Tensor, radius: int, ignore_index: int = 255) -> torch.Tensor:
+    """``(N, H, W)`` bool: the labelled pixels of ``target`` ``(N, H, W)`` that have a pixel
+    of another labelled class within ``radius`` pixels (a ``(2r+1)``-square window). Void is
+    no class: an object's edge against void is not a boundary."""
+    valid = target != ignore_index
+    size = 2 * radius + 1
+    # Max and min of the labelled classes in each window: they differ exactly where the
+    # window holds two classes. Void becomes -1 for the max and a value above every class
+    # for the min, so it never decides either.
+    highest = torch.where(valid, target, -1).unsqueeze(1).float()
+    lowest = torch.where(valid, target, ignore_index + 1).unsqueeze(1).float()
+    window_max = F.max_pool2d(highest, size, stride=1, padding=radius)
+    window_min = -F.max_pool2d(-lowest, size, stride=1, padding=radius)
+    return (window_max != window_min).squeeze(1) & valid
+
+
+def pixel_weights(
+    target: torch.Tensor,
+    ignore_index: int,
+    class_weights: torch.Tensor | None,
+    boundary_weight: float,
+    boundary_radius: int,
+) -> torch.Tensor | None:
+    """Per-pixel loss weights ``(N, H, W)``: the class weight of each pixel's true class
+    times ``1 + boundary_weight`` near a boundary (``boundary_mask``); None when neither is
+    on. Void pixels get their own weight too; the losses mask them out."""
+    weights = None
+    if class_weights is not None:
+        weights = class_weights[torch.where(target != ignore_index, target, 0)]
+    if boundary_weight > 0:
+        near = boundary_mask(target, boundary_radius, ignore_index)
+        factor = 1.0 + boundary_weight * near.float()
+        weights = factor if weights is None else weights * factor
+    return weights
+
+
 class OhemCrossEntropy(nn.Module):
     """Cross-entropy over the hardest pixels, as in the DDRNet/HRNet training code.
 
@@ -62,7 +98,10 @@ class OhemCrossEntropy(nn.Module):
     ``max(threshold, p_k)``, where ``p_k`` is the ``min_kept``-th smallest such probability
     in the batch; so at least ``min_kept`` pixels (all, if fewer) always contribute, and easy
     pixels (p >= threshold) are dropped once enough hard ones exist. The loss is the mean of
-    the (class-weighted) per-pixel losses of the kept pixels.
+    the (class-weighted) per-pixel losses of the kept pixels. ``boundary_weight`` > 0 also
+    multiplies the losses of pixels within ``boundary_radius`` pixels of another class by
+    ``1 + boundary_weight`` (a boundary-aware term for thin structures, whose pixels are
+    mostly edge); the pixels kept are chosen before any weight.
 
     Shapes: logits ``(N, C, h, w)``, target ``(N, H, W)`` int64 with ``ignore_index`` for void.
     """
@@ -73,12 +112,15 @@ class OhemCrossEntropy(nn.Module):
         min_kept: int = 131072,
         ignore_index: int = 255,
         class_weights: torch.Tensor | None = None,
+        boundary_weight: float = 0.0,
+        boundary_radius: int = 1,
     ) -> None:
         super().__init__()
         self.threshold = threshold
         self.min_kept = max(1, min_kept)
         self.ignore_index = ignore_index
         self.register_buffer("class_weights", class_weights, persistent=False)
+        self.boundary_weight, self.boundary_radius = boundary_weight, boundary_radius
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = resize_logits(logits, tuple(target.shape[-2:]))
@@ -102,26 +144,46 @@ class OhemCrossEntropy(nn.Module):
                 kept = valid & (true_prob < torch.clamp(kth, min=self.threshold))
             if not kept.any():
                 kept = valid
-        if self.class_weights is not None:
-            pixel_losses = pixel_losses * self.class_weights[torch.where(valid, target, 0)]
+        weights = pixel_weights(
+            target, self.ignore_index, self.class_weights, self.boundary_weight,
+            self.boundary_radius,
+        )  # fmt: skip
+        if weights is not None:
+            pixel_losses = pixel_losses * weights
         return (pixel_losses * kept).sum() / kept.sum()
 
 
 class CrossEntropy(nn.Module):
-    """Plain cross-entropy on resized logits, mean over non-ignored pixels."""
+    """Plain cross-entropy on resized logits: the weighted mean over non-ignored pixels, as
+    ``F.cross_entropy(weight=class_weights)`` computes it (sum of weighted losses over sum of
+    weights), with pixel weights from ``pixel_weights`` (class and boundary)."""
 
-    def __init__(self, ignore_index: int = 255, class_weights: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        ignore_index: int = 255,
+        class_weights: torch.Tensor | None = None,
+        boundary_weight: float = 0.0,
+        boundary_radius: int = 1,
+    ) -> None:
         super().__init__()
         self.ignore_index = ignore_index
         self.register_buffer("class_weights", class_weights, persistent=False)
+        self.boundary_weight, self.boundary_radius = boundary_weight, boundary_radius
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(
-            resize_logits(logits, tuple(target.shape[-2:])),
-            target,
-            weight=self.class_weights,
-            ignore_index=self.ignore_index,
+        logits = resize_logits(logits, tuple(target.shape[-2:]))
+        if self.boundary_weight <= 0:
+            return F.cross_entropy(
+                logits, target, weight=self.class_weights, ignore_index=self.ignore_index
+            )
+        pixel_losses = F.cross_entropy(
+            logits, target, ignore_index=self.ignore_index, reduction="none"
         )
+        weights = pixel_weights(
+            target, self.ignore_index, self.class_weights, self.boundary_weight,
+            self.boundary_radius,
+        ) * (target != self.ignore_index)  # fmt: skip
+        return (pixel_losses * weights).sum() / weights.sum().clamp(min=1e-12)
 
 
 class DeepSupervisionLoss(nn.Module):

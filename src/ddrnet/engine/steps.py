@@ -18,6 +18,7 @@ from ddrnet.config import ConfigError, to_dict
 from ddrnet.data.build import build_dataset
 from ddrnet.data.datasets import DatasetError, PairedSegmentationDataset
 from ddrnet.data.labels import LabelSet
+from ddrnet.data.mixing import ClassMix, class_ids
 from ddrnet.data.sampling import dataset_frame_weights, frame_class_pixels
 from ddrnet.engine.checkpointing import TrainingError, check_resumable, restore
 from ddrnet.engine.config import Config, DataConfig, LossConfig, TrainConfig
@@ -48,6 +49,7 @@ class TrainingData:
     mean: tuple[float, ...]  # per RGB channel, of images scaled to [0, 1]
     std: tuple[float, ...]
     iterations_per_epoch: int  # optimiser steps per epoch, on every process
+    collate: ClassMix | None = None  # the training loader's collate_fn (data.class_mix)
 
 
 def build_data(config: Config, ctx: DistributedContext) -> TrainingData:
@@ -75,7 +77,24 @@ def build_data(config: Config, ctx: DistributedContext) -> TrainingData:
         tuple(cfg_data.mean or labels.mean),
         tuple(cfg_data.std or labels.std),
         iterations,
+        _class_mix(cfg_data, labels),
     )
+
+
+def _class_mix(cfg_data: DataConfig, labels: LabelSet) -> ClassMix | None:
+    """The batch mixing of ``data.class_mix`` (None when off); refuses class names that are
+    not the data set's."""
+    if cfg_data.class_mix is None:
+        return None
+    classes = None
+    if cfg_data.class_mix_classes is not None:
+        try:
+            classes = class_ids(
+                cfg_data.class_mix_classes, labels.class_names, "data.class_mix_classes"
+            )
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    return ClassMix(cfg_data.class_mix, classes, labels.ignore_index)
 
 
 def _dataset(cfg_data: DataConfig, split_key: str, train: bool) -> PairedSegmentationDataset:
@@ -185,7 +204,7 @@ def build_criterion(
 ) -> DeepSupervisionLoss:
     """Cross-entropy (OHEM with ``loss.ohem``) on the main and auxiliary logits, with the
     class weights of ``loss.class_weights``: a method's name (computed from the training
-    labels) or one value per class."""
+    labels) or one value per class; and the boundary term of ``loss.boundary_weight``."""
     labels = train_set.labels
     weights = None
     if isinstance(cfg_loss.class_weights, str):
@@ -202,10 +221,15 @@ def build_criterion(
         logger.info("class weights: %s", [round(float(w), 3) for w in weights])
     # ohem_min_kept counts full-resolution pixels; the loss sees 1/label_stride^2 of them.
     min_kept = max(1, cfg_loss.ohem_min_kept // cfg_loss.label_stride**2)
+    # boundary_width counts full-resolution pixels too; the loss's label grid is coarser.
+    boundary = (
+        cfg_loss.boundary_weight or 0.0,
+        max(1, round(cfg_loss.boundary_width / cfg_loss.label_stride)),
+    )
     per_head = (
-        OhemCrossEntropy(cfg_loss.ohem_threshold, min_kept, labels.ignore_index, weights)
+        OhemCrossEntropy(cfg_loss.ohem_threshold, min_kept, labels.ignore_index, weights, *boundary)
         if cfg_loss.ohem
-        else CrossEntropy(labels.ignore_index, weights)
+        else CrossEntropy(labels.ignore_index, weights, *boundary)
     )
     return DeepSupervisionLoss(per_head, 1.0, cfg_loss.aux_weight, cfg_loss.label_stride).to(device)
 
