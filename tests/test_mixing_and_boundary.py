@@ -146,8 +146,9 @@ def test_training_with_classmix_and_boundary_term_runs_and_resumes_exactly(
     train(tiny_config(camvid_root, plain, epochs=1))
     mixed = tmp_path / "mixed"
     train(tiny_config(camvid_root, mixed, epochs=1, extra=extra))
-    assert torch.load(plain / "last.pt", weights_only=True)["history"][0]["train_loss"] != (
-        torch.load(mixed / "last.pt", weights_only=True)["history"][0]["train_loss"]
+    assert (
+        torch.load(plain / "last.pt", weights_only=True)["history"][0]["train_loss"]
+        != (torch.load(mixed / "last.pt", weights_only=True)["history"][0]["train_loss"])
     )
 
 
