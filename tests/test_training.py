@@ -111,6 +111,25 @@ def test_atomic_save_survives_a_crash_mid_write(tmp_path, monkeypatch) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
+def test_atomic_copy_replaces_whole_or_not_at_all(tmp_path, monkeypatch) -> None:
+    source, target = tmp_path / "scratch.bin", tmp_path / "model.bin"
+    source.write_bytes(b"new weights")
+    target.write_bytes(b"old weights")
+
+    def crash(stream, out):
+        out.write(b"new w")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(atomic.shutil, "copyfileobj", crash)
+    with pytest.raises(OSError, match="disk full"):
+        atomic.atomic_copy(source, target)
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin", "scratch.bin"]
+    atomic.atomic_copy(source, target)
+    assert target.read_bytes() == b"new weights" and source.exists()
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_loses_at_most_the_current_epoch(camvid_root, tmp_path) -> None:
     output = tmp_path / "killed"

@@ -12,6 +12,7 @@ Callers that need a simulated kill in tests to reach every write call it as
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,14 @@ def atomic_write_text(text: str, path: Path) -> None:
     """Write a text file (UTF-8) through ``atomic_write``."""
     data = text.encode()
     atomic_write(path, lambda stream: stream.write(data))
+
+
+def atomic_copy(source: Path, path: Path) -> None:
+    """Copy the file ``source`` to ``path`` through ``atomic_write`` (a tool's output from a
+    scratch folder, e.g. pnnx's: ``shutil.move`` across file systems copies in place, so a
+    kill mid-copy would leave half a file under the final name)."""
+    with open(source, "rb") as stream:
+        atomic_write(path, lambda target: shutil.copyfileobj(stream, target))
 
 
 def remove_stale_temporaries(folder: Path, names: tuple[str, ...]) -> list[Path]:

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ddrnet.atomic import atomic_write
+
 
 def require_cuda(what: str) -> torch.device:
     """The current CUDA device, or a ``RuntimeError`` naming ``what`` needed it."""
@@ -99,8 +101,8 @@ def build_tensorrt_engine(
     if serialized is None:
         raise RuntimeError(f"TensorRT could not build an engine from {onnx_path} (see its log)")
     engine_path = Path(engine_path)
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(bytes(serialized))
+    data = bytes(serialized)
+    atomic_write(engine_path, lambda stream: stream.write(data))
     return engine_path
 
 

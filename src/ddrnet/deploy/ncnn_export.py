@@ -14,7 +14,6 @@ pnnx's intermediate files (TorchScript, pnnx graph, Python) stay in a temporary 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import tempfile
 import warnings
@@ -25,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddrnet.atomic import atomic_write_text
+from ddrnet.atomic import atomic_copy, atomic_write_text
 from ddrnet.deploy.export import check_size, example_input, folded_export_wrapper
 from ddrnet.deploy.ncnn_runtime import NCNN_KEY, NcnnFiles, is_ncnn_file
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
@@ -148,8 +147,9 @@ def export_ncnn(
                 "graph would only work at the export size; export at another --size"
             )
         sidecar = _sidecar(model, scratch / "out.param", upsample_to_input)
-        shutil.move(str(scratch / "out.bin"), files.weights)
-        shutil.move(str(scratch / "out.param"), files.param)
+        # The weights first: a .param is what marks an ncnn model as present.
+        atomic_copy(scratch / "out.bin", files.weights)
+        atomic_copy(scratch / "out.param", files.param)
     atomic_write_text(json.dumps(sidecar, indent=1) + "\n", files.sidecar)
     return files.param
 
