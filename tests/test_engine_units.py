@@ -210,6 +210,32 @@ def test_normalize_by_hand_for_uint8_float_and_channels_last_input() -> None:
     reference = reference / torch.tensor(std).view(1, 3, 1, 1)
     assert result.dtype == torch.float32 and result.is_contiguous()
     assert torch.allclose(result, reference, atol=1e-6)
+    # Asked for channels-last (a channels-last network's layout), the same values come in it.
+    last = normalize(frame.permute(0, 3, 1, 2), mean, std, torch.channels_last)
+    assert last.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(last, reference, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "low, high", [((45, 60), (360, 480)), ((46, 61), (361, 479)), ((10, 10), (3, 4))]
+)
+def test_upsampled_class_ids_is_argmax_of_the_bilinear_resize(low, high) -> None:
+    from ddrnet.engine.inference import upsampled_class_ids
+
+    logits = 4 * torch.randn(2, 11, *low, generator=torch.Generator().manual_seed(0))
+    ids = upsampled_class_ids(logits, high)
+    # The reference in float64: where the fast path (OpenCV's float32 resize) picks another
+    # class, the two classes must tie to float32 rounding.
+    exact = F.interpolate(logits.double(), size=high, mode="bilinear", align_corners=False)
+    best = exact.max(dim=1)
+    assert ids.shape == (2, *high) and ids.dtype == torch.int64
+    differ = ids != best.indices
+    assert differ.float().mean() < 1e-4
+    picked = exact.gather(1, ids.unsqueeze(1)).squeeze(1)
+    assert torch.all((best.values - picked)[differ] < 1e-5)
+    # A model that already answers at the input size is arg-maxed as it is.
+    assert torch.equal(upsampled_class_ids(logits, low), logits.max(dim=1).indices)
+    assert not upsampled_class_ids(logits[:, :1], high).any()  # one class: all zeros
 
 
 @pytest.mark.parametrize(

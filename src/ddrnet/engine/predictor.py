@@ -116,8 +116,7 @@ class Predictor:
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` uint8 (0..255) or float (0..1) RGB -> the normalised float32
         batch on the device, in the model's memory format."""
-        batch = normalize(images.to(self.device), self.mean, self.std)
-        return batch.contiguous(memory_format=self.memory_format)
+        return normalize(images.to(self.device), self.mean, self.std, self.memory_format)
 
     @torch.no_grad()
     def class_ids(self, images: torch.Tensor) -> torch.Tensor:
