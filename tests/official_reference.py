@@ -244,12 +244,17 @@ def official_network(name: str, **kwargs) -> OfficialDualResNet:
 
 def randomize_batchnorm(module: nn.Module, seed: int = 0) -> None:
     """Give every BatchNorm non-trivial statistics and affine parameters, so that an
-    eval-mode comparison exercises them (fresh BNs are identities)."""
+    eval-mode comparison exercises them (fresh BNs are identities); every GroupNorm (which
+    has no statistics) non-trivial affine parameters."""
     generator = torch.Generator().manual_seed(seed)
     for layer in module.modules():
         if isinstance(layer, nn.BatchNorm2d):
             n = layer.num_features
             layer.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
             layer.running_var.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
-            layer.weight.data.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
-            layer.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
+        elif isinstance(layer, nn.GroupNorm):
+            n = layer.num_channels
+        else:
+            continue
+        layer.weight.data.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
+        layer.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)

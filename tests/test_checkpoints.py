@@ -71,6 +71,23 @@ def test_safetensors_round_trip_rebuilds_the_model_from_metadata(tmp_path: Path)
     assert _same_outputs(model, rebuilt)
 
 
+def test_a_group_norm_file_is_rebuilt_with_group_norm(tmp_path: Path) -> None:
+    model = _trained_like(num_classes=4, norm="group", norm_groups=16)
+    path = save_model(model, tmp_path / "gn.safetensors", model.metadata)
+    rebuilt = ddrnet.create_model(checkpoint=path)  # nothing said about the norm
+    assert rebuilt.metadata.spec["norm"] == "group" and rebuilt.spec == model.spec
+    assert rebuilt.backbone.layer1[0].bn1.num_groups == 16  # gcd(32, 16)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in rebuilt.modules())
+    assert _same_outputs(model, rebuilt)
+    # The file's norm wins over the argument, as its widths do over width_multiplier.
+    assert ddrnet.create_model(checkpoint=path, norm="batch").spec.norm == "group"
+    # BatchNorm weights without metadata (an official file) do not fit a GroupNorm model:
+    # the 3 statistics of each of its 55 BatchNorms have no place.
+    torch.save(_trained_like().state_dict(), tmp_path / "bn.pth")
+    with pytest.raises(CheckpointError, match="bn.pth: 165 keys have no counterpart"):
+        ddrnet.create_model("ddrnet_23_slim", checkpoint=tmp_path / "bn.pth", norm="group")
+
+
 @pytest.mark.parametrize("wrapper", ["plain", "state_dict", "module", "model_and_module"])
 def test_wrapped_pickled_state_dicts_load(tmp_path: Path, wrapper: str) -> None:
     model = _trained_like()
@@ -249,7 +266,14 @@ def test_metadata_claiming_a_huge_model_is_refused_before_building_it(tmp_path: 
     # Built for real, this model would take ~19 GB: the refusal comes from shapes alone.
     with pytest.raises(CheckpointError, match=r"has 4,728\.5 M weights but the file holds only"):
         ddrnet.create_model(checkpoint=path)
-    for bad_spec in ({**spec, "planes": "wide"}, {**spec, "blocks": [2, 2]}, {"depth": 3}):
+    bad_specs = (
+        {**spec, "planes": "wide"},
+        {**spec, "blocks": [2, 2]},
+        {"depth": 3},
+        {**spec, "norm": "layer"},
+        {**spec, "norm": "group", "norm_groups": "8"},
+    )
+    for bad_spec in bad_specs:
         with pytest.raises(CheckpointError, match="small.safetensors"):
             ddrnet.create_model(checkpoint=_crafted_file(path, spec=bad_spec))
 

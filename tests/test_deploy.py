@@ -220,6 +220,31 @@ def test_fuse_conv_bn_folds_every_conv_bn_pair_exactly(model, camvid_val):
     assert error_fused < 2 * error_plain + 1e-5
 
 
+def test_a_group_norm_model_is_left_unfolded_and_exports_to_onnx(camvid_val, tmp_path):
+    """GroupNorm normalises by each image's statistics: no Conv+GroupNorm pair can be folded,
+    so ``fuse_conv_bn`` changes nothing, and the ONNX file computes what PyTorch does."""
+    torch.manual_seed(0)
+    net = ddrnet.create_model("ddrnet_23_slim", num_classes=11, norm="group")
+    randomize_batchnorm(net, seed=1)  # non-trivial GroupNorm scales and shifts
+    group_norms = sum(isinstance(m, nn.GroupNorm) for m in net.modules())
+    fused = fuse_conv_bn(net)
+    assert conv_bn_pairs(net) == [] and group_norms == 55
+    assert sum(isinstance(m, nn.GroupNorm) for m in fused.modules()) == group_norms
+    inputs = real_inputs(camvid_val, sizes=((96, 128), (65, 97)))
+    with torch.no_grad():
+        for image in inputs:
+            torch.testing.assert_close(fused(image), net(image), atol=1e-5, rtol=0)
+        logit_scale = max(float(net(x).abs().max()) for x in inputs)
+    assert 1 < logit_scale < 500  # a scale at which 1e-3 is a meaningful tolerance
+    path = export_onnx(net, tmp_path / "gn.onnx", (96, 128))
+    assert read_onnx_metadata(path)["spec"]["norm"] == "group"
+    assert verify_onnx(net, path, inputs=inputs) < 1e-3
+    batch = torch.randn(2, 3, 33, 17)  # another batch size: each image its own statistics
+    output = onnx_logits(onnx_session(path), batch.numpy())
+    with torch.no_grad():
+        np.testing.assert_allclose(output, net(batch).numpy(), atol=1e-3)
+
+
 def centred_sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
     """Signal-to-noise ratio of ``test`` logits against ``reference``, in dB, after removing
     each pixel's mean over classes (argmax ignores it; it would flatter the ratio)."""

@@ -251,6 +251,8 @@ def test_upsampled_class_ids_is_argmax_of_the_bilinear_resize(low, high) -> None
         ("train.epochs=0", "train: epochs must be >= 1"),
         ("train.threads=-1", "threads must be >= 1"),
         ("model.width_multiplier=0", "width_multiplier must be > 0"),
+        ("model.norm=layer", "model.norm: 'layer' is not one of \\['batch', 'group'\\]"),
+        ("model.norm_groups=0", "model: norm_groups must be >= 1, got 0"),
         ("model.name=ddrnet_23_slim_imagenet", "model: name must be one of \\['ddrnet_23_slim'"),
         (
             "loss.class_weights=enett",

@@ -200,3 +200,55 @@ def test_each_builder_makes_its_registered_topology(name: str) -> None:
 def test_a_classifier_has_no_auxiliary_head() -> None:
     with pytest.raises(ValueError, match="no auxiliary head"):
         ddrnet.create_model("ddrnet_23_slim_imagenet", aux_head=True)
+
+
+def test_group_norm_replaces_every_batch_norm_with_gcd_groups() -> None:
+    model = ddrnet.create_model("ddrnet_23_slim", num_classes=5, aux_head=True, norm="group")
+    batch = ddrnet.create_model("ddrnet_23_slim", num_classes=5, aux_head=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    group_norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(group_norms) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in batch.modules())
+    # The same names: BatchNorm's keys without its running statistics.
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
+    assert set(model.state_dict()) == {k for k in batch.state_dict() if not k.endswith(statistics)}
+    layer = model.backbone.layer1[0].bn1  # 32 channels, at most 32 groups: gcd 32
+    assert (layer.num_groups, layer.num_channels) == (32, 32)
+    assert torch.equal(layer.weight, torch.ones(32)) and torch.equal(layer.bias, torch.zeros(32))
+    assert model.dappm.compression[0].num_groups == 32  # 640 channels
+    # DDRNet-23-slim 1.5x: 48 stem channels, gcd(48, 32) = 16 groups; 12 at most: gcd 12.
+    wide = ddrnet.create_model("ddrnet_23_slim", norm="group", width_multiplier=1.5)
+    assert (wide.backbone.stem[1].num_groups, wide.backbone.stem[1].num_channels) == (16, 48)
+    few = ddrnet.create_model("ddrnet_23_slim", norm="group", norm_groups=12)
+    assert few.backbone.stem[1].num_groups == 4  # gcd(32, 12)
+    assert few.spec.to_dict()["norm"] == "group" and few.spec.to_dict()["norm_groups"] == 12
+    classifier = ddrnet.create_model("ddrnet_23_slim_imagenet", norm="group")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in classifier.modules())
+    assert classifier.final_down[1].num_groups == 32
+    model.train()  # single images train: no batch statistics
+    main, aux = model.forward_with_aux(torch.randn(1, 3, 64, 64))
+    (main.sum() + aux.sum()).backward()
+
+
+def test_norm_is_validated_and_old_spec_dicts_mean_batch_norm() -> None:
+    from ddrnet.models.ddrnet import SLIM_SPEC, DDRNetSpec
+
+    with pytest.raises(ValueError, match="norm must be one of batch, group, got 'layer'"):
+        DDRNetSpec(norm="layer")
+    with pytest.raises(ValueError, match="norm_groups must be at least 1, got 0"):
+        DDRNetSpec(norm_groups=0)
+    # What files written before GroupNorm existed record, and what BatchNorm files still do.
+    old = {
+        "planes": 32,
+        "blocks": [2, 2, 2, 2],
+        "stage3_splits": 1,
+        "dappm_planes": 128,
+        "head_planes": 64,
+        "classifier_planes": 1024,
+    }
+    assert SLIM_SPEC.to_dict() == old
+    assert DDRNetSpec.from_dict(old) == SLIM_SPEC and SLIM_SPEC.norm == "batch"
+    model = ddrnet.create_model(weights=ddrnet.DDRNet23Slim_Weights.CAMVID)
+    assert "norm" not in model.metadata.spec and model.spec.norm == "batch"
+    assert isinstance(model.backbone.stem[1], torch.nn.BatchNorm2d)
+    with pytest.raises(ValueError, match="give spec or width_multiplier/norm, not both"):
+        variant_info("ddrnet_23_slim").builder(spec=SLIM_SPEC, norm="group")

@@ -195,6 +195,18 @@ def test_prune_refuses_onnx_files_and_files_that_are_no_model(capsys, tmp_path) 
     assert not Path(output).exists()
 
 
+def test_a_group_norm_model_is_refused_in_one_line(capsys, tmp_path) -> None:
+    model = ddrnet.create_model("ddrnet_23_slim", num_classes=11, norm="group")
+    expected = "pruning supports BatchNorm models only; this one uses group norm"
+    with pytest.raises(PruningError, match=expected):
+        prune_channels(model, {"backbone.layer1.0.conv1": [1]})
+    path = save_model(model, tmp_path / "gn.safetensors", model.metadata)
+    output = tmp_path / "p.safetensors"
+    argv = ["prune", str(path), "--macs", "0.5", "-o", str(output)]
+    assert one_line_cli_error(capsys, argv) == f"ddrnet prune: error: {expected}"
+    assert not output.exists()
+
+
 @pytest.mark.slow
 def test_prune_eval_export_predict_through_the_cli(
     tmp_path: Path, camvid_root: Path, camvid_frame: Path

@@ -17,7 +17,7 @@ import torch
 
 import ddrnet
 from ddrnet import atomic, limits
-from ddrnet.config import load_config
+from ddrnet.config import ConfigError, load_config
 from ddrnet.engine import train as train_module
 from ddrnet.engine.checkpointing import atomic_save
 from ddrnet.engine.config import Config
@@ -465,3 +465,35 @@ def test_fine_tuning_a_pruned_file_keeps_its_widths(camvid_root, tmp_path) -> No
     before = pruned.state_dict()["backbone.layer1.0.conv1.weight"]
     after = tuned.state_dict()["backbone.layer1.0.conv1.weight"]
     assert before.shape == after.shape and not torch.equal(before, after)  # trained from it
+
+
+def test_a_group_norm_run_trains_on_single_images_and_its_files_record_it(
+    camvid_root, tmp_path
+) -> None:
+    """model.norm=group: batches of one image train (BatchNorm refuses them) and the model
+    files rebuild GroupNorm; a pretrained file of the other norm is refused in one line."""
+    extra = ["model.norm=group", "model.norm_groups=16", "data.batch_size=1"]
+    output = train(tiny_config(camvid_root, tmp_path / "run", epochs=1, extra=extra))
+    model = ddrnet.create_model(checkpoint=output / "best.safetensors")
+    assert model.metadata.spec["norm"] == "group" and model.metadata.spec["norm_groups"] == 16
+    assert model.backbone.stem[1].num_groups == 16
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    with pytest.raises(TrainingError, match=r"model\.norm=group \(this run: batch\)"):
+        train(tiny_config(camvid_root, output, epochs=2), resume=True)
+    start = output / "best.safetensors"
+    # An official file (no metadata) has BatchNorm.
+    official = tmp_path / "official.pth"
+    torch.save(ddrnet.create_model("ddrnet_23_slim", num_classes=11).state_dict(), official)
+    fresh = tmp_path / "fresh"
+    for pretrained, norm, trained, asked in (
+        (start, [], "group (norm_groups=16)", "batch"),
+        (start, ["model.norm=group"], "group (norm_groups=16)", "group (norm_groups=32)"),
+        (official, ["model.norm=group"], "batch", "group (norm_groups=32)"),
+    ):
+        expected = (
+            f"model.pretrained {pretrained} was trained with model.norm={trained}; "
+            f"the recipe asks for model.norm={asked}"
+        )
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            train(tiny_config(camvid_root, fresh, extra=[*norm, f"model.pretrained={pretrained}"]))
+    assert not fresh.exists()

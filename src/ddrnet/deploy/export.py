@@ -171,6 +171,11 @@ def export_onnx(
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", message=".*will be removed.*")
+        # GroupNorm's training-only batch-size check (model.norm=group) is traced as a
+        # constant; it adds nothing to the graph.
+        warnings.filterwarnings(
+            "ignore", category=torch.jit.TracerWarning, module="torch.nn.functional"
+        )
         torch.onnx.export(wrapper, (example,), str(path), **export_kwargs)
     options = {"argmax": argmax, "upsample_to_input": upsample_to_input, "dynamic": dynamic}
     _check_and_describe(path, dynamic, options, getattr(model, "metadata", None))

@@ -48,6 +48,8 @@ STRUCTURAL_SETTINGS = (
     ("model", "name"),
     ("model", "aux_head"),
     ("model", "width_multiplier"),
+    ("model", "norm"),
+    ("model", "norm_groups"),
     ("optim", "optimizer"),
 )
 

@@ -11,6 +11,7 @@ from typing import Literal
 from ddrnet.config import ConfigError
 from ddrnet.engine.losses import CLASS_WEIGHTING_METHODS
 from ddrnet.models import list_models
+from ddrnet.models.ddrnet import NORMS
 
 
 def _require(ok: bool, key: str, rule: str, value: object) -> None:
@@ -32,11 +33,17 @@ class ModelConfig:
     # downloaded). None trains from scratch.
     pretrained: str | None = None
     width_multiplier: float = 1.0
+    # GroupNorm (of gcd(channels, norm_groups) groups) in place of every BatchNorm: for 1-4
+    # images per device, where batch statistics are noise. The model file records it.
+    norm: Literal["batch", "group"] = "batch"
+    norm_groups: int = 32
 
     def __post_init__(self) -> None:
         names = list_models("segmentation")  # the classifiers are ImageNet backbones
         _require(self.name in names, "name", f"one of {names}", self.name)
         _require(_positive(self.width_multiplier), "width_multiplier", "> 0", self.width_multiplier)
+        _require(self.norm in NORMS, "norm", f"one of {NORMS}", self.norm)
+        _require(self.norm_groups >= 1, "norm_groups", ">= 1", self.norm_groups)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from ddrnet.data.labels import LabelSet
 from ddrnet.data.mixing import ClassMix, class_ids
 from ddrnet.data.sampling import dataset_frame_weights, frame_class_pixels
 from ddrnet.engine.checkpointing import TrainingError, check_resumable, restore
-from ddrnet.engine.config import Config, DataConfig, LossConfig, TrainConfig
+from ddrnet.engine.config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
 from ddrnet.engine.distributed import DistributedContext
 from ddrnet.engine.ema import ModelEma
 from ddrnet.engine.losses import (
@@ -32,8 +32,8 @@ from ddrnet.engine.losses import (
 )
 from ddrnet.limits import check_training_crop
 from ddrnet.models import create_model, load_weights
-from ddrnet.models.checkpoint import read_checkpoint
-from ddrnet.models.ddrnet import MainAndAuxiliary
+from ddrnet.models.checkpoint import RawCheckpoint, read_checkpoint
+from ddrnet.models.ddrnet import DDRNetSpec, MainAndAuxiliary
 from ddrnet.models.widths import apply_channel_widths
 
 logger = logging.getLogger("ddrnet.engine.train")  # the run's log lines keep one source
@@ -137,12 +137,15 @@ def build_model(
         num_classes=labels.num_classes,
         aux_head=config.model.aux_head,
         width_multiplier=config.model.width_multiplier,
+        norm=config.model.norm,
+        norm_groups=config.model.norm_groups,
     )
     cfg_data = config.data
     check_training_crop(cfg_data.crop_size, cfg_data.batch_size, model.spec.planes, device, amp)
     widths: dict[str, list[int]] = {}
     if config.model.pretrained:
         raw = read_checkpoint(config.model.pretrained)
+        _check_pretrained_norm(raw, config.model)
         if raw.metadata is not None and raw.metadata.architecture == config.model.name:
             # A channel-pruned file (`ddrnet prune`): fine-tune its narrower layers.
             widths = raw.metadata.channel_widths
@@ -150,6 +153,26 @@ def build_model(
         report = load_weights(model, raw)
         logger.info(report.summary())
     return model, widths
+
+
+def _check_pretrained_norm(raw: RawCheckpoint, cfg_model: ModelConfig) -> None:
+    """Refuse a ``model.pretrained`` file whose norm layers are not the recipe's: BatchNorm
+    statistics do not load into GroupNorm, and GroupNorm of other group counts computes
+    something else. A file without metadata (an official checkpoint) has BatchNorm."""
+    recorded = raw.metadata.spec if raw.metadata is not None else {}
+    trained = _norm_name(
+        recorded.get("norm", "batch"), recorded.get("norm_groups", DDRNetSpec.norm_groups)
+    )
+    asked = _norm_name(cfg_model.norm, cfg_model.norm_groups)
+    if trained != asked:
+        raise ConfigError(
+            f"model.pretrained {raw.source} was trained with model.norm={trained}; "
+            f"the recipe asks for model.norm={asked}"
+        )
+
+
+def _norm_name(norm: str, groups: int) -> str:
+    return f"group (norm_groups={groups})" if norm == "group" else norm
 
 
 @dataclass
@@ -182,6 +205,7 @@ def prepare_models(
     if cfg_train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if ctx.enabled and device.type == "cuda":
+        # Converts BatchNorms only: GroupNorm (model.norm=group) needs no batch statistics.
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     forward: nn.Module = MainAndAuxiliary(model)
     if ctx.enabled:

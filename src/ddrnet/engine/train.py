@@ -138,9 +138,10 @@ def _checked_device(name: str) -> torch.device:
 def _set_up_process(
     config: Config, device: torch.device, ctx: DistributedContext
 ) -> torch.dtype | None:
-    """Refuse a batch too small for batch norm; set the process-wide settings of the run
-    (CPU threads, cuDNN's autotuner, the allocator, the seed of the initial weights) and
-    return autocast's dtype for ``train.amp`` (None: float32), which is logged."""
+    """Refuse a batch too small for batch norm (GroupNorm takes any); set the process-wide
+    settings of the run (CPU threads, cuDNN's autotuner, the allocator, the seed of the
+    initial weights) and return autocast's dtype for ``train.amp`` (None: float32), which is
+    logged."""
     cfg_train = config.train
     if cfg_train.threads:
         torch.set_num_threads(cfg_train.threads)
@@ -148,10 +149,11 @@ def _set_up_process(
         torch.backends.cudnn.benchmark = True
     if device.type == "cpu" and cfg_train.retain_freed_memory:
         retain_freed_memory()
-    if config.data.batch_size < 2:
+    if config.data.batch_size < 2 and config.model.norm == "batch":
         raise TrainingError(
             f"data.batch_size={config.data.batch_size}: training needs at least 2 images per "
-            "batch (batch norm estimates its statistics from the batch)"
+            "batch (batch norm estimates its statistics from the batch; model.norm=group "
+            "trains on single images)"
         )
     amp_dtype = resolve_precision(cfg_train.amp, device, option="train.amp")
     if ctx.is_main:

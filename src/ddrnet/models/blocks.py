@@ -6,6 +6,8 @@ published weights map onto these modules one to one.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -28,6 +30,27 @@ def conv_bn(
         ),
         nn.BatchNorm2d(out_channels, momentum=BN_MOMENTUM),
     ]
+
+
+def group_norm(channels: int, max_groups: int) -> nn.GroupNorm:
+    """GroupNorm over ``channels`` with the most groups up to ``max_groups`` that divide
+    them, ``gcd(channels, max_groups)`` (32 channels, 32 -> 32 groups; 48 -> 16), and
+    BatchNorm's eps (1e-5)."""
+    return nn.GroupNorm(math.gcd(channels, max_groups), channels)
+
+
+def replace_batch_norms(module: nn.Module, max_groups: int) -> None:
+    """Replace every ``BatchNorm2d`` under ``module`` by ``group_norm`` of its width, in place.
+
+    Each keeps its name, so state-dict keys stay ``...bn1.weight``/``...bn1.bias`` (GroupNorm
+    has no running statistics). Done on the built network rather than threading a norm choice
+    through every block, so the block code and the official key layout stay one.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, group_norm(child.num_features, max_groups))
+        else:
+            replace_batch_norms(child, max_groups)
 
 
 class BasicBlock(nn.Module):

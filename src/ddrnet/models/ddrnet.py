@@ -8,7 +8,8 @@ pre-training. The ``@register_model`` functions at the end (``ddrnet_23_slim``,
 ``ddrnet_23``, ``ddrnet_39`` and their ``_imagenet`` forms) are what ``ddrnet.create_model``
 calls. The parts live beside it, one concept a file: the residual blocks and heads in
 ``blocks.py``, DAPPM in ``dappm.py``; ``bn_folding.py`` folds BatchNorm into the
-convolutions for deployment.
+convolutions for deployment. ``DDRNetSpec.norm="group"`` builds every BatchNorm as a
+GroupNorm instead (``blocks.replace_batch_norms``), under the same names.
 
 Every resize is bilinear with ``align_corners=False`` and takes its target size from the
 tensors themselves, so any input size works (the official code computes ``H // 8`` and fails
@@ -32,11 +33,15 @@ from ddrnet.models.blocks import (
     SegmentationHead,
     conv_bn,
     make_res_layer,
+    replace_batch_norms,
 )
 from ddrnet.models.dappm import DAPPM
 from ddrnet.models.metadata import ModelMetadata
 from ddrnet.models.registry import register_model
 from ddrnet.models.widths import apply_channel_widths
+
+# The normalisation layers a DDRNet can be built with (``DDRNetSpec.norm``).
+NORMS = ("batch", "group")
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,11 @@ class DDRNetSpec:
         dappm_planes: width of each DAPPM scale.
         head_planes: width of the 3x3 conv in the segmentation heads.
         classifier_planes: width of the last 1x1 conv of the ImageNet classifier.
+        norm: ``"batch"`` (BatchNorm, the paper's) or ``"group"``: every BatchNorm becomes a
+            GroupNorm of ``gcd(channels, norm_groups)`` groups, whose statistics come from
+            each image alone, for batches of 1-4 per device; it cannot be folded into the
+            convolutions for deployment. Files written before this field load as ``"batch"``.
+        norm_groups: the most groups a GroupNorm has (ignored with ``norm="batch"``).
     """
 
     planes: int = 32
@@ -61,8 +71,16 @@ class DDRNetSpec:
     dappm_planes: int = 128
     head_planes: int = 64
     classifier_planes: int = 1024
+    norm: str = "batch"
+    norm_groups: int = 32
 
     def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if isinstance(self.norm_groups, bool) or not isinstance(self.norm_groups, int):
+            raise ValueError(f"norm_groups must be an integer, got {self.norm_groups!r}")
+        if self.norm_groups < 1:
+            raise ValueError(f"norm_groups must be at least 1, got {self.norm_groups}")
         if len(self.blocks) != 4 or any(count < 1 for count in self.blocks):
             raise ValueError(f"blocks must be four positive counts, got {self.blocks}")
         if self.blocks[2] % self.stage3_splits:
@@ -85,7 +103,14 @@ class DDRNetSpec:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "blocks": list(self.blocks)}
+        """The spec as JSON-ready values. The norm fields are left out at their defaults, so
+        a BatchNorm model's metadata is what it was before they existed (and stays readable
+        by versions that predate them); ``from_dict`` restores the defaults."""
+        values = {**dataclasses.asdict(self), "blocks": list(self.blocks)}
+        for name in _LATER_FIELDS:
+            if values[name] == _DEFAULTS[name]:
+                del values[name]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DDRNetSpec:
@@ -97,6 +122,11 @@ class DDRNetSpec:
         if "blocks" in values:
             values["blocks"] = tuple(int(count) for count in values["blocks"])
         return cls(**values)
+
+
+# Fields added after model files were first written; ``to_dict`` omits them at their defaults.
+_LATER_FIELDS = ("norm", "norm_groups")
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(DDRNetSpec)}
 
 
 def _upsample_to(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -227,12 +257,15 @@ class DualResolutionBackbone(nn.Module):
         return BackboneOutput(high=high, low=low, aux=aux)
 
 
-def _init_weights(module: nn.Module) -> None:
-    """Kaiming-normal convolutions (fan-out, ReLU gain) and unit BatchNorm, as officially."""
-    for layer in module.modules():
+def _finish(model: nn.Module, spec: DDRNetSpec) -> None:
+    """GroupNorm in place of every BatchNorm when ``spec.norm`` asks, then the official
+    initialisation: Kaiming-normal convolutions (fan-out, ReLU gain), unit norm layers."""
+    if spec.norm == "group":
+        replace_batch_norms(model, spec.norm_groups)
+    for layer in model.modules():
         if isinstance(layer, nn.Conv2d):
             nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(layer, nn.BatchNorm2d):
+        elif isinstance(layer, (nn.BatchNorm2d, nn.GroupNorm)):
             nn.init.ones_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -262,7 +295,7 @@ class DDRNet(nn.Module):
         self.aux_head = (
             SegmentationHead(spec.planes * 2, spec.head_planes, num_classes) if aux_head else None
         )
-        _init_weights(self)
+        _finish(self, spec)
 
     def _decode(self, features: BackboneOutput) -> torch.Tensor:
         context = _upsample_to(self.dappm(features.low), features.high)
@@ -336,7 +369,7 @@ class DDRNetClassifier(nn.Module):
             nn.AdaptiveAvgPool2d((1, 1)),
         )
         self.classifier = nn.Linear(spec.classifier_planes, num_classes)
-        _init_weights(self)
+        _finish(self, spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.backbone(x)
@@ -354,14 +387,23 @@ DDRNET39_SPEC = DDRNetSpec(
 
 
 def _variant_spec(
-    default: DDRNetSpec, spec: DDRNetSpec | None, width_multiplier: float
+    default: DDRNetSpec,
+    spec: DDRNetSpec | None,
+    width_multiplier: float,
+    norm: str | None,
+    norm_groups: int | None,
 ) -> DDRNetSpec:
-    """The topology to build: a recorded ``spec`` as is, else ``default`` widened."""
+    """The topology to build: a recorded ``spec`` as is, else ``default`` widened and with
+    the ``norm``/``norm_groups`` asked for (None: the default's)."""
     if spec is not None:
-        if width_multiplier != 1.0:
-            raise ValueError("give spec or width_multiplier, not both: a spec is already widened")
+        if width_multiplier != 1.0 or norm is not None or norm_groups is not None:
+            raise ValueError(
+                "give spec or width_multiplier/norm, not both: a spec records its widths and norm"
+            )
         return spec
-    return default if width_multiplier == 1.0 else default.widened(width_multiplier)
+    built = default if width_multiplier == 1.0 else default.widened(width_multiplier)
+    asked = {"norm": norm, "norm_groups": norm_groups}
+    return dataclasses.replace(built, **{k: v for k, v in asked.items() if v is not None})
 
 
 def _segmenter(
@@ -371,9 +413,12 @@ def _segmenter(
     width_multiplier: float = 1.0,
     spec: DDRNetSpec | None = None,
     channel_widths: dict[str, list[int]] | None = None,
+    norm: str | None = None,
+    norm_groups: int | None = None,
 ) -> DDRNet:
     """A segmentation variant; ``channel_widths`` narrows a channel-pruned model's layers."""
-    model = DDRNet(_variant_spec(default, spec, width_multiplier), num_classes, aux_head)
+    topology = _variant_spec(default, spec, width_multiplier, norm, norm_groups)
+    model = DDRNet(topology, num_classes, aux_head)
     return apply_channel_widths(model, channel_widths or {})
 
 
@@ -383,9 +428,12 @@ def _classifier(
     width_multiplier: float = 1.0,
     spec: DDRNetSpec | None = None,
     channel_widths: dict[str, list[int]] | None = None,
+    norm: str | None = None,
+    norm_groups: int | None = None,
 ) -> DDRNetClassifier:
     """An ImageNet form; it has no auxiliary head, so it takes no ``aux_head``."""
-    model = DDRNetClassifier(_variant_spec(default, spec, width_multiplier), num_classes)
+    topology = _variant_spec(default, spec, width_multiplier, norm, norm_groups)
+    model = DDRNetClassifier(topology, num_classes)
     return apply_channel_widths(model, channel_widths or {})
 
 

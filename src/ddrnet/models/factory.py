@@ -37,6 +37,8 @@ def create_model(
     weights: WeightsEnum | None = None,
     aux_head: bool = False,
     width_multiplier: float = 1.0,
+    norm: str | None = None,
+    norm_groups: int | None = None,
 ) -> nn.Module:
     """Build a DDRNet variant, optionally with weights.
 
@@ -55,6 +57,11 @@ def create_model(
         aux_head: build the auxiliary head used for deep supervision in training.
         width_multiplier: scale branch and head widths (e.g. 1.5 for DDRNet-39 1.5x); a
             self-describing file's recorded widths take its place.
+        norm: ``"batch"`` or ``"group"`` (GroupNorm in place of every BatchNorm, of
+            ``gcd(channels, norm_groups)`` groups; ``DDRNetSpec.norm``); None: the variant's,
+            BatchNorm. A self-describing file's recorded norm takes the place of both, so a
+            model trained with GroupNorm is rebuilt with it.
+        norm_groups: the most groups of a GroupNorm; None: the variant's, 32.
 
     The returned model is in eval mode and carries ``model.metadata`` (a ``ModelMetadata``)
     with classes, palette and normalisation for prediction.
@@ -75,7 +82,9 @@ def create_model(
     info = variant_info(name)
     if aux_head and info.task != "segmentation":
         raise ValueError(f"{name} is an ImageNet classifier: it has no auxiliary head")
-    kwargs = _builder_kwargs(raw, name, aux_head, width_multiplier)
+    widened = width_multiplier if width_multiplier != 1.0 else None
+    asked = {"width_multiplier": widened, "norm": norm, "norm_groups": norm_groups}
+    kwargs = _builder_kwargs(raw, name, aux_head, asked)
     if num_classes is None and metadata is not None:
         num_classes = metadata.num_classes
     if num_classes is None and raw is not None:
@@ -106,12 +115,13 @@ def create_model(
 
 
 def _builder_kwargs(
-    raw: RawCheckpoint | None, name: str, aux_head: bool, width_multiplier: float
+    raw: RawCheckpoint | None, name: str, aux_head: bool, topology: dict[str, Any]
 ) -> dict[str, Any]:
     """The builder's keyword arguments but ``num_classes``. A file of this architecture
-    brings its recorded ``spec`` (already widened) and ``channel_widths`` (pruned layers);
-    defaults are left out, so that a builder without an auxiliary head never sees
-    ``aux_head``."""
+    brings its recorded ``spec`` (already widened, with its norm) and ``channel_widths``
+    (pruned layers) in place of ``topology`` (``width_multiplier``, ``norm``,
+    ``norm_groups``; None where not asked). Defaults are left out, so that a builder without
+    an auxiliary head never sees ``aux_head``."""
     kwargs: dict[str, Any] = {"aux_head": True} if aux_head else {}
     metadata = raw.metadata if raw is not None else None
     if raw is not None and metadata is not None and metadata.architecture == name:
@@ -121,6 +131,6 @@ def _builder_kwargs(
             raise CheckpointError(f"{raw.source}: metadata spec: {error}") from None
         if metadata.channel_widths:
             kwargs["channel_widths"] = metadata.channel_widths
-    elif width_multiplier != 1.0:
-        kwargs["width_multiplier"] = width_multiplier
+    else:
+        kwargs.update({k: v for k, v in topology.items() if v is not None})
     return kwargs

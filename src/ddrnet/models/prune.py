@@ -101,6 +101,12 @@ def _check_prunable(model: nn.Module) -> None:
         raise PruningError(
             f"only DDRNet segmentation models can be pruned, not {type(model).__name__}"
         )
+    if model.spec.norm != "batch":
+        # Narrowed GroupNorms would need their group counts kept consistent with the widths
+        # (gcd of each new width), which neither torch-pruning nor the recorded widths do.
+        raise PruningError(
+            f"pruning supports BatchNorm models only; this one uses {model.spec.norm} norm"
+        )
 
 
 def _ignored_layers(model: nn.Module) -> list[nn.Module]:

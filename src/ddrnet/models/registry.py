@@ -7,8 +7,10 @@ check. ``ddrnet.create_model(name, ...)`` looks the name up here and calls the b
 the keyword arguments it was given: there is no other way a model gets built.
 
 A builder takes, all optional: ``num_classes``, ``aux_head`` (segmentation only),
-``width_multiplier``, ``spec`` (a topology recorded in a model file, used as is) and
-``channel_widths`` (a channel-pruned file's narrower layers, ``ddrnet.models.widths``).
+``width_multiplier``, ``norm`` and ``norm_groups`` (``DDRNetSpec``'s: GroupNorm in place of
+BatchNorm), ``spec`` (a topology recorded in a model file, used as is, in place of the last
+three) and ``channel_widths`` (a channel-pruned file's narrower layers,
+``ddrnet.models.widths``).
 """
 
 from __future__ import annotations
