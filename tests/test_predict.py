@@ -337,3 +337,19 @@ def test_the_pixel_cap_counts_the_largest_scale(camvid_model_file, camvid_frames
             SegmentationRunner(model, torch.device("cpu"), scales=scales)
         with pytest.raises(ValueError, match=r"outside \(0, 4\]"):
             ddrnet.Predictor(model, scales=scales).predict(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_predictor_refuses_images_over_its_pixel_cap_before_running_them() -> None:
+    from ddrnet.limits import InputTooLargeError
+
+    from helpers import camvid_model
+
+    model = camvid_model()
+    frame = np.zeros((10, 20, 3), np.uint8)  # 200 pixels
+    with pytest.raises(InputTooLargeError, match=r"image: 20x10 is 0.0 megapixels, over the"):
+        ddrnet.Predictor(model, max_pixels=199).predict(frame)
+    assert ddrnet.Predictor(model, max_pixels=200).predict(frame).shape == (10, 20)
+    # Test-time scales above 1 count: 200 pixels at scale 2 are 800.
+    with pytest.raises(InputTooLargeError, match="at scale 2"):
+        ddrnet.Predictor(model, scales=(1.0, 2.0), max_pixels=799).predict(frame)
+    assert ddrnet.Predictor(model, max_pixels=None).predict(frame).shape == (10, 20)

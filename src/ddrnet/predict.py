@@ -169,7 +169,10 @@ class SegmentationRunner:
         flip: bool = False,
         alpha: float = 0.5,
     ) -> None:
-        self.predictor = Predictor(model, device, scales=scales, flip=flip, amp_dtype=amp_dtype)
+        # The image and video paths check each input's size (--max-pixels) before decoding.
+        self.predictor = Predictor(
+            model, device, scales=scales, flip=flip, amp_dtype=amp_dtype, max_pixels=None
+        )
         self.scales = self.predictor.scales
         self.alpha = alpha
         self.warmup_ms: float | None = None

@@ -143,7 +143,8 @@ class SegmentationService:
         amp_dtype: torch.dtype | None = None,
     ) -> None:
         self.model = model.eval()
-        self.predictor = Predictor(self.model, device=device, amp_dtype=amp_dtype)
+        # decode_image refuses uploads over the server's max_pixels before decoding them.
+        self.predictor = Predictor(self.model, device=device, amp_dtype=amp_dtype, max_pixels=None)
         info = class_info(model)
         self.class_names = list(info.names)
         self.palette = [list(colour) for colour in info.palette]

@@ -25,7 +25,7 @@ from ddrnet.engine.inference import (
     segment_logits,
     to_fast_layout,
 )
-from ddrnet.limits import check_scales
+from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels, check_scales
 from ddrnet.models.metadata import normalisation
 
 ImageInput = np.ndarray | str | Path
@@ -77,6 +77,9 @@ class Predictor:
             (``to_fast_layout``: BatchNorm folded, channels-last), the caller's model left
             as it is. A memory format: the model is run as given, on the device it is on,
             inputs in that format (the training loop evaluates its live model this way).
+        max_pixels: images with more pixels (at the largest test-time scale) are refused
+            with ``ddrnet.limits.InputTooLargeError`` before anything is allocated for them;
+            None: no cap (for callers that checked the image's header already).
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class Predictor:
         stride: tuple[int, int] | None = None,
         *,
         prepared: torch.memory_format | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         default_mean, default_std = normalisation(model)
         self.mean = tuple(mean or default_mean)
@@ -99,6 +103,7 @@ class Predictor:
         self.device = torch.device(device)
         self.scales, self.flip = check_scales(scales), flip
         self.window, self.stride = window, stride
+        self.max_pixels = max_pixels
         self.amp_dtype = amp_dtype
         self.num_classes = model_num_classes(model)
         self.label_dtype = label_dtype(self.num_classes)
@@ -115,7 +120,12 @@ class Predictor:
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` uint8 (0..255) or float (0..1) RGB -> the normalised float32
-        batch on the device, in the model's memory format."""
+        batch on the device, in the model's memory format; refuses images over
+        ``max_pixels``."""
+        if self.max_pixels is not None:
+            height, width = images.shape[-2:]
+            hint = "Predictor(max_pixels=...) raises it"
+            check_pixels("image", width, height, self.max_pixels, max(self.scales), hint)
         return normalize(images.to(self.device), self.mean, self.std, self.memory_format)
 
     @torch.no_grad()
