@@ -183,6 +183,35 @@ def test_static_resize_is_detected(tmp_path):
         assert len(static_resize_nodes(onnx.load(str(path)))) == frozen
 
 
+def test_a_refused_or_failed_export_leaves_the_previous_file(model, tmp_path, monkeypatch):
+    from ddrnet.deploy import quantize as quantize_module
+    from ddrnet.deploy.onnx_file import ExportError
+
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"the user's earlier export")
+
+    def refuse(model):
+        raise onnx.checker.ValidationError("made-up defect")
+
+    monkeypatch.setattr(onnx.checker, "check_model", refuse)
+    with pytest.raises(ExportError, match=r"model.onnx: the ONNX checker rejects"):
+        export_onnx(model, target)
+    monkeypatch.undo()
+    assert target.read_bytes() == b"the user's earlier export"
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx")
+    int8 = tmp_path / "int8.onnx"
+    int8.write_bytes(b"an earlier INT8 file")
+
+    def crash(path):
+        raise OSError("killed")
+
+    monkeypatch.setattr(quantize_module, "_mark_openvino_fixed_size", crash)
+    with pytest.raises(OSError, match="killed"):
+        quantize_onnx_int8(fp32, int8, [np.zeros((64, 64, 3), np.uint8)], size=(64, 64))
+    assert int8.read_bytes() == b"an earlier INT8 file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32.onnx", "int8.onnx", "model.onnx"]
+
+
 def test_torchscript_runs_at_other_sizes_and_batches(model, camvid_val, tmp_path):
     path = export_torchscript(model, tmp_path / "slim.pt", (360, 480))
     loaded = torch.jit.load(str(path))

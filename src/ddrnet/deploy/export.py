@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddrnet.atomic import atomic_copy
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.limits import check_pixels
 from ddrnet.models.bn_folding import FusionError, fuse_conv_bn, unwrapped_copy
@@ -176,9 +178,14 @@ def export_onnx(
         warnings.filterwarnings(
             "ignore", category=torch.jit.TracerWarning, module="torch.nn.functional"
         )
-        torch.onnx.export(wrapper, (example,), str(path), **export_kwargs)
-    options = {"argmax": argmax, "upsample_to_input": upsample_to_input, "dynamic": dynamic}
-    _check_and_describe(path, dynamic, options, getattr(model, "metadata", None))
+        # Exported, checked and described in a scratch folder, then copied into place whole:
+        # a graph the checks refuse, or a kill, never leaves a file under the user's name.
+        with tempfile.TemporaryDirectory(prefix="ddrnet-onnx-") as scratch:
+            draft = Path(scratch) / "model.onnx"
+            torch.onnx.export(wrapper, (example,), str(draft), **export_kwargs)
+            options = {"argmax": argmax, "upsample_to_input": upsample_to_input, "dynamic": dynamic}
+            _check_and_describe(draft, path, dynamic, options, getattr(model, "metadata", None))
+            atomic_copy(draft, path)
     return path
 
 
@@ -217,14 +224,15 @@ def _exporter_options(
 
 
 def _check_and_describe(
-    path: Path, dynamic: bool, options: dict[str, bool], metadata: object | None
+    draft: Path, path: Path, dynamic: bool, options: dict[str, bool], metadata: object | None
 ) -> None:
-    """Check the file ``torch.onnx.export`` wrote (the ONNX checker; no frozen Resize
-    sizes when ``dynamic``), then store the export ``options`` and the model's
-    ``ModelMetadata`` in its ``metadata_props`` (``ddrnet.deploy.onnx_file``)."""
+    """Check the file ``draft`` that ``torch.onnx.export`` wrote (the ONNX checker; no frozen
+    Resize sizes when ``dynamic``), then store the export ``options`` and the model's
+    ``ModelMetadata`` in its ``metadata_props`` (``ddrnet.deploy.onnx_file``). Errors name
+    ``path``, where the file is meant to go."""
     import onnx
 
-    onnx_model = onnx.load(str(path))
+    onnx_model = onnx.load(str(draft))
     try:
         onnx.checker.check_model(onnx_model)
     except onnx.checker.ValidationError as error:
@@ -241,7 +249,7 @@ def _check_and_describe(
     if metadata is not None and hasattr(metadata, "to_json"):
         props[METADATA_KEY] = metadata.to_json()
     onnx.helper.set_model_props(onnx_model, props)
-    onnx.save(onnx_model, str(path))
+    onnx.save(onnx_model, str(draft))
 
 
 def export_torchscript(

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ddrnet.atomic import atomic_copy
 from ddrnet.data.io import IMAGE_SUFFIXES
 from ddrnet.deploy.onnx_file import (
     OPENVINO_FIXED_SIZE_KEY,
@@ -226,8 +227,9 @@ def quantize_onnx_int8(
     if method not in methods:
         raise ValueError(f"method must be one of {CALIBRATION_METHODS}, got {method!r}")
     reader = _calibration_reader(fp32_path, calibration_images, mean, std, size)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ddrnet-quant-") as scratch:
+        # Written and marked in the scratch folder, then copied into place whole.
+        draft = Path(scratch) / "int8.onnx"
         model_input = _graph_to_quantise(fp32_path, Path(scratch), preprocess, pools_as_convs)
         # Matched on the graph being quantised: pre-processing may merge or drop nodes.
         excluded = _matching_nodes(model_input, keep_float)
@@ -236,7 +238,7 @@ def quantize_onnx_int8(
         with _without_per_channel_axis_warnings():
             quantize_static(
                 str(model_input),
-                str(out_path),
+                str(draft),
                 reader,
                 quant_format=QuantFormat.QDQ,
                 per_channel=per_channel,
@@ -246,8 +248,9 @@ def quantize_onnx_int8(
                 calibrate_method=methods[method],
                 nodes_to_exclude=excluded or None,
             )
-    if openvino_fixed_size:
-        _mark_openvino_fixed_size(out_path)
+        if openvino_fixed_size:
+            _mark_openvino_fixed_size(draft)
+        atomic_copy(draft, out_path)
     return out_path
 
 
