@@ -25,7 +25,13 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     The temporary is named ``.<name>.<random>.tmp``; ``remove_stale_temporaries`` finds the
     ones a kill left behind. An ``OSError`` names ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        handle, temporary = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+        )
+    except OSError as error:
+        error.filename = str(path)  # the file asked for, not our temporary's random name
+        raise
     try:
         with os.fdopen(handle, "wb") as stream:
             write(stream)

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ddrnet.atomic import atomic_write_text
 from ddrnet.cli.options import (
     NON_NEGATIVE_FLOAT,
     POSITIVE_FLOAT,
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             "backends": {name: BACKENDS[name] for name in backends},
             "rows": rows,
         }
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+        atomic_write_text(json.dumps(result, indent=2, default=str), Path(args.json))
         print(f"results written to {args.json}")
     if all(row.get("error") for row in rows if row["backend"] in backends):
         print("ddrnet bench: every backend asked for failed (see above)", file=sys.stderr)

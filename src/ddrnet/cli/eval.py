@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+from ddrnet.atomic import atomic_write_text
 from ddrnet.cli.options import (
     POSITIVE_INT,
     add_amp_option,
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             **metrics.to_dict(names),
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        atomic_write_text(json.dumps(result, indent=2), Path(args.json))
         print(f"metrics written to {args.json}")
     return 0
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ddrnet.atomic import atomic_write
 from ddrnet.errors import DDRNetError
 
 # What counts as an image file wherever files are picked from a folder or a pattern (inputs
@@ -123,12 +124,12 @@ def read_color_label(path: str | Path) -> np.ndarray:
 
 
 def write_png(path: str | Path, array: np.ndarray, palette: list[list[int]] | None = None) -> None:
-    """Write ``(H, W)`` indices (as an indexed PNG when a palette is given) or ``(H, W, 3)``."""
+    """Write ``(H, W)`` indices (as an indexed PNG when a palette is given) or ``(H, W, 3)``,
+    whole or not at all (``ddrnet.atomic``: a kill never leaves half an earlier result)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(array)
     if palette is not None and array.ndim == 2:
         # putpalette turns an 'L' image into 'P' while keeping the index values.
         flat = [channel for colour in palette for channel in colour]
         image.putpalette(flat + [0] * (768 - len(flat)))
-    image.save(path)
+    atomic_write(path, lambda stream: image.save(stream, format="PNG"))

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddrnet.atomic import atomic_copy
+from ddrnet.atomic import atomic_copy, atomic_write
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.limits import check_pixels
 from ddrnet.models.bn_folding import FusionError, fuse_conv_bn, unwrapped_copy
@@ -283,8 +283,7 @@ def export_torchscript(
         traced = torch.jit.trace(wrapper, example)
         if freeze:
             traced = torch.jit.freeze(traced)
-    # Through a Python file object: a folder we may not write to gives an OSError naming
-    # the file (torch's own writer raises a bare RuntimeError).
-    with path.open("wb") as stream:
-        torch.jit.save(traced, stream)
+    # Through a Python file object (ddrnet.atomic's): a folder we may not write to gives an
+    # OSError naming the file (torch's own writer raises a bare RuntimeError).
+    atomic_write(path, lambda stream: torch.jit.save(traced, stream))
     return path
