@@ -8,9 +8,9 @@ at 480x360, the stages of one frame, each timed:
 - ``before``: the tail as it was: normalise into an NCHW tensor, copy it into the model's
   memory format, forward, ``F.interpolate`` the logits to 360x480, ``max`` over the classes,
   convert the ids to uint8;
-- ``after``: ``Predictor``'s code now: normalise straight into the model's memory format,
-  forward, ``upsampled_class_ids`` (OpenCV's resize of class-interleaved logits and an
-  arg-max over the contiguous class axis), uint8.
+- ``after``: ``Predictor``'s code now: the same normalisation, forward,
+  ``upsampled_class_ids`` (OpenCV's resize of class-interleaved logits, then torch's ``max``
+  over the contiguous class axis), uint8.
 
 Both take turns frame by frame, so load that drifts hits both alike; medians over the frames.
 The class ids of both are compared (they may differ at float32 near-ties). Run on an otherwise

@@ -109,10 +109,9 @@ class TrainStep:
         ``targets``: ``(N, H, W)`` int64 class ids with the ignore index for void.
         """
         run = self.run
-        layout = torch.channels_last if run.config.train.channels_last else torch.contiguous_format
-        images = normalize(
-            images.to(run.device, non_blocking=True), self.data.mean, self.data.std, layout
-        )
+        images = normalize(images.to(run.device, non_blocking=True), self.data.mean, self.data.std)
+        if run.config.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         targets = targets.to(run.device, non_blocking=True)
         with autocast(run.device, run.amp_dtype):
             main, aux = self.models.forward(images)

@@ -126,7 +126,8 @@ class Predictor:
             height, width = images.shape[-2:]
             hint = "Predictor(max_pixels=...) raises it"
             check_pixels("image", width, height, self.max_pixels, max(self.scales), hint)
-        return normalize(images.to(self.device), self.mean, self.std, self.memory_format)
+        batch = normalize(images.to(self.device), self.mean, self.std)
+        return batch.contiguous(memory_format=self.memory_format)
 
     @torch.no_grad()
     def class_ids(self, images: torch.Tensor) -> torch.Tensor:
