@@ -109,6 +109,22 @@ def tiny_config(camvid_root: Path, output: Path, epochs: int = 2, extra=()) -> C
     return load_config(Config, None, tiny_overrides(camvid_root, output, epochs) + list(extra))
 
 
+def straight_and_resumed(
+    camvid_root: Path, folder: Path, epochs: int, extra=()
+) -> tuple[Path, Path]:
+    """Two tiny runs of ``epochs`` epochs with the ``extra`` overrides: ``folder/straight``
+    trained in one go, and ``folder/split`` stopped after its first epoch
+    (``train.max_minutes=0``), then resumed; returns both run folders."""
+    from ddrnet.engine.train import train
+
+    straight, split = folder / "straight", folder / "split"
+    train(tiny_config(camvid_root, straight, epochs, extra))
+    train(tiny_config(camvid_root, split, epochs, [*extra, "train.max_minutes=0"]))
+    assert torch.load(split / "last.pt", weights_only=True)["epoch"] == 1
+    train(tiny_config(camvid_root, split, epochs, extra), resume=True)
+    return straight, split
+
+
 @contextmanager
 def serving(app: Any, **options: Any) -> Iterator[Any]:
     """``ddrnet.serve.make_server(app, "127.0.0.1", 0, **options)`` answering in a daemon

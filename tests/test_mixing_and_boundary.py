@@ -15,7 +15,7 @@ from ddrnet.engine.config import Config
 from ddrnet.engine.losses import CrossEntropy, OhemCrossEntropy, boundary_mask
 from ddrnet.engine.train import train
 
-from helpers import tiny_config
+from helpers import straight_and_resumed, tiny_config
 
 VOID = 255
 
@@ -133,11 +133,7 @@ def test_training_with_classmix_and_boundary_term_runs_and_resumes_exactly(
     camvid_root, tmp_path
 ) -> None:
     extra = ["data.class_mix=1.0", "loss.boundary_weight=1.0"]
-    straight = tmp_path / "straight"
-    train(tiny_config(camvid_root, straight, epochs=2, extra=extra))
-    split = tmp_path / "split"
-    train(tiny_config(camvid_root, split, epochs=2, extra=extra + ["train.max_minutes=0"]))
-    train(tiny_config(camvid_root, split, epochs=2, extra=extra), resume=True)
+    straight, split = straight_and_resumed(camvid_root, tmp_path, epochs=2, extra=extra)
     a = torch.load(straight / "last.pt", weights_only=True)
     b = torch.load(split / "last.pt", weights_only=True)
     for key, value in a["model"].items():

@@ -25,7 +25,7 @@ from ddrnet.engine.train import TrainingError, train
 from ddrnet.limits import InputTooLargeError
 from ddrnet.models import CheckpointError
 
-from helpers import tiny_config, tiny_overrides
+from helpers import straight_and_resumed, tiny_config, tiny_overrides
 
 
 def test_run_writes_config_metrics_and_a_self_describing_model(camvid_root, tmp_path) -> None:
@@ -43,12 +43,7 @@ def test_run_writes_config_metrics_and_a_self_describing_model(camvid_root, tmp_
 
 
 def test_resume_continues_exactly(camvid_root, tmp_path) -> None:
-    straight = train(tiny_config(camvid_root, tmp_path / "straight", epochs=3))
-    split = tmp_path / "split"
-    train(tiny_config(camvid_root, split, epochs=3, extra=["train.max_minutes=0"]))  # stops after 1
-    first = torch.load(split / "last.pt", weights_only=True)
-    assert first["epoch"] == 1
-    train(tiny_config(camvid_root, split, epochs=3), resume=True)
+    straight, split = straight_and_resumed(camvid_root, tmp_path, epochs=3)
     a = torch.load(straight / "last.pt", weights_only=True)
     b = torch.load(split / "last.pt", weights_only=True)
     assert a["epoch"] == b["epoch"] == 3 and a["iteration"] == b["iteration"] == 6
@@ -59,10 +54,7 @@ def test_resume_continues_exactly(camvid_root, tmp_path) -> None:
 
 def test_ema_run_resumes_exactly_and_ships_the_average(camvid_root, tmp_path) -> None:
     ema = ["train.ema_decay=0.9"]
-    straight = train(tiny_config(camvid_root, tmp_path / "straight", epochs=3, extra=ema))
-    split = tmp_path / "split"
-    train(tiny_config(camvid_root, split, epochs=3, extra=ema + ["train.max_minutes=0"]))
-    train(tiny_config(camvid_root, split, epochs=3, extra=ema), resume=True)
+    straight, split = straight_and_resumed(camvid_root, tmp_path, epochs=3, extra=ema)
     a = torch.load(straight / "last.pt", weights_only=True)
     b = torch.load(split / "last.pt", weights_only=True)
     for key, value in a["state_dict_ema"].items():

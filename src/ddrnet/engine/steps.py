@@ -159,9 +159,11 @@ def _check_pretrained_norm(raw: RawCheckpoint, cfg_model: ModelConfig) -> None:
     """Refuse a ``model.pretrained`` file whose norm layers are not the recipe's: BatchNorm
     statistics do not load into GroupNorm, and GroupNorm of other group counts computes
     something else. A file without metadata (an official checkpoint) has BatchNorm."""
+    # The spec's own defaults where the file predates the norm fields.
     recorded = raw.metadata.spec if raw.metadata is not None else {}
     trained = _norm_name(
-        recorded.get("norm", "batch"), recorded.get("norm_groups", DDRNetSpec.norm_groups)
+        recorded.get("norm", DDRNetSpec.norm),
+        recorded.get("norm_groups", DDRNetSpec.norm_groups),
     )
     asked = _norm_name(cfg_model.norm, cfg_model.norm_groups)
     if trained != asked:
