@@ -12,13 +12,21 @@ against ms per frame. Run on an otherwise idle machine:
 
     python benchmarks/pruning_tradeoff.py [--models A B ...] [--speed-only C ...]
         [--camvid ../shared/data/camvid] [--images 101] [--frames 30] [--threads 2]
-        [--plot benchmarks/pruning_tradeoff.png] [--json out.json]
+        [--plot benchmarks/pruning_tradeoff.png] [--json out.json] [--max-isa AVX2]
+
+``--max-isa AVX2`` runs the table as an AVX2 laptop without VNNI or native bf16 would, on a
+machine that has them: the script starts again with oneDNN's ``ONEDNN_MAX_CPU_ISA`` (PyTorch's
+and OpenVINO's convolutions), OpenVINO's ``OV_CPU_MAX_ISA`` and PyTorch's
+``ATEN_CPU_CAPABILITY`` set, and leaves out ONNX Runtime and ncnn, which choose their kernels
+from the CPU itself and cannot be capped. The same cores at AVX2 width, not a laptop's clock
+or caches: a stand-in for the laptop's ratios, not its frame rate.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -30,7 +38,7 @@ import ddrnet
 from ddrnet.data.camvid import camvid
 from ddrnet.deploy import load_calibration_images
 from ddrnet.engine.evaluate import evaluate
-from ddrnet.hardware import describe_cpu
+from ddrnet.hardware import describe_cpu, onednn_isa_cap
 from ddrnet.models import count_macs, count_parameters
 from ddrnet.predict import SegmentationRunner
 
@@ -64,6 +72,10 @@ def forms_of(
     forms = deployed_forms(model, scratch, calibration, threads)
     forms.pop("eager_bf16", None)  # the fp32 comparison; bf16 is the CPU's own question
     forms.pop("openvino_bf16", None)
+    if onednn_isa_cap():  # ONNX Runtime and ncnn pick kernels from CPUID: no cap reaches them
+        forms.pop("ort", None)
+        forms.pop("ort_int8", None)
+        return model, forms
     ncnn = ncnn_form(model, scratch, threads)
     if ncnn is not None:
         forms["ncnn"] = (ncnn, None)
@@ -149,6 +161,17 @@ def plot(rows: list[dict], path: Path) -> None:
     print(f"picture written to {path}")
 
 
+def restart_capped(isa: str) -> None:
+    """Run this script again with every capable runtime capped to ``isa`` (set before they
+    load: oneDNN reads its cap once, at its first kernel)."""
+    os.environ.update(
+        ONEDNN_MAX_CPU_ISA=isa,
+        OV_CPU_MAX_ISA=isa,
+        ATEN_CPU_CAPABILITY="avx2" if isa == "AVX2" else "avx512",
+    )
+    os.execv(sys.executable, [sys.executable, *sys.argv])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -162,7 +185,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--plot", type=Path, default=Path(__file__).with_suffix(".png"))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--max-isa", type=str.upper, choices=["AVX2", "AVX512_CORE"])
     args = parser.parse_args()
+    if args.max_isa and onednn_isa_cap() != args.max_isa:
+        restart_capped(args.max_isa)
     torch.set_num_threads(args.threads)
     rows = measure(args)
     report(rows)

@@ -348,6 +348,34 @@ def test_cpu_capabilities_come_from_the_cpu_flags(monkeypatch) -> None:
     assert not hardware.cpu_has_native_bf16()
 
 
+def test_an_onednn_isa_cap_hides_what_the_kernels_may_not_use(monkeypatch) -> None:
+    """ONEDNN_MAX_CPU_ISA makes PyTorch's and OpenVINO's kernels run as on a lesser CPU: on a
+    Sapphire Rapids capped to AVX2 neither bf16 nor VNNI is there; AVX512_CORE_VNNI keeps VNNI
+    only; AVX512_CORE_AMX (or no cap, or ALL) keeps both; the older DNNL_ name counts too."""
+    from ddrnet import hardware
+
+    monkeypatch.setattr(hardware, "_torch_cpu_check", lambda name: False)
+    monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
+    flags = frozenset("avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_int8".split())
+    monkeypatch.setattr(hardware, "_cpu_flags", lambda: flags)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    cases = [
+        ("avx2", False, False),
+        ("AVX512_CORE", False, False),
+        ("AVX512_CORE_VNNI", False, True),
+        ("AVX512_CORE_AMX", True, True),
+        ("ALL", True, True),
+        ("", True, True),
+    ]
+    for cap, bf16, int8 in cases:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert (hardware.cpu_has_native_bf16(), hardware.cpu_has_int8_dot_product()) == (bf16, int8)
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert hardware.onednn_isa_cap() == "AVX2" and not hardware.cpu_has_int8_dot_product()
+    assert hardware.describe_cpu().endswith("oneDNN capped to AVX2)")
+
+
 def test_steps_skipped_by_fp16_loss_scaling_leave_the_optimizer_state_finite() -> None:
     """GradScaler skips a step whose gradients overflowed; the optimizer must then change
     nothing. Fused SGD wrote such gradients into its momentum buffers (and the next step

@@ -12,11 +12,17 @@ Two facts decide which reduced precisions help on a CPU:
   int16. With full-range 8-bit weights that clips large products and costs a quantised
   DDRNet mIoU (ONNX Runtime's and OpenVINO's documented overflow issue); 7-bit weights
   (``reduce_range``) cannot saturate. VNNI, AMX and ARM accumulate in int32 directly.
+
+oneDNN's ``ONEDNN_MAX_CPU_ISA`` (older name ``DNNL_MAX_CPU_ISA``) caps the instructions that
+PyTorch's and OpenVINO's convolutions use; set to ``AVX2`` on an AVX-512 machine it makes them
+run as on an AVX2 laptop without VNNI. Both answers below honour such a cap, so precision
+choices and benchmark headers match the kernels that will actually run.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from pathlib import Path
 
@@ -50,6 +56,22 @@ def _torch_cpu_check(name: str) -> bool:
     return bool(check()) if check is not None else False
 
 
+def onednn_isa_cap() -> str | None:
+    """The oneDNN instruction-set cap set in the environment (upper case, e.g. ``AVX2``), or
+    None when oneDNN may use everything the CPU has."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    cap = (cap or "").strip().upper()
+    return None if cap in ("", "ALL", "DEFAULT") else cap
+
+
+def _cap_allows(*markers: str) -> bool:
+    """True unless an oneDNN cap is set whose name carries none of ``markers`` (oneDNN's ISA
+    names say what they add: ``AVX512_CORE_VNNI``, ``AVX512_CORE_BF16``, ``AVX512_CORE_AMX``,
+    ``AVX10_1_512``...; every level from AVX512_CORE_BF16 up has VNNI too)."""
+    cap = onednn_isa_cap()
+    return cap is None or any(marker in cap for marker in markers)
+
+
 def is_x86() -> bool:
     return platform.machine().lower() in _X86
 
@@ -58,6 +80,8 @@ def cpu_has_native_bf16() -> bool:
     """True when this CPU computes bfloat16 in hardware (x86: AVX512-BF16 or AMX; ARM:
     the BF16 extension), so bf16 autocast and OpenVINO's bf16 hint run faster than float32."""
     if is_x86():
+        if not _cap_allows("BF16", "FP16", "AMX", "AVX10"):
+            return False
         return (
             _torch_cpu_check("_is_avx512_bf16_supported")
             or _torch_cpu_check("_is_amx_tile_supported")
@@ -71,6 +95,8 @@ def cpu_has_int8_dot_product() -> bool:
     AVX512-VNNI, AVX-VNNI or AMX, and every non-x86 CPU (ARM widens or uses SDOT/UDOT)."""
     if not is_x86():
         return True
+    if not _cap_allows("VNNI", "BF16", "FP16", "AMX", "AVX10"):
+        return False
     return _torch_cpu_check("_is_vnni_supported") or bool(
         {"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags()
     )
@@ -82,4 +108,6 @@ def describe_cpu() -> str:
     capability = torch.backends.cpu.get_cpu_capability()
     bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
     int8 = "int8 dot products" if cpu_has_int8_dot_product() else "no VNNI"
-    return f"{name} ({capability}, {bf16}, {int8})"
+    cap = onednn_isa_cap()
+    capped = f", oneDNN capped to {cap}" if cap else ""
+    return f"{name} ({capability}, {bf16}, {int8}{capped})"
