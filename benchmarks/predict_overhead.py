@@ -1,20 +1,21 @@
-"""Where a frame of ``ddrnet predict`` goes outside the network, before and after issue 21's
-item 5, measured in one run.
+"""Where a frame of ``ddrnet predict`` goes outside the network, with each tail issue 21's
+item 5 has had, measured in one run.
 
 For each model file (default: the bundled 23-slim and fast train-only models) and form
 (PyTorch fp32, ONNX Runtime INT8, OpenVINO INT8 with f32 float layers), on CamVid val frames
-at 480x360, the stages of one frame, each timed:
+at 480x360, the stages of one frame, each timed: normalise into an NCHW tensor (the
+``Predictor``'s code), forward, then one of three tails from logits to class ids:
 
-- ``before``: the tail as it was: normalise into an NCHW tensor, copy it into the model's
-  memory format, forward, ``F.interpolate`` the logits to 360x480, ``max`` over the classes,
-  convert the ids to uint8;
-- ``after``: ``Predictor``'s code now: the same normalisation, forward,
-  ``upsampled_class_ids`` (OpenCV's resize of class-interleaved logits, then torch's ``max``
-  over the contiguous class axis), uint8.
+- ``interp``: the first tail, ``F.interpolate`` of the logits to 360x480, ``max`` over the
+  classes;
+- ``opencv``: OpenCV's resize of class-interleaved logits, then torch's ``max`` over the
+  contiguous class axis;
+- ``cells``: ``upsampled_class_ids`` now (the ``Predictor``'s tail): the logits' own arg-max
+  repeated 8x8, and only the cells between logit pixels of different classes interpolated;
 
-Both take turns frame by frame, so load that drifts hits both alike; medians over the frames.
-The class ids of both are compared (they may differ at float32 near-ties). Run on an otherwise
-idle machine:
+then the conversion to uint8. The tails take turns frame by frame, so load that drifts hits
+all alike; medians over the frames. The class ids of each tail are compared with ``interp``'s
+(they may differ at float32 near-ties). Run on an otherwise idle machine:
 
     python benchmarks/predict_overhead.py [--models A B] [--frames 30] [--threads 2]
 """
@@ -28,6 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,7 +37,7 @@ import torch.nn.functional as F
 import ddrnet
 from ddrnet.data.camvid import camvid
 from ddrnet.deploy import export_onnx, load_calibration_images, load_onnx_model, quantize_onnx_int8
-from ddrnet.engine.inference import class_indices, normalize, upsampled_class_ids
+from ddrnet.engine.inference import class_indices, upsampled_class_ids
 from ddrnet.engine.predictor import Predictor, image_batch
 from ddrnet.hardware import describe_cpu
 
@@ -43,34 +45,36 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 STAGES = ("normalise", "forward", "resize + arg-max", "to uint8")
 
 
-def before(predictor: Predictor, frame: np.ndarray) -> tuple[np.ndarray, list[float]]:
-    """The previous tail (see the module docstring); the ids and each stage's ms."""
-    marks = [time.perf_counter()]
-    with torch.no_grad():
-        batch = normalize(image_batch([frame]), predictor.mean, predictor.std)
-        batch = batch.contiguous(memory_format=predictor.memory_format)
-        marks.append(time.perf_counter())
-        logits = predictor.model(batch)
-        marks.append(time.perf_counter())
-        full = F.interpolate(
-            logits.float(), size=frame.shape[:2], mode="bilinear", align_corners=False
-        )
-        ids = class_indices(full)
-        marks.append(time.perf_counter())
-        labels = ids[0].numpy().astype(np.uint8)
-        marks.append(time.perf_counter())
-    return labels, [1000 * (b - a) for a, b in zip(marks, marks[1:])]
+def interp_tail(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    full = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+    return class_indices(full)
 
 
-def after(predictor: Predictor, frame: np.ndarray) -> tuple[np.ndarray, list[float]]:
-    """``Predictor``'s tail now, stage by stage (``predict_batch`` runs exactly these)."""
+def opencv_tail(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    interleaved = logits.float().permute(0, 2, 3, 1).contiguous().numpy()  # (1, h, w, C)
+    resized = np.empty((*size, logits.shape[1]), dtype=np.float32)
+    cv2.resize(interleaved[0], size[::-1], dst=resized, interpolation=cv2.INTER_LINEAR)
+    return class_indices(torch.from_numpy(resized)[None], dim=-1)
+
+
+TAILS: dict[str, Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]] = {
+    "interp": interp_tail,
+    "opencv": opencv_tail,
+    "cells": upsampled_class_ids,
+}
+
+
+def one_frame(
+    predictor: Predictor, frame: np.ndarray, tail: Callable
+) -> tuple[np.ndarray, list[float]]:
+    """One frame through ``predictor`` with ``tail``; the ids and each stage's ms."""
     marks = [time.perf_counter()]
     with torch.no_grad():
         batch = predictor.preprocess(image_batch([frame]))
         marks.append(time.perf_counter())
         logits = predictor.model(batch)
         marks.append(time.perf_counter())
-        ids = upsampled_class_ids(logits, frame.shape[:2])
+        ids = tail(logits, frame.shape[:2])
         marks.append(time.perf_counter())
         labels = ids[0].numpy().astype(predictor.label_dtype)
         marks.append(time.perf_counter())
@@ -101,15 +105,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    import cv2
-
     cv2.setNumThreads(args.threads)
     val = camvid(args.camvid, "val")
     frames = [val[i][0].permute(1, 2, 0).numpy() for i in range(min(args.frames, len(val)))]
     calibration = load_calibration_images(camvid(args.camvid, "train"), count=16)
     runs: dict[tuple[str, str, str], list[list[float]]] = {}
-    tails: dict[str, Callable] = {"before": before, "after": after}
-    differ = total = 0
+    differ = dict.fromkeys(TAILS, 0)
+    total = 0
     with tempfile.TemporaryDirectory() as scratch_root:
         predictors = {}
         for index, path in enumerate(args.models):
@@ -118,19 +120,20 @@ def main() -> None:
             for form, predictor in forms(path, scratch, calibration, args.threads).items():
                 predictors[(Path(path).stem, form)] = predictor
                 for frame in frames[:3]:  # warm-up: OpenVINO compiles, oneDNN plans
-                    before(predictor, frame), after(predictor, frame)
+                    one_frame(predictor, frame, upsampled_class_ids)
         for frame in frames:
             for key, predictor in predictors.items():
                 results = {}
-                for tail, function in tails.items():
-                    results[tail], stages = function(predictor, frame)
+                for tail, function in TAILS.items():
+                    results[tail], stages = one_frame(predictor, frame, function)
                     runs.setdefault((*key, tail), []).append(stages)
-                differ += int((results["before"] != results["after"]).sum())
-                total += results["before"].size
-    report(runs, differ / total)
+                for tail in TAILS:
+                    differ[tail] += int((results[tail] != results["interp"]).sum())
+                total += results["interp"].size
+    report(runs, {tail: count / total for tail, count in differ.items()})
 
 
-def report(runs: dict[tuple[str, str, str], list[list[float]]], differ: float) -> None:
+def report(runs: dict[tuple[str, str, str], list[list[float]]], differ: dict[str, float]) -> None:
     print(f"\n{describe_cpu()}; {torch.get_num_threads()} threads; ms per 480x360 frame")
     header = f"{'model':<34}{'form':>14}{'tail':>8}" + "".join(f"{s:>18}" for s in STAGES)
     header += f"{'total':>8}{'outside':>9}"
@@ -144,7 +147,9 @@ def report(runs: dict[tuple[str, str, str], list[list[float]]], differ: float) -
             + "".join(f"{m:>18.2f}" for m in medians)
             + f"{totals:>8.2f}{outside:>9.2f}"
         )
-    print(f"\nclass ids that differ between the two tails: {differ:.6%} of pixels")
+    for tail, share in differ.items():
+        if tail != "interp":
+            print(f"class ids of {tail} that differ from interp's: {share:.6%} of pixels")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import platform
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -213,7 +214,14 @@ def test_normalize_by_hand_for_uint8_float_and_channels_last_input() -> None:
 
 
 @pytest.mark.parametrize(
-    "low, high", [((45, 60), (360, 480)), ((46, 61), (361, 479)), ((10, 10), (3, 4))]
+    "low, high",
+    [
+        ((45, 60), (360, 480)),  # whole factors: only the cells between classes interpolated
+        ((5, 7), (15, 14)),  # odd and unequal whole factors
+        ((45, 60), (90, 60)),  # a factor of 1 on one side
+        ((46, 61), (361, 479)),  # other sizes: OpenCV's resize
+        ((10, 10), (3, 4)),
+    ],
 )
 def test_upsampled_class_ids_is_argmax_of_the_bilinear_resize(low, high) -> None:
     from ddrnet.engine.inference import upsampled_class_ids
@@ -232,6 +240,42 @@ def test_upsampled_class_ids_is_argmax_of_the_bilinear_resize(low, high) -> None
     # A model that already answers at the input size is arg-maxed as it is.
     assert torch.equal(upsampled_class_ids(logits, low), logits.max(dim=1).indices)
     assert not upsampled_class_ids(logits[:, :1], high).any()  # one class: all zeros
+
+
+def test_upsampled_class_ids_of_a_real_frame_match_pytorchs_resize(camvid_root) -> None:
+    """The bundled model's logits of a CamVid val frame (smooth, so most cells between four
+    logit pixels share one class and are filled without interpolating): the same ids as
+    ``F.interpolate`` + arg-max, save float32 near-ties, and a real share of cells skipped."""
+    import ddrnet
+    from ddrnet.data.camvid import camvid
+    from ddrnet.engine.inference import (
+        _class_ids_at_whole_scale,
+        normalize,
+        upsampled_class_ids,
+    )
+
+    model = ddrnet.create_model(checkpoint="camvid_ddrnet23_slim_train").eval()
+    image = camvid(camvid_root, "val")[0][0]
+    with torch.no_grad():
+        logits = model(normalize(image[None], model.metadata.mean, model.metadata.std))
+    assert logits.shape[-2:] == (45, 60)
+    ids = upsampled_class_ids(logits, (360, 480))
+    exact = F.interpolate(logits.double(), size=(360, 480), mode="bilinear", align_corners=False)
+    best = exact.max(dim=1)
+    differ = ids != best.indices
+    assert differ.sum() <= 10
+    picked = exact.gather(1, ids.unsqueeze(1)).squeeze(1)
+    assert torch.all((best.values - picked)[differ] < 1e-5)
+    corners = np.pad(logits[0].numpy().argmax(0), 1, mode="edge")
+    top_left = corners[:-1, :-1]
+    mixed = (
+        (top_left != corners[:-1, 1:])
+        | (top_left != corners[1:, :-1])
+        | (top_left != corners[1:, 1:])
+    )
+    assert 0.02 < mixed.mean() < 0.5  # boundaries: a minority of the cells, but some
+    direct = _class_ids_at_whole_scale(logits[0].numpy(), (8, 8))
+    assert np.array_equal(direct, ids[0].numpy())
 
 
 @pytest.mark.parametrize(

@@ -203,13 +203,16 @@ def upsampled_class_ids(logits: torch.Tensor, size: tuple[int, int]) -> torch.Te
     """Class ids ``(N, *size)`` int64 of logits ``(N, C, h, w)`` resized bilinearly
     (align_corners=False) to ``size``: ``class_indices(F.interpolate(logits, size))``.
 
-    On the CPU the resize is OpenCV's, one ``(h, w, C)`` image at a time: the same half-pixel
-    bilinear weights, several times faster than ``F.interpolate`` on class-interleaved data;
-    the arg-max is then torch's threaded ``max`` over the contiguous class axis. The ids agree
-    with PyTorch's route up to near-ties in float32 rounding.
+    On the CPU, when ``size`` is a whole multiple of ``(h, w)`` (DDRNet's logits are 1/8 of
+    an input whose sides divide by 8), only the cells between four logit pixels whose classes
+    differ are interpolated (``_class_ids_at_whole_scale``); other sizes are resized by OpenCV,
+    one ``(h, w, C)`` image at a time (the same half-pixel weights, several times faster than
+    ``F.interpolate`` on class-interleaved data), then arg-maxed by torch's threaded ``max``
+    over the contiguous class axis. The ids agree with PyTorch's route up to near-ties in
+    float32 rounding.
     """
     size = (int(size[0]), int(size[1]))
-    batch, channels = logits.shape[:2]
+    batch, channels, height, width = logits.shape
     if (
         logits.device.type != "cpu"
         or channels > _OPENCV_MAX_CHANNELS
@@ -219,6 +222,11 @@ def upsampled_class_ids(logits: torch.Tensor, size: tuple[int, int]) -> torch.Te
         return class_indices(full)
     if channels == 1:
         return torch.zeros((batch, *size), dtype=torch.int64)
+    if size[0] % height == 0 and size[1] % width == 0:
+        scale = (size[0] // height, size[1] // width)
+        planes = logits.float().numpy()
+        ids = [_class_ids_at_whole_scale(planes[index], scale) for index in range(batch)]
+        return torch.from_numpy(np.stack(ids)).long()
     interleaved = logits.float().permute(0, 2, 3, 1).contiguous().numpy()  # (N, h, w, C)
     resized = np.empty((batch, *size, channels), dtype=np.float32)
     for index in range(batch):
@@ -226,6 +234,47 @@ def upsampled_class_ids(logits: torch.Tensor, size: tuple[int, int]) -> torch.Te
             interleaved[index], size[::-1], dst=resized[index], interpolation=cv2.INTER_LINEAR
         )
     return class_indices(torch.from_numpy(resized), dim=-1)
+
+
+def _class_ids_at_whole_scale(logits: np.ndarray, scale: tuple[int, int]) -> np.ndarray:
+    """``(C, h, w)`` float32 logits -> ``(h * sy, w * sx)`` class ids of their bilinear
+    (align_corners=False) upsampling by whole factors ``scale = (sy, sx)``.
+
+    Every output pixel interpolates the four logit pixels around it (edge pixels repeated past
+    the border, as PyTorch clamps), a convex combination: where those four share their first
+    arg-max class, the pixel's first arg-max is that class too, so only the cells whose
+    corners disagree (the class boundaries, a small share of a street scene) are interpolated.
+    With whole factors every cell is ``sy x sx`` output pixels with the same weights.
+    """
+    (sy, sx), (_, height, width) = scale, logits.shape
+    padded = np.pad(logits, ((0, 0), (1, 1), (1, 1)), mode="edge")  # (C, h+2, w+2)
+    corner_ids = padded.argmax(axis=0).astype(np.uint8 if len(logits) <= 256 else np.int64)
+    top_left = corner_ids[:-1, :-1]  # cell (r, c) lies between corners (r, c) and (r+1, c+1)
+    mixed = (
+        (top_left != corner_ids[:-1, 1:])
+        | (top_left != corner_ids[1:, :-1])
+        | (top_left != corner_ids[1:, 1:])
+    )
+    cells = np.repeat(np.repeat(top_left, sy, axis=0), sx, axis=1)  # (sy (h+1), sx (w+1))
+    rows, cols = np.nonzero(mixed)
+    if rows.size:
+        a, b = padded[:, rows, cols].T, padded[:, rows, cols + 1].T  # (m, C) corners
+        c, d = padded[:, rows + 1, cols].T, padded[:, rows + 1, cols + 1].T
+        fy, fx = _cell_fractions(sy), _cell_fractions(sx)
+        upper = a[:, None] + fx[None, :, None] * (b - a)[:, None]  # (m, sx, C)
+        lower = c[:, None] + fx[None, :, None] * (d - c)[:, None]
+        values = upper[:, None] + fy[None, :, None, None] * (lower - upper)[:, None]
+        blocks = cells.reshape(height + 1, sy, width + 1, sx)  # a view: written through
+        blocks[rows, :, cols, :] = values.argmax(axis=-1)  # (m, sy, sx)
+    top, left = (sy + 1) // 2, (sx + 1) // 2  # output pixel 0 within the padded cells
+    return cells[top : top + height * sy, left : left + width * sx]
+
+
+def _cell_fractions(scale: int) -> np.ndarray:
+    """The bilinear weight of a cell's far corner for each of its ``scale`` output pixels:
+    output pixel i samples (i + 0.5) / scale - 0.5 (align_corners=False)."""
+    offset = (scale + 1) // 2
+    return ((np.arange(scale) - offset + 0.5 + scale / 2) / scale).astype(np.float32)
 
 
 def sliding_window_logits(
