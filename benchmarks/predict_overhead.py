@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -41,7 +42,9 @@ from ddrnet.engine.inference import class_indices, upsampled_class_ids
 from ddrnet.engine.predictor import Predictor, image_batch
 from ddrnet.hardware import describe_cpu
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inference_speed import CAMVID, COMPARED_MODELS  # noqa: E402  (the shared defaults)
+
 STAGES = ("normalise", "forward", "resize + arg-max", "to uint8")
 
 
@@ -96,11 +99,8 @@ def forms(path: str, scratch: Path, calibration: list, threads: int) -> dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--models", nargs="+",
-        default=["camvid_ddrnet23_slim_train", "camvid_ddrnet23_slim_fast_train"],
-    )  # fmt: skip
-    parser.add_argument("--camvid", type=Path, default=DATA)
+    parser.add_argument("--models", nargs="+", default=COMPARED_MODELS)
+    parser.add_argument("--camvid", type=Path, default=CAMVID)
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

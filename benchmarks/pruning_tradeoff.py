@@ -43,9 +43,7 @@ from ddrnet.models import count_macs, count_parameters
 from ddrnet.predict import SegmentationRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference_speed import deployed_forms  # noqa: E402  (one definition of the forms)
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
+from inference_speed import CAMVID, COMPARED_MODELS, deployed_forms  # noqa: E402
 
 
 def ncnn_form(model: torch.nn.Module, scratch: Path, threads: int) -> torch.nn.Module | None:
@@ -174,12 +172,9 @@ def restart_capped(isa: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--models", nargs="+",
-        default=["camvid_ddrnet23_slim_train", "camvid_ddrnet23_slim_fast_train"],
-    )  # fmt: skip
+    parser.add_argument("--models", nargs="+", default=COMPARED_MODELS)
     parser.add_argument("--speed-only", nargs="*", default=[])
-    parser.add_argument("--camvid", type=Path, default=DATA)
+    parser.add_argument("--camvid", type=Path, default=CAMVID)
     parser.add_argument("--images", type=int, default=101)
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
