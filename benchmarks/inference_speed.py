@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
@@ -64,6 +66,34 @@ CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 # Timed only where the CPU computes bf16 natively: elsewhere PyTorch emulates it (about 10x
 # slower than fp32) and OpenVINO runs its bf16 hint in fp32 (the "openvino" row).
 BF16_BACKENDS = ("eager_bf16_channels_last", "openvino_bf16")
+
+
+def add_comparison_options(parser: argparse.ArgumentParser, max_isa: bool = False) -> None:
+    """The options every model-comparing benchmark takes: ``--models``, ``--camvid``,
+    ``--frames``, ``--threads`` (and ``--max-isa``, see ``restart_capped``)."""
+    parser.add_argument("--models", nargs="+", default=COMPARED_MODELS)
+    parser.add_argument("--camvid", type=Path, default=CAMVID)
+    parser.add_argument("--frames", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    if max_isa:
+        parser.add_argument("--max-isa", type=str.upper, choices=["AVX2", "AVX512_CORE"])
+
+
+def val_frames(root: Path, count: int) -> list:
+    """The first ``count`` CamVid val frames as ``(360, 480, 3)`` uint8 RGB arrays."""
+    val = camvid(root, "val")
+    return [val[i][0].permute(1, 2, 0).numpy() for i in range(min(count, len(val)))]
+
+
+def restart_capped(isa: str) -> None:
+    """Run this script again with every capable runtime capped to ``isa`` (set before they
+    load: oneDNN reads its cap once, at its first kernel)."""
+    os.environ.update(
+        ONEDNN_MAX_CPU_ISA=isa,
+        OV_CPU_MAX_ISA=isa,
+        ATEN_CPU_CAPABILITY="avx2" if isa == "AVX2" else "avx512",
+    )
+    os.execv(sys.executable, [sys.executable, *sys.argv])
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ from ddrnet.engine.predictor import Predictor, image_batch
 from ddrnet.hardware import describe_cpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference_speed import CAMVID, COMPARED_MODELS  # noqa: E402  (the shared defaults)
+from inference_speed import add_comparison_options, val_frames  # noqa: E402
 
 STAGES = ("normalise", "forward", "resize + arg-max", "to uint8")
 
@@ -99,15 +99,11 @@ def forms(path: str, scratch: Path, calibration: list, threads: int) -> dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=COMPARED_MODELS)
-    parser.add_argument("--camvid", type=Path, default=CAMVID)
-    parser.add_argument("--frames", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=2)
+    add_comparison_options(parser, max_isa=False)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
-    val = camvid(args.camvid, "val")
-    frames = [val[i][0].permute(1, 2, 0).numpy() for i in range(min(args.frames, len(val)))]
+    frames = val_frames(args.camvid, args.frames)
     calibration = load_calibration_images(camvid(args.camvid, "train"), count=16)
     runs: dict[tuple[str, str, str], list[list[float]]] = {}
     differ = dict.fromkeys(TAILS, 0)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -43,7 +42,12 @@ from ddrnet.models import count_macs, count_parameters
 from ddrnet.predict import SegmentationRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference_speed import CAMVID, COMPARED_MODELS, deployed_forms  # noqa: E402
+from inference_speed import (  # noqa: E402
+    add_comparison_options,
+    deployed_forms,
+    restart_capped,
+    val_frames,
+)
 
 
 def ncnn_form(model: torch.nn.Module, scratch: Path, threads: int) -> torch.nn.Module | None:
@@ -83,7 +87,7 @@ def forms_of(
 def measure(args: argparse.Namespace) -> list[dict]:
     val = camvid(args.camvid, "val")
     subset = torch.utils.data.Subset(val, range(min(args.images, len(val))))
-    frames = [val[i][0].permute(1, 2, 0).numpy() for i in range(min(args.frames, len(val)))]
+    frames = val_frames(args.camvid, args.frames)
     calibration = load_calibration_images(camvid(args.camvid, "train"), count=16)
     rows, runners = [], {}
     with tempfile.TemporaryDirectory() as scratch_root:
@@ -159,28 +163,13 @@ def plot(rows: list[dict], path: Path) -> None:
     print(f"picture written to {path}")
 
 
-def restart_capped(isa: str) -> None:
-    """Run this script again with every capable runtime capped to ``isa`` (set before they
-    load: oneDNN reads its cap once, at its first kernel)."""
-    os.environ.update(
-        ONEDNN_MAX_CPU_ISA=isa,
-        OV_CPU_MAX_ISA=isa,
-        ATEN_CPU_CAPABILITY="avx2" if isa == "AVX2" else "avx512",
-    )
-    os.execv(sys.executable, [sys.executable, *sys.argv])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=COMPARED_MODELS)
+    add_comparison_options(parser, max_isa=True)
     parser.add_argument("--speed-only", nargs="*", default=[])
-    parser.add_argument("--camvid", type=Path, default=CAMVID)
     parser.add_argument("--images", type=int, default=101)
-    parser.add_argument("--frames", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--plot", type=Path, default=Path(__file__).with_suffix(".png"))
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--max-isa", type=str.upper, choices=["AVX2", "AVX512_CORE"])
     args = parser.parse_args()
     if args.max_isa and onednn_isa_cap() != args.max_isa:
         restart_capped(args.max_isa)

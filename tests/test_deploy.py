@@ -540,10 +540,10 @@ def test_openvino_plans_compile_once_per_size_and_keep_the_last_few(onnx_path, m
 
     compiled = []
 
-    def fake_compile(path, threads, precision, input_shape, class_ids, fixed_size_ok):
+    def fake_compile(path, threads, precision, input_shape, fixed_size_ok, streams):
         # The plans pass on the answer they got once, so nothing parses the file again.
         assert fixed_size_ok is (input_shape is not None)
-        compiled.append(input_shape if not class_ids else ("class ids", input_shape))
+        compiled.append(input_shape if streams == 1 else (f"{streams} streams", input_shape))
         return lambda batch: batch.shape
 
     monkeypatch.setattr(runtime, "openvino_logits_function", fake_compile)
@@ -561,8 +561,8 @@ def test_openvino_plans_compile_once_per_size_and_keep_the_last_few(onnx_path, m
         dynamic(np.zeros((1, 3, height, 8), np.float32))
     assert compiled == [None]  # one dynamic plan for every size
     compiled.clear()
-    runtime.OpenVinoPlans(onnx_path, 1, "f32", class_ids=True)(np.zeros((1, 3, 8, 8), np.float32))
-    assert compiled == [("class ids", None)]
+    runtime.OpenVinoPlans(onnx_path, 2, "f32", streams=2)(np.zeros((1, 3, 8, 8), np.float32))
+    assert compiled == [("2 streams", None)]
     # A caller that knows the answer passes it, and it wins over the (patched, False) check:
     # a plan per size again.
     compiled.clear()

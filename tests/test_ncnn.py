@@ -126,6 +126,10 @@ def test_bad_input_is_one_line_naming_the_file(
     assert str(garbage) in error and "magic" in error
     error = one_line_cli_error(capsys, ["eval", str(exported), "--runtime", "onnxruntime"])
     assert "--runtime ncnn" in error
+    error = one_line_cli_error(capsys, ["predict", "--checkpoint", str(exported), "--streams", "2"])
+    assert error.endswith(
+        "--streams 2: ncnn models segment one frame at a time; use a PyTorch model or an .onnx file"
+    )
     error = one_line_cli_error(
         capsys, ["export", "--format", "ncnn", "-o", str(tmp_path / "m.onnx")]
     )

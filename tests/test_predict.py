@@ -99,7 +99,8 @@ def test_batch_job_writes_outputs_and_skips_bad_files(
     assert any("skipped" in line and "notes.png" in line for line in lines)
 
 
-def test_video_in_video_out_and_corrupt_video(camvid_model_file, camvid_frames, tmp_path) -> None:
+@pytest.mark.parametrize("streams", [1, 2])
+def test_video_in_video_out_and_corrupt_video(camvid_frames, tmp_path, streams) -> None:
     video = tmp_path / "drive.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (480, 360))
     noise = np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
@@ -110,7 +111,7 @@ def test_video_in_video_out_and_corrupt_video(camvid_model_file, camvid_frames, 
     (tmp_path / "broken.mp4").write_bytes(b"\x00\x01garbage" * 100)
     # The trained bundled model: its predictions (and so its legends) follow the frames.
     runner = SegmentationRunner(
-        ddrnet.create_model(checkpoint=bundled_model_path()), torch.device("cpu")
+        ddrnet.create_model(checkpoint=bundled_model_path()), torch.device("cpu"), streams=streams
     )
     summary = run_prediction(
         runner,
@@ -120,6 +121,7 @@ def test_video_in_video_out_and_corrupt_video(camvid_model_file, camvid_frames, 
         report=lambda _: None,
     )
     assert str(tmp_path / "broken.mp4") in summary.failed
+    assert len(summary.latencies_ms) == 5
     capture = cv2.VideoCapture(str(tmp_path / "out" / "drive_overlay.mp4"))
     # Every frame written, although per-frame legends (classes present) differ in width:
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
@@ -196,25 +198,14 @@ def test_an_exported_onnx_file_predicts_like_its_pytorch_model(
         odd = np.asarray(Image.open(camvid_frames[0]).convert("RGB"))[:359, :479]
         assert predictor.predict(odd).shape == (359, 479)  # another size: recompiled
 
-    # With OpenVINO in bf16 the resize and arg-max run inside its graph; they give the class
-    # ids PyTorch's resize and max give on the same logits. In f32 (and with ONNX Runtime)
-    # the model leaves them to the Predictor.
-    import torch.nn.functional as F
+    # A logits file leaves the class ids to the Predictor, whatever the runtime or precision.
+    from ddrnet.engine.inference import normalize
 
-    from ddrnet.engine.inference import class_indices, normalize
-
-    openvino_model = load_onnx_model(onnx_files["logits"], runtime="openvino", precision="bf16")
     image = np.asarray(Image.open(camvid_frames[0]).convert("RGB"))[:359, :479]
     pixels = torch.from_numpy(image.copy()).permute(2, 0, 1)[None]
-    batch = normalize(pixels, openvino_model.metadata.mean, openvino_model.metadata.std)
-    ids = openvino_model.class_ids(batch)
-    logits = F.interpolate(openvino_model(batch), size=(359, 479), mode="bilinear")
-    assert ids.dtype == torch.int64 and ids.shape == (1, 359, 479)
-    # bf16 rounding in the tail flips near-ties: 0.02% of a trained model's pixels, more of
-    # this untrained model's close logits; a wrong resize or arg-max would flip far more.
-    assert (ids == class_indices(logits)).float().mean() > 0.99
-    assert load_onnx_model(onnx_files["logits"]).class_ids(batch) is None  # ONNX Runtime
-    assert load_onnx_model(onnx_files["logits"], runtime="openvino").class_ids(batch) is None
+    for runtime, precision in (("onnxruntime", "f32"), ("openvino", "f32"), ("openvino", "bf16")):
+        model = load_onnx_model(onnx_files["logits"], runtime, precision)
+        assert model.class_ids(normalize(pixels, model.metadata.mean, model.metadata.std)) is None
 
     # precision="bf16" really runs OpenVINO's float layers in bf16 (on CPUs that have it)
     import openvino
@@ -353,3 +344,67 @@ def test_predictor_refuses_images_over_its_pixel_cap_before_running_them() -> No
     with pytest.raises(InputTooLargeError, match="at scale 2"):
         ddrnet.Predictor(model, scales=(1.0, 2.0), max_pixels=799).predict(frame)
     assert ddrnet.Predictor(model, max_pixels=None).predict(frame).shape == (10, 20)
+
+
+def test_streams_segment_frames_at_once_and_in_order(
+    camvid_model_file, onnx_files, camvid_root, tmp_path
+) -> None:
+    """Two streams give the label files one stream gives, for the PyTorch model and the ONNX
+    file under both runtimes, and report the images in their order; a video too."""
+    from ddrnet.deploy import load_onnx_model
+    from ddrnet.predict import SegmentationRunner, run_prediction
+
+    frames = sorted((camvid_root / "val").glob("*.png"))[:5]
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for frame in frames:
+        (folder / frame.name).write_bytes(frame.read_bytes())
+    cpu = torch.device("cpu")
+    models = {
+        "pytorch": lambda streams: ddrnet.create_model(checkpoint=camvid_model_file),
+        "onnxruntime": lambda streams: load_onnx_model(onnx_files["logits"], streams=streams),
+        "openvino": lambda streams: load_onnx_model(
+            onnx_files["logits"], "openvino", threads=2, streams=streams
+        ),
+    }
+    for name, make in models.items():
+        written = {}
+        for streams in (1, 2):
+            runner = SegmentationRunner(make(streams), cpu, streams=streams)
+            out = tmp_path / f"{name}_{streams}"
+            summary = run_prediction(runner, [str(folder)], out, ("labels",), progress=False)
+            assert summary.processed == [str(folder / f.name) for f in frames]
+            assert len(summary.latencies_ms) == 5 and summary.seconds > 0
+            written[streams] = [np.asarray(Image.open(path)) for path in summary.outputs]
+        assert all(np.array_equal(a, b) for a, b in zip(written[1], written[2])), name
+    # PyTorch's threads are shared out among the streams while they run, then restored.
+    threads = torch.get_num_threads()
+    runner = SegmentationRunner(models["pytorch"](2), cpu, streams=2)
+    seen = list(runner.map(lambda item: (item, torch.get_num_threads()), range(6)))
+    assert [item for item, _ in seen] == list(range(6))
+    assert seen[0][1] == threads and torch.get_num_threads() == threads
+
+
+def test_a_failing_frame_stops_the_streams_with_its_own_error(camvid_model_file) -> None:
+    """``SegmentationRunner.map`` hands back results in order and raises an item's error
+    where that item's result is due, after the items before it."""
+    import time
+
+    from ddrnet.predict import SegmentationRunner
+
+    runner = SegmentationRunner(
+        ddrnet.create_model(checkpoint=camvid_model_file), torch.device("cpu"), streams=3
+    )
+
+    def slow_square(item: int) -> int:
+        time.sleep(0.02 * (5 - item))  # later items finish first
+        if item == 4:
+            raise ValueError("frame 4 is broken")
+        return item * item
+
+    results = runner.map(slow_square, range(8))
+    assert [next(results) for _ in range(4)] == [0, 1, 4, 9]
+    with pytest.raises(ValueError, match="frame 4 is broken"):
+        next(results)
+    with pytest.raises(ValueError, match="streams must be >= 1"):
+        SegmentationRunner(ddrnet.create_model(checkpoint=camvid_model_file), "cpu", streams=0)

@@ -50,6 +50,7 @@ def load(
     runtime: str | None = None,
     amp: str = "none",
     num_classes: int | None = None,
+    streams: int = 1,
 ) -> nn.Module:
     """The model that ``source`` names, in eval mode, with ``model.metadata``.
 
@@ -68,6 +69,10 @@ def load(
             (``inference_setup``).
         num_classes: PyTorch models: re-initialise the class-dependent layers for this many
             classes (``ddrnet.create_model``).
+        streams: for ``.onnx`` files, how many inferences may run at once, each on its share
+            of the threads (``SegmentationRunner(streams=...)``). A PyTorch model needs
+            nothing at loading; ncnn and ExecuTorch files run one at a time (the runner
+            refuses more).
 
     Errors a user can fix (a missing or unreadable file, options that do not fit the file)
     are ``DDRNetError`` subclasses that name the file.
@@ -83,7 +88,7 @@ def load(
     if runtime == "ncnn" or is_ncnn_file(source):
         return _load_own_format("ncnn", str(source or model), model, runtime, amp)
     if is_onnx_file(source):
-        return _load_onnx(str(source), model, runtime, amp)
+        return _load_onnx(str(source), model, runtime, amp, streams)
     if runtime is not None:
         raise UsageError(
             f"--runtime applies to exported .onnx files; {source or model} is a PyTorch model "
@@ -92,7 +97,9 @@ def load(
     return create_model(model, checkpoint=source, num_classes=num_classes)
 
 
-def _load_onnx(path: str, model: str | None, runtime: str | None, amp: str) -> nn.Module:
+def _load_onnx(
+    path: str, model: str | None, runtime: str | None, amp: str, streams: int = 1
+) -> nn.Module:
     """An ``OnnxSegmentationModel`` of ``path`` run by ``runtime`` (default onnxruntime)."""
     from ddrnet.deploy.runtime import load_onnx_model
 
@@ -107,7 +114,8 @@ def _load_onnx(path: str, model: str | None, runtime: str | None, amp: str) -> n
             path,
         )
     try:
-        return load_onnx_model(path, runtime, "bf16" if precision == torch.bfloat16 else "f32")
+        precision_name = "bf16" if precision == torch.bfloat16 else "f32"
+        return load_onnx_model(path, runtime, precision_name, streams=streams)
     except ImportError as error:
         package = "openvino" if runtime == "openvino" else "onnxruntime and onnx"
         raise UsageError(

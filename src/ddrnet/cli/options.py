@@ -113,12 +113,14 @@ def add_model_options(parser: argparse.ArgumentParser, checkpoint_help: str) -> 
     parser.add_argument("--model", help="architecture, for checkpoints without metadata")
 
 
-def load_model(args: argparse.Namespace) -> nn.Module:
+def load_model(args: argparse.Namespace, streams: int = 1) -> nn.Module:
     """``ddrnet.load`` of ``--checkpoint`` (or the bundled model), ``--model``,
     ``--runtime`` and ``--amp``, for the commands that run exported files too."""
     from ddrnet.loading import load
 
-    return load(args.checkpoint, model=args.model, runtime=args.runtime, amp=args.amp)
+    return load(
+        args.checkpoint, model=args.model, runtime=args.runtime, amp=args.amp, streams=streams
+    )
 
 
 def load_pytorch_model(args: argparse.Namespace) -> nn.Module:

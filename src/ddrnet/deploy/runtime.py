@@ -21,9 +21,10 @@ onnxruntime and openvino (the ``deploy`` extra) are imported by the functions th
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -39,9 +40,6 @@ from ddrnet.deploy.onnx_file import (
 from ddrnet.errors import MissingFileError
 from ddrnet.hardware import cpu_has_int8_dot_product
 from ddrnet.models.metadata import ModelMetadata
-
-if TYPE_CHECKING:
-    import openvino as ov
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +81,7 @@ def onnx_session(
         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     options.intra_op_num_threads = threads or torch.get_num_threads()
-    # One model, one request at a time: parallelism belongs inside the ops.
+    # Parallelism inside the ops (and across concurrent runs, OnnxSegmentationModel(streams)).
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if not spin_wait:
@@ -110,19 +108,19 @@ def openvino_logits_function(
     precision: str = "f32",
     input_shape: Sequence[int] | None = None,
     *,
-    class_ids: bool = False,
     fixed_size_ok: bool | None = None,
+    streams: int = 1,
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """Compile the ONNX file with OpenVINO for CPU (latency hint, ``threads`` inference
-    threads, ``precision`` ``"f32"`` or ``"bf16"`` for float layers) and return a function
-    mapping one ``(N, 3, H, W)`` float32 batch to the model's output array.
+    """Compile the ONNX file with OpenVINO for CPU (``threads`` inference threads in all,
+    ``precision`` ``"f32"`` or ``"bf16"`` for float layers) and return a function mapping one
+    ``(N, 3, H, W)`` float32 batch to a copy of the model's output array.
 
-    ``class_ids``: end the graph with a bilinear resize of the logits to the input size
-    (``align_corners=False``, as ``F.interpolate``) and a stable arg-max over classes, so the
-    output is ``(N, H, W)`` int32 class ids. ``OnnxSegmentationModel`` uses it under bf16,
-    where OpenVINO runs that tail in bf16 and it measured faster than PyTorch's float32 tail
-    (an AMX CPU); for float32 and INT8 files in f32 PyTorch's resize and ``max`` measured
-    faster (AVX-512 CPU, both sizes), so there the model gives logits.
+    ``streams``: 1 (latency: every thread works on one inference), or N inferences at once,
+    each on its own share of the threads (OpenVINO's throughput mode); the function may then
+    be called from N threads at a time, each call taking one of N inference requests. On two
+    cores two streams segment 1.5-1.8x more frames per second than one (CamVid INT8 models,
+    ``benchmarks/predict_throughput.py``): a small network's layers keep two threads busy
+    badly, two frames side by side keep them busy well.
 
     ``input_shape`` ``(N, 3, H, W)`` fixes the input size before compiling, which lets
     OpenVINO plan every layer for it (faster than the file's dynamic sizes: 1.1-1.4x for the
@@ -135,10 +133,11 @@ def openvino_logits_function(
 
     if precision not in OPENVINO_PRECISIONS:
         raise ValueError(f"OpenVINO precision must be 'f32' or 'bf16', got {precision!r}")
-    config: dict[str, object] = {
-        "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_PRECISION_HINT": precision,
-    }
+    config: dict[str, object] = {"INFERENCE_PRECISION_HINT": precision}
+    if streams > 1:
+        config.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=streams)
+    else:
+        config["PERFORMANCE_HINT"] = "LATENCY"
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     core = ov.Core()
@@ -147,53 +146,32 @@ def openvino_logits_function(
         fixed_size_ok = openvino_fixed_size_ok(path)
     if input_shape is not None and fixed_size_ok:
         model.reshape([int(size) for size in input_shape])
-    if class_ids:
-        model = _with_class_ids(model)
     compiled = core.compile_model(model, "CPU", config)
-    request = compiled.create_infer_request()
     output = compiled.output(0)
+    requests: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(streams):
+        requests.put(compiled.create_infer_request())
 
     def run(batch: np.ndarray) -> np.ndarray:
-        return request.infer([batch])[output]
+        request = requests.get()  # waits while every request is busy
+        try:
+            # Copied: the result is a view of the request's buffer, reused by its next call.
+            return np.array(request.infer([batch])[output], copy=True)
+        finally:
+            requests.put(request)
 
     run.compiled_model = compiled  # type: ignore[attr-defined]  # keeps it alive
     return run
-
-
-def _with_class_ids(model: ov.Model) -> ov.Model:
-    """``model`` (one image input, logits output) with its output replaced, in place, by a
-    resize of the logits to the input's height and width and an arg-max over the class
-    axis: ``(N, H, W)`` int32."""
-    import openvino.opset13 as ops
-
-    (image,) = model.get_parameters()
-    (logits_result,) = model.get_results()
-    height_width = ops.gather(ops.shape_of(image), np.array([2, 3]), np.array(0))
-    resized = ops.interpolate(
-        logits_result.input_value(0),
-        height_width,
-        mode="linear_onnx",  # ONNX Resize linear: what our exported Resize nodes become
-        shape_calculation_mode="sizes",
-        coordinate_transformation_mode="half_pixel",  # align_corners=False
-        axes=np.array([2, 3]),
-    )
-    # stable: the first class among equal scores, as torch.max / argmax
-    best = ops.topk(resized, np.array(1), axis=1, mode="max", sort="value", stable=True)
-    ids = ops.squeeze(best.output(1), np.array([1]))
-    model.remove_result(logits_result)
-    model.add_results([ops.result(ids)])
-    model.validate_nodes_and_infer_types()
-    return model
 
 
 class OpenVinoPlans:
     """``openvino_logits_function`` compiled once per input shape, the last ``keep`` shapes
     kept (a video, or a folder of same-sized frames, compiles once), or once with dynamic
     sizes for a file that ``openvino_fixed_size_ok`` rules out. Call it with one
-    ``(N, 3, H, W)`` float32 batch; it returns the output array (a view of OpenVINO's
-    buffer, overwritten by the next call: copy it to keep it). ``class_ids``: see
-    ``openvino_logits_function``. ``fixed_size``: ``openvino_fixed_size_ok(path)`` when the
-    caller already knows it (two plans of one file parse it once)."""
+    ``(N, 3, H, W)`` float32 batch; it returns a copy of the output array. ``streams``: see
+    ``openvino_logits_function``; calls may come from that many threads at once.
+    ``fixed_size``: ``openvino_fixed_size_ok(path)`` when the caller already knows it (two
+    plans of one file parse it once)."""
 
     def __init__(
         self,
@@ -202,29 +180,31 @@ class OpenVinoPlans:
         precision: str,
         keep: int = 4,
         *,
-        class_ids: bool = False,
         fixed_size: bool | None = None,
+        streams: int = 1,
     ) -> None:
         self.path, self.threads, self.precision, self.keep = Path(path), threads, precision, keep
-        self.class_ids = class_ids
+        self.streams = streams
         self.fixed_size = openvino_fixed_size_ok(path) if fixed_size is None else fixed_size
         self._plans: dict[tuple[int, ...] | None, Callable[[np.ndarray], np.ndarray]] = {}
+        self._lock = threading.Lock()  # one compile per shape, whichever thread asks first
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         key = tuple(batch.shape) if self.fixed_size else None
-        plan = self._plans.pop(key, None)  # re-inserted below: most recent last
-        if plan is None:
-            plan = openvino_logits_function(
-                self.path,
-                self.threads,
-                self.precision,
-                key,
-                class_ids=self.class_ids,
-                fixed_size_ok=self.fixed_size,
-            )
-        self._plans[key] = plan
-        if len(self._plans) > self.keep:
-            del self._plans[next(iter(self._plans))]
+        with self._lock:
+            plan = self._plans.pop(key, None)  # re-inserted below: most recent last
+            if plan is None:
+                plan = openvino_logits_function(
+                    self.path,
+                    self.threads,
+                    self.precision,
+                    key,
+                    fixed_size_ok=self.fixed_size,
+                    streams=self.streams,
+                )
+            self._plans[key] = plan
+            if len(self._plans) > self.keep:
+                del self._plans[next(iter(self._plans))]
         return plan(batch)
 
 
@@ -273,8 +253,12 @@ class OnnxSegmentationModel(nn.Module):
         runtime: ``"onnxruntime"`` or ``"openvino"``.
         precision: OpenVINO only: ``"f32"`` or ``"bf16"`` for the float layers (bf16 is the
             fastest float path on CPUs with AMX or AVX512-BF16).
-        threads: inference threads; by default ``torch.get_num_threads()`` for ONNX Runtime
-            and OpenVINO's own choice (one per core) for OpenVINO.
+        threads: inference threads in all; by default ``torch.get_num_threads()`` for ONNX
+            Runtime and OpenVINO's own choice (one per core) for OpenVINO.
+        streams: how many inferences may run at once, from as many threads, each on its
+            share of the threads (``ddrnet predict --streams``): more frames per second on a
+            stream of frames, each no sooner (``openvino_logits_function``). 1: every thread
+            works on one inference, the least latency.
         accept_labels: also take a file that outputs class ids (exported with ``--argmax``
             and ``--upsample``); it has no ``forward``, only ``class_ids``, so it can be
             evaluated at one scale but not augmented. Otherwise such a file is an
@@ -294,9 +278,12 @@ class OnnxSegmentationModel(nn.Module):
         precision: str = "f32",
         threads: int | None = None,
         *,
+        streams: int = 1,
         accept_labels: bool = False,
     ) -> None:
         super().__init__()
+        if streams < 1:
+            raise ValueError(f"streams must be >= 1, got {streams}")
         path = Path(path)
         _check_options(path, runtime, precision)
         properties = onnx_file_properties(path)
@@ -318,20 +305,18 @@ class OnnxSegmentationModel(nn.Module):
         self.upsampled = bool(properties.export_options.get("upsample_to_input", False))
         self.num_classes = self.metadata.num_classes
         self.path, self.runtime, self.precision = path, runtime, precision
-        self.threads = threads
-        self._session = self._openvino = self._openvino_class_ids = None
+        self.threads, self.streams = threads, streams
+        self._session = self._openvino = None
         if runtime == "openvino":
             fixed_size = properties.openvino_fixed_size
-            self._openvino = OpenVinoPlans(path, threads, precision, fixed_size=fixed_size)
-            # The resize and arg-max tail in the graph pays in bf16 only (see
-            # openvino_logits_function); in f32 the Predictor does it after the logits.
-            if not self.outputs_labels and precision == "bf16":
-                self._openvino_class_ids = OpenVinoPlans(
-                    path, threads, precision, class_ids=True, fixed_size=fixed_size
-                )
+            self._openvino = OpenVinoPlans(
+                path, threads, precision, fixed_size=fixed_size, streams=streams
+            )
         else:
-            # No spin-waiting: PyTorch's resize and argmax run between two calls (see there).
-            self._session = onnx_session(path, threads=threads, spin_wait=False)
+            # Each concurrent run works on the calling thread plus its share of the pool; no
+            # spin-waiting, as the tail after the logits runs between two calls (see there).
+            share = max(1, (threads or torch.get_num_threads()) // streams)
+            self._session = onnx_session(path, threads=share, spin_wait=False)
 
     @staticmethod
     def _as_batch(images: torch.Tensor) -> np.ndarray:
@@ -344,8 +329,7 @@ class OnnxSegmentationModel(nn.Module):
         """The file's output for one batch, a copy that outlives the next call."""
         if self._session is not None:
             return onnx_logits(self._session, batch)
-        # Copied: OpenVINO's result is a view of the request's buffer, reused next call.
-        return np.array(self._openvino(batch), copy=True)
+        return self._openvino(batch)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.outputs_labels:
@@ -357,33 +341,24 @@ class OnnxSegmentationModel(nn.Module):
         return torch.from_numpy(np.asarray(logits, dtype=np.float32)).to(images.device)
 
     def class_ids(self, images: torch.Tensor) -> torch.Tensor | None:
-        """``(N, 3, H, W)`` normalised images -> ``(N, H, W)`` int64 class ids at input size,
-        or None where the caller should take them from the logits (ONNX Runtime; OpenVINO in
-        f32).
-
-        With OpenVINO in bf16 the resize of the logits and the arg-max run inside the
-        compiled graph (``openvino_logits_function(class_ids=True)``), in bf16: the class ids
-        ``class_indices(F.interpolate(logits))`` gives up to near-ties (0.02% of pixels
-        differed on CamVid), in less time. A file that outputs class ids gives its own (at
-        input size, or a ``ValueError``).
-        """
-        batch = self._as_batch(images)
-        if self.outputs_labels:
-            ids = self._run(batch)
-            if tuple(ids.shape[-2:]) != tuple(batch.shape[-2:]):
-                raise ValueError(
-                    f"{self.path}: labels come out {tuple(ids.shape[-2:])} for a "
-                    f"{tuple(batch.shape[-2:])} image; export with upsample_to_input=True "
-                    "(or argmax=False) to evaluate"
-                )
-        elif self._openvino_class_ids is not None:
-            ids = self._openvino_class_ids(batch)
-        else:
+        """``(N, 3, H, W)`` normalised images -> ``(N, H, W)`` int64 class ids at input size
+        for a file that outputs class ids itself (at input size, or a ``ValueError``); None
+        for a logits file, whose class ids the caller takes from the logits."""
+        if not self.outputs_labels:
             return None
-        return torch.from_numpy(ids.astype(np.int64)).to(images.device)  # a copy, off the buffer
+        batch = self._as_batch(images)
+        ids = self._run(batch)
+        if tuple(ids.shape[-2:]) != tuple(batch.shape[-2:]):
+            raise ValueError(
+                f"{self.path}: labels come out {tuple(ids.shape[-2:])} for a "
+                f"{tuple(batch.shape[-2:])} image; export with upsample_to_input=True "
+                "(or argmax=False) to evaluate"
+            )
+        return torch.from_numpy(ids.astype(np.int64)).to(images.device)
 
     def extra_repr(self) -> str:
         detail = f", precision={self.precision}" if self.runtime == "openvino" else ""
+        detail += f", streams={self.streams}" if self.streams > 1 else ""
         return f"path={str(self.path)!r}, runtime={self.runtime}{detail}"
 
 
@@ -392,11 +367,13 @@ def load_onnx_model(
     runtime: str = "onnxruntime",
     precision: str = "f32",
     threads: int | None = None,
+    streams: int = 1,
 ) -> OnnxSegmentationModel:
-    """``OnnxSegmentationModel(path, runtime, precision, threads)``, in eval mode.
+    """``OnnxSegmentationModel(path, runtime, precision, threads, streams=streams)``, in eval
+    mode.
 
     >>> import ddrnet
     >>> model = load_onnx_model("camvid_int8.onnx", runtime="openvino", precision="bf16")
     >>> labels = ddrnet.Predictor(model).predict("street.png")
     """
-    return OnnxSegmentationModel(path, runtime, precision, threads).eval()
+    return OnnxSegmentationModel(path, runtime, precision, threads, streams=streams).eval()

@@ -368,9 +368,9 @@ def segment_class_ids(
 ) -> torch.Tensor:
     """Class ids ``(N, H, W)`` int64 at input resolution for normalised ``(N, 3, H, W)``
     images: ``class_indices(segment_logits(...))``, except for a single plain pass: then a
-    model with its own ``class_ids`` method (an exported file run by OpenVINO, or one that
-    outputs class ids itself) may resize and arg-max inside its graph, and otherwise
-    ``upsampled_class_ids`` does, both faster than the general path."""
+    model with its own ``class_ids`` method (an exported file that outputs class ids) gives
+    them, and otherwise ``upsampled_class_ids`` takes them from the logits, faster than the
+    general path."""
     plain = tuple(scales) == (1.0,) and not flip and window is None
     if not plain:
         return class_indices(segment_logits(model, images, scales, flip, window, stride))
