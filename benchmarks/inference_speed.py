@@ -44,7 +44,7 @@ from ddrnet.deploy import (
     run_benchmarks,
 )
 from ddrnet.engine.evaluate import evaluate
-from ddrnet.hardware import cpu_has_native_bf16, describe_cpu
+from ddrnet.hardware import cpu_has_native_bf16, describe_cpu, onednn_isa_cap
 from ddrnet.predict import SegmentationRunner
 
 BACKENDS = [
@@ -85,9 +85,12 @@ def val_frames(root: Path, count: int) -> list:
     return [val[i][0].permute(1, 2, 0).numpy() for i in range(min(count, len(val)))]
 
 
-def restart_capped(isa: str) -> None:
+def restart_capped(isa: str | None) -> None:
     """Run this script again with every capable runtime capped to ``isa`` (set before they
-    load: oneDNN reads its cap once, at its first kernel)."""
+    load: oneDNN reads its cap once, at its first kernel); nothing when ``isa`` is None or
+    this run is capped to it already."""
+    if isa is None or onednn_isa_cap() == isa:
+        return
     os.environ.update(
         ONEDNN_MAX_CPU_ISA=isa,
         OV_CPU_MAX_ISA=isa,

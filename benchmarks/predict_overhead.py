@@ -38,7 +38,7 @@ import torch.nn.functional as F
 import ddrnet
 from ddrnet.data.camvid import camvid
 from ddrnet.deploy import export_onnx, load_calibration_images, load_onnx_model, quantize_onnx_int8
-from ddrnet.engine.inference import class_indices, upsampled_class_ids
+from ddrnet.engine.inference import class_ids_by_opencv, class_indices, upsampled_class_ids
 from ddrnet.engine.predictor import Predictor, image_batch
 from ddrnet.hardware import describe_cpu
 
@@ -53,16 +53,9 @@ def interp_tail(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return class_indices(full)
 
 
-def opencv_tail(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    interleaved = logits.float().permute(0, 2, 3, 1).contiguous().numpy()  # (1, h, w, C)
-    resized = np.empty((*size, logits.shape[1]), dtype=np.float32)
-    cv2.resize(interleaved[0], size[::-1], dst=resized, interpolation=cv2.INTER_LINEAR)
-    return class_indices(torch.from_numpy(resized)[None], dim=-1)
-
-
 TAILS: dict[str, Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]] = {
     "interp": interp_tail,
-    "opencv": opencv_tail,
+    "opencv": class_ids_by_opencv,
     "cells": upsampled_class_ids,
 }
 

@@ -80,8 +80,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    if args.max_isa and onednn_isa_cap() != args.max_isa:
-        restart_capped(args.max_isa)
+    restart_capped(args.max_isa)
     torch.set_num_threads(args.threads)
     frames = val_frames(args.camvid, args.frames)
     calibration = load_calibration_images(camvid(args.camvid, "train"), count=16)

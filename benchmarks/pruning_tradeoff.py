@@ -171,8 +171,7 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=Path(__file__).with_suffix(".png"))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    if args.max_isa and onednn_isa_cap() != args.max_isa:
-        restart_capped(args.max_isa)
+    restart_capped(args.max_isa)
     torch.set_num_threads(args.threads)
     rows = measure(args)
     report(rows)

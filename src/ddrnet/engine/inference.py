@@ -227,6 +227,14 @@ def upsampled_class_ids(logits: torch.Tensor, size: tuple[int, int]) -> torch.Te
         planes = logits.float().numpy()
         ids = [_class_ids_at_whole_scale(planes[index], scale) for index in range(batch)]
         return torch.from_numpy(np.stack(ids)).long()
+    return class_ids_by_opencv(logits, size)
+
+
+def class_ids_by_opencv(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``upsampled_class_ids`` of CPU logits ``(N, C, h, w)`` (C <= 512) at any ``size``:
+    OpenCV resizes one ``(h, w, C)`` image at a time, then torch's ``max`` reads each pixel's
+    scores side by side. ``(N, *size)`` int64."""
+    batch, channels = logits.shape[:2]
     interleaved = logits.float().permute(0, 2, 3, 1).contiguous().numpy()  # (N, h, w, C)
     resized = np.empty((batch, *size, channels), dtype=np.float32)
     for index in range(batch):
