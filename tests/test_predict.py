@@ -350,7 +350,8 @@ def test_streams_segment_frames_at_once_and_in_order(
     camvid_model_file, onnx_files, camvid_root, tmp_path
 ) -> None:
     """Two streams give the label files one stream gives, for the PyTorch model and the ONNX
-    file under both runtimes, and report the images in their order; a video too."""
+    file under both runtimes, and report the images in their order (videos: in
+    ``test_video_in_video_out_and_corrupt_video``)."""
     from ddrnet.deploy import load_onnx_model
     from ddrnet.predict import SegmentationRunner, run_prediction
 
@@ -383,6 +384,7 @@ def test_streams_segment_frames_at_once_and_in_order(
     seen = list(runner.map(lambda item: (item, torch.get_num_threads()), range(6)))
     assert [item for item, _ in seen] == list(range(6))
     assert seen[0][1] == threads and torch.get_num_threads() == threads
+    assert all(count == max(1, threads // 2) for _, count in seen[1:])  # the workers' share
 
 
 def test_a_failing_frame_stops_the_streams_with_its_own_error(camvid_model_file) -> None:
