@@ -114,7 +114,41 @@ def test_a_student_equal_to_its_teacher_has_zero_loss_and_renormalised_inputs(tm
         1, 3, 1, 1
     )
     distiller = Distiller(loaded, DistillConfig(str(path)), other_mean, other_std)
-    torch.testing.assert_close(distiller.teacher_logits(run), student, atol=1e-4, rtol=1e-4)
+    grid = tuple(student.shape[-2:])
+    torch.testing.assert_close(distiller.teacher_logits(run, grid), student, atol=1e-4, rtol=1e-4)
+
+
+def test_an_ensemble_teacher_gives_the_log_of_its_averaged_softmax(tmp_path) -> None:
+    teacher = labelled_model(CAMVID, seed=4)
+    path = save_model(teacher, tmp_path / "teacher.safetensors", teacher.metadata)
+    loaded = load_teacher(str(path), CAMVID)
+    images = torch.randn(2, 3, 64, 96)
+    grid = (8, 12)
+    with torch.no_grad():
+        plain = teacher(images)
+
+    def distiller(scales, flip):
+        config = DistillConfig(str(path), teacher_scales=scales, teacher_flip=flip)
+        return Distiller(loaded, config, CAMVID.mean, CAMVID.std)
+
+    # Two identical passes average to one softmax: the logits up to a constant per pixel,
+    # floored where a random network's large logits underflow the softmax.
+    floor = torch.finfo(torch.float32).tiny
+    twice = distiller([1.0, 1.0], False).teacher_logits(images, grid)
+    expected = plain.log_softmax(1).clamp_min(math.log(floor))
+    torch.testing.assert_close(twice, expected, atol=1e-4, rtol=1e-5)
+    # Half and full scale, each also mirrored: each pass's logits resized to the grid,
+    # mirrored back, softmaxed, then averaged.
+    expected = torch.zeros_like(plain)
+    with torch.no_grad():
+        for size in ((32, 48), (64, 96)):
+            scaled = torch.nn.functional.interpolate(images, size, mode="bilinear")
+            for mirrored in (False, True):
+                logits = teacher(scaled.flip(-1) if mirrored else scaled)
+                logits = torch.nn.functional.interpolate(logits, grid, mode="bilinear")
+                expected += (logits.flip(-1) if mirrored else logits).softmax(1) / 4
+    ensemble = distiller([0.5, 1.0], True).teacher_logits(images, grid)
+    torch.testing.assert_close(ensemble, expected.clamp_min(floor).log(), atol=1e-4, rtol=1e-5)
 
 
 def test_a_teacher_of_other_classes_or_no_model_file_is_refused_in_one_line(tmp_path) -> None:
@@ -140,6 +174,10 @@ def test_distill_settings_are_checked() -> None:
     assert config.distill.kd_weight == 1.0 and config.distill.cwd_weight == 0.0
     with pytest.raises(ConfigError, match="distill: temperature must be > 0"):
         load_config(Config, None, ["distill.temperature=0"])
+    with pytest.raises(ConfigError, match="distill: teacher_scales must be a list of scales > 0"):
+        load_config(Config, None, ["distill.teacher_scales=[1.0, 0]"])
+    with pytest.raises(ConfigError, match="distill: teacher_scales must be"):
+        load_config(Config, None, ["distill.teacher_scales=[]"])
     with pytest.raises(ConfigError, match="kd_weight or cwd_weight must be > 0"):
         load_config(Config, None, ["distill.teacher=x.safetensors", "distill.kd_weight=0"])
 

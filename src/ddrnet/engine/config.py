@@ -291,8 +291,17 @@ class DistillConfig:
     # R101 -> R18, Cityscapes), weight 6 at tau 3 (super-gradients, DDRNet-39 -> 23-slim).
     cwd_weight: float = 0.0
     cwd_temperature: float = 4.0
+    # A stronger teacher at no training cost: its softmax averaged over these input scales
+    # (and their mirror images with teacher_flip), as `ddrnet eval --scales --flip` scores;
+    # the log of the average stands for its logits. Each pass is one more teacher forward.
+    teacher_scales: list[float] = field(default_factory=lambda: [1.0])
+    teacher_flip: bool = False
 
     def __post_init__(self) -> None:
+        _require(
+            bool(self.teacher_scales) and all(_positive(v) for v in self.teacher_scales),
+            "teacher_scales", "a list of scales > 0", self.teacher_scales,
+        )  # fmt: skip
         if self.teacher is not None:
             _require(
                 bool(self.teacher.strip()), "teacher",

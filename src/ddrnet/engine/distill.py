@@ -9,6 +9,10 @@ Two losses on the 1/8-resolution logits of the main head (``recipe: distill``):
   over positions and channels, ``* tau^2``, divided by ``N * C`` (as mmrazor's
   ``ChannelWiseDivergence`` and super-gradients' ``ChannelWiseKnowledgeDistillationLoss``).
 
+With ``distill.teacher_scales``/``teacher_flip`` the teacher is an ensemble of itself over
+input scales and mirror images (``segment_logits``, the evaluation's multi-scale + flip): its
+averaged softmax ``p`` enters both losses as the logits ``log p``.
+
 The teacher is loaded once per process (so also under torchrun) with ``create_model``, kept
 in eval mode with ``requires_grad`` off, and run under ``torch.no_grad`` and the run's
 autocast. It is not part of the training checkpoint: ``--resume`` loads it again from
@@ -27,7 +31,7 @@ from torch import nn
 from ddrnet.data.labels import LabelSet
 from ddrnet.engine.checkpointing import TrainingError
 from ddrnet.engine.config import DistillConfig
-from ddrnet.engine.inference import autocast
+from ddrnet.engine.inference import autocast, segment_logits
 from ddrnet.engine.losses import resize_logits
 
 logger = logging.getLogger(__name__)
@@ -151,14 +155,23 @@ class Distiller:
         self._steps = 0
 
     @torch.no_grad()
-    def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """The teacher's main logits ``(N, C, ceil(H/8), ceil(W/8))`` for normalised
-        ``(N, 3, H, W)`` images, without gradients, under the run's autocast."""
+    def teacher_logits(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The teacher's logits ``(N, C, *size)`` float32 for normalised ``(N, 3, H, W)``
+        images, without gradients, under the run's autocast: its main head resized to
+        ``size`` (the student's grid), or with ``teacher_scales``/``teacher_flip`` the log
+        of its softmax averaged over the passes."""
         if self._renormalise is not None:
             scale, shift = self._renormalise
             images = images * scale + shift
+        scales, flip = tuple(self.config.teacher_scales), self.config.teacher_flip
+        if scales == (1.0,) and not flip:
+            with autocast(self.device, self.amp_dtype):
+                logits = self.teacher(images)
+            return resize_logits(logits, size)
         with autocast(self.device, self.amp_dtype):
-            return self.teacher(images)
+            probabilities = segment_logits(self.teacher, images, scales, flip, size=size)
+        # The floor keeps log finite where a class's averaged probability underflows.
+        return probabilities.float().clamp_min(torch.finfo(torch.float32).tiny).log()
 
     def __call__(
         self, images: torch.Tensor, student: torch.Tensor, target: torch.Tensor
@@ -167,7 +180,7 @@ class Distiller:
         (``loss_kd``, ``loss_cwd``). ``student``: main logits ``(N, C, h, w)``; ``target``:
         labels ``(N, H, W)`` with ``ignore_index`` for void (only KD uses them)."""
         student = student.float()
-        teacher = resize_logits(self.teacher_logits(images), tuple(student.shape[-2:]))
+        teacher = self.teacher_logits(images, tuple(student.shape[-2:]))
         cfg = self.config
         total = student.new_zeros(())
         parts: dict[str, float] = {}
@@ -243,6 +256,11 @@ def build_distiller(
     terms = [f"KD x {config.kd_weight} (T={config.temperature})"] if config.kd_weight else []
     if config.cwd_weight:
         terms.append(f"CWD x {config.cwd_weight} (tau={config.cwd_temperature})")
+    if tuple(config.teacher_scales) != (1.0,) or config.teacher_flip:
+        passes = ", ".join(f"{s:g}" for s in config.teacher_scales)
+        terms.append(
+            f"teacher averaged over scales {passes}" + (" + flip" if config.teacher_flip else "")
+        )
     logger.info(
         "distilling from %s (%s, %.2fM parameters): %s",
         config.teacher,

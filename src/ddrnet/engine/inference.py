@@ -322,24 +322,29 @@ def segment_logits(
     flip: bool = False,
     window: tuple[int, int] | None = None,
     stride: tuple[int, int] | None = None,
+    size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Class scores at input resolution, ``(N, num_classes, H, W)``, for normalised images.
+    """Class scores ``(N, num_classes, *size)`` for normalised ``(N, 3, H, W)`` images;
+    ``size`` None: the input's ``(H, W)``.
 
     With several ``scales`` or ``flip``, softmax probabilities are averaged over the
     augmented passes (the usual multi-scale + flip protocol); with one plain pass the raw
-    logits are returned. ``window`` turns on sliding-window inference at each scale. A
-    scale outside ``(0, ddrnet.limits.MAX_SCALE]`` is a ``ValueError``.
+    logits are returned. Each pass's logits are resized straight to ``size`` (so a
+    distillation teacher's ensemble on the student's 1/8 grid never goes through the input
+    size). ``window`` turns on sliding-window inference at each scale. A scale outside
+    ``(0, ddrnet.limits.MAX_SCALE]`` is a ``ValueError``.
     """
     scales = check_scales(scales)
     height, width = images.shape[-2:]
+    size = size or (height, width)
     num_classes = model_num_classes(model)
     single_pass = len(scales) == 1 and scales[0] == 1.0 and not flip
     total = None
     for scale in scales:
         scaled = images
         if scale != 1.0:
-            size = (max(8, round(height * scale)), max(8, round(width * scale)))
-            scaled = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            scaled_size = (max(8, round(height * scale)), max(8, round(width * scale)))
+            scaled = F.interpolate(images, size=scaled_size, mode="bilinear", align_corners=False)
         for flipped in (False, True) if flip else (False,):
             batch = scaled.flip(-1) if flipped else scaled
             if window is not None:
@@ -350,14 +355,14 @@ def segment_logits(
                     window,
                     stride or (window[0] * 2 // 3, window[1] * 2 // 3),
                 )
+                if tuple(logits.shape[-2:]) != tuple(size):
+                    logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
             else:
-                logits = _logits_full_size(model, batch, tuple(batch.shape[-2:]))
+                logits = _logits_full_size(model, batch, size)
             if flipped:
+                # Bilinear resizing with align_corners=False is mirror-symmetric, so flipping
+                # back after the resize equals resizing the flipped-back logits.
                 logits = logits.flip(-1)
-            if scale != 1.0:
-                logits = F.interpolate(
-                    logits, size=(height, width), mode="bilinear", align_corners=False
-                )
             if single_pass:
                 return logits
             probabilities = logits.softmax(dim=1)
