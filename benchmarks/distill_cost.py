@@ -1,7 +1,8 @@
 """What a distillation teacher costs a training step: images/s of the bare step (forward,
 OHEM main + auxiliary loss at label_stride 2, backward, SGD step; no data loading) of a
 DDRNet-23-slim student on random CamVid-shaped batches, without a teacher and with
-``distill.teacher`` (KD, and KD + CWD), rounds interleaved; medians with their spread.
+``distill.teacher`` (KD, KD + CWD, and KD from the teacher's multi-scale + flip ensemble),
+rounds interleaved; medians with their spread.
 
     python benchmarks/distill_cost.py [--teacher camvid_ddrnet23_slim] [--device cpu]
         [--batch 8] [--crop 352 480] [--steps 5] [--rounds 3] [--amp none|bf16]
@@ -72,6 +73,9 @@ def main() -> None:
         "no teacher": None,
         "KD": DistillConfig(args.teacher, 1.0, 2.0),
         "KD + CWD": DistillConfig(args.teacher, 1.0, 2.0, 3.0, 4.0),
+        "KD, teacher 0.75/1/1.25 + flip": DistillConfig(
+            args.teacher, 1.0, 2.0, teacher_scales=[0.75, 1.0, 1.25], teacher_flip=True
+        ),
     }
     distillers = {
         name: cfg and build_distiller(cfg, CAMVID, CAMVID.mean, CAMVID.std, device, dtype, True)

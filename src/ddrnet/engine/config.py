@@ -10,6 +10,7 @@ from typing import Literal
 
 from ddrnet.config import ConfigError
 from ddrnet.engine.losses import CLASS_WEIGHTING_METHODS
+from ddrnet.limits import MAX_SCALE
 from ddrnet.models import list_models
 from ddrnet.models.ddrnet import NORMS
 
@@ -23,6 +24,14 @@ def _require(ok: bool, key: str, rule: str, value: object) -> None:
 
 def _positive(value: float | None) -> bool:
     return value is None or (math.isfinite(value) and value > 0)
+
+
+def _require_scales(scales: list[float], key: str) -> None:
+    """Test-time scales: at least one, each in ``(0, MAX_SCALE]`` (``ddrnet.limits``)."""
+    _require(
+        bool(scales) and all(math.isfinite(v) and 0 < v <= MAX_SCALE for v in scales),
+        key, f"a list of scales in (0, {MAX_SCALE:g}]", scales,
+    )  # fmt: skip
 
 
 @dataclass
@@ -211,7 +220,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _require(self.every_epochs >= 1, "every_epochs", ">= 1", self.every_epochs)
-        _require(all(_positive(v) for v in self.scales), "scales", "> 0", self.scales)
+        _require_scales(self.scales, "scales")
         _require(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
         if self.max_images is not None:
             _require(self.max_images >= 1, "max_images", ">= 1 (or null: all)", self.max_images)
@@ -298,10 +307,7 @@ class DistillConfig:
     teacher_flip: bool = False
 
     def __post_init__(self) -> None:
-        _require(
-            bool(self.teacher_scales) and all(_positive(v) for v in self.teacher_scales),
-            "teacher_scales", "a list of scales > 0", self.teacher_scales,
-        )  # fmt: skip
+        _require_scales(self.teacher_scales, "teacher_scales")
         if self.teacher is not None:
             _require(
                 bool(self.teacher.strip()), "teacher",
