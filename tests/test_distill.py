@@ -174,8 +174,12 @@ def test_distill_settings_are_checked() -> None:
     assert config.distill.kd_weight == 1.0 and config.distill.cwd_weight == 0.0
     with pytest.raises(ConfigError, match="distill: temperature must be > 0"):
         load_config(Config, None, ["distill.temperature=0"])
-    for scales in ("[1.0, 0]", "[]", "[9]"):
-        with pytest.raises(ConfigError, match=r"distill: teacher_scales must be .*\(0, 4\]"):
+    for scales, problem in (
+        ("[1.0, 0]", r"scale 0 is outside \(0, 4\]"),
+        ("[9]", r"scale 9 is outside \(0, 4\]"),
+        ("[]", "give at least one scale"),
+    ):
+        with pytest.raises(ConfigError, match=rf"^distill: teacher_scales: {problem}$"):
             load_config(Config, None, [f"distill.teacher_scales={scales}"])
     with pytest.raises(ConfigError, match="kd_weight or cwd_weight must be > 0"):
         load_config(Config, None, ["distill.teacher=x.safetensors", "distill.kd_weight=0"])

@@ -10,7 +10,7 @@ from typing import Literal
 
 from ddrnet.config import ConfigError
 from ddrnet.engine.losses import CLASS_WEIGHTING_METHODS
-from ddrnet.limits import MAX_SCALE
+from ddrnet.limits import check_scales
 from ddrnet.models import list_models
 from ddrnet.models.ddrnet import NORMS
 
@@ -24,14 +24,6 @@ def _require(ok: bool, key: str, rule: str, value: object) -> None:
 
 def _positive(value: float | None) -> bool:
     return value is None or (math.isfinite(value) and value > 0)
-
-
-def _require_scales(scales: list[float], key: str) -> None:
-    """Test-time scales: at least one, each in ``(0, MAX_SCALE]`` (``ddrnet.limits``)."""
-    _require(
-        bool(scales) and all(math.isfinite(v) and 0 < v <= MAX_SCALE for v in scales),
-        key, f"a list of scales in (0, {MAX_SCALE:g}]", scales,
-    )  # fmt: skip
 
 
 @dataclass
@@ -220,7 +212,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _require(self.every_epochs >= 1, "every_epochs", ">= 1", self.every_epochs)
-        _require_scales(self.scales, "scales")
+        check_scales(self.scales, "scales")  # a UsageError, so a ValueError naming the key
         _require(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
         if self.max_images is not None:
             _require(self.max_images >= 1, "max_images", ">= 1 (or null: all)", self.max_images)
@@ -306,8 +298,13 @@ class DistillConfig:
     teacher_scales: list[float] = field(default_factory=lambda: [1.0])
     teacher_flip: bool = False
 
+    @property
+    def teacher_ensemble(self) -> bool:
+        """Whether the teacher is averaged over several passes (scales or flip)."""
+        return tuple(self.teacher_scales) != (1.0,) or self.teacher_flip
+
     def __post_init__(self) -> None:
-        _require_scales(self.teacher_scales, "teacher_scales")
+        check_scales(self.teacher_scales, "teacher_scales")
         if self.teacher is not None:
             _require(
                 bool(self.teacher.strip()), "teacher",

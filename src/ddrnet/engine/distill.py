@@ -163,13 +163,15 @@ class Distiller:
         if self._renormalise is not None:
             scale, shift = self._renormalise
             images = images * scale + shift
-        scales, flip = tuple(self.config.teacher_scales), self.config.teacher_flip
-        if scales == (1.0,) and not flip:
+        cfg = self.config
+        if not cfg.teacher_ensemble:
             with autocast(self.device, self.amp_dtype):
                 logits = self.teacher(images)
             return resize_logits(logits, size)
         with autocast(self.device, self.amp_dtype):
-            probabilities = segment_logits(self.teacher, images, scales, flip, size=size)
+            probabilities = segment_logits(
+                self.teacher, images, cfg.teacher_scales, cfg.teacher_flip, size=size
+            )
         # The floor keeps log finite where a class's averaged probability underflows.
         return probabilities.float().clamp_min(torch.finfo(torch.float32).tiny).log()
 
@@ -256,7 +258,7 @@ def build_distiller(
     terms = [f"KD x {config.kd_weight} (T={config.temperature})"] if config.kd_weight else []
     if config.cwd_weight:
         terms.append(f"CWD x {config.cwd_weight} (tau={config.cwd_temperature})")
-    if tuple(config.teacher_scales) != (1.0,) or config.teacher_flip:
+    if config.teacher_ensemble:
         passes = ", ".join(f"{s:g}" for s in config.teacher_scales)
         terms.append(
             f"teacher averaged over scales {passes}" + (" + flip" if config.teacher_flip else "")
