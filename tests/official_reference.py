@@ -244,8 +244,8 @@ def official_network(name: str, **kwargs) -> OfficialDualResNet:
 
 def randomize_batchnorm(module: nn.Module, seed: int = 0) -> None:
     """Give every BatchNorm non-trivial statistics and affine parameters, so that an
-    eval-mode comparison exercises them (fresh BNs are identities); every GroupNorm (which
-    has no statistics) non-trivial affine parameters."""
+    eval-mode comparison exercises them (fresh BNs are identities); every GroupNorm and
+    affine InstanceNorm (which keep no statistics) non-trivial affine parameters."""
     generator = torch.Generator().manual_seed(seed)
     for layer in module.modules():
         if isinstance(layer, nn.BatchNorm2d):
@@ -254,6 +254,8 @@ def randomize_batchnorm(module: nn.Module, seed: int = 0) -> None:
             layer.running_var.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
         elif isinstance(layer, nn.GroupNorm):
             n = layer.num_channels
+        elif isinstance(layer, nn.InstanceNorm2d):
+            n = layer.num_features
         else:
             continue
         layer.weight.data.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)

@@ -88,6 +88,17 @@ def test_a_group_norm_file_is_rebuilt_with_group_norm(tmp_path: Path) -> None:
         ddrnet.create_model("ddrnet_23_slim", checkpoint=tmp_path / "bn.pth", norm="group")
 
 
+def test_an_ibn_file_is_rebuilt_with_ibn(tmp_path: Path) -> None:
+    from ddrnet.models.blocks import InstanceBatchNorm
+
+    model = _trained_like(num_classes=4, norm="ibn")
+    path = save_model(model, tmp_path / "ibn.safetensors", model.metadata)
+    rebuilt = ddrnet.create_model(checkpoint=path)
+    assert rebuilt.metadata.spec["norm"] == "ibn" and rebuilt.spec == model.spec
+    assert isinstance(rebuilt.backbone.stages[0].high[1].bn1, InstanceBatchNorm)
+    assert _same_outputs(model, rebuilt)
+
+
 @pytest.mark.parametrize("wrapper", ["plain", "state_dict", "module", "model_and_module"])
 def test_wrapped_pickled_state_dicts_load(tmp_path: Path, wrapper: str) -> None:
     model = _trained_like()

@@ -274,6 +274,29 @@ def test_a_group_norm_model_is_left_unfolded_and_exports_to_onnx(camvid_val, tmp
         np.testing.assert_allclose(output, net(batch).numpy(), atol=1e-3)
 
 
+def test_an_ibn_model_folds_its_batch_norms_only_and_exports_to_onnx(camvid_val, tmp_path):
+    """The convs that feed an instance-batch mix stay unfolded (the instance half depends on
+    the input); every other Conv+BN pair folds, and the ONNX file computes what PyTorch does."""
+    torch.manual_seed(0)
+    net = ddrnet.create_model("ddrnet_23_slim", num_classes=11, norm="ibn")
+    randomize_batchnorm(net, seed=1)
+    plain = ddrnet.create_model("ddrnet_23_slim", num_classes=11)
+    assert len(conv_bn_pairs(net)) == len(conv_bn_pairs(plain)) - 8
+    fused = fuse_conv_bn(net)
+    inputs = real_inputs(camvid_val, sizes=((96, 128), (65, 97)))
+    exact_net = copy.deepcopy(net).double()
+    with torch.no_grad():
+        for image in inputs:
+            # As for BatchNorm models: the folded form is as close to float64 as the original.
+            exact = exact_net(image.double())
+            error_fused = float((fused(image).double() - exact).abs().max())
+            error_plain = float((net(image).double() - exact).abs().max())
+            assert error_fused < 2 * error_plain + 1e-5
+    path = export_onnx(net, tmp_path / "ibn.onnx", (96, 128))
+    assert read_onnx_metadata(path)["spec"]["norm"] == "ibn"
+    assert verify_onnx(net, path, inputs=inputs) < 1e-3
+
+
 def centred_sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
     """Signal-to-noise ratio of ``test`` logits against ``reference``, in dB, after removing
     each pixel's mean over classes (argmax ignores it; it would flatter the ratio)."""

@@ -292,7 +292,7 @@ def test_upsampled_class_ids_of_a_real_frame_match_pytorchs_resize(camvid_root) 
         ("train.epochs=0", "train: epochs must be >= 1"),
         ("train.threads=-1", "threads must be >= 1"),
         ("model.width_multiplier=0", "width_multiplier must be > 0"),
-        ("model.norm=layer", "model.norm: 'layer' is not one of \\['batch', 'group'\\]"),
+        ("model.norm=layer", "model.norm: 'layer' is not one of \\['batch', 'group', 'ibn'\\]"),
         ("model.norm_groups=0", "model: norm_groups must be >= 1, got 0"),
         ("model.name=ddrnet_23_slim_imagenet", "model: name must be one of \\['ddrnet_23_slim'"),
         (

@@ -229,10 +229,45 @@ def test_group_norm_replaces_every_batch_norm_with_gcd_groups() -> None:
     (main.sum() + aux.sum()).backward()
 
 
+def test_ibn_norms_half_the_channels_per_image_in_stages_1_to_3() -> None:
+    from ddrnet.models.blocks import InstanceBatchNorm
+
+    model = ddrnet.create_model("ddrnet_23_slim", num_classes=5, aux_head=True, norm="ibn")
+    mixed = [name for name, m in model.named_modules() if isinstance(m, InstanceBatchNorm)]
+    # IBN-a: the first norm of each BasicBlock of stages 1, 2 and both branches of stage 3.
+    assert mixed == [
+        f"backbone.{layer}.{block}.bn1"
+        for layer in ("layer1", "layer2", "stages.0.low", "stages.0.high")
+        for block in (0, 1)
+    ]
+    assert model.backbone.layer2[0].bn1.instance.num_features == 32  # of 64 channels
+    assert isinstance(model.backbone.stages[1].low[0].bn1, torch.nn.BatchNorm2d)
+    assert ddrnet.create_model("ddrnet_39", norm="ibn").spec.to_dict()["norm"] == "ibn"
+    # Hand-computed: channels 0-1 by each image's own mean and variance over H x W,
+    # channels 2-4 by the batch's over N x H x W (training mode, unit affine).
+    layer = InstanceBatchNorm(5).train()
+    x = torch.randn(3, 5, 4, 6, dtype=torch.float64)
+    layer.double()
+    first, rest = x[:, :2], x[:, 2:]
+    per_image = (first - first.mean((2, 3), keepdim=True)) / torch.sqrt(
+        first.var((2, 3), unbiased=False, keepdim=True) + 1e-5
+    )
+    per_batch = (rest - rest.mean((0, 2, 3), keepdim=True)) / torch.sqrt(
+        rest.var((0, 2, 3), unbiased=False, keepdim=True) + 1e-5
+    )
+    torch.testing.assert_close(layer(x), torch.cat((per_image, per_batch), 1))
+    with pytest.raises(ValueError, match="at least 2 channels, got 1"):
+        InstanceBatchNorm(1)
+    model.train()
+    main, aux = model.forward_with_aux(torch.randn(2, 3, 64, 64))
+    (main.sum() + aux.sum()).backward()
+    assert model.backbone.layer1[0].bn1.instance.weight.grad is not None
+
+
 def test_norm_is_validated_and_old_spec_dicts_mean_batch_norm() -> None:
     from ddrnet.models.ddrnet import SLIM_SPEC, DDRNetSpec
 
-    with pytest.raises(ValueError, match="norm must be one of batch, group, got 'layer'"):
+    with pytest.raises(ValueError, match="norm must be one of batch, group, ibn, got 'layer'"):
         DDRNetSpec(norm="layer")
     with pytest.raises(ValueError, match="norm_groups must be at least 1, got 0"):
         DDRNetSpec(norm_groups=0)

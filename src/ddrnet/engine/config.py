@@ -34,9 +34,10 @@ class ModelConfig:
     # downloaded). None trains from scratch.
     pretrained: str | None = None
     width_multiplier: float = 1.0
-    # GroupNorm (of gcd(channels, norm_groups) groups) in place of every BatchNorm: for 1-4
-    # images per device, where batch statistics are noise. The model file records it.
-    norm: Literal["batch", "group"] = "batch"
+    # "group": GroupNorm (of gcd(channels, norm_groups) groups) in place of every BatchNorm,
+    # for 1-4 images per device, where batch statistics are noise. "ibn": IBN-Net's
+    # instance-batch mix in stages 1-3 (DDRNetSpec.norm). The model file records it.
+    norm: Literal["batch", "group", "ibn"] = "batch"
     norm_groups: int = 32
 
     def __post_init__(self) -> None:

@@ -149,7 +149,7 @@ def _set_up_process(
         torch.backends.cudnn.benchmark = True
     if device.type == "cpu" and cfg_train.retain_freed_memory:
         retain_freed_memory()
-    if config.data.batch_size < 2 and config.model.norm == "batch":
+    if config.data.batch_size < 2 and config.model.norm != "group":
         raise TrainingError(
             f"data.batch_size={config.data.batch_size}: training needs at least 2 images per "
             "batch (batch norm estimates its statistics from the batch; model.norm=group "

@@ -53,6 +53,39 @@ def replace_batch_norms(module: nn.Module, max_groups: int) -> None:
             replace_batch_norms(child, max_groups)
 
 
+class InstanceBatchNorm(nn.Module):
+    """IBN-Net's mix (Pan et al., ECCV 2018, "IBN-a"): the first ``channels // 2`` channels
+    are instance-normalised (affine), the rest batch-normalised.
+
+    Instance normalisation takes each image's own contrast and colour statistics out of the
+    features, which is what makes the network less sensitive to the look of a street it has
+    not seen; the batch-normalised half keeps what tells classes apart.
+    Shapes: ``(N, channels, H, W) -> (N, channels, H, W)``.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        if channels < 2:
+            raise ValueError(f"instance-batch norm needs at least 2 channels, got {channels}")
+        self.half = channels // 2
+        self.instance = nn.InstanceNorm2d(self.half, affine=True)
+        self.batch = nn.BatchNorm2d(channels - self.half, momentum=BN_MOMENTUM)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        instance_part, batch_part = torch.split(x, [self.half, x.shape[1] - self.half], dim=1)
+        return torch.cat((self.instance(instance_part), self.batch(batch_part)), dim=1)
+
+
+def use_instance_batch_norms(layers: list[nn.Module]) -> None:
+    """Replace the first norm (``bn1``) of every ``BasicBlock`` under ``layers`` by an
+    ``InstanceBatchNorm`` of its width, in place (IBN-a's placement: inside the residual
+    branch, so the identity path keeps its batch statistics)."""
+    for layer in layers:
+        for block in layer.modules():
+            if isinstance(block, BasicBlock):
+                block.bn1 = InstanceBatchNorm(block.bn1.num_features)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with a residual connection (ResNet-18 style).
 

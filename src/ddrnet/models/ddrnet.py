@@ -34,6 +34,7 @@ from ddrnet.models.blocks import (
     conv_bn,
     make_res_layer,
     replace_batch_norms,
+    use_instance_batch_norms,
 )
 from ddrnet.models.dappm import DAPPM
 from ddrnet.models.metadata import ModelMetadata
@@ -41,7 +42,7 @@ from ddrnet.models.registry import register_model
 from ddrnet.models.widths import apply_channel_widths
 
 # The normalisation layers a DDRNet can be built with (``DDRNetSpec.norm``).
-NORMS = ("batch", "group")
+NORMS = ("batch", "group", "ibn")
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,11 @@ class DDRNetSpec:
         norm: ``"batch"`` (BatchNorm, the paper's) or ``"group"``: every BatchNorm becomes a
             GroupNorm of ``gcd(channels, norm_groups)`` groups, whose statistics come from
             each image alone, for batches of 1-4 per device; it cannot be folded into the
-            convolutions for deployment. Files written before this field load as ``"batch"``.
+            convolutions for deployment. ``"ibn"``: IBN-Net's instance-batch mix
+            (``blocks.InstanceBatchNorm``) as the first norm of every BasicBlock of stages
+            1-3, both branches (IBN-a keeps the last stage batch-normalised), BatchNorm
+            elsewhere; for streets unlike the training ones. Files written before this field
+            load as ``"batch"``.
         norm_groups: the most groups a GroupNorm has (ignored with ``norm="batch"``).
     """
 
@@ -258,14 +263,17 @@ class DualResolutionBackbone(nn.Module):
 
 
 def _finish(model: nn.Module, spec: DDRNetSpec) -> None:
-    """GroupNorm in place of every BatchNorm when ``spec.norm`` asks, then the official
+    """GroupNorm or IBN in place of BatchNorms when ``spec.norm`` asks, then the official
     initialisation: Kaiming-normal convolutions (fan-out, ReLU gain), unit norm layers."""
     if spec.norm == "group":
         replace_batch_norms(model, spec.norm_groups)
+    elif spec.norm == "ibn":
+        backbone = model.backbone
+        use_instance_batch_norms([backbone.layer1, backbone.layer2, *backbone.stages[:-1]])
     for layer in model.modules():
         if isinstance(layer, nn.Conv2d):
             nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(layer, (nn.BatchNorm2d, nn.GroupNorm)):
+        elif isinstance(layer, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)):
             nn.init.ones_(layer.weight)
             nn.init.zeros_(layer.bias)
 

@@ -57,10 +57,11 @@ def create_model(
         aux_head: build the auxiliary head used for deep supervision in training.
         width_multiplier: scale branch and head widths (e.g. 1.5 for DDRNet-39 1.5x); a
             self-describing file's recorded widths take its place.
-        norm: ``"batch"`` or ``"group"`` (GroupNorm in place of every BatchNorm, of
-            ``gcd(channels, norm_groups)`` groups; ``DDRNetSpec.norm``); None: the variant's,
-            BatchNorm. A self-describing file's recorded norm takes the place of both, so a
-            model trained with GroupNorm is rebuilt with it.
+        norm: ``"batch"``, ``"group"`` (GroupNorm in place of every BatchNorm, of
+            ``gcd(channels, norm_groups)`` groups) or ``"ibn"`` (IBN-Net's instance-batch
+            mix in stages 1-3); ``DDRNetSpec.norm``. None: the variant's, BatchNorm. A
+            self-describing file's recorded norm takes the place of both, so a model trained
+            with GroupNorm or IBN is rebuilt with it.
         norm_groups: the most groups of a GroupNorm; None: the variant's, 32.
 
     The returned model is in eval mode and carries ``model.metadata`` (a ``ModelMetadata``)
