@@ -16,11 +16,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import ddrnet
 from ddrnet.config import load_config
+from ddrnet.data.datasets import DatasetError
 from ddrnet.data.labels import CAMVID, LabelSet
 from ddrnet.engine.config import Config
 from ddrnet.models import ModelMetadata
@@ -138,3 +142,55 @@ def serving(app: Any, **options: Any) -> Iterator[Any]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def save_image(path: Path, array: np.ndarray) -> Path:
+    """Write ``array`` (``(H, W)`` or ``(H, W, 3)`` uint8) as an image, making its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def check_problems(dataset: Any) -> str:
+    """The report of a data set's ``check()``, which must fail."""
+    with pytest.raises(DatasetError) as error:
+        dataset.check()
+    return str(error.value)
+
+
+# A folder data set of three classes (the user's own data), as a classes file and colours.
+CLASSES_YAML = """
+classes:
+  - {name: road, color: [128, 64, 128]}
+  - {name: car, color: [0, 0, 142]}
+  - {name: person, color: [220, 20, 60]}
+ignore_index: 200
+ignore_colors: [[0, 0, 0]]
+mean: [0.5, 0.4, 0.3]
+std: [0.2, 0.25, 0.3]
+"""
+ROAD, CAR, PERSON = (128, 64, 128), (0, 0, 142), (220, 20, 60)
+
+
+def folder_tree(tmp_path: Path) -> Path:
+    """Two frames: ``a.png`` with an index mask, ``b.jpg`` with a colour mask."""
+    root = tmp_path / "mine"
+    (root / "classes.yaml").parent.mkdir(parents=True)
+    (root / "classes.yaml").write_text(CLASSES_YAML)
+    save_image(root / "images/train/a.png", np.full((2, 3, 3), 50, np.uint8))
+    save_image(root / "masks/train/a.png", np.array([[0, 1, 2], [200, 1, 0]], np.uint8))
+    save_image(root / "images/train/b.jpg", np.full((2, 3, 3), 90, np.uint8))
+    colour = np.array([[ROAD, CAR, (0, 0, 0)], [PERSON, PERSON, ROAD]], np.uint8)
+    save_image(root / "masks/train/b.png", colour)
+    return root
+
+
+def coco_stuff_tree(tmp_path: Path, maps: dict[str, np.ndarray], suffix: str = ".png") -> Path:
+    """A COCO-Stuff layout under ``tmp_path/coco``: flat grey val2017 images and the given
+    ``(H, W)`` maps (raw ids or train ids by ``suffix``), one per stem."""
+    root = tmp_path / "coco"
+    for stem, values in maps.items():
+        image = np.full(values.shape + (3,), 100, dtype=np.uint8)
+        save_image(root / "images" / "val2017" / f"{stem}.jpg", image)
+        save_image(root / "annotations" / "val2017" / f"{stem}{suffix}", values.astype(np.uint8))
+    return root

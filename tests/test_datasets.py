@@ -1,5 +1,6 @@
-"""Data sets: Cityscapes on its real sample frame, CamVid's 32-class colour labels, COCO-Stuff,
-folder data sets, ``check()`` on damaged copies of real CamVid files, and the bundled recipes.
+"""Data sets: Cityscapes on its real sample frame, CamVid's 32-class colour labels, ``check()``
+on damaged copies of real CamVid files, every data set through ``build_dataset``, and the
+bundled recipes. COCO-Stuff and folder data sets have their own files.
 
 Expected values are written out by hand here (from the official tables), never derived from
 the code under test.
@@ -7,7 +8,6 @@ the code under test.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -20,9 +20,8 @@ from ddrnet.config import load_config
 from ddrnet.data.build import build_dataset
 from ddrnet.data.camvid import camvid
 from ddrnet.data.cityscapes import cityscapes, write_cityscapes_submission
-from ddrnet.data.coco_stuff import coco_stuff
 from ddrnet.data.datasets import ColourLabelDataset, DatasetError
-from ddrnet.data.folder import folder_dataset, load_classes_file
+from ddrnet.data.folder import load_classes_file
 from ddrnet.data.io import read_label, read_rgb
 from ddrnet.data.labels import (
     CAMVID,
@@ -32,12 +31,11 @@ from ddrnet.data.labels import (
     CITYSCAPES_LUT,
     CITYSCAPES_TRAIN_TO_LABEL_ID,
     COCO_STUFF,
-    COCO_STUFF_LUT,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     camvid32_colour_to_train_ids,
 )
 from ddrnet.engine.config import Config, DataConfig
+
+from helpers import check_problems, coco_stuff_tree, folder_tree, save_image
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "ddrnet" / "configs"
 FRAME = "frankfurt_000000_000294"
@@ -47,18 +45,6 @@ CITYSCAPES_EVALUATED = {
     7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
     23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
 }  # fmt: skip
-
-
-def _save(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
-
-
-def _problems(dataset) -> str:
-    with pytest.raises(DatasetError) as error:
-        dataset.check()
-    return str(error.value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,11 +205,11 @@ def test_cityscapes_check_reports_bad_labels(cityscapes_root: Path, tmp_path: Pa
     value_label = gt / f"{FRAME}_gtFine_labelIds.png"
     array = read_label(value_label).copy()
     array[10:12, 10:12] = 40  # labelIds stop at 33
-    _save(value_label, array)
+    save_image(value_label, array)
     small_label = gt / "frankfurt_000000_000576_gtFine_labelIds.png"
     with Image.open(small_label) as label:
         label.resize((128, 64), Image.NEAREST).save(small_label)
-    report = _problems(cityscapes(root, "val"))
+    report = check_problems(cityscapes(root, "val"))
     assert "2 problems found" in report
     assert f"{value_label}: label values [40] are not classes of Cityscapes val" in report
     assert "(valid: 0..33)" in report
@@ -307,7 +293,7 @@ def _camvid_original(camvid_root: Path, tmp_path: Path, frames: list[str]) -> Pa
     for frame in frames:
         (root / "701_StillsRaw_full").mkdir(parents=True, exist_ok=True)
         shutil.copy(camvid_root / "train" / f"{frame}.png", root / "701_StillsRaw_full")
-        _save(root / "LabeledApproved_full" / f"{frame}_L.png", label)
+        save_image(root / "LabeledApproved_full" / f"{frame}_L.png", label)
     return root
 
 
@@ -341,258 +327,14 @@ def test_camvid_original_check_names_unknown_colours(camvid_root: Path, tmp_path
     label = np.asarray(Image.open(broken)).copy()
     label[0:3, 0:2] = (1, 2, 3)  # 6 pixels
     label[100, 100] = (128, 64, 129)
-    _save(broken, label)
+    save_image(broken, label)
     dataset = camvid(root, "all")
-    report = _problems(dataset)
+    report = check_problems(dataset)
     assert "1 problems found" in report
     assert f"{broken}: 7 pixels have colours that are no class of" in report
     assert "(1, 2, 3), (128, 64, 129)" in report
     with pytest.raises(DatasetError, match="7 pixels have colours"):
         dataset.load(0)
-
-
-# --------------------------------------------------------------------------------------------
-# COCO-Stuff-164k
-# --------------------------------------------------------------------------------------------
-
-# raw stuffthingmaps id -> 0..170, from mmsegmentation's coco_stuff164k.py converter table.
-COCO_RAW_TO_TRAIN = {
-    0: 0, 10: 10, 12: 11, 24: 23, 26: 24, 27: 25, 30: 26, 43: 39, 45: 40, 64: 59, 66: 60,
-    69: 61, 71: 62, 81: 72, 83: 73, 89: 79, 91: 80, 92: 81, 150: 139, 181: 170, 255: 255,
-}  # fmt: skip
-COCO_UNUSED = [11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90]
-
-
-def test_coco_stuff_classes_and_lookup_table() -> None:
-    assert COCO_STUFF.num_classes == 171 and len(set(COCO_STUFF.class_names)) == 171
-    names = COCO_STUFF.class_names
-    assert (names[0], names[79], names[80], names[170]) == (
-        "person",
-        "toothbrush",
-        "banner",
-        "wood",
-    )
-    # Stuff: COCO-Stuff id (1-based) 92 + k is class 80 + k; sky-other is 157, road 149.
-    assert (names[13], names[40], names[145], names[137]) == (
-        "bench",
-        "wine glass",
-        "sky-other",
-        "road",
-    )
-    assert len(set(COCO_STUFF.palette)) == 171
-    for raw, train in COCO_RAW_TO_TRAIN.items():
-        assert COCO_STUFF_LUT[raw] == train, raw
-    for raw in COCO_UNUSED + [182, 200, 254]:
-        assert COCO_STUFF_LUT[raw] == 255, raw
-    used = COCO_STUFF_LUT[COCO_STUFF_LUT != 255]
-    np.testing.assert_array_equal(used, np.arange(171))  # a bijection, in raw-id order
-    assert (COCO_STUFF.mean, COCO_STUFF.std) == (IMAGENET_MEAN, IMAGENET_STD)
-
-
-def _coco_tree(tmp_path: Path, maps: dict[str, np.ndarray], suffix: str = ".png") -> Path:
-    root = tmp_path / "coco"
-    for stem, values in maps.items():
-        image = np.full(values.shape + (3,), 100, dtype=np.uint8)
-        _save(root / "images" / "val2017" / f"{stem}.jpg", image)
-        _save(root / "annotations" / "val2017" / f"{stem}{suffix}", values.astype(np.uint8))
-    return root
-
-
-def test_coco_stuff_raw_maps(tmp_path: Path) -> None:
-    raw = np.array([[0, 12, 26, 91, 181, 255, 89, 66], [10, 45, 69, 71, 83, 92, 150, 24]])
-    expected = np.array([[0, 11, 24, 80, 170, 255, 79, 60], [10, 40, 61, 62, 73, 81, 139, 23]])
-    root = _coco_tree(tmp_path, {"000000000139": raw})
-    dataset = coco_stuff(root, "val2017")
-    assert "raw stuffthingmaps" in dataset.name
-    dataset.check()
-    image, label = dataset.load(0)
-    assert image.shape == (2, 8, 3)
-    np.testing.assert_array_equal(label, expected)
-
-
-def test_coco_stuff_prefers_converted_train_id_maps(tmp_path: Path) -> None:
-    train_ids = np.array([[0, 11, 24, 80, 170, 255, 79, 60]])
-    root = _coco_tree(tmp_path, {"000000000139": train_ids}, suffix="_labelTrainIds.png")
-    # A raw map beside it (as mmsegmentation's converter leaves it) is not used.
-    _save(root / "annotations/val2017/000000000139.png", np.full((1, 8), 5, np.uint8))
-    dataset = coco_stuff(root, "val2017")
-    assert "labelTrainIds" in dataset.name
-    dataset.check()
-    np.testing.assert_array_equal(dataset.load(0)[1], train_ids)
-    converted = root / "annotations/val2017/000000000139_labelTrainIds.png"
-    _save(converted, np.array([[0, 171, 200, 1, 2, 3, 4, 5]], dtype=np.uint8))
-    report = _problems(dataset)
-    assert f"{converted}: label values [171, 200]" in report and "valid: 0..170, 255" in report
-
-
-def test_coco_stuff_check_reports_unused_ids_and_missing_maps(tmp_path: Path) -> None:
-    root = _coco_tree(tmp_path, {"000000000139": np.array([[0, 11, 90, 1]])})
-    report = _problems(coco_stuff(root, "val2017"))
-    assert "000000000139.png: label values [11, 90] are not classes" in report
-    assert "valid: 0..10, 12..24, 26..27, 30..43" in report
-    _save(root / "images/val2017/000000000285.jpg", np.zeros((4, 4, 3), np.uint8))
-    with pytest.raises(DatasetError, match="1 images have no label file") as error:
-        coco_stuff(root, "val2017")
-    assert "000000000285.jpg (expected" in str(error.value)
-
-
-# --------------------------------------------------------------------------------------------
-# Folder data sets
-# --------------------------------------------------------------------------------------------
-
-CLASSES_YAML = """
-classes:
-  - {name: road, color: [128, 64, 128]}
-  - {name: car, color: [0, 0, 142]}
-  - {name: person, color: [220, 20, 60]}
-ignore_index: 200
-ignore_colors: [[0, 0, 0]]
-mean: [0.5, 0.4, 0.3]
-std: [0.2, 0.25, 0.3]
-"""
-
-
-def test_classes_file_yaml_and_json_agree(tmp_path: Path) -> None:
-    yaml_file = tmp_path / "classes.yaml"
-    yaml_file.write_text(CLASSES_YAML)
-    json_file = tmp_path / "classes.json"
-    json_file.write_text(
-        json.dumps(
-            {
-                "classes": [
-                    {"name": "road", "color": [128, 64, 128]},
-                    {"name": "car", "color": [0, 0, 142]},
-                    {"name": "person", "color": [220, 20, 60]},
-                ],
-                "ignore_index": 200,
-                "ignore_colors": [[0, 0, 0]],
-                "mean": [0.5, 0.4, 0.3],
-                "std": [0.2, 0.25, 0.3],
-            }
-        )
-    )
-    for path in (yaml_file, json_file):
-        classes = load_classes_file(path)
-        assert classes.labels.class_names == ("road", "car", "person")
-        assert classes.labels.palette == ((128, 64, 128), (0, 0, 142), (220, 20, 60))
-        assert classes.labels.ignore_index == 255  # training ignore value stays 255
-        assert (classes.ignore_index, classes.ignore_colors) == (200, ((0, 0, 0),))
-        assert classes.labels.mean == (0.5, 0.4, 0.3) and classes.labels.std == (0.2, 0.25, 0.3)
-    minimal = tmp_path / "minimal.yaml"
-    minimal.write_text("classes:\n  - {name: a, color: [1, 2, 3]}\n")
-    classes = load_classes_file(minimal)
-    assert (classes.ignore_index, classes.ignore_colors) == (255, ())
-    assert (classes.labels.mean, classes.labels.std) == (IMAGENET_MEAN, IMAGENET_STD)
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("[1, 2]", "top level must be a mapping"),
-        ("classes: []", "'classes' must be a non-empty list"),
-        ("classes: [{name: a, color: [1, 2, 3]}]\ncolours: 1", r"unknown keys \['colours'\]"),
-        ("classes: [road]", r"classes\[0\] must be a mapping"),
-        ("classes: [{name: a}]", r"classes\[0\] needs exactly .* missing \['color'\]"),
-        ("classes: [{name: a, colour: [1, 2, 3]}]", r"unknown \['colour'\]"),
-        ("classes: [{name: a, color: [256, 0, 0]}]", r"classes\[0\]\.color must be three"),
-        ("classes: [{name: a, color: [1, 2]}]", r"classes\[0\]\.color must be three"),
-        ("classes: [{name: '', color: [1, 2, 3]}]", r"classes\[0\]\.name must be a non-empty"),
-        (
-            "classes: [{name: a, color: [1, 2, 3]}, {name: a, color: [4, 5, 6]}]",
-            "class name 'a' appears twice",
-        ),
-        (
-            "classes: [{name: a, color: [1, 2, 3]}, {name: b, color: [1, 2, 3]}]",
-            r"classes\[1\] \(b\) has the colour of a",
-        ),
-        (
-            "classes: [{name: a, color: [1, 2, 3]}, {name: b, color: [4, 5, 6]}]\nignore_index: 1",
-            "ignore_index 1 must lie in 2..255",
-        ),
-        (
-            "classes: [{name: a, color: [1, 2, 3]}]\nignore_colors: [[1, 2, 3]]",
-            r"ignore_colors\[0\] \(1, 2, 3\) is the colour of class a",
-        ),
-        (
-            "classes: [{name: a, color: [1, 2, 3]}]\nmean: [123.7, 116.3, 103.5]",
-            "must be on the 0..1 scale",
-        ),
-        ("classes: [{name: a, color: [1, 2, 3]]", "cannot parse the classes file"),
-    ],
-)
-def test_classes_file_errors_name_the_file_and_entry(
-    tmp_path: Path, text: str, message: str
-) -> None:
-    path = tmp_path / "bad_classes.yaml"
-    path.write_text(text)
-    with pytest.raises(DatasetError, match=message) as error:
-        load_classes_file(path)
-    assert str(error.value).startswith(f"{path}: ")
-
-
-def test_classes_file_missing(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match=f"classes file {tmp_path / 'nope.yaml'} does not"):
-        load_classes_file(tmp_path / "nope.yaml")
-
-
-ROAD, CAR, PERSON = (128, 64, 128), (0, 0, 142), (220, 20, 60)
-
-
-def _folder_tree(tmp_path: Path) -> Path:
-    """Two frames: ``a.png`` with an index mask, ``b.jpg`` with a colour mask."""
-    root = tmp_path / "mine"
-    (root / "classes.yaml").parent.mkdir(parents=True)
-    (root / "classes.yaml").write_text(CLASSES_YAML)
-    _save(root / "images/train/a.png", np.full((2, 3, 3), 50, np.uint8))
-    _save(root / "masks/train/a.png", np.array([[0, 1, 2], [200, 1, 0]], np.uint8))
-    _save(root / "images/train/b.jpg", np.full((2, 3, 3), 90, np.uint8))
-    colour = np.array([[ROAD, CAR, (0, 0, 0)], [PERSON, PERSON, ROAD]], np.uint8)
-    _save(root / "masks/train/b.png", colour)
-    return root
-
-
-def test_folder_dataset_reads_index_and_colour_masks(tmp_path: Path) -> None:
-    root = _folder_tree(tmp_path)
-    dataset = folder_dataset(root, "train")
-    assert [s.image.name for s in dataset.samples] == ["a.png", "b.jpg"]
-    assert dataset.labels.class_names == ("road", "car", "person")
-    dataset.check()
-    np.testing.assert_array_equal(dataset.load(0)[1], [[0, 1, 2], [255, 1, 0]])
-    np.testing.assert_array_equal(dataset.load(1)[1], [[0, 1, 255], [2, 2, 0]])
-    index_only = folder_dataset(root, "train", root / "classes.yaml", mask_format="index")
-    assert "single-channel class indices, got mode RGB" in _problems(index_only)
-
-
-def test_folder_dataset_pairing_errors_name_the_files(tmp_path: Path) -> None:
-    root = _folder_tree(tmp_path)
-    _save(root / "images/train/c.jpeg", np.zeros((2, 3, 3), np.uint8))
-    with pytest.raises(DatasetError, match="1 images have no mask") as error:
-        folder_dataset(root, "train")
-    assert str(root / "images/train/c.jpeg") in str(error.value)
-    (root / "images/train/c.jpeg").unlink()
-    _save(root / "masks/train/d.png", np.zeros((2, 3), np.uint8))
-    with pytest.raises(DatasetError, match="1 masks have no image") as error:
-        folder_dataset(root, "train")
-    assert str(root / "masks/train/d.png") in str(error.value)
-    (root / "masks/train/d.png").unlink()
-    _save(root / "images/train/a.jpg", np.zeros((2, 3, 3), np.uint8))
-    with pytest.raises(DatasetError, match="a.jpg and .*a.png share the name|a.png and .*a.jpg"):
-        folder_dataset(root, "train")
-    with pytest.raises(DatasetError, match=f"classes file {tmp_path / 'none.yaml'} does not"):
-        folder_dataset(root, "train", tmp_path / "none.yaml")
-
-
-def test_folder_check_reports_unknown_colours_and_values(tmp_path: Path) -> None:
-    root = _folder_tree(tmp_path)
-    _save(root / "masks/train/a.png", np.array([[0, 1, 2], [7, 1, 0]], np.uint8))
-    colour = np.array([[ROAD, (9, 9, 9), ROAD], [(9, 9, 9), PERSON, (5, 5, 5)]], np.uint8)
-    _save(root / "masks/train/b.png", colour)
-    report = _problems(folder_dataset(root, "train"))
-    assert "2 problems found" in report
-    assert f"{root / 'masks/train/a.png'}: label values [7]" in report
-    assert "(valid: 0..2, 200)" in report
-    assert f"{root / 'masks/train/b.png'}: 3 pixels have colours" in report
-    assert "(5, 5, 5), (9, 9, 9); grey colours: if this mask stores class ids" in report
 
 
 # --------------------------------------------------------------------------------------------
@@ -623,11 +365,11 @@ def test_check_reports_every_damaged_camvid_file_by_name(camvid_root: Path, tmp_
         original.resize((240, 180), Image.NEAREST).save(label[resized])
     values = read_label(label[value77]).copy()
     values[100:110, 200:210] = 77
-    _save(label[value77], values)
+    save_image(label[value77], values)
     image[text].write_text("not an image, just text\n")
     dataset = camvid(root, "train")  # every file exists at this point
     label[deleted].unlink()
-    report = _problems(dataset)
+    report = check_problems(dataset)
     assert "CamVid train: 5 problems found" in report
     assert f"{label[truncated]}: not a readable image" in report
     assert f"{label[resized]}: label is 240x180 but image {resized}.png is 480x360" in report
@@ -651,8 +393,9 @@ def test_build_dataset_knows_every_data_set(
 ) -> None:
     cases = {
         "cityscapes": (str(cityscapes_root), "val", CITYSCAPES),
-        "coco_stuff": (str(_coco_tree(tmp_path, {"1": np.zeros((4, 4))})), "val2017", COCO_STUFF),
-        "folder": (str(_folder_tree(tmp_path)), "train", None),
+        "coco_stuff": (str(coco_stuff_tree(tmp_path, {"1": np.zeros((4, 4))})), "val2017",
+                       COCO_STUFF),
+        "folder": (str(folder_tree(tmp_path)), "train", None),
         "camvid": (str(_camvid_original(camvid_root, tmp_path, _camvid_frames(camvid_root, 1))),
                    "all", CAMVID),
     }  # fmt: skip

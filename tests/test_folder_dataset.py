@@ -1,0 +1,143 @@
+"""Folder data sets (the user's own data): the classes file in YAML and JSON, index and colour
+masks, and the errors that name the file and entry at fault."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ddrnet.data.datasets import DatasetError
+from ddrnet.data.folder import folder_dataset, load_classes_file
+from ddrnet.data.labels import IMAGENET_MEAN, IMAGENET_STD
+
+from helpers import CLASSES_YAML, PERSON, ROAD, check_problems, folder_tree, save_image
+
+
+def test_classes_file_yaml_and_json_agree(tmp_path: Path) -> None:
+    yaml_file = tmp_path / "classes.yaml"
+    yaml_file.write_text(CLASSES_YAML)
+    json_file = tmp_path / "classes.json"
+    json_file.write_text(
+        json.dumps(
+            {
+                "classes": [
+                    {"name": "road", "color": [128, 64, 128]},
+                    {"name": "car", "color": [0, 0, 142]},
+                    {"name": "person", "color": [220, 20, 60]},
+                ],
+                "ignore_index": 200,
+                "ignore_colors": [[0, 0, 0]],
+                "mean": [0.5, 0.4, 0.3],
+                "std": [0.2, 0.25, 0.3],
+            }
+        )
+    )
+    for path in (yaml_file, json_file):
+        classes = load_classes_file(path)
+        assert classes.labels.class_names == ("road", "car", "person")
+        assert classes.labels.palette == ((128, 64, 128), (0, 0, 142), (220, 20, 60))
+        assert classes.labels.ignore_index == 255  # training ignore value stays 255
+        assert (classes.ignore_index, classes.ignore_colors) == (200, ((0, 0, 0),))
+        assert classes.labels.mean == (0.5, 0.4, 0.3) and classes.labels.std == (0.2, 0.25, 0.3)
+    minimal = tmp_path / "minimal.yaml"
+    minimal.write_text("classes:\n  - {name: a, color: [1, 2, 3]}\n")
+    classes = load_classes_file(minimal)
+    assert (classes.ignore_index, classes.ignore_colors) == (255, ())
+    assert (classes.labels.mean, classes.labels.std) == (IMAGENET_MEAN, IMAGENET_STD)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[1, 2]", "top level must be a mapping"),
+        ("classes: []", "'classes' must be a non-empty list"),
+        ("classes: [{name: a, color: [1, 2, 3]}]\ncolours: 1", r"unknown keys \['colours'\]"),
+        ("classes: [road]", r"classes\[0\] must be a mapping"),
+        ("classes: [{name: a}]", r"classes\[0\] needs exactly .* missing \['color'\]"),
+        ("classes: [{name: a, colour: [1, 2, 3]}]", r"unknown \['colour'\]"),
+        ("classes: [{name: a, color: [256, 0, 0]}]", r"classes\[0\]\.color must be three"),
+        ("classes: [{name: a, color: [1, 2]}]", r"classes\[0\]\.color must be three"),
+        ("classes: [{name: '', color: [1, 2, 3]}]", r"classes\[0\]\.name must be a non-empty"),
+        (
+            "classes: [{name: a, color: [1, 2, 3]}, {name: a, color: [4, 5, 6]}]",
+            "class name 'a' appears twice",
+        ),
+        (
+            "classes: [{name: a, color: [1, 2, 3]}, {name: b, color: [1, 2, 3]}]",
+            r"classes\[1\] \(b\) has the colour of a",
+        ),
+        (
+            "classes: [{name: a, color: [1, 2, 3]}, {name: b, color: [4, 5, 6]}]\nignore_index: 1",
+            "ignore_index 1 must lie in 2..255",
+        ),
+        (
+            "classes: [{name: a, color: [1, 2, 3]}]\nignore_colors: [[1, 2, 3]]",
+            r"ignore_colors\[0\] \(1, 2, 3\) is the colour of class a",
+        ),
+        (
+            "classes: [{name: a, color: [1, 2, 3]}]\nmean: [123.7, 116.3, 103.5]",
+            "must be on the 0..1 scale",
+        ),
+        ("classes: [{name: a, color: [1, 2, 3]]", "cannot parse the classes file"),
+    ],
+)
+def test_classes_file_errors_name_the_file_and_entry(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "bad_classes.yaml"
+    path.write_text(text)
+    with pytest.raises(DatasetError, match=message) as error:
+        load_classes_file(path)
+    assert str(error.value).startswith(f"{path}: ")
+
+
+def test_classes_file_missing(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=f"classes file {tmp_path / 'nope.yaml'} does not"):
+        load_classes_file(tmp_path / "nope.yaml")
+
+
+def test_folder_dataset_reads_index_and_colour_masks(tmp_path: Path) -> None:
+    root = folder_tree(tmp_path)
+    dataset = folder_dataset(root, "train")
+    assert [s.image.name for s in dataset.samples] == ["a.png", "b.jpg"]
+    assert dataset.labels.class_names == ("road", "car", "person")
+    dataset.check()
+    np.testing.assert_array_equal(dataset.load(0)[1], [[0, 1, 2], [255, 1, 0]])
+    np.testing.assert_array_equal(dataset.load(1)[1], [[0, 1, 255], [2, 2, 0]])
+    index_only = folder_dataset(root, "train", root / "classes.yaml", mask_format="index")
+    assert "single-channel class indices, got mode RGB" in check_problems(index_only)
+
+
+def test_folder_dataset_pairing_errors_name_the_files(tmp_path: Path) -> None:
+    root = folder_tree(tmp_path)
+    save_image(root / "images/train/c.jpeg", np.zeros((2, 3, 3), np.uint8))
+    with pytest.raises(DatasetError, match="1 images have no mask") as error:
+        folder_dataset(root, "train")
+    assert str(root / "images/train/c.jpeg") in str(error.value)
+    (root / "images/train/c.jpeg").unlink()
+    save_image(root / "masks/train/d.png", np.zeros((2, 3), np.uint8))
+    with pytest.raises(DatasetError, match="1 masks have no image") as error:
+        folder_dataset(root, "train")
+    assert str(root / "masks/train/d.png") in str(error.value)
+    (root / "masks/train/d.png").unlink()
+    save_image(root / "images/train/a.jpg", np.zeros((2, 3, 3), np.uint8))
+    with pytest.raises(DatasetError, match="a.jpg and .*a.png share the name|a.png and .*a.jpg"):
+        folder_dataset(root, "train")
+    with pytest.raises(DatasetError, match=f"classes file {tmp_path / 'none.yaml'} does not"):
+        folder_dataset(root, "train", tmp_path / "none.yaml")
+
+
+def test_folder_check_reports_unknown_colours_and_values(tmp_path: Path) -> None:
+    root = folder_tree(tmp_path)
+    save_image(root / "masks/train/a.png", np.array([[0, 1, 2], [7, 1, 0]], np.uint8))
+    colour = np.array([[ROAD, (9, 9, 9), ROAD], [(9, 9, 9), PERSON, (5, 5, 5)]], np.uint8)
+    save_image(root / "masks/train/b.png", colour)
+    report = check_problems(folder_dataset(root, "train"))
+    assert "2 problems found" in report
+    assert f"{root / 'masks/train/a.png'}: label values [7]" in report
+    assert "(valid: 0..2, 200)" in report
+    assert f"{root / 'masks/train/b.png'}: 3 pixels have colours" in report
+    assert "(5, 5, 5), (9, 9, 9); grey colours: if this mask stores class ids" in report
