@@ -23,11 +23,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import ddrnet
 from ddrnet.data.camvid import camvid
+from ddrnet.deploy import export_onnx
+from ddrnet.engine.inference import normalize
 
-from helpers import REPO_ROOT, camvid_model
+from helpers import CAMVID_MEAN, CAMVID_STD, REPO_ROOT, camvid_model
+from official_reference import randomize_batchnorm
 
 SHARED_DATA = Path(os.environ.get("DDRNET_DATA", REPO_ROOT.parent / "shared" / "data"))
 
@@ -97,3 +101,40 @@ def camvid_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = camvid_model()
     path = tmp_path_factory.mktemp("camvid_model") / "camvid.safetensors"
     return ddrnet.save_model(model, path, model.metadata)
+
+
+@pytest.fixture(scope="session")
+def camvid_val(camvid_root: Path):
+    """The CamVid val split as a data set (101 frames of 0016E5)."""
+    return camvid(camvid_root, "val")
+
+
+@pytest.fixture(scope="session")
+def calibrated_slim(camvid_root: Path) -> nn.Module:
+    """DDRNet-23-slim (11 classes) with random BatchNorm affine parameters and running
+    statistics re-estimated on real CamVid frames, in eval mode. Fresh BNs are identities
+    (which would make folding and quantisation trivially exact), and random statistics
+    leave activations far from anything real (logits in the thousands, which hides float32
+    errors in the tolerance); re-estimated ones give logits of order 10-50, like a trained
+    model's. Shared: tests must not change it."""
+    torch.manual_seed(0)
+    net = ddrnet.create_model("ddrnet_23_slim", num_classes=11)
+    randomize_batchnorm(net, seed=1)
+    train = camvid(camvid_root, "train")
+    images = torch.stack([train[index][0] for index in range(0, len(train), 92)])
+    for layer in net.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            layer.reset_running_stats()
+            layer.momentum = None  # cumulative average: the statistics of exactly this batch
+    net.train()
+    with torch.no_grad():
+        net(normalize(images, CAMVID_MEAN, CAMVID_STD))
+    net.eval()
+    net.metadata.mean, net.metadata.std = list(CAMVID_MEAN), list(CAMVID_STD)
+    return net
+
+
+@pytest.fixture(scope="session")
+def calibrated_slim_onnx(calibrated_slim: nn.Module, tmp_path_factory) -> Path:
+    """``calibrated_slim`` exported to ONNX (dynamic sizes, traced at 360x480)."""
+    return export_onnx(calibrated_slim, tmp_path_factory.mktemp("onnx") / "slim.onnx", (360, 480))

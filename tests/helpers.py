@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -27,6 +28,7 @@ from ddrnet.config import load_config
 from ddrnet.data.datasets import DatasetError
 from ddrnet.data.labels import CAMVID, LabelSet
 from ddrnet.engine.config import Config
+from ddrnet.engine.inference import normalize
 from ddrnet.models import ModelMetadata
 
 from official_reference import randomize_batchnorm
@@ -194,3 +196,16 @@ def coco_stuff_tree(tmp_path: Path, maps: dict[str, np.ndarray], suffix: str = "
         save_image(root / "images" / "val2017" / f"{stem}.jpg", image)
         save_image(root / "annotations" / "val2017" / f"{stem}{suffix}", values.astype(np.uint8))
     return root
+
+
+# CamVid's RGB mean and std on the 0..1 scale (the recipe's), and input sizes that are not
+# multiples of the network's stride 64.
+CAMVID_MEAN = (0.412, 0.425, 0.433)
+CAMVID_STD = (0.307, 0.312, 0.307)
+ODD_SIZES = ((360, 480), (361, 479), (64, 64))
+
+
+def real_inputs(dataset: Any, sizes=ODD_SIZES, index: int = 3) -> list[torch.Tensor]:
+    """One real frame, normalised and resized to each ``(H, W)``: ``(1, 3, H, W)`` float32."""
+    image = normalize(dataset[index][0][None], CAMVID_MEAN, CAMVID_STD)
+    return [F.interpolate(image, size=s, mode="bilinear", align_corners=False) for s in sizes]
