@@ -1,5 +1,6 @@
-"""Shared fixtures: the real data beside the checkout, a saved CamVid test model, one thread
-and a fixed seed for torch.
+"""Shared fixtures: the real data beside the checkout, a saved CamVid test model, a
+DDRNet-23-slim with BatchNorm statistics of real frames and its ONNX file (the deployment
+tests'), one thread and a fixed seed for torch.
 
 Real data: CamVid and the one-frame Cityscapes sample are read from ``../shared/data``, or
 from ``$DDRNET_DATA``. Where a data set is missing, the tests that need it skip and say which
