@@ -257,6 +257,8 @@ def test_refusals_come_before_anything_is_written(camvid_root, tmp_path) -> None
         train(tiny_config(camvid_root, fresh), resume=True)
     with pytest.raises(TrainingError, match="at least 2 images per batch"):
         train(tiny_config(camvid_root, fresh, extra=["data.batch_size=1"]))
+    with pytest.raises(TrainingError, match="at least 2 images per batch"):  # IBN's batch half
+        train(tiny_config(camvid_root, fresh, extra=["data.batch_size=1", "model.norm=ibn"]))
     with pytest.raises(TrainingError, match="train.device=cuda:99"):
         train(tiny_config(camvid_root, fresh, extra=["train.device=cuda:99"]))
     # Quick refusals come before the file-by-file data check and name their setting.
