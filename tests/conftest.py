@@ -28,10 +28,11 @@ from torch import nn
 
 import ddrnet
 from ddrnet.data.camvid import camvid
+from ddrnet.data.labels import CAMVID
 from ddrnet.deploy import export_onnx
 from ddrnet.engine.inference import normalize
 
-from helpers import CAMVID_MEAN, CAMVID_STD, REPO_ROOT, camvid_model
+from helpers import REPO_ROOT, camvid_model
 from official_reference import randomize_batchnorm
 
 SHARED_DATA = Path(os.environ.get("DDRNET_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -129,9 +130,9 @@ def calibrated_slim(camvid_root: Path) -> nn.Module:
             layer.momentum = None  # cumulative average: the statistics of exactly this batch
     net.train()
     with torch.no_grad():
-        net(normalize(images, CAMVID_MEAN, CAMVID_STD))
+        net(normalize(images, CAMVID.mean, CAMVID.std))
     net.eval()
-    net.metadata.mean, net.metadata.std = list(CAMVID_MEAN), list(CAMVID_STD)
+    net.metadata.mean, net.metadata.std = list(CAMVID.mean), list(CAMVID.std)
     return net
 
 

@@ -198,14 +198,11 @@ def coco_stuff_tree(tmp_path: Path, maps: dict[str, np.ndarray], suffix: str = "
     return root
 
 
-# CamVid's RGB mean and std on the 0..1 scale (the recipe's), and input sizes that are not
-# multiples of the network's stride 64.
-CAMVID_MEAN = (0.412, 0.425, 0.433)
-CAMVID_STD = (0.307, 0.312, 0.307)
+# Input sizes that are not multiples of the network's stride 64.
 ODD_SIZES = ((360, 480), (361, 479), (64, 64))
 
 
 def real_inputs(dataset: Any, sizes=ODD_SIZES, index: int = 3) -> list[torch.Tensor]:
     """One real frame, normalised and resized to each ``(H, W)``: ``(1, 3, H, W)`` float32."""
-    image = normalize(dataset[index][0][None], CAMVID_MEAN, CAMVID_STD)
+    image = normalize(dataset[index][0][None], CAMVID.mean, CAMVID.std)
     return [F.interpolate(image, size=s, mode="bilinear", align_corners=False) for s in sizes]

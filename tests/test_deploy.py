@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ddrnet
+from ddrnet.data.labels import CAMVID
 from ddrnet.deploy import (
     BACKENDS,
     ExportError,
@@ -43,7 +44,7 @@ from ddrnet.engine.inference import normalize, segment_logits
 from ddrnet.engine.metrics import ConfusionMatrix
 from ddrnet.models import count_macs
 
-from helpers import CAMVID_MEAN, CAMVID_STD, real_inputs
+from helpers import real_inputs
 from official_reference import randomize_batchnorm
 
 
@@ -52,27 +53,24 @@ def model(calibrated_slim: nn.Module) -> nn.Module:
     return calibrated_slim
 
 
-@pytest.fixture(scope="module")
-def onnx_path(calibrated_slim_onnx):
-    return calibrated_slim_onnx
-
-
-def test_onnx_export_is_dynamic_and_matches_pytorch_at_odd_sizes(model, onnx_path, camvid_val):
-    graph = onnx.load(str(onnx_path))
+def test_onnx_export_is_dynamic_and_matches_pytorch_at_odd_sizes(
+    model, calibrated_slim_onnx, camvid_val
+):
+    graph = onnx.load(str(calibrated_slim_onnx))
     assert static_resize_nodes(graph) == []
     assert sum(node.op_type == "Resize" for node in graph.graph.node) == 7
     dims = [d.dim_param for d in graph.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", "", "height", "width"]
     # No auxiliary head in the graph: only the main head's classifier has 11 outputs.
-    assert read_onnx_metadata(onnx_path)["num_classes"] == 11
+    assert read_onnx_metadata(calibrated_slim_onnx)["num_classes"] == 11
 
     inputs = real_inputs(camvid_val)
     with torch.no_grad():
         logit_scale = max(float(model(x).abs().max()) for x in inputs)
     assert 5 < logit_scale < 500  # a realistic scale, so 1e-3 is a meaningful tolerance
-    assert verify_onnx(model, onnx_path, inputs=inputs) < 1e-3
+    assert verify_onnx(model, calibrated_slim_onnx, inputs=inputs) < 1e-3
     # Random inputs at other batch sizes: shapes must follow (ceil(H/8), ceil(W/8)).
-    session = onnx_session(onnx_path)
+    session = onnx_session(calibrated_slim_onnx)
     output = onnx_logits(session, np.random.default_rng(0).normal(size=(2, 3, 33, 17)))
     assert output.shape == (2, 11, 5, 3)
 
@@ -258,12 +256,12 @@ def test_an_ibn_model_folds_its_batch_norms_only_and_exports_to_onnx(camvid_val,
     assert verify_onnx(net, path, inputs=inputs) < 1e-3
 
 
-def test_evaluate_onnx_matches_pytorch_evaluation(model, onnx_path, camvid_val):
-    metrics = evaluate_onnx(onnx_path, camvid_val, limit=3)  # mean/std from the file
+def test_evaluate_onnx_matches_pytorch_evaluation(model, calibrated_slim_onnx, camvid_val):
+    metrics = evaluate_onnx(calibrated_slim_onnx, camvid_val, limit=3)  # mean/std from the file
     matrix = ConfusionMatrix(11)
     for index in range(3):
         image, label = camvid_val[index]
-        batch = normalize(image[None], CAMVID_MEAN, CAMVID_STD)
+        batch = normalize(image[None], CAMVID.mean, CAMVID.std)
         matrix.update(segment_logits(model, batch).argmax(dim=1)[0], label)
     expected = matrix.compute()
     assert int(metrics.matrix.sum()) == int(expected.matrix.sum()) > 0
@@ -375,7 +373,9 @@ def test_export_errors_name_the_problem(tmp_path):
         onnx_file_properties(tmp_path / "junk.onnx")
 
 
-def test_openvino_plans_compile_once_per_size_and_keep_the_last_few(onnx_path, monkeypatch):
+def test_openvino_plans_compile_once_per_size_and_keep_the_last_few(
+    calibrated_slim_onnx, monkeypatch
+):
     from ddrnet.deploy import runtime
 
     compiled = []
@@ -387,7 +387,7 @@ def test_openvino_plans_compile_once_per_size_and_keep_the_last_few(onnx_path, m
         return lambda batch: batch.shape
 
     monkeypatch.setattr(runtime, "openvino_logits_function", fake_compile)
-    plans = runtime.OpenVinoPlans(onnx_path, 1, "f32", keep=2)
+    plans = runtime.OpenVinoPlans(calibrated_slim_onnx, 1, "f32", keep=2)
     assert plans.fixed_size  # a float file
     for height in (8, 8, 16, 8, 24, 16):
         assert plans(np.zeros((1, 3, height, 8), np.float32)) == (1, 3, height, 8)
@@ -396,17 +396,19 @@ def test_openvino_plans_compile_once_per_size_and_keep_the_last_few(onnx_path, m
 
     compiled.clear()
     monkeypatch.setattr(runtime, "openvino_fixed_size_ok", lambda path: False)
-    dynamic = runtime.OpenVinoPlans(onnx_path, 1, "f32")
+    dynamic = runtime.OpenVinoPlans(calibrated_slim_onnx, 1, "f32")
     for height in (8, 16, 24):
         dynamic(np.zeros((1, 3, height, 8), np.float32))
     assert compiled == [None]  # one dynamic plan for every size
     compiled.clear()
-    runtime.OpenVinoPlans(onnx_path, 2, "f32", streams=2)(np.zeros((1, 3, 8, 8), np.float32))
+    runtime.OpenVinoPlans(calibrated_slim_onnx, 2, "f32", streams=2)(
+        np.zeros((1, 3, 8, 8), np.float32)
+    )
     assert compiled == [("2 streams", None)]
     # A caller that knows the answer passes it, and it wins over the (patched, False) check:
     # a plan per size again.
     compiled.clear()
-    told = runtime.OpenVinoPlans(onnx_path, 1, "f32", fixed_size=True)
+    told = runtime.OpenVinoPlans(calibrated_slim_onnx, 1, "f32", fixed_size=True)
     for height in (8, 16):
         told(np.zeros((1, 3, height, 8), np.float32))
     assert compiled == [(1, 3, 8, 8), (1, 3, 16, 8)]

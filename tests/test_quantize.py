@@ -15,6 +15,7 @@ import pytest
 
 import ddrnet
 from ddrnet.data.camvid import camvid
+from ddrnet.data.labels import CAMVID
 from ddrnet.deploy import (
     OPENVINO_FIXED_SIZE_KEY,
     average_pools_as_depthwise_convs,
@@ -31,13 +32,6 @@ from ddrnet.deploy.export import static_resize_nodes
 from ddrnet.deploy.quantize import preprocess_image
 from ddrnet.deploy.runtime import onnx_logits
 from ddrnet.models.weights import bundled_model_path
-
-from helpers import CAMVID_MEAN, CAMVID_STD
-
-
-@pytest.fixture(scope="module")
-def onnx_path(calibrated_slim_onnx):
-    return calibrated_slim_onnx
 
 
 def centred_sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
@@ -61,12 +55,12 @@ def int8_fidelity(fp32_path, int8_path, images) -> tuple[float, float]:
 
 
 def test_int8_quantization_on_real_camvid_images(
-    onnx_path, camvid_root, camvid_val, tmp_path, caplog
+    calibrated_slim_onnx, camvid_root, camvid_val, tmp_path, caplog
 ):
     calibration = load_calibration_images(camvid(camvid_root, "train"), count=4)
     assert len(calibration) == 4 and calibration[0].shape == (360, 480, 3)
     with caplog.at_level(logging.WARNING):
-        int8_path = quantize_onnx_int8(onnx_path, tmp_path / "int8.onnx", calibration)
+        int8_path = quantize_onnx_int8(calibrated_slim_onnx, tmp_path / "int8.onnx", calibration)
     # ORT's per-tensor fallback for the pre-activation BNs' 1-D scales is expected, not news
     assert not [r for r in caplog.records if "out-of-range for weight" in r.getMessage()]
     assert not logging.getLogger().filters  # and the filter is gone afterwards
@@ -82,16 +76,16 @@ def test_int8_quantization_on_real_camvid_images(
     ]
     assert [n.op_type for n in compression] == ["BatchNormalization", "Relu", "Conv"]
     assert weight_producers.get(compression[-1].input[1]) != "DequantizeLinear"
-    assert concat_convolution_blocks(onnx_path) == [n.name for n in compression]
+    assert concat_convolution_blocks(calibrated_slim_onnx) == [n.name for n in compression]
     assert {p.key: p.value for p in graph.metadata_props}[OPENVINO_FIXED_SIZE_KEY] == "1"
-    assert openvino_fixed_size_ok(int8_path) and openvino_fixed_size_ok(onnx_path)
+    assert openvino_fixed_size_ok(int8_path) and openvino_fixed_size_ok(calibrated_slim_onnx)
     int8_properties = onnx_file_properties(int8_path)
-    float_properties = onnx_file_properties(onnx_path)
+    float_properties = onnx_file_properties(calibrated_slim_onnx)
     assert int8_properties.quantized and not float_properties.quantized
     assert (int8_properties.channels, int8_properties.output_type) == (11, "FLOAT")
     assert int8_properties.model_metadata == float_properties.model_metadata != {}
     whole = quantize_onnx_int8(
-        onnx_path, tmp_path / "whole.onnx", calibration, openvino_fixed_size=False
+        calibrated_slim_onnx, tmp_path / "whole.onnx", calibration, openvino_fixed_size=False
     )
     assert not openvino_fixed_size_ok(whole)
     whole_graph = onnx.load(str(whole)).graph
@@ -103,9 +97,9 @@ def test_int8_quantization_on_real_camvid_images(
     assert onnx_logits(session, np.zeros((2, 3, 361, 479), np.float32)).shape == (2, 11, 46, 60)
 
     images = [
-        preprocess_image(camvid_val.load(i)[0], CAMVID_MEAN, CAMVID_STD) for i in (0, 50, 100)
+        preprocess_image(camvid_val.load(i)[0], CAMVID.mean, CAMVID.std) for i in (0, 50, 100)
     ]
-    sqnr, agreement = int8_fidelity(onnx_path, int8_path, images)
+    sqnr, agreement = int8_fidelity(calibrated_slim_onnx, int8_path, images)
     # A random-weight network amplifies quantisation noise layer by layer (per-tensor SQNR
     # falls from ~30 dB after the stem to ~5-10 dB at the logits), so INT8 argmax agrees on
     # only 0.5-0.85 of pixels for such models, against ~0.99 typical for trained ones.
@@ -117,14 +111,14 @@ def test_int8_quantization_on_real_camvid_images(
     # Negative control: calibrating on wrongly normalised images (0..1 instead of the
     # model's mean/std) gives wrong activation ranges; measured 0.3-0.5 dB, 0.16-0.25.
     wrong = quantize_onnx_int8(
-        onnx_path, tmp_path / "wrong.onnx", calibration, mean=(0, 0, 0), std=(1, 1, 1)
+        calibrated_slim_onnx, tmp_path / "wrong.onnx", calibration, mean=(0, 0, 0), std=(1, 1, 1)
     )
-    wrong_sqnr, wrong_agreement = int8_fidelity(onnx_path, wrong, images)
+    wrong_sqnr, wrong_agreement = int8_fidelity(calibrated_slim_onnx, wrong, images)
     assert wrong_sqnr < sqnr - 3.0 and wrong_agreement < agreement - 0.2
 
     # DAPPM (1/64 resolution, few MACs) kept in float: its convs read float weights.
     mixed = quantize_onnx_int8(
-        onnx_path, tmp_path / "mixed.onnx", calibration, keep_float=("/model/dappm/",)
+        calibrated_slim_onnx, tmp_path / "mixed.onnx", calibration, keep_float=("/model/dappm/",)
     )
     mixed_graph = onnx.load(str(mixed)).graph
     producers = {out: node.op_type for node in mixed_graph.node for out in node.output}
@@ -133,22 +127,24 @@ def test_int8_quantization_on_real_camvid_images(
     assert all(producers.get(conv.input[1]) != "DequantizeLinear" for conv in dappm_convs)
     # Measured 9.5-10.8 dB: with the pools quantised correctly (as convolutions) DAPPM is no
     # longer where the error comes from; keeping it in float is a choice, not a fix.
-    assert int8_fidelity(onnx_path, mixed, images)[0] > sqnr - 1.5
+    assert int8_fidelity(calibrated_slim_onnx, mixed, images)[0] > sqnr - 1.5
 
     with pytest.raises(FileNotFoundError, match="nope.onnx"):
         quantize_onnx_int8(tmp_path / "nope.onnx", tmp_path / "x.onnx", calibration)
     with pytest.raises(ValueError, match="method"):
-        quantize_onnx_int8(onnx_path, tmp_path / "x.onnx", calibration, method="median")
+        quantize_onnx_int8(calibrated_slim_onnx, tmp_path / "x.onnx", calibration, method="median")
     with pytest.raises(ValueError, match="keep_float"):
-        quantize_onnx_int8(onnx_path, tmp_path / "x.onnx", calibration, keep_float=("/nn/",))
+        quantize_onnx_int8(
+            calibrated_slim_onnx, tmp_path / "x.onnx", calibration, keep_float=("/nn/",)
+        )
     with pytest.raises(ValueError, match="empty"):
-        quantize_onnx_int8(onnx_path, tmp_path / "x.onnx", [])
+        quantize_onnx_int8(calibrated_slim_onnx, tmp_path / "x.onnx", [])
     with pytest.raises(ValueError, match="uint8"):
-        preprocess_image(np.zeros((4, 4), np.uint8), CAMVID_MEAN, CAMVID_STD)
+        preprocess_image(np.zeros((4, 4), np.uint8), CAMVID.mean, CAMVID.std)
 
 
 def test_int8_weights_are_7_bit_unless_asked_and_8_bit_files_warn_without_vnni(
-    onnx_path, camvid_root, tmp_path, monkeypatch, caplog
+    calibrated_slim_onnx, camvid_root, tmp_path, monkeypatch, caplog
 ):
     """x86 CPUs without VNNI saturate uint8 x int8 products of 8-bit weights in int16 (an
     AMD Zen 2 lost 11.5 mIoU in test_cli_deploy that way), so files get 7-bit weights by
@@ -158,8 +154,10 @@ def test_int8_weights_are_7_bit_unless_asked_and_8_bit_files_warn_without_vnni(
     from ddrnet.deploy import runtime
 
     calibration = load_calibration_images(camvid(camvid_root, "train"), count=2)
-    seven = quantize_onnx_int8(onnx_path, tmp_path / "seven.onnx", calibration)
-    eight = quantize_onnx_int8(onnx_path, tmp_path / "eight.onnx", calibration, reduce_range=False)
+    seven = quantize_onnx_int8(calibrated_slim_onnx, tmp_path / "seven.onnx", calibration)
+    eight = quantize_onnx_int8(
+        calibrated_slim_onnx, tmp_path / "eight.onnx", calibration, reduce_range=False
+    )
 
     def largest_weight(path) -> int:
         tensors = onnx.load(str(path)).graph.initializer
@@ -168,7 +166,10 @@ def test_int8_weights_are_7_bit_unless_asked_and_8_bit_files_warn_without_vnni(
 
     # Symmetric per-channel scales put each channel's largest weight at the range's end.
     assert (largest_weight(seven), largest_weight(eight)) == (64, 127)
-    assert [onnx_file_properties(p).full_range_int8_weights for p in (onnx_path, seven, eight)] == [
+    assert [
+        onnx_file_properties(p).full_range_int8_weights
+        for p in (calibrated_slim_onnx, seven, eight)
+    ] == [
         False,
         False,
         True,

@@ -67,7 +67,7 @@ class DDRNetSpec:
             1-3, both branches (IBN-a keeps the last stage batch-normalised), BatchNorm
             elsewhere; for streets unlike the training ones. Files written before this field
             load as ``"batch"``.
-        norm_groups: the most groups a GroupNorm has (ignored with ``norm="batch"``).
+        norm_groups: the most groups a GroupNorm has (used only with ``norm="group"``).
     """
 
     planes: int = 32
