@@ -133,6 +133,19 @@ def test_config_overrides_and_errors(tmp_path) -> None:
     bad.write_text("model:\n  name: ddrnet_23_slim\nschedule:\n  epochs: 3\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key schedule; valid keys: data"):
         load_config(Config, bad)
+    # PyYAML's own message spans five lines; the error keeps its position and problem in one.
+    bad.write_text("model:\n  name: [ddrnet_23_slim\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(Config, bad)
+    assert str(error.value) == (
+        f"{bad}: invalid YAML (line 3, column 1: expected ',' or ']', but got '<stream end>')"
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(Config, None, ["train.epochs=[1,"])
+    assert "\n" not in str(error.value)
+    assert str(error.value).endswith(
+        "cannot parse value (line 1, column 4: expected the node content, but found '<stream end>')"
+    )
 
 
 @pytest.mark.parametrize(

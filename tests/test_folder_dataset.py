@@ -81,7 +81,11 @@ def test_classes_file_yaml_and_json_agree(tmp_path: Path) -> None:
             "classes: [{name: a, color: [1, 2, 3]}]\nmean: [123.7, 116.3, 103.5]",
             "must be on the 0..1 scale",
         ),
-        ("classes: [{name: a, color: [1, 2, 3]]", "cannot parse the classes file"),
+        (
+            "classes: [{name: a, color: [1, 2, 3]]",
+            r"cannot parse the classes file \(line 1, column 37: expected ',' or '}', "
+            r"but got ']'\)",
+        ),
     ],
 )
 def test_classes_file_errors_name_the_file_and_entry(

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from ddrnet.errors import DDRNetError
+from ddrnet.errors import DDRNetError, parse_error_summary
 
 T = TypeVar("T")
 
@@ -150,7 +150,9 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
         try:
             parsed = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as error:
-            raise ConfigError(f"override {override!r}: cannot parse value ({error})") from None
+            raise ConfigError(
+                f"override {override!r}: cannot parse value ({parse_error_summary(error)})"
+            ) from None
         node = values
         for key in keys[:-1]:
             node = node.setdefault(key, {})
@@ -167,7 +169,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: invalid YAML ({error})") from None
+        raise ConfigError(f"{path}: invalid YAML ({parse_error_summary(error)})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return values

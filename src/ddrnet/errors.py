@@ -46,3 +46,18 @@ class MissingFileError(DDRNetError, FileNotFoundError):
     """A file or folder that the user named does not exist; the message names it.
 
     Raised with a message only (no errno), so ``str(error)`` is that message."""
+
+
+def parse_error_summary(error: Exception) -> str:
+    """One line for a YAML or JSON parse error: ``line L, column C: what is wrong``.
+
+    PyYAML's messages span several lines (context, the offending line, a caret), which the
+    one-line error of a command cannot show; their marks and problem say the same in one.
+    """
+    mark = getattr(error, "problem_mark", None)  # yaml.MarkedYAMLError
+    problem = getattr(error, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    if hasattr(error, "lineno") and hasattr(error, "msg"):  # json.JSONDecodeError
+        return f"line {error.lineno}, column {error.colno}: {error.msg}"
+    return " ".join(str(error).split())

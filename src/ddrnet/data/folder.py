@@ -38,6 +38,7 @@ from ddrnet.data.datasets import (
 )
 from ddrnet.data.io import IMAGE_SUFFIXES, image_files
 from ddrnet.data.labels import IGNORE_INDEX, LabelSet, lookup_table
+from ddrnet.errors import parse_error_summary
 from ddrnet.models.metadata import IMAGENET_MEAN, IMAGENET_STD
 
 _TOP_LEVEL_KEYS = ("classes", "ignore_index", "ignore_colors", "mean", "std")
@@ -98,7 +99,8 @@ def load_classes_file(path: str | Path) -> FolderClasses:
     try:
         values = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise DatasetError(f"{path}: cannot parse the classes file ({error})") from None
+        summary = parse_error_summary(error)
+        raise DatasetError(f"{path}: cannot parse the classes file ({summary})") from None
     if not isinstance(values, dict):
         raise DatasetError(f"{path}: the top level must be a mapping with a 'classes' list")
     unknown = sorted(set(values) - set(_TOP_LEVEL_KEYS))
