@@ -155,3 +155,43 @@ def test_an_error_that_is_no_user_error_shows_its_traceback() -> None:
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" in result.stderr and "ValueError: a bug, not a user error" in result.stderr
     assert "ddrnet models: error:" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "overrides", "resume"),
+    [
+        (["--resume"], ["train.epochs=3"], True),
+        (["--resume", "data.batch_size=4"], ["train.epochs=3", "data.batch_size=4"], True),
+        (
+            ["--resume", "data.batch_size=4", "optim.lr=0.02"],
+            ["train.epochs=3", "data.batch_size=4", "optim.lr=0.02"],
+            True,
+        ),
+        (
+            ["--resume", "run/last.pt", "optim.lr=0.02"],
+            ["train.epochs=3", "optim.lr=0.02"],
+            "run/last.pt",
+        ),
+    ],
+)
+def test_train_overrides_may_follow_resume(monkeypatch, argv, overrides, resume) -> None:
+    """`ddrnet train RECIPE --resume train.epochs=400` resumes with that override; argparse
+    alone read the override as the checkpoint to resume from, and refused the ones after it."""
+    import ddrnet.config
+    import ddrnet.engine.train
+    from ddrnet.cli import main
+
+    seen = {}
+
+    def load_config(cls, path, given):
+        seen["overrides"] = list(given)
+        return "config"
+
+    monkeypatch.setattr(ddrnet.config, "load_config", load_config)
+    monkeypatch.setattr(
+        ddrnet.engine.train, "train", lambda config, resume: seen.update(resume=resume) or "run"
+    )
+    assert main(["train", "camvid_ddrnet23_slim", "train.epochs=3", *argv]) == 0
+    assert seen == {"overrides": overrides, "resume": resume}
+    with pytest.raises(SystemExit):  # an unknown option stays an argparse error
+        main(["train", "camvid_ddrnet23_slim", "--resume", "--bogus"])

@@ -54,8 +54,29 @@ def _os_error_reason(error: OSError) -> str:
     return str(error.strerror or error)
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line; ``section.key=value`` overrides may follow other options.
+
+    argparse takes a command's positional overrides in one run, so in ``ddrnet train RECIPE
+    --resume a=1 b=2`` the ones after the option come back unrecognised; they join the others
+    (``args.late_overrides``) for the commands that take overrides.
+    """
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    takes_overrides = hasattr(args, "overrides")
+    if extras and not (takes_overrides and all(_is_override(extra) for extra in extras)):
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    if takes_overrides:
+        args.late_overrides = extras
+    return args
+
+
+def _is_override(argument: str) -> bool:
+    return "=" in argument and not argument.startswith("-")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

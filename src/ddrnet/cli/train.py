@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -36,7 +37,13 @@ def run(args: argparse.Namespace) -> int:
     from ddrnet.engine.config import Config, resolve_recipe
     from ddrnet.engine.train import train
 
-    config = load_config(Config, resolve_recipe(args.config), args.overrides)
-    output = train(config, resume=args.resume if args.resume != "auto" else True)
+    overrides, resume = list(args.overrides), args.resume
+    # `--resume train.epochs=400` means resume the run with that override, not from a file
+    # of that name.
+    if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
+        overrides, resume = [*overrides, resume], "auto"
+    overrides += getattr(args, "late_overrides", [])
+    config = load_config(Config, resolve_recipe(args.config), overrides)
+    output = train(config, resume=resume if resume != "auto" else True)
     print(f"run written to {output}")
     return 0
