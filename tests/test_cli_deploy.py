@@ -204,3 +204,27 @@ def test_export_refuses_a_huge_size_and_a_folder_it_cannot_write(
         export_torchscript(camvid_model(), "/sys/m.pt", (64, 96))
     assert error.value.filename == "/sys/m.pt"
     assert not list(tmp_path.iterdir())
+
+
+def test_int8_export_checks_its_calibration_folder_before_exporting(
+    camvid_model_file, tmp_path
+) -> None:
+    """A calibration folder that cannot work is refused in one line before the fp32 export
+    runs, and no model file is written."""
+    (tmp_path / "video.mp4").write_bytes(b"not a folder")
+    (tmp_path / "empty").mkdir()
+    expected = {
+        "video.mp4": "is a file; give a folder of images",
+        "empty": "has no .png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp/.ppm files",
+        "missing": "does not exist",
+    }
+    output = tmp_path / "out" / "m.onnx"
+    for name, reason in expected.items():
+        result = run_ddrnet(
+            "export", "--checkpoint", str(camvid_model_file), "--format", "onnx-int8",
+            "--calibration", str(tmp_path / name), "-o", str(output),
+        )  # fmt: skip
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert f"calibration folder {tmp_path / name} {reason}" in result.stderr
+        assert "ONNX Runtime vs PyTorch" not in result.stdout  # no export was run first
+    assert not output.exists()

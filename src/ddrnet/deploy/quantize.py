@@ -26,14 +26,14 @@ import torch
 import torch.nn.functional as F
 
 from ddrnet.atomic import atomic_copy
-from ddrnet.data.io import IMAGE_SUFFIXES
+from ddrnet.deploy.calibration import calibration_files
 from ddrnet.deploy.onnx_file import (
     OPENVINO_FIXED_SIZE_KEY,
     file_normalisation,
     onnx_file_properties,
 )
 from ddrnet.engine.inference import normalize
-from ddrnet.errors import MissingFileError, UsageError
+from ddrnet.errors import MissingFileError
 
 if TYPE_CHECKING:
     import onnx
@@ -49,17 +49,12 @@ def load_calibration_images(source: str | Path | object, count: int = 16) -> lis
     ``load(index) -> (image, label)`` such as ``ddrnet.data.camvid.camvid(root, "train")``.
     Even spacing covers every sequence of a video data set rather than its first frames.
     """
-    from ddrnet.data.io import image_files, read_rgb
+    from ddrnet.data.io import read_rgb
 
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     if isinstance(source, (str, Path)):
-        folder = Path(source)
-        if not folder.is_dir():
-            raise MissingFileError(f"calibration folder {folder} does not exist")
-        files = image_files(folder)
-        if not files:
-            raise UsageError(f"calibration folder {folder} has no {'/'.join(IMAGE_SUFFIXES)} files")
+        files = calibration_files(Path(source))
         picks = np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)
         return [read_rgb(files[index]) for index in picks]
     if not hasattr(source, "load") or not hasattr(source, "__len__"):
