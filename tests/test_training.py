@@ -23,7 +23,6 @@ from ddrnet.engine.checkpointing import atomic_save
 from ddrnet.engine.config import Config
 from ddrnet.engine.train import TrainingError, train
 from ddrnet.limits import InputTooLargeError
-from ddrnet.models import CheckpointError
 
 from helpers import straight_and_resumed, tiny_config, tiny_overrides
 
@@ -266,7 +265,9 @@ def test_refusals_come_before_anything_is_written(camvid_root, tmp_path) -> None
         train(tiny_config(camvid_root, fresh, extra=["train.amp=fp16"]))
     with pytest.raises(ValueError, match=r"validation set \(data.val_split=tset\): CamVid split"):
         train(tiny_config(camvid_root, fresh, extra=["data.val_split=tset"]))
-    with pytest.raises(CheckpointError, match="missing.pt does not exist"):
+    with pytest.raises(
+        ConfigError, match=r"^model.pretrained=.*/missing.pt: .*missing.pt does not"
+    ):
         train(tiny_config(camvid_root, fresh, extra=[f"model.pretrained={tmp_path}/missing.pt"]))
     assert not fresh.exists()  # no stub folder, no config.yaml from refused runs
 

@@ -30,6 +30,7 @@ from ddrnet.engine.losses import (
     OhemCrossEntropy,
     class_balance_weights,
 )
+from ddrnet.errors import DDRNetError
 from ddrnet.limits import check_training_crop
 from ddrnet.models import create_model, load_weights
 from ddrnet.models.checkpoint import RawCheckpoint, read_checkpoint
@@ -144,7 +145,10 @@ def build_model(
     check_training_crop(cfg_data.crop_size, cfg_data.batch_size, model.spec.planes, device, amp)
     widths: dict[str, list[int]] = {}
     if config.model.pretrained:
-        raw = read_checkpoint(config.model.pretrained)
+        try:
+            raw = read_checkpoint(config.model.pretrained)
+        except DDRNetError as error:  # name the setting, as distill.teacher's errors do
+            raise ConfigError(f"model.pretrained={config.model.pretrained}: {error}") from None
         _check_pretrained_norm(raw, config.model)
         if raw.metadata is not None and raw.metadata.architecture == config.model.name:
             # A channel-pruned file (`ddrnet prune`): fine-tune its narrower layers.
