@@ -18,6 +18,10 @@ all alike; medians over the frames. The class ids of each tail are compared with
 (they may differ at float32 near-ties). Run on an otherwise idle machine:
 
     python benchmarks/predict_overhead.py [--models A B] [--frames 30] [--threads 2]
+        [--max-isa AVX2]
+
+``--max-isa AVX2`` measures as an AVX2 laptop without VNNI would, on a machine that has more
+(``pruning_tradeoff.py`` says how); ONNX Runtime, which cannot be capped, is then left out.
 """
 
 from __future__ import annotations
@@ -40,10 +44,10 @@ from ddrnet.data.camvid import camvid
 from ddrnet.deploy import export_onnx, load_calibration_images, load_onnx_model, quantize_onnx_int8
 from ddrnet.engine.inference import class_ids_by_opencv, class_indices, upsampled_class_ids
 from ddrnet.engine.predictor import Predictor, image_batch
-from ddrnet.hardware import describe_cpu
+from ddrnet.hardware import describe_cpu, onednn_isa_cap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference_speed import add_comparison_options, val_frames  # noqa: E402
+from inference_speed import add_comparison_options, restart_capped, val_frames  # noqa: E402
 
 STAGES = ("normalise", "forward", "resize + arg-max", "to uint8")
 
@@ -83,17 +87,18 @@ def forms(path: str, scratch: Path, calibration: list, threads: int) -> dict[str
     int8 = quantize_onnx_int8(
         export_onnx(model, scratch / "fp32.onnx"), scratch / "int8.onnx", calibration
     )
-    return {
-        "pytorch": Predictor(model),
-        "ort_int8": Predictor(load_onnx_model(int8, "onnxruntime", "f32", threads)),
-        "openvino_int8": Predictor(load_onnx_model(int8, "openvino", "f32", threads)),
-    }
+    predictors = {"pytorch": Predictor(model)}
+    if not onednn_isa_cap():  # ONNX Runtime picks kernels from CPUID: no cap reaches it
+        predictors["ort_int8"] = Predictor(load_onnx_model(int8, "onnxruntime", "f32", threads))
+    predictors["openvino_int8"] = Predictor(load_onnx_model(int8, "openvino", "f32", threads))
+    return predictors
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_comparison_options(parser, max_isa=False)
+    add_comparison_options(parser, max_isa=True)
     args = parser.parse_args()
+    restart_capped(args.max_isa)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     frames = val_frames(args.camvid, args.frames)
