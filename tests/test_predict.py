@@ -410,3 +410,25 @@ def test_a_failing_frame_stops_the_streams_with_its_own_error(camvid_model_file)
         next(results)
     with pytest.raises(ValueError, match="streams must be >= 1"):
         SegmentationRunner(ddrnet.create_model(checkpoint=camvid_model_file), "cpu", streams=0)
+
+
+def test_runtime_models_leave_the_cores_to_their_runtime(camvid_model_file, onnx_files) -> None:
+    """With an exported file, PyTorch only normalises and picks class ids, and its spinning
+    OpenMP threads would hold the cores the runtime needs next: the runner runs PyTorch at one
+    thread. A PyTorch model keeps every thread."""
+    from ddrnet.deploy import load_onnx_model
+    from ddrnet.serve import SegmentationService
+
+    threads = torch.get_num_threads()
+    cpu = torch.device("cpu")
+    try:
+        torch.set_num_threads(2)
+        SegmentationRunner(ddrnet.create_model(checkpoint=camvid_model_file), cpu)
+        assert torch.get_num_threads() == 2
+        SegmentationRunner(load_onnx_model(onnx_files["logits"], runtime="openvino"), cpu)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)  # and the server, the other place frames are segmented
+        SegmentationService(load_onnx_model(onnx_files["logits"], runtime="onnxruntime"))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)

@@ -44,6 +44,7 @@ from torch import nn
 from ddrnet.assets import demo_frames
 from ddrnet.engine.predictor import Predictor
 from ddrnet.models.metadata import class_info
+from ddrnet.predict import leave_cores_to_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class SegmentationService:
         amp_dtype: torch.dtype | None = None,
     ) -> None:
         self.model = model.eval()
+        leave_cores_to_runtime(model)
         # decode_image refuses uploads over the server's max_pixels before decoding them.
         self.predictor = Predictor(self.model, device=device, amp_dtype=amp_dtype, max_pixels=None)
         info = class_info(model)
