@@ -45,7 +45,7 @@ from ddrnet.deploy import (
 )
 from ddrnet.engine.evaluate import evaluate
 from ddrnet.hardware import cpu_has_native_bf16, describe_cpu, onednn_isa_cap
-from ddrnet.predict import SegmentationRunner
+from ddrnet.predict import SegmentationRunner, leave_cores_to_runtime
 
 BACKENDS = [
     "eager",
@@ -77,6 +77,14 @@ def add_comparison_options(parser: argparse.ArgumentParser, max_isa: bool = Fals
     parser.add_argument("--threads", type=int, default=2)
     if max_isa:
         parser.add_argument("--max-isa", type=str.upper, choices=["AVX2", "AVX512_CORE"])
+
+
+def as_predict_runs(model: torch.nn.Module, threads: int) -> None:
+    """PyTorch's threads as ``ddrnet predict`` sets them for ``model``: one beside a model that
+    its runtime runs (``leave_cores_to_runtime``), ``threads`` for a PyTorch model. The forms
+    share one process, so call it before evaluating or timing each."""
+    torch.set_num_threads(threads)
+    leave_cores_to_runtime(model)
 
 
 def val_frames(root: Path, count: int) -> list:
@@ -227,6 +235,7 @@ def deployed_accuracy_and_latency(
         calibration = load_calibration_images(camvid(root, "train"), count=16)
         runners = {}
         for name, (form, amp) in deployed_forms(model, Path(scratch), calibration, threads).items():
+            as_predict_runs(form, threads)
             metrics = evaluate(
                 form, subset, model.num_classes, metadata.mean, metadata.std,
                 amp_dtype=amp, progress=False,
@@ -238,6 +247,7 @@ def deployed_accuracy_and_latency(
         latencies: dict[str, list[float]] = {name: [] for name in runners}
         for frame in frames:
             for name, runner in runners.items():
+                as_predict_runs(runner.predictor.model, threads)
                 latencies[name].append(runner.labels([frame])[1])
         for name, values in latencies.items():
             results[name]["latency_ms"] = statistics.median(values)

@@ -39,6 +39,7 @@ from ddrnet.predict import SegmentationRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inference_speed import (  # noqa: E402
     add_comparison_options,
+    as_predict_runs,
     restart_capped,
     val_frames,
 )
@@ -93,10 +94,12 @@ def main() -> None:
             for key, runner in runners(
                 path, scratch, calibration, args.threads, args.streams
             ).items():
+                as_predict_runs(runner.predictor.model, args.threads)
                 runner.labels([frames[0]])  # warm-up: OpenVINO compiles, oneDNN plans
                 sets[(Path(path).stem, key)] = runner
         for _ in range(args.rounds):
             for key, runner in sets.items():
+                as_predict_runs(runner.predictor.model, args.threads)
                 measured.setdefault(key, []).append(frames_per_second(runner, frames))
     report({key: statistics.median(values) for key, values in measured.items()}, args)
 

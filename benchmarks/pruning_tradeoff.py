@@ -44,6 +44,7 @@ from ddrnet.predict import SegmentationRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inference_speed import (  # noqa: E402
     add_comparison_options,
+    as_predict_runs,
     deployed_forms,
     restart_capped,
     val_frames,
@@ -102,6 +103,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
             }
             for name, (form, amp) in forms.items():
                 row = dict(common, form=name, mIoU=None)
+                as_predict_runs(form, args.threads)
                 if path in args.models:
                     metadata = model.metadata
                     row["mIoU"] = evaluate(
@@ -115,6 +117,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
         latencies: dict[int, list[float]] = {key: [] for key in runners}
         for frame in frames:
             for key, runner in runners.items():
+                as_predict_runs(runner.predictor.model, args.threads)
                 latencies[key].append(runner.labels([frame])[1])
     for key, row in enumerate(rows):
         row["ms_per_frame"] = statistics.median(latencies[key])
@@ -174,6 +177,7 @@ def main() -> None:
     restart_capped(args.max_isa)
     torch.set_num_threads(args.threads)
     rows = measure(args)
+    torch.set_num_threads(args.threads)  # the forms set it as they ran
     report(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
