@@ -164,17 +164,18 @@ def _keep_as_list(batch):
 
 
 def leave_cores_to_runtime(model: nn.Module) -> None:
-    """For a model run by its own runtime (an exported file), run PyTorch at one thread.
+    """For a model run by ONNX Runtime or OpenVINO, run PyTorch at one thread.
 
-    The runtime brings its own threads. PyTorch's OpenMP threads, which only normalise and
-    pick class ids around it, keep spinning after each operation and hold the cores the
-    runtime needs next (an OpenVINO INT8 inference took 11-13 ms after a 0.1 ms normalisation
-    at two threads, 8.7 ms at one); at one thread there are none. A PyTorch model keeps its
-    threads. Process-wide, as PyTorch's thread count is.
+    Those runtimes bring their own thread pools. PyTorch's OpenMP threads, which only
+    normalise and pick class ids around them, keep spinning after each operation and hold the
+    cores the runtime needs next (an OpenVINO INT8 inference took 11-13 ms after a 0.1 ms
+    normalisation at two threads, 8.7 ms at one); at one thread there are none. ncnn and
+    ExecuTorch use OpenMP themselves and are left as they were, as is a PyTorch model.
+    Process-wide, as PyTorch's thread count is.
     """
     from ddrnet.loading import runtime_of
 
-    if runtime_of(model) is not None:
+    if runtime_of(model) in ("onnxruntime", "openvino"):
         torch.set_num_threads(1)
 
 
