@@ -169,9 +169,10 @@ def leave_cores_to_runtime(model: nn.Module) -> None:
     Those runtimes bring their own thread pools. PyTorch's OpenMP threads, which only
     normalise and pick class ids around them, keep spinning after each operation and hold the
     cores the runtime needs next (an OpenVINO INT8 inference took 11-13 ms after a 0.1 ms
-    normalisation at two threads, 8.7 ms at one); at one thread there are none. ncnn and
-    ExecuTorch use OpenMP themselves and are left as they were, as is a PyTorch model.
-    Process-wide, as PyTorch's thread count is.
+    normalisation at two threads, 8.7 ms at one); at one thread there are none. Not for ncnn,
+    which shares PyTorch's OpenMP threads (its frame took 38.6 instead of 21.8 ms that way),
+    nor for ExecuTorch (not measured) or a PyTorch model. Process-wide, as PyTorch's thread
+    count is.
     """
     from ddrnet.loading import runtime_of
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from ddrnet.cli import bench, export, models, predict, prune, serve, train, viz
 from ddrnet.cli import eval as evaluate  # the module of `ddrnet eval`, not the builtin
+from ddrnet.cli.options import is_override
 from ddrnet.errors import DDRNetError
 
 # The order of ``ddrnet --help``.
@@ -64,15 +65,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     takes_overrides = hasattr(args, "overrides")
-    if extras and not (takes_overrides and all(_is_override(extra) for extra in extras)):
+    if extras and not (takes_overrides and all(is_override(extra) for extra in extras)):
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
     if takes_overrides:
         args.late_overrides = extras
     return args
-
-
-def _is_override(argument: str) -> bool:
-    return "=" in argument and not argument.startswith("-")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -161,3 +161,8 @@ def writable_file(option: str, path: str | None, suffixes: Sequence[str] = ()) -
     except OSError as error:
         reason = error.strerror or error
         raise UsageError(f"{option} {path}: cannot write in its folder ({reason})") from None
+
+
+def is_override(argument: str) -> bool:
+    """Whether a command-line word is a recipe override, ``section.key=value``."""
+    return "=" in argument and not argument.startswith("-")

@@ -33,6 +33,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ddrnet.cli.options import is_override
     from ddrnet.config import load_config
     from ddrnet.engine.config import Config, resolve_recipe
     from ddrnet.engine.train import train
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     overrides, resume = list(args.overrides), args.resume
     # `--resume train.epochs=400` means resume the run with that override, not from a file
     # of that name.
-    if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
+    if isinstance(resume, str) and is_override(resume) and not Path(resume).exists():
         overrides, resume = [*overrides, resume], "auto"
     overrides += getattr(args, "late_overrides", [])
     config = load_config(Config, resolve_recipe(args.config), overrides)
