@@ -4,18 +4,23 @@ item 5 has had, measured in one run.
 For each model file (default: the bundled 23-slim and fast train-only models) and form
 (PyTorch fp32, ONNX Runtime INT8, OpenVINO INT8 with f32 float layers), on CamVid val frames
 at 480x360, the stages of one frame, each timed: normalise into an NCHW tensor (the
-``Predictor``'s code), forward, then one of three tails from logits to class ids:
+``Predictor``'s code), forward, then one of four tails from logits to class ids:
 
 - ``interp``: the first tail, ``F.interpolate`` of the logits to 360x480, ``max`` over the
   classes;
 - ``opencv``: OpenCV's resize of class-interleaved logits, then torch's ``max`` over the
   contiguous class axis;
-- ``cells``: ``upsampled_class_ids`` now (the ``Predictor``'s tail): the logits' own arg-max
-  repeated 8x8, and only the cells between logit pixels of different classes interpolated;
+- ``lerp-cells``: the logits' own arg-max repeated 8x8, and only the cells between logit
+  pixels of different classes interpolated, in numpy: two linear interpolations of each
+  cell's corners, then numpy's arg-max over the class axis;
+- ``cells``: ``upsampled_class_ids`` now (the ``Predictor``'s tail): the same cells, their
+  values one matrix product of corners and bilinear weights, and the arg-max a running
+  maximum over the classes;
 
-then the conversion to uint8. The tails take turns frame by frame, so load that drifts hits
-all alike; medians over the frames. The class ids of each tail are compared with ``interp``'s
-(they may differ at float32 near-ties). Run on an otherwise idle machine:
+then the conversion to uint8. PyTorch runs at one thread beside a runtime's model and at
+``--threads`` otherwise, as ``ddrnet predict`` sets it. The tails take turns frame by frame,
+so load that drifts hits all alike; medians over the frames. The class ids of each tail are
+compared with ``interp``'s (they may differ at float32 near-ties). Run on an otherwise idle machine:
 
     python benchmarks/predict_overhead.py [--models A B] [--frames 30] [--threads 2]
         [--max-isa AVX2]
@@ -42,12 +47,22 @@ import torch.nn.functional as F
 import ddrnet
 from ddrnet.data.camvid import camvid
 from ddrnet.deploy import export_onnx, load_calibration_images, load_onnx_model, quantize_onnx_int8
-from ddrnet.engine.inference import class_ids_by_opencv, class_indices, upsampled_class_ids
+from ddrnet.engine.inference import (
+    _cell_fractions,
+    class_ids_by_opencv,
+    class_indices,
+    upsampled_class_ids,
+)
 from ddrnet.engine.predictor import Predictor, image_batch
 from ddrnet.hardware import describe_cpu, onednn_isa_cap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference_speed import add_comparison_options, restart_capped, val_frames  # noqa: E402
+from inference_speed import (  # noqa: E402
+    add_comparison_options,
+    as_predict_runs,
+    restart_capped,
+    val_frames,
+)
 
 STAGES = ("normalise", "forward", "resize + arg-max", "to uint8")
 
@@ -57,9 +72,40 @@ def interp_tail(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return class_indices(full)
 
 
+def lerp_cells_tail(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The first cells tail: ``(1, C, h, w)`` logits at whole factors of ``size``."""
+    planes = logits[0].float().numpy()
+    (_, height, width), sy, sx = (
+        planes.shape,
+        size[0] // logits.shape[2],
+        size[1] // logits.shape[3],
+    )
+    padded = np.pad(planes, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    corner_ids = padded.argmax(axis=0).astype(np.uint8)
+    top_left = corner_ids[:-1, :-1]
+    mixed = (
+        (top_left != corner_ids[:-1, 1:])
+        | (top_left != corner_ids[1:, :-1])
+        | (top_left != corner_ids[1:, 1:])
+    )
+    cells = np.repeat(np.repeat(top_left, sy, axis=0), sx, axis=1)
+    rows, cols = np.nonzero(mixed)
+    a, b = padded[:, rows, cols].T, padded[:, rows, cols + 1].T  # (m, C) corners
+    c, d = padded[:, rows + 1, cols].T, padded[:, rows + 1, cols + 1].T
+    fy, fx = _cell_fractions(sy), _cell_fractions(sx)
+    upper = a[:, None] + fx[None, :, None] * (b - a)[:, None]  # (m, sx, C)
+    lower = c[:, None] + fx[None, :, None] * (d - c)[:, None]
+    values = upper[:, None] + fy[None, :, None, None] * (lower - upper)[:, None]
+    cells.reshape(height + 1, sy, width + 1, sx)[rows, :, cols, :] = values.argmax(axis=-1)
+    top, left = (sy + 1) // 2, (sx + 1) // 2
+    ids = cells[top : top + height * sy, left : left + width * sx]
+    return torch.from_numpy(np.ascontiguousarray(ids)[None]).long()
+
+
 TAILS: dict[str, Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]] = {
     "interp": interp_tail,
     "opencv": class_ids_by_opencv,
+    "lerp-cells": lerp_cells_tail,
     "cells": upsampled_class_ids,
 }
 
@@ -113,10 +159,12 @@ def main() -> None:
             scratch.mkdir()
             for form, predictor in forms(path, scratch, calibration, args.threads).items():
                 predictors[(Path(path).stem, form)] = predictor
+                as_predict_runs(predictor.model, args.threads)
                 for frame in frames[:3]:  # warm-up: OpenVINO compiles, oneDNN plans
                     one_frame(predictor, frame, upsampled_class_ids)
         for frame in frames:
             for key, predictor in predictors.items():
+                as_predict_runs(predictor.model, args.threads)
                 results = {}
                 for tail, function in TAILS.items():
                     results[tail], stages = one_frame(predictor, frame, function)
@@ -124,12 +172,14 @@ def main() -> None:
                 for tail in TAILS:
                     differ[tail] += int((results[tail] != results["interp"]).sum())
                 total += results["interp"].size
-    report(runs, {tail: count / total for tail, count in differ.items()})
+    report(runs, {tail: count / total for tail, count in differ.items()}, args.threads)
 
 
-def report(runs: dict[tuple[str, str, str], list[list[float]]], differ: dict[str, float]) -> None:
-    print(f"\n{describe_cpu()}; {torch.get_num_threads()} threads; ms per 480x360 frame")
-    header = f"{'model':<34}{'form':>14}{'tail':>8}" + "".join(f"{s:>18}" for s in STAGES)
+def report(
+    runs: dict[tuple[str, str, str], list[list[float]]], differ: dict[str, float], threads: int
+) -> None:
+    print(f"\n{describe_cpu()}; {threads} threads; ms per 480x360 frame")
+    header = f"{'model':<34}{'form':>14}{'tail':>12}" + "".join(f"{s:>18}" for s in STAGES)
     header += f"{'total':>8}{'outside':>9}"
     print(header + "\n" + "-" * len(header))
     for (model, form, tail), frames in runs.items():
@@ -137,7 +187,7 @@ def report(runs: dict[tuple[str, str, str], list[list[float]]], differ: dict[str
         totals = statistics.median(sum(stages) for stages in frames)
         outside = statistics.median(sum(s) - s[1] for s in frames)
         print(
-            f"{model[:33]:<34}{form:>14}{tail:>8}"
+            f"{model[:33]:<34}{form:>14}{tail:>12}"
             + "".join(f"{m:>18.2f}" for m in medians)
             + f"{totals:>8.2f}{outside:>9.2f}"
         )

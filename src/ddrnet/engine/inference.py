@@ -8,6 +8,7 @@ inference and the arg-max back at input resolution.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -254,9 +255,9 @@ def _class_ids_at_whole_scale(logits: np.ndarray, scale: tuple[int, int]) -> np.
     corners disagree (the class boundaries, a small share of a street scene) are interpolated.
     With whole factors every cell is ``sy x sx`` output pixels with the same weights.
     """
-    (sy, sx), (_, height, width) = scale, logits.shape
-    padded = np.pad(logits, ((0, 0), (1, 1), (1, 1)), mode="edge")  # (C, h+2, w+2)
-    corner_ids = padded.argmax(axis=0).astype(np.uint8 if len(logits) <= 256 else np.int64)
+    (sy, sx), (channels, height, width) = scale, logits.shape
+    ids = logits.argmax(axis=0).astype(np.uint8 if channels <= 256 else np.int64)
+    corner_ids = np.pad(ids, 1, mode="edge")  # (h+2, w+2): corners of the (h+1, w+1) cells
     top_left = corner_ids[:-1, :-1]  # cell (r, c) lies between corners (r, c) and (r+1, c+1)
     mixed = (
         (top_left != corner_ids[:-1, 1:])
@@ -266,16 +267,56 @@ def _class_ids_at_whole_scale(logits: np.ndarray, scale: tuple[int, int]) -> np.
     cells = np.repeat(np.repeat(top_left, sy, axis=0), sx, axis=1)  # (sy (h+1), sx (w+1))
     rows, cols = np.nonzero(mixed)
     if rows.size:
-        a, b = padded[:, rows, cols].T, padded[:, rows, cols + 1].T  # (m, C) corners
-        c, d = padded[:, rows + 1, cols].T, padded[:, rows + 1, cols + 1].T
-        fy, fx = _cell_fractions(sy), _cell_fractions(sx)
-        upper = a[:, None] + fx[None, :, None] * (b - a)[:, None]  # (m, sx, C)
-        lower = c[:, None] + fx[None, :, None] * (d - c)[:, None]
-        values = upper[:, None] + fy[None, :, None, None] * (lower - upper)[:, None]
         blocks = cells.reshape(height + 1, sy, width + 1, sx)  # a view: written through
-        blocks[rows, :, cols, :] = values.argmax(axis=-1)  # (m, sy, sx)
+        blocks[rows, :, cols, :] = _interpolated_cell_ids(logits, rows, cols, scale)
     top, left = (sy + 1) // 2, (sx + 1) // 2  # output pixel 0 within the padded cells
     return cells[top : top + height * sy, left : left + width * sx]
+
+
+def _interpolated_cell_ids(
+    logits: np.ndarray, rows: np.ndarray, cols: np.ndarray, scale: tuple[int, int]
+) -> np.ndarray:
+    """First arg-max ``(m, sy, sx)`` of the bilinear values inside ``m`` cells of
+    ``_class_ids_at_whole_scale``'s grid, cell ``(r, c)`` having the corners ``(r - 1, c - 1)``
+    to ``(r, c)`` of ``(C, h, w)`` ``logits``, clamped to the border.
+
+    Each cell's ``sy * sx`` values are one matrix product of its four corners with the fixed
+    bilinear weights, and the arg-max runs over the classes as a running maximum along whole
+    rows of values: several times faster than numpy's arg-max over a short last axis."""
+    channels, height, width = logits.shape
+    top, bottom = np.clip(rows - 1, 0, height - 1), np.clip(rows, 0, height - 1)
+    left, right = np.clip(cols - 1, 0, width - 1), np.clip(cols, 0, width - 1)
+    corners = np.stack(
+        [
+            logits[:, top, left],
+            logits[:, top, right],
+            logits[:, bottom, left],
+            logits[:, bottom, right],
+        ],
+        axis=-1,
+    )  # (C, m, 4)
+    weights = _corner_weights(*scale)
+    values = (torch.from_numpy(corners).reshape(-1, 4) @ weights).numpy()  # (C m, sy sx)
+    values = values.reshape(channels, -1)
+    best, ids = (
+        values[0].copy(),
+        np.zeros(values.shape[1], dtype=np.int64 if channels > 256 else np.uint8),
+    )
+    for index in range(1, channels):
+        higher = values[index] > best  # strictly: a tie keeps the first class
+        np.maximum(best, values[index], out=best)
+        ids[higher] = index
+    return ids.reshape(-1, *scale)
+
+
+@functools.lru_cache(maxsize=8)
+def _corner_weights(sy: int, sx: int) -> torch.Tensor:
+    """``(4, sy * sx)`` float32 bilinear weights of a cell's top-left, top-right, bottom-left
+    and bottom-right corners for each of its output pixels (row-major)."""
+    fy, fx = _cell_fractions(sy), _cell_fractions(sx)
+    along_y, along_x = np.stack([1 - fy, fy]), np.stack([1 - fx, fx])  # (2, sy), (2, sx)
+    weights = along_y[:, None, :, None] * along_x[None, :, None, :]  # (2, 2, sy, sx)
+    return torch.from_numpy(np.ascontiguousarray(weights.reshape(4, sy * sx), dtype=np.float32))
 
 
 def _cell_fractions(scale: int) -> np.ndarray:
