@@ -136,22 +136,52 @@ def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autoc
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``(N, 3, H, W)`` uint8 (0..255) or float (0..1) RGB -> float32 normalised tensor,
+    """``(N, C, H, W)`` uint8 (0..255) or float (0..1) RGB -> float32 normalised tensor,
     contiguous NCHW, ``(x / 255 - mean) / std`` computed as ``x * scale - shift``.
 
-    One conversion copy into a fresh NCHW tensor, then two in-place passes: several times
-    faster than three out-of-place passes over a channels-last view (what a permuted
-    ``(N, H, W, 3)`` image is), and faster than normalising straight into a channels-last
-    tensor, whose in-place passes broadcast over a 3-wide innermost axis
-    (``benchmarks/predict_overhead.py`` measured that route slower even with the transposing
-    copy it saves).
+    uint8 images on the CPU (decoded frames: usually a channels-last view of ``(H, W, 3)``
+    pixels) go through OpenCV, one pass per channel plane that reads the bytes and writes the
+    normalised floats (``_normalize_uint8_planes``). Other input: one conversion copy into a
+    fresh NCHW tensor, then two in-place passes, several times faster than three out-of-place
+    passes over a channels-last view.
     """
+    if images.device.type == "cpu" and images.dtype == torch.uint8:
+        return _normalize_uint8_planes(images, mean, std)
     divisor = 255.0 if images.dtype == torch.uint8 else 1.0
     std_t = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     normalised = torch.empty(images.shape, dtype=torch.float32, device=images.device)
     normalised.copy_(images)
     return normalised.mul_(1.0 / (divisor * std_t)).sub_(mean_t / std_t)
+
+
+def _normalize_uint8_planes(
+    images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """``normalize`` of CPU uint8 ``(N, C, H, W)`` images in any memory layout: each channel
+    plane (split out of interleaved pixels first) is scaled and shifted by OpenCV's
+    ``addWeighted`` straight into the float32 output, a third of the passes of torch's route
+    (a transposing conversion copy, a multiply, a subtract)."""
+    batch, channels = images.shape[:2]
+    normalised = np.empty(tuple(images.shape), dtype=np.float32)
+    for index in range(batch):
+        pixels = images[index].permute(1, 2, 0).numpy()  # (H, W, C), a view when channels-last
+        if pixels.flags.c_contiguous and 1 < channels <= 4:
+            planes = cv2.split(pixels)
+        else:
+            planes = [np.ascontiguousarray(images[index, c].numpy()) for c in range(channels)]
+        for channel, plane in enumerate(planes):
+            scale = 1.0 / (255.0 * std[channel])
+            cv2.addWeighted(
+                plane,
+                scale,
+                plane,
+                0.0,
+                -mean[channel] / std[channel],
+                dst=normalised[index, channel],
+                dtype=cv2.CV_32F,
+            )
+    return torch.from_numpy(normalised)
 
 
 def to_fast_layout(model: nn.Module) -> tuple[nn.Module, torch.memory_format]:
