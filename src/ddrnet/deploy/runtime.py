@@ -155,8 +155,12 @@ def openvino_logits_function(
     def run(batch: np.ndarray) -> np.ndarray:
         request = requests.get()  # waits while every request is busy
         try:
-            # Copied: the result is a view of the request's buffer, reused by its next call.
-            return np.array(request.infer([batch])[output], copy=True)
+            # The request reads the caller's array in place (the call returns when inference
+            # ends), sparing a copy of the input; the output is copied out of the request's
+            # buffer, which its next call reuses.
+            inputs = [np.ascontiguousarray(batch, dtype=np.float32)]
+            result = request.infer(inputs, share_inputs=True, share_outputs=True)
+            return np.array(result[output], copy=True)
         finally:
             requests.put(request)
 
