@@ -149,18 +149,27 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for form in dict.fromkeys(r["form"] for r in rows):
-        points = [r for r in rows if r["form"] == form and r["mIoU"] is not None]
-        axes.plot(
-            [r["ms_per_frame"] for r in points], [r["mIoU"] for r in points], "o-", label=form
-        )
+    scored = [r for r in rows if r["mIoU"] is not None]
+    # A colour per form (its line joins the models), a marker per model (a second legend).
+    markers = dict(zip(dict.fromkeys(r["model"] for r in scored), "osD^v<>p*h"))
+    for form in dict.fromkeys(r["form"] for r in scored):
+        points = [r for r in scored if r["form"] == form]
+        (line,) = axes.plot([r["ms_per_frame"] for r in points], [r["mIoU"] for r in points])
+        line.set_label(form)
         for r in points:
-            axes.annotate(f"{r['gmacs']:.1f} GMACs", (r["ms_per_frame"], r["mIoU"]), fontsize=7)
+            axes.plot(r["ms_per_frame"], r["mIoU"], markers[r["model"]], color=line.get_color())
+    forms_legend = axes.legend(fontsize=8, loc="lower right", title="form", title_fontsize=8)
+    axes.add_artist(forms_legend)
+    gmacs = {r["model"]: r["gmacs"] for r in scored}
+    handles = [
+        axes.plot([], [], marker, color="grey", linestyle="")[0] for marker in markers.values()
+    ]
+    labels = [f"{Path(model).stem} ({gmacs[model]:.2f} GMACs)" for model in markers]
+    axes.legend(handles, labels, fontsize=7, loc="lower center", title="model", title_fontsize=8)
     axes.set_xlabel("ms per 480x360 frame through ddrnet predict (lower is better)")
     axes.set_ylabel("CamVid val mIoU (%)")
     axes.set_title(describe_cpu()[:80], fontsize=8)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     print(f"picture written to {path}")
