@@ -99,6 +99,41 @@ def test_batch_job_writes_outputs_and_skips_bad_files(
     assert any("skipped" in line and "notes.png" in line for line in lines)
 
 
+def test_pictures_by_hand_and_png_files_read_back_exactly(tmp_path) -> None:
+    """colorize, overlay and the legend's shares against hand values; an RGB picture and an
+    indexed label map written by write_png read back pixel for pixel."""
+    from ddrnet.data.io import read_rgb, write_png
+    from ddrnet.render import colorize, legend_panel, overlay, with_legend
+
+    palette = [[255, 0, 0], [0, 128, 0], [10, 20, 30]]
+    labels = np.array([[0, 1, 2, 255]], dtype=np.uint8)  # 255: ignore, drawn black
+    colours = colorize(labels, palette, 3)
+    assert colours.tolist() == [[[255, 0, 0], [0, 128, 0], [10, 20, 30], [0, 0, 0]]]
+    as_int32 = colorize(np.array([[2, 300]], dtype=np.int32), palette, 3)  # > 256 classes
+    assert as_int32.tolist() == [[[10, 20, 30], [0, 0, 0]]]  # past the table: black
+    image = np.array([[[100, 100, 100]] * 4], dtype=np.uint8)
+    # 0.75 * 100 + 0.25 * colour, rounded: 75 + 63.75, 75 + 0, 75 + 32, 75 + 2.5, 75 + 7.5
+    assert overlay(image, colours, 0.25).tolist() == [
+        [[139, 75, 75], [75, 107, 75], [78, 80, 82], [75, 75, 75]]
+    ]
+    with pytest.raises(ValueError, match="differ in size"):
+        overlay(image[:, :2], colours)
+    names = ["road", "tree", "sign"]
+    grid = np.array([[0, 0, 0, 1]] * 4, dtype=np.uint8)  # road 75%, tree 25%, no sign
+    picture = with_legend(np.zeros((4, 4, 3), np.uint8), grid, names, palette)
+    expected = legend_panel(names, palette, 4, [0, 1], {0: 75.0, 1: 25.0})
+    assert np.array_equal(picture[:, 4:], expected)
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    write_png(tmp_path / "rgb.png", rgb)
+    assert np.array_equal(read_rgb(tmp_path / "rgb.png"), rgb)
+    ids = rng.integers(0, 3, (37, 53), dtype=np.uint8)
+    write_png(tmp_path / "ids.png", ids, palette)
+    indexed = Image.open(tmp_path / "ids.png")
+    assert indexed.mode == "P" and np.array_equal(np.asarray(indexed), ids)
+    assert indexed.getpalette()[:9] == [255, 0, 0, 0, 128, 0, 10, 20, 30]
+
+
 @pytest.mark.parametrize("streams", [1, 2])
 def test_video_in_video_out_and_corrupt_video(camvid_frames, tmp_path, streams) -> None:
     video = tmp_path / "drive.mp4"

@@ -121,6 +121,23 @@ def test_atomic_copy_replaces_whole_or_not_at_all(tmp_path, monkeypatch) -> None
     assert target.read_bytes() == b"new weights" and source.exists()
 
 
+def test_atomic_write_gives_the_mode_a_plain_write_gives(tmp_path) -> None:
+    """mkstemp makes its file owner-only; the result must not stay so (model files and
+    predictions shared on a machine would be unreadable to everyone else)."""
+    import os
+    import stat
+
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"x")
+    written = tmp_path / "model.bin"
+    atomic.atomic_write(written, lambda stream: stream.write(b"x"))
+    mode = stat.S_IMODE(written.stat().st_mode)
+    assert mode == stat.S_IMODE(plain.stat().st_mode)
+    old_umask = os.umask(0o022)
+    os.umask(old_umask)
+    assert mode == 0o666 & ~old_umask
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_loses_at_most_the_current_epoch(camvid_root, tmp_path) -> None:
     output = tmp_path / "killed"

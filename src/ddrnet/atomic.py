@@ -19,6 +19,20 @@ from pathlib import Path
 from typing import IO
 
 
+def _new_file_mode() -> int:
+    """The permissions ``open`` gives a new file: ``0o666`` less the process's umask (read
+    once, at import: setting the umask is the only way to read it, and another thread
+    creating a file in between would get the wrong mode)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+# ``mkstemp`` creates its file readable by its owner only; the renamed result gets the mode
+# any other written file would, so that model files and predictions can be shared as usual.
+NEW_FILE_MODE = _new_file_mode()
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Call ``write`` on a temporary file in ``path``'s folder, fsync, then rename it over
     ``path``: a crash (even SIGKILL) or a full disk mid-write leaves the previous file intact.
@@ -33,6 +47,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
         error.filename = str(path)  # the file asked for, not our temporary's random name
         raise
     try:
+        if hasattr(os, "fchmod"):  # POSIX
+            os.fchmod(handle, NEW_FILE_MODE)
         with os.fdopen(handle, "wb") as stream:
             write(stream)
             stream.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -24,15 +25,18 @@ def colorize(
     labels: np.ndarray, palette: Sequence[Sequence[int]] | None, num_classes: int
 ) -> np.ndarray:
     """``(H, W)`` class ids -> ``(H, W, 3)`` uint8 RGB with the data set's palette."""
-    return palette_array(palette, num_classes)[np.clip(labels, 0, 255).astype(np.uint8)]
+    if labels.dtype != np.uint8:
+        labels = np.clip(labels, 0, 255).astype(np.uint8)
+    return np.take(palette_array(palette, num_classes), labels, axis=0)
 
 
 def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend ``(H, W, 3)`` colours over an ``(H, W, 3)`` uint8 image; ``alpha`` = colour weight."""
     if image.shape != colours.shape:
         raise ValueError(f"image {image.shape} and colour map {colours.shape} differ in size")
-    blended = image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha
-    return blended.round().astype(np.uint8)
+    # One pass in OpenCV: image * (1 - alpha) + colours * alpha in float32, rounded.
+    image, colours = np.ascontiguousarray(image), np.ascontiguousarray(colours)
+    return cv2.addWeighted(image, 1.0 - alpha, colours, alpha, 0.0)
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -90,12 +94,12 @@ def with_legend(
     if every_class:
         panel = legend_panel(class_names, palette, picture.shape[0])
     else:
-        present, counts = np.unique(labels, return_counts=True)
-        keep = present < len(class_names)
-        total = max(1, int(counts[keep].sum()))
-        shares = {int(c): 100.0 * int(n) / total for c, n in zip(present[keep], counts[keep])}
+        counts = np.bincount(labels.ravel(), minlength=len(class_names))[: len(class_names)]
+        present = np.flatnonzero(counts)
+        total = max(1, int(counts.sum()))
+        shares = {int(c): 100.0 * int(counts[c]) / total for c in present}
         panel = legend_panel(
-            class_names, palette, picture.shape[0], [int(c) for c in present[keep]], shares
+            class_names, palette, picture.shape[0], [int(c) for c in present], shares
         )
     if panel.shape[0] < picture.shape[0]:
         pad = np.full((picture.shape[0] - panel.shape[0], panel.shape[1], 3), 255, np.uint8)
