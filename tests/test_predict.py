@@ -134,6 +134,37 @@ def test_pictures_by_hand_and_png_files_read_back_exactly(tmp_path) -> None:
     assert indexed.getpalette()[:9] == [255, 0, 0, 0, 128, 0, 10, 20, 30]
 
 
+def test_a_failed_write_stops_the_job_with_its_error(
+    camvid_model_file, camvid_frames, tmp_path, monkeypatch
+) -> None:
+    """Files are written in a thread of their own: its error still reaches the caller (the
+    CLI prints it in one line), and what was written before stays."""
+    import errno
+
+    import ddrnet.predict as predict_module
+
+    real_write = predict_module.write_png
+    calls = []
+
+    def write_until_full(path, array, palette=None):
+        calls.append(path)
+        if len(calls) > 2:  # the second image's labels: the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, array, palette)
+
+    monkeypatch.setattr(predict_module, "write_png", write_until_full)
+    runner = SegmentationRunner(
+        ddrnet.create_model(checkpoint=camvid_model_file), torch.device("cpu")
+    )
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space left"):
+        run_prediction(
+            runner, [str(f) for f in camvid_frames[:3]], out, progress=False, report=print
+        )
+    first = camvid_frames[0].stem
+    assert sorted(p.name for p in out.iterdir()) == [f"{first}_labels.png", f"{first}_overlay.png"]
+
+
 @pytest.mark.parametrize("streams", [1, 2])
 def test_video_in_video_out_and_corrupt_video(camvid_frames, tmp_path, streams) -> None:
     video = tmp_path / "drive.mp4"

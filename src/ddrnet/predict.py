@@ -186,7 +186,8 @@ class SegmentationRunner:
 
     ``streams``: how many frames are segmented at once (``map``), each in its own thread on
     its share of the CPU threads. More frames per second on folders and videos (two streams
-    on two cores: 1.5-1.8x for the CamVid INT8 models), each frame no sooner. A model file
+    on two cores: 1.1-1.35x for the CamVid models, ``benchmarks/predict_throughput.py``),
+    each frame no sooner. A model file
     run by ONNX Runtime or OpenVINO must be loaded with as many streams
     (``ddrnet.load(..., streams=N)``) to run that many inferences at once; ncnn and
     ExecuTorch models take one."""
@@ -364,23 +365,40 @@ def _predict_images(runner, paths, loader, output_dir, kinds, progress, report, 
         ]
         return group, label_maps, pictures, milliseconds
 
-    for group, label_maps, pictures, milliseconds in runner.map(segment, groups()):
-        per_image = milliseconds / len(group)
-        for (index, image), labels, named in zip(group, label_maps, pictures):
-            stem = stems[index]
+    def write(group, label_maps, pictures) -> list[list[Path]]:
+        """The files of each image of a group, written; the targets per image."""
+        written = []
+        for (index, _), labels, named in zip(group, label_maps, pictures):
+            targets = []
             if "labels" in kinds:
-                target = output_dir / f"{stem}_labels.png"
+                targets.append(output_dir / f"{stems[index]}_labels.png")
                 # An indexed PNG holds 256 colours: more classes are written as plain ids.
                 palette = runner.palette if labels.dtype == np.uint8 else None
-                write_png(target, labels, palette)
-                summary.outputs.append(target)
+                write_png(targets[-1], labels, palette)
             for kind, picture in named.items():
-                target = output_dir / f"{stem}_{kind}.png"
-                write_png(target, picture)
-                summary.outputs.append(target)
+                targets.append(output_dir / f"{stems[index]}_{kind}.png")
+                write_png(targets[-1], picture)
+            written.append(targets)
+        return written
+
+    def finish(group, milliseconds, writing) -> None:
+        per_image = milliseconds / len(group)
+        for (index, image), targets in zip(group, writing.result()):  # a write error: raised
+            summary.outputs += targets
             summary.processed.append(str(paths[index]))
             summary.latencies_ms.append(per_image)
             report(f"{paths[index]}: {image.shape[1]}x{image.shape[0]}, {per_image:.1f} ms")
+
+    # PNG encoding (zlib, outside the GIL) in a thread of its own, while the next images are
+    # read and segmented; a few groups at most wait to be written.
+    with ThreadPoolExecutor(1, thread_name_prefix="ddrnet-writer") as writer:
+        pending: deque = deque()
+        for group, label_maps, pictures, milliseconds in runner.map(segment, groups()):
+            pending.append((group, milliseconds, writer.submit(write, group, label_maps, pictures)))
+            if len(pending) > 2:
+                finish(*pending.popleft())
+        while pending:
+            finish(*pending.popleft())
 
 
 def _unique_stems(paths: Sequence[Path]) -> list[str]:
