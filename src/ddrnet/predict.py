@@ -372,9 +372,8 @@ def _predict_images(runner, paths, loader, output_dir, kinds, progress, report, 
             targets = []
             if "labels" in kinds:
                 targets.append(output_dir / f"{stems[index]}_labels.png")
-                # An indexed PNG holds 256 colours: more classes are written as plain ids.
-                palette = runner.palette if labels.dtype == np.uint8 else None
-                write_png(targets[-1], labels, palette)
+                # Indexed by the class colours (more than 256 classes: plain ids).
+                write_png(targets[-1], labels, runner.palette)
             for kind, picture in named.items():
                 targets.append(output_dir / f"{stems[index]}_{kind}.png")
                 write_png(targets[-1], picture)

@@ -30,7 +30,6 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -42,6 +41,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from ddrnet.assets import demo_frames
+from ddrnet.data.io import png_bytes
 from ddrnet.engine.predictor import Predictor
 from ddrnet.models.metadata import class_info
 from ddrnet.predict import leave_cores_to_runtime
@@ -109,21 +109,6 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         raise RequestError(400, f"the image cannot be decoded: {error}") from None
 
 
-def png_bytes(image: Image.Image) -> bytes:
-    """``image`` encoded as PNG (fast compression: these are generated on every request)."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-def label_png(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> bytes:
-    """``(H, W)`` uint8 class ids as an indexed ('P') PNG whose colours are ``palette``."""
-    image = Image.fromarray(labels.astype(np.uint8))  # (H, W) uint8 -> mode 'L'
-    flat = [int(channel) for colour in palette for channel in colour][:768]
-    image.putpalette(flat + [0] * (768 - len(flat)))  # 'L' -> 'P', indices unchanged
-    return png_bytes(image)
-
-
 @dataclass
 class Prediction:
     """One segmented image: ``labels`` ``(H, W)`` class ids (uint8 for <= 256 classes),
@@ -181,7 +166,7 @@ class SegmentationService:
         colours = render.colorize(prediction.labels, self.palette, len(self.class_names))
         picture = render.overlay(prediction.image, colours)
         picture = render.with_legend(picture, prediction.labels, self.class_names, self.palette)
-        return png_bytes(Image.fromarray(picture))
+        return png_bytes(picture)
 
     def health(self) -> dict[str, Any]:
         return {
@@ -322,7 +307,7 @@ def _predict(service: SegmentationService, max_pixels: int) -> Any:
             }
         )
     body = (
-        label_png(prediction.labels, service.palette)
+        png_bytes(prediction.labels, service.palette)
         if output == "png"
         else service.overlay_png(prediction)
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".p
 
 # Refuse decompression bombs: ~ 16k x 16k pixels is far beyond any road-scene frame.
 Image.MAX_IMAGE_PIXELS = 268_435_456
+
+# zlib level of label-map PNGs: maps of a few flat regions, small at any level.
+LABEL_PNG_LEVEL = 1
 
 
 def image_files(folder: str | Path) -> list[Path]:
@@ -123,16 +128,15 @@ def read_color_label(path: str | Path) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def write_png(path: str | Path, array: np.ndarray, palette: list[list[int]] | None = None) -> None:
-    """Write ``(H, W)`` indices (as an indexed PNG when a palette is given) or ``(H, W, 3)``
-    uint8 RGB, whole or not at all (``ddrnet.atomic``: a kill never leaves half an earlier
-    result).
+def png_bytes(array: np.ndarray, palette: Sequence[Sequence[int]] | None = None) -> bytes:
+    """``(H, W)`` indices (an indexed PNG when a palette is given and they are uint8: a PNG
+    palette holds 256 colours; other indices are written as plain values) or ``(H, W, 3)``
+    uint8 RGB, encoded as PNG.
 
     RGB pictures (overlays of photographs, which compress little whatever the effort) are
     encoded by OpenCV at zlib level 1 with run-length matching and the "sub" row filter: ten
-    times faster than Pillow's default level 6, files a fifth larger on CamVid overlays. Index maps
-    go through Pillow, which writes palettes."""
-    path = Path(path)
+    times faster than Pillow's default level 6, files a fifth larger on CamVid overlays.
+    Index maps go through Pillow, which writes palettes."""
     if array.ndim == 3 and array.shape[2] == 3 and array.dtype == np.uint8:
         import cv2
 
@@ -141,13 +145,23 @@ def write_png(path: str | Path, array: np.ndarray, palette: list[list[int]] | No
         if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.10: one cheap row filter
             settings += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
         ok, encoded = cv2.imencode(".png", cv2.cvtColor(array, cv2.COLOR_RGB2BGR), settings)
-        if not ok:  # OpenCV reports no reason
-            raise OSError(f"{path}: OpenCV could not encode a {array.shape} picture as PNG")
-        atomic_write(path, lambda stream: stream.write(encoded.tobytes()))
-        return
+        if not ok:  # OpenCV gives no reason; no well-formed picture gets here
+            raise RuntimeError(f"OpenCV could not encode a {array.shape} picture as PNG")
+        return encoded.tobytes()
     image = Image.fromarray(array)
-    if palette is not None and array.ndim == 2:
+    if palette is not None and array.ndim == 2 and array.dtype == np.uint8:
         # putpalette turns an 'L' image into 'P' while keeping the index values.
-        flat = [channel for colour in palette for channel in colour]
+        flat = [int(channel) for colour in palette for channel in colour][:768]
         image.putpalette(flat + [0] * (768 - len(flat)))
-    atomic_write(path, lambda stream: image.save(stream, format="PNG"))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=LABEL_PNG_LEVEL)
+    return buffer.getvalue()
+
+
+def write_png(
+    path: str | Path, array: np.ndarray, palette: Sequence[Sequence[int]] | None = None
+) -> None:
+    """``png_bytes(array, palette)`` written to ``path`` whole or not at all
+    (``ddrnet.atomic``: a kill never leaves half an earlier result)."""
+    data = png_bytes(array, palette)
+    atomic_write(Path(path), lambda stream: stream.write(data))
