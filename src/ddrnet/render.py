@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import cv2
@@ -81,6 +82,16 @@ def legend_panel(
     return result[:height] if result.shape[0] > height else result
 
 
+@functools.lru_cache(maxsize=4)
+def _every_class_panel(
+    class_names: tuple[str, ...], palette: tuple[tuple[int, ...], ...] | None, height: int
+) -> np.ndarray:
+    """``legend_panel`` of every class, drawn once per video (read-only: it is shared)."""
+    panel = legend_panel(class_names, palette, height)
+    panel.flags.writeable = False
+    return panel
+
+
 def with_legend(
     picture: np.ndarray,
     labels: np.ndarray,
@@ -92,7 +103,8 @@ def with_legend(
     on its right; with ``every_class``, a fixed legend of all classes instead, whose width
     does not change from frame to frame (a video writer needs one frame size)."""
     if every_class:
-        panel = legend_panel(class_names, palette, picture.shape[0])
+        colours = None if palette is None else tuple(tuple(int(v) for v in c) for c in palette)
+        panel = _every_class_panel(tuple(class_names), colours, picture.shape[0])
     else:
         counts = np.bincount(labels.ravel(), minlength=len(class_names))[: len(class_names)]
         present = np.flatnonzero(counts)
