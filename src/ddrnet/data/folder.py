@@ -113,6 +113,24 @@ def load_classes_file(path: str | Path) -> FolderClasses:
     if len(entries) > IGNORE_INDEX:
         raise DatasetError(f"{path}: {len(entries)} classes; at most {IGNORE_INDEX} fit")
 
+    names, colours = _class_entries(entries, path)
+    ignore_index, ignore_colours = _ignore_settings(values, names, colours, path)
+
+    mean = _statistics(values.get("mean", IMAGENET_MEAN), "mean", path)
+    std = _statistics(values.get("std", IMAGENET_STD), "std", path)
+    labels = LabelSet(
+        name=path.stem,
+        class_names=tuple(names),
+        palette=tuple(colours),
+        mean=mean,
+        std=std,
+        extra={"classes_file": str(path)},
+    )
+    return FolderClasses(labels, ignore_index, tuple(dict.fromkeys(ignore_colours)), path)
+
+
+def _class_entries(entries: list, path: Path) -> tuple[list[str], list[tuple[int, int, int]]]:
+    """The names and colours of a classes file's ``classes`` list, each entry checked."""
     names: list[str] = []
     colours: list[tuple[int, int, int]] = []
     for index, entry in enumerate(entries):
@@ -137,7 +155,14 @@ def load_classes_file(path: str | Path) -> FolderClasses:
             raise DatasetError(f"{path}: {where} ({name}) has the colour of {other}: {colour}")
         names.append(name)
         colours.append(colour)
+    return names, colours
 
+
+def _ignore_settings(
+    values: dict, names: list[str], colours: list[tuple[int, int, int]], path: Path
+) -> tuple[int, list[tuple[int, int, int]]]:
+    """A classes file's ``ignore_index`` (default 255; above every class id) and
+    ``ignore_colors`` (none of them a class colour), checked."""
     ignore_index = values.get("ignore_index", IGNORE_INDEX)
     if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
         raise DatasetError(f"{path}: ignore_index must be an integer, got {ignore_index!r}")
@@ -158,18 +183,7 @@ def load_classes_file(path: str | Path) -> FolderClasses:
                 f"{names[colours.index(colour)]}"
             )
         ignore_colours.append(colour)
-
-    mean = _statistics(values.get("mean", IMAGENET_MEAN), "mean", path)
-    std = _statistics(values.get("std", IMAGENET_STD), "std", path)
-    labels = LabelSet(
-        name=path.stem,
-        class_names=tuple(names),
-        palette=tuple(colours),
-        mean=mean,
-        std=std,
-        extra={"classes_file": str(path)},
-    )
-    return FolderClasses(labels, ignore_index, tuple(dict.fromkeys(ignore_colours)), path)
+    return ignore_index, ignore_colours
 
 
 def folder_samples(root: str | Path, split: str) -> list[Sample]:
