@@ -154,7 +154,7 @@ def in_fresh_process(measure: Callable[[], float]) -> float:
         return pool.submit(measure).result()
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--data", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/camvid")
@@ -177,7 +177,57 @@ def main() -> None:
         help="run only the measurements whose name contains one of these texts (the first, "
         "bare fp32, always runs: it is the baseline of the ratios)",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def bare_step_measurements(seconds: float, bf16: bool) -> list[tuple[str, Callable[[], float]]]:
+    """The model's training step alone, in each precision and loss resolution; the first, bare
+    fp32 with the loss at full resolution, is the baseline of the ratios."""
+    recipe = "bf16+channels_last" if bf16 else "fp32"
+    measurements: list[tuple[str, Callable[[], float]]] = [
+        ("bare step fp32, full-res loss", functools.partial(bare_step_rate, False, 1, seconds))
+    ]
+    strides = (
+        ((False, 4), (True, 1), (True, 2), (True, 4), (True, None))
+        if bf16
+        else ((False, 2), (False, 4), (False, None))
+    )
+    for step_bf16, stride in strides:
+        loss = "no loss (network alone)" if stride is None else f"loss label_stride {stride}"
+        name = f"bare step {'bf16+channels_last' if step_bf16 else 'fp32'}, {loss}"
+        measurements.append((name, functools.partial(bare_step_rate, step_bf16, stride, seconds)))
+    compiled = functools.partial(bare_step_rate, bf16, 2, seconds, compiled=True)
+    measurements.append((f"bare step {recipe}, loss label_stride 2, torch.compile", compiled))
+    for stride in (2, None):
+        loss = "no loss (network alone)" if stride is None else f"loss label_stride {stride}"
+        retained = functools.partial(bare_step_rate, bf16, stride, seconds, retain_memory=True)
+        measurements.append((f"bare step {recipe}, {loss}, freed memory retained", retained))
+    return measurements
+
+
+def loop_measurements(
+    args: argparse.Namespace, recipe: str
+) -> list[tuple[str, Callable[[], float]]]:
+    """The data pipeline alone, and ``ddrnet train``'s loop with it."""
+    measurements: list[tuple[str, Callable[[], float]]] = []
+    config = load_config(Config, None, [f"data.root={args.data}", "data.check=false"])
+    for workers in (0, 1, 2):
+        pipeline = functools.partial(data_pipeline_rate, config, workers, args.seconds)
+        measurements.append((f"data pipeline alone, {workers} workers", pipeline))
+    for workers, stride in ((0, 2), (1, 2), (0, 4)):
+        loop = functools.partial(training_loop_rate, args.data, workers, args.iterations, stride)
+        name = f"ddrnet train loop ({recipe}, label_stride {stride}), {workers} workers"
+        measurements.append((name, loop))
+    defaults = functools.partial(
+        training_loop_rate, args.data, 0, args.iterations, 2, retain_memory=False
+    )
+    name = f"ddrnet train loop ({recipe}, label_stride 2), 0 workers, glibc malloc defaults"
+    measurements.append((name, defaults))
+    return measurements
+
+
+def main() -> None:
+    args = parse_args()
     print(describe_cpu())
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, "
@@ -187,61 +237,7 @@ def main() -> None:
     # natively; emulated bf16 runs ~10x slower than fp32 and is not timed.
     bf16 = cpu_has_native_bf16()
     recipe = "bf16+channels_last" if bf16 else "fp32"
-    measurements: list[tuple[str, Callable[[], float]]] = [
-        ("bare step fp32, full-res loss", functools.partial(bare_step_rate, False, 1, args.seconds))
-    ]
-    strides = (
-        ((False, 4), (True, 1), (True, 2), (True, 4), (True, None))
-        if bf16
-        else (
-            (False, 2),
-            (False, 4),
-            (False, None),
-        )
-    )
-    for step_bf16, stride in strides:
-        loss = "no loss (network alone)" if stride is None else f"loss label_stride {stride}"
-        name = f"bare step {'bf16+channels_last' if step_bf16 else 'fp32'}, {loss}"
-        measurements.append(
-            (name, functools.partial(bare_step_rate, step_bf16, stride, args.seconds))
-        )
-    measurements.append(
-        (
-            f"bare step {recipe}, loss label_stride 2, torch.compile",
-            functools.partial(bare_step_rate, bf16, 2, args.seconds, compiled=True),
-        )
-    )
-    for stride in (2, None):
-        loss = "no loss (network alone)" if stride is None else f"loss label_stride {stride}"
-        measurements.append(
-            (
-                f"bare step {recipe}, {loss}, freed memory retained",
-                functools.partial(bare_step_rate, bf16, stride, args.seconds, retain_memory=True),
-            )
-        )
-    config = load_config(Config, None, [f"data.root={args.data}", "data.check=false"])
-    for workers in (0, 1, 2):
-        measurements.append(
-            (
-                f"data pipeline alone, {workers} workers",
-                functools.partial(data_pipeline_rate, config, workers, args.seconds),
-            )
-        )
-    for workers, stride in ((0, 2), (1, 2), (0, 4)):
-        measurements.append(
-            (
-                f"ddrnet train loop ({recipe}, label_stride {stride}), {workers} workers",
-                functools.partial(training_loop_rate, args.data, workers, args.iterations, stride),
-            )
-        )
-    measurements.append(
-        (
-            f"ddrnet train loop ({recipe}, label_stride 2), 0 workers, glibc malloc defaults",
-            functools.partial(
-                training_loop_rate, args.data, 0, args.iterations, 2, retain_memory=False
-            ),
-        )
-    )
+    measurements = bare_step_measurements(args.seconds, bf16) + loop_measurements(args, recipe)
     if args.only:
         measurements = measurements[:1] + [
             (name, measure)
