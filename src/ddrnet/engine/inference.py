@@ -325,13 +325,10 @@ def _interpolated_cell_ids(
         ],
         axis=-1,
     )  # (C, m, 4)
-    weights = _corner_weights(*scale)
-    values = (torch.from_numpy(corners).reshape(-1, 4) @ weights).numpy()  # (C m, sy sx)
-    values = values.reshape(channels, -1)
-    best, ids = (
-        values[0].copy(),
-        np.zeros(values.shape[1], dtype=np.int64 if channels > 256 else np.uint8),
-    )
+    corners = torch.from_numpy(corners.astype(np.float32, copy=False)).reshape(-1, 4)
+    values = (corners @ _corner_weights(*scale)).numpy().reshape(channels, -1)  # (C, m sy sx)
+    best = values[0].copy()
+    ids = np.zeros(values.shape[1], dtype=np.int64 if channels > 256 else np.uint8)
     for index in range(1, channels):
         higher = values[index] > best  # strictly: a tie keeps the first class
         np.maximum(best, values[index], out=best)
