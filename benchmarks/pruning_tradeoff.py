@@ -6,9 +6,10 @@ val mIoU through ``ddrnet eval``'s code, and the median per-frame latency throug
 predict``'s code (normalise, forward, resize to 360x480, class ids) in PyTorch fp32, ONNX
 Runtime fp32 and INT8, OpenVINO fp32 and INT8, and ncnn where installed. Every (model, form)
 pair takes its turn frame by frame, so load that drifts during the run hits all alike: the
-ratios are fair even where the absolute figures are not. ``--speed-only FILE`` adds models
-whose accuracy means nothing yet (pruned, not fine-tuned): latency only. Then a PNG of mIoU
-against ms per frame. Run on an otherwise idle machine:
+ratios are fair even where the absolute figures are not. Issue 21's speed targets for the
+second model against the first are checked at the end (``report_targets``). ``--speed-only
+FILE`` adds models whose accuracy means nothing yet (pruned, not fine-tuned): latency only.
+Then a PNG of mIoU against ms per frame. Run on an otherwise idle machine:
 
     python benchmarks/pruning_tradeoff.py [--models A B ...] [--speed-only C ...]
         [--camvid ../shared/data/camvid] [--images 101] [--frames 30] [--threads 2]
@@ -142,6 +143,36 @@ def report(rows: list[dict]) -> None:
         )
 
 
+def report_targets(rows: list[dict]) -> None:
+    """Issue 21's speed targets for the second model (the fast one) against the first: at most
+    half the MACs; in its fastest form at least 30 frames per second and 1.8x the first
+    model's frames per second in that same form. Measured on this machine as it runs (capped
+    or not): the targets are set for 2 cores of an AVX2 CPU without VNNI."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    if len(models) < 2:
+        return
+    first = {r["form"]: r for r in rows if r["model"] == models[0]}
+    second = [r for r in rows if r["model"] == models[1] and r["form"] in first]
+    fastest = min(second, key=lambda r: r["ms_per_frame"])
+    fraction = fastest["gmacs"] / first[fastest["form"]]["gmacs"]
+    fps = 1000 / fastest["ms_per_frame"]
+    speed_up = first[fastest["form"]]["ms_per_frame"] / fastest["ms_per_frame"]
+    print(
+        f"\nissue 21's targets (set for 2 cores of an AVX2 CPU without VNNI; this run: "
+        f"{describe_cpu()}) for {Path(models[1]).name} against {Path(models[0]).name}:"
+    )
+    for text, value, met in (
+        ("MACs, at most 0.50 of the first", f"{fraction:.2f}", fraction <= 0.5),
+        (
+            f"frames per second in its fastest form ({fastest['form']}), at least 30",
+            f"{fps:.1f}",
+            fps >= 30,
+        ),
+        ("speed-up in that form, at least 1.80x", f"{speed_up:.2f}x", speed_up >= 1.8),
+    ):
+        print(f"  {text}: {value} ({'met' if met else 'MISSED'})")
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -188,6 +219,7 @@ def main() -> None:
     rows = measure(args)
     torch.set_num_threads(args.threads)  # the forms set it as they ran
     report(rows)
+    report_targets(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     plot(rows, args.plot)
