@@ -8,7 +8,8 @@ code ``ddrnet predict --streams N`` runs: normalise, forward, class ids; no file
 writing) with 1 stream and with ``--streams`` streams; the frames per second of each, the
 gain of the streams, and each form's speed-up of the fast model over the 23-slim. Every
 (model, form, streams) set takes its turn in each of ``--rounds`` rounds, so load that
-drifts hits all alike; medians over the rounds. Run on an otherwise idle machine:
+drifts hits all alike; medians over the rounds, and the gains and speed-ups medians of the
+ratios within each round. Run on an otherwise idle machine:
 
     python benchmarks/predict_throughput.py [--models A B] [--frames 30] [--threads 2]
         [--streams 2] [--rounds 5] [--max-isa AVX2]
@@ -101,22 +102,32 @@ def main() -> None:
             for key, runner in sets.items():
                 as_predict_runs(runner.predictor.model, args.threads)
                 measured.setdefault(key, []).append(frames_per_second(runner, frames))
-    report({key: statistics.median(values) for key, values in measured.items()}, args)
+    report(measured, args)
 
 
-def report(fps: dict[tuple[str, str], float], args: argparse.Namespace) -> None:
+def median_ratio(rates: dict[tuple[str, str], list[float]], key, base) -> float:
+    """The median over rounds of ``key``'s frames per second over ``base``'s in the same
+    round: load that drifts between rounds cancels out."""
+    return statistics.median(a / b for a, b in zip(rates[key], rates[base]))
+
+
+def report(rates: dict[tuple[str, str], list[float]], args: argparse.Namespace) -> None:
+    """Medians over the rounds; the gains and speed-ups are medians of per-round ratios."""
     print(f"\n{describe_cpu()}; {args.threads} threads; frames per second at 480x360")
     first = Path(args.models[0]).stem
     header = f"{'model':<34}{'form':>20}{'1 stream':>10}{f'{args.streams} streams':>11}"
     header += f"{'gain':>7}{'vs first model, 1 / N streams':>31}"
     print(header + "\n" + "-" * len(header))
-    for model in dict.fromkeys(model for model, _ in fps):
-        for form in dict.fromkeys(key.split("/")[0] for _, key in fps):
-            one, many = fps[(model, f"{form}/1")], fps[(model, f"{form}/{args.streams}")]
-            base_one, base_many = fps[(first, f"{form}/1")], fps[(first, f"{form}/{args.streams}")]
+    for model in dict.fromkeys(model for model, _ in rates):
+        for form in dict.fromkeys(key.split("/")[0] for _, key in rates):
+            one, many = (model, f"{form}/1"), (model, f"{form}/{args.streams}")
+            base_one, base_many = (first, f"{form}/1"), (first, f"{form}/{args.streams}")
             print(
-                f"{model[:33]:<34}{form:>20}{one:>10.1f}{many:>11.1f}{many / one:>6.2f}x"
-                f"{one / base_one:>23.2f}x / {many / base_many:.2f}x"
+                f"{model[:33]:<34}{form:>20}{statistics.median(rates[one]):>10.1f}"
+                f"{statistics.median(rates[many]):>11.1f}"
+                f"{median_ratio(rates, many, one):>6.2f}x"
+                f"{median_ratio(rates, one, base_one):>23.2f}x / "
+                f"{median_ratio(rates, many, base_many):.2f}x"
             )
 
 

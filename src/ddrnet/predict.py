@@ -186,10 +186,10 @@ class SegmentationRunner:
 
     ``streams``: how many frames are segmented at once (``map``), each in its own thread on
     its share of the CPU threads. More frames per second on folders and videos (two streams
-    on two cores: 1.1-1.35x for the CamVid models, ``benchmarks/predict_throughput.py``),
-    each frame no sooner. A model file run by ONNX Runtime or OpenVINO must be loaded with as
-    many streams (``ddrnet.load(..., streams=N)``) to run that many inferences at once; ncnn
-    and ExecuTorch models take one."""
+    on two cores: 1.1-1.4x for the CamVid models in PyTorch and ONNX Runtime, about 1x in
+    OpenVINO, ``benchmarks/predict_throughput.py``), each frame no sooner. A model file run by
+    ONNX Runtime or OpenVINO must be loaded with as many streams (``ddrnet.load(...,
+    streams=N)``) to run that many inferences at once; ncnn and ExecuTorch models take one."""
 
     def __init__(
         self,

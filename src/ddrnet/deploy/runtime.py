@@ -118,9 +118,8 @@ def openvino_logits_function(
     ``streams``: 1 (latency: every thread works on one inference), or N inferences at once,
     each on its own share of the threads (OpenVINO's throughput mode); the function may then
     be called from N threads at a time, each call taking one of N inference requests. On two
-    cores two streams segment 1.05-1.15x more frames per second than one (CamVid INT8 models,
-    ``benchmarks/predict_throughput.py``): a small network's layers keep two threads busy
-    a little worse than two frames side by side do.
+    cores two streams segment 0.95-1.1x the frames per second of one (CamVid INT8 models,
+    ``benchmarks/predict_throughput.py``): one inference keeps both cores busy already.
 
     ``input_shape`` ``(N, 3, H, W)`` fixes the input size before compiling, which lets
     OpenVINO plan every layer for it (faster than the file's dynamic sizes: 1.1-1.4x for the
