@@ -123,6 +123,11 @@ def test_pictures_by_hand_and_png_files_read_back_exactly(tmp_path) -> None:
     picture = with_legend(np.zeros((4, 4, 3), np.uint8), grid, names, palette)
     expected = legend_panel(names, palette, 4, [0, 1], {0: 75.0, 1: 25.0})
     assert np.array_equal(picture[:, 4:], expected)
+    # A video's legend lists every class, drawn once and reused frame after frame.
+    every = legend_panel(names, palette, 4)
+    for _ in range(2):
+        framed = with_legend(np.zeros((4, 4, 3), np.uint8), grid, names, palette, every_class=True)
+        assert np.array_equal(framed[:, 4:], every) and framed.flags.writeable
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
     write_png(tmp_path / "rgb.png", rgb)
