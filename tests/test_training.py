@@ -123,7 +123,8 @@ def test_atomic_copy_replaces_whole_or_not_at_all(tmp_path, monkeypatch) -> None
 
 def test_atomic_write_gives_the_mode_a_plain_write_gives(tmp_path) -> None:
     """mkstemp makes its file owner-only; the result must not stay so (model files and
-    predictions shared on a machine would be unreadable to everyone else)."""
+    predictions shared on a machine would be unreadable to everyone else), and a rewritten
+    file keeps its mode."""
     import os
     import stat
 
@@ -136,6 +137,10 @@ def test_atomic_write_gives_the_mode_a_plain_write_gives(tmp_path) -> None:
     old_umask = os.umask(0o022)
     os.umask(old_umask)
     assert mode == 0o666 & ~old_umask
+    # Rewriting keeps a file's own mode, as a plain write does.
+    written.chmod(0o640)
+    atomic.atomic_write(written, lambda stream: stream.write(b"y"))
+    assert stat.S_IMODE(written.stat().st_mode) == 0o640 and written.read_bytes() == b"y"
 
 
 @pytest.mark.slow

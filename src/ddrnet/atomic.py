@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,15 @@ def _new_file_mode() -> int:
 NEW_FILE_MODE = _new_file_mode()
 
 
+def _mode_for(path: Path) -> int:
+    """The mode a plain write to ``path`` leaves: the file's own when it exists (rewriting
+    keeps it), else ``NEW_FILE_MODE``."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:  # no such file (or not ours to inspect): a new file's mode
+        return NEW_FILE_MODE
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Call ``write`` on a temporary file in ``path``'s folder, fsync, then rename it over
     ``path``: a crash (even SIGKILL) or a full disk mid-write leaves the previous file intact.
@@ -48,7 +58,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
         raise
     try:
         if hasattr(os, "fchmod"):  # POSIX
-            os.fchmod(handle, NEW_FILE_MODE)
+            os.fchmod(handle, _mode_for(path))
         with os.fdopen(handle, "wb") as stream:
             write(stream)
             stream.flush()
