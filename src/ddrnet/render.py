@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import cv2
@@ -57,29 +58,42 @@ def legend_panel(
     """A white ``(height, w, 3)`` panel listing colour swatches and class names.
 
     ``classes`` limits the list (e.g. to the classes present in a prediction); ``shares``
-    adds each class's pixel share in percent.
+    adds each class's pixel share in percent. Each line of text is drawn once per string and
+    size (``_text_strip``) and laid on the panel with numpy: a legend comes with every
+    predicted picture, and drawing its text every time cost more than the overlay.
     """
     table = palette_array(palette, len(class_names))
     chosen = list(classes) if classes is not None else list(range(len(class_names)))
     row = max(14, min(24, height // max(1, len(chosen))))
-    font = _font(max(10, row - 6))
+    size = max(10, row - 6)
     labels = [
         class_names[c] + (f" {shares[c]:.1f}%" if shares and c in shares else "") for c in chosen
     ]
-    text_width = max((font.getlength(text) for text in labels), default=40)
+    strips = [_text_strip(text, size, row) for text in labels]
+    text_width = max((strip.shape[1] for strip in strips), default=40)
     width = int(row + 12 + text_width + 8)
-    panel = Image.new("RGB", (width, max(height, row * len(chosen) + 8)), "white")
-    draw = ImageDraw.Draw(panel)
-    for position, (class_id, text) in enumerate(zip(chosen, labels)):
+    panel = np.full((max(height, row * len(chosen) + 8), width, 3), 255, dtype=np.uint8)
+    for position, (class_id, strip) in enumerate(zip(chosen, strips)):
         top = 4 + position * row
-        draw.rectangle(
-            [4, top + 2, 4 + row - 4, top + row - 2],
-            fill=tuple(int(v) for v in table[class_id]),
-            outline="black",
-        )
-        draw.text((row + 8, top + 2), text, fill="black", font=font)
-    result = np.asarray(panel)
-    return result[:height] if result.shape[0] > height else result
+        swatch = panel[top + 2 : top + row - 1, 4 : row + 1]  # a black outline around the colour
+        swatch[...] = 0
+        swatch[1:-1, 1:-1] = table[class_id]
+        # Black text on white: the darker of panel and strip is the text drawn on the panel.
+        area = panel[top : top + row, row + 8 : row + 8 + strip.shape[1]]
+        np.minimum(area, strip[: area.shape[0], : area.shape[1], None], out=area)
+    return panel[:height] if panel.shape[0] > height else panel
+
+
+@functools.lru_cache(maxsize=1024)  # a few MB at most: lines of ~20 x 150 pixels
+def _text_strip(text: str, size: int, height: int) -> np.ndarray:
+    """``(height, w)`` uint8: ``text`` in black on white at font ``size``, 2 pixels from the
+    top (read-only: it is shared)."""
+    font = _font(size)
+    strip = Image.new("L", (max(1, math.ceil(font.getlength(text))), height), 255)
+    ImageDraw.Draw(strip).text((0, 2), text, fill=0, font=font)
+    pixels = np.array(strip)
+    pixels.flags.writeable = False
+    return pixels
 
 
 @functools.lru_cache(maxsize=4)
