@@ -58,7 +58,7 @@ def legend_panel(
     """A white ``(height, w, 3)`` panel listing colour swatches and class names.
 
     ``classes`` limits the list (e.g. to the classes present in a prediction); ``shares``
-    adds each class's pixel share in percent. Each line of text is drawn once per string and
+    adds each class's pixel share in percent. Each piece of text is drawn once per string and
     size (``_text_strip``) and laid on the panel with numpy: a legend comes with every
     predicted picture, and drawing its text every time cost more than the overlay.
     """
@@ -66,21 +66,27 @@ def legend_panel(
     chosen = list(classes) if classes is not None else list(range(len(class_names)))
     row = max(14, min(24, height // max(1, len(chosen))))
     size = max(10, row - 6)
-    labels = [
-        class_names[c] + (f" {shares[c]:.1f}%" if shares and c in shares else "") for c in chosen
+    # A line is the class name and its share, drawn apart: names repeat on every picture,
+    # and the shares (one of 1001 texts) soon do too.
+    lines = [
+        [_text_strip(class_names[c], size, row)]
+        + ([_text_strip(f" {shares[c]:.1f}%", size, row)] if shares and c in shares else [])
+        for c in chosen
     ]
-    strips = [_text_strip(text, size, row) for text in labels]
-    text_width = max((strip.shape[1] for strip in strips), default=40)
+    text_width = max((sum(strip.shape[1] for strip in line) for line in lines), default=40)
     width = int(row + 12 + text_width + 8)
     panel = np.full((max(height, row * len(chosen) + 8), width, 3), 255, dtype=np.uint8)
-    for position, (class_id, strip) in enumerate(zip(chosen, strips)):
+    for position, (class_id, line) in enumerate(zip(chosen, lines)):
         top = 4 + position * row
         swatch = panel[top + 2 : top + row - 1, 4 : row + 1]  # a black outline around the colour
         swatch[...] = 0
         swatch[1:-1, 1:-1] = table[class_id]
-        # Black text on white: the darker of panel and strip is the text drawn on the panel.
-        area = panel[top : top + row, row + 8 : row + 8 + strip.shape[1]]
-        np.minimum(area, strip[: area.shape[0], : area.shape[1], None], out=area)
+        left = row + 8
+        for strip in line:
+            # Black text on white: the darker of panel and strip is the text drawn on the panel.
+            area = panel[top : top + row, left : left + strip.shape[1]]
+            np.minimum(area, strip[: area.shape[0], : area.shape[1], None], out=area)
+            left += strip.shape[1]
     return panel[:height] if panel.shape[0] > height else panel
 
 
