@@ -102,7 +102,7 @@ def test_batch_job_writes_outputs_and_skips_bad_files(
 def test_pictures_by_hand_and_png_files_read_back_exactly(tmp_path) -> None:
     """colorize, overlay and the legend's shares against hand values; an RGB picture and an
     indexed label map written by write_png read back pixel for pixel."""
-    from ddrnet.data.io import read_rgb, write_png
+    from ddrnet.data.io import read_label, read_rgb, write_png
     from ddrnet.render import colorize, legend_panel, overlay, with_legend
 
     palette = [[255, 0, 0], [0, 128, 0], [10, 20, 30]]
@@ -111,6 +111,14 @@ def test_pictures_by_hand_and_png_files_read_back_exactly(tmp_path) -> None:
     assert colours.tolist() == [[[255, 0, 0], [0, 128, 0], [10, 20, 30], [0, 0, 0]]]
     as_int32 = colorize(np.array([[2, 300]], dtype=np.int32), palette, 3)  # > 256 classes
     assert as_int32.tolist() == [[[10, 20, 30], [0, 0, 0]]]  # past the table: black
+    # A model of 300 classes: every class keeps its own colour, in pictures and legends.
+    many = [[i % 256, (i * 7) % 256, 5] for i in range(300)]
+    wide_ids = np.array([[280, 299, 300, 1000]], dtype=np.int32)
+    assert colorize(wide_ids, many, 300).tolist() == [
+        [[24, 168, 5], [43, 45, 5], [0, 0, 0], [0, 0, 0]]
+    ]
+    panel = legend_panel([f"c{i}" for i in range(300)], many, 40, [280], {280: 100.0})
+    assert (panel == [24, 168, 5]).all(axis=-1).any()
     image = np.array([[[100, 100, 100]] * 4], dtype=np.uint8)
     # 0.75 * 100 + 0.25 * colour, rounded: 75 + 63.75, 75 + 0, 75 + 32, 75 + 2.5, 75 + 7.5
     assert overlay(image, colours, 0.25).tolist() == [
@@ -137,6 +145,9 @@ def test_pictures_by_hand_and_png_files_read_back_exactly(tmp_path) -> None:
     indexed = Image.open(tmp_path / "ids.png")
     assert indexed.mode == "P" and np.array_equal(np.asarray(indexed), ids)
     assert indexed.getpalette()[:9] == [255, 0, 0, 0, 128, 0, 10, 20, 30]
+    wide = np.array([[0, 300], [65535, 7]], dtype=np.int32)  # ids of a 300+ class model
+    write_png(tmp_path / "wide.png", wide, palette)
+    assert np.array_equal(read_label(tmp_path / "wide.png"), wide)
 
 
 def test_a_failed_write_stops_the_job_with_its_error(

@@ -16,20 +16,23 @@ IGNORE_COLOUR = (0, 0, 0)
 
 
 def palette_array(palette: Sequence[Sequence[int]] | None, num_classes: int) -> np.ndarray:
-    """``(256, 3)`` uint8 lookup: class colours, then black (ignore and unknown ids)."""
+    """``(max(256, C + 1), 3)`` uint8 lookup: the C class colours, then black (ignore and
+    unknown ids; the last entry is always black)."""
     colours = list(palette) if palette else list(distinct_palette(num_classes))
-    table = np.zeros((256, 3), dtype=np.uint8)
-    table[: len(colours)] = np.asarray(colours, dtype=np.uint8)[:256]
+    table = np.zeros((max(256, len(colours) + 1), 3), dtype=np.uint8)
+    table[: len(colours)] = np.asarray(colours, dtype=np.uint8)
     return table
 
 
 def colorize(
     labels: np.ndarray, palette: Sequence[Sequence[int]] | None, num_classes: int
 ) -> np.ndarray:
-    """``(H, W)`` class ids -> ``(H, W, 3)`` uint8 RGB with the data set's palette."""
-    if labels.dtype != np.uint8:
-        labels = np.clip(labels, 0, 255).astype(np.uint8)
-    return np.take(palette_array(palette, num_classes), labels, axis=0)
+    """``(H, W)`` class ids -> ``(H, W, 3)`` uint8 RGB with the data set's palette; ids past
+    the palette (ignore, unknown) are black."""
+    table = palette_array(palette, num_classes)
+    if labels.dtype != np.uint8:  # wider ids (more than 256 classes): unknown ones clipped
+        labels = np.clip(labels, 0, len(table) - 1)
+    return np.take(table, labels, axis=0)
 
 
 def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:

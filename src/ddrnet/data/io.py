@@ -130,8 +130,8 @@ def read_color_label(path: str | Path) -> np.ndarray:
 
 def png_bytes(array: np.ndarray, palette: Sequence[Sequence[int]] | None = None) -> bytes:
     """``(H, W)`` indices (an indexed PNG when a palette is given and they are uint8: a PNG
-    palette holds 256 colours; other indices are written as plain values) or ``(H, W, 3)``
-    uint8 RGB, encoded as PNG.
+    palette holds 256 colours; wider ids as a 16-bit grey PNG) or ``(H, W, 3)`` uint8 RGB,
+    encoded as PNG.
 
     RGB pictures (overlays of photographs, which compress little whatever the effort) are
     encoded by OpenCV at zlib level 1 with run-length matching and the "sub" row filter: ten
@@ -148,6 +148,11 @@ def png_bytes(array: np.ndarray, palette: Sequence[Sequence[int]] | None = None)
         if not ok:  # OpenCV gives no reason; no well-formed picture gets here
             raise RuntimeError(f"OpenCV could not encode a {array.shape} picture as PNG")
         return encoded.tobytes()
+    if array.ndim == 2 and array.dtype != np.uint8:
+        # Ids of more than 256 classes: a 16-bit grey PNG (Pillow writes no 32-bit one).
+        if array.size and (array.min() < 0 or array.max() > np.iinfo(np.uint16).max):
+            raise ValueError(f"class ids must lie in 0..65535 for a PNG, got {array.max()}")
+        array = array.astype(np.uint16)
     image = Image.fromarray(array)
     if palette is not None and array.ndim == 2 and array.dtype == np.uint8:
         # putpalette turns an 'L' image into 'P' while keeping the index values.
