@@ -30,7 +30,7 @@ from ddrnet.engine.predictor import Predictor
 from ddrnet.errors import DDRNetError
 from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels
 from ddrnet.models.metadata import class_info
-from ddrnet.render import colorize, overlay, side_by_side, with_legend
+from ddrnet.render import labelled_overlay, side_by_side
 
 logger = logging.getLogger(__name__)
 Item = TypeVar("Item")
@@ -220,7 +220,6 @@ class SegmentationRunner:
         self.alpha = alpha
         self.warmup_ms: float | None = None
         info = class_info(model)
-        self.num_classes = self.predictor.num_classes
         self.class_names, self.palette = list(info.names), list(info.palette)
 
     def labels(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
@@ -272,15 +271,10 @@ class SegmentationRunner:
         every_class_legend: bool = False,
     ) -> dict[str, np.ndarray]:
         """The requested pictures; ``every_class_legend`` (videos) keeps their size fixed."""
-        colours = colorize(labels, self.palette, self.num_classes)
         result: dict[str, np.ndarray] = {}
         if "overlay" in kinds or "side" in kinds:
-            blended = with_legend(
-                overlay(image, colours, self.alpha),
-                labels,
-                self.class_names,
-                self.palette,
-                every_class=every_class_legend,
+            blended = labelled_overlay(
+                image, labels, self.class_names, self.palette, self.alpha, every_class_legend
             )
             if "overlay" in kinds:
                 result["overlay"] = blended

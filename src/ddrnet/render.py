@@ -142,6 +142,21 @@ def with_legend(
     return np.concatenate([picture, panel[: picture.shape[0]]], axis=1)
 
 
+def labelled_overlay(
+    image: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    palette: Sequence[Sequence[int]] | None,
+    alpha: float = 0.5,
+    every_class: bool = False,
+) -> np.ndarray:
+    """The picture every command shows of a prediction: the class colours of ``(H, W)``
+    ``labels`` blended over the ``(H, W, 3)`` uint8 ``image`` (``alpha`` = colour weight),
+    with the legend of ``with_legend`` on its right."""
+    colours = colorize(labels, palette, len(class_names))
+    return with_legend(overlay(image, colours, alpha), labels, class_names, palette, every_class)
+
+
 def side_by_side(*pictures: np.ndarray, gap: int = 4) -> np.ndarray:
     """Pictures of the same height placed left to right with white gaps."""
     height = pictures[0].shape[0]

@@ -163,9 +163,9 @@ class SegmentationService:
     def overlay_png(self, prediction: Prediction) -> bytes:
         from ddrnet import render
 
-        colours = render.colorize(prediction.labels, self.palette, len(self.class_names))
-        picture = render.overlay(prediction.image, colours)
-        picture = render.with_legend(picture, prediction.labels, self.class_names, self.palette)
+        picture = render.labelled_overlay(
+            prediction.image, prediction.labels, self.class_names, self.palette
+        )
         return png_bytes(picture)
 
     def health(self) -> dict[str, Any]:

@@ -298,17 +298,21 @@ def _class_ids_at_whole_scale(logits: np.ndarray, scale: tuple[int, int]) -> np.
     rows, cols = np.nonzero(mixed)
     if rows.size:
         blocks = cells.reshape(height + 1, sy, width + 1, sx)  # a view: written through
-        blocks[rows, :, cols, :] = _interpolated_cell_ids(logits, rows, cols, scale)
+        blocks[rows, :, cols, :] = _interpolated_cell_ids(logits, rows, cols, scale, ids.dtype)
     top, left = (sy + 1) // 2, (sx + 1) // 2  # output pixel 0 within the padded cells
     return cells[top : top + height * sy, left : left + width * sx]
 
 
 def _interpolated_cell_ids(
-    logits: np.ndarray, rows: np.ndarray, cols: np.ndarray, scale: tuple[int, int]
+    logits: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    scale: tuple[int, int],
+    dtype: np.dtype,
 ) -> np.ndarray:
     """First arg-max ``(m, sy, sx)`` of the bilinear values inside ``m`` cells of
     ``_class_ids_at_whole_scale``'s grid, cell ``(r, c)`` having the corners ``(r - 1, c - 1)``
-    to ``(r, c)`` of ``(C, h, w)`` ``logits``, clamped to the border.
+    to ``(r, c)`` of ``(C, h, w)`` ``logits``, clamped to the border; ids of ``dtype``.
 
     Each cell's ``sy * sx`` values are one matrix product of its four corners with the fixed
     bilinear weights, and the arg-max runs over the classes as a running maximum along whole
@@ -328,7 +332,7 @@ def _interpolated_cell_ids(
     corners = torch.from_numpy(corners.astype(np.float32, copy=False)).reshape(-1, 4)
     values = (corners @ _corner_weights(*scale)).numpy().reshape(channels, -1)  # (C, m sy sx)
     best = values[0].copy()
-    ids = np.zeros(values.shape[1], dtype=np.int64 if channels > 256 else np.uint8)
+    ids = np.zeros(values.shape[1], dtype=dtype)
     for index in range(1, channels):
         higher = values[index] > best  # strictly: a tie keeps the first class
         np.maximum(best, values[index], out=best)

@@ -135,12 +135,11 @@ def _output_panels(
     labels = probabilities.argmax(dim=0).numpy().astype(np.uint8)
     num_classes = probabilities.shape[0]
 
-    picture = render.overlay(image, render.colorize(labels, info.palette, num_classes))
     panels = [
         Panel(f"input ({width}x{height})", image),
         Panel(
             "prediction (legend: pixel share)",
-            render.with_legend(picture, labels, info.names, info.palette),
+            render.labelled_overlay(image, labels, info.names, info.palette),
         ),
         Panel(
             f"uncertainty: entropy in bits (max log2 {num_classes} = {math.log2(num_classes):.2f})",
