@@ -150,8 +150,9 @@ def png_bytes(array: np.ndarray, palette: Sequence[Sequence[int]] | None = None)
         return encoded.tobytes()
     if array.ndim == 2 and array.dtype != np.uint8:
         # Ids of more than 256 classes: a 16-bit grey PNG (Pillow writes no 32-bit one).
-        if array.size and (array.min() < 0 or array.max() > np.iinfo(np.uint16).max):
-            raise ValueError(f"class ids must lie in 0..65535 for a PNG, got {array.max()}")
+        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        if low < 0 or high > np.iinfo(np.uint16).max:
+            raise ValueError(f"class ids must lie in 0..65535 for a PNG, got {low}..{high}")
         array = array.astype(np.uint16)
     image = Image.fromarray(array)
     if palette is not None and array.ndim == 2 and array.dtype == np.uint8:
