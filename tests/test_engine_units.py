@@ -289,6 +289,13 @@ def test_upsampled_class_ids_of_a_real_frame_match_pytorchs_resize(camvid_root) 
     assert 0.02 < mixed.mean() < 0.5  # boundaries: a minority of the cells, but some
     direct = _class_ids_at_whole_scale(logits[0].numpy(), (8, 8))
     assert np.array_equal(direct, ids[0].numpy())
+    # Under the caller's bf16 autocast (evaluation during a bf16 training run): the same
+    # float32 logits give the same ids (it raised a TypeError on the bf16 product).
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(upsampled_class_ids(logits, (360, 480)), ids)
+    # And through the Predictor, the network itself in bf16: nearly all pixels as in float32.
+    bf16_ids = ddrnet.Predictor(model, amp_dtype=torch.bfloat16).class_ids(image[None])
+    assert bf16_ids.shape == (1, 360, 480) and (bf16_ids == ids).float().mean() > 0.98
 
 
 @pytest.mark.parametrize(

@@ -330,7 +330,10 @@ def _interpolated_cell_ids(
         axis=-1,
     )  # (C, m, 4)
     corners = torch.from_numpy(corners.astype(np.float32, copy=False)).reshape(-1, 4)
-    values = (corners @ _corner_weights(*scale)).numpy().reshape(channels, -1)  # (C, m sy sx)
+    # In float32 whatever the caller's autocast (bf16 autocast would run the product in
+    # bf16, which numpy cannot take, and round away near-ties).
+    with torch.autocast("cpu", enabled=False):
+        values = (corners @ _corner_weights(*scale)).numpy().reshape(channels, -1)  # (C, m sy sx)
     best = values[0].copy()
     ids = np.zeros(values.shape[1], dtype=dtype)
     for index in range(1, channels):
