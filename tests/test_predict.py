@@ -77,6 +77,7 @@ def test_batch_job_writes_outputs_and_skips_bad_files(
         ddrnet.create_model(checkpoint=camvid_model_file), torch.device("cpu")
     )
     lines: list[str] = []
+    warnings: list[str] = []
     summary = run_prediction(
         runner,
         [str(camvid_frames[0]), str(camvid_frames[2]), str(bad)],
@@ -85,6 +86,7 @@ def test_batch_job_writes_outputs_and_skips_bad_files(
         batch_size=2,
         progress=False,
         report=lines.append,
+        warn=warnings.append,
     )
     assert sorted(Path(p).name for p in summary.failed) == ["notes.png", "truncated.png"]
     assert len(summary.processed) == 3  # two frames and the converted 16-bit image
@@ -96,7 +98,9 @@ def test_batch_job_writes_outputs_and_skips_bad_files(
     assert side.width > overlay.width
     assert Image.open(tmp_path / "out" / "grey16_labels.png").size == (80, 64)
     assert any("ms" in line and camvid_frames[0].name in line for line in lines)
-    assert any("skipped" in line and "notes.png" in line for line in lines)
+    assert not any("skipped" in line for line in lines)  # failures go to `warn` only
+    assert len(warnings) == 2 and any("notes.png" in line for line in warnings)
+    assert all(line.startswith("skipped: ") for line in warnings)
 
 
 def test_pictures_by_hand_and_png_files_read_back_exactly(tmp_path) -> None:
@@ -240,7 +244,8 @@ def test_cli_predict_exit_status_reports_failures(
         str(tmp_path / "out"),
     )
     assert result.returncode == 1
-    assert "1 of 2 inputs failed" in result.stderr and "bad.jpg" in result.stdout
+    assert "1 of 2 inputs failed" in result.stderr and "skipped: " in result.stderr
+    assert "bad.jpg" in result.stderr and "bad.jpg" not in result.stdout
     assert "1 input segmented" in result.stdout and "latency per image: mean" in result.stdout
     # kernel creation (OpenVINO: compilation) is reported apart, not as the frame's latency
     assert re.search(r"not counted: a first, untimed pass of \d+ ms", result.stdout)
@@ -379,9 +384,11 @@ def test_a_huge_image_is_skipped_and_the_good_frame_beside_it_is_segmented(
         "-o", str(tmp_path / "out"),
     )  # fmt: skip
     assert result.returncode == 1, result.stderr[-2000:]
-    skipped = [line for line in result.stdout.splitlines() if line.startswith("skipped")]
+    # The failure is printed on stderr (a warning), beside the count that refers to it.
+    assert "huge.png" not in result.stdout
+    skipped = [line for line in result.stderr.splitlines() if "skipped" in line]
     assert skipped == [
-        f"skipped: {huge}: 16000x16000 is 256.0 megapixels, over the limit of 50.0 megapixels "
+        f"WARNING ddrnet.predict: skipped: {huge}: 16000x16000 is 256.0 megapixels, over the limit of 50.0 megapixels "
         "(ddrnet predict --max-pixels raises it)"
     ]
     assert "1 of 2 inputs failed" in result.stderr and "Traceback" not in result.stderr
@@ -395,7 +402,7 @@ def test_the_pixel_cap_counts_the_largest_scale(camvid_model_file, camvid_frames
     lines: list[str] = []
     summary = run_prediction(
         runner, [str(camvid_frames[0])], tmp_path / "out", kinds=("labels",), progress=False,
-        report=lines.append, max_pixels=500_000,
+        warn=lines.append, max_pixels=500_000,
     )  # fmt: skip
     assert list(summary.failed) == [str(camvid_frames[0])] and not summary.processed
     assert "480x360 is 0.2 megapixels, 0.7 megapixels at scale 2, over the limit of 0.5" in lines[0]

@@ -292,14 +292,16 @@ def run_prediction(
     num_workers: int = 0,
     max_frames: int | None = None,
     progress: bool = True,
-    report=print,
+    report: Callable[[str], None] = print,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    warn: Callable[[str], None] = logger.warning,
 ) -> PredictionSummary:
     """Segment every input and write the requested ``kinds`` into ``output_dir``.
 
     Images: ``<stem>_labels.png`` (indexed PNG, palette = class colours), ``<stem>_overlay.png``
     and ``<stem>_side.png``. Videos: ``<stem>_overlay.mp4`` (and ``_side.mp4``). ``report``
-    receives one line per image with its latency, and one per skipped input. An image or
+    receives one line per image with its latency; ``warn`` (by default a warning of this
+    module's logger, which the command prints on stderr) one per skipped input. An image or
     video frame with more than ``max_pixels`` pixels at the largest of ``runner.scales``
     is skipped. Raises ``PredictionInputError`` before writing anything when ``output_dir``
     is, holds or lies inside an input folder (``check_output_folder``).
@@ -321,7 +323,9 @@ def run_prediction(
             num_workers=num_workers,
             collate_fn=_keep_as_list,
         )
-        _predict_images(runner, images, loader, output_dir, kinds, progress, report, summary)
+        _predict_images(
+            runner, images, loader, output_dir, kinds, progress, summary, report=report, warn=warn
+        )
     for source in videos:
         try:
             _predict_video(
@@ -329,13 +333,13 @@ def run_prediction(
             )
         except (OSError, DDRNetError) as error:  # this input's fault: the others go on
             summary.failed[source] = str(error)
-            report(f"skipped {source}: {error}")
+            warn(f"skipped {source}: {error}")
     summary.warmup_ms = runner.warmup_ms
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _predict_images(runner, paths, loader, output_dir, kinds, progress, report, summary):
+def _predict_images(runner, paths, loader, output_dir, kinds, progress, summary, *, report, warn):
     stems = _unique_stems(paths)
 
     def groups() -> Iterator[list[tuple[int, np.ndarray]]]:
@@ -346,7 +350,7 @@ def _predict_images(runner, paths, loader, output_dir, kinds, progress, report, 
             for index, image, error in batch:
                 if error is not None:
                     summary.failed[str(paths[index])] = error
-                    report(f"skipped: {error}")
+                    warn(f"skipped: {error}")
                 else:
                     by_size.setdefault(image.shape[:2], []).append((index, image))
             yield from by_size.values()

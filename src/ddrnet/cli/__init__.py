@@ -16,6 +16,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from ddrnet.cli import bench, export, models, predict, prune, serve, train, viz
 from ddrnet.cli import eval as evaluate  # the module of `ddrnet eval`, not the builtin
 from ddrnet.cli.options import is_override
@@ -79,7 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args.handler(args) or 0)
+        # Log lines (a skipped input, a fallback) printed while a progress bar is drawn would
+        # land inside the bar's line; tqdm writes them above it instead.
+        with logging_redirect_tqdm():
+            return int(args.handler(args) or 0)
     except (DDRNetError, OSError) as error:
         message = user_error_message(error)
         if message is None or args.verbose:
