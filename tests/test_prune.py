@@ -85,6 +85,18 @@ def test_prune_to_macs_meets_the_target(pruned_half) -> None:
     assert result.model.metadata.metrics == {}  # the unpruned model's scores no longer hold
 
 
+def test_an_unreachable_target_names_what_stops_it() -> None:
+    """Widths rounded to a multiple larger than any layer cannot shrink at all: the error
+    says so (the smallest fraction any attempt reached, 1.000) and names the rounding."""
+    with pytest.raises(PruningError) as caught:
+        prune_to_macs(camvid_model(), 0.5, round_to=4096)
+    assert str(caught.value) == (
+        "cannot reach 0.5 of the MACs with at most 0.8 of each layer's channels removed "
+        "(smallest reached: 1.000); raise the per-layer limit or lower the rounding (widths "
+        "multiples of 4096)"
+    )
+
+
 def test_global_bn_scale_pruning_respects_the_per_layer_limit() -> None:
     model = camvid_model()
     result = prune_to_macs(

@@ -197,16 +197,55 @@ def prune_to_macs(
         pruned = _pruned_copy(model, ratio, importance, max_layer_ratio, global_pruning, round_to)
         return pruned, count_macs(pruned, size)
 
-    # Bracket [low, high] of ratios: MACs above the target at low, at most the target at high.
-    # Each guess assumes MACs ~ c * (1 - ratio)^2 (both sides of most convs shrink), with c
-    # fitted to the last trial, and falls back to bisection when it leaves the bracket.
+    best, best_macs, best_ratio, smallest = _search_ratio(
+        attempt, base, target, max_layer_ratio, tolerance, max_trials
+    )
+    if best is None:
+        hint = "raise the per-layer limit"
+        if round_to is not None and round_to > 1:
+            hint += f" or lower the rounding (widths multiples of {round_to})"
+        raise PruningError(
+            f"cannot reach {macs_fraction:g} of the MACs with at most {max_layer_ratio:g} of "
+            f"each layer's channels removed (smallest reached: {smallest / base:.3f}); {hint}"
+        )
+    _record_widths(best, model, macs_fraction, importance, base, best_macs, size)
+    return PruneResult(
+        model=best.eval(),
+        input_size=size,
+        macs_before=base,
+        macs_after=best_macs,
+        params_before=count_parameters(model),
+        params_after=count_parameters(best),
+        ratio=best_ratio,
+    )
+
+
+def _search_ratio(
+    attempt: Callable[[float], tuple[nn.Module, int]],
+    base: int,
+    target: float,
+    max_layer_ratio: float,
+    tolerance: float,
+    max_trials: int,
+) -> tuple[nn.Module | None, int, float, int]:
+    """The pruning ratio whose model (``attempt(ratio) -> (model, MACs)``) has at most
+    ``target`` MACs and at least ``target - tolerance * base``, searched in at most
+    ``max_trials`` attempts: ``(model, its MACs, ratio, smallest MACs seen)``, the model
+    None when no ratio up to ``max_layer_ratio`` reaches the target.
+
+    The bracket ``[low, high]`` of ratios has MACs above the target at ``low``, at most the
+    target at ``high``. Each guess assumes MACs ~ c * (1 - ratio)^2 (both sides of most convs
+    shrink), with c fitted to the last trial, and falls back to bisection when it leaves the
+    bracket.
+    """
     low, high = 0.0, max_layer_ratio
     best: nn.Module | None = None
-    best_macs, best_ratio = base, 0.0
+    best_macs, best_ratio, smallest = base, 0.0, base
     aim = max(target - tolerance * base / 2, target / 2)
     guess = min(1 - (aim / base) ** 0.5, max_layer_ratio)
     for _ in range(max_trials):
         pruned, macs = attempt(guess)
+        smallest = min(smallest, macs)
         if macs <= target:
             high, best, best_macs, best_ratio = guess, pruned, macs, guess
             if macs >= target - tolerance * base:
@@ -219,22 +258,7 @@ def prune_to_macs(
         guess = 1 - (aim / scale) ** 0.5
         if not low < guess < high:
             guess = (low + high) / 2
-    if best is None:
-        raise PruningError(
-            f"cannot reach {macs_fraction:g} of the MACs with at most {max_layer_ratio:g} of "
-            f"each layer's channels removed (smallest reached: {macs / base:.3f}); "
-            "raise the per-layer limit"
-        )
-    _record_widths(best, model, macs_fraction, importance, base, best_macs, size)
-    return PruneResult(
-        model=best.eval(),
-        input_size=size,
-        macs_before=base,
-        macs_after=best_macs,
-        params_before=count_parameters(model),
-        params_after=count_parameters(best),
-        ratio=best_ratio,
-    )
+    return best, best_macs, best_ratio, smallest
 
 
 def prune_channels(model: nn.Module, channels: dict[str, Sequence[int]]) -> nn.Module:
