@@ -388,8 +388,8 @@ def test_a_huge_image_is_skipped_and_the_good_frame_beside_it_is_segmented(
     assert "huge.png" not in result.stdout
     skipped = [line for line in result.stderr.splitlines() if "skipped" in line]
     assert skipped == [
-        f"WARNING ddrnet.predict: skipped: {huge}: 16000x16000 is 256.0 megapixels, over the limit of 50.0 megapixels "
-        "(ddrnet predict --max-pixels raises it)"
+        f"WARNING ddrnet.predict: skipped: {huge}: 16000x16000 is 256.0 megapixels, over the "
+        "limit of 50.0 megapixels (ddrnet predict --max-pixels raises it)"
     ]
     assert "1 of 2 inputs failed" in result.stderr and "Traceback" not in result.stderr
     assert (tmp_path / "out" / f"{camvid_frames[0].stem}_labels.png").is_file()
