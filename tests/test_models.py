@@ -185,7 +185,8 @@ def test_a_pruned_file_is_rebuilt_by_its_builder_from_its_metadata(monkeypatch) 
     assert len(calls) == 2 and calls[0] == calls[1]
     assert calls[0]["channel_widths"] == weights.metadata.channel_widths != {}
     assert calls[0]["spec"].to_dict() == weights.metadata.spec
-    assert model.backbone.stem[0].out_channels < info.spec.planes  # narrowed by the widths
+    # Narrowed by the widths: the high-resolution branch (spec.planes * 2 unpruned) is thinner.
+    assert model.backbone.stages[0].high[0].conv1.out_channels < info.spec.planes * 2
 
 
 @pytest.mark.parametrize("name", SEGMENTATION + CLASSIFICATION)

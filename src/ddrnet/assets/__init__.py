@@ -10,7 +10,7 @@ Four DDRNet-23-slim models trained by our CamVid recipe ship with the package (M
   only, so that its CamVid val mIoU is an honest held-out figure and can be reproduced with
   ``ddrnet eval``.
 - ``camvid_ddrnet23_slim_fast`` and ``camvid_ddrnet23_slim_fast_train`` (``.CAMVID_FAST``,
-  ``.CAMVID_FAST_TRAIN``): each of the two above channel-pruned to 40% of its multiply-adds
+  ``.CAMVID_FAST_TRAIN``): each of the two above channel-pruned to 41% of its multiply-adds
   (``ddrnet prune``) and fine-tuned on the same frames with distillation from its unpruned
   self: the fast models for CPUs.
 

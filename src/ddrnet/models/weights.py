@@ -130,12 +130,12 @@ class DDRNet23Slim_Weights(WeightsEnum):  # noqa: N801 - torchvision's naming
     )
     CAMVID_FAST = (
         "camvid_ddrnet23_slim_fast",
-        "camvid_ddrnet23_slim pruned to 40% of the MACs, distilled",
+        "camvid_ddrnet23_slim pruned to 41% of the MACs, distilled",
         CAMVID_LICENCE,
     )
     CAMVID_FAST_TRAIN = (
         "camvid_ddrnet23_slim_fast_train",
-        "camvid_ddrnet23_slim_train pruned to 40% of the MACs, distilled on train only: val "
+        "camvid_ddrnet23_slim_train pruned to 41% of the MACs, distilled on train only: val "
         "mIoU is held out",
         CAMVID_LICENCE,
     )
