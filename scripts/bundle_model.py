@@ -166,9 +166,9 @@ def write_card(experiments: Path) -> Path:
 The first two were trained from scratch by this package's engine with the
 `camvid_ddrnet23_slim` recipe on a 2-core CPU; the two `_fast` models are those two, pruned to
 41% of their multiply-adds (widths in multiples of 32) and fine-tuned with distillation from
-their unpruned selves (each section's "trained on" row). Each section's "reproduce" row is the exact command, overrides
-included. `{default}` is the default of `ddrnet predict`, `bench`, `export` and
-`serve`; either can be named wherever a checkpoint path is accepted
+their unpruned selves (each section's "trained on" row). Each section's "reproduce" row is the
+exact command, overrides included. `{default}` is the default of `ddrnet predict`, `bench`,
+`export` and `serve`; either can be named wherever a checkpoint path is accepted
 (`ddrnet eval camvid_ddrnet23_slim_train --root ../shared/data/camvid`).
 
 - `camvid_ddrnet23_slim` saw every labelled CamVid frame we have (train + val), as the issue's
