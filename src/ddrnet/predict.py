@@ -1,4 +1,5 @@
-"""Batch prediction: images, folders, globs, videos and cameras in; label maps and pictures out.
+"""Batch prediction: images, folders, globs, videos, cameras and streams in; label maps and
+pictures out (video sources: ``ddrnet.video``).
 
 A bad input (unreadable file, corrupt video, an image over the pixel cap) is reported by name
 and skipped; the rest of the job goes on. ``run_prediction`` returns a summary that says what
@@ -31,6 +32,15 @@ from ddrnet.errors import DDRNetError
 from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels
 from ddrnet.models.metadata import class_info
 from ddrnet.render import labelled_overlay, side_by_side
+from ddrnet.video import (
+    DROP_FRAMES,
+    VideoOutputs,
+    VideoSource,
+    VideoSourceError,
+    is_camera,
+    is_stream_url,
+    source_stem,
+)
 
 logger = logging.getLogger(__name__)
 Item = TypeVar("Item")
@@ -51,6 +61,7 @@ class PredictionSummary:
     latencies_ms: list[float] = field(default_factory=list)  # warm-up pass excluded
     outputs: list[Path] = field(default_factory=list)
     warmup_ms: float | None = None  # the untimed first pass (kernel creation, compilation)
+    dropped: dict[str, tuple[int, int]] = field(default_factory=dict)  # source -> (dropped, read)
     seconds: float = 0.0  # the whole job: reading, segmenting, writing
 
 
@@ -58,14 +69,15 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
     """Split command-line inputs into image files and video sources.
 
     Each input may be an image file, a folder (its images, sorted, not recursive), a glob
-    pattern, a video file, or ``camera:N`` for camera N. Raises ``PredictionInputError`` for
-    an input that matches nothing.
+    pattern, a video file, ``camera:N`` for camera N, or a stream's URL (``rtsp://...``, any
+    of ``ddrnet.video.STREAM_SCHEMES``). Raises ``PredictionInputError`` for an input that
+    matches nothing.
     """
     images: list[Path] = []
     videos: list[str] = []
     for item in inputs:
         path = Path(item)
-        if item.startswith("camera:"):
+        if is_camera(item) or is_stream_url(item):
             videos.append(item)
         elif path.is_dir():
             found = image_files(path)
@@ -93,7 +105,7 @@ def _input_folders(inputs: Sequence[str]) -> list[Path]:
     glob pattern (``frames/**/*.png`` -> ``frames``), resolved."""
     folders = []
     for item in inputs:
-        if item.startswith("camera:"):
+        if is_camera(item) or is_stream_url(item):
             continue
         if Path(item).is_dir():
             folders.append(Path(item).resolve())
@@ -295,6 +307,7 @@ def run_prediction(
     report: Callable[[str], None] = print,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     warn: Callable[[str], None] = logger.warning,
+    drop_frames: str = "auto",
 ) -> PredictionSummary:
     """Segment every input and write the requested ``kinds`` into ``output_dir``.
 
@@ -303,16 +316,22 @@ def run_prediction(
     receives one line per image with its latency; ``warn`` (by default a warning of this
     module's logger, which the command prints on stderr) one per skipped input. An image or
     video frame with more than ``max_pixels`` pixels at the largest of ``runner.scales``
-    is skipped. Raises ``PredictionInputError`` before writing anything when ``output_dir``
-    is, holds or lies inside an input folder (``check_output_folder``).
+    is skipped. ``drop_frames`` (``ddrnet.video.DROP_FRAMES``): whether video sources skip to
+    their newest frame; ``"auto"``: live ones (cameras, RTSP...) do, and ``summary.dropped``
+    counts what they skipped. Raises ``PredictionInputError`` before writing anything when
+    ``output_dir`` is, holds or lies inside an input folder (``check_output_folder``); an
+    unknown ``drop_frames`` is a ``ValueError``.
     """
     unknown = sorted(set(kinds) - set(OUTPUT_KINDS))
     if unknown:
         raise PredictionInputError(
             f"unknown output kinds {unknown}; choose from {list(OUTPUT_KINDS)}"
         )
+    if drop_frames not in DROP_FRAMES:
+        raise ValueError(f"drop_frames must be one of {DROP_FRAMES}, got {drop_frames!r}")
     images, videos = expand_inputs(inputs)
-    check_output_folder(output_dir, inputs, [*images, *(v for v in videos if ":" not in v)])
+    files = [v for v in videos if not (is_camera(v) or is_stream_url(v))]
+    check_output_folder(output_dir, inputs, [*images, *files])
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = PredictionSummary()
     start = time.perf_counter()
@@ -326,10 +345,19 @@ def run_prediction(
         _predict_images(
             runner, images, loader, output_dir, kinds, progress, summary, report=report, warn=warn
         )
-    for source in videos:
+    for source, stem in zip(videos, _unique_stems(map(source_stem, videos))):
         try:
             _predict_video(
-                runner, source, output_dir, kinds, max_frames, progress, summary, max_pixels
+                runner,
+                source,
+                stem,
+                output_dir,
+                kinds,
+                max_frames,
+                progress,
+                summary,
+                max_pixels,
+                drop_frames,
             )
         except (OSError, DDRNetError) as error:  # this input's fault: the others go on
             summary.failed[source] = str(error)
@@ -340,7 +368,7 @@ def run_prediction(
 
 
 def _predict_images(runner, paths, loader, output_dir, kinds, progress, summary, *, report, warn):
-    stems = _unique_stems(paths)
+    stems = _unique_stems(path.stem for path in paths)
 
     def groups() -> Iterator[list[tuple[int, np.ndarray]]]:
         """Batches as read, unreadable images reported; images of one size run as one
@@ -397,91 +425,62 @@ def _predict_images(runner, paths, loader, output_dir, kinds, progress, summary,
             finish(*pending.popleft())
 
 
-def _unique_stems(paths: Sequence[Path]) -> list[str]:
-    """Output names from file stems; repeated stems (same name in two folders) get a suffix."""
+def _unique_stems(stems: Iterable[str]) -> list[str]:
+    """Output names from stems; a repeated stem (same name in two folders) gets a suffix."""
     seen: dict[str, int] = {}
-    stems = []
-    for path in paths:
-        count = seen.get(path.stem, 0)
-        seen[path.stem] = count + 1
-        stems.append(path.stem if count == 0 else f"{path.stem}_{count}")
-    return stems
-
-
-def _frames(capture) -> Iterator[np.ndarray]:
-    import cv2
-
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            return
-        yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    unique = []
+    for stem in stems:
+        count = seen.get(stem, 0)
+        seen[stem] = count + 1
+        unique.append(stem if count == 0 else f"{stem}_{count}")
+    return unique
 
 
 def _predict_video(
-    runner, source, output_dir, kinds, max_frames, progress, summary, max_pixels
+    runner, source, stem, output_dir, kinds, max_frames, progress, summary, max_pixels, drops
 ) -> None:
-    import cv2
+    """Segment one video file, camera or stream into ``<stem>_<kind>.mp4`` files.
 
-    is_camera = source.startswith("camera:")
-    capture = cv2.VideoCapture(int(source.split(":", 1)[1]) if is_camera else source)
-    if not capture.isOpened():
-        raise PredictionInputError(
-            "cannot open video (missing codec, corrupt file, or no such camera)"
-        )
-    width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-    height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    try:
-        check_pixels("its frames", width, height, max_pixels, max(runner.scales))
-    except DDRNetError:
-        capture.release()
-        raise
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    stem = f"camera{source.split(':', 1)[1]}" if is_camera else Path(source).stem
-    writers: dict[str, cv2.VideoWriter] = {}
-    sizes: dict[str, tuple[int, int]] = {}
-    frames = 0
+    A live source that drops frames (``ddrnet.video``) fills each dropped frame's place with
+    the pictures of the newest frame segmented before it, so that the video keeps the
+    source's length and timing. Ctrl-C ends a live source as the end of a file does: its
+    videos are closed and kept, and the job goes on."""
     video_kinds = [k for k in kinds if k != "labels"] or ["overlay"]
 
-    def segment(frame: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
+    def segment(item: tuple[int, np.ndarray]) -> tuple[int, dict[str, np.ndarray], float]:
+        index, frame = item
         (labels,), milliseconds = runner.labels([frame])
         # One legend for the whole video: the per-frame legend's width follows the classes
-        # present, and a video writer silently drops frames of another size.
-        return runner.pictures(frame, labels, video_kinds, every_class_legend=True), milliseconds
+        # present, and a video's frames must all have one size.
+        pictures = runner.pictures(frame, labels, video_kinds, every_class_legend=True)
+        return index, pictures, milliseconds
 
-    try:
-        bar = tqdm(
-            total=max_frames or total, desc=stem, unit="frame", disable=not progress, leave=False
-        )
-        for pictures, milliseconds in runner.map(
-            segment, itertools.islice(_frames(capture), max_frames)
-        ):
-            summary.latencies_ms.append(milliseconds)
-            for kind, picture in pictures.items():
-                if kind not in writers:
-                    target = output_dir / f"{stem}_{kind}.mp4"
-                    height, width = sizes[kind] = picture.shape[:2]
-                    writers[kind] = cv2.VideoWriter(
-                        str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height)
-                    )
-                    if not writers[kind].isOpened():
-                        raise OSError(f"cannot write {target} (no mp4v encoder)")
-                    summary.outputs.append(target)
-                height, width = sizes[kind]
-                if picture.shape[:2] != (height, width):  # a frame of another size mid-video
-                    raise PredictionInputError(
-                        f"frame {frames} is {picture.shape[1]}x{picture.shape[0]}, the video "
-                        f"{width}x{height}"
-                    )
-                writers[kind].write(cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-            frames += 1
-            bar.update(1)
-        bar.close()
-    finally:
-        capture.release()
-        for writer in writers.values():
-            writer.release()
-    if frames == 0:
-        raise PredictionInputError("no frames could be decoded (corrupt or empty video)")
+    with VideoSource(source, drops) as video, VideoOutputs(output_dir, stem, video.fps) as out:
+        check_pixels("its frames", video.width, video.height, max_pixels, max(runner.scales))
+        total = max_frames or video.frame_count
+        bar = tqdm(total=total, desc=stem, unit="frame", disable=not progress, leave=False)
+        results = runner.map(segment, itertools.islice(video.frames(), max_frames))
+        last_index, last_pictures = -1, None
+        try:
+            for index, pictures, milliseconds in results:
+                summary.latencies_ms.append(milliseconds)
+                if last_pictures is not None and index > last_index + 1:
+                    out.write(last_pictures, times=index - last_index - 1)
+                out.write(pictures)
+                last_index, last_pictures = index, pictures
+                bar.update(1)
+                if video.drops:
+                    bar.set_postfix(dropped=video.dropped, refresh=False)
+        except KeyboardInterrupt:
+            if not (video.live or video.drops):
+                raise
+            logger.info("%s: stopped (Ctrl-C) after %d frames", source, out.frames)
+        finally:
+            results.close()
+            bar.close()
+        if video.drops:
+            summary.dropped[source] = (video.dropped, video.frames_read)
+    if out.frames == 0:
+        raise VideoSourceError("no frames could be decoded (corrupt or empty video)")
+    summary.outputs += out.paths
     summary.processed.append(source)

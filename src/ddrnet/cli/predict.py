@@ -1,4 +1,4 @@
-"""``ddrnet predict``: segment images, folders, globs, videos or a camera."""
+"""``ddrnet predict``: segment images, folders, globs, videos, cameras or streams."""
 
 from __future__ import annotations
 
@@ -19,16 +19,21 @@ from ddrnet.cli.options import (
 )
 from ddrnet.errors import UsageError
 from ddrnet.limits import DEFAULT_MAX_PIXELS
+from ddrnet.video import DROP_FRAMES
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "predict",
-        help="segment images, folders, globs, videos or a camera",
+        help="segment images, folders, globs, videos, cameras or streams",
         description="Without --checkpoint the bundled CamVid model is used; without inputs, the "
         "bundled demo frames.",
     )
-    parser.add_argument("inputs", nargs="*", help="image, folder, glob, video file or camera:N")
+    parser.add_argument(
+        "inputs",
+        nargs="*",
+        help="image, folder, glob, video file, camera:N, or a stream's URL (rtsp://, http://...)",
+    )
     add_model_options(
         parser, "model file, or an exported .onnx file (default: the bundled CamVid model)"
     )
@@ -58,7 +63,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto")
     add_runtime_option(parser)
     parser.add_argument(
-        "--max-frames", type=NON_NEGATIVE_INT, help="videos and cameras: stop after N frames"
+        "--max-frames",
+        type=NON_NEGATIVE_INT,
+        help="videos, cameras and streams: stop after N frames segmented",
+    )
+    parser.add_argument(
+        "--drop-frames",
+        choices=DROP_FRAMES,
+        default="auto",
+        help="skip to the newest frame when the network is slower than the source, so that "
+        "results do not fall behind (auto: cameras and rtsp/rtmp/udp/tcp/srt streams, not "
+        "files or http URLs); the videos written keep the source's timing",
     )
     parser.add_argument(
         "--streams",
@@ -92,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         max_frames=args.max_frames,
         max_pixels=args.max_pixels,
+        drop_frames=args.drop_frames,
     )
     done, failed = len(summary.processed), len(summary.failed)
     if summary.latencies_ms:
@@ -108,6 +124,11 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"throughput: {frames / seconds:.1f} frames per second with reading and writing, "
             f"the first pass aside ({args.streams} stream{'s' if args.streams != 1 else ''})"
+        )
+    for source, (dropped, read) in summary.dropped.items():
+        print(
+            f"{source}: {dropped} of {read} frames skipped for newer ones (the network is "
+            "slower than the source; the videos repeat the last result in their place)"
         )
     if failed:
         print(f"{failed} of {done + failed} inputs failed (listed above)", file=sys.stderr)

@@ -1,0 +1,280 @@
+"""Video sources for ``ddrnet predict``: files, cameras and network streams.
+
+A file is read frame by frame, every frame. A live source (a camera, an RTSP/RTMP/UDP/TCP/SRT
+stream) does not wait for the reader: it delivers frames at its own rate, and one read
+sequentially by a slower network falls behind, more every second, until the camera's or
+the stream's buffer overflows. ``VideoSource`` therefore reads a live source in a thread of
+its own and hands out only the newest frame, counting the frames it skipped (``dropped``),
+as Ultralytics' stream loader and GStreamer's ``appsink drop=true`` do; the segmented frame
+is then at most one frame old. ``drop_frames`` chooses: ``"auto"`` (live sources drop,
+files and HTTP(S) URLs, which are usually files, do not), ``"yes"`` or ``"no"``. A file (or
+HTTP URL) that drops frames is read at its frame rate, as a camera would deliver it: a
+recorded drive replayed in real time, the video written showing what the network kept up
+with.
+
+FFmpeg's own log is silenced (``OPENCV_FFMPEG_LOGLEVEL=-8`` unless set): a source that cannot
+be opened is reported in one line that names it. Set ``OPENCV_FFMPEG_LOGLEVEL=24`` to see
+FFmpeg's warnings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from ddrnet.errors import DDRNetError
+
+# Live network streams: they run at the sender's rate whether or not anybody reads.
+LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt")
+# Every URL scheme ``ddrnet predict`` reads through OpenCV's FFmpeg backend.
+STREAM_SCHEMES = (*LIVE_SCHEMES, "http", "https")
+DROP_FRAMES = ("auto", "yes", "no")
+# How long opening a network stream, or waiting for its next frame, may take before the
+# source is reported dead (FFmpeg's own default waits for ever on a silent RTSP server).
+STREAM_TIMEOUT_MS = 10_000
+
+
+class VideoSourceError(DDRNetError, ValueError):
+    """A video file, camera or stream that cannot be opened or read; the message says why."""
+
+
+def is_camera(source: str) -> bool:
+    """``camera:N``, OpenCV's camera N."""
+    return source.startswith("camera:")
+
+
+def is_stream_url(source: str) -> bool:
+    """A URL with one of ``STREAM_SCHEMES`` (``rtsp://host/path``, ``http://...``)."""
+    return urlsplit(source).scheme.lower() in STREAM_SCHEMES and "://" in source
+
+
+def is_live(source: str) -> bool:
+    """A camera or a live network stream (``LIVE_SCHEMES``): frames come at the source's
+    rate, not the reader's."""
+    return is_camera(source) or (is_stream_url(source) and urlsplit(source).scheme in LIVE_SCHEMES)
+
+
+def source_stem(source: str) -> str:
+    """The stem of a source's output files: a file's stem (as an image's), ``camera0`` for
+    ``camera:0``, and for a URL the last part of its path (``rtsp://cam/live/ch1.sdp`` ->
+    ``ch1``) or, without a path, its host, with characters that are not safe in file names
+    made ``_``."""
+    if not (is_camera(source) or is_stream_url(source)):
+        return Path(source).stem
+    if is_camera(source):
+        stem = "camera" + source.split(":", 1)[1]
+    else:
+        parts = urlsplit(source)
+        stem = Path(parts.path).stem or parts.hostname or parts.scheme
+    return re.sub(r"[^A-Za-z0-9._-]", "_", stem) or "video"
+
+
+def _quiet_ffmpeg() -> None:
+    """Silence FFmpeg's own log lines ("[tcp @ 0x...] Connection refused", decoder
+    complaints), which would come beside the one line that names the source, unless the user
+    set ``OPENCV_FFMPEG_LOGLEVEL``. OpenCV reads it when it first uses FFmpeg, so this runs
+    before each capture and writer this module opens."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+
+def _open_capture(source: str):
+    """An opened ``cv2.VideoCapture`` for ``source``, or ``VideoSourceError``."""
+    import cv2
+
+    _quiet_ffmpeg()
+    if is_camera(source):
+        index = source.split(":", 1)[1]
+        if not index.isdigit():
+            raise VideoSourceError("give a camera number, e.g. camera:0")
+        capture = cv2.VideoCapture(int(index))
+        why = "no such camera, or it is in use"
+    elif is_stream_url(source):
+        timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
+        timeouts += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
+        capture = cv2.VideoCapture(source, cv2.CAP_ANY, timeouts)
+        why = (
+            "unreachable or refused, no stream at that address, or not a video (waited "
+            f"{STREAM_TIMEOUT_MS / 1000:g} s at most)"
+        )
+    else:
+        capture = cv2.VideoCapture(source)
+        why = "missing codec, or a corrupt file"
+    if not capture.isOpened():
+        capture.release()
+        raise VideoSourceError(f"cannot open the video: {why}")
+    return capture
+
+
+class VideoSource:
+    """An opened video file, camera or network stream; ``frames()`` reads it once.
+
+    ``width``, ``height`` (pixels) and ``fps`` are what the source reports (``fps`` 25 where
+    it reports none); ``frame_count`` is None for live sources and files that do not say.
+    ``drops`` says whether ``frames()`` skips to the newest frame (see the module's text).
+    Use it as a context manager, or call ``close()``: it stops the reading thread and
+    releases the capture.
+    """
+
+    def __init__(self, source: str, drop_frames: str = "auto") -> None:
+        import cv2
+
+        if drop_frames not in DROP_FRAMES:
+            raise ValueError(f"drop_frames must be one of {DROP_FRAMES}, got {drop_frames!r}")
+        self.source = source
+        self.live = is_live(source)
+        self.drops = self.live if drop_frames == "auto" else drop_frames == "yes"
+        self._capture = _open_capture(source)
+        self.width = int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        self.height = int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        self.fps = self._capture.get(cv2.CAP_PROP_FPS) or 25.0
+        count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.frame_count = count if count > 0 and not self.live else None
+        self.frames_read = 0  # by the capture, handed out or not
+        self.dropped = 0  # read, then replaced by a newer frame before anybody took it
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def frames(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(index, frame)`` pairs: ``index`` counts the source's frames from 0 (it jumps
+        past dropped frames), ``frame`` is ``(height, width, 3)`` uint8 RGB. A source that
+        drops frames starts reading now, in a thread of its own."""
+        import cv2
+
+        reader = self._newest_frames() if self.drops else self._every_frame()
+        return ((index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)) for index, frame in reader)
+
+    def _every_frame(self) -> Iterator[tuple[int, np.ndarray]]:
+        while not self._stop.is_set():
+            ok, frame = self._capture.read()
+            if not ok:
+                return
+            self.frames_read += 1
+            yield self.frames_read - 1, frame
+
+    def _newest_frames(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Frames read by a thread of their own (OpenCV decodes without the GIL, beside the
+        network); each step hands out the newest one not yet handed out."""
+        ready = threading.Condition()
+        newest: list[tuple[int, np.ndarray]] = []  # the frame not yet handed out, if any
+        finished = threading.Event()
+
+        # A file (or an HTTP URL) is read at its frame rate, as if it were live: a replay of
+        # a recorded drive shows what the network would have kept up with.
+        paced = not self.live
+        start = time.perf_counter()
+
+        def read() -> None:
+            try:
+                while not self._stop.is_set():
+                    if paced:
+                        time.sleep(
+                            max(0.0, start + self.frames_read / self.fps - time.perf_counter())
+                        )
+                    ok, frame = self._capture.read()
+                    if not ok:
+                        return
+                    with ready:
+                        self.dropped += len(newest)
+                        newest[:] = [(self.frames_read, frame)]
+                        self.frames_read += 1
+                        ready.notify()
+            finally:
+                with ready:
+                    finished.set()
+                    ready.notify()
+
+        def take() -> Iterator[tuple[int, np.ndarray]]:
+            while True:
+                with ready:
+                    ready.wait_for(lambda: newest or finished.is_set())
+                    if not newest:
+                        return
+                    item = newest.pop()
+                yield item
+
+        self._thread = threading.Thread(target=read, name="ddrnet-video-reader", daemon=True)
+        self._thread.start()
+        return take()
+
+    def close(self) -> None:
+        """Stop reading and release the capture. A reading thread still blocked in a read
+        (a silent stream) is left to time out on its own, and the capture with it: releasing
+        it under that read would crash OpenCV."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=STREAM_TIMEOUT_MS / 1000 + 1)
+            if self._thread.is_alive():
+                return
+        self._capture.release()
+
+    def __enter__(self) -> VideoSource:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class VideoOutputs:
+    """``<stem>_<kind>.mp4`` files in ``folder``, one per kind of picture, at ``fps``; each
+    is created at its first frame, which fixes its size. ``paths`` lists the files created,
+    ``frames`` how many frames each holds. Close it (or use it as a context manager) to
+    finish the files: a video that is not closed cannot be played."""
+
+    def __init__(self, folder: Path, stem: str, fps: float) -> None:
+        self.folder, self.stem, self.fps = Path(folder), stem, fps
+        self.paths: list[Path] = []
+        self.frames = 0
+        self._writers: dict[str, object] = {}
+        self._sizes: dict[str, tuple[int, int]] = {}
+
+    def write(self, pictures: dict[str, np.ndarray], times: int = 1) -> None:
+        """Append ``pictures`` (kind -> ``(H, W, 3)`` uint8 RGB) to the kinds' videos,
+        ``times`` times over. A picture of another size than its video's first is a
+        ``VideoSourceError`` (a video's frames all have one size)."""
+        import cv2
+
+        for kind, picture in pictures.items():
+            if kind not in self._writers:
+                self._open(kind, picture.shape[:2])
+            height, width = self._sizes[kind]
+            if picture.shape[:2] != (height, width):  # a frame of another size mid-video
+                raise VideoSourceError(
+                    f"frame {self.frames} is {picture.shape[1]}x{picture.shape[0]}, the video "
+                    f"{width}x{height}"
+                )
+            bgr = cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)
+            for _ in range(times):
+                self._writers[kind].write(bgr)
+        self.frames += times
+
+    def _open(self, kind: str, size: tuple[int, int]) -> None:
+        import cv2
+
+        _quiet_ffmpeg()
+        target = self.folder / f"{self.stem}_{kind}.mp4"
+        height, width = self._sizes[kind] = size
+        writer = cv2.VideoWriter(
+            str(target), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (width, height)
+        )
+        if not writer.isOpened():
+            raise OSError(f"cannot write {target} (no mp4v encoder)")
+        self._writers[kind] = writer
+        self.paths.append(target)
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.release()
+        self._writers.clear()
+
+    def __enter__(self) -> VideoOutputs:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

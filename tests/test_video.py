@@ -1,0 +1,267 @@
+"""Video sources: files, cameras and network streams; live sources skip to their newest frame.
+
+A camera is stood in for by ``FakeCamera``, a capture that delivers frames at its own rate
+(or when the test allows), patched in where ``ddrnet.video`` opens captures; a stream by a
+file served over HTTP on a loopback port.
+"""
+
+from __future__ import annotations
+
+import _thread
+import functools
+import http.server
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import ddrnet
+import ddrnet.video
+from ddrnet.models.weights import bundled_model_path
+from ddrnet.predict import SegmentationRunner, expand_inputs, run_prediction
+from ddrnet.video import VideoOutputs, VideoSource, is_live, source_stem
+
+from helpers import run_ddrnet
+
+
+class FakeCamera:
+    """A ``cv2.VideoCapture`` stand-in: ``count`` frames of 48x64, frame i filled with i
+    (BGR), then the end. ``period`` seconds between frames, as a camera paces them; with
+    ``gate`` (a semaphore), each read first waits for a permit instead."""
+
+    def __init__(self, count: int, period: float = 0.0, gate: threading.Semaphore | None = None):
+        self.count, self.period, self.gate = count, period, gate
+        self.reads = 0
+        self.released = False
+
+    def isOpened(self) -> bool:  # noqa: N802 (OpenCV's name)
+        return True
+
+    def get(self, prop: int) -> float:
+        sizes = {cv2.CAP_PROP_FRAME_WIDTH: 64, cv2.CAP_PROP_FRAME_HEIGHT: 48}
+        return {**sizes, cv2.CAP_PROP_FPS: 30.0, cv2.CAP_PROP_FRAME_COUNT: -1}.get(prop, 0.0)
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        if self.gate is not None:
+            self.gate.acquire()
+        time.sleep(self.period)
+        if self.reads == self.count:
+            return False, None
+        self.reads += 1
+        return True, np.full((48, 64, 3), self.reads - 1, np.uint8)
+
+    def release(self) -> None:
+        self.released = True
+
+
+def _wait_for(condition, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def _frame_count(path: Path) -> int:
+    capture = cv2.VideoCapture(str(path))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    capture.release()
+    return frames
+
+
+def test_urls_and_cameras_are_video_sources_with_file_safe_names() -> None:
+    url = "rtsp://user:pw@cam.local:554/live/ch1.sdp?channel=1"  # '?' is no glob here
+    assert expand_inputs([url, "camera:0", "http://127.0.0.1/clip.mp4"]) == (
+        [],
+        [url, "camera:0", "http://127.0.0.1/clip.mp4"],
+    )
+    assert source_stem(url) == "ch1"
+    assert source_stem("rtsp://10.0.0.2:8554") == "10.0.0.2"
+    assert source_stem("camera:1") == "camera1"
+    assert source_stem("udp://@:1234/my stream") == "my_stream"
+    assert source_stem("drive/day 1.mp4") == "day 1"  # a file: named as an image is
+    assert [is_live(s) for s in (url, "camera:0", "srt://h:9000", "http://h/a.mp4", "a.mp4")] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+
+
+def test_a_live_source_hands_out_its_newest_frame_and_counts_the_ones_it_skipped(
+    monkeypatch,
+) -> None:
+    gate = threading.Semaphore(0)
+    camera = FakeCamera(10, gate=gate)
+    monkeypatch.setattr(ddrnet.video, "_open_capture", lambda source: camera)
+    with VideoSource("camera:0") as video:
+        assert video.drops and video.frame_count is None
+        frames = video.frames()
+        for _ in range(3):
+            gate.release()
+        _wait_for(lambda: video.frames_read == 3)  # frames 0, 1, 2 read, none taken yet
+        index, frame = next(frames)
+        assert index == 2 and frame.shape == (48, 64, 3) and (frame == 2).all()
+        gate.release()
+        _wait_for(lambda: video.frames_read == 4)
+        assert next(frames)[0] == 3 and video.dropped == 2
+        for _ in range(7):  # six more frames, then the end
+            gate.release()
+        video._thread.join(10)
+        assert [index for index, _ in frames] == [9]  # the newest, then nothing
+        assert (video.dropped, video.frames_read) == (7, 10)
+    assert camera.released
+
+
+def test_drop_frames_no_gives_every_frame_and_a_file_that_drops_plays_at_its_rate(
+    monkeypatch,
+) -> None:
+    monkeypatch.setattr(ddrnet.video, "_open_capture", lambda source: FakeCamera(6))
+    with VideoSource("camera:0", drop_frames="no") as video:
+        assert [int(frame[0, 0, 0]) for _, frame in video.frames()] == list(range(6))
+        assert video.dropped == 0
+    with VideoSource("drive.mp4", drop_frames="yes") as video:  # 30 frames per second
+        start = time.perf_counter()
+        for _ in video.frames():
+            pass
+        # Frame 5 is read no sooner than 5/30 s after frame 0, as a camera would send it.
+        assert time.perf_counter() - start >= 5 / 30 and video.frames_read == 6
+
+
+@pytest.fixture(scope="module")
+def fast_runner() -> SegmentationRunner:
+    model = ddrnet.create_model(checkpoint=bundled_model_path("camvid_ddrnet23_slim_fast_train"))
+    return SegmentationRunner(model, torch.device("cpu"))
+
+
+def test_a_live_source_slower_network_keeps_the_sources_timeline(
+    monkeypatch, tmp_path, fast_runner
+) -> None:
+    """Frames every 2 ms: the network (two passes on the first frame) falls behind, skips to
+    the newest frame, and the video repeats results in the skipped frames' places."""
+    monkeypatch.setattr(ddrnet.video, "_open_capture", lambda s: FakeCamera(60, period=0.002))
+    segmented = []
+    labels = fast_runner.labels
+
+    def recording(images):
+        segmented.append(int(images[0][0, 0, 0]))  # frame i is filled with i
+        return labels(images)
+
+    monkeypatch.setattr(fast_runner, "labels", recording)
+    summary = run_prediction(fast_runner, ["camera:0"], tmp_path, progress=False)
+    assert segmented == sorted(set(segmented)) and segmented[-1] == 59  # newer each time
+    dropped, read = summary.dropped["camera:0"]
+    assert read == 60 and dropped == 60 - len(segmented) > 0
+    assert len(summary.latencies_ms) == len(segmented)
+    assert _frame_count(tmp_path / "camera0_overlay.mp4") == 60
+
+
+@pytest.mark.parametrize("source", ["camera:0", "drive.mp4"])
+def test_ctrl_c_ends_a_live_source_and_stops_a_file_with_playable_videos(
+    monkeypatch, tmp_path, fast_runner, source
+) -> None:
+    camera = FakeCamera(10_000, period=0.005)
+    monkeypatch.setattr(ddrnet.video, "_open_capture", lambda s: camera)
+    monkeypatch.setattr(ddrnet.predict, "expand_inputs", lambda inputs: ([], list(inputs)))
+    labels, calls = fast_runner.labels, []
+
+    def interrupted_at_the_fourth(images):
+        calls.append(1)
+        if len(calls) == 4:
+            _thread.interrupt_main()  # as Ctrl-C does, once this call returns
+        return labels(images)
+
+    monkeypatch.setattr(fast_runner, "labels", interrupted_at_the_fourth)
+    out = tmp_path / "out"
+    if source == "camera:0":
+        summary = run_prediction(fast_runner, [source], out, progress=False)
+        assert summary.processed == [source] and not summary.failed
+        video = out / "camera0_overlay.mp4"
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            run_prediction(fast_runner, [source], out, progress=False)
+        video = out / "drive_overlay.mp4"
+    assert 3 <= _frame_count(video) < 10_000  # closed, so playable; the reader stopped
+    assert camera.released
+
+
+def test_two_videos_of_one_name_keep_both_outputs(camvid_frames, tmp_path, fast_runner) -> None:
+    for folder, frames in (("a", camvid_frames[:2]), ("b", camvid_frames[:3])):
+        (tmp_path / folder).mkdir()
+        with VideoOutputs(tmp_path / folder, "drive", 10.0) as video:
+            for frame in frames:
+                video.write({"clip": cv2.cvtColor(cv2.imread(str(frame)), cv2.COLOR_BGR2RGB)})
+    sources = [str(tmp_path / "a" / "drive_clip.mp4"), str(tmp_path / "b" / "drive_clip.mp4")]
+    summary = run_prediction(fast_runner, sources, tmp_path / "out", progress=False)
+    assert summary.processed == sources
+    assert _frame_count(tmp_path / "out" / "drive_clip_overlay.mp4") == 2
+    assert _frame_count(tmp_path / "out" / "drive_clip_1_overlay.mp4") == 3
+
+
+def test_video_outputs_repeat_a_picture_and_refuse_another_size(tmp_path) -> None:
+    picture = np.zeros((32, 48, 3), np.uint8)
+    with VideoOutputs(tmp_path, "clip", 10.0) as video:
+        video.write({"overlay": picture})
+        video.write({"overlay": picture + 200}, times=3)
+        with pytest.raises(ValueError, match="frame 4 is 40x32, the video 48x32"):
+            video.write({"overlay": np.zeros((32, 40, 3), np.uint8)})
+    assert video.paths == [tmp_path / "clip_overlay.mp4"] and video.frames == 4
+    assert _frame_count(tmp_path / "clip_overlay.mp4") == 4
+
+
+def test_a_video_served_over_http_is_segmented(camvid_frames, tmp_path, fast_runner) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    # Motion JPEG in AVI: readable front to back. (An mp4 from OpenCV keeps its index at the
+    # end, which FFmpeg fetches with a range request that this test server does not answer.)
+    writer = cv2.VideoWriter(
+        str(served / "street.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (480, 360)
+    )
+    for frame in camvid_frames:
+        writer.write(cv2.imread(str(frame)))
+    writer.release()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/street.avi"
+        summary = run_prediction(fast_runner, [url], tmp_path / "out", max_frames=2, progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert summary.processed == [url] and summary.dropped == {}  # a file: every frame
+    assert _frame_count(tmp_path / "out" / "street_overlay.mp4") == 2
+
+
+def test_sources_that_cannot_be_opened_are_one_line_each(tmp_path) -> None:
+    result = run_ddrnet(
+        "predict",
+        "rtsp://127.0.0.1:9/none",
+        "camera:front",
+        "--checkpoint",
+        "camvid_ddrnet23_slim_fast_train",
+        "-o",
+        str(tmp_path / "out"),
+    )
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        "WARNING ddrnet.predict: skipped rtsp://127.0.0.1:9/none: cannot open the video: "
+        "unreachable or refused, no stream at that address, or not a video (waited 10 s at "
+        "most)",
+        "WARNING ddrnet.predict: skipped camera:front: give a camera number, e.g. camera:0",
+        "2 of 2 inputs failed (listed above)",
+    ]
+    bad = run_ddrnet("predict", "camera:0", "--drop-frames", "sometimes")
+    assert bad.returncode == 2 and "--drop-frames: invalid choice: 'sometimes'" in bad.stderr
