@@ -460,21 +460,19 @@ def _predict_video(
         total = max_frames or video.frame_count
         bar = tqdm(total=total, desc=stem, unit="frame", disable=not progress, leave=False)
         results = runner.map(segment, itertools.islice(video.frames(), max_frames))
-        last_index, last_pictures = -1, None
+        segmented = 0
         try:
             for index, pictures, milliseconds in results:
+                segmented += 1
                 summary.latencies_ms.append(milliseconds)
-                if last_pictures is not None and index > last_index + 1:
-                    out.write(last_pictures, times=index - last_index - 1)
-                out.write(pictures)
-                last_index, last_pictures = index, pictures
+                out.add(index, pictures)
                 bar.update(1)
                 if video.drops:
                     bar.set_postfix(dropped=video.dropped, refresh=False)
         except KeyboardInterrupt:
             if not (video.live or video.drops):
                 raise
-            logger.info("%s: stopped (Ctrl-C) after %d frames", source, out.frames)
+            logger.info("%s: stopped (Ctrl-C) after %d frames segmented", source, segmented)
         finally:
             results.close()
             bar.close()

@@ -1,16 +1,17 @@
-"""Video sources for ``ddrnet predict``: files, cameras and network streams.
+"""Video sources for ``ddrnet predict``: files, cameras and network streams; and the videos
+it writes.
 
-A file is read frame by frame, every frame. A live source (a camera, an RTSP/RTMP/UDP/TCP/SRT
-stream) does not wait for the reader: it delivers frames at its own rate, and one read
-sequentially by a slower network falls behind, more every second, until the camera's or
-the stream's buffer overflows. ``VideoSource`` therefore reads a live source in a thread of
-its own and hands out only the newest frame, counting the frames it skipped (``dropped``),
-as Ultralytics' stream loader and GStreamer's ``appsink drop=true`` do; the segmented frame
-is then at most one frame old. ``drop_frames`` chooses: ``"auto"`` (live sources drop,
-files and HTTP(S) URLs, which are usually files, do not), ``"yes"`` or ``"no"``. A file (or
-HTTP URL) that drops frames is read at its frame rate, as a camera would deliver it: a
-recorded drive replayed in real time, the video written showing what the network kept up
-with.
+Frames are read and decoded in a thread of their own, beside the network. A file gives every
+frame, decoded a few frames ahead (``READ_AHEAD``). A live source (a camera, an
+RTSP/RTMP/UDP/TCP/SRT stream) does not wait for the reader: it delivers frames at its own
+rate, and one read sequentially by a slower network falls behind, more every second, until
+the camera's or the stream's buffer overflows. ``VideoSource`` therefore hands out only a
+live source's newest frame, counting the frames it skipped (``dropped``), as Ultralytics'
+stream loader and GStreamer's ``appsink drop=true`` do; the segmented frame is then at most
+one frame old. ``drop_frames`` chooses: ``"auto"`` (live sources drop, files and HTTP(S)
+URLs, which are usually files, do not), ``"yes"`` or ``"no"``. A file (or HTTP URL) that
+drops frames is read at its frame rate, as a camera would deliver it: a recorded drive
+replayed in real time, the video written showing what the network kept up with.
 
 FFmpeg's own log is silenced (``OPENCV_FFMPEG_LOGLEVEL=-8`` unless set): a source that cannot
 be opened is reported in one line that names it. Set ``OPENCV_FFMPEG_LOGLEVEL=24`` to see
@@ -23,7 +24,9 @@ import os
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -36,6 +39,8 @@ LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt")
 # Every URL scheme ``ddrnet predict`` reads through OpenCV's FFmpeg backend.
 STREAM_SCHEMES = (*LIVE_SCHEMES, "http", "https")
 DROP_FRAMES = ("auto", "yes", "no")
+# Frames a source that does not drop frames decodes ahead of the network.
+READ_AHEAD = 2
 # How long opening a network stream, or waiting for its next frame, may take before the
 # source is reported dead (FFmpeg's own default waits for ever on a silent RTSP server).
 STREAM_TIMEOUT_MS = 10_000
@@ -139,35 +144,25 @@ class VideoSource:
         self.frames_read = 0  # by the capture, handed out or not
         self.dropped = 0  # read, then replaced by a newer frame before anybody took it
         self._stop = threading.Event()
+        self._ready = threading.Condition()  # guards the frames read and not yet handed out
         self._thread: threading.Thread | None = None
 
     def frames(self) -> Iterator[tuple[int, np.ndarray]]:
         """``(index, frame)`` pairs: ``index`` counts the source's frames from 0 (it jumps
-        past dropped frames), ``frame`` is ``(height, width, 3)`` uint8 RGB. A source that
-        drops frames starts reading now, in a thread of its own."""
+        past dropped frames), ``frame`` is ``(height, width, 3)`` uint8 RGB.
+
+        Frames are read and decoded by a thread of their own, which starts now (OpenCV
+        decodes without the GIL, beside the network): a source that drops frames keeps only
+        the newest one waiting, replacing it as each new frame comes; any other source reads
+        up to ``READ_AHEAD`` frames ahead."""
         import cv2
 
-        reader = self._newest_frames() if self.drops else self._every_frame()
-        return ((index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)) for index, frame in reader)
-
-    def _every_frame(self) -> Iterator[tuple[int, np.ndarray]]:
-        while not self._stop.is_set():
-            ok, frame = self._capture.read()
-            if not ok:
-                return
-            self.frames_read += 1
-            yield self.frames_read - 1, frame
-
-    def _newest_frames(self) -> Iterator[tuple[int, np.ndarray]]:
-        """Frames read by a thread of their own (OpenCV decodes without the GIL, beside the
-        network); each step hands out the newest one not yet handed out."""
-        ready = threading.Condition()
-        newest: list[tuple[int, np.ndarray]] = []  # the frame not yet handed out, if any
+        ready = self._ready
+        waiting: deque[tuple[int, np.ndarray]] = deque()  # read, not yet handed out
         finished = threading.Event()
-
-        # A file (or an HTTP URL) is read at its frame rate, as if it were live: a replay of
-        # a recorded drive shows what the network would have kept up with.
-        paced = not self.live
+        # A file (or an HTTP URL) that drops frames is read at its frame rate, as if it were
+        # live: a replay of a recorded drive shows what the network would have kept up with.
+        paced = self.drops and not self.live
         start = time.perf_counter()
 
         def read() -> None:
@@ -181,23 +176,28 @@ class VideoSource:
                     if not ok:
                         return
                     with ready:
-                        self.dropped += len(newest)
-                        newest[:] = [(self.frames_read, frame)]
+                        if self.drops:
+                            self.dropped += len(waiting)
+                            waiting.clear()
+                        else:
+                            ready.wait_for(lambda: len(waiting) < READ_AHEAD or self._stop.is_set())
+                        waiting.append((self.frames_read, frame))
                         self.frames_read += 1
-                        ready.notify()
+                        ready.notify_all()
             finally:
                 with ready:
                     finished.set()
-                    ready.notify()
+                    ready.notify_all()
 
         def take() -> Iterator[tuple[int, np.ndarray]]:
             while True:
                 with ready:
-                    ready.wait_for(lambda: newest or finished.is_set())
-                    if not newest:
+                    ready.wait_for(lambda: waiting or finished.is_set())
+                    if not waiting:
                         return
-                    item = newest.pop()
-                yield item
+                    index, frame = waiting.popleft()
+                    ready.notify_all()
+                yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
         self._thread = threading.Thread(target=read, name="ddrnet-video-reader", daemon=True)
         self._thread.start()
@@ -207,7 +207,9 @@ class VideoSource:
         """Stop reading and release the capture. A reading thread still blocked in a read
         (a silent stream) is left to time out on its own, and the capture with it: releasing
         it under that read would crash OpenCV."""
-        self._stop.set()
+        with self._ready:
+            self._stop.set()
+            self._ready.notify_all()  # a reader waiting for room
         if self._thread is not None:
             self._thread.join(timeout=STREAM_TIMEOUT_MS / 1000 + 1)
             if self._thread.is_alive():
@@ -224,8 +226,11 @@ class VideoSource:
 class VideoOutputs:
     """``<stem>_<kind>.mp4`` files in ``folder``, one per kind of picture, at ``fps``; each
     is created at its first frame, which fixes its size. ``paths`` lists the files created,
-    ``frames`` how many frames each holds. Close it (or use it as a context manager) to
-    finish the files: a video that is not closed cannot be played."""
+    ``frames`` how many frames each holds once closed. Close it (or use it as a context
+    manager) to finish the files: a video that is not closed cannot be played.
+
+    ``add`` hands a source frame's pictures to a thread of its own, which encodes them while
+    the next frame is segmented (a few frames wait at most); ``write`` encodes at once."""
 
     def __init__(self, folder: Path, stem: str, fps: float) -> None:
         self.folder, self.stem, self.fps = Path(folder), stem, fps
@@ -233,10 +238,30 @@ class VideoOutputs:
         self.frames = 0
         self._writers: dict[str, object] = {}
         self._sizes: dict[str, tuple[int, int]] = {}
+        self._encoder = ThreadPoolExecutor(1, thread_name_prefix="ddrnet-video-writer")
+        self._pending: deque[Future] = deque()
+        self._last: tuple[int, dict[str, np.ndarray] | None] = (-1, None)
+
+    def add(self, index: int, pictures: dict[str, np.ndarray]) -> None:
+        """The pictures of the source's frame ``index`` (kind -> ``(H, W, 3)`` uint8 RGB),
+        to be encoded in the writing thread. The frames since the last one added, which the
+        source dropped, get the last one's pictures: the video keeps the source's timing.
+        An error of an earlier frame's writing is raised here (or by ``close``)."""
+        last_index, last = self._last
+        self._last = (index, pictures)
+
+        def encode() -> None:
+            if last is not None and index > last_index + 1:
+                self.write(last, times=index - last_index - 1)
+            self.write(pictures)
+
+        self._pending.append(self._encoder.submit(encode))
+        while len(self._pending) > 2:
+            self._pending.popleft().result()
 
     def write(self, pictures: dict[str, np.ndarray], times: int = 1) -> None:
         """Append ``pictures`` (kind -> ``(H, W, 3)`` uint8 RGB) to the kinds' videos,
-        ``times`` times over. A picture of another size than its video's first is a
+        ``times`` times over, now. A picture of another size than its video's first is a
         ``VideoSourceError`` (a video's frames all have one size)."""
         import cv2
 
@@ -269,9 +294,15 @@ class VideoOutputs:
         self.paths.append(target)
 
     def close(self) -> None:
-        for writer in self._writers.values():
-            writer.release()
-        self._writers.clear()
+        """Encode what waits, then finish the files; raises the first writing error."""
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._encoder.shutdown(wait=True, cancel_futures=True)
+            for writer in self._writers.values():
+                writer.release()
+            self._writers.clear()
 
     def __enter__(self) -> VideoOutputs:
         return self
