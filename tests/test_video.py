@@ -269,3 +269,19 @@ def test_sources_that_cannot_be_opened_are_one_line_each(tmp_path) -> None:
     ]
     bad = run_ddrnet("predict", "camera:0", "--drop-frames", "sometimes")
     assert bad.returncode == 2 and "--drop-frames: invalid choice: 'sometimes'" in bad.stderr
+
+
+def test_an_error_in_the_reading_thread_reaches_the_reader(monkeypatch) -> None:
+    class Failing(FakeCamera):
+        def read(self):
+            if self.reads == 3:
+                raise cv2.error("decoder crashed")
+            return super().read()
+
+    monkeypatch.setattr(ddrnet.video, "_open_capture", lambda source: Failing(10))
+    with VideoSource("drive.mp4") as video:
+        taken = []
+        with pytest.raises(cv2.error, match="decoder crashed"):
+            for index, _ in video.frames():
+                taken.append(index)
+    assert taken == [0, 1, 2]  # every frame before the error, then the error itself

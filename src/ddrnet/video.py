@@ -90,31 +90,44 @@ def _quiet_ffmpeg() -> None:
 
 
 def _open_capture(source: str):
-    """An opened ``cv2.VideoCapture`` for ``source``, or ``VideoSourceError``."""
+    """An opened ``cv2.VideoCapture`` for ``source``, or ``VideoSourceError``. OpenCV's own
+    warnings while it tries its backends ("can't open camera by index", one line per
+    backend) are silenced, unless the user set ``OPENCV_LOG_LEVEL``: the error says it."""
     import cv2
 
     _quiet_ffmpeg()
-    if is_camera(source):
-        index = source.split(":", 1)[1]
-        if not index.isdigit():
-            raise VideoSourceError("give a camera number, e.g. camera:0")
-        capture = cv2.VideoCapture(int(index))
-        why = "no such camera, or it is in use"
-    elif is_stream_url(source):
-        timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
-        timeouts += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
-        capture = cv2.VideoCapture(source, cv2.CAP_ANY, timeouts)
-        why = (
-            "unreachable or refused, no stream at that address, or not a video (waited "
-            f"{STREAM_TIMEOUT_MS / 1000:g} s at most)"
-        )
-    else:
-        capture = cv2.VideoCapture(source)
-        why = "missing codec, or a corrupt file"
+    logging = cv2.utils.logging
+    level = logging.getLogLevel()
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        logging.setLogLevel(logging.LOG_LEVEL_ERROR)
+    try:
+        capture, why = _capture(source)
+    finally:
+        logging.setLogLevel(level)
     if not capture.isOpened():
         capture.release()
         raise VideoSourceError(f"cannot open the video: {why}")
     return capture
+
+
+def _capture(source: str):
+    """``cv2.VideoCapture`` of ``source``, opened or not, and what a failure would mean."""
+    import cv2
+
+    if is_camera(source):
+        index = source.split(":", 1)[1]
+        if not index.isdigit():
+            raise VideoSourceError("give a camera number, e.g. camera:0")
+        return cv2.VideoCapture(int(index)), "no such camera, or it is in use"
+    if is_stream_url(source):
+        timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
+        timeouts += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
+        why = (
+            "unreachable or refused, no stream at that address, or not a video (waited "
+            f"{STREAM_TIMEOUT_MS / 1000:g} s at most)"
+        )
+        return cv2.VideoCapture(source, cv2.CAP_ANY, timeouts), why
+    return cv2.VideoCapture(source), "missing codec, or a corrupt file"
 
 
 class VideoSource:
@@ -160,6 +173,7 @@ class VideoSource:
         ready = self._ready
         waiting: deque[tuple[int, np.ndarray]] = deque()  # read, not yet handed out
         finished = threading.Event()
+        failure: list[BaseException] = []  # what stopped the reader, raised to the taker
         # A file (or an HTTP URL) that drops frames is read at its frame rate, as if it were
         # live: a replay of a recorded drive shows what the network would have kept up with.
         paced = self.drops and not self.live
@@ -184,6 +198,8 @@ class VideoSource:
                         waiting.append((self.frames_read, frame))
                         self.frames_read += 1
                         ready.notify_all()
+            except BaseException as error:  # noqa: BLE001 (raised again in the taking thread)
+                failure.append(error)
             finally:
                 with ready:
                     finished.set()
@@ -194,6 +210,8 @@ class VideoSource:
                 with ready:
                     ready.wait_for(lambda: waiting or finished.is_set())
                     if not waiting:
+                        if failure:
+                            raise failure[0]
                         return
                     index, frame = waiting.popleft()
                     ready.notify_all()
