@@ -269,6 +269,8 @@ def test_sources_that_cannot_be_opened_are_one_line_each(tmp_path) -> None:
     ]
     bad = run_ddrnet("predict", "camera:0", "--drop-frames", "sometimes")
     assert bad.returncode == 2 and "--drop-frames: invalid choice: 'sometimes'" in bad.stderr
+    none = run_ddrnet("predict", "camera:0", "--max-frames", "0")
+    assert none.returncode == 2 and "argument --max-frames: must be" in none.stderr
 
 
 def test_an_error_in_the_reading_thread_reaches_the_reader(monkeypatch) -> None:

@@ -320,7 +320,7 @@ def run_prediction(
     their newest frame; ``"auto"``: live ones (cameras, RTSP...) do, and ``summary.dropped``
     counts what they skipped. Raises ``PredictionInputError`` before writing anything when
     ``output_dir`` is, holds or lies inside an input folder (``check_output_folder``); an
-    unknown ``drop_frames`` is a ``ValueError``.
+    unknown ``drop_frames``, or ``max_frames`` below 1, is a ``ValueError``.
     """
     unknown = sorted(set(kinds) - set(OUTPUT_KINDS))
     if unknown:
@@ -329,6 +329,8 @@ def run_prediction(
         )
     if drop_frames not in DROP_FRAMES:
         raise ValueError(f"drop_frames must be one of {DROP_FRAMES}, got {drop_frames!r}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be None or at least 1, got {max_frames}")
     images, videos = expand_inputs(inputs)
     files = [v for v in videos if not (is_camera(v) or is_stream_url(v))]
     check_output_folder(output_dir, inputs, [*images, *files])

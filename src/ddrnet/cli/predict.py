@@ -64,7 +64,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_runtime_option(parser)
     parser.add_argument(
         "--max-frames",
-        type=NON_NEGATIVE_INT,
+        type=POSITIVE_INT,
         help="videos, cameras and streams: stop after N frames segmented",
     )
     parser.add_argument(
