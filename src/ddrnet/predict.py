@@ -60,7 +60,9 @@ class PredictionSummary:
     failed: dict[str, str] = field(default_factory=dict)  # input -> reason
     latencies_ms: list[float] = field(default_factory=list)  # warm-up pass excluded
     outputs: list[Path] = field(default_factory=list)
-    warmup_ms: float | None = None  # the untimed first pass (kernel creation, compilation)
+    # The untimed first pass (kernel creation, compilation), if the runner made it in this
+    # job; None when it had been warmed up before.
+    warmup_ms: float | None = None
     dropped: dict[str, tuple[int, int]] = field(default_factory=dict)  # source -> (dropped, read)
     seconds: float = 0.0  # the whole job: reading, segmenting, writing
 
@@ -336,6 +338,7 @@ def run_prediction(
     check_output_folder(output_dir, inputs, [*images, *files])
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = PredictionSummary()
+    warm_before = runner.warmup_ms
     start = time.perf_counter()
     if images:
         loader = DataLoader(
@@ -364,7 +367,7 @@ def run_prediction(
         except (OSError, DDRNetError) as error:  # this input's fault: the others go on
             summary.failed[source] = str(error)
             warn(f"skipped {source}: {error}")
-    summary.warmup_ms = runner.warmup_ms
+    summary.warmup_ms = runner.warmup_ms if warm_before is None else None
     summary.seconds = time.perf_counter() - start
     return summary
 
