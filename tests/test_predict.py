@@ -1,11 +1,10 @@
-"""Prediction on real frames: API, batch job, videos, bad inputs."""
+"""Prediction on real frames: API, batch job, bad inputs (videos: test_video.py)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -183,41 +182,6 @@ def test_a_failed_write_stops_the_job_with_its_error(
         )
     first = camvid_frames[0].stem
     assert sorted(p.name for p in out.iterdir()) == [f"{first}_labels.png", f"{first}_overlay.png"]
-
-
-@pytest.mark.parametrize("streams", [1, 2])
-def test_video_in_video_out_and_corrupt_video(camvid_frames, tmp_path, streams) -> None:
-    video = tmp_path / "drive.mp4"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (480, 360))
-    noise = np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
-    pictures = [cv2.imread(str(frame)) for frame in camvid_frames] + [noise, noise * 0]
-    for picture in pictures:
-        writer.write(picture)
-    writer.release()
-    (tmp_path / "broken.mp4").write_bytes(b"\x00\x01garbage" * 100)
-    # The trained bundled model: its predictions (and so its legends) follow the frames.
-    runner = SegmentationRunner(
-        ddrnet.create_model(checkpoint=bundled_model_path()), torch.device("cpu"), streams=streams
-    )
-    summary = run_prediction(
-        runner,
-        [str(video), str(tmp_path / "broken.mp4")],
-        tmp_path / "out",
-        progress=False,
-        report=lambda _: None,
-    )
-    assert str(tmp_path / "broken.mp4") in summary.failed
-    assert len(summary.latencies_ms) == 5
-    capture = cv2.VideoCapture(str(tmp_path / "out" / "drive_overlay.mp4"))
-    # Every frame written, although per-frame legends (classes present) differ in width:
-    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
-    assert int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) == 360
-    widths = set()
-    for picture in pictures:
-        rgb = cv2.cvtColor(picture, cv2.COLOR_BGR2RGB)
-        (labels,), _ = runner.labels([rgb])
-        widths.add(runner.pictures(rgb, labels, ["overlay"])["overlay"].shape[1])
-    assert len(widths) > 1  # what made the writer drop frames before
 
 
 def test_inputs_that_match_nothing_are_named(tmp_path) -> None:
