@@ -100,7 +100,7 @@ def test_a_live_source_hands_out_its_newest_frame_and_counts_the_ones_it_skipped
     gate = threading.Semaphore(0)
     camera = FakeCamera(10, gate=gate)
     monkeypatch.setattr(ddrnet.video, "_open_capture", lambda source: camera)
-    with VideoSource("camera:0") as video:
+    with ddrnet.VideoSource("camera:0") as video:  # the package exports it
         assert video.drops and video.frame_count is None
         frames = video.frames()
         for _ in range(3):

@@ -25,6 +25,7 @@ from ddrnet.models import (
     register_model,
     save_model,
 )
+from ddrnet.video import VideoSource
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,7 @@ __all__ = [
     "DDRNet23Slim_Weights",
     "ModelMetadata",
     "Predictor",
+    "VideoSource",
     "WeightsEnum",
     "__version__",
     "count_macs",
