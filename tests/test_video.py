@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import ddrnet
 import ddrnet.video
@@ -158,12 +159,17 @@ def test_a_live_source_slower_network_keeps_the_sources_timeline(
         return labels(images)
 
     monkeypatch.setattr(fast_runner, "labels", recording)
-    summary = run_prediction(fast_runner, ["camera:0"], tmp_path, progress=False)
+    summary = run_prediction(
+        fast_runner, ["camera:0"], tmp_path, kinds=["labels", "overlay"], progress=False
+    )
     assert segmented == sorted(set(segmented)) and segmented[-1] == 59  # newer each time
     dropped, read = summary.dropped["camera:0"]
     assert read == 60 and dropped == 60 - len(segmented) > 0
     assert len(summary.latencies_ms) == len(segmented)
     assert _frame_count(tmp_path / "camera0_overlay.mp4") == 60
+    # A label map for each frame segmented, named by its number: gaps where frames dropped.
+    names = sorted(path.name for path in (tmp_path / "camera0_labels").iterdir())
+    assert names == [f"{index:06d}.png" for index in segmented]
 
 
 @pytest.mark.parametrize("source", ["camera:0", "drive.mp4"])
@@ -323,3 +329,23 @@ def test_an_error_in_the_reading_thread_reaches_the_reader(monkeypatch) -> None:
             for index, _ in video.frames():
                 taken.append(index)
     assert taken == [0, 1, 2]  # every frame before the error, then the error itself
+
+
+def test_a_videos_labels_are_a_folder_of_indexed_pngs_only_when_asked(
+    camvid_frames, tmp_path, fast_runner
+) -> None:
+    with VideoOutputs(tmp_path, "drive", 10.0) as video:
+        for frame in camvid_frames:
+            video.write({"clip": cv2.cvtColor(cv2.imread(str(frame)), cv2.COLOR_BGR2RGB)})
+    source = str(tmp_path / "drive_clip.mp4")
+    run_prediction(fast_runner, [source], tmp_path / "labels", kinds=["labels"], progress=False)
+    assert sorted(p.name for p in (tmp_path / "labels").iterdir()) == ["drive_clip_labels"]
+    capture = cv2.VideoCapture(source)
+    for index in range(3):
+        decoded = cv2.cvtColor(capture.read()[1], cv2.COLOR_BGR2RGB)
+        written = Image.open(tmp_path / "labels" / "drive_clip_labels" / f"{index:06d}.png")
+        (expected,), _ = fast_runner.labels([decoded])
+        assert written.mode == "P" and np.array_equal(np.asarray(written), expected)
+    assert written.getpalette()[:6] == [*fast_runner.palette[0], *fast_runner.palette[1]]
+    run_prediction(fast_runner, [source], tmp_path / "default", progress=False)
+    assert sorted(p.name for p in (tmp_path / "default").iterdir()) == ["drive_clip_overlay.mp4"]

@@ -48,6 +48,10 @@ Result = TypeVar("Result")
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 OUTPUT_KINDS = ("labels", "overlay", "side")
+# What is written when no kinds are asked for: a label map per video frame is a folder of
+# thousands of files a minute, so videos give only their overlay unless asked.
+IMAGE_KINDS = ("labels", "overlay")
+VIDEO_KINDS = ("overlay",)
 
 
 class PredictionInputError(DDRNetError, ValueError):
@@ -301,7 +305,7 @@ def run_prediction(
     runner: SegmentationRunner,
     inputs: Sequence[str],
     output_dir: Path,
-    kinds: Sequence[str] = ("labels", "overlay"),
+    kinds: Sequence[str] | None = None,
     batch_size: int = 1,
     num_workers: int = 0,
     max_frames: int | None = None,
@@ -314,7 +318,9 @@ def run_prediction(
     """Segment every input and write the requested ``kinds`` into ``output_dir``.
 
     Images: ``<stem>_labels.png`` (indexed PNG, palette = class colours), ``<stem>_overlay.png``
-    and ``<stem>_side.png``. Videos: ``<stem>_overlay.mp4`` (and ``_side.mp4``). ``report``
+    and ``<stem>_side.png``. Videos: ``<stem>_overlay.mp4``, ``<stem>_side.mp4``, and for
+    ``labels`` a folder ``<stem>_labels/`` of ``<frame number, 6 digits>.png``, one per frame
+    segmented. ``kinds=None``: ``IMAGE_KINDS`` for images, ``VIDEO_KINDS`` for videos. ``report``
     receives one line per image with its latency; ``warn`` (by default a warning of this
     module's logger, which the command prints on stderr) one per skipped input. An image or
     video frame with more than ``max_pixels`` pixels at the largest of ``runner.scales``
@@ -324,7 +330,7 @@ def run_prediction(
     ``output_dir`` is, holds or lies inside an input folder (``check_output_folder``); an
     unknown ``drop_frames``, or ``max_frames`` below 1, is a ``ValueError``.
     """
-    unknown = sorted(set(kinds) - set(OUTPUT_KINDS))
+    unknown = sorted(set(kinds or ()) - set(OUTPUT_KINDS))
     if unknown:
         raise PredictionInputError(
             f"unknown output kinds {unknown}; choose from {list(OUTPUT_KINDS)}"
@@ -347,8 +353,17 @@ def run_prediction(
             num_workers=num_workers,
             collate_fn=_keep_as_list,
         )
+        image_kinds = kinds or IMAGE_KINDS
         _predict_images(
-            runner, images, loader, output_dir, kinds, progress, summary, report=report, warn=warn
+            runner,
+            images,
+            loader,
+            output_dir,
+            image_kinds,
+            progress,
+            summary,
+            report=report,
+            warn=warn,
         )
     for source, stem in zip(videos, _unique_stems(map(source_stem, videos))):
         try:
@@ -357,7 +372,7 @@ def run_prediction(
                 source,
                 stem,
                 output_dir,
-                kinds,
+                kinds or VIDEO_KINDS,
                 max_frames,
                 progress,
                 summary,
@@ -444,33 +459,37 @@ def _unique_stems(stems: Iterable[str]) -> list[str]:
 def _predict_video(
     runner, source, stem, output_dir, kinds, max_frames, progress, summary, max_pixels, drops
 ) -> None:
-    """Segment one video file, camera or stream into ``<stem>_<kind>.mp4`` files.
+    """Segment one video file, camera or stream into ``<stem>_<kind>.mp4`` files (and
+    ``<stem>_labels/NNNNNN.png`` for ``labels``).
 
     A live source that drops frames (``ddrnet.video``) fills each dropped frame's place with
     the pictures of the newest frame segmented before it, so that the video keeps the
     source's length and timing. Ctrl-C ends a live source as the end of a file does: its
     videos are closed and kept, and the job goes on."""
-    video_kinds = [k for k in kinds if k != "labels"] or ["overlay"]
+    keep_labels = "labels" in kinds
 
-    def segment(item: tuple[int, np.ndarray]) -> tuple[int, dict[str, np.ndarray], float]:
+    def segment(item: tuple[int, np.ndarray]):
         index, frame = item
         (labels,), milliseconds = runner.labels([frame])
         # One legend for the whole video: the per-frame legend's width follows the classes
         # present, and a video's frames must all have one size.
-        pictures = runner.pictures(frame, labels, video_kinds, every_class_legend=True)
-        return index, pictures, milliseconds
+        pictures = runner.pictures(frame, labels, kinds, every_class_legend=True)
+        return index, pictures, labels if keep_labels else None, milliseconds
 
-    with VideoSource(source, drops) as video, VideoOutputs(output_dir, stem, video.fps) as out:
+    with (
+        VideoSource(source, drops) as video,
+        VideoOutputs(output_dir, stem, video.fps, runner.palette) as out,
+    ):
         check_pixels("its frames", video.width, video.height, max_pixels, max(runner.scales))
         total = max_frames or video.frame_count
         bar = tqdm(total=total, desc=stem, unit="frame", disable=not progress, leave=False)
         results = runner.map(segment, itertools.islice(video.frames(), max_frames))
         segmented = 0
         try:
-            for index, pictures, milliseconds in results:
+            for index, pictures, labels, milliseconds in results:
                 segmented += 1
                 summary.latencies_ms.append(milliseconds)
-                out.add(index, pictures)
+                out.add(index, pictures, labels)
                 bar.update(1)
                 if video.drops:
                     bar.set_postfix(dropped=video.dropped, refresh=False)
@@ -483,7 +502,7 @@ def _predict_video(
             bar.close()
         if video.drops:
             summary.dropped[source] = (video.dropped, video.frames_read)
-    if out.frames == 0:
+    if segmented == 0:
         raise VideoSourceError("no frames could be decoded (corrupt or empty video)")
     summary.outputs += out.paths
     summary.processed.append(source)

@@ -25,13 +25,14 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
 
+from ddrnet.data.io import write_png
 from ddrnet.errors import DDRNetError
 
 # Live network streams: they run at the sender's rate whether or not anybody reads.
@@ -243,15 +244,23 @@ class VideoSource:
 
 class VideoOutputs:
     """``<stem>_<kind>.mp4`` files in ``folder``, one per kind of picture, at ``fps``; each
-    is created at its first frame, which fixes its size. ``paths`` lists the files created,
-    ``frames`` how many frames each holds once closed. Close it (or use it as a context
-    manager) to finish the files: a video that is not closed cannot be played.
+    is created at its first frame, which fixes its size. Label maps, if given, go to
+    ``<stem>_labels/<frame number, 6 digits>.png`` (indexed PNGs in ``palette``'s colours).
+    ``paths`` lists the files and folders created, ``frames`` how many frames each video
+    holds once closed. Close it (or use it as a context manager) to finish the files: a video
+    that is not closed cannot be played.
 
     ``add`` hands a source frame's pictures to a thread of its own, which encodes them while
     the next frame is segmented (a few frames wait at most); ``write`` encodes at once."""
 
-    def __init__(self, folder: Path, stem: str, fps: float) -> None:
-        self.folder, self.stem, self.fps = Path(folder), stem, fps
+    def __init__(
+        self,
+        folder: Path,
+        stem: str,
+        fps: float,
+        palette: Sequence[Sequence[int]] | None = None,
+    ) -> None:
+        self.folder, self.stem, self.fps, self.palette = Path(folder), stem, fps, palette
         self.paths: list[Path] = []
         self.frames = 0
         self._writers: dict[str, object] = {}
@@ -260,11 +269,14 @@ class VideoOutputs:
         self._pending: deque[Future] = deque()
         self._last: tuple[int, dict[str, np.ndarray] | None] = (-1, None)
 
-    def add(self, index: int, pictures: dict[str, np.ndarray]) -> None:
+    def add(
+        self, index: int, pictures: dict[str, np.ndarray], labels: np.ndarray | None = None
+    ) -> None:
         """The pictures of the source's frame ``index`` (kind -> ``(H, W, 3)`` uint8 RGB),
-        to be encoded in the writing thread. The frames since the last one added, which the
-        source dropped, get the last one's pictures: the video keeps the source's timing.
-        An error of an earlier frame's writing is raised here (or by ``close``)."""
+        and its ``(H, W)`` label map if it is to be kept, to be written in the writing
+        thread. The frames since the last one added, which the source dropped, get the last
+        one's pictures (not its labels): the videos keep the source's timing. An error of an
+        earlier frame's writing is raised here (or by ``close``)."""
         last_index, last = self._last
         self._last = (index, pictures)
 
@@ -272,6 +284,8 @@ class VideoOutputs:
             if last is not None and index > last_index + 1:
                 self.write(last, times=index - last_index - 1)
             self.write(pictures)
+            if labels is not None:
+                self._write_labels(index, labels)
 
         self._pending.append(self._encoder.submit(encode))
         while len(self._pending) > 2:
@@ -296,6 +310,13 @@ class VideoOutputs:
             for _ in range(times):
                 self._writers[kind].write(bgr)
         self.frames += times
+
+    def _write_labels(self, index: int, labels: np.ndarray) -> None:
+        folder = self.folder / f"{self.stem}_labels"
+        if folder not in self.paths:
+            folder.mkdir(exist_ok=True)
+            self.paths.append(folder)
+        write_png(folder / f"{index:06d}.png", labels, self.palette)
 
     def _open(self, kind: str, size: tuple[int, int]) -> None:
         import cv2

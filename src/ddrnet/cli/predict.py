@@ -19,6 +19,7 @@ from ddrnet.cli.options import (
 )
 from ddrnet.errors import UsageError
 from ddrnet.limits import DEFAULT_MAX_PIXELS
+from ddrnet.predict import OUTPUT_KINDS
 from ddrnet.video import DROP_FRAMES
 
 
@@ -41,9 +42,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--save",
         nargs="+",
-        default=["labels", "overlay"],
-        choices=["labels", "overlay", "side"],
-        help="label PNGs, overlays with legend, side-by-side pictures",
+        choices=OUTPUT_KINDS,
+        help="label PNGs, overlays with a legend, side-by-side pictures (default: labels and "
+        "overlay for images, overlay for videos; labels of a video: a folder STEM_labels/ "
+        "of one PNG per frame segmented, named by frame number)",
     )
     parser.add_argument("--batch-size", type=POSITIVE_INT, default=1)
     parser.add_argument(
