@@ -97,14 +97,14 @@ def _open_capture(source: str):
     import cv2
 
     _quiet_ffmpeg()
-    logging = cv2.utils.logging
-    level = logging.getLogLevel()
+    opencv_log = cv2.utils.logging
+    level = opencv_log.getLogLevel()
     if "OPENCV_LOG_LEVEL" not in os.environ:
-        logging.setLogLevel(logging.LOG_LEVEL_ERROR)
+        opencv_log.setLogLevel(opencv_log.LOG_LEVEL_ERROR)
     try:
         capture, why = _capture(source)
     finally:
-        logging.setLogLevel(level)
+        opencv_log.setLogLevel(level)
     if not capture.isOpened():
         capture.release()
         raise VideoSourceError(f"cannot open the video: {why}")
@@ -171,6 +171,8 @@ class VideoSource:
         up to ``READ_AHEAD`` frames ahead."""
         import cv2
 
+        if self._thread is not None:
+            raise RuntimeError(f"{self.source}: frames() reads a source once; open it again")
         ready = self._ready
         waiting: deque[tuple[int, np.ndarray]] = deque()  # read, not yet handed out
         finished = threading.Event()
