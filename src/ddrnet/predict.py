@@ -330,15 +330,7 @@ def run_prediction(
     ``output_dir`` is, holds or lies inside an input folder (``check_output_folder``); an
     unknown ``drop_frames``, or ``max_frames`` below 1, is a ``ValueError``.
     """
-    unknown = sorted(set(kinds or ()) - set(OUTPUT_KINDS))
-    if unknown:
-        raise PredictionInputError(
-            f"unknown output kinds {unknown}; choose from {list(OUTPUT_KINDS)}"
-        )
-    if drop_frames not in DROP_FRAMES:
-        raise ValueError(f"drop_frames must be one of {DROP_FRAMES}, got {drop_frames!r}")
-    if max_frames is not None and max_frames < 1:
-        raise ValueError(f"max_frames must be None or at least 1, got {max_frames}")
+    _check_job_options(kinds, drop_frames, max_frames)
     images, videos = expand_inputs(inputs)
     files = [v for v in videos if not (is_camera(v) or is_stream_url(v))]
     check_output_folder(output_dir, inputs, [*images, *files])
@@ -385,6 +377,20 @@ def run_prediction(
     summary.warmup_ms = runner.warmup_ms if warm_before is None else None
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _check_job_options(
+    kinds: Sequence[str] | None, drop_frames: str, max_frames: int | None
+) -> None:
+    unknown = sorted(set(kinds or ()) - set(OUTPUT_KINDS))
+    if unknown:
+        raise PredictionInputError(
+            f"unknown output kinds {unknown}; choose from {list(OUTPUT_KINDS)}"
+        )
+    if drop_frames not in DROP_FRAMES:
+        raise ValueError(f"drop_frames must be one of {DROP_FRAMES}, got {drop_frames!r}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be None or at least 1, got {max_frames}")
 
 
 def _predict_images(runner, paths, loader, output_dir, kinds, progress, summary, *, report, warn):
