@@ -32,15 +32,7 @@ from ddrnet.errors import DDRNetError
 from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels
 from ddrnet.models.metadata import class_info
 from ddrnet.render import labelled_overlay, side_by_side
-from ddrnet.video import (
-    DROP_FRAMES,
-    VideoOutputs,
-    VideoSource,
-    VideoSourceError,
-    is_camera,
-    is_stream_url,
-    source_stem,
-)
+from ddrnet.video import DROP_FRAMES, is_camera, is_stream_url, segment_video, source_stem
 
 logger = logging.getLogger(__name__)
 Item = TypeVar("Item")
@@ -359,7 +351,7 @@ def run_prediction(
         )
     for source, stem in zip(videos, _unique_stems(map(source_stem, videos))):
         try:
-            _predict_video(
+            segment_video(
                 runner,
                 source,
                 stem,
@@ -460,55 +452,3 @@ def _unique_stems(stems: Iterable[str]) -> list[str]:
         seen[stem] = count + 1
         unique.append(stem if count == 0 else f"{stem}_{count}")
     return unique
-
-
-def _predict_video(
-    runner, source, stem, output_dir, kinds, max_frames, progress, summary, max_pixels, drops
-) -> None:
-    """Segment one video file, camera or stream into ``<stem>_<kind>.mp4`` files (and
-    ``<stem>_labels/NNNNNN.png`` for ``labels``).
-
-    A live source that drops frames (``ddrnet.video``) fills each dropped frame's place with
-    the pictures of the newest frame segmented before it, so that the video keeps the
-    source's length and timing. Ctrl-C ends a live source as the end of a file does: its
-    videos are closed and kept, and the job goes on."""
-    keep_labels = "labels" in kinds
-
-    def segment(item: tuple[int, np.ndarray]):
-        index, frame = item
-        (labels,), milliseconds = runner.labels([frame])
-        # One legend for the whole video: the per-frame legend's width follows the classes
-        # present, and a video's frames must all have one size.
-        pictures = runner.pictures(frame, labels, kinds, every_class_legend=True)
-        return index, pictures, labels if keep_labels else None, milliseconds
-
-    with (
-        VideoSource(source, drops) as video,
-        VideoOutputs(output_dir, stem, video.fps, runner.palette) as out,
-    ):
-        check_pixels("its frames", video.width, video.height, max_pixels, max(runner.scales))
-        total = max_frames or video.frame_count
-        bar = tqdm(total=total, desc=stem, unit="frame", disable=not progress, leave=False)
-        results = runner.map(segment, itertools.islice(video.frames(), max_frames))
-        segmented = 0
-        try:
-            for index, pictures, labels, milliseconds in results:
-                segmented += 1
-                summary.latencies_ms.append(milliseconds)
-                out.add(index, pictures, labels)
-                bar.update(1)
-                if video.drops:
-                    bar.set_postfix(dropped=video.dropped, refresh=False)
-        except KeyboardInterrupt:
-            if not (video.live or video.drops):
-                raise
-            logger.info("%s: stopped (Ctrl-C) after %d frames segmented", source, segmented)
-        finally:
-            results.close()
-            bar.close()
-        if video.drops:
-            summary.dropped[source] = (video.dropped, video.frames_read)
-    if segmented == 0:
-        raise VideoSourceError("no frames could be decoded (corrupt or empty video)")
-    summary.outputs += out.paths
-    summary.processed.append(source)

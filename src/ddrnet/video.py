@@ -1,5 +1,6 @@
-"""Video sources for ``ddrnet predict``: files, cameras and network streams; and the videos
-it writes.
+"""Videos for ``ddrnet predict``: reading files, cameras and network streams
+(``VideoSource``), writing the results (``VideoOutputs``), and one video segmented from one
+to the other (``segment_video``).
 
 Frames are read and decoded in a thread of their own, beside the network. A file gives every
 frame, decoded a few frames ahead (``READ_AHEAD``). A live source (a camera, an
@@ -20,6 +21,8 @@ FFmpeg's warnings.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import re
 import threading
@@ -28,12 +31,20 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import numpy as np
+from tqdm import tqdm
 
 from ddrnet.data.io import write_png
 from ddrnet.errors import DDRNetError
+from ddrnet.limits import check_pixels
+
+if TYPE_CHECKING:
+    from ddrnet.predict import PredictionSummary, SegmentationRunner
+
+logger = logging.getLogger(__name__)
 
 # Live network streams: they run at the sender's rate whether or not anybody reads.
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt")
@@ -350,3 +361,66 @@ class VideoOutputs:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def segment_video(
+    runner: SegmentationRunner,
+    source: str,
+    stem: str,
+    output_dir: Path,
+    kinds: Sequence[str],
+    max_frames: int | None,
+    progress: bool,
+    summary: PredictionSummary,
+    max_pixels: int,
+    drops: str,
+) -> None:
+    """Segment one video file, camera or stream into ``<stem>_<kind>.mp4`` files (and
+    ``<stem>_labels/NNNNNN.png`` for ``labels``) in ``output_dir``, for ``run_prediction``:
+    its ``summary`` gets the latencies, outputs and dropped frames. ``drops``: one of
+    ``DROP_FRAMES``.
+
+    A live source that drops frames (``ddrnet.video``) fills each dropped frame's place with
+    the pictures of the newest frame segmented before it, so that the video keeps the
+    source's length and timing. Ctrl-C ends a live source as the end of a file does: its
+    videos are closed and kept, and the job goes on."""
+    keep_labels = "labels" in kinds
+
+    def segment(item: tuple[int, np.ndarray]):
+        index, frame = item
+        (labels,), milliseconds = runner.labels([frame])
+        # One legend for the whole video: the per-frame legend's width follows the classes
+        # present, and a video's frames must all have one size.
+        pictures = runner.pictures(frame, labels, kinds, every_class_legend=True)
+        return index, pictures, labels if keep_labels else None, milliseconds
+
+    with (
+        VideoSource(source, drops) as video,
+        VideoOutputs(output_dir, stem, video.fps, runner.palette) as out,
+    ):
+        check_pixels("its frames", video.width, video.height, max_pixels, max(runner.scales))
+        total = max_frames or video.frame_count
+        bar = tqdm(total=total, desc=stem, unit="frame", disable=not progress, leave=False)
+        results = runner.map(segment, itertools.islice(video.frames(), max_frames))
+        segmented = 0
+        try:
+            for index, pictures, labels, milliseconds in results:
+                segmented += 1
+                summary.latencies_ms.append(milliseconds)
+                out.add(index, pictures, labels)
+                bar.update(1)
+                if video.drops:
+                    bar.set_postfix(dropped=video.dropped, refresh=False)
+        except KeyboardInterrupt:
+            if not (video.live or video.drops):
+                raise
+            logger.info("%s: stopped (Ctrl-C) after %d frames segmented", source, segmented)
+        finally:
+            results.close()
+            bar.close()
+        if video.drops:
+            summary.dropped[source] = (video.dropped, video.frames_read)
+    if segmented == 0:
+        raise VideoSourceError("no frames could be decoded (corrupt or empty video)")
+    summary.outputs += out.paths
+    summary.processed.append(source)
