@@ -10,6 +10,7 @@ from __future__ import annotations
 import _thread
 import functools
 import http.server
+import re
 import threading
 import time
 from pathlib import Path
@@ -349,3 +350,22 @@ def test_a_videos_labels_are_a_folder_of_indexed_pngs_only_when_asked(
     assert written.getpalette()[:6] == [*fast_runner.palette[0], *fast_runner.palette[1]]
     run_prediction(fast_runner, [source], tmp_path / "default", progress=False)
     assert sorted(p.name for p in (tmp_path / "default").iterdir()) == ["drive_clip_overlay.mp4"]
+
+
+def test_the_command_says_how_many_frames_a_live_source_skipped(
+    monkeypatch, tmp_path, capsys
+) -> None:
+    from ddrnet.cli import main
+
+    command = ["predict", "camera:0", "--checkpoint", "camvid_ddrnet23_slim_fast_train"]
+    # 48x64 frames take milliseconds: 5 frames a second are all segmented ...
+    monkeypatch.setattr(ddrnet.video, "_open_capture", lambda s: FakeCamera(5, period=0.2))
+    assert main([*command, "-o", str(tmp_path / "slow")]) == 0
+    assert "camera:0: all 5 frames segmented" in capsys.readouterr().out
+    # ... 1000 a second are not.
+    monkeypatch.setattr(ddrnet.video, "_open_capture", lambda s: FakeCamera(200, period=0.001))
+    assert main([*command, "-o", str(tmp_path / "fast")]) == 0
+    said = re.search(
+        r"camera:0: (\d+) of 200 frames skipped for newer ones", capsys.readouterr().out
+    )
+    assert said and int(said.group(1)) > 0

@@ -128,10 +128,13 @@ def run(args: argparse.Namespace) -> int:
             f"the first pass aside ({args.streams} stream{'s' if args.streams != 1 else ''})"
         )
     for source, (dropped, read) in summary.dropped.items():
-        print(
-            f"{source}: {dropped} of {read} frames skipped for newer ones (the network is "
-            "slower than the source; the videos repeat the last result in their place)"
-        )
+        if dropped:
+            print(
+                f"{source}: {dropped} of {read} frames skipped for newer ones (the network is "
+                "slower than the source; the videos repeat the last result in their place)"
+            )
+        else:
+            print(f"{source}: all {read} frames segmented (the network kept up with the source)")
     if failed:
         print(f"{failed} of {done + failed} inputs failed (listed above)", file=sys.stderr)
         return 1
