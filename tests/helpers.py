@@ -1,6 +1,6 @@
 """Plain functions shared by the test modules (the fixtures are in ``conftest.py``): the command
 line in a subprocess or in this process, untrained models that carry a data set's metadata,
-training runs that take seconds, and a server on a free loopback port.
+training runs that take seconds, a server on a free loopback port, and a fake camera.
 
 Import them by name (``from helpers import run_ddrnet``): pytest puts ``tests/`` on
 ``sys.path``, as it does for ``official_reference``.
@@ -11,11 +11,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -206,3 +208,33 @@ def real_inputs(dataset: Any, sizes=ODD_SIZES, index: int = 3) -> list[torch.Ten
     """One real frame, normalised and resized to each ``(H, W)``: ``(1, 3, H, W)`` float32."""
     image = normalize(dataset[index][0][None], CAMVID.mean, CAMVID.std)
     return [F.interpolate(image, size=s, mode="bilinear", align_corners=False) for s in sizes]
+
+
+class FakeCamera:
+    """A ``cv2.VideoCapture`` stand-in: ``count`` frames of 48x64, frame i filled with i
+    (BGR), then the end. ``period`` seconds between frames, as a camera paces them; with
+    ``gate`` (a semaphore), each read first waits for a permit instead."""
+
+    def __init__(self, count: int, period: float = 0.0, gate: threading.Semaphore | None = None):
+        self.count, self.period, self.gate = count, period, gate
+        self.reads = 0
+        self.released = False
+
+    def isOpened(self) -> bool:  # noqa: N802 (OpenCV's name)
+        return True
+
+    def get(self, prop: int) -> float:
+        sizes = {cv2.CAP_PROP_FRAME_WIDTH: 64, cv2.CAP_PROP_FRAME_HEIGHT: 48}
+        return {**sizes, cv2.CAP_PROP_FPS: 30.0, cv2.CAP_PROP_FRAME_COUNT: -1}.get(prop, 0.0)
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        if self.gate is not None:
+            self.gate.acquire()
+        time.sleep(self.period)
+        if self.reads == self.count:
+            return False, None
+        self.reads += 1
+        return True, np.full((48, 64, 3), self.reads - 1, np.uint8)
+
+    def release(self) -> None:
+        self.released = True

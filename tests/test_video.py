@@ -27,37 +27,7 @@ from ddrnet.models.weights import bundled_model_path
 from ddrnet.predict import SegmentationRunner, expand_inputs, run_prediction
 from ddrnet.video import VideoOutputs, VideoSource, is_live, source_stem
 
-from helpers import run_ddrnet
-
-
-class FakeCamera:
-    """A ``cv2.VideoCapture`` stand-in: ``count`` frames of 48x64, frame i filled with i
-    (BGR), then the end. ``period`` seconds between frames, as a camera paces them; with
-    ``gate`` (a semaphore), each read first waits for a permit instead."""
-
-    def __init__(self, count: int, period: float = 0.0, gate: threading.Semaphore | None = None):
-        self.count, self.period, self.gate = count, period, gate
-        self.reads = 0
-        self.released = False
-
-    def isOpened(self) -> bool:  # noqa: N802 (OpenCV's name)
-        return True
-
-    def get(self, prop: int) -> float:
-        sizes = {cv2.CAP_PROP_FRAME_WIDTH: 64, cv2.CAP_PROP_FRAME_HEIGHT: 48}
-        return {**sizes, cv2.CAP_PROP_FPS: 30.0, cv2.CAP_PROP_FRAME_COUNT: -1}.get(prop, 0.0)
-
-    def read(self) -> tuple[bool, np.ndarray | None]:
-        if self.gate is not None:
-            self.gate.acquire()
-        time.sleep(self.period)
-        if self.reads == self.count:
-            return False, None
-        self.reads += 1
-        return True, np.full((48, 64, 3), self.reads - 1, np.uint8)
-
-    def release(self) -> None:
-        self.released = True
+from helpers import FakeCamera, run_ddrnet
 
 
 def _wait_for(condition, seconds: float = 10.0) -> None:

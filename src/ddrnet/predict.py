@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -32,7 +32,17 @@ from ddrnet.errors import DDRNetError
 from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels
 from ddrnet.models.metadata import class_info
 from ddrnet.render import labelled_overlay, side_by_side
-from ddrnet.video import DROP_FRAMES, is_camera, is_stream_url, segment_video, source_stem
+from ddrnet.video import (
+    DROP_FRAMES,
+    is_camera,
+    is_stream_url,
+    segment_video,
+    shown_picture,
+    source_stem,
+)
+
+if TYPE_CHECKING:
+    from ddrnet.preview import Preview
 
 logger = logging.getLogger(__name__)
 Item = TypeVar("Item")
@@ -306,6 +316,7 @@ def run_prediction(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     warn: Callable[[str], None] = logger.warning,
     drop_frames: str = "auto",
+    preview: Preview | None = None,
 ) -> PredictionSummary:
     """Segment every input and write the requested ``kinds`` into ``output_dir``.
 
@@ -320,7 +331,8 @@ def run_prediction(
     their newest frame; ``"auto"``: live ones (cameras, RTSP...) do, and ``summary.dropped``
     counts what they skipped. Raises ``PredictionInputError`` before writing anything when
     ``output_dir`` is, holds or lies inside an input folder (``check_output_folder``); an
-    unknown ``drop_frames``, or ``max_frames`` below 1, is a ``ValueError``.
+    unknown ``drop_frames``, or ``max_frames`` below 1, is a ``ValueError``. ``preview``
+    (``ddrnet.preview.Preview``), if given, shows each picture as it is written.
     """
     _check_job_options(kinds, drop_frames, max_frames)
     images, videos = expand_inputs(inputs)
@@ -348,6 +360,7 @@ def run_prediction(
             summary,
             report=report,
             warn=warn,
+            preview=preview,
         )
     for source, stem in zip(videos, _unique_stems(map(source_stem, videos))):
         try:
@@ -362,6 +375,7 @@ def run_prediction(
                 summary,
                 max_pixels,
                 drop_frames,
+                preview,
             )
         except (OSError, DDRNetError) as error:  # this input's fault: the others go on
             summary.failed[source] = str(error)
@@ -385,7 +399,9 @@ def _check_job_options(
         raise ValueError(f"max_frames must be None or at least 1, got {max_frames}")
 
 
-def _predict_images(runner, paths, loader, output_dir, kinds, progress, summary, *, report, warn):
+def _predict_images(
+    runner, paths, loader, output_dir, kinds, progress, summary, *, report, warn, preview
+):
     stems = _unique_stems(path.stem for path in paths)
 
     def groups() -> Iterator[list[tuple[int, np.ndarray]]]:
@@ -420,6 +436,8 @@ def _predict_images(runner, paths, loader, output_dir, kinds, progress, summary,
             for kind, picture in named.items():
                 targets.append(output_dir / f"{stems[index]}_{kind}.png")
                 write_png(targets[-1], picture)
+            if preview is not None and named:
+                preview.publish(shown_picture(named))
             written.append(targets)
         return written
 

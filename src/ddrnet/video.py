@@ -43,6 +43,7 @@ from ddrnet.limits import check_pixels
 
 if TYPE_CHECKING:
     from ddrnet.predict import PredictionSummary, SegmentationRunner
+    from ddrnet.preview import Preview
 
 logger = logging.getLogger(__name__)
 
@@ -255,6 +256,11 @@ class VideoSource:
         self.close()
 
 
+def shown_picture(pictures: dict[str, np.ndarray]) -> np.ndarray:
+    """The picture a preview shows of a frame's ``pictures``: the overlay, else the first."""
+    return pictures.get("overlay", next(iter(pictures.values())))
+
+
 class VideoOutputs:
     """``<stem>_<kind>.mp4`` files in ``folder``, one per kind of picture, at ``fps``; each
     is created at its first frame, which fixes its size. Label maps, if given, go to
@@ -272,8 +278,10 @@ class VideoOutputs:
         stem: str,
         fps: float,
         palette: Sequence[Sequence[int]] | None = None,
+        preview: Preview | None = None,
     ) -> None:
         self.folder, self.stem, self.fps, self.palette = Path(folder), stem, fps, palette
+        self.preview = preview
         self.paths: list[Path] = []
         self.frames = 0
         self._writers: dict[str, object] = {}
@@ -299,6 +307,8 @@ class VideoOutputs:
             self.write(pictures)
             if labels is not None:
                 self._write_labels(index, labels)
+            if self.preview is not None and pictures:
+                self.preview.publish(shown_picture(pictures))
 
         self._pending.append(self._encoder.submit(encode))
         while len(self._pending) > 2:
@@ -374,11 +384,12 @@ def segment_video(
     summary: PredictionSummary,
     max_pixels: int,
     drops: str,
+    preview: Preview | None = None,
 ) -> None:
     """Segment one video file, camera or stream into ``<stem>_<kind>.mp4`` files (and
     ``<stem>_labels/NNNNNN.png`` for ``labels``) in ``output_dir``, for ``run_prediction``:
     its ``summary`` gets the latencies, outputs and dropped frames. ``drops``: one of
-    ``DROP_FRAMES``.
+    ``DROP_FRAMES``. ``preview``, if given, shows each frame's pictures as they are written.
 
     A live source that drops frames (``ddrnet.video``) fills each dropped frame's place with
     the pictures of the newest frame segmented before it, so that the video keeps the
@@ -396,7 +407,7 @@ def segment_video(
 
     with (
         VideoSource(source, drops) as video,
-        VideoOutputs(output_dir, stem, video.fps, runner.palette) as out,
+        VideoOutputs(output_dir, stem, video.fps, runner.palette, preview) as out,
     ):
         check_pixels("its frames", video.width, video.height, max_pixels, max(runner.scales))
         total = max_frames or video.frame_count

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from ddrnet.cli.options import (
 from ddrnet.errors import UsageError
 from ddrnet.limits import DEFAULT_MAX_PIXELS
 from ddrnet.predict import OUTPUT_KINDS
+from ddrnet.preview import Preview, parse_address
 from ddrnet.video import DROP_FRAMES
 
 
@@ -85,7 +87,22 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "second on folders and videos, each frame no sooner (PyTorch models and .onnx files; "
         "default 1, the least latency)",
     )
+    parser.add_argument(
+        "--preview",
+        metavar="[HOST:]PORT",
+        type=_address,
+        help="show the pictures as they are written, live, in a browser at http://HOST:PORT/ "
+        "(an MJPEG stream; HOST defaults to 127.0.0.1, 0.0.0.0 shows it to the network): "
+        "for machines without a screen",
+    )
     parser.set_defaults(handler=run)
+
+
+def _address(value: str) -> tuple[str, int]:
+    try:
+        return parse_address(value)
+    except UsageError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,17 +117,22 @@ def run(args: argparse.Namespace) -> int:
     runner = SegmentationRunner(
         model, device, amp, args.scales, args.flip, args.alpha, streams=args.streams
     )
-    summary = run_prediction(
-        runner,
-        inputs,
-        Path(args.output),
-        kinds=args.save,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        max_frames=args.max_frames,
-        max_pixels=args.max_pixels,
-        drop_frames=args.drop_frames,
-    )
+    with contextlib.ExitStack() as stack:
+        preview = stack.enter_context(Preview(*args.preview)) if args.preview else None
+        if preview is not None:
+            print(f"live preview: {preview.url}", flush=True)
+        summary = run_prediction(
+            runner,
+            inputs,
+            Path(args.output),
+            kinds=args.save,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            max_frames=args.max_frames,
+            max_pixels=args.max_pixels,
+            drop_frames=args.drop_frames,
+            preview=preview,
+        )
     done, failed = len(summary.processed), len(summary.failed)
     if summary.latencies_ms:
         latencies = sorted(summary.latencies_ms)
