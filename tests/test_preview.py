@@ -55,6 +55,8 @@ def test_a_viewer_gets_the_page_then_each_newest_picture_until_closed() -> None:
     red = np.zeros((32, 48, 3), np.uint8)
     red[..., 0] = 255  # RGB
     with Preview() as preview:
+        preview.publish(red)  # nobody watches: not even encoded
+        assert preview.viewers == 0 and preview.newer_than(0, timeout=0) is None
         page = _get(preview, "/")
         assert page.status == 200 and b'<img src="stream"' in page.read()
         assert _get(preview, "/nothing").status == 404

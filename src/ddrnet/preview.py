@@ -48,6 +48,7 @@ class Preview:
         self._jpeg: bytes | None = None
         self._count = 0  # pictures published so far
         self._closed = False
+        self.viewers = 0  # streams open now
         try:
             self._server = ThreadingHTTPServer((host, port), functools.partial(_Viewer, self))
         except OSError as error:
@@ -66,9 +67,12 @@ class Preview:
         return f"http://{self.host}:{self.port}/"
 
     def publish(self, picture: np.ndarray) -> None:
-        """Show ``picture``, ``(H, W, 3)`` uint8 RGB, to every viewer (encoded here, once)."""
+        """Show ``picture``, ``(H, W, 3)`` uint8 RGB, to every viewer (encoded here, once;
+        not at all while nobody watches: a viewer who comes gets the next picture)."""
         import cv2
 
+        if self.viewers == 0:
+            return
         bgr = cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)
         ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
@@ -126,12 +130,15 @@ class _Viewer(BaseHTTPRequestHandler):
             self.send_error(404)
 
     def _stream(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
+        # Counted before the answer starts: a client that has the headers is a viewer.
+        with self.preview._ready:
+            self.preview.viewers += 1
         seen = 0
         try:
+            self.send_response(200)
+            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
             while not self.preview.closed:
                 newest = self.preview.newer_than(seen)
                 if newest is None:
@@ -143,6 +150,9 @@ class _Viewer(BaseHTTPRequestHandler):
                 self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             pass  # the viewer went away
+        finally:
+            with self.preview._ready:
+                self.preview.viewers -= 1
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass  # a request line per picture would flood the prediction's output
