@@ -238,3 +238,42 @@ class FakeCamera:
 
     def release(self) -> None:
         self.released = True
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+needs_chromium = pytest.mark.skipif(
+    not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
+    reason="needs Debian's chromium and chromium-driver in /usr/bin (scripts/test.sh "
+    "installs them on CI)",
+)
+
+
+@contextmanager
+def headless_chromium(profile: Path) -> Iterator[Any]:
+    """A Selenium driver of a headless Chromium with its profile in ``profile``, quit after
+    (mark the test ``@needs_chromium``)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",  # /dev/shm is small in containers
+        f"--user-data-dir={profile}",
+        "--window-size=1280,1000",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    try:
+        yield driver
+    finally:
+        driver.quit()

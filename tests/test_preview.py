@@ -17,7 +17,7 @@ from ddrnet.models.weights import bundled_model_path
 from ddrnet.predict import SegmentationRunner, run_prediction
 from ddrnet.preview import BOUNDARY, Preview, parse_address
 
-from helpers import FakeCamera, run_ddrnet
+from helpers import FakeCamera, headless_chromium, needs_chromium, run_ddrnet
 
 
 def _next_picture(response: http.client.HTTPResponse) -> np.ndarray | None:
@@ -99,3 +99,35 @@ def test_a_preview_address_that_cannot_work_is_one_line(tmp_path) -> None:
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()  # the system's words in the parentheses
     assert line.startswith("ddrnet predict: error: --preview 256.1.1.1:8080: cannot listen there (")
+
+
+@needs_chromium
+def test_a_browser_plays_the_stream(tmp_path) -> None:
+    """Chromium shows ``/stream`` in the page's picture, and follows it as pictures change."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    publishing = threading.Event()
+
+    def publish(preview: Preview) -> None:
+        size = 48
+        while not publishing.wait(0.05):
+            size = 96 if size == 48 else 48  # the picture's width changes as it plays
+            preview.publish(np.full((32, size, 3), 200, np.uint8))
+
+    with Preview() as preview, headless_chromium(tmp_path / "profile") as driver:
+        publisher = threading.Thread(target=publish, args=(preview,))
+        publisher.start()
+        try:
+            driver.get(preview.url)
+            picture = driver.find_element(By.TAG_NAME, "img")
+            widths = set()
+            WebDriverWait(driver, 30).until(
+                lambda d: (
+                    widths.add(d.execute_script("return arguments[0].naturalWidth", picture))
+                    or {48, 96} <= widths
+                )
+            )
+        finally:
+            publishing.set()
+            publisher.join()

@@ -28,12 +28,10 @@ from ddrnet.cli import main
 from ddrnet.data.labels import CAMVID
 from ddrnet.serve import create_app
 
-from helpers import camvid_model, serving
+from helpers import camvid_model, headless_chromium, needs_chromium, serving
 
 MAX_UPLOAD_MB = 1.0
 MAX_PIXELS = 1000 * 1000
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 
 @pytest.fixture(scope="module")
@@ -302,35 +300,12 @@ def test_serving_without_checkpoint_needs_a_bundled_model(monkeypatch, capsys) -
     assert default_serving_checkpoint() == "/x/bundled.safetensors"
 
 
-@pytest.mark.skipif(
-    not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
-    reason="needs Debian's chromium and chromium-driver in /usr/bin (scripts/test.sh "
-    "installs them on CI)",
-)
+@needs_chromium
 def test_web_page_in_headless_chromium(base_url, camvid_frame, tmp_path) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",  # /dev/shm is small in containers
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--window-size=1280,1000",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    try:
+    with headless_chromium(tmp_path / "profile") as driver:
         driver.get(f"{base_url}/")
         wait = WebDriverWait(driver, 30)
         wait.until(lambda d: "ddrnet_23_slim" in d.find_element(By.ID, "model").text)
@@ -348,8 +323,6 @@ def test_web_page_in_headless_chromium(base_url, camvid_frame, tmp_path) -> None
         driver.find_element(By.CSS_SELECTOR, "#demo-list button").click()
         wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("street.png"))
         wait.until(lambda d: d.find_element(By.ID, "latency").text.startswith("latency"))
-    finally:
-        driver.quit()
     assert errors == ""
     _, _, overlay = post_file(base_url, camvid_frame.read_bytes(), "overlay")
     assert tuple(natural) == Image.open(io.BytesIO(overlay)).size
