@@ -250,9 +250,9 @@ needs_chromium = pytest.mark.skipif(
 
 
 @contextmanager
-def headless_chromium(profile: Path) -> Iterator[Any]:
-    """A Selenium driver of a headless Chromium with its profile in ``profile``, quit after
-    (mark the test ``@needs_chromium``)."""
+def headless_chromium(profile: Path, *flags: str) -> Iterator[Any]:
+    """A Selenium driver of a headless Chromium with its profile in ``profile`` and the
+    command-line ``flags`` added, quit after (mark the test ``@needs_chromium``)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -270,6 +270,7 @@ def headless_chromium(profile: Path) -> Iterator[Any]:
         "--disable-dev-shm-usage",  # /dev/shm is small in containers
         f"--user-data-dir={profile}",
         "--window-size=1280,1000",
+        *flags,
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))

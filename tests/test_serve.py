@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import struct
 import subprocess
@@ -329,6 +330,36 @@ def test_web_page_in_headless_chromium(base_url, camvid_frame, tmp_path) -> None
     assert natural[1] == Image.open(camvid_frame).height
     screenshot = Image.open(tmp_path / "page.png")
     assert screenshot.width >= 1000 and np.asarray(screenshot).std() > 10  # not a blank page
+
+
+@needs_chromium
+def test_web_page_segments_the_browsers_camera_frame_after_frame(base_url, tmp_path) -> None:
+    """Chromium's fake camera (640x480, a moving test pattern) stands in for a webcam."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    fake_camera = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+    with headless_chromium(tmp_path / "profile", *fake_camera) as driver:
+        driver.get(f"{base_url}/")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: "ddrnet_23_slim" in d.find_element(By.ID, "model").text)
+        driver.find_element(By.ID, "camera").click()
+
+        def frames_shown(d) -> int:
+            said = re.match(
+                r"camera: (\d+) frames, [\d.]+ per second", d.find_element(By.ID, "status").text
+            )
+            return int(said[1]) if said else 0
+
+        wait.until(lambda d: frames_shown(d) >= 3)
+        result = driver.find_element(By.ID, "result")
+        height = driver.execute_script("return arguments[0].naturalHeight", result)
+        driver.find_element(By.ID, "camera").click()
+        wait.until(lambda d: d.find_element(By.ID, "camera").text == "use the camera")
+        errors = driver.find_element(By.ID, "error").text
+        latency = driver.find_element(By.ID, "latency").text
+    assert errors == "" and latency.startswith("latency: model")
+    assert height == 480  # the overlay of the camera's 640x480 frame, legend beside it
 
 
 def test_a_failing_model_gives_500_and_the_app_goes_on(camvid_frame, caplog) -> None:

@@ -2,7 +2,8 @@
 
 Endpoints (``create_app``):
 
-- ``GET /``: the demo page (``ddrnet/static/index.html`` + ``app.js``; no external resources).
+- ``GET /``: the demo page (``ddrnet/static/index.html`` + ``app.js``; no external resources):
+  an image file, a demo frame, or the browser's camera, frame after frame.
 - ``GET /health``: ``{"status": "ok", "architecture", "num_classes", "classes": [...]}``.
 - ``POST /predict?format=png|overlay|json``: the image as a multipart file (any field name)
   or as the raw request body. ``png``: the label map as an indexed PNG with the data set's

@@ -1,9 +1,11 @@
-// The demo page: send an image to POST predict?format=overlay and show the answer.
+// The demo page: send an image (a file, a demo frame, or the camera's frames one after
+// another) to POST predict?format=overlay and show the answer.
 // Plain JavaScript with relative URLs, so the page also works behind a path prefix.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 let shownUrl = null;
+let camera = null;  // while the camera runs: its stream, frames shown, and when it started
 
 function say(text) { $("status").textContent = text; }
 function fail(text) { $("error").textContent = text; say(""); }
@@ -36,10 +38,14 @@ async function loadDemos() {
   $("demos").hidden = false;
 }
 
-async function segment(blob, name) {
+// Resolves to true once the answer is shown, false when there was an error (shown too).
+// Camera frames (live) keep the last answer's lines until the next is shown: no flicker.
+async function segment(blob, name, live = false) {
   $("error").textContent = "";
-  $("latency").textContent = "";
-  say(`segmenting ${name} ...`);
+  if (!live) {
+    $("latency").textContent = "";
+    say(`segmenting ${name} ...`);
+  }
   const form = new FormData();
   form.append("file", blob, name);
   const started = performance.now();
@@ -48,34 +54,93 @@ async function segment(blob, name) {
     response = await fetch("predict?format=overlay", { method: "POST", body: form });
   } catch (error) {
     fail(`request failed: ${error}`);
-    return;
+    return false;
   }
   const roundTrip = performance.now() - started;
   if (!response.ok) {
     let message = response.statusText;
     try { message = (await response.json()).error; } catch (ignored) { /* not JSON */ }
     fail(`${name}: ${response.status} ${message}`);
-    return;
+    return false;
   }
   const picture = await response.blob();
   const headers = response.headers;
   const result = $("result");
-  result.onload = () => {
-    if (shownUrl) URL.revokeObjectURL(shownUrl);
-    shownUrl = result.src;
-    result.style.display = "block";
-    say(`${name} (${headers.get("X-Image-Size")} pixels)`);
-    // Written last: a reader (or a test) seeing it knows the picture is in place.
-    $("latency").textContent =
-      `latency: model ${Number(headers.get("X-Latency-Ms")).toFixed(1)} ms, ` +
-      `server ${Number(headers.get("X-Total-Ms")).toFixed(1)} ms, ` +
-      `round trip ${roundTrip.toFixed(1)} ms`;
-  };
-  result.onerror = () => fail(`${name}: the server's answer is not a displayable image`);
+  const shown = new Promise((resolve) => {
+    result.onload = () => {
+      if (shownUrl) URL.revokeObjectURL(shownUrl);
+      shownUrl = result.src;
+      result.style.display = "block";
+      if (!live) say(`${name} (${headers.get("X-Image-Size")} pixels)`);
+      // Written last: a reader (or a test) seeing it knows the picture is in place.
+      $("latency").textContent =
+        `latency: model ${Number(headers.get("X-Latency-Ms")).toFixed(1)} ms, ` +
+        `server ${Number(headers.get("X-Total-Ms")).toFixed(1)} ms, ` +
+        `round trip ${roundTrip.toFixed(1)} ms`;
+      resolve(true);
+    };
+    result.onerror = () => {
+      fail(`${name}: the server's answer is not a displayable image`);
+      resolve(false);
+    };
+  });
   result.src = URL.createObjectURL(picture);
+  return shown;
+}
+
+async function startCamera() {
+  $("error").textContent = "";
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+  } catch (error) {
+    // No camera, permission refused, or a page not served from localhost or https.
+    fail(`cannot use the camera: ${error.message || error}`);
+    return;
+  }
+  const video = $("video");
+  video.srcObject = stream;
+  await video.play();
+  camera = { stream, frames: 0, started: performance.now() };
+  $("camera").textContent = "stop the camera";
+  cameraLoop();
+}
+
+function stopCamera() {
+  if (!camera) return;
+  camera.stream.getTracks().forEach((track) => track.stop());
+  camera = null;
+  $("camera").textContent = "use the camera";
+}
+
+// One frame at a time: the next is taken when the answer to the last is shown, so what is
+// shown is as fresh as the server allows and requests never pile up behind a slow link.
+async function cameraLoop() {
+  const video = $("video");
+  const canvas = document.createElement("canvas");
+  while (camera) {
+    if (!video.videoWidth) {  // no frame decoded yet
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      continue;
+    }
+    canvas.width = video.videoWidth;
+    canvas.height = video.videoHeight;
+    canvas.getContext("2d").drawImage(video, 0, 0);
+    const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.9));
+    if (!(await segment(blob, "camera.jpg", true))) {
+      stopCamera();
+      return;
+    }
+    if (camera) {
+      camera.frames += 1;
+      const seconds = (performance.now() - camera.started) / 1000;
+      say(`camera: ${camera.frames} frames, ${(camera.frames / seconds).toFixed(1)} per second`);
+    }
+  }
 }
 
 function setUp() {
+  $("camera").addEventListener("click", () => (camera ? stopCamera() : startCamera()));
   $("file").addEventListener("change", (event) => {
     const file = event.target.files[0];
     if (file) segment(file, file.name);
