@@ -33,9 +33,8 @@ from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels
 from ddrnet.models.metadata import class_info
 from ddrnet.render import labelled_overlay, side_by_side
 from ddrnet.video import (
-    DROP_FRAMES,
-    is_camera,
-    is_stream_url,
+    check_drop_frames,
+    is_camera_or_stream,
     segment_video,
     shown_picture,
     source_stem,
@@ -85,7 +84,7 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
     videos: list[str] = []
     for item in inputs:
         path = Path(item)
-        if is_camera(item) or is_stream_url(item):
+        if is_camera_or_stream(item):
             videos.append(item)
         elif path.is_dir():
             found = image_files(path)
@@ -113,7 +112,7 @@ def _input_folders(inputs: Sequence[str]) -> list[Path]:
     glob pattern (``frames/**/*.png`` -> ``frames``), resolved."""
     folders = []
     for item in inputs:
-        if is_camera(item) or is_stream_url(item):
+        if is_camera_or_stream(item):
             continue
         if Path(item).is_dir():
             folders.append(Path(item).resolve())
@@ -336,7 +335,7 @@ def run_prediction(
     """
     _check_job_options(kinds, drop_frames, max_frames)
     images, videos = expand_inputs(inputs)
-    files = [v for v in videos if not (is_camera(v) or is_stream_url(v))]
+    files = [v for v in videos if not is_camera_or_stream(v)]
     check_output_folder(output_dir, inputs, [*images, *files])
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = PredictionSummary()
@@ -393,8 +392,7 @@ def _check_job_options(
         raise PredictionInputError(
             f"unknown output kinds {unknown}; choose from {list(OUTPUT_KINDS)}"
         )
-    if drop_frames not in DROP_FRAMES:
-        raise ValueError(f"drop_frames must be one of {DROP_FRAMES}, got {drop_frames!r}")
+    check_drop_frames(drop_frames)
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be None or at least 1, got {max_frames}")
 

@@ -73,6 +73,17 @@ def is_stream_url(source: str) -> bool:
     return urlsplit(source).scheme.lower() in STREAM_SCHEMES and "://" in source
 
 
+def is_camera_or_stream(source: str) -> bool:
+    """A camera or a stream's URL: a source that names no file on this machine."""
+    return is_camera(source) or is_stream_url(source)
+
+
+def check_drop_frames(drop_frames: str) -> None:
+    """``ValueError`` unless ``drop_frames`` is one of ``DROP_FRAMES``."""
+    if drop_frames not in DROP_FRAMES:
+        raise ValueError(f"drop_frames must be one of {DROP_FRAMES}, got {drop_frames!r}")
+
+
 def is_live(source: str) -> bool:
     """A camera or a live network stream (``LIVE_SCHEMES``): frames come at the source's
     rate, not the reader's."""
@@ -84,7 +95,7 @@ def source_stem(source: str) -> str:
     ``camera:0``, and for a URL the last part of its path (``rtsp://cam/live/ch1.sdp`` ->
     ``ch1``) or, without a path, its host, with characters that are not safe in file names
     made ``_``."""
-    if not (is_camera(source) or is_stream_url(source)):
+    if not is_camera_or_stream(source):
         return Path(source).stem
     if is_camera(source):
         stem = "camera" + source.split(":", 1)[1]
@@ -156,8 +167,7 @@ class VideoSource:
     def __init__(self, source: str, drop_frames: str = "auto") -> None:
         import cv2
 
-        if drop_frames not in DROP_FRAMES:
-            raise ValueError(f"drop_frames must be one of {DROP_FRAMES}, got {drop_frames!r}")
+        check_drop_frames(drop_frames)
         self.source = source
         self.live = is_live(source)
         self.drops = self.live if drop_frames == "auto" else drop_frames == "yes"
