@@ -26,6 +26,7 @@ import os
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -85,6 +86,28 @@ def as_predict_runs(model: torch.nn.Module, threads: int) -> None:
     share one process, so call it before evaluating or timing each."""
     torch.set_num_threads(threads)
     leave_cores_to_runtime(model)
+
+
+def warmed_runners(
+    models: list[str],
+    scratch_root: Path,
+    build: Callable[[str, Path], dict[str, SegmentationRunner]],
+    threads: int,
+    frame,
+) -> dict[tuple[str, str], SegmentationRunner]:
+    """``(model file stem, form) -> runner`` for each of ``models`` and each form that
+    ``build(model, scratch)`` makes of it (``scratch``: a new folder under ``scratch_root``
+    per model, for its exported files), each run once on ``frame`` (``(H, W, 3)`` uint8) with
+    PyTorch's threads as ``ddrnet predict`` sets them: OpenVINO compiles, oneDNN plans."""
+    runners = {}
+    for index, path in enumerate(models):
+        scratch = Path(scratch_root) / f"model{index}"
+        scratch.mkdir()
+        for form, runner in build(path, scratch).items():
+            as_predict_runs(runner.predictor.model, threads)
+            runner.labels([frame])
+            runners[(Path(path).stem, form)] = runner
+    return runners
 
 
 def val_frames(root: Path, count: int) -> list:

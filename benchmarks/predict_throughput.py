@@ -43,6 +43,7 @@ from inference_speed import (  # noqa: E402
     as_predict_runs,
     restart_capped,
     val_frames,
+    warmed_runners,
 )
 
 
@@ -88,16 +89,13 @@ def main() -> None:
     calibration = load_calibration_images(camvid(args.camvid, "train"), count=16)
     measured: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as scratch_root:
-        sets = {}
-        for index, path in enumerate(args.models):
-            scratch = Path(scratch_root) / str(index)
-            scratch.mkdir()
-            for key, runner in runners(
-                path, scratch, calibration, args.threads, args.streams
-            ).items():
-                as_predict_runs(runner.predictor.model, args.threads)
-                runner.labels([frames[0]])  # warm-up: OpenVINO compiles, oneDNN plans
-                sets[(Path(path).stem, key)] = runner
+        sets = warmed_runners(
+            args.models,
+            Path(scratch_root),
+            lambda path, scratch: runners(path, scratch, calibration, args.threads, args.streams),
+            args.threads,
+            frames[0],
+        )
         for _ in range(args.rounds):
             for key, runner in sets.items():
                 as_predict_runs(runner.predictor.model, args.threads)

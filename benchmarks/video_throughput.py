@@ -45,6 +45,7 @@ from inference_speed import (  # noqa: E402
     as_predict_runs,
     restart_capped,
     val_frames,
+    warmed_runners,
 )
 
 CAMERA_FPS = 30.0
@@ -105,15 +106,13 @@ def main() -> None:
         video = write_video(
             val_frames(args.camvid, args.frames), args.length, scratch / "drive.avi"
         )
-        sets = {}
-        for index, path in enumerate(args.models):
-            (scratch / str(index)).mkdir()
-            for form, runner in runners(
-                path, scratch / str(index), calibration, args.threads
-            ).items():
-                as_predict_runs(runner.predictor.model, args.threads)
-                runner.labels([val_frames(args.camvid, 1)[0]])  # OpenVINO compiles, oneDNN plans
-                sets[(Path(path).stem, form)] = runner
+        sets = warmed_runners(
+            args.models,
+            scratch,
+            lambda path, folder: runners(path, folder, calibration, args.threads),
+            args.threads,
+            val_frames(args.camvid, 1)[0],
+        )
         for _ in range(args.rounds):
             for key, runner in sets.items():
                 as_predict_runs(runner.predictor.model, args.threads)
