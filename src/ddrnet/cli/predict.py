@@ -117,8 +117,7 @@ def run(args: argparse.Namespace) -> int:
     runner = SegmentationRunner(
         model, device, amp, args.scales, args.flip, args.alpha, streams=args.streams
     )
-    with contextlib.ExitStack() as stack:
-        preview = stack.enter_context(Preview(*args.preview)) if args.preview else None
+    with Preview(*args.preview) if args.preview else contextlib.nullcontext() as preview:
         if preview is not None:
             print(f"live preview: {preview.url}", flush=True)
         summary = run_prediction(
