@@ -137,6 +137,35 @@ def test_confusion_figure(tmp_path) -> None:
     assert main(["viz", "confusion", str(metrics), "-o", str(tmp_path / "x.jpg")]) == 2
 
 
+def test_confusion_figure_draws_the_details_beside_each_iou(tmp_path) -> None:
+    """With 'ddrnet eval --details', each class gets three bars: IoU, then its boundary IoU
+    and its small objects found, hatched, in its colour, of the lengths in the file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from ddrnet.viz.confusion import _detail_rows, _draw_iou_bars
+
+    names = ["road", "pole"]
+    document = {
+        "boundary_IoU": {"road": 80.0, "pole": 20.0},
+        "objects_found": {"small": {"per_class": {"road": None, "pole": 35.0}}},
+    }
+    rows = _detail_rows(document, names)
+    assert [label for label, _ in rows] == ["boundary IoU", "small objects found"]
+    assert np.isnan(rows[1][1][0]) and rows[1][1][1] == 35.0
+    assert _detail_rows({"per_class_IoU": {}}, names) == []  # written without --details
+    figure, axis = plt.subplots()
+    info = class_info_for_names(names)
+    _draw_iou_bars(axis, np.array([90.0, 30.0]), info, 60.0, rows)
+    bars = sorted(axis.patches[:6], key=lambda bar: bar.get_y())
+    assert [bar.get_width() for bar in bars] == [90.0, 80.0, 0.0, 30.0, 20.0, 35.0]
+    assert [bar.get_hatch() for bar in bars] == [None, "////", "...", None, "////", "..."]
+    assert bars[0].get_facecolor() == bars[2].get_facecolor() != bars[3].get_facecolor()
+    plt.close(figure)
+
+
 def test_training_curves(tmp_path, capsys) -> None:
     run = tmp_path / "run"
     run.mkdir()

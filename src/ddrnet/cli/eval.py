@@ -49,6 +49,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto")
     add_runtime_option(parser)
     parser.add_argument("--max-images", type=POSITIVE_INT, help="only the first N images")
+    parser.add_argument(
+        "--details",
+        action="store_true",
+        help="also boundary IoU (the edges alone) and the share of small, medium and large "
+        "objects found, per class (about 20 ms more a 480x360 frame on a CPU)",
+    )
     parser.add_argument("--json", help="write the metrics (key 'mIoU') to this file")
     parser.add_argument(
         "--submission", help="Cityscapes: write labelId PNGs for the evaluation server here"
@@ -59,6 +65,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ddrnet.engine.detail_metrics import DetailMetrics
     from ddrnet.engine.evaluate import evaluate
     from ddrnet.engine.evaluation_set import evaluation_dataset
     from ddrnet.engine.inference import to_fast_layout
@@ -90,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         dataset = torch.utils.data.Subset(dataset, range(min(args.max_images, len(dataset))))
     device, amp = device_and_precision(args, model)
     model, memory_format = to_fast_layout(model.to(device))
+    details = DetailMetrics(labels.num_classes, labels.ignore_index) if args.details else None
     metrics = evaluate(
         model,
         dataset,
@@ -105,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         channels_last=memory_format == torch.channels_last,
         ignore_index=labels.ignore_index,
         prediction_callback=_submission_writer(args.submission, dataset),
+        details=details,
     )
     names = list(labels.class_names)
     print(
@@ -112,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
         f"scales {args.scales}, flip {args.flip}"
     )
     print(metrics.table(names))
+    detail_result = details.compute() if details is not None else None
+    if detail_result is not None:
+        print()
+        print(detail_result.table(names))
     if args.json:
         result = {
             "checkpoint": args.checkpoint,
@@ -121,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
             "scales": list(args.scales),
             "flip": args.flip,
             **metrics.to_dict(names),
+            **(detail_result.to_dict(names) if detail_result is not None else {}),
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(json.dumps(result, indent=2), Path(args.json))

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from ddrnet.engine.detail_metrics import DetailMetrics
 from ddrnet.engine.distributed import DistributedContext, all_reduce_sum
 from ddrnet.engine.metrics import ConfusionMatrix, SegmentationMetrics
 from ddrnet.engine.predictor import Predictor
@@ -44,6 +45,7 @@ def evaluate(
     progress: bool = True,
     num_workers: int = 0,
     prediction_callback: PredictionCallback | None = None,
+    details: DetailMetrics | None = None,
 ) -> SegmentationMetrics:
     """mIoU, per-class IoU and accuracies of ``model`` on ``dataset`` (un-augmented pairs).
 
@@ -70,6 +72,7 @@ def evaluate(
             progress=progress,
             num_workers=num_workers,
             prediction_callback=prediction_callback,
+            details=details,
         )
     finally:
         model.train(was_training)
@@ -87,6 +90,7 @@ def evaluate_predictor(
     progress: bool = True,
     num_workers: int = 0,
     prediction_callback: PredictionCallback | None = None,
+    details: DetailMetrics | None = None,
 ) -> SegmentationMetrics:
     """The evaluation loop: ``predictor``'s class ids for every image of ``dataset``
     against its labels.
@@ -95,6 +99,8 @@ def evaluate_predictor(
     the labels are never resized. Under ``torchrun`` each process takes a shard and the
     confusion matrices are summed. ``prediction_callback(index, labels)`` receives each
     ``(H, W)`` int64 prediction with its index in ``dataset`` (for writing result files).
+    ``details``, when given, also accumulates boundary IoU and objects found by size (its
+    ``compute()`` afterwards; summed over processes as the matrix is).
     """
     context = context or DistributedContext()
     indices = list(range(context.rank, len(dataset), context.world_size))
@@ -117,9 +123,14 @@ def evaluate_predictor(
         for image_batch, label_batch in groups:
             prediction = predictor.class_ids(image_batch).cpu()
             confusion.update(prediction, label_batch)
+            if details is not None:
+                for predicted, label in zip(prediction, label_batch):
+                    details.update(predicted, label)
             if prediction_callback is not None:
                 for item in prediction:
                     prediction_callback(indices[position], item.numpy())
                     position += 1
     matrix = all_reduce_sum(confusion.matrix.to(predictor.device), context).cpu()
+    if details is not None:
+        details.counts = all_reduce_sum(details.counts.to(predictor.device), context).cpu()
     return SegmentationMetrics.from_matrix(matrix)

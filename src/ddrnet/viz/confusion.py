@@ -1,5 +1,6 @@
 """The confusion figure: the row-normalised confusion matrix and the per-class IoU of an
-evaluation JSON (``ddrnet eval --json``, drawn by ``ddrnet viz confusion``)."""
+evaluation JSON (``ddrnet eval --json``, drawn by ``ddrnet viz confusion``); with
+``ddrnet eval --details``, each class's boundary IoU and small objects found beside its IoU."""
 
 from __future__ import annotations
 
@@ -119,35 +120,81 @@ def _draw_matrix(figure: Any, axis: Any, percent: np.ndarray, names: Sequence[st
     figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.02).set_label("% of true class")
 
 
-def _draw_iou_bars(axis: Any, iou: np.ndarray, info: ClassInfo, miou: Any) -> None:
+DETAIL_HATCHES = ("////", "...")
+
+
+def _draw_iou_bars(
+    axis: Any,
+    iou: np.ndarray,
+    info: ClassInfo,
+    miou: Any,
+    details: Sequence[tuple[str, np.ndarray]] = (),
+) -> None:
     """Per-class IoU in percent (``(C,)``, ``nan`` for classes never seen) as horizontal bars
-    in the classes' colours, first class on top, with the mIoU as a dashed line."""
-    positions = np.arange(len(iou))
-    heights = np.nan_to_num(iou, nan=0.0)
+    in the classes' colours, first class on top, with the mIoU as a dashed line. Each of
+    ``details`` (``(label, (C,) percent)``, from ``_detail_rows``) adds a hatched bar in the
+    same colour under each class's IoU, so that a class good on area and poor on edges or
+    small objects stands out."""
+    rows = [("IoU", iou, None), *((name, v, h) for (name, v), h in zip(details, DETAIL_HATCHES))]
+    thickness = 0.8 / len(rows)
     colours = [_hex(c) for c in info.palette]
-    axis.barh(positions, heights, color=colours, edgecolor="black", linewidth=0.5)
-    for position, value in zip(positions, iou):
-        text = "n/a (never seen)" if np.isnan(value) else f"{value:.1f}"
-        axis.text((0 if np.isnan(value) else value) + 1, position, text, va="center", fontsize=8)
-    axis.set_yticks(positions, info.names, fontsize=8)
+    for slot, (_, values, hatch) in enumerate(rows):
+        centres = np.arange(len(iou)) - 0.4 + thickness * (slot + 0.5)
+        axis.barh(
+            centres, np.nan_to_num(values, nan=0.0), height=thickness, color=colours,
+            hatch=hatch, edgecolor="black", linewidth=0.5,
+        )  # fmt: skip
+        for centre, value in zip(centres, values):
+            never = "n/a (never seen)" if slot == 0 else "-"
+            text = never if np.isnan(value) else f"{value:.1f}"
+            x = (0 if np.isnan(value) else value) + 1
+            axis.text(x, centre, text, va="center", fontsize=8 if len(rows) == 1 else 6)
+    axis.set_yticks(np.arange(len(iou)), info.names, fontsize=8)
     axis.invert_yaxis()  # first class on top, as in the matrix
     axis.set_xlim(0, 105)
-    axis.set_xlabel("IoU (%)")
-    axis.set_title(f"per-class IoU, mIoU {miou:.2f}%" if isinstance(miou, float) else "IoU")
+    axis.set_xlabel("IoU (%)" if not details else "%")
+    title = f"per-class IoU, mIoU {miou:.2f}%" if isinstance(miou, float) else "IoU"
+    axis.set_title(
+        title if not details else f"{title}\nwith " + ", ".join(name for name, _ in details)
+    )
     if isinstance(miou, float) and not math.isnan(miou):
         axis.axvline(miou, color="black", linestyle="--", linewidth=1)
     axis.grid(axis="x", alpha=0.3)
+    if details:
+        from matplotlib.patches import Patch
+
+        legend = [
+            Patch(facecolor="#bbbbbb", edgecolor="black", hatch=h, label=name)
+            for name, _, h in rows
+        ]
+        axis.legend(handles=legend, loc="lower right", fontsize=7)
+
+
+def _detail_rows(document: dict[str, Any], names: Sequence[str]) -> list[tuple[str, np.ndarray]]:
+    """The ``--details`` scores of an evaluation JSON as ``(label, (C,) percent)`` rows in the
+    order of ``names``; none for a file written without ``--details``."""
+    boundary = document.get("boundary_IoU")
+    small = (document.get("objects_found") or {}).get("small", {}).get("per_class")
+    if not isinstance(boundary, dict) or not isinstance(small, dict):
+        return []
+
+    def row(values: dict[str, Any]) -> np.ndarray:
+        return np.array([np.nan if values.get(n) is None else float(values[n]) for n in names])
+
+    return [("boundary IoU", row(boundary)), ("small objects found", row(small))]
 
 
 def plot_confusion(metrics_json: str | Path, output: str | Path) -> Path:
-    """Row-normalised confusion matrix (percent of each true class) and per-class IoU bars."""
+    """Row-normalised confusion matrix (percent of each true class) and per-class IoU bars
+    (with boundary IoU and small objects found where the file has them)."""
     output = prepare_output(output)
     names, matrix, iou, document = read_eval_json(metrics_json)
     figure, (left, right) = new_figure(
         confusion_figure_size(len(names)), 1, 2, gridspec_kw={"width_ratios": [1.15, 1]}
     )
     _draw_matrix(figure, left, row_normalize(matrix) * 100, names)
-    _draw_iou_bars(right, iou, class_info_for_names(names), document.get("mIoU"))
+    info = class_info_for_names(names)
+    _draw_iou_bars(right, iou, info, document.get("mIoU"), _detail_rows(document, names))
     source = ", ".join(
         f"{key} {document[key]}"
         for key in ("checkpoint", "dataset", "split", "images")
