@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 from ddrnet.atomic import atomic_write_text
 from ddrnet.cli.options import (
     POSITIVE_INT,
+    SEVERITY,
     add_amp_option,
     add_runtime_option,
     add_scales_option,
@@ -18,6 +20,7 @@ from ddrnet.cli.options import (
     parse_size,
     writable_file,
 )
+from ddrnet.data.corruptions import CORRUPTIONS, SEVERITIES
 from ddrnet.errors import UsageError
 
 logger = logging.getLogger("ddrnet")
@@ -55,11 +58,37 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="also boundary IoU (the edges alone) and the share of small, medium and large "
         "objects found, per class (about 20 ms more a 480x360 frame on a CPU)",
     )
+    parser.add_argument(
+        "--corruptions",
+        nargs="+",
+        metavar="NAME",
+        help="also the mIoU under camera corruptions (ImageNet-C's, and 'dark'): "
+        f"{', '.join(CORRUPTIONS)}, or 'all'; the same corrupted frames for every model",
+    )
+    parser.add_argument(
+        "--severities",
+        nargs="+",
+        type=SEVERITY,
+        default=list(SEVERITIES),
+        help="with --corruptions: the severities, 1 (mild) to 5 (default: all five)",
+    )
     parser.add_argument("--json", help="write the metrics (key 'mIoU') to this file")
     parser.add_argument(
         "--submission", help="Cityscapes: write labelId PNGs for the evaluation server here"
     )
     parser.set_defaults(handler=run)
+
+
+def corruption_names(names: list[str] | None) -> list[str]:
+    """The ``--corruptions`` asked for, in the library's order, 'all' standing for every one."""
+    if not names:
+        return []
+    unknown = [name for name in names if name != "all" and name not in CORRUPTIONS]
+    if unknown:
+        raise UsageError(
+            f"--corruptions: unknown {', '.join(unknown)}; known: {', '.join(CORRUPTIONS)}, all"
+        )
+    return [name for name in CORRUPTIONS if "all" in names or name in names]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,8 +98,10 @@ def run(args: argparse.Namespace) -> int:
     from ddrnet.engine.evaluate import evaluate
     from ddrnet.engine.evaluation_set import evaluation_dataset
     from ddrnet.engine.inference import to_fast_layout
+    from ddrnet.engine.robustness import evaluate_robustness
 
     writable_file("--json", args.json, (".json",))
+    corruptions = corruption_names(args.corruptions)
     model = load_model(args)
     metadata = model.metadata
     dataset, data_config = evaluation_dataset(
@@ -97,13 +128,12 @@ def run(args: argparse.Namespace) -> int:
         dataset = torch.utils.data.Subset(dataset, range(min(args.max_images, len(dataset))))
     device, amp = device_and_precision(args, model)
     model, memory_format = to_fast_layout(model.to(device))
-    details = DetailMetrics(labels.num_classes, labels.ignore_index) if args.details else None
-    metrics = evaluate(
+    score = functools.partial(
+        evaluate,
         model,
-        dataset,
-        labels.num_classes,
-        metadata.mean or labels.mean,
-        metadata.std or labels.std,
+        num_classes=labels.num_classes,
+        mean=metadata.mean or labels.mean,
+        std=metadata.std or labels.std,
         device=device,
         scales=args.scales,
         flip=args.flip,
@@ -112,8 +142,10 @@ def run(args: argparse.Namespace) -> int:
         amp_dtype=amp,
         channels_last=memory_format == torch.channels_last,
         ignore_index=labels.ignore_index,
-        prediction_callback=_submission_writer(args.submission, dataset),
-        details=details,
+    )
+    details = DetailMetrics(labels.num_classes, labels.ignore_index) if args.details else None
+    metrics = score(
+        dataset, prediction_callback=_submission_writer(args.submission, dataset), details=details
     )
     names = list(labels.class_names)
     print(
@@ -121,12 +153,19 @@ def run(args: argparse.Namespace) -> int:
         f"scales {args.scales}, flip {args.flip}"
     )
     print(metrics.table(names))
-    detail_result = details.compute() if details is not None else None
-    if detail_result is not None:
-        print()
-        print(detail_result.table(names))
+    sections = {}
+    if details is not None:
+        result = details.compute()
+        print(f"\n{result.table(names)}")
+        sections.update(result.to_dict(names))
+    if corruptions:
+        robustness = evaluate_robustness(
+            score, dataset, metrics.miou, corruptions, sorted(set(args.severities))
+        )
+        print(f"\n{robustness.table()}")
+        sections["corruptions"] = robustness.to_dict()
     if args.json:
-        result = {
+        document = {
             "checkpoint": args.checkpoint,
             "dataset": data_config.dataset,
             "split": args.split,
@@ -134,10 +173,10 @@ def run(args: argparse.Namespace) -> int:
             "scales": list(args.scales),
             "flip": args.flip,
             **metrics.to_dict(names),
-            **(detail_result.to_dict(names) if detail_result is not None else {}),
+            **sections,
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(json.dumps(result, indent=2), Path(args.json))
+        atomic_write_text(json.dumps(document, indent=2), Path(args.json))
         print(f"metrics written to {args.json}")
     return 0
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ddrnet.data.corruptions import SEVERITIES
 from ddrnet.errors import UsageError
 from ddrnet.limits import MAX_SCALE
 
@@ -48,6 +49,7 @@ NON_NEGATIVE_FLOAT = _number(float, 0)
 FRACTION = _number(float, 0, 1)
 SCALE = _number(float, 0, MAX_SCALE, open_low=True)
 PORT = _number(int, 0, 65535)
+SEVERITY = _number(int, min(SEVERITIES), max(SEVERITIES))  # of a camera corruption
 
 
 def parse_size(text: str) -> tuple[int, int]:
