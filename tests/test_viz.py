@@ -27,6 +27,7 @@ from ddrnet.viz import (
     feature_panels,
     load_models,
     read_metrics_jsonl,
+    robustness_figure_size,
     row_normalize,
     summarize_channels,
 )
@@ -164,6 +165,33 @@ def test_confusion_figure_draws_the_details_beside_each_iou(tmp_path) -> None:
     assert [bar.get_hatch() for bar in bars] == [None, "////", "...", None, "////", "..."]
     assert bars[0].get_facecolor() == bars[2].get_facecolor() != bars[3].get_facecolor()
     plt.close(figure)
+
+
+def test_robustness_figure(tmp_path, capsys) -> None:
+    def evaluation(name: str, clean: float, fog: list[float]) -> Path:
+        path = tmp_path / f"{name}.json"
+        miou = {"fog": {str(s): v for s, v in enumerate(fog, 1)}, "dark": {"1": clean}}
+        means = {"fog": sum(fog) / len(fog), "dark": clean}
+        section = {"clean_mIoU": clean, "mIoU": miou, "mean_per_corruption": means}
+        document = {
+            "checkpoint": f"runs/{name}.safetensors",
+            "per_class_IoU": {"road": clean},
+            "confusion_matrix": [[1]],
+            "corruptions": section,
+        }
+        path.write_text(json.dumps(document))
+        return path
+
+    first = evaluation("slim", 72.0, [60.0, 50.0, 40.0, 30.0, 20.0])
+    second = evaluation("fast", 71.0, [58.0, 49.0, 39.0, 29.0, 19.0])
+    output = tmp_path / "robustness.png"
+    assert main(["viz", "robustness", str(first), str(second), "-o", str(output)]) == 0
+    assert Image.open(output).size == robustness_figure_size(2) == (1600, 360)
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"per_class_IoU": {"road": 1.0}, "confusion_matrix": [[1]]}))
+    capsys.readouterr()
+    assert main(["viz", "robustness", str(plain), "-o", str(tmp_path / "x.png")]) == 2
+    assert "no corruptions; write it with 'ddrnet eval" in capsys.readouterr().err
 
 
 def test_training_curves(tmp_path, capsys) -> None:

@@ -1,5 +1,5 @@
 """``ddrnet viz FIGURE``: one PNG per call (feature maps, confusion matrix, training curves,
-model comparison)."""
+model comparison, robustness to corruptions)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from ddrnet.cli.options import POSITIVE_INT, add_model_options, load_pytorch_mod
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "viz",
-        help="pictures: feature maps, confusion matrix, training curves, model comparison",
+        help="pictures: feature maps, confusion matrix, training curves, model comparison, "
+        "robustness",
         description="Write one PNG per call; see 'ddrnet viz FIGURE --help'.",
     )
     figures = parser.add_subparsers(dest="figure", metavar="FIGURE", required=True)
@@ -50,6 +51,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     compare.add_argument("-o", "--output", required=True, help="PNG file to write")
     compare.set_defaults(handler=run_compare)
+    robustness = figures.add_parser(
+        "robustness", help="mIoU against corruption severity, several models"
+    )
+    robustness.add_argument(
+        "metrics", nargs="+", help="JSONs written by 'ddrnet eval --corruptions ... --json'"
+    )
+    robustness.add_argument("-o", "--output", required=True, help="PNG file to write")
+    robustness.set_defaults(handler=run_robustness)
 
 
 def run_features(args: argparse.Namespace) -> int:
@@ -68,6 +77,13 @@ def run_confusion(args: argparse.Namespace) -> int:
     from ddrnet.viz import plot_confusion
 
     print(f"confusion matrix and IoU written to {plot_confusion(args.metrics, args.output)}")
+    return 0
+
+
+def run_robustness(args: argparse.Namespace) -> int:
+    from ddrnet.viz import plot_robustness
+
+    print(f"robustness figure written to {plot_robustness(args.metrics, args.output)}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Pictures of what a model sees and how training went.
 
-Four figures, each written as one PNG (``ddrnet viz ...`` on the command line), one module
+Five figures, each written as one PNG (``ddrnet viz ...`` on the command line), one module
 each:
 
 - ``features.plot_features``: the high- and low-resolution branches before and after every
@@ -11,6 +11,8 @@ each:
 - ``curves.plot_curves``: loss, validation mIoU, learning rate and throughput from a run's
   ``metrics.jsonl``.
 - ``compare.plot_compare``: one image through several models, side by side with one legend.
+- ``robustness.plot_robustness``: mIoU against corruption severity for several models
+  (``ddrnet eval --corruptions ... --json``).
 
 ``figure.py`` holds what they share (the output check, exact-size figures, saving). Label
 pictures go through ``ddrnet.render`` (the data set's palette, legends with shares);
@@ -41,6 +43,7 @@ from ddrnet.viz.features import (
     summarize_channels,
 )
 from ddrnet.viz.figure import DPI
+from ddrnet.viz.robustness import plot_robustness, read_robustness, robustness_figure_size
 
 __all__ = [
     "CURVES_SIZE",
@@ -61,8 +64,11 @@ __all__ = [
     "plot_confusion",
     "plot_curves",
     "plot_features",
+    "plot_robustness",
     "read_eval_json",
     "read_metrics_jsonl",
+    "read_robustness",
+    "robustness_figure_size",
     "row_normalize",
     "summarize_channels",
     "titled",
