@@ -90,8 +90,9 @@ def test_corrupted_dataset_gives_every_model_the_same_frames(camvid_val) -> None
 def test_robustness_table_by_hand(camvid_val) -> None:
     scores = iter([40.0, 20.0, 70.0, 50.0])  # fog 1, fog 5, dark 1, dark 5
 
-    def score(dataset) -> SegmentationMetrics:
+    def score(dataset, description: str) -> SegmentationMetrics:
         assert isinstance(dataset, CorruptedDataset)
+        assert description == f"{dataset.name} {dataset.severity}"
         return SegmentationMetrics([], next(scores), 0.0, 0.0, torch.zeros(1, 1))
 
     result = evaluate_robustness(score, camvid_val, 75.0, ["fog", "dark"], [1, 5])

@@ -46,6 +46,7 @@ def evaluate(
     num_workers: int = 0,
     prediction_callback: PredictionCallback | None = None,
     details: DetailMetrics | None = None,
+    description: str = "eval",
 ) -> SegmentationMetrics:
     """mIoU, per-class IoU and accuracies of ``model`` on ``dataset`` (un-augmented pairs).
 
@@ -73,6 +74,7 @@ def evaluate(
             num_workers=num_workers,
             prediction_callback=prediction_callback,
             details=details,
+            description=description,
         )
     finally:
         model.train(was_training)
@@ -91,6 +93,7 @@ def evaluate_predictor(
     num_workers: int = 0,
     prediction_callback: PredictionCallback | None = None,
     details: DetailMetrics | None = None,
+    description: str = "eval",
 ) -> SegmentationMetrics:
     """The evaluation loop: ``predictor``'s class ids for every image of ``dataset``
     against its labels.
@@ -100,7 +103,8 @@ def evaluate_predictor(
     confusion matrices are summed. ``prediction_callback(index, labels)`` receives each
     ``(H, W)`` int64 prediction with its index in ``dataset`` (for writing result files).
     ``details``, when given, also accumulates boundary IoU and objects found by size (its
-    ``compute()`` afterwards; summed over processes as the matrix is).
+    ``compute()`` afterwards; summed over processes as the matrix is). ``description`` names
+    the progress bar.
     """
     context = context or DistributedContext()
     indices = list(range(context.rank, len(dataset), context.world_size))
@@ -113,7 +117,7 @@ def evaluate_predictor(
     )
     confusion = ConfusionMatrix(num_classes, ignore_index)
     position = 0
-    bar = tqdm(loader, desc="eval", disable=not (progress and context.is_main), leave=False)
+    bar = tqdm(loader, desc=description, disable=not (progress and context.is_main), leave=False)
     for images, labels in bar:
         groups = (
             [(images, labels)]

@@ -64,20 +64,23 @@ class RobustnessResult:
 
 
 def evaluate_robustness(
-    score: Callable[[Dataset], SegmentationMetrics],
+    score: Callable[..., SegmentationMetrics],
     dataset: Dataset,
     clean_miou: float,
     names: Sequence[str] = tuple(CORRUPTIONS),
     severities: Sequence[int] = SEVERITIES,
     seed: int = 0,
 ) -> RobustnessResult:
-    """``score(dataset)`` (an evaluation, e.g. ``evaluate`` with the model's settings bound)
-    of ``dataset`` under each corruption in ``names`` at each severity; every model given the
+    """``dataset`` under each corruption in ``names`` at each severity, scored by
+    ``score(corrupted_dataset, description=...)`` (an evaluation, e.g. ``evaluate`` with the
+    model's settings bound; the description names its progress bar). Every model given the
     same ``seed`` sees the same corrupted frames."""
     result = RobustnessResult(clean_miou)
     for name in names:
         result.miou[name] = {
-            severity: score(CorruptedDataset(dataset, name, severity, seed)).miou
+            severity: score(
+                CorruptedDataset(dataset, name, severity, seed), description=f"{name} {severity}"
+            ).miou
             for severity in severities
         }
     return result
