@@ -20,7 +20,7 @@ from ddrnet.cli.options import (
     parse_size,
     writable_file,
 )
-from ddrnet.data.corruptions import CORRUPTIONS, SEVERITIES
+from ddrnet.data.corruptions import CORRUPTIONS, SEVERITIES, select_corruptions
 from ddrnet.errors import UsageError
 
 logger = logging.getLogger("ddrnet")
@@ -79,18 +79,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def corruption_names(names: list[str] | None) -> list[str]:
-    """The ``--corruptions`` asked for, in the library's order, 'all' standing for every one."""
-    if not names:
-        return []
-    unknown = [name for name in names if name != "all" and name not in CORRUPTIONS]
-    if unknown:
-        raise UsageError(
-            f"--corruptions: unknown {', '.join(unknown)}; known: {', '.join(CORRUPTIONS)}, all"
-        )
-    return [name for name in CORRUPTIONS if "all" in names or name in names]
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -101,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from ddrnet.engine.robustness import evaluate_robustness
 
     writable_file("--json", args.json, (".json",))
-    corruptions = corruption_names(args.corruptions)
+    corruptions = select_corruptions(args.corruptions)
     model = load_model(args)
     metadata = model.metadata
     dataset, data_config = evaluation_dataset(

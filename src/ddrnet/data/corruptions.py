@@ -21,13 +21,15 @@ evaluation set with noise seeded per image, so every model sees the same corrupt
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from ddrnet.errors import UsageError
 
 Corruption = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -195,13 +197,32 @@ CORRUPTIONS: dict[str, Corruption] = {
 }
 
 
+def check_corruption(name: str, severity: int) -> None:
+    """``UsageError`` (a ``ValueError``) unless ``name`` is in ``CORRUPTIONS`` and
+    ``severity`` in ``SEVERITIES``."""
+    if name not in CORRUPTIONS:
+        raise UsageError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}")
+    if severity not in SEVERITIES:
+        raise UsageError(f"severity must be 1 to 5, got {severity}")
+
+
+def select_corruptions(names: Sequence[str] | None) -> list[str]:
+    """The corruptions asked for by ``--corruptions`` (``"all"`` stands for every one), in
+    ``CORRUPTIONS``' order; none for none. An unknown name is a ``UsageError``."""
+    if not names:
+        return []
+    unknown = [name for name in names if name != "all" and name not in CORRUPTIONS]
+    if unknown:
+        raise UsageError(
+            f"--corruptions: unknown {', '.join(unknown)}; known: {', '.join(CORRUPTIONS)}, all"
+        )
+    return [name for name in CORRUPTIONS if "all" in names or name in names]
+
+
 def corrupt(image: np.ndarray, name: str, severity: int, seed: int = 0) -> np.ndarray:
     """``image`` (``(H, W, 3)`` uint8 RGB) with corruption ``name`` at ``severity`` (1-5);
     the random parts drawn from ``seed``."""
-    if name not in CORRUPTIONS:
-        raise ValueError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}")
-    if severity not in SEVERITIES:
-        raise ValueError(f"severity must be 1 to 5, got {severity}")
+    check_corruption(name, severity)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
     return CORRUPTIONS[name](image, severity, np.random.default_rng(seed))
@@ -213,7 +234,7 @@ class CorruptedDataset(Dataset):
     ``(seed, i, severity, name)``, the same for every model and run."""
 
     def __init__(self, dataset: Dataset, name: str, severity: int, seed: int = 0) -> None:
-        corrupt(np.zeros((1, 1, 3), np.uint8), name, severity)  # refuses bad names early
+        check_corruption(name, severity)  # before any frame is read
         self.dataset, self.name, self.severity, self.seed = dataset, name, severity, seed
         self._name_key = sum(ord(ch) * 31**k for k, ch in enumerate(name)) % 2**31
 

@@ -29,6 +29,8 @@ import cv2
 import numpy as np
 import torch
 
+from ddrnet.engine.metrics import ratio_or_nan
+
 BOUNDARY_DILATION_RATIO = 0.02
 SIZE_BUCKETS = ("small", "medium", "large")
 # Upper bounds in pixels of the first two buckets (COCO's 32x32 and 96x96).
@@ -215,8 +217,7 @@ def _cell(value: float) -> str:
 
 
 def _percent(numerator: torch.Tensor, denominator: torch.Tensor) -> list[float]:
-    share = torch.where(denominator > 0, numerator / denominator.clamp(min=1), torch.nan)
-    return [float(v) * 100 for v in share]
+    return [float(v) * 100 for v in ratio_or_nan(numerator, denominator)]
 
 
 def _nanmean(values: list[float]) -> float:

@@ -7,6 +7,12 @@ from dataclasses import dataclass
 import torch
 
 
+def ratio_or_nan(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """``numerator / denominator`` elementwise (float tensors of counts), ``nan`` where the
+    denominator is 0: a class with nothing to score, left out of the means."""
+    return torch.where(denominator > 0, numerator / denominator.clamp(min=1), torch.nan)
+
+
 class ConfusionMatrix:
     """Accumulates a ``(C, C)`` matrix, rows = ground truth, columns = prediction.
 
@@ -56,10 +62,8 @@ class SegmentationMetrics:
         ground_truth = matrix.sum(dim=1)
         predicted = matrix.sum(dim=0)
         union = ground_truth + predicted - true_positive
-        iou = torch.where(union > 0, true_positive / union.clamp(min=1), torch.nan)
-        accuracy = torch.where(
-            ground_truth > 0, true_positive / ground_truth.clamp(min=1), torch.nan
-        )
+        iou = ratio_or_nan(true_positive, union)
+        accuracy = ratio_or_nan(true_positive, ground_truth)
         total = matrix.sum()
         return cls(
             iou=[float(v) * 100 for v in iou],

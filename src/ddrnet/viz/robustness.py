@@ -33,8 +33,8 @@ def read_robustness(path: str | Path) -> tuple[str, dict[str, Any]]:
 
 def robustness_figure_size(corruptions: int) -> tuple[int, int]:
     """``(width, height)`` in pixels: a panel per corruption and one for the summary."""
-    rows = math.ceil((corruptions + 1) / COLUMNS)
-    return COLUMNS * PANEL_SIZE[0], rows * PANEL_SIZE[1] + 60
+    rows, columns = _grid(corruptions)
+    return columns * PANEL_SIZE[0], rows * PANEL_SIZE[1] + 60
 
 
 def plot_robustness(metrics_jsons: Sequence[str | Path], output: str | Path) -> Path:
@@ -71,6 +71,7 @@ def plot_robustness(metrics_jsons: Sequence[str | Path], output: str | Path) -> 
 
 
 def _grid(corruptions: int) -> tuple[int, int]:
+    """``(rows, columns)`` of panels: one per corruption and one for the summary."""
     return math.ceil((corruptions + 1) / COLUMNS), COLUMNS
 
 
