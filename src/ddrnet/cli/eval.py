@@ -59,6 +59,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "objects found, per class (about 20 ms more a 480x360 frame on a CPU)",
     )
     parser.add_argument(
+        "--calibration",
+        action="store_true",
+        help="also whether the confidence can be trusted: expected calibration error, the "
+        "accuracy of the pixels above confidence thresholds, per-class confidence against "
+        "precision",
+    )
+    parser.add_argument(
         "--corruptions",
         nargs="+",
         metavar="NAME",
@@ -82,6 +89,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ddrnet.engine.calibration import CalibrationMetrics
     from ddrnet.engine.detail_metrics import DetailMetrics
     from ddrnet.engine.evaluate import evaluate
     from ddrnet.engine.evaluation_set import evaluation_dataset
@@ -132,8 +140,14 @@ def run(args: argparse.Namespace) -> int:
         ignore_index=labels.ignore_index,
     )
     details = DetailMetrics(labels.num_classes, labels.ignore_index) if args.details else None
+    calibration = (
+        CalibrationMetrics(labels.num_classes, labels.ignore_index) if args.calibration else None
+    )
     metrics = score(
-        dataset, prediction_callback=_submission_writer(args.submission, dataset), details=details
+        dataset,
+        prediction_callback=_submission_writer(args.submission, dataset),
+        details=details,
+        calibration=calibration,
     )
     names = list(labels.class_names)
     print(
@@ -146,6 +160,10 @@ def run(args: argparse.Namespace) -> int:
         result = details.compute()
         print(f"\n{result.table(names)}")
         sections.update(result.to_dict(names))
+    if calibration is not None:
+        confidence = calibration.compute()
+        print(f"\n{confidence.table(names)}")
+        sections["calibration"] = confidence.to_dict(names)
     if corruptions:
         robustness = evaluate_robustness(
             score, dataset, metrics.miou, corruptions, sorted(set(args.severities))

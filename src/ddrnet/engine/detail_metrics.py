@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import torch
 
-from ddrnet.engine.metrics import ratio_or_nan
+from ddrnet.engine.metrics import format_cell, percent_or_nan
 
 BOUNDARY_DILATION_RATIO = 0.02
 SIZE_BUCKETS = ("small", "medium", "large")
@@ -158,14 +158,14 @@ class DetailResult:
     @classmethod
     def from_counts(cls, counts: torch.Tensor) -> DetailResult:
         counts = counts.double()
-        boundary = _percent(counts[:, 0], counts[:, 1])
+        boundary = percent_or_nan(counts[:, 0], counts[:, 1])
         found, mean_found, objects, recall = {}, {}, {}, {}
         for bucket, name in enumerate(SIZE_BUCKETS):
             column = 2 + 4 * bucket
-            found[name] = _percent(counts[:, column + 1], counts[:, column])
+            found[name] = percent_or_nan(counts[:, column + 1], counts[:, column])
             mean_found[name] = _nanmean(found[name])
             objects[name] = [int(v) for v in counts[:, column]]
-            recall[name] = _percent(counts[:, column + 3], counts[:, column + 2])
+            recall[name] = percent_or_nan(counts[:, column + 3], counts[:, column + 2])
         return cls(boundary, _nanmean(boundary), found, mean_found, objects, recall)
 
     def to_dict(self, class_names: list[str]) -> dict:
@@ -198,11 +198,15 @@ class DetailResult:
         lines = [header, "-" * len(header)]
         for k, name in enumerate(class_names):
             cells = "".join(
-                f"{_cell(self.found[b][k]):>10} of {self.objects[b][k]:<6}" for b in SIZE_BUCKETS
+                f"{format_cell(self.found[b][k]):>10} of {self.objects[b][k]:<6}"
+                for b in SIZE_BUCKETS
             )
-            lines.append(f"{name:<{width}}{_cell(self.boundary_iou[k]):>13}{cells}")
-        means = "".join(f"{_cell(self.mean_found[b]):>10}{'':<9}" for b in SIZE_BUCKETS)
-        lines += ["-" * len(header), f"{'mean':<{width}}{_cell(self.mean_boundary_iou):>13}{means}"]
+            lines.append(f"{name:<{width}}{format_cell(self.boundary_iou[k]):>13}{cells}")
+        means = "".join(f"{format_cell(self.mean_found[b]):>10}{'':<9}" for b in SIZE_BUCKETS)
+        lines += [
+            "-" * len(header),
+            f"{'mean':<{width}}{format_cell(self.mean_boundary_iou):>13}{means}",
+        ]
         small, medium = (int(np.sqrt(limit)) for limit in SIZE_LIMITS)
         lines.append(
             f"(%; objects: connected regions of a class, found when half their pixels are "
@@ -210,14 +214,6 @@ class DetailResult:
             f"{MIN_OBJECT_AREA} px)"
         )
         return "\n".join(lines)
-
-
-def _cell(value: float) -> str:
-    return "-" if np.isnan(value) else f"{value:.2f}"
-
-
-def _percent(numerator: torch.Tensor, denominator: torch.Tensor) -> list[float]:
-    return [float(v) * 100 for v in ratio_or_nan(numerator, denominator)]
 
 
 def _nanmean(values: list[float]) -> float:

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from ddrnet.engine.calibration import CalibrationMetrics
 from ddrnet.engine.detail_metrics import DetailMetrics
 from ddrnet.engine.distributed import DistributedContext, all_reduce_sum
 from ddrnet.engine.metrics import ConfusionMatrix, SegmentationMetrics
@@ -46,6 +47,7 @@ def evaluate(
     num_workers: int = 0,
     prediction_callback: PredictionCallback | None = None,
     details: DetailMetrics | None = None,
+    calibration: CalibrationMetrics | None = None,
     description: str = "eval",
 ) -> SegmentationMetrics:
     """mIoU, per-class IoU and accuracies of ``model`` on ``dataset`` (un-augmented pairs).
@@ -74,6 +76,7 @@ def evaluate(
             num_workers=num_workers,
             prediction_callback=prediction_callback,
             details=details,
+            calibration=calibration,
             description=description,
         )
     finally:
@@ -93,6 +96,7 @@ def evaluate_predictor(
     num_workers: int = 0,
     prediction_callback: PredictionCallback | None = None,
     details: DetailMetrics | None = None,
+    calibration: CalibrationMetrics | None = None,
     description: str = "eval",
 ) -> SegmentationMetrics:
     """The evaluation loop: ``predictor``'s class ids for every image of ``dataset``
@@ -103,8 +107,10 @@ def evaluate_predictor(
     confusion matrices are summed. ``prediction_callback(index, labels)`` receives each
     ``(H, W)`` int64 prediction with its index in ``dataset`` (for writing result files).
     ``details``, when given, also accumulates boundary IoU and objects found by size (its
-    ``compute()`` afterwards; summed over processes as the matrix is). ``description`` names
-    the progress bar.
+    ``compute()`` afterwards; summed over processes as the matrix is); ``calibration``, the
+    confidence statistics of the class probabilities, whose arg-max is then the prediction
+    scored (the general path; a plain pass otherwise takes its class ids the fast way).
+    ``description`` names the progress bar.
     """
     context = context or DistributedContext()
     indices = list(range(context.rank, len(dataset), context.world_size))
@@ -125,7 +131,11 @@ def evaluate_predictor(
             else [(image[None], label[None]) for image, label in zip(images, labels)]
         )
         for image_batch, label_batch in groups:
-            prediction = predictor.class_ids(image_batch).cpu()
+            if calibration is None:
+                prediction = predictor.class_ids(image_batch).cpu()
+            else:
+                probabilities = predictor.probabilities(image_batch)
+                prediction = calibration.update(probabilities, label_batch).cpu()
             confusion.update(prediction, label_batch)
             if details is not None:
                 for predicted, label in zip(prediction, label_batch):
@@ -135,6 +145,8 @@ def evaluate_predictor(
                     prediction_callback(indices[position], item.numpy())
                     position += 1
     matrix = all_reduce_sum(confusion.matrix.to(predictor.device), context).cpu()
-    if details is not None:
-        details.counts = all_reduce_sum(details.counts.to(predictor.device), context).cpu()
+    for accumulator in (details, calibration):
+        if accumulator is not None:
+            counts = accumulator.counts.to(predictor.device)
+            accumulator.counts = all_reduce_sum(counts, context).cpu()
     return SegmentationMetrics.from_matrix(matrix)

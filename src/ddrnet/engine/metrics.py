@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,16 @@ def ratio_or_nan(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Te
     """``numerator / denominator`` elementwise (float tensors of counts), ``nan`` where the
     denominator is 0: a class with nothing to score, left out of the means."""
     return torch.where(denominator > 0, numerator / denominator.clamp(min=1), torch.nan)
+
+
+def percent_or_nan(numerator: torch.Tensor, denominator: torch.Tensor) -> list[float]:
+    """``ratio_or_nan`` in percent, as a list of floats (one for 0-d tensors)."""
+    return [float(v) * 100 for v in ratio_or_nan(numerator, denominator).reshape(-1)]
+
+
+def format_cell(value: float, spec: str = ".2f") -> str:
+    """A table cell: ``value`` formatted by ``spec``, ``-`` for ``nan`` (nothing scored)."""
+    return "-" if math.isnan(value) else format(value, spec)
 
 
 class ConfusionMatrix:

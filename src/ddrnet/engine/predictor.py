@@ -150,6 +150,12 @@ class Predictor:
             )
         return scores.float()
 
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` RGB images -> ``(N, C, H, W)`` float32 class probabilities at
+        input resolution (the softmax of the logits; with augmentation, their average)."""
+        scores = self.scores(images)
+        return scores.softmax(dim=1) if self.single_pass else scores
+
     def predict_batch(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
         """Label maps ``(H, W)`` (``label_dtype``: uint8 for <= 256 classes, else int32) of
         same-sized ``(H, W, 3)`` uint8 RGB images or image paths, run as one batch."""
@@ -162,6 +168,4 @@ class Predictor:
 
     def predict_proba(self, image: ImageInput) -> np.ndarray:
         """Class probabilities ``(num_classes, H, W)`` float32 at the image's resolution."""
-        scores = self.scores(image_batch([image]))
-        probabilities = scores.softmax(dim=1) if self.single_pass else scores
-        return probabilities[0].cpu().numpy()
+        return self.probabilities(image_batch([image]))[0].cpu().numpy()

@@ -1,6 +1,6 @@
 """Pictures of what a model sees and how training went.
 
-Five figures, each written as one PNG (``ddrnet viz ...`` on the command line), one module
+Six figures, each written as one PNG (``ddrnet viz ...`` on the command line), one module
 each:
 
 - ``features.plot_features``: the high- and low-resolution branches before and after every
@@ -13,6 +13,9 @@ each:
 - ``compare.plot_compare``: one image through several models, side by side with one legend.
 - ``robustness.plot_robustness``: mIoU against corruption severity for several models
   (``ddrnet eval --corruptions ... --json``).
+- ``calibration.plot_calibration``: reliability diagram, what flagging low-confidence pixels
+  keeps and catches, per-class confidence against precision (``ddrnet eval --calibration
+  --json``).
 
 ``figure.py`` holds what they share (the output check, exact-size figures, saving). Label
 pictures go through ``ddrnet.render`` (the data set's palette, legends with shares);
@@ -22,6 +25,7 @@ functions that need it, so importing this package stays cheap.
 
 from __future__ import annotations
 
+from ddrnet.viz.calibration import CALIBRATION_SIZE, plot_calibration, read_calibration
 from ddrnet.viz.compare import TITLE_HEIGHT, compare_pictures, load_models, plot_compare, titled
 from ddrnet.viz.confusion import (
     class_info_for_names,
@@ -46,6 +50,7 @@ from ddrnet.viz.figure import DPI
 from ddrnet.viz.robustness import plot_robustness, read_robustness, robustness_figure_size
 
 __all__ = [
+    "CALIBRATION_SIZE",
     "CURVES_SIZE",
     "DPI",
     "REDUCTIONS",
@@ -60,11 +65,13 @@ __all__ = [
     "feature_figure_size",
     "feature_panels",
     "load_models",
+    "plot_calibration",
     "plot_compare",
     "plot_confusion",
     "plot_curves",
     "plot_features",
     "plot_robustness",
+    "read_calibration",
     "read_eval_json",
     "read_metrics_jsonl",
     "read_robustness",

@@ -80,6 +80,22 @@ def read_eval_json(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray,
     return names, matrix, iou, document
 
 
+def read_eval_section(
+    path: str | Path, key: str, field: str, kind: type, option: str
+) -> tuple[str, dict[str, Any]]:
+    """A model's label (its checkpoint's name) and the ``key`` section of an evaluation
+    JSON, which must hold ``field`` of type ``kind``; a file without it is a ``UsageError``
+    that says how to write it (``ddrnet eval`` with ``option``)."""
+    _, _, _, document = read_eval_json(path)
+    section = document.get(key)
+    if not isinstance(section, dict) or not isinstance(section.get(field), kind):
+        raise UsageError(
+            f"{path}: no {key}; write it with 'ddrnet eval CHECKPOINT {option} --json FILE'"
+        )
+    label = Path(str(document.get("checkpoint") or Path(path).stem)).stem
+    return label, section
+
+
 def confusion_figure_size(num_classes: int) -> tuple[int, int]:
     """``(width, height)`` in pixels of the confusion figure for ``num_classes`` classes."""
     side = max(6.0, 0.55 * num_classes + 2.5)  # inches: ~0.55 in per matrix row

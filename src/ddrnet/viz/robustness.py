@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ddrnet.errors import UsageError
-from ddrnet.viz.confusion import read_eval_json
+from ddrnet.viz.confusion import read_eval_section
 from ddrnet.viz.figure import new_figure, prepare_output, save_figure
 
 COLUMNS = 4
@@ -18,17 +18,9 @@ PANEL_SIZE = (400, 300)  # pixels of one corruption's panel
 
 
 def read_robustness(path: str | Path) -> tuple[str, dict[str, Any]]:
-    """A model's label (its checkpoint's name) and the ``corruptions`` section of an
-    evaluation JSON; a file without one is a ``UsageError`` that says how to write it."""
-    _, _, _, document = read_eval_json(path)
-    section = document.get("corruptions")
-    if not isinstance(section, dict) or not isinstance(section.get("mIoU"), dict):
-        raise UsageError(
-            f"{path}: no corruptions; write it with "
-            "'ddrnet eval CHECKPOINT --corruptions all --json FILE'"
-        )
-    label = Path(str(document.get("checkpoint") or Path(path).stem)).stem
-    return label, section
+    """A model's label (its checkpoint's name) and the ``corruptions`` section of an evaluation
+    JSON; a file without one is a ``UsageError`` that says how to write it."""
+    return read_eval_section(path, "corruptions", "mIoU", dict, "--corruptions all")
 
 
 def robustness_figure_size(corruptions: int) -> tuple[int, int]:
