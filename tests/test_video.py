@@ -125,10 +125,10 @@ def test_a_live_source_slower_network_keeps_the_sources_timeline(
     segmented = []
     labels = fast_runner.labels
 
-    def recording(images):
+    def recording(images, *options):
         segmented.append(int(images[0][0, 0, 0]))  # frame i is filled with i
         time.sleep(0.01)  # a network slower than the camera on any machine
-        return labels(images)
+        return labels(images, *options)
 
     monkeypatch.setattr(fast_runner, "labels", recording)
     summary = run_prediction(
@@ -153,11 +153,11 @@ def test_ctrl_c_ends_a_live_source_and_stops_a_file_with_playable_videos(
     monkeypatch.setattr(ddrnet.predict, "expand_inputs", lambda inputs: ([], list(inputs)))
     labels, calls = fast_runner.labels, []
 
-    def interrupted_at_the_fourth(images):
+    def interrupted_at_the_fourth(images, *options):
         calls.append(1)
         if len(calls) == 4:
             _thread.interrupt_main()  # as Ctrl-C does, once this call returns
-        return labels(images)
+        return labels(images, *options)
 
     monkeypatch.setattr(fast_runner, "labels", interrupted_at_the_fourth)
     out = tmp_path / "out"
@@ -203,7 +203,7 @@ def test_video_in_video_out_and_corrupt_video(camvid_frames, tmp_path, streams) 
     widths = set()
     for picture in pictures:
         rgb = cv2.cvtColor(picture, cv2.COLOR_BGR2RGB)
-        (labels,), _ = runner.labels([rgb])
+        (labels,), _, _ = runner.labels([rgb])
         widths.add(runner.pictures(rgb, labels, ["overlay"])["overlay"].shape[1])
     assert len(widths) > 1  # what made the writer drop frames before
 
@@ -316,7 +316,7 @@ def test_a_videos_labels_are_a_folder_of_indexed_pngs_only_when_asked(
     for index in range(3):
         decoded = cv2.cvtColor(capture.read()[1], cv2.COLOR_BGR2RGB)
         written = Image.open(tmp_path / "labels" / "drive_clip_labels" / f"{index:06d}.png")
-        (expected,), _ = fast_runner.labels([decoded])
+        (expected,), _, _ = fast_runner.labels([decoded])
         assert written.mode == "P" and np.array_equal(np.asarray(written), expected)
     assert written.getpalette()[:6] == [*fast_runner.palette[0], *fast_runner.palette[1]]
     run_prediction(fast_runner, [source], tmp_path / "default", progress=False)

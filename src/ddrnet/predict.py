@@ -31,7 +31,7 @@ from ddrnet.engine.predictor import Predictor
 from ddrnet.errors import DDRNetError
 from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels
 from ddrnet.models.metadata import class_info
-from ddrnet.render import labelled_overlay, side_by_side
+from ddrnet.render import confidence_picture, labelled_overlay, side_by_side
 from ddrnet.video import (
     check_drop_frames,
     is_camera_or_stream,
@@ -48,7 +48,7 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
-OUTPUT_KINDS = ("labels", "overlay", "side")
+OUTPUT_KINDS = ("labels", "overlay", "side", "confidence")
 # What is written when no kinds are asked for: a label map per video frame is a folder of
 # thousands of files a minute, so videos give only their overlay unless asked.
 IMAGE_KINDS = ("labels", "overlay")
@@ -219,6 +219,7 @@ class SegmentationRunner:
         flip: bool = False,
         alpha: float = 0.5,
         streams: int = 1,
+        min_confidence: float | None = None,
     ) -> None:
         from ddrnet.loading import runtime_of
 
@@ -233,7 +234,13 @@ class SegmentationRunner:
         leave_cores_to_runtime(model)
         # The image and video paths check each input's size (--max-pixels) before decoding.
         self.predictor = Predictor(
-            model, device, scales=scales, flip=flip, amp_dtype=amp_dtype, max_pixels=None
+            model,
+            device,
+            scales=scales,
+            flip=flip,
+            amp_dtype=amp_dtype,
+            max_pixels=None,
+            min_confidence=min_confidence,
         )
         self.scales = self.predictor.scales
         self.alpha = alpha
@@ -241,21 +248,30 @@ class SegmentationRunner:
         info = class_info(model)
         self.class_names, self.palette = list(info.names), list(info.palette)
 
-    def labels(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
-        """Label maps ``(H, W)`` (uint8 for <= 256 classes) for same-sized ``(H, W, 3)``
-        images; and the time in ms.
+    def labels(
+        self, images: list[np.ndarray], confidence: bool = False
+    ) -> tuple[list[np.ndarray], list[np.ndarray] | None, float]:
+        """Label maps ``(H, W)`` (uint8 for <= 256 classes; unknown pixels, below the
+        runner's ``min_confidence``, 255) for same-sized ``(H, W, 3)`` images; with
+        ``confidence``, their ``(H, W)`` float32 confidence maps (else None); and the time
+        in ms.
 
         The runner's first call runs the batch twice: the first, untimed pass creates the
         kernels (OpenVINO compiles its graph, ~1 s) and its time goes to ``warmup_ms``, so
         that the time returned is what every later call takes too."""
         if self.warmup_ms is None:
-            self.warmup_ms = self._labels(images)[1]
-        return self._labels(images)
+            self.warmup_ms = self._labels(images, confidence)[2]
+        return self._labels(images, confidence)
 
-    def _labels(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
+    def _labels(
+        self, images: list[np.ndarray], confidence: bool
+    ) -> tuple[list[np.ndarray], list[np.ndarray] | None, float]:
         start = time.perf_counter()
-        labels = self.predictor.predict_batch(images)
-        return labels, (time.perf_counter() - start) * 1000
+        if confidence:
+            labels, confidences = self.predictor.predict_with_confidence(images)
+        else:
+            labels, confidences = self.predictor.predict_batch(images), None
+        return labels, confidences, (time.perf_counter() - start) * 1000
 
     def map(self, function: Callable[[Item], Result], items: Iterable[Item]) -> Iterator[Result]:
         """``function`` over ``items`` (reading them here, in this thread), results in order.
@@ -288,9 +304,16 @@ class SegmentationRunner:
         labels: np.ndarray,
         kinds: Sequence[str],
         every_class_legend: bool = False,
+        confidence: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
-        """The requested pictures; ``every_class_legend`` (videos) keeps their size fixed."""
+        """The requested pictures, ``(H, W, 3)`` uint8 RGB (the confidence map: ``(H, W)``
+        uint8 grey, from the float ``confidence`` given); ``every_class_legend`` (videos)
+        keeps their size fixed."""
         result: dict[str, np.ndarray] = {}
+        if "confidence" in kinds:
+            if confidence is None:
+                raise ValueError("the confidence picture needs the confidence map")
+            result["confidence"] = confidence_picture(confidence)
         if "overlay" in kinds or "side" in kinds:
             blended = labelled_overlay(
                 image, labels, self.class_names, self.palette, self.alpha, every_class_legend
@@ -416,9 +439,13 @@ def _predict_images(
             yield from by_size.values()
 
     def segment(group: list[tuple[int, np.ndarray]]):
-        label_maps, milliseconds = runner.labels([image for _, image in group])
+        images = [image for _, image in group]
+        label_maps, confidences, milliseconds = runner.labels(images, "confidence" in kinds)
         pictures = [
-            runner.pictures(image, labels, kinds) for (_, image), labels in zip(group, label_maps)
+            runner.pictures(image, labels, kinds, confidence=confidence)
+            for image, labels, confidence in zip(
+                images, label_maps, confidences or [None] * len(images)
+            )
         ]
         return group, label_maps, pictures, milliseconds
 

@@ -71,10 +71,11 @@ class Preview:
         not at all while nobody watches: a viewer who comes gets the next picture)."""
         import cv2
 
+        from ddrnet.render import to_bgr
+
         if self.viewers == 0:
             return
-        bgr = cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)
-        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        ok, data = cv2.imencode(".jpg", to_bgr(picture), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             raise RuntimeError(f"JPEG encoding failed for a {picture.shape} picture")
         with self._ready:

@@ -35,6 +35,20 @@ def colorize(
     return np.take(table, labels, axis=0)
 
 
+def confidence_picture(confidence: np.ndarray) -> np.ndarray:
+    """``(H, W)`` float confidence (0..1) -> ``(H, W)`` uint8 grey, 255 for certain:
+    ``round(255 * confidence)``, so that a pixel's value / 255 reads back its confidence
+    to within 0.002."""
+    return np.rint(np.clip(confidence, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def to_bgr(picture: np.ndarray) -> np.ndarray:
+    """A picture as OpenCV writes it: ``(H, W, 3)`` RGB or ``(H, W)`` grey uint8 -> ``(H,
+    W, 3)`` BGR."""
+    code = cv2.COLOR_GRAY2BGR if picture.ndim == 2 else cv2.COLOR_RGB2BGR
+    return cv2.cvtColor(picture, code)
+
+
 def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend ``(H, W, 3)`` colours over an ``(H, W, 3)`` uint8 image; ``alpha`` = colour weight."""
     if image.shape != colours.shape:

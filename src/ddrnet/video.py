@@ -328,7 +328,7 @@ class VideoOutputs:
         """Append ``pictures`` (kind -> ``(H, W, 3)`` uint8 RGB) to the kinds' videos,
         ``times`` times over, now. A picture of another size than its video's first is a
         ``VideoSourceError`` (a video's frames all have one size)."""
-        import cv2
+        from ddrnet.render import to_bgr
 
         for kind, picture in pictures.items():
             if kind not in self._writers:
@@ -339,7 +339,7 @@ class VideoOutputs:
                     f"frame {self.frames} is {picture.shape[1]}x{picture.shape[0]}, the video "
                     f"{width}x{height}"
                 )
-            bgr = cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)
+            bgr = to_bgr(picture)
             for _ in range(times):
                 self._writers[kind].write(bgr)
         self.frames += times
@@ -409,10 +409,11 @@ def segment_video(
 
     def segment(item: tuple[int, np.ndarray]):
         index, frame = item
-        (labels,), milliseconds = runner.labels([frame])
+        (labels,), confidences, milliseconds = runner.labels([frame], "confidence" in kinds)
         # One legend for the whole video: the per-frame legend's width follows the classes
         # present, and a video's frames must all have one size.
-        pictures = runner.pictures(frame, labels, kinds, every_class_legend=True)
+        confidence = confidences[0] if confidences else None
+        pictures = runner.pictures(frame, labels, kinds, True, confidence)
         return index, pictures, labels if keep_labels else None, milliseconds
 
     with (

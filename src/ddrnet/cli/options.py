@@ -21,10 +21,16 @@ if TYPE_CHECKING:
 
 
 def _number(
-    kind: type, low: float, high: float = math.inf, *, open_low: bool = False
+    kind: type,
+    low: float,
+    high: float = math.inf,
+    *,
+    open_low: bool = False,
+    open_high: bool = False,
 ) -> Callable[[str], float]:
-    """An argparse ``type`` accepting ``kind`` values in ``[low, high]`` (``(low, high]``
-    with ``open_low``), finite: a bad value is named by argparse with the option."""
+    """An argparse ``type`` accepting ``kind`` values in ``[low, high]`` (without ``low``
+    with ``open_low``, without ``high`` with ``open_high``), finite: a bad value is named
+    by argparse with the option."""
 
     def parse(text: str):
         try:
@@ -32,9 +38,10 @@ def _number(
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
         below = value <= low if open_low else value < low
-        if not math.isfinite(value) or below or value > high:
+        above = value >= high if open_high else value > high
+        if not math.isfinite(value) or below or above:
             bound = f"> {low:g}" if open_low else f">= {low:g}"
-            limit = f" and <= {high:g}" if math.isfinite(high) else ""
+            limit = f" and {'<' if open_high else '<='} {high:g}" if math.isfinite(high) else ""
             raise argparse.ArgumentTypeError(f"must be {bound}{limit}, got {text!r}")
         return value
 
@@ -47,6 +54,7 @@ NON_NEGATIVE_INT = _number(int, 0)
 POSITIVE_FLOAT = _number(float, 0, open_low=True)
 NON_NEGATIVE_FLOAT = _number(float, 0)
 FRACTION = _number(float, 0, 1)
+OPEN_FRACTION = _number(float, 0, 1, open_low=True, open_high=True)  # in (0, 1)
 SCALE = _number(float, 0, MAX_SCALE, open_low=True)
 PORT = _number(int, 0, 65535)
 SEVERITY = _number(int, min(SEVERITIES), max(SEVERITIES))  # of a camera corruption

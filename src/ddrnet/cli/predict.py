@@ -10,6 +10,7 @@ from pathlib import Path
 from ddrnet.cli.options import (
     FRACTION,
     NON_NEGATIVE_INT,
+    OPEN_FRACTION,
     POSITIVE_INT,
     add_amp_option,
     add_model_options,
@@ -45,9 +46,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--save",
         nargs="+",
         choices=OUTPUT_KINDS,
-        help="label PNGs, overlays with a legend, side-by-side pictures (default: labels and "
-        "overlay for images, overlay for videos; labels of a video: a folder STEM_labels/ "
-        "of one PNG per frame segmented, named by frame number)",
+        help="label PNGs, overlays with a legend, side-by-side pictures, confidence maps "
+        "(grey PNGs: value / 255 = the winning class's probability; videos: STEM_confidence.mp4) "
+        "(default: labels and overlay for images, overlay for videos; labels of a video: a "
+        "folder STEM_labels/ of one PNG per frame segmented, named by frame number)",
+    )
+    parser.add_argument(
+        "--min-confidence",
+        type=OPEN_FRACTION,
+        help="mark pixels whose winning class probability is below this (in (0, 1)) as "
+        "unknown: 255 in the label PNGs, dark in the overlays ('ddrnet eval --calibration' "
+        "shows what a threshold keeps and catches)",
     )
     parser.add_argument("--batch-size", type=POSITIVE_INT, default=1)
     parser.add_argument(
@@ -115,7 +124,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("no inputs given and no demo frames are installed")
     device, amp = device_and_precision(args, model)
     runner = SegmentationRunner(
-        model, device, amp, args.scales, args.flip, args.alpha, streams=args.streams
+        model,
+        device,
+        amp,
+        args.scales,
+        args.flip,
+        args.alpha,
+        streams=args.streams,
+        min_confidence=args.min_confidence,
     )
     with Preview(*args.preview) if args.preview else contextlib.nullcontext() as preview:
         if preview is not None:

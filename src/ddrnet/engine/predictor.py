@@ -36,6 +36,18 @@ def label_dtype(num_classes: int) -> type[np.integer]:
     return np.uint8 if num_classes <= 256 else np.int32
 
 
+def unknown_label(num_classes: int) -> int:
+    """The label value of pixels left unknown (``Predictor(min_confidence=...)``): 255, the
+    data sets' void value, for up to 255 classes; 65535, the largest a 16-bit label PNG
+    holds, for 257 to 65535. With exactly 256 classes no uint8 value is free: a
+    ``ValueError``."""
+    if num_classes < 256:
+        return 255
+    if num_classes == 256 or num_classes >= 65535:
+        raise ValueError(f"a model of {num_classes} classes leaves no label value for unknown")
+    return 65535
+
+
 def image_batch(images: Sequence[ImageInput]) -> torch.Tensor:
     """Same-sized ``(H, W, 3)`` uint8 RGB images (or their paths) as one ``(N, 3, H, W)``
     uint8 tensor (a channels-last view of the stacked pixels, not a copy of them)."""
@@ -80,6 +92,11 @@ class Predictor:
         max_pixels: images with more pixels (at the largest test-time scale) are refused
             with ``ddrnet.limits.InputTooLargeError`` before anything is allocated for them;
             None: no cap (for callers that checked the image's header already).
+        min_confidence: in (0, 1): the label maps of ``predict`` and ``predict_batch``
+            mark the pixels whose winning class probability is below it as
+            ``unknown_label(num_classes)`` (255 for up to 255 classes). This resizes all
+            the logits to full resolution, which the plain class ids avoid: a slower frame.
+            See ``ddrnet eval --calibration`` for what a threshold keeps.
     """
 
     def __init__(
@@ -96,6 +113,7 @@ class Predictor:
         *,
         prepared: torch.memory_format | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        min_confidence: float | None = None,
     ) -> None:
         default_mean, default_std = normalisation(model)
         self.mean = tuple(mean or default_mean)
@@ -107,6 +125,10 @@ class Predictor:
         self.amp_dtype = amp_dtype
         self.num_classes = model_num_classes(model)
         self.label_dtype = label_dtype(self.num_classes)
+        if min_confidence is not None and not 0 < min_confidence < 1:
+            raise ValueError(f"min_confidence must lie in (0, 1), got {min_confidence}")
+        self.min_confidence = min_confidence
+        self.unknown = unknown_label(self.num_classes) if min_confidence is not None else None
         if prepared is None:
             fast, self.memory_format = to_fast_layout(model)
             self.model = fast.to(self.device)
@@ -156,9 +178,35 @@ class Predictor:
         scores = self.scores(images)
         return scores.softmax(dim=1) if self.single_pass else scores
 
+    def class_ids_and_confidence(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(N, 3, H, W)`` RGB images -> ``(N, H, W)`` int64 class ids and their ``(N, H,
+        W)`` float32 confidence (the winning class's probability, 0..1), at input
+        resolution, on the device; ids below ``min_confidence`` are ``unknown``."""
+        scores = self.scores(images)
+        if self.single_pass:
+            # Logits: the winning class's softmax probability is 1 / sum(exp(l - max l)),
+            # without the full softmax (which costs about as much as the resize before it).
+            top, ids = scores.max(dim=1)
+            confidence = (scores - top.unsqueeze(1)).exp_().sum(dim=1).reciprocal_()
+        else:
+            confidence, ids = scores.max(dim=1)
+        if self.min_confidence is not None:
+            ids[confidence < self.min_confidence] = self.unknown
+        return ids, confidence
+
+    def predict_with_confidence(
+        self, images: Sequence[ImageInput]
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """``predict_batch``'s label maps and each one's ``(H, W)`` float32 confidence map
+        (the winning class's probability, 0..1)."""
+        ids, confidence = self.class_ids_and_confidence(image_batch(images))
+        return list(ids.cpu().numpy().astype(self.label_dtype)), list(confidence.cpu().numpy())
+
     def predict_batch(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
         """Label maps ``(H, W)`` (``label_dtype``: uint8 for <= 256 classes, else int32) of
         same-sized ``(H, W, 3)`` uint8 RGB images or image paths, run as one batch."""
+        if self.min_confidence is not None:
+            return self.predict_with_confidence(images)[0]
         ids = self.class_ids(image_batch(images)).cpu().numpy()
         return list(ids.astype(self.label_dtype))
 
