@@ -142,6 +142,36 @@ def test_predict_in_three_formats(base_url, camvid_frame) -> None:
     assert np.allclose(list(result["shares"].values()), expected, atol=1e-3)
 
 
+def test_predict_confidence_and_unknown_pixels(base_url, camvid_frame) -> None:
+    data = camvid_frame.read_bytes()
+    status, _, body = post_file(base_url, data, "confidence", raw=True)
+    assert status == 200
+    grey = Image.open(io.BytesIO(body))
+    assert grey.mode == "L" and grey.size == Image.open(camvid_frame).size
+    confidence = np.asarray(grey) / 255
+    status, _, body = post_file(base_url, data, "png&min_confidence=0.9")
+    assert status == 200
+    labels = np.asarray(Image.open(io.BytesIO(body)))
+    clear = np.abs(confidence - 0.9) > 1 / 255  # the grey map's rounding aside
+    assert np.array_equal((labels == 255)[clear], (confidence < 0.9)[clear])
+    status, _, body = post_file(base_url, data, "json&min_confidence=0.9")
+    result = json.loads(body)
+    assert result["shares"]["unknown"] == pytest.approx(100 * np.mean(labels == 255), abs=1e-3)
+    assert sum(result["shares"].values()) == pytest.approx(100.0, abs=0.01)
+    assert result["mean_confidence"] == pytest.approx(100 * confidence.mean(), abs=0.2)
+    # The threshold as a form field beside the file, as the format can be.
+    body, content_type = multipart(data, "frame.png")
+    boundary = content_type.split("=", 1)[1]
+    field = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="min_confidence"\r\n\r\n0.9\r\n'
+    ).encode()
+    status, _, answer = request(f"{base_url}/predict?format=png", field + body, content_type)
+    assert status == 200 and np.array_equal(np.asarray(Image.open(io.BytesIO(answer))), labels)
+    for bad in ("0", "1", "abc", "nan"):
+        status, _, body = post_file(base_url, data, f"png&min_confidence={bad}")
+        assert status == 400 and "min_confidence" in json.loads(body)["error"]
+
+
 def test_a_raw_image_body_is_accepted_whatever_its_content_type(base_url, camvid_frame) -> None:
     """`curl --data-binary @f.png` sends application/x-www-form-urlencoded; other clients
     send no Content-Type at all. The body is an image either way."""
@@ -304,7 +334,8 @@ def test_serving_without_checkpoint_needs_a_bundled_model(monkeypatch, capsys) -
 @needs_chromium
 def test_web_page_in_headless_chromium(base_url, camvid_frame, tmp_path) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     with headless_chromium(tmp_path / "profile") as driver:
         driver.get(f"{base_url}/")
@@ -324,7 +355,13 @@ def test_web_page_in_headless_chromium(base_url, camvid_frame, tmp_path) -> None
         driver.find_element(By.CSS_SELECTOR, "#demo-list button").click()
         wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("street.png"))
         wait.until(lambda d: d.find_element(By.ID, "latency").text.startswith("latency"))
-    assert errors == ""
+        # The confidence map, chosen on the page: the image's own size, no legend.
+        Select(driver.find_element(By.ID, "show")).select_by_value("confidence")
+        driver.find_element(By.ID, "threshold").send_keys(Keys.BACKSPACE, "0.9")
+        driver.find_element(By.CSS_SELECTOR, "#demo-list button").click()
+        wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth", result) == 480)
+        confidence_errors = driver.find_element(By.ID, "error").text
+    assert errors == "" and confidence_errors == ""
     _, _, overlay = post_file(base_url, camvid_frame.read_bytes(), "overlay")
     assert tuple(natural) == Image.open(io.BytesIO(overlay)).size
     assert natural[1] == Image.open(camvid_frame).height

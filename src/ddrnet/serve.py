@@ -5,12 +5,15 @@ Endpoints (``create_app``):
 - ``GET /``: the demo page (``ddrnet/static/index.html`` + ``app.js``; no external resources):
   an image file, a demo frame, or the browser's camera, frame after frame.
 - ``GET /health``: ``{"status": "ok", "architecture", "num_classes", "classes": [...]}``.
-- ``POST /predict?format=png|overlay|json``: the image as a multipart file (any field name)
-  or as the raw request body. ``png``: the label map as an indexed PNG with the data set's
-  palette, one class id per pixel; ``overlay``: the prediction over the image with a legend
-  (RGB PNG, the image's height, wider by the legend); ``json``: per-class pixel shares in
-  percent, ``latency_ms`` and the image size. Image responses carry the same timings in
-  ``X-Latency-Ms`` / ``X-Total-Ms`` headers.
+- ``POST /predict?format=png|overlay|json|confidence[&min_confidence=P]``: the image as a
+  multipart file (any field name) or as the raw request body. ``png``: the label map as an
+  indexed PNG with the data set's palette, one class id per pixel; ``overlay``: the
+  prediction over the image with a legend (RGB PNG, the image's height, wider by the
+  legend); ``json``: per-class pixel shares in percent, ``latency_ms`` and the image size;
+  ``confidence``: the winning class's probability per pixel as a grey PNG (value / 255).
+  ``min_confidence`` (in (0, 1)) labels the pixels below it unknown (255, black in the
+  overlay; the JSON adds their share as ``unknown`` and the ``mean_confidence``). Image
+  responses carry the same timings in ``X-Latency-Ms`` / ``X-Total-Ms`` headers.
 - ``GET /demo``: the demo frames shipped under ``ddrnet/assets/demo/`` (empty list if none);
   ``GET /demo/NAME``: one of them.
 
@@ -43,9 +46,10 @@ from torch import nn
 
 from ddrnet.assets import demo_frames
 from ddrnet.data.io import png_bytes
-from ddrnet.engine.predictor import Predictor
+from ddrnet.engine.predictor import Predictor, mark_unknown, unknown_label
 from ddrnet.models.metadata import class_info
 from ddrnet.predict import leave_cores_to_runtime
+from ddrnet.render import confidence_picture, labelled_overlay
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ DEFAULT_THREADS = 4
 DEFAULT_TIMEOUT_S = 30
 # Open connections beyond this wait in the listen backlog until others close.
 CONNECTION_LIMIT = 500
-FORMATS = ("png", "overlay", "json")
+FORMATS = ("png", "overlay", "json", "confidence")
 # Formats Pillow may open: the common photo formats, nothing exotic (smaller attack surface).
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
 
@@ -113,11 +117,13 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
 @dataclass
 class Prediction:
     """One segmented image: ``labels`` ``(H, W)`` class ids (uint8 for <= 256 classes),
-    ``latency_ms`` of the model alone."""
+    their ``(H, W)`` float32 ``confidence`` if asked for (else None), ``latency_ms`` of the
+    model alone."""
 
     image: np.ndarray
     labels: np.ndarray
     latency_ms: float
+    confidence: np.ndarray | None = None
 
 
 class SegmentationService:
@@ -142,29 +148,43 @@ class SegmentationService:
         # spreads one pass over all cores, so parallel passes would only compete.
         self._lock = threading.Lock()
 
-    def predict(self, image: np.ndarray) -> Prediction:
-        """Label map of an ``(H, W, 3)`` uint8 RGB image at its own resolution."""
+    def predict(
+        self, image: np.ndarray, min_confidence: float | None = None, confidence: bool = False
+    ) -> Prediction:
+        """Label map of an ``(H, W, 3)`` uint8 RGB image at its own resolution; with
+        ``confidence`` or ``min_confidence``, its confidence map too, and the pixels below
+        ``min_confidence`` labelled ``unknown_label`` (255)."""
+        confidence = confidence or min_confidence is not None
         with self._lock:
             start = time.perf_counter()
             # Grad mode is per thread in PyTorch: set it here, in the request's thread.
             with torch.inference_mode():
-                labels = self.predictor.predict(image)
+                if confidence:
+                    (labels,), (confidences,) = self.predictor.predict_with_confidence([image])
+                else:
+                    labels, confidences = self.predictor.predict(image), None
             latency = (time.perf_counter() - start) * 1000
-        return Prediction(image=image, labels=labels, latency_ms=latency)
+        if min_confidence is not None:
+            unknown = unknown_label(len(self.class_names))
+            mark_unknown(labels, confidences, min_confidence, unknown)
+        return Prediction(image, labels, latency, confidences)
 
     def shares(self, labels: np.ndarray) -> dict[str, float]:
-        """Percent of the image's pixels per class (every class listed; they sum to 100)."""
-        counts = np.bincount(labels.ravel(), minlength=len(self.class_names))
+        """Percent of the image's pixels per class (every class listed), and ``unknown``
+        for pixels of no class (``min_confidence``) if there are any: they sum to 100."""
+        classes = len(self.class_names)
+        counts = np.bincount(labels.ravel(), minlength=classes)
         total = max(1, labels.size)
-        return {
+        shares = {
             name: round(100.0 * int(count) / total, 4)
             for name, count in zip(self.class_names, counts)
         }
+        if len(counts) > classes:
+            shares["unknown"] = round(100.0 * int(counts[classes:].sum()) / total, 4)
+        return shares
 
     def overlay_png(self, prediction: Prediction) -> bytes:
-        from ddrnet import render
-
-        picture = render.labelled_overlay(
+        picture = labelled_overlay(
             prediction.image, prediction.labels, self.class_names, self.palette
         )
         return png_bytes(picture)
@@ -271,47 +291,72 @@ def _add_error_handlers(app: Any, max_upload_mb: float) -> None:
         return error(500, f"internal error ({type(exception).__name__}); see the server log")
 
 
-def _uploaded_image() -> tuple[bytes, str | None]:
-    """The current request's image bytes and the ``format`` field of its form (if any)."""
+def _uploaded_image() -> tuple[bytes, dict[str, str]]:
+    """The current request's image bytes and the other fields of its form (if any)."""
     from flask import request
 
     if request.mimetype == "multipart/form-data":
         if not request.files:
             raise RequestError(400, "the multipart request has no file field")
-        return next(iter(request.files.values())).read(), request.form.get("format")
+        return next(iter(request.files.values())).read(), request.form.to_dict()
     # The raw body whatever its Content-Type says (never parsed as a form: `curl
     # --data-binary @f.png` labels it x-www-form-urlencoded); decode_image tells an image
     # from its bytes.
-    return request.get_data(cache=False), None
+    return request.get_data(cache=False), {}
+
+
+def _option(name: str, form: dict[str, str]) -> str | None:
+    """A request option: from the query string, else from the form's fields."""
+    from flask import request
+
+    return request.args.get(name) or form.get(name)
+
+
+def _min_confidence(form: dict[str, str]) -> float | None:
+    """The request's ``min_confidence``, a number in (0, 1), or None."""
+    text = _option("min_confidence", form)
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:  # nan too
+        raise RequestError(400, f"min_confidence must be a number in (0, 1), got {text!r}")
+    return value
 
 
 def _predict(service: SegmentationService, max_pixels: int) -> Any:
     """``POST /predict``: the uploaded image segmented, answered in the asked format."""
-    from flask import Response, jsonify, request
+    from flask import Response, jsonify
 
     received = time.perf_counter()
-    data, form_format = _uploaded_image()
-    output = request.args.get("format") or form_format or "json"
+    data, form = _uploaded_image()
+    output = _option("format", form) or "json"
     if output not in FORMATS:
         raise RequestError(400, f"format must be one of {', '.join(FORMATS)}, got {output!r}")
-    prediction = service.predict(decode_image(data, max_pixels))
+    min_confidence = _min_confidence(form)
+    image = decode_image(data, max_pixels)
+    prediction = service.predict(image, min_confidence, confidence=output == "confidence")
     height, width = prediction.labels.shape
     if output == "json":
-        return jsonify(
-            {
-                "architecture": service.architecture,
-                "width": width,
-                "height": height,
-                "latency_ms": round(prediction.latency_ms, 2),
-                "total_ms": round((time.perf_counter() - received) * 1000, 2),
-                "shares": service.shares(prediction.labels),
-            }
-        )
-    body = (
-        png_bytes(prediction.labels, service.palette)
-        if output == "png"
-        else service.overlay_png(prediction)
-    )
+        answer = {
+            "architecture": service.architecture,
+            "width": width,
+            "height": height,
+            "latency_ms": round(prediction.latency_ms, 2),
+            "total_ms": round((time.perf_counter() - received) * 1000, 2),
+            "shares": service.shares(prediction.labels),
+        }
+        if prediction.confidence is not None:
+            answer["mean_confidence"] = round(100.0 * float(prediction.confidence.mean()), 4)
+        return jsonify(answer)
+    if output == "confidence":
+        body = png_bytes(confidence_picture(prediction.confidence))
+    elif output == "png":
+        body = png_bytes(prediction.labels, service.palette)
+    else:
+        body = service.overlay_png(prediction)
     response = Response(body, mimetype="image/png")
     response.headers["X-Latency-Ms"] = f"{prediction.latency_ms:.2f}"
     response.headers["X-Total-Ms"] = f"{(time.perf_counter() - received) * 1000:.2f}"

@@ -48,6 +48,18 @@ def unknown_label(num_classes: int) -> int:
     return 65535
 
 
+def mark_unknown(
+    labels: np.ndarray | torch.Tensor,
+    confidence: np.ndarray | torch.Tensor,
+    min_confidence: float,
+    unknown: int,
+) -> None:
+    """Set ``labels`` to ``unknown`` where ``confidence`` (same shape) is below
+    ``min_confidence``, in place; compared in the confidence's own precision (float32), as
+    ``ddrnet eval --calibration`` compares its thresholds."""
+    labels[confidence < min_confidence] = unknown
+
+
 def image_batch(images: Sequence[ImageInput]) -> torch.Tensor:
     """Same-sized ``(H, W, 3)`` uint8 RGB images (or their paths) as one ``(N, 3, H, W)``
     uint8 tensor (a channels-last view of the stacked pixels, not a copy of them)."""
@@ -191,7 +203,7 @@ class Predictor:
         else:
             confidence, ids = scores.max(dim=1)
         if self.min_confidence is not None:
-            ids[confidence < self.min_confidence] = self.unknown
+            mark_unknown(ids, confidence, self.min_confidence, self.unknown)
         return ids, confidence
 
     def predict_with_confidence(

@@ -1,5 +1,6 @@
 // The demo page: send an image (a file, a demo frame, or the camera's frames one after
-// another) to POST predict?format=overlay and show the answer.
+// another) to POST predict?format=overlay (or confidence, as chosen; with min_confidence
+// when a threshold is set) and show the answer.
 // Plain JavaScript with relative URLs, so the page also works behind a path prefix.
 "use strict";
 
@@ -48,10 +49,12 @@ async function segment(blob, name, live = false) {
   }
   const form = new FormData();
   form.append("file", blob, name);
+  const threshold = Number($("threshold").value);
+  if (threshold > 0) form.append("min_confidence", String(threshold));
   const started = performance.now();
   let response;
   try {
-    response = await fetch("predict?format=overlay", { method: "POST", body: form });
+    response = await fetch(`predict?format=${$("show").value}`, { method: "POST", body: form });
   } catch (error) {
     fail(`request failed: ${error}`);
     return false;
