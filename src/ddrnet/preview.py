@@ -67,8 +67,9 @@ class Preview:
         return f"http://{self.host}:{self.port}/"
 
     def publish(self, picture: np.ndarray) -> None:
-        """Show ``picture``, ``(H, W, 3)`` uint8 RGB, to every viewer (encoded here, once;
-        not at all while nobody watches: a viewer who comes gets the next picture)."""
+        """Show ``picture``, ``(H, W, 3)`` uint8 RGB or ``(H, W)`` grey, to every viewer
+        (encoded here, once; not at all while nobody watches: a viewer who comes gets the
+        next picture)."""
         import cv2
 
         from ddrnet.render import to_bgr

@@ -303,11 +303,11 @@ class VideoOutputs:
     def add(
         self, index: int, pictures: dict[str, np.ndarray], labels: np.ndarray | None = None
     ) -> None:
-        """The pictures of the source's frame ``index`` (kind -> ``(H, W, 3)`` uint8 RGB),
-        and its ``(H, W)`` label map if it is to be kept, to be written in the writing
-        thread. The frames since the last one added, which the source dropped, get the last
-        one's pictures (not its labels): the videos keep the source's timing. An error of an
-        earlier frame's writing is raised here (or by ``close``)."""
+        """The pictures of the source's frame ``index`` (kind -> ``(H, W, 3)`` uint8 RGB or
+        ``(H, W)`` grey), and its ``(H, W)`` label map if it is to be kept, to be written in
+        the writing thread. The frames since the last one added, which the source dropped,
+        get the last one's pictures (not its labels): the videos keep the source's timing. An
+        error of an earlier frame's writing is raised here (or by ``close``)."""
         last_index, last = self._last
         self._last = (index, pictures)
 
@@ -325,9 +325,9 @@ class VideoOutputs:
             self._pending.popleft().result()
 
     def write(self, pictures: dict[str, np.ndarray], times: int = 1) -> None:
-        """Append ``pictures`` (kind -> ``(H, W, 3)`` uint8 RGB) to the kinds' videos,
-        ``times`` times over, now. A picture of another size than its video's first is a
-        ``VideoSourceError`` (a video's frames all have one size)."""
+        """Append ``pictures`` (kind -> ``(H, W, 3)`` uint8 RGB or ``(H, W)`` grey) to the
+        kinds' videos, ``times`` times over, now. A picture of another size than its video's
+        first is a ``VideoSourceError`` (a video's frames all have one size)."""
         from ddrnet.render import to_bgr
 
         for kind, picture in pictures.items():
@@ -413,7 +413,9 @@ def segment_video(
         # One legend for the whole video: the per-frame legend's width follows the classes
         # present, and a video's frames must all have one size.
         confidence = confidences[0] if confidences else None
-        pictures = runner.pictures(frame, labels, kinds, True, confidence)
+        pictures = runner.pictures(
+            frame, labels, kinds, every_class_legend=True, confidence=confidence
+        )
         return index, pictures, labels if keep_labels else None, milliseconds
 
     with (

@@ -87,62 +87,22 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ddrnet.engine.calibration import CalibrationMetrics
     from ddrnet.engine.detail_metrics import DetailMetrics
-    from ddrnet.engine.evaluate import evaluate
-    from ddrnet.engine.evaluation_set import evaluation_dataset
-    from ddrnet.engine.inference import to_fast_layout
     from ddrnet.engine.robustness import evaluate_robustness
 
     writable_file("--json", args.json, (".json",))
     corruptions = select_corruptions(args.corruptions)
     model = load_model(args)
-    metadata = model.metadata
-    dataset, data_config = evaluation_dataset(
-        metadata,
-        args.split,
-        dataset=args.dataset,
-        root=args.root,
-        classes_file=args.classes_file,
-        sequences=args.sequences,
-    )
-    if args.submission and data_config.dataset != "cityscapes":
-        raise UsageError(
-            f"--submission writes Cityscapes server files; the data set is {data_config.dataset}"
-        )
-    if metadata.trained_on(data_config.dataset, args.split):
-        logger.warning(
-            "%s was trained on %s %s: its scores there are training-set figures",
-            args.checkpoint,
-            data_config.dataset,
-            args.split,
-        )
-    labels = dataset.labels
-    if args.max_images is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(args.max_images, len(dataset))))
-    device, amp = device_and_precision(args, model)
-    model, memory_format = to_fast_layout(model.to(device))
-    score = functools.partial(
-        evaluate,
-        model,
-        num_classes=labels.num_classes,
-        mean=metadata.mean or labels.mean,
-        std=metadata.std or labels.std,
-        device=device,
-        scales=args.scales,
-        flip=args.flip,
-        window=args.window,
-        batch_size=args.batch_size,
-        amp_dtype=amp,
-        channels_last=memory_format == torch.channels_last,
-        ignore_index=labels.ignore_index,
-    )
+    dataset, data_config, labels = _dataset(args, model.metadata)
+    score = _scorer(args, model, labels)
     details = DetailMetrics(labels.num_classes, labels.ignore_index) if args.details else None
-    calibration = (
-        CalibrationMetrics(labels.num_classes, labels.ignore_index) if args.calibration else None
+    new_calibration = (
+        functools.partial(CalibrationMetrics, labels.num_classes, labels.ignore_index)
+        if args.calibration
+        else None
     )
+    calibration = new_calibration() if new_calibration else None
     metrics = score(
         dataset,
         prediction_callback=_submission_writer(args.submission, dataset),
@@ -165,8 +125,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{confidence.table(names)}")
         sections["calibration"] = confidence.to_dict(names)
     if corruptions:
+        severities = sorted(set(args.severities))
         robustness = evaluate_robustness(
-            score, dataset, metrics.miou, corruptions, sorted(set(args.severities))
+            score, dataset, metrics.miou, corruptions, severities, calibration=new_calibration
         )
         print(f"\n{robustness.table()}")
         sections["corruptions"] = robustness.to_dict()
@@ -185,6 +146,66 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_text(json.dumps(document, indent=2), Path(args.json))
         print(f"metrics written to {args.json}")
     return 0
+
+
+def _dataset(args: argparse.Namespace, metadata):
+    """The evaluation data set the options name (``--max-images`` of it), its config and
+    its classes (``LabelSet``); warns when the model was trained on it."""
+    import torch
+
+    from ddrnet.engine.evaluation_set import evaluation_dataset
+
+    dataset, data_config = evaluation_dataset(
+        metadata,
+        args.split,
+        dataset=args.dataset,
+        root=args.root,
+        classes_file=args.classes_file,
+        sequences=args.sequences,
+    )
+    if args.submission and data_config.dataset != "cityscapes":
+        raise UsageError(
+            f"--submission writes Cityscapes server files; the data set is {data_config.dataset}"
+        )
+    if metadata.trained_on(data_config.dataset, args.split):
+        logger.warning(
+            "%s was trained on %s %s: its scores there are training-set figures",
+            args.checkpoint,
+            data_config.dataset,
+            args.split,
+        )
+    labels = dataset.labels
+    if args.max_images is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(args.max_images, len(dataset))))
+    return dataset, data_config, labels
+
+
+def _scorer(args: argparse.Namespace, model, labels):
+    """``evaluate`` with the model (its fast form, on the device) and the options bound:
+    ``score(dataset, **more)`` evaluates the clean and every corrupted data set alike."""
+    import torch
+
+    from ddrnet.engine.evaluate import evaluate
+    from ddrnet.engine.inference import to_fast_layout
+
+    metadata = model.metadata
+    device, amp = device_and_precision(args, model)
+    model, memory_format = to_fast_layout(model.to(device))
+    return functools.partial(
+        evaluate,
+        model,
+        num_classes=labels.num_classes,
+        mean=metadata.mean or labels.mean,
+        std=metadata.std or labels.std,
+        device=device,
+        scales=args.scales,
+        flip=args.flip,
+        window=args.window,
+        batch_size=args.batch_size,
+        amp_dtype=amp,
+        channels_last=memory_format == torch.channels_last,
+        ignore_index=labels.ignore_index,
+    )
 
 
 def _submission_writer(folder: str | None, dataset):
