@@ -9,6 +9,7 @@ would overwrite inputs, and a rerun would take them as inputs.
 
 from __future__ import annotations
 
+import functools
 import glob
 import itertools
 import logging
@@ -26,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ddrnet.background import WritingThread
 from ddrnet.data.io import IMAGE_SUFFIXES, image_files, image_size, read_rgb, write_png
 from ddrnet.engine.predictor import Predictor
 from ddrnet.errors import DDRNetError
@@ -466,24 +468,20 @@ def _predict_images(
             written.append(targets)
         return written
 
-    def finish(group, milliseconds, writing) -> None:
+    def finish(group, milliseconds, written) -> None:
         per_image = milliseconds / len(group)
-        for (index, image), targets in zip(group, writing.result()):  # a write error: raised
+        for (index, image), targets in zip(group, written):
             summary.outputs += targets
             summary.processed.append(str(paths[index]))
             summary.latencies_ms.append(per_image)
             report(f"{paths[index]}: {image.shape[1]}x{image.shape[0]}, {per_image:.1f} ms")
 
-    # PNG encoding (zlib, outside the GIL) in a thread of its own, while the next images are
-    # read and segmented; a few groups at most wait to be written.
-    with ThreadPoolExecutor(1, thread_name_prefix="ddrnet-writer") as writer:
-        pending: deque = deque()
+    with WritingThread("ddrnet-writer") as writer:
         for group, label_maps, pictures, milliseconds in runner.map(segment, groups()):
-            pending.append((group, milliseconds, writer.submit(write, group, label_maps, pictures)))
-            if len(pending) > 2:
-                finish(*pending.popleft())
-        while pending:
-            finish(*pending.popleft())
+            writer.submit(
+                functools.partial(write, group, label_maps, pictures),
+                functools.partial(finish, group, milliseconds),
+            )
 
 
 def _unique_stems(stems: Iterable[str]) -> list[str]:

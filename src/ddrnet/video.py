@@ -29,7 +29,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -37,6 +36,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from tqdm import tqdm
 
+from ddrnet.background import WritingThread
 from ddrnet.data.io import write_png
 from ddrnet.errors import DDRNetError
 from ddrnet.limits import check_pixels
@@ -296,8 +296,7 @@ class VideoOutputs:
         self.frames = 0
         self._writers: dict[str, object] = {}
         self._sizes: dict[str, tuple[int, int]] = {}
-        self._encoder = ThreadPoolExecutor(1, thread_name_prefix="ddrnet-video-writer")
-        self._pending: deque[Future] = deque()
+        self._encoder = WritingThread("ddrnet-video-writer")
         self._last: tuple[int, dict[str, np.ndarray] | None] = (-1, None)
 
     def add(
@@ -320,9 +319,7 @@ class VideoOutputs:
             if self.preview is not None and pictures:
                 self.preview.publish(shown_picture(pictures))
 
-        self._pending.append(self._encoder.submit(encode))
-        while len(self._pending) > 2:
-            self._pending.popleft().result()
+        self._encoder.submit(encode)
 
     def write(self, pictures: dict[str, np.ndarray], times: int = 1) -> None:
         """Append ``pictures`` (kind -> ``(H, W, 3)`` uint8 RGB or ``(H, W)`` grey) to the
@@ -368,10 +365,8 @@ class VideoOutputs:
     def close(self) -> None:
         """Encode what waits, then finish the files; raises the first writing error."""
         try:
-            while self._pending:
-                self._pending.popleft().result()
+            self._encoder.close()
         finally:
-            self._encoder.shutdown(wait=True, cancel_futures=True)
             for writer in self._writers.values():
                 writer.release()
             self._writers.clear()
