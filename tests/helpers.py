@@ -278,3 +278,30 @@ def headless_chromium(profile: Path, *flags: str) -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
+
+
+def sharded_counts(predictor, images, num_classes: int, make, option: str) -> list[torch.Tensor]:
+    """The ``counts`` of the accumulators (``make()``, passed to ``evaluate_predictor`` as
+    ``option``) of the two processes of a distributed evaluation, each taking every second
+    image: run here as ranks 0 and 1 of two (world_size 2 turns the collectives on) in a
+    one-process gloo group."""
+    import torch.distributed as dist
+
+    from ddrnet.engine.distributed import DistributedContext
+    from ddrnet.engine.evaluate import evaluate_predictor
+
+    store = dist.HashStore()
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        shards = []
+        for rank in (0, 1):
+            accumulator = make()
+            context = DistributedContext(rank=rank, world_size=2)
+            evaluate_predictor(
+                predictor, images, num_classes, context=context, progress=False,
+                **{option: accumulator},
+            )  # fmt: skip
+            shards.append(accumulator.counts)
+    finally:
+        dist.destroy_process_group()
+    return shards

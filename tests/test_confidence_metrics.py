@@ -1,4 +1,4 @@
-"""Calibration metrics (``ddrnet eval --calibration``) and their figure."""
+"""Confidence metrics (``ddrnet eval --confidence``: calibration, thresholds) and their figure."""
 
 from __future__ import annotations
 
@@ -7,18 +7,16 @@ import math
 
 import pytest
 import torch
-import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import Subset
 
 import ddrnet
-from ddrnet.engine.calibration import ECE_BINS, CalibrationMetrics
-from ddrnet.engine.distributed import DistributedContext
+from ddrnet.engine.confidence import ECE_BINS, ConfidenceMetrics
 from ddrnet.engine.evaluate import evaluate_predictor
 from ddrnet.engine.predictor import Predictor
-from ddrnet.viz import CALIBRATION_SIZE
+from ddrnet.viz import CONFIDENCE_SIZE
 
-from helpers import run_ddrnet
+from helpers import run_ddrnet, sharded_counts
 
 
 def _hand_scene() -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +34,7 @@ def _hand_scene() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_calibration_by_hand() -> None:
-    metrics = CalibrationMetrics(2)
+    metrics = ConfidenceMetrics(2)
     probabilities, labels = _hand_scene()
     ids = metrics.update(probabilities, labels)
     assert ids.tolist() == [[[0, 0, 0], [0, 1, 0]]]
@@ -65,7 +63,7 @@ def test_calibration_by_hand() -> None:
 def test_a_threshold_keeps_what_min_confidence_keeps() -> None:
     """A float32 probability equal to a threshold's float32 value counts as kept, as
     ``--min-confidence`` compares them."""
-    metrics = CalibrationMetrics(2)
+    metrics = ConfidenceMetrics(2)
     first = torch.full((1, 1), 0.9, dtype=torch.float32)
     metrics.update(torch.stack([first, 1 - first])[None], torch.zeros(1, 1, 1, dtype=torch.long))
     kept = {t: p for t, p, _, _ in metrics.compute().selective}
@@ -73,7 +71,7 @@ def test_a_threshold_keeps_what_min_confidence_keeps() -> None:
 
 
 def test_nothing_scored_is_nan_not_an_error() -> None:
-    metrics = CalibrationMetrics(2)
+    metrics = ConfidenceMetrics(2)
     probabilities, labels = _hand_scene()
     metrics.update(probabilities, torch.full_like(labels, 255))
     result = metrics.compute()
@@ -82,44 +80,32 @@ def test_nothing_scored_is_nan_not_an_error() -> None:
         metrics.update(probabilities[:, :1], labels)
 
 
-def test_sharded_calibration_sums_to_the_whole(camvid_val) -> None:
+def test_sharded_confidence_counts_sum_to_the_whole(camvid_val) -> None:
     """Each process of a distributed evaluation takes every second image; the summed
     counts equal one process's over all of them, and scoring the probabilities leaves the
     mIoU as the fast class-id path gives it."""
     model = ddrnet.load("camvid_ddrnet23_slim_fast_train")
     predictor = Predictor(model, "cpu", model.metadata.mean, model.metadata.std)
     images = Subset(camvid_val, range(4))
-    whole = CalibrationMetrics(11)
-    scored = evaluate_predictor(predictor, images, 11, progress=False, calibration=whole)
+    whole = ConfidenceMetrics(11)
+    scored = evaluate_predictor(predictor, images, 11, progress=False, confidence=whole)
     plain = evaluate_predictor(predictor, images, 11, progress=False)
     assert scored.miou == pytest.approx(plain.miou, abs=0.01)
-    store = dist.HashStore()
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    try:
-        shards = []
-        for rank in (0, 1):  # world_size 2 turns the collectives on; this group has one
-            shard = CalibrationMetrics(11)
-            context = DistributedContext(rank=rank, world_size=2)
-            evaluate_predictor(
-                predictor, images, 11, context=context, progress=False, calibration=shard
-            )
-            shards.append(shard.counts)
-    finally:
-        dist.destroy_process_group()
+    shards = sharded_counts(predictor, images, 11, lambda: ConfidenceMetrics(11), "confidence")
     assert torch.allclose(shards[0] + shards[1], whole.counts)
     assert whole.counts[-1, 0] == sum(int((label != 255).sum()) for _, label in images)
 
 
 @pytest.mark.slow
-def test_eval_calibration_and_its_figure(camvid_root, tmp_path) -> None:
+def test_eval_confidence_and_its_figure(camvid_root, tmp_path) -> None:
     metrics = tmp_path / "m.json"
     result = run_ddrnet(
         "eval", "camvid_ddrnet23_slim_train", "--root", str(camvid_root), "--max-images", "3",
-        "--calibration", "--json", str(metrics),
+        "--confidence", "--json", str(metrics),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ECE" in result.stdout and "errors below" in result.stdout
-    section = json.loads(metrics.read_text())["calibration"]
+    section = json.loads(metrics.read_text())["confidence"]
     assert len(section["reliability"]) == ECE_BINS
     assert sum(b["pixels"] for b in section["reliability"]) == pytest.approx(100.0)
     kept = [row["pixels"] for row in section["selective"]]
@@ -127,12 +113,12 @@ def test_eval_calibration_and_its_figure(camvid_root, tmp_path) -> None:
     # A trained model's confidence: well above chance, and close to its accuracy.
     assert section["accuracy"] > 80 and 0 < section["ECE"] < 10
     figure = tmp_path / "c.png"
-    drawn = run_ddrnet("viz", "calibration", str(metrics), str(metrics), "-o", str(figure))
+    drawn = run_ddrnet("viz", "confidence", str(metrics), str(metrics), "-o", str(figure))
     assert drawn.returncode == 0, drawn.stderr[-2000:]
-    assert Image.open(figure).size == CALIBRATION_SIZE
+    assert Image.open(figure).size == CONFIDENCE_SIZE
     document = json.loads(metrics.read_text())
-    del document["calibration"]
+    del document["confidence"]
     (tmp_path / "plain.json").write_text(json.dumps(document))
-    refused = run_ddrnet("viz", "calibration", str(tmp_path / "plain.json"), "-o", str(figure))
-    assert refused.returncode == 2 and "--calibration" in refused.stderr
+    refused = run_ddrnet("viz", "confidence", str(tmp_path / "plain.json"), "-o", str(figure))
+    assert refused.returncode == 2 and "--confidence" in refused.stderr
     assert "Traceback" not in refused.stderr

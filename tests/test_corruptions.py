@@ -108,7 +108,7 @@ def test_eval_corruptions_on_real_frames(camvid_root, tmp_path) -> None:
     result = run_ddrnet(
         "eval", "camvid_ddrnet23_slim_fast_train", "--root", str(camvid_root),
         "--max-images", "2", "--corruptions", "fog", "dark", "--severities", "5",
-        "--calibration", "--json", str(tmp_path / "m.json"),
+        "--confidence", "--json", str(tmp_path / "m.json"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     measured = json.loads((tmp_path / "m.json").read_text())
@@ -117,11 +117,11 @@ def test_eval_corruptions_on_real_frames(camvid_root, tmp_path) -> None:
     assert list(robustness["mIoU"]) == ["fog", "dark"]  # the library's order
     assert robustness["mIoU"]["fog"]["5"] < measured["mIoU"] - 10  # thick fog hurts
     assert "mIoU (%) by severity" in result.stdout
-    # With --calibration, the confidence of every corrupted evaluation too: thick fog costs
+    # With --confidence, the confidence of every corrupted evaluation too: thick fog costs
     # pixel accuracy, and the model's confidence falls with it.
-    fog = robustness["calibration"]["fog"]["5"]
-    assert fog["accuracy"] < measured["calibration"]["accuracy"] - 5
-    assert fog["mean_confidence"] < measured["calibration"]["mean_confidence"]
+    fog = robustness["confidence"]["fog"]["5"]
+    assert fog["accuracy"] < measured["confidence"]["accuracy"] - 5
+    assert fog["mean_confidence"] < measured["confidence"]["mean_confidence"]
     assert 0 <= fog["ECE"] <= 100 and 0 <= fog["errors_below_0.9"] <= 100
     assert "confidence under the corruptions" in result.stdout
     refused = run_ddrnet("eval", "camvid_ddrnet23_slim_fast_train", "--corruptions", "rain")

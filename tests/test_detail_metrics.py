@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 from torch.utils.data import Subset
 
 import ddrnet
@@ -19,11 +18,10 @@ from ddrnet.engine.detail_metrics import (
     boundary_region,
     boundary_width,
 )
-from ddrnet.engine.distributed import DistributedContext
 from ddrnet.engine.evaluate import evaluate_predictor
 from ddrnet.engine.predictor import Predictor
 
-from helpers import run_ddrnet
+from helpers import run_ddrnet, sharded_counts
 
 
 def test_boundary_width_is_two_percent_of_the_diagonal() -> None:
@@ -119,20 +117,7 @@ def test_sharded_evaluation_sums_to_the_whole(camvid_val) -> None:
     images = Subset(camvid_val, range(4))
     whole = DetailMetrics(11)
     evaluate_predictor(predictor, images, 11, progress=False, details=whole)
-    store = dist.HashStore()
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    try:
-        shards = []
-        for rank in (0, 1):  # world_size 2 turns the collectives on; this group has one
-            shard = DetailMetrics(11)
-            context = DistributedContext(rank=rank, world_size=2)
-            evaluate_predictor(
-                predictor, images, 11, context=context, progress=False,
-                details=shard,
-            )  # fmt: skip
-            shards.append(shard.counts)
-    finally:
-        dist.destroy_process_group()
+    shards = sharded_counts(predictor, images, 11, lambda: DetailMetrics(11), "details")
     assert torch.equal(shards[0] + shards[1], whole.counts)
     assert whole.counts[:, 1].sum() > 0
 

@@ -59,7 +59,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "objects found, per class (about 20 ms more a 480x360 frame on a CPU)",
     )
     parser.add_argument(
-        "--calibration",
+        "--confidence",
         action="store_true",
         help="also whether the confidence can be trusted: expected calibration error, the "
         "accuracy of the pixels above confidence thresholds, per-class confidence against "
@@ -87,7 +87,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddrnet.engine.calibration import CalibrationMetrics
+    from ddrnet.engine.confidence import ConfidenceMetrics
     from ddrnet.engine.detail_metrics import DetailMetrics
     from ddrnet.engine.robustness import evaluate_robustness
 
@@ -97,17 +97,17 @@ def run(args: argparse.Namespace) -> int:
     dataset, data_config, labels = _dataset(args, model.metadata)
     score = _scorer(args, model, labels)
     details = DetailMetrics(labels.num_classes, labels.ignore_index) if args.details else None
-    new_calibration = (
-        functools.partial(CalibrationMetrics, labels.num_classes, labels.ignore_index)
-        if args.calibration
+    new_confidence = (
+        functools.partial(ConfidenceMetrics, labels.num_classes, labels.ignore_index)
+        if args.confidence
         else None
     )
-    calibration = new_calibration() if new_calibration else None
+    confidence = new_confidence() if new_confidence else None
     metrics = score(
         dataset,
         prediction_callback=_submission_writer(args.submission, dataset),
         details=details,
-        calibration=calibration,
+        confidence=confidence,
     )
     names = list(labels.class_names)
     print(
@@ -120,14 +120,14 @@ def run(args: argparse.Namespace) -> int:
         result = details.compute()
         print(f"\n{result.table(names)}")
         sections.update(result.to_dict(names))
-    if calibration is not None:
-        confidence = calibration.compute()
-        print(f"\n{confidence.table(names)}")
-        sections["calibration"] = confidence.to_dict(names)
+    if confidence is not None:
+        trust = confidence.compute()
+        print(f"\n{trust.table(names)}")
+        sections["confidence"] = trust.to_dict(names)
     if corruptions:
         severities = sorted(set(args.severities))
         robustness = evaluate_robustness(
-            score, dataset, metrics.miou, corruptions, severities, calibration=new_calibration
+            score, dataset, metrics.miou, corruptions, severities, confidence=new_confidence
         )
         print(f"\n{robustness.table()}")
         sections["corruptions"] = robustness.to_dict()

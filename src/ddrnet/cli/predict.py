@@ -55,7 +55,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--min-confidence",
         type=OPEN_FRACTION,
         help="mark pixels whose winning class probability is below this (in (0, 1)) as "
-        "unknown: 255 in the label PNGs, dark in the overlays ('ddrnet eval --calibration' "
+        "unknown: 255 in the label PNGs, dark in the overlays ('ddrnet eval --confidence' "
         "shows what a threshold keeps and catches)",
     )
     parser.add_argument("--batch-size", type=POSITIVE_INT, default=1)

@@ -1,5 +1,5 @@
 """``ddrnet viz FIGURE``: one PNG per call (feature maps, confusion matrix, training curves,
-model comparison, robustness to corruptions, calibration)."""
+model comparison, robustness to corruptions, confidence)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "viz",
         help="pictures: feature maps, confusion matrix, training curves, model comparison, "
-        "robustness, calibration",
+        "robustness, confidence",
         description="Write one PNG per call; see 'ddrnet viz FIGURE --help'.",
     )
     figures = parser.add_subparsers(dest="figure", metavar="FIGURE", required=True)
@@ -59,14 +59,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     robustness.add_argument("-o", "--output", required=True, help="PNG file to write")
     robustness.set_defaults(handler=run_robustness)
-    calibration = figures.add_parser(
-        "calibration", help="reliability diagram, flagged pixels, per-class confidence"
+    confidence = figures.add_parser(
+        "confidence", help="reliability diagram, flagged pixels, per-class confidence"
     )
-    calibration.add_argument(
-        "metrics", nargs="+", help="JSONs written by 'ddrnet eval --calibration --json'"
+    confidence.add_argument(
+        "metrics", nargs="+", help="JSONs written by 'ddrnet eval --confidence --json'"
     )
-    calibration.add_argument("-o", "--output", required=True, help="PNG file to write")
-    calibration.set_defaults(handler=run_calibration)
+    confidence.add_argument("-o", "--output", required=True, help="PNG file to write")
+    confidence.set_defaults(handler=run_confidence)
 
 
 def run_features(args: argparse.Namespace) -> int:
@@ -95,10 +95,10 @@ def run_robustness(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_calibration(args: argparse.Namespace) -> int:
-    from ddrnet.viz import plot_calibration
+def run_confidence(args: argparse.Namespace) -> int:
+    from ddrnet.viz import plot_confidence
 
-    print(f"calibration figure written to {plot_calibration(args.metrics, args.output)}")
+    print(f"confidence figure written to {plot_confidence(args.metrics, args.output)}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Whether the model's confidence can be trusted: calibration of its per-pixel probabilities.
+"""Whether the model's confidence can be trusted: calibration of its per-pixel probabilities
+(``ddrnet eval --confidence``; not the INT8 calibration images of ``deploy/calibration.py``).
 
 A robot that acts on a segmentation needs to know which pixels to doubt. The confidence of a
 pixel is its largest class probability (softmax of the logits; the averaged probabilities of a
@@ -8,7 +9,7 @@ test-time-augmented pass). Accumulated over a data set like the confusion matrix
   by confidence into ``ECE_BINS`` equal bins ``((m-1)/M, m/M]``; the mean over the bins, each
   weighted by its share of the pixels, of |accuracy - mean confidence|. 0 for a model whose
   90%-confident pixels are right 90% of the time, at every level. The bins themselves are the
-  reliability diagram (``ddrnet viz calibration``).
+  reliability diagram (``ddrnet viz confidence``).
 * **NLL**: the mean negative log-likelihood of the labelled class, in nats (probabilities
   floored at ``PROBABILITY_FLOOR``, which float32 softmax rounds to 0 far out).
 * **Selective accuracy**: for each threshold ``t`` of ``CONFIDENCE_THRESHOLDS``, the share of
@@ -34,7 +35,7 @@ CONFIDENCE_THRESHOLDS = (0.5, 0.7, 0.9, 0.95, 0.99)
 PROBABILITY_FLOOR = 1e-12
 
 
-class CalibrationMetrics:
+class ConfidenceMetrics:
     """Accumulates confidence statistics over ``(N, C, H, W)`` class probabilities.
 
     ``counts`` is one float64 ``(rows, 3)`` tensor, so that processes of a distributed
@@ -91,8 +92,8 @@ class CalibrationMetrics:
         self.counts += rows
         return prediction
 
-    def compute(self) -> CalibrationResult:
-        return CalibrationResult.from_counts(self.counts)
+    def compute(self) -> ConfidenceResult:
+        return ConfidenceResult.from_counts(self.counts)
 
 
 def _grouped(
@@ -110,7 +111,7 @@ def _grouped(
 
 
 @dataclass
-class CalibrationResult:
+class ConfidenceResult:
     """Percentages (``nan`` where nothing was scored) and the NLL in nats.
 
     ``bins``: per confidence bin ``(low, high, share of pixels, mean confidence, accuracy)``.
@@ -130,8 +131,8 @@ class CalibrationResult:
     class_precision: list[float]
 
     @classmethod
-    def from_counts(cls, counts: torch.Tensor) -> CalibrationResult:
-        """The result of ``CalibrationMetrics.counts`` (see there for its layout)."""
+    def from_counts(cls, counts: torch.Tensor) -> ConfidenceResult:
+        """The result of ``ConfidenceMetrics.counts`` (see there for its layout)."""
         counts = counts.double()
         bins = counts[:ECE_BINS]
         kept = counts[ECE_BINS : ECE_BINS + len(CONFIDENCE_THRESHOLDS)]

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import torch
 
-from ddrnet.engine.metrics import format_cell, percent_or_nan
+from ddrnet.engine.metrics import format_cell, nanmean, percent_or_nan
 
 BOUNDARY_DILATION_RATIO = 0.02
 SIZE_BUCKETS = ("small", "medium", "large")
@@ -163,10 +163,10 @@ class DetailResult:
         for bucket, name in enumerate(SIZE_BUCKETS):
             column = 2 + 4 * bucket
             found[name] = percent_or_nan(counts[:, column + 1], counts[:, column])
-            mean_found[name] = _nanmean(found[name])
+            mean_found[name] = nanmean(found[name])
             objects[name] = [int(v) for v in counts[:, column]]
             recall[name] = percent_or_nan(counts[:, column + 3], counts[:, column + 2])
-        return cls(boundary, _nanmean(boundary), found, mean_found, objects, recall)
+        return cls(boundary, nanmean(boundary), found, mean_found, objects, recall)
 
     def to_dict(self, class_names: list[str]) -> dict:
         def named(values: list) -> dict:
@@ -214,8 +214,3 @@ class DetailResult:
             f"{MIN_OBJECT_AREA} px)"
         )
         return "\n".join(lines)
-
-
-def _nanmean(values: list[float]) -> float:
-    present = [v for v in values if not np.isnan(v)]
-    return sum(present) / len(present) if present else float("nan")

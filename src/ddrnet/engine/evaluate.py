@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from ddrnet.engine.calibration import CalibrationMetrics
+from ddrnet.engine.confidence import ConfidenceMetrics
 from ddrnet.engine.detail_metrics import DetailMetrics
 from ddrnet.engine.distributed import DistributedContext, all_reduce_sum
 from ddrnet.engine.metrics import ConfusionMatrix, SegmentationMetrics
@@ -47,7 +47,7 @@ def evaluate(
     num_workers: int = 0,
     prediction_callback: PredictionCallback | None = None,
     details: DetailMetrics | None = None,
-    calibration: CalibrationMetrics | None = None,
+    confidence: ConfidenceMetrics | None = None,
     description: str = "eval",
 ) -> SegmentationMetrics:
     """mIoU, per-class IoU and accuracies of ``model`` on ``dataset`` (un-augmented pairs).
@@ -76,7 +76,7 @@ def evaluate(
             num_workers=num_workers,
             prediction_callback=prediction_callback,
             details=details,
-            calibration=calibration,
+            confidence=confidence,
             description=description,
         )
     finally:
@@ -96,7 +96,7 @@ def evaluate_predictor(
     num_workers: int = 0,
     prediction_callback: PredictionCallback | None = None,
     details: DetailMetrics | None = None,
-    calibration: CalibrationMetrics | None = None,
+    confidence: ConfidenceMetrics | None = None,
     description: str = "eval",
 ) -> SegmentationMetrics:
     """The evaluation loop: ``predictor``'s class ids for every image of ``dataset``
@@ -107,7 +107,7 @@ def evaluate_predictor(
     confusion matrices are summed. ``prediction_callback(index, labels)`` receives each
     ``(H, W)`` int64 prediction with its index in ``dataset`` (for writing result files).
     ``details``, when given, also accumulates boundary IoU and objects found by size (its
-    ``compute()`` afterwards; summed over processes as the matrix is); ``calibration``, the
+    ``compute()`` afterwards; summed over processes as the matrix is); ``confidence``, the
     confidence statistics of the class probabilities, whose arg-max is then the prediction
     scored (the general path; a plain pass otherwise takes its class ids the fast way).
     ``description`` names the progress bar.
@@ -131,11 +131,11 @@ def evaluate_predictor(
             else [(image[None], label[None]) for image, label in zip(images, labels)]
         )
         for image_batch, label_batch in groups:
-            if calibration is None:
+            if confidence is None:
                 prediction = predictor.class_ids(image_batch).cpu()
             else:
                 probabilities = predictor.probabilities(image_batch)
-                prediction = calibration.update(probabilities, label_batch).cpu()
+                prediction = confidence.update(probabilities, label_batch).cpu()
             confusion.update(prediction, label_batch)
             if details is not None:
                 for predicted, label in zip(prediction, label_batch):
@@ -145,7 +145,7 @@ def evaluate_predictor(
                     prediction_callback(indices[position], item.numpy())
                     position += 1
     matrix = all_reduce_sum(confusion.matrix.to(predictor.device), context).cpu()
-    for accumulator in (details, calibration):
+    for accumulator in (details, confidence):
         if accumulator is not None:
             counts = accumulator.counts.to(predictor.device)
             accumulator.counts = all_reduce_sum(counts, context).cpu()

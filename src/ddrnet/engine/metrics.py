@@ -19,6 +19,12 @@ def percent_or_nan(numerator: torch.Tensor, denominator: torch.Tensor) -> list[f
     return [float(v) * 100 for v in ratio_or_nan(numerator, denominator).reshape(-1)]
 
 
+def nanmean(values: list[float]) -> float:
+    """The mean of the values that are not ``nan`` (``nan`` if there are none)."""
+    present = [v for v in values if not math.isnan(v)]
+    return sum(present) / len(present) if present else float("nan")
+
+
 def format_cell(value: float, spec: str = ".2f") -> str:
     """A table cell: ``value`` formatted by ``spec``, ``-`` for ``nan`` (nothing scored)."""
     return "-" if math.isnan(value) else format(value, spec)

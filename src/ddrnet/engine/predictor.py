@@ -56,7 +56,7 @@ def mark_unknown(
 ) -> None:
     """Set ``labels`` to ``unknown`` where ``confidence`` (same shape) is below
     ``min_confidence``, in place; compared in the confidence's own precision (float32), as
-    ``ddrnet eval --calibration`` compares its thresholds."""
+    ``ddrnet eval --confidence`` compares its thresholds."""
     labels[confidence < min_confidence] = unknown
 
 
@@ -108,7 +108,7 @@ class Predictor:
             mark the pixels whose winning class probability is below it as
             ``unknown_label(num_classes)`` (255 for up to 255 classes). This resizes all
             the logits to full resolution, which the plain class ids avoid: a slower frame.
-            See ``ddrnet eval --calibration`` for what a threshold keeps.
+            See ``ddrnet eval --confidence`` for what a threshold keeps.
     """
 
     def __init__(

@@ -1,6 +1,6 @@
 """mIoU under camera corruptions (``data/corruptions.py``): how a model degrades with noise,
 blur, fog, darkness and compression, through the one evaluation loop; and, if asked, whether
-its confidence still warns of its errors there (``engine/calibration.py``)."""
+its confidence still warns of its errors there (``engine/confidence.py``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from torch.utils.data import Dataset
 
 from ddrnet.data.corruptions import CORRUPTIONS, SEVERITIES, CorruptedDataset
-from ddrnet.engine.calibration import CalibrationMetrics, CalibrationResult
-from ddrnet.engine.metrics import SegmentationMetrics
+from ddrnet.engine.confidence import ConfidenceMetrics, ConfidenceResult
+from ddrnet.engine.metrics import SegmentationMetrics, format_cell, nanmean
 
 
 @dataclass
@@ -20,13 +20,13 @@ class RobustnessResult:
 
     ``relative`` is the mean corrupted mIoU over the clean one (1.0: no loss), the
     robustness measure of Kamann & Rother (CVPR 2020) averaged over what was run.
-    ``calibration``, when measured, holds the confidence statistics of each corruption and
+    ``confidence``, when measured, holds the confidence statistics of each corruption and
     severity alike.
     """
 
     clean_miou: float
     miou: dict[str, dict[int, float]] = field(default_factory=dict)
-    calibration: dict[str, dict[int, CalibrationResult]] = field(default_factory=dict)
+    confidence: dict[str, dict[int, ConfidenceResult]] = field(default_factory=dict)
 
     def mean(self, name: str) -> float:
         values = list(self.miou[name].values())
@@ -56,24 +56,26 @@ class RobustnessResult:
             f"mean of the corruptions {self.mean_corrupted:.2f}: "
             f"{self.relative:.2f} of the clean mIoU"
         )
-        if self.calibration:
-            lines += ["", *self._calibration_table()]
+        if self.confidence:
+            lines += ["", *self._confidence_table()]
         return "\n".join(lines)
 
-    def _calibration_table(self) -> list[str]:
-        """Per corruption, means over its severities of the pixel accuracy, the mean
-        confidence, the ECE and the share of the errors under 0.9 confidence."""
-        width = max(14, *(len(name) for name in self.calibration)) + 2
-        header = f"{'corruption':<{width}}{'accuracy':>10}{'confidence':>12}{'ECE':>8}"
-        header += f"{'errors < 0.9':>14}"
-        lines = ["confidence under the corruptions (%, means over the severities)", header]
-        lines.append("-" * len(header))
-        for name, row in self.calibration.items():
-            means = [sum(values) / len(values) for values in zip(*map(_summary, row.values()))]
-            accuracy, confidence, ece, flagged = means
-            lines.append(
-                f"{name:<{width}}{accuracy:>10.2f}{confidence:>12.2f}{ece:>8.2f}{flagged:>14.2f}"
-            )
+    def _confidence_table(self) -> list[str]:
+        """Per corruption, means over its severities of ``SUMMARY_KEYS``."""
+        width = max(14, *(len(name) for name in self.confidence)) + 2
+        columns = ("accuracy", "confidence", "ECE", ">= 0.9", "right", "errors below")
+        widths = [max(len(c) + 2, 9) for c in columns]
+        header = f"{'corruption':<{width}}" + "".join(f"{c:>{w}}" for c, w in zip(columns, widths))
+        lines = [
+            "confidence under the corruptions (%, means over the severities; >= 0.9: the "
+            "pixels that sure, right: their accuracy, errors below: the errors under 0.9)",
+            header,
+            "-" * len(header),
+        ]
+        for name, row in self.confidence.items():
+            means = [nanmean(list(values)) for values in zip(*map(_summary, row.values()))]
+            cells = "".join(f"{format_cell(m):>{w}}" for m, w in zip(means, widths))
+            lines.append(f"{name:<{width}}{cells}")
         return lines
 
     def to_dict(self) -> dict:
@@ -85,24 +87,32 @@ class RobustnessResult:
             "relative_to_clean": self.relative,
             **(
                 {
-                    "calibration": {
+                    "confidence": {
                         name: {str(s): dict(zip(SUMMARY_KEYS, _summary(r))) for s, r in row.items()}
-                        for name, row in self.calibration.items()
+                        for name, row in self.confidence.items()
                     }
                 }
-                if self.calibration
+                if self.confidence
                 else {}
             ),
         }
 
 
-SUMMARY_KEYS = ("accuracy", "mean_confidence", "ECE", "errors_below_0.9")
+SUMMARY_KEYS = (
+    "accuracy",
+    "mean_confidence",
+    "ECE",
+    "pixels_0.9",
+    "accuracy_0.9",
+    "errors_below_0.9",
+)
 
 
-def _summary(result: CalibrationResult) -> tuple[float, float, float, float]:
-    """What ``SUMMARY_KEYS`` name, of one corrupted evaluation."""
-    below = {threshold: caught for threshold, _, _, caught in result.selective}
-    return result.accuracy, result.mean_confidence, result.ece, below[0.9]
+def _summary(result: ConfidenceResult) -> tuple[float, ...]:
+    """What ``SUMMARY_KEYS`` name, of one corrupted evaluation: the share of the pixels at
+    0.9 confidence or more, their accuracy and the share of the errors below them too."""
+    (kept,) = [row[1:] for row in result.selective if row[0] == 0.9]
+    return (result.accuracy, result.mean_confidence, result.ece, *kept)
 
 
 def evaluate_robustness(
@@ -112,13 +122,13 @@ def evaluate_robustness(
     names: Sequence[str] = tuple(CORRUPTIONS),
     severities: Sequence[int] = SEVERITIES,
     seed: int = 0,
-    calibration: Callable[[], CalibrationMetrics] | None = None,
+    confidence: Callable[[], ConfidenceMetrics] | None = None,
 ) -> RobustnessResult:
     """``dataset`` under each corruption in ``names`` at each severity, scored by
-    ``score(corrupted_dataset, description=..., calibration=...)`` (an evaluation, e.g.
+    ``score(corrupted_dataset, description=..., confidence=...)`` (an evaluation, e.g.
     ``evaluate`` with the model's settings bound; the description names its progress bar).
-    Every model given the same ``seed`` sees the same corrupted frames. ``calibration``: a
-    factory of empty ``CalibrationMetrics``, one per evaluation, to measure the confidence
+    Every model given the same ``seed`` sees the same corrupted frames. ``confidence``: a
+    factory of empty ``ConfidenceMetrics``, one per evaluation, to measure the confidence
     too (None: not measured, nor passed to ``score``)."""
     result = RobustnessResult(clean_miou)
     for name in names:
@@ -126,9 +136,9 @@ def evaluate_robustness(
         for severity in severities:
             corrupted = CorruptedDataset(dataset, name, severity, seed)
             options = {"description": f"{name} {severity}"}
-            if calibration is not None:
-                options["calibration"] = metrics = calibration()
+            if confidence is not None:
+                options["confidence"] = metrics = confidence()
             result.miou[name][severity] = score(corrupted, **options).miou
-            if calibration is not None:
-                result.calibration.setdefault(name, {})[severity] = metrics.compute()
+            if confidence is not None:
+                result.confidence.setdefault(name, {})[severity] = metrics.compute()
     return result

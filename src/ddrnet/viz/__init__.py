@@ -13,8 +13,8 @@ each:
 - ``compare.plot_compare``: one image through several models, side by side with one legend.
 - ``robustness.plot_robustness``: mIoU against corruption severity for several models
   (``ddrnet eval --corruptions ... --json``).
-- ``calibration.plot_calibration``: reliability diagram, what flagging low-confidence pixels
-  keeps and catches, per-class confidence against precision (``ddrnet eval --calibration
+- ``confidence.plot_confidence``: reliability diagram, what flagging low-confidence pixels
+  keeps and catches, per-class confidence against precision (``ddrnet eval --confidence
   --json``).
 
 ``figure.py`` holds what they share (the output check, exact-size figures, saving). Label
@@ -25,8 +25,8 @@ functions that need it, so importing this package stays cheap.
 
 from __future__ import annotations
 
-from ddrnet.viz.calibration import CALIBRATION_SIZE, plot_calibration, read_calibration
 from ddrnet.viz.compare import TITLE_HEIGHT, compare_pictures, load_models, plot_compare, titled
+from ddrnet.viz.confidence import CONFIDENCE_SIZE, plot_confidence, read_confidence
 from ddrnet.viz.confusion import (
     class_info_for_names,
     confusion_figure_size,
@@ -50,7 +50,7 @@ from ddrnet.viz.figure import DPI
 from ddrnet.viz.robustness import plot_robustness, read_robustness, robustness_figure_size
 
 __all__ = [
-    "CALIBRATION_SIZE",
+    "CONFIDENCE_SIZE",
     "CURVES_SIZE",
     "DPI",
     "REDUCTIONS",
@@ -65,13 +65,13 @@ __all__ = [
     "feature_figure_size",
     "feature_panels",
     "load_models",
-    "plot_calibration",
+    "plot_confidence",
     "plot_compare",
     "plot_confusion",
     "plot_curves",
     "plot_features",
     "plot_robustness",
-    "read_calibration",
+    "read_confidence",
     "read_eval_json",
     "read_metrics_jsonl",
     "read_robustness",

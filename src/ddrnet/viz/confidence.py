@@ -1,5 +1,5 @@
-"""The calibration figure: whether a model's confidence can be trusted, from evaluation JSONs
-written by ``ddrnet eval --calibration --json`` (drawn by ``ddrnet viz calibration``), one
+"""The confidence figure: whether a model's confidence can be trusted, from evaluation JSONs
+written by ``ddrnet eval --confidence --json`` (drawn by ``ddrnet viz confidence``), one
 colour per model:
 
 1. the reliability diagram: accuracy against mean confidence of each confidence bin (on the
@@ -19,22 +19,22 @@ from ddrnet.errors import UsageError
 from ddrnet.viz.confusion import read_eval_section
 from ddrnet.viz.figure import new_figure, prepare_output, save_figure
 
-CALIBRATION_SIZE = (1500, 480)  # pixels of the whole figure
+CONFIDENCE_SIZE = (1500, 480)  # pixels of the whole figure
 
 
-def read_calibration(path: str | Path) -> tuple[str, dict[str, Any]]:
-    """A model's label (its checkpoint's name) and the ``calibration`` section of an evaluation
+def read_confidence(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """A model's label (its checkpoint's name) and the ``confidence`` section of an evaluation
     JSON; a file without one is a ``UsageError`` that says how to write it."""
-    return read_eval_section(path, "calibration", "reliability", list, "--calibration")
+    return read_eval_section(path, "confidence", "reliability", list, "--confidence")
 
 
-def plot_calibration(metrics_jsons: Sequence[str | Path], output: str | Path) -> Path:
+def plot_confidence(metrics_jsons: Sequence[str | Path], output: str | Path) -> Path:
     """The three panels of the module docstring for each file, written as one PNG."""
     output = prepare_output(output)
     if not metrics_jsons:
-        raise UsageError("give at least one evaluation JSON written with --calibration")
-    models = [read_calibration(path) for path in metrics_jsons]
-    figure, (reliability, selective, classes) = new_figure(CALIBRATION_SIZE, 1, 3)
+        raise UsageError("give at least one evaluation JSON written with --confidence")
+    models = [read_confidence(path) for path in metrics_jsons]
+    figure, (reliability, selective, classes) = new_figure(CONFIDENCE_SIZE, 1, 3)
     for k, (label, section) in enumerate(models):
         colour = f"C{k}"
         bins = [b for b in section["reliability"] if b["pixels"] > 0]
