@@ -11,8 +11,10 @@ enough for a few viewers, and needs nothing installed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -30,11 +32,15 @@ p{margin:.5rem}img{max-width:100%}</style></head>
 """
 
 
+# The largest TCP port number; port 0 asks the system for a free one.
+MAX_PORT = 65535
+
+
 def parse_address(value: str) -> tuple[str, int]:
     """``"PORT"`` or ``"HOST:PORT"`` to ``(host, port)``; the host defaults to 127.0.0.1 (this
     machine only; ``0.0.0.0:PORT`` shows it to the network). ``UsageError`` otherwise."""
     host, _, port = value.rpartition(":")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not port.isdigit() or not 0 <= int(port) <= MAX_PORT:
         raise UsageError(f"{value!r}: give PORT or HOST:PORT, e.g. 8080 or 0.0.0.0:8080")
     return host.strip("[]") or "127.0.0.1", int(port)
 
@@ -96,6 +102,17 @@ class Preview:
     def closed(self) -> bool:
         return self._closed
 
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        """Counts one more viewer while the block runs (``publish`` encodes for viewers)."""
+        with self._ready:
+            self.viewers += 1
+        try:
+            yield
+        finally:
+            with self._ready:
+                self.viewers -= 1
+
     def close(self) -> None:
         """End every viewer's stream and stop serving."""
         with self._ready:
@@ -132,15 +149,14 @@ class _Viewer(BaseHTTPRequestHandler):
             self.send_error(404)
 
     def _stream(self) -> None:
-        # Counted before the answer starts: a client that has the headers is a viewer.
-        with self.preview._ready:
-            self.preview.viewers += 1
-        seen = 0
-        try:
+        # Counted before the answer starts: a client that has the headers is a viewer; one
+        # who goes away (a broken pipe) just ends its stream.
+        with self.preview.watching(), contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self.send_response(200)
             self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
+            seen = 0
             while not self.preview.closed:
                 newest = self.preview.newer_than(seen)
                 if newest is None:
@@ -150,11 +166,6 @@ class _Viewer(BaseHTTPRequestHandler):
                 head += f"Content-Length: {len(jpeg)}\r\n\r\n"
                 self.wfile.write(head.encode() + jpeg + b"\r\n")
                 self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the viewer went away
-        finally:
-            with self.preview._ready:
-                self.preview.viewers -= 1
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass  # a request line per picture would flood the prediction's output

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from ddrnet.data.corruptions import SEVERITIES
 from ddrnet.errors import UsageError
 from ddrnet.limits import MAX_SCALE
+from ddrnet.preview import MAX_PORT
 
 if TYPE_CHECKING:
     import torch
@@ -56,7 +57,7 @@ NON_NEGATIVE_FLOAT = _number(float, 0)
 FRACTION = _number(float, 0, 1)
 OPEN_FRACTION = _number(float, 0, 1, open_low=True, open_high=True)  # in (0, 1)
 SCALE = _number(float, 0, MAX_SCALE, open_low=True)
-PORT = _number(int, 0, 65535)
+PORT = _number(int, 0, MAX_PORT)
 SEVERITY = _number(int, min(SEVERITIES), max(SEVERITIES))  # of a camera corruption
 
 

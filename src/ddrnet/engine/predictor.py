@@ -41,11 +41,12 @@ def unknown_label(num_classes: int) -> int:
     data sets' void value, for up to 255 classes; 65535, the largest a 16-bit label PNG
     holds, for 257 to 65535. With exactly 256 classes no uint8 value is free: a
     ``ValueError``."""
+    largest = int(np.iinfo(np.uint16).max)
     if num_classes < 256:
         return 255
-    if num_classes == 256 or num_classes >= 65535:
+    if num_classes == 256 or num_classes >= largest:
         raise ValueError(f"a model of {num_classes} classes leaves no label value for unknown")
-    return 65535
+    return largest
 
 
 def mark_unknown(
