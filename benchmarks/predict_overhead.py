@@ -4,7 +4,7 @@ item 5 has had, measured in one run.
 For each model file (default: the bundled 23-slim and fast train-only models) and form
 (PyTorch fp32, ONNX Runtime INT8, OpenVINO INT8 with f32 float layers), on CamVid val frames
 at 480x360, the stages of one frame, each timed: normalise into an NCHW tensor (the
-``Predictor``'s code), forward, then one of four tails from logits to class ids:
+``Predictor``'s code), forward, then one of five tails from logits to class ids:
 
 - ``interp``: the first tail, ``F.interpolate`` of the logits to 360x480, ``max`` over the
   classes;
@@ -16,6 +16,9 @@ at 480x360, the stages of one frame, each timed: normalise into an NCHW tensor (
 - ``cells``: ``upsampled_class_ids`` now (the ``Predictor``'s tail): the same cells, their
   values one matrix product of corners and bilinear weights, and the arg-max a running
   maximum over the classes;
+- ``confidence``: the tail of ``--save confidence`` and ``--min-confidence``
+  (``Predictor.class_ids_and_confidence``): every logit resized as ``interp`` does, then the
+  arg-max and the winning class's probability (``winning_class``);
 
 then the conversion to uint8. PyTorch runs at one thread beside a runtime's model and at
 ``--threads`` otherwise, as ``ddrnet predict`` sets it. The tails take turns frame by frame,
@@ -52,6 +55,7 @@ from ddrnet.engine.inference import (
     class_ids_by_opencv,
     class_indices,
     upsampled_class_ids,
+    winning_class,
 )
 from ddrnet.engine.predictor import Predictor, image_batch
 from ddrnet.hardware import describe_cpu, onednn_isa_cap
@@ -102,11 +106,18 @@ def lerp_cells_tail(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     return torch.from_numpy(np.ascontiguousarray(ids)[None]).long()
 
 
+def confidence_tail(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    full = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+    ids, _ = winning_class(full, logits=True)
+    return ids
+
+
 TAILS: dict[str, Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]] = {
     "interp": interp_tail,
     "opencv": class_ids_by_opencv,
     "lerp-cells": lerp_cells_tail,
     "cells": upsampled_class_ids,
+    "confidence": confidence_tail,
 }
 
 

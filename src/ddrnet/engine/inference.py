@@ -219,6 +219,18 @@ def class_indices(scores: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return scores.max(dim=dim).indices
 
 
+def winning_class(scores: torch.Tensor, logits: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, C, H, W)`` class scores -> ``(N, H, W)`` int64 class ids and the winning class's
+    probability ``(N, H, W)`` (0..1). ``logits``: the scores are logits, whose winning softmax
+    probability is ``1 / sum(exp(l - max l))``, without the full softmax (which costs about as
+    much as resizing the logits); else they are probabilities already (averaged ones)."""
+    if logits:
+        top, ids = scores.max(dim=1)
+        return ids, (scores - top.unsqueeze(1)).exp_().sum(dim=1).reciprocal_()
+    confidence, ids = scores.max(dim=1)
+    return ids, confidence
+
+
 def _logits_full_size(
     model: nn.Module, images: torch.Tensor, size: tuple[int, int]
 ) -> torch.Tensor:

@@ -24,6 +24,7 @@ from ddrnet.engine.inference import (
     segment_class_ids,
     segment_logits,
     to_fast_layout,
+    winning_class,
 )
 from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels, check_scales
 from ddrnet.models.metadata import normalisation
@@ -195,14 +196,7 @@ class Predictor:
         """``(N, 3, H, W)`` RGB images -> ``(N, H, W)`` int64 class ids and their ``(N, H,
         W)`` float32 confidence (the winning class's probability, 0..1), at input
         resolution, on the device; ids below ``min_confidence`` are ``unknown``."""
-        scores = self.scores(images)
-        if self.single_pass:
-            # Logits: the winning class's softmax probability is 1 / sum(exp(l - max l)),
-            # without the full softmax (which costs about as much as the resize before it).
-            top, ids = scores.max(dim=1)
-            confidence = (scores - top.unsqueeze(1)).exp_().sum(dim=1).reciprocal_()
-        else:
-            confidence, ids = scores.max(dim=1)
+        ids, confidence = winning_class(self.scores(images), logits=self.single_pass)
         if self.min_confidence is not None:
             mark_unknown(ids, confidence, self.min_confidence, self.unknown)
         return ids, confidence
