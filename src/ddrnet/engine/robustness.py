@@ -63,12 +63,12 @@ class RobustnessResult:
     def _confidence_table(self) -> list[str]:
         """Per corruption, means over its severities of ``SUMMARY_KEYS``."""
         width = max(14, *(len(name) for name in self.confidence)) + 2
-        columns = ("accuracy", "confidence", "ECE", ">= 0.9", "right", "errors below")
+        columns = ("accuracy", "confidence", "ECE", f">= {SURE:g}", "right", "errors below")
         widths = [max(len(c) + 2, 9) for c in columns]
         header = f"{'corruption':<{width}}" + "".join(f"{c:>{w}}" for c, w in zip(columns, widths))
         lines = [
-            "confidence under the corruptions (%, means over the severities; >= 0.9: the "
-            "pixels that sure, right: their accuracy, errors below: the errors under 0.9)",
+            f"confidence under the corruptions (%, means over the severities; >= {SURE:g}: the "
+            f"pixels that sure, right: their accuracy, errors below: the errors under {SURE:g})",
             header,
             "-" * len(header),
         ]
@@ -79,39 +79,38 @@ class RobustnessResult:
         return lines
 
     def to_dict(self) -> dict:
-        return {
+        document = {
             "clean_mIoU": self.clean_miou,
             "mIoU": {name: {str(s): v for s, v in row.items()} for name, row in self.miou.items()},
             "mean_per_corruption": {name: self.mean(name) for name in self.miou},
             "mean_corrupted_mIoU": self.mean_corrupted,
             "relative_to_clean": self.relative,
-            **(
-                {
-                    "confidence": {
-                        name: {str(s): dict(zip(SUMMARY_KEYS, _summary(r))) for s, r in row.items()}
-                        for name, row in self.confidence.items()
-                    }
-                }
-                if self.confidence
-                else {}
-            ),
         }
+        if self.confidence:
+            document["confidence"] = {
+                name: {str(s): dict(zip(SUMMARY_KEYS, _summary(r))) for s, r in row.items()}
+                for name, row in self.confidence.items()
+            }
+        return document
 
 
+# The confidence a planner would trust a pixel at, in the summary of each corruption (one of
+# ``confidence.CONFIDENCE_THRESHOLDS``, whose counts it reads).
+SURE = 0.9
 SUMMARY_KEYS = (
     "accuracy",
     "mean_confidence",
     "ECE",
-    "pixels_0.9",
-    "accuracy_0.9",
-    "errors_below_0.9",
+    f"pixels_{SURE:g}",
+    f"accuracy_{SURE:g}",
+    f"errors_below_{SURE:g}",
 )
 
 
 def _summary(result: ConfidenceResult) -> tuple[float, ...]:
     """What ``SUMMARY_KEYS`` name, of one corrupted evaluation: the share of the pixels at
-    0.9 confidence or more, their accuracy and the share of the errors below them too."""
-    (kept,) = [row[1:] for row in result.selective if row[0] == 0.9]
+    ``SURE`` confidence or more, their accuracy and the share of the errors below them too."""
+    (kept,) = [row[1:] for row in result.selective if row[0] == SURE]
     return (result.accuracy, result.mean_confidence, result.ece, *kept)
 
 
