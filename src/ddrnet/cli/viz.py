@@ -4,6 +4,7 @@ model comparison, robustness to corruptions, confidence)."""
 from __future__ import annotations
 
 import argparse
+import functools
 
 from ddrnet.cli.options import POSITIVE_INT, add_model_options, load_pytorch_model
 
@@ -51,22 +52,25 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     compare.add_argument("-o", "--output", required=True, help="PNG file to write")
     compare.set_defaults(handler=run_compare)
-    robustness = figures.add_parser(
-        "robustness", help="mIoU against corruption severity, several models"
+    _add_models_figure(
+        figures, "robustness", "mIoU against corruption severity, several models",
+        "--corruptions ...",
+    )  # fmt: skip
+    _add_models_figure(
+        figures, "confidence", "reliability diagram, flagged pixels, per-class confidence",
+        "--confidence",
+    )  # fmt: skip
+
+
+def _add_models_figure(figures, name: str, summary: str, option: str) -> None:
+    """``ddrnet viz NAME JSON... -o PNG``: one figure of several models' evaluation JSONs
+    (written by ``ddrnet eval OPTION --json``), drawn by ``ddrnet.viz.plot_NAME``."""
+    parser = figures.add_parser(name, help=summary)
+    parser.add_argument(
+        "metrics", nargs="+", help=f"JSONs written by 'ddrnet eval {option} --json'"
     )
-    robustness.add_argument(
-        "metrics", nargs="+", help="JSONs written by 'ddrnet eval --corruptions ... --json'"
-    )
-    robustness.add_argument("-o", "--output", required=True, help="PNG file to write")
-    robustness.set_defaults(handler=run_robustness)
-    confidence = figures.add_parser(
-        "confidence", help="reliability diagram, flagged pixels, per-class confidence"
-    )
-    confidence.add_argument(
-        "metrics", nargs="+", help="JSONs written by 'ddrnet eval --confidence --json'"
-    )
-    confidence.add_argument("-o", "--output", required=True, help="PNG file to write")
-    confidence.set_defaults(handler=run_confidence)
+    parser.add_argument("-o", "--output", required=True, help="PNG file to write")
+    parser.set_defaults(handler=functools.partial(run_models_figure, name))
 
 
 def run_features(args: argparse.Namespace) -> int:
@@ -88,17 +92,11 @@ def run_confusion(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_robustness(args: argparse.Namespace) -> int:
-    from ddrnet.viz import plot_robustness
+def run_models_figure(name: str, args: argparse.Namespace) -> int:
+    import ddrnet.viz
 
-    print(f"robustness figure written to {plot_robustness(args.metrics, args.output)}")
-    return 0
-
-
-def run_confidence(args: argparse.Namespace) -> int:
-    from ddrnet.viz import plot_confidence
-
-    print(f"confidence figure written to {plot_confidence(args.metrics, args.output)}")
+    output = getattr(ddrnet.viz, f"plot_{name}")(args.metrics, args.output)
+    print(f"{name} figure written to {output}")
     return 0
 
 
