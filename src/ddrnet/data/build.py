@@ -48,3 +48,16 @@ def build_dataset(
     elif config.dataset == "folder":
         return folder_dataset(root, split, config.classes_file, transform, cache=cache)
     raise DatasetError(f"data set {config.dataset!r} is not available in this build")
+
+
+def build_split(
+    config, split_key: str, train: bool, cache: bool | None = None
+) -> PairedSegmentationDataset:
+    """The data set of ``config.<split_key>`` (``"train_split"`` or ``"val_split"``); its
+    errors say which set they concern. ``cache``: as ``build_dataset``."""
+    split = getattr(config, split_key)
+    try:
+        return build_dataset(config, split, train=train, cache=cache)
+    except DatasetError as error:
+        kind = "training" if train else "validation"
+        raise DatasetError(f"{kind} set (data.{split_key}={split}): {error}") from None

@@ -12,6 +12,7 @@ from ddrnet.data.datasets import (
     ColourLabelDataset,
     DatasetError,
     PairedSegmentationDataset,
+    Recording,
     Sample,
     Transform,
 )
@@ -27,6 +28,14 @@ from ddrnet.data.labels import (
 CAMVID_SEQUENCES = ("0001TP", "0006R0", "0016E5", "Seq05VD")
 CAMVID_ORIGINAL_IMAGES = "701_StillsRaw_full"
 CAMVID_ORIGINAL_LABELS = "LabeledApproved_full"
+
+
+def camvid_sequence(image: Path) -> str:
+    """The sequence a CamVid frame comes from: its name's prefix (``0016E5_07959.png``)."""
+    return image.name.split("_")[0]
+
+
+CAMVID_RECORDING = Recording("sequence", camvid_sequence)
 
 
 def _resolve_listed(root: Path, listed: str) -> Path:
@@ -168,7 +177,7 @@ def camvid(
     valid = np.zeros(256, dtype=bool)
     if not colour_labels:
         valid[: CAMVID_VOID_INDEX + 1] = True
-        return PairedSegmentationDataset(
+        dataset = PairedSegmentationDataset(
             camvid_samples(root, split, sequences),
             CAMVID,
             CAMVID_LUT,
@@ -177,10 +186,12 @@ def camvid(
             cache,
             name=f"CamVid {split}",
         )
+        dataset.recording = CAMVID_RECORDING
+        return dataset
     # The colour table already yields 11-class ids (255 for Void), which CAMVID_LUT keeps.
     valid[:CAMVID_VOID_INDEX] = True
     valid[IGNORE_INDEX] = True
-    return ColourLabelDataset(
+    dataset = ColourLabelDataset(
         camvid_original_samples(root, split, sequences),
         CAMVID,
         CAMVID_LUT,
@@ -192,3 +203,5 @@ def camvid(
         name=f"CamVid 32-class colours {split}",
         mask_format="colour",
     )
+    dataset.recording = CAMVID_RECORDING
+    return dataset

@@ -11,6 +11,7 @@ import numpy as np
 from ddrnet.data.datasets import (
     DatasetError,
     PairedSegmentationDataset,
+    Recording,
     Sample,
     Transform,
     require_labels,
@@ -27,6 +28,14 @@ from ddrnet.data.labels import (
 CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit.png"
 CITYSCAPES_LABEL_SUFFIX = "_gtFine_labelIds.png"
 _CITYSCAPES_FRAME = re.compile(r"[a-z_]+_\d{6}_\d{6}")
+
+
+def cityscapes_city(image: Path) -> str:
+    """The city a Cityscapes frame was recorded in: its folder (``.../val/frankfurt/...``)."""
+    return image.parent.name
+
+
+CITYSCAPES_RECORDING = Recording("city", cityscapes_city)
 
 
 def cityscapes_samples(root: str | Path, split: str) -> list[Sample]:
@@ -57,7 +66,7 @@ def cityscapes(
     the official table (``labels.CITYSCAPES_LUT``; 255 = ignore)."""
     valid = np.zeros(256, dtype=bool)
     valid[:CITYSCAPES_NUM_LABEL_IDS] = True
-    return PairedSegmentationDataset(
+    dataset = PairedSegmentationDataset(
         cityscapes_samples(root, split),
         CITYSCAPES,
         CITYSCAPES_LUT,
@@ -66,6 +75,8 @@ def cityscapes(
         cache,
         name=f"Cityscapes {split}",
     )
+    dataset.recording = CITYSCAPES_RECORDING
+    return dataset
 
 
 def write_cityscapes_submission(

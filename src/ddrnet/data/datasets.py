@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ddrnet.data.io import ImageReadError, read_color_label, read_label, read_mask, read_rgb
+from ddrnet.data.io import read_color_label, read_label, read_mask, read_rgb
 from ddrnet.data.labels import LabelSet, colour_indices, pack_rgb
 from ddrnet.errors import DDRNetError
 
@@ -28,6 +28,16 @@ Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.nda
 
 class DatasetError(DDRNetError, ValueError):
     """The data set on disk is unusable; the message lists the offending files."""
+
+
+@dataclass(frozen=True)
+class Recording:
+    """How a data set's frames group into recordings (a drive, a city): ``of(image path)``
+    names a frame's recording. Frames of one recording in both training and validation make
+    validation scores flatter places never seen (``survey.survey_warnings``)."""
+
+    kind: str  # what a recording is called: "sequence", "city"
+    of: Callable[[Path], str]
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,8 @@ class PairedSegmentationDataset(Dataset):
     the pair is augmented first (random parameters drawn from torch's RNG, so DataLoader
     workers and resumed runs are reproducible).
     """
+
+    recording: Recording | None = None  # set by data sets whose frames come from recordings
 
     def __init__(
         self,
@@ -130,29 +142,12 @@ class PairedSegmentationDataset(Dataset):
         )
 
     def check(self, limit: int = 20) -> None:
-        """Read every pair and raise ``DatasetError`` listing up to ``limit`` problems:
-        missing or unreadable files, image/label size mismatches, label values outside
-        the classes."""
-        problems: list[str] = []
-        for sample in self.samples:
-            if len(problems) >= limit:
-                break
-            try:
-                image = read_rgb(sample.image)
-                if sample.label is None:
-                    continue
-                raw = self.read_raw_label(sample.label)
-            except (ImageReadError, DatasetError) as error:
-                problems.append(str(error))
-                continue
-            problem = self._label_problem(sample, image, raw)
-            if problem is not None:
-                problems.append(problem)
-        if problems:
-            more = " (stopped after the first problems)" if len(problems) >= limit else ""
-            raise DatasetError(
-                f"{self.name}: {len(problems)} problems found{more}:\n  " + "\n  ".join(problems)
-            )
+        """Read every pair and raise ``DatasetError`` listing the problems (stopping after
+        ``limit``): missing or unreadable files, image/label size mismatches, label values
+        outside the classes. ``survey.survey_dataset`` gives the whole report."""
+        from ddrnet.data.survey import survey_dataset  # it builds on this module
+
+        survey_dataset(self, stop_after=limit).raise_problems(limit)
 
 
 def _describe_valid(valid: np.ndarray) -> str:

@@ -15,11 +15,12 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from ddrnet.config import ConfigError, to_dict
-from ddrnet.data.build import build_dataset
-from ddrnet.data.datasets import DatasetError, PairedSegmentationDataset
+from ddrnet.data.build import build_split
+from ddrnet.data.datasets import PairedSegmentationDataset
 from ddrnet.data.labels import LabelSet
 from ddrnet.data.mixing import ClassMix, class_ids
 from ddrnet.data.sampling import dataset_frame_weights, frame_class_pixels
+from ddrnet.data.survey import LISTED_PROBLEMS, survey_dataset, survey_warnings
 from ddrnet.engine.checkpointing import TrainingError, check_resumable, restore
 from ddrnet.engine.config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
 from ddrnet.engine.distributed import DistributedContext
@@ -57,8 +58,8 @@ def build_data(config: Config, ctx: DistributedContext) -> TrainingData:
     """The data sets of ``config.data``; refuses a batch (times the processes) larger than
     the training set. Files are not read yet (``check_data`` does)."""
     cfg_data = config.data
-    train_set = _dataset(cfg_data, "train_split", train=True)
-    val_set: Dataset = _dataset(cfg_data, "val_split", train=False)
+    train_set = build_split(cfg_data, "train_split", train=True)
+    val_set: Dataset = build_split(cfg_data, "val_split", train=False)
     if config.eval.max_images:
         val_set = Subset(val_set, range(min(config.eval.max_images, len(val_set))))
     labels = train_set.labels
@@ -98,24 +99,19 @@ def _class_mix(cfg_data: DataConfig, labels: LabelSet) -> ClassMix | None:
     return ClassMix(cfg_data.class_mix, classes, labels.ignore_index)
 
 
-def _dataset(cfg_data: DataConfig, split_key: str, train: bool) -> PairedSegmentationDataset:
-    """The data set of ``data.<split_key>``; its errors say which set they concern."""
-    split = getattr(cfg_data, split_key)
-    try:
-        return build_dataset(cfg_data, split, train=train)
-    except DatasetError as error:
-        kind = "training" if train else "validation"
-        raise DatasetError(f"{kind} set (data.{split_key}={split}): {error}") from None
-
-
 def check_data(data: TrainingData) -> None:
     """Read every file of both sets, reporting problems by name (``data.check``; slow, so
-    it comes after the quick refusals)."""
+    it comes after the quick refusals), and log what misleads (``survey.survey_warnings``:
+    validation frames or recordings also in training, classes without a training pixel)."""
     logger.info(
         "checking %d training and %d validation pairs", len(data.train_set), len(data.val_set)
     )
-    data.train_set.check()
-    getattr(data.val_set, "dataset", data.val_set).check()
+    surveys = []
+    for dataset in (data.train_set, getattr(data.val_set, "dataset", data.val_set)):
+        surveys.append(survey_dataset(dataset, stop_after=LISTED_PROBLEMS))
+        surveys[-1].raise_problems()
+    for warning in survey_warnings(*surveys):
+        logger.warning(warning)
 
 
 def rare_class_frame_weights(data: TrainingData, cfg_data: DataConfig) -> np.ndarray | None:

@@ -17,6 +17,8 @@ each:
   keeps and catches, per-class confidence against precision (``ddrnet eval --confidence
   --json``).
 
+``labels.write_label_pictures`` draws a data set's own labels (``ddrnet data --show``).
+
 ``figure.py`` holds what they share (the output check, exact-size figures, saving). Label
 pictures go through ``ddrnet.render`` (the data set's palette, legends with shares);
 matplotlib (object-oriented, without pyplot) draws the rest and is imported inside the

@@ -1,0 +1,153 @@
+"""``ddrnet data``: read a recipe's training and validation sets before a long run and say
+what they hold and what is wrong with them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ddrnet.cli.options import NON_NEGATIVE_INT, POSITIVE_INT, writable_file
+
+# Problems printed; --json keeps all of them.
+PRINTED_PROBLEMS = 30
+CELL = 8  # characters of a share in the class table, "100.00%" and a space
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "data",
+        help="check a recipe's data sets: problems by file, class shares, sizes, mean/std, "
+        "validation frames that training saw",
+        description="Read every image and label of a recipe's training and validation sets "
+        "(as `ddrnet train` would) and print: problems by file (unreadable files, size "
+        "mismatches, values or colours of no class), image sizes, each class's share of the "
+        "pixels and of the frames, the RGB mean and std, and warnings about what makes "
+        "validation scores mislead (validation frames or recordings also in training) or "
+        "training miss a class. Exit status 1 when there are problems.",
+        epilog="Example: ddrnet data camvid_ddrnet23_slim data.root=../shared/data/camvid "
+        "data.train_split=train --show runs/labels --augmented",
+    )
+    parser.add_argument("config", help="bundled recipe name or path to a YAML file")
+    parser.add_argument(
+        "overrides", nargs="*", help="overrides such as data.root=/data/camvid (section.key=value)"
+    )
+    parser.add_argument("--json", help="write every figure, warning and problem to this file")
+    parser.add_argument(
+        "--show",
+        metavar="FOLDER",
+        help="write frames with their labels' colours and a legend to FOLDER/train and FOLDER/val",
+    )
+    parser.add_argument(
+        "--count", type=POSITIVE_INT, default=8, help="--show: frames per set (default 8)"
+    )
+    parser.add_argument(
+        "--augmented",
+        action="store_true",
+        help="--show: training frames as the recipe's augmentation draws them",
+    )
+    parser.add_argument(
+        "--seed", type=NON_NEGATIVE_INT, default=0, help="--augmented: the draws (default 0)"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ddrnet.atomic import atomic_write_text
+    from ddrnet.config import load_config
+    from ddrnet.data.build import build_split
+    from ddrnet.data.survey import survey_dataset, survey_warnings
+    from ddrnet.engine.config import Config, resolve_recipe
+    from ddrnet.viz.labels import write_label_pictures
+
+    writable_file("--json", args.json, (".json",))
+    overrides = list(args.overrides) + getattr(args, "late_overrides", [])
+    config = load_config(Config, resolve_recipe(args.config), overrides)
+    # Not cached: the survey reads each file once, and a broken one must not stop the rest.
+    sets = {
+        "train": build_split(config.data, "train_split", train=True, cache=False),
+        "val": build_split(config.data, "val_split", train=False, cache=False),
+    }
+    if args.show:
+        folders = {role: Path(args.show) / role for role in sets}
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)  # a file in the way: refused now
+    surveys = {role: survey_dataset(dataset, progress=True) for role, dataset in sets.items()}
+    warnings = survey_warnings(surveys["train"], surveys["val"])
+    labels = sets["train"].labels
+    mean = tuple(config.data.mean or labels.mean)
+    std = tuple(config.data.std or labels.std)
+    print(_report(surveys, mean, std))
+    for warning in warnings:
+        print(f"warning: {warning}")
+    problems = [problem for survey in surveys.values() for problem in survey.problems]
+    _print_problems(problems)
+    if args.show:
+        for role, dataset in sets.items():
+            augmented = args.augmented and role == "train"
+            written = write_label_pictures(dataset, folders[role], args.count, augmented, args.seed)
+            print(f"{len(written)} label pictures written to {folders[role]}")
+    if args.json:
+        document = {
+            "recipe": args.config,
+            "normalisation": {"mean": list(mean), "std": list(std)},
+            "sets": {role: survey.to_dict() for role, survey in surveys.items()},
+            "warnings": warnings,
+        }
+        atomic_write_text(json.dumps(document, indent=2), Path(args.json))
+    return 1 if problems else 0
+
+
+def _report(surveys: dict, mean: tuple, std: tuple) -> str:
+    """The sets' sizes and recordings, then one row per class: its share of the labelled
+    pixels and of the frames in each set."""
+    lines = []
+    for survey in surveys.values():
+        sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in survey.sizes.most_common(4))
+        more = f" and {len(survey.sizes) - 4} more sizes" if len(survey.sizes) > 4 else ""
+        line = f"{survey.name}: {survey.frames} frames, {sizes or 'none readable'}{more}"
+        if survey.recordings:
+            listed = ", ".join(f"{r} {n}" for r, n in sorted(survey.recordings.items()))
+            line += f"; {survey.recording_kind}s: {listed}"
+        lines.append(line)
+    train, val = surveys["train"], surveys["val"]
+    width = max(len(name) for name in (*train.class_names, "RGB mean (0..1)"))
+    set_width = 2 * CELL + 2
+    header = f"{'':{width}}  {'training set':^{set_width}}  {'validation set':^{set_width}}"
+    lines += ["", header.rstrip()]
+    cells = f"{'pixels':>{CELL}}  {'frames':>{CELL}}"
+    lines.append(f"{'class':{width}}  {cells}  {cells}")
+    for index, name in enumerate(train.class_names):
+        row = [
+            f"{_percent(s.class_pixels[index], s.labelled_pixels + s.ignored_pixels)}  "
+            f"{_percent(s.class_frames[index], s.frames)}"
+            for s in (train, val)
+        ]
+        lines.append(f"{name:{width}}  {row[0]}  {row[1]}")
+    ignored = [
+        f"{_percent(s.ignored_pixels, s.labelled_pixels + s.ignored_pixels)}  {'':{CELL}}"
+        for s in (train, val)
+    ]
+    lines.append(f"{'(ignored)':{width}}  {ignored[0]}  {ignored[1]}".rstrip())
+    for title, moment in (("RGB mean (0..1)", "mean"), ("RGB std", "std")):
+        values = [" ".join(f"{v:.3f}" for v in getattr(s, moment)) for s in (train, val)]
+        lines.append(f"{title:{width}}  {values[0]:>{set_width}}  {values[1]:>{set_width}}")
+    recipe = " ".join(f"{v:.3f}" for v in mean), " ".join(f"{v:.3f}" for v in std)
+    lines.append(f"the recipe normalises with mean {recipe[0]}, std {recipe[1]}")
+    return "\n".join(lines)
+
+
+def _percent(count: int, total: int) -> str:
+    """A share in percent as a ``CELL``-wide cell, e.g. ``  31.70%``; ``-`` without a total."""
+    return f"{100.0 * int(count) / total:{CELL - 1}.2f}%" if total else f"{'-':>{CELL}}"
+
+
+def _print_problems(problems: list[str]) -> None:
+    if not problems:
+        print("no problems: every file is readable and every label fits its image and classes")
+        return
+    print(f"{len(problems)} problems:")
+    for problem in problems[:PRINTED_PROBLEMS]:
+        print(f"  {problem}")
+    if len(problems) > PRINTED_PROBLEMS:
+        print(f"  ... and {len(problems) - PRINTED_PROBLEMS} more (all of them: --json)")

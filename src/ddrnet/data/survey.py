@@ -1,0 +1,246 @@
+"""What a data set holds, read file by file: the check before training and ``ddrnet data``.
+
+``survey_dataset`` reads every image and label of a ``PairedSegmentationDataset`` once and
+gathers what a user checks before a long run: the problems, by file (unreadable files,
+image/label size mismatches, label values or colours outside the classes), the image sizes,
+each class's share of the labelled pixels and of the frames, the ignored share, the RGB
+mean and standard deviation (exact: from per-channel histograms), the recordings (CamVid's
+sequences, Cityscapes' cities) and a digest of every image's pixels.
+
+``split_warnings`` compares a training and a validation survey for what makes validation
+scores lie or training silently miss something: validation frames whose pixels are also in
+the training set, recordings in both (a street seen in training flatters the score: on
+CamVid by 20+ mIoU points, ``scripts/camvid_experiments.md``), classes without a training
+pixel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ddrnet.data.datasets import DatasetError, PairedSegmentationDataset
+from ddrnet.data.io import ImageReadError, read_rgb
+
+# Problems listed by ``raise_problems`` (the survey keeps all of them).
+LISTED_PROBLEMS = 20
+
+
+@dataclass
+class DatasetSurvey:
+    """The figures of one data set; pixel counts are at the files' own resolution."""
+
+    name: str
+    class_names: tuple[str, ...]
+    recording_kind: str | None  # "sequence", "city"; None when the data set has none
+    frames: int = 0  # samples read, problem frames included
+    sizes: Counter = field(default_factory=Counter)  # (width, height) -> frames
+    # Pixels per value of each RGB channel, (3, 256) int64, over every readable image.
+    channel_histogram: np.ndarray = field(default_factory=lambda: np.zeros((3, 256), np.int64))
+    class_pixels: np.ndarray | None = None  # (C,) int64 labelled pixels per class
+    class_frames: np.ndarray | None = None  # (C,) int64 frames with at least one pixel
+    ignored_pixels: int = 0  # label pixels of no class (void), frames without problems
+    recordings: Counter = field(default_factory=Counter)  # recording -> frames
+    digests: dict[str, str] = field(default_factory=dict)  # pixel digest -> first image
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (image, same as)
+    problems: list[str] = field(default_factory=list)
+    stopped_early: bool = False  # stopped after ``stop_after`` problems
+
+    def __post_init__(self) -> None:
+        count = len(self.class_names)
+        if self.class_pixels is None:
+            self.class_pixels = np.zeros(count, np.int64)
+        if self.class_frames is None:
+            self.class_frames = np.zeros(count, np.int64)
+
+    @property
+    def labelled_pixels(self) -> int:
+        return int(self.class_pixels.sum())
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        """Per RGB channel, of images scaled to [0, 1] (as ``data.mean``); nan without images."""
+        return tuple(float(m) for m in self._moments()[0])
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        """Per RGB channel, population standard deviation on the [0, 1] scale."""
+        return tuple(float(s) for s in self._moments()[1])
+
+    def _moments(self) -> tuple[np.ndarray, np.ndarray]:
+        values = np.arange(256) / 255.0
+        pixels = self.channel_histogram.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = self.channel_histogram @ values / pixels
+            square = self.channel_histogram @ values**2 / pixels
+        return mean, np.sqrt(np.maximum(square - mean**2, 0.0))
+
+    def add_frame(self, image: np.ndarray, label: np.ndarray | None, name: str, group: str | None):
+        """Count one ``(H, W, 3)`` uint8 image and its ``(H, W)`` uint8 training-id label
+        (None: unlabelled, or its label had a problem)."""
+        self.sizes[(image.shape[1], image.shape[0])] += 1
+        offsets = np.arange(3, dtype=np.intp) * 256
+        self.channel_histogram += np.bincount(
+            (image.reshape(-1, 3) + offsets).ravel(), minlength=768
+        ).reshape(3, 256)
+        digest = hashlib.blake2b(image.tobytes(), digest_size=16)
+        digest.update(repr(image.shape).encode())
+        key = digest.hexdigest()
+        if key in self.digests:
+            self.duplicates.append((name, self.digests[key]))
+        else:
+            self.digests[key] = name
+        if group is not None:
+            self.recordings[group] += 1
+        if label is not None:
+            counts = np.bincount(label.ravel(), minlength=256)
+            classes = len(self.class_names)
+            self.class_pixels += counts[:classes]
+            self.class_frames += counts[:classes] > 0
+            self.ignored_pixels += int(counts[classes:].sum())
+
+    def raise_problems(self, limit: int = LISTED_PROBLEMS) -> None:
+        """``DatasetError`` listing the first ``limit`` problems, if there are any."""
+        if not self.problems:
+            return
+        listed = "\n  ".join(self.problems[:limit])
+        more = len(self.problems) - limit
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        early = " (stopped after the first ones)" if self.stopped_early else ""
+        raise DatasetError(
+            f"{self.name}: {len(self.problems)} problems found{early}:\n  {listed}{tail}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types: the figures; shares in percent of the label pixels (ignored ones
+        included, so the classes and ``ignored_share`` sum to 100) and of the frames."""
+        label_pixels = max(self.labelled_pixels + self.ignored_pixels, 1)
+        frames = max(self.frames, 1)
+        return {
+            "name": self.name,
+            "frames": self.frames,
+            "sizes": {f"{w}x{h}": n for (w, h), n in self.sizes.most_common()},
+            "classes": {
+                name: {
+                    "pixels": int(pixels),
+                    "pixel_share": 100.0 * int(pixels) / label_pixels,
+                    "frames": int(count),
+                    "frame_share": 100.0 * int(count) / frames,
+                }
+                for name, pixels, count in zip(
+                    self.class_names, self.class_pixels, self.class_frames
+                )
+            },
+            "ignored_pixels": self.ignored_pixels,
+            "ignored_share": 100.0 * self.ignored_pixels / label_pixels,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "recording_kind": self.recording_kind,
+            "recordings": dict(sorted(self.recordings.items())),
+            "duplicates": [list(pair) for pair in self.duplicates],
+            "problems": list(self.problems),
+            "stopped_early": self.stopped_early,
+        }
+
+
+def _read_frame(dataset: PairedSegmentationDataset, index: int):
+    """``(image, label or None, problem or None)`` of one sample; ``image`` None when even
+    the image could not be read."""
+    sample = dataset.samples[index]
+    try:
+        if sample.label is None:
+            return read_rgb(sample.image), None, None
+        image, label = dataset.load(index)
+        return image, label, None
+    except (ImageReadError, DatasetError) as error:
+        try:  # the image still counts when only its label is wrong
+            return read_rgb(sample.image), None, str(error)
+        except ImageReadError:
+            return None, None, str(error)
+
+
+def survey_dataset(
+    dataset: PairedSegmentationDataset,
+    stop_after: int | None = None,
+    workers: int = 2,
+    progress: bool = False,
+) -> DatasetSurvey:
+    """Read every sample of ``dataset`` once (``workers`` threads: decoding releases the
+    GIL) and count it; a file that cannot be used becomes a problem naming it, not an
+    exception. ``stop_after``: stop reading after that many problems (a data set broken
+    throughout is reported without reading all of it)."""
+    recording = dataset.recording
+    survey = DatasetSurvey(
+        dataset.name, tuple(dataset.labels.class_names), recording.kind if recording else None
+    )
+    indices = range(len(dataset))
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        frames = pool.map(lambda index: _read_frame(dataset, index), indices)
+        bar = tqdm(frames, total=len(dataset), desc=dataset.name, disable=not progress)
+        for index, (image, label, problem) in zip(indices, bar):
+            survey.frames += 1
+            if problem is not None:
+                survey.problems.append(problem)
+            if image is not None:
+                path = dataset.samples[index].image
+                group = recording.of(path) if recording else None
+                survey.add_frame(image, label, str(path), group)
+            if stop_after is not None and len(survey.problems) >= stop_after:
+                survey.stopped_early = index + 1 < len(dataset)
+                pool.shutdown(wait=False, cancel_futures=True)
+                break
+    return survey
+
+
+def survey_warnings(train: DatasetSurvey, val: DatasetSurvey | None = None) -> list[str]:
+    """What makes scores on ``val`` mislead about new data, or training miss or over-weight
+    something: one sentence each, naming the frames, recordings or classes."""
+    warnings = [
+        f"{survey.name}: frames that repeat the pixels of another one: "
+        f"{len(survey.duplicates)} (e.g. {survey.duplicates[0][0]} = {survey.duplicates[0][1]})"
+        for survey in (train, val)
+        if survey is not None and survey.duplicates
+    ]
+    if val is not None:
+        warnings += _leak_warnings(train, val)
+    names = train.class_names
+    absent = [n for n, pixels in zip(names, train.class_pixels) if pixels == 0]
+    if absent:
+        in_val = [] if val is None else [n for n in absent if val.class_pixels[names.index(n)]]
+        also = f" ({', '.join(in_val)} labelled in validation)" if in_val else ""
+        warnings.append(
+            f"classes without a training pixel: {', '.join(absent)}{also}: the model "
+            "cannot learn them"
+        )
+    return warnings
+
+
+def _leak_warnings(train: DatasetSurvey, val: DatasetSurvey) -> list[str]:
+    """Validation frames or recordings that are also in the training set."""
+    warnings = []
+    shared = [
+        (name, train.digests[key]) for key, name in val.digests.items() if key in train.digests
+    ]
+    if shared:
+        name, twin = shared[0]
+        example = name if name == twin else f"{name} = {twin}"
+        warnings.append(
+            f"validation frames that are also training frames (the same pixels): "
+            f"{len(shared)} of {val.frames} (e.g. {example}); scores on them measure what "
+            "the model remembers, not how it does on new images"
+        )
+    common = sorted(set(train.recordings) & set(val.recordings))
+    if common and val.recording_kind:
+        listed = ", ".join(f"{r} ({train.recordings[r]} training frames)" for r in common)
+        kind = val.recording_kind
+        warnings.append(
+            f"the validation set shares {kind}s with the training set: {listed}; validation "
+            f"scores flatter {kind}s never seen (hold one out to measure those)"
+        )
+    return warnings

@@ -1,0 +1,183 @@
+"""``ddrnet data`` and the survey under it: figures of a small folder data set worked out by
+hand, problems named by file without stopping, the leak warnings on real CamVid splits, the
+label pictures, and the check before training that logs the warnings."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ddrnet.cli import main
+from ddrnet.data.camvid import camvid
+from ddrnet.data.datasets import DatasetError
+from ddrnet.data.folder import folder_dataset
+from ddrnet.data.survey import survey_dataset, survey_warnings
+from ddrnet.viz.labels import spread_indices, write_label_pictures
+
+from helpers import folder_tree, one_line_cli_error, save_image
+
+
+def _broken_tree(tmp_path: Path) -> Path:
+    """``folder_tree``'s two frames (a: grey 50, b: grey 90 as JPEG), plus c (grey 70) whose
+    mask holds 7, no class; d, not an image; e, a copy of a's pixels under another name."""
+    root = folder_tree(tmp_path)
+    save_image(root / "images/train/c.png", np.full((2, 3, 3), 70, np.uint8))
+    save_image(root / "masks/train/c.png", np.array([[0, 7, 0], [0, 0, 0]], np.uint8))
+    (root / "images/train/d.png").write_bytes(b"not a picture")
+    save_image(root / "masks/train/d.png", np.zeros((2, 3), np.uint8))
+    save_image(root / "images/train/e.png", np.full((2, 3, 3), 50, np.uint8))
+    save_image(root / "masks/train/e.png", np.full((2, 3), 1, np.uint8))
+    return root
+
+
+def test_survey_counts_a_small_data_set_exactly(tmp_path: Path) -> None:
+    survey = survey_dataset(folder_dataset(_broken_tree(tmp_path), "train"), workers=2)
+    assert survey.frames == 5
+    assert survey.sizes == {(3, 2): 4}  # d could not be read
+    # Labels read without a problem: a [[road, car, person], [ignore, car, road]], b [[road,
+    # car, ignore], [person, person, road]], e all car; c's and d's are problems.
+    assert survey.class_pixels.tolist() == [4, 3 + 6, 3]
+    assert survey.class_frames.tolist() == [2, 3, 2]
+    assert survey.ignored_pixels == 2
+    # Images counted: a 50, b 90 (a flat JPEG decodes exactly), c 70, e 50; 6 pixels each.
+    mean = (50 + 90 + 70 + 50) / 4
+    std = np.sqrt(((50 - mean) ** 2 * 2 + (90 - mean) ** 2 + (70 - mean) ** 2) / 4)
+    assert survey.mean == pytest.approx((mean / 255,) * 3, abs=1e-12)
+    assert survey.std == pytest.approx((std / 255,) * 3, abs=1e-12)
+    assert [(Path(a).name, Path(b).name) for a, b in survey.duplicates] == [("e.png", "a.png")]
+    assert len(survey.problems) == 2
+    assert "masks/train/c.png: label values [7]" in survey.problems[0]
+    assert "images/train/d.png: not a readable image" in survey.problems[1]
+    assert not survey.stopped_early
+    assert survey.to_dict()["classes"]["car"] == {
+        "pixels": 9, "pixel_share": 50.0, "frames": 3, "frame_share": 60.0,
+    }  # fmt: skip
+
+
+def test_survey_stops_after_the_problems_asked_and_check_lists_them(tmp_path: Path) -> None:
+    dataset = folder_dataset(_broken_tree(tmp_path), "train")
+    survey = survey_dataset(dataset, stop_after=1, workers=1)
+    assert (len(survey.problems), survey.stopped_early) == (1, True)
+    assert survey.frames == 3  # a, b, then c's problem
+    with pytest.raises(DatasetError, match=r"2 problems found:\n  .*c\.png.*\n  .*d\.png"):
+        dataset.check()
+
+
+def test_warnings_name_leaks_between_real_camvid_splits(camvid_root: Path) -> None:
+    val = survey_dataset(camvid(camvid_root, "val"))
+    trainval = survey_dataset(camvid(camvid_root, "trainval"))
+    first, second = survey_warnings(trainval, val)
+    assert first.startswith(
+        "validation frames that are also training frames (the same pixels): 101 of 101 (e.g. "
+    )
+    assert "sequences with the training set: 0016E5 (305 training frames)" in second
+    train = survey_dataset(camvid(camvid_root, "train"))
+    assert survey_warnings(train, val) == [
+        "the validation set shares sequences with the training set: 0016E5 (204 training "
+        "frames); validation scores flatter sequences never seen (hold one out to measure those)"
+    ]
+    held_out = survey_dataset(camvid(camvid_root, "train", sequences=["0006R0"]))
+    rest = survey_dataset(camvid(camvid_root, "train", sequences=["0001TP", "0016E5"]))
+    assert survey_warnings(rest, held_out) == []
+    # The data README's figures of the train split: Road 31.7% of the label pixels, mean.
+    assert train.class_pixels[3] / (train.labelled_pixels + train.ignored_pixels) == (
+        pytest.approx(0.317, abs=5e-4)
+    )
+    assert train.mean == pytest.approx((0.412, 0.425, 0.433), abs=5e-4)
+    assert train.recordings == {"0001TP": 62, "0006R0": 101, "0016E5": 204}
+
+
+def test_warning_for_a_class_without_training_pixels(tmp_path: Path) -> None:
+    root = folder_tree(tmp_path)
+    save_image(root / "images/val/v.png", np.full((2, 3, 3), 20, np.uint8))
+    save_image(root / "masks/val/v.png", np.full((2, 3), 2, np.uint8))
+    for stem in ("a", "b"):  # no person in training any more
+        save_image(root / f"masks/train/{stem}.png", np.zeros((2, 3), np.uint8))
+    train = survey_dataset(folder_dataset(root, "train"))
+    val = survey_dataset(folder_dataset(root, "val"))
+    assert survey_warnings(train, val) == [
+        "classes without a training pixel: car, person (person labelled in validation): "
+        "the model cannot learn them"
+    ]
+
+
+def test_spread_indices() -> None:
+    assert spread_indices(10, 3) == [0, 4, 9]  # 4.5 rounds to even
+    assert spread_indices(3, 8) == [0, 1, 2]
+    assert spread_indices(5, 1) == [0]
+
+
+def test_label_pictures_of_real_frames(camvid_root: Path, tmp_path: Path) -> None:
+    dataset = camvid(camvid_root, "val")
+    written = write_label_pictures(dataset, tmp_path / "val", 2)
+    assert [p.name for p in written] == ["0016E5_07959.png", "0016E5_08159.png"]
+    from PIL import Image
+
+    picture = np.asarray(Image.open(written[0]))
+    assert picture.shape[0] == 360 and picture.shape[1] > 480  # the frame and a legend
+    image, label = dataset.load(0)
+    road = label == 3
+    # Road pixels: half the frame, half the Road colour (128, 64, 128), to rounding.
+    expected = (image[road].astype(float) + np.array([128, 64, 128])) / 2
+    assert np.abs(picture[:, :480][road] - expected).max() <= 1.0
+
+
+def test_cli_reports_problems_and_figures(tmp_path: Path, capsys) -> None:
+    root = _broken_tree(tmp_path)
+    save_image(root / "images/val/a.png", np.full((2, 3, 3), 50, np.uint8))  # a's pixels
+    save_image(root / "masks/val/a.png", np.zeros((2, 3), np.uint8))
+    report = tmp_path / "out/report.json"
+    status = main(
+        ["data", "custom_folder_example", f"data.root={root}", "--json", str(report),
+         "--show", str(tmp_path / "pictures"), "--count", "2", "--augmented"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert status == 1  # problems found
+    assert "2 problems:" in out and "c.png: label values [7]" in out
+    assert "are also training frames (the same pixels): 1 of 1 (e.g." in out
+    assert "warning: mine train: frames that repeat the pixels of another one: 1 (e.g." in out
+    car = next(line for line in out.splitlines() if line.startswith("car "))
+    assert car.split() == ["car", "50.00%", "60.00%", "0.00%", "0.00%"]  # 9 of 18 label pixels
+    document = json.loads(report.read_text())
+    assert document["sets"]["train"]["classes"]["car"]["pixels"] == 9
+    assert len(document["sets"]["train"]["problems"]) == 2
+    assert len(document["warnings"]) == 2
+    pictures = sorted((tmp_path / "pictures/train").iterdir())  # frames 0 and 4 of 5
+    assert [p.name for p in pictures] == ["a.png", "e.png"]
+    assert len(list((tmp_path / "pictures/val").iterdir())) == 1
+
+
+def test_cli_refuses_bad_options_in_one_line(tmp_path: Path, capsys) -> None:
+    root = folder_tree(tmp_path)
+    error = one_line_cli_error(capsys, ["data", "custom_folder_example", f"data.root={root}"])
+    assert "validation set (data.val_split=val)" in error
+    error = one_line_cli_error(capsys, ["data", "custom_folder_example", "data.rot=x"])
+    assert "data.rot" in error
+    (tmp_path / "taken").write_text("a file")
+    error = one_line_cli_error(
+        capsys, ["data", "custom_folder_example", f"data.root={root}", "--json", str(tmp_path)]
+    )
+    assert "is a folder" in error
+
+
+def test_training_check_logs_the_warnings(camvid_root: Path, caplog) -> None:
+    from ddrnet.engine.steps import TrainingData, check_data
+
+    train = camvid(camvid_root, "train", sequences=["0016E5"])
+    val = camvid(camvid_root, "val")
+    data = TrainingData(train, val, train.labels, (0.5,) * 3, (0.5,) * 3, 1)
+    with caplog.at_level(logging.WARNING, logger="ddrnet.engine.train"):
+        check_data(data)
+    assert "shares sequences with the training set: 0016E5 (204 training frames)" in caplog.text
+
+
+def test_cityscapes_frames_are_recorded_by_city(cityscapes_root: Path) -> None:
+    from ddrnet.data.cityscapes import cityscapes
+
+    survey = survey_dataset(cityscapes(cityscapes_root, "val"))
+    assert (survey.recording_kind, dict(survey.recordings)) == ("city", {"frankfurt": 1})
+    assert survey.problems == [] and survey.sizes == {(256, 128): 1}
