@@ -179,5 +179,5 @@ def test_cityscapes_frames_are_recorded_by_city(cityscapes_root: Path) -> None:
     from ddrnet.data.cityscapes import cityscapes
 
     survey = survey_dataset(cityscapes(cityscapes_root, "val"))
-    assert (survey.recording_kind, dict(survey.recordings)) == ("city", {"frankfurt": 1})
+    assert (survey.recording_kind, dict(survey.recordings)) == ("cities", {"frankfurt": 1})
     assert survey.problems == [] and survey.sizes == {(256, 128): 1}

@@ -108,7 +108,7 @@ def _report(surveys: dict, mean: tuple, std: tuple) -> str:
         line = f"{survey.name}: {survey.frames} frames, {sizes or 'none readable'}{more}"
         if survey.recordings:
             listed = ", ".join(f"{r} {n}" for r, n in sorted(survey.recordings.items()))
-            line += f"; {survey.recording_kind}s: {listed}"
+            line += f"; {survey.recording_kind}: {listed}"
         lines.append(line)
     train, val = surveys["train"], surveys["val"]
     width = max(len(name) for name in (*train.class_names, "RGB mean (0..1)"))

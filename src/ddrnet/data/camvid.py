@@ -35,7 +35,7 @@ def camvid_sequence(image: Path) -> str:
     return image.name.split("_")[0]
 
 
-CAMVID_RECORDING = Recording("sequence", camvid_sequence)
+CAMVID_RECORDING = Recording("sequences", camvid_sequence)
 
 
 def _resolve_listed(root: Path, listed: str) -> Path:

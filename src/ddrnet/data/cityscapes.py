@@ -35,7 +35,7 @@ def cityscapes_city(image: Path) -> str:
     return image.parent.name
 
 
-CITYSCAPES_RECORDING = Recording("city", cityscapes_city)
+CITYSCAPES_RECORDING = Recording("cities", cityscapes_city)
 
 
 def cityscapes_samples(root: str | Path, split: str) -> list[Sample]:

@@ -36,7 +36,7 @@ class Recording:
     names a frame's recording. Frames of one recording in both training and validation make
     validation scores flatter places never seen (``survey.survey_warnings``)."""
 
-    kind: str  # what a recording is called: "sequence", "city"
+    kind: str  # what the recordings are called, plural: "sequences", "cities"
     of: Callable[[Path], str]
 
 

@@ -38,7 +38,7 @@ class DatasetSurvey:
 
     name: str
     class_names: tuple[str, ...]
-    recording_kind: str | None  # "sequence", "city"; None when the data set has none
+    recording_kind: str | None  # "sequences", "cities"; None when the data set has none
     frames: int = 0  # samples read, problem frames included
     sizes: Counter = field(default_factory=Counter)  # (width, height) -> frames
     # Pixels per value of each RGB channel, (3, 256) int64, over every readable image.
@@ -179,11 +179,10 @@ def survey_dataset(
     survey = DatasetSurvey(
         dataset.name, tuple(dataset.labels.class_names), recording.kind if recording else None
     )
-    indices = range(len(dataset))
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        frames = pool.map(lambda index: _read_frame(dataset, index), indices)
+        frames = pool.map(lambda index: _read_frame(dataset, index), range(len(dataset)))
         bar = tqdm(frames, total=len(dataset), desc=dataset.name, disable=not progress)
-        for index, (image, label, problem) in zip(indices, bar):
+        for index, (image, label, problem) in enumerate(bar):
             survey.frames += 1
             if problem is not None:
                 survey.problems.append(problem)
@@ -195,6 +194,7 @@ def survey_dataset(
                 survey.stopped_early = index + 1 < len(dataset)
                 pool.shutdown(wait=False, cancel_futures=True)
                 break
+        bar.close()
     return survey
 
 
@@ -240,7 +240,7 @@ def _leak_warnings(train: DatasetSurvey, val: DatasetSurvey) -> list[str]:
         listed = ", ".join(f"{r} ({train.recordings[r]} training frames)" for r in common)
         kind = val.recording_kind
         warnings.append(
-            f"the validation set shares {kind}s with the training set: {listed}; validation "
-            f"scores flatter {kind}s never seen (hold one out to measure those)"
+            f"the validation set shares {kind} with the training set: {listed}; validation "
+            f"scores flatter {kind} never seen (hold one out to measure those)"
         )
     return warnings
