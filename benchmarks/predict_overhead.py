@@ -19,6 +19,10 @@ at 480x360, the stages of one frame, each timed: normalise into an NCHW tensor (
 - ``confidence``: the tail of ``--save confidence`` and ``--min-confidence``
   (``Predictor.class_ids_and_confidence``): every logit resized as ``interp`` does, then the
   arg-max and the winning class's probability (``winning_class``);
+- ``smooth``: the tail of ``--smooth 0.5`` (``ddrnet.engine.temporal``): the optical flow
+  from the previous frame, the running log-probabilities carried along it and blended with
+  the frame's, then ``cells`` on the result (its class ids differ from the others' by
+  design);
 
 then the conversion to uint8. PyTorch runs at one thread beside a runtime's model and at
 ``--threads`` otherwise, as ``ddrnet predict`` sets it. The tails take turns frame by frame,
@@ -35,6 +39,7 @@ compared with ``interp``'s (they may differ at float32 near-ties). Run on an oth
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import tempfile
@@ -58,6 +63,7 @@ from ddrnet.engine.inference import (
     winning_class,
 )
 from ddrnet.engine.predictor import Predictor, image_batch
+from ddrnet.engine.temporal import TemporalSmoother
 from ddrnet.hardware import describe_cpu, onednn_isa_cap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -112,12 +118,20 @@ def confidence_tail(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     return ids
 
 
+def smooth_tail(
+    smoother: TemporalSmoother, frame: np.ndarray, logits: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """The ``--smooth`` tail for the next ``frame`` of ``smoother``'s video."""
+    return upsampled_class_ids(smoother(image_batch([frame]), logits, logits=True), size)
+
+
 TAILS: dict[str, Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]] = {
     "interp": interp_tail,
     "opencv": class_ids_by_opencv,
     "lerp-cells": lerp_cells_tail,
     "cells": upsampled_class_ids,
     "confidence": confidence_tail,
+    "smooth": upsampled_class_ids,  # with a smoother: see main()
 }
 
 
@@ -173,11 +187,14 @@ def main() -> None:
                 as_predict_runs(predictor.model, args.threads)
                 for frame in frames[:3]:  # warm-up: OpenVINO compiles, oneDNN plans
                     one_frame(predictor, frame, upsampled_class_ids)
+        smoothers = {key: TemporalSmoother(0.5) for key in predictors}  # frames in order
         for frame in frames:
             for key, predictor in predictors.items():
                 as_predict_runs(predictor.model, args.threads)
                 results = {}
                 for tail, function in TAILS.items():
+                    if tail == "smooth":
+                        function = functools.partial(smooth_tail, smoothers[key], frame)
                     results[tail], stages = one_frame(predictor, frame, function)
                     runs.setdefault((*key, tail), []).append(stages)
                 for tail in TAILS:
@@ -203,7 +220,7 @@ def report(
             + f"{totals:>8.2f}{outside:>9.2f}"
         )
     for tail, share in differ.items():
-        if tail != "interp":
+        if tail not in ("interp", "smooth"):
             print(f"class ids of {tail} that differ from interp's: {share:.6%} of pixels")
 
 

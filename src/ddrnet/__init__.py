@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from ddrnet.engine.predictor import Predictor
+from ddrnet.engine.temporal import TemporalSmoother
 from ddrnet.loading import load
 from ddrnet.models import (
     CheckpointError,
@@ -34,6 +35,7 @@ __all__ = [
     "DDRNet23Slim_Weights",
     "ModelMetadata",
     "Predictor",
+    "TemporalSmoother",
     "VideoSource",
     "WeightsEnum",
     "__version__",

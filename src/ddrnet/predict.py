@@ -30,6 +30,7 @@ from tqdm import tqdm
 from ddrnet.background import WritingThread
 from ddrnet.data.io import IMAGE_SUFFIXES, image_files, image_size, read_rgb, write_png
 from ddrnet.engine.predictor import Predictor
+from ddrnet.engine.temporal import TemporalSmoother
 from ddrnet.errors import DDRNetError
 from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels
 from ddrnet.models.metadata import class_info
@@ -222,11 +223,20 @@ class SegmentationRunner:
         alpha: float = 0.5,
         streams: int = 1,
         min_confidence: float | None = None,
+        smooth: float | None = None,
     ) -> None:
         from ddrnet.loading import runtime_of
 
         if streams < 1:
             raise ValueError(f"streams must be >= 1, got {streams}")
+        if smooth is not None and streams > 1:
+            raise PredictionInputError(
+                f"--smooth with --streams {streams}: each frame builds on the one before, "
+                "so frames are segmented one after another; use --streams 1"
+            )
+        if smooth is not None:
+            TemporalSmoother(smooth)  # a weight outside (0, 1): refused before any work
+        self.smooth = smooth
         if streams > 1 and runtime_of(model) in ("ncnn", "executorch"):
             raise PredictionInputError(
                 f"--streams {streams}: {runtime_of(model)} models segment one frame at a time; "
@@ -250,29 +260,39 @@ class SegmentationRunner:
         info = class_info(model)
         self.class_names, self.palette = list(info.names), list(info.palette)
 
+    def smoother(self) -> TemporalSmoother | None:
+        """A new ``TemporalSmoother`` for one video or image sequence (None without
+        ``smooth``): its frames go through ``labels`` in order."""
+        return TemporalSmoother(self.smooth) if self.smooth is not None else None
+
     def labels(
-        self, images: list[np.ndarray], confidence: bool = False
+        self,
+        images: list[np.ndarray],
+        confidence: bool = False,
+        smoother: TemporalSmoother | None = None,
     ) -> tuple[list[np.ndarray], list[np.ndarray] | None, float]:
         """Label maps ``(H, W)`` (uint8 for <= 256 classes; unknown pixels, below the
         runner's ``min_confidence``, 255) for same-sized ``(H, W, 3)`` images; with
         ``confidence``, their ``(H, W)`` float32 confidence maps (else None); and the time
-        in ms.
+        in ms. ``smoother`` (from ``smoother()``): the images are the next frames of its
+        video.
 
         The runner's first call runs the batch twice: the first, untimed pass creates the
         kernels (OpenVINO compiles its graph, ~1 s) and its time goes to ``warmup_ms``, so
-        that the time returned is what every later call takes too."""
+        that the time returned is what every later call takes too. (A frame blended with
+        itself is itself, so a smoother may see the first frame twice.)"""
         if self.warmup_ms is None:
-            self.warmup_ms = self._labels(images, confidence)[2]
-        return self._labels(images, confidence)
+            self.warmup_ms = self._labels(images, confidence, smoother)[2]
+        return self._labels(images, confidence, smoother)
 
     def _labels(
-        self, images: list[np.ndarray], confidence: bool
+        self, images: list[np.ndarray], confidence: bool, smoother: TemporalSmoother | None
     ) -> tuple[list[np.ndarray], list[np.ndarray] | None, float]:
         start = time.perf_counter()
         if confidence:
-            labels, confidences = self.predictor.predict_with_confidence(images)
+            labels, confidences = self.predictor.predict_with_confidence(images, smoother)
         else:
-            labels, confidences = self.predictor.predict_batch(images), None
+            labels, confidences = self.predictor.predict_batch(images, smoother), None
         return labels, confidences, (time.perf_counter() - start) * 1000
 
     def map(self, function: Callable[[Item], Result], items: Iterable[Item]) -> Iterator[Result]:
@@ -426,6 +446,7 @@ def _predict_images(
     runner, paths, loader, output_dir, kinds, progress, summary, *, report, warn, preview
 ):
     stems = _unique_stems(path.stem for path in paths)
+    smoother = runner.smoother()  # the images as one sequence, in the order given
 
     def groups() -> Iterator[list[tuple[int, np.ndarray]]]:
         """Batches as read, unreadable images reported; images of one size run as one
@@ -442,7 +463,9 @@ def _predict_images(
 
     def segment(group: list[tuple[int, np.ndarray]]):
         images = [image for _, image in group]
-        label_maps, confidences, milliseconds = runner.labels(images, "confidence" in kinds)
+        label_maps, confidences, milliseconds = runner.labels(
+            images, "confidence" in kinds, smoother
+        )
         pictures = [
             runner.pictures(image, labels, kinds, confidence=confidence)
             for image, labels, confidence in zip(

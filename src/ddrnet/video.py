@@ -401,10 +401,13 @@ def segment_video(
     source's length and timing. Ctrl-C ends a live source as the end of a file does: its
     videos are closed and kept, and the job goes on."""
     keep_labels = "labels" in kinds
+    smoother = runner.smoother()
 
     def segment(item: tuple[int, np.ndarray]):
         index, frame = item
-        (labels,), confidences, milliseconds = runner.labels([frame], "confidence" in kinds)
+        (labels,), confidences, milliseconds = runner.labels(
+            [frame], "confidence" in kinds, smoother
+        )
         # One legend for the whole video: the per-frame legend's width follows the classes
         # present, and a video's frames must all have one size.
         confidence = confidences[0] if confidences else None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ddrnet.atomic import atomic_write_text
 from ddrnet.cli.options import (
+    OPEN_FRACTION,
     POSITIVE_INT,
     SEVERITY,
     add_amp_option,
@@ -66,6 +67,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "precision",
     )
     parser.add_argument(
+        "--flicker",
+        action="store_true",
+        help="also the flicker: with the frames taken in order as videos (one per CamVid "
+        "sequence or Cityscapes city), the share of the pixels whose true class stays the "
+        "same between consecutive frames but whose prediction changes (CamVid val is a 15 Hz "
+        "clip)",
+    )
+    parser.add_argument(
+        "--smooth",
+        type=OPEN_FRACTION,
+        metavar="WEIGHT",
+        help="predict as `ddrnet predict --smooth WEIGHT` does (the frames in order, each "
+        "blended with the ones before along the optical flow); implies --flicker",
+    )
+    parser.add_argument(
         "--corruptions",
         nargs="+",
         metavar="NAME",
@@ -90,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from ddrnet.engine.confidence import ConfidenceMetrics
     from ddrnet.engine.detail_metrics import DetailMetrics
     from ddrnet.engine.robustness import evaluate_robustness
+    from ddrnet.engine.temporal import Flicker
 
     writable_file("--json", args.json, (".json",))
     corruptions = select_corruptions(args.corruptions)
@@ -103,16 +120,19 @@ def run(args: argparse.Namespace) -> int:
         else None
     )
     confidence = new_confidence() if new_confidence else None
+    flicker = Flicker(labels.ignore_index) if args.flicker or args.smooth else None
     metrics = score(
         dataset,
         prediction_callback=_submission_writer(args.submission, dataset),
         details=details,
         confidence=confidence,
+        flicker=flicker,
     )
     names = list(labels.class_names)
+    smoothing = f", smoothed over time (weight {args.smooth:g})" if args.smooth else ""
     print(
         f"{data_config.dataset} {args.split}: {len(dataset)} images, "
-        f"scales {args.scales}, flip {args.flip}"
+        f"scales {args.scales}, flip {args.flip}{smoothing}"
     )
     print(metrics.table(names))
     sections = {}
@@ -124,6 +144,17 @@ def run(args: argparse.Namespace) -> int:
         trust = confidence.compute()
         print(f"\n{trust.table(names)}")
         sections["confidence"] = trust.to_dict(names)
+    if flicker is not None:
+        print(
+            f"\nflicker: {flicker.rate:.2f}% of the {flicker.stable:,} pixels whose true class "
+            "stays the same from one frame to the next change their predicted class"
+        )
+        sections["temporal"] = {
+            "flicker": flicker.rate,
+            "stable_pixels": flicker.stable,
+            "changed_pixels": flicker.changed,
+            "smooth": args.smooth,
+        }
     if corruptions:
         severities = sorted(set(args.severities))
         robustness = evaluate_robustness(
@@ -139,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
             "images": len(dataset),
             "scales": list(args.scales),
             "flip": args.flip,
+            "smooth": args.smooth,
             **metrics.to_dict(names),
             **sections,
         }
@@ -187,6 +219,7 @@ def _scorer(args: argparse.Namespace, model, labels):
 
     from ddrnet.engine.evaluate import evaluate
     from ddrnet.engine.inference import to_fast_layout
+    from ddrnet.engine.temporal import TemporalSmoother
 
     metadata = model.metadata
     device, amp = device_and_precision(args, model)
@@ -205,6 +238,8 @@ def _scorer(args: argparse.Namespace, model, labels):
         amp_dtype=amp,
         channels_last=memory_format == torch.channels_last,
         ignore_index=labels.ignore_index,
+        # One smoother serves every evaluation: it starts again at each one's first frame.
+        smoother=TemporalSmoother(args.smooth) if args.smooth else None,
     )
 
 

@@ -338,7 +338,8 @@ class OnnxSegmentationModel(nn.Module):
         if self.outputs_labels:
             raise ExportError(
                 f"{self.path} outputs class labels (exported with --argmax): only one plain "
-                "pass can be scored (no --scales, --flip or --window); export without --argmax"
+                "pass can be scored (no --scales, --flip, --window or --smooth); export "
+                "without --argmax"
             )
         logits = self._run(self._as_batch(images))
         return torch.from_numpy(np.asarray(logits, dtype=np.float32)).to(images.device)

@@ -16,6 +16,7 @@ from ddrnet.engine.detail_metrics import DetailMetrics
 from ddrnet.engine.distributed import DistributedContext, all_reduce_sum
 from ddrnet.engine.metrics import ConfusionMatrix, SegmentationMetrics
 from ddrnet.engine.predictor import Predictor
+from ddrnet.engine.temporal import Flicker, TemporalSmoother, frame_recordings
 
 PredictionCallback = Callable[[int, np.ndarray], object]
 
@@ -48,6 +49,8 @@ def evaluate(
     prediction_callback: PredictionCallback | None = None,
     details: DetailMetrics | None = None,
     confidence: ConfidenceMetrics | None = None,
+    flicker: Flicker | None = None,
+    smoother: TemporalSmoother | None = None,
     description: str = "eval",
 ) -> SegmentationMetrics:
     """mIoU, per-class IoU and accuracies of ``model`` on ``dataset`` (un-augmented pairs).
@@ -77,6 +80,8 @@ def evaluate(
             prediction_callback=prediction_callback,
             details=details,
             confidence=confidence,
+            flicker=flicker,
+            smoother=smoother,
             description=description,
         )
     finally:
@@ -97,6 +102,8 @@ def evaluate_predictor(
     prediction_callback: PredictionCallback | None = None,
     details: DetailMetrics | None = None,
     confidence: ConfidenceMetrics | None = None,
+    flicker: Flicker | None = None,
+    smoother: TemporalSmoother | None = None,
     description: str = "eval",
 ) -> SegmentationMetrics:
     """The evaluation loop: ``predictor``'s class ids for every image of ``dataset``
@@ -110,9 +117,16 @@ def evaluate_predictor(
     ``compute()`` afterwards; summed over processes as the matrix is); ``confidence``, the
     confidence statistics of the class probabilities, whose arg-max is then the prediction
     scored (the general path; a plain pass otherwise takes its class ids the fast way).
-    ``description`` names the progress bar.
+    ``flicker`` counts the flickering pixels and ``smoother`` smooths the predictions over
+    time (``ddrnet.engine.temporal``): both take the frames in order as videos, one per
+    recording (``frame_recordings``), one process only. ``description`` names the progress
+    bar.
     """
     context = context or DistributedContext()
+    in_order = flicker is not None or smoother is not None
+    if in_order and context.world_size > 1:
+        raise ValueError("flicker and smoothing take the frames in order: one process only")
+    recordings = frame_recordings(dataset) if in_order else []
     indices = list(range(context.rank, len(dataset), context.world_size))
     loader = DataLoader(
         Subset(dataset, indices),
@@ -127,26 +141,44 @@ def evaluate_predictor(
     for images, labels in bar:
         groups = (
             [(images, labels)]
-            if isinstance(images, torch.Tensor)
+            if isinstance(images, torch.Tensor) and not in_order
             else [(image[None], label[None]) for image, label in zip(images, labels)]
         )
         for image_batch, label_batch in groups:
+            if in_order:
+                _next_frame(recordings, position, flicker, smoother)
             if confidence is None:
-                prediction = predictor.class_ids(image_batch).cpu()
+                prediction = predictor.class_ids(image_batch, smoother).cpu()
             else:
-                probabilities = predictor.probabilities(image_batch)
+                probabilities = predictor.probabilities(image_batch, smoother)
                 prediction = confidence.update(probabilities, label_batch).cpu()
+            if flicker is not None:
+                flicker.update(prediction[0], label_batch[0])
             confusion.update(prediction, label_batch)
             if details is not None:
                 for predicted, label in zip(prediction, label_batch):
                     details.update(predicted, label)
-            if prediction_callback is not None:
-                for item in prediction:
+            for item in prediction:
+                if prediction_callback is not None:
                     prediction_callback(indices[position], item.numpy())
-                    position += 1
+                position += 1
     matrix = all_reduce_sum(confusion.matrix.to(predictor.device), context).cpu()
     for accumulator in (details, confidence):
         if accumulator is not None:
             counts = accumulator.counts.to(predictor.device)
             accumulator.counts = all_reduce_sum(counts, context).cpu()
     return SegmentationMetrics.from_matrix(matrix)
+
+
+def _next_frame(
+    recordings: list[str | None],
+    position: int,
+    flicker: Flicker | None,
+    smoother: TemporalSmoother | None,
+) -> None:
+    """Start a new video at the first frame and wherever the recording changes."""
+    if position == 0 or recordings[position] != recordings[position - 1]:
+        if flicker is not None:
+            flicker.start()
+        if smoother is not None:
+            smoother.reset()

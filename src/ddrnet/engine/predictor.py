@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ddrnet.engine.inference import (
@@ -24,8 +25,10 @@ from ddrnet.engine.inference import (
     segment_class_ids,
     segment_logits,
     to_fast_layout,
+    upsampled_class_ids,
     winning_class,
 )
+from ddrnet.engine.temporal import TemporalSmoother
 from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels, check_scales
 from ddrnet.models.metadata import normalisation
 
@@ -87,6 +90,8 @@ class Predictor:
     >>> labels = predictor.predict("street.png")           # (H, W) uint8/int32 class indices
     >>> probabilities = predictor.predict_proba(image_array)  # (C, H, W) float32
     >>> label_maps = predictor.predict_batch([frame_a, frame_b])  # same-sized frames
+    >>> smoother = ddrnet.TemporalSmoother(0.5)  # one per video: steadier labels
+    >>> labels = predictor.predict(frame, smoother)  # the video's next frame
 
     Args:
         model: a ``DDRNet`` or a runtime wrapper (``load_onnx_model``, ``load_ncnn_model``).
@@ -166,9 +171,14 @@ class Predictor:
         return batch.contiguous(memory_format=self.memory_format)
 
     @torch.no_grad()
-    def class_ids(self, images: torch.Tensor) -> torch.Tensor:
+    def class_ids(
+        self, images: torch.Tensor, smoother: TemporalSmoother | None = None
+    ) -> torch.Tensor:
         """``(N, 3, H, W)`` RGB images (as ``preprocess`` takes them) -> ``(N, H, W)``
-        int64 class ids at input resolution, on the device."""
+        int64 class ids at input resolution, on the device. With ``smoother``, the images
+        are consecutive frames of a video, and the ids come from its smoothed probabilities."""
+        if smoother is not None:
+            return upsampled_class_ids(self._smoothed(images, smoother), images.shape[-2:])
         batch = self.preprocess(images)
         with autocast(self.device, self.amp_dtype):
             return segment_class_ids(
@@ -186,40 +196,77 @@ class Predictor:
             )
         return scores.float()
 
-    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def _smoothed(
+        self, images: torch.Tensor, smoother: TemporalSmoother, full_size: bool = False
+    ) -> torch.Tensor:
+        """``smoother``'s ``(N, C, h, w)`` log-probabilities (used as logits) for consecutive
+        frames: at the network's output resolution for a plain pass, at input resolution
+        with augmentation or ``full_size`` (resized bilinearly)."""
+        batch = self.preprocess(images)
+        with autocast(self.device, self.amp_dtype):
+            if self.single_pass:
+                scores = self.model(batch)
+            else:
+                scores = segment_logits(
+                    self.model, batch, self.scales, self.flip, self.window, self.stride
+                )
+        smoothed = smoother(images, scores, logits=self.single_pass)
+        if full_size and smoothed.shape[-2:] != images.shape[-2:]:
+            size = tuple(images.shape[-2:])
+            smoothed = F.interpolate(smoothed, size, mode="bilinear", align_corners=False)
+        return smoothed
+
+    def probabilities(
+        self, images: torch.Tensor, smoother: TemporalSmoother | None = None
+    ) -> torch.Tensor:
         """``(N, 3, H, W)`` RGB images -> ``(N, C, H, W)`` float32 class probabilities at
-        input resolution (the softmax of the logits; with augmentation, their average)."""
+        input resolution (the softmax of the logits; with augmentation, their average; with
+        ``smoother``, its running probabilities of consecutive frames)."""
+        if smoother is not None:
+            return self._smoothed(images, smoother, full_size=True).softmax(dim=1)
         scores = self.scores(images)
         return scores.softmax(dim=1) if self.single_pass else scores
 
-    def class_ids_and_confidence(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def class_ids_and_confidence(
+        self, images: torch.Tensor, smoother: TemporalSmoother | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(N, 3, H, W)`` RGB images -> ``(N, H, W)`` int64 class ids and their ``(N, H,
         W)`` float32 confidence (the winning class's probability, 0..1), at input
-        resolution, on the device; ids below ``min_confidence`` are ``unknown``."""
-        ids, confidence = winning_class(self.scores(images), logits=self.single_pass)
+        resolution, on the device; ids below ``min_confidence`` are ``unknown``. With
+        ``smoother``: as ``class_ids``."""
+        if smoother is not None:
+            smoothed = self._smoothed(images, smoother, full_size=True)
+            ids, confidence = winning_class(smoothed, logits=True)
+        else:
+            ids, confidence = winning_class(self.scores(images), logits=self.single_pass)
         if self.min_confidence is not None:
             mark_unknown(ids, confidence, self.min_confidence, self.unknown)
         return ids, confidence
 
     def predict_with_confidence(
-        self, images: Sequence[ImageInput]
+        self, images: Sequence[ImageInput], smoother: TemporalSmoother | None = None
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """``predict_batch``'s label maps and each one's ``(H, W)`` float32 confidence map
         (the winning class's probability, 0..1)."""
-        ids, confidence = self.class_ids_and_confidence(image_batch(images))
+        ids, confidence = self.class_ids_and_confidence(image_batch(images), smoother)
         return list(ids.cpu().numpy().astype(self.label_dtype)), list(confidence.cpu().numpy())
 
-    def predict_batch(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
+    def predict_batch(
+        self, images: Sequence[ImageInput], smoother: TemporalSmoother | None = None
+    ) -> list[np.ndarray]:
         """Label maps ``(H, W)`` (``label_dtype``: uint8 for <= 256 classes, else int32) of
-        same-sized ``(H, W, 3)`` uint8 RGB images or image paths, run as one batch."""
+        same-sized ``(H, W, 3)`` uint8 RGB images or image paths, run as one batch; with
+        ``smoother`` (``ddrnet.engine.temporal``), consecutive frames of a video."""
         if self.min_confidence is not None:
-            return self.predict_with_confidence(images)[0]
-        ids = self.class_ids(image_batch(images)).cpu().numpy()
+            return self.predict_with_confidence(images, smoother)[0]
+        ids = self.class_ids(image_batch(images), smoother).cpu().numpy()
         return list(ids.astype(self.label_dtype))
 
-    def predict(self, image: ImageInput) -> np.ndarray:
-        """Label map ``(H, W)`` of class indices (uint8 for <= 256 classes, else int32)."""
-        return self.predict_batch([image])[0]
+    def predict(self, image: ImageInput, smoother: TemporalSmoother | None = None) -> np.ndarray:
+        """Label map ``(H, W)`` of class indices (uint8 for <= 256 classes, else int32);
+        with ``smoother``, of the next frame of its video."""
+        return self.predict_batch([image], smoother)[0]
 
     def predict_proba(self, image: ImageInput) -> np.ndarray:
         """Class probabilities ``(num_classes, H, W)`` float32 at the image's resolution."""
