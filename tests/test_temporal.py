@@ -26,7 +26,9 @@ def test_still_scene_blends_log_probabilities_by_hand() -> None:
     first, second = torch.randn(1, 5, 8, 8), torch.randn(1, 5, 8, 8)
     smoother = TemporalSmoother(0.25)
     assert torch.allclose(smoother(frame, first, logits=True), first.log_softmax(1))
-    expected = 0.25 * first.log_softmax(1) + 0.75 * second.log_softmax(1)
+    # The past's share: 0.25 * sqrt(1 - the new frame's winning probability), per pixel.
+    share = 0.25 * (1 - second.softmax(1).amax(1, keepdim=True)).sqrt()
+    expected = share * first.log_softmax(1) + (1 - share) * second.log_softmax(1)
     assert torch.allclose(smoother(frame, second, logits=True), expected, atol=1e-5)
     smoother.reset()  # a new video: the past is gone
     assert torch.allclose(smoother(frame, second, logits=True), second.log_softmax(1))
@@ -46,27 +48,28 @@ def _textured(shift: int) -> torch.Tensor:
 
 
 def _square(left: int) -> torch.Tensor:
-    """Logits ``(1, 2, 32, 32)`` (the 1/8 grid): class 1 on rows 10-17, columns ``left``..
-    ``left + 7``."""
+    """Logits ``(1, 2, 32, 32)`` (the 1/8 grid) of a hesitant frame: class 1 (probability
+    0.6) on rows 10-17, columns ``left``..``left + 7``, class 0 (0.6) elsewhere."""
     logits = torch.zeros(1, 2, 32, 32)
-    logits[0, 0] = 4.0
-    logits[0, 1, 10:18, left : left + 8] = 8.0
+    logits[0, 0] = np.log(1.5)
+    logits[0, :, 10:18, left : left + 8] = torch.tensor([0.0, np.log(1.5)])[:, None, None]
     return logits
 
 
 def test_the_past_follows_the_motion() -> None:
     """Texture and object move 16 pixels (two cells of the 1/8 grid) to the right. Carried
-    along the flow, the past agrees with the present; blended in place (weight 0.6 for the
-    past), the object would stay where it was."""
-    smoother = TemporalSmoother(0.6)
-    smoother(_textured(0), _square(10), logits=True)
-    moved = smoother(_textured(16), _square(12), logits=True)
-    ids = moved.argmax(1)[0]
-    assert ids[10:18, 12:20].eq(1).all()  # where the object is now
-    assert ids[10:18, 10:12].eq(0).all()  # where it was: background again
-    in_place = 0.6 * _square(10).log_softmax(1) + 0.4 * _square(12).log_softmax(1)
-    assert in_place.argmax(1)[0, 10:18, 10:12].eq(1).all()  # what the flow avoids
-    assert in_place.argmax(1)[0, 10:18, 18:20].eq(0).all()
+    along the flow, the past agrees with the present. Blended in place (the same frames
+    without motion), the hesitant present gives way to the past (its share: 0.95 *
+    sqrt(0.4)), and the object would stay where it was."""
+    moving, still = TemporalSmoother(0.95), TemporalSmoother(0.95)
+    for smoother, shift in ((moving, 16), (still, 0)):
+        smoother(_textured(0), _square(10), logits=True)
+        ids = smoother(_textured(shift), _square(12), logits=True).argmax(1)[0]
+        if smoother is moving:
+            assert ids[10:18, 12:20].eq(1).all()  # where the object is now
+            assert ids[10:18, 10:12].eq(0).all()  # where it was: background again
+        else:  # what the flow avoids
+            assert ids[10:18, 10:12].eq(1).all() and ids[10:18, 18:20].eq(0).all()
 
 
 def test_flicker_counts_by_hand() -> None:
@@ -93,7 +96,7 @@ def test_frame_recordings_through_subsets(camvid_root: Path) -> None:
 def test_eval_smooth_steadies_real_frames(tmp_path: Path, capsys) -> None:
     """The first 24 frames of CamVid's validation clip (15 Hz)."""
     figures = {}
-    for smooth in ([], ["--smooth", "0.5"]):
+    for smooth in ([], ["--smooth", "0.8"]):
         report = tmp_path / f"eval{len(smooth)}.json"
         argv = ["eval", "camvid_ddrnet23_slim_train", "--max-images", "24", "--flicker"]
         assert main([*argv, *smooth, "--json", str(report)]) == 0
