@@ -341,3 +341,54 @@ def test_the_command_says_how_many_frames_a_live_source_skipped(
         r"camera:0: (\d+) of 200 frames skipped for newer ones", capsys.readouterr().out
     )
     assert said and int(said.group(1)) > 0
+
+
+def test_a_killed_video_leaves_the_earlier_one_whole(tmp_path) -> None:
+    """Videos are written under a temporary name and renamed when closed: a job killed
+    mid-video (its outputs never closed) leaves the earlier run's video playable, and the next
+    run clears the temporary it left."""
+    frame = {"overlay": np.full((32, 48, 3), 120, np.uint8)}
+    with VideoOutputs(tmp_path, "drive", 10.0) as video:
+        video.write(frame, times=6)
+    killed = VideoOutputs(tmp_path, "drive", 10.0)
+    killed.write(frame, times=2)  # ... and the process dies: no close()
+    assert _frame_count(tmp_path / "drive_overlay.mp4") == 6
+    assert len(list(tmp_path.glob(".drive_overlay.mp4.*.tmp.mp4"))) == 1
+    killed._writers.clear()  # what the kill took with it
+    with VideoOutputs(tmp_path, "drive", 10.0) as video:
+        video.write(frame, times=3)
+    assert _frame_count(tmp_path / "drive_overlay.mp4") == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["drive_overlay.mp4"]
+
+
+def test_a_folder_in_the_way_of_an_output_is_named(tmp_path) -> None:
+    from ddrnet.data.io import write_png
+
+    (tmp_path / "drive_overlay.mp4").mkdir()
+    with pytest.raises(IsADirectoryError) as error:
+        VideoOutputs(tmp_path, "drive", 10.0).write({"overlay": np.zeros((8, 8, 3), np.uint8)})
+    assert error.value.filename == str(tmp_path / "drive_overlay.mp4")
+    (tmp_path / "a.png").mkdir()  # the rename of an atomic write fails on it
+    with pytest.raises(IsADirectoryError) as error:
+        write_png(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
+    assert error.value.filename == str(tmp_path / "a.png")
+    assert not list(tmp_path.glob(".a.png.*"))
+
+
+def test_a_cut_off_video_is_segmented_as_far_as_it_goes_with_a_warning(
+    camvid_frames, tmp_path, fast_runner, caplog
+) -> None:
+    whole = tmp_path / "whole.avi"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (480, 360))
+    for frame in (camvid_frames * 4)[:10]:
+        writer.write(cv2.imread(str(frame)))
+    writer.release()
+    data = whole.read_bytes()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "cut.avi").write_bytes(data[: len(data) // 2])
+    with caplog.at_level("WARNING", logger="ddrnet.video"):
+        summary = run_prediction(fast_runner, [str(tmp_path / "in" / "cut.avi")], tmp_path / "out",
+                                 progress=False, report=lambda _: None)  # fmt: skip
+    decoded = len(summary.latencies_ms)
+    assert 0 < decoded < 10 and not summary.failed
+    assert f"cut.avi: {decoded} of its 10 frames could be decoded" in caplog.text

@@ -66,8 +66,43 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
         os.replace(temporary, path)
     except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno is not None and error.filename is None:
-            error.filename = str(path)  # "[Errno 28] No space left on device: 'last.pt'"
+        _name_target(error, path, temporary)
+        raise
+
+
+def _name_target(error: BaseException, path: Path, temporary: str | Path) -> None:
+    """Let an ``OSError`` name the file asked for, not our temporary's random name
+    ("[Errno 28] No space left on device: 'last.pt'"; a folder in the way of the rename)."""
+    if isinstance(error, OSError) and error.errno is not None:
+        if error.filename is None or str(error.filename) == str(temporary):
+            error.filename, error.filename2 = str(path), None
+
+
+def temporary_beside(path: Path, suffix: str = "") -> Path:
+    """A new empty file in ``path``'s folder, ``.<name>.<random>.tmp<suffix>``, for a writer
+    that must be given a path (OpenCV's video writer picks its container by the suffix);
+    ``commit`` renames it over ``path`` when it is complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        handle, temporary = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent
+        )
+    except OSError as error:
+        _name_target(error, path, "")
+        raise
+    os.close(handle)
+    os.chmod(temporary, _mode_for(path))
+    return Path(temporary)
+
+
+def commit(temporary: Path, path: Path) -> None:
+    """Make a complete ``temporary_beside`` file ``path``: fsync, then rename it over it."""
+    try:
+        with open(temporary, "rb+") as stream:
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        _name_target(error, path, temporary)
         raise
 
 
@@ -86,9 +121,10 @@ def atomic_copy(source: Path, path: Path) -> None:
 
 
 def remove_stale_temporaries(folder: Path, names: tuple[str, ...]) -> list[Path]:
-    """Delete the temporaries of ``names`` that a killed ``atomic_write`` left in ``folder``
-    (and ``<name>.tmp``, what ``save_model`` wrote before it used ``atomic_write``)."""
-    stale = [p for name in names for p in folder.glob(f".{name}.*.tmp")]
+    """Delete the temporaries of ``names`` that a killed ``atomic_write`` or an uncommitted
+    ``temporary_beside`` left in ``folder`` (and ``<name>.tmp``, what ``save_model`` wrote
+    before it used ``atomic_write``)."""
+    stale = [p for name in names for p in folder.glob(f".{name}.*.tmp*")]
     stale += [folder / f"{name}.tmp" for name in names if (folder / f"{name}.tmp").is_file()]
     for path in stale:
         path.unlink(missing_ok=True)

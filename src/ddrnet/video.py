@@ -21,6 +21,7 @@ FFmpeg's warnings.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -36,6 +37,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from tqdm import tqdm
 
+from ddrnet.atomic import commit, remove_stale_temporaries, temporary_beside
 from ddrnet.background import WritingThread
 from ddrnet.data.io import write_png
 from ddrnet.errors import DDRNetError
@@ -295,6 +297,7 @@ class VideoOutputs:
         self.paths: list[Path] = []
         self.frames = 0
         self._writers: dict[str, object] = {}
+        self._temporaries: dict[str, Path] = {}  # kind -> the file its writer fills
         self._sizes: dict[str, tuple[int, int]] = {}
         self._encoder = WritingThread("ddrnet-video-writer")
         self._last: tuple[int, dict[str, np.ndarray] | None] = (-1, None)
@@ -353,23 +356,35 @@ class VideoOutputs:
 
         _quiet_ffmpeg()
         target = self.folder / f"{self.stem}_{kind}.mp4"
+        if target.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
+        # Written under a temporary name and renamed when closed: a kill mid-video leaves an
+        # earlier run's video whole instead of an unplayable one (an MP4's index comes last).
+        remove_stale_temporaries(self.folder, (target.name,))
+        temporary = temporary_beside(target, ".mp4")
         height, width = self._sizes[kind] = size
         writer = cv2.VideoWriter(
-            str(target), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (width, height)
+            str(temporary), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (width, height)
         )
         if not writer.isOpened():
+            temporary.unlink(missing_ok=True)
             raise OSError(f"cannot write {target} (no mp4v encoder)")
         self._writers[kind] = writer
+        self._temporaries[kind] = temporary
         self.paths.append(target)
 
     def close(self) -> None:
-        """Encode what waits, then finish the files; raises the first writing error."""
+        """Encode what waits, then finish the files (playable, under their names, also after
+        an error or Ctrl-C); raises the first writing error."""
         try:
             self._encoder.close()
         finally:
             for writer in self._writers.values():
                 writer.release()
             self._writers.clear()
+            temporaries, self._temporaries = self._temporaries, {}
+            for kind, temporary in temporaries.items():
+                commit(temporary, self.folder / f"{self.stem}_{kind}.mp4")
 
     def __enter__(self) -> VideoOutputs:
         return self
@@ -444,5 +459,11 @@ def segment_video(
             summary.dropped[source] = (video.dropped, video.frames_read)
     if segmented == 0:
         raise VideoSourceError("no frames could be decoded (corrupt or empty video)")
+    expected = min(video.frame_count or 0, max_frames or video.frame_count or 0)
+    if not (video.live or video.drops) and segmented < expected:
+        logger.warning(
+            "%s: %d of its %d frames could be decoded (a damaged or cut-off file?)",
+            source, segmented, expected,
+        )  # fmt: skip
     summary.outputs += out.paths
     summary.processed.append(source)
