@@ -86,7 +86,7 @@ def test_out_of_range_options_are_refused_by_name(tmp_path) -> None:
         (["predict", "--scales", "1e9"], "argument --scales: must be > 0 and <= 4, got '1e9'"),
         (["eval", "x", "--scales", "20"], "argument --scales: must be > 0 and <= 4, got '20'"),
         (["predict", "--max-pixels", "0"], "argument --max-pixels: must be >= 1"),
-        (["predict", "--alpha", "nan"], "argument --alpha: must be >= 0 and <= 1"),
+        (["predict", "--alpha", "nan"], "argument --alpha: must be a finite number, got 'nan'"),
         (["eval", "x", "--max-images", "-1"], "argument --max-images: must be >= 1"),
         (["serve", "--port", "99999"], "argument --port: must be >= 0 and <= 65535"),
         (["bench", "--threads", "0"], "argument --threads: must be >= 1"),

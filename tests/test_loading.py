@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,3 +67,49 @@ def test_an_onnx_file_loads_as_a_model_that_runs_on_the_cpu(tmp_path) -> None:
         ddrnet.load(path, amp="bf16")
     with pytest.raises(FileNotFoundError, match="missing.onnx: no such ONNX file"):
         ddrnet.load(tmp_path / "missing.onnx")
+
+
+def test_the_segmenting_commands_refuse_meaningless_models(tmp_path, capsys) -> None:
+    """Random weights, an ImageNet classifier, a file whose metadata and weights disagree on
+    the classes, an ONNX file of another input: one line each, before any image."""
+    from ddrnet.loading import load_segmenter
+    from ddrnet.models import CheckpointError
+
+    from helpers import one_line_cli_error
+
+    frame = "src/ddrnet/assets/demo/0016E5_07959.png"
+    error = one_line_cli_error(capsys, ["predict", frame, "--model", "ddrnet_23", "-o", "o"])
+    assert "--model ddrnet_23 without --checkpoint is a network with random weights" in error
+    classifier = ddrnet.create_model("ddrnet_23_slim_imagenet", num_classes=4)
+    path = ddrnet.save_model(classifier, tmp_path / "classifier.safetensors", classifier.metadata)
+    with pytest.raises(UsageError, match="an ImageNet classifier"):
+        load_segmenter(path)
+    segmenter = ddrnet.create_model("ddrnet_23_slim", num_classes=19)
+    eleven = ddrnet.load().metadata
+    mixed = ddrnet.save_model(segmenter, tmp_path / "mixed.safetensors", eleven)
+    with pytest.raises(CheckpointError, match=r"says 11 classes, .* \['head.conv2'\]"):
+        ddrnet.load(mixed)
+    assert ddrnet.create_model(checkpoint=mixed, num_classes=5).num_classes == 5  # fine-tuning
+
+
+def test_an_onnx_file_of_a_fixed_or_foreign_input_is_refused_in_one_line(tmp_path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from ddrnet.deploy.onnx_file import ExportError
+
+    def relu_file(name: str, shape: list[int]):
+        tensors = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "xy"]
+        node = helper.make_node("Relu", ["x"], ["y"])
+        graph = helper.make_graph([node], name, tensors[:1], tensors[1:])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.save(model, tmp_path / f"{name}.onnx")
+        return tmp_path / f"{name}.onnx"
+
+    with pytest.raises(ExportError, match=r"its input is \(1, 12\), not \(N, 3, H, W\)"):
+        ddrnet.load(relu_file("flat", [1, 12]))
+    fixed = ddrnet.Predictor(ddrnet.load(relu_file("fixed", [1, 3, 4, 4])))
+    assert fixed.predict(np.zeros((4, 4, 3), np.uint8)).shape == (4, 4)
+    with pytest.raises(ExportError, match="takes 4x4 images only .* not 6x5"):
+        fixed.predict(np.zeros((5, 6, 3), np.uint8))

@@ -162,12 +162,35 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
     return values
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def read_text(path: str | Path, what: str, error: type[DDRNetError] = ConfigError) -> str:
+    """The UTF-8 text of the file ``path`` (without a byte-order mark, which Windows editors
+    write); ``error`` naming it (as ``what PATH``) when it is a folder or not UTF-8 text (a
+    file saved as UTF-16 or Latin-1). Check that it exists first: each caller has its own
+    words for a missing file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+    if path.is_dir():
+        raise error(f"{what} {path} is a folder, not a file")
+    data = path.read_bytes()
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as problem:
+        # The codec decodes what follows a byte-order mark: its offsets start after it.
+        offset = problem.start + len(data) - len(problem.object)
+        raise error(
+            f"{what} {path}: not UTF-8 text (byte 0x{data[offset]:02x} at offset {offset}: "
+            f"{problem.reason}); save it as UTF-8"
+        ) from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping of sections of the YAML file ``path``; a ``ConfigError`` naming the file
+    when it is missing, a folder, not UTF-8 text, not YAML or not a mapping."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    text = read_text(path, "config file")
+    try:
+        values = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: invalid YAML ({parse_error_summary(error)})") from None
     if not isinstance(values, dict):
@@ -176,10 +199,33 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Read ``cls`` from a YAML file (or its defaults) and apply command-line overrides."""
+    """Read ``cls`` from a YAML file (or its defaults) and apply command-line overrides; an
+    invalid key or value is a ``ConfigError`` naming the file or the override it comes from."""
     values = load_yaml(path) if path is not None else {}
-    source = f"{path}: " if path is not None else ""
     try:
         return from_dict(cls, apply_overrides(values, overrides))
     except ConfigError as error:
-        raise ConfigError(f"{source}{error}") from None
+        raise ConfigError(_blamed(cls, values, path, overrides, str(error))) from None
+
+
+def _blamed(
+    cls: type,
+    values: dict[str, Any],
+    path: str | Path | None,
+    overrides: Sequence[str],
+    message: str,
+) -> str:
+    """``message``, an error of ``cls`` built from the file's ``values`` and all ``overrides``,
+    prefixed with its source: the file (``path``; nothing for the defaults) when the file
+    alone gives it, else the first override after which it appears. The same message, not
+    just any error: an override that a later one completes (a cross-field setting) is no
+    culprit."""
+    for count in range(len(overrides) + 1):
+        try:
+            from_dict(cls, apply_overrides(values, overrides[:count]))
+        except ConfigError as error:
+            if str(error) == message:
+                break
+    if count == 0:
+        return f"{path}: {message}" if path is not None else message
+    return f"override {overrides[count - 1]!r}: {message}"

@@ -1,4 +1,4 @@
-"""How much one input may make ddrnet allocate: pixels per image, test-time scales.
+"""How much one input may make ddrnet allocate: pixels per image, test-time scales, classes.
 
 A small file can ask for a lot of memory: a 746 KB PNG of 16000x16000 pixels needs ~20 GB to
 segment, a scale of 20 multiplies a frame's pixels by 400. These caps turn such inputs into
@@ -23,6 +23,12 @@ if TYPE_CHECKING:  # the CLI imports this module: torch only where it is used
 DEFAULT_MAX_PIXELS = 50_000_000
 # Test-time scales are (0, MAX_SCALE]: the usual protocols use 0.5-2.
 MAX_SCALE = 4.0
+# Classes of a model: label maps of more than 256 classes are written as 16-bit grey PNGs
+# (``ddrnet.data.io``), so no more ids than 16 bits hold can be written; 65535 keeps the top
+# value free, as ``unknown_label`` (``ddrnet.engine.predictor``) wants one. Without a cap
+# `--num-classes 100000000` asks for a 25 GB final layer; at the cap a segmentation head's is
+# 17-67 MB, an ImageNet classifier's (2048 features) 0.5 GB.
+MAX_NUM_CLASSES = 65535
 
 
 class InputTooLargeError(DDRNetError, ValueError):
@@ -39,6 +45,19 @@ def check_scales(scales: Sequence[float], option: str = "scales") -> tuple[float
         if not math.isfinite(scale) or not 0 < scale <= MAX_SCALE:
             raise UsageError(f"{option}: scale {scale:g} is outside (0, {MAX_SCALE:g}]")
     return scales
+
+
+def check_num_classes(num_classes: int, option: str = "num_classes") -> int:
+    """``num_classes``, or an error naming ``option`` when it is not in
+    ``[1, MAX_NUM_CLASSES]``, before a model of that many outputs is allocated."""
+    if num_classes < 1:
+        raise UsageError(f"{option}={num_classes}: a model needs at least 1 class")
+    if num_classes > MAX_NUM_CLASSES:
+        raise InputTooLargeError(
+            f"{option}={num_classes}: over the limit of {MAX_NUM_CLASSES} classes (the most "
+            "a 16-bit label map holds)"
+        )
+    return num_classes
 
 
 def megapixels(pixels: float) -> str:

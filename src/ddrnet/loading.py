@@ -27,7 +27,7 @@ from torch import nn
 from ddrnet.engine.inference import pick_device, resolve_precision
 from ddrnet.errors import UsageError
 from ddrnet.hardware import cpu_has_native_bf16
-from ddrnet.models import create_model, weights
+from ddrnet.models import DDRNetClassifier, create_model, weights
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,31 @@ def load(
             "(use --amp and --device for it)"
         )
     return create_model(model, checkpoint=source, num_classes=num_classes)
+
+
+def load_segmenter(
+    source: str | Path | None = None,
+    *,
+    model: str | None = None,
+    runtime: str | None = None,
+    amp: str = "none",
+    streams: int = 1,
+) -> nn.Module:
+    """``load`` for the commands whose labels are the point (eval, predict, serve): it
+    refuses, with a ``UsageError``, what would only give meaningless labels: a network with
+    random weights (``model`` without ``source``) and DDRNet's ImageNet classifier."""
+    if source is None and model is not None:
+        raise UsageError(
+            f"--model {model} without --checkpoint is a network with random weights; give "
+            "--checkpoint (a model file or a bundled model's name)"
+        )
+    loaded = load(source, model=model, runtime=runtime, amp=amp, streams=streams)
+    if isinstance(loaded, DDRNetClassifier):
+        raise UsageError(
+            f"{source}: an ImageNet classifier (DDRNet's pre-training form, "
+            f"{type(loaded).__name__}), not a segmentation model"
+        )
+    return loaded
 
 
 def _load_onnx(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ddrnet.cli.options import POSITIVE_INT, parse_size
+from ddrnet.cli.options import NUM_CLASSES, parse_size
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -14,7 +14,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--size", type=parse_size, default=(1024, 2048), help="HEIGHTxWIDTH (default 1024x2048)"
     )
-    parser.add_argument("--num-classes", type=POSITIVE_INT, default=19)
+    parser.add_argument("--num-classes", type=NUM_CLASSES, default=19)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(handler=run)
 

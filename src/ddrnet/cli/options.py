@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from ddrnet.data.corruptions import SEVERITIES
 from ddrnet.errors import UsageError
-from ddrnet.limits import MAX_SCALE
+from ddrnet.limits import MAX_NUM_CLASSES, MAX_SCALE
 from ddrnet.preview import MAX_PORT
 
 if TYPE_CHECKING:
@@ -32,15 +32,18 @@ def _number(
     """An argparse ``type`` accepting ``kind`` values in ``[low, high]`` (without ``low``
     with ``open_low``, without ``high`` with ``open_high``), finite: a bad value is named
     by argparse with the option."""
+    expected = "an integer" if kind is int else "a number"
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not math.isfinite(value):  # float("inf") and float("nan") parse
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
         below = value <= low if open_low else value < low
         above = value >= high if open_high else value > high
-        if not math.isfinite(value) or below or above:
+        if below or above:
             bound = f"> {low:g}" if open_low else f">= {low:g}"
             limit = f" and {'<' if open_high else '<='} {high:g}" if math.isfinite(high) else ""
             raise argparse.ArgumentTypeError(f"must be {bound}{limit}, got {text!r}")
@@ -59,6 +62,7 @@ OPEN_FRACTION = _number(float, 0, 1, open_low=True, open_high=True)  # in (0, 1)
 SCALE = _number(float, 0, MAX_SCALE, open_low=True)
 PORT = _number(int, 0, MAX_PORT)
 SEVERITY = _number(int, min(SEVERITIES), max(SEVERITIES))  # of a camera corruption
+NUM_CLASSES = _number(int, 1, MAX_NUM_CLASSES)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -125,11 +129,12 @@ def add_model_options(parser: argparse.ArgumentParser, checkpoint_help: str) -> 
 
 
 def load_model(args: argparse.Namespace, streams: int = 1) -> nn.Module:
-    """``ddrnet.load`` of ``--checkpoint`` (or the bundled model), ``--model``,
-    ``--runtime`` and ``--amp``, for the commands that run exported files too."""
-    from ddrnet.loading import load
+    """``ddrnet.loading.load_segmenter`` of ``--checkpoint`` (or the bundled model),
+    ``--model``, ``--runtime`` and ``--amp``, for the commands that segment (exported files
+    too)."""
+    from ddrnet.loading import load_segmenter
 
-    return load(
+    return load_segmenter(
         args.checkpoint, model=args.model, runtime=args.runtime, amp=args.amp, streams=streams
     )
 

@@ -27,7 +27,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         nargs="?",
         const="auto",
         default=False,
-        help="resume from OUTPUT_DIR/last.pt, or from the checkpoint given",
+        help="resume from OUTPUT_DIR/last.pt, or from the checkpoint or run folder given",
     )
     parser.set_defaults(handler=run)
 

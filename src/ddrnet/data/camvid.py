@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ddrnet.config import read_text
 from ddrnet.data.datasets import (
     ColourLabelDataset,
     DatasetError,
@@ -57,7 +58,8 @@ def _camvid_parts(split: str) -> list[str]:
 def _read_list_file(list_file: Path, fields_allowed: tuple[int, ...]) -> list[list[str]]:
     """The whitespace-separated fields of each non-empty line of a split list."""
     rows = []
-    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+    text = read_text(list_file, "CamVid list file", DatasetError)
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         fields = line.split()

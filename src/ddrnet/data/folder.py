@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ddrnet.config import read_text
 from ddrnet.data.datasets import (
     ColourLabelDataset,
     DatasetError,
@@ -88,14 +89,15 @@ def _statistics(value: Any, key: str, path: Path) -> tuple[float, float, float]:
 def load_classes_file(path: str | Path) -> FolderClasses:
     """Parse and validate a classes file (YAML, or JSON by its ``.json`` suffix).
 
-    Every problem is a ``DatasetError`` naming the file and the entry: missing file,
-    unknown keys, a class without name or colour, a colour that is not three integers
-    0..255, duplicate names or colours, an ``ignore_index`` that is also a class id.
+    Every problem is a ``DatasetError`` naming the file and the entry: missing file, a
+    folder, not UTF-8 text, unknown keys, a class without name or colour, a colour that is
+    not three integers 0..255, duplicate names or colours, an ``ignore_index`` that is also
+    a class id.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DatasetError(f"classes file {path} does not exist")
-    text = path.read_text()
+    text = read_text(path, "classes file", DatasetError)
     try:
         values = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:

@@ -41,6 +41,16 @@ class OnnxFileProperties:
     # saturate on x86 CPUs without VNNI (ddrnet.hardware). False for float files.
     full_range_int8_weights: bool = False
     input_name: str = ""  # the image input's name
+    # The image input's dimensions, None where symbolic (a dynamic export's batch, H, W).
+    input_dims: tuple[int | None, ...] = ()
+
+    @property
+    def fixed_input_size(self) -> tuple[int, int] | None:
+        """``(height, width)`` when the file takes images of that size only (exported
+        without dynamic sizes), else None."""
+        if len(self.input_dims) == 4 and None not in self.input_dims[2:]:
+            return self.input_dims[2], self.input_dims[3]
+        return None
 
     @property
     def model_metadata(self) -> dict[str, object]:
@@ -85,13 +95,19 @@ def onnx_file_properties(path: str | Path) -> OnnxFileProperties:
     output = model.graph.output[0].type.tensor_type
     dims = output.shape.dim
     weights = {tensor.name for tensor in model.graph.initializer}  # inputs in old IR versions
+    image = next((i for i in model.graph.input if i.name not in weights), None)
+    input_dims = tuple(
+        int(d.dim_value) if d.HasField("dim_value") else None
+        for d in (image.type.tensor_type.shape.dim if image is not None else ())
+    )
     return OnnxFileProperties(
         metadata_props={prop.key: prop.value for prop in model.metadata_props},
         channels=int(dims[1].dim_value) if len(dims) == 4 else 0,
         output_type=onnx.TensorProto.DataType.Name(output.elem_type),
         quantized=any(node.op_type == "QuantizeLinear" for node in model.graph.node),
         full_range_int8_weights=_largest_int8_weight(model) > 64,
-        input_name=next((i.name for i in model.graph.input if i.name not in weights), ""),
+        input_name=image.name if image is not None else "",
+        input_dims=input_dims,
     )
 
 

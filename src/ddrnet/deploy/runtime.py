@@ -89,6 +89,16 @@ def onnx_session(
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def _check_image_input(path: Path, dims: tuple[int | None, ...]) -> None:
+    """An ``ExportError`` unless the file's input can be ``(N, 3, H, W)`` images."""
+    if len(dims) != 4 or dims[1] not in (None, 3):
+        shape = "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+        raise ExportError(
+            f"{path}: its input is {shape}, not (N, 3, H, W) images: not a segmentation "
+            "model's export"
+        )
+
+
 def onnx_logits(session: object, image: np.ndarray) -> np.ndarray:
     """Run a session on one normalised ``(N, 3, H, W)`` batch (made float32, contiguous);
     its one output: logits, or class ids for a file exported with argmax."""
@@ -290,6 +300,8 @@ class OnnxSegmentationModel(nn.Module):
         path = Path(path)
         _check_options(path, runtime, precision)
         properties = onnx_file_properties(path)
+        _check_image_input(path, properties.input_dims)
+        self.input_size = properties.fixed_input_size
         self.outputs_labels = not properties.outputs_logits
         if self.outputs_labels and not accept_labels:
             raise ExportError(
@@ -321,11 +333,19 @@ class OnnxSegmentationModel(nn.Module):
             share = max(1, (threads or torch.get_num_threads()) // streams)
             self._session = onnx_session(path, threads=share, spin_wait=False)
 
-    @staticmethod
-    def _as_batch(images: torch.Tensor) -> np.ndarray:
-        """``(N, 3, H, W)`` images as the contiguous float32 array both runtimes take."""
+    def _as_batch(self, images: torch.Tensor) -> np.ndarray:
+        """``(N, 3, H, W)`` images as the contiguous float32 array both runtimes take; an
+        ``ExportError`` for a file of a fixed input size that ``images`` do not have."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected (N, 3, H, W) images, got shape {tuple(images.shape)}")
+        size = tuple(images.shape[-2:])
+        if self.input_size is not None and size != self.input_size:
+            (height, width), (image_height, image_width) = self.input_size, size
+            raise ExportError(
+                f"{self.path} takes {width}x{height} images only (exported with a fixed "
+                f"size), not {image_width}x{image_height}: export it again with dynamic sizes "
+                "(the default)"
+            )
         return np.ascontiguousarray(images.detach().float().cpu().numpy())
 
     def _run(self, batch: np.ndarray) -> np.ndarray:

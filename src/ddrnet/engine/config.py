@@ -337,13 +337,13 @@ class Config:
 
 def resolve_recipe(name_or_path: str) -> Path:
     """The YAML file of a recipe: a bundled recipe's name (``camvid_ddrnet23_slim``, a file
-    under ``ddrnet/configs``) or a path to a YAML file; a ``ConfigError`` naming the bundled
-    recipes otherwise."""
+    under ``ddrnet/configs``) or a path that exists (``load_yaml`` reads and checks it); a
+    ``ConfigError`` naming the bundled recipes otherwise."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
-        return path
+        return path  # load_yaml says what else is wrong with it: a folder, not YAML, ...
     folder = resources.files("ddrnet") / "configs"
     bundled = folder / f"{name_or_path}.yaml"
     if not bundled.is_file():

@@ -31,10 +31,14 @@ RUN_FILES = (LAST, BEST, BEST_MODEL, METRICS)
 
 
 def checked_output(output: Path, resume: bool | str) -> Path | None:
-    """The checkpoint to resume from (None for a new run), refusing before anything is
-    written: a missing checkpoint to resume, or a new run over a folder that holds a run's
-    files (its ``last.pt``, ``best.*`` or ``metrics.jsonl`` would be overwritten or mixed)."""
+    """The checkpoint to resume from (None for a new run): ``output``'s ``last.pt`` for
+    ``resume=True``, the file ``resume`` names, or the ``last.pt`` of the run folder it
+    names. Refuses before anything is written: a missing checkpoint to resume, or a new run
+    over a folder that holds a run's files (its ``last.pt``, ``best.*`` or ``metrics.jsonl``
+    would be overwritten or mixed)."""
     resume_path = output / LAST if resume is True else Path(resume) if resume else None
+    if resume_path is not None and resume_path.is_dir():  # `--resume runs/x`: a run folder
+        resume_path = resume_path / LAST
     if output.exists() and not output.is_dir():
         raise TrainingError(f"train.output_dir={output} is a file, not a folder")
     if resume_path is not None and not resume_path.is_file():

@@ -66,7 +66,8 @@ def train(config: Config, resume: bool | str = False) -> Path:
     """Run the recipe ``config``; returns the output folder (``train.output_dir``).
 
     ``resume``: False starts a new run, True continues ``<output>/last.pt``, a path continues
-    that checkpoint. Under ``torchrun`` every process calls it; the main one writes the files.
+    that checkpoint (a run folder: its ``last.pt``). Under ``torchrun`` every process calls
+    it; the main one writes the files.
     """
     cfg_train = config.train
     device = _checked_device(cfg_train.device)

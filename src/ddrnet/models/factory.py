@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from ddrnet.limits import check_num_classes
 from ddrnet.models.checkpoint import (
     CheckpointError,
     RawCheckpoint,
@@ -86,18 +87,19 @@ def create_model(
     widened = width_multiplier if width_multiplier != 1.0 else None
     asked = {"width_multiplier": widened, "norm": norm, "norm_groups": norm_groups}
     kwargs = _builder_kwargs(raw, name, aux_head, asked)
+    classes_asked = num_classes is not None
     if num_classes is None and metadata is not None:
         num_classes = metadata.num_classes
     if num_classes is None and raw is not None:
         segmentation = info.task == "segmentation"
         num_classes = checkpoint_num_classes(raw, info.spec.stage3_splits, segmentation)
     if num_classes is not None:
-        kwargs["num_classes"] = num_classes
+        kwargs["num_classes"] = check_num_classes(num_classes)
     if raw is not None:  # before allocating a model the file may not fill
         check_weights_fit(lambda: info.builder(**kwargs), raw)
     model = info.builder(**kwargs)
     if raw is not None:
-        load_weights(model, raw)
+        _load_checked(model, raw, classes_from_file=not classes_asked)
     if (
         metadata is None
         or metadata.num_classes != model.num_classes
@@ -113,6 +115,20 @@ def create_model(
         )
     model.metadata = metadata
     return model.eval()
+
+
+def _load_checked(model: nn.Module, raw: RawCheckpoint, classes_from_file: bool) -> None:
+    """``load_weights``; when the class count came from the file itself
+    (``classes_from_file``), class-dependent layers of another shape are a ``CheckpointError``
+    (a damaged or hand-edited file), not layers to re-initialise."""
+    report = load_weights(model, raw)
+    if report.reinitialised and classes_from_file:
+        layers = sorted({key.rsplit(".", 1)[0] for key in report.reinitialised})
+        raise CheckpointError(
+            f"{raw.source}: its metadata says {model.num_classes} classes, but its "
+            f"class-dependent layers {layers} are shaped for another number: a damaged or "
+            "hand-edited file"
+        )
 
 
 def _builder_kwargs(

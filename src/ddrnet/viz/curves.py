@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ddrnet.config import read_text
 from ddrnet.errors import MissingFileError, UsageError
 from ddrnet.viz.figure import new_figure, prepare_output, save_figure
 
@@ -27,9 +28,9 @@ def read_metrics_jsonl(path: str | Path) -> list[dict[str, Any]]:
     last line (training still running) is skipped; any other bad line is an error.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise MissingFileError(f"{path}: no such file (is this a training run folder?)")
-    lines = path.read_text().splitlines()
+    lines = read_text(path, "metrics file", UsageError).splitlines()
     by_epoch: dict[int, dict[str, Any]] = {}
     for number, line in enumerate(lines, start=1):
         if not line.strip():

@@ -18,6 +18,7 @@ from torch import nn
 
 from ddrnet import render
 from ddrnet.engine.inference import normalize
+from ddrnet.errors import UsageError
 from ddrnet.models.metadata import ClassInfo, class_info, normalisation
 from ddrnet.viz.figure import DPI, new_figure, prepare_output, save_figure
 
@@ -111,8 +112,11 @@ def _resolution(feature: torch.Tensor, image_height: int) -> str:
 def compute_features(model: nn.Module, image: np.ndarray) -> dict[str, torch.Tensor]:
     """``model.forward_features`` on an ``(H, W, 3)`` uint8 RGB image, with the model's own
     normalisation; every map is ``(1, C, h, w)`` on the CPU, ``logits`` at 1/8."""
-    if not hasattr(model, "forward_features"):
-        raise ValueError(f"{type(model).__name__} has no forward_features (not a DDRNet?)")
+    if not hasattr(model, "forward_features"):  # DDRNet's ImageNet classifier, for one
+        raise UsageError(
+            f"{type(model).__name__} is not a segmentation DDRNet: it has no feature maps "
+            "to show; give a segmentation model"
+        )
     mean, std = normalisation(model)
     device = next(model.parameters()).device
     tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)

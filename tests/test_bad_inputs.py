@@ -1,0 +1,188 @@
+"""Bad input is one line naming the file or option and what is wrong, never a traceback: text
+files that are not UTF-8 or are folders, class counts no model can have, a bad override (not
+the recipe file), a run folder given to --resume, non-finite numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddrnet.config import ConfigError, read_text
+from ddrnet.data.camvid import camvid_samples
+from ddrnet.data.datasets import DatasetError
+from ddrnet.data.folder import load_classes_file
+from ddrnet.engine.checkpointing import TrainingError
+from ddrnet.engine.run_folder import checked_output
+from ddrnet.errors import UsageError
+from ddrnet.limits import MAX_NUM_CLASSES, InputTooLargeError
+from ddrnet.models import create_model
+
+from helpers import CLASSES_YAML, REPO_ROOT, one_line_cli_error, tiny_overrides
+
+RECIPE = REPO_ROOT / "src/ddrnet/configs/camvid_ddrnet23_slim.yaml"
+
+
+def utf16(path: Path, text: str) -> Path:
+    """``text`` written to ``path`` as UTF-16 (with its byte-order mark 0xff 0xfe)."""
+    path.write_bytes(text.encode("utf-16"))
+    return path
+
+
+def test_read_text_names_the_file_and_the_first_bad_byte(tmp_path) -> None:
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("ok\ncaf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as error:
+        read_text(path, "some file")
+    assert str(error.value) == (
+        f"some file {path}: not UTF-8 text (byte 0xe9 at offset 6: invalid continuation byte); "
+        "save it as UTF-8"
+    )
+    with pytest.raises(DatasetError, match=f"^some file {tmp_path} is a folder, not a file$"):
+        read_text(tmp_path, "some file", DatasetError)
+    # UTF-8 with the byte-order mark Windows editors write reads as plain UTF-8; offsets
+    # count the mark.
+    path.write_bytes("\ufeffclasses: []".encode())
+    assert read_text(path, "some file") == "classes: []"
+    path.write_bytes("\ufeffcaf\xe9".encode()[:-1])
+    with pytest.raises(ConfigError, match=r"\(byte 0xc3 at offset 6: unexpected end of data\)"):
+        read_text(path, "some file")
+
+
+def test_a_utf16_recipe_is_one_line(capsys, tmp_path) -> None:
+    recipe = utf16(tmp_path / "rec16.yaml", RECIPE.read_text())
+    error = one_line_cli_error(capsys, ["train", str(recipe)])
+    assert error.startswith(f"ddrnet train: error: config file {recipe}: not UTF-8 text (byte 0xff")
+
+
+def test_a_folder_as_recipe_is_called_a_folder(capsys, tmp_path) -> None:
+    for name in ("some_folder", "folder.yaml"):
+        (tmp_path / name).mkdir()
+        error = one_line_cli_error(capsys, ["train", str(tmp_path / name)])
+        assert (
+            error == f"ddrnet train: error: config file {tmp_path / name} is a folder, not a file"
+        )
+    missing = tmp_path / "missing.yaml"
+    error = one_line_cli_error(capsys, ["train", str(missing)])
+    assert error == f"ddrnet train: error: config file {missing} does not exist"
+
+
+def test_a_utf16_or_folder_classes_file_is_a_dataset_error(tmp_path) -> None:
+    path = utf16(tmp_path / "classes.yaml", CLASSES_YAML)
+    with pytest.raises(DatasetError, match=r"^classes file .*classes\.yaml: not UTF-8 text \("):
+        load_classes_file(path)
+    with pytest.raises(DatasetError, match=f"^classes file {tmp_path} is a folder, not a file$"):
+        load_classes_file(tmp_path)
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_classes_file(tmp_path / "nope.yaml")
+
+
+def test_a_utf16_camvid_list_is_a_dataset_error(tmp_path) -> None:
+    utf16(tmp_path / "train.txt", "/SegNet/CamVid/train/a.png /SegNet/CamVid/trainannot/a.png\n")
+    with pytest.raises(DatasetError, match=r"^CamVid list file .*train\.txt: not UTF-8 text \("):
+        camvid_samples(tmp_path, "train")
+
+
+def test_a_utf16_metrics_file_is_one_line(capsys, tmp_path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    utf16(run / "metrics.jsonl", '{"epoch": 1, "train_loss": 1.0}\n')
+    argv = ["viz", "curves", str(run), "-o", str(tmp_path / "c.png")]
+    error = one_line_cli_error(capsys, argv)
+    assert error.startswith(f"ddrnet viz: error: metrics file {run / 'metrics.jsonl'}: not UTF-8")
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").mkdir()
+    error = one_line_cli_error(capsys, argv)
+    assert error.endswith(f"metrics file {run / 'metrics.jsonl'} is a folder, not a file")
+
+
+def test_too_many_classes_are_refused_before_allocating() -> None:
+    # (`ddrnet models --num-classes` refuses them as it parses: OPTION_ERRORS)
+    too_many = f"^num_classes=100000000: over the limit of {MAX_NUM_CLASSES} classes"
+    with pytest.raises(InputTooLargeError, match=too_many):
+        create_model("ddrnet_23_slim", num_classes=100_000_000)
+    with pytest.raises(UsageError, match="^num_classes=0: a model needs at least 1 class"):
+        create_model("ddrnet_23_slim", num_classes=0)
+    assert create_model("ddrnet_23_slim", num_classes=MAX_NUM_CLASSES).num_classes == 65535
+
+
+def test_an_override_error_names_the_override_not_the_recipe(capsys, tmp_path) -> None:
+    error = one_line_cli_error(capsys, ["train", "camvid_ddrnet23_slim", "train.foo=1"])
+    assert error.startswith(
+        "ddrnet train: error: override 'train.foo=1': unknown key train.foo; valid keys in "
+        "train: amp, "
+    )
+    assert "camvid_ddrnet23_slim.yaml" not in error
+    error = one_line_cli_error(capsys, ["train", "camvid_ddrnet23_slim", "train.epochs=x"])
+    assert error.endswith("override 'train.epochs=x': train.epochs: expected an integer, got 'x'")
+    # A bad key of the recipe file itself is still blamed on the file, overrides or not.
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(RECIPE.read_text() + "\nschedule: {}\n")
+    error = one_line_cli_error(capsys, ["train", str(recipe), "train.epochs=3"])
+    assert error.startswith(f"ddrnet train: error: {recipe}: unknown key schedule; valid keys: ")
+
+
+def test_resume_takes_a_run_folder_as_its_last_pt(capsys, tmp_path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"")  # only its presence is checked here
+    assert checked_output(tmp_path / "new", str(run)) == run / "last.pt"
+    assert checked_output(tmp_path / "new", str(run / "last.pt")) == run / "last.pt"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(TrainingError, match="^no checkpoint to resume from at .*empty/last.pt$"):
+        checked_output(tmp_path / "new", str(empty))
+    argv = ["train", "camvid_ddrnet23_slim", f"train.output_dir={tmp_path / 'out'}"]
+    error = one_line_cli_error(capsys, [*argv, "--resume", str(empty)])
+    assert error == f"ddrnet train: error: no checkpoint to resume from at {empty / 'last.pt'}"
+
+
+def argparse_error(capsys, argv: list[str]) -> str:
+    """The error line of an option that argparse refuses (``ddrnet.cli.main`` exits with
+    status 2 after printing the command's usage), without ``ddrnet COMMAND: error: ``."""
+    from ddrnet.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    prefix = f"ddrnet {argv[0]}: error: "
+    assert lines[0].startswith("usage: ") and lines[-1].startswith(prefix), lines
+    assert not any("Traceback" in line for line in lines), lines
+    return lines[-1][len(prefix) :]
+
+
+OPTION_ERRORS = [
+    (["serve", "--max-upload-mb", "inf"], "--max-upload-mb: must be a finite number, got 'inf'"),
+    (["predict", "x.png", "--alpha", "nan"], "--alpha: must be a finite number, got 'nan'"),
+    (["predict", "x.png", "--alpha", "1x"], "--alpha: expected a number, got '1x'"),
+    (["predict", "x.png", "--alpha", "2"], "--alpha: must be >= 0 and <= 1, got '2'"),
+    (["models", "--num-classes", "1.5"], "--num-classes: expected an integer, got '1.5'"),
+    (["models", "--num-classes", "inf"], "--num-classes: expected an integer, got 'inf'"),
+    (["models", "--num-classes", "0"], "--num-classes: must be >= 1 and <= 65535, got '0'"),
+    (
+        ["models", "--num-classes", "100000000"],
+        "--num-classes: must be >= 1 and <= 65535, got '100000000'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), OPTION_ERRORS)
+def test_option_types_say_what_they_expect(capsys, argv, message) -> None:
+    assert argparse_error(capsys, argv) == f"argument {message}"
+
+
+@pytest.mark.slow  # two tiny training runs: ~11 s on 2 cores
+def test_resume_from_a_run_folder_continues_its_last_pt(camvid_root, tmp_path, caplog) -> None:
+    from ddrnet.cli import main
+
+    def command(output: Path, epochs: int) -> list[str]:
+        return ["train", "camvid_ddrnet23_slim", *tiny_overrides(camvid_root, output, epochs)]
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(command(first, epochs=1)) == 0
+    with caplog.at_level("INFO", logger="ddrnet.engine.train"):
+        assert main([*command(second, epochs=2), "--resume", str(first)]) == 0
+    assert f"resumed from {first / 'last.pt'} at epoch 1" in caplog.text
+    assert torch.load(second / "last.pt", weights_only=True)["epoch"] == 2
