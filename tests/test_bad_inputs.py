@@ -186,3 +186,11 @@ def test_resume_from_a_run_folder_continues_its_last_pt(camvid_root, tmp_path, c
         assert main([*command(second, epochs=2), "--resume", str(first)]) == 0
     assert f"resumed from {first / 'last.pt'} at epoch 1" in caplog.text
     assert torch.load(second / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_a_mean_outside_the_image_scale_is_refused_by_name(capsys) -> None:
+    """``data.mean`` is on the 0..1 scale: nan (or a 0..255 value) would train to nan."""
+    error = one_line_cli_error(capsys, ["data", "camvid_ddrnet23_slim", "data.mean=[nan,0,0]"])
+    assert "override 'data.mean=[nan,0,0]': data: mean must be in [0, 1] per channel" in error
+    error = one_line_cli_error(capsys, ["data", "camvid_ddrnet23_slim", "data.mean=[104,117,123]"])
+    assert "mean must be in [0, 1] per channel, got (104.0, 117.0, 123.0)" in error

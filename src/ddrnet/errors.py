@@ -2,8 +2,9 @@
 
 Every error of this package that means "what you gave cannot work" (an option or setting,
 a file, a data set, a model file) is a ``DDRNetError``; the ``ddrnet`` command prints it as
-one line, ``ddrnet COMMAND: error: MESSAGE``, and exits with status 2. Anything else that
-escapes a command is a bug and keeps its traceback.
+one line, ``ddrnet COMMAND: error: MESSAGE``, and exits with status 2 (``user_error_message``
+makes that line, also of an ``OSError`` on a path the user named, and for the inputs a job
+skips). Anything else that escapes a command is a bug and keeps its traceback.
 
 Each class keeps the built-in base it always had (``ValueError``, ``RuntimeError``,
 ``KeyError``, ``FileNotFoundError``), so that ``except ValueError`` in callers still works:
@@ -62,3 +63,21 @@ def parse_error_summary(error: Exception) -> str:
     if hasattr(error, "lineno") and hasattr(error, "msg"):  # json.JSONDecodeError
         return f"line {error.lineno}, column {error.colno}: {error.msg}"
     return " ".join(str(error).split())
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The one-line message for an error caused by the user's input, or None for a bug."""
+    if isinstance(error, DDRNetError):
+        return str(error)
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {_os_error_reason(error)}"
+    return None
+
+
+def _os_error_reason(error: OSError) -> str:
+    """What an OS error on an output path means for the user (e.g. ``-o`` naming a file)."""
+    if isinstance(error, (FileExistsError, NotADirectoryError)):
+        return "a file is in the way where an output folder is needed"
+    if isinstance(error, IsADirectoryError):
+        return "is a folder, but a file is to be written there"
+    return str(error.strerror or error)

@@ -31,7 +31,7 @@ from ddrnet.background import WritingThread
 from ddrnet.data.io import IMAGE_SUFFIXES, image_files, image_size, read_rgb, write_png
 from ddrnet.engine.predictor import Predictor
 from ddrnet.engine.temporal import TemporalSmoother
-from ddrnet.errors import DDRNetError
+from ddrnet.errors import DDRNetError, user_error_message
 from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels
 from ddrnet.models.metadata import class_info
 from ddrnet.render import confidence_picture, labelled_overlay, side_by_side
@@ -422,8 +422,8 @@ def run_prediction(
                 preview,
             )
         except (OSError, DDRNetError) as error:  # this input's fault: the others go on
-            summary.failed[source] = str(error)
-            warn(f"skipped {source}: {error}")
+            summary.failed[source] = user_error_message(error) or str(error)
+            warn(f"skipped {source}: {summary.failed[source]}")
     summary.warmup_ms = runner.warmup_ms if warm_before is None else None
     summary.seconds = time.perf_counter() - start
     return summary

@@ -21,7 +21,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ddrnet.cli import bench, data, export, models, predict, prune, serve, train, viz
 from ddrnet.cli import eval as evaluate  # the module of `ddrnet eval`, not the builtin
 from ddrnet.cli.options import is_override
-from ddrnet.errors import DDRNetError
+from ddrnet.errors import DDRNetError, user_error_message
 
 # The order of ``ddrnet --help``.
 COMMANDS = (models, data, train, evaluate, predict, bench, export, prune, viz, serve)
@@ -37,24 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         command.add_parser(commands)
     return parser
-
-
-def user_error_message(error: BaseException) -> str | None:
-    """The one-line message for an error caused by the user's input, or None for a bug."""
-    if isinstance(error, DDRNetError):
-        return str(error)
-    if isinstance(error, OSError) and error.filename is not None:
-        return f"{error.filename}: {_os_error_reason(error)}"
-    return None
-
-
-def _os_error_reason(error: OSError) -> str:
-    """What an OS error on an output path means for the user (e.g. ``-o`` naming a file)."""
-    if isinstance(error, (FileExistsError, NotADirectoryError)):
-        return "a file is in the way where an output folder is needed"
-    if isinstance(error, IsADirectoryError):
-        return "is a folder, but a file is to be written there"
-    return str(error.strerror or error)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -102,6 +102,9 @@ class DataConfig:
             _require(min(self.base_size) >= 1, "base_size", "positive", self.base_size)
         _require(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
         _require(self.num_workers >= 0, "num_workers", ">= 0", self.num_workers)
+        if self.mean is not None:  # on the 0..1 scale of the images
+            ok = all(math.isfinite(v) and 0 <= v <= 1 for v in self.mean)
+            _require(ok, "mean", "in [0, 1] per channel", self.mean)
         if self.std is not None:
             _require(all(_positive(v) for v in self.std), "std", "> 0 per channel", self.std)
         self._check_augmentation_options()
