@@ -194,3 +194,27 @@ def test_a_mean_outside_the_image_scale_is_refused_by_name(capsys) -> None:
     assert "override 'data.mean=[nan,0,0]': data: mean must be in [0, 1] per channel" in error
     error = one_line_cli_error(capsys, ["data", "camvid_ddrnet23_slim", "data.mean=[104,117,123]"])
     assert "mean must be in [0, 1] per channel, got (104.0, 117.0, 123.0)" in error
+
+
+def test_a_key_given_twice_is_refused_where_it_is(tmp_path, capsys) -> None:
+    recipe = tmp_path / "twice.yaml"
+    recipe.write_text("optim:\n  lr: 0.1\n  momentum: 0.9\n  lr: 0.01\n")
+    error = one_line_cli_error(capsys, ["train", str(recipe)])
+    assert error.endswith(f"{recipe}: invalid YAML (line 4, column 3: key 'lr' appears twice "
+                          "in one mapping)")  # fmt: skip
+    from ddrnet.data.datasets import DatasetError
+    from ddrnet.data.folder import load_classes_file
+
+    classes = tmp_path / "classes.yaml"
+    classes.write_text("classes: [{name: a, color: [1, 2, 3], name: b}]\n")
+    with pytest.raises(DatasetError, match="key 'name' appears twice"):
+        load_classes_file(classes)
+
+
+def test_eval_names_only_the_missing_data_option(tmp_path, capsys) -> None:
+    import ddrnet
+
+    model = ddrnet.create_model("ddrnet_23_slim", num_classes=3)  # records no data set
+    path = ddrnet.save_model(model, tmp_path / "m.safetensors", model.metadata)
+    error = one_line_cli_error(capsys, ["eval", str(path), "--root", str(tmp_path)])
+    assert error.endswith("this checkpoint does not record its data set: give --dataset")

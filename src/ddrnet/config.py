@@ -162,6 +162,33 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
     return values
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last
+    silently, so a recipe with two ``lr:`` lines would train with the second without a word."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    loader.flatten_mapping(node)  # merge keys (<<) first, as the safe constructor does
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` of a recipe or classes file, refusing duplicate keys (a
+    ``yaml.YAMLError`` whose mark names the second)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_text(path: str | Path, what: str, error: type[DDRNetError] = ConfigError) -> str:
     """The UTF-8 text of the file ``path`` (without a byte-order mark, which Windows editors
     write); ``error`` naming it (as ``what PATH``) when it is a folder or not UTF-8 text (a
@@ -190,7 +217,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist")
     text = read_text(path, "config file")
     try:
-        values = yaml.safe_load(text) or {}
+        values = parse_yaml(text) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: invalid YAML ({parse_error_summary(error)})") from None
     if not isinstance(values, dict):

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ddrnet.config import read_text
+from ddrnet.config import parse_yaml, read_text
 from ddrnet.data.datasets import (
     ColourLabelDataset,
     DatasetError,
@@ -99,7 +99,7 @@ def load_classes_file(path: str | Path) -> FolderClasses:
         raise DatasetError(f"classes file {path} does not exist")
     text = read_text(path, "classes file", DatasetError)
     try:
-        values = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        values = json.loads(text) if path.suffix.lower() == ".json" else parse_yaml(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         summary = parse_error_summary(error)
         raise DatasetError(f"{path}: cannot parse the classes file ({summary})") from None

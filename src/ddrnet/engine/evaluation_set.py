@@ -49,8 +49,11 @@ def evaluation_dataset(
     values = recorded_data_section(metadata)
     given = {"dataset": dataset, "root": root, "classes_file": classes_file}
     values.update({key: value for key, value in given.items() if value is not None})
-    if "dataset" not in values or "root" not in values:
-        raise UsageError("this checkpoint does not record its data set: give --dataset and --root")
+    missing = [f"--{key}" for key in ("dataset", "root") if key not in values]
+    if missing:
+        raise UsageError(
+            f"this checkpoint does not record its data set: give {' and '.join(missing)}"
+        )
     if root is None and not Path(values["root"]).is_dir():
         raise UsageError(
             f"the model records its data at {values['root']}, which is not a folder from "
