@@ -218,3 +218,22 @@ def test_eval_names_only_the_missing_data_option(tmp_path, capsys) -> None:
     path = ddrnet.save_model(model, tmp_path / "m.safetensors", model.metadata)
     error = one_line_cli_error(capsys, ["eval", str(path), "--root", str(tmp_path)])
     assert error.endswith("this checkpoint does not record its data set: give --dataset")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["predict", "x.png", "-o", ""],
+        ["export", "-o", " ", "--format", "onnx"],
+        ["eval", "x.safetensors", "--json", ""],
+        ["data", "camvid_ddrnet23_slim", "--show", ""],
+    ],
+)
+def test_an_empty_output_path_is_refused(capsys, argv) -> None:
+    """An empty path would quietly mean the current folder."""
+    assert argparse_error(capsys, argv).endswith("expected a path, got an empty one")
+
+
+def test_an_empty_run_folder_is_refused(capsys) -> None:
+    error = one_line_cli_error(capsys, ["train", "camvid_ddrnet23_slim", "train.output_dir="])
+    assert error.endswith("train: output_dir must be a folder path, got ''")

@@ -10,6 +10,7 @@ from pathlib import Path
 from ddrnet.atomic import atomic_write_text
 from ddrnet.cli.options import (
     NON_NEGATIVE_FLOAT,
+    PATH,
     POSITIVE_FLOAT,
     POSITIVE_INT,
     load_pytorch_model,
@@ -64,7 +65,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=POSITIVE_INT, default=1)
     parser.add_argument("--threads", type=POSITIVE_INT, help="torch CPU threads")
     parser.add_argument("--calibration", help="INT8: folder of real images (default: demo frames)")
-    parser.add_argument("--json", help="write all figures to this file")
+    parser.add_argument("--json", type=PATH, help="write all figures to this file")
     parser.set_defaults(handler=run)
 
 

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ddrnet.cli.options import NON_NEGATIVE_INT, POSITIVE_INT, writable_file
+from ddrnet.cli.options import NON_NEGATIVE_INT, PATH, POSITIVE_INT, writable_file
 
 # Problems printed; --json keeps all of them.
 PRINTED_PROBLEMS = 30
@@ -32,9 +32,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "overrides", nargs="*", help="overrides such as data.root=/data/camvid (section.key=value)"
     )
-    parser.add_argument("--json", help="write every figure, warning and problem to this file")
+    parser.add_argument(
+        "--json", type=PATH, help="write every figure, warning and problem to this file"
+    )
     parser.add_argument(
         "--show",
+        type=PATH,
         metavar="FOLDER",
         help="write frames with their labels' colours and a legend to FOLDER/train and FOLDER/val",
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 from ddrnet.atomic import atomic_write_text
 from ddrnet.cli.options import (
     OPEN_FRACTION,
+    PATH,
     POSITIVE_INT,
     SEVERITY,
     add_amp_option,
@@ -95,9 +96,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=list(SEVERITIES),
         help="with --corruptions: the severities, 1 (mild) to 5 (default: all five)",
     )
-    parser.add_argument("--json", help="write the metrics (key 'mIoU') to this file")
+    parser.add_argument("--json", type=PATH, help="write the metrics (key 'mIoU') to this file")
     parser.add_argument(
-        "--submission", help="Cityscapes: write labelId PNGs for the evaluation server here"
+        "--submission",
+        type=PATH,
+        help="Cityscapes: write labelId PNGs for the evaluation server here",
     )
     parser.set_defaults(handler=run)
 

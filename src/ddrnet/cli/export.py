@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ddrnet.cli.options import (
+    PATH,
     POSITIVE_INT,
     add_model_options,
     load_pytorch_model,
@@ -49,7 +50,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "executorch(-int8): -o NAME.pte writes NAME.pte and NAME.json, XNNPACK, fixed --size "
         "(other sizes are resized to it when run; needs executorch)",
     )
-    parser.add_argument("-o", "--output", required=True, help="output file")
+    parser.add_argument("-o", "--output", type=PATH, required=True, help="output file")
     parser.add_argument(
         "--size",
         type=parse_image_size,

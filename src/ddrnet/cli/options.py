@@ -53,6 +53,17 @@ def _number(
     return parse
 
 
+def _path(text: str) -> str:
+    """An argparse ``type`` for output paths: an empty one (``-o ""``, a variable that was
+    not set) would quietly mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty one")
+    return text
+
+
+_path.__name__ = "path"  # argparse names the type in its messages
+PATH = _path
+
 POSITIVE_INT = _number(int, 1)
 NON_NEGATIVE_INT = _number(int, 0)
 POSITIVE_FLOAT = _number(float, 0, open_low=True)

@@ -11,6 +11,7 @@ from ddrnet.cli.options import (
     FRACTION,
     NON_NEGATIVE_INT,
     OPEN_FRACTION,
+    PATH,
     POSITIVE_INT,
     add_amp_option,
     add_model_options,
@@ -41,7 +42,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_model_options(
         parser, "model file, or an exported .onnx file (default: the bundled CamVid model)"
     )
-    parser.add_argument("-o", "--output", default="predictions", help="output folder")
+    parser.add_argument("-o", "--output", type=PATH, default="predictions", help="output folder")
     parser.add_argument(
         "--save",
         nargs="+",

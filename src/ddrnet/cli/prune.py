@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ddrnet.cli.options import POSITIVE_INT, parse_image_size, writable_file
+from ddrnet.cli.options import PATH, POSITIVE_INT, parse_image_size, writable_file
 from ddrnet.errors import DDRNetError, UsageError
 
 
@@ -21,7 +21,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--macs", type=float, required=True, help="fraction of the MACs to keep, in (0, 1)"
     )
-    parser.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    parser.add_argument("-o", "--output", type=PATH, required=True, help="output .safetensors file")
     parser.add_argument(
         "--importance",
         choices=["l1", "l2", "bn-scale"],

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import functools
 
-from ddrnet.cli.options import POSITIVE_INT, add_model_options, load_pytorch_model
+from ddrnet.cli.options import PATH, POSITIVE_INT, add_model_options, load_pytorch_model
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -32,17 +32,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default="mean-abs",
         help="channels -> one map: mean of |activation| or first PCA component",
     )
-    features.add_argument("-o", "--output", required=True, help="PNG file to write")
+    features.add_argument("-o", "--output", type=PATH, required=True, help="PNG file to write")
     features.set_defaults(handler=run_features)
     confusion = figures.add_parser(
         "confusion", help="row-normalised confusion matrix and per-class IoU"
     )
     confusion.add_argument("metrics", help="JSON written by 'ddrnet eval --json'")
-    confusion.add_argument("-o", "--output", required=True, help="PNG file to write")
+    confusion.add_argument("-o", "--output", type=PATH, required=True, help="PNG file to write")
     confusion.set_defaults(handler=run_confusion)
     curves = figures.add_parser("curves", help="loss, val mIoU, lr and throughput per epoch")
     curves.add_argument("run_dir", help="training run folder (with metrics.jsonl)")
-    curves.add_argument("-o", "--output", required=True, help="PNG file to write")
+    curves.add_argument("-o", "--output", type=PATH, required=True, help="PNG file to write")
     curves.set_defaults(handler=run_curves)
     compare = figures.add_parser("compare", help="one image through several models")
     compare.add_argument("image", help="input image")
@@ -50,7 +50,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     compare.add_argument(
         "--model", action="append", help="architecture (repeat; alone: untrained models)"
     )
-    compare.add_argument("-o", "--output", required=True, help="PNG file to write")
+    compare.add_argument("-o", "--output", type=PATH, required=True, help="PNG file to write")
     compare.set_defaults(handler=run_compare)
     _add_models_figure(
         figures, "robustness", "mIoU against corruption severity, several models",
@@ -69,7 +69,7 @@ def _add_models_figure(figures, name: str, summary: str, option: str) -> None:
     parser.add_argument(
         "metrics", nargs="+", help=f"JSONs written by 'ddrnet eval {option} --json'"
     )
-    parser.add_argument("-o", "--output", required=True, help="PNG file to write")
+    parser.add_argument("-o", "--output", type=PATH, required=True, help="PNG file to write")
     parser.set_defaults(handler=functools.partial(run_models_figure, name))
 
 

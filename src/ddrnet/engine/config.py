@@ -249,6 +249,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "epochs", ">= 1", self.epochs)
+        # Empty would write the run into the current folder (`train.output_dir=` left blank).
+        _require(bool(str(self.output_dir).strip()), "output_dir", "a folder path", self.output_dir)
         if self.ema_decay is not None:
             _require(
                 0 < self.ema_decay < 1, "ema_decay", "in (0, 1) (or null: off)", self.ema_decay
