@@ -59,16 +59,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "unknown: 255 in the label PNGs, dark in the overlays ('ddrnet eval --confidence' "
         "shows what a threshold keeps and catches)",
     )
-    parser.add_argument(
-        "--smooth",
-        type=OPEN_FRACTION,
-        metavar="WEIGHT",
-        help="steadier video: blend each frame's class scores with the frames' before it, "
-        "moved along the optical flow, where the frame is unsure; WEIGHT in (0, 1) is the "
-        "past's largest share (0.8: a quarter to a third fewer flickering pixels on CamVid at "
-        "the same mIoU; 'ddrnet eval --smooth' measures it). Videos, cameras, streams, and "
-        "images taken as one sequence in the order given; --streams 1",
-    )
     parser.add_argument("--batch-size", type=POSITIVE_INT, default=1)
     parser.add_argument(
         "--workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers for reading"
@@ -86,6 +76,22 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_amp_option(parser)
     parser.add_argument("--device", default="auto")
     add_runtime_option(parser)
+    _add_video_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def _add_video_options(parser: argparse.ArgumentParser) -> None:
+    """What applies to videos, cameras and streams (and image sequences for --smooth)."""
+    parser.add_argument(
+        "--smooth",
+        type=OPEN_FRACTION,
+        metavar="WEIGHT",
+        help="steadier video: blend each frame's class scores with the frames' before it, "
+        "moved along the optical flow, where the frame is unsure; WEIGHT in (0, 1) is the "
+        "past's largest share (0.8: a quarter to a third fewer flickering pixels on CamVid at "
+        "the same mIoU; 'ddrnet eval --smooth' measures it). Videos, cameras, streams, and "
+        "images taken as one sequence in the order given; --streams 1",
+    )
     parser.add_argument(
         "--max-frames",
         type=POSITIVE_INT,
@@ -115,7 +121,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "(an MJPEG stream; HOST defaults to 127.0.0.1, 0.0.0.0 shows it to the network): "
         "for machines without a screen",
     )
-    parser.set_defaults(handler=run)
 
 
 def _address(value: str) -> tuple[str, int]:
