@@ -46,7 +46,7 @@ from ddrnet.deploy import (
 )
 from ddrnet.engine.evaluate import evaluate
 from ddrnet.hardware import cpu_has_native_bf16, describe_cpu, onednn_isa_cap
-from ddrnet.predict import SegmentationRunner, leave_cores_to_runtime
+from ddrnet.runner import SegmentationRunner, leave_cores_to_runtime
 
 BACKENDS = [
     "eager",

@@ -35,7 +35,7 @@ import ddrnet
 from ddrnet.data.camvid import camvid
 from ddrnet.deploy import export_onnx, load_calibration_images, load_onnx_model, quantize_onnx_int8
 from ddrnet.hardware import cpu_has_native_bf16, describe_cpu, onednn_isa_cap
-from ddrnet.predict import SegmentationRunner
+from ddrnet.runner import SegmentationRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inference_speed import (  # noqa: E402

@@ -40,7 +40,7 @@ from ddrnet.deploy import load_calibration_images
 from ddrnet.engine.evaluate import evaluate
 from ddrnet.hardware import describe_cpu, onednn_isa_cap
 from ddrnet.models import count_macs, count_parameters
-from ddrnet.predict import SegmentationRunner
+from ddrnet.runner import SegmentationRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inference_speed import (  # noqa: E402

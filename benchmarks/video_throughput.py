@@ -37,7 +37,8 @@ import ddrnet
 from ddrnet.data.camvid import camvid
 from ddrnet.deploy import export_onnx, load_calibration_images, load_onnx_model, quantize_onnx_int8
 from ddrnet.hardware import describe_cpu
-from ddrnet.predict import SegmentationRunner, run_prediction
+from ddrnet.predict import run_prediction
+from ddrnet.runner import SegmentationRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inference_speed import (  # noqa: E402

@@ -12,8 +12,9 @@ from PIL import Image
 import ddrnet
 from ddrnet.engine.predictor import unknown_label
 from ddrnet.models.weights import bundled_model_path
-from ddrnet.predict import SegmentationRunner, run_prediction
+from ddrnet.predict import run_prediction
 from ddrnet.render import confidence_picture
+from ddrnet.runner import SegmentationRunner
 
 from helpers import run_ddrnet
 

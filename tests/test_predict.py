@@ -12,7 +12,8 @@ from PIL import Image
 
 import ddrnet
 from ddrnet.models.weights import bundled_model_path
-from ddrnet.predict import SegmentationRunner, expand_inputs, run_prediction
+from ddrnet.predict import expand_inputs, run_prediction
+from ddrnet.runner import SegmentationRunner
 
 from helpers import run_ddrnet
 
@@ -406,7 +407,8 @@ def test_streams_segment_frames_at_once_and_in_order(
     file under both runtimes, and report the images in their order (videos: in
     ``test_video_in_video_out_and_corrupt_video``)."""
     from ddrnet.deploy import load_onnx_model
-    from ddrnet.predict import SegmentationRunner, run_prediction
+    from ddrnet.predict import run_prediction
+    from ddrnet.runner import SegmentationRunner
 
     frames = sorted((camvid_root / "val").glob("*.png"))[:5]
     folder = tmp_path / "frames"
@@ -445,7 +447,7 @@ def test_a_failing_frame_stops_the_streams_with_its_own_error(camvid_model_file)
     where that item's result is due, after the items before it."""
     import time
 
-    from ddrnet.predict import SegmentationRunner
+    from ddrnet.runner import SegmentationRunner
 
     runner = SegmentationRunner(
         ddrnet.create_model(checkpoint=camvid_model_file), torch.device("cpu"), streams=3

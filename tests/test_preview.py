@@ -14,8 +14,9 @@ import ddrnet
 import ddrnet.video
 from ddrnet.errors import UsageError
 from ddrnet.models.weights import bundled_model_path
-from ddrnet.predict import SegmentationRunner, run_prediction
+from ddrnet.predict import run_prediction
 from ddrnet.preview import BOUNDARY, Preview, parse_address
+from ddrnet.runner import SegmentationRunner
 
 from helpers import FakeCamera, headless_chromium, needs_chromium, run_ddrnet
 

@@ -131,7 +131,8 @@ def test_a_video_is_smoothed_frame_after_frame(camvid_root: Path, tmp_path: Path
     import ddrnet
     from ddrnet.data.io import read_label
     from ddrnet.engine.predictor import Predictor
-    from ddrnet.predict import SegmentationRunner, run_prediction
+    from ddrnet.predict import run_prediction
+    from ddrnet.runner import SegmentationRunner
 
     video = tmp_path / "drive.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 15.0, (480, 360))

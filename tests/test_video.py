@@ -24,7 +24,8 @@ from PIL import Image
 import ddrnet
 import ddrnet.video
 from ddrnet.models.weights import bundled_model_path
-from ddrnet.predict import SegmentationRunner, expand_inputs, run_prediction
+from ddrnet.predict import expand_inputs, run_prediction
+from ddrnet.runner import SegmentationRunner
 from ddrnet.video import VideoOutputs, VideoSource, is_live, source_stem
 
 from helpers import FakeCamera, run_ddrnet

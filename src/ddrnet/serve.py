@@ -48,8 +48,8 @@ from ddrnet.assets import demo_frames
 from ddrnet.data.io import png_bytes
 from ddrnet.engine.predictor import Predictor, mark_unknown, unknown_label
 from ddrnet.models.metadata import class_info
-from ddrnet.predict import leave_cores_to_runtime
 from ddrnet.render import confidence_picture, labelled_overlay
+from ddrnet.runner import leave_cores_to_runtime
 
 logger = logging.getLogger(__name__)
 

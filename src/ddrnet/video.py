@@ -44,8 +44,9 @@ from ddrnet.errors import DDRNetError
 from ddrnet.limits import check_pixels
 
 if TYPE_CHECKING:
-    from ddrnet.predict import PredictionSummary, SegmentationRunner
+    from ddrnet.predict import PredictionSummary
     from ddrnet.preview import Preview
+    from ddrnet.runner import SegmentationRunner
 
 logger = logging.getLogger(__name__)
 

@@ -132,7 +132,8 @@ def _address(value: str) -> tuple[str, int]:
 
 def run(args: argparse.Namespace) -> int:
     from ddrnet.assets import demo_frames
-    from ddrnet.predict import SegmentationRunner, run_prediction
+    from ddrnet.predict import run_prediction
+    from ddrnet.runner import SegmentationRunner
 
     model = load_model(args, streams=args.streams)
     inputs = args.inputs or [str(p) for p in demo_frames()]
