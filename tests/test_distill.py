@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -179,8 +180,10 @@ def test_distill_settings_are_checked() -> None:
         ("[9]", r"scale 9 is outside \(0, 4\]"),
         ("[]", "give at least one scale"),
     ):
-        with pytest.raises(ConfigError, match=rf"^distill: teacher_scales: {problem}$"):
-            load_config(Config, None, [f"distill.teacher_scales={scales}"])
+        override = f"distill.teacher_scales={scales}"
+        expected = rf"^override '{re.escape(override)}': distill: teacher_scales: {problem}$"
+        with pytest.raises(ConfigError, match=expected):
+            load_config(Config, None, [override])
     with pytest.raises(ConfigError, match="kd_weight or cwd_weight must be > 0"):
         load_config(Config, None, ["distill.teacher=x.safetensors", "distill.kd_weight=0"])
 
