@@ -214,9 +214,18 @@ def test_malicious_pickle_is_refused_without_running_it(tmp_path: Path) -> None:
     payload = {"state_dict": {"w": torch.zeros(1)}, "hook": _Exploit(marker)}
     with open(tmp_path / "evil.pth", "wb") as handle:
         pickle.dump(payload, handle, protocol=2)
-    with pytest.raises(CheckpointError, match="refusing to load .*evil.pth"):
+    with pytest.raises(CheckpointError, match="refusing to load .*evil.pth") as error:
         read_checkpoint(tmp_path / "evil.pth")
     assert not marker.exists()
+    assert "\x1b" not in str(error.value)  # none of torch's terminal colours
+
+
+def test_a_whole_pickled_model_is_named_for_what_it_holds(tmp_path: Path) -> None:
+    torch.save(ddrnet.create_model("ddrnet_23_slim", num_classes=3), tmp_path / "whole.pt")
+    with pytest.raises(
+        CheckpointError, match=r"whole.pt: .* stopped at ddrnet\.models\.ddrnet\.DDRNet\)"
+    ):
+        read_checkpoint(tmp_path / "whole.pt")
 
 
 def test_missing_and_corrupt_files(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,13 +117,17 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
         return _read_safetensors(path)
     _refuse_what_is_no_pytorch_file(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on pickle protocols: not the user's
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        # torch's own text advises unsafe loading, in terminal colours; only what it found.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        stopped = f" (weights-only loading stopped at {found.group(1)})" if found else ""
         raise CheckpointError(
-            f"refusing to load {path}: it is not a plain weights file and loading it would run "
-            f"code stored inside it (weights-only unpickling rejected it: {first_line}). "
-            "Only load checkpoints from sources you trust; convert them to .safetensors."
+            f"refusing to load {path}: it is not a plain weights file, and loading it would "
+            f"run code stored inside it{stopped}. Only load checkpoints from sources you "
+            "trust; convert them to .safetensors."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise CheckpointError(f"cannot read checkpoint {path}: {error}") from None
