@@ -4,6 +4,7 @@ the recipe file), a run folder given to --resume, non-finite numbers."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,13 @@ def test_an_empty_output_path_is_refused(capsys, argv) -> None:
 def test_an_empty_run_folder_is_refused(capsys) -> None:
     error = one_line_cli_error(capsys, ["train", "camvid_ddrnet23_slim", "train.output_dir="])
     assert error.endswith("train: output_dir must be a folder path, got ''")
+
+
+def test_a_pixel_count_is_taken_as_the_help_writes_it() -> None:
+    from ddrnet.cli.options import parse_pixel_count
+
+    assert parse_pixel_count("50,000,000") == parse_pixel_count("50_000_000") == 50_000_000
+    assert parse_pixel_count("4096x2048") == 4096 * 2048
+    for text in ("0", "abc", "0x5"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_pixel_count(text)

@@ -76,6 +76,18 @@ SEVERITY = _number(int, min(SEVERITIES), max(SEVERITIES))  # of a camera corrupt
 NUM_CLASSES = _number(int, 1, MAX_NUM_CLASSES)
 
 
+def parse_pixel_count(text: str) -> int:
+    """A pixel count as its help text shows it: ``8388608``, ``50,000,000``, ``50_000_000``
+    or a size ``4096x2048`` (their product); at least 1."""
+    if "x" in text.lower():
+        height, width = parse_size(text)
+        return height * width
+    return POSITIVE_INT(text.replace(",", ""))
+
+
+parse_pixel_count.__name__ = "pixel count"  # argparse names the type in its messages
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """``"1024x2048"`` (height x width, pixels) -> ``(1024, 2048)``."""
     try:

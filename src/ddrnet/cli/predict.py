@@ -19,6 +19,7 @@ from ddrnet.cli.options import (
     add_scales_option,
     device_and_precision,
     load_model,
+    parse_pixel_count,
 )
 from ddrnet.errors import UsageError
 from ddrnet.limits import DEFAULT_MAX_PIXELS
@@ -66,7 +67,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_scales_option(parser)
     parser.add_argument(
         "--max-pixels",
-        type=POSITIVE_INT,
+        type=parse_pixel_count,
         default=DEFAULT_MAX_PIXELS,
         help="skip (with a warning) images with more pixels than this at the largest scale "
         f"(default {DEFAULT_MAX_PIXELS:,}); the exit status is then 1",

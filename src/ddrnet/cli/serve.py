@@ -14,6 +14,7 @@ from ddrnet.cli.options import (
     add_runtime_option,
     device_and_precision,
     load_model,
+    parse_pixel_count,
 )
 from ddrnet.errors import UsageError
 
@@ -35,7 +36,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--max-pixels",
-        type=POSITIVE_INT,
+        type=parse_pixel_count,
         default=4096 * 2048,
         help="larger images get 413 (default 4096x2048)",
     )
