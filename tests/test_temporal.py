@@ -16,7 +16,8 @@ from torch.utils.data import Subset
 
 from ddrnet.cli import main
 from ddrnet.data.camvid import camvid
-from ddrnet.engine.temporal import Flicker, TemporalSmoother, frame_recordings
+from ddrnet.engine.recordings import frame_recordings
+from ddrnet.engine.temporal import Flicker, TemporalSmoother
 
 from helpers import one_line_cli_error
 

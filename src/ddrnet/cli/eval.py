@@ -68,6 +68,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "precision",
     )
     parser.add_argument(
+        "--by-recording",
+        action="store_true",
+        help="also the scores of each recording (CamVid sequence, Cityscapes city): a split "
+        "that holds streets the model saw and one it never saw shows both",
+    )
+    parser.add_argument(
         "--flicker",
         action="store_true",
         help="also the flicker: with the frames taken in order as videos (one per CamVid "
@@ -108,6 +114,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ddrnet.engine.confidence import ConfidenceMetrics
     from ddrnet.engine.detail_metrics import DetailMetrics
+    from ddrnet.engine.recordings import RecordingMetrics, frame_recordings
     from ddrnet.engine.robustness import evaluate_robustness
     from ddrnet.engine.temporal import Flicker
 
@@ -124,12 +131,18 @@ def run(args: argparse.Namespace) -> int:
     )
     confidence = new_confidence() if new_confidence else None
     flicker = Flicker(labels.ignore_index) if args.flicker or args.smooth else None
+    by_recording = (
+        RecordingMetrics(frame_recordings(dataset), labels.num_classes, labels.ignore_index)
+        if args.by_recording
+        else None
+    )
     metrics = score(
         dataset,
         prediction_callback=_submission_writer(args.submission, dataset),
         details=details,
         confidence=confidence,
         flicker=flicker,
+        by_recording=by_recording,
     )
     names = list(labels.class_names)
     smoothing = f", smoothed over time (weight {args.smooth:g})" if args.smooth else ""
@@ -147,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
         trust = confidence.compute()
         print(f"\n{trust.table(names)}")
         sections["confidence"] = trust.to_dict(names)
+    if by_recording is not None:
+        print(f"\n{by_recording.table(names)}")
+        sections["by_recording"] = by_recording.to_dict(names)
     if flicker is not None:
         print(
             f"\nflicker: {flicker.rate:.2f}% of the {flicker.stable:,} pixels whose true class "

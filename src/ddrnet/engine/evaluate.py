@@ -16,7 +16,8 @@ from ddrnet.engine.detail_metrics import DetailMetrics
 from ddrnet.engine.distributed import DistributedContext, all_reduce_sum
 from ddrnet.engine.metrics import ConfusionMatrix, SegmentationMetrics
 from ddrnet.engine.predictor import Predictor
-from ddrnet.engine.temporal import Flicker, TemporalSmoother, frame_recordings
+from ddrnet.engine.recordings import RecordingMetrics, frame_recordings
+from ddrnet.engine.temporal import Flicker, TemporalSmoother
 
 PredictionCallback = Callable[[int, np.ndarray], object]
 
@@ -51,6 +52,7 @@ def evaluate(
     confidence: ConfidenceMetrics | None = None,
     flicker: Flicker | None = None,
     smoother: TemporalSmoother | None = None,
+    by_recording: RecordingMetrics | None = None,
     description: str = "eval",
 ) -> SegmentationMetrics:
     """mIoU, per-class IoU and accuracies of ``model`` on ``dataset`` (un-augmented pairs).
@@ -82,6 +84,7 @@ def evaluate(
             confidence=confidence,
             flicker=flicker,
             smoother=smoother,
+            by_recording=by_recording,
             description=description,
         )
     finally:
@@ -104,6 +107,7 @@ def evaluate_predictor(
     confidence: ConfidenceMetrics | None = None,
     flicker: Flicker | None = None,
     smoother: TemporalSmoother | None = None,
+    by_recording: RecordingMetrics | None = None,
     description: str = "eval",
 ) -> SegmentationMetrics:
     """The evaluation loop: ``predictor``'s class ids for every image of ``dataset``
@@ -119,8 +123,9 @@ def evaluate_predictor(
     scored (the general path; a plain pass otherwise takes its class ids the fast way).
     ``flicker`` counts the flickering pixels and ``smoother`` smooths the predictions over
     time (``ddrnet.engine.temporal``): both take the frames in order as videos, one per
-    recording (``frame_recordings``), one process only. ``description`` names the progress
-    bar.
+    recording (``frame_recordings``), one process only. ``by_recording`` accumulates a
+    confusion matrix per recording (summed over processes). ``description`` names the
+    progress bar.
     """
     context = context or DistributedContext()
     in_order = flicker is not None or smoother is not None
@@ -158,12 +163,14 @@ def evaluate_predictor(
             if details is not None:
                 for predicted, label in zip(prediction, label_batch):
                     details.update(predicted, label)
-            for item in prediction:
+            for item, label in zip(prediction, label_batch):
+                if by_recording is not None:
+                    by_recording.update(indices[position], item, label)
                 if prediction_callback is not None:
                     prediction_callback(indices[position], item.numpy())
                 position += 1
     matrix = all_reduce_sum(confusion.matrix.to(predictor.device), context).cpu()
-    for accumulator in (details, confidence):
+    for accumulator in (details, confidence, by_recording):
         if accumulator is not None:
             counts = accumulator.counts.to(predictor.device)
             accumulator.counts = all_reduce_sum(counts, context).cpu()

@@ -37,7 +37,6 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Subset
 
 # The flow is computed at this many times the scores' resolution (a DDRNet's 1/8 grid: half
 # the input's), at most FLOW_MAX_WIDTH pixels wide and never beyond the frame itself. Half
@@ -160,16 +159,3 @@ class Flicker:
     def rate(self) -> float:
         """The flicker in percent of the stable pixels (nan before two frames)."""
         return 100.0 * self.changed / self.stable if self.stable else float("nan")
-
-
-def frame_recordings(dataset: Dataset) -> list[str | None]:
-    """Each frame's recording (a CamVid sequence, a Cityscapes city; ``Recording``), through
-    ``Subset`` wrappers; None for every frame of a data set without recordings (one video)."""
-    indices = list(range(len(dataset)))
-    while isinstance(dataset, Subset):
-        indices = [dataset.indices[i] for i in indices]
-        dataset = dataset.dataset
-    recording = getattr(dataset, "recording", None)
-    if recording is None:
-        return [None] * len(indices)
-    return [recording.of(dataset.samples[i].image) for i in indices]
