@@ -478,3 +478,26 @@ def test_steps_skipped_by_fp16_loss_scaling_leave_the_optimizer_state_finite() -
     buffers = [s["momentum_buffer"] for s in optimizer.state.values() if "momentum_buffer" in s]
     assert all(torch.isfinite(b).all() for b in buffers)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_sliding_windows_cover_the_image_and_tiny_ones_are_refused(camvid_sample) -> None:
+    """A window the size of the image is one plain pass; overlapping windows average their
+    logits where they overlap; a window under 64 pixels a side is refused by name."""
+    from ddrnet.engine.predictor import Predictor, image_batch
+    from ddrnet.errors import UsageError
+
+    from helpers import camvid_model
+
+    image, _ = camvid_sample
+    model = camvid_model()
+    batch = image_batch([image])
+    plain = Predictor(model).scores(batch)
+    whole = Predictor(model, window=(360, 480)).scores(batch)
+    assert torch.allclose(whole, plain, atol=1e-4)
+    tiled = Predictor(model, window=(192, 256), stride=(168, 224)).scores(batch)
+    assert tiled.shape == plain.shape and torch.isfinite(tiled).all()
+    # Where no windows overlap, a pixel's logits are its one window's.
+    corner = Predictor(model).scores(batch[..., :192, :256])
+    assert torch.allclose(tiled[..., :168, :224], corner[..., :168, :224], atol=1e-4)
+    with pytest.raises(UsageError, match="--window 7x3: windows need at least 64 pixels"):
+        Predictor(model, window=(7, 3))

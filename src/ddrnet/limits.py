@@ -29,6 +29,10 @@ MAX_SCALE = 4.0
 # `--num-classes 100000000` asks for a 25 GB final layer; at the cap a segmentation head's is
 # 17-67 MB, an ImageNet classifier's (2048 features) 0.5 GB.
 MAX_NUM_CLASSES = 65535
+# Sliding windows of fewer pixels a side than DDRNet's coarsest branch (1/64) reduces to one
+# cell are no view of a scene, and their count grows with the inverse square of the side
+# (a 7x3 window took 52 s for one 480x360 frame).
+MIN_WINDOW = 64
 
 
 class InputTooLargeError(DDRNetError, ValueError):
@@ -45,6 +49,16 @@ def check_scales(scales: Sequence[float], option: str = "scales") -> tuple[float
         if not math.isfinite(scale) or not 0 < scale <= MAX_SCALE:
             raise UsageError(f"{option}: scale {scale:g} is outside (0, {MAX_SCALE:g}]")
     return scales
+
+
+def check_window(window: tuple[int, int] | None, option: str = "window") -> None:
+    """A ``UsageError`` naming ``option`` for a sliding window (``(height, width)`` pixels)
+    under ``MIN_WINDOW`` a side; None (no window) passes."""
+    if window is not None and min(window) < MIN_WINDOW:
+        raise UsageError(
+            f"{option} {window[0]}x{window[1]}: windows need at least {MIN_WINDOW} pixels a "
+            "side (the network's coarsest branch is 1/64 of its input)"
+        )
 
 
 def check_num_classes(num_classes: int, option: str = "num_classes") -> int:

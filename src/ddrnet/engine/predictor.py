@@ -29,7 +29,7 @@ from ddrnet.engine.inference import (
     winning_class,
 )
 from ddrnet.engine.temporal import TemporalSmoother
-from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels, check_scales
+from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels, check_scales, check_window
 from ddrnet.models.metadata import normalisation
 
 ImageInput = np.ndarray | str | Path
@@ -139,6 +139,7 @@ class Predictor:
         self.std = tuple(std or default_std)
         self.device = torch.device(device)
         self.scales, self.flip = check_scales(scales), flip
+        check_window(window, "--window")
         self.window, self.stride = window, stride
         self.max_pixels = max_pixels
         self.amp_dtype = amp_dtype
