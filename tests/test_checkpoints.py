@@ -240,7 +240,7 @@ def test_missing_and_corrupt_files(tmp_path: Path) -> None:
 
 
 def test_name_is_required_without_self_describing_checkpoint() -> None:
-    with pytest.raises(ValueError, match="needs a model name"):
+    with pytest.raises(ValueError, match="does not name its architecture: give a model name"):
         ddrnet.create_model()
 
 

@@ -77,8 +77,9 @@ def create_model(
     if name is None:
         if metadata is None:
             raise CheckpointError(
-                "create_model needs a model name, or a ddrnet .safetensors checkpoint whose "
-                f"metadata names its architecture; available: {', '.join(list_models())}"
+                "this file does not name its architecture: give a model name (--model on the "
+                "command line, name= in create_model), or use a ddrnet .safetensors file, whose "
+                f"metadata names it; available: {', '.join(list_models())}"
             )
         name = metadata.architecture
     info = variant_info(name)
