@@ -248,3 +248,10 @@ def test_a_pixel_count_is_taken_as_the_help_writes_it() -> None:
     for text in ("0", "abc", "0x5"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_pixel_count(text)
+
+
+def test_options_that_would_be_ignored_are_refused(capsys) -> None:
+    error = one_line_cli_error(capsys, ["eval", "camvid_ddrnet23_slim", "--severities", "2"])
+    assert error.endswith("--severities applies to --corruptions, which is not given")
+    error = one_line_cli_error(capsys, ["data", "camvid_ddrnet23_slim", "data.classes_file=x.yaml"])
+    assert "classes_file must be null unless dataset is folder, got 'x.yaml'" in error

@@ -99,7 +99,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--severities",
         nargs="+",
         type=SEVERITY,
-        default=list(SEVERITIES),
         help="with --corruptions: the severities, 1 (mild) to 5 (default: all five)",
     )
     parser.add_argument("--json", type=PATH, help="write the metrics (key 'mIoU') to this file")
@@ -119,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
     from ddrnet.engine.temporal import Flicker
 
     writable_file("--json", args.json, (".json",))
+    if args.severities and not args.corruptions:
+        raise UsageError("--severities applies to --corruptions, which is not given")
     corruptions = select_corruptions(args.corruptions)
     model = load_model(args)
     dataset, data_config, labels = _dataset(args, model.metadata)
@@ -175,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
             "smooth": args.smooth,
         }
     if corruptions:
-        severities = sorted(set(args.severities))
+        severities = sorted(set(args.severities or SEVERITIES))
         robustness = evaluate_robustness(
             score, dataset, metrics.miou, corruptions, severities, confidence=new_confidence
         )

@@ -96,6 +96,11 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(min(self.crop_size) >= 8, "crop_size", "at least 8 x 8 pixels", self.crop_size)
+        if self.classes_file is not None:  # the other data sets know their classes
+            _require(
+                self.dataset == "folder", "classes_file", "null unless dataset is folder",
+                self.classes_file,
+            )  # fmt: skip
         low, high = self.scale_range
         _require(0 < low <= high < math.inf, "scale_range", "0 < low <= high", self.scale_range)
         if self.base_size is not None:
