@@ -137,7 +137,7 @@ def test_cli_reports_problems_and_figures(tmp_path: Path, capsys) -> None:
     )  # fmt: skip
     out = capsys.readouterr().out
     assert status == 1  # problems found
-    assert "2 problems:" in out and "c.png: label values [7]" in out
+    assert "problems: 2" in out and "c.png: label values [7]" in out
     assert "are also training frames (the same pixels): 1 of 1 (e.g." in out
     assert "warning: mine train: frames that repeat the pixels of another one: 1 (e.g." in out
     car = next(line for line in out.splitlines() if line.startswith("car "))
@@ -181,3 +181,27 @@ def test_cityscapes_frames_are_recorded_by_city(cityscapes_root: Path) -> None:
     survey = survey_dataset(cityscapes(cityscapes_root, "val"))
     assert (survey.recording_kind, dict(survey.recordings)) == ("cities", {"frankfurt": 1})
     assert survey.problems == [] and survey.sizes == {(256, 128): 1}
+
+
+def test_show_never_replaces_the_data_sets_own_files(tmp_path: Path, capsys) -> None:
+    """``--show`` at a root whose ``train/`` holds the frames would draw over them."""
+    root = folder_tree(tmp_path)
+    before = (root / "images/train/a.png").read_bytes()
+    error = one_line_cli_error(
+        capsys, ["data", "custom_folder_example", f"data.root={root}", "data.val_split=train",
+                 "--show", str(root / "images")]
+    )  # fmt: skip
+    assert "would replace the data set's own" in error and "a.png" in error
+    assert (root / "images/train/a.png").read_bytes() == before
+
+
+def test_every_validation_frame_seen_in_training_is_counted(tmp_path: Path) -> None:
+    """Two validation frames with the pixels of one training frame: both count."""
+    root = folder_tree(tmp_path)
+    for stem in ("v1", "v2"):
+        save_image(root / f"images/val/{stem}.png", np.full((2, 3, 3), 50, np.uint8))  # a's
+        save_image(root / f"masks/val/{stem}.png", np.zeros((2, 3), np.uint8))
+    train = survey_dataset(folder_dataset(root, "train"))
+    val = survey_dataset(folder_dataset(root, "val"))
+    leak = [w for w in survey_warnings(train, val) if "also training frames" in w]
+    assert len(leak) == 1 and "(the same pixels): 2 of 2" in leak[0]

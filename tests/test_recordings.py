@@ -42,3 +42,19 @@ def test_real_frames_of_two_sequences_sum_to_the_whole(tmp_path: Path, capsys) -
     assert {name: part["frames"] for name, part in parts.items()} == {"0001TP": 62, "0006R0": 4}
     summed = sum(np.array(part["confusion_matrix"]) for part in parts.values())
     assert np.array_equal(summed, np.array(document["confusion_matrix"]))
+
+
+def test_a_data_set_without_recordings_is_refused(tmp_path: Path, capsys) -> None:
+    from helpers import folder_tree, one_line_cli_error, save_image
+
+    root = folder_tree(tmp_path)
+    save_image(root / "images/val/v.png", np.full((2, 3, 3), 20, np.uint8))
+    save_image(root / "masks/val/v.png", np.zeros((2, 3), np.uint8))
+    model = tmp_path / "m.safetensors"
+    import ddrnet
+
+    net = ddrnet.create_model("ddrnet_23_slim", num_classes=3)
+    ddrnet.save_model(net, model, net.metadata)
+    error = one_line_cli_error(capsys, ["eval", str(model), "--dataset", "folder", "--root",
+                                        str(root), "--by-recording"])  # fmt: skip
+    assert "--by-recording: this data set does not say which recording" in error

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -278,15 +279,23 @@ def _predict_images(
 
     def groups() -> Iterator[list[tuple[int, np.ndarray]]]:
         """Batches as read, unreadable images reported; images of one size run as one
-        batch, other sizes one by one."""
+        batch. With a smoother, consecutive images of one size, so that it sees them in
+        the order given."""
         for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress, leave=False):
-            by_size: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
+            readable = []
             for index, image, error in batch:
                 if error is not None:
                     summary.failed[str(paths[index])] = error
                     warn(f"skipped: {error}")
                 else:
-                    by_size.setdefault(image.shape[:2], []).append((index, image))
+                    readable.append((index, image))
+            if smoother is not None:
+                runs = itertools.groupby(readable, key=lambda item: item[1].shape[:2])
+                yield from (list(run) for _, run in runs)
+                continue
+            by_size: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
+            for index, image in readable:
+                by_size.setdefault(image.shape[:2], []).append((index, image))
             yield from by_size.values()
 
     def segment(group: list[tuple[int, np.ndarray]]):

@@ -121,10 +121,10 @@ class SegmentationRunner:
 
         The runner's first call runs the batch twice: the first, untimed pass creates the
         kernels (OpenVINO compiles its graph, ~1 s) and its time goes to ``warmup_ms``, so
-        that the time returned is what every later call takes too. (A frame blended with
-        itself is itself, so a smoother may see the first frame twice.)"""
+        that the time returned is what every later call takes too. That pass leaves
+        ``smoother`` alone: its frames must come once each, in order."""
         if self.warmup_ms is None:
-            self.warmup_ms = self._labels(images, confidence, smoother)[2]
+            self.warmup_ms = self._labels(images, confidence, None)[2]
         return self._labels(images, confidence, smoother)
 
     def _labels(

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from ddrnet.data.build import build_split
     from ddrnet.data.survey import survey_dataset, survey_warnings
     from ddrnet.engine.config import Config, resolve_recipe
-    from ddrnet.viz.labels import write_label_pictures
+    from ddrnet.viz.labels import label_picture_paths, write_label_pictures
 
     writable_file("--json", args.json, (".json",))
     overrides = list(args.overrides) + getattr(args, "late_overrides", [])
@@ -73,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.show:
         folders = {role: Path(args.show) / role for role in sets}
-        for folder in folders.values():
-            folder.mkdir(parents=True, exist_ok=True)  # a file in the way: refused now
+        for role, folder in folders.items():  # refused now, before minutes of reading:
+            label_picture_paths(sets[role], folder, args.count)  # over the data's own files
+            folder.mkdir(parents=True, exist_ok=True)  # a file in the way
     surveys = {role: survey_dataset(dataset, progress=True) for role, dataset in sets.items()}
     warnings = survey_warnings(surveys["train"], surveys["val"])
     labels = sets["train"].labels
@@ -102,13 +103,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(surveys: dict, mean: tuple, std: tuple) -> str:
-    """The sets' sizes and recordings, then one row per class: its share of the labelled
-    pixels and of the frames in each set."""
+    """The sets' sizes and recordings, then one row per class: its share of the label
+    pixels (ignored ones included) and of the frames in each set."""
     lines = []
-    for survey in surveys.values():
+    for role, survey in surveys.items():
         sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in survey.sizes.most_common(4))
         more = f" and {len(survey.sizes) - 4} more sizes" if len(survey.sizes) > 4 else ""
-        line = f"{survey.name}: {survey.frames} frames, {sizes or 'none readable'}{more}"
+        kind = "training" if role == "train" else "validation"
+        line = f"{kind} set, {survey.name}: {survey.frames} frames, {sizes or 'none readable'}"
+        line += more
         if survey.recordings:
             listed = ", ".join(f"{r} {n}" for r, n in sorted(survey.recordings.items()))
             line += f"; {survey.recording_kind}: {listed}"
@@ -149,7 +152,7 @@ def _print_problems(problems: list[str]) -> None:
     if not problems:
         print("no problems: every file is readable and every label fits its image and classes")
         return
-    print(f"{len(problems)} problems:")
+    print(f"problems: {len(problems)}")
     for problem in problems[:PRINTED_PROBLEMS]:
         print(f"  {problem}")
     if len(problems) > PRINTED_PROBLEMS:

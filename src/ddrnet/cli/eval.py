@@ -113,7 +113,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ddrnet.engine.confidence import ConfidenceMetrics
     from ddrnet.engine.detail_metrics import DetailMetrics
-    from ddrnet.engine.recordings import RecordingMetrics, frame_recordings
+    from ddrnet.engine.recordings import RecordingMetrics
     from ddrnet.engine.robustness import evaluate_robustness
     from ddrnet.engine.temporal import Flicker
 
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     confidence = new_confidence() if new_confidence else None
     flicker = Flicker(labels.ignore_index) if args.flicker or args.smooth else None
     by_recording = (
-        RecordingMetrics(frame_recordings(dataset), labels.num_classes, labels.ignore_index)
+        RecordingMetrics.of_dataset(dataset, labels.num_classes, labels.ignore_index)
         if args.by_recording
         else None
     )
@@ -164,13 +164,16 @@ def run(args: argparse.Namespace) -> int:
     if by_recording is not None:
         print(f"\n{by_recording.table(names)}")
         sections["by_recording"] = by_recording.to_dict(names)
-    if flicker is not None:
+    if flicker is not None and not flicker.stable:
+        print("\nflicker: not measured (no two consecutive labelled frames of one recording)")
+    elif flicker is not None:
         print(
             f"\nflicker: {flicker.rate:.2f}% of the {flicker.stable:,} pixels whose true class "
             "stays the same from one frame to the next change their predicted class"
         )
+    if flicker is not None:
         sections["temporal"] = {
-            "flicker": flicker.rate,
+            "flicker": flicker.rate if flicker.stable else None,
             "stable_pixels": flicker.stable,
             "changed_pixels": flicker.changed,
             "smooth": args.smooth,

@@ -17,6 +17,7 @@ pixel.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class DatasetSurvey:
     ignored_pixels: int = 0  # label pixels of no class (void), frames without problems
     recordings: Counter = field(default_factory=Counter)  # recording -> frames
     digests: dict[str, str] = field(default_factory=dict)  # pixel digest -> first image
+    frame_digests: list[tuple[str, str]] = field(default_factory=list)  # (image, digest)
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (image, same as)
     problems: list[str] = field(default_factory=list)
     stopped_early: bool = False  # stopped after ``stop_after`` problems
@@ -92,6 +94,7 @@ class DatasetSurvey:
         digest = hashlib.blake2b(image.tobytes(), digest_size=16)
         digest.update(repr(image.shape).encode())
         key = digest.hexdigest()
+        self.frame_digests.append((name, key))
         if key in self.digests:
             self.duplicates.append((name, self.digests[key]))
         else:
@@ -139,14 +142,19 @@ class DatasetSurvey:
             },
             "ignored_pixels": self.ignored_pixels,
             "ignored_share": 100.0 * self.ignored_pixels / label_pixels,
-            "mean": list(self.mean),
-            "std": list(self.std),
+            "mean": _finite_or_none(self.mean),  # None without a readable image
+            "std": _finite_or_none(self.std),
             "recording_kind": self.recording_kind,
             "recordings": dict(sorted(self.recordings.items())),
             "duplicates": [list(pair) for pair in self.duplicates],
             "problems": list(self.problems),
             "stopped_early": self.stopped_early,
         }
+
+
+def _finite_or_none(values: tuple[float, ...]) -> list[float | None]:
+    """Plain JSON has no nan: figures that were not measured become null."""
+    return [v if math.isfinite(v) else None for v in values]
 
 
 def _read_frame(dataset: PairedSegmentationDataset, index: int):
@@ -224,9 +232,7 @@ def survey_warnings(train: DatasetSurvey, val: DatasetSurvey | None = None) -> l
 def _leak_warnings(train: DatasetSurvey, val: DatasetSurvey) -> list[str]:
     """Validation frames or recordings that are also in the training set."""
     warnings = []
-    shared = [
-        (name, train.digests[key]) for key, name in val.digests.items() if key in train.digests
-    ]
+    shared = [(name, train.digests[key]) for name, key in val.frame_digests if key in train.digests]
     if shared:
         name, twin = shared[0]
         example = name if name == twin else f"{name} = {twin}"

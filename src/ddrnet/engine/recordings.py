@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from ddrnet.engine.metrics import ConfusionMatrix, SegmentationMetrics, format_cell
+from ddrnet.errors import UsageError
 
 
 def frame_recordings(dataset: Dataset) -> list[str | None]:
@@ -46,6 +47,18 @@ class RecordingMetrics:
         self.frame_recording = [position[name] for name in names]
         self._confusion = ConfusionMatrix(num_classes, ignore_index)
         self.counts = torch.zeros(len(self.names), num_classes, num_classes, dtype=torch.int64)
+
+    @classmethod
+    def of_dataset(cls, dataset: Dataset, num_classes: int, ignore_index: int = 255):
+        """For the frames of ``dataset``; a ``UsageError`` when it records no recordings
+        (a folder data set, COCO-Stuff): one column would only repeat the whole."""
+        recordings = frame_recordings(dataset)
+        if all(recording is None for recording in recordings):
+            raise UsageError(
+                "--by-recording: this data set does not say which recording its frames come "
+                "from (CamVid sequences and Cityscapes cities do)"
+            )
+        return cls(recordings, num_classes, ignore_index)
 
     def update(self, index: int, prediction: torch.Tensor, label: torch.Tensor) -> None:
         confusion = self._confusion

@@ -17,6 +17,7 @@ import torch
 
 from ddrnet.data.datasets import DatasetError, PairedSegmentationDataset
 from ddrnet.data.io import ImageReadError, write_png
+from ddrnet.errors import UsageError
 from ddrnet.render import labelled_overlay
 
 
@@ -45,6 +46,25 @@ def label_picture(
     return labelled_overlay(image, label, labels.class_names, labels.palette)
 
 
+def label_picture_paths(
+    dataset: PairedSegmentationDataset, output: str | Path, count: int
+) -> dict[int, Path]:
+    """Which frames ``write_label_pictures`` draws (``count``, spread over the labelled
+    ones) and where: frame index -> ``output/<image stem>.png``. A ``UsageError`` when one
+    would replace a file of the data set itself (``output`` being, say, its ``train/``)."""
+    folder = Path(output)
+    indices = [i for i in spread_indices(len(dataset), count) if dataset.samples[i].label]
+    targets = {i: folder / f"{dataset.samples[i].image.stem}.png" for i in indices}
+    files = {p.resolve() for s in dataset.samples for p in (s.image, s.label) if p is not None}
+    clash = next((t for t in targets.values() if t.resolve() in files), None)
+    if clash is not None:
+        raise UsageError(
+            f"label pictures in {folder} would replace the data set's own {clash}; choose a "
+            "folder outside the data set"
+        )
+    return targets
+
+
 def write_label_pictures(
     dataset: PairedSegmentationDataset,
     output: str | Path,
@@ -52,23 +72,20 @@ def write_label_pictures(
     augmented: bool = False,
     seed: int = 0,
 ) -> list[Path]:
-    """``label_picture`` of ``count`` frames spread over ``dataset``, written as
-    ``output/<image stem>.png`` (each whole or not at all); the paths written. Frames whose
-    files cannot be used are skipped (the survey names them). ``seed`` fixes the
-    augmentation's draws without touching the caller's torch RNG."""
-    folder = Path(output)
-    folder.mkdir(parents=True, exist_ok=True)
+    """``label_picture`` of the frames ``label_picture_paths`` picks, each written whole or
+    not at all; the paths written. Frames whose files cannot be used are skipped (the
+    survey names them). ``seed`` fixes the augmentation's draws without touching the
+    caller's torch RNG."""
+    targets = label_picture_paths(dataset, output, count)
+    Path(output).mkdir(parents=True, exist_ok=True)
     written = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for index in spread_indices(len(dataset), count):
-            if dataset.samples[index].label is None:
-                continue
+        for index, path in targets.items():
             try:
                 picture = label_picture(dataset, index, augmented)
             except (DatasetError, ImageReadError):  # the survey names these files
                 continue
-            path = folder / f"{dataset.samples[index].image.stem}.png"
             write_png(path, picture)
             written.append(path)
     return written
