@@ -393,3 +393,14 @@ def test_a_cut_off_video_is_segmented_as_far_as_it_goes_with_a_warning(
     decoded = len(summary.latencies_ms)
     assert 0 < decoded < 10 and not summary.failed
     assert f"cut.avi: {decoded} of its 10 frames could be decoded" in caplog.text
+
+
+def test_frames_dropped_before_the_first_result_get_it(tmp_path) -> None:
+    """A live source whose frames 0-2 went by before the network was ready: the video still
+    starts at the source's frame 0 (the first result stands in), and keeps its length."""
+    first = {"overlay": np.full((32, 48, 3), 40, np.uint8)}
+    second = {"overlay": np.full((32, 48, 3), 200, np.uint8)}
+    with VideoOutputs(tmp_path, "cam", 10.0) as video:
+        video.add(3, first)
+        video.add(6, second)  # 4 and 5 dropped: the first result again
+    assert _frame_count(tmp_path / "cam_overlay.mp4") == 7

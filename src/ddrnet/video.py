@@ -309,7 +309,8 @@ class VideoOutputs:
         """The pictures of the source's frame ``index`` (kind -> ``(H, W, 3)`` uint8 RGB or
         ``(H, W)`` grey), and its ``(H, W)`` label map if it is to be kept, to be written in
         the writing thread. The frames since the last one added, which the source dropped,
-        get the last one's pictures (not its labels): the videos keep the source's timing. An
+        get the last one's pictures (not its labels), and those before the first one added
+        get the first one's: the videos keep the source's timing. An
         error of an earlier frame's writing is raised here (or by ``close``)."""
         last_index, last = self._last
         self._last = (index, pictures)
@@ -317,7 +318,9 @@ class VideoOutputs:
         def encode() -> None:
             if last is not None and index > last_index + 1:
                 self.write(last, times=index - last_index - 1)
-            self.write(pictures)
+            # Frames dropped before the first one segmented have no result of their own:
+            # they get the first, so that the video starts when the source did.
+            self.write(pictures, times=index + 1 if last is None else 1)
             if labels is not None:
                 self._write_labels(index, labels)
             if self.preview is not None and pictures:
