@@ -125,15 +125,12 @@ def _report(surveys: dict, mean: tuple, std: tuple) -> str:
     lines.append(f"{'class':{width}}  {cells}  {cells}")
     for index, name in enumerate(train.class_names):
         row = [
-            f"{_percent(s.class_pixels[index], s.labelled_pixels + s.ignored_pixels)}  "
+            f"{_percent(s.class_pixels[index], s.label_pixels)}  "
             f"{_percent(s.class_frames[index], s.frames)}"
             for s in (train, val)
         ]
         lines.append(f"{name:{width}}  {row[0]}  {row[1]}")
-    ignored = [
-        f"{_percent(s.ignored_pixels, s.labelled_pixels + s.ignored_pixels)}  {'':{CELL}}"
-        for s in (train, val)
-    ]
+    ignored = [f"{_percent(s.ignored_pixels, s.label_pixels)}  {'':{CELL}}" for s in (train, val)]
     lines.append(f"{'(ignored)':{width}}  {ignored[0]}  {ignored[1]}".rstrip())
     for title, moment in (("RGB mean (0..1)", "mean"), ("RGB std", "std")):
         values = [" ".join(f"{v:.3f}" for v in getattr(s, moment)) for s in (train, val)]

@@ -48,9 +48,8 @@ class DatasetSurvey:
     class_frames: np.ndarray | None = None  # (C,) int64 frames with at least one pixel
     ignored_pixels: int = 0  # label pixels of no class (void), frames without problems
     recordings: Counter = field(default_factory=Counter)  # recording -> frames
-    digests: dict[str, str] = field(default_factory=dict)  # pixel digest -> first image
-    frame_digests: list[tuple[str, str]] = field(default_factory=list)  # (image, digest)
-    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (image, same as)
+    # (image, digest of its pixels) of every readable frame, in order.
+    frame_digests: list[tuple[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     stopped_early: bool = False  # stopped after ``stop_after`` problems
 
@@ -64,6 +63,31 @@ class DatasetSurvey:
     @property
     def labelled_pixels(self) -> int:
         return int(self.class_pixels.sum())
+
+    @property
+    def label_pixels(self) -> int:
+        """Every pixel of the labels read, ignored ones included: what the shares divide."""
+        return self.labelled_pixels + self.ignored_pixels
+
+    @property
+    def first_frames(self) -> dict[str, str]:
+        """Pixel digest -> the first image with those pixels."""
+        first: dict[str, str] = {}
+        for name, key in self.frame_digests:
+            first.setdefault(key, name)
+        return first
+
+    @property
+    def duplicates(self) -> list[tuple[str, str]]:
+        """``(image, the earlier image with the same pixels)`` for every repeated frame."""
+        first: dict[str, str] = {}
+        repeats = []
+        for name, key in self.frame_digests:
+            if key in first:
+                repeats.append((name, first[key]))
+            else:
+                first[key] = name
+        return repeats
 
     @property
     def mean(self) -> tuple[float, float, float]:
@@ -93,12 +117,7 @@ class DatasetSurvey:
         ).reshape(3, 256)
         digest = hashlib.blake2b(image.tobytes(), digest_size=16)
         digest.update(repr(image.shape).encode())
-        key = digest.hexdigest()
-        self.frame_digests.append((name, key))
-        if key in self.digests:
-            self.duplicates.append((name, self.digests[key]))
-        else:
-            self.digests[key] = name
+        self.frame_digests.append((name, digest.hexdigest()))
         if group is not None:
             self.recordings[group] += 1
         if label is not None:
@@ -123,7 +142,7 @@ class DatasetSurvey:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types: the figures; shares in percent of the label pixels (ignored ones
         included, so the classes and ``ignored_share`` sum to 100) and of the frames."""
-        label_pixels = max(self.labelled_pixels + self.ignored_pixels, 1)
+        label_pixels = max(self.label_pixels, 1)
         frames = max(self.frames, 1)
         return {
             "name": self.name,
@@ -209,11 +228,12 @@ def survey_dataset(
 def survey_warnings(train: DatasetSurvey, val: DatasetSurvey | None = None) -> list[str]:
     """What makes scores on ``val`` mislead about new data, or training miss or over-weight
     something: one sentence each, naming the frames, recordings or classes."""
+    repeated = [(s.name, s.duplicates) for s in (train, val) if s is not None]
     warnings = [
-        f"{survey.name}: frames that repeat the pixels of another one: "
-        f"{len(survey.duplicates)} (e.g. {survey.duplicates[0][0]} = {survey.duplicates[0][1]})"
-        for survey in (train, val)
-        if survey is not None and survey.duplicates
+        f"{name}: frames that repeat the pixels of another one: {len(pairs)} (e.g. "
+        f"{pairs[0][0]} = {pairs[0][1]})"
+        for name, pairs in repeated
+        if pairs
     ]
     if val is not None:
         warnings += _leak_warnings(train, val)
@@ -232,7 +252,8 @@ def survey_warnings(train: DatasetSurvey, val: DatasetSurvey | None = None) -> l
 def _leak_warnings(train: DatasetSurvey, val: DatasetSurvey) -> list[str]:
     """Validation frames or recordings that are also in the training set."""
     warnings = []
-    shared = [(name, train.digests[key]) for name, key in val.frame_digests if key in train.digests]
+    seen = train.first_frames
+    shared = [(name, seen[key]) for name, key in val.frame_digests if key in seen]
     if shared:
         name, twin = shared[0]
         example = name if name == twin else f"{name} = {twin}"
