@@ -160,10 +160,9 @@ def evaluate_predictor(
             if flicker is not None:
                 flicker.update(prediction[0], label_batch[0])
             confusion.update(prediction, label_batch)
-            if details is not None:
-                for predicted, label in zip(prediction, label_batch):
-                    details.update(predicted, label)
             for item, label in zip(prediction, label_batch):
+                if details is not None:
+                    details.update(item, label)
                 if by_recording is not None:
                     by_recording.update(indices[position], item, label)
                 if prediction_callback is not None:

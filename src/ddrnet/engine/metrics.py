@@ -30,6 +30,24 @@ def format_cell(value: float, spec: str = ".2f") -> str:
     return "-" if math.isnan(value) else format(value, spec)
 
 
+def confusion_counts(
+    prediction: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
+    """The ``(C, C)`` int64 CPU matrix of one prediction, rows = ground truth, columns =
+    prediction, of integer tensors of one shape; pixels whose label is ``ignore_index`` (or
+    otherwise outside ``0..C-1``) are skipped."""
+    if prediction.shape != target.shape:
+        raise ValueError(
+            f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ"
+        )
+    target = target.flatten().long()
+    prediction = prediction.flatten().long()
+    valid = (target >= 0) & (target < num_classes) & (target != ignore_index)
+    index = target[valid] * num_classes + prediction[valid]
+    counts = torch.bincount(index, minlength=num_classes**2)
+    return counts.reshape(num_classes, num_classes).cpu()
+
+
 class ConfusionMatrix:
     """Accumulates a ``(C, C)`` matrix, rows = ground truth, columns = prediction.
 
@@ -43,16 +61,7 @@ class ConfusionMatrix:
 
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
         """``prediction`` and ``target``: integer tensors of the same shape."""
-        if prediction.shape != target.shape:
-            raise ValueError(
-                f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ"
-            )
-        target = target.flatten().long()
-        prediction = prediction.flatten().long()
-        valid = (target >= 0) & (target < self.num_classes) & (target != self.ignore_index)
-        index = target[valid] * self.num_classes + prediction[valid]
-        counts = torch.bincount(index, minlength=self.num_classes**2)
-        self.matrix += counts.reshape(self.num_classes, self.num_classes).cpu()
+        self.matrix += confusion_counts(prediction, target, self.num_classes, self.ignore_index)
 
     def merge(self, other: torch.Tensor) -> None:
         self.matrix += other.cpu()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, Subset
 
-from ddrnet.engine.metrics import ConfusionMatrix, SegmentationMetrics, format_cell
+from ddrnet.engine.metrics import SegmentationMetrics, confusion_counts, format_cell
 from ddrnet.errors import UsageError
 
 
@@ -45,7 +45,7 @@ class RecordingMetrics:
         self.names = sorted(set(names))
         position = {name: k for k, name in enumerate(self.names)}
         self.frame_recording = [position[name] for name in names]
-        self._confusion = ConfusionMatrix(num_classes, ignore_index)
+        self.num_classes, self.ignore_index = num_classes, ignore_index
         self.counts = torch.zeros(len(self.names), num_classes, num_classes, dtype=torch.int64)
 
     @classmethod
@@ -61,9 +61,8 @@ class RecordingMetrics:
         return cls(recordings, num_classes, ignore_index)
 
     def update(self, index: int, prediction: torch.Tensor, label: torch.Tensor) -> None:
-        confusion = self._confusion
-        confusion.matrix = self.counts[self.frame_recording[index]]  # a view: counted in place
-        confusion.update(prediction, label)
+        counts = confusion_counts(prediction, label, self.num_classes, self.ignore_index)
+        self.counts[self.frame_recording[index]] += counts
 
     def compute(self) -> dict[str, SegmentationMetrics]:
         return {
