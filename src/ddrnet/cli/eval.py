@@ -164,20 +164,9 @@ def run(args: argparse.Namespace) -> int:
     if by_recording is not None:
         print(f"\n{by_recording.table(names)}")
         sections["by_recording"] = by_recording.to_dict(names)
-    if flicker is not None and not flicker.stable:
-        print("\nflicker: not measured (no two consecutive labelled frames of one recording)")
-    elif flicker is not None:
-        print(
-            f"\nflicker: {flicker.rate:.2f}% of the {flicker.stable:,} pixels whose true class "
-            "stays the same from one frame to the next change their predicted class"
-        )
     if flicker is not None:
-        sections["temporal"] = {
-            "flicker": flicker.rate if flicker.stable else None,
-            "stable_pixels": flicker.stable,
-            "changed_pixels": flicker.changed,
-            "smooth": args.smooth,
-        }
+        print(f"\n{flicker.describe()}")
+        sections["temporal"] = {**flicker.to_dict(), "smooth": args.smooth}
     if corruptions:
         severities = sorted(set(args.severities or SEVERITIES))
         robustness = evaluate_robustness(

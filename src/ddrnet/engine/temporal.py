@@ -159,3 +159,20 @@ class Flicker:
     def rate(self) -> float:
         """The flicker in percent of the stable pixels (nan before two frames)."""
         return 100.0 * self.changed / self.stable if self.stable else float("nan")
+
+    def describe(self) -> str:
+        """One line saying what was measured."""
+        if not self.stable:
+            return "flicker: not measured (no two consecutive labelled frames of one recording)"
+        return (
+            f"flicker: {self.rate:.2f}% of the {self.stable:,} pixels whose true class stays "
+            "the same from one frame to the next change their predicted class"
+        )
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        """Plain JSON: the flicker in percent (null when not measured) and its counts."""
+        return {
+            "flicker": self.rate if self.stable else None,
+            "stable_pixels": self.stable,
+            "changed_pixels": self.changed,
+        }
