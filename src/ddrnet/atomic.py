@@ -48,17 +48,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     ``path``: a crash (even SIGKILL) or a full disk mid-write leaves the previous file intact.
     The temporary is named ``.<name>.<random>.tmp``; ``remove_stale_temporaries`` finds the
     ones a kill left behind. An ``OSError`` names ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = _open_temporary(path, "")
     try:
-        handle, temporary = tempfile.mkstemp(
-            prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-        )
-    except OSError as error:
-        error.filename = str(path)  # the file asked for, not our temporary's random name
-        raise
-    try:
-        if hasattr(os, "fchmod"):  # POSIX
-            os.fchmod(handle, _mode_for(path))
         with os.fdopen(handle, "wb") as stream:
             write(stream)
             stream.flush()
@@ -78,10 +69,9 @@ def _name_target(error: BaseException, path: Path, temporary: str | Path) -> Non
             error.filename, error.filename2 = str(path), None
 
 
-def temporary_beside(path: Path, suffix: str = "") -> Path:
-    """A new empty file in ``path``'s folder, ``.<name>.<random>.tmp<suffix>``, for a writer
-    that must be given a path (OpenCV's video writer picks its container by the suffix);
-    ``commit`` renames it over ``path`` when it is complete."""
+def _open_temporary(path: Path, suffix: str) -> tuple[int, str]:
+    """A new file ``.<name>.<random>.tmp<suffix>`` in ``path``'s folder (made if missing),
+    open, with the mode a plain write to ``path`` would leave: its descriptor and name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         handle, temporary = tempfile.mkstemp(
@@ -90,8 +80,23 @@ def temporary_beside(path: Path, suffix: str = "") -> Path:
     except OSError as error:
         _name_target(error, path, "")
         raise
+    if hasattr(os, "fchmod"):  # POSIX
+        try:
+            os.fchmod(handle, _mode_for(path))
+        except OSError as error:
+            os.close(handle)
+            Path(temporary).unlink(missing_ok=True)
+            _name_target(error, path, temporary)
+            raise
+    return handle, temporary
+
+
+def temporary_beside(path: Path, suffix: str = "") -> Path:
+    """A new empty file in ``path``'s folder, ``.<name>.<random>.tmp<suffix>``, for a writer
+    that must be given a path (OpenCV's video writer picks its container by the suffix);
+    ``commit`` renames it over ``path`` when it is complete."""
+    handle, temporary = _open_temporary(path, suffix)
     os.close(handle)
-    os.chmod(temporary, _mode_for(path))
     return Path(temporary)
 
 

@@ -65,6 +65,11 @@ class LoadReport:
     reinitialised: list[str] = field(default_factory=list)  # class-dependent, shape changed
     missing: list[str] = field(default_factory=list)  # model keys left at initialisation
 
+    @property
+    def reinitialised_layers(self) -> list[str]:
+        """The modules whose class-dependent tensors were re-initialised, sorted."""
+        return _prefixes(self.reinitialised)
+
     def summary(self) -> str:
         parts = [f"loaded {self.loaded} tensors from {self.source} ({self.layout} layout)"]
         if self.dropped:
@@ -72,7 +77,7 @@ class LoadReport:
         if self.reinitialised:
             parts.append(
                 "re-initialised the class-dependent layers "
-                f"{_prefixes(self.reinitialised)} (number of classes differs)"
+                f"{self.reinitialised_layers} (number of classes differs)"
             )
         if self.missing:
             parts.append(f"left {_prefixes(self.missing)} at their initial values")

@@ -124,11 +124,10 @@ def _load_checked(model: nn.Module, raw: RawCheckpoint, classes_from_file: bool)
     (a damaged or hand-edited file), not layers to re-initialise."""
     report = load_weights(model, raw)
     if report.reinitialised and classes_from_file:
-        layers = sorted({key.rsplit(".", 1)[0] for key in report.reinitialised})
         raise CheckpointError(
             f"{raw.source}: its metadata says {model.num_classes} classes, but its "
-            f"class-dependent layers {layers} are shaped for another number: a damaged or "
-            "hand-edited file"
+            f"class-dependent layers {report.reinitialised_layers} are shaped for another "
+            "number: a damaged or hand-edited file"
         )
 
 
