@@ -59,17 +59,16 @@ def plot_confidence(metrics_jsons: Sequence[str | Path], output: str | Path) -> 
             )
         _draw_class_gaps(classes, section["predicted_class"], k, len(models), colour)
     reliability.plot([0, 100], [0, 100], color="grey", linestyle="--", linewidth=0.8)
+    percent = {"xlim": (0, 100), "ylim": (0, 100)}  # both panels are shares in percent
     reliability.set(
-        xlim=(0, 100),
-        ylim=(0, 100),
+        **percent,
         xlabel="mean confidence of a bin (%)",
         ylabel="accuracy (%)",
         title="reliability (dashed: calibrated)",
     )
     reliability.legend(fontsize=7, loc="upper left")
     selective.set(
-        xlim=(0, 100),
-        ylim=(0, 100),
+        **percent,
         xlabel="pixels at or above the threshold (%)",
         ylabel="errors below it (%)",
         title="flagging pixels under a confidence",
