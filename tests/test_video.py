@@ -404,3 +404,13 @@ def test_frames_dropped_before_the_first_result_get_it(tmp_path) -> None:
         video.add(3, first)
         video.add(6, second)  # 4 and 5 dropped: the first result again
     assert _frame_count(tmp_path / "cam_overlay.mp4") == 7
+
+
+def test_a_video_that_cannot_be_created_names_the_video() -> None:
+    """sysfs takes no new files, whoever we are: the error names the video asked for, not
+    the temporary it is written under."""
+    from ddrnet.atomic import temporary_beside
+
+    with pytest.raises(OSError) as error:
+        temporary_beside(Path("/sys/drive_overlay.mp4"), ".mp4")
+    assert error.value.filename == "/sys/drive_overlay.mp4"

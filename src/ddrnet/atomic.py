@@ -77,8 +77,8 @@ def _open_temporary(path: Path, suffix: str) -> tuple[int, str]:
         handle, temporary = tempfile.mkstemp(
             prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent
         )
-    except OSError as error:
-        _name_target(error, path, "")
+    except OSError as error:  # it names the random temporary it could not create
+        error.filename, error.filename2 = str(path), None
         raise
     if hasattr(os, "fchmod"):  # POSIX
         try:
