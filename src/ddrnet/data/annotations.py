@@ -1,0 +1,352 @@
+"""Annotations drawn in a labelling tool, read as regions of named classes per image.
+
+Two formats cover most tools:
+
+- **COCO JSON** (one file: ``images``, ``annotations``, ``categories``): what CVAT, Label
+  Studio, Roboflow and makesense.ai export, polygons or run-length masks (RLE, also for
+  ``iscrowd``). Rasterised by pycocotools, COCO's own code (``pip install 'ddrnet[convert]'``).
+- **LabelMe JSON** (one file per image, ``shapes``): polygons, rectangles, circles, lines,
+  line strips, points and masks, drawn as LabelMe's own ``shape_to_mask`` draws them (lines 10
+  pixels wide, points as discs of radius 5) so that the labels are the ones the tool showed.
+
+``ddrnet.data.convert`` paints these regions into class-id masks. Every problem is a
+``DatasetError`` naming the file and the entry.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, UnidentifiedImageError
+
+from ddrnet.config import read_text
+from ddrnet.data.datasets import DatasetError
+from ddrnet.errors import parse_error_summary
+
+# LabelMe's own defaults in ``shape_to_mask`` (pixels).
+LABELME_LINE_WIDTH = 10
+LABELME_POINT_RADIUS = 5
+# LabelMe's name for shapes that mark background (its labelme_json_to_dataset maps it to 0).
+LABELME_BACKGROUND = "_background_"
+
+Mask = Callable[[int, int], np.ndarray]  # (height, width) -> (H, W) bool
+
+
+@dataclass(frozen=True)
+class Region:
+    """One annotated region: its class name, how to draw it (``mask(height, width)`` gives
+    an ``(H, W)`` bool array) and where it came from (for error messages)."""
+
+    label: str
+    mask: Mask
+    where: str
+
+
+@dataclass(frozen=True)
+class AnnotatedImage:
+    """An image and its regions, in the order they are painted (later ones on top).
+
+    ``image`` is the image file; ``image_bytes`` the encoded image when the annotation file
+    carries it (LabelMe's ``imageData``) and the file is missing. ``name`` is the file name
+    the converted data set gives the image."""
+
+    name: str
+    image: Path | None
+    image_bytes: bytes | None
+    height: int
+    width: int
+    regions: tuple[Region, ...]
+    source: Path
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content; unreadable or malformed files are a ``DatasetError``."""
+    text = read_text(path, "annotation file", DatasetError)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{path}: not JSON ({parse_error_summary(error)})") from None
+
+
+def _mask_utils() -> Any:
+    try:
+        from pycocotools import mask as mask_utils
+    except ImportError as error:
+        raise DatasetError(
+            f"reading COCO annotations needs pycocotools ({error}): pip install 'ddrnet[convert]'"
+        ) from None
+    return mask_utils
+
+
+# --- COCO -----------------------------------------------------------------------------
+
+
+def coco_categories(document: dict, path: Path) -> dict[int, str]:
+    """``categories`` as ``{id: name}`` in id order; names must be distinct."""
+    categories = document.get("categories")
+    if not isinstance(categories, list) or not categories:
+        raise DatasetError(f"{path}: 'categories' must be a non-empty list of {{id, name}}")
+    names: dict[int, str] = {}
+    for index, category in enumerate(categories):
+        ok = isinstance(category, dict) and isinstance(category.get("id"), int)
+        if not ok or not isinstance(category.get("name"), str) or not category["name"].strip():
+            raise DatasetError(f"{path}: categories[{index}] needs an integer id and a name")
+        if category["id"] in names:
+            raise DatasetError(f"{path}: category id {category['id']} appears twice")
+        if category["name"] in names.values():
+            raise DatasetError(f"{path}: category name {category['name']!r} appears twice")
+        names[category["id"]] = category["name"]
+    return dict(sorted(names.items()))
+
+
+def _coco_mask(segmentation: Any, where: str, path: Path) -> Mask:
+    """A drawing function for a COCO ``segmentation``: polygons (a list of flat
+    ``[x0, y0, x1, y1, ...]`` lists), uncompressed RLE (``counts`` a list) or compressed RLE
+    (``counts`` a string), each checked before any drawing."""
+    if isinstance(segmentation, list):
+        polygons = [p for p in segmentation if isinstance(p, list)]
+        valid = len(polygons) == len(segmentation) and all(
+            len(p) >= 6 and len(p) % 2 == 0 and all(isinstance(v, (int, float)) for v in p)
+            for p in polygons
+        )
+        if not valid or not polygons:
+            raise DatasetError(
+                f"{path}: {where}: a polygon segmentation must be lists of at least three "
+                "x, y pairs"
+            )
+    elif not (
+        isinstance(segmentation, dict)
+        and isinstance(segmentation.get("counts"), (list, str))
+        and isinstance(segmentation.get("size"), list)
+        and len(segmentation["size"]) == 2
+    ):
+        raise DatasetError(
+            f"{path}: {where}: segmentation must be polygons or an RLE {{size, counts}}"
+        )
+
+    def draw(height: int, width: int) -> np.ndarray:
+        mask_utils = _mask_utils()
+        if isinstance(segmentation, dict) and list(segmentation["size"]) != [height, width]:
+            raise DatasetError(
+                f"{path}: {where}: RLE size {segmentation['size']} is not the image's "
+                f"[{height}, {width}]"
+            )
+        if isinstance(segmentation, dict) and isinstance(segmentation["counts"], str):
+            rle = dict(segmentation, counts=segmentation["counts"].encode())
+        else:
+            rle = mask_utils.frPyObjects(segmentation, height, width)
+        if isinstance(rle, list):
+            rle = mask_utils.merge(rle)
+        with warnings.catch_warnings():  # pycocotools' own array protocol, under NumPy 2
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return mask_utils.decode(rle).astype(bool)
+
+    return draw
+
+
+def read_coco(path: Path, image_folder: Path) -> tuple[list[str], list[AnnotatedImage]]:
+    """The category names (id order) and the images of a COCO file, each image's regions
+    ordered by decreasing area (so a small object drawn over a larger one stays visible;
+    ties in file order). Images are looked up under ``image_folder`` by their ``file_name``,
+    then by its last part (exports often name the tool's own upload folder)."""
+    document = read_json(path)
+    if not isinstance(document, dict) or not isinstance(document.get("images"), list):
+        raise DatasetError(f"{path}: not a COCO file (no 'images' list)")
+    categories = coco_categories(document, path)
+    annotations = document.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise DatasetError(f"{path}: 'annotations' must be a list")
+    images: dict[int, dict] = {}
+    for index, entry in enumerate(document["images"]):
+        ok = isinstance(entry, dict) and isinstance(entry.get("id"), int)
+        ok = ok and isinstance(entry.get("file_name"), str)
+        ok = ok and all(isinstance(entry.get(k), int) and entry[k] > 0 for k in ("height", "width"))
+        if not ok:
+            raise DatasetError(
+                f"{path}: images[{index}] needs an integer id, a file_name, height and width"
+            )
+        images[entry["id"]] = entry
+    regions: dict[int, list[tuple[float, Region]]] = {key: [] for key in images}
+    for index, annotation in enumerate(annotations):
+        where = f"annotations[{index}]"
+        if not isinstance(annotation, dict):
+            raise DatasetError(f"{path}: {where} must be a mapping")
+        if annotation.get("image_id") not in images:
+            raise DatasetError(f"{path}: {where}: no image with id {annotation.get('image_id')!r}")
+        if annotation.get("category_id") not in categories:
+            raise DatasetError(
+                f"{path}: {where}: no category with id {annotation.get('category_id')!r}"
+            )
+        if not annotation.get("segmentation"):  # CVAT exports its rectangles so
+            raise DatasetError(f"{path}: {where} has no segmentation (boxes alone are no labels)")
+        mask = _coco_mask(annotation["segmentation"], where, path)
+        area = annotation.get("area")
+        area = float(area) if isinstance(area, (int, float)) else 0.0
+        label = categories[annotation["category_id"]]
+        regions[annotation["image_id"]].append((area, Region(label, mask, where)))
+    result = []
+    for key, entry in images.items():
+        ordered = sorted(regions[key], key=lambda item: -item[0])  # stable: ties in file order
+        result.append(
+            AnnotatedImage(
+                name=entry["file_name"],
+                image=_find_image(image_folder, entry["file_name"]),
+                image_bytes=None,
+                height=entry["height"],
+                width=entry["width"],
+                regions=tuple(region for _, region in ordered),
+                source=path,
+            )
+        )
+    return list(categories.values()), result
+
+
+def _find_image(folder: Path, file_name: str) -> Path | None:
+    for candidate in (folder / file_name, folder / Path(file_name).name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+# --- LabelMe --------------------------------------------------------------------------
+
+
+def _points(shape: dict, where: str, path: Path) -> list[tuple[float, float]]:
+    points = shape.get("points")
+    ok = isinstance(points, list) and all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) for v in p)
+        for p in points
+    )
+    if not ok:
+        raise DatasetError(f"{path}: {where}: points must be a list of [x, y]")
+    return [(float(x), float(y)) for x, y in points]
+
+
+_POINT_COUNTS = {"circle": 2, "rectangle": 2, "line": 2, "point": 1, "mask": 2}
+
+
+def _labelme_mask(shape: dict, where: str, path: Path) -> Mask:
+    """A drawing function for a LabelMe shape, as LabelMe's ``shape_to_mask`` draws it."""
+    kind = shape.get("shape_type") or "polygon"
+    points = _points(shape, where, path)
+    wanted = _POINT_COUNTS.get(kind)
+    if kind not in (*_POINT_COUNTS, "polygon", "linestrip"):
+        raise DatasetError(f"{path}: {where}: unknown shape_type {kind!r}")
+    if (wanted is not None and len(points) != wanted) or (kind == "polygon" and len(points) < 3):
+        needed = wanted if wanted is not None else "at least 3"
+        raise DatasetError(f"{path}: {where}: a {kind} needs {needed} points, got {len(points)}")
+    if kind == "linestrip" and len(points) < 2:
+        raise DatasetError(f"{path}: {where}: a linestrip needs at least 2 points")
+    patch = _decode_mask(shape.get("mask"), where, path) if kind == "mask" else None
+
+    def draw(height: int, width: int) -> np.ndarray:
+        canvas = Image.new("L", (width, height), 0)
+        pen = ImageDraw.Draw(canvas)
+        if kind == "circle":
+            (cx, cy), (px, py) = points
+            radius = math.hypot(cx - px, cy - py)
+            pen.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], outline=1, fill=1)
+        elif kind == "rectangle":
+            (x0, y0), (x1, y1) = points
+            box = [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]
+            pen.rectangle(box, outline=1, fill=1)
+        elif kind in ("line", "linestrip"):
+            pen.line(points, fill=1, width=LABELME_LINE_WIDTH)
+        elif kind == "point":
+            (cx, cy), r = points[0], LABELME_POINT_RADIUS
+            pen.ellipse([cx - r, cy - r, cx + r, cy + r], outline=1, fill=1)
+        elif kind == "polygon":
+            pen.polygon(points, outline=1, fill=1)
+        mask = np.array(canvas, dtype=bool)
+        if patch is not None:
+            _place(mask, patch, points)
+        return mask
+
+    return draw
+
+
+def _place(mask: np.ndarray, patch: np.ndarray, points: list[tuple[float, float]]) -> None:
+    """Set ``mask`` where the ``(h, w)`` bool ``patch`` is set, its top-left corner at the
+    box's, the part outside the image cut off."""
+    left, top = (int(round(min(values))) for values in zip(*points, strict=True))
+    row0, row1 = max(top, 0), min(top + patch.shape[0], mask.shape[0])
+    col0, col1 = max(left, 0), min(left + patch.shape[1], mask.shape[1])
+    if row0 < row1 and col0 < col1:
+        mask[row0:row1, col0:col1] |= patch[row0 - top : row1 - top, col0 - left : col1 - left]
+
+
+def _decode_mask(data: Any, where: str, path: Path) -> np.ndarray:
+    """A LabelMe mask shape's ``mask``: a base64 PNG of its box, as ``(h, w)`` bool."""
+    if not isinstance(data, str):
+        raise DatasetError(f"{path}: {where}: a mask shape needs its 'mask' (base64 PNG)")
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(data, validate=True))) as image:
+            return np.array(image.convert("L")) > 0
+    except (binascii.Error, UnidentifiedImageError, OSError):
+        raise DatasetError(f"{path}: {where}: 'mask' is not a base64 PNG") from None
+
+
+def read_labelme(path: Path) -> AnnotatedImage:
+    """One LabelMe file: its image (``imagePath`` relative to the file; ``imageData`` when
+    the file is missing) and its shapes in file order (LabelMe paints later shapes over
+    earlier ones)."""
+    document = read_json(path)
+    if not isinstance(document, dict) or not isinstance(document.get("shapes"), list):
+        raise DatasetError(f"{path}: not a LabelMe file (no 'shapes' list)")
+    size = (document.get("imageHeight"), document.get("imageWidth"))
+    if not all(isinstance(v, int) and v > 0 for v in size):
+        raise DatasetError(f"{path}: imageHeight and imageWidth must be positive integers")
+    image_path = document.get("imagePath")
+    if not isinstance(image_path, str) or not image_path:
+        raise DatasetError(f"{path}: imagePath must name the image")
+    image = path.parent / image_path
+    image_bytes = None
+    if not image.is_file():
+        image = None
+        if isinstance(document.get("imageData"), str):
+            try:
+                image_bytes = base64.b64decode(document["imageData"], validate=True)
+            except binascii.Error:
+                raise DatasetError(f"{path}: imageData is not base64") from None
+    regions = []
+    for index, shape in enumerate(document["shapes"]):
+        where = f"shapes[{index}]"
+        if not isinstance(shape, dict) or not isinstance(shape.get("label"), str):
+            raise DatasetError(f"{path}: {where} must be a mapping with a label")
+        regions.append(Region(shape["label"], _labelme_mask(shape, where, path), where))
+    return AnnotatedImage(
+        name=Path(image_path).name,
+        image=image,
+        image_bytes=image_bytes,
+        height=size[0],
+        width=size[1],
+        regions=tuple(regions),
+        source=path,
+    )
+
+
+def read_labelme_folder(folder: Path) -> tuple[list[str], list[AnnotatedImage]]:
+    """Every LabelMe file under ``folder`` (sub-folders too, by path), and the labels they
+    use, sorted (``_background_`` left out: it is the background)."""
+    files = sorted(p for p in folder.rglob("*.json") if p.is_file())
+    if not files:
+        raise DatasetError(f"{folder}: no LabelMe .json files in this folder")
+    # Named by their place under the folder, so that output_names can tell apart images of
+    # the same name in two sub-folders (two recordings, say).
+    images = [read_labelme(p) for p in files]
+    images = [
+        replace(image, name=str(p.parent.relative_to(folder) / image.name))
+        for p, image in zip(files, images, strict=True)
+    ]
+    labels = {r.label for image in images for r in image.regions} - {LABELME_BACKGROUND}
+    return sorted(labels), images
