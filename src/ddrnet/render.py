@@ -150,10 +150,15 @@ def with_legend(
         panel = legend_panel(
             class_names, palette, picture.shape[0], [int(c) for c in present], shares
         )
-    if panel.shape[0] < picture.shape[0]:
-        pad = np.full((picture.shape[0] - panel.shape[0], panel.shape[1], 3), 255, np.uint8)
+    return np.concatenate([picture, to_height(panel, picture.shape[0])], axis=1)
+
+
+def to_height(panel: np.ndarray, height: int) -> np.ndarray:
+    """An ``(h, w, 3)`` panel (a legend) cut or padded with white to ``height`` rows."""
+    if panel.shape[0] < height:
+        pad = np.full((height - panel.shape[0], panel.shape[1], 3), 255, np.uint8)
         panel = np.concatenate([panel, pad])
-    return np.concatenate([picture, panel[: picture.shape[0]]], axis=1)
+    return panel[:height]
 
 
 def labelled_overlay(

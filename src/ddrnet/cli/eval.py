@@ -89,6 +89,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "blended with the ones before along the optical flow); implies --flicker",
     )
     parser.add_argument(
+        "--worst",
+        type=POSITIVE_INT,
+        metavar="N",
+        help="also the N frames of lowest mIoU, each with its weakest classes (--json: every "
+        "frame's scores)",
+    )
+    parser.add_argument(
+        "--show",
+        type=PATH,
+        metavar="FOLDER",
+        help="with --worst: pictures of those frames in FOLDER: label, prediction, and the "
+        "pixels predicted wrong",
+    )
+    parser.add_argument(
         "--corruptions",
         nargs="+",
         metavar="NAME",
@@ -113,6 +127,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ddrnet.engine.confidence import ConfidenceMetrics
     from ddrnet.engine.detail_metrics import DetailMetrics
+    from ddrnet.engine.frame_scores import FrameScores
     from ddrnet.engine.recordings import RecordingMetrics
     from ddrnet.engine.robustness import evaluate_robustness
     from ddrnet.engine.temporal import Flicker
@@ -120,30 +135,35 @@ def run(args: argparse.Namespace) -> int:
     writable_file("--json", args.json, (".json",))
     if args.severities and not args.corruptions:
         raise UsageError("--severities applies to --corruptions, which is not given")
+    if args.show and not args.worst:
+        raise UsageError("--show draws the frames of --worst N, which is not given")
     corruptions = select_corruptions(args.corruptions)
     model = load_model(args)
     dataset, data_config, labels = _dataset(args, model.metadata)
+    if args.show:
+        from ddrnet.viz.errors import check_pictures_folder
+
+        check_pictures_folder(dataset, args.show)
     score = _scorer(args, model, labels)
-    details = DetailMetrics(labels.num_classes, labels.ignore_index) if args.details else None
+    count, ignore = labels.num_classes, labels.ignore_index
     new_confidence = (
-        functools.partial(ConfidenceMetrics, labels.num_classes, labels.ignore_index)
-        if args.confidence
-        else None
+        functools.partial(ConfidenceMetrics, count, ignore) if args.confidence else None
     )
-    confidence = new_confidence() if new_confidence else None
-    flicker = Flicker(labels.ignore_index) if args.flicker or args.smooth else None
-    by_recording = (
-        RecordingMetrics.of_dataset(dataset, labels.num_classes, labels.ignore_index)
-        if args.by_recording
-        else None
-    )
+    accumulators = {
+        "details": DetailMetrics(count, ignore) if args.details else None,
+        "confidence": new_confidence() if new_confidence else None,
+        "flicker": Flicker(ignore) if args.flicker or args.smooth else None,
+        "by_recording": (
+            RecordingMetrics.of_dataset(dataset, count, ignore) if args.by_recording else None
+        ),
+        "frame_scores": (
+            FrameScores(dataset, count, ignore, keep=args.worst if args.show else 0)
+            if args.worst
+            else None
+        ),
+    }
     metrics = score(
-        dataset,
-        prediction_callback=_submission_writer(args.submission, dataset),
-        details=details,
-        confidence=confidence,
-        flicker=flicker,
-        by_recording=by_recording,
+        dataset, prediction_callback=_submission_writer(args.submission, dataset), **accumulators
     )
     names = list(labels.class_names)
     smoothing = f", smoothed over time (weight {args.smooth:g})" if args.smooth else ""
@@ -152,21 +172,14 @@ def run(args: argparse.Namespace) -> int:
         f"scales {args.scales}, flip {args.flip}{smoothing}"
     )
     print(metrics.table(names))
-    sections = {}
-    if details is not None:
-        result = details.compute()
-        print(f"\n{result.table(names)}")
-        sections.update(result.to_dict(names))
-    if confidence is not None:
-        trust = confidence.compute()
-        print(f"\n{trust.table(names)}")
-        sections["confidence"] = trust.to_dict(names)
-    if by_recording is not None:
-        print(f"\n{by_recording.table(names)}")
-        sections["by_recording"] = by_recording.to_dict(names)
-    if flicker is not None:
-        print(f"\n{flicker.describe()}")
-        sections["temporal"] = {**flicker.to_dict(), "smooth": args.smooth}
+    sections = _sections(args, accumulators, names)
+    if args.show:
+        from ddrnet.viz.errors import write_worst_pictures
+
+        frames = accumulators["frame_scores"]
+        worst = frames.worst(args.worst)
+        written = write_worst_pictures(dataset, worst, frames.kept(), args.show, labels)
+        print(f"{len(written)} pictures of the worst frames written to {args.show}")
     if corruptions:
         severities = sorted(set(args.severities or SEVERITIES))
         robustness = evaluate_robustness(
@@ -190,6 +203,32 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_text(json.dumps(document, indent=2), Path(args.json))
         print(f"metrics written to {args.json}")
     return 0
+
+
+def _sections(args: argparse.Namespace, accumulators: dict, names: list[str]) -> dict:
+    """Print what each requested accumulator found; their JSON sections."""
+    sections: dict = {}
+    details, confidence = accumulators["details"], accumulators["confidence"]
+    by_recording, flicker = accumulators["by_recording"], accumulators["flicker"]
+    frames = accumulators["frame_scores"]
+    if details is not None:
+        result = details.compute()
+        print(f"\n{result.table(names)}")
+        sections.update(result.to_dict(names))
+    if confidence is not None:
+        trust = confidence.compute()
+        print(f"\n{trust.table(names)}")
+        sections["confidence"] = trust.to_dict(names)
+    if by_recording is not None:
+        print(f"\n{by_recording.table(names)}")
+        sections["by_recording"] = by_recording.to_dict(names)
+    if flicker is not None:
+        print(f"\n{flicker.describe()}")
+        sections["temporal"] = {**flicker.to_dict(), "smooth": args.smooth}
+    if frames is not None:
+        print(f"\n{frames.table(names, args.worst)}")
+        sections["frames"] = frames.to_dict(names)
+    return sections
 
 
 def _dataset(args: argparse.Namespace, metadata):

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from ddrnet.engine.confidence import ConfidenceMetrics
 from ddrnet.engine.detail_metrics import DetailMetrics
 from ddrnet.engine.distributed import DistributedContext, all_reduce_sum
+from ddrnet.engine.frame_scores import FrameScores
 from ddrnet.engine.metrics import ConfusionMatrix, SegmentationMetrics
 from ddrnet.engine.predictor import Predictor
 from ddrnet.engine.recordings import RecordingMetrics, frame_recordings
@@ -53,6 +54,7 @@ def evaluate(
     flicker: Flicker | None = None,
     smoother: TemporalSmoother | None = None,
     by_recording: RecordingMetrics | None = None,
+    frame_scores: FrameScores | None = None,
     description: str = "eval",
 ) -> SegmentationMetrics:
     """mIoU, per-class IoU and accuracies of ``model`` on ``dataset`` (un-augmented pairs).
@@ -85,6 +87,7 @@ def evaluate(
             flicker=flicker,
             smoother=smoother,
             by_recording=by_recording,
+            frame_scores=frame_scores,
             description=description,
         )
     finally:
@@ -108,6 +111,7 @@ def evaluate_predictor(
     flicker: Flicker | None = None,
     smoother: TemporalSmoother | None = None,
     by_recording: RecordingMetrics | None = None,
+    frame_scores: FrameScores | None = None,
     description: str = "eval",
 ) -> SegmentationMetrics:
     """The evaluation loop: ``predictor``'s class ids for every image of ``dataset``
@@ -124,8 +128,8 @@ def evaluate_predictor(
     ``flicker`` counts the flickering pixels and ``smoother`` smooths the predictions over
     time (``ddrnet.engine.temporal``): both take the frames in order as videos, one per
     recording (``frame_recordings``), one process only. ``by_recording`` accumulates a
-    confusion matrix per recording (summed over processes). ``description`` names the
-    progress bar.
+    confusion matrix per recording (summed over processes), ``frame_scores`` the counts of
+    each frame (``ddrnet.engine.frame_scores``). ``description`` names the progress bar.
     """
     context = context or DistributedContext()
     in_order = flicker is not None or smoother is not None
@@ -165,11 +169,13 @@ def evaluate_predictor(
                     details.update(item, label)
                 if by_recording is not None:
                     by_recording.update(indices[position], item, label)
+                if frame_scores is not None:
+                    frame_scores.update(indices[position], item, label)
                 if prediction_callback is not None:
                     prediction_callback(indices[position], item.numpy())
                 position += 1
     matrix = all_reduce_sum(confusion.matrix.to(predictor.device), context).cpu()
-    for accumulator in (details, confidence, by_recording):
+    for accumulator in (details, confidence, by_recording, frame_scores):
         if accumulator is not None:
             counts = accumulator.counts.to(predictor.device)
             accumulator.counts = all_reduce_sum(counts, context).cpu()

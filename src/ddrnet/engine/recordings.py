@@ -13,21 +13,36 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, Subset
 
+from ddrnet.data.datasets import Sample
 from ddrnet.engine.metrics import SegmentationMetrics, confusion_counts, format_cell
 from ddrnet.errors import UsageError
+
+
+def unwrap_subsets(dataset: Dataset) -> tuple[Dataset, list[int]]:
+    """The data set under any ``Subset`` wrappers, and the indices of ``dataset``'s frames in it."""
+    indices = list(range(len(dataset)))
+    while isinstance(dataset, Subset):
+        indices = [dataset.indices[i] for i in indices]
+        dataset = dataset.dataset
+    return dataset, indices
+
+
+def frame_samples(dataset: Dataset) -> list[Sample | None]:
+    """Each frame's files (``Sample``: image and label), through ``Subset`` wrappers; None
+    for every frame of a data set that keeps no files."""
+    base, indices = unwrap_subsets(dataset)
+    samples = getattr(base, "samples", None)
+    return [None if samples is None else samples[i] for i in indices]
 
 
 def frame_recordings(dataset: Dataset) -> list[str | None]:
     """Each frame's recording (a CamVid sequence, a Cityscapes city; ``Recording``), through
     ``Subset`` wrappers; None for every frame of a data set without recordings (one video)."""
-    indices = list(range(len(dataset)))
-    while isinstance(dataset, Subset):
-        indices = [dataset.indices[i] for i in indices]
-        dataset = dataset.dataset
-    recording = getattr(dataset, "recording", None)
+    base, indices = unwrap_subsets(dataset)
+    recording = getattr(base, "recording", None)
     if recording is None:
         return [None] * len(indices)
-    return [recording.of(dataset.samples[i].image) for i in indices]
+    return [recording.of(base.samples[i].image) for i in indices]
 
 
 class RecordingMetrics:

@@ -67,10 +67,7 @@ def compare_pictures(
         pictures.append(titled(render.overlay(image, colours, alpha), title))
     height = pictures[0].shape[0]
     legend = render.legend_panel(infos[0].names, infos[0].palette, height, sorted(present))
-    if legend.shape[0] < height:
-        pad = np.full((height - legend.shape[0], legend.shape[1], 3), 255, np.uint8)
-        legend = np.concatenate([legend, pad])
-    return render.side_by_side(*pictures, legend)
+    return render.side_by_side(*pictures, render.to_height(legend, height))
 
 
 def plot_compare(

@@ -1,0 +1,158 @@
+"""Scores per frame: which frames a model gets most wrong (``ddrnet eval --worst N``).
+
+A data set's mIoU hides where the errors are: a few frames (a dark tunnel, a street unlike the
+training ones, a label drawn wrong) can hold most of them. Each frame gets its own IoU per
+class, its mIoU (over the classes in its label or its prediction) and its pixel accuracy;
+the worst frames are the ones to look at, and their pictures (``ddrnet.viz.errors``) show
+whether the model or the label is wrong.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ddrnet.engine.metrics import confusion_counts, format_cell
+from ddrnet.engine.recordings import frame_samples
+
+
+@dataclass(frozen=True)
+class FrameScore:
+    """One frame's scores, in percent: ``iou[c]`` is NaN for a class neither in its label
+    nor its prediction; ``miou`` and ``pixel_accuracy`` NaN for a frame without a labelled
+    pixel. ``mistake`` is its largest confusion: (true class, predicted class, percent of
+    the labelled pixels), None when every pixel is right. ``image`` is its file (None for
+    data sets without files)."""
+
+    index: int
+    image: Path | None
+    miou: float
+    pixel_accuracy: float
+    iou: tuple[float, ...]
+    labelled: tuple[bool, ...]  # which classes its label holds
+    mistake: tuple[int, int, float] | None
+
+    def weakest(self, class_names: list[str], count: int = 2) -> list[tuple[str, float]]:
+        """The ``count`` classes of its label of lowest IoU."""
+        scored = [(v, n) for n, v, held in zip(class_names, self.iou, self.labelled) if held]
+        return [(name, value) for value, name in sorted(scored)[:count]]
+
+    def describe_mistake(self, class_names: list[str]) -> str:
+        """``Building as Tree 35.2%``, or ``-``."""
+        if self.mistake is None:
+            return "-"
+        true, predicted, share = self.mistake
+        return f"{class_names[true]} as {class_names[predicted]} {share:.1f}%"
+
+
+# Columns of FrameScores.counts, per frame and class.
+TRUE, LABELLED, PREDICTED, MISTAKEN, MISTAKEN_AS = range(5)
+
+
+def _frame_score(index: int, image: Path | None, counts: torch.Tensor) -> FrameScore:
+    """The scores of a frame from its ``(C, 5)`` counts (see ``FrameScores``)."""
+    true, labelled, predicted = (counts[:, k].double() for k in (TRUE, LABELLED, PREDICTED))
+    union = labelled + predicted - true
+    iou = torch.where(union > 0, 100 * true / union.clamp(min=1), torch.nan)
+    scored = iou[~iou.isnan()]
+    total = float(labelled.sum())
+    miou = float(scored.mean()) if scored.numel() and total else math.nan
+    accuracy = 100 * float(true.sum()) / total if total else math.nan
+    worst = int(counts[:, MISTAKEN].argmax())
+    mistake = None
+    if counts[worst, MISTAKEN] > 0:
+        share = 100 * float(counts[worst, MISTAKEN]) / total
+        mistake = (worst, int(counts[worst, MISTAKEN_AS]), share)
+    held = tuple(bool(v) for v in labelled > 0)
+    return FrameScore(index, image, miou, accuracy, tuple(float(v) for v in iou), held, mistake)
+
+
+class FrameScores:
+    """Per-frame counts of a data set's frames, and the predictions of the worst ones.
+
+    ``counts`` is ``(F, C, 5)`` int64: per frame and class, the pixels predicted right, the
+    labelled pixels, the predicted pixels among the labelled ones, and the class most often
+    predicted in its place with its pixels (columns ``TRUE`` ... ``MISTAKEN_AS``; summed over
+    processes like the other accumulators of ``evaluate_predictor``: each process fills its
+    own frames, the others' rows stay zero).
+    ``keep`` > 0 keeps the ``(H, W)`` predictions of that many frames of lowest mIoU seen by
+    this process (``kept()``), for pictures, without holding every prediction in memory.
+    """
+
+    def __init__(self, dataset: Dataset, num_classes: int, ignore_index: int = 255, keep: int = 0):
+        self.images = [sample.image if sample else None for sample in frame_samples(dataset)]
+        self.num_classes, self.ignore_index, self.keep = num_classes, ignore_index, keep
+        self.counts = torch.zeros(len(self.images), num_classes, 5, dtype=torch.int64)
+        self._kept: list[tuple[float, int, np.ndarray]] = []  # a heap: the best on top
+
+    def update(self, index: int, prediction: torch.Tensor, label: torch.Tensor) -> None:
+        """Frame ``index`` (its position in the data set) with its ``(H, W)`` predicted
+        class ids and label."""
+        matrix = confusion_counts(prediction, label, self.num_classes, self.ignore_index)
+        wrong = matrix - torch.diag(matrix.diagonal())
+        mistaken, mistaken_as = wrong.max(dim=1)
+        columns = [matrix.diagonal(), matrix.sum(1), matrix.sum(0), mistaken, mistaken_as]
+        self.counts[index] = torch.stack(columns, 1)
+        if self.keep:
+            miou = _frame_score(index, None, self.counts[index]).miou
+            small = prediction.to(torch.uint8 if self.num_classes <= 256 else torch.int32)
+            entry = (-(miou if not math.isnan(miou) else math.inf), index, small.numpy())
+            if len(self._kept) < self.keep:
+                heapq.heappush(self._kept, entry)
+            elif entry > self._kept[0]:
+                heapq.heapreplace(self._kept, entry)
+
+    def compute(self) -> list[FrameScore]:
+        """Every frame's scores, in data set order."""
+        return [_frame_score(i, self.images[i], self.counts[i]) for i in range(len(self.images))]
+
+    def worst(self, count: int) -> list[FrameScore]:
+        """The ``count`` frames of lowest mIoU (frames without a labelled pixel last)."""
+        return sorted(self.compute(), key=lambda s: (math.isnan(s.miou), s.miou, s.index))[:count]
+
+    def kept(self) -> dict[int, np.ndarray]:
+        """The predictions kept (``keep``), by frame index."""
+        return {index: prediction for _, index, prediction in self._kept}
+
+    def table(self, class_names: list[str], count: int) -> str:
+        """The ``count`` worst frames: rank, mIoU, pixel accuracy, the largest confusion,
+        the two classes of the label scored worst, and the file."""
+        lines = [f"the {count} frames of lowest mIoU (of {len(self.images)}):"]
+        header = f"{'mIoU':>6} {'acc':>6}  {'largest mistake':<30} {'weakest (IoU)':<30}"
+        lines.append(f"{'':>4} {header} image")
+        for rank, score in enumerate(self.worst(count), 1):
+            weakest = ", ".join(f"{n} {v:.1f}" for n, v in score.weakest(class_names))
+            mistake = score.describe_mistake(class_names)
+            name = score.image.name if score.image is not None else f"#{score.index}"
+            miou, accuracy = (
+                format_cell(score.miou, ".1f"),
+                format_cell(score.pixel_accuracy, ".1f"),
+            )
+            lines.append(f"{rank:>4} {miou:>6} {accuracy:>6}  {mistake:<30} {weakest:<30} {name}")
+        return "\n".join(lines)
+
+    def to_dict(self, class_names: list[str]) -> list[dict]:
+        """Every frame: its image, mIoU, pixel accuracy and per-class IoU (None: not scored)."""
+        return [
+            {
+                "index": s.index,
+                "image": None if s.image is None else str(s.image),
+                "miou": None if math.isnan(s.miou) else s.miou,
+                "pixel_accuracy": None if math.isnan(s.pixel_accuracy) else s.pixel_accuracy,
+                "iou": {n: None if math.isnan(v) else v for n, v in zip(class_names, s.iou)},
+                "largest_mistake": None
+                if s.mistake is None
+                else {
+                    "true": class_names[s.mistake[0]],
+                    "predicted": class_names[s.mistake[1]],
+                    "percent": s.mistake[2],
+                },
+            }
+            for s in self.compute()
+        ]

@@ -1,0 +1,104 @@
+"""Scores per frame (``ddrnet eval --worst N [--show FOLDER]``): counts worked out by hand, on
+real CamVid frames the frames' counts summing to the whole evaluation's, and the pictures."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ddrnet.cli import main
+from ddrnet.data.labels import LabelSet
+from ddrnet.engine.frame_scores import FrameScores
+from ddrnet.viz.compare import TITLE_HEIGHT
+from ddrnet.viz.errors import ERROR_COLOUR, error_picture
+
+from helpers import one_line_cli_error
+
+
+def test_a_frames_scores_by_hand() -> None:
+    scores = FrameScores([None, None], num_classes=3, ignore_index=255, keep=1)
+    truth = torch.tensor([[0, 0], [1, 255]])
+    scores.update(0, torch.tensor([[0, 1], [1, 2]]), truth)  # one 0 taken for 1; 2 on void
+    scores.update(1, truth.clamp(max=2), truth)  # every labelled pixel right
+    first, second = scores.compute()
+    # Class 0: 1 right of 2 labelled, predicted once: IoU 1 / 2. Class 1: 1 right, labelled
+    # once, predicted twice: 1 / 2. Class 2 only on the void pixel: not scored.
+    assert first.iou[:2] == pytest.approx((50.0, 50.0)) and math.isnan(first.iou[2])
+    assert first.miou == pytest.approx(50.0)
+    assert first.pixel_accuracy == pytest.approx(200 / 3)
+    assert first.mistake == pytest.approx((0, 1, 100 / 3))  # 0 taken for 1: 1 of 3 pixels
+    assert first.describe_mistake(["road", "car", "sky"]) == "road as car 33.3%"
+    assert first.weakest(["road", "car", "sky"]) == [("car", 50.0), ("road", 50.0)]
+    assert second.miou == 100.0 and second.mistake is None
+    assert [s.index for s in scores.worst(2)] == [0, 1]
+    assert list(scores.kept()) == [0]  # keep=1: only the worst frame's prediction
+
+
+def test_real_frames_counts_sum_to_the_whole_and_pictures_show_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    report, pictures = tmp_path / "e.json", tmp_path / "worst"
+    argv = ["eval", "camvid_ddrnet23_slim_train", "--max-images", "4", "--worst", "2",
+            "--show", str(pictures), "--json", str(report)]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "the 2 frames of lowest mIoU (of 4):" in out
+    document = json.loads(report.read_text())
+    frames = document["frames"]
+    assert [frame["index"] for frame in frames] == [0, 1, 2, 3]
+    worst = sorted(frames, key=lambda frame: frame["miou"])[:2]
+    names = sorted(p.name for p in pictures.iterdir())
+    assert names == [f"{rank:03d}_{Path(f['image']).stem}.png" for rank, f in enumerate(worst, 1)]
+    for frame in frames:
+        assert frame["miou"] == pytest.approx(
+            np.mean([v for v in frame["iou"].values() if v is not None])
+        )
+
+
+def test_the_frames_counts_sum_to_the_evaluations_matrix(camvid_val) -> None:
+    import ddrnet
+    from ddrnet.engine.evaluate import evaluate
+    from ddrnet.engine.frame_scores import LABELLED, PREDICTED, TRUE
+
+    model = ddrnet.create_model(checkpoint="camvid_ddrnet23_slim_train")
+    frames = torch.utils.data.Subset(camvid_val, [7, 40, 90])
+    scores = FrameScores(frames, 11)
+    labels = camvid_val.labels
+    metrics = evaluate(model, frames, 11, labels.mean, labels.std, frame_scores=scores)
+    matrix = torch.as_tensor(metrics.matrix)
+    total = scores.counts.sum(0)
+    assert total[:, TRUE].tolist() == matrix.diagonal().tolist()
+    assert total[:, LABELLED].tolist() == matrix.sum(1).tolist()
+    assert total[:, PREDICTED].tolist() == matrix.sum(0).tolist()
+    names = [s.image.name for s in scores.compute()]
+    assert names == [camvid_val.samples[i].image.name for i in (7, 40, 90)]
+
+
+def test_the_error_panel_marks_exactly_the_wrong_labelled_pixels() -> None:
+    labels = LabelSet("t", ("road", "car"), ((128, 64, 128), (0, 0, 142)))
+    image = np.full((40, 60, 3), 100, np.uint8)
+    label = np.zeros((40, 60), np.uint8)
+    label[:, 30:] = 1
+    label[:5] = 255  # void: never an error
+    prediction = np.zeros((40, 60), np.int64)  # the car half is wrong, the void rows too
+    picture = error_picture(image, label, prediction, labels, "prediction")
+    panel = picture[TITLE_HEIGHT:, 2 * (60 + 4) : 2 * (60 + 4) + 60]
+    red = (panel[..., 0] > 150) & (panel[..., 1] < 100)
+    assert red.sum() == 35 * 30 and red[5:, 30:].all()
+    assert tuple(ERROR_COLOUR) == (255, 0, 0)
+
+
+def test_show_needs_worst_and_another_folder_than_the_frames(
+    camvid_root: Path, capsys: pytest.CaptureFixture
+) -> None:
+    error = one_line_cli_error(capsys, ["eval", "camvid_ddrnet23_slim_train", "--show", "x"])
+    assert "--show draws the frames of --worst N" in error
+    argv = ["eval", "camvid_ddrnet23_slim_train", "--root", str(camvid_root), "--max-images",
+            "1", "--worst", "1", "--show", str(camvid_root / "val")]  # fmt: skip
+    error = one_line_cli_error(capsys, argv)
+    assert "the data set's own folder; choose another" in error
