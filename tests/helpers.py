@@ -212,7 +212,7 @@ def real_inputs(dataset: Any, sizes=ODD_SIZES, index: int = 3) -> list[torch.Ten
 
 class FakeCamera:
     """A ``cv2.VideoCapture`` stand-in: ``count`` frames of 48x64, frame i filled with i
-    (BGR), then the end. ``period`` seconds between frames, as a camera paces them; with
+    modulo 256 (BGR), then the end. ``period`` seconds between frames, as a camera paces them; with
     ``gate`` (a semaphore), each read first waits for a permit instead."""
 
     def __init__(self, count: int, period: float = 0.0, gate: threading.Semaphore | None = None):
@@ -234,7 +234,8 @@ class FakeCamera:
         if self.reads == self.count:
             return False, None
         self.reads += 1
-        return True, np.full((48, 64, 3), self.reads - 1, np.uint8)
+        # Modulo: a slow machine lets a paced camera run past 256 frames before a test stops it.
+        return True, np.full((48, 64, 3), (self.reads - 1) % 256, np.uint8)
 
     def release(self) -> None:
         self.released = True
