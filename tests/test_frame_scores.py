@@ -102,3 +102,50 @@ def test_show_needs_worst_and_another_folder_than_the_frames(
             "1", "--worst", "1", "--show", str(camvid_root / "val")]  # fmt: skip
     error = one_line_cli_error(capsys, argv)
     assert "the data set's own folder; choose another" in error
+
+
+def test_bootstrap_by_hand() -> None:
+    from ddrnet.engine.bootstrap import bootstrap_miou, miou_of_counts, paired_difference
+
+    # Class 0: 3 right of 4 labelled, predicted 4 times: IoU 3 / 5; class 1: 1 / 1; class 2
+    # neither labelled nor predicted: not averaged. mIoU = (60 + 100) / 2.
+    frame = np.array([[3, 4, 4], [1, 1, 1], [0, 0, 0]])
+    assert miou_of_counts(frame) == pytest.approx(80.0)
+    same = np.stack([frame, frame, frame])  # every draw of identical frames scores alike
+    interval = bootstrap_miou(same, resamples=50)
+    assert (interval.value, interval.low, interval.high) == pytest.approx((80.0, 80.0, 80.0))
+    assert not paired_difference(same, same, resamples=50).excludes_zero()
+    # A model right on every pixel of frames where the other misses one: better on any draw.
+    worse = np.stack([frame, frame + [[0, 0, 1], [0, 0, 0], [0, 0, 0]], frame])
+    better = np.stack([np.array([[4, 4, 4], [1, 1, 1], [0, 0, 0]])] * 3)
+    difference = paired_difference(better, worse, resamples=200)
+    assert difference.value == pytest.approx(100.0 - miou_of_counts(worse.sum(0)))
+    assert difference.excludes_zero() and difference.low > 0
+
+
+def test_a_real_interval_and_a_comparison_through_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from ddrnet.engine.bootstrap import miou_of_counts
+
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    argv = ["eval", "camvid_ddrnet23_slim_train", "--max-images", "6", "--ci"]
+    assert main([*argv, "--json", str(first)]) == 0
+    document = json.loads(first.read_text())
+    counts = np.array([frame["counts"] for frame in document["frames"]])
+    assert miou_of_counts(counts.sum(0)) == pytest.approx(document["mIoU"])  # the same mIoU
+    interval = document["interval"]
+    assert interval["low"] <= document["mIoU"] <= interval["high"] and interval["frames"] == 6
+    capsys.readouterr()
+    assert main([*argv, "--compare", str(first), "--json", str(second)]) == 0
+    assert "+0.00 mIoU, 95% interval +0.00 to +0.00: no difference" in capsys.readouterr().out
+    assert json.loads(second.read_text())["comparison"]["value"] == 0.0
+    fewer = ["eval", "camvid_ddrnet23_slim_train", "--max-images", "5", "--compare", str(first)]
+    assert "scores other frames (6) than these (5)" in one_line_cli_error(capsys, fewer)
+    plain = tmp_path / "plain.json"
+    assert (
+        main(["eval", "camvid_ddrnet23_slim_train", "--max-images", "2", "--json", str(plain)]) == 0
+    )
+    capsys.readouterr()
+    no_counts = ["eval", "camvid_ddrnet23_slim_train", "--max-images", "2", "--compare", str(plain)]
+    assert "holds no counts per frame" in one_line_cli_error(capsys, no_counts)

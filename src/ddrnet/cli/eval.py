@@ -103,6 +103,19 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "pixels predicted wrong",
     )
     parser.add_argument(
+        "--ci",
+        action="store_true",
+        help="also the 95%% bootstrap interval of the mIoU over the frames (--json: with "
+        "every frame's counts, for a later --compare)",
+    )
+    parser.add_argument(
+        "--compare",
+        type=PATH,
+        metavar="JSON",
+        help="the mIoU difference to the model of this `ddrnet eval --ci --json` report, on "
+        "the same frames, with its 95%% paired bootstrap interval; implies --ci",
+    )
+    parser.add_argument(
         "--corruptions",
         nargs="+",
         metavar="NAME",
@@ -125,12 +138,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddrnet.engine.confidence import ConfidenceMetrics
-    from ddrnet.engine.detail_metrics import DetailMetrics
-    from ddrnet.engine.frame_scores import FrameScores
-    from ddrnet.engine.recordings import RecordingMetrics
     from ddrnet.engine.robustness import evaluate_robustness
-    from ddrnet.engine.temporal import Flicker
 
     writable_file("--json", args.json, (".json",))
     if args.severities and not args.corruptions:
@@ -140,28 +148,9 @@ def run(args: argparse.Namespace) -> int:
     corruptions = select_corruptions(args.corruptions)
     model = load_model(args)
     dataset, data_config, labels = _dataset(args, model.metadata)
-    if args.show:
-        from ddrnet.viz.errors import check_pictures_folder
-
-        check_pictures_folder(dataset, args.show)
+    other_counts = _check_frame_options(args, dataset, labels)
     score = _scorer(args, model, labels)
-    count, ignore = labels.num_classes, labels.ignore_index
-    new_confidence = (
-        functools.partial(ConfidenceMetrics, count, ignore) if args.confidence else None
-    )
-    accumulators = {
-        "details": DetailMetrics(count, ignore) if args.details else None,
-        "confidence": new_confidence() if new_confidence else None,
-        "flicker": Flicker(ignore) if args.flicker or args.smooth else None,
-        "by_recording": (
-            RecordingMetrics.of_dataset(dataset, count, ignore) if args.by_recording else None
-        ),
-        "frame_scores": (
-            FrameScores(dataset, count, ignore, keep=args.worst if args.show else 0)
-            if args.worst
-            else None
-        ),
-    }
+    accumulators, new_confidence = _accumulators(args, dataset, labels)
     metrics = score(
         dataset, prediction_callback=_submission_writer(args.submission, dataset), **accumulators
     )
@@ -173,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(metrics.table(names))
     sections = _sections(args, accumulators, names)
+    if args.ci or args.compare:
+        sections.update(_intervals(args, accumulators["frame_scores"], other_counts))
     if args.show:
         from ddrnet.viz.errors import write_worst_pictures
 
@@ -205,6 +196,54 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_frame_options(args: argparse.Namespace, dataset, labels):
+    """Refuse, before the evaluation, what --show, --ci and --compare cannot do here; the
+    ``--compare`` report's per-frame counts (None without it)."""
+    from ddrnet.engine.frame_scores import read_frame_counts
+    from ddrnet.engine.recordings import frame_samples
+
+    if args.show:
+        from ddrnet.viz.errors import check_pictures_folder
+
+        check_pictures_folder(dataset, args.show)
+    if (args.ci or args.compare) and len(dataset) < 2:
+        raise UsageError("--ci and --compare draw the frames again: they take two frames or more")
+    if not args.compare:
+        return None
+    images = [sample.image if sample else None for sample in frame_samples(dataset)]
+    return read_frame_counts(args.compare, list(labels.class_names), images)
+
+
+def _accumulators(args: argparse.Namespace, dataset, labels) -> tuple[dict, object]:
+    """What the evaluation gathers besides the confusion matrix (by ``evaluate``'s keyword),
+    and the maker of fresh confidence statistics (one per corrupted evaluation) or None."""
+    from ddrnet.engine.confidence import ConfidenceMetrics
+    from ddrnet.engine.detail_metrics import DetailMetrics
+    from ddrnet.engine.frame_scores import FrameScores
+    from ddrnet.engine.recordings import RecordingMetrics
+    from ddrnet.engine.temporal import Flicker
+
+    count, ignore = labels.num_classes, labels.ignore_index
+    new_confidence = (
+        functools.partial(ConfidenceMetrics, count, ignore) if args.confidence else None
+    )
+    per_frame = args.worst or args.ci or args.compare
+    accumulators = {
+        "details": DetailMetrics(count, ignore) if args.details else None,
+        "confidence": new_confidence() if new_confidence else None,
+        "flicker": Flicker(ignore) if args.flicker or args.smooth else None,
+        "by_recording": (
+            RecordingMetrics.of_dataset(dataset, count, ignore) if args.by_recording else None
+        ),
+        "frame_scores": (
+            FrameScores(dataset, count, ignore, keep=args.worst if args.show else 0)
+            if per_frame
+            else None
+        ),
+    }
+    return accumulators, new_confidence
+
+
 def _sections(args: argparse.Namespace, accumulators: dict, names: list[str]) -> dict:
     """Print what each requested accumulator found; their JSON sections."""
     sections: dict = {}
@@ -225,9 +264,39 @@ def _sections(args: argparse.Namespace, accumulators: dict, names: list[str]) ->
     if flicker is not None:
         print(f"\n{flicker.describe()}")
         sections["temporal"] = {**flicker.to_dict(), "smooth": args.smooth}
-    if frames is not None:
+    if frames is not None and args.worst:
         print(f"\n{frames.table(names, args.worst)}")
+    if frames is not None:
         sections["frames"] = frames.to_dict(names)
+    return sections
+
+
+def _intervals(args: argparse.Namespace, frames, other_counts) -> dict:
+    """Print the mIoU's bootstrap interval (and the difference to ``--compare``'s); their
+    JSON sections."""
+    from ddrnet.engine.bootstrap import bootstrap_miou, paired_difference
+    from ddrnet.engine.frame_scores import PREDICTED
+
+    counts = frames.counts[:, :, : PREDICTED + 1].numpy()
+    interval = bootstrap_miou(counts)
+    percent = f"{100 * interval.level:g}%"
+    print(
+        f"\nmIoU {interval.value:.2f}, {percent} interval {interval.low:.2f} to "
+        f"{interval.high:.2f} (bootstrap over the {interval.frames} frames)"
+    )
+    sections = {"interval": interval.to_dict()}
+    if other_counts is not None:
+        difference = paired_difference(counts, other_counts)
+        verdict = (
+            ("better" if difference.value > 0 else "worse") + " on these frames"
+            if difference.excludes_zero()
+            else "no difference these frames can show"
+        )
+        print(
+            f"against {args.compare}: {difference.value:+.2f} mIoU, {percent} interval "
+            f"{difference.low:+.2f} to {difference.high:+.2f}: {verdict}"
+        )
+        sections["comparison"] = {"against": args.compare, **difference.to_dict()}
     return sections
 
 

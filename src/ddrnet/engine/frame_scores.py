@@ -10,6 +10,7 @@ whether the model or the label is wrong.
 from __future__ import annotations
 
 import heapq
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ddrnet.config import read_text
 from ddrnet.engine.metrics import confusion_counts, format_cell
 from ddrnet.engine.recordings import frame_samples
+from ddrnet.errors import UsageError, parse_error_summary
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,9 @@ class FrameScores:
         return "\n".join(lines)
 
     def to_dict(self, class_names: list[str]) -> list[dict]:
-        """Every frame: its image, mIoU, pixel accuracy and per-class IoU (None: not scored)."""
+        """Every frame: its image, mIoU, pixel accuracy, per-class IoU (None: not scored),
+        largest mistake, and its counts per class (right, labelled, predicted pixels: what
+        ``read_frame_counts`` reads back for ``eval --compare``)."""
         return [
             {
                 "index": s.index,
@@ -146,6 +151,7 @@ class FrameScores:
                 "miou": None if math.isnan(s.miou) else s.miou,
                 "pixel_accuracy": None if math.isnan(s.pixel_accuracy) else s.pixel_accuracy,
                 "iou": {n: None if math.isnan(v) else v for n, v in zip(class_names, s.iou)},
+                "counts": self.counts[s.index, :, : PREDICTED + 1].tolist(),
                 "largest_mistake": None
                 if s.mistake is None
                 else {
@@ -156,3 +162,40 @@ class FrameScores:
             }
             for s in self.compute()
         ]
+
+
+def read_frame_counts(
+    path: str | Path, class_names: list[str], images: list[Path | None]
+) -> np.ndarray:
+    """The ``(F, C, 3)`` per-frame counts in ``ddrnet eval --json`` file ``path``, checked to
+    be of the same classes and frames (by file name, in order) as ``class_names`` and
+    ``images``; a ``UsageError`` naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--compare: {path} is not a file")
+    text = read_text(path, "evaluation report", UsageError)
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"--compare: {path}: not JSON ({parse_error_summary(error)})") from None
+    frames = document.get("frames") if isinstance(document, dict) else None
+    if not isinstance(frames, list) or not all(
+        isinstance(f, dict) and "counts" in f for f in frames
+    ):
+        raise UsageError(
+            f"--compare: {path} holds no counts per frame; write it with ddrnet eval --ci --json"
+        )
+    theirs = list(document.get("per_class_IoU", {}))
+    if theirs != list(class_names):
+        raise UsageError(f"--compare: {path} scores the classes {theirs}, not {list(class_names)}")
+    names = [None if image is None else image.name for image in images]
+    other = [None if f.get("image") is None else Path(f["image"]).name for f in frames]
+    if other != names:
+        raise UsageError(
+            f"--compare: {path} scores other frames ({len(other)}) than these ({len(names)}), "
+            "or in another order; evaluate both models on the same split and frames"
+        )
+    counts = np.asarray([f["counts"] for f in frames], dtype=np.int64)
+    if counts.shape != (len(names), len(class_names), 3):
+        raise UsageError(f"--compare: {path}: counts of shape {counts.shape}, not per class")
+    return counts
