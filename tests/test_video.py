@@ -11,6 +11,7 @@ import _thread
 import functools
 import http.server
 import re
+import signal
 import threading
 import time
 from pathlib import Path
@@ -147,12 +148,16 @@ def test_a_live_source_slower_network_keeps_the_sources_timeline(
 
 @pytest.mark.parametrize("source", ["camera:0", "drive.mp4"])
 def test_ctrl_c_ends_a_live_source_and_stops_a_file_with_playable_videos(
-    monkeypatch, tmp_path, fast_runner, source
+    monkeypatch, tmp_path, fast_runner, source, request
 ) -> None:
     camera = FakeCamera(10_000, period=0.005)
     monkeypatch.setattr(ddrnet.video, "_open_capture", lambda s: camera)
     monkeypatch.setattr(ddrnet.predict, "expand_inputs", lambda inputs: ([], list(inputs)))
     labels, calls = fast_runner.labels, []
+    # interrupt_main does nothing while SIGINT is ignored or not Python's, as a library that
+    # an earlier test of this process imported may have left it: Python's own, for this test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
 
     def interrupted_at_the_fourth(images, *options):
         calls.append(1)
