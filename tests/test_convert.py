@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -264,3 +265,91 @@ def test_images_of_one_name_in_two_folders_keep_their_folder_in_the_name(tmp_pat
         "seq2_0001.png",
     ]
     assert len(folder_dataset(tmp_path / "out", "train")) == 2
+
+
+@pytest.mark.parametrize(
+    ("segmentation", "message"),
+    [
+        ([[10, 10, float("nan"), 10, 30, 30]], "coordinates must be finite numbers"),
+        ([[10, 10, 1e10, 10, 30, 30]], "coordinates must be finite numbers"),
+        ({"size": [6, 8], "counts": [10, 20]}, "adding up to 6 x 8 pixels"),  # too short
+        ({"size": [6, 8], "counts": [50, -2]}, "adding up to 6 x 8 pixels"),
+        ({"size": [6, 8], "counts": [47.5, 0.5]}, "adding up to 6 x 8 pixels"),
+        ({"size": [6, 8], "counts": "zzzzzzzz"}, "adding up to 6 x 8 pixels"),
+        ({"size": [6, 8], "counts": "!!garbage~~"}, "adding up to 6 x 8 pixels"),
+        ({"size": [6, True], "counts": [48]}, "an RLE needs size [height, width]"),
+    ],
+)
+def test_malformed_coco_regions_are_refused_by_name(
+    tmp_path: Path, segmentation: object, message: str
+) -> None:
+    source = _coco_file(tmp_path, [(3, segmentation, 1)])
+    with pytest.raises(ValueError, match=rf"coco\.json: annotations\[0\]: .*{re.escape(message)}"):
+        convert_annotations(source, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_compressed_rle_strings_decode_as_pycocotools_encodes() -> None:
+    from pycocotools import mask as mask_utils
+
+    from ddrnet.data.annotations import decode_rle_string
+
+    generator = np.random.default_rng(0)
+    for _ in range(50):
+        height, width = (int(v) for v in generator.integers(1, 30, 2))
+        mask = (generator.random((height, width)) < generator.random()).astype(np.uint8)
+        encoded = mask_utils.encode(np.asfortranarray(mask))["counts"].decode()
+        counts = decode_rle_string(encoded)
+        runs = np.repeat(np.arange(len(counts)) % 2, counts).reshape(width, height).T
+        assert np.array_equal(runs, mask)  # column-major runs, background first
+    assert decode_rle_string("0") == [0] and decode_rle_string("\x7f") is None
+
+
+def test_what_the_audit_found_is_refused_or_right(tmp_path: Path) -> None:
+    def coco(images: list, annotations: list) -> Path:
+        document = {"images": images, "annotations": annotations}
+        document["categories"] = [{"id": 1, "name": "car"}, {"id": 2, "name": "_background_"}]
+        path = tmp_path / "c.json"
+        path.write_text(json.dumps(document))
+        return path
+
+    save_image(tmp_path / "a.png", np.zeros((6, 8, 3), np.uint8))
+    image = {"id": 1, "file_name": "a.png", "height": 6, "width": 8}
+    region = {"image_id": 1, "category_id": 1, "segmentation": [[0, 0, 4, 0, 4, 4]]}
+    with pytest.raises(ValueError, match=r"images\[1\]: image id 1 appears twice"):
+        convert_annotations(coco([image, image], []), tmp_path / "o")
+    with pytest.raises(ValueError, match=r"annotations\[0\]: no image with id \[1\]"):
+        convert_annotations(coco([image], [{**region, "image_id": [1]}]), tmp_path / "o")
+    # COCO's "_background_" names no class: its regions are background.
+    result = convert_annotations(coco([image], [region]), tmp_path / "o")
+    assert result.class_names == ("background", "car")
+    # The first split's --classes, repeated for the second, are the same classes.
+    again = convert_annotations(coco([image], [region]), tmp_path / "o", "val", classes=["car"])
+    assert again.class_names == ("background", "car")
+    (tmp_path / "p" / "masks").mkdir(parents=True)
+    (tmp_path / "p" / "masks" / "train").write_text("notes")
+    with pytest.raises(ValueError, match=r"masks/train is a file, where the data set needs"):
+        convert_annotations(coco([image], [region]), tmp_path / "p")
+    assert sorted(p.name for p in (tmp_path / "p").rglob("*")) == ["masks", "train"]
+
+
+def test_what_the_audit_found_in_labelme_files(tmp_path: Path) -> None:
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    bad = {
+        "shape_type": (_shape("car", "circle", [[0, 0], [1, 1]]) | {"shape_type": {"a": 1}},
+                       "unknown shape_type"),
+        "nan": (_shape("car", "polygon", [[0, 0], [float("nan"), 1], [2, 2]]), "finite numbers"),
+        "empty": (_shape(" ", "rectangle", [[0, 0], [1, 1]]), "non-empty label"),
+    }  # fmt: skip
+    for name, (shape, message) in bad.items():
+        path = _labelme_file(folder, name, [shape])
+        with pytest.raises(ValueError, match=message):
+            convert_annotations(path, tmp_path / "out")
+        path.unlink()
+    # A PNG carried in imageData is written as .png, whatever imagePath's suffix says.
+    path = _labelme_file(folder, "x", [_shape("car", "rectangle", [[0, 0], [1, 1]])], embed=True)
+    document = json.loads(path.read_text())
+    path.write_text(json.dumps({**document, "imagePath": "x.jpg"}))
+    convert_annotations(path, tmp_path / "out")
+    assert [p.name for p in (tmp_path / "out/images/train").iterdir()] == ["x.png"]

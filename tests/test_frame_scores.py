@@ -149,3 +149,40 @@ def test_a_real_interval_and_a_comparison_through_the_cli(
     capsys.readouterr()
     no_counts = ["eval", "camvid_ddrnet23_slim_train", "--max-images", "2", "--compare", str(plain)]
     assert "holds no counts per frame" in one_line_cli_error(capsys, no_counts)
+
+
+def test_tied_frames_keep_the_prediction_of_the_one_listed() -> None:
+    scores = FrameScores([None, None, None], num_classes=2, keep=1)
+    truth = torch.tensor([[0, 1]])
+    for index in range(3):  # three frames of one score: worst() lists the first
+        scores.update(index, torch.tensor([[0, 0]]), truth)
+    assert [s.index for s in scores.worst(1)] == [0] and list(scores.kept()) == [0]
+    assert "the 3 frames of lowest mIoU (of 3)" in scores.table(["a", "b"], 5)
+
+
+def test_malformed_reports_and_outputs_are_refused_before_evaluating(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    report = tmp_path / "a.json"
+    base = ["eval", "camvid_ddrnet23_slim_train", "--max-images", "2"]
+    assert main([*base, "--ci", "--json", str(report)]) == 0
+    capsys.readouterr()
+    document = json.loads(report.read_text())
+    broken = {
+        "negative": lambda d: d["frames"][0]["counts"][0].__setitem__(0, -5),
+        "right_over_labelled": lambda d: d["frames"][0]["counts"][0].__setitem__(1, 0),
+        "short": lambda d: d["frames"][1].__setitem__("counts", d["frames"][1]["counts"][:5]),
+        "text": lambda d: d["frames"][1].__setitem__("counts", "abc"),
+    }
+    for name, damage in broken.items():
+        copy = json.loads(json.dumps(document))
+        damage(copy)
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(copy))
+        error = one_line_cli_error(capsys, [*base, "--compare", str(path)])
+        assert f"{name}.json: frames[" in error and "[right, labelled, predicted]" in error, name
+    (tmp_path / "file.png").write_bytes(b"")
+    error = one_line_cli_error(
+        capsys, [*base, "--worst", "1", "--show", str(tmp_path / "file.png")]
+    )
+    assert "file.png: a file, where the pictures' folder is to be" in error

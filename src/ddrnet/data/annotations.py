@@ -98,7 +98,7 @@ def coco_categories(document: dict, path: Path) -> dict[int, str]:
         raise DatasetError(f"{path}: 'categories' must be a non-empty list of {{id, name}}")
     names: dict[int, str] = {}
     for index, category in enumerate(categories):
-        ok = isinstance(category, dict) and isinstance(category.get("id"), int)
+        ok = isinstance(category, dict) and _is_int(category.get("id"))
         if not ok or not isinstance(category.get("name"), str) or not category["name"].strip():
             raise DatasetError(f"{path}: categories[{index}] needs an integer id and a name")
         if category["id"] in names:
@@ -109,44 +109,102 @@ def coco_categories(document: dict, path: Path) -> dict[int, str]:
     return dict(sorted(names.items()))
 
 
-def _coco_mask(segmentation: Any, where: str, path: Path) -> Mask:
-    """A drawing function for a COCO ``segmentation``: polygons (a list of flat
-    ``[x0, y0, x1, y1, ...]`` lists), uncompressed RLE (``counts`` a list) or compressed RLE
-    (``counts`` a string), each checked before any drawing."""
-    if isinstance(segmentation, list):
-        polygons = [p for p in segmentation if isinstance(p, list)]
-        valid = len(polygons) == len(segmentation) and all(
-            len(p) >= 6 and len(p) % 2 == 0 and all(isinstance(v, (int, float)) for v in p)
-            for p in polygons
+# Coordinates, in pixels, that no image reaches: pycocotools runs out of memory or crashes on
+# larger and non-finite ones.
+MAX_COORDINATE = 1e6
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_coordinate(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and abs(value) <= MAX_COORDINATE
+    )
+
+
+def _coco_polygons(segmentation: list, where: str, path: Path) -> list[list[float]]:
+    """COCO polygons (flat ``[x0, y0, x1, y1, ...]`` lists), checked."""
+    valid = bool(segmentation) and all(
+        isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in segmentation
+    )
+    if not valid:
+        raise DatasetError(
+            f"{path}: {where}: a polygon segmentation must be lists of at least three x, y pairs"
         )
-        if not valid or not polygons:
-            raise DatasetError(
-                f"{path}: {where}: a polygon segmentation must be lists of at least three "
-                "x, y pairs"
-            )
-    elif not (
-        isinstance(segmentation, dict)
-        and isinstance(segmentation.get("counts"), (list, str))
-        and isinstance(segmentation.get("size"), list)
-        and len(segmentation["size"]) == 2
-    ):
+    if not all(_is_coordinate(v) for polygon in segmentation for v in polygon):
+        raise DatasetError(
+            f"{path}: {where}: polygon coordinates must be finite numbers within "
+            f"+-{MAX_COORDINATE:g}"
+        )
+    return segmentation
+
+
+def decode_rle_string(text: str) -> list[int] | None:
+    """The run lengths of COCO's compressed RLE string (pycocotools' ``rleFrString``: each
+    count in 5-bit groups offset by 48, from the third on as a difference to the count two
+    before); None for a string that is not one."""
+    counts: list[int] = []
+    position = 0
+    while position < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if position == len(text) or not 48 <= ord(text[position]) < 48 + 64:
+                return None
+            code = ord(text[position]) - 48
+            value |= (code & 0x1F) << shift
+            more = bool(code & 0x20)
+            position, shift = position + 1, shift + 5
+            if not more and code & 0x10:
+                value |= -1 << shift
+        counts.append(value + (counts[-2] if len(counts) > 2 else 0))
+    return counts
+
+
+def _rle_counts(segmentation: dict, where: str, path: Path) -> tuple[list[int], list[int]]:
+    """An RLE's ``size`` ([height, width]) and run lengths, checked: non-negative integers
+    that cover the mask exactly (pycocotools decodes others into memory it never set)."""
+    size, counts = segmentation.get("size"), segmentation.get("counts")
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size)):
+        raise DatasetError(f"{path}: {where}: an RLE needs size [height, width], got {size!r}")
+    if isinstance(counts, str):
+        counts = decode_rle_string(counts)
+    valid = isinstance(counts, list) and all(_is_int(v) and v >= 0 for v in counts)
+    if not valid or sum(counts) != size[0] * size[1]:
+        raise DatasetError(
+            f"{path}: {where}: RLE counts must be run lengths (non-negative integers) adding up "
+            f"to {size[0]} x {size[1]} pixels"
+        )
+    return size, counts
+
+
+def _coco_mask(segmentation: Any, where: str, path: Path) -> Mask:
+    """A drawing function for a COCO ``segmentation``: polygons, uncompressed RLE
+    (``counts`` a list) or compressed RLE (``counts`` a string), checked before any drawing."""
+    if isinstance(segmentation, list):
+        polygons = _coco_polygons(segmentation, where, path)
+        size, counts = None, None
+    elif isinstance(segmentation, dict):
+        size, counts = _rle_counts(segmentation, where, path)
+    else:
         raise DatasetError(
             f"{path}: {where}: segmentation must be polygons or an RLE {{size, counts}}"
         )
 
     def draw(height: int, width: int) -> np.ndarray:
         mask_utils = _mask_utils()
-        if isinstance(segmentation, dict) and list(segmentation["size"]) != [height, width]:
+        if size is not None and size != [height, width]:
             raise DatasetError(
-                f"{path}: {where}: RLE size {segmentation['size']} is not the image's "
-                f"[{height}, {width}]"
+                f"{path}: {where}: RLE size {size} is not the image's [{height}, {width}]"
             )
-        if isinstance(segmentation, dict) and isinstance(segmentation["counts"], str):
-            rle = dict(segmentation, counts=segmentation["counts"].encode())
+        if size is None:
+            rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
         else:
-            rle = mask_utils.frPyObjects(segmentation, height, width)
-        if isinstance(rle, list):
-            rle = mask_utils.merge(rle)
+            rle = mask_utils.frPyObjects({"size": size, "counts": counts}, height, width)
         with warnings.catch_warnings():  # pycocotools' own array protocol, under NumPy 2
             warnings.simplefilter("ignore", DeprecationWarning)
             return mask_utils.decode(rle).astype(bool)
@@ -168,22 +226,27 @@ def read_coco(path: Path, image_folder: Path) -> tuple[list[str], list[Annotated
         raise DatasetError(f"{path}: 'annotations' must be a list")
     images: dict[int, dict] = {}
     for index, entry in enumerate(document["images"]):
-        ok = isinstance(entry, dict) and isinstance(entry.get("id"), int)
+        ok = isinstance(entry, dict) and _is_int(entry.get("id"))
         ok = ok and isinstance(entry.get("file_name"), str)
-        ok = ok and all(isinstance(entry.get(k), int) and entry[k] > 0 for k in ("height", "width"))
+        ok = ok and all(_is_int(entry.get(k)) and entry[k] > 0 for k in ("height", "width"))
         if not ok:
             raise DatasetError(
                 f"{path}: images[{index}] needs an integer id, a file_name, height and width"
             )
+        if entry["id"] in images:
+            raise DatasetError(f"{path}: images[{index}]: image id {entry['id']} appears twice")
         images[entry["id"]] = entry
     regions: dict[int, list[tuple[float, Region]]] = {key: [] for key in images}
     for index, annotation in enumerate(annotations):
         where = f"annotations[{index}]"
         if not isinstance(annotation, dict):
             raise DatasetError(f"{path}: {where} must be a mapping")
-        if annotation.get("image_id") not in images:
+        if not _is_int(annotation.get("image_id")) or annotation["image_id"] not in images:
             raise DatasetError(f"{path}: {where}: no image with id {annotation.get('image_id')!r}")
-        if annotation.get("category_id") not in categories:
+        if (
+            not _is_int(annotation.get("category_id"))
+            or annotation["category_id"] not in categories
+        ):
             raise DatasetError(
                 f"{path}: {where}: no category with id {annotation.get('category_id')!r}"
             )
@@ -224,11 +287,13 @@ def _find_image(folder: Path, file_name: str) -> Path | None:
 def _points(shape: dict, where: str, path: Path) -> list[tuple[float, float]]:
     points = shape.get("points")
     ok = isinstance(points, list) and all(
-        isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) for v in p)
-        for p in points
+        isinstance(p, list) and len(p) == 2 and all(_is_coordinate(v) for v in p) for p in points
     )
     if not ok:
-        raise DatasetError(f"{path}: {where}: points must be a list of [x, y]")
+        raise DatasetError(
+            f"{path}: {where}: points must be a list of [x, y], finite numbers within "
+            f"+-{MAX_COORDINATE:g}"
+        )
     return [(float(x), float(y)) for x, y in points]
 
 
@@ -238,10 +303,10 @@ _POINT_COUNTS = {"circle": 2, "rectangle": 2, "line": 2, "point": 1, "mask": 2}
 def _labelme_mask(shape: dict, where: str, path: Path) -> Mask:
     """A drawing function for a LabelMe shape, as LabelMe's ``shape_to_mask`` draws it."""
     kind = shape.get("shape_type") or "polygon"
+    if not isinstance(kind, str) or kind not in (*_POINT_COUNTS, "polygon", "linestrip"):
+        raise DatasetError(f"{path}: {where}: unknown shape_type {kind!r}")
     points = _points(shape, where, path)
     wanted = _POINT_COUNTS.get(kind)
-    if kind not in (*_POINT_COUNTS, "polygon", "linestrip"):
-        raise DatasetError(f"{path}: {where}: unknown shape_type {kind!r}")
     if (wanted is not None and len(points) != wanted) or (kind == "polygon" and len(points) < 3):
         needed = wanted if wanted is not None else "at least 3"
         raise DatasetError(f"{path}: {where}: a {kind} needs {needed} points, got {len(points)}")
@@ -292,8 +357,25 @@ def _decode_mask(data: Any, where: str, path: Path) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(base64.b64decode(data, validate=True))) as image:
             return np.array(image.convert("L")) > 0
-    except (binascii.Error, UnidentifiedImageError, OSError):
-        raise DatasetError(f"{path}: {where}: 'mask' is not a base64 PNG") from None
+    except (binascii.Error, UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        raise DatasetError(f"{path}: {where}: 'mask' is not a base64 PNG of a box") from None
+
+
+# The suffix an embedded image is written under, by the format Pillow reads in it.
+_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
+
+
+def _embedded_image(data: str, path: Path) -> tuple[bytes, str]:
+    """A LabelMe file's ``imageData``: the encoded image and the suffix of its format."""
+    try:
+        encoded = base64.b64decode(data, validate=True)
+        with Image.open(io.BytesIO(encoded)) as image:
+            kind = image.format
+    except (binascii.Error, UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        raise DatasetError(f"{path}: imageData is not a base64 image") from None
+    if kind not in _SUFFIXES:
+        raise DatasetError(f"{path}: imageData holds a {kind} image; {sorted(_SUFFIXES)} are read")
+    return encoded, _SUFFIXES[kind]
 
 
 def read_labelme(path: Path) -> AnnotatedImage:
@@ -304,28 +386,27 @@ def read_labelme(path: Path) -> AnnotatedImage:
     if not isinstance(document, dict) or not isinstance(document.get("shapes"), list):
         raise DatasetError(f"{path}: not a LabelMe file (no 'shapes' list)")
     size = (document.get("imageHeight"), document.get("imageWidth"))
-    if not all(isinstance(v, int) and v > 0 for v in size):
+    if not all(_is_int(v) and v > 0 for v in size):
         raise DatasetError(f"{path}: imageHeight and imageWidth must be positive integers")
     image_path = document.get("imagePath")
     if not isinstance(image_path, str) or not image_path:
         raise DatasetError(f"{path}: imagePath must name the image")
-    image = path.parent / image_path
-    image_bytes = None
+    image: Path | None = path.parent / image_path
+    name, image_bytes = Path(image_path).name, None
     if not image.is_file():
         image = None
         if isinstance(document.get("imageData"), str):
-            try:
-                image_bytes = base64.b64decode(document["imageData"], validate=True)
-            except binascii.Error:
-                raise DatasetError(f"{path}: imageData is not base64") from None
+            image_bytes, suffix = _embedded_image(document["imageData"], path)
+            name = Path(name).stem + suffix
     regions = []
     for index, shape in enumerate(document["shapes"]):
         where = f"shapes[{index}]"
-        if not isinstance(shape, dict) or not isinstance(shape.get("label"), str):
-            raise DatasetError(f"{path}: {where} must be a mapping with a label")
+        label = shape.get("label") if isinstance(shape, dict) else None
+        if not isinstance(label, str) or not label.strip():
+            raise DatasetError(f"{path}: {where} must be a mapping with a non-empty label")
         regions.append(Region(shape["label"], _labelme_mask(shape, where, path), where))
     return AnnotatedImage(
-        name=Path(image_path).name,
+        name=name,
         image=image,
         image_bytes=image_bytes,
         height=size[0],

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,27 +70,27 @@ class Conversion:
 
 def read_annotations(
     source: Path, image_folder: Path | None = None
-) -> tuple[list[str], list[AnnotatedImage]]:
-    """The class names and annotated images of a COCO file, a LabelMe file or a folder of
-    LabelMe files (told apart by their content). ``image_folder`` (COCO only) is where the
-    images are; default: the COCO file's folder."""
+) -> tuple[str, list[str], list[AnnotatedImage]]:
+    """The format (``"coco"`` or ``"labelme"``), class names and annotated images of a COCO
+    file, a LabelMe file or a folder of LabelMe files (told apart by their content).
+    ``image_folder`` (COCO only) is where the images are; default: the COCO file's folder."""
     if not source.exists():
         raise MissingFileError(f"{source} does not exist")
     if source.is_dir():
         if image_folder is not None:
             raise UsageError("--images is for COCO files; LabelMe files name their own image")
-        return read_labelme_folder(source)
+        return ("labelme", *read_labelme_folder(source))
     document = read_json(source)
     if isinstance(document, dict) and "shapes" in document:
         if image_folder is not None:
             raise UsageError("--images is for COCO files; LabelMe files name their own image")
         image = read_labelme(source)
         labels = {region.label for region in image.regions} - {LABELME_BACKGROUND}
-        return sorted(labels), [image]
+        return "labelme", sorted(labels), [image]
     if isinstance(document, dict) and "images" in document:
         if image_folder is not None and not image_folder.is_dir():
             raise MissingFileError(f"--images: {image_folder} is not a folder")
-        return read_coco(source, image_folder or source.parent)
+        return ("coco", *read_coco(source, image_folder or source.parent))
     raise DatasetError(
         f"{source}: neither a COCO file (images, annotations, categories) nor a LabelMe file "
         "(shapes)"
@@ -107,8 +108,15 @@ def class_list(
     order), else the ones found; ``background`` first when pixels without a region are a
     class. Every region's label must be one of them (the first image using another is named).
     """
+    # "background" (with a background class) and LabelMe's "_background_" name no class of
+    # their own: their regions are painted as background.
+    implied = {BACKGROUND, LABELME_BACKGROUND} if background else {LABELME_BACKGROUND}
+    chosen = [name for name in (wanted if wanted is not None else found) if name not in implied]
+    if len(set(chosen)) != len(chosen):
+        raise UsageError(f"--classes names a class twice: {list(wanted or [])}")
+    names = ([BACKGROUND] if background else []) + chosen
     if existing is not None:
-        if wanted is not None and list(wanted) != list(existing):
+        if wanted is not None and names != list(existing):
             raise UsageError(
                 f"--classes {list(wanted)} differ from the classes file's {list(existing)}"
             )
@@ -117,11 +125,6 @@ def class_list(
             raise UsageError(
                 f"the classes file has no class {BACKGROUND!r}: convert with --no-background"
             )
-    else:
-        chosen = [name for name in (wanted if wanted is not None else found) if name != BACKGROUND]
-        if len(set(chosen)) != len(chosen):
-            raise UsageError(f"--classes names a class twice: {list(wanted or [])}")
-        names = ([BACKGROUND] if background else []) + chosen
     if len(names) > IGNORE_INDEX:
         raise DatasetError(f"{len(names)} classes; at most {IGNORE_INDEX} fit in a mask")
     known = set(names) | {LABELME_BACKGROUND}
@@ -176,7 +179,7 @@ def _check_image(image: AnnotatedImage) -> None:
         try:
             with Image.open(io.BytesIO(image.image_bytes or b"")) as decoded:
                 width, height = decoded.size
-        except (UnidentifiedImageError, OSError):
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
             raise DatasetError(f"{image.source}: its imageData is not an image") from None
         where = f"{image.source} (imageData)"
     if (height, width) != (image.height, image.width):
@@ -185,19 +188,37 @@ def _check_image(image: AnnotatedImage) -> None:
         )
 
 
-def _missing_images(images: Sequence[AnnotatedImage]) -> None:
+def _missing_images(images: Sequence[AnnotatedImage], coco: bool) -> None:
     missing = [image for image in images if image.image is None and image.image_bytes is None]
     if missing:
         listed = ", ".join(image.name for image in missing[:5])
+        hint = (
+            "point --images at their folder"
+            if coco
+            else "imagePath is read relative to the .json file, and there is no imageData"
+        )
         raise DatasetError(
             f"{missing[0].source}: {len(missing)} of {len(images)} images not found ({listed}"
-            f"{', ...' if len(missing) > 5 else ''}); point --images at their folder"
+            f"{', ...' if len(missing) > 5 else ''}); {hint}"
         )
 
 
 def _empty_split(root: Path, split: str) -> None:
-    if not split or split in (".", "..") or Path(split).name != split:
-        raise UsageError(f"--split must be a plain folder name, got {split!r}")
+    """Refuse a split name that is no plain folder name, and split folders that hold files
+    or where a file is in the way."""
+    if not re.fullmatch(r"[\w.-]+", split) or split in (".", ".."):
+        raise UsageError(
+            f"--split must be a plain folder name (letters, digits, . _ -), got {split!r}"
+        )
+    for folder in (
+        root,
+        root / "images",
+        root / "masks",
+        root / "images" / split,
+        root / "masks" / split,
+    ):
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{folder} is a file, where the data set needs a folder")
     for kind in ("images", "masks"):
         folder = root / kind / split
         if folder.is_dir() and any(folder.iterdir()):
@@ -268,7 +289,9 @@ def convert_annotations(
     of a new data set; ``background=False`` leaves pixels without a region unlabelled."""
     source, root = Path(source), Path(root)
     _empty_split(root, split)
-    found, images = read_annotations(source, None if image_folder is None else Path(image_folder))
+    kind, found, images = read_annotations(
+        source, None if image_folder is None else Path(image_folder)
+    )
     classes_path = root / CLASSES_FILE
     existing = load_classes_file(classes_path) if classes_path.exists() else None
     names = class_list(
@@ -283,7 +306,7 @@ def convert_annotations(
         )
     ids = {name: index for index, name in enumerate(names)}
     ids[LABELME_BACKGROUND] = ids[BACKGROUND] if background else IGNORE_INDEX
-    _missing_images(images)
+    _missing_images(images, coco=kind == "coco")
     for image in images:  # every image checked (headers only) before anything is written
         _check_image(image)
     file_names = output_names(images)

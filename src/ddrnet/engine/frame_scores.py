@@ -105,10 +105,13 @@ class FrameScores:
         if self.keep:
             miou = _frame_score(index, None, self.counts[index]).miou
             small = prediction.to(torch.uint8 if self.num_classes <= 256 else torch.int32)
-            entry = (-(miou if not math.isnan(miou) else math.inf), index, small.numpy())
+            # Ordered as ``worst`` orders: lower mIoU, then lower index, is worse; the heap's
+            # top is the least bad kept, the one a worse frame replaces.
+            badness = (-(miou if not math.isnan(miou) else math.inf), -index)
+            entry = (*badness, small.numpy())
             if len(self._kept) < self.keep:
                 heapq.heappush(self._kept, entry)
-            elif entry > self._kept[0]:
+            elif badness > self._kept[0][:2]:
                 heapq.heapreplace(self._kept, entry)
 
     def compute(self) -> list[FrameScore]:
@@ -121,11 +124,12 @@ class FrameScores:
 
     def kept(self) -> dict[int, np.ndarray]:
         """The predictions kept (``keep``), by frame index."""
-        return {index: prediction for _, index, prediction in self._kept}
+        return {-negative: prediction for _, negative, prediction in self._kept}
 
     def table(self, class_names: list[str], count: int) -> str:
         """The ``count`` worst frames: rank, mIoU, pixel accuracy, the largest confusion,
         the two classes of the label scored worst, and the file."""
+        count = min(count, len(self.images))
         lines = [f"the {count} frames of lowest mIoU (of {len(self.images)}):"]
         header = f"{'mIoU':>6} {'acc':>6}  {'largest mistake':<30} {'weakest (IoU)':<30}"
         lines.append(f"{'':>4} {header} image")
@@ -185,17 +189,38 @@ def read_frame_counts(
         raise UsageError(
             f"--compare: {path} holds no counts per frame; write it with ddrnet eval --ci --json"
         )
-    theirs = list(document.get("per_class_IoU", {}))
+    theirs = document.get("per_class_IoU")
+    theirs = list(theirs) if isinstance(theirs, dict) else None
     if theirs != list(class_names):
         raise UsageError(f"--compare: {path} scores the classes {theirs}, not {list(class_names)}")
     names = [None if image is None else image.name for image in images]
-    other = [None if f.get("image") is None else Path(f["image"]).name for f in frames]
+    other = [Path(f["image"]).name if isinstance(f.get("image"), str) else None for f in frames]
     if other != names:
         raise UsageError(
             f"--compare: {path} scores other frames ({len(other)}) than these ({len(names)}), "
             "or in another order; evaluate both models on the same split and frames"
         )
-    counts = np.asarray([f["counts"] for f in frames], dtype=np.int64)
-    if counts.shape != (len(names), len(class_names), 3):
-        raise UsageError(f"--compare: {path}: counts of shape {counts.shape}, not per class")
-    return counts
+    return _checked_counts(frames, len(class_names), path)
+
+
+def _checked_counts(frames: list[dict], num_classes: int, path: Path) -> np.ndarray:
+    """``(F, C, 3)`` int64 from each frame's ``counts``: per class, non-negative integers
+    with the right pixels at most the labelled and the predicted ones."""
+    for index, frame in enumerate(frames):
+        counts = frame["counts"]
+        valid = isinstance(counts, list) and len(counts) == num_classes
+        valid = valid and all(
+            isinstance(row, list)
+            and len(row) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62 for v in row)
+            and row[0] <= min(row[1], row[2])
+            for row in counts
+        )
+        if not valid:
+            raise UsageError(
+                f"--compare: {path}: frames[{index}].counts must hold, per class, [right, "
+                "labelled, predicted] pixel counts"
+            )
+    return np.asarray([frame["counts"] for frame in frames], dtype=np.int64).reshape(
+        len(frames), num_classes, 3
+    )

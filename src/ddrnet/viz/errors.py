@@ -49,6 +49,8 @@ def error_picture(
 def check_pictures_folder(dataset: Dataset, output: str | Path) -> Path:
     """``output`` as a folder for ``write_worst_pictures``: a ``UsageError`` when it holds
     images or labels of ``dataset`` (a picture could replace one), before any evaluation."""
+    if Path(output).exists() and not Path(output).is_dir():
+        raise UsageError(f"--show {output}: a file, where the pictures' folder is to be")
     folder = Path(output).resolve()
     samples = [sample for sample in frame_samples(dataset) if sample is not None]
     files = [path for s in samples for path in (s.image, s.label) if path is not None]
