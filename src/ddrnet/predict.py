@@ -235,7 +235,7 @@ def run_prediction(
             warn=warn,
             preview=preview,
         )
-    for source, stem in zip(videos, _unique_stems(map(source_stem, videos))):
+    for source, stem in zip(videos, unique_stems(map(source_stem, videos))):
         try:
             segment_video(
                 runner,
@@ -274,7 +274,7 @@ def _check_job_options(
 def _predict_images(
     runner, paths, loader, output_dir, kinds, progress, summary, *, report, warn, preview
 ):
-    stems = _unique_stems(path.stem for path in paths)
+    stems = unique_stems(path.stem for path in paths)
     smoother = runner.smoother()  # the images as one sequence, in the order given
 
     def groups() -> Iterator[list[tuple[int, np.ndarray]]]:
@@ -344,7 +344,7 @@ def _predict_images(
             )
 
 
-def _unique_stems(stems: Iterable[str]) -> list[str]:
+def unique_stems(stems: Iterable[str]) -> list[str]:
     """Output names from stems; a repeated stem (same name in two folders) gets a suffix."""
     seen: dict[str, int] = {}
     unique = []

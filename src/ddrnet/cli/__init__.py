@@ -18,13 +18,13 @@ from collections.abc import Sequence
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ddrnet.cli import bench, convert, data, export, models, predict, prune, serve, train, viz
+from ddrnet.cli import bench, convert, data, export, models, pick, predict, prune, serve, train, viz
 from ddrnet.cli import eval as evaluate  # the module of `ddrnet eval`, not the builtin
 from ddrnet.cli.options import is_override
 from ddrnet.errors import DDRNetError, user_error_message
 
 # The order of ``ddrnet --help``.
-COMMANDS = (models, convert, data, train, evaluate, predict, bench, export, prune, viz, serve)
+COMMANDS = (models, convert, data, train, evaluate, predict, pick, bench, export, prune, viz, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

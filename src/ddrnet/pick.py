@@ -1,0 +1,195 @@
+"""Which frames to label next (``ddrnet pick``): the ones a model is least sure of.
+
+Labelling costs minutes a frame, and a drive's frames repeat each other. A model already
+trained on other streets says where it is unsure: a frame's *uncertainty* is the mean over
+its pixels of 1 minus the winning class's probability (for a calibrated model, the share of
+its pixels expected wrong; ``ddrnet eval --confidence`` says how calibrated it is). The most
+uncertain frames are picked, no two closer than ``gap`` frames of one video or images of one
+folder, so a slow stretch of road is not labelled ten times. The picks are copied (video
+frames written as PNG) into one folder with ``picks.json``, ready for a labelling tool;
+``ddrnet convert`` brings its export back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ddrnet.atomic import atomic_copy, atomic_write_text
+from ddrnet.data.io import read_rgb, write_png
+from ddrnet.engine.predictor import Predictor
+from ddrnet.errors import DDRNetError, UsageError, user_error_message
+from ddrnet.predict import check_output_folder, expand_inputs, unique_stems
+from ddrnet.video import VideoSource, is_camera_or_stream, source_stem
+
+logger = logging.getLogger(__name__)
+
+PICKS_FILE = "picks.json"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A frame that could be picked: ``source`` an image file or a video, ``frame`` its
+    index in the video (None for an image), ``group``/``position`` what ``gap`` counts in
+    (a video and its frame index; an image's folder and its place there in name order), and
+    ``uncertainty`` (0..1; see the module text)."""
+
+    source: str
+    frame: int | None
+    group: str
+    position: int
+    uncertainty: float
+
+
+def uncertainty(confidence: torch.Tensor) -> float:
+    """A frame's uncertainty from its ``(H, W)`` winning-class probabilities: their mean
+    shortfall from 1."""
+    return float(1.0 - confidence.double().mean())
+
+
+def _image_candidates(predictor: Predictor, images: Sequence[Path]) -> Iterator[Candidate]:
+    """Each readable image scored; unreadable ones named in the log and left out."""
+    folders: dict[Path, int] = {}
+    for path in images:
+        position = folders.get(path.parent, 0)
+        folders[path.parent] = position + 1
+        try:
+            pixels = torch.from_numpy(read_rgb(path)).permute(2, 0, 1)[None]
+            _, confidence = predictor.class_ids_and_confidence(pixels)
+        except DDRNetError as error:
+            logger.warning("skipped: %s", user_error_message(error))
+            continue
+        yield Candidate(str(path), None, str(path.parent), position, uncertainty(confidence[0]))
+
+
+def _video_candidates(predictor: Predictor, video: str, every: int) -> Iterator[Candidate]:
+    """Every ``every``-th frame of a video file, scored."""
+    with VideoSource(video, drop_frames="no") as source:
+        for index, frame in source.frames():
+            if index % every:
+                continue
+            pixels = torch.from_numpy(frame).permute(2, 0, 1)[None]
+            _, confidence = predictor.class_ids_and_confidence(pixels)
+            yield Candidate(video, index, video, index, uncertainty(confidence[0]))
+
+
+def score_frames(
+    predictor: Predictor,
+    images: Sequence[Path],
+    videos: Sequence[str],
+    every: int = 1,
+    progress: bool = False,
+) -> list[Candidate]:
+    """Every image and every ``every``-th frame of each video file, scored by ``predictor``."""
+    candidates = []
+    with tqdm(desc="pick", unit="frame", disable=not progress) as bar:
+        streams = [_image_candidates(predictor, images)]
+        streams += [_video_candidates(predictor, video, every) for video in videos]
+        for stream in streams:
+            for candidate in stream:
+                candidates.append(candidate)
+                bar.update()
+    return candidates
+
+
+def choose(candidates: Sequence[Candidate], count: int, gap: int) -> list[Candidate]:
+    """The ``count`` most uncertain candidates, most uncertain first, skipping any within
+    ``gap`` (frames of one video, images of one folder) of one already chosen; ties in
+    input order."""
+    ordered = sorted(range(len(candidates)), key=lambda i: (-candidates[i].uncertainty, i))
+    chosen: list[Candidate] = []
+    taken: dict[str, list[int]] = {}
+    for index in ordered:
+        candidate = candidates[index]
+        near = taken.setdefault(candidate.group, [])
+        if any(abs(candidate.position - p) < gap for p in near):
+            continue
+        chosen.append(candidate)
+        near.append(candidate.position)
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def _file_names(chosen: Sequence[Candidate]) -> list[str]:
+    """Output names: an image's own stem, a video frame's ``<video stem>_f<index>``; a
+    repeated name gets a suffix."""
+    stems = [
+        Path(c.source).stem if c.frame is None else f"{source_stem(c.source)}_f{c.frame:06d}"
+        for c in chosen
+    ]
+    suffixes = [Path(c.source).suffix if c.frame is None else ".png" for c in chosen]
+    return [stem + suffix for stem, suffix in zip(unique_stems(stems), suffixes, strict=True)]
+
+
+def write_picks(
+    chosen: Sequence[Candidate], output: Path, scored: Sequence[Candidate] = ()
+) -> list[Path]:
+    """The chosen frames in ``output`` (images copied byte for byte, video frames read again
+    and written as PNG), then ``output/picks.json``: ``picked``, them by rank with their
+    files, and ``scored``, every candidate; the paths of the frames."""
+    output.mkdir(parents=True, exist_ok=True)
+    names = _file_names(chosen)
+    wanted: dict[str, dict[int, Path]] = {}
+    for candidate, name in zip(chosen, names, strict=True):
+        if candidate.frame is None:
+            atomic_copy(Path(candidate.source), output / name)
+        else:
+            wanted.setdefault(candidate.source, {})[candidate.frame] = output / name
+    for video, frames in wanted.items():
+        with VideoSource(video, drop_frames="no") as source:
+            for index, frame in source.frames():
+                if index in frames:
+                    write_png(frames.pop(index), frame)
+                if not frames:
+                    break
+        if frames:  # the file changed since it was scored
+            raise UsageError(f"{video}: frames {sorted(frames)} could not be read again")
+    listing = {
+        "picked": [
+            {"rank": rank, "file": name, **asdict(candidate)}
+            for rank, (candidate, name) in enumerate(zip(chosen, names, strict=True), 1)
+        ],
+        "scored": [asdict(candidate) for candidate in scored],
+    }
+    atomic_write_text(json.dumps(listing, indent=2), output / PICKS_FILE)
+    return [output / name for name in names]
+
+
+def pick_frames(
+    predictor: Predictor,
+    inputs: Sequence[str],
+    output: str | Path,
+    count: int,
+    every: int = 1,
+    gap: int = 0,
+    progress: bool = False,
+) -> tuple[list[Candidate], list[Candidate]]:
+    """Score ``inputs`` (images, folders, globs, video files; as ``ddrnet predict`` takes
+    them, without cameras and streams, which cannot be read twice), choose ``count`` frames
+    (``choose``) and write them to ``output`` (``write_picks``). Returns every candidate
+    and the chosen ones."""
+    live = [item for item in inputs if is_camera_or_stream(item)]
+    if live:
+        raise UsageError(f"{live[0]}: pick reads files, a camera or stream cannot be read twice")
+    images, videos = expand_inputs(inputs)
+    check_output_folder(Path(output), inputs, images + [Path(v) for v in videos])
+    candidates = score_frames(predictor, images, videos, every, progress)
+    if not candidates:
+        raise UsageError("no input frame could be read")
+    chosen = choose(candidates, count, gap)
+    write_picks(chosen, Path(output), candidates)
+    return candidates, chosen
+
+
+def spread(candidates: Sequence[Candidate]) -> tuple[float, float, float]:
+    """The lowest, median and highest uncertainty of ``candidates``."""
+    values = np.array([c.uncertainty for c in candidates])
+    return float(values.min()), float(np.median(values)), float(values.max())

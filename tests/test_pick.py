@@ -1,0 +1,108 @@
+"""``ddrnet pick``: the frames to label next. The uncertainty and the choice worked out by hand;
+real CamVid frames, as images and as a video, picked through the command line; refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ddrnet.cli import main
+from ddrnet.pick import Candidate, choose, uncertainty
+
+from helpers import one_line_cli_error
+
+
+def test_uncertainty_is_the_mean_shortfall_of_the_winning_probability() -> None:
+    assert uncertainty(torch.tensor([[1.0, 0.5], [0.75, 0.75]])) == pytest.approx(0.25)
+
+
+def _candidate(group: str, position: int, value: float) -> Candidate:
+    return Candidate(f"{group}/{position}", None, group, position, value)
+
+
+def test_choose_takes_the_most_uncertain_at_least_gap_apart() -> None:
+    candidates = [
+        _candidate("a", 0, 0.30),
+        _candidate("a", 1, 0.50),  # the most uncertain
+        _candidate("a", 2, 0.45),  # within 2 of a/1: skipped
+        _candidate("a", 3, 0.40),  # 2 from a/1: taken
+        _candidate("b", 1, 0.45),  # another folder: gap does not apply
+        _candidate("b", 2, 0.10),
+    ]
+    chosen = choose(candidates, 3, gap=2)
+    assert [(c.group, c.position) for c in chosen] == [("a", 1), ("b", 1), ("a", 3)]
+    assert [c.position for c in choose(candidates, 6, gap=0) if c.group == "a"] == [1, 2, 3, 0]
+    assert len(choose(candidates, 10, gap=5)) == 2  # one per group
+
+
+def test_real_frames_and_a_video_are_picked_through_the_cli(
+    camvid_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    frames = sorted((camvid_root / "val").glob("*.png"))[:4]
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for frame in frames:
+        shutil.copy(frame, folder / frame.name)
+    video = tmp_path / "drive.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (480, 360))
+    for frame in frames:
+        writer.write(cv2.imread(str(frame)))
+    writer.release()
+    out = tmp_path / "to_label"
+    argv = [
+        "pick",
+        str(folder),
+        str(video),
+        "-n",
+        "3",
+        "--every",
+        "2",
+        "--gap",
+        "2",
+        "-o",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert "6 frames scored" in capsys.readouterr().out  # 4 images, video frames 0 and 2
+    listing = json.loads((out / "picks.json").read_text())
+    picked, scored = listing["picked"], listing["scored"]
+    assert len(scored) == 6 and len(picked) == 3
+    values = [p["uncertainty"] for p in picked]
+    assert values == sorted(values, reverse=True) and values[0] == max(
+        s["uncertainty"] for s in scored
+    )
+    assert 0 < min(values) and max(values) < 1
+    positions = {}
+    for pick in picked:
+        for other in positions.get(pick["group"], []):
+            assert abs(pick["position"] - other) >= 2
+        positions.setdefault(pick["group"], []).append(pick["position"])
+        written = out / pick["file"]
+        if pick["frame"] is None:  # an image: copied byte for byte
+            assert written.read_bytes() == Path(pick["source"]).read_bytes()
+        else:  # a video frame: the decoded frame itself
+            capture = cv2.VideoCapture(str(video))
+            for _ in range(pick["frame"] + 1):
+                ok, decoded = capture.read()
+            capture.release()
+            assert written.name == f"drive_f{pick['frame']:06d}.png"
+            assert np.array_equal(cv2.imread(str(written)), decoded)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*(p["file"] for p in picked), "picks.json"]
+    )
+
+
+def test_live_sources_and_an_output_among_the_inputs_are_refused(
+    camvid_root: Path, capsys: pytest.CaptureFixture
+) -> None:
+    error = one_line_cli_error(capsys, ["pick", "camera:0", "-o", "x"])
+    assert "camera:0: pick reads files, a camera or stream cannot be read twice" in error
+    folder = str(camvid_root / "val")
+    error = one_line_cli_error(capsys, ["pick", folder, "-o", folder])
+    assert "is the input folder" in error
