@@ -205,3 +205,29 @@ def test_every_validation_frame_seen_in_training_is_counted(tmp_path: Path) -> N
     val = survey_dataset(folder_dataset(root, "val"))
     leak = [w for w in survey_warnings(train, val) if "also training frames" in w]
     assert len(leak) == 1 and "(the same pixels): 2 of 2" in leak[0]
+
+
+def test_validation_frames_that_nearly_repeat_training_frames_are_named(
+    camvid_root: Path, tmp_path: Path
+) -> None:
+    """A frame split off a video at random: the next moment of a training frame (here the
+    training frame itself, moved 3 pixels and a little brighter) is flagged; a frame of
+    another street is not, and neither are featureless (flat) frames."""
+    from ddrnet.data.survey import difference_hash
+
+    root = folder_tree(tmp_path)  # two flat training frames
+    street = camvid(camvid_root, "train", sequences=["0001TP"]).load(0)[0]
+    other = camvid(camvid_root, "train", sequences=["0006R0"]).load(0)[0]
+    save_image(root / "images/train/street.png", street)
+    save_image(root / "masks/train/street.png", np.zeros(street.shape[:2], np.uint8))
+    moved = np.clip(np.roll(street, 3, axis=1).astype(np.int16) + 12, 0, 255).astype(np.uint8)
+    for stem, picture in (("moved", moved), ("other", other)):
+        save_image(root / f"images/val/{stem}.png", picture)
+        save_image(root / f"masks/val/{stem}.png", np.zeros(picture.shape[:2], np.uint8))
+    bits = int(np.bitwise_count(difference_hash(moved) ^ difference_hash(street)).sum())
+    assert bits <= 32
+    train = survey_dataset(folder_dataset(root, "train"))
+    val = survey_dataset(folder_dataset(root, "val"))
+    near = [w for w in survey_warnings(train, val) if "nearly repeat" in w]
+    assert len(near) == 1 and ": 1 of 2 (e.g. " in near[0]
+    assert f"moved.png ~ {root / 'images/train/street.png'}, {bits} bits" in near[0]

@@ -7,9 +7,10 @@ each class's share of the labelled pixels and of the frames, the ignored share, 
 mean and standard deviation (exact: from per-channel histograms), the recordings (CamVid's
 sequences, Cityscapes' cities) and a digest of every image's pixels.
 
-``split_warnings`` compares a training and a validation survey for what makes validation
+``survey_warnings`` compares a training and a validation survey for what makes validation
 scores lie or training silently miss something: validation frames whose pixels are also in
-the training set, recordings in both (a street seen in training flatters the score: on
+the training set or that nearly repeat a training frame (``difference_hash``), recordings in
+both (a street seen in training flatters the score: on
 CamVid by 20+ mIoU points, ``scripts/camvid_experiments.md``), classes without a training
 pixel.
 """
@@ -31,6 +32,50 @@ from ddrnet.data.io import ImageReadError, read_rgb
 
 # Problems listed by ``raise_problems`` (the survey keeps all of them).
 LISTED_PROBLEMS = 20
+# A frame's difference hash: a 16 x 16 grid of "brighter than its left neighbour" bits.
+HASH_SIDE = 16
+# Frames whose hashes differ in at most this many of their 256 bits (an eighth) look alike:
+# on CamVid, a car standing at lights two seconds apart differs in 13, a cyclist riding into
+# the same view in 26, a frame from 3 pixels further right and a little brighter in 28, while
+# no validation frame comes within 72 of a training frame, nor 0006R0's within 83 of 0001TP's.
+NEAR_REPEAT_BITS = 32
+# Hashes with fewer bits set are of nearly featureless pictures (a flat colour, a black
+# frame), which all look alike to the hash: they are not compared.
+FEATURELESS_BITS = 32
+
+
+def difference_hash(image: np.ndarray) -> np.ndarray:
+    """``(4,)`` uint64: the 256-bit difference hash of an ``(H, W, 3)`` uint8 RGB image (its
+    grey picture shrunk to 17 x 16, each bit whether a cell is brighter than the one on its
+    left); alike pictures differ in few bits, whatever their size and compression."""
+    import cv2
+
+    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+    small = cv2.resize(grey, (HASH_SIDE + 1, HASH_SIDE), interpolation=cv2.INTER_AREA)
+    bits = small[:, 1:].astype(np.int16) > small[:, :-1]
+    return np.packbits(bits.ravel()).view(np.uint64)
+
+
+def near_repeats(
+    frames: list[tuple[str, np.ndarray]], others: list[tuple[str, np.ndarray]], bits: int
+) -> list[tuple[str, str, int]]:
+    """``(frame, its nearest other, bits apart)`` for each of ``frames`` whose difference
+    hash lies within ``bits`` of one of ``others``' (named hashes, as ``frame_hashes``);
+    featureless pictures (``FEATURELESS_BITS``) are left out."""
+    def featured(named: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
+        return [(n, h) for n, h in named if np.bitwise_count(h).sum() >= FEATURELESS_BITS]
+
+    frames, others = featured(frames), featured(others)
+    if not frames or not others:
+        return []
+    table = np.stack([hashed for _, hashed in others])  # (N, 4)
+    found = []
+    for name, hashed in frames:
+        distances = np.bitwise_count(table ^ hashed).sum(axis=1)
+        nearest = int(distances.argmin())
+        if distances[nearest] <= bits:
+            found.append((name, others[nearest][0], int(distances[nearest])))
+    return found
 
 
 @dataclass
@@ -48,8 +93,9 @@ class DatasetSurvey:
     class_frames: np.ndarray | None = None  # (C,) int64 frames with at least one pixel
     ignored_pixels: int = 0  # label pixels of no class (void), frames without problems
     recordings: Counter = field(default_factory=Counter)  # recording -> frames
-    # (image, digest of its pixels) of every readable frame, in order.
+    # (image, digest of its pixels) and (image, difference_hash) of every readable frame.
     frame_digests: list[tuple[str, str]] = field(default_factory=list)
+    frame_hashes: list[tuple[str, np.ndarray]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     stopped_early: bool = False  # stopped after ``stop_after`` problems
 
@@ -118,6 +164,7 @@ class DatasetSurvey:
         digest = hashlib.blake2b(image.tobytes(), digest_size=16)
         digest.update(repr(image.shape).encode())
         self.frame_digests.append((name, digest.hexdigest()))
+        self.frame_hashes.append((name, difference_hash(image)))
         if group is not None:
             self.recordings[group] += 1
         if label is not None:
@@ -261,6 +308,17 @@ def _leak_warnings(train: DatasetSurvey, val: DatasetSurvey) -> list[str]:
             f"validation frames that are also training frames (the same pixels): "
             f"{len(shared)} of {val.frames} (e.g. {example}); scores on them measure what "
             "the model remembers, not how it does on new images"
+        )
+    exact = {name for name, _ in shared}
+    fresh = [(name, hashed) for name, hashed in val.frame_hashes if name not in exact]
+    alike = near_repeats(fresh, train.frame_hashes, NEAR_REPEAT_BITS)
+    if alike:
+        name, twin, bits = alike[0]
+        warnings.append(
+            f"validation frames that nearly repeat a training frame (the same view a moment "
+            f"apart: difference hashes within {NEAR_REPEAT_BITS} of 256 bits): {len(alike)} of "
+            f"{val.frames} (e.g. {name} ~ {twin}, {bits} bits); frames split at random from "
+            "one video flatter validation scores: split by video or place"
         )
     common = sorted(set(train.recordings) & set(val.recordings))
     if common and val.recording_kind:
