@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ddrnet.cli import main
 from ddrnet.pick import Candidate, choose, uncertainty
@@ -106,3 +107,30 @@ def test_live_sources_and_an_output_among_the_inputs_are_refused(
     folder = str(camvid_root / "val")
     error = one_line_cli_error(capsys, ["pick", folder, "-o", folder])
     assert "is the input folder" in error
+
+
+def test_what_the_audit_found(
+    camvid_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, caplog
+) -> None:
+    from ddrnet.predict import unique_stems
+
+    assert unique_stems(["a", "a", "a_1"]) == ["a", "a_2", "a_1"]  # no name given twice
+    frame = sorted((camvid_root / "val").glob("*.png"))[0]
+    for folder, name in (("d1", "a.png"), ("d2", "a.png"), ("d3", "a_1.png")):
+        (tmp_path / folder).mkdir()
+        shutil.copy(frame, tmp_path / folder / name)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "d3" / "tiny.png")
+    (tmp_path / "broken.avi").write_bytes(b"not a video" * 50)
+    out = tmp_path / "out"
+    inputs = [str(tmp_path / d) for d in ("d1", "d2", "d3")]
+    argv = ["pick", *inputs, inputs[0], str(tmp_path / "broken.avi"), "-o", str(out), "--gap", "0"]
+    assert main(argv) == 0
+    assert "3 frames scored" in capsys.readouterr().out  # d1 given twice counts once
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_1.png", "a_2.png", "picks.json"]
+    files = [p["file"] for p in json.loads((out / "picks.json").read_text())["picked"]]
+    assert sorted(files) == ["a.png", "a_1.png", "a_2.png"]
+    logged = caplog.text
+    assert "tiny.png: 8x8, too small to label" in logged and "skipped " in logged
+    assert "broken.avi" in logged
+    error = one_line_cli_error(capsys, ["pick", inputs[0], "-o", str(out)])
+    assert "holds files already; pick into a new or empty folder" in error

@@ -23,15 +23,17 @@ import torch
 from tqdm import tqdm
 
 from ddrnet.atomic import atomic_copy, atomic_write_text
-from ddrnet.data.io import read_rgb, write_png
+from ddrnet.data.io import image_size, read_rgb, write_png
 from ddrnet.engine.predictor import Predictor
 from ddrnet.errors import DDRNetError, UsageError, user_error_message
+from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels
 from ddrnet.predict import check_output_folder, expand_inputs, unique_stems
 from ddrnet.video import VideoSource, is_camera_or_stream, source_stem
 
 logger = logging.getLogger(__name__)
 
 PICKS_FILE = "picks.json"
+MIN_SIDE = 64  # pixels: smaller images are no street frames to label (and score as unsure)
 
 
 @dataclass(frozen=True)
@@ -54,30 +56,50 @@ def uncertainty(confidence: torch.Tensor) -> float:
     return float(1.0 - confidence.double().mean())
 
 
-def _image_candidates(predictor: Predictor, images: Sequence[Path]) -> Iterator[Candidate]:
-    """Each readable image scored; unreadable ones named in the log and left out."""
-    folders: dict[Path, int] = {}
+def _image_positions(images: Sequence[Path]) -> list[tuple[str, int]]:
+    """Each image's group (its folder) and place there, in name order."""
+    folders: dict[Path, list[str]] = {}
     for path in images:
-        position = folders.get(path.parent, 0)
-        folders[path.parent] = position + 1
+        folders.setdefault(path.parent, []).append(path.name)
+    order = {folder: sorted(names) for folder, names in folders.items()}
+    return [(str(path.parent), order[path.parent].index(path.name)) for path in images]
+
+
+def _image_candidates(predictor: Predictor, images: Sequence[Path]) -> Iterator[Candidate]:
+    """Each readable image scored; unreadable, oversized and tiny ones named in the log and
+    left out (the size read from the file's header, before its pixels are decoded)."""
+    for path, (group, position) in zip(images, _image_positions(images), strict=True):
         try:
+            width, height = image_size(path)
+            check_pixels(str(path), width, height, DEFAULT_MAX_PIXELS)
+            if min(width, height) < MIN_SIDE:
+                logger.warning("skipped %s: %dx%d, too small to label", path, width, height)
+                continue
             pixels = torch.from_numpy(read_rgb(path)).permute(2, 0, 1)[None]
             _, confidence = predictor.class_ids_and_confidence(pixels)
         except DDRNetError as error:
             logger.warning("skipped: %s", user_error_message(error))
             continue
-        yield Candidate(str(path), None, str(path.parent), position, uncertainty(confidence[0]))
+        yield Candidate(str(path), None, group, position, uncertainty(confidence[0]))
 
 
 def _video_candidates(predictor: Predictor, video: str, every: int) -> Iterator[Candidate]:
     """Every ``every``-th frame of a video file, scored."""
     with VideoSource(video, drop_frames="no") as source:
+        check_pixels(video, source.width, source.height, DEFAULT_MAX_PIXELS)
+        decoded = 0
         for index, frame in source.frames():
+            decoded += 1
             if index % every:
                 continue
             pixels = torch.from_numpy(frame).permute(2, 0, 1)[None]
             _, confidence = predictor.class_ids_and_confidence(pixels)
             yield Candidate(video, index, video, index, uncertainty(confidence[0]))
+        if source.frame_count and decoded < source.frame_count:
+            logger.warning(
+                "%s: %d of its %d frames could be decoded (a damaged or cut-off file?)",
+                video, decoded, source.frame_count,
+            )  # fmt: skip
 
 
 def score_frames(
@@ -87,15 +109,19 @@ def score_frames(
     every: int = 1,
     progress: bool = False,
 ) -> list[Candidate]:
-    """Every image and every ``every``-th frame of each video file, scored by ``predictor``."""
-    candidates = []
+    """Every image and every ``every``-th frame of each video file, scored by ``predictor``;
+    a video that cannot be read is named in the log and the others go on."""
+    candidates: list[Candidate] = []
     with tqdm(desc="pick", unit="frame", disable=not progress) as bar:
-        streams = [_image_candidates(predictor, images)]
-        streams += [_video_candidates(predictor, video, every) for video in videos]
-        for stream in streams:
-            for candidate in stream:
-                candidates.append(candidate)
-                bar.update()
+        streams = [("images", _image_candidates(predictor, images))]
+        streams += [(video, _video_candidates(predictor, video, every)) for video in videos]
+        for source, stream in streams:
+            try:
+                for candidate in stream:
+                    candidates.append(candidate)
+                    bar.update()
+            except DDRNetError as error:  # VideoSourceError, InputTooLargeError
+                logger.warning("skipped %s: %s", source, user_error_message(error))
     return candidates
 
 
@@ -163,6 +189,26 @@ def write_picks(
     return [output / name for name in names]
 
 
+def _prepare_output(output: Path) -> None:
+    """Make ``output``, refusing one that holds files: a pick never overwrites, and a folder
+    of earlier picks beside new ones would be labelled as one."""
+    if output.is_dir() and any(output.iterdir()):
+        raise UsageError(f"-o {output} holds files already; pick into a new or empty folder")
+    output.mkdir(parents=True, exist_ok=True)
+
+
+def _distinct(items: Sequence, key) -> list:
+    """``items`` without repeats of the same file (by resolved path), in order."""
+    seen: set[Path] = set()
+    kept = []
+    for item in items:
+        resolved = key(item).resolve()
+        if resolved not in seen:
+            seen.add(resolved)
+            kept.append(item)
+    return kept
+
+
 def pick_frames(
     predictor: Predictor,
     inputs: Sequence[str],
@@ -173,14 +219,16 @@ def pick_frames(
     progress: bool = False,
 ) -> tuple[list[Candidate], list[Candidate]]:
     """Score ``inputs`` (images, folders, globs, video files; as ``ddrnet predict`` takes
-    them, without cameras and streams, which cannot be read twice), choose ``count`` frames
-    (``choose``) and write them to ``output`` (``write_picks``). Returns every candidate
-    and the chosen ones."""
+    them, without cameras and streams, which cannot be read twice; a file given twice counts
+    once), choose ``count`` frames (``choose``) and write them to ``output``, a new or empty
+    folder (``write_picks``). Returns every candidate and the chosen ones."""
     live = [item for item in inputs if is_camera_or_stream(item)]
     if live:
         raise UsageError(f"{live[0]}: pick reads files, a camera or stream cannot be read twice")
     images, videos = expand_inputs(inputs)
+    images, videos = _distinct(images, Path), _distinct(videos, Path)
     check_output_folder(Path(output), inputs, images + [Path(v) for v in videos])
+    _prepare_output(Path(output))  # before the scoring: refused now, not in an hour
     candidates = score_frames(predictor, images, videos, every, progress)
     if not candidates:
         raise UsageError("no input frame could be read")

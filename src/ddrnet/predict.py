@@ -345,11 +345,18 @@ def _predict_images(
 
 
 def unique_stems(stems: Iterable[str]) -> list[str]:
-    """Output names from stems; a repeated stem (same name in two folders) gets a suffix."""
-    seen: dict[str, int] = {}
+    """Output names from stems; a repeated stem (same name in two folders) gets the first
+    suffix ``_1``, ``_2``, ... that is no other stem or name given (``a``, ``a``, ``a_1`` ->
+    ``a``, ``a_2``, ``a_1``)."""
+    stems = list(stems)
+    given = set(stems)
+    used: set[str] = set()
     unique = []
     for stem in stems:
-        count = seen.get(stem, 0)
-        seen[stem] = count + 1
-        unique.append(stem if count == 0 else f"{stem}_{count}")
+        name, count = stem, 0
+        while name in used or (count and name in given):
+            count += 1
+            name = f"{stem}_{count}"
+        used.add(name)
+        unique.append(name)
     return unique

@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{rank:>4}  {candidate.uncertainty:.3f}  {where}")
     if len(chosen) > SHOWN:
         print(f"   ... and {len(chosen) - SHOWN} more")
-    if len(chosen) < args.count:
+    if len(chosen) < min(args.count, len(candidates)):
         print(f"only {len(chosen)} frames lie --gap {args.gap} apart; lower it for more")
+    elif len(chosen) < args.count:
+        print(f"only {len(candidates)} frames were scored")
     return 0

@@ -62,6 +62,7 @@ def near_repeats(
     """``(frame, its nearest other, bits apart)`` for each of ``frames`` whose difference
     hash lies within ``bits`` of one of ``others``' (named hashes, as ``frame_hashes``);
     featureless pictures (``FEATURELESS_BITS``) are left out."""
+
     def featured(named: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
         return [(n, h) for n, h in named if np.bitwise_count(h).sum() >= FEATURELESS_BITS]
 
