@@ -191,8 +191,10 @@ def test_inputs_that_match_nothing_are_named(tmp_path) -> None:
     with pytest.raises(ValueError, match="matches no files"):
         expand_inputs([str(tmp_path / "*.jpg")])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="contains no images"):
+    with pytest.raises(ValueError, match="contains no images or videos"):
         expand_inputs([str(tmp_path / "empty")])
+    (tmp_path / "empty" / "drive.mp4").write_bytes(b"")  # a folder's videos are inputs too
+    assert expand_inputs([str(tmp_path / "empty")]) == ([], [str(tmp_path / "empty/drive.mp4")])
 
 
 def test_cli_predict_exit_status_reports_failures(

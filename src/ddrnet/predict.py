@@ -69,7 +69,8 @@ class PredictionSummary:
 def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
     """Split command-line inputs into image files and video sources.
 
-    Each input may be an image file, a folder (its images, sorted, not recursive), a glob
+    Each input may be an image file, a folder (its images and videos, sorted, not
+    recursive), a glob
     pattern, a video file, ``camera:N`` for camera N, or a stream's URL (``rtsp://...``, any
     of ``ddrnet.video.STREAM_SCHEMES``). Raises ``PredictionInputError`` for an input that
     matches nothing.
@@ -82,11 +83,16 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
             videos.append(item)
         elif path.is_dir():
             found = image_files(path)
-            if not found:
+            found_videos = sorted(
+                str(p) for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+            )
+            if not found and not found_videos:
+                suffixes = ", ".join(sorted(IMAGE_SUFFIXES) + sorted(VIDEO_SUFFIXES))
                 raise PredictionInputError(
-                    f"folder {path} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                    f"folder {path} contains no images or videos ({suffixes})"
                 )
             images += found
+            videos += found_videos
         elif path.is_file():
             (videos.append(item) if path.suffix.lower() in VIDEO_SUFFIXES else images.append(path))
         elif any(char in item for char in "*?["):
