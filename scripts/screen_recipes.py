@@ -16,7 +16,10 @@ it stopped when the same command is given again; a finished one is only summaris
 variant: the epochs done, the 0006R0 mIoU of the last evaluation, the mean of the last three
 evaluations (the run-to-run spread of one evaluation is a point or more: compare means, and
 two seeds of the baseline), the training minutes and the per-class IoU of the last
-evaluation. Two CPU runs side by side at one thread each use two cores best; on a GPU, give
+evaluation. When every run has finished, each ``last.pt`` is scored on 0006R0 once more
+with ``ddrnet eval --ci`` (``OUT/NAME/heldout.json``), the others ``--compare``-d with the first
+variant: the summary then gives each mIoU's 95% bootstrap interval over the 101 frames and
+each difference to the first variant with its paired interval (``--no-intervals``: not). Two CPU runs side by side at one thread each use two cores best; on a GPU, give
 ``--device cuda`` and loader ``--workers``.
 """
 
@@ -87,7 +90,8 @@ def run_variant(args: argparse.Namespace, name: str, overrides: list[str]) -> in
     print(f"{name}: exit {code}", flush=True)
     with SUMMARY_LOCK:  # the table so far, readable while the other runs go on
         write_summary(
-            args.out, [summarise(n, o, read_metrics(args.out / n)) for n, o in args.variant]
+            args.out,
+            [summarise(args.out / n, o, read_metrics(args.out / n)) for n, o in args.variant],
         )
     return code
 
@@ -99,8 +103,10 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def summarise(name: str, overrides: list[str], records: list[dict[str, Any]]) -> dict[str, Any]:
-    """One variant's figures from its metrics.jsonl (``val_*`` keys are 0006R0 here)."""
+def summarise(run: Path, overrides: list[str], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One variant's figures from its metrics.jsonl (``val_*`` keys are 0006R0 here) and,
+    once written, its heldout.json (``interval_reports``)."""
+    name = run.name
     evaluated = [r for r in records if "val_mIoU" in r]
     summary: dict[str, Any] = {
         "variant": name,
@@ -108,6 +114,14 @@ def summarise(name: str, overrides: list[str], records: list[dict[str, Any]]) ->
         "epochs": records[-1]["epoch"] if records else 0,
         "minutes": round(sum(r.get("epoch_seconds", 0) for r in records) / 60, 1),
     }
+    report = fresh_report(run)
+    if report is not None:  # interval_reports' figures
+        scores = json.loads(report.read_text())
+        low_high = scores.get("interval", {})
+        summary["interval"] = [low_high.get("low"), low_high.get("high")]
+        if "comparison" in scores:
+            difference = scores["comparison"]
+            summary["difference"] = [difference[k] for k in ("value", "low", "high")]
     if evaluated:
         last3 = [r["val_mIoU"] for r in evaluated[-3:]]
         summary.update(
@@ -122,12 +136,18 @@ def summarise(name: str, overrides: list[str], records: list[dict[str, Any]]) ->
 def write_summary(out: Path, summaries: list[dict[str, Any]]) -> None:
     (out / "summary.json").write_text(json.dumps(summaries, indent=2))
     classes = next((list(s["per_class"]) for s in summaries if "per_class" in s), [])
-    header = ["variant", "epochs", "min", "0006R0", "mean last 3", *classes]
+    first = summaries[0]["variant"] if summaries else ""
+    header = ["variant", "epochs", "min", "0006R0", "mean last 3", "95% interval"]
+    header += [f"vs {first} (95%)", *classes]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in summaries:
         per_class = [f"{s['per_class'][c]:.1f}" for c in classes] if "per_class" in s else []
         cells = [s["variant"], str(s["epochs"]), str(s["minutes"])]
         cells += [str(s.get("heldout_mIoU", "")), str(s.get("heldout_mIoU_mean_last3", ""))]
+        low, high = s.get("interval", [None, None])
+        cells.append(f"{low:.2f} to {high:.2f}" if low is not None else "")
+        value, low, high = s.get("difference", [None, None, None])
+        cells.append(f"{value:+.2f} ({low:+.2f} to {high:+.2f})" if value is not None else "")
         lines.append("| " + " | ".join(cells + per_class) + " |")
     overrides = [
         f"- {s['variant']}: `{shlex.join(s['overrides']) or '(the recipe)'}`" for s in summaries
@@ -136,6 +156,39 @@ def write_summary(out: Path, summaries: list[dict[str, Any]]) -> None:
         ["# Held-out screen (train 0001TP + 0016E5, score 0006R0)", "", *lines, "", *overrides]
     )
     (out / "summary.md").write_text(text + "\n")
+
+
+def fresh_report(run: Path) -> Path | None:
+    """``run/heldout.json`` if it was written after the run's last checkpoint, else None
+    (a run resumed for more epochs needs scoring again)."""
+    report, checkpoint = run / "heldout.json", run / "last.pt"
+    if not report.is_file() or not checkpoint.is_file():
+        return None
+    return report if report.stat().st_mtime >= checkpoint.stat().st_mtime else None
+
+
+def interval_reports(args: argparse.Namespace, names: list[str]) -> None:
+    """Score each finished variant's last.pt on 0006R0 with ``ddrnet eval --ci`` into
+    ``OUT/NAME/heldout.json``, the variants after the first ``--compare``-d with it (the same
+    frames, paired draws); a report already there is kept."""
+    reference = args.out / names[0] / "heldout.json"
+    for name in names:
+        run = args.out / name
+        records = read_metrics(run)
+        done = records and records[-1]["epoch"] >= args.epochs and (run / "last.pt").is_file()
+        if not done or fresh_report(run) is not None:
+            continue
+        command = [
+            sys.executable, "-m", "ddrnet.cli", "eval", str(run / "last.pt"), "--root",
+            str(args.data), "--split", "train", "--sequences", "0006R0", "--ci",
+            "--device", args.device, "--json", str(run / "heldout.json"),
+        ]  # fmt: skip
+        if name != names[0] and reference.is_file():
+            command += ["--compare", str(reference)]
+        with (run / "screen.log").open("a") as log:
+            log.write(f"\n$ {shlex.join(command)}\n")
+            log.flush()
+            subprocess.call(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="loader workers per run")
     parser.add_argument("--max-minutes", type=float, help="each run stops (resumable) after this")
     parser.add_argument("--common", nargs="*", default=[], help="overrides for every variant")
+    parser.add_argument("--no-intervals", action="store_true",
+                        help="skip the bootstrap intervals of the finished runs")  # fmt: skip
     args = parser.parse_args(argv)
     names = [name for name, _ in args.variant]
     if len(set(names)) != len(names):
@@ -161,7 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     args.data = args.data.resolve()
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         codes = list(pool.map(lambda v: run_variant(args, *v), args.variant))
-    write_summary(args.out, [summarise(n, o, read_metrics(args.out / n)) for n, o in args.variant])
+    if not args.no_intervals:
+        interval_reports(args, names)
+    write_summary(
+        args.out, [summarise(args.out / n, o, read_metrics(args.out / n)) for n, o in args.variant]
+    )
     print((args.out / "summary.md").read_text())
     return 1 if any(codes) else 0
 
