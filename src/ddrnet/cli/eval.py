@@ -39,41 +39,63 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "checkpoint", help="model file (.safetensors, .pt or .pth), or an exported .onnx file"
     )
     parser.add_argument("--model", help="architecture, for checkpoints without metadata")
-    parser.add_argument("--dataset", choices=["camvid", "cityscapes", "coco_stuff", "folder"])
-    parser.add_argument("--root", help="data set folder")
-    parser.add_argument("--classes-file", help="folder data sets: the classes file")
-    parser.add_argument("--split", default="val")
-    parser.add_argument(
+    _add_data_options(parser.add_argument_group("data set"))
+    _add_inference_options(parser.add_argument_group("inference"))
+    _add_measure_options(
+        parser.add_argument_group("also measure (each adds a section to the output and the JSON)")
+    )
+    output = parser.add_argument_group("output")
+    output.add_argument("--json", type=PATH, help="write the metrics (key 'mIoU') to this file")
+    output.add_argument(
+        "--submission",
+        type=PATH,
+        help="Cityscapes: write labelId PNGs for the evaluation server here",
+    )
+    parser.set_defaults(handler=run)
+
+
+def _add_data_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--dataset", choices=["camvid", "cityscapes", "coco_stuff", "folder"])
+    group.add_argument("--root", help="data set folder")
+    group.add_argument("--classes-file", help="folder data sets: the classes file")
+    group.add_argument("--split", default="val")
+    group.add_argument(
         "--sequences", nargs="+", help="CamVid: only frames of these sequences (e.g. 0006R0)"
     )
-    add_scales_option(parser)
-    parser.add_argument("--flip", action="store_true", help="add horizontally flipped passes")
-    parser.add_argument("--window", type=parse_size, help="sliding window HEIGHTxWIDTH")
-    parser.add_argument("--batch-size", type=POSITIVE_INT, default=1)
-    add_amp_option(parser)
-    parser.add_argument("--device", default="auto")
-    add_runtime_option(parser)
-    parser.add_argument("--max-images", type=POSITIVE_INT, help="only the first N images")
-    parser.add_argument(
+    group.add_argument("--max-images", type=POSITIVE_INT, help="only the first N images")
+
+
+def _add_inference_options(group: argparse._ArgumentGroup) -> None:
+    add_scales_option(group)
+    group.add_argument("--flip", action="store_true", help="add horizontally flipped passes")
+    group.add_argument("--window", type=parse_size, help="sliding window HEIGHTxWIDTH")
+    group.add_argument("--batch-size", type=POSITIVE_INT, default=1)
+    add_amp_option(group)
+    group.add_argument("--device", default="auto")
+    add_runtime_option(group)
+
+
+def _add_measure_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
         "--details",
         action="store_true",
         help="also boundary IoU (the edges alone) and the share of small, medium and large "
         "objects found, per class (about 20 ms more a 480x360 frame on a CPU)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--confidence",
         action="store_true",
         help="also whether the confidence can be trusted: expected calibration error, the "
         "accuracy of the pixels above confidence thresholds, per-class confidence against "
         "precision",
     )
-    parser.add_argument(
+    group.add_argument(
         "--by-recording",
         action="store_true",
         help="also the scores of each recording (CamVid sequence, Cityscapes city): a split "
         "that holds streets the model saw and one it never saw shows both",
     )
-    parser.add_argument(
+    group.add_argument(
         "--flicker",
         action="store_true",
         help="also the flicker: with the frames taken in order as videos (one per CamVid "
@@ -81,60 +103,53 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "same between consecutive frames but whose prediction changes (CamVid val is a 15 Hz "
         "clip)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--smooth",
         type=OPEN_FRACTION,
         metavar="WEIGHT",
         help="predict as `ddrnet predict --smooth WEIGHT` does (the frames in order, each "
         "blended with the ones before along the optical flow); implies --flicker",
     )
-    parser.add_argument(
+    group.add_argument(
         "--worst",
         type=POSITIVE_INT,
         metavar="N",
         help="also the N frames of lowest mIoU, each with its weakest classes (--json: every "
         "frame's scores)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--show",
         type=PATH,
         metavar="FOLDER",
         help="with --worst: pictures of those frames in FOLDER: label, prediction, and the "
         "pixels predicted wrong",
     )
-    parser.add_argument(
+    group.add_argument(
         "--ci",
         action="store_true",
         help="also the 95%% bootstrap interval of the mIoU over the frames (--json: with "
         "every frame's counts, for a later --compare)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--compare",
         type=PATH,
         metavar="JSON",
         help="the mIoU difference to the model of this `ddrnet eval --ci --json` report, on "
         "the same frames, with its 95%% paired bootstrap interval; implies --ci",
     )
-    parser.add_argument(
+    group.add_argument(
         "--corruptions",
         nargs="+",
         metavar="NAME",
         help="also the mIoU under camera corruptions (ImageNet-C's, and 'dark'): "
         f"{', '.join(CORRUPTIONS)}, or 'all'; the same corrupted frames for every model",
     )
-    parser.add_argument(
+    group.add_argument(
         "--severities",
         nargs="+",
         type=SEVERITY,
         help="with --corruptions: the severities, 1 (mild) to 5 (default: all five)",
     )
-    parser.add_argument("--json", type=PATH, help="write the metrics (key 'mIoU') to this file")
-    parser.add_argument(
-        "--submission",
-        type=PATH,
-        help="Cityscapes: write labelId PNGs for the evaluation server here",
-    )
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
