@@ -290,9 +290,8 @@ def _intervals(args: argparse.Namespace, frames, other_counts) -> dict:
     """Print the mIoU's bootstrap interval (and the difference to ``--compare``'s); their
     JSON sections."""
     from ddrnet.engine.bootstrap import bootstrap_miou, paired_difference
-    from ddrnet.engine.frame_scores import PREDICTED
 
-    counts = frames.counts[:, :, : PREDICTED + 1].numpy()
+    counts = frames.class_counts().numpy()
     interval = bootstrap_miou(counts)
     percent = f"{100 * interval.level:g}%"
     print(

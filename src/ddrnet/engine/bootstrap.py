@@ -17,6 +17,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+
+from ddrnet.engine.metrics import class_iou, mean_iou
 
 RESAMPLES = 2000  # enough for the 2.5% and 97.5% percentiles to settle to about 0.1 mIoU
 LEVEL = 0.95
@@ -24,14 +27,11 @@ LEVEL = 0.95
 
 def miou_of_counts(counts: np.ndarray) -> np.ndarray:
     """``(..., C, 3)`` counts (right, labelled, predicted pixels per class, as
-    ``FrameScores.counts``' first columns) summed over frames -> ``(...)`` mIoU in percent,
-    averaged over the classes in the labels or the predictions (``SegmentationMetrics``)."""
-    true, labelled, predicted = (counts[..., k].astype(np.float64) for k in range(3))
-    union = labelled + predicted - true
-    iou = np.divide(true, union, out=np.full_like(true, np.nan), where=union > 0)
-    scored = (union > 0).sum(axis=-1)
-    total = np.nansum(iou, axis=-1)
-    return np.where(scored > 0, 100 * total / np.maximum(scored, 1), np.nan)
+    ``FrameScores.class_counts()``) summed over frames -> ``(...)`` mIoU in percent, as
+    ``SegmentationMetrics`` computes it (``metrics.class_iou``, ``metrics.mean_iou``)."""
+    counts = torch.from_numpy(np.asarray(counts, dtype=np.float64))
+    iou = class_iou(counts[..., 0], counts[..., 1], counts[..., 2])
+    return (100 * mean_iou(iou)).numpy()
 
 
 def resample_weights(frames: int, resamples: int, seed: int) -> np.ndarray:

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ddrnet.config import read_text
-from ddrnet.engine.metrics import confusion_counts, format_cell
+from ddrnet.engine.metrics import class_iou, confusion_counts, format_cell, mean_iou
 from ddrnet.engine.recordings import frame_samples
 from ddrnet.errors import UsageError, parse_error_summary
 
@@ -60,12 +60,10 @@ TRUE, LABELLED, PREDICTED, MISTAKEN, MISTAKEN_AS = range(5)
 
 def _frame_score(index: int, image: Path | None, counts: torch.Tensor) -> FrameScore:
     """The scores of a frame from its ``(C, 5)`` counts (see ``FrameScores``)."""
-    true, labelled, predicted = (counts[:, k].double() for k in (TRUE, LABELLED, PREDICTED))
-    union = labelled + predicted - true
-    iou = torch.where(union > 0, 100 * true / union.clamp(min=1), torch.nan)
-    scored = iou[~iou.isnan()]
+    true, labelled, predicted = (counts[:, k] for k in (TRUE, LABELLED, PREDICTED))
+    iou = 100 * class_iou(true, labelled, predicted)
+    miou = float(mean_iou(iou))  # nan without a labelled pixel: predictions count on those
     total = float(labelled.sum())
-    miou = float(scored.mean()) if scored.numel() and total else math.nan
     accuracy = 100 * float(true.sum()) / total if total else math.nan
     worst = int(counts[:, MISTAKEN].argmax())
     mistake = None
@@ -114,6 +112,11 @@ class FrameScores:
             elif badness > self._kept[0][:2]:
                 heapq.heapreplace(self._kept, entry)
 
+    def class_counts(self) -> torch.Tensor:
+        """``(F, C, 3)``: per frame and class the pixels predicted right, the labelled ones
+        and the predicted ones (what the bootstrap and ``eval --compare`` draw from)."""
+        return self.counts[:, :, : PREDICTED + 1]
+
     def compute(self) -> list[FrameScore]:
         """Every frame's scores, in data set order."""
         return [_frame_score(i, self.images[i], self.counts[i]) for i in range(len(self.images))]
@@ -155,7 +158,7 @@ class FrameScores:
                 "miou": None if math.isnan(s.miou) else s.miou,
                 "pixel_accuracy": None if math.isnan(s.pixel_accuracy) else s.pixel_accuracy,
                 "iou": {n: None if math.isnan(v) else v for n, v in zip(class_names, s.iou)},
-                "counts": self.counts[s.index, :, : PREDICTED + 1].tolist(),
+                "counts": self.class_counts()[s.index].tolist(),
                 "largest_mistake": None
                 if s.mistake is None
                 else {

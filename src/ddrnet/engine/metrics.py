@@ -14,6 +14,21 @@ def ratio_or_nan(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Te
     return torch.where(denominator > 0, numerator / denominator.clamp(min=1), torch.nan)
 
 
+def class_iou(true: torch.Tensor, labelled: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+    """IoU per class (a ratio) from ``(..., C)`` counts of the pixels predicted right, the
+    labelled pixels and the predicted ones (among the labelled): ``nan`` for a class neither
+    labelled nor predicted. The one definition behind the whole set's, each frame's
+    (``frame_scores``) and each bootstrap draw's (``bootstrap``) IoU."""
+    true, labelled, predicted = true.double(), labelled.double(), predicted.double()
+    return ratio_or_nan(true, labelled + predicted - true)
+
+
+def mean_iou(iou: torch.Tensor) -> torch.Tensor:
+    """``(..., C)`` IoU per class -> ``(...)`` their mean over the classes scored (not
+    ``nan``); ``nan`` where none is (the usual convention)."""
+    return iou.nanmean(dim=-1)
+
+
 def percent_or_nan(numerator: torch.Tensor, denominator: torch.Tensor) -> list[float]:
     """``ratio_or_nan`` in percent, as a list of floats (one for 0-d tensors)."""
     return [float(v) * 100 for v in ratio_or_nan(numerator, denominator).reshape(-1)]
@@ -86,14 +101,12 @@ class SegmentationMetrics:
         matrix = matrix.double()
         true_positive = matrix.diag()
         ground_truth = matrix.sum(dim=1)
-        predicted = matrix.sum(dim=0)
-        union = ground_truth + predicted - true_positive
-        iou = ratio_or_nan(true_positive, union)
+        iou = class_iou(true_positive, ground_truth, matrix.sum(dim=0))
         accuracy = ratio_or_nan(true_positive, ground_truth)
         total = matrix.sum()
         return cls(
             iou=[float(v) * 100 for v in iou],
-            miou=float(iou.nanmean()) * 100 if (union > 0).any() else float("nan"),
+            miou=float(mean_iou(iou)) * 100,
             pixel_accuracy=float(true_positive.sum() / total) * 100 if total > 0 else float("nan"),
             mean_accuracy=float(accuracy.nanmean()) * 100
             if (ground_truth > 0).any()
