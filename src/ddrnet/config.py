@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import types
 import typing
 from collections.abc import Sequence
@@ -207,6 +208,16 @@ def read_text(path: str | Path, what: str, error: type[DDRNetError] = ConfigErro
             f"{what} {path}: not UTF-8 text (byte 0x{data[offset]:02x} at offset {offset}: "
             f"{problem.reason}); save it as UTF-8"
         ) from None
+
+
+def read_json(path: str | Path, what: str, error: type[DDRNetError] = ConfigError) -> Any:
+    """The content of the JSON file ``path`` (``read_text``); ``error`` naming it (as ``what
+    PATH``) and where the JSON breaks when it does not parse."""
+    text = read_text(path, what, error)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as problem:
+        raise error(f"{what} {path}: not JSON ({parse_error_summary(problem)})") from None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

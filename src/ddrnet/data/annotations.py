@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 import math
 import warnings
 from collections.abc import Callable
@@ -29,9 +28,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from ddrnet.config import read_text
+from ddrnet.config import read_json
 from ddrnet.data.datasets import DatasetError
-from ddrnet.errors import parse_error_summary
 
 # LabelMe's own defaults in ``shape_to_mask`` (pixels).
 LABELME_LINE_WIDTH = 10
@@ -67,15 +65,6 @@ class AnnotatedImage:
     width: int
     regions: tuple[Region, ...]
     source: Path
-
-
-def read_json(path: Path) -> Any:
-    """A JSON file's content; unreadable or malformed files are a ``DatasetError``."""
-    text = read_text(path, "annotation file", DatasetError)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"{path}: not JSON ({parse_error_summary(error)})") from None
 
 
 def _mask_utils() -> Any:
@@ -212,12 +201,13 @@ def _coco_mask(segmentation: Any, where: str, path: Path) -> Mask:
     return draw
 
 
-def read_coco(path: Path, image_folder: Path) -> tuple[list[str], list[AnnotatedImage]]:
+def coco_images(
+    document: Any, path: Path, image_folder: Path
+) -> tuple[list[str], list[AnnotatedImage]]:
     """The category names (id order) and the images of a COCO file, each image's regions
     ordered by decreasing area (so a small object drawn over a larger one stays visible;
     ties in file order). Images are looked up under ``image_folder`` by their ``file_name``,
     then by its last part (exports often name the tool's own upload folder)."""
-    document = read_json(path)
     if not isinstance(document, dict) or not isinstance(document.get("images"), list):
         raise DatasetError(f"{path}: not a COCO file (no 'images' list)")
     categories = coco_categories(document, path)
@@ -365,24 +355,40 @@ def _decode_mask(data: Any, where: str, path: Path) -> np.ndarray:
 _SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
 
 
-def _embedded_image(data: str, path: Path) -> tuple[bytes, str]:
-    """A LabelMe file's ``imageData``: the encoded image and the suffix of its format."""
+def _embedded_image(data: str, path: Path, height: int, width: int) -> tuple[bytes, str]:
+    """A LabelMe file's ``imageData``: the encoded image and the suffix of its format,
+    checked to be of the annotated size (as ``convert`` checks image files)."""
     try:
         encoded = base64.b64decode(data, validate=True)
         with Image.open(io.BytesIO(encoded)) as image:
-            kind = image.format
+            kind, size = image.format, image.size
     except (binascii.Error, UnidentifiedImageError, OSError, Image.DecompressionBombError):
         raise DatasetError(f"{path}: imageData is not a base64 image") from None
     if kind not in _SUFFIXES:
         raise DatasetError(f"{path}: imageData holds a {kind} image; {sorted(_SUFFIXES)} are read")
+    if size != (width, height):
+        raise DatasetError(
+            f"{path} (imageData): the image is {size[0]}x{size[1]} but annotated as "
+            f"{width}x{height}"
+        )
     return encoded, _SUFFIXES[kind]
 
 
 def read_labelme(path: Path) -> AnnotatedImage:
-    """One LabelMe file: its image (``imagePath`` relative to the file; ``imageData`` when
-    the file is missing) and its shapes in file order (LabelMe paints later shapes over
-    earlier ones)."""
-    document = read_json(path)
+    """``labelme_image`` of the LabelMe file ``path``."""
+    return labelme_image(read_json(path, "annotation file", DatasetError), path)
+
+
+def labelme_labels(images: list[AnnotatedImage]) -> list[str]:
+    """The labels LabelMe images use, sorted (``_background_`` left out: it is the
+    background)."""
+    return sorted({r.label for image in images for r in image.regions} - {LABELME_BACKGROUND})
+
+
+def labelme_image(document: Any, path: Path) -> AnnotatedImage:
+    """The parsed LabelMe file ``path``: its image (``imagePath`` relative to the file;
+    ``imageData`` when the file is missing) and its shapes in file order (LabelMe paints
+    later shapes over earlier ones)."""
     if not isinstance(document, dict) or not isinstance(document.get("shapes"), list):
         raise DatasetError(f"{path}: not a LabelMe file (no 'shapes' list)")
     size = (document.get("imageHeight"), document.get("imageWidth"))
@@ -396,7 +402,7 @@ def read_labelme(path: Path) -> AnnotatedImage:
     if not image.is_file():
         image = None
         if isinstance(document.get("imageData"), str):
-            image_bytes, suffix = _embedded_image(document["imageData"], path)
+            image_bytes, suffix = _embedded_image(document["imageData"], path, *size)
             name = Path(name).stem + suffix
     regions = []
     for index, shape in enumerate(document["shapes"]):
@@ -404,7 +410,7 @@ def read_labelme(path: Path) -> AnnotatedImage:
         label = shape.get("label") if isinstance(shape, dict) else None
         if not isinstance(label, str) or not label.strip():
             raise DatasetError(f"{path}: {where} must be a mapping with a non-empty label")
-        regions.append(Region(shape["label"], _labelme_mask(shape, where, path), where))
+        regions.append(Region(label, _labelme_mask(shape, where, path), where))
     return AnnotatedImage(
         name=name,
         image=image,
@@ -429,5 +435,4 @@ def read_labelme_folder(folder: Path) -> tuple[list[str], list[AnnotatedImage]]:
         replace(image, name=str(p.parent.relative_to(folder) / image.name))
         for p, image in zip(files, images, strict=True)
     ]
-    labels = {r.label for image in images for r in image.regions} - {LABELME_BACKGROUND}
-    return sorted(labels), images
+    return labelme_labels(images), images

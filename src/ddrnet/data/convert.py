@@ -19,7 +19,6 @@ overwritten (a split folder holding files is refused).
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import shutil
@@ -28,16 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ddrnet.atomic import atomic_copy, atomic_write, atomic_write_text
+from ddrnet.config import read_json
 from ddrnet.data.annotations import (
     LABELME_BACKGROUND,
     AnnotatedImage,
-    read_coco,
-    read_json,
-    read_labelme,
+    coco_images,
+    labelme_image,
+    labelme_labels,
     read_labelme_folder,
 )
 from ddrnet.data.datasets import DatasetError
@@ -76,21 +75,19 @@ def read_annotations(
     ``image_folder`` (COCO only) is where the images are; default: the COCO file's folder."""
     if not source.exists():
         raise MissingFileError(f"{source} does not exist")
-    if source.is_dir():
-        if image_folder is not None:
-            raise UsageError("--images is for COCO files; LabelMe files name their own image")
+    document = None if source.is_dir() else read_json(source, "annotation file", DatasetError)
+    labelme_file = isinstance(document, dict) and "shapes" in document
+    if image_folder is not None and (document is None or labelme_file):
+        raise UsageError("--images is for COCO files; LabelMe files name their own image")
+    if document is None:
         return ("labelme", *read_labelme_folder(source))
-    document = read_json(source)
-    if isinstance(document, dict) and "shapes" in document:
-        if image_folder is not None:
-            raise UsageError("--images is for COCO files; LabelMe files name their own image")
-        image = read_labelme(source)
-        labels = {region.label for region in image.regions} - {LABELME_BACKGROUND}
-        return "labelme", sorted(labels), [image]
+    if labelme_file:
+        image = labelme_image(document, source)
+        return "labelme", labelme_labels([image]), [image]
     if isinstance(document, dict) and "images" in document:
         if image_folder is not None and not image_folder.is_dir():
             raise MissingFileError(f"--images: {image_folder} is not a folder")
-        return ("coco", *read_coco(source, image_folder or source.parent))
+        return ("coco", *coco_images(document, source, image_folder or source.parent))
     raise DatasetError(
         f"{source}: neither a COCO file (images, annotations, categories) nor a LabelMe file "
         "(shapes)"
@@ -170,21 +167,15 @@ def paint(image: AnnotatedImage, ids: dict[str, int], fill: int) -> np.ndarray:
 
 
 def _check_image(image: AnnotatedImage) -> None:
-    """The image must be there and of the annotated size (labels drawn for another size
-    would lie about every pixel)."""
-    if image.image is not None:
-        width, height = image_size(image.image)
-        where = str(image.image)
-    else:
-        try:
-            with Image.open(io.BytesIO(image.image_bytes or b"")) as decoded:
-                width, height = decoded.size
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
-            raise DatasetError(f"{image.source}: its imageData is not an image") from None
-        where = f"{image.source} (imageData)"
+    """An image file must be of the annotated size (labels drawn for another size would lie
+    about every pixel); an embedded one was checked when it was read."""
+    if image.image is None:
+        return
+    width, height = image_size(image.image)
     if (height, width) != (image.height, image.width):
         raise DatasetError(
-            f"{where}: the image is {width}x{height} but annotated as {image.width}x{image.height}"
+            f"{image.image}: the image is {width}x{height} but annotated as "
+            f"{image.width}x{image.height}"
         )
 
 

@@ -10,7 +10,6 @@ whether the model or the label is wrong.
 from __future__ import annotations
 
 import heapq
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ddrnet.config import read_text
+from ddrnet.config import read_json
 from ddrnet.engine.metrics import class_iou, confusion_counts, format_cell, mean_iou
 from ddrnet.engine.recordings import frame_samples
-from ddrnet.errors import UsageError, parse_error_summary
+from ddrnet.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -180,11 +179,7 @@ def read_frame_counts(
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"--compare: {path} is not a file")
-    text = read_text(path, "evaluation report", UsageError)
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise UsageError(f"--compare: {path}: not JSON ({parse_error_summary(error)})") from None
+    document = read_json(path, "--compare: evaluation report", UsageError)
     frames = document.get("frames") if isinstance(document, dict) else None
     if not isinstance(frames, list) or not all(
         isinstance(f, dict) and "counts" in f for f in frames
