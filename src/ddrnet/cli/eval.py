@@ -215,7 +215,7 @@ def _check_frame_options(args: argparse.Namespace, dataset, labels):
     """Refuse, before the evaluation, what --show, --ci and --compare cannot do here; the
     ``--compare`` report's per-frame counts (None without it)."""
     from ddrnet.engine.frame_scores import read_frame_counts
-    from ddrnet.engine.recordings import frame_samples
+    from ddrnet.engine.recordings import frame_images
 
     if args.show:
         from ddrnet.viz.errors import check_pictures_folder
@@ -225,8 +225,7 @@ def _check_frame_options(args: argparse.Namespace, dataset, labels):
         raise UsageError("--ci and --compare draw the frames again: they take two frames or more")
     if not args.compare:
         return None
-    images = [sample.image if sample else None for sample in frame_samples(dataset)]
-    return read_frame_counts(args.compare, list(labels.class_names), images)
+    return read_frame_counts(args.compare, list(labels.class_names), frame_images(dataset))
 
 
 def _accumulators(args: argparse.Namespace, dataset, labels) -> tuple[dict, object]:

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from ddrnet.config import read_json
 from ddrnet.engine.metrics import class_iou, confusion_counts, format_cell, mean_iou
-from ddrnet.engine.recordings import frame_samples
+from ddrnet.engine.recordings import frame_images
 from ddrnet.errors import UsageError
 
 
@@ -86,7 +86,7 @@ class FrameScores:
     """
 
     def __init__(self, dataset: Dataset, num_classes: int, ignore_index: int = 255, keep: int = 0):
-        self.images = [sample.image if sample else None for sample in frame_samples(dataset)]
+        self.images = frame_images(dataset)
         self.num_classes, self.ignore_index, self.keep = num_classes, ignore_index, keep
         self.counts = torch.zeros(len(self.images), num_classes, 5, dtype=torch.int64)
         self._kept: list[tuple[float, int, np.ndarray]] = []  # a heap: the best on top

@@ -10,6 +10,8 @@ CamVid's train split.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch.utils.data import Dataset, Subset
 
@@ -33,6 +35,11 @@ def frame_samples(dataset: Dataset) -> list[Sample | None]:
     base, indices = unwrap_subsets(dataset)
     samples = getattr(base, "samples", None)
     return [None if samples is None else samples[i] for i in indices]
+
+
+def frame_images(dataset: Dataset) -> list[Path | None]:
+    """Each frame's image file (``frame_samples``); None for a data set without files."""
+    return [None if sample is None else sample.image for sample in frame_samples(dataset)]
 
 
 def frame_recordings(dataset: Dataset) -> list[str | None]:
