@@ -23,11 +23,11 @@ import torch
 from tqdm import tqdm
 
 from ddrnet.atomic import atomic_copy, atomic_write_text
-from ddrnet.data.io import image_size, read_rgb, write_png
+from ddrnet.data.io import write_png
 from ddrnet.engine.predictor import Predictor
 from ddrnet.errors import DDRNetError, UsageError, user_error_message
 from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels
-from ddrnet.predict import check_output_folder, expand_inputs, unique_stems
+from ddrnet.predict import check_output_folder, expand_inputs, read_image_within, unique_stems
 from ddrnet.video import VideoSource, is_camera_or_stream, source_stem
 
 logger = logging.getLogger(__name__)
@@ -61,8 +61,12 @@ def _image_positions(images: Sequence[Path]) -> list[tuple[str, int]]:
     folders: dict[Path, list[str]] = {}
     for path in images:
         folders.setdefault(path.parent, []).append(path.name)
-    order = {folder: sorted(names) for folder, names in folders.items()}
-    return [(str(path.parent), order[path.parent].index(path.name)) for path in images]
+    place = {
+        folder / name: position
+        for folder, names in folders.items()
+        for position, name in enumerate(sorted(names))
+    }
+    return [(str(path.parent), place[path]) for path in images]
 
 
 def _image_candidates(predictor: Predictor, images: Sequence[Path]) -> Iterator[Candidate]:
@@ -70,12 +74,12 @@ def _image_candidates(predictor: Predictor, images: Sequence[Path]) -> Iterator[
     left out (the size read from the file's header, before its pixels are decoded)."""
     for path, (group, position) in zip(images, _image_positions(images), strict=True):
         try:
-            width, height = image_size(path)
-            check_pixels(str(path), width, height, DEFAULT_MAX_PIXELS)
-            if min(width, height) < MIN_SIDE:
+            image = read_image_within(path)
+            if min(image.shape[:2]) < MIN_SIDE:
+                height, width = image.shape[:2]
                 logger.warning("skipped %s: %dx%d, too small to label", path, width, height)
                 continue
-            pixels = torch.from_numpy(read_rgb(path)).permute(2, 0, 1)[None]
+            pixels = torch.from_numpy(image).permute(2, 0, 1)[None]
             _, confidence = predictor.class_ids_and_confidence(pixels)
         except DDRNetError as error:
             logger.warning("skipped: %s", user_error_message(error))
@@ -197,12 +201,12 @@ def _prepare_output(output: Path) -> None:
     output.mkdir(parents=True, exist_ok=True)
 
 
-def _distinct(items: Sequence, key) -> list:
-    """``items`` without repeats of the same file (by resolved path), in order."""
+def _distinct(items: Sequence[str | Path]) -> list:
+    """``items`` (paths) without repeats of the same file (by resolved path), in order."""
     seen: set[Path] = set()
     kept = []
     for item in items:
-        resolved = key(item).resolve()
+        resolved = Path(item).resolve()
         if resolved not in seen:
             seen.add(resolved)
             kept.append(item)
@@ -226,7 +230,7 @@ def pick_frames(
     if live:
         raise UsageError(f"{live[0]}: pick reads files, a camera or stream cannot be read twice")
     images, videos = expand_inputs(inputs)
-    images, videos = _distinct(images, Path), _distinct(videos, Path)
+    images, videos = _distinct(images), _distinct(videos)
     check_output_folder(Path(output), inputs, images + [Path(v) for v in videos])
     _prepare_output(Path(output))  # before the scoring: refused now, not in an hour
     candidates = score_frames(predictor, images, videos, every, progress)

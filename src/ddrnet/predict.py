@@ -169,13 +169,25 @@ class _ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
-        path = self.paths[index]
         try:
-            width, height = image_size(path)
-            check_pixels(str(path), width, height, self.max_pixels, self.largest_scale)
-            return index, read_rgb(path), None
+            return (
+                index,
+                read_image_within(self.paths[index], self.max_pixels, self.largest_scale),
+                None,
+            )
         except DDRNetError as error:  # ImageReadError, InputTooLargeError
             return index, None, str(error)
+
+
+def read_image_within(
+    path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, largest_scale: float = 1.0
+) -> np.ndarray:
+    """``read_rgb`` of an image whose header says it has at most ``max_pixels`` pixels at
+    ``largest_scale`` (``InputTooLargeError`` naming it otherwise, before its pixels are
+    decoded: a small PNG can hold gigabytes of them)."""
+    width, height = image_size(path)
+    check_pixels(str(path), width, height, max_pixels, largest_scale)
+    return read_rgb(path)
 
 
 def _keep_as_list(batch):
