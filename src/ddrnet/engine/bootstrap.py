@@ -77,6 +77,11 @@ def _interval(value: float, draws: np.ndarray, level: float, frames: int) -> Int
     return Interval(value, low, high, level, frames, int(draws.size))
 
 
+def _drawn_miou(weights: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``(R,)`` mIoU of each draw: ``(R, F)`` frame weights over ``(F, C, 3)`` counts."""
+    return miou_of_counts(np.einsum("rf,fck->rck", weights, counts))
+
+
 def _checked(counts: np.ndarray) -> np.ndarray:
     counts = np.asarray(counts)
     if counts.ndim != 3 or counts.shape[2] < 3 or counts.shape[0] < 2:
@@ -91,7 +96,7 @@ def bootstrap_miou(
     ``resamples`` draws of the frames."""
     counts = _checked(counts)
     weights = resample_weights(counts.shape[0], resamples, seed).astype(np.float64)
-    draws = miou_of_counts(np.einsum("rf,fck->rck", weights, counts))
+    draws = _drawn_miou(weights, counts)
     return _interval(float(miou_of_counts(counts.sum(0))), draws, level, counts.shape[0])
 
 
@@ -109,8 +114,6 @@ def paired_difference(
     if counts.shape != other.shape:
         raise ValueError(f"counts {counts.shape} and {other.shape} are not of the same frames")
     weights = resample_weights(counts.shape[0], resamples, seed).astype(np.float64)
-    draws = miou_of_counts(np.einsum("rf,fck->rck", weights, counts)) - miou_of_counts(
-        np.einsum("rf,fck->rck", weights, other)
-    )
+    draws = _drawn_miou(weights, counts) - _drawn_miou(weights, other)
     value = float(miou_of_counts(counts.sum(0)) - miou_of_counts(other.sum(0)))
     return _interval(value, draws, level, counts.shape[0])
