@@ -265,8 +265,9 @@ def test_ibn_norms_half_the_channels_per_image_in_stages_1_to_3() -> None:
     assert model.backbone.layer1[0].bn1.instance.weight.grad is not None
 
 
-def test_norm_is_validated_and_old_spec_dicts_mean_batch_norm() -> None:
-    from ddrnet.models.ddrnet import SLIM_SPEC, DDRNetSpec
+def test_norm_is_validated_and_old_spec_dicts_mean_batch_norm_and_the_paper_fusion() -> None:
+    from ddrnet.models.ddrnet import SLIM_SPEC
+    from ddrnet.models.spec import DDRNetSpec
 
     with pytest.raises(ValueError, match="norm must be one of batch, group, ibn, got 'layer'"):
         DDRNetSpec(norm="layer")
@@ -286,5 +287,6 @@ def test_norm_is_validated_and_old_spec_dicts_mean_batch_norm() -> None:
     model = ddrnet.create_model(weights=ddrnet.DDRNet23Slim_Weights.CAMVID)
     assert "norm" not in model.metadata.spec and model.spec.norm == "batch"
     assert isinstance(model.backbone.stem[1], torch.nn.BatchNorm2d)
-    with pytest.raises(ValueError, match="give spec or width_multiplier/norm, not both"):
+    assert DDRNetSpec.from_dict(old).fusion == "add" and "fusion" not in model.metadata.spec
+    with pytest.raises(ValueError, match="give spec or width_multiplier/norm/fusion, not both"):
         variant_info("ddrnet_23_slim").builder(spec=SLIM_SPEC, norm="group")

@@ -50,6 +50,7 @@ STRUCTURAL_SETTINGS = (
     ("model", "width_multiplier"),
     ("model", "norm"),
     ("model", "norm_groups"),
+    ("model", "fusion"),
     ("optim", "optimizer"),
 )
 

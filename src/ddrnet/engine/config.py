@@ -12,7 +12,8 @@ from ddrnet.config import ConfigError
 from ddrnet.engine.losses import CLASS_WEIGHTING_METHODS
 from ddrnet.limits import check_scales
 from ddrnet.models import list_models
-from ddrnet.models.ddrnet import NORMS
+from ddrnet.models.fusion import FUSIONS
+from ddrnet.models.spec import NORMS
 
 
 def _require(ok: bool, key: str, rule: str, value: object) -> None:
@@ -39,6 +40,9 @@ class ModelConfig:
     # instance-batch mix in stages 1-3 (DDRNetSpec.norm). The model file records it.
     norm: Literal["batch", "group", "ibn"] = "batch"
     norm_groups: int = 32
+    # How each branch takes in the other's features at a bilateral fusion: "add" (the
+    # paper's), "cbam" or "pixel" (attention; ddrnet.models.fusion). The model file records it.
+    fusion: Literal["add", "cbam", "pixel"] = "add"
 
     def __post_init__(self) -> None:
         names = list_models("segmentation")  # the classifiers are ImageNet backbones
@@ -46,6 +50,7 @@ class ModelConfig:
         _require(_positive(self.width_multiplier), "width_multiplier", "> 0", self.width_multiplier)
         _require(self.norm in NORMS, "norm", f"one of {NORMS}", self.norm)
         _require(self.norm_groups >= 1, "norm_groups", ">= 1", self.norm_groups)
+        _require(self.fusion in FUSIONS, "fusion", f"one of {FUSIONS}", self.fusion)
 
 
 @dataclass

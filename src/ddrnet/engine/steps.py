@@ -35,7 +35,8 @@ from ddrnet.errors import DDRNetError
 from ddrnet.limits import check_training_crop
 from ddrnet.models import create_model, load_weights
 from ddrnet.models.checkpoint import RawCheckpoint, read_checkpoint
-from ddrnet.models.ddrnet import DDRNetSpec, MainAndAuxiliary
+from ddrnet.models.ddrnet import MainAndAuxiliary
+from ddrnet.models.spec import DDRNetSpec
 from ddrnet.models.widths import apply_channel_widths
 
 logger = logging.getLogger("ddrnet.engine.train")  # the run's log lines keep one source
@@ -136,6 +137,7 @@ def build_model(
         width_multiplier=config.model.width_multiplier,
         norm=config.model.norm,
         norm_groups=config.model.norm_groups,
+        fusion=config.model.fusion,
     )
     cfg_data = config.data
     check_training_crop(cfg_data.crop_size, cfg_data.batch_size, model.spec.planes, device, amp)
@@ -145,7 +147,7 @@ def build_model(
             raw = read_checkpoint(config.model.pretrained)
         except DDRNetError as error:  # name the setting, as distill.teacher's errors do
             raise ConfigError(f"model.pretrained={config.model.pretrained}: {error}") from None
-        _check_pretrained_norm(raw, config.model)
+        _check_pretrained_layers(raw, config.model)
         if raw.metadata is not None and raw.metadata.architecture == config.model.name:
             # A channel-pruned file (`ddrnet prune`): fine-tune its narrower layers.
             widths = raw.metadata.channel_widths
@@ -155,11 +157,13 @@ def build_model(
     return model, widths
 
 
-def _check_pretrained_norm(raw: RawCheckpoint, cfg_model: ModelConfig) -> None:
-    """Refuse a ``model.pretrained`` file whose norm layers are not the recipe's: BatchNorm
-    statistics do not load into GroupNorm, and GroupNorm of other group counts computes
-    something else. A file without metadata (an official checkpoint) has BatchNorm."""
-    # The spec's own defaults where the file predates the norm fields.
+def _check_pretrained_layers(raw: RawCheckpoint, cfg_model: ModelConfig) -> None:
+    """Refuse a ``model.pretrained`` file whose norm layers or fusions are not the recipe's:
+    BatchNorm statistics do not load into GroupNorm, GroupNorm of other group counts computes
+    something else, and attention weights have no place in the paper's sum. The other way
+    round is allowed: attention added to a paper-form file starts from its initial values.
+    A file without metadata (an official checkpoint) has BatchNorm and the paper's fusion."""
+    # The spec's own defaults where the file predates the norm and fusion fields.
     recorded = raw.metadata.spec if raw.metadata is not None else {}
     trained = _norm_name(
         recorded.get("norm", DDRNetSpec.norm),
@@ -170,6 +174,12 @@ def _check_pretrained_norm(raw: RawCheckpoint, cfg_model: ModelConfig) -> None:
         raise ConfigError(
             f"model.pretrained {raw.source} was trained with model.norm={trained}; "
             f"the recipe asks for model.norm={asked}"
+        )
+    fusion = recorded.get("fusion", DDRNetSpec.fusion)
+    if fusion not in (DDRNetSpec.fusion, cfg_model.fusion):
+        raise ConfigError(
+            f"model.pretrained {raw.source} was trained with model.fusion={fusion}; "
+            f"the recipe asks for model.fusion={cfg_model.fusion}"
         )
 
 

@@ -12,10 +12,11 @@ from ddrnet.models.checkpoint import (
     save_model,
 )
 from ddrnet.models.complexity import count_macs, count_parameters
-from ddrnet.models.ddrnet import DDRNet, DDRNetClassifier, DDRNetSpec
+from ddrnet.models.ddrnet import DDRNet, DDRNetClassifier
 from ddrnet.models.factory import create_model
 from ddrnet.models.metadata import ModelMetadata
 from ddrnet.models.registry import list_models, register_model, variant_info
+from ddrnet.models.spec import DDRNetSpec
 from ddrnet.models.weights import (
     DDRNet23Slim_Weights,
     WeightsEnum,

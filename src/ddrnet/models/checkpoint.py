@@ -384,6 +384,10 @@ def _check_placed(unknown: list[str], mismatched: list[str], model: nn.Module, s
         )
 
 
+# The keys of an attention fusion module (``ddrnet.models.fusion``) in a bilateral stage.
+_FUSION_ATTENTION = re.compile(r"(^|\.)stages\.\d+\.fuse_(low|high)\.")
+
+
 def _missing_weights(
     expected: dict[str, torch.Tensor],
     result: dict[str, torch.Tensor],
@@ -400,8 +404,18 @@ def _missing_weights(
     if not any(k.startswith(own_task_only) for k in result):
         optional += own_task_only  # a backbone-only transfer (e.g. ImageNet -> segmentation)
     missing = [k for k in expected if k not in result and k not in reinitialised]
+    # Attention added to the bilateral fusions of a paper-form file (``model.fusion`` when
+    # fine-tuning a published checkpoint) starts from its initial values; a file holding
+    # some attention weights but not all is damaged.
+    paper_fusion = not any(_FUSION_ATTENTION.search(k) for k in result)
     absent = [
-        k for k in missing if not (k.startswith(optional) or k.endswith("num_batches_tracked"))
+        k
+        for k in missing
+        if not (
+            k.startswith(optional)
+            or k.endswith("num_batches_tracked")
+            or (paper_fusion and _FUSION_ATTENTION.search(k))
+        )
     ]
     if absent:
         raise CheckpointError(

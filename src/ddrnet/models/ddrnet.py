@@ -1,13 +1,14 @@
 """Deep Dual-Resolution Networks (Hong et al., arXiv 2101.06085): the family, assembled.
 
 This file puts the family together and holds its variant builders, in the manner of timm:
-a frozen ``DDRNetSpec`` describes a topology, ``DualResolutionBackbone`` builds the shared
-trunk and the two branches with their bilateral fusions (``BilateralStage``), ``DDRNet`` adds
-DAPPM and the segmentation heads, and ``DDRNetClassifier`` is the ImageNet form used for
-pre-training. The ``@register_model`` functions at the end (``ddrnet_23_slim``,
+a frozen ``DDRNetSpec`` (``spec.py``) describes a topology, ``DualResolutionBackbone`` builds
+the shared trunk and the two branches with their bilateral fusions (``BilateralStage``),
+``DDRNet`` adds DAPPM and the segmentation heads, and ``DDRNetClassifier`` is the ImageNet
+form used for pre-training. The ``@register_model`` functions at the end (``ddrnet_23_slim``,
 ``ddrnet_23``, ``ddrnet_39`` and their ``_imagenet`` forms) are what ``ddrnet.create_model``
 calls. The parts live beside it, one concept a file: the residual blocks and heads in
-``blocks.py``, DAPPM in ``dappm.py``; ``bn_folding.py`` folds BatchNorm into the
+``blocks.py``, DAPPM in ``dappm.py``, the ways a branch takes in the other's features
+(the paper's sum, or attention) in ``fusion.py``; ``bn_folding.py`` folds BatchNorm into the
 convolutions for deployment. ``DDRNetSpec.norm="group"`` builds every BatchNorm as a
 GroupNorm instead (``blocks.replace_batch_norms``), under the same names.
 
@@ -19,7 +20,6 @@ on sizes that are not multiples of 8).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -37,101 +37,11 @@ from ddrnet.models.blocks import (
     use_instance_batch_norms,
 )
 from ddrnet.models.dappm import DAPPM
+from ddrnet.models.fusion import make_fusion
 from ddrnet.models.metadata import ModelMetadata
 from ddrnet.models.registry import register_model
+from ddrnet.models.spec import DDRNetSpec
 from ddrnet.models.widths import apply_channel_widths
-
-# The normalisation layers a DDRNet can be built with (``DDRNetSpec.norm``).
-NORMS = ("batch", "group", "ibn")
-
-
-@dataclass(frozen=True)
-class DDRNetSpec:
-    """Hyper-parameters that fix a DDRNet topology; every checkpoint records one.
-
-    Attributes:
-        planes: stem width. The high-resolution branch has ``2 * planes`` channels; the low
-            branch has ``2/4/8/16 * planes`` at 1/8, 1/16, 1/32 and 1/64 of the input.
-        blocks: BasicBlocks per stage 1-4 of the low branch; the high branch repeats the
-            stage 3 and 4 counts at 1/8.
-        stage3_splits: 1 for DDRNet-23 (one fusion after stage 3); 2 for DDRNet-39, which splits
-            stage 3 into halves with a bilateral fusion after each.
-        dappm_planes: width of each DAPPM scale.
-        head_planes: width of the 3x3 conv in the segmentation heads.
-        classifier_planes: width of the last 1x1 conv of the ImageNet classifier.
-        norm: ``"batch"`` (BatchNorm, the paper's) or ``"group"``: every BatchNorm becomes a
-            GroupNorm of ``gcd(channels, norm_groups)`` groups, whose statistics come from
-            each image alone, for batches of 1-4 per device; it cannot be folded into the
-            convolutions for deployment. ``"ibn"``: IBN-Net's instance-batch mix
-            (``blocks.InstanceBatchNorm``) as the first norm of every BasicBlock of stages
-            1-3, both branches (IBN-a keeps the last stage batch-normalised), BatchNorm
-            elsewhere; for streets unlike the training ones. Files written before this field
-            load as ``"batch"``.
-        norm_groups: the most groups a GroupNorm has (used only with ``norm="group"``).
-    """
-
-    planes: int = 32
-    blocks: tuple[int, int, int, int] = (2, 2, 2, 2)
-    stage3_splits: int = 1
-    dappm_planes: int = 128
-    head_planes: int = 64
-    classifier_planes: int = 1024
-    norm: str = "batch"
-    norm_groups: int = 32
-
-    def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-        if isinstance(self.norm_groups, bool) or not isinstance(self.norm_groups, int):
-            raise ValueError(f"norm_groups must be an integer, got {self.norm_groups!r}")
-        if self.norm_groups < 1:
-            raise ValueError(f"norm_groups must be at least 1, got {self.norm_groups}")
-        if len(self.blocks) != 4 or any(count < 1 for count in self.blocks):
-            raise ValueError(f"blocks must be four positive counts, got {self.blocks}")
-        if self.blocks[2] % self.stage3_splits:
-            raise ValueError(
-                f"stage 3 has {self.blocks[2]} blocks, which cannot be split into "
-                f"{self.stage3_splits} equal parts"
-            )
-
-    def widened(self, multiplier: float) -> DDRNetSpec:
-        """The same topology with branch and head widths scaled (e.g. DDRNet-39 1.5x)."""
-
-        def scale(channels: int) -> int:
-            return max(8, int(round(channels * multiplier / 8)) * 8)
-
-        return dataclasses.replace(
-            self,
-            planes=scale(self.planes),
-            head_planes=scale(self.head_planes),
-            classifier_planes=scale(self.classifier_planes),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The spec as JSON-ready values. The norm fields are left out at their defaults, so
-        a BatchNorm model's metadata is what it was before they existed (and stays readable
-        by versions that predate them); ``from_dict`` restores the defaults."""
-        values = {**dataclasses.asdict(self), "blocks": list(self.blocks)}
-        for name in _LATER_FIELDS:
-            if values[name] == _DEFAULTS[name]:
-                del values[name]
-        return values
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> DDRNetSpec:
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown DDRNetSpec fields {unknown}; valid: {sorted(known)}")
-        values = dict(values)
-        if "blocks" in values:
-            values["blocks"] = tuple(int(count) for count in values["blocks"])
-        return cls(**values)
-
-
-# Fields added after model files were first written; ``to_dict`` omits them at their defaults.
-_LATER_FIELDS = ("norm", "norm_groups")
-_DEFAULTS = {field.name: field.default for field in dataclasses.fields(DDRNetSpec)}
 
 
 def _upsample_to(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -145,7 +55,8 @@ class BilateralStage(nn.Module):
     The low branch runs ``low`` (possibly strided), the high branch runs ``high`` at 1/8.
     Then, from the pre-fusion outputs of both: high -> low by strided 3x3 conv+BN
     (``high_to_low``, one conv per halving) and low -> high by 1x1 conv+BN and bilinear
-    upsampling (``low_to_high``), each added to the other branch.
+    upsampling (``low_to_high``), each taken in by the other branch: added (the paper), or
+    through attention (``fuse_low`` / ``fuse_high``, ``DDRNetSpec.fusion``).
     """
 
     def __init__(
@@ -157,6 +68,7 @@ class BilateralStage(nn.Module):
         num_blocks: int,
         low_stride: int,
         halvings: int,
+        fusion: str = "add",
     ) -> None:
         super().__init__()
         self.low = make_res_layer(BasicBlock, low_in, low_out, num_blocks, stride=low_stride)
@@ -171,6 +83,8 @@ class BilateralStage(nn.Module):
                 down.append(nn.ReLU(inplace=True))
             channels = out_channels
         self.high_to_low = nn.Sequential(*down)
+        self.fuse_low = make_fusion(fusion, low_out)
+        self.fuse_high = make_fusion(fusion, high_out)
 
     def forward(
         self, low: torch.Tensor, high: torch.Tensor, record: dict[str, torch.Tensor] | None = None
@@ -179,9 +93,16 @@ class BilateralStage(nn.Module):
         high = self.high(F.relu(high))
         if record is not None:
             record["low_before_fusion"], record["high_before_fusion"] = low, high
-        fused_low = low + self.high_to_low(F.relu(high))
-        fused_high = high + _upsample_to(self.low_to_high(F.relu(low)), high)
-        return fused_low, fused_high
+        to_low = self.high_to_low(F.relu(high))
+        to_high = _upsample_to(self.low_to_high(F.relu(low)), high)
+        if record is not None:
+            for branch, fuse, receiver, message in (
+                ("low", self.fuse_low, low, to_low),
+                ("high", self.fuse_high, high, to_high),
+            ):
+                if hasattr(fuse, "message_weight"):  # attention: where it lets the message in
+                    record[f"{branch}_message_weight"] = fuse.message_weight(receiver, message)
+        return self.fuse_low(low, to_low), self.fuse_high(high, to_high)
 
 
 class BackboneOutput(NamedTuple):
@@ -225,11 +146,21 @@ class DualResolutionBackbone(nn.Module):
                 num_blocks=stage3_blocks,
                 low_stride=2 if split == 0 else 1,
                 halvings=1,
+                fusion=spec.fusion,
             )
             for split in range(spec.stage3_splits)
         ]
         stages.append(
-            BilateralStage(planes * 4, planes * 8, high, high, spec.blocks[3], 2, halvings=2)
+            BilateralStage(
+                planes * 4,
+                planes * 8,
+                high,
+                high,
+                spec.blocks[3],
+                2,
+                halvings=2,
+                fusion=spec.fusion,
+            )
         )
         self.stages = nn.ModuleList(stages)
         self.aux_stage_index = spec.stage3_splits - 1
@@ -321,7 +252,9 @@ class DDRNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every intermediate map worth looking at, keyed by name, plus ``logits``.
 
-        Includes both branches before and after each bilateral fusion, the five DAPPM
+        Includes both branches before and after each bilateral fusion (with attention
+        fusions also where each branch lets the other's message in,
+        ``stageN.{low,high}_message_weight``, ``(N, 1, h, w)`` in (0, 1)), the five DAPPM
         scales (``dappm.scale0..4``) and the DAPPM output.
         """
         record: dict[str, torch.Tensor] = {}
@@ -394,24 +327,27 @@ DDRNET39_SPEC = DDRNetSpec(
 )
 
 
+# The spec fields a builder takes as keyword arguments (None: the variant's default).
+SPEC_OPTIONS = ("norm", "norm_groups", "fusion")
+
+
 def _variant_spec(
-    default: DDRNetSpec,
-    spec: DDRNetSpec | None,
-    width_multiplier: float,
-    norm: str | None,
-    norm_groups: int | None,
+    default: DDRNetSpec, spec: DDRNetSpec | None, width_multiplier: float, **options: Any
 ) -> DDRNetSpec:
     """The topology to build: a recorded ``spec`` as is, else ``default`` widened and with
-    the ``norm``/``norm_groups`` asked for (None: the default's)."""
+    the ``SPEC_OPTIONS`` asked for (None: the default's)."""
+    unknown = sorted(set(options) - set(SPEC_OPTIONS))
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments {unknown}")
+    asked = {key: value for key, value in options.items() if value is not None}
     if spec is not None:
-        if width_multiplier != 1.0 or norm is not None or norm_groups is not None:
+        if width_multiplier != 1.0 or asked:
             raise ValueError(
-                "give spec or width_multiplier/norm, not both: a spec records its widths and norm"
+                "give spec or width_multiplier/norm/fusion, not both: a spec records them"
             )
         return spec
     built = default if width_multiplier == 1.0 else default.widened(width_multiplier)
-    asked = {"norm": norm, "norm_groups": norm_groups}
-    return dataclasses.replace(built, **{k: v for k, v in asked.items() if v is not None})
+    return dataclasses.replace(built, **asked)
 
 
 def _segmenter(
@@ -421,11 +357,11 @@ def _segmenter(
     width_multiplier: float = 1.0,
     spec: DDRNetSpec | None = None,
     channel_widths: dict[str, list[int]] | None = None,
-    norm: str | None = None,
-    norm_groups: int | None = None,
+    **options: Any,
 ) -> DDRNet:
-    """A segmentation variant; ``channel_widths`` narrows a channel-pruned model's layers."""
-    topology = _variant_spec(default, spec, width_multiplier, norm, norm_groups)
+    """A segmentation variant; ``channel_widths`` narrows a channel-pruned model's layers;
+    ``options``: ``SPEC_OPTIONS``."""
+    topology = _variant_spec(default, spec, width_multiplier, **options)
     model = DDRNet(topology, num_classes, aux_head)
     return apply_channel_widths(model, channel_widths or {})
 
@@ -436,11 +372,10 @@ def _classifier(
     width_multiplier: float = 1.0,
     spec: DDRNetSpec | None = None,
     channel_widths: dict[str, list[int]] | None = None,
-    norm: str | None = None,
-    norm_groups: int | None = None,
+    **options: Any,
 ) -> DDRNetClassifier:
     """An ImageNet form; it has no auxiliary head, so it takes no ``aux_head``."""
-    topology = _variant_spec(default, spec, width_multiplier, norm, norm_groups)
+    topology = _variant_spec(default, spec, width_multiplier, **options)
     model = DDRNetClassifier(topology, num_classes)
     return apply_channel_widths(model, channel_widths or {})
 

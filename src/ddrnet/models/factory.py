@@ -24,9 +24,9 @@ from ddrnet.models.checkpoint import (
     load_weights,
     read_checkpoint,
 )
-from ddrnet.models.ddrnet import DDRNetSpec
 from ddrnet.models.metadata import ModelMetadata
-from ddrnet.models.registry import list_models, variant_info
+from ddrnet.models.registry import VariantInfo, list_models, variant_info
+from ddrnet.models.spec import DDRNetSpec
 from ddrnet.models.weights import WeightsEnum
 
 
@@ -40,6 +40,7 @@ def create_model(
     width_multiplier: float = 1.0,
     norm: str | None = None,
     norm_groups: int | None = None,
+    fusion: str | None = None,
 ) -> nn.Module:
     """Build a DDRNet variant, optionally with weights.
 
@@ -64,6 +65,9 @@ def create_model(
             self-describing file's recorded norm takes the place of both, so a model trained
             with GroupNorm or IBN is rebuilt with it.
         norm_groups: the most groups of a GroupNorm; None: the variant's, 32.
+        fusion: how the branches take in each other's features: ``"add"`` (the paper's),
+            ``"cbam"`` or ``"pixel"`` (attention; ``ddrnet.models.fusion``). None: the
+            variant's, ``"add"``; a self-describing file's recorded fusion takes its place.
 
     The returned model is in eval mode and carries ``model.metadata`` (a ``ModelMetadata``)
     with classes, palette and normalisation for prediction.
@@ -74,33 +78,21 @@ def create_model(
         checkpoint = weights.path
     raw = read_checkpoint(checkpoint) if checkpoint is not None else None
     metadata = raw.metadata if raw is not None else None
-    if name is None:
-        if metadata is None:
-            raise CheckpointError(
-                "this file does not name its architecture: give a model name (--model on the "
-                "command line, name= in create_model), or use a ddrnet .safetensors file, whose "
-                f"metadata names it; available: {', '.join(list_models())}"
-            )
-        name = metadata.architecture
+    name = name if name is not None else _architecture_named_by(metadata)
     info = variant_info(name)
     if aux_head and info.task != "segmentation":
         raise ValueError(f"{name} is an ImageNet classifier: it has no auxiliary head")
     widened = width_multiplier if width_multiplier != 1.0 else None
     asked = {"width_multiplier": widened, "norm": norm, "norm_groups": norm_groups}
-    kwargs = _builder_kwargs(raw, name, aux_head, asked)
-    classes_asked = num_classes is not None
-    if num_classes is None and metadata is not None:
-        num_classes = metadata.num_classes
-    if num_classes is None and raw is not None:
-        segmentation = info.task == "segmentation"
-        num_classes = checkpoint_num_classes(raw, info.spec.stage3_splits, segmentation)
-    if num_classes is not None:
-        kwargs["num_classes"] = check_num_classes(num_classes)
+    kwargs = _builder_kwargs(raw, name, aux_head, {**asked, "fusion": fusion})
+    classes = num_classes if num_classes is not None else _file_num_classes(raw, info)
+    if classes is not None:
+        kwargs["num_classes"] = check_num_classes(classes)
     if raw is not None:  # before allocating a model the file may not fill
         check_weights_fit(lambda: info.builder(**kwargs), raw)
     model = info.builder(**kwargs)
     if raw is not None:
-        _load_checked(model, raw, classes_from_file=not classes_asked)
+        _load_checked(model, raw, classes_from_file=num_classes is None)
     if (
         metadata is None
         or metadata.num_classes != model.num_classes
@@ -116,6 +108,28 @@ def create_model(
         )
     model.metadata = metadata
     return model.eval()
+
+
+def _architecture_named_by(metadata: ModelMetadata | None) -> str:
+    """The registry name a self-describing file records; other files name none."""
+    if metadata is None:
+        raise CheckpointError(
+            "this file does not name its architecture: give a model name (--model on the "
+            "command line, name= in create_model), or use a ddrnet .safetensors file, whose "
+            f"metadata names it; available: {', '.join(list_models())}"
+        )
+    return metadata.architecture
+
+
+def _file_num_classes(raw: RawCheckpoint | None, info: VariantInfo) -> int | None:
+    """The class count a file holds: from its metadata, else from the shape of its final
+    layer; None without a file (the builder's default)."""
+    if raw is None:
+        return None
+    if raw.metadata is not None:
+        return raw.metadata.num_classes
+    segmentation = info.task == "segmentation"
+    return checkpoint_num_classes(raw, info.spec.stage3_splits, segmentation)
 
 
 def _load_checked(model: nn.Module, raw: RawCheckpoint, classes_from_file: bool) -> None:
@@ -135,10 +149,10 @@ def _builder_kwargs(
     raw: RawCheckpoint | None, name: str, aux_head: bool, topology: dict[str, Any]
 ) -> dict[str, Any]:
     """The builder's keyword arguments but ``num_classes``. A file of this architecture
-    brings its recorded ``spec`` (already widened, with its norm) and ``channel_widths``
-    (pruned layers) in place of ``topology`` (``width_multiplier``, ``norm``,
-    ``norm_groups``; None where not asked). Defaults are left out, so that a builder without
-    an auxiliary head never sees ``aux_head``."""
+    brings its recorded ``spec`` (already widened, with its norm and fusion) and
+    ``channel_widths`` (pruned layers) in place of ``topology`` (``width_multiplier`` and the
+    builders' ``SPEC_OPTIONS``; None where not asked). Defaults are left out, so that a
+    builder without an auxiliary head never sees ``aux_head``."""
     kwargs: dict[str, Any] = {"aux_head": True} if aux_head else {}
     metadata = raw.metadata if raw is not None else None
     if raw is not None and metadata is not None and metadata.architecture == name:

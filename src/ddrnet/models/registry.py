@@ -7,10 +7,10 @@ check. ``ddrnet.create_model(name, ...)`` looks the name up here and calls the b
 the keyword arguments it was given: there is no other way a model gets built.
 
 A builder takes, all optional: ``num_classes``, ``aux_head`` (segmentation only),
-``width_multiplier``, ``norm`` and ``norm_groups`` (``DDRNetSpec``'s: GroupNorm in place of
-BatchNorm), ``spec`` (a topology recorded in a model file, used as is, in place of the last
-three) and ``channel_widths`` (a channel-pruned file's narrower layers,
-``ddrnet.models.widths``).
+``width_multiplier``, ``norm``, ``norm_groups`` and ``fusion`` (``DDRNetSpec``'s: GroupNorm in
+place of BatchNorm, attention in the bilateral fusions), ``spec`` (a topology recorded in a
+model file, used as is, in place of the last four) and ``channel_widths`` (a channel-pruned
+file's narrower layers, ``ddrnet.models.widths``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch import nn
 from ddrnet.errors import DDRNetError
 
 if TYPE_CHECKING:  # ddrnet.py imports this module to register its builders
-    from ddrnet.models.ddrnet import DDRNetSpec
+    from ddrnet.models.spec import DDRNetSpec
 
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 

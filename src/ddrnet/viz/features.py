@@ -202,11 +202,37 @@ def _network_panels(
                         f"stage {name}: {branch}-res branch, {moment} fusion",
                     )
                 )
+        panels += _message_weight_panels(features, index, name, image_height)
     panels.append(feature_panel("low_final", "low-res branch after Bottleneck (DAPPM input)"))
     for index, description in enumerate(DAPPM_SCALES):
         panels.append(feature_panel(f"dappm.scale{index}", f"DAPPM scale {index}: {description}"))
     panels.append(feature_panel("dappm.output", "DAPPM output (context)"))
     panels.append(feature_panel("high_final", "high-res branch after Bottleneck"))
+    return panels
+
+
+def _message_weight_panels(
+    features: dict[str, torch.Tensor], index: int, name: str, image_height: int
+) -> list[Panel]:
+    """With attention fusions (``model.fusion``), a row after the stage's: where each branch
+    let the other's message in, ``(1, 1, h, w)`` weights in (0, 1) drawn as they are."""
+    panels = []
+    for branch, other in (("high", "low"), ("low", "high")):
+        weight = features.get(f"stage{index}.{branch}_message_weight")
+        if weight is not None:
+            title = f"stage {name}: attention, {other}-res to {branch}-res"
+            panels.append(
+                Panel(
+                    f"{title}\n{_resolution(weight, image_height)}",
+                    weight[0, 0].float().cpu().numpy(),
+                    cmap="magma",
+                    vmin=0.0,
+                    vmax=1.0,
+                    colorbar="attention",
+                )
+            )
+    while panels and len(panels) % FEATURE_COLUMNS:
+        panels.append(Panel("", np.zeros((1, 1))))
     return panels
 
 
