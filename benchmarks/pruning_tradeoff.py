@@ -125,7 +125,19 @@ def measure(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def short_names(models: list[str]) -> dict[str, str]:
+    """Each model's file name, with as many parent folders as it takes to tell them apart
+    (three runs' ``best.safetensors`` become ``base/best.safetensors``, ...)."""
+    unique = list(dict.fromkeys(models))
+    for depth in range(1, max(len(Path(m).parts) for m in unique) + 1):
+        names = {m: "/".join(Path(m).parts[-depth:]) for m in unique}
+        if len(set(names.values())) == len(unique):
+            return names
+    return {m: m for m in unique}
+
+
 def report(rows: list[dict]) -> None:
+    names = short_names([r["model"] for r in rows])
     reference = {r["form"]: r["ms_per_frame"] for r in rows if r["model"] == rows[0]["model"]}
     print(f"\n{describe_cpu()}; {torch.get_num_threads()} threads; the first model is the 1.00x")
     header = (
@@ -137,7 +149,7 @@ def report(rows: list[dict]) -> None:
         miou = f"{r['mIoU']:.2f}" if r["mIoU"] is not None else "-"
         speed = reference.get(r["form"], float("nan")) / r["ms_per_frame"]
         print(
-            f"{Path(r['model']).name[:43]:<44}{r['gmacs']:>7.2f}{r['params_m']:>9.2f}"
+            f"{names[r['model']][-43:]:<44}{r['gmacs']:>7.2f}{r['params_m']:>9.2f}"
             f"{r['form']:>15}{miou:>8}{r['ms_per_frame']:>8.1f}{1000 / r['ms_per_frame']:>7.1f}"
             f"{speed:>7.2f}x"
         )
@@ -151,6 +163,7 @@ def report_targets(rows: list[dict]) -> None:
     models = list(dict.fromkeys(r["model"] for r in rows))
     if len(models) < 2:
         return
+    names = short_names(models)
     first = {r["form"]: r for r in rows if r["model"] == models[0]}
     second = [r for r in rows if r["model"] == models[1] and r["form"] in first]
     fastest = min(second, key=lambda r: r["ms_per_frame"])
@@ -159,7 +172,7 @@ def report_targets(rows: list[dict]) -> None:
     speed_up = first[fastest["form"]]["ms_per_frame"] / fastest["ms_per_frame"]
     print(
         f"\nissue 21's targets (set for 2 cores of an AVX2 CPU without VNNI; this run: "
-        f"{describe_cpu()}) for {Path(models[1]).name} against {Path(models[0]).name}:"
+        f"{describe_cpu()}) for {names[models[1]]} against {names[models[0]]}:"
     )
     for text, value, met in (
         ("MACs, at most 0.50 of the first", f"{fraction:.2f}", fraction <= 0.5),
@@ -195,7 +208,8 @@ def plot(rows: list[dict], path: Path) -> None:
     handles = [
         axes.plot([], [], marker, color="grey", linestyle="")[0] for marker in markers.values()
     ]
-    labels = [f"{Path(model).stem} ({gmacs[model]:.2f} GMACs)" for model in markers]
+    names = short_names(list(markers))
+    labels = [f"{names[model]} ({gmacs[model]:.2f} GMACs)" for model in markers]
     axes.legend(handles, labels, fontsize=7, loc="lower center", title="model", title_fontsize=8)
     axes.set_xlabel("ms per 480x360 frame through ddrnet predict (lower is better)")
     axes.set_ylabel("CamVid val mIoU (%)")
