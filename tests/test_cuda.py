@@ -61,6 +61,27 @@ def test_every_variant_on_cuda_matches_the_cpu(name: str) -> None:
     assert (actual - expected).abs().max() <= 1e-4 * expected.abs().max()
 
 
+@pytest.mark.parametrize("fusion", ["cbam", "pixel"])
+def test_attention_fusions_match_the_cpu_and_train_in_float16(fusion: str) -> None:
+    """The attention forms (``model.fusion``) compute on the GPU what they compute on the
+    CPU, and a float16 training pass through them stays finite, gradients included."""
+    model = ddrnet.create_model("ddrnet_23_slim", num_classes=11, aux_head=True, fusion=fusion)
+    randomize_batchnorm(model)
+    model.eval()
+    images = torch.randn(1, 3, 250, 330)
+    with torch.no_grad():
+        expected = model(images)
+        actual = model.cuda()(images.cuda()).cpu()
+    assert (actual - expected).abs().max() <= 1e-4 * expected.abs().max()
+    model.train()
+    with torch.autocast("cuda", torch.float16):
+        main, aux = model.forward_with_aux(torch.randn(2, 3, 128, 160, device="cuda"))
+    assert torch.isfinite(main).all() and torch.isfinite(aux).all()
+    (main.float().mean() + aux.float().mean()).backward()
+    gradients = [p.grad for p in model.parameters() if p.grad is not None]
+    assert gradients and all(torch.isfinite(g).all() for g in gradients)
+
+
 @pytest.mark.parametrize("name", SEGMENTATION)
 def test_official_network_and_ours_agree_on_cuda(name: str) -> None:
     official = official_network(name, augment=True)
