@@ -61,7 +61,7 @@ def test_every_variant_on_cuda_matches_the_cpu(name: str) -> None:
     assert (actual - expected).abs().max() <= 1e-4 * expected.abs().max()
 
 
-@pytest.mark.parametrize("fusion", ["cbam", "pixel"])
+@pytest.mark.parametrize("fusion", ["cbam", "pixel", "transformer"])
 def test_attention_fusions_match_the_cpu_and_train_in_float16(fusion: str) -> None:
     """The attention forms (``model.fusion``) compute on the GPU what they compute on the
     CPU, and a float16 training pass through them stays finite, gradients included."""

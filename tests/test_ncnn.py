@@ -19,6 +19,7 @@ from PIL import Image
 pytest.importorskip("ncnn", reason="ncnn is not installed (pip install 'ddrnet[edge]')")
 pytest.importorskip("pnnx", reason="pnnx is not installed (pip install 'ddrnet[edge]')")
 
+import ddrnet
 from ddrnet.assets import demo_frames
 from ddrnet.data.camvid import camvid
 from ddrnet.deploy.ncnn_export import export_ncnn, frozen_interps
@@ -29,6 +30,7 @@ from ddrnet.engine.inference import normalize
 from ddrnet.engine.predictor import Predictor
 
 from helpers import camvid_model, one_line_cli_error, run_ddrnet
+from official_reference import randomize_batchnorm
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +174,17 @@ def test_upsample_export_gives_logits_at_input_size(model, val_frames, tmp_path)
         scale = float(model(odd).abs().max())
     assert difference < 1e-4 * max(1.0, scale)
     assert tuple(load_ncnn_model(path)(odd).shape) == (1, 11, 361, 479)
+
+
+@pytest.mark.parametrize("fusion", ["cbam", "pixel", "transformer"])
+def test_attention_fusions_export_and_match_at_any_size(fusion, val_frames, tmp_path) -> None:
+    """``model.fusion``'s forms through pnnx: the transformer's pooled context at sizes that
+    are not multiples of its stride (windows cut by the edge), CBAM's pooled gates, pixel
+    attention's channel sum."""
+    torch.manual_seed(0)
+    net = ddrnet.create_model("ddrnet_23_slim", num_classes=11, fusion=fusion)
+    randomize_batchnorm(net, seed=3)
+    path = export_ncnn(net, tmp_path / f"{fusion}.ncnn.param", (96, 128))
+    with torch.no_grad():
+        scale = max(float(net(frame).abs().max()) for frame in val_frames)
+    assert verify_ncnn(net, path, val_frames) < 1e-4 * max(1.0, scale)

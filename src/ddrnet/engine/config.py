@@ -41,8 +41,9 @@ class ModelConfig:
     norm: Literal["batch", "group", "ibn"] = "batch"
     norm_groups: int = 32
     # How each branch takes in the other's features at a bilateral fusion: "add" (the
-    # paper's), "cbam" or "pixel" (attention; ddrnet.models.fusion). The model file records it.
-    fusion: Literal["add", "cbam", "pixel"] = "add"
+    # paper's), "cbam", "pixel" or "transformer" (attention; ddrnet.models.fusion). The model
+    # file records it.
+    fusion: Literal["add", "cbam", "pixel", "transformer"] = "add"
 
     def __post_init__(self) -> None:
         names = list_models("segmentation")  # the classifiers are ImageNet backbones

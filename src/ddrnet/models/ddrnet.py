@@ -37,7 +37,7 @@ from ddrnet.models.blocks import (
     use_instance_batch_norms,
 )
 from ddrnet.models.dappm import DAPPM
-from ddrnet.models.fusion import make_fusion
+from ddrnet.models.fusion import CrossAttentionFusion, make_fusion
 from ddrnet.models.metadata import ModelMetadata
 from ddrnet.models.registry import register_model
 from ddrnet.models.spec import DDRNetSpec
@@ -83,8 +83,10 @@ class BilateralStage(nn.Module):
                 down.append(nn.ReLU(inplace=True))
             channels = out_channels
         self.high_to_low = nn.Sequential(*down)
-        self.fuse_low = make_fusion(fusion, low_out)
-        self.fuse_high = make_fusion(fusion, high_out)
+        # The high branch is at 1/8 of the input, the low one at 1/16 or 1/32 (``halvings``):
+        # a transformer fusion pools its context to 1/64.
+        self.fuse_low = make_fusion(fusion, low_out, context_stride=8 // 2**halvings)
+        self.fuse_high = make_fusion(fusion, high_out, context_stride=8)
 
     def forward(
         self, low: torch.Tensor, high: torch.Tensor, record: dict[str, torch.Tensor] | None = None
@@ -195,7 +197,8 @@ class DualResolutionBackbone(nn.Module):
 
 def _finish(model: nn.Module, spec: DDRNetSpec) -> None:
     """GroupNorm or IBN in place of BatchNorms when ``spec.norm`` asks, then the official
-    initialisation: Kaiming-normal convolutions (fan-out, ReLU gain), unit norm layers."""
+    initialisation: Kaiming-normal convolutions (fan-out, ReLU gain), unit norm layers (but
+    the output norm of a transformer fusion, zero)."""
     if spec.norm == "group":
         replace_batch_norms(model, spec.norm_groups)
     elif spec.norm == "ibn":
@@ -207,6 +210,9 @@ def _finish(model: nn.Module, spec: DDRNetSpec) -> None:
         elif isinstance(layer, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)):
             nn.init.ones_(layer.weight)
             nn.init.zeros_(layer.bias)
+    for layer in model.modules():
+        if isinstance(layer, CrossAttentionFusion):  # starts as the paper's sum
+            nn.init.zeros_(layer.proj[1].weight)
 
 
 class DDRNet(nn.Module):

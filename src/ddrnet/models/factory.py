@@ -66,8 +66,9 @@ def create_model(
             with GroupNorm or IBN is rebuilt with it.
         norm_groups: the most groups of a GroupNorm; None: the variant's, 32.
         fusion: how the branches take in each other's features: ``"add"`` (the paper's),
-            ``"cbam"`` or ``"pixel"`` (attention; ``ddrnet.models.fusion``). None: the
-            variant's, ``"add"``; a self-describing file's recorded fusion takes its place.
+            ``"cbam"``, ``"pixel"`` or ``"transformer"`` (attention;
+            ``ddrnet.models.fusion``). None: the variant's, ``"add"``; a self-describing
+            file's recorded fusion takes its place.
 
     The returned model is in eval mode and carries ``model.metadata`` (a ``ModelMetadata``)
     with classes, palette and normalisation for prediction.

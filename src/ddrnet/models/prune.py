@@ -34,7 +34,7 @@ from torch import nn
 from ddrnet.errors import DDRNetError
 from ddrnet.models.complexity import count_macs, count_parameters
 from ddrnet.models.ddrnet import DDRNet
-from ddrnet.models.fusion import PixelAttentionFusion
+from ddrnet.models.fusion import CrossAttentionFusion, PixelAttentionFusion
 from ddrnet.models.metadata import ModelMetadata
 from ddrnet.models.registry import list_models, variant_info
 from ddrnet.models.widths import CLASS_DEPENDENT_LAYERS, channel_widths
@@ -112,14 +112,16 @@ def _check_prunable(model: nn.Module) -> None:
 
 def _ignored_layers(model: nn.Module) -> list[nn.Module]:
     """The layers whose output channels are not pruned: those that output classes, and the
-    query/key projections of pixel-attention fusions, whose channels are summed into one
-    similarity (torch-pruning's graph does not follow a channel sum; their inputs are still
-    pruned with the branch)."""
+    projections of attention fusions, whose channels are summed into one similarity or split
+    into heads (torch-pruning's graph follows neither; their inputs are still pruned with
+    the branch)."""
     names = dict(model.named_modules())
     ignored = [names[name] for name in CLASS_DEPENDENT_LAYERS if name in names]
     for module in model.modules():
         if isinstance(module, PixelAttentionFusion):
             ignored += [module.query[0], module.key[0]]
+        elif isinstance(module, CrossAttentionFusion):  # heads reshape these channels too
+            ignored += [module.query[0], module.key[0], module.value[0], module.proj[0]]
     return ignored
 
 
@@ -294,7 +296,7 @@ def prune_channels(model: nn.Module, channels: dict[str, Sequence[int]]) -> nn.M
         if not isinstance(layer, nn.Conv2d):
             raise PruningError(f"{name} is a {type(layer).__name__}, not a Conv2d")
         if any(layer is other for other in kept):
-            raise PruningError(f"{name} projects a pixel-attention fusion; it is not pruned")
+            raise PruningError(f"{name} projects an attention fusion; it is not pruned")
         group = graph.get_pruning_group(layer, tp.prune_conv_out_channels, idxs=list(indices))
         group.prune()
     _record_widths(pruned, model, None, "given channels", None, None, None)

@@ -37,9 +37,9 @@ class DDRNetSpec:
             load as ``"batch"``.
         norm_groups: the most groups a GroupNorm has (used only with ``norm="group"``).
         fusion: how each branch takes in the other's features at a bilateral fusion:
-            ``"add"`` (the paper's sum), ``"cbam"`` or ``"pixel"`` (attention, the
-            extension the project's documents name; ``ddrnet.models.fusion``). Files
-            written before this field load as ``"add"``.
+            ``"add"`` (the paper's sum), ``"cbam"``, ``"pixel"`` or ``"transformer"``
+            (attention, the extension the project's documents name;
+            ``ddrnet.models.fusion``). Files written before this field load as ``"add"``.
     """
 
     planes: int = 32
