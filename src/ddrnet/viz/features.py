@@ -93,6 +93,13 @@ class Panel:
     colorbar: str | None = None  # colour-bar label; None draws no bar
 
 
+def _to_row_end(panels: list[Panel]) -> list[Panel]:
+    """``panels`` filled with blanks to the end of their last row, so that the next section
+    starts on a new row (none are added to an empty list)."""
+    blanks = -len(panels) % FEATURE_COLUMNS
+    return panels + [Panel("", np.zeros((1, 1))) for _ in range(blanks)]
+
+
 def _stage_names(count: int) -> list[str]:
     """Paper names of the bilateral stages: '3', '4' (DDRNet-23) or '3a', '3b', '4' (-39)."""
     if count == 2:
@@ -169,9 +176,7 @@ def _output_panels(
                 colorbar="probability",
             )
         )
-    while len(panels) % FEATURE_COLUMNS:
-        panels.append(Panel("", np.zeros((1, 1))))  # blank: sections start on a new row
-    return panels
+    return _to_row_end(panels)
 
 
 def _network_panels(
@@ -231,9 +236,7 @@ def _message_weight_panels(
                     colorbar="attention",
                 )
             )
-    while panels and len(panels) % FEATURE_COLUMNS:
-        panels.append(Panel("", np.zeros((1, 1))))
-    return panels
+    return _to_row_end(panels)
 
 
 def feature_panels(
