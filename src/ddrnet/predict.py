@@ -70,10 +70,9 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
     """Split command-line inputs into image files and video sources.
 
     Each input may be an image file, a folder (its images and videos, sorted, not
-    recursive), a glob
-    pattern, a video file, ``camera:N`` for camera N, or a stream's URL (``rtsp://...``, any
-    of ``ddrnet.video.STREAM_SCHEMES``). Raises ``PredictionInputError`` for an input that
-    matches nothing.
+    recursive), a glob pattern, a video file, ``camera:N`` for camera N, or a stream's URL
+    (``rtsp://...``, any of ``ddrnet.video.STREAM_SCHEMES``). Raises
+    ``PredictionInputError`` for an input that matches nothing.
     """
     images: list[Path] = []
     videos: list[str] = []
@@ -83,9 +82,7 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
             videos.append(item)
         elif path.is_dir():
             found = image_files(path)
-            found_videos = sorted(
-                str(p) for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
-            )
+            found_videos = sorted(str(p) for p in path.iterdir() if p.is_file() and _is_video(p))
             if not found and not found_videos:
                 suffixes = ", ".join(sorted(IMAGE_SUFFIXES) + sorted(VIDEO_SUFFIXES))
                 raise PredictionInputError(
@@ -94,17 +91,22 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
             images += found
             videos += found_videos
         elif path.is_file():
-            (videos.append(item) if path.suffix.lower() in VIDEO_SUFFIXES else images.append(path))
+            (videos.append(item) if _is_video(path) else images.append(path))
         elif any(char in item for char in "*?["):
             matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
             matches = [p for p in matches if p.is_file()]
             if not matches:
                 raise PredictionInputError(f"pattern {item!r} matches no files")
-            images += [p for p in matches if p.suffix.lower() not in VIDEO_SUFFIXES]
-            videos += [str(p) for p in matches if p.suffix.lower() in VIDEO_SUFFIXES]
+            images += [p for p in matches if not _is_video(p)]
+            videos += [str(p) for p in matches if _is_video(p)]
         else:
             raise PredictionInputError(f"input {item!r}: no such file, folder or pattern")
     return images, videos
+
+
+def _is_video(path: Path) -> bool:
+    """Whether ``path`` names a video file by its suffix (``VIDEO_SUFFIXES``, any case)."""
+    return path.suffix.lower() in VIDEO_SUFFIXES
 
 
 def _input_folders(inputs: Sequence[str]) -> list[Path]:
