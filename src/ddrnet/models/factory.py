@@ -84,8 +84,8 @@ def create_model(
     if aux_head and info.task != "segmentation":
         raise ValueError(f"{name} is an ImageNet classifier: it has no auxiliary head")
     widened = width_multiplier if width_multiplier != 1.0 else None
-    asked = {"width_multiplier": widened, "norm": norm, "norm_groups": norm_groups}
-    kwargs = _builder_kwargs(raw, name, aux_head, {**asked, "fusion": fusion})
+    asked = dict(width_multiplier=widened, norm=norm, norm_groups=norm_groups, fusion=fusion)
+    kwargs = _builder_kwargs(raw, name, aux_head, asked)
     classes = num_classes if num_classes is not None else _file_num_classes(raw, info)
     if classes is not None:
         kwargs["num_classes"] = check_num_classes(classes)
