@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ddrnet.cli import main
 from ddrnet.data.camvid import camvid
@@ -173,6 +174,34 @@ def test_training_check_logs_the_warnings(camvid_root: Path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="ddrnet.engine.train"):
         check_data(data)
     assert "shares sequences with the training set: 0016E5 (204 training frames)" in caplog.text
+
+
+def test_training_reads_the_labels_once(camvid_root: Path, monkeypatch) -> None:
+    """With the check, class weights and rare-class sampling all on, the check's survey is the
+    one read of the training labels; its per-frame counts are those a plain read gives."""
+    from ddrnet.data.sampling import frame_class_pixels
+    from ddrnet.engine.config import DataConfig, LossConfig
+    from ddrnet.engine.steps import (
+        TrainingData,
+        build_criterion,
+        check_data,
+        rare_class_frame_weights,
+    )
+
+    train = camvid(camvid_root, "train", sequences=["0001TP"])
+    expected = frame_class_pixels(train, 11)
+    reads = []
+    original = train.load
+    monkeypatch.setattr(train, "load", lambda index: reads.append(index) or original(index))
+    data = TrainingData(train, camvid(camvid_root, "val"), train.labels, (0.5,) * 3, (0.5,) * 3, 1)
+    check_data(data)
+    assert sorted(reads) == list(range(len(train)))
+    criterion = build_criterion(LossConfig(class_weights="enet"), data, torch.device("cpu"))
+    weights = rare_class_frame_weights(data, DataConfig(rare_class_sampling=1.0))
+    assert sorted(reads) == list(range(len(train)))  # no second read
+    np.testing.assert_array_equal(data.frame_class_pixels(), expected)
+    assert expected.sum() > 0 and weights.shape == (len(train),)
+    assert criterion.criterion.class_weights.shape == (11,)
 
 
 def test_cityscapes_frames_are_recorded_by_city(cityscapes_root: Path) -> None:

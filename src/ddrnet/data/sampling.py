@@ -65,9 +65,9 @@ def rare_class_weights(counts: np.ndarray, power: float) -> np.ndarray:
     return weights / weights.mean()
 
 
-def dataset_frame_weights(dataset, power: float) -> np.ndarray:
-    """``rare_class_weights`` of a ``PairedSegmentationDataset``'s labels, ``(N,)``, logged."""
-    weights = rare_class_weights(frame_class_pixels(dataset, dataset.labels.num_classes), power)
+def logged_frame_weights(counts: np.ndarray, power: float) -> np.ndarray:
+    """``rare_class_weights`` of ``(N, C)`` pixel counts (``frame_class_pixels``), logged."""
+    weights = rare_class_weights(counts, power)
     logger.info(
         "rare-class sampling (power %g): %d frame weights %.2f-%.2f (mean 1)",
         power, len(weights), weights.min(), weights.max(),

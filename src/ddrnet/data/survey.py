@@ -92,6 +92,8 @@ class DatasetSurvey:
     channel_histogram: np.ndarray = field(default_factory=lambda: np.zeros((3, 256), np.int64))
     class_pixels: np.ndarray | None = None  # (C,) int64 labelled pixels per class
     class_frames: np.ndarray | None = None  # (C,) int64 frames with at least one pixel
+    # (C,) int32 labelled pixels per class of each readable frame, in order (zeros: no label).
+    frame_rows: list[np.ndarray] = field(default_factory=list, repr=False)
     ignored_pixels: int = 0  # label pixels of no class (void), frames without problems
     recordings: Counter = field(default_factory=Counter)  # recording -> frames
     # (image, digest of its pixels) and (image, difference_hash) of every readable frame.
@@ -168,12 +170,23 @@ class DatasetSurvey:
         self.frame_hashes.append((name, difference_hash(image)))
         if group is not None:
             self.recordings[group] += 1
-        if label is not None:
-            counts = np.bincount(label.ravel(), minlength=256)
-            classes = len(self.class_names)
-            self.class_pixels += counts[:classes]
-            self.class_frames += counts[:classes] > 0
-            self.ignored_pixels += int(counts[classes:].sum())
+        classes = len(self.class_names)
+        if label is None:
+            self.frame_rows.append(np.zeros(classes, np.int32))
+            return
+        counts = np.bincount(label.ravel(), minlength=256)
+        self.frame_rows.append(counts[:classes].astype(np.int32))
+        self.class_pixels += counts[:classes]
+        self.class_frames += counts[:classes] > 0
+        self.ignored_pixels += int(counts[classes:].sum())
+
+    def frame_class_pixels(self) -> np.ndarray:
+        """Labelled pixels of each class in each frame, ``(frames, C)`` int64, as
+        ``sampling.frame_class_pixels`` reads them; only for a survey that read every frame."""
+        if len(self.frame_rows) != self.frames:
+            raise ValueError(f"{self.name}: the survey did not read every frame")
+        classes = len(self.class_names)
+        return np.stack(self.frame_rows).astype(np.int64).reshape(-1, classes)
 
     def raise_problems(self, limit: int = LISTED_PROBLEMS) -> None:
         """``DatasetError`` listing the first ``limit`` problems, if there are any."""

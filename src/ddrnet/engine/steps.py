@@ -19,7 +19,7 @@ from ddrnet.data.build import build_split
 from ddrnet.data.datasets import PairedSegmentationDataset
 from ddrnet.data.labels import LabelSet
 from ddrnet.data.mixing import ClassMix, class_ids
-from ddrnet.data.sampling import dataset_frame_weights, frame_class_pixels
+from ddrnet.data.sampling import frame_class_pixels, logged_frame_weights
 from ddrnet.data.survey import LISTED_PROBLEMS, survey_dataset, survey_warnings
 from ddrnet.engine.checkpointing import TrainingError, check_resumable, restore
 from ddrnet.engine.config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
@@ -53,6 +53,15 @@ class TrainingData:
     std: tuple[float, ...]
     iterations_per_epoch: int  # optimiser steps per epoch, on every process
     collate: ClassMix | None = None  # the training loader's collate_fn (data.class_mix)
+    # (len(train_set), C) labelled pixels per frame and class: read at most once per run
+    # (by ``check_data``'s survey, else by the first step that needs them).
+    _frame_class_pixels: np.ndarray | None = field(default=None, repr=False)
+
+    def frame_class_pixels(self) -> np.ndarray:
+        """Pixels of each class in each un-augmented training label, ``(N, C)`` int64."""
+        if self._frame_class_pixels is None:
+            self._frame_class_pixels = frame_class_pixels(self.train_set, self.labels.num_classes)
+        return self._frame_class_pixels
 
 
 def build_data(config: Config, ctx: DistributedContext) -> TrainingData:
@@ -113,14 +122,16 @@ def check_data(data: TrainingData) -> None:
         surveys[-1].raise_problems()
     for warning in survey_warnings(*surveys):
         logger.warning(warning)
+    # The survey read every training label: class weights and frame sampling need not again.
+    data._frame_class_pixels = surveys[0].frame_class_pixels()
 
 
 def rare_class_frame_weights(data: TrainingData, cfg_data: DataConfig) -> np.ndarray | None:
     """Each training frame's sampling weight, ``(len(train_set),)`` with mean 1, for
-    ``data.rare_class_sampling`` (the class frequencies are read once per run); None when off."""
+    ``data.rare_class_sampling``; None when off."""
     if cfg_data.rare_class_sampling is None:
         return None
-    return dataset_frame_weights(data.train_set, cfg_data.rare_class_sampling)
+    return logged_frame_weights(data.frame_class_pixels(), cfg_data.rare_class_sampling)
 
 
 def build_model(
@@ -230,21 +241,16 @@ def prepare_models(
     return TrainingModels(model, forward, ema, widths)
 
 
-def label_pixel_counts(dataset: PairedSegmentationDataset, num_classes: int) -> torch.Tensor:
-    """Pixels per class over the un-augmented training labels, ``(num_classes,)`` int64."""
-    return torch.from_numpy(frame_class_pixels(dataset, num_classes).sum(0))
-
-
 def build_criterion(
-    cfg_loss: LossConfig, train_set: PairedSegmentationDataset, device: torch.device
+    cfg_loss: LossConfig, data: TrainingData, device: torch.device
 ) -> DeepSupervisionLoss:
     """Cross-entropy (OHEM with ``loss.ohem``) on the main and auxiliary logits, with the
     class weights of ``loss.class_weights``: a method's name (computed from the training
     labels) or one value per class; and the boundary term of ``loss.boundary_weight``."""
-    labels = train_set.labels
+    labels = data.labels
     weights = None
     if isinstance(cfg_loss.class_weights, str):
-        counts = label_pixel_counts(train_set, labels.num_classes)
+        counts = torch.from_numpy(data.frame_class_pixels().sum(0))
         weights = class_balance_weights(counts, cfg_loss.class_weights)
     elif cfg_loss.class_weights is not None:
         if len(cfg_loss.class_weights) != labels.num_classes:

@@ -87,7 +87,7 @@ def train(config: Config, resume: bool | str = False) -> Path:
         if config.data.check and ctx.is_main:
             check_data(data)
         models = prepare_models(model, widths, cfg_train, device, ctx)
-        criterion = build_criterion(config.loss, data.train_set, device)
+        criterion = build_criterion(config.loss, data, device)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         optimizer = build_optimizer(
             config.optim, models.core.parameters(), device, scaler.is_enabled()
