@@ -283,9 +283,9 @@ def headless_chromium(profile: Path, *flags: str) -> Iterator[Any]:
 
 def sharded_counts(predictor, images, num_classes: int, make, option: str) -> list[torch.Tensor]:
     """The ``counts`` of the accumulators (``make()``, passed to ``evaluate_predictor`` as
-    ``option``) of the two processes of a distributed evaluation, each taking every second
-    image: run here as ranks 0 and 1 of two (world_size 2 turns the collectives on) in a
-    one-process gloo group."""
+    ``option``, in a list for ``frame_accumulators``) of the two processes of a distributed
+    evaluation, each taking every second image: run here as ranks 0 and 1 of two
+    (world_size 2 turns the collectives on) in a one-process gloo group."""
     import torch.distributed as dist
 
     from ddrnet.engine.distributed import DistributedContext
@@ -300,7 +300,7 @@ def sharded_counts(predictor, images, num_classes: int, make, option: str) -> li
             context = DistributedContext(rank=rank, world_size=2)
             evaluate_predictor(
                 predictor, images, num_classes, context=context, progress=False,
-                **{option: accumulator},
+                **{option: [accumulator] if option == "frame_accumulators" else accumulator},
             )  # fmt: skip
             shards.append(accumulator.counts)
     finally:

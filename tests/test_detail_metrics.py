@@ -58,7 +58,7 @@ def _two_class_scene() -> tuple[np.ndarray, np.ndarray]:
 def test_detail_metrics_by_hand() -> None:
     prediction, target = _two_class_scene()
     metrics = DetailMetrics(2)
-    metrics.update(prediction, target)
+    metrics.update(0, prediction, target)
     result = metrics.compute()
     # Class 1: ground-truth edges 12 (4x4 ring) + 8 (3x3 ring); predicted edge: all 8 pixels of
     # the 4x2 block; shared: its left column (4) and the top and bottom of its right (2).
@@ -75,7 +75,7 @@ def test_detail_metrics_by_hand() -> None:
     # One pixel fewer right, and the object is lost.
     prediction[13, 11] = 0
     metrics = DetailMetrics(2)
-    metrics.update(prediction, target)
+    metrics.update(0, prediction, target)
     assert metrics.compute().found["small"][1] == 0.0
 
 
@@ -84,8 +84,8 @@ def test_ignored_pixels_count_for_neither() -> None:
     ignored = target.copy()
     ignored[:, 20:] = 255  # the 3x3 block and part of the background become void
     plain, masked = DetailMetrics(2), DetailMetrics(2)
-    plain.update(prediction[:, :20], target[:, :20])
-    masked.update(prediction, ignored)
+    plain.update(0, prediction[:, :20], target[:, :20])
+    masked.update(0, prediction, ignored)
     # Cut at column 20 or voided there: the same class 1 scores; class 0's edge at the cut
     # is one more contour in the cut frame, not in the voided one, and no void pixel counts.
     assert masked.counts[1].tolist() == plain.counts[1].tolist()
@@ -97,9 +97,9 @@ def test_real_labels_against_themselves_and_shifted(camvid_val) -> None:
     for index in (0, 50, 100):
         _, label = camvid_val[index]
         label = label.numpy()
-        perfect.update(label, label)
+        perfect.update(0, label, label)
         moved = np.roll(label, 4, axis=1)
-        shifted.update(np.where(moved == 255, 0, moved), label)
+        shifted.update(0, np.where(moved == 255, 0, moved), label)
     exact, off = perfect.compute(), shifted.compute()
     assert all(v == 100.0 for v in exact.boundary_iou if not math.isnan(v))
     for bucket in SIZE_BUCKETS:
@@ -116,8 +116,8 @@ def test_sharded_evaluation_sums_to_the_whole(camvid_val) -> None:
     predictor = Predictor(model, "cpu", model.metadata.mean, model.metadata.std)
     images = Subset(camvid_val, range(4))
     whole = DetailMetrics(11)
-    evaluate_predictor(predictor, images, 11, progress=False, details=whole)
-    shards = sharded_counts(predictor, images, 11, lambda: DetailMetrics(11), "details")
+    evaluate_predictor(predictor, images, 11, progress=False, frame_accumulators=[whole])
+    shards = sharded_counts(predictor, images, 11, lambda: DetailMetrics(11), "frame_accumulators")
     assert torch.equal(shards[0] + shards[1], whole.counts)
     assert whole.counts[:, 1].sum() > 0
 
@@ -135,7 +135,7 @@ def test_eval_details_on_real_frames(camvid_root, camvid_val, tmp_path) -> None:
     truth = DetailMetrics(11)
     for index in range(3):
         label = camvid_val[index][1].numpy()
-        truth.update(label, label)
+        truth.update(0, label, label)
     expected = truth.compute()
     names = list(measured["per_class_IoU"])
     for bucket in SIZE_BUCKETS:

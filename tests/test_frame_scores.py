@@ -69,7 +69,7 @@ def test_the_frames_counts_sum_to_the_evaluations_matrix(camvid_val) -> None:
     frames = torch.utils.data.Subset(camvid_val, [7, 40, 90])
     scores = FrameScores(frames, 11)
     labels = camvid_val.labels
-    metrics = evaluate(model, frames, 11, labels.mean, labels.std, frame_scores=scores)
+    metrics = evaluate(model, frames, 11, labels.mean, labels.std, frame_accumulators=[scores])
     matrix = torch.as_tensor(metrics.matrix)
     total = scores.counts.sum(0)
     assert total[:, TRUE].tolist() == matrix.diagonal().tolist()

@@ -167,7 +167,11 @@ def run(args: argparse.Namespace) -> int:
     score = _scorer(args, model, labels)
     accumulators, new_confidence = _accumulators(args, dataset, labels)
     metrics = score(
-        dataset, prediction_callback=_submission_writer(args.submission, dataset), **accumulators
+        dataset,
+        prediction_callback=_submission_writer(args.submission, dataset),
+        frame_accumulators=[accumulators[k] for k in _PER_FRAME if accumulators[k] is not None],
+        confidence=accumulators["confidence"],
+        flicker=accumulators["flicker"],
     )
     names = list(labels.class_names)
     smoothing = f", smoothed over time (weight {args.smooth:g})" if args.smooth else ""
@@ -228,9 +232,14 @@ def _check_frame_options(args: argparse.Namespace, dataset, labels):
     return read_frame_counts(args.compare, list(labels.class_names), frame_images(dataset))
 
 
+# The accumulators of ``_accumulators`` that take each frame (``evaluate.FrameAccumulator``).
+_PER_FRAME = ("details", "by_recording", "frame_scores")
+
+
 def _accumulators(args: argparse.Namespace, dataset, labels) -> tuple[dict, object]:
-    """What the evaluation gathers besides the confusion matrix (by ``evaluate``'s keyword),
-    and the maker of fresh confidence statistics (one per corrupted evaluation) or None."""
+    """What the evaluation gathers besides the confusion matrix, by name (None: not asked
+    for), and the maker of fresh confidence statistics (one per corrupted evaluation) or
+    None."""
     from ddrnet.engine.confidence import ConfidenceMetrics
     from ddrnet.engine.detail_metrics import DetailMetrics
     from ddrnet.engine.frame_scores import FrameScores

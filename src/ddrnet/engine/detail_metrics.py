@@ -75,8 +75,12 @@ class DetailMetrics:
         self.dilation_ratio = dilation_ratio
         self.counts = torch.zeros(num_classes, self._COLUMNS, dtype=torch.int64)
 
-    def update(self, prediction: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor):
-        """One image: ``prediction`` and ``target`` are integer ``(H, W)`` class-id maps."""
+    def update(
+        self, index: int, prediction: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor
+    ) -> None:
+        """One image: ``prediction`` and ``target`` are integer ``(H, W)`` class-id maps;
+        ``index``, its position in the data set (unused: the counts pool the frames; it is the
+        frame accumulators' one signature, ``evaluate.FrameAccumulator``)."""
         prediction, target = _as_numpy(prediction), _as_numpy(target)
         if prediction.shape != target.shape or prediction.ndim != 2:
             raise ValueError(

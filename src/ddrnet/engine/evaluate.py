@@ -4,6 +4,7 @@ model (PyTorch, ONNX Runtime, OpenVINO, ncnn) through the one ``Predictor``."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -12,15 +13,26 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from ddrnet.engine.confidence import ConfidenceMetrics
-from ddrnet.engine.detail_metrics import DetailMetrics
 from ddrnet.engine.distributed import DistributedContext, all_reduce_sum
-from ddrnet.engine.frame_scores import FrameScores
 from ddrnet.engine.metrics import ConfusionMatrix, SegmentationMetrics
 from ddrnet.engine.predictor import Predictor
-from ddrnet.engine.recordings import RecordingMetrics, frame_recordings
+from ddrnet.engine.recordings import frame_recordings
 from ddrnet.engine.temporal import Flicker, TemporalSmoother
 
 PredictionCallback = Callable[[int, np.ndarray], object]
+
+
+class FrameAccumulator(Protocol):
+    """What an evaluation gathers frame by frame besides the confusion matrix: boundary IoU
+    and objects by size (``DetailMetrics``), a matrix per recording (``RecordingMetrics``),
+    each frame's counts (``FrameScores``)."""
+
+    # One int64 tensor: a distributed evaluation sums it over the processes after the pass.
+    counts: torch.Tensor
+
+    def update(self, index: int, prediction: torch.Tensor, label: torch.Tensor) -> None:
+        """Frame ``index`` (its position in the data set): ``(H, W)`` int64 class ids and
+        label."""
 
 
 def _collate(batch: list[tuple[torch.Tensor, torch.Tensor]]):
@@ -49,12 +61,10 @@ def evaluate(
     progress: bool = True,
     num_workers: int = 0,
     prediction_callback: PredictionCallback | None = None,
-    details: DetailMetrics | None = None,
+    frame_accumulators: Sequence[FrameAccumulator] = (),
     confidence: ConfidenceMetrics | None = None,
     flicker: Flicker | None = None,
     smoother: TemporalSmoother | None = None,
-    by_recording: RecordingMetrics | None = None,
-    frame_scores: FrameScores | None = None,
     description: str = "eval",
 ) -> SegmentationMetrics:
     """mIoU, per-class IoU and accuracies of ``model`` on ``dataset`` (un-augmented pairs).
@@ -82,12 +92,10 @@ def evaluate(
             progress=progress,
             num_workers=num_workers,
             prediction_callback=prediction_callback,
-            details=details,
+            frame_accumulators=frame_accumulators,
             confidence=confidence,
             flicker=flicker,
             smoother=smoother,
-            by_recording=by_recording,
-            frame_scores=frame_scores,
             description=description,
         )
     finally:
@@ -106,12 +114,10 @@ def evaluate_predictor(
     progress: bool = True,
     num_workers: int = 0,
     prediction_callback: PredictionCallback | None = None,
-    details: DetailMetrics | None = None,
+    frame_accumulators: Sequence[FrameAccumulator] = (),
     confidence: ConfidenceMetrics | None = None,
     flicker: Flicker | None = None,
     smoother: TemporalSmoother | None = None,
-    by_recording: RecordingMetrics | None = None,
-    frame_scores: FrameScores | None = None,
     description: str = "eval",
 ) -> SegmentationMetrics:
     """The evaluation loop: ``predictor``'s class ids for every image of ``dataset``
@@ -121,15 +127,14 @@ def evaluate_predictor(
     the labels are never resized. Under ``torchrun`` each process takes a shard and the
     confusion matrices are summed. ``prediction_callback(index, labels)`` receives each
     ``(H, W)`` int64 prediction with its index in ``dataset`` (for writing result files).
-    ``details``, when given, also accumulates boundary IoU and objects found by size (its
-    ``compute()`` afterwards; summed over processes as the matrix is); ``confidence``, the
-    confidence statistics of the class probabilities, whose arg-max is then the prediction
-    scored (the general path; a plain pass otherwise takes its class ids the fast way).
-    ``flicker`` counts the flickering pixels and ``smoother`` smooths the predictions over
-    time (``ddrnet.engine.temporal``): both take the frames in order as videos, one per
-    recording (``frame_recordings``), one process only. ``by_recording`` accumulates a
-    confusion matrix per recording (summed over processes), ``frame_scores`` the counts of
-    each frame (``ddrnet.engine.frame_scores``). ``description`` names the progress bar.
+    Each of ``frame_accumulators`` takes every frame too (its ``counts`` summed over
+    processes as the matrix is). ``confidence`` gathers the confidence statistics of the
+    class probabilities, whose arg-max is then the prediction scored (the general path; a
+    plain pass otherwise takes its class ids the fast way). ``flicker`` counts the
+    flickering pixels and ``smoother`` smooths the predictions over time
+    (``ddrnet.engine.temporal``): both take the frames in order as videos, one per
+    recording (``frame_recordings``), one process only. ``description`` names the
+    progress bar.
     """
     context = context or DistributedContext()
     in_order = flicker is not None or smoother is not None
@@ -165,20 +170,15 @@ def evaluate_predictor(
                 flicker.update(prediction[0], label_batch[0])
             confusion.update(prediction, label_batch)
             for item, label in zip(prediction, label_batch):
-                if details is not None:
-                    details.update(item, label)
-                if by_recording is not None:
-                    by_recording.update(indices[position], item, label)
-                if frame_scores is not None:
-                    frame_scores.update(indices[position], item, label)
+                for accumulator in frame_accumulators:
+                    accumulator.update(indices[position], item, label)
                 if prediction_callback is not None:
                     prediction_callback(indices[position], item.numpy())
                 position += 1
     matrix = all_reduce_sum(confusion.matrix.to(predictor.device), context).cpu()
-    for accumulator in (details, confidence, by_recording, frame_scores):
-        if accumulator is not None:
-            counts = accumulator.counts.to(predictor.device)
-            accumulator.counts = all_reduce_sum(counts, context).cpu()
+    for accumulator in [*frame_accumulators, *([confidence] if confidence else [])]:
+        counts = accumulator.counts.to(predictor.device)
+        accumulator.counts = all_reduce_sum(counts, context).cpu()
     return SegmentationMetrics.from_matrix(matrix)
 
 
