@@ -61,9 +61,12 @@ def one_line_cli_error(capsys: Any, argv: list[str]) -> str:
     return error
 
 
-def labelled_model(labels: LabelSet = CAMVID, seed: int = 1) -> nn.Module:
+def labelled_model(
+    labels: LabelSet = CAMVID, seed: int = 1, width_multiplier: float = 1.0
+) -> nn.Module:
     """An untrained DDRNet-23-slim in eval mode with a data set's metadata (class names,
-    palette, normalisation), for the tests that need a model but no trained one.
+    palette, normalisation), for the tests that need a model but no trained one;
+    ``width_multiplier`` < 1 makes it narrower (faster to export).
 
     Weights drawn from ``seed``, so every run tests the same model; random BatchNorm
     statistics make its feature maps and predictions vary over the image. Logits
@@ -71,7 +74,9 @@ def labelled_model(labels: LabelSet = CAMVID, seed: int = 1) -> nn.Module:
     """
     with torch.random.fork_rng():  # the same weights in every run, global RNG untouched
         torch.manual_seed(seed)
-        model = ddrnet.create_model("ddrnet_23_slim", num_classes=labels.num_classes)
+        model = ddrnet.create_model(
+            "ddrnet_23_slim", num_classes=labels.num_classes, width_multiplier=width_multiplier
+        )
     randomize_batchnorm(model, seed=seed)
     model.metadata = ModelMetadata(
         architecture="ddrnet_23_slim",
@@ -84,6 +89,47 @@ def labelled_model(labels: LabelSet = CAMVID, seed: int = 1) -> nn.Module:
         dataset=labels.name,
     )
     return model.eval()
+
+
+def exported_through_cli(
+    model: nn.Module, folder: Path, export_format: str, output_name: str, size: str
+) -> Path:
+    """``model`` saved in ``folder`` and exported by ``ddrnet export --format export_format
+    --size size -o folder/output_name``; the output's path."""
+    from ddrnet.cli import main
+    from ddrnet.models import save_model
+
+    save_model(model, folder / "model.safetensors", model.metadata)
+    output = folder / output_name
+    argv = ["export", "--checkpoint", str(folder / "model.safetensors"), "--format"]
+    assert main([*argv, export_format, "--size", size, "-o", str(output)]) == 0
+    return output
+
+
+def check_cli_runs_file(deployed: nn.Module, path: Path, camvid_root: Path, output: Path) -> None:
+    """``ddrnet eval`` of the exported file ``path`` scores 2 CamVid val frames as the
+    evaluation loop scores ``deployed`` (the file loaded here), and ``ddrnet predict`` writes
+    the labels ``Predictor(deployed)`` gives (into ``output``)."""
+    from ddrnet.assets import demo_frames
+    from ddrnet.data.camvid import camvid
+    from ddrnet.engine.evaluate import evaluate
+    from ddrnet.engine.predictor import Predictor
+
+    argv = ["eval", str(path), "--dataset", "camvid", "--root", str(camvid_root)]
+    result = run_ddrnet(*argv, "--max-images", "2")
+    assert result.returncode == 0, result.stderr
+    line = next(row for row in result.stdout.splitlines() if row.startswith("mIoU"))
+    dataset = torch.utils.data.Subset(camvid(str(camvid_root), "val"), range(2))
+    mean, std = deployed.metadata.mean, deployed.metadata.std
+    reference = evaluate(deployed, dataset, 11, mean, std, progress=False)
+    assert float(line.split()[-1]) == pytest.approx(reference.miou, abs=0.01)
+
+    frame = str(demo_frames()[0])
+    argv = ["predict", frame, "--checkpoint", str(path), "-o", str(output), "--save", "labels"]
+    result = run_ddrnet(*argv)
+    assert result.returncode == 0, result.stderr
+    (labels,) = output.rglob("*.png")
+    assert np.array_equal(np.asarray(Image.open(labels)), Predictor(deployed).predict(frame))
 
 
 def camvid_model(seed: int = 1) -> nn.Module:

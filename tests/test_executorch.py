@@ -15,11 +15,9 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from ddrnet.deploy.executorch_runtime import quiet_executorch_import
 
@@ -31,11 +29,7 @@ with quiet_executorch_import():
 import ddrnet
 from ddrnet.assets import demo_frames
 from ddrnet.data.camvid import camvid
-from ddrnet.deploy.executorch_export import (
-    export_executorch,
-    export_executorch_checked,
-    frames_at,
-)
+from ddrnet.deploy.executorch_export import export_executorch, export_executorch_checked
 from ddrnet.deploy.executorch_runtime import (
     ExecutorchFileError,
     ExecutorchFiles,
@@ -43,12 +37,13 @@ from ddrnet.deploy.executorch_runtime import (
     load_executorch_model,
 )
 from ddrnet.deploy.export import export_onnx
+from ddrnet.deploy.fixed_size import frames_at
 from ddrnet.deploy.onnx_file import ExportError
 from ddrnet.deploy.quantize import load_calibration_images
-from ddrnet.deploy.verify import verify_executorch
+from ddrnet.deploy.verify import verify_fixed_size
 from ddrnet.engine.predictor import Predictor
 
-from helpers import one_line_cli_error, run_ddrnet
+from helpers import check_cli_runs_file, exported_through_cli, one_line_cli_error
 
 TINY_SIZE = (64, 96)
 
@@ -108,7 +103,9 @@ def test_tiny_export_round_trips(tiny_export, tiny_model) -> None:
     assert deployed.metadata.mean == tiny_model.metadata.mean
     assert deployed.metadata.input_size == [64, 96]
     frames = frames_at(tiny_model, TINY_SIZE)
-    check = verify_executorch(tiny_model, tiny_export, frames)
+    check = verify_fixed_size(
+        tiny_model, ExecutorchSegmentationModel(tiny_export, resize=False), frames
+    )
     assert check.max_logit_difference < 1e-4 * max(1.0, _scale(tiny_model, frames)), check
     logits = deployed(torch.cat([frames[0], frames[1]]))
     assert logits.shape == (2, 11, 8, 12)  # a batch runs image by image
@@ -199,7 +196,7 @@ def test_bundled_float32_scores_as_pytorch(bundled, camvid_root, tmp_path) -> No
     reference, deployed = _miou(lines)
     assert abs(deployed - reference) < 0.2, lines
     frames = frames_at(bundled, (360, 480))
-    check = verify_executorch(bundled, path, frames)
+    check = verify_fixed_size(bundled, ExecutorchSegmentationModel(path, resize=False), frames)
     assert check.max_logit_difference < 1e-4 * max(1.0, _scale(bundled, frames)), check
     frame = str(demo_frames()[0])
     expected = Predictor(bundled).predict(frame)
@@ -219,47 +216,25 @@ def test_bundled_int8_agrees_with_pytorch(bundled, camvid_root, tmp_path) -> Non
     )
     assert "INT8" in lines[0] and "labels agree on" in lines[1]
     assert load_executorch_model(path).int8
-    check = verify_executorch(bundled, path, frames_at(bundled, (360, 480), count=3))
+    check = verify_fixed_size(
+        bundled,
+        ExecutorchSegmentationModel(path, resize=False),
+        frames_at(bundled, (360, 480), count=3),
+    )
     assert check.label_agreement >= 0.95, check
 
 
 @pytest.fixture(scope="module")
 def tiny_cli_export(tiny_model, tmp_path_factory) -> Path:
     """``ddrnet export --format executorch`` of the tiny model's file, at 64x96."""
-    from ddrnet.cli import main
-    from ddrnet.models import save_model
-
     folder = tmp_path_factory.mktemp("et_cli")
-    save_model(tiny_model, folder / "tiny.safetensors", tiny_model.metadata)
-    output = folder / "tiny.pte"
-    argv = ["export", "--checkpoint", str(folder / "tiny.safetensors"), "--format", "executorch"]
-    assert main([*argv, "--size", "64x96", "-o", str(output)]) == 0
-    return output
+    return exported_through_cli(tiny_model, folder, "executorch", "tiny.pte", "64x96")
 
 
 def test_cli_eval_and_predict_run_the_file(tiny_cli_export, camvid_root, tmp_path) -> None:
-    from ddrnet.engine.evaluate import evaluate
-
     deployed = load_executorch_model(tiny_cli_export)
     assert deployed.input_size == TINY_SIZE  # the --size given to export
-    result = run_ddrnet(
-        "eval", str(tiny_cli_export), "--dataset", "camvid", "--root", str(camvid_root),
-        "--max-images", "2",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    line = next(row for row in result.stdout.splitlines() if row.startswith("mIoU"))
-    dataset = torch.utils.data.Subset(camvid(str(camvid_root), "val"), range(2))
-    mean, std = deployed.metadata.mean, deployed.metadata.std
-    reference = evaluate(deployed, dataset, 11, mean, std, progress=False)
-    assert float(line.split()[-1]) == pytest.approx(reference.miou, abs=0.01)
-
-    frame = str(demo_frames()[0])
-    output = tmp_path / "out"
-    argv = ["predict", frame, "--checkpoint", str(tiny_cli_export), "-o", str(output)]
-    result = run_ddrnet(*argv, "--save", "labels")
-    assert result.returncode == 0, result.stderr
-    (labels,) = output.rglob("*.png")
-    assert np.array_equal(np.asarray(Image.open(labels)), Predictor(deployed).predict(frame))
+    check_cli_runs_file(deployed, tiny_cli_export, camvid_root, tmp_path / "out")
 
 
 def test_cli_refusals_name_the_file(tiny_cli_export, camvid_model_file, tmp_path, capsys) -> None:

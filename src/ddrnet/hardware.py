@@ -102,6 +102,36 @@ def cpu_has_int8_dot_product() -> bool:
     )
 
 
+# The CPU flags code compiled for each of PyTorch Inductor's x86 vector ISA names needs.
+_INDUCTOR_ISA_FLAGS = {
+    "AVX2": {"avx2", "fma"},
+    "AVX512": {"avx512f", "avx512bw", "avx512vl", "avx512dq"},
+    "AVX512_VNNI": {"avx512_vnni"},
+    "AMX_TILE": {"amx_tile"},
+}
+
+
+def runs_inductor_isa(isa: str, machine: str) -> bool:
+    """Whether code that PyTorch Inductor compiled for ``isa`` (its names, e.g. ``"AVX2"``,
+    ``"AVX512 AVX512_VNNI"``) on a ``machine`` (``platform.machine()``, e.g. ``"x86_64"``)
+    runs on this CPU; without ``/proc/cpuinfo`` flags, by PyTorch's own capability."""
+    if machine.lower() != platform.machine().lower():
+        return False
+    if not is_x86():
+        return True  # ARM vector code (NEON) runs on every 64-bit ARM CPU
+    flags = _cpu_flags()
+    capability = torch.backends.cpu.get_cpu_capability()
+    for name in isa.upper().split():
+        if flags:
+            if not _INDUCTOR_ISA_FLAGS.get(name, {name.lower()}) <= flags:
+                return False
+        elif name.startswith("AVX512") and capability != "AVX512":
+            return False
+        elif name == "AVX2" and capability not in ("AVX2", "AVX512"):
+            return False
+    return True
+
+
 def describe_cpu() -> str:
     """One line naming the CPU and the capabilities above, for benchmark and log headers."""
     name = _cpuinfo_field("model name") or platform.processor() or platform.machine()

@@ -77,12 +77,15 @@ def load(
     Errors a user can fix (a missing or unreadable file, options that do not fit the file)
     are ``DDRNetError`` subclasses that name the file.
     """
+    from ddrnet.deploy.aoti import is_aoti_file
     from ddrnet.deploy.executorch_runtime import is_executorch_file
     from ddrnet.deploy.ncnn_runtime import is_ncnn_file
     from ddrnet.deploy.runtime import is_onnx_file
 
     if source is None and model is None:
         source = default_checkpoint()
+    if runtime == "aoti" or is_aoti_file(source):
+        return _load_own_format("aoti", str(source or model), model, runtime, amp)
     if runtime == "executorch" or is_executorch_file(source):
         return _load_own_format("executorch", str(source or model), model, runtime, amp)
     if runtime == "ncnn" or is_ncnn_file(source):
@@ -166,18 +169,22 @@ _OWN_FORMATS = {
         "ExecuTorch", "ExecuTorch .pte file",
         "`ddrnet export --format executorch -o NAME.pte` (writes NAME.pte and NAME.json)",
     ),
+    "aoti": _OwnFormat(
+        "AOTInductor", "AOTInductor .pt2 package", "`ddrnet export --format aoti -o NAME.pt2`",
+    ),
 }  # fmt: skip
 
 
 def _load_own_format(
     runtime_name: str, path: str, model: str | None, runtime: str | None, amp: str
 ) -> nn.Module:
-    """The file ``path`` run by ``runtime_name`` (``"ncnn"`` or ``"executorch"``, picked by
+    """The file ``path`` run by ``runtime_name`` (a key of ``_OWN_FORMATS``, picked by
     the suffix or by ``--runtime``); a ``UsageError`` naming the file for another format,
     runtime or precision; the runtime's own error for a missing companion file or package."""
-    from ddrnet.deploy import executorch_runtime, ncnn_runtime
+    from ddrnet.deploy import aoti, executorch_runtime, ncnn_runtime
 
     is_file, loader = {
+        "aoti": (aoti.is_aoti_file, aoti.load_aoti_model),
         "ncnn": (ncnn_runtime.is_ncnn_file, ncnn_runtime.load_ncnn_model),
         "executorch": (
             executorch_runtime.is_executorch_file,
@@ -203,13 +210,14 @@ def _load_own_format(
 
 def runtime_of(model: nn.Module) -> str | None:
     """The runtime that runs ``model`` when it is an exported file (``"onnxruntime"``,
-    ``"openvino"``, ``"ncnn"``, ``"executorch"``), or None for a PyTorch network."""
-    from ddrnet.deploy.executorch_runtime import ExecutorchSegmentationModel
+    ``"openvino"``, ``"ncnn"``, ``"executorch"``, ``"aoti"``), or None for a PyTorch
+    network."""
+    from ddrnet.deploy.fixed_size import FixedSizeSegmentationModel
     from ddrnet.deploy.ncnn_runtime import NcnnSegmentationModel
     from ddrnet.deploy.runtime import OnnxSegmentationModel
 
-    if isinstance(model, ExecutorchSegmentationModel):
-        return "executorch"
+    if isinstance(model, FixedSizeSegmentationModel):
+        return model.runtime_name
     if isinstance(model, NcnnSegmentationModel):
         return "ncnn"
     if isinstance(model, OnnxSegmentationModel):
@@ -245,14 +253,21 @@ def _named_device(name: str) -> torch.device:
 
 
 def check_pytorch_file(source: str | Path | None, command: str) -> None:
-    """Refuse an exported file (``.onnx``, ncnn ``.param``, ExecuTorch ``.pte``) where
+    """Refuse an exported file (``.onnx``, ncnn ``.param``, ExecuTorch ``.pte``, AOTInductor
+    ``.pt2``) where
     ``command`` (e.g. ``"ddrnet export"``) needs the PyTorch network itself: a ``UsageError``
     naming it."""
+    from ddrnet.deploy.aoti import is_aoti_file
     from ddrnet.deploy.executorch_runtime import is_executorch_file
     from ddrnet.deploy.ncnn_runtime import is_ncnn_file
     from ddrnet.deploy.runtime import is_onnx_file
 
-    kinds = {"ONNX": is_onnx_file, "ncnn": is_ncnn_file, "ExecuTorch": is_executorch_file}
+    kinds = {
+        "ONNX": is_onnx_file,
+        "ncnn": is_ncnn_file,
+        "ExecuTorch": is_executorch_file,
+        "AOTInductor": is_aoti_file,
+    }
     for kind, is_kind in kinds.items():
         if is_kind(source):
             raise UsageError(

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ddrnet.engine.inference import OWN_FORMAT_RUNTIMES
 from ddrnet.engine.predictor import Predictor
 from ddrnet.engine.temporal import TemporalSmoother
 from ddrnet.errors import UsageError
@@ -79,7 +80,7 @@ class SegmentationRunner:
         if smooth is not None:
             TemporalSmoother(smooth)  # a weight outside (0, 1): refused before any work
         self.smooth = smooth
-        if streams > 1 and runtime_of(model) in ("ncnn", "executorch"):
+        if streams > 1 and runtime_of(model) in OWN_FORMAT_RUNTIMES:
             raise UsageError(
                 f"--streams {streams}: {runtime_of(model)} models segment one frame at a time; "
                 "use a PyTorch model or an .onnx file"

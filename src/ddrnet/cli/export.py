@@ -1,5 +1,5 @@
-"""``ddrnet export``: ONNX (fp32 or INT8), TorchScript, TensorRT, ncnn or ExecuTorch (fp32
-or INT8), each checked against PyTorch, optionally scored on CamVid val."""
+"""``ddrnet export``: ONNX (fp32 or INT8), TorchScript, TensorRT, ncnn, ExecuTorch (fp32 or
+INT8) or AOTInductor, each checked against PyTorch, optionally scored on CamVid val."""
 
 from __future__ import annotations
 
@@ -31,7 +31,10 @@ SUFFIXES = {
     "ncnn": (".param",),
     "executorch": (".pte",),
     "executorch-int8": (".pte",),
+    "aoti": (".pt2",),
 }
+# Formats that export logits only (no --argmax).
+LOGITS_ONLY_FORMATS = ("ncnn", "executorch", "executorch-int8", "aoti")
 # Formats whose INT8 calibration reads real images (``--calibration``).
 INT8_FORMATS = ("onnx-int8", "executorch-int8")
 
@@ -48,7 +51,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="tensorrt: a float16 engine for --size, built on this machine's GPU; ncnn: "
         "-o NAME.param writes NAME.param, NAME.bin and NAME.json (needs pnnx and ncnn); "
         "executorch(-int8): -o NAME.pte writes NAME.pte and NAME.json, XNNPACK, fixed --size "
-        "(other sizes are resized to it when run; needs executorch)",
+        "(other sizes are resized to it when run; needs executorch); aoti: -o NAME.pt2, "
+        "AOTInductor, PyTorch's compiled successor to TorchScript (fixed --size, batches "
+        "1-32; runs with this PyTorch version, from Python or C++; needs a C++ compiler)",
     )
     parser.add_argument("-o", "--output", type=PATH, required=True, help="output file")
     parser.add_argument(
@@ -69,6 +74,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="INT8: 7 (default) is accurate on every CPU; 8 only for files that run on "
         "VNNI/AMX CPUs or ARM (x86 CPUs without VNNI saturate with 8-bit weights)",
     )
+    parser.add_argument(
+        "--isa",
+        choices=["portable", "native"],
+        help="aoti: compile the kernels for AVX2, which every recent x86 CPU runs (portable, "
+        "default), or for this CPU's widest instructions (native: may not load elsewhere)",
+    )
     parser.add_argument("--evaluate-root", help="CamVid root: report mIoU of fp32 and INT8 on val")
     parser.add_argument("--evaluate-images", type=POSITIVE_INT, help="only the first N val images")
     parser.set_defaults(handler=run)
@@ -78,8 +89,10 @@ def run(args: argparse.Namespace) -> int:
     from ddrnet.deploy.calibration import calibration_folder
 
     writable_file("-o", args.output, SUFFIXES[args.format])
-    if args.format in ("ncnn", "executorch", "executorch-int8") and args.argmax:
+    if args.format in LOGITS_ONLY_FORMATS and args.argmax:
         raise UsageError(f"--format {args.format} exports logits only: drop --argmax")
+    if args.isa is not None and args.format != "aoti":
+        raise UsageError(f"--isa applies to --format aoti, not {args.format}")
     calibration = None
     if args.format in INT8_FORMATS:  # refused before the model is loaded or anything written
         calibration = calibration_folder(
@@ -103,6 +116,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.format.startswith("executorch"):
         _export_executorch(model, output, calibration, args)
+        return 0
+    if args.format == "aoti":
+        from ddrnet.deploy.aoti import export_aoti_checked
+
+        export_aoti_checked(
+            model,
+            output,
+            args.size,
+            upsample_to_input=args.upsample,
+            isa=args.isa or "portable",
+            evaluate_root=args.evaluate_root,
+            evaluate_images=args.evaluate_images,
+        )
         return 0
     if args.format == "torchscript":
         from ddrnet.deploy import export_torchscript

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ddrnet.data.corruptions import SEVERITIES
+from ddrnet.engine.inference import EXPORTED_RUNTIMES
 from ddrnet.errors import UsageError
 from ddrnet.limits import MAX_NUM_CLASSES, MAX_SCALE
 from ddrnet.preview import MAX_PORT
@@ -138,10 +139,11 @@ def add_scales_option(parser: argparse.ArgumentParser) -> None:
 def add_runtime_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runtime",
-        choices=["onnxruntime", "openvino", "ncnn", "executorch"],
+        choices=list(EXPORTED_RUNTIMES),
         help="for an exported .onnx checkpoint: the CPU runtime (default onnxruntime); "
         "openvino with --amp bf16 is the fastest float path on CPUs with AMX/AVX512-BF16; "
-        "ncnn for a NAME.param from `ddrnet export --format ncnn` (picked by the suffix)",
+        "ncnn (NAME.param), executorch (NAME.pte) and aoti (NAME.pt2, AOTInductor) run the "
+        "files of `ddrnet export --format ncnn/executorch/aoti` (picked by the suffix)",
     )
 
 

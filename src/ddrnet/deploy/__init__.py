@@ -1,11 +1,14 @@
-"""Deployment: ONNX / TorchScript / TensorRT / ncnn / ExecuTorch export, BN folding, INT8
-quantisation, speed benchmarks, and exported ONNX, ncnn and ExecuTorch files run as models
-(``load_onnx_model``, ``load_ncnn_model``, ``load_executorch_model``).
+"""Deployment: ONNX / TorchScript / TensorRT / ncnn / ExecuTorch / AOTInductor export, BN
+folding, INT8 quantisation, speed benchmarks, and exported ONNX, ncnn, ExecuTorch and
+AOTInductor files run as models (``load_onnx_model``, ``load_ncnn_model``,
+``load_executorch_model``, ``load_aoti_model``).
 
-Data flows one way, export -> file -> runtime: ``export`` / ``ncnn_export`` / ``quantize``
-write files, ``onnx_file`` reads what a file says about itself, ``runtime`` / ``ncnn_runtime``
-run files (sessions, OpenVINO plans, ``nn.Module`` wrappers), ``verify`` checks a file
-against PyTorch and scores it, ``backends`` + ``bench`` time every form.
+Data flows one way, export -> file -> runtime: ``export`` / ``ncnn_export`` / ``quantize`` /
+``executorch_export`` write files, ``onnx_file`` reads what a file says about itself,
+``runtime`` / ``ncnn_runtime`` / ``executorch_runtime`` run files (sessions, OpenVINO plans,
+``nn.Module`` wrappers; ``fixed_size``: what programs of one input size share), ``aoti``
+writes and runs AOTInductor packages, ``verify`` checks a file against PyTorch and scores
+it, ``backends`` + ``bench`` time every form.
 
 onnx, onnxruntime and openvino are optional (``pip install ddrnet[deploy]``), as are pnnx and
 ncnn (``pip install ddrnet[edge]``); they are imported by the functions that use them, so
@@ -14,6 +17,12 @@ importing this package needs only PyTorch.
 
 from __future__ import annotations
 
+from ddrnet.deploy.aoti import (
+    AotiSegmentationModel,
+    export_aoti,
+    is_aoti_file,
+    load_aoti_model,
+)
 from ddrnet.deploy.backends import (
     BACKENDS,
     GPU_BACKENDS,
@@ -64,7 +73,7 @@ from ddrnet.deploy.runtime import (
 from ddrnet.deploy.verify import (
     evaluate_onnx,
     evaluate_onnx_forms,
-    verify_executorch,
+    verify_fixed_size,
     verify_ncnn,
     verify_onnx,
     verify_onnx_labels,
@@ -75,6 +84,7 @@ __all__ = [
     "BACKENDS",
     "GPU_BACKENDS",
     "OPENVINO_FIXED_SIZE_KEY",
+    "AotiSegmentationModel",
     "ExecutorchSegmentationModel",
     "ExportError",
     "ImageCalibrationReader",
@@ -92,14 +102,17 @@ __all__ = [
     "default_backends",
     "evaluate_onnx",
     "evaluate_onnx_forms",
+    "export_aoti",
     "export_executorch",
     "export_ncnn",
     "export_onnx",
     "export_torchscript",
     "fuse_conv_bn",
+    "is_aoti_file",
     "is_executorch_file",
     "is_ncnn_file",
     "is_onnx_file",
+    "load_aoti_model",
     "load_calibration_images",
     "load_executorch_model",
     "load_ncnn_model",
@@ -115,7 +128,7 @@ __all__ = [
     "read_onnx_metadata",
     "run_benchmarks",
     "tensorrt_function",
-    "verify_executorch",
+    "verify_fixed_size",
     "verify_ncnn",
     "verify_onnx",
     "verify_onnx_labels",

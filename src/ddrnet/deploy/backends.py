@@ -41,6 +41,7 @@ BACKENDS: dict[str, str] = {
     "ncnn": "ncnn CPU (pnnx export), float32, Winograd 3x3 and packed layouts (its defaults)",
     "executorch": "ExecuTorch CPU, XNNPACK delegate, float32, fixed input size",
     "executorch_int8": "ExecuTorch CPU, XNNPACK delegate, INT8 PT2E (per-channel s8 weights)",
+    "aoti": "AOTInductor package (torch.export, compiled ahead of time), float32, AVX2 kernels",
     "cuda": "PyTorch on the GPU, float32 (no TF32), BN folded, cudnn.benchmark",
     "cuda_fp16": "PyTorch on the GPU, float16 weights and input, channels-last, BN folded",
     "tensorrt_fp16": "TensorRT engine from our ONNX export, float16 allowed, static shape",
@@ -219,6 +220,8 @@ def build_runner(
         return _ncnn_runner(model, image, threads)
     if backend.startswith("executorch"):
         return _executorch_runner(backend, model, image, threads, calibration_images)
+    if backend == "aoti":
+        return _aoti_runner(model, image)
     return _onnx_runner(backend, model, image, threads, calibration_images)
 
 
@@ -278,3 +281,15 @@ def _executorch_runner(
     path = export_executorch(model, Path(scratch.name) / "model.pte", size, int8, calibration)
     deployed = ExecutorchSegmentationModel(path, threads)
     return Runner(name, deployed, (image,), BACKENDS[name], keep=[scratch, deployed])
+
+
+def _aoti_runner(model: nn.Module, image: torch.Tensor) -> Runner:
+    """The model compiled by AOTInductor at ``image``'s size (float32, portable kernels), run
+    on PyTorch's threads."""
+    from ddrnet.deploy.aoti import AotiSegmentationModel, export_aoti
+
+    size = (int(image.shape[-2]), int(image.shape[-1]))
+    scratch = tempfile.TemporaryDirectory(prefix="ddrnet-bench-aoti-")
+    path = export_aoti(model, Path(scratch.name) / "model.pt2", size)
+    deployed = AotiSegmentationModel(path)
+    return Runner("aoti", deployed, (image,), BACKENDS["aoti"], keep=[scratch, deployed])

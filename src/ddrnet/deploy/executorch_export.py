@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ddrnet.atomic import atomic_write, atomic_write_text
@@ -37,9 +36,9 @@ from ddrnet.deploy.executorch_runtime import (
     quiet_executorch_import,
 )
 from ddrnet.deploy.export import check_size, example_input, folded_export_wrapper
-from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
+from ddrnet.deploy.fixed_size import check_fixed_size_export, default_export_size, export_record
+from ddrnet.deploy.onnx_file import ExportError
 from ddrnet.deploy.quantize import ImageSource, preprocess_image
-from ddrnet.deploy.verify import evaluate_on_camvid, real_frames, verify_executorch
 from ddrnet.errors import UsageError
 
 
@@ -57,14 +56,6 @@ def _lowering() -> tuple[Any, Any]:
             f"--format executorch needs executorch ({error}): {INSTALL_HINT}"
         ) from None
     return XnnpackPartitioner, to_edge_transform_and_lower
-
-
-def default_export_size(model: nn.Module) -> tuple[int, int]:
-    """``(height, width)`` to export at when none is given: the model's recorded input size,
-    else its data set's usual one (CamVid 360x480, Cityscapes 1024x2048), else 512x512."""
-    from ddrnet.models.prune import training_size
-
-    return training_size(getattr(model, "metadata", None))
 
 
 def calibration_batches(
@@ -151,37 +142,9 @@ def export_executorch(
             f"{files.program}: ExecuTorch could not export the model: {first_line}"
         ) from None
     atomic_write(files.program, lambda stream: stream.write(lowered.buffer))
-    sidecar = _sidecar(model, (height, width), int8, upsample_to_input)
+    sidecar = export_record(model, (height, width), int8, upsample_to_input)
     atomic_write_text(json.dumps(sidecar, indent=1) + "\n", files.sidecar)
     return files.program
-
-
-def _sidecar(
-    model: nn.Module, size: tuple[int, int], int8: bool, upsample_to_input: bool
-) -> dict[str, Any]:
-    """What ``ExecutorchSegmentationModel`` reads beside the ``.pte``: metadata, options."""
-    metadata = json.loads(model.metadata.to_json())
-    metadata["input_size"] = list(size)  # the one size the program takes
-    options = {
-        "argmax": False,
-        "upsample_to_input": upsample_to_input,
-        "input_size": list(size),
-        "int8": int8,
-    }
-    return {METADATA_KEY: metadata, EXPORT_OPTIONS_KEY: options}
-
-
-@torch.no_grad()
-def frames_at(model: nn.Module, size: tuple[int, int], count: int = 2) -> list[torch.Tensor]:
-    """The first ``count`` bundled demo frames (CamVid, 360x480) normalised as ``model``
-    expects and resized bilinearly to ``size``: the inputs an export is checked on."""
-    frames = real_frames(model, count)[:count]
-    return [
-        frame
-        if tuple(frame.shape[-2:]) == tuple(size)
-        else F.interpolate(frame, size=tuple(size), mode="bilinear", align_corners=False)
-        for frame in frames
-    ]
 
 
 def export_executorch_checked(
@@ -210,19 +173,11 @@ def export_executorch_checked(
         f"ExecuTorch written to {files.program} (XNNPACK, {precision}, fixed {size[0]}x{size[1]} "
         f"input) with {files.sidecar.name} (classes, palette, normalisation)"
     )
-    inputs = frames_at(model, size)
-    if inputs:
-        check = verify_executorch(model, path, inputs)
-        where = f"on {len(inputs)} real frames at {size[0]}x{size[1]}"
-        line = f"max abs logit difference {check.max_logit_difference:.2e}"
-        if int8:
-            line = f"labels agree on {100 * check.label_agreement:.2f}% of pixels, {line}"
-        report(f"ExecuTorch vs PyTorch fp32 {where}: {line}")
-    if evaluate_root is not None:
-        reference, deployed, count = evaluate_on_camvid(
-            model, path, evaluate_root, limit=evaluate_images, load=ExecutorchSegmentationModel
-        )
-        report(f"CamVid val, {count} images: PyTorch fp32 mIoU {reference:.2f}")
-        change = deployed - reference
-        report(f"CamVid val, {count} images: ExecuTorch mIoU {deployed:.2f} ({change:+.2f})")
+    check_fixed_size_export(
+        model,
+        ExecutorchSegmentationModel(path, resize=False),
+        evaluate_root=evaluate_root,
+        evaluate_images=evaluate_images,
+        report=report,
+    )
     return path

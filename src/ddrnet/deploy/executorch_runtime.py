@@ -7,9 +7,8 @@ to XNNPACK, weights inside, float32 or INT8) and ``NAME.json`` (our sidecar: the
 ``ModelMetadata`` under ``"ddrnet"``, the export options under ``"ddrnet.export"``: input
 size, INT8, upsampling; the keys of the ONNX file's metadata and of the ncnn sidecar).
 
-A ``.pte`` holds one fixed input size (``torch.export`` of DDRNet with symbolic height and
-width failed), so ``ExecutorchSegmentationModel`` resizes any other input to that size and
-the logits back to the size the input would have given (see there).
+A ``.pte`` holds one fixed input size: ``ExecutorchSegmentationModel`` resizes any other
+input to it and the logits back (``ddrnet.deploy.fixed_size``).
 
 ExecuTorch (``pip install executorch``, the ``edge`` extra) is imported when a file is
 loaded, so importing this module needs only PyTorch.
@@ -20,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import tempfile
 import warnings
@@ -30,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+from ddrnet.deploy.fixed_size import FixedSizeSegmentationModel
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.models.metadata import ModelMetadata
 
@@ -197,17 +194,9 @@ def load_method(files: ExecutorchFiles, threads: int | None = None) -> Any:
     return method
 
 
-class ExecutorchSegmentationModel(nn.Module):
-    """An ExecuTorch logits program (``export_executorch``) run on the CPU (XNNPACK).
-
-    ``forward``: ``(N, 3, H, W)`` normalised float images -> ``(N, num_classes, h, w)``
-    float32 logits on the input's device, ``h, w`` = ``ceil(H/8), ceil(W/8)`` (``H, W`` for
-    files exported with ``upsample_to_input``). The program runs one image at a time at its
-    fixed size ``input_size``; an image of another size is resized bilinearly
-    (``align_corners=False``) to ``input_size`` and its logits back to ``h, w`` the same way,
-    so the result is exactly PyTorch's logits for the resized image, resized: close to, but
-    not the same as, a pass at the image's own size (a warning says so, once). With
-    ``resize=False`` such an input is an ``ExecutorchFileError`` naming the file's size.
+class ExecutorchSegmentationModel(FixedSizeSegmentationModel):
+    """An ExecuTorch logits program (``export_executorch``) run on the CPU (XNNPACK), one
+    image at a time, at its fixed size (other sizes: ``FixedSizeSegmentationModel``).
 
     Args:
         path: the ``.pte`` file; ``NAME.json`` (classes, palette, mean/std) must lie beside it.
@@ -215,16 +204,18 @@ class ExecutorchSegmentationModel(nn.Module):
         resize: resize inputs of another size (True) or refuse them (False).
     """
 
+    runtime_name = "executorch"
+    runtime_label = "ExecuTorch"
+    export_format = "executorch"
+    file_error = ExecutorchFileError
+
     def __init__(self, path: str | Path, threads: int | None = None, resize: bool = True) -> None:
         super().__init__()
         files = check_executorch_files(path)
         sidecar = read_sidecar(files)
-        self.metadata = ModelMetadata.from_json(
+        metadata = ModelMetadata.from_json(
             json.dumps(sidecar[METADATA_KEY]), source=str(files.sidecar)
         )
-        options = sidecar.get(EXPORT_OPTIONS_KEY) or {}
-        self.upsampled = bool(options.get("upsample_to_input", False))
-        self.int8 = bool(options.get("int8", False))
         self.method = load_method(files, threads)
         meta = self.method.metadata
         in_sizes = tuple(meta.input_tensor_meta(0).sizes())
@@ -234,63 +225,19 @@ class ExecutorchSegmentationModel(nn.Module):
                 f"{files.program}: takes {list(in_sizes)} and gives {list(out_sizes)}, not a "
                 "(1, 3, H, W) image to (1, C, h, w) logits; not a ddrnet segmentation export"
             )
-        self.input_size = (int(in_sizes[2]), int(in_sizes[3]))  # (height, width), pixels
-        self._output_size = (int(out_sizes[2]), int(out_sizes[3]))
-        self.num_classes = self.metadata.num_classes
-        self.path, self.files, self.threads, self.resize = files.program, files, threads, resize
-        self._warned_resize = False
+        self._set_program(
+            files.program,
+            metadata,
+            sidecar.get(EXPORT_OPTIONS_KEY) or {},
+            (int(in_sizes[2]), int(in_sizes[3])),
+            (int(out_sizes[2]), int(out_sizes[3])),
+            resize,
+        )
+        self.files, self.threads = files, threads
 
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """``(h, w)`` of the logits for an ``height x width`` input: the program's own
-        output/input ratio (1/8 for DDRNet, 1 with ``upsample_to_input``), rounded up."""
-        in_height, in_width = self.input_size
-        out_height, out_width = self._output_size
-        return math.ceil(height * out_height / in_height), math.ceil(width * out_width / in_width)
-
-    def _run(self, image: torch.Tensor) -> torch.Tensor:
-        """One ``(1, 3, H, W)`` float32 CPU image at ``input_size`` -> ``(1, C, h, w)`` logits."""
-        (logits,) = self.method.execute([image.contiguous()])  # a copy of the output
-        return logits
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected (N, 3, H, W) images, got shape {tuple(images.shape)}")
-        height, width = int(images.shape[-2]), int(images.shape[-1])
-        batch = images.detach().float().cpu()
-        resized = (height, width) != self.input_size
-        if resized:
-            self._check_resize(height, width)
-            batch = F.interpolate(batch, self.input_size, mode="bilinear", align_corners=False)
-        logits = torch.cat([self._run(image[None]) for image in batch])
-        if resized:
-            size = self.output_size(height, width)
-            logits = F.interpolate(logits, size, mode="bilinear", align_corners=False)
-        return logits.to(images.device)
-
-    def _check_resize(self, height: int, width: int) -> None:
-        file_size = f"{self.input_size[0]}x{self.input_size[1]}"
-        if not self.resize:
-            raise ExecutorchFileError(
-                f"{self.path}: exported for {file_size} inputs, got {height}x{width}; resize "
-                f"the image or export again with --size {height}x{width}"
-            )
-        if not self._warned_resize:
-            self._warned_resize = True
-            logger.warning(
-                "%s runs at its export size %s: %dx%d inputs are resized to it and the logits "
-                "back (export with --size %dx%d for passes at this size)",
-                self.path,
-                file_size,
-                height,
-                width,
-                height,
-                width,
-            )
-
-    def extra_repr(self) -> str:
-        precision = "int8" if self.int8 else "float32"
-        size = f"{self.input_size[0]}x{self.input_size[1]}"
-        return f"path={str(self.path)!r}, runtime=executorch, {precision}, size={size}"
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        # The program takes one image; execute returns a copy of its output.
+        return torch.cat([self.method.execute([image[None].contiguous()])[0] for image in batch])
 
 
 def load_executorch_model(

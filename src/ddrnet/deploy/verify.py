@@ -1,25 +1,23 @@
 """Checking an export against the PyTorch model it came from: logits and labels on the same
-inputs (``verify_onnx``, ``verify_onnx_labels``, ``verify_ncnn``, ``verify_executorch``),
-and accuracy on a data set
-scored by ``ddrnet.engine.evaluate``, the loop ``ddrnet eval`` runs (``evaluate_onnx``,
-``evaluate_onnx_forms``, ``evaluate_on_camvid``).
+inputs (``verify_onnx``, ``verify_onnx_labels``, ``verify_ncnn``, ``verify_fixed_size``),
+and accuracy on a data set scored by ``ddrnet.engine.evaluate``, the loop ``ddrnet eval``
+runs (``evaluate_onnx``, ``evaluate_onnx_forms``, ``evaluate_on_camvid``).
 
 The files are run by ``ddrnet.deploy.runtime`` / ``ncnn_runtime`` / ``executorch_runtime``
-exactly as ``ddrnet predict`` and ``ddrnet eval`` run them.
+/ ``aoti`` exactly as ``ddrnet predict`` and ``ddrnet eval`` run them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from ddrnet.deploy.executorch_runtime import ExecutorchSegmentationModel
 from ddrnet.deploy.export import check_size, float_cpu_copy
 from ddrnet.deploy.ncnn_runtime import NcnnSegmentationModel
 from ddrnet.deploy.onnx_file import ExportError, file_normalisation
@@ -28,6 +26,9 @@ from ddrnet.engine.evaluate import evaluate
 from ddrnet.engine.inference import normalize
 from ddrnet.engine.metrics import SegmentationMetrics
 from ddrnet.models.metadata import normalisation
+
+if TYPE_CHECKING:
+    from ddrnet.deploy.fixed_size import FixedSizeSegmentationModel
 
 DEFAULT_VERIFY_SIZES: tuple[tuple[int, int], ...] = ((360, 480), (361, 479), (64, 64))
 
@@ -175,21 +176,21 @@ class Agreement(NamedTuple):
 
 
 @torch.no_grad()
-def verify_executorch(
-    model: nn.Module, path: str | Path, inputs: Sequence[torch.Tensor]
+def verify_fixed_size(
+    model: nn.Module, deployed: FixedSizeSegmentationModel, inputs: Sequence[torch.Tensor]
 ) -> Agreement:
-    """The ExecuTorch file's logits against PyTorch's (float32, unfolded) on ``inputs``,
-    normalised ``(N, 3, H, W)`` tensors at the file's input size (use real images: see
-    ``verify_onnx``). Raises ``ExportError`` when the shapes differ, ``ValueError`` when an
-    input is not at the file's size (the runtime would resize it: a different comparison)."""
-    deployed = ExecutorchSegmentationModel(path, resize=False)
+    """An exported program's logits (ExecuTorch, AOTInductor: ``deployed``, loaded with
+    ``resize=False``) against PyTorch's (float32, unfolded) on ``inputs``, normalised
+    ``(N, 3, H, W)`` tensors at the file's input size (use real images: see ``verify_onnx``).
+    Raises ``ExportError`` when the shapes differ, ``ValueError`` when an input is not at the
+    file's size (the runtime would resize it: a different comparison)."""
     reference = float_cpu_copy(model)
     worst, agree, total = 0.0, 0, 0
     for image in inputs:
         image = image.float().cpu()
         if tuple(image.shape[-2:]) != deployed.input_size:
             raise ValueError(
-                f"{path} takes {deployed.input_size} inputs; got {tuple(image.shape[-2:])}"
+                f"{deployed.path} takes {deployed.input_size} inputs; got {tuple(image.shape[-2:])}"
             )
         expected = reference(image)
         if deployed.upsampled:
@@ -199,7 +200,8 @@ def verify_executorch(
         actual = deployed(image)
         if tuple(actual.shape) != tuple(expected.shape):
             raise ExportError(
-                f"{path}: ExecuTorch gives {tuple(actual.shape)}, PyTorch {tuple(expected.shape)}"
+                f"{deployed.path}: {deployed.runtime_name} gives {tuple(actual.shape)}, "
+                f"PyTorch {tuple(expected.shape)}"
             )
         worst = max(worst, float((actual - expected).abs().max()))
         agree += int((actual.argmax(1) == expected.argmax(1)).sum())

@@ -51,7 +51,9 @@ def pick_device(name: str) -> torch.device:
 AMP_SETTINGS = ("auto", "none", "bf16", "fp16")
 # The CPU runtimes of exported files (``ddrnet.load``): ONNX Runtime, OpenVINO, ncnn,
 # ExecuTorch (XNNPACK).
-EXPORTED_RUNTIMES = ("onnxruntime", "openvino", "ncnn", "executorch")
+EXPORTED_RUNTIMES = ("onnxruntime", "openvino", "ncnn", "executorch", "aoti")
+# Runtimes of our own file formats: one precision (the exported one), one frame at a time.
+OWN_FORMAT_RUNTIMES = ("ncnn", "executorch", "aoti")
 
 
 def resolve_precision(
@@ -112,7 +114,7 @@ def _exported_precision(
             f"--device {device}: exported files run on the CPU here; for NVIDIA GPUs use the "
             "PyTorch model file or `ddrnet export --format tensorrt`"
         )
-    if runtime in ("ncnn", "executorch"):
+    if runtime in OWN_FORMAT_RUNTIMES:
         if amp not in ("none", "auto"):
             raise UsageError(
                 f"{option} {amp}: {runtime} files run in the precision they were exported in "
