@@ -255,3 +255,76 @@ def test_options_that_would_be_ignored_are_refused(capsys) -> None:
     assert error.endswith("--severities applies to --corruptions, which is not given")
     error = one_line_cli_error(capsys, ["data", "camvid_ddrnet23_slim", "data.classes_file=x.yaml"])
     assert "classes_file must be null unless dataset is folder, got 'x.yaml'" in error
+
+
+def test_outputs_never_replace_what_the_command_reads(camvid_model_file, tmp_path, capsys):
+    """An output path that names the command's own input is refused before any work, and
+    the input is left as it was."""
+    import shutil
+
+    from ddrnet.assets import demo_frames
+
+    model = tmp_path / "model.safetensors"
+    shutil.copy(camvid_model_file, model)
+    image = shutil.copy(demo_frames()[0], tmp_path / "street.png")
+    report = tmp_path / "baseline.json"
+    report.write_text("{}")
+    before = {path: path.read_bytes() for path in (model, image, report)}
+    cases = [
+        (["prune", str(model), "--macs", "0.5", "-o", str(model)], "is the file CHECKPOINT reads"),
+        (["export", "--checkpoint", str(model), "--format", "torchscript", "-o", str(model)],
+         "expected a .pt or .ts or .torchscript file name"),
+        (["viz", "features", str(image), "--checkpoint", str(model), "-o", str(image)],
+         "is the file IMAGE reads"),
+        (["viz", "compare", str(image), "--checkpoint", str(model), "-o", str(image)],
+         "is the file IMAGE reads"),
+        (["eval", str(model), "--compare", str(report), "--json", str(report)],
+         "is the file --compare reads"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert message in one_line_cli_error(capsys, argv), argv
+    checkpoint = tmp_path / "last.pt"
+    torch.save({}, checkpoint)
+    argv = ["export", "--checkpoint", str(checkpoint), "--format", "torchscript"]
+    error = one_line_cli_error(capsys, [*argv, "-o", str(checkpoint)])
+    assert error.endswith(f"-o {checkpoint}: is the file --checkpoint reads; writing it would "
+                          "replace it (give another file name)")  # fmt: skip
+    assert all(path.read_bytes() == data for path, data in before.items())
+
+
+def test_a_new_run_keeps_a_config_yaml_it_did_not_write(camvid_root, tmp_path, capsys) -> None:
+    output = tmp_path / "run"
+    output.mkdir()
+    recipe = output / "config.yaml"
+    recipe.write_text(RECIPE.read_text())  # a recipe kept where its run will be written
+    argv = ["train", str(recipe), *tiny_overrides(camvid_root, output, epochs=1)]
+    error = one_line_cli_error(capsys, argv)
+    assert f"train.output_dir={output} holds a config.yaml that is not this run's" in error
+    assert recipe.read_text() == RECIPE.read_text()
+
+
+def test_export_reads_its_inputs_before_writing(camvid_model_file, tmp_path, capsys) -> None:
+    """A wrong --evaluate-root or an unreadable calibration image is refused before any
+    file is written (an INT8 export writes its float32 file first)."""
+    output = tmp_path / "out" / "model.onnx"
+    argv = ["export", "--checkpoint", str(camvid_model_file), "-o", str(output)]
+    error = one_line_cli_error(capsys, [*argv, "--evaluate-root", str(tmp_path / "nowhere")])
+    assert f"--evaluate-root {tmp_path / 'nowhere'}: CamVid root" in error
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    (calibration / "broken.png").write_bytes(b"not a picture")
+    argv += ["--format", "onnx-int8", "--calibration", str(calibration)]
+    assert "broken.png" in one_line_cli_error(capsys, argv)
+    assert not output.parent.exists() or not any(output.parent.iterdir())
+
+
+def test_options_of_another_mode_are_refused(camvid_model_file, tmp_path, capsys) -> None:
+    argv = ["data", "camvid_ddrnet23_slim"]
+    error = one_line_cli_error(capsys, [*argv, "--augmented"])
+    assert error.endswith("--augmented shape the pictures of --show, which is not given")
+    error = one_line_cli_error(capsys, [*argv, "--count", "3"])
+    assert error.endswith("--count shape the pictures of --show, which is not given")
+    argv = ["export", "--checkpoint", str(camvid_model_file), "-o", str(tmp_path / "m.onnx")]
+    error = one_line_cli_error(capsys, [*argv, "--calibration", str(tmp_path)])
+    assert error.endswith("--calibration applies to the INT8 formats (onnx-int8, "
+                          "executorch-int8), not onnx")  # fmt: skip

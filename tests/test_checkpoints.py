@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
@@ -71,7 +72,7 @@ def test_safetensors_round_trip_rebuilds_the_model_from_metadata(tmp_path: Path)
     assert _same_outputs(model, rebuilt)
 
 
-def test_a_group_norm_file_is_rebuilt_with_group_norm(tmp_path: Path) -> None:
+def test_a_group_norm_file_is_rebuilt_with_group_norm(tmp_path: Path, caplog) -> None:
     model = _trained_like(num_classes=4, norm="group", norm_groups=16)
     path = save_model(model, tmp_path / "gn.safetensors", model.metadata)
     rebuilt = ddrnet.create_model(checkpoint=path)  # nothing said about the norm
@@ -79,8 +80,11 @@ def test_a_group_norm_file_is_rebuilt_with_group_norm(tmp_path: Path) -> None:
     assert rebuilt.backbone.layer1[0].bn1.num_groups == 16  # gcd(32, 16)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in rebuilt.modules())
     assert _same_outputs(model, rebuilt)
-    # The file's norm wins over the argument, as its widths do over width_multiplier.
-    assert ddrnet.create_model(checkpoint=path, norm="batch").spec.norm == "group"
+    # The file's norm wins over the argument, as its widths do over width_multiplier; a
+    # warning says so.
+    with caplog.at_level(logging.WARNING, logger="ddrnet.models.factory"):
+        assert ddrnet.create_model(checkpoint=path, norm="batch").spec.norm == "group"
+    assert f"norm='batch' does not apply to {path}: the file records norm 'group'" in caplog.text
     # BatchNorm weights without metadata (an official file) do not fit a GroupNorm model:
     # the 3 statistics of each of its 55 BatchNorms have no place.
     torch.save(_trained_like().state_dict(), tmp_path / "bn.pth")

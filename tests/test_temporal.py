@@ -40,6 +40,21 @@ def test_still_scene_blends_log_probabilities_by_hand() -> None:
     assert torch.allclose(smoother(small, probabilities, logits=False), probabilities.log())
 
 
+@pytest.mark.parametrize("height, width", [(1, 1), (8, 8), (12, 400), (400, 12)])
+def test_tiny_and_thin_frames_are_smoothed(height: int, width: int) -> None:
+    """OpenCV's flow refuses frames under 12 pixels and crashes the process on ones much
+    wider than tall: the smoother gives it a safe shape and still blends as on any still
+    scene."""
+    frame = torch.full((1, 3, height, width), 90, dtype=torch.uint8)
+    grid = (max(1, height // 8), max(1, width // 8))
+    first, second = torch.randn(1, 3, *grid), torch.randn(1, 3, *grid)
+    smoother = TemporalSmoother(0.5)
+    smoother(frame, first, logits=True)
+    share = 0.5 * (1 - second.softmax(1).amax(1, keepdim=True)).sqrt()
+    expected = share * first.log_softmax(1) + (1 - share) * second.log_softmax(1)
+    assert torch.allclose(smoother(frame, second, logits=True), expected, atol=1e-5)
+
+
 def _textured(shift: int) -> torch.Tensor:
     """A 256x256 frame of smooth random texture, moved ``shift`` pixels to the right."""
     noise = np.random.default_rng(3).integers(0, 256, (256, 256, 3)).astype(np.uint8)
@@ -173,3 +188,25 @@ def test_flicker_of_a_single_frame_is_not_measured(tmp_path: Path, capsys) -> No
     assert main([*argv, "--json", str(report)]) == 0
     assert "flicker: not measured" in capsys.readouterr().out
     assert json.loads(report.read_text())["temporal"]["flicker"] is None  # plain JSON, no NaN
+
+
+def test_flicker_of_unrelated_frames_says_it_takes_them_as_one_video(tmp_path, caplog) -> None:
+    """A folder data set records no videos: --flicker says it takes the frames, in order, as
+    one (CamVid's sequences need no such line)."""
+    from ddrnet.data.folder import load_classes_file
+    from ddrnet.models import save_model
+
+    from helpers import folder_tree, labelled_model
+
+    root = folder_tree(tmp_path)
+    labels = load_classes_file(root / "classes.yaml").labels
+    network = labelled_model(labels)
+    model = save_model(network, tmp_path / "m.safetensors", network.metadata)
+    argv = ["eval", str(model), "--dataset", "folder", "--root", str(root), "--split", "train"]
+    with caplog.at_level("WARNING", logger="ddrnet"):
+        assert main([*argv, "--flicker"]) == 0
+    assert "--flicker and --smooth take its 2 frames, in order, as one video" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ddrnet"):
+        assert main(["eval", "camvid_ddrnet23_slim_train", "--max-images", "2", "--flicker"]) == 0
+    assert "as one video" not in caplog.text

@@ -269,24 +269,22 @@ def test_a_video_served_over_http_is_segmented(camvid_frames, tmp_path, fast_run
 
 
 def test_sources_that_cannot_be_opened_are_one_line_each(tmp_path) -> None:
-    result = run_ddrnet(
-        "predict",
-        "rtsp://127.0.0.1:9/none",
-        "camera:front",
-        "--checkpoint",
-        "camvid_ddrnet23_slim_fast_train",
-        "-o",
-        str(tmp_path / "out"),
-    )
+    checkpoint = ["--checkpoint", "camvid_ddrnet23_slim_fast_train", "-o", str(tmp_path / "out")]
+    result = run_ddrnet("predict", "rtsp://127.0.0.1:9/none", "camera:99", *checkpoint)
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert lines == [
         "WARNING ddrnet.predict: skipped rtsp://127.0.0.1:9/none: cannot open the video: "
         "unreachable or refused, no stream at that address, or not a video (waited 10 s at "
         "most)",
-        "WARNING ddrnet.predict: skipped camera:front: give a camera number, e.g. camera:0",
+        "WARNING ddrnet.predict: skipped camera:99: cannot open the video: no such camera, or "
+        "it is in use",
         "2 of 2 inputs failed (listed above)",
     ]
+    # A camera that is no number names nothing: refused before the model is loaded.
+    named = run_ddrnet("predict", "camera:front", *checkpoint)
+    assert named.returncode == 2
+    assert named.stderr.strip().endswith("input camera:front: give a camera number, e.g. camera:0")
     bad = run_ddrnet("predict", "camera:0", "--drop-frames", "sometimes")
     assert bad.returncode == 2 and "--drop-frames: invalid choice: 'sometimes'" in bad.stderr
     none = run_ddrnet("predict", "camera:0", "--max-frames", "0")

@@ -29,7 +29,10 @@ from ddrnet.errors import DDRNetError, user_error_message
 from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels
 from ddrnet.runner import SegmentationRunner
 from ddrnet.video import (
+    VideoSourceError,
+    camera_index,
     check_drop_frames,
+    is_camera,
     is_camera_or_stream,
     segment_video,
     shown_picture,
@@ -79,6 +82,11 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
     for item in inputs:
         path = Path(item)
         if is_camera_or_stream(item):
+            if is_camera(item):
+                try:
+                    camera_index(item)
+                except VideoSourceError as error:
+                    raise PredictionInputError(f"input {error}") from None
             videos.append(item)
         elif path.is_dir():
             found = image_files(path)

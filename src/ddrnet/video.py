@@ -137,15 +137,20 @@ def _open_capture(source: str):
     return capture
 
 
+def camera_index(source: str) -> int:
+    """N of ``camera:N``; a ``VideoSourceError`` when N is not a camera number."""
+    index = source.split(":", 1)[1]
+    if not index.isdigit():
+        raise VideoSourceError(f"{source}: give a camera number, e.g. camera:0")
+    return int(index)
+
+
 def _capture(source: str):
     """``cv2.VideoCapture`` of ``source``, opened or not, and what a failure would mean."""
     import cv2
 
     if is_camera(source):
-        index = source.split(":", 1)[1]
-        if not index.isdigit():
-            raise VideoSourceError("give a camera number, e.g. camera:0")
-        return cv2.VideoCapture(int(index)), "no such camera, or it is in use"
+        return cv2.VideoCapture(camera_index(source)), "no such camera, or it is in use"
     if is_stream_url(source):
         timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
         timeouts += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]

@@ -8,6 +8,9 @@ import json
 from pathlib import Path
 
 from ddrnet.cli.options import NON_NEGATIVE_INT, PATH, POSITIVE_INT, writable_file
+from ddrnet.errors import UsageError
+
+PICTURES_PER_SET = 8  # --show's frames per set
 
 # Problems printed; --json keeps all of them.
 PRINTED_PROBLEMS = 30
@@ -42,16 +45,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="write frames with their labels' colours and a legend to FOLDER/train and FOLDER/val",
     )
     parser.add_argument(
-        "--count", type=POSITIVE_INT, default=8, help="--show: frames per set (default 8)"
+        "--count", type=POSITIVE_INT, help=f"--show: frames per set (default {PICTURES_PER_SET})"
     )
     parser.add_argument(
         "--augmented",
         action="store_true",
         help="--show: training frames as the recipe's augmentation draws them",
     )
-    parser.add_argument(
-        "--seed", type=NON_NEGATIVE_INT, default=0, help="--augmented: the draws (default 0)"
-    )
+    parser.add_argument("--seed", type=NON_NEGATIVE_INT, help="--augmented: the draws (default 0)")
     parser.set_defaults(handler=run)
 
 
@@ -64,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from ddrnet.viz.labels import label_picture_paths, write_label_pictures
 
     writable_file("--json", args.json, (".json",))
+    _check_show_options(args)
     overrides = list(args.overrides) + getattr(args, "late_overrides", [])
     config = load_config(Config, resolve_recipe(args.config), overrides)
     # Not cached: the survey reads each file once, and a broken one must not stop the rest.
@@ -74,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
     if args.show:
         folders = {role: Path(args.show) / role for role in sets}
         for role, folder in folders.items():  # refused now, before minutes of reading:
-            label_picture_paths(sets[role], folder, args.count)  # over the data's own files
+            label_picture_paths(
+                sets[role], folder, args.count or PICTURES_PER_SET
+            )  # over the data's own files
             folder.mkdir(parents=True, exist_ok=True)  # a file in the way
     surveys = {role: survey_dataset(dataset, progress=True) for role, dataset in sets.items()}
     warnings = survey_warnings(surveys["train"], surveys["val"])
@@ -89,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
     if args.show:
         for role, dataset in sets.items():
             augmented = args.augmented and role == "train"
-            written = write_label_pictures(dataset, folders[role], args.count, augmented, args.seed)
+            written = write_label_pictures(
+                dataset, folders[role], args.count or PICTURES_PER_SET, augmented, args.seed or 0
+            )
             print(f"{len(written)} label pictures written to {folders[role]}")
     if args.json:
         document = {
@@ -154,3 +160,19 @@ def _print_problems(problems: list[str]) -> None:
         print(f"  {problem}")
     if len(problems) > PRINTED_PROBLEMS:
         print(f"  ... and {len(problems) - PRINTED_PROBLEMS} more (all of them: --json)")
+
+
+def _check_show_options(args: argparse.Namespace) -> None:
+    """Refuse options of the pictures without --show (they would do nothing)."""
+    if args.seed is not None and not args.augmented:
+        raise UsageError("--seed draws the --augmented pictures, which are not asked for")
+    if not args.show:
+        given = [
+            name
+            for name, value in (("--count", args.count), ("--augmented", args.augmented))
+            if value
+        ]
+        if given:
+            raise UsageError(
+                f"{' and '.join(given)} shape the pictures of --show, which is not given"
+            )

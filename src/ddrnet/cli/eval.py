@@ -155,7 +155,8 @@ def _add_measure_options(group: argparse._ArgumentGroup) -> None:
 def run(args: argparse.Namespace) -> int:
     from ddrnet.engine.robustness import evaluate_robustness
 
-    writable_file("--json", args.json, (".json",))
+    reads = {"--compare": args.compare, "CHECKPOINT": args.checkpoint}
+    writable_file("--json", args.json, (".json",), reads=reads)
     if args.severities and not args.corruptions:
         raise UsageError("--severities applies to --corruptions, which is not given")
     if args.show and not args.worst:
@@ -219,8 +220,14 @@ def _check_frame_options(args: argparse.Namespace, dataset, labels):
     """Refuse, before the evaluation, what --show, --ci and --compare cannot do here; the
     ``--compare`` report's per-frame counts (None without it)."""
     from ddrnet.engine.frame_scores import read_frame_counts
-    from ddrnet.engine.recordings import frame_images
+    from ddrnet.engine.recordings import frame_images, frame_recordings
 
+    if (args.flicker or args.smooth) and not any(frame_recordings(dataset)):
+        logger.warning(
+            "this data set does not say which video its frames come from: --flicker and "
+            "--smooth take its %d frames, in order, as one video",
+            len(dataset),
+        )
     if args.show:
         from ddrnet.viz.errors import check_pictures_folder
 

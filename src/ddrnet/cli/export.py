@@ -86,20 +86,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddrnet.deploy.calibration import calibration_folder
-
-    writable_file("-o", args.output, SUFFIXES[args.format])
-    if args.format in LOGITS_ONLY_FORMATS and args.argmax:
-        raise UsageError(f"--format {args.format} exports logits only: drop --argmax")
-    if args.isa is not None and args.format != "aoti":
-        raise UsageError(f"--isa applies to --format aoti, not {args.format}")
-    calibration = None
-    if args.format in INT8_FORMATS:  # refused before the model is loaded or anything written
-        calibration = calibration_folder(
-            args.calibration, f"--format {args.format}", demo_default=False
-        )
-    if args.format == "tensorrt":
-        _check_tensorrt()
+    images = _checked_options(args)
     model = load_pytorch_model(args)
     output = Path(args.output)
     if args.format == "ncnn":
@@ -113,11 +100,20 @@ def run(args: argparse.Namespace) -> int:
             evaluate_root=args.evaluate_root,
             evaluate_images=args.evaluate_images,
         )
-        return 0
-    if args.format.startswith("executorch"):
-        _export_executorch(model, output, calibration, args)
-        return 0
-    if args.format == "aoti":
+    elif args.format.startswith("executorch"):
+        from ddrnet.deploy.executorch_export import export_executorch_checked
+
+        export_executorch_checked(
+            model,
+            output,
+            args.size,
+            int8=images is not None,
+            calibration=images,
+            upsample_to_input=args.upsample,
+            evaluate_root=args.evaluate_root,
+            evaluate_images=args.evaluate_images,
+        )
+    elif args.format == "aoti":
         from ddrnet.deploy.aoti import export_aoti_checked
 
         export_aoti_checked(
@@ -129,15 +125,53 @@ def run(args: argparse.Namespace) -> int:
             evaluate_root=args.evaluate_root,
             evaluate_images=args.evaluate_images,
         )
-        return 0
-    if args.format == "torchscript":
+    elif args.format == "torchscript":
         from ddrnet.deploy import export_torchscript
 
         export_torchscript(
             model, output, args.size, argmax=args.argmax, upsample_to_input=args.upsample
         )
         print(f"TorchScript written to {output}")
-        return 0
+    else:
+        _export_onnx_forms(model, output, images, args)
+    return 0
+
+
+def _checked_options(args: argparse.Namespace) -> list | None:
+    """Refuse, before the model is loaded or anything written, what cannot work: an output
+    that is the checkpoint, options of other formats, a --evaluate-root that is no CamVid
+    folder; and read the calibration images of the INT8 formats (None for the others)."""
+    from ddrnet.data.camvid import camvid
+    from ddrnet.data.datasets import DatasetError
+    from ddrnet.deploy import load_calibration_images
+    from ddrnet.deploy.calibration import calibration_folder
+
+    writable_file("-o", args.output, SUFFIXES[args.format], reads={"--checkpoint": args.checkpoint})
+    if args.format in LOGITS_ONLY_FORMATS and args.argmax:
+        raise UsageError(f"--format {args.format} exports logits only: drop --argmax")
+    if args.isa is not None and args.format != "aoti":
+        raise UsageError(f"--isa applies to --format aoti, not {args.format}")
+    if args.calibration is not None and args.format not in INT8_FORMATS:
+        raise UsageError(
+            f"--calibration applies to the INT8 formats ({', '.join(INT8_FORMATS)}), "
+            f"not {args.format}"
+        )
+    if args.evaluate_root is not None:
+        try:
+            camvid(args.evaluate_root, "val")
+        except (DatasetError, OSError) as error:
+            raise UsageError(f"--evaluate-root {args.evaluate_root}: {error}") from None
+    if args.format == "tensorrt":
+        _check_tensorrt()
+    if args.format not in INT8_FORMATS:
+        return None
+    folder = calibration_folder(args.calibration, f"--format {args.format}", demo_default=False)
+    return load_calibration_images(folder, count=args.calibration_count)
+
+
+def _export_onnx_forms(model: nn.Module, output: Path, images, args: argparse.Namespace) -> None:
+    """ONNX, ONNX INT8 (the float32 file kept beside it) or a TensorRT engine built from
+    the float32 ONNX file; with --evaluate-root each ONNX form scored on CamVid val."""
     fp32_path = output if args.format == "onnx" else output.with_name(output.stem + "_fp32.onnx")
     _export_checked_onnx(model, fp32_path, output, args)
     if args.format == "tensorrt":
@@ -146,34 +180,12 @@ def run(args: argparse.Namespace) -> int:
         height, width = args.size
         build_tensorrt_engine(fp32_path, output, (1, 3, height, width), fp16=True)
         print(f"TensorRT engine (float16 allowed, input 1x3x{height}x{width}) written to {output}")
-        return 0
+        return
     final = fp32_path
-    if calibration is not None:
-        final = _quantize(fp32_path, output, calibration, args)
+    if images is not None:
+        final = _quantize(fp32_path, output, images, args)
     if args.evaluate_root:
         _evaluate_forms(model, fp32_path, final, args)
-    return 0
-
-
-def _export_executorch(
-    model: nn.Module, output: Path, calibration: Path | None, args: argparse.Namespace
-) -> None:
-    from ddrnet.deploy.executorch_export import export_executorch_checked
-    from ddrnet.deploy.quantize import load_calibration_images
-
-    images = None
-    if calibration is not None:
-        images = load_calibration_images(calibration, args.calibration_count)
-    export_executorch_checked(
-        model,
-        output,
-        args.size,
-        int8=images is not None,
-        calibration=images,
-        upsample_to_input=args.upsample,
-        evaluate_root=args.evaluate_root,
-        evaluate_images=args.evaluate_images,
-    )
 
 
 def _check_tensorrt() -> None:
@@ -203,10 +215,9 @@ def _export_checked_onnx(model, fp32_path: Path, output: Path, args: argparse.Na
         print(f"ONNX Runtime vs PyTorch: max abs logit difference {difference:.2e}")
 
 
-def _quantize(fp32_path: Path, output: Path, folder: Path, args: argparse.Namespace) -> Path:
-    from ddrnet.deploy import load_calibration_images, quantize_onnx_int8
+def _quantize(fp32_path: Path, output: Path, images: list, args: argparse.Namespace) -> Path:
+    from ddrnet.deploy import quantize_onnx_int8
 
-    images = load_calibration_images(folder, count=args.calibration_count)
     final = quantize_onnx_int8(
         fp32_path, output, images, size=args.size, reduce_range=args.weight_bits == 7
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -182,9 +183,15 @@ def device_and_precision(
     return inference_setup(model, args.device, args.amp)
 
 
-def writable_file(option: str, path: str | None, suffixes: Sequence[str] = ()) -> None:
+def writable_file(
+    option: str,
+    path: str | None,
+    suffixes: Sequence[str] = (),
+    reads: dict[str, str | None] | None = None,
+) -> None:
     """Check an output file's path before the work that fills it: not a folder, the right
-    suffix, and a parent folder that exists or can be made."""
+    suffix, not one of the files the command ``reads`` (option -> path: writing it would
+    replace the user's input), and a parent folder that exists or can be made."""
     if path is None:
         return
     target = Path(path)
@@ -192,6 +199,12 @@ def writable_file(option: str, path: str | None, suffixes: Sequence[str] = ()) -
         raise UsageError(f"{option} {path}: is a folder, but a file is to be written there")
     if suffixes and target.suffix.lower() not in suffixes:
         raise UsageError(f"{option} {path}: expected a {' or '.join(suffixes)} file name")
+    for name, source in (reads or {}).items():
+        if source is not None and _same_file(target, Path(source)):
+            raise UsageError(
+                f"{option} {path}: is the file {name} reads; writing it would replace it "
+                "(give another file name)"
+            )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -202,6 +215,13 @@ def writable_file(option: str, path: str | None, suffixes: Sequence[str] = ()) -
     except OSError as error:
         reason = error.strerror or error
         raise UsageError(f"{option} {path}: cannot write in its folder ({reason})") from None
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    """Whether two paths name one file (through links too, when both exist)."""
+    if first.exists() and second.exists():
+        return os.path.samefile(first, second)
+    return first.resolve() == second.resolve()
 
 
 def is_override(argument: str) -> bool:

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--macs {args.macs:g}: the MAC fraction to keep must be in (0, 1)")
     if not 0 < args.max_layer_ratio < 1:
         raise UsageError(f"--max-layer-ratio {args.max_layer_ratio:g}: must be in (0, 1)")
-    writable_file("-o", args.output, (".safetensors",))
+    writable_file("-o", args.output, (".safetensors",), reads={"CHECKPOINT": args.checkpoint})
     try:
         check_pytorch_file(args.checkpoint, "ddrnet prune")
         model = load(args.checkpoint, model=args.model)

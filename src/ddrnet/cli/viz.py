@@ -6,7 +6,13 @@ from __future__ import annotations
 import argparse
 import functools
 
-from ddrnet.cli.options import PATH, POSITIVE_INT, add_model_options, load_pytorch_model
+from ddrnet.cli.options import (
+    PATH,
+    POSITIVE_INT,
+    add_model_options,
+    load_pytorch_model,
+    writable_file,
+)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -77,6 +83,7 @@ def run_features(args: argparse.Namespace) -> int:
     from ddrnet.data.io import read_rgb
     from ddrnet.viz import plot_features
 
+    writable_file("-o", args.output, (".png",), reads={"IMAGE": args.image})
     model = load_pytorch_model(args)
     output = plot_features(
         model, read_rgb(args.image), args.output, top_k=args.top_k, reduction=args.reduce
@@ -111,6 +118,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from ddrnet.data.io import read_rgb
     from ddrnet.viz import load_models, plot_compare
 
+    writable_file("-o", args.output, (".png",), reads={"IMAGE": args.image})
     models = load_models(args.checkpoint or [], args.model or [])  # none: a UsageError
     output = plot_compare(read_rgb(args.image), models, args.output)
     print(f"{len(models)} models on {args.image} written to {output}")

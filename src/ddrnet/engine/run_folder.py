@@ -28,14 +28,17 @@ logger = logging.getLogger(__name__)
 
 LAST, BEST, BEST_MODEL, METRICS = "last.pt", "best.pt", "best.safetensors", "metrics.jsonl"
 RUN_FILES = (LAST, BEST, BEST_MODEL, METRICS)
+CONFIG = "config.yaml"  # the run's resolved recipe, written once its checks passed
 
 
-def checked_output(output: Path, resume: bool | str) -> Path | None:
+def checked_output(output: Path, resume: bool | str, config_text: str = "") -> Path | None:
     """The checkpoint to resume from (None for a new run): ``output``'s ``last.pt`` for
     ``resume=True``, the file ``resume`` names, or the ``last.pt`` of the run folder it
     names. Refuses before anything is written: a missing checkpoint to resume, or a new run
     over a folder that holds a run's files (its ``last.pt``, ``best.*`` or ``metrics.jsonl``
-    would be overwritten or mixed)."""
+    would be overwritten or mixed) or a ``config.yaml`` other than ``config_text`` (the
+    one this run writes: a user's recipe kept there would be replaced; the same text is
+    what a run stopped before its first epoch left)."""
     resume_path = output / LAST if resume is True else Path(resume) if resume else None
     if resume_path is not None and resume_path.is_dir():  # `--resume runs/x`: a run folder
         resume_path = resume_path / LAST
@@ -55,6 +58,13 @@ def checked_output(output: Path, resume: bool | str) -> Path | None:
         raise TrainingError(
             f"train.output_dir={output} already holds a run ({', '.join(present)}); {advice}, "
             "or give another train.output_dir (nothing was overwritten)"
+        )
+    config = output / CONFIG
+    if resume_path is None and config.is_file() and config.read_text() != config_text:
+        raise TrainingError(
+            f"train.output_dir={output} holds a {CONFIG} that is not this run's (a recipe?); "
+            f"a run writes its own {CONFIG} there: give another train.output_dir or move it "
+            "(nothing was overwritten)"
         )
     return resume_path
 

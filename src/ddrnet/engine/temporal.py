@@ -33,6 +33,8 @@ motion is not punished.
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import torch
@@ -43,6 +45,12 @@ import torch.nn.functional as F
 # the input resolution kept the mIoU gain on CamVid where a quarter lost it.
 FLOW_SCALE = 4
 FLOW_MAX_WIDTH = 480
+# OpenCV's DIS flow refuses frames under 12 pixels a side and crashes the process (a
+# segmentation fault) on frames much wider than tall (12x40, 16x1000): it gets its frames at
+# least this many pixels a side and at most this wide or tall for their other side, stretched
+# where needed (``_warp`` scales the flow back per axis).
+FLOW_MIN_SIDE = 32
+FLOW_MAX_ASPECT = 4
 
 
 class TemporalSmoother:
@@ -93,7 +101,10 @@ def _flow_size(frame: tuple[int, int], scores: tuple[int, int]) -> tuple[int, in
     height, width = (min(FLOW_SCALE * s, f) for s, f in zip(scores, frame))
     if width > FLOW_MAX_WIDTH:
         height, width = max(1, round(height * FLOW_MAX_WIDTH / width)), FLOW_MAX_WIDTH
-    return height, width
+    return (
+        max(height, FLOW_MIN_SIDE, math.ceil(width / FLOW_MAX_ASPECT)),
+        max(width, FLOW_MIN_SIDE, math.ceil(height / FLOW_MAX_ASPECT)),
+    )
 
 
 def _grey_frame(image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

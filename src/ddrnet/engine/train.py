@@ -43,7 +43,7 @@ from ddrnet.engine.epoch import (
     validate,
 )
 from ddrnet.engine.inference import pick_device, resolve_precision
-from ddrnet.engine.run_folder import checked_output, repair_run
+from ddrnet.engine.run_folder import CONFIG, checked_output, repair_run
 from ddrnet.engine.schedules import build_optimizer, lr_schedule
 from ddrnet.engine.steps import (
     Progress,
@@ -74,7 +74,7 @@ def train(config: Config, resume: bool | str = False) -> Path:
     ctx = setup_distributed(device.type)
     try:
         output = Path(cfg_train.output_dir)
-        resume_path = checked_output(output, resume)
+        resume_path = checked_output(output, resume, _config_text(config))
         amp_dtype = _set_up_process(config, device, ctx)
 
         data = build_data(config, ctx)
@@ -177,7 +177,12 @@ def _open_run_folder(
     resume leaves the run as it was."""
     if state is not None:
         repair_run(output, state, model)
-    atomic_write_text(yaml.safe_dump(to_dict(config), sort_keys=False), output / "config.yaml")
+    atomic_write_text(_config_text(config), output / CONFIG)
+
+
+def _config_text(config: Config) -> str:
+    """``config.yaml``'s content: the resolved recipe."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
 def _out_of_time(started: float, max_minutes: float | None, ctx: DistributedContext) -> bool:

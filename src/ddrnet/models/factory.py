@@ -10,6 +10,7 @@ loaded strictly through ``checkpoint_filter_fn``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from ddrnet.models.metadata import ModelMetadata
 from ddrnet.models.registry import VariantInfo, list_models, variant_info
 from ddrnet.models.spec import DDRNetSpec
 from ddrnet.models.weights import WeightsEnum
+
+logger = logging.getLogger(__name__)
 
 
 def create_model(
@@ -161,8 +164,24 @@ def _builder_kwargs(
             kwargs["spec"] = DDRNetSpec.from_dict(metadata.spec)
         except (TypeError, ValueError) as error:
             raise CheckpointError(f"{raw.source}: metadata spec: {error}") from None
+        _warn_overruled(raw.source, kwargs["spec"], topology)
         if metadata.channel_widths:
             kwargs["channel_widths"] = metadata.channel_widths
     else:
         kwargs.update({k: v for k, v in topology.items() if v is not None})
     return kwargs
+
+
+def _warn_overruled(source: str, spec: DDRNetSpec, topology: dict[str, Any]) -> None:
+    """Say which options asked for a self-describing file give way to what it records (its
+    weights fit only the topology they were trained in)."""
+    for option, value in topology.items():
+        recorded = getattr(spec, option, None)
+        if value is None or value == recorded:
+            continue
+        what = f"{option} {recorded!r}" if recorded is not None else "its widths"
+        logger.warning(
+            "%s=%r does not apply to %s: the file records %s and is rebuilt as recorded "
+            "(to train another from its weights: the recipe's model.%s with model.pretrained)",
+            option, value, source, what, option,
+        )  # fmt: skip
