@@ -191,7 +191,7 @@ def writable_file(
 ) -> None:
     """Check an output file's path before the work that fills it: not a folder, the right
     suffix, not one of the files the command ``reads`` (option -> path: writing it would
-    replace the user's input), and a parent folder that exists or can be made."""
+    replace the user's input), and a folder that exists or can be made, and written in."""
     if path is None:
         return
     target = Path(path)
@@ -205,12 +205,15 @@ def writable_file(
                 f"{option} {path}: is the file {name} reads; writing it would replace it "
                 "(give another file name)"
             )
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"{option} {path}: cannot create its folder ({error})") from None
+    # The folder is made by the writer, once there is something to write: a refused command
+    # leaves no empty folders. Here: the nearest existing folder above must take new files.
+    existing = target.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{option} {path}: cannot create its folder ({existing} is a file)")
     try:  # a read-only folder: refused now, not after minutes of work
-        with tempfile.TemporaryFile(dir=target.parent):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         reason = error.strerror or error
