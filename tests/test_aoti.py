@@ -176,7 +176,7 @@ def test_a_failed_compile_is_one_error_and_keeps_the_old_file(tiny_model, tmp_pa
     shutil.copy(demo_frames()[0], target)
     before = target.read_bytes()
     with config.patch({"cpp.cxx": ("no-such-compiler-ddrnet",)}):
-        with pytest.raises(ExportError, match="AOTInductor could not compile the model"):
+        with pytest.raises(ExportError, match="could not compile the model: .*No working C"):
             export_aoti(tiny_model, target, TINY_SIZE)
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.pt2"]  # no temporary left
