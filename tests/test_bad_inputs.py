@@ -328,3 +328,16 @@ def test_options_of_another_mode_are_refused(camvid_model_file, tmp_path, capsys
     error = one_line_cli_error(capsys, [*argv, "--calibration", str(tmp_path)])
     assert error.endswith("--calibration applies to the INT8 formats (onnx-int8, "
                           "executorch-int8), not onnx")  # fmt: skip
+
+
+def test_a_run_stopped_before_its_first_checkpoint_can_start_again(tmp_path) -> None:
+    """Its own config.yaml (written with the header) gives way to a new run with other
+    settings; --resume says there is nothing to resume and what to do instead."""
+    from ddrnet.engine.run_folder import CONFIG_HEADER
+
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "config.yaml").write_text(CONFIG_HEADER + "train:\n  epochs: 3\n")
+    assert checked_output(output, False, CONFIG_HEADER + "train:\n  epochs: 5\n") is None
+    with pytest.raises(TrainingError, match="stopped before its first epoch: start it again"):
+        checked_output(output, True)

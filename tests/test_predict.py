@@ -489,3 +489,27 @@ def test_runtime_models_leave_the_cores_to_their_runtime(camvid_model_file, onnx
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+def test_predictor_reads_pixel_types_by_their_range_or_refuses_them() -> None:
+    """uint8 is 0..255, uint16 its high bytes, float 0..1; 0..255 floats, other integer
+    types, NaN and empty images would give wrong labels silently: refused."""
+    from ddrnet.assets import demo_frames
+    from ddrnet.data.io import read_rgb
+
+    predictor = ddrnet.Predictor(ddrnet.load("camvid_ddrnet23_slim_fast_train"))
+    frame = read_rgb(demo_frames()[0])[100:164, 200:296]
+    expected = predictor.predict(frame)
+    assert np.array_equal(predictor.predict(frame.astype(np.uint16) * 257), expected)
+    agree = np.mean(predictor.predict(frame / 255.0) == expected)
+    assert agree > 0.99  # float32 rounding may move a boundary pixel
+    for bad, message in [
+        (frame.astype(np.float32), r"float images hold RGB values in 0..1, got \d+..255"),
+        (frame.astype(np.int64), "expected uint8 RGB pixels .* got dtype int64"),
+        (np.full((4, 4, 3), np.nan), "NaN or infinite"),
+        (np.zeros((0, 0, 3), np.uint8), "the image is empty"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            predictor.predict(bad)
+    with pytest.raises(TypeError, match="a sequence of images"):
+        predictor.predict_batch(str(demo_frames()[0]))

@@ -70,17 +70,46 @@ def image_batch(images: Sequence[ImageInput]) -> torch.Tensor:
     uint8 tensor (a channels-last view of the stacked pixels, not a copy of them)."""
     from ddrnet.data.io import read_rgb
 
-    arrays = [np.asarray(read_rgb(i) if isinstance(i, (str, Path)) else i) for i in images]
+    if isinstance(images, (str, Path, np.ndarray)):
+        raise TypeError("expected a sequence of images (a list), got a single image or path")
+    arrays = [
+        _checked_pixels(np.asarray(read_rgb(i) if isinstance(i, (str, Path)) else i))
+        for i in images
+    ]
     if not arrays:
         raise ValueError("no images given")
     for array in arrays:
-        if array.ndim != 3 or array.shape[2] != 3:
-            raise ValueError(f"expected an (H, W, 3) RGB image, got shape {array.shape}")
         if array.shape != arrays[0].shape:
             raise ValueError(
                 f"a batch needs images of one size, got {arrays[0].shape} and {array.shape}"
             )
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+
+def _checked_pixels(array: np.ndarray) -> np.ndarray:
+    """An ``(H, W, 3)`` RGB image as the network reads it: uint8 as it is, uint16 as its
+    high bytes, float only in 0..1 (as ``normalize`` takes it); any other dtype or range, an
+    empty image or not-a-number pixels are a ``ValueError`` (read as 0..1 floats, 0..255
+    values would give wrong labels without a word)."""
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"the image is empty (shape {array.shape})")
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return (array >> 8).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        low, high = float(np.min(array)), float(np.max(array))
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise ValueError("the image holds NaN or infinite pixels")
+        if low < 0 or high > 1:
+            raise ValueError(
+                f"float images hold RGB values in 0..1, got {low:g}..{high:g} (divide by 255, "
+                "or pass uint8)"
+            )
+        return array.astype(np.float32, copy=False)
+    raise ValueError(f"expected uint8 RGB pixels (or float in 0..1), got dtype {array.dtype}")
 
 
 class Predictor:

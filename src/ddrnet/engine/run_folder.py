@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 LAST, BEST, BEST_MODEL, METRICS = "last.pt", "best.pt", "best.safetensors", "metrics.jsonl"
 RUN_FILES = (LAST, BEST, BEST_MODEL, METRICS)
 CONFIG = "config.yaml"  # the run's resolved recipe, written once its checks passed
+# The first line of every config.yaml a run writes: what tells it from a recipe kept there.
+CONFIG_HEADER = "# written by ddrnet train: the resolved recipe of the run in this folder\n"
 
 
 def checked_output(output: Path, resume: bool | str, config_text: str = "") -> Path | None:
@@ -36,16 +38,21 @@ def checked_output(output: Path, resume: bool | str, config_text: str = "") -> P
     ``resume=True``, the file ``resume`` names, or the ``last.pt`` of the run folder it
     names. Refuses before anything is written: a missing checkpoint to resume, or a new run
     over a folder that holds a run's files (its ``last.pt``, ``best.*`` or ``metrics.jsonl``
-    would be overwritten or mixed) or a ``config.yaml`` other than ``config_text`` (the
-    one this run writes: a user's recipe kept there would be replaced; the same text is
-    what a run stopped before its first epoch left)."""
+    would be overwritten or mixed) or a ``config.yaml`` that no run wrote (a recipe kept
+    there would be replaced; a run stopped before its first checkpoint leaves its own,
+    ``CONFIG_HEADER`` first, which a new run replaces) and that differs from
+    ``config_text``."""
     resume_path = output / LAST if resume is True else Path(resume) if resume else None
     if resume_path is not None and resume_path.is_dir():  # `--resume runs/x`: a run folder
         resume_path = resume_path / LAST
     if output.exists() and not output.is_dir():
         raise TrainingError(f"train.output_dir={output} is a file, not a folder")
     if resume_path is not None and not resume_path.is_file():
-        raise TrainingError(f"no checkpoint to resume from at {resume_path}")
+        never = " (the run stopped before its first epoch: start it again without --resume)"
+        started = resume is True and (output / CONFIG).is_file()
+        raise TrainingError(
+            f"no checkpoint to resume from at {resume_path}{never if started else ''}"
+        )
     present = [name for name in RUN_FILES if (output / name).exists()]
     if resume_path is None and present:
         advice = (
@@ -60,7 +67,12 @@ def checked_output(output: Path, resume: bool | str, config_text: str = "") -> P
             "or give another train.output_dir (nothing was overwritten)"
         )
     config = output / CONFIG
-    if resume_path is None and config.is_file() and config.read_text() != config_text:
+    if (
+        resume_path is None
+        and config.is_file()
+        and not config.read_text().startswith(CONFIG_HEADER)
+        and config.read_text() != config_text
+    ):
         raise TrainingError(
             f"train.output_dir={output} holds a {CONFIG} that is not this run's (a recipe?); "
             f"a run writes its own {CONFIG} there: give another train.output_dir or move it "

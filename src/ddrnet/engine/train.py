@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import yaml
 
-from ddrnet.atomic import atomic_write_text
+from ddrnet.atomic import atomic_write_text, remove_stale_temporaries
 from ddrnet.config import to_dict
 from ddrnet.engine.allocator import retain_freed_memory
 from ddrnet.engine.checkpointing import TrainingError, load_training_checkpoint
@@ -43,7 +43,13 @@ from ddrnet.engine.epoch import (
     validate,
 )
 from ddrnet.engine.inference import pick_device, resolve_precision
-from ddrnet.engine.run_folder import CONFIG, checked_output, repair_run
+from ddrnet.engine.run_folder import (
+    CONFIG,
+    CONFIG_HEADER,
+    RUN_FILES,
+    checked_output,
+    repair_run,
+)
 from ddrnet.engine.schedules import build_optimizer, lr_schedule
 from ddrnet.engine.steps import (
     Progress,
@@ -177,12 +183,14 @@ def _open_run_folder(
     resume leaves the run as it was."""
     if state is not None:
         repair_run(output, state, model)
+    else:  # what a run killed before its first checkpoint left half written
+        remove_stale_temporaries(output, RUN_FILES)
     atomic_write_text(_config_text(config), output / CONFIG)
 
 
 def _config_text(config: Config) -> str:
-    """``config.yaml``'s content: the resolved recipe."""
-    return yaml.safe_dump(to_dict(config), sort_keys=False)
+    """``config.yaml``'s content: the resolved recipe, after ``CONFIG_HEADER``."""
+    return CONFIG_HEADER + yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
 def _out_of_time(started: float, max_minutes: float | None, ctx: DistributedContext) -> bool:
