@@ -341,3 +341,33 @@ def test_a_run_stopped_before_its_first_checkpoint_can_start_again(tmp_path) -> 
     assert checked_output(output, False, CONFIG_HEADER + "train:\n  epochs: 5\n") is None
     with pytest.raises(TrainingError, match="stopped before its first epoch: start it again"):
         checked_output(output, True)
+
+
+def test_python_api_mistakes_are_named(tmp_path) -> None:
+    """What a caller of the Python API gets wrong is a ValueError/TypeError saying what is
+    expected, not an error from deep inside torch, OpenCV or pathlib."""
+    import ddrnet
+    from ddrnet.video import VideoSource, VideoSourceError
+
+    from helpers import camvid_model
+
+    model = camvid_model()
+    with pytest.raises(TypeError, match="Predictor takes a model .* got str"):
+        ddrnet.Predictor("camvid_ddrnet23_slim")
+    with pytest.raises(ValueError, match=r"mean takes 3 finite values"):
+        ddrnet.Predictor(model, mean=(0.5,))
+    with pytest.raises(ValueError, match=r"std must be > 0 per channel"):
+        ddrnet.Predictor(model, std=(0, 0, 0))
+    with pytest.raises(ValueError, match=r"stride takes \(height, width\) steps"):
+        ddrnet.Predictor(model, window=(64, 64), stride=(0, 0))
+    with pytest.raises(TypeError, match="weights takes a bundled entry"):
+        create_model(weights="bogus")
+    with pytest.raises(UsageError, match="num_classes=2.5: a whole number of classes"):
+        create_model("ddrnet_23_slim", num_classes=2.5)
+    for multiplier in (0, -1, float("nan")):
+        with pytest.raises(ValueError, match="width_multiplier must be a number > 0"):
+            create_model("ddrnet_23_slim", width_multiplier=multiplier)
+    with pytest.raises(VideoSourceError, match="cannot open the video: no such file"):
+        VideoSource(tmp_path / "nope.mp4")  # a Path, as well as a str
+    with pytest.raises(VideoSourceError, match="cannot open the video: a folder"):
+        VideoSource(str(tmp_path))

@@ -42,6 +42,7 @@ from ddrnet.deploy.export import static_resize_nodes
 from ddrnet.deploy.runtime import onnx_logits
 from ddrnet.engine.inference import normalize, segment_logits
 from ddrnet.engine.metrics import ConfusionMatrix
+from ddrnet.errors import UsageError
 from ddrnet.models import count_macs
 
 from helpers import real_inputs
@@ -148,6 +149,12 @@ def test_a_refused_or_failed_export_leaves_the_previous_file(model, tmp_path, mo
 
     target = tmp_path / "model.onnx"
     target.write_bytes(b"the user's earlier export")
+    photo = tmp_path / "street.png"  # not an ONNX name: the API refuses it as the CLI does
+    photo.write_bytes(b"a picture")
+    with pytest.raises(UsageError, match=r"street.png: an ONNX export is written to a NAME.onnx"):
+        export_onnx(model, photo)
+    assert photo.read_bytes() == b"a picture"
+    photo.unlink()  # the listing below counts what the exports leave
 
     def refuse(model):
         raise onnx.checker.ValidationError("made-up defect")

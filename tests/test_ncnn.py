@@ -23,7 +23,12 @@ import ddrnet
 from ddrnet.assets import demo_frames
 from ddrnet.data.camvid import camvid
 from ddrnet.deploy.ncnn_export import export_ncnn, frozen_interps
-from ddrnet.deploy.ncnn_runtime import NcnnFiles, NcnnSegmentationModel, load_ncnn_model
+from ddrnet.deploy.ncnn_runtime import (
+    NcnnFileError,
+    NcnnFiles,
+    NcnnSegmentationModel,
+    load_ncnn_model,
+)
 from ddrnet.deploy.verify import verify_ncnn
 from ddrnet.engine.evaluate import evaluate
 from ddrnet.engine.inference import normalize
@@ -61,6 +66,23 @@ def test_export_writes_param_bin_and_sidecar(exported, model) -> None:
     assert deployed.num_classes == 11
     assert deployed.metadata.class_names == model.metadata.class_names
     assert deployed.metadata.mean == model.metadata.mean
+
+
+def test_files_of_different_exports_are_not_mixed(exported, tmp_path) -> None:
+    """An export killed between its writes leaves a new .bin beside the old .param and
+    sidecar: the sidecar's digests tell, and loading refuses by name."""
+    files = NcnnFiles.of(exported)
+    copy = NcnnFiles.of(tmp_path / files.param.name)
+    for source, target in zip(
+        (files.param, files.weights, files.sidecar), (copy.param, copy.weights, copy.sidecar)
+    ):
+        shutil.copy(source, target)
+    assert load_ncnn_model(copy.param).num_classes == 11
+    weights = bytearray(copy.weights.read_bytes())
+    weights[-1] ^= 0xFF  # the same size, another file
+    copy.weights.write_bytes(bytes(weights))
+    with pytest.raises(NcnnFileError, match=r"\.bin is not the file .*\.json was written with"):
+        load_ncnn_model(copy.param)
 
 
 def test_logits_match_pytorch_on_real_frames_at_any_size(exported, model, val_frames) -> None:

@@ -9,6 +9,7 @@ crop size and batch against the memory of the device it runs on.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -64,6 +65,8 @@ def check_window(window: tuple[int, int] | None, option: str = "window") -> None
 def check_num_classes(num_classes: int, option: str = "num_classes") -> int:
     """``num_classes``, or an error naming ``option`` when it is not in
     ``[1, MAX_NUM_CLASSES]``, before a model of that many outputs is allocated."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise UsageError(f"{option}={num_classes!r}: a whole number of classes is needed")
     if num_classes < 1:
         raise UsageError(f"{option}={num_classes}: a model needs at least 1 class")
     if num_classes > MAX_NUM_CLASSES:

@@ -122,6 +122,11 @@ def _open_capture(source: str):
     backend) are silenced, unless the user set ``OPENCV_LOG_LEVEL``: the error says it."""
     import cv2
 
+    if not is_camera_or_stream(source):  # a file, or a device such as /dev/video0
+        path = Path(source)
+        if not path.exists() or path.is_dir():
+            what = "a folder" if path.is_dir() else "no such file"
+            raise VideoSourceError(f"cannot open the video: {what}")
     _quiet_ffmpeg()
     opencv_log = cv2.utils.logging
     level = opencv_log.getLogLevel()
@@ -172,10 +177,15 @@ class VideoSource:
     releases the capture.
     """
 
-    def __init__(self, source: str, drop_frames: str = "auto") -> None:
+    def __init__(self, source: str | Path | int, drop_frames: str = "auto") -> None:
         import cv2
 
         check_drop_frames(drop_frames)
+        if isinstance(source, int) and not isinstance(source, bool):
+            source = f"camera:{source}"  # OpenCV's camera numbers
+        if not isinstance(source, (str, Path)):
+            raise TypeError(f"source takes a path, camera:N or a URL, got {source!r}")
+        source = str(source)
         self.source = source
         self.live = is_live(source)
         self.drops = self.live if drop_frames == "auto" else drop_frames == "yes"

@@ -24,6 +24,7 @@ from torch import nn
 
 from ddrnet.atomic import atomic_copy, atomic_write
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
+from ddrnet.errors import UsageError
 from ddrnet.limits import check_pixels
 from ddrnet.models.bn_folding import FusionError, fuse_conv_bn, unwrapped_copy
 
@@ -162,6 +163,8 @@ def export_onnx(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     path = Path(path)
+    if path.suffix.lower() != ".onnx":  # e.g. an image's path: it would be replaced
+        raise UsageError(f"{path}: an ONNX export is written to a NAME.onnx file")
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = SegmentationExportWrapper(float_cpu_copy(model), argmax, upsample_to_input).eval()
     example = example_input(batch_size, height, width)

@@ -26,7 +26,7 @@ from torch import nn
 
 from ddrnet.atomic import atomic_copy, atomic_write_text
 from ddrnet.deploy.export import check_size, example_input, folded_export_wrapper
-from ddrnet.deploy.ncnn_runtime import NCNN_KEY, NcnnFiles, is_ncnn_file
+from ddrnet.deploy.ncnn_runtime import NCNN_KEY, NcnnFiles, file_digest, is_ncnn_file
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.deploy.verify import evaluate_on_camvid, real_frames, verify_ncnn
 from ddrnet.errors import UsageError
@@ -147,7 +147,10 @@ def export_ncnn(
                 "graph would only work at the export size; export at another --size"
             )
         sidecar = _sidecar(model, scratch / "out.param", upsample_to_input)
-        # The weights first: a .param is what marks an ncnn model as present.
+        sidecar[NCNN_KEY]["param_blake2b"] = file_digest(scratch / "out.param")
+        sidecar[NCNN_KEY]["bin_blake2b"] = file_digest(scratch / "out.bin")
+        # The weights, the graph, then the sidecar that records both: a kill in between
+        # leaves files that the digests tell apart (check_files_belong_together).
         atomic_copy(scratch / "out.bin", files.weights)
         atomic_copy(scratch / "out.param", files.param)
     atomic_write_text(json.dumps(sidecar, indent=1) + "\n", files.sidecar)

@@ -14,6 +14,7 @@ importing this module needs only PyTorch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,9 @@ from torch import nn
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.models.metadata import ModelMetadata
 
-NCNN_KEY = "ncnn"  # sidecar key: {"input": blob name, "output": blob name}
+# Sidecar key: {"input": blob name, "output": blob name, "param_blake2b", "bin_blake2b":
+# digests of the two files it was written with, which the sidecar, written last, commits}.
+NCNN_KEY = "ncnn"
 NCNN_MAGIC = "7767517"  # the first line of every ncnn .param text file
 INSTALL_HINT = "pip install ncnn (or pip install 'ddrnet[edge]')"
 
@@ -88,6 +91,30 @@ def check_ncnn_files(path: str | Path) -> NcnnFiles:
             "beside it by `ddrnet export --format ncnn` (same name, .bin)"
         )
     return files
+
+
+def file_digest(path: Path) -> str:
+    """BLAKE2b (16 bytes, hex) of a file's content."""
+    digest = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_files_belong_together(files: NcnnFiles, sidecar: dict[str, object]) -> None:
+    """Refuse a ``.param``/``.bin`` pair other than the one its sidecar was written with (an
+    export killed between its three writes leaves new files beside old ones; they would load
+    and give wrong labels)."""
+    blobs = sidecar.get(NCNN_KEY)
+    if not isinstance(blobs, dict):
+        return  # a foreign file, or one exported before the digests were recorded
+    for path, key in ((files.param, "param_blake2b"), (files.weights, "bin_blake2b")):
+        if key in blobs and file_digest(path) != blobs[key]:
+            raise NcnnFileError(
+                f"{files.param}: {path.name} is not the file {files.sidecar.name} was written "
+                "with (an export interrupted while writing?); export it again"
+            )
 
 
 def read_sidecar(files: NcnnFiles) -> dict[str, object]:
@@ -154,6 +181,7 @@ class NcnnSegmentationModel(nn.Module):
         files = check_ncnn_files(path)
         self._ncnn = import_ncnn(files.param)
         sidecar = read_sidecar(files)
+        check_files_belong_together(files, sidecar)
         blobs = sidecar.get(NCNN_KEY) or {}
         self.net = ncnn_net(files, threads)
         self.input_name = str(blobs.get("input") or self.net.input_names()[0])

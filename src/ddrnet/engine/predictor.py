@@ -10,6 +10,7 @@ normalisation, test-time augmentation (scales, flip) and sliding windows.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -112,6 +113,14 @@ def _checked_pixels(array: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected uint8 RGB pixels (or float in 0..1), got dtype {array.dtype}")
 
 
+def _channel_values(name: str, values: Sequence[float]) -> tuple[float, ...]:
+    """``mean`` or ``std``: three finite numbers, one per RGB channel."""
+    values = tuple(float(v) for v in values)
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{name} takes 3 finite values (R, G, B), got {values}")
+    return values
+
+
 class Predictor:
     """Label maps at input resolution from RGB images, with the model's own pre-processing.
 
@@ -163,12 +172,21 @@ class Predictor:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         min_confidence: float | None = None,
     ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"Predictor takes a model (ddrnet.load(...) or ddrnet.create_model(...)), "
+                f"got {type(model).__name__}"
+            )
         default_mean, default_std = normalisation(model)
-        self.mean = tuple(mean or default_mean)
-        self.std = tuple(std or default_std)
+        self.mean = _channel_values("mean", mean or default_mean)
+        self.std = _channel_values("std", std or default_std)
+        if not all(value > 0 for value in self.std):
+            raise ValueError(f"std must be > 0 per channel, got {self.std}")
         self.device = torch.device(device)
         self.scales, self.flip = check_scales(scales), flip
         check_window(window, "--window")
+        if stride is not None and (len(stride) != 2 or min(stride) < 1):
+            raise ValueError(f"stride takes (height, width) steps of >= 1 pixel, got {stride}")
         self.window, self.stride = window, stride
         self.max_pixels = max_pixels
         self.amp_dtype = amp_dtype

@@ -77,6 +77,11 @@ def create_model(
     with classes, palette and normalisation for prediction.
     """
     if weights is not None:
+        if not isinstance(weights, WeightsEnum):
+            raise TypeError(
+                f"weights takes a bundled entry such as DDRNet23Slim_Weights.CAMVID, got "
+                f"{weights!r}; a file or a bundled model's name goes to checkpoint="
+            )
         if checkpoint is not None:
             raise ValueError("give checkpoint or weights, not both")
         checkpoint = weights.path

@@ -4,6 +4,7 @@ them (``ModelMetadata.spec``); the variants' specs are beside their builders in 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +71,12 @@ class DDRNetSpec:
             )
 
     def widened(self, multiplier: float) -> DDRNetSpec:
-        """The same topology with branch and head widths scaled (e.g. DDRNet-39 1.5x)."""
+        """The same topology with branch and head widths scaled (e.g. DDRNet-39 1.5x);
+        ``multiplier`` > 0 (widths are rounded to multiples of 8, at least 8)."""
+        if not (isinstance(multiplier, (int, float)) and math.isfinite(multiplier)) or (
+            multiplier <= 0
+        ):
+            raise ValueError(f"width_multiplier must be a number > 0, got {multiplier!r}")
 
         def scale(channels: int) -> int:
             return max(8, int(round(channels * multiplier / 8)) * 8)
