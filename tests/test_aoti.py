@@ -175,6 +175,7 @@ def test_a_failed_compile_is_one_error_and_keeps_the_old_file(tiny_model, tmp_pa
     target = tmp_path / "kept.pt2"
     shutil.copy(demo_frames()[0], target)
     before = target.read_bytes()
+    (tmp_path / ".kept.pt2.k1ll3d.tmp.pt2").write_bytes(b"")  # what a killed export left
     with config.patch({"cpp.cxx": ("no-such-compiler-ddrnet",)}):
         with pytest.raises(ExportError, match="could not compile the model: .*No working C"):
             export_aoti(tiny_model, target, TINY_SIZE)

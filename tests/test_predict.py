@@ -402,6 +402,28 @@ def test_predictor_refuses_images_over_its_pixel_cap_before_running_them() -> No
     assert ddrnet.Predictor(model, max_pixels=None).predict(frame).shape == (10, 20)
 
 
+def test_a_file_over_the_cap_is_refused_from_its_header(tmp_path) -> None:
+    """A PNG that says 12000x12000 (and holds no pixels: decoding it would fail instead)."""
+    import struct
+    import zlib
+
+    from ddrnet.limits import InputTooLargeError
+
+    from helpers import camvid_model
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    path = tmp_path / "huge.png"
+    header = struct.pack(">IIBBBBB", 12000, 12000, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+    )
+    with pytest.raises(InputTooLargeError, match=r"huge.png: 12000x12000 is 144.0 megapixels"):
+        ddrnet.Predictor(camvid_model()).predict(str(path))
+
+
 def test_streams_segment_frames_at_once_and_in_order(
     camvid_model_file, onnx_files, camvid_root, tmp_path
 ) -> None:

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddrnet.atomic import commit, temporary_beside
+from ddrnet.atomic import commit, remove_stale_temporaries, temporary_beside
 from ddrnet.deploy.export import check_size, example_input, folded_export_wrapper
 from ddrnet.deploy.fixed_size import (
     FixedSizeSegmentationModel,
@@ -114,6 +114,7 @@ def export_aoti(
     }
     if isa == "portable" and is_x86():
         configs["cpp.simdlen"] = 256  # Inductor's AVX2 kernels
+    remove_stale_temporaries(path.parent, (path.name,))  # of an export killed before
     temporary = temporary_beside(path, AOTI_SUFFIX)
     try:
         _compile(wrapper, (height, width), configs, temporary)

@@ -66,17 +66,28 @@ def mark_unknown(
     labels[confidence < min_confidence] = unknown
 
 
-def image_batch(images: Sequence[ImageInput]) -> torch.Tensor:
+def image_batch(
+    images: Sequence[ImageInput], max_pixels: int | None = None, scale: float = 1.0
+) -> torch.Tensor:
     """Same-sized ``(H, W, 3)`` uint8 RGB images (or their paths) as one ``(N, 3, H, W)``
-    uint8 tensor (a channels-last view of the stacked pixels, not a copy of them)."""
-    from ddrnet.data.io import read_rgb
+    uint8 tensor (a channels-last view of the stacked pixels, not a copy of them). A file
+    with more than ``max_pixels`` at ``scale`` is refused from its header, before decoding
+    (``InputTooLargeError``)."""
+    from ddrnet.data.io import image_size, read_rgb
 
     if isinstance(images, (str, Path, np.ndarray)):
         raise TypeError("expected a sequence of images (a list), got a single image or path")
-    arrays = [
-        _checked_pixels(np.asarray(read_rgb(i) if isinstance(i, (str, Path)) else i))
-        for i in images
-    ]
+
+    def pixels(image: ImageInput) -> np.ndarray:
+        if not isinstance(image, (str, Path)):
+            return np.asarray(image)
+        if max_pixels is not None:
+            width, height = image_size(image)
+            hint = "Predictor(max_pixels=...) raises it"
+            check_pixels(str(image), width, height, max_pixels, scale, hint)
+        return read_rgb(image)
+
+    arrays = [_checked_pixels(pixels(image)) for image in images]
     if not arrays:
         raise ValueError("no images given")
     for array in arrays:
@@ -297,7 +308,7 @@ class Predictor:
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """``predict_batch``'s label maps and each one's ``(H, W)`` float32 confidence map
         (the winning class's probability, 0..1)."""
-        ids, confidence = self.class_ids_and_confidence(image_batch(images), smoother)
+        ids, confidence = self.class_ids_and_confidence(self._batch(images), smoother)
         return list(ids.cpu().numpy().astype(self.label_dtype)), list(confidence.cpu().numpy())
 
     def predict_batch(
@@ -308,8 +319,12 @@ class Predictor:
         ``smoother`` (``ddrnet.engine.temporal``), consecutive frames of a video."""
         if self.min_confidence is not None:
             return self.predict_with_confidence(images, smoother)[0]
-        ids = self.class_ids(image_batch(images), smoother).cpu().numpy()
+        ids = self.class_ids(self._batch(images), smoother).cpu().numpy()
         return list(ids.astype(self.label_dtype))
+
+    def _batch(self, images: Sequence[ImageInput]) -> torch.Tensor:
+        """``image_batch`` with this predictor's pixel cap, checked on files' headers."""
+        return image_batch(images, self.max_pixels, max(self.scales))
 
     def predict(self, image: ImageInput, smoother: TemporalSmoother | None = None) -> np.ndarray:
         """Label map ``(H, W)`` of class indices (uint8 for <= 256 classes, else int32);
@@ -318,4 +333,4 @@ class Predictor:
 
     def predict_proba(self, image: ImageInput) -> np.ndarray:
         """Class probabilities ``(num_classes, H, W)`` float32 at the image's resolution."""
-        return self.probabilities(image_batch([image]))[0].cpu().numpy()
+        return self.probabilities(self._batch([image]))[0].cpu().numpy()
