@@ -371,3 +371,20 @@ def test_python_api_mistakes_are_named(tmp_path) -> None:
         VideoSource(tmp_path / "nope.mp4")  # a Path, as well as a str
     with pytest.raises(VideoSourceError, match="cannot open the video: a folder"):
         VideoSource(str(tmp_path))
+
+
+def test_resuming_from_what_is_no_training_checkpoint_says_what_it_is(
+    camvid_model_file, tmp_path
+) -> None:
+    import shutil
+
+    from ddrnet.engine.checkpointing import load_training_checkpoint
+    from ddrnet.models.checkpoint import CheckpointError
+
+    weights = shutil.copy(camvid_model_file, tmp_path / "last.pt")  # safetensors inside
+    with pytest.raises(CheckpointError, match=r"is a safetensors model file under another"):
+        load_training_checkpoint(weights)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(range(7, 200)))
+    with pytest.raises(CheckpointError, match=r"not a PyTorch or safetensors file"):
+        load_training_checkpoint(junk)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import torch
 
 from ddrnet import atomic
 from ddrnet.errors import DDRNetError, MissingFileError
-from ddrnet.models.checkpoint import CheckpointError
+from ddrnet.models.checkpoint import CheckpointError, refuse_what_is_no_pytorch_file
 
 
 class TrainingError(DDRNetError, RuntimeError):
@@ -26,11 +27,24 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise MissingFileError(f"no checkpoint to resume from at {path}")
     try:
+        refuse_what_is_no_pytorch_file(path)
+    except CheckpointError as error:
+        raise CheckpointError(
+            f"cannot resume from {path}: {error}; resume from a run's last.pt (model weights "
+            "start a new run with model.pretrained)"
+        ) from None
+    try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's text advises unsafe loading: not for a user
+        raise CheckpointError(
+            f"cannot resume from {path}: not a training checkpoint (it holds objects that "
+            "only unsafe unpickling would load); resume from a run's last.pt"
+        ) from None
     except Exception as error:  # corrupt or foreign file: say which
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
-            f"cannot resume from {path}: not a readable training checkpoint ({reason})"
+            f"cannot resume from {path}: not a readable training checkpoint ({reason}); "
+            "resume from a run's last.pt"
         ) from None
     needed = ("model", "optimizer", "scaler", "epoch", "iteration", "best_miou")
     missing = [key for key in needed if not (isinstance(state, dict) and key in state)]

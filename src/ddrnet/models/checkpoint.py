@@ -120,7 +120,7 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
         )
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
-    _refuse_what_is_no_pytorch_file(path)
+    refuse_what_is_no_pytorch_file(path)
     try:
         with warnings.catch_warnings():  # torch's note on pickle protocols: not the user's
             warnings.simplefilter("ignore", UserWarning)
@@ -142,15 +142,19 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
     return RawCheckpoint(_unwrap(payload, path), metadata, str(path))
 
 
-def _refuse_what_is_no_pytorch_file(path: Path) -> None:
+def refuse_what_is_no_pytorch_file(path: Path) -> None:
     """Name what a file is when it is plainly no PyTorch checkpoint (a picture, text, an
     ONNX file, a TorchScript export), instead of torch's advice to unpickle it unsafely."""
     import zipfile
 
     with path.open("rb") as stream:
-        head = stream.read(4)
+        head = stream.read(9)
     if not head:
         raise CheckpointError(f"checkpoint {path} is an empty file")
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        raise CheckpointError(
+            f"{path} is a safetensors model file under another suffix: name it .safetensors"
+        )  # safetensors: an 8-byte header length, then the JSON header
     if head.startswith(b"PK"):  # torch.save's zip format, and TorchScript's
         try:
             with zipfile.ZipFile(path) as archive:
@@ -165,7 +169,8 @@ def _refuse_what_is_no_pytorch_file(path: Path) -> None:
         return
     if not head.startswith(b"\x80"):  # pickle protocol 2+: what older torch.save wrote
         raise CheckpointError(
-            f"checkpoint {path} is not a PyTorch or safetensors file (it starts with {head!r}); "
+            f"checkpoint {path} is not a PyTorch or safetensors file (it starts with "
+            f"{head[:4]!r}); "
             "ONNX files run with predict/eval/serve --checkpoint model.onnx"
         )
 
