@@ -365,6 +365,26 @@ def test_a_killed_video_leaves_the_earlier_one_whole(tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["drive_overlay.mp4"]
 
 
+def test_a_stopped_video_keeps_the_finished_one(tmp_path) -> None:
+    """Ctrl-C (or an error) in a second run over the same video: the first run's finished
+    file stays; the frames so far go beside it as .partial.mp4. Without an earlier file,
+    the partial video takes the name."""
+    frame = {"overlay": np.full((32, 48, 3), 120, np.uint8)}
+    with VideoOutputs(tmp_path, "drive", 10.0) as video:
+        video.write(frame, times=6)
+    with pytest.raises(KeyboardInterrupt):
+        with VideoOutputs(tmp_path, "drive", 10.0) as video:
+            video.write(frame, times=2)
+            raise KeyboardInterrupt
+    assert _frame_count(tmp_path / "drive_overlay.mp4") == 6
+    assert _frame_count(tmp_path / "drive_overlay.partial.mp4") == 2
+    with pytest.raises(KeyboardInterrupt):
+        with VideoOutputs(tmp_path, "first", 10.0) as video:
+            video.write(frame, times=2)
+            raise KeyboardInterrupt
+    assert _frame_count(tmp_path / "first_overlay.mp4") == 2
+
+
 def test_a_folder_in_the_way_of_an_output_is_named(tmp_path) -> None:
     from ddrnet.data.io import write_png
 

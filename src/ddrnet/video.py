@@ -392,9 +392,11 @@ class VideoOutputs:
         self._temporaries[kind] = temporary
         self.paths.append(target)
 
-    def close(self) -> None:
+    def close(self, stopped: bool = False) -> None:
         """Encode what waits, then finish the files (playable, under their names, also after
-        an error or Ctrl-C); raises the first writing error."""
+        an error or Ctrl-C); raises the first writing error. ``stopped``: the video ended
+        early (an error, Ctrl-C): a file of the same name, a finished run's, is kept, and
+        the frames so far go to ``<stem>_<kind>.partial.mp4``."""
         try:
             self._encoder.close()
         finally:
@@ -403,13 +405,17 @@ class VideoOutputs:
             self._writers.clear()
             temporaries, self._temporaries = self._temporaries, {}
             for kind, temporary in temporaries.items():
-                commit(temporary, self.folder / f"{self.stem}_{kind}.mp4")
+                target = self.folder / f"{self.stem}_{kind}.mp4"
+                if stopped and target.exists():
+                    kept, target = target, target.with_suffix(".partial.mp4")
+                    logger.warning("stopped early: %s kept, the frames so far in %s", kept, target)
+                commit(temporary, target)
 
     def __enter__(self) -> VideoOutputs:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        self.close(stopped=exc_type is not None)
 
 
 def segment_video(
