@@ -388,3 +388,12 @@ def test_resuming_from_what_is_no_training_checkpoint_says_what_it_is(
     junk.write_bytes(bytes(range(7, 200)))
     with pytest.raises(CheckpointError, match=r"not a PyTorch or safetensors file"):
         load_training_checkpoint(junk)
+
+
+def test_an_override_that_cannot_apply_is_named_once(tmp_path, capsys) -> None:
+    recipe = tmp_path / "flat.yaml"
+    recipe.write_text("data: 5\n")
+    error = one_line_cli_error(capsys, ["train", str(recipe), "data.root=/x"])
+    assert error.endswith("error: override 'data.root=/x': data is not a section (it is 5)")
+    error = one_line_cli_error(capsys, ["train", str(RECIPE), "data.crop_size=[64,96"])
+    assert error.count("override 'data.crop_size=[64,96'") == 1

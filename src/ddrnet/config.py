@@ -155,10 +155,13 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
                 f"override {override!r}: cannot parse value ({parse_error_summary(error)})"
             ) from None
         node = values
-        for key in keys[:-1]:
+        for depth, key in enumerate(keys[:-1]):
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {override!r}: {key} is not a section")
+                where = ".".join(keys[: depth + 1])
+                raise ConfigError(
+                    f"override {override!r}: {where} is not a section (it is {node!r})"
+                )
         node[keys[-1]] = parsed
     return values
 
@@ -258,6 +261,8 @@ def _blamed(
     alone gives it, else the first override after which it appears. The same message, not
     just any error: an override that a later one completes (a cross-field setting) is no
     culprit."""
+    if message.startswith("override "):  # an override that cannot be applied names itself
+        return message
     for count in range(len(overrides) + 1):
         try:
             from_dict(cls, apply_overrides(values, overrides[:count]))
