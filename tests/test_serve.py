@@ -225,6 +225,10 @@ def test_refused_uploads_get_clear_errors_and_the_server_lives_on(base_url, camv
     refused(post_file(base_url, truncated, "json"), 400, "cannot be decoded")
     refused(post_file(base_url, b"", "json", raw=True), 400, "no image")
     refused(post_file(base_url, camvid_frame.read_bytes(), "jpeg"), 400, "format must be one of")
+    frame = camvid_frame.read_bytes()
+    refused(post_file(base_url, frame, "json&scales=9"), 400, "unknown option 'scales'")
+    refused(post_file(base_url, frame, ""), 400, "format is empty")
+    refused(post_file(base_url, frame, "json&format=png"), 400, "format is given 2 times")
     body, content_type = multipart(b"png", None, field="format")
     refused(request(f"{base_url}/predict", body, content_type), 400, "no file field")
     # 2000 x 2000 is over this server's limit; 20000 x 20000 (a ~50 kB file) also over

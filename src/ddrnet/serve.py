@@ -305,6 +305,28 @@ def _uploaded_image() -> tuple[bytes, dict[str, str]]:
     return request.get_data(cache=False), {}
 
 
+# What ``POST /predict`` takes, from the query string or the form's fields.
+PREDICT_OPTIONS = ("format", "min_confidence")
+
+
+def _check_options(form: dict[str, str]) -> None:
+    """Refuse an option ``/predict`` does not take (it would be ignored), one given twice
+    (which would win?) or given empty."""
+    from flask import request
+
+    unknown = sorted((set(request.args) | set(form)) - set(PREDICT_OPTIONS))
+    if unknown:
+        raise RequestError(
+            400, f"unknown option {unknown[0]!r}: /predict takes {', '.join(PREDICT_OPTIONS)}"
+        )
+    for name in PREDICT_OPTIONS:
+        values = request.args.getlist(name) + ([form[name]] if name in form else [])
+        if len(values) > 1:
+            raise RequestError(400, f"{name} is given {len(values)} times; give it once")
+        if values and not values[0]:
+            raise RequestError(400, f"{name} is empty")
+
+
 def _option(name: str, form: dict[str, str]) -> str | None:
     """A request option: from the query string, else from the form's fields."""
     from flask import request
@@ -332,6 +354,7 @@ def _predict(service: SegmentationService, max_pixels: int) -> Any:
 
     received = time.perf_counter()
     data, form = _uploaded_image()
+    _check_options(form)
     output = _option("format", form) or "json"
     if output not in FORMATS:
         raise RequestError(400, f"format must be one of {', '.join(FORMATS)}, got {output!r}")
