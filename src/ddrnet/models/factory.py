@@ -76,15 +76,7 @@ def create_model(
     The returned model is in eval mode and carries ``model.metadata`` (a ``ModelMetadata``)
     with classes, palette and normalisation for prediction.
     """
-    if weights is not None:
-        if not isinstance(weights, WeightsEnum):
-            raise TypeError(
-                f"weights takes a bundled entry such as DDRNet23Slim_Weights.CAMVID, got "
-                f"{weights!r}; a file or a bundled model's name goes to checkpoint="
-            )
-        if checkpoint is not None:
-            raise ValueError("give checkpoint or weights, not both")
-        checkpoint = weights.path
+    checkpoint = _checkpoint_of(checkpoint, weights)
     raw = read_checkpoint(checkpoint) if checkpoint is not None else None
     metadata = raw.metadata if raw is not None else None
     name = name if name is not None else _architecture_named_by(metadata)
@@ -117,6 +109,20 @@ def create_model(
         )
     model.metadata = metadata
     return model.eval()
+
+
+def _checkpoint_of(checkpoint: str | Path | None, weights: WeightsEnum | None) -> str | Path | None:
+    """The file ``create_model`` reads: ``checkpoint``, or the bundled ``weights``' file."""
+    if weights is None:
+        return checkpoint
+    if not isinstance(weights, WeightsEnum):
+        raise TypeError(
+            f"weights takes a bundled entry such as DDRNet23Slim_Weights.CAMVID, got "
+            f"{weights!r}; a file or a bundled model's name goes to checkpoint="
+        )
+    if checkpoint is not None:
+        raise ValueError("give checkpoint or weights, not both")
+    return weights.path
 
 
 def _architecture_named_by(metadata: ModelMetadata | None) -> str:
