@@ -243,8 +243,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     """Read ``cls`` from a YAML file (or its defaults) and apply command-line overrides; an
     invalid key or value is a ``ConfigError`` naming the file or the override it comes from."""
     values = load_yaml(path) if path is not None else {}
+    merged = apply_overrides(values, overrides)  # its errors name the override already
     try:
-        return from_dict(cls, apply_overrides(values, overrides))
+        return from_dict(cls, merged)
     except ConfigError as error:
         raise ConfigError(_blamed(cls, values, path, overrides, str(error))) from None
 
@@ -261,8 +262,6 @@ def _blamed(
     alone gives it, else the first override after which it appears. The same message, not
     just any error: an override that a later one completes (a cross-field setting) is no
     culprit."""
-    if message.startswith("override "):  # an override that cannot be applied names itself
-        return message
     for count in range(len(overrides) + 1):
         try:
             from_dict(cls, apply_overrides(values, overrides[:count]))

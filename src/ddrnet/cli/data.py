@@ -73,12 +73,11 @@ def run(args: argparse.Namespace) -> int:
         "train": build_split(config.data, "train_split", train=True, cache=False),
         "val": build_split(config.data, "val_split", train=False, cache=False),
     }
+    count = args.count or PICTURES_PER_SET
     if args.show:
         folders = {role: Path(args.show) / role for role in sets}
         for role, folder in folders.items():  # refused now, before minutes of reading:
-            label_picture_paths(
-                sets[role], folder, args.count or PICTURES_PER_SET
-            )  # over the data's own files
+            label_picture_paths(sets[role], folder, count)  # over the data's own files
             folder.mkdir(parents=True, exist_ok=True)  # a file in the way
     surveys = {role: survey_dataset(dataset, progress=True) for role, dataset in sets.items()}
     warnings = survey_warnings(surveys["train"], surveys["val"])
@@ -93,9 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if args.show:
         for role, dataset in sets.items():
             augmented = args.augmented and role == "train"
-            written = write_label_pictures(
-                dataset, folders[role], args.count or PICTURES_PER_SET, augmented, args.seed or 0
-            )
+            written = write_label_pictures(dataset, folders[role], count, augmented, args.seed or 0)
             print(f"{len(written)} label pictures written to {folders[role]}")
     if args.json:
         document = {

@@ -214,7 +214,6 @@ class AotiSegmentationModel(FixedSizeSegmentationModel):
 
     runtime_name = "aoti"
     runtime_label = "AOTInductor"
-    export_format = "aoti"
     file_error = AotiFileError
 
     def __init__(self, path: str | Path, resize: bool = True) -> None:

@@ -206,7 +206,6 @@ class ExecutorchSegmentationModel(FixedSizeSegmentationModel):
 
     runtime_name = "executorch"
     runtime_label = "ExecuTorch"
-    export_format = "executorch"
     file_error = ExecutorchFileError
 
     def __init__(self, path: str | Path, threads: int | None = None, resize: bool = True) -> None:

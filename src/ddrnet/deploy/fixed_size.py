@@ -45,7 +45,6 @@ class FixedSizeSegmentationModel(nn.Module):
 
     runtime_name = ""  # as ``--runtime`` names it
     runtime_label = ""  # as people call it, in messages
-    export_format = ""  # the ``ddrnet export --format`` that writes the file
     file_error: type[ExportError] = ExportError
 
     def _set_program(

@@ -34,6 +34,8 @@ from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels, check_scales, check_
 from ddrnet.models.metadata import normalisation
 
 ImageInput = np.ndarray | str | Path
+# How a caller lets larger images through, in the refusal of one over the cap.
+MAX_PIXELS_HINT = "Predictor(max_pixels=...) raises it"
 
 
 def label_dtype(num_classes: int) -> type[np.integer]:
@@ -83,8 +85,7 @@ def image_batch(
             return np.asarray(image)
         if max_pixels is not None:
             width, height = image_size(image)
-            hint = "Predictor(max_pixels=...) raises it"
-            check_pixels(str(image), width, height, max_pixels, scale, hint)
+            check_pixels(str(image), width, height, max_pixels, scale, MAX_PIXELS_HINT)
         return read_rgb(image)
 
     arrays = [_checked_pixels(pixels(image)) for image in images]
@@ -224,8 +225,7 @@ class Predictor:
         ``max_pixels``."""
         if self.max_pixels is not None:
             height, width = images.shape[-2:]
-            hint = "Predictor(max_pixels=...) raises it"
-            check_pixels("image", width, height, self.max_pixels, max(self.scales), hint)
+            check_pixels("image", width, height, self.max_pixels, max(self.scales), MAX_PIXELS_HINT)
         batch = normalize(images.to(self.device), self.mean, self.std)
         return batch.contiguous(memory_format=self.memory_format)
 

@@ -67,12 +67,8 @@ def checked_output(output: Path, resume: bool | str, config_text: str = "") -> P
             "or give another train.output_dir (nothing was overwritten)"
         )
     config = output / CONFIG
-    if (
-        resume_path is None
-        and config.is_file()
-        and not config.read_text().startswith(CONFIG_HEADER)
-        and config.read_text() != config_text
-    ):
+    kept = config.read_text() if resume_path is None and config.is_file() else None
+    if kept is not None and not kept.startswith(CONFIG_HEADER) and kept != config_text:
         raise TrainingError(
             f"train.output_dir={output} holds a {CONFIG} that is not this run's (a recipe?); "
             f"a run writes its own {CONFIG} there: give another train.output_dir or move it "
