@@ -11,6 +11,7 @@ import _thread
 import functools
 import http.server
 import re
+import shutil
 import signal
 import threading
 import time
@@ -24,6 +25,7 @@ from PIL import Image
 
 import ddrnet
 import ddrnet.video
+from ddrnet.errors import UsageError
 from ddrnet.models.weights import bundled_model_path
 from ddrnet.predict import expand_inputs, run_prediction
 from ddrnet.runner import SegmentationRunner
@@ -383,6 +385,76 @@ def test_a_stopped_video_keeps_the_finished_one(tmp_path) -> None:
             video.write(frame, times=2)
             raise KeyboardInterrupt
     assert _frame_count(tmp_path / "first_overlay.mp4") == 2
+
+
+def _labels_run(folder: Path, frames: int, value: int, close: bool = True) -> VideoOutputs:
+    """A run that writes ``frames`` label maps filled with ``value`` into ``folder``."""
+    video = VideoOutputs(folder, "drive", 10.0)
+    for index in range(frames):
+        video.add(index, {}, np.full((4, 6), value, np.uint8))
+    if close:
+        video.close()
+    return video
+
+
+def _label_values(folder: Path) -> dict[str, int]:
+    return {p.name: int(np.asarray(Image.open(p)).max()) for p in sorted(folder.iterdir())}
+
+
+def test_a_label_folder_is_replaced_whole_and_a_kill_leaves_the_earlier_one(tmp_path) -> None:
+    """Label maps fill a temporary folder that takes the name when the video is closed: a
+    rerun with fewer frames leaves none of the earlier run's, a killed run leaves the earlier
+    folder as it was (the next run clears what it left), and a stopped one puts its frames
+    beside it in ``<stem>_labels.partial``."""
+    _labels_run(tmp_path, 5, 1)
+    _labels_run(tmp_path, 3, 2)
+    assert _label_values(tmp_path / "drive_labels") == {f"{i:06d}.png": 2 for i in range(3)}
+    killed = _labels_run(tmp_path, 2, 3, close=False)
+    killed._encoder.close()  # the frames are on disk; the process dies before its close
+    assert _label_values(tmp_path / "drive_labels") == {f"{i:06d}.png": 2 for i in range(3)}
+    assert len(list(tmp_path.glob(".drive_labels.*.tmp"))) == 1
+    with pytest.raises(KeyboardInterrupt):
+        with VideoOutputs(tmp_path, "drive", 10.0) as video:
+            video.add(0, {}, np.full((4, 6), 4, np.uint8))
+            raise KeyboardInterrupt
+    assert _label_values(tmp_path / "drive_labels") == {f"{i:06d}.png": 2 for i in range(3)}
+    assert _label_values(tmp_path / "drive_labels.partial") == {"000000.png": 4}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drive_labels", "drive_labels.partial"]
+    plain = tmp_path / "plain"
+    plain.mkdir()  # the folder has the mode mkdir gives, not mkdtemp's owner-only one
+    assert (tmp_path / "drive_labels").stat().st_mode == plain.stat().st_mode
+
+
+def test_a_label_folder_with_other_files_is_not_replaced(tmp_path) -> None:
+    (tmp_path / "drive_labels").mkdir()
+    (tmp_path / "drive_labels" / "000000.png").write_bytes(b"mine")
+    (tmp_path / "drive_labels" / "notes.txt").write_text("corrected by hand")
+    with pytest.raises(UsageError, match=r"drive_labels holds 'notes.txt'.*--output"):
+        _labels_run(tmp_path, 1, 1)
+    assert (tmp_path / "drive_labels" / "000000.png").read_bytes() == b"mine"
+    assert not list(tmp_path.glob(".drive*"))
+
+
+def test_a_rerun_clears_a_killed_runs_videos_of_every_kind_and_only_its_own(tmp_path) -> None:
+    """A killed run that wrote an overlay and a side video leaves their temporaries; a rerun
+    asking only for labels removes them too, but not those of a video named ``drive_clip``."""
+    frame = np.full((32, 48, 3), 120, np.uint8)
+    killed = VideoOutputs(tmp_path, "drive", 10.0)
+    killed.write({"overlay": frame, "side": frame})
+    other = VideoOutputs(tmp_path, "drive_clip", 10.0)
+    other.write({"overlay": frame})
+    assert len(list(tmp_path.glob(".*.tmp.mp4"))) == 3
+    _labels_run(tmp_path, 1, 1)
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert len(left) == 1 and left[0].startswith(".drive_clip_overlay.mp4.")
+    for video in (killed, other):
+        video._writers.clear()  # what the kill took with it
+    # ... and a file where the label folder goes is named.
+    shutil.rmtree(tmp_path / "drive_labels")
+    (tmp_path / "drive_labels").write_text("a file")
+    with pytest.raises(NotADirectoryError) as error:
+        _labels_run(tmp_path, 1, 1)
+    assert error.value.filename == str(tmp_path / "drive_labels")
 
 
 def test_a_folder_in_the_way_of_an_output_is_named(tmp_path) -> None:

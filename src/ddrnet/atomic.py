@@ -20,18 +20,20 @@ from pathlib import Path
 from typing import IO
 
 
-def _new_file_mode() -> int:
-    """The permissions ``open`` gives a new file: ``0o666`` less the process's umask (read
-    once, at import: setting the umask is the only way to read it, and another thread
-    creating a file in between would get the wrong mode)."""
+def _process_umask() -> int:
+    """The process's umask (read once, at import: setting the umask is the only way to read
+    it, and another thread creating a file in between would get the wrong mode)."""
     umask = os.umask(0o022)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
 
 
-# ``mkstemp`` creates its file readable by its owner only; the renamed result gets the mode
-# any other written file would, so that model files and predictions can be shared as usual.
-NEW_FILE_MODE = _new_file_mode()
+_UMASK = _process_umask()
+# ``mkstemp`` creates its file readable by its owner only, and ``mkdtemp`` its folder; the
+# renamed results get the modes ``open`` and ``mkdir`` give, so that model files and
+# predictions can be shared as usual.
+NEW_FILE_MODE = 0o666 & ~_UMASK
+NEW_FOLDER_MODE = 0o777 & ~_UMASK
 
 
 def _mode_for(path: Path) -> int:
@@ -111,6 +113,40 @@ def commit(temporary: Path, path: Path) -> None:
         raise
 
 
+def temporary_folder_beside(path: Path) -> Path:
+    """A new empty folder ``.<name>.<random>.tmp`` in ``path``'s folder (made if missing),
+    with the mode ``mkdir`` would give it, to fill and then make ``path`` with
+    ``commit_folder``: a kill mid-way leaves an earlier ``path`` as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as error:  # it names the random folder it could not create
+        error.filename, error.filename2 = str(path), None
+        raise
+    folder.chmod(NEW_FOLDER_MODE)
+    return folder
+
+
+def commit_folder(temporary: Path, path: Path) -> None:
+    """Make a complete ``temporary_folder_beside`` folder ``path``. A folder already there is
+    first renamed aside (to a temporary name) and deleted once the new one is in place:
+    between the two renames a kill leaves it whole under that name, which
+    ``remove_stale_temporaries`` clears. An ``OSError`` (a file in the way) names ``path``."""
+    aside = None
+    if path.is_dir() and not path.is_symlink():
+        aside = temporary_folder_beside(path)
+        os.replace(path, aside)  # onto the new empty folder: rename(2) allows it
+    try:
+        os.replace(temporary, path)
+    except OSError as error:
+        if aside is not None:
+            os.replace(aside, path)
+        _name_target(error, path, temporary)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
 def atomic_write_text(text: str, path: Path) -> None:
     """Write a text file (UTF-8) through ``atomic_write``."""
     data = text.encode()
@@ -126,11 +162,15 @@ def atomic_copy(source: Path, path: Path) -> None:
 
 
 def remove_stale_temporaries(folder: Path, names: tuple[str, ...]) -> list[Path]:
-    """Delete the temporaries of ``names`` that a killed ``atomic_write`` or an uncommitted
-    ``temporary_beside`` left in ``folder`` (and ``<name>.tmp``, what ``save_model`` wrote
-    before it used ``atomic_write``)."""
+    """Delete the temporaries of ``names`` that a killed ``atomic_write``, an uncommitted
+    ``temporary_beside`` or ``temporary_folder_beside`` or a killed ``commit_folder`` left in
+    ``folder`` (and ``<name>.tmp``, what ``save_model`` wrote before it used
+    ``atomic_write``)."""
     stale = [p for name in names for p in folder.glob(f".{name}.*.tmp*")]
     stale += [folder / f"{name}.tmp" for name in names if (folder / f"{name}.tmp").is_file()]
     for path in stale:
-        path.unlink(missing_ok=True)
+        if path.is_dir() and not path.is_symlink():  # a ``temporary_folder_beside``
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     return stale

@@ -22,6 +22,7 @@ FFmpeg's warnings.
 from __future__ import annotations
 
 import errno
+import glob
 import itertools
 import logging
 import os
@@ -37,10 +38,16 @@ from urllib.parse import urlsplit
 import numpy as np
 from tqdm import tqdm
 
-from ddrnet.atomic import commit, remove_stale_temporaries, temporary_beside
+from ddrnet.atomic import (
+    commit,
+    commit_folder,
+    remove_stale_temporaries,
+    temporary_beside,
+    temporary_folder_beside,
+)
 from ddrnet.background import WritingThread
 from ddrnet.data.io import write_png
-from ddrnet.errors import DDRNetError
+from ddrnet.errors import DDRNetError, UsageError
 from ddrnet.limits import check_pixels
 
 if TYPE_CHECKING:
@@ -295,7 +302,9 @@ class VideoOutputs:
     ``<stem>_labels/<frame number, 6 digits>.png`` (indexed PNGs in ``palette``'s colours).
     ``paths`` lists the files and folders created, ``frames`` how many frames each video
     holds once closed. Close it (or use it as a context manager) to finish the files: a video
-    that is not closed cannot be played.
+    that is not closed cannot be played. Videos and the label folder are filled under
+    temporary names and take their names when closed, replacing an earlier run's whole (a
+    label folder holding anything else than label maps is an error, not replaced).
 
     ``add`` hands a source frame's pictures to a thread of its own, which encodes them while
     the next frame is segmented (a few frames wait at most); ``write`` encodes at once."""
@@ -314,6 +323,8 @@ class VideoOutputs:
         self.frames = 0
         self._writers: dict[str, object] = {}
         self._temporaries: dict[str, Path] = {}  # kind -> the file its writer fills
+        self._label_folder: Path | None = None  # the folder label maps fill, until closed
+        self._cleared = False  # the temporaries of a killed run removed
         self._sizes: dict[str, tuple[int, int]] = {}
         self._encoder = WritingThread("ddrnet-video-writer")
         self._last: tuple[int, dict[str, np.ndarray] | None] = (-1, None)
@@ -364,11 +375,26 @@ class VideoOutputs:
         self.frames += times
 
     def _write_labels(self, index: int, labels: np.ndarray) -> None:
-        folder = self.folder / f"{self.stem}_labels"
-        if folder not in self.paths:
-            folder.mkdir(exist_ok=True)
-            self.paths.append(folder)
-        write_png(folder / f"{index:06d}.png", labels, self.palette)
+        if self._label_folder is None:
+            target = self.folder / f"{self.stem}_labels"
+            _check_label_folder(target)
+            self._clear_stale()
+            self._label_folder = temporary_folder_beside(target)
+            self.paths.append(target)
+        write_png(self._label_folder / f"{index:06d}.png", labels, self.palette)
+
+    def _clear_stale(self) -> None:
+        """Remove what a killed run over this video left: the temporaries of its videos, of
+        every kind (not only those this run writes), and of its label folder."""
+        if self._cleared:
+            return
+        self._cleared = True
+        # ``.<stem>_<kind>.mp4.<random>.tmp.mp4``: kinds are single words, so that another
+        # video's stem that starts with this one (``drive_clip`` beside ``drive``) is not ours.
+        ours = re.compile(rf"\.({re.escape(self.stem)}_[a-z]+\.mp4)\..+\.tmp\.mp4")
+        found = self.folder.glob(f".{glob.escape(self.stem)}_*.tmp.mp4")
+        videos = sorted({match[1] for path in found if (match := ours.fullmatch(path.name))})
+        remove_stale_temporaries(self.folder, (*videos, f"{self.stem}_labels"))
 
     def _open(self, kind: str, size: tuple[int, int]) -> None:
         import cv2
@@ -379,7 +405,7 @@ class VideoOutputs:
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
         # Written under a temporary name and renamed when closed: a kill mid-video leaves an
         # earlier run's video whole instead of an unplayable one (an MP4's index comes last).
-        remove_stale_temporaries(self.folder, (target.name,))
+        self._clear_stale()
         temporary = temporary_beside(target, ".mp4")
         height, width = self._sizes[kind] = size
         writer = cv2.VideoWriter(
@@ -410,12 +436,34 @@ class VideoOutputs:
                     kept, target = target, target.with_suffix(".partial.mp4")
                     logger.warning("stopped early: %s kept, the frames so far in %s", kept, target)
                 commit(temporary, target)
+            folder, self._label_folder = self._label_folder, None
+            if folder is not None:
+                target = self.folder / f"{self.stem}_labels"
+                if stopped and target.exists():
+                    kept, target = target, target.with_name(f"{target.name}.partial")
+                    logger.warning("stopped early: %s kept, the frames so far in %s", kept, target)
+                commit_folder(folder, target)
 
     def __enter__(self) -> VideoOutputs:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
         self.close(stopped=exc_type is not None)
+
+
+def _check_label_folder(folder: Path) -> None:
+    """Refuse to replace ``folder`` (``<stem>_labels``) unless it holds only what an earlier
+    run wrote there, ``NNNNNN.png`` label maps: anything else may be a user's work."""
+    if not folder.exists():
+        return
+    if not folder.is_dir() or folder.is_symlink():
+        raise NotADirectoryError(errno.ENOTDIR, "in the way of a label folder", str(folder))
+    foreign = [p.name for p in folder.iterdir() if not re.fullmatch(r"\d{6}\.png", p.name)]
+    if foreign:
+        raise UsageError(
+            f"{folder} holds {foreign[0]!r}, which an earlier run did not write: move it, or "
+            "choose another --output (the folder is replaced by this run's label maps)"
+        )
 
 
 def segment_video(
