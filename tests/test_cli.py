@@ -40,6 +40,23 @@ def test_every_subcommand_has_help() -> None:
         assert result.returncode == 0 and "usage: ddrnet" in result.stdout, command
 
 
+def test_the_help_names_every_export_format_and_serve_format() -> None:
+    """The summaries are written out (the help must not import torch): they keep up."""
+    from ddrnet.cli import build_parser
+    from ddrnet.cli.export import SUFFIXES
+    from ddrnet.serve import FORMATS
+
+    commands = build_parser()._subparsers._group_actions[0]
+    summaries = {action.dest: action.help for action in commands._choices_actions}
+    named = {"onnx": "ONNX", "onnx-int8": "INT8", "torchscript": "TorchScript", "ncnn": "ncnn"}
+    named |= {"executorch": "ExecuTorch", "executorch-int8": "ExecuTorch"}
+    named |= {"aoti": "AOTInductor", "tensorrt": "TensorRT"}
+    assert set(named) == set(SUFFIXES)
+    assert all(word in summaries["export"] for word in named.values()), summaries["export"]
+    serve = commands.choices["serve"].description
+    assert f"format={'|'.join(FORMATS)})" in serve, serve
+
+
 def test_bad_arguments_are_one_line_errors(tmp_path) -> None:
     result = run_ddrnet("models", "--size", "1024by2048")
     assert result.returncode == 2 and "HEIGHTxWIDTH" in result.stderr

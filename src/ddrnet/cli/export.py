@@ -41,7 +41,9 @@ INT8_FORMATS = ("onnx-int8", "executorch-int8")
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "export", help="ONNX (fp32 or INT8) or TorchScript, checked against PyTorch"
+        "export",
+        help="ONNX (fp32 or INT8), TorchScript, ncnn, ExecuTorch, AOTInductor or TensorRT, "
+        "checked against PyTorch",
     )
     add_model_options(parser, "model file (default: the bundled CamVid model)")
     parser.add_argument(

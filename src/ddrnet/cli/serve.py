@@ -25,7 +25,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "serve",
         help="HTTP server with a web demo page: /, /health, /predict, /demo",
-        description="Load the model once and serve predictions (format=png|overlay|json). "
+        # The formats are serve.FORMATS, written out: the help must not import torch.
+        description="Load the model once and serve predictions "
+        "(POST /predict?format=png|overlay|json|confidence). "
         "Without --checkpoint the bundled model is used.",
     )
     add_model_options(parser, "model file, or an exported .onnx file (default: the bundled model)")
