@@ -132,6 +132,19 @@ def test_confusion_figure(tmp_path) -> None:
     assert main(["viz", "confusion", str(metrics), "-o", str(output)]) == 0
     assert Image.open(output).size == confusion_figure_size(11)
 
+    # A second run stopped mid-write (Ctrl-C, or a kill) leaves the first figure whole.
+    first = output.read_bytes()
+
+    def interrupted(figure, stream, **options):
+        stream.write(first[:100])
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("matplotlib.figure.Figure.savefig", interrupted)
+        assert main(["viz", "confusion", str(metrics), "-o", str(output)]) == 130
+    assert output.read_bytes() == first
+    assert [p.name for p in output.parent.iterdir()] == ["confusion.png"]
+
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"mIoU": 1.0}))
     assert main(["viz", "confusion", str(broken), "-o", str(tmp_path / "x.png")]) == 2

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from ddrnet.atomic import atomic_write
+from ddrnet.data.io import write_png
 from ddrnet.errors import UsageError
 
 # Figures are saved without ``bbox_inches="tight"`` so that their pixel size is exactly
@@ -43,14 +44,18 @@ def new_figure(size: tuple[int, int], rows: int, columns: int, **kwargs: Any) ->
 
 
 def save_figure(figure: Any, output: str | Path) -> Path:
-    """Write a figure of ``new_figure`` as a PNG on a white background; returns the path."""
+    """Write a figure of ``new_figure`` as a PNG on a white background, whole or not at all
+    (a kill mid-write leaves an earlier figure of that name as it was); returns the path."""
     path = prepare_output(output)
-    figure.savefig(path, dpi=DPI, facecolor="white")
+    atomic_write(
+        path, lambda stream: figure.savefig(stream, format="png", dpi=DPI, facecolor="white")
+    )
     return path
 
 
 def save_array(picture: np.ndarray, output: str | Path) -> Path:
-    """Write an ``(H, W, 3)`` uint8 RGB array as a PNG of exactly its size."""
+    """Write an ``(H, W, 3)`` uint8 RGB array as a PNG of exactly its size, whole or not at
+    all; returns the path."""
     path = prepare_output(output)
-    Image.fromarray(picture).save(path)
+    write_png(path, picture)
     return path
