@@ -293,8 +293,13 @@ def test_cli_serves_a_checkpoint_and_refuses_bad_options(
         assert status == 200 and json.loads(body)["num_classes"] == 11
         status, _, body = post_file(url, camvid_frame.read_bytes(), "json")
         assert status == 200 and json.loads(body)["width"] == 480
+        process.terminate()  # SIGTERM, as systemd or docker stop send it: a clean stop
+        assert process.wait(timeout=10) == 143
+        errors = process.stderr.read()
+        assert errors.strip().splitlines()[-1] == "terminated (SIGTERM)", errors
+        assert "Traceback" not in errors
     finally:
-        process.terminate()
+        process.kill()
         process.wait(timeout=10)
 
 

@@ -13,6 +13,8 @@ import http.server
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -367,6 +369,35 @@ def test_a_killed_video_leaves_the_earlier_one_whole(tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["drive_overlay.mp4"]
 
 
+@pytest.mark.slow
+def test_sigterm_stops_predict_with_its_video_playable(camvid_frames, tmp_path) -> None:
+    """SIGTERM (systemd, docker stop, timeout) stops the job as Ctrl-C stops a file: the
+    video so far closed under its name, one line, exit status 143; it used to kill the
+    process at once, leaving an unplayable temporary and no video."""
+    pictures = [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in camvid_frames]
+    with VideoOutputs(tmp_path, "drive", 10.0) as video:
+        for index in range(60):  # 6 s when replayed at its frame rate
+            video.write({"clip": pictures[index % len(pictures)]})
+    output = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ddrnet.cli", "predict", str(tmp_path / "drive_clip.mp4"),
+         "--checkpoint", "camvid_ddrnet23_slim_fast_train", "--drop-frames", "yes",
+         "-o", str(output)],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: any(output.glob(".drive_clip_overlay.mp4.*")), seconds=120)
+        time.sleep(1.0)  # a few frames segmented
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143, errors[-2000:]
+    assert errors.strip().splitlines()[-1] == "terminated (SIGTERM)" and "Traceback" not in errors
+    assert [p.name for p in output.iterdir()] == ["drive_clip_overlay.mp4"]
+    assert 0 < _frame_count(output / "drive_clip_overlay.mp4") < 60
+
+
 def test_a_stopped_video_keeps_the_finished_one(tmp_path) -> None:
     """Ctrl-C (or an error) in a second run over the same video: the first run's finished
     file stays; the frames so far go beside it as .partial.mp4. Without an earlier file,
@@ -389,7 +420,7 @@ def test_a_stopped_video_keeps_the_finished_one(tmp_path) -> None:
 
 def _labels_run(folder: Path, frames: int, value: int, close: bool = True) -> VideoOutputs:
     """A run that writes ``frames`` label maps filled with ``value`` into ``folder``."""
-    video = VideoOutputs(folder, "drive", 10.0)
+    video = VideoOutputs(folder, "drive", 10.0, labels=True)
     for index in range(frames):
         video.add(index, {}, np.full((4, 6), value, np.uint8))
     if close:
@@ -414,7 +445,7 @@ def test_a_label_folder_is_replaced_whole_and_a_kill_leaves_the_earlier_one(tmp_
     assert _label_values(tmp_path / "drive_labels") == {f"{i:06d}.png": 2 for i in range(3)}
     assert len(list(tmp_path.glob(".drive_labels.*.tmp"))) == 1
     with pytest.raises(KeyboardInterrupt):
-        with VideoOutputs(tmp_path, "drive", 10.0) as video:
+        with VideoOutputs(tmp_path, "drive", 10.0, labels=True) as video:
             video.add(0, {}, np.full((4, 6), 4, np.uint8))
             raise KeyboardInterrupt
     assert _label_values(tmp_path / "drive_labels") == {f"{i:06d}.png": 2 for i in range(3)}
@@ -425,7 +456,9 @@ def test_a_label_folder_is_replaced_whole_and_a_kill_leaves_the_earlier_one(tmp_
     assert (tmp_path / "drive_labels").stat().st_mode == plain.stat().st_mode
 
 
-def test_a_label_folder_with_other_files_is_not_replaced(tmp_path) -> None:
+def test_a_label_folder_with_other_files_is_not_replaced(
+    camvid_frames, tmp_path, fast_runner
+) -> None:
     (tmp_path / "drive_labels").mkdir()
     (tmp_path / "drive_labels" / "000000.png").write_bytes(b"mine")
     (tmp_path / "drive_labels" / "notes.txt").write_text("corrected by hand")
@@ -433,6 +466,18 @@ def test_a_label_folder_with_other_files_is_not_replaced(tmp_path) -> None:
         _labels_run(tmp_path, 1, 1)
     assert (tmp_path / "drive_labels" / "000000.png").read_bytes() == b"mine"
     assert not list(tmp_path.glob(".drive*"))
+    # predict refuses the video before its first frame: no overlay video of it either.
+    with VideoOutputs(tmp_path / "in", "drive", 10.0) as video:
+        for frame in camvid_frames:
+            video.write({"clip": cv2.cvtColor(cv2.imread(str(frame)), cv2.COLOR_BGR2RGB)})
+    (tmp_path / "drive_clip_labels").mkdir()
+    (tmp_path / "drive_clip_labels" / "notes.txt").write_text("corrected by hand")
+    source = str(tmp_path / "in" / "drive_clip.mp4")
+    summary = run_prediction(
+        fast_runner, [source], tmp_path, kinds=["labels", "overlay"], progress=False
+    )
+    assert list(summary.failed) == [source]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drive_clip_labels", "drive_labels", "in"]
 
 
 def test_a_rerun_clears_a_killed_runs_videos_of_every_kind_and_only_its_own(tmp_path) -> None:

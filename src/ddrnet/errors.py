@@ -81,3 +81,11 @@ def _os_error_reason(error: OSError) -> str:
     if isinstance(error, IsADirectoryError):
         return "is a folder, but a file is to be written there"
     return str(error.strerror or error)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd, ``docker stop``, ``timeout``, ``kill``), which the ``ddrnet``
+    command raises in its main thread as Python raises Ctrl-C's ``KeyboardInterrupt``: no user
+    error, a stop. Being a ``KeyboardInterrupt``, it stops every job as cleanly as Ctrl-C does
+    (videos closed and playable, temporaries removed, a run folder whole); unlike Ctrl-C,
+    which ends a live source as the end of a file does, it also stops the rest of the job."""

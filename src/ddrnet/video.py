@@ -47,7 +47,7 @@ from ddrnet.atomic import (
 )
 from ddrnet.background import WritingThread
 from ddrnet.data.io import write_png
-from ddrnet.errors import DDRNetError, UsageError
+from ddrnet.errors import DDRNetError, Terminated, UsageError
 from ddrnet.limits import check_pixels
 
 if TYPE_CHECKING:
@@ -298,7 +298,7 @@ def shown_picture(pictures: dict[str, np.ndarray]) -> np.ndarray:
 
 class VideoOutputs:
     """``<stem>_<kind>.mp4`` files in ``folder``, one per kind of picture, at ``fps``; each
-    is created at its first frame, which fixes its size. Label maps, if given, go to
+    is created at its first frame, which fixes its size. With ``labels``, label maps go to
     ``<stem>_labels/<frame number, 6 digits>.png`` (indexed PNGs in ``palette``'s colours).
     ``paths`` lists the files and folders created, ``frames`` how many frames each video
     holds once closed. Close it (or use it as a context manager) to finish the files: a video
@@ -316,9 +316,12 @@ class VideoOutputs:
         fps: float,
         palette: Sequence[Sequence[int]] | None = None,
         preview: Preview | None = None,
+        labels: bool = False,
     ) -> None:
         self.folder, self.stem, self.fps, self.palette = Path(folder), stem, fps, palette
-        self.preview = preview
+        self.preview, self.keeps_labels = preview, labels
+        if labels:  # before any video is started: a refusal leaves nothing behind
+            _check_label_folder(self.folder / f"{stem}_labels")
         self.paths: list[Path] = []
         self.frames = 0
         self._writers: dict[str, object] = {}
@@ -338,6 +341,8 @@ class VideoOutputs:
         get the last one's pictures (not its labels), and those before the first one added
         get the first one's: the videos keep the source's timing. An
         error of an earlier frame's writing is raised here (or by ``close``)."""
+        if labels is not None and not self.keeps_labels:
+            raise ValueError("label maps given to VideoOutputs made without labels=True")
         last_index, last = self._last
         self._last = (index, pictures)
 
@@ -377,7 +382,6 @@ class VideoOutputs:
     def _write_labels(self, index: int, labels: np.ndarray) -> None:
         if self._label_folder is None:
             target = self.folder / f"{self.stem}_labels"
-            _check_label_folder(target)
             self._clear_stale()
             self._label_folder = temporary_folder_beside(target)
             self.paths.append(target)
@@ -506,7 +510,7 @@ def segment_video(
 
     with (
         VideoSource(source, drops) as video,
-        VideoOutputs(output_dir, stem, video.fps, runner.palette, preview) as out,
+        VideoOutputs(output_dir, stem, video.fps, runner.palette, preview, keep_labels) as out,
     ):
         check_pixels("its frames", video.width, video.height, max_pixels, max(runner.scales))
         total = max_frames or video.frame_count
@@ -521,8 +525,8 @@ def segment_video(
                 bar.update(1)
                 if video.drops:
                     bar.set_postfix(dropped=video.dropped, refresh=False)
-        except KeyboardInterrupt:
-            if not (video.live or video.drops):
+        except KeyboardInterrupt as stop:
+            if isinstance(stop, Terminated) or not (video.live or video.drops):
                 raise
             logger.info("%s: stopped (Ctrl-C) after %d frames segmented", source, segmented)
         finally:

@@ -7,21 +7,26 @@ Errors: a ``ddrnet.errors.DDRNetError`` (input the user can fix) is printed as o
 So is an ``OSError`` that names a file (``error.filename``): the operating system refused a
 path the user gave (not found, permission denied, disk full, read-only folder). Anything
 else is a bug and shows its traceback (exit status 1); ``-v`` shows tracebacks for all.
+Ctrl-C prints ``interrupted`` (exit status 130), SIGTERM ``terminated (SIGTERM)`` (143),
+each after the job's own clean-up (see ``ddrnet.errors.Terminated``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ddrnet.cli import bench, convert, data, export, models, pick, predict, prune, serve, train, viz
 from ddrnet.cli import eval as evaluate  # the module of `ddrnet eval`, not the builtin
 from ddrnet.cli.options import is_override
-from ddrnet.errors import DDRNetError, user_error_message
+from ddrnet.errors import DDRNetError, Terminated, user_error_message
 
 # The order of ``ddrnet --help``.
 COMMANDS = (models, convert, data, train, evaluate, predict, pick, bench, export, prune, viz, serve)
@@ -65,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Log lines (a skipped input, a fallback) printed while a progress bar is drawn would
         # land inside the bar's line; tqdm writes them above it instead.
-        with logging_redirect_tqdm():
+        with logging_redirect_tqdm(), _sigterm_raises_terminated():
             return int(args.handler(args) or 0)
     except (DDRNetError, OSError) as error:
         message = user_error_message(error)
@@ -73,6 +78,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"ddrnet {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _sigterm_raises_terminated() -> Iterator[None]:
+    """Within: SIGTERM raises ``Terminated`` in the main thread (Python's default kills the
+    process at once: a video being written was lost, temporaries stayed). A second SIGTERM
+    while the first one's clean-up runs is ignored (SIGKILL still ends it). Nothing is
+    changed outside the main thread, where Python cannot set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
