@@ -76,6 +76,19 @@ def test_onnx_export_is_dynamic_and_matches_pytorch_at_odd_sizes(
     assert output.shape == (2, 11, 5, 3)
 
 
+def test_a_rerun_removes_what_a_killed_export_or_save_left(model, tmp_path) -> None:
+    """A kill (SIGKILL) mid-copy leaves ``.<name>.<random>.tmp``: the next write of that
+    file removes it, and only temporaries of the files it writes."""
+    left = [".m.onnx.k1ll3d00.tmp", ".m.pt.k1ll3d00.tmp", ".p.safetensors.k1ll3d00.tmp"]
+    for name in [*left, ".other.onnx.k1ll3d00.tmp"]:
+        (tmp_path / name).write_bytes(b"partial")
+    export_onnx(model, tmp_path / "m.onnx", (64, 64))
+    export_torchscript(model, tmp_path / "m.pt", (64, 64))
+    ddrnet.save_model(model, tmp_path / "p.safetensors", model.metadata)
+    hidden = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert hidden == [".other.onnx.k1ll3d00.tmp"]
+
+
 def test_onnx_argmax_graph_equals_torch_argmax(model, camvid_val, tmp_path):
     (image,) = real_inputs(camvid_val, sizes=((361, 479),))
     with torch.no_grad():

@@ -76,6 +76,11 @@ def test_batch_job_writes_outputs_and_skips_bad_files(
     runner = SegmentationRunner(
         ddrnet.create_model(checkpoint=camvid_model_file), torch.device("cpu")
     )
+    # What an earlier run killed mid-write left of this run's outputs goes; others stay.
+    (tmp_path / "out").mkdir()
+    stale = f".{camvid_frames[0].stem}_confidence.png.k1ll3d00.tmp"
+    (tmp_path / "out" / stale).write_bytes(b"partial")
+    (tmp_path / "out" / ".elsewhere_overlay.png.k1ll3d00.tmp").write_bytes(b"partial")
     lines: list[str] = []
     warnings: list[str] = []
     summary = run_prediction(
@@ -101,6 +106,8 @@ def test_batch_job_writes_outputs_and_skips_bad_files(
     assert not any("skipped" in line for line in lines)  # failures go to `warn` only
     assert len(warnings) == 2 and any("notes.png" in line for line in warnings)
     assert all(line.startswith("skipped: ") for line in warnings)
+    hidden = [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+    assert hidden == [".elsewhere_overlay.png.k1ll3d00.tmp"]
 
 
 def test_pictures_by_hand_and_png_files_read_back_exactly(tmp_path) -> None:

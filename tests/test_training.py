@@ -342,6 +342,7 @@ def test_resume_repairs_an_epoch_whose_writes_a_kill_cut_short(
     monkeypatch.undo()
     assert written == ["last.pt", "best.pt", "best.safetensors"][:writes_done]
     assert (run / "config.yaml").exists()
+    (run / ".config.yaml.k1ll3d.tmp").write_text("partial")  # a resume killed as it began
     # Epoch 1 is committed in last.pt: resuming with nothing left to train only repairs.
     train(tiny_config(camvid_root, run, epochs=1), resume=True)
     assert_consistent(run)

@@ -12,10 +12,11 @@ Callers that need a simulated kill in tests to reach every write call it as
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import IO
 
@@ -161,13 +162,29 @@ def atomic_copy(source: Path, path: Path) -> None:
         atomic_write(path, lambda target: shutil.copyfileobj(stream, target))
 
 
-def remove_stale_temporaries(folder: Path, names: tuple[str, ...]) -> list[Path]:
-    """Delete the temporaries of ``names`` that a killed ``atomic_write``, an uncommitted
-    ``temporary_beside`` or ``temporary_folder_beside`` or a killed ``commit_folder`` left in
-    ``folder`` (and ``<name>.tmp``, what ``save_model`` wrote before it used
-    ``atomic_write``)."""
-    stale = [p for name in names for p in folder.glob(f".{name}.*.tmp*")]
-    stale += [folder / f"{name}.tmp" for name in names if (folder / f"{name}.tmp").is_file()]
+# ``.<name>.<random>.tmp[<suffix>]``: how ``tempfile`` names the temporaries of ``name``
+# here (its random part is of ``[a-z0-9_]``).
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]+\.tmp(\.[^.]*)?")
+
+
+def remove_stale_temporaries(folder: Path, names: Collection[str]) -> list[Path]:
+    """Delete the temporaries of the files or folders ``names`` that a killed
+    ``atomic_write``, an uncommitted ``temporary_beside`` or ``temporary_folder_beside`` or a
+    killed ``commit_folder`` left in ``folder`` (and ``<name>.tmp``, what ``save_model`` wrote
+    before it used ``atomic_write``); the paths deleted. One scan of the folder, however many
+    names."""
+    wanted = set(names)
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    stale = []
+    for entry in entries:
+        match = _TEMPORARY.fullmatch(entry.name)
+        if match and match["name"] in wanted:
+            stale.append(Path(entry.path))
+        elif entry.name.endswith(".tmp") and entry.name[:-4] in wanted and entry.is_file():
+            stale.append(Path(entry.path))
     for path in stale:
         if path.is_dir() and not path.is_symlink():  # a ``temporary_folder_beside``
             shutil.rmtree(path, ignore_errors=True)

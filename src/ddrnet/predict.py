@@ -23,6 +23,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ddrnet.atomic import remove_stale_temporaries
 from ddrnet.background import WritingThread
 from ddrnet.data.io import IMAGE_SUFFIXES, image_files, image_size, read_rgb, write_png
 from ddrnet.errors import DDRNetError, user_error_message
@@ -303,6 +304,9 @@ def _predict_images(
     runner, paths, loader, output_dir, kinds, progress, summary, *, report, warn, preview
 ):
     stems = unique_stems(path.stem for path in paths)
+    # What a run over these images that was killed mid-write left (one scan of the folder).
+    targets = {f"{stem}_{kind}.png" for stem in stems for kind in OUTPUT_KINDS}
+    remove_stale_temporaries(output_dir, targets)
     smoother = runner.smoother()  # the images as one sequence, in the order given
 
     def groups() -> Iterator[list[tuple[int, np.ndarray]]]:

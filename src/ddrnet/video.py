@@ -398,7 +398,8 @@ class VideoOutputs:
         ours = re.compile(rf"\.({re.escape(self.stem)}_[a-z]+\.mp4)\..+\.tmp\.mp4")
         found = self.folder.glob(f".{glob.escape(self.stem)}_*.tmp.mp4")
         videos = sorted({match[1] for path in found if (match := ours.fullmatch(path.name))})
-        remove_stale_temporaries(self.folder, (*videos, f"{self.stem}_labels"))
+        labels = f"{self.stem}_labels"
+        remove_stale_temporaries(self.folder, (*videos, labels, f"{labels}.partial"))
 
     def _open(self, kind: str, size: tuple[int, int]) -> None:
         import cv2

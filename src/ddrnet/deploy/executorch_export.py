@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddrnet.atomic import atomic_write, atomic_write_text
+from ddrnet.atomic import atomic_write, atomic_write_text, remove_stale_temporaries
 from ddrnet.deploy.executorch_runtime import (
     INSTALL_HINT,
     ExecutorchFiles,
@@ -141,6 +141,8 @@ def export_executorch(
         raise ExportError(
             f"{files.program}: ExecuTorch could not export the model: {first_line}"
         ) from None
+    names = (files.program.name, files.sidecar.name)
+    remove_stale_temporaries(files.program.parent, names)  # of an export killed before
     atomic_write(files.program, lambda stream: stream.write(lowered.buffer))
     sidecar = export_record(model, (height, width), int8, upsample_to_input)
     atomic_write_text(json.dumps(sidecar, indent=1) + "\n", files.sidecar)

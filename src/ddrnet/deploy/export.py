@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddrnet.atomic import atomic_copy, atomic_write
+from ddrnet.atomic import atomic_copy, atomic_write, remove_stale_temporaries
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.errors import UsageError
 from ddrnet.limits import check_pixels
@@ -188,6 +188,7 @@ def export_onnx(
             torch.onnx.export(wrapper, (example,), str(draft), **export_kwargs)
             options = {"argmax": argmax, "upsample_to_input": upsample_to_input, "dynamic": dynamic}
             _check_and_describe(draft, path, dynamic, options, getattr(model, "metadata", None))
+            remove_stale_temporaries(path.parent, (path.name,))  # of an export killed before
             atomic_copy(draft, path)
     return path
 
@@ -288,5 +289,6 @@ def export_torchscript(
             traced = torch.jit.freeze(traced)
     # Through a Python file object (ddrnet.atomic's): a folder we may not write to gives an
     # OSError naming the file (torch's own writer raises a bare RuntimeError).
+    remove_stale_temporaries(path.parent, (path.name,))  # of an export killed before
     atomic_write(path, lambda stream: torch.jit.save(traced, stream))
     return path

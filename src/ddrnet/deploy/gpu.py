@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ddrnet.atomic import atomic_write
+from ddrnet.atomic import atomic_write, remove_stale_temporaries
 
 
 def require_cuda(what: str) -> torch.device:
@@ -102,6 +102,7 @@ def build_tensorrt_engine(
         raise RuntimeError(f"TensorRT could not build an engine from {onnx_path} (see its log)")
     engine_path = Path(engine_path)
     data = bytes(serialized)
+    remove_stale_temporaries(engine_path.parent, (engine_path.name,))  # of a build killed before
     atomic_write(engine_path, lambda stream: stream.write(data))
     return engine_path
 

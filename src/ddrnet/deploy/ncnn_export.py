@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddrnet.atomic import atomic_copy, atomic_write_text
+from ddrnet.atomic import atomic_copy, atomic_write_text, remove_stale_temporaries
 from ddrnet.deploy.export import check_size, example_input, folded_export_wrapper
 from ddrnet.deploy.ncnn_runtime import NCNN_KEY, NcnnFiles, file_digest, is_ncnn_file
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
@@ -151,6 +151,8 @@ def export_ncnn(
         sidecar[NCNN_KEY]["bin_blake2b"] = file_digest(scratch / "out.bin")
         # The weights, the graph, then the sidecar that records both: a kill in between
         # leaves files that the digests tell apart (check_files_belong_together).
+        names = (files.weights.name, files.param.name, files.sidecar.name)
+        remove_stale_temporaries(files.param.parent, names)  # of an export killed before
         atomic_copy(scratch / "out.bin", files.weights)
         atomic_copy(scratch / "out.param", files.param)
     atomic_write_text(json.dumps(sidecar, indent=1) + "\n", files.sidecar)

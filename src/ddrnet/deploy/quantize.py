@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddrnet.atomic import atomic_copy
+from ddrnet.atomic import atomic_copy, remove_stale_temporaries
 from ddrnet.deploy.calibration import calibration_files
 from ddrnet.deploy.onnx_file import (
     OPENVINO_FIXED_SIZE_KEY,
@@ -245,6 +245,7 @@ def quantize_onnx_int8(
             )
         if openvino_fixed_size:
             _mark_openvino_fixed_size(draft)
+        remove_stale_temporaries(out_path.parent, (out_path.name,))  # of a run killed before
         atomic_copy(draft, out_path)
     return out_path
 

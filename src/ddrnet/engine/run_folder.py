@@ -31,6 +31,8 @@ RUN_FILES = (LAST, BEST, BEST_MODEL, METRICS)
 CONFIG = "config.yaml"  # the run's resolved recipe, written once its checks passed
 # The first line of every config.yaml a run writes: what tells it from a recipe kept there.
 CONFIG_HEADER = "# written by ddrnet train: the resolved recipe of the run in this folder\n"
+# Every file a run writes: the temporaries a kill left of any of them are removed.
+WRITTEN_FILES = (*RUN_FILES, CONFIG)
 
 
 def checked_output(output: Path, resume: bool | str, config_text: str = "") -> Path | None:
@@ -138,7 +140,7 @@ def repair_run(output: Path, state: dict[str, Any], model: torch.nn.Module) -> l
     is the best one and they lag behind it, and make ``metrics.jsonl`` one line per finished
     epoch. Returns the names of the files repaired (logged)."""
     output.mkdir(parents=True, exist_ok=True)
-    for path in remove_stale_temporaries(output, RUN_FILES):
+    for path in remove_stale_temporaries(output, WRITTEN_FILES):
         logger.info("removed %s, a temporary file left by an interrupted write", path)
     repaired = []
     best = best_epoch(state)

@@ -46,7 +46,7 @@ from ddrnet.engine.inference import pick_device, resolve_precision
 from ddrnet.engine.run_folder import (
     CONFIG,
     CONFIG_HEADER,
-    RUN_FILES,
+    WRITTEN_FILES,
     checked_output,
     repair_run,
 )
@@ -184,7 +184,7 @@ def _open_run_folder(
     if state is not None:
         repair_run(output, state, model)
     else:  # what a run killed before its first checkpoint left half written
-        remove_stale_temporaries(output, RUN_FILES)
+        remove_stale_temporaries(output, WRITTEN_FILES)
     atomic_write_text(_config_text(config), output / CONFIG)
 
 

@@ -490,5 +490,6 @@ def save_model(model: nn.Module, path: str | Path, metadata: ModelMetadata) -> P
         raise CheckpointError(f"model files are .safetensors; got {path}")
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     data = save(tensors, metadata={"ddrnet": metadata.to_json()})
+    atomic.remove_stale_temporaries(path.parent, (path.name,))  # of a write killed before
     atomic.atomic_write(path, lambda stream: stream.write(data))
     return path
