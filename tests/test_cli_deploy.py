@@ -30,6 +30,30 @@ def test_export_onnx_with_argmax_runs_at_another_size(camvid_model_file, tmp_pat
     assert labels.shape[-2:] == (73, 91) and labels.max() < 11
 
 
+def test_an_int8_export_stopped_midway_leaves_the_earlier_pair(
+    camvid_model_file, tmp_path, monkeypatch
+) -> None:
+    """The float32 file beside an INT8 file takes its name after the INT8 file is written:
+    a run stopped while quantising leaves an earlier pair as it was."""
+    import ddrnet.cli.export
+    from ddrnet.assets import demo_frames
+    from ddrnet.cli import main
+
+    int8, fp32 = tmp_path / "m.onnx", tmp_path / "m_fp32.onnx"
+    int8.write_bytes(b"earlier int8")
+    fp32.write_bytes(b"earlier fp32")
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ddrnet.cli.export, "_quantize", stopped)
+    command = ["export", "--checkpoint", str(camvid_model_file), "--format", "onnx-int8"]
+    command += ["-o", str(int8), "--calibration", str(demo_frames()[0].parent)]
+    assert main([*command, "--calibration-count", "1", "--size", "64x64"]) == 130
+    assert (int8.read_bytes(), fp32.read_bytes()) == (b"earlier int8", b"earlier fp32")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m_fp32.onnx"]
+
+
 def test_export_reports_parity(camvid_model_file, tmp_path) -> None:
     result = run_ddrnet(
         "export",

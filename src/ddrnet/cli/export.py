@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ddrnet.atomic import commit, remove_stale_temporaries, temporary_beside
 from ddrnet.cli.options import (
     PATH,
     POSITIVE_INT,
@@ -174,20 +175,36 @@ def _checked_options(args: argparse.Namespace) -> list | None:
 def _export_onnx_forms(model: nn.Module, output: Path, images, args: argparse.Namespace) -> None:
     """ONNX, ONNX INT8 (the float32 file kept beside it) or a TensorRT engine built from
     the float32 ONNX file; with --evaluate-root each ONNX form scored on CamVid val."""
-    fp32_path = output if args.format == "onnx" else output.with_name(output.stem + "_fp32.onnx")
-    _export_checked_onnx(model, fp32_path, output, args)
-    if args.format == "tensorrt":
-        from ddrnet.deploy import build_tensorrt_engine
-
-        height, width = args.size
-        build_tensorrt_engine(fp32_path, output, (1, 3, height, width), fp16=True)
-        print(f"TensorRT engine (float16 allowed, input 1x3x{height}x{width}) written to {output}")
+    if args.format == "onnx":
+        _export_checked_onnx(model, output, output, args)
+        if args.evaluate_root:
+            _evaluate_forms(model, output, output, args)
         return
-    final = fp32_path
-    if images is not None:
-        final = _quantize(fp32_path, output, images, args)
-    if args.evaluate_root:
-        _evaluate_forms(model, fp32_path, final, args)
+    # The float32 file kept beside the INT8 file or engine is made first, under a temporary
+    # name, and takes its name last: a run stopped in between leaves an earlier pair as it
+    # was, never a new float32 file beside an old INT8 one.
+    fp32_path = output.with_name(output.stem + "_fp32.onnx")
+    remove_stale_temporaries(output.parent, (fp32_path.name,))  # of a run killed before
+    draft = temporary_beside(fp32_path, ".onnx")
+    try:
+        _export_checked_onnx(model, draft, output, args, shown=fp32_path)
+        if args.format == "tensorrt":
+            _build_engine(draft, output, args)
+        else:
+            _quantize(draft, output, images, args)
+        commit(draft, fp32_path)
+    finally:
+        draft.unlink(missing_ok=True)
+    if args.evaluate_root and args.format != "tensorrt":
+        _evaluate_forms(model, fp32_path, output, args)
+
+
+def _build_engine(onnx_path: Path, output: Path, args: argparse.Namespace) -> None:
+    from ddrnet.deploy import build_tensorrt_engine
+
+    height, width = args.size
+    build_tensorrt_engine(onnx_path, output, (1, 3, height, width), fp16=True)
+    print(f"TensorRT engine (float16 allowed, input 1x3x{height}x{width}) written to {output}")
 
 
 def _check_tensorrt() -> None:
@@ -202,13 +219,17 @@ def _check_tensorrt() -> None:
         raise UsageError(f"--format tensorrt: {error}") from None
 
 
-def _export_checked_onnx(model, fp32_path: Path, output: Path, args: argparse.Namespace) -> None:
-    """Write the float32 ONNX file and report how closely ONNX Runtime reproduces PyTorch."""
+def _export_checked_onnx(
+    model, fp32_path: Path, output: Path, args: argparse.Namespace, shown: Path | None = None
+) -> None:
+    """Write the float32 ONNX file and report how closely ONNX Runtime reproduces PyTorch;
+    ``shown``: the name it will have, if it is written under a temporary one."""
     from ddrnet.deploy import export_onnx, verify_onnx, verify_onnx_labels
 
     export_onnx(model, fp32_path, args.size, argmax=args.argmax, upsample_to_input=args.upsample)
-    kept = " (the float32 model, kept beside the INT8 file)" if fp32_path != output else ""
-    print(f"ONNX written to {fp32_path}{kept} (dynamic batch, height and width)")
+    shown = shown or fp32_path
+    kept = " (the float32 model, kept beside the INT8 file)" if shown != output else ""
+    print(f"ONNX written to {shown}{kept} (dynamic batch, height and width)")
     if args.argmax:
         agreement = verify_onnx_labels(model, fp32_path)
         print(f"ONNX Runtime vs PyTorch: labels agree on {100 * agreement:.3f}% of pixels")
@@ -217,17 +238,16 @@ def _export_checked_onnx(model, fp32_path: Path, output: Path, args: argparse.Na
         print(f"ONNX Runtime vs PyTorch: max abs logit difference {difference:.2e}")
 
 
-def _quantize(fp32_path: Path, output: Path, images: list, args: argparse.Namespace) -> Path:
+def _quantize(fp32_path: Path, output: Path, images: list, args: argparse.Namespace) -> None:
     from ddrnet.deploy import quantize_onnx_int8
 
-    final = quantize_onnx_int8(
+    quantize_onnx_int8(
         fp32_path, output, images, size=args.size, reduce_range=args.weight_bits == 7
     )
     print(
-        f"INT8 (QDQ, per-channel, {args.weight_bits}-bit weights) written to {final}, "
+        f"INT8 (QDQ, per-channel, {args.weight_bits}-bit weights) written to {output}, "
         f"calibrated on {len(images)} images"
     )
-    return final
 
 
 def _evaluate_forms(model, fp32_path: Path, final: Path, args: argparse.Namespace) -> None:
