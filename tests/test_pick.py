@@ -134,3 +134,35 @@ def test_what_the_audit_found(
     assert "broken.avi" in logged
     error = one_line_cli_error(capsys, ["pick", inputs[0], "-o", str(out)])
     assert "holds files already; pick into a new or empty folder" in error
+
+
+def test_a_stopped_or_killed_pick_leaves_no_half_set(
+    camvid_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The frames are written into a staging folder and moved out when all are written:
+    a pick stopped midway leaves the output empty, and one killed (its staging folder left)
+    does not block the next pick into the same folder."""
+    import ddrnet.pick
+
+    frames = sorted((camvid_root / "val").glob("*.png"))[:3]
+    out = tmp_path / "to_label"
+    argv = ["pick", *map(str, frames), "-n", "2", "--gap", "0", "-o", str(out)]
+    copies = []
+    real_copy = ddrnet.pick.atomic_copy
+
+    def copy_then_stop(source: Path, target: Path) -> None:
+        if copies:
+            raise KeyboardInterrupt
+        real_copy(source, target)
+        copies.append(target)
+
+    monkeypatch.setattr(ddrnet.pick, "atomic_copy", copy_then_stop)
+    assert main(argv) == 130
+    assert copies and copies[0].parent == out / ".pick.partial"
+    assert list(out.iterdir()) == []
+    (out / ".pick.partial").mkdir()  # what a kill (no clean-up) leaves
+    shutil.copy(frames[0], out / ".pick.partial" / frames[0].name)
+    monkeypatch.undo()
+    assert main(argv) == 0
+    files = [p["file"] for p in json.loads((out / "picks.json").read_text())["picked"]]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*files, "picks.json"])

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +35,8 @@ from ddrnet.video import VideoSource, is_camera_or_stream, source_stem
 logger = logging.getLogger(__name__)
 
 PICKS_FILE = "picks.json"
+# Inside the output folder: the frames of a pick until all are written.
+STAGING = ".pick.partial"
 MIN_SIDE = 64  # pixels: smaller images are no street frames to label (and score as unsure)
 
 
@@ -164,24 +168,22 @@ def write_picks(
 ) -> list[Path]:
     """The chosen frames in ``output`` (images copied byte for byte, video frames read again
     and written as PNG), then ``output/picks.json``: ``picked``, them by rank with their
-    files, and ``scored``, every candidate; the paths of the frames."""
+    files, and ``scored``, every candidate; the paths of the frames. The frames are written
+    into ``output/.pick.partial`` and moved out once all are written, ``picks.json`` last: a
+    pick stopped or failed midway leaves no half set of frames (a kill leaves the staging
+    folder, which the next pick into ``output`` removes)."""
     output.mkdir(parents=True, exist_ok=True)
     names = _file_names(chosen)
-    wanted: dict[str, dict[int, Path]] = {}
-    for candidate, name in zip(chosen, names, strict=True):
-        if candidate.frame is None:
-            atomic_copy(Path(candidate.source), output / name)
-        else:
-            wanted.setdefault(candidate.source, {})[candidate.frame] = output / name
-    for video, frames in wanted.items():
-        with VideoSource(video, drop_frames="no") as source:
-            for index, frame in source.frames():
-                if index in frames:
-                    write_png(frames.pop(index), frame)
-                if not frames:
-                    break
-        if frames:  # the file changed since it was scored
-            raise UsageError(f"{video}: frames {sorted(frames)} could not be read again")
+    staging = output / STAGING
+    staging.mkdir(exist_ok=True)
+    try:
+        _write_frames(chosen, names, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for name in names:
+        os.replace(staging / name, output / name)
+    staging.rmdir()
     listing = {
         "picked": [
             {"rank": rank, "file": name, **asdict(candidate)}
@@ -193,9 +195,33 @@ def write_picks(
     return [output / name for name in names]
 
 
+def _write_frames(chosen: Sequence[Candidate], names: Sequence[str], folder: Path) -> None:
+    """Each chosen frame as ``folder/<its name>``: images copied, video frames decoded
+    again (each video read once, up to its last chosen frame)."""
+    wanted: dict[str, dict[int, Path]] = {}
+    for candidate, name in zip(chosen, names, strict=True):
+        if candidate.frame is None:
+            atomic_copy(Path(candidate.source), folder / name)
+        else:
+            wanted.setdefault(candidate.source, {})[candidate.frame] = folder / name
+    for video, frames in wanted.items():
+        with VideoSource(video, drop_frames="no") as source:
+            for index, frame in source.frames():
+                if index in frames:
+                    write_png(frames.pop(index), frame)
+                if not frames:
+                    break
+        if frames:  # the file changed since it was scored
+            raise UsageError(f"{video}: frames {sorted(frames)} could not be read again")
+
+
 def _prepare_output(output: Path) -> None:
     """Make ``output``, refusing one that holds files: a pick never overwrites, and a folder
-    of earlier picks beside new ones would be labelled as one."""
+    of earlier picks beside new ones would be labelled as one. The staging folder of a
+    pick killed before its frames were moved out is removed first."""
+    if (output / STAGING).is_dir():
+        shutil.rmtree(output / STAGING)
+        logger.info("removed %s, the frames of a pick that was stopped", output / STAGING)
     if output.is_dir() and any(output.iterdir()):
         raise UsageError(f"-o {output} holds files already; pick into a new or empty folder")
     output.mkdir(parents=True, exist_ok=True)
