@@ -58,6 +58,11 @@ def test_real_frames_counts_sum_to_the_whole_and_pictures_show_them(
         assert frame["miou"] == pytest.approx(
             np.mean([v for v in frame["iou"].values() if v is not None])
         )
+    # A rerun replaces the earlier run's pictures whole (no two frames under one rank) and
+    # leaves other files alone.
+    (pictures / "notes.txt").write_text("mine")
+    assert main([*argv[:5], "1", *argv[6:]]) == 0  # --worst 1
+    assert sorted(p.name for p in pictures.iterdir()) == [names[0], "notes.txt"]
 
 
 def test_the_frames_counts_sum_to_the_evaluations_matrix(camvid_val) -> None:

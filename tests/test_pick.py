@@ -158,10 +158,10 @@ def test_a_stopped_or_killed_pick_leaves_no_half_set(
 
     monkeypatch.setattr(ddrnet.pick, "atomic_copy", copy_then_stop)
     assert main(argv) == 130
-    assert copies and copies[0].parent == out / ".pick.partial"
+    assert copies and copies[0].parent == out / ".partial"
     assert list(out.iterdir()) == []
-    (out / ".pick.partial").mkdir()  # what a kill (no clean-up) leaves
-    shutil.copy(frames[0], out / ".pick.partial" / frames[0].name)
+    (out / ".partial").mkdir()  # what a kill (no clean-up) leaves
+    shutil.copy(frames[0], out / ".partial" / frames[0].name)
     monkeypatch.undo()
     assert main(argv) == 0
     files = [p["file"] for p in json.loads((out / "picks.json").read_text())["picked"]]

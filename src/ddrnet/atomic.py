@@ -11,12 +11,13 @@ Callers that need a simulated kill in tests to reach every write call it as
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -146,6 +147,37 @@ def commit_folder(temporary: Path, path: Path) -> None:
         raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
+
+
+# Inside a folder: the files of a set written by ``staged_files``, until all are written.
+STAGING_FOLDER = ".partial"
+
+
+@contextlib.contextmanager
+def staged_files(folder: Path, replaces: re.Pattern[str] | None = None) -> Iterator[Path]:
+    """A staging folder inside ``folder`` to write a set of files into; when the block ends
+    without an error they are moved into ``folder`` (renames, one after another), after the
+    files of ``folder`` whose names match ``replaces`` (an earlier run's set) are deleted.
+    A set stopped or failed midway is removed, and the earlier set stays whole; files that
+    do not match ``replaces`` are left alone; a staging folder a kill left is removed first.
+    Unlike ``commit_folder``, ``folder`` itself is never renamed: it may be the current
+    folder, or hold other files."""
+    staging = folder / STAGING_FOLDER
+    if staging.is_dir() and not staging.is_symlink():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if replaces is not None:
+        for path in folder.iterdir():
+            if replaces.fullmatch(path.name) and path.is_file():
+                path.unlink()
+    for path in sorted(staging.iterdir()):
+        os.replace(path, folder / path.name)
+    staging.rmdir()
 
 
 def atomic_write_text(text: str, path: Path) -> None:

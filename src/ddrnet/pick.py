@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ddrnet.atomic import atomic_copy, atomic_write_text
+from ddrnet.atomic import STAGING_FOLDER, atomic_copy, atomic_write_text, staged_files
 from ddrnet.data.io import write_png
 from ddrnet.engine.predictor import Predictor
 from ddrnet.errors import DDRNetError, UsageError, user_error_message
@@ -35,8 +34,6 @@ from ddrnet.video import VideoSource, is_camera_or_stream, source_stem
 logger = logging.getLogger(__name__)
 
 PICKS_FILE = "picks.json"
-# Inside the output folder: the frames of a pick until all are written.
-STAGING = ".pick.partial"
 MIN_SIDE = 64  # pixels: smaller images are no street frames to label (and score as unsure)
 
 
@@ -169,21 +166,13 @@ def write_picks(
     """The chosen frames in ``output`` (images copied byte for byte, video frames read again
     and written as PNG), then ``output/picks.json``: ``picked``, them by rank with their
     files, and ``scored``, every candidate; the paths of the frames. The frames are written
-    into ``output/.pick.partial`` and moved out once all are written, ``picks.json`` last: a
-    pick stopped or failed midway leaves no half set of frames (a kill leaves the staging
-    folder, which the next pick into ``output`` removes)."""
+    into a staging folder (``ddrnet.atomic.staged_files``) and moved out once all are
+    written, ``picks.json`` last: a pick stopped or failed midway leaves no half set of
+    frames (a kill leaves the staging folder, which the next pick into ``output`` removes)."""
     output.mkdir(parents=True, exist_ok=True)
     names = _file_names(chosen)
-    staging = output / STAGING
-    staging.mkdir(exist_ok=True)
-    try:
+    with staged_files(output) as staging:
         _write_frames(chosen, names, staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    for name in names:
-        os.replace(staging / name, output / name)
-    staging.rmdir()
     listing = {
         "picked": [
             {"rank": rank, "file": name, **asdict(candidate)}
@@ -219,9 +208,9 @@ def _prepare_output(output: Path) -> None:
     """Make ``output``, refusing one that holds files: a pick never overwrites, and a folder
     of earlier picks beside new ones would be labelled as one. The staging folder of a
     pick killed before its frames were moved out is removed first."""
-    if (output / STAGING).is_dir():
-        shutil.rmtree(output / STAGING)
-        logger.info("removed %s, the frames of a pick that was stopped", output / STAGING)
+    if (output / STAGING_FOLDER).is_dir():
+        shutil.rmtree(output / STAGING_FOLDER)
+        logger.info("removed %s, the frames of a pick that was stopped", output / STAGING_FOLDER)
     if output.is_dir() and any(output.iterdir()):
         raise UsageError(f"-o {output} holds files already; pick into a new or empty folder")
     output.mkdir(parents=True, exist_ok=True)

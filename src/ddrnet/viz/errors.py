@@ -4,12 +4,14 @@ model's mistake (a car called building) from a label's (a car nobody outlined)."
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from ddrnet import render
+from ddrnet.atomic import staged_files
 from ddrnet.data.io import write_png
 from ddrnet.data.labels import LabelSet
 from ddrnet.engine.frame_scores import FrameScore
@@ -17,6 +19,8 @@ from ddrnet.engine.recordings import frame_samples, unwrap_subsets
 from ddrnet.errors import UsageError
 from ddrnet.viz.compare import titled
 
+# ``<rank, 3 digits>_<image stem>.png``: the pictures ``write_worst_pictures`` writes.
+RANKED_PICTURE = re.compile(r"\d{3}_.+\.png")
 ERROR_COLOUR = (255, 0, 0)  # the pixels predicted wrong, over the greyed frame
 
 
@@ -68,20 +72,21 @@ def write_worst_pictures(
 ) -> list[Path]:
     """``error_picture`` of each frame of ``scores`` (worst first) whose prediction was kept,
     written to ``output/<rank>_<image stem>.png`` (``check_pictures_folder``); the paths
-    written. ``dataset`` is the evaluated one (a ``PairedSegmentationDataset``, maybe under
+    written. They replace an earlier run's pictures there whole (``staged_files``): a
+    rerun never leaves two frames under one rank, and one stopped midway leaves the earlier
+    set. ``dataset`` is the evaluated one (a ``PairedSegmentationDataset``, maybe under
     ``Subset`` wrappers: its ``load`` gives a frame's image and label as arrays)."""
     folder = check_pictures_folder(dataset, output)
-    folder.mkdir(parents=True, exist_ok=True)
     base, indices = unwrap_subsets(dataset)
-    written = []
-    for rank, score in enumerate(scores, 1):
-        if score.index not in predictions:
-            continue
-        image, label = base.load(indices[score.index])
-        stem = score.image.stem if score.image is not None else f"frame{score.index}"
-        title = f"prediction: mIoU {score.miou:.1f}, rank {rank}"
-        picture = error_picture(image, label, predictions[score.index], labels, title)
-        path = folder / f"{rank:03d}_{stem}.png"
-        write_png(path, picture)
-        written.append(path)
-    return written
+    names = []
+    with staged_files(folder, replaces=RANKED_PICTURE) as staging:
+        for rank, score in enumerate(scores, 1):
+            if score.index not in predictions:
+                continue
+            image, label = base.load(indices[score.index])
+            stem = score.image.stem if score.image is not None else f"frame{score.index}"
+            title = f"prediction: mIoU {score.miou:.1f}, rank {rank}"
+            picture = error_picture(image, label, predictions[score.index], labels, title)
+            names.append(f"{rank:03d}_{stem}.png")
+            write_png(staging / names[-1], picture)
+    return [folder / name for name in names]
