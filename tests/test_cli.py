@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -55,6 +59,18 @@ def test_the_help_names_every_export_format_and_serve_format() -> None:
     assert all(word in summaries["export"] for word in named.values()), summaries["export"]
     serve = commands.choices["serve"].description
     assert f"format={'|'.join(FORMATS)})" in serve, serve
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line() -> None:
+    """SIGINT while the command's modules (and PyTorch) are still being imported."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ddrnet.cli", "predict", "no_such.png"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(0.3)  # Python is up; PyTorch's import alone takes longer than this
+    process.send_signal(signal.SIGINT)
+    _, errors = process.communicate(timeout=60)
+    assert (process.returncode, errors) == (130, "interrupted\n")
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path) -> None:

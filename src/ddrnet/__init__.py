@@ -9,24 +9,68 @@
 
 from __future__ import annotations
 
-from ddrnet.engine.predictor import Predictor
-from ddrnet.engine.temporal import TemporalSmoother
-from ddrnet.loading import load
-from ddrnet.models import (
-    CheckpointError,
-    DDRNet23Slim_Weights,
-    ModelMetadata,
-    WeightsEnum,
-    count_macs,
-    count_parameters,
-    create_model,
-    get_weights,
-    list_models,
-    load_weights,
-    register_model,
-    save_model,
-)
-from ddrnet.video import VideoSource
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time ``__getattr__`` imports them
+    from ddrnet.engine.predictor import Predictor
+    from ddrnet.engine.temporal import TemporalSmoother
+    from ddrnet.loading import load
+    from ddrnet.models import (
+        CheckpointError,
+        DDRNet23Slim_Weights,
+        ModelMetadata,
+        WeightsEnum,
+        count_macs,
+        count_parameters,
+        create_model,
+        get_weights,
+        list_models,
+        load_weights,
+        register_model,
+        save_model,
+    )
+    from ddrnet.video import VideoSource
+
+# Each public name and the module it lives in, imported at its first use (PEP 562): the
+# ``ddrnet`` command and ``import ddrnet.errors`` do not pay for PyTorch's import until a
+# command needs it (Ctrl-C during that import is then the command's, one line).
+_LAZY = {
+    "Predictor": "ddrnet.engine.predictor",
+    "TemporalSmoother": "ddrnet.engine.temporal",
+    "load": "ddrnet.loading",
+    "VideoSource": "ddrnet.video",
+    **dict.fromkeys(
+        (
+            "CheckpointError",
+            "DDRNet23Slim_Weights",
+            "ModelMetadata",
+            "WeightsEnum",
+            "count_macs",
+            "count_parameters",
+            "create_model",
+            "get_weights",
+            "list_models",
+            "load_weights",
+            "register_model",
+            "save_model",
+        ),
+        "ddrnet.models",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'ddrnet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # the next access is a plain lookup
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __version__ = "0.1.0"
 

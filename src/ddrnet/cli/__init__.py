@@ -1,6 +1,7 @@
 """The ``ddrnet`` command line: one module per command, each with ``add_parser`` (its
-options) and a handler that parses, calls the library and prints. Heavy imports happen
-inside the handlers, so that ``ddrnet --help`` stays fast.
+options) and a handler that parses, calls the library and prints. The heaviest imports
+happen inside the handlers; importing ``ddrnet.cli`` imports no command (``build_parser``
+does), so that a Ctrl-C while PyTorch loads is the command's, one line.
 
 Errors: a ``ddrnet.errors.DDRNetError`` (input the user can fix) is printed as one line,
 ``ddrnet COMMAND: error: MESSAGE``, with exit status 2, as argparse does for bad options.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import logging
 import signal
 import sys
@@ -23,24 +25,26 @@ from collections.abc import Iterator, Sequence
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ddrnet.cli import bench, convert, data, export, models, pick, predict, prune, serve, train, viz
-from ddrnet.cli import eval as evaluate  # the module of `ddrnet eval`, not the builtin
-from ddrnet.cli.options import is_override
 from ddrnet.errors import DDRNetError, Terminated, user_error_message
 
-# The order of ``ddrnet --help``.
-COMMANDS = (models, convert, data, train, evaluate, predict, pick, bench, export, prune, viz, serve)
+# The commands' modules, in the order of ``ddrnet --help``.
+COMMANDS = (
+    "models", "convert", "data", "train", "eval", "predict", "pick", "bench", "export", "prune",
+    "viz", "serve",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line. Its modules are imported here, not when ``ddrnet.cli`` is:
+    some of them import PyTorch, and ``main`` turns a Ctrl-C during that into its line."""
     parser = argparse.ArgumentParser(
         prog="ddrnet",
         description="Real-time semantic segmentation with Deep Dual-Resolution Networks.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in COMMANDS:
-        command.add_parser(commands)
+    for name in COMMANDS:
+        importlib.import_module(f"ddrnet.cli.{name}").add_parser(commands)
     return parser
 
 
@@ -51,6 +55,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     --resume a=1 b=2`` the ones after the option come back unrecognised; they join the others
     (``args.late_overrides``) for the commands that take overrides.
     """
+    from ddrnet.cli.options import is_override
+
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     takes_overrides = hasattr(args, "overrides")
@@ -62,7 +68,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse(argv)
+    try:
+        args = _parse(argv)
+    except KeyboardInterrupt:  # during the imports: a second or so
+        print("interrupted", file=sys.stderr)
+        return 130
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
