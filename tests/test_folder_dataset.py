@@ -115,6 +115,38 @@ def test_folder_dataset_reads_index_and_colour_masks(tmp_path: Path) -> None:
     assert "single-channel class indices, got mode RGB" in check_problems(index_only)
 
 
+def test_a_palette_mask_of_class_colours_in_its_own_order_is_read_by_colour(
+    tmp_path: Path,
+) -> None:
+    """b's colour mask saved as a palette PNG whose entries are the class colours in another
+    order (as PNG optimisers and Pillow's quantize store them): read through its palette, as
+    the RGB mask was. A palette mask whose entries are the class colours in class order, or
+    that uses a colour outside the table (a grey ramp), stores class ids."""
+    from PIL import Image
+
+    root = folder_tree(tmp_path)
+    expected = folder_dataset(root, "train").load(1)[1]  # from the RGB mask
+    indices = np.array([[3, 2, 0], [1, 1, 3]], np.uint8)  # black, car, person, road
+    shuffled = Image.fromarray(indices, "P")
+    shuffled.putpalette([0, 0, 0, *PERSON, 0, 0, 142, *ROAD] + [0] * (768 - 12))
+    shuffled.save(root / "masks/train/b.png")
+    dataset = folder_dataset(root, "train")
+    dataset.check()
+    np.testing.assert_array_equal(dataset.load(1)[1], expected)
+    in_order = Image.fromarray(np.array([[0, 1, 2], [200, 1, 0]], np.uint8), "P")
+    in_order.putpalette([*ROAD, 0, 0, 142, *PERSON] + [0] * (768 - 9))
+    in_order.save(root / "masks/train/b.png")
+    np.testing.assert_array_equal(
+        folder_dataset(root, "train").load(1)[1], [[0, 1, 2], [255, 1, 0]]
+    )
+    grey = Image.fromarray(np.array([[0, 1, 2], [200, 1, 0]], np.uint8), "P")
+    grey.putpalette([value for i in range(256) for value in (i, i, i)])
+    grey.save(root / "masks/train/b.png")
+    np.testing.assert_array_equal(
+        folder_dataset(root, "train").load(1)[1], [[0, 1, 2], [255, 1, 0]]
+    )
+
+
 def test_folder_dataset_pairing_errors_name_the_files(tmp_path: Path) -> None:
     root = folder_tree(tmp_path)
     save_image(root / "images/train/c.jpeg", np.zeros((2, 3, 3), np.uint8))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ddrnet.data.io import read_color_label, read_label, read_mask, read_rgb
+from ddrnet.data.io import read_color_label, read_label, read_palette_mask, read_rgb
 from ddrnet.data.labels import LabelSet, colour_indices, pack_rgb
 from ddrnet.errors import DDRNetError
 
@@ -198,7 +198,10 @@ class ColourLabelDataset(PairedSegmentationDataset):
     ``mask_format``: ``"colour"`` reads every label as RGB (palette PNGs through their
     palette); ``"index"`` reads single-channel raw values only; ``"auto"`` takes
     single-channel images as raw values and colour images through the table, so a folder
-    may hold both kinds.
+    may hold both kinds. A palette PNG is read through its palette in ``"auto"`` too when
+    every colour it uses is in the table and some index is not the raw value of its colour:
+    a colour mask that a PNG optimiser, GIMP's indexed mode or Pillow's ``quantize`` stored
+    with a palette of its own order (its indices read as class ids would be noise).
     """
 
     def __init__(
@@ -233,10 +236,21 @@ class ColourLabelDataset(PairedSegmentationDataset):
         """Raw values ``(H, W)``: index masks as stored, colour masks through the table."""
         if self.mask_format == "index":
             return read_label(path)
-        mask = read_color_label(path) if self.mask_format == "colour" else read_mask(path)
-        if mask.ndim == 2:
-            return mask
-        return self.colours_to_raw(mask, path)
+        if self.mask_format == "colour":
+            return self.colours_to_raw(read_color_label(path), path)
+        mask, palette = read_palette_mask(path)
+        if palette is not None and self._palette_holds_colours(mask, palette):
+            return self.colours_to_raw(palette[mask], path)
+        return mask if mask.ndim == 2 else self.colours_to_raw(mask, path)
+
+    def _palette_holds_colours(self, indices: np.ndarray, palette: np.ndarray) -> bool:
+        """Whether a palette mask's ``indices`` mean its ``palette``'s colours: every colour
+        used is in the table, and some index is not the raw value its colour stands for."""
+        used = np.flatnonzero(np.bincount(indices.ravel(), minlength=256))
+        rows = colour_indices(palette[used][None], self.colours)[0]
+        if (rows == len(self.colours)).any():  # a colour outside the table: ids, as stored
+            return False
+        return bool((self.colour_values[rows] != used).any())
 
     def colours_to_raw(self, rgb: np.ndarray, path: Path) -> np.ndarray:
         """``(H, W, 3)`` uint8 colours to ``(H, W)`` raw values; unknown colours raise."""

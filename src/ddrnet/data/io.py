@@ -110,6 +110,22 @@ def read_mask(path: str | Path) -> np.ndarray:
     return np.asarray(image.convert("RGB")) if indices is None else indices
 
 
+def read_palette_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """``read_mask``'s array, and for a palette (mode P) image its palette as ``(256, 3)``
+    uint8 RGB rows (None for other images): whether a palette PNG stores class ids or
+    colours, only the data set's colour table can tell."""
+    image = _open(path)
+    indices = _index_array(image)
+    if indices is None:
+        return np.asarray(image.convert("RGB")), None
+    if image.mode != "P":
+        return indices, None
+    flat = np.array(image.getpalette("RGB") or [], dtype=np.uint8)
+    palette = np.zeros((256, 3), np.uint8)
+    palette[: len(flat) // 3] = flat[: len(flat) // 3 * 3].reshape(-1, 3)
+    return indices, palette
+
+
 def image_size(path: str | Path) -> tuple[int, int]:
     """``(width, height)`` of an image file, read from its header without decoding pixels."""
     path = Path(path)
