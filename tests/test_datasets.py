@@ -456,3 +456,27 @@ def test_example_classes_file_is_valid() -> None:
     classes = load_classes_file(CONFIGS / "classes" / "custom_example.yaml")
     assert classes.labels.class_names[0] == "road" and classes.labels.num_classes == 7
     assert classes.ignore_colors == ((0, 0, 0),) and classes.ignore_index == 255
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_a_photo_stored_sideways_with_exif_orientation_is_read_upright(
+    camvid_frames, tmp_path, suffix
+) -> None:
+    """A phone's portrait photo is stored turned, with EXIF Orientation 6 ("turn a quarter
+    clockwise to view"): it is read, sized and served as viewers and labelling tools show it,
+    so that labels drawn on that view fit it."""
+    from ddrnet.data.io import image_size
+    from ddrnet.serve import decode_image
+
+    frame = read_rgb(camvid_frames[0])  # (360, 480, 3), upright
+    path = tmp_path / f"phone{suffix}"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.rot90(frame)).save(path, exif=exif, quality=100)  # stored 480 high
+    assert Image.open(path).size == (360, 480)
+    assert image_size(path) == (480, 360)
+    read = read_rgb(path)
+    assert read.shape == (360, 480, 3)
+    tolerance = 0 if suffix == ".png" else 8  # JPEG's rounding, at quality 100
+    assert np.abs(read.astype(int) - frame).mean() <= tolerance
+    assert np.array_equal(decode_image(path.read_bytes()), read)

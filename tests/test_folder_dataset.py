@@ -147,6 +147,30 @@ def test_a_palette_mask_of_class_colours_in_its_own_order_is_read_by_colour(
     )
 
 
+def test_frames_in_sub_folders_pair_by_path_and_are_recordings(tmp_path: Path) -> None:
+    """Frames one folder down (a drive each) pair with masks of the same relative path, in
+    any suffix case; the sub-folder is the frame's recording. A link to nothing is named."""
+    import pickle
+
+    from ddrnet.engine.recordings import frame_recordings
+
+    root = folder_tree(tmp_path)
+    assert folder_dataset(root, "train").recording is None  # flat: one recording, unnamed
+    frame = np.full((2, 3, 3), 70, np.uint8)
+    save_image(root / "images/train/drive1/a.JPG", frame)
+    save_image(root / "masks/train/drive1/a.PNG", np.array([[2, 2, 2], [1, 1, 1]], np.uint8))
+    save_image(root / "images/train/.thumbs/x.png", frame)  # hidden: passed over
+    dataset = folder_dataset(root, "train")
+    names = [s.image.relative_to(root / "images/train").as_posix() for s in dataset.samples]
+    assert names == ["a.png", "b.jpg", "drive1/a.JPG"]
+    np.testing.assert_array_equal(dataset.load(2)[1], [[2, 2, 2], [1, 1, 1]])
+    assert frame_recordings(dataset) == [".", ".", "drive1"]
+    assert pickle.loads(pickle.dumps(dataset)).recording.of(dataset.samples[2].image) == "drive1"
+    (root / "images/train/drive1/gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(DatasetError, match="drive1/gone.png is a link to a file that does not"):
+        folder_dataset(root, "train")
+
+
 def test_folder_dataset_pairing_errors_name_the_files(tmp_path: Path) -> None:
     root = folder_tree(tmp_path)
     save_image(root / "images/train/c.jpeg", np.zeros((2, 3, 3), np.uint8))

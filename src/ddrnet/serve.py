@@ -83,7 +83,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
     a huge image (a decompression bomb) costs nothing. Pillow's own bomb check (which raises
     above twice ``Image.MAX_IMAGE_PIXELS``) is mapped to 413 as well.
     """
-    from ddrnet.data.io import ImageReadError, to_rgb_array
+    from ddrnet.data.io import ImageReadError, to_rgb_array, upright, upright_size
 
     if not data:
         raise RequestError(400, "no image in the request: send a file field or a raw body")
@@ -95,7 +95,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         raise RequestError(
             400, f"the upload is not an image in a supported format ({', '.join(IMAGE_FORMATS)})"
         ) from None
-    width, height = image.size
+    width, height = upright_size(image)
     if width * height > max_pixels:
         raise RequestError(
             413,
@@ -106,7 +106,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         raise RequestError(400, "image has zero size")
     try:
         image.load()
-        return to_rgb_array(image, "upload")
+        return to_rgb_array(upright(image), "upload")
     except Image.DecompressionBombError as error:
         raise RequestError(413, f"image refused as a decompression bomb ({error})") from None
     except (OSError, SyntaxError, ValueError, ImageReadError) as error:

@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from ddrnet.config import read_json
 from ddrnet.data.datasets import DatasetError
+from ddrnet.data.io import upright_size
 
 # LabelMe's own defaults in ``shape_to_mask`` (pixels).
 LABELME_LINE_WIDTH = 10
@@ -361,7 +362,7 @@ def _embedded_image(data: str, path: Path, height: int, width: int) -> tuple[byt
     try:
         encoded = base64.b64decode(data, validate=True)
         with Image.open(io.BytesIO(encoded)) as image:
-            kind, size = image.format, image.size
+            kind, size = image.format, upright_size(image)
     except (binascii.Error, UnidentifiedImageError, OSError, Image.DecompressionBombError):
         raise DatasetError(f"{path}: imageData is not a base64 image") from None
     if kind not in _SUFFIXES:

@@ -5,6 +5,11 @@ Layout::
     <root>/images/<split>/<name>.{png,jpg,jpeg,...}  # any of ddrnet.data.io.IMAGE_SUFFIXES
     <root>/masks/<split>/<name>.png        # same name, PNG only (JPEG would alter values)
 
+Frames may lie in sub-folders of ``images/<split>`` (a drive or a camera each), their masks
+in the same sub-folders of ``masks/<split>``; the first sub-folder is then the frame's
+recording (``ddrnet eval --by-recording``; ``ddrnet data`` warns when training and
+validation share one).
+
 Masks are either index PNGs (single-channel; each value a class id, ``ignore_index`` =
 not labelled) or colour PNGs (RGB; each colour one class of the classes file, colours under
 ``ignore_colors`` not labelled). The classes file::
@@ -21,6 +26,8 @@ not labelled) or colour PNGs (RGB; each colour one class of the classes file, co
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +40,12 @@ from ddrnet.data.datasets import (
     ColourLabelDataset,
     DatasetError,
     MaskFormat,
+    Recording,
     Sample,
     Transform,
     split_folder,
 )
-from ddrnet.data.io import IMAGE_SUFFIXES, image_files
+from ddrnet.data.io import IMAGE_SUFFIXES
 from ddrnet.data.labels import IGNORE_INDEX, LabelSet, lookup_table
 from ddrnet.errors import parse_error_summary
 from ddrnet.models.metadata import IMAGENET_MEAN, IMAGENET_STD
@@ -189,24 +197,21 @@ def _ignore_settings(
 
 
 def folder_samples(root: str | Path, split: str) -> list[Sample]:
-    """Pairs ``images/<split>/<name>.{png,jpg,...}`` (``IMAGE_SUFFIXES``) with
-    ``masks/<split>/<name>.png``.
+    """Pairs ``images/<split>/[<sub-folders>/]<name>.{png,jpg,...}`` (``IMAGE_SUFFIXES``, any
+    case) with ``masks/<split>/[<sub-folders>/]<name>.png`` (``.PNG`` too), sorted by path;
+    hidden files and folders are passed over.
 
     Raises naming the files: images without a mask, masks without an image, two images of
-    the same name (``a.png`` and ``a.jpg``), no images at all.
+    the same name (``a.png`` and ``a.jpg``), links to nothing, no images at all.
     """
     root = Path(root)
     name = f"folder data set {root} split {split!r}"
     image_dir = split_folder(root, "images", split, name)
     mask_dir = split_folder(root, "masks", split, name)
-    images: dict[str, Path] = {}
-    for path in image_files(image_dir):
-        if path.stem in images:
-            raise DatasetError(f"{name}: {images[path.stem]} and {path} share the name")
-        images[path.stem] = path
+    images = _files_by_stem(image_dir, IMAGE_SUFFIXES, name)
     if not images:
         raise DatasetError(f"{name}: no {'/'.join(IMAGE_SUFFIXES)} images in {image_dir}")
-    masks = {path.stem: path for path in sorted(mask_dir.glob("*.png")) if path.is_file()}
+    masks = _files_by_stem(mask_dir, (".png",), name)
     without_mask = [str(images[stem]) for stem in images if stem not in masks]
     if without_mask:
         raise DatasetError(
@@ -219,7 +224,39 @@ def folder_samples(root: str | Path, split: str) -> list[Sample]:
             f"{name}: {len(without_image)} masks have no image of the same name in "
             f"{image_dir}: " + ", ".join(without_image[:10])
         )
-    return [Sample(images[stem], masks[stem]) for stem in images]
+    return [Sample(images[stem], masks[stem]) for stem in sorted(images)]
+
+
+def _files_by_stem(folder: Path, suffixes: Sequence[str], name: str) -> dict[str, Path]:
+    """The files under ``folder`` (its sub-folders too) with one of ``suffixes`` in any case:
+    their path relative to ``folder`` without the suffix -> path. A link to nothing, or two
+    files of one stem, is a ``DatasetError``."""
+    found: dict[str, Path] = {}
+    for directory, folders, files in os.walk(folder, followlinks=True):
+        folders[:] = sorted(f for f in folders if not f.startswith("."))
+        for file_name in sorted(f for f in files if not f.startswith(".")):
+            path = Path(directory) / file_name
+            if path.suffix.lower() not in suffixes:
+                continue
+            if not path.exists():
+                raise DatasetError(f"{name}: {path} is a link to a file that does not exist")
+            stem = path.relative_to(folder).with_suffix("").as_posix()
+            if stem in found:
+                raise DatasetError(f"{name}: {found[stem]} and {path} share the name")
+            found[stem] = path
+    return found
+
+
+@dataclass(frozen=True)
+class _SubFolder:
+    """A frame's recording in a folder data set: its first sub-folder under the split's
+    images folder (``.`` for frames directly in it); picklable, for DataLoader workers."""
+
+    images: Path
+
+    def __call__(self, image: Path) -> str:
+        parts = image.relative_to(self.images).parts
+        return parts[0] if len(parts) > 1 else "."
 
 
 def folder_dataset(
@@ -247,8 +284,9 @@ def folder_dataset(
     values = np.array(
         list(range(count)) + [classes.ignore_index] * len(classes.ignore_colors), dtype=np.int32
     )
-    return ColourLabelDataset(
-        folder_samples(root, split),
+    samples = folder_samples(root, split)
+    dataset = ColourLabelDataset(
+        samples,
         classes.labels,
         lut,
         valid,
@@ -259,3 +297,8 @@ def folder_dataset(
         name=f"{root.name} {split}",
         mask_format=mask_format,
     )
+    # Frames in sub-folders (a drive or a camera each): those are the data set's recordings.
+    images = root / "images" / split
+    if any(sample.image.parent != images for sample in samples):
+        dataset.recording = Recording("recordings (sub-folders)", _SubFolder(images))
+    return dataset

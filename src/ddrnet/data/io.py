@@ -37,6 +37,28 @@ class ImageReadError(DDRNetError, ValueError):
     """An image or label file cannot be used; the message names the file."""
 
 
+# EXIF's Orientation tag, and its values that swap width and height (a quarter turn).
+EXIF_ORIENTATION = 0x0112
+QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` as viewers and labelling tools (LabelMe, CVAT) show it: turned as its EXIF
+    Orientation says (a phone's or camera's portrait JPEG is stored sideways), else itself."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) == 1:
+        return image
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(image)
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of ``upright(image)``, from the header alone."""
+    width, height = image.size
+    turned = image.getexif().get(EXIF_ORIENTATION, 1) in QUARTER_TURNS
+    return (height, width) if turned else (width, height)
+
+
 def _open(path: str | Path) -> Image.Image:
     path = Path(path)
     if not path.is_file():
@@ -48,7 +70,7 @@ def _open(path: str | Path) -> Image.Image:
         raise ImageReadError(f"{path}: not a readable image ({error})") from None
     if image.width == 0 or image.height == 0:
         raise ImageReadError(f"{path}: image has zero size")
-    return image
+    return upright(image)
 
 
 def to_rgb_array(image: Image.Image, source: str = "<image>") -> np.ndarray:
@@ -127,13 +149,14 @@ def read_palette_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """``(width, height)`` of an image file, read from its header without decoding pixels."""
+    """``(width, height)`` of an image file as it is read (``upright``), from its header
+    without decoding pixels."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
     try:
         with Image.open(path) as image:
-            return image.size
+            return upright_size(image)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ImageReadError(f"{path}: not a readable image ({error})") from None
 
