@@ -201,3 +201,28 @@ def test_folder_check_reports_unknown_colours_and_values(tmp_path: Path) -> None
     assert "(valid: 0..2, 200)" in report
     assert f"{root / 'masks/train/b.png'}: 3 pixels have colours" in report
     assert "(5, 5, 5), (9, 9, 9); grey colours: if this mask stores class ids" in report
+
+
+def test_evaluation_checks_the_models_class_names_against_the_data_sets(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same names in another order number the classes differently: refused. Other
+    names (a renamed class) are said in a warning; case and separators do not count."""
+    from ddrnet.engine.evaluation_set import evaluation_dataset
+    from ddrnet.errors import UsageError
+    from ddrnet.models.metadata import ModelMetadata
+
+    root = folder_tree(tmp_path)
+
+    def metadata(*names: str) -> ModelMetadata:
+        return ModelMetadata("ddrnet_23_slim", 3, spec={}, class_names=list(names))
+
+    def evaluate_with(*names: str) -> None:
+        evaluation_dataset(metadata(*names), "train", dataset="folder", root=str(root))
+
+    evaluate_with("Road", "car", "PERSON")
+    with pytest.raises(UsageError, match="class 0 is 'car' for the model, 'road' for folder"):
+        evaluate_with("car", "road", "person")
+    with caplog.at_level("WARNING"):
+        evaluate_with("road", "car", "pedestrian")
+    assert "class 2 is 'pedestrian' for the model, 'person' for folder" in caplog.text

@@ -7,6 +7,7 @@ sequences by itself; any of them can be given instead.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from ddrnet.data.datasets import DatasetError, PairedSegmentationDataset
 from ddrnet.engine.config import DataConfig
 from ddrnet.errors import UsageError
 from ddrnet.models.metadata import ModelMetadata
+
+logger = logging.getLogger(__name__)
 
 
 def recorded_data_section(metadata: ModelMetadata) -> dict[str, Any]:
@@ -73,4 +76,26 @@ def evaluation_dataset(
             f"the model predicts {metadata.num_classes} classes but {config.dataset} has "
             f"{data.labels.num_classes}"
         )
+    _check_class_names(metadata.class_names, list(data.labels.class_names), config.dataset)
     return data, config
+
+
+def _check_class_names(model: list[str] | None, data: list[str], dataset: str) -> None:
+    """The model's classes against the data set's, by name (case, spaces and underscores
+    aside): the same names in another order number the classes differently, so every score
+    would be another class's (an error); other names are said in a warning."""
+
+    def plain(name: str) -> str:
+        return "".join(character for character in name.lower() if character.isalnum())
+
+    if not model or [plain(n) for n in model] == [plain(n) for n in data]:
+        return
+    first = next((i, a, b) for i, (a, b) in enumerate(zip(model, data)) if plain(a) != plain(b))
+    where = f"class {first[0]} is {first[1]!r} for the model, {first[2]!r} for {dataset}"
+    if sorted(map(plain, model)) == sorted(map(plain, data)):
+        raise UsageError(
+            f"the model and the data set number the same classes differently ({where}): "
+            "every score would be another class's; give the classes file the model was "
+            "trained with"
+        )
+    logger.warning("the model's classes are not the data set's (%s): scores go by number", where)
