@@ -397,3 +397,28 @@ def test_an_override_that_cannot_apply_is_named_once(tmp_path, capsys) -> None:
     assert error.endswith("error: override 'data.root=/x': data is not a section (it is 5)")
     error = one_line_cli_error(capsys, ["train", str(RECIPE), "data.crop_size=[64,96"])
     assert error.count("override 'data.crop_size=[64,96'") == 1
+
+
+class _BadLabels(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int):
+        from ddrnet.data.datasets import DatasetError
+
+        raise DatasetError("a.png: label values [30] are not classes of mine: 0..10, 255")
+
+
+def test_an_error_in_a_data_loader_worker_is_its_own_one_line_message() -> None:
+    """torch re-raises a worker's error with the worker's traceback as its message; the
+    command's line is the error's own message (data.check=false with workers: a bad label
+    found while training)."""
+    from ddrnet.data.datasets import DatasetError
+    from ddrnet.errors import user_error_message
+
+    with pytest.raises(DatasetError) as error:
+        list(torch.utils.data.DataLoader(_BadLabels(), num_workers=1))
+    assert "Original Traceback" in str(error.value)
+    assert user_error_message(error.value) == (
+        "a.png: label values [30] are not classes of mine: 0..10, 255"
+    )

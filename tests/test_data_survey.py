@@ -165,6 +165,36 @@ def test_cli_refuses_bad_options_in_one_line(tmp_path: Path, capsys) -> None:
     assert "is a folder" in error
 
 
+def test_a_class_stored_under_the_ignore_value_is_suspected_and_nothing_labelled_refused(
+    tmp_path: Path,
+) -> None:
+    """Masks of 0 and 200 (this classes file's ignore value) where 200 was meant as a class:
+    the warning on the absent classes says how much is not labelled and why that may be.
+    A training set with no labelled pixel at all stops training before it starts."""
+    from ddrnet.engine.checkpointing import TrainingError
+    from ddrnet.engine.steps import TrainingData, check_data
+
+    root = folder_tree(tmp_path)
+    for stem in ("a", "b"):
+        save_image(
+            root / f"masks/train/{stem}.png", np.array([[0, 0, 0], [200, 200, 200]], np.uint8)
+        )
+    train = survey_dataset(folder_dataset(root, "train"))
+    (warning,) = survey_warnings(train)
+    assert warning == (
+        "classes without a training pixel: car, person: the model cannot learn them; 50.0% "
+        "of the training label pixels are not labelled (the ignore value, or an ignore "
+        "colour): if a class is stored under that value (a 0/255 mask), give it its class "
+        "id, or set ignore_index in the classes file"
+    )
+    for stem in ("a", "b"):
+        save_image(root / f"masks/train/{stem}.png", np.full((2, 3), 200, np.uint8))
+    dataset = folder_dataset(root, "train")
+    data = TrainingData(dataset, dataset, dataset.labels, (0.5,) * 3, (0.5,) * 3, 1)
+    with pytest.raises(TrainingError, match="the training set has no labelled pixel: classes "):
+        check_data(data)
+
+
 def test_training_check_logs_the_warnings(camvid_root: Path, caplog) -> None:
     from ddrnet.engine.steps import TrainingData, check_data
 

@@ -68,7 +68,7 @@ def parse_error_summary(error: Exception) -> str:
 def user_error_message(error: BaseException) -> str | None:
     """The one-line message for an error caused by the user's input, or None for a bug."""
     if isinstance(error, DDRNetError):
-        return str(error)
+        return _without_worker_traceback(str(error))
     if isinstance(error, OSError) and error.filename is not None:
         return f"{error.filename}: {_os_error_reason(error)}"
     return None
@@ -89,3 +89,13 @@ class Terminated(KeyboardInterrupt):
     error, a stop. Being a ``KeyboardInterrupt``, it stops every job as cleanly as Ctrl-C does
     (videos closed and playable, temporaries removed, a run folder whole); unlike Ctrl-C,
     which ends a live source as the end of a file does, it also stops the rest of the job."""
+
+
+def _without_worker_traceback(message: str) -> str:
+    """An error raised in a DataLoader worker comes back as the same class with the worker's
+    traceback for its message ("Caught DatasetError in DataLoader worker process 0.
+    Original Traceback ..."): its own message is the last line, after the class name."""
+    if "Original Traceback (most recent call last):" not in message:
+        return message
+    last = [line for line in message.splitlines() if line.strip()][-1]
+    return last.split(": ", 1)[1] if ": " in last else last

@@ -42,6 +42,10 @@ NEAR_REPEAT_BITS = 32
 # Hashes with fewer bits set are of nearly featureless pictures (a flat colour, a black
 # frame), which all look alike to the hash: they are not compared.
 FEATURELESS_BITS = 32
+# A share (percent) of not-labelled training pixels large enough, beside a class without a
+# training pixel, to suggest that the class is stored under the ignore value (CamVid's void
+# is 4% of its pixels; a 0/255 road mask's 255 is the road itself, a third of them).
+IGNORED_SHARE_HINT = 20.0
 
 
 def difference_hash(image: np.ndarray) -> np.ndarray:
@@ -305,9 +309,23 @@ def survey_warnings(train: DatasetSurvey, val: DatasetSurvey | None = None) -> l
         also = f" ({', '.join(in_val)} labelled in validation)" if in_val else ""
         warnings.append(
             f"classes without a training pixel: {', '.join(absent)}{also}: the model "
-            "cannot learn them"
+            f"cannot learn them{_ignored_hint(train)}"
         )
     return warnings
+
+
+def _ignored_hint(survey: DatasetSurvey) -> str:
+    """For a warning on absent classes: a large share of pixels not labelled may be a class
+    stored under the ignore value (a 0/255 mask of two classes, 255 being the default)."""
+    total = survey.label_pixels
+    share = 100.0 * survey.ignored_pixels / total if total else 0.0
+    if share < IGNORED_SHARE_HINT:
+        return ""
+    return (
+        f"; {share:.1f}% of the training label pixels are not labelled (the ignore value, or "
+        "an ignore colour): if a class is stored under that value (a 0/255 mask), give it "
+        "its class id, or set ignore_index in the classes file"
+    )
 
 
 def _leak_warnings(train: DatasetSurvey, val: DatasetSurvey) -> list[str]:

@@ -120,7 +120,10 @@ def check_data(data: TrainingData) -> None:
     for dataset in (data.train_set, getattr(data.val_set, "dataset", data.val_set)):
         surveys.append(survey_dataset(dataset, stop_after=LISTED_PROBLEMS))
         surveys[-1].raise_problems()
-    for warning in survey_warnings(*surveys):
+    warnings = survey_warnings(*surveys)
+    if surveys[0].labelled_pixels == 0:  # every loss would be 0: nothing to learn
+        raise TrainingError(f"the training set has no labelled pixel: {warnings[-1]}")
+    for warning in warnings:
         logger.warning(warning)
     # The survey read every training label: class weights and frame sampling need not again.
     data._frame_class_pixels = surveys[0].frame_class_pixels()
