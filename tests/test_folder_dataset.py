@@ -193,14 +193,20 @@ def test_folder_dataset_pairing_errors_name_the_files(tmp_path: Path) -> None:
 def test_folder_check_reports_unknown_colours_and_values(tmp_path: Path) -> None:
     root = folder_tree(tmp_path)
     save_image(root / "masks/train/a.png", np.array([[0, 1, 2], [7, 1, 0]], np.uint8))
-    colour = np.array([[ROAD, (9, 9, 9), ROAD], [(9, 9, 9), PERSON, (5, 5, 5)]], np.uint8)
+    colour = np.array([[ROAD, (2, 2, 2), ROAD], [(2, 2, 2), PERSON, (1, 1, 1)]], np.uint8)
     save_image(root / "masks/train/b.png", colour)
     report = check_problems(folder_dataset(root, "train"))
     assert "2 problems found" in report
     assert f"{root / 'masks/train/a.png'}: label values [7]" in report
     assert "(valid: 0..2, 200)" in report
     assert f"{root / 'masks/train/b.png'}: 3 pixels have colours" in report
-    assert "(5, 5, 5), (9, 9, 9); grey colours: if this mask stores class ids" in report
+    assert "(1, 1, 1), (2, 2, 2); grey colours: if this mask stores class ids" in report
+    # Greys that are no class id (a wrong class colour, black void without ignore_colors)
+    # are wrong colours, not ids: no hint.
+    colour[0, 1] = (128, 128, 128)
+    save_image(root / "masks/train/b.png", colour)
+    report = check_problems(folder_dataset(root, "train"))
+    assert "(1, 1, 1), (2, 2, 2), (128, 128, 128)" in report and "grey colours" not in report
 
 
 def test_evaluation_checks_the_models_class_names_against_the_data_sets(

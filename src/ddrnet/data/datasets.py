@@ -262,7 +262,10 @@ class ColourLabelDataset(PairedSegmentationDataset):
             listed = ", ".join(str(t) for t in triples[:8])
             more = f" and {len(triples) - 8} more" if len(triples) > 8 else ""
             hint = ""
-            if all(r == g == b for r, g, b in triples):
+            # Grey colours that are all raw values: class ids (and void) saved as RGB.
+            if all(
+                r == g == b and r < len(self.valid_raw) and self.valid_raw[r] for r, g, b in triples
+            ):
                 hint = (
                     "; grey colours: if this mask stores class ids, save it as a "
                     "single-channel (greyscale or palette) PNG"
