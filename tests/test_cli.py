@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -67,7 +68,12 @@ def test_ctrl_c_while_the_command_starts_is_one_line() -> None:
         [sys.executable, "-m", "ddrnet.cli", "predict", "no_such.png"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(0.3)  # Python is up; PyTorch's import alone takes longer than this
+    # Once PyTorch's library is mapped, its import has begun (and Python's SIGINT handler is
+    # in place); the rest of that import takes longer than this loop's step.
+    maps, deadline = Path(f"/proc/{process.pid}/maps"), time.monotonic() + 60
+    while "libtorch" not in maps.read_text():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
     process.send_signal(signal.SIGINT)
     _, errors = process.communicate(timeout=60)
     assert (process.returncode, errors) == (130, "interrupted\n")
