@@ -64,9 +64,11 @@ def test_the_help_names_every_export_format_and_serve_format() -> None:
 
 def test_ctrl_c_while_the_command_starts_is_one_line() -> None:
     """SIGINT while the command's modules (and PyTorch) are still being imported."""
+    # A shell's default for SIGINT: pytest-xdist's workers ignore it, and a child inherits that.
     process = subprocess.Popen(
         [sys.executable, "-m", "ddrnet.cli", "predict", "no_such.png"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     # Once PyTorch's library is mapped, its import has begun (and Python's SIGINT handler is
     # in place); the rest of that import takes longer than this loop's step.

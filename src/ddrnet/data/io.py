@@ -53,8 +53,12 @@ def upright(image: Image.Image) -> Image.Image:
 
 
 def upright_size(image: Image.Image) -> tuple[int, int]:
-    """``(width, height)`` of ``upright(image)``, from the header alone."""
+    """``(width, height)`` of ``upright(image)``, from the header alone: a PNG's EXIF is
+    read only where it precedes the pixels (where Pillow writes it; Pillow would decode the
+    whole image to look for it after them)."""
     width, height = image.size
+    if image.format == "PNG" and "exif" not in image.info:
+        return width, height
     turned = image.getexif().get(EXIF_ORIENTATION, 1) in QUARTER_TURNS
     return (height, width) if turned else (width, height)
 
