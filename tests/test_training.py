@@ -398,8 +398,9 @@ def test_a_refused_run_or_resume_changes_nothing_of_the_old_run(camvid_root, tmp
     state = torch.load(run / "last.pt", weights_only=True)
     del state["config"]
     atomic_save(state, tmp_path / "anonymous.pt")
+    fresh = tiny_config(camvid_root, tmp_path / "fresh", epochs=2, extra=["model.name=ddrnet_23"])
     with pytest.raises(TrainingError, match=r"its model does not fit this run's \(\d+ problems, "):
-        train(other_model, resume=str(tmp_path / "anonymous.pt"))
+        train(fresh, resume=str(tmp_path / "anonymous.pt"))
     assert files() == before
     # Without last.pt, the folder still holds a run: a new one must not overwrite or append.
     (run / "last.pt").unlink()
@@ -515,3 +516,33 @@ def test_a_group_norm_run_trains_on_single_images_and_its_files_record_it(
         with pytest.raises(ConfigError, match=re.escape(expected)):
             train(tiny_config(camvid_root, fresh, extra=[*norm, f"model.pretrained={pretrained}"]))
     assert not fresh.exists()
+
+
+def test_resume_takes_this_runs_optimiser_settings_and_refuses_what_would_mislead(
+    camvid_root, tmp_path
+) -> None:
+    """The checkpoint brings the optimiser's buffers, this run its settings (they were the
+    checkpoint's, while config.yaml said otherwise). Refused, nothing changed: dropping the
+    weight average, fewer epochs than trained, and another run's checkpoint into a folder
+    that holds a run. A group count, which builds nothing without GroupNorm, may change."""
+    run, other = tmp_path / "run", tmp_path / "other"
+    ema = ["train.ema_decay=0.99"]
+    train(tiny_config(camvid_root, run, epochs=1, extra=ema))
+    train(tiny_config(camvid_root, other, epochs=1, extra=ema))
+    before = (run / "last.pt").read_bytes()
+    for extra, resume, message in [
+        (["train.ema_decay=null"], True, "was written with train.ema_decay"),
+        (ema, other / "last.pt", "holds another run (last.pt"),
+    ]:
+        with pytest.raises(TrainingError, match=re.escape(message)):
+            train(tiny_config(camvid_root, run, epochs=2, extra=extra), resume=resume)
+    assert (run / "last.pt").read_bytes() == before
+    changed = [*ema, "optim.momentum=0.5", "optim.weight_decay=0.01", "optim.nesterov=true"]
+    train(
+        tiny_config(camvid_root, run, epochs=2, extra=[*changed, "model.norm_groups=16"]),
+        resume=True,
+    )
+    (group,) = torch.load(run / "last.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert (group["momentum"], group["weight_decay"], group["nesterov"]) == (0.5, 0.01, True)
+    with pytest.raises(TrainingError, match="has trained 2 epochs already, more than train"):
+        train(tiny_config(camvid_root, run, epochs=1, extra=ema), resume=True)

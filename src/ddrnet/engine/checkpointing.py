@@ -75,12 +75,15 @@ def check_resumable(state: dict[str, Any], config: dict[str, Any], path: Path) -
     saved = state.get("config")
     if not isinstance(saved, dict):
         return
+    # The group count builds nothing unless the norm is GroupNorm.
+    grouped = config["model"]["norm"] == "group"
     changed = [
         f"{section}.{key}={saved[section][key]} (this run: {config[section][key]})"
         for section, key in STRUCTURAL_SETTINGS
         if isinstance(saved.get(section), dict)
         and key in saved[section]
         and saved[section][key] != config[section][key]
+        and (grouped or (section, key) != ("model", "norm_groups"))
     ]
     if changed:
         raise TrainingError(

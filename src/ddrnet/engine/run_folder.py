@@ -56,6 +56,12 @@ def checked_output(output: Path, resume: bool | str, config_text: str = "") -> P
             f"no checkpoint to resume from at {resume_path}{never if started else ''}"
         )
     present = [name for name in RUN_FILES if (output / name).exists()]
+    if resume_path is not None and present and resume_path.resolve().parent != output.resolve():
+        raise TrainingError(
+            f"train.output_dir={output} holds another run ({', '.join(present)}); resuming "
+            f"{resume_path} there would replace it: give an empty train.output_dir, or "
+            "resume that run itself (nothing was overwritten)"
+        )
     if resume_path is None and present:
         advice = (
             "continue it with --resume"

@@ -299,20 +299,34 @@ def restore_run(
 ) -> Progress:
     """Load the training ``state`` read from ``path`` into the model, its average, the
     optimiser and the loss scaler; refuses (changing nothing on disk) a state written with
-    another model or optimiser, or without the average this run keeps."""
+    another model or optimiser, with or without the average unlike this run, or that has
+    trained more than ``train.epochs``. The optimiser's settings are this run's."""
     check_resumable(state, to_dict(config), path)
+    if state["epoch"] > config.train.epochs:  # equal: nothing to train, the folder repaired
+        raise TrainingError(
+            f"{path} has trained {state['epoch']} epochs already, more than train.epochs="
+            f"{config.train.epochs}: give train.epochs of at least {state['epoch']} "
+            "(nothing was changed)"
+        )
+    if (models.ema is None) != ("state_dict_ema" not in state):
+        had = "without" if models.ema is not None else "with"
+        raise TrainingError(
+            f"{path} was written {had} train.ema_decay; resume it with the same setting, or "
+            "start a new run (nothing was changed)"
+        )
     restore(models.core, state["model"], "model", path)
+    # The checkpoint brings the optimiser's buffers (momentum, Adam's moments); its
+    # settings (momentum, weight decay, nesterov, the fused kernels) are this run's.
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     restore(optimizer, state["optimizer"], "optimiser state", path)
-    scaler.load_state_dict(state["scaler"])
+    for group, own in zip(optimizer.param_groups, settings, strict=True):
+        group.update(own)
+    if state["scaler"]:  # empty when the run it was written by scaled no loss (not fp16)
+        scaler.load_state_dict(state["scaler"])
     progress = Progress(
         state["epoch"], state["iteration"], state["best_miou"], state.get("history", [])
     )
     if models.ema is not None:
-        if "state_dict_ema" not in state:
-            raise TrainingError(
-                f"{path} was written without train.ema_decay; resume it with the same "
-                "setting, or start a new run"
-            )
         # The ramp of the decay depends on the number of updates: one per iteration.
         models.ema.load_state_dict(state["state_dict_ema"], updates=progress.iteration)
     logger.info(
