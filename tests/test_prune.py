@@ -126,6 +126,26 @@ def test_pruned_model_file_rebuilds_itself_and_exports(pruned_half, tmp_path: Pa
     assert verify_onnx(rebuilt, onnx_path, sizes=[SIZE]) < 1e-4
 
 
+def test_a_pruned_start_with_a_width_multiplier_is_refused_by_name(
+    pruned_half, tmp_path: Path
+) -> None:
+    """A pruned file's widths are its own: a recipe's model.width_multiplier over them
+    failed at the first step with "running_mean should contain 64 elements not 128"."""
+    from ddrnet.config import ConfigError
+    from ddrnet.data.labels import CAMVID
+    from ddrnet.engine.config import Config
+    from ddrnet.engine.steps import build_model
+
+    model = pruned_half.model
+    path = save_model(model, tmp_path / "pruned.safetensors", model.metadata)
+    config = Config()
+    config.model.pretrained = str(path)
+    assert build_model(config, CAMVID, torch.device("cpu"), amp=False)[1]  # its widths
+    config.model.width_multiplier = 2.0
+    with pytest.raises(ConfigError, match=r"is a channel-pruned model of 32 stem channels, .*64"):
+        build_model(config, CAMVID, torch.device("cpu"), amp=False)
+
+
 def _rewrite_metadata(source: Path, target: Path, **changes: object) -> Path:
     with safe_open(str(source), framework="pt") as handle:
         header = json.loads(handle.metadata()["ddrnet"])

@@ -5,6 +5,7 @@ them off must reproduce the transform as it was before they existed."""
 from __future__ import annotations
 
 import math
+import re
 
 import cv2
 import numpy as np
@@ -238,3 +239,34 @@ def test_options_are_config_overrides_and_bad_values_name_the_key() -> None:
     ]:
         with pytest.raises(ConfigError, match=f"data: {key} must be"):
             load_config(Config, None, [override])
+
+
+def test_settings_that_would_do_nothing_or_crash_later_are_refused_by_name() -> None:
+    """Each was accepted: some did nothing without a word (distillation settings without a
+    teacher, sequence filters of another data set than CamVid, ClassMix on batches of one),
+    some failed at the first step with a traceback (nesterov without momentum, an infinite
+    warm-up, a seed past 64 bits), some made the first loss infinite."""
+    for overrides, message in [
+        (["optim.nesterov=true", "optim.momentum=0"], "optim: nesterov must be false unless"),
+        (["optim.warmup_epochs=.inf"], "optim: warmup_epochs must be >= 0"),
+        (["optim.weight_decay=.inf"], "optim: weight_decay must be >= 0"),
+        (["loss.aux_weight=.inf"], "loss: aux_weight must be >= 0"),
+        (["train.seed=-1"], "train: seed must be in [0, 2**63)"),
+        (["distill.cwd_weight=5"], "distill: cwd_weight must be 0.0 without a teacher"),
+        (["distill.teacher_flip=true"], "distill: teacher_flip must be False without a teacher"),
+        (["data.dataset=cityscapes", "data.train_sequences=[x]"], "data: train_sequences must"),
+        (["data.class_mix=0.5", "data.batch_size=1"], "data: class_mix must be null with batch"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(Config, None, overrides)
+    load_config(Config, None, ["optim.nesterov=true", "distill.teacher=x", "distill.cwd_weight=5"])
+
+
+def test_rare_class_weights_of_a_large_power_stay_finite() -> None:
+    """frequency ** -power overflowed (inf / inf: NaN weights) from powers of a few hundred;
+    relative to the rarest class the same proportions stay finite: at a large power all the
+    weight goes to the frames of the rarest class."""
+    counts = frame_class_pixels(TinyLabels(), num_classes=2)
+    assert np.allclose(rare_class_weights(counts, 1.0), [15 / 7, 6 / 7, 0.0])  # unchanged
+    weights = rare_class_weights(counts, 1000.0)
+    assert np.isfinite(weights).all() and np.allclose(weights, [3.0, 0.0, 0.0])

@@ -56,7 +56,9 @@ def rare_class_weights(counts: np.ndarray, power: float) -> np.ndarray:
     # Classes absent from the training labels have no pixels to weight; 0 keeps them out.
     rarity = np.zeros_like(frequency)
     present = frequency > 0
-    rarity[present] = frequency[present] ** -power
+    # Relative to the rarest class (rarity 1): the same proportions as frequency ** -power,
+    # which overflows for large powers.
+    rarity[present] = (frequency[present] / frequency[present].min()) ** -power
     per_frame = counts.sum(1, keepdims=True)
     shares = np.divide(counts, per_frame, out=np.zeros_like(counts), where=per_frame > 0)
     weights = shares @ rarity

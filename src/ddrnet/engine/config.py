@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -25,6 +25,11 @@ def _require(ok: bool, key: str, rule: str, value: object) -> None:
 
 def _positive(value: float | None) -> bool:
     return value is None or (math.isfinite(value) and value > 0)
+
+
+def _finite(value: float) -> bool:
+    """Whether ``value`` is a finite number >= 0 (a weight, a count of epochs)."""
+    return math.isfinite(value) and value >= 0
 
 
 @dataclass
@@ -102,6 +107,19 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(min(self.crop_size) >= 8, "crop_size", "at least 8 x 8 pixels", self.crop_size)
+        for key in ("train_sequences", "val_sequences"):  # only CamVid's names say them
+            value = getattr(self, key)
+            _require(
+                value is None or self.dataset == "camvid",
+                key,
+                "null unless dataset is camvid",
+                value,
+            )
+        if self.class_mix is not None:  # it mixes two crops of one batch
+            _require(
+                self.batch_size >= 2, "class_mix", "null with batch_size 1 (it mixes two crops "
+                "of a batch)", self.class_mix,
+            )  # fmt: skip
         if self.classes_file is not None:  # the other data sets know their classes
             _require(
                 self.dataset == "folder", "classes_file", "null unless dataset is folder",
@@ -172,9 +190,14 @@ class OptimConfig:
     def __post_init__(self) -> None:
         _require(_positive(self.lr), "lr", "> 0", self.lr)
         _require(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
-        _require(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
-        _require(self.poly_power >= 0, "poly_power", ">= 0", self.poly_power)
-        _require(self.warmup_epochs >= 0, "warmup_epochs", ">= 0", self.warmup_epochs)
+        _require(_finite(self.weight_decay), "weight_decay", ">= 0", self.weight_decay)
+        _require(_finite(self.poly_power), "poly_power", ">= 0", self.poly_power)
+        _require(_finite(self.warmup_epochs), "warmup_epochs", ">= 0", self.warmup_epochs)
+        if self.nesterov:
+            _require(
+                self.optimizer == "sgd" and self.momentum > 0, "nesterov",
+                "false unless optimizer is sgd with momentum > 0", self.nesterov,
+            )  # fmt: skip
         _require(0 < self.warmup_ratio <= 1, "warmup_ratio", "in (0, 1]", self.warmup_ratio)
         _require(0 <= self.min_lr <= self.lr, "min_lr", "in [0, lr]", self.min_lr)
 
@@ -190,7 +213,10 @@ class LossConfig:
     # 1: the official loss at full label resolution. s > 1: labels subsampled by s and logits
     # resized to that grid; s = 8 matches the logits' own 1/8 grid. Cheaper on CPUs.
     label_stride: int = 1
-    # None, "enet" (1/ln(1.02+p)), "median_frequency", or explicit per-class weights.
+    # None, "enet" (1/ln(1.02+p)), "median_frequency" (both scaled to mean 1), or explicit
+    # per-class weights, used as given: with OHEM, whose mean is over the kept pixels as in
+    # the official code, their scale multiplies the loss (and so the learning rate); plain
+    # cross-entropy divides by the weights' sum, so there only their ratios count.
     class_weights: str | list[float] | None = None
     # Boundary-aware term for thin structures: pixels within boundary_width pixels (of the
     # full-resolution labels) of another class weigh 1 + boundary_weight (e.g. 1.0); null: off.
@@ -206,7 +232,7 @@ class LossConfig:
         _require(self.boundary_width >= 1, "boundary_width", ">= 1 pixel", self.boundary_width)
         _require(0 < self.ohem_threshold <= 1, "ohem_threshold", "in (0, 1]", self.ohem_threshold)
         _require(self.ohem_min_kept >= 0, "ohem_min_kept", ">= 0", self.ohem_min_kept)
-        _require(self.aux_weight >= 0, "aux_weight", ">= 0", self.aux_weight)
+        _require(_finite(self.aux_weight), "aux_weight", ">= 0", self.aux_weight)
         _require(self.label_stride >= 1, "label_stride", ">= 1", self.label_stride)
         weights = self.class_weights
         if isinstance(weights, str):
@@ -260,6 +286,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "epochs", ">= 1", self.epochs)
+        _require(0 <= self.seed < 2**63, "seed", "in [0, 2**63)", self.seed)
         # Empty would write the run into the current folder (`train.output_dir=` left blank).
         _require(bool(str(self.output_dir).strip()), "output_dir", "a folder path", self.output_dir)
         if self.ema_decay is not None:
@@ -338,6 +365,11 @@ class DistillConfig:
                 self.kd_weight > 0 or self.cwd_weight > 0, "kd_weight or cwd_weight",
                 "> 0 when a teacher is set", (self.kd_weight, self.cwd_weight),
             )  # fmt: skip
+            return
+        for option in fields(self):  # without a teacher, its settings would do nothing
+            default = option.default_factory() if option.default is MISSING else option.default
+            value = getattr(self, option.name)
+            _require(value == default, option.name, f"{default!r} without a teacher", value)
 
 
 @dataclass

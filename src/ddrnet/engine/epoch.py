@@ -161,10 +161,15 @@ def run_epoch(
         lr = schedule(progress.iteration)
         loss, parts = step.loss(images, targets)
         if not torch.isfinite(loss):
+            kept = (
+                f"The last checkpoint in {run.output} is intact."
+                if (run.output / "last.pt").is_file()
+                else "No checkpoint was written yet."
+            )
             raise TrainingError(
                 f"loss became {loss.item()} at epoch {epoch + 1}, iteration "
-                f"{progress.iteration}; lower optim.lr or check the labels. "
-                f"The last checkpoint in {run.output} is intact."
+                f"{progress.iteration}; lower optim.lr or check the labels and the loss "
+                f"settings. {kept}"
             )
         step.update(loss, lr)
         progress.iteration += 1

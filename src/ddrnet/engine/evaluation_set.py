@@ -52,6 +52,9 @@ def evaluation_dataset(
     values = recorded_data_section(metadata)
     given = {"dataset": dataset, "root": root, "classes_file": classes_file}
     values.update({key: value for key, value in given.items() if value is not None})
+    if values.get("dataset") != "camvid":  # a CamVid run's filters, another data set given
+        values.pop("train_sequences", None)
+        values.pop("val_sequences", None)
     missing = [f"--{key}" for key in ("dataset", "root") if key not in values]
     if missing:
         raise UsageError(

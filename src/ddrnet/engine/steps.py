@@ -165,6 +165,13 @@ def build_model(
         if raw.metadata is not None and raw.metadata.architecture == config.model.name:
             # A channel-pruned file (`ddrnet prune`): fine-tune its narrower layers.
             widths = raw.metadata.channel_widths
+            if widths and raw.metadata.spec.get("planes") != model.spec.planes:
+                raise ConfigError(
+                    f"model.pretrained={config.model.pretrained} is a channel-pruned model of "
+                    f"{raw.metadata.spec.get('planes')} stem channels, this recipe's "
+                    f"model.width_multiplier={config.model.width_multiplier} builds "
+                    f"{model.spec.planes}: its widths are the file's (drop the multiplier)"
+                )
             apply_channel_widths(model, widths)
         report = load_weights(model, raw)
         logger.info(report.summary())
