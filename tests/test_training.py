@@ -484,6 +484,11 @@ def test_fine_tuning_a_pruned_file_keeps_its_widths(camvid_root, tmp_path) -> No
     before = pruned.state_dict()["backbone.layer1.0.conv1.weight"]
     after = tuned.state_dict()["backbone.layer1.0.conv1.weight"]
     assert before.shape == after.shape and not torch.equal(before, after)  # trained from it
+    # The resume takes the widths from its checkpoint: the start file may have moved.
+    start.rename(tmp_path / "moved.safetensors")
+    train(tiny_config(camvid_root, output, epochs=2, extra=extra), resume=True)
+    resumed = ddrnet.create_model(checkpoint=output / "last.pt")
+    assert resumed.metadata.channel_widths == pruned.metadata.channel_widths
 
 
 def test_a_group_norm_run_trains_on_single_images_and_its_files_record_it(

@@ -36,6 +36,7 @@ from ddrnet.limits import check_training_crop
 from ddrnet.models import create_model, load_weights
 from ddrnet.models.checkpoint import RawCheckpoint, read_checkpoint
 from ddrnet.models.ddrnet import MainAndAuxiliary
+from ddrnet.models.metadata import ModelMetadata
 from ddrnet.models.spec import DDRNetSpec
 from ddrnet.models.widths import apply_channel_widths
 
@@ -138,11 +139,17 @@ def rare_class_frame_weights(data: TrainingData, cfg_data: DataConfig) -> np.nda
 
 
 def build_model(
-    config: Config, labels: LabelSet, device: torch.device, amp: bool
+    config: Config,
+    labels: LabelSet,
+    device: torch.device,
+    amp: bool,
+    resumed: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, dict[str, list[int]]]:
     """The DDRNet of ``config.model`` for ``labels``, on the CPU, with the weights of
     ``model.pretrained`` when set; and its channel widths (``{}`` unless that file is a
     channel-pruned model of the same architecture, whose narrower layers it then takes).
+    ``resumed``, the state of a run to resume: the widths its model file records instead,
+    and no ``model.pretrained`` read (the state's weights replace them).
     Refuses a ``data.crop_size`` x ``data.batch_size`` step larger than ``device``'s memory."""
     model = create_model(
         config.model.name,
@@ -156,7 +163,11 @@ def build_model(
     cfg_data = config.data
     check_training_crop(cfg_data.crop_size, cfg_data.batch_size, model.spec.planes, device, amp)
     widths: dict[str, list[int]] = {}
-    if config.model.pretrained:
+    if resumed is not None:
+        if "metadata" in resumed:
+            widths = ModelMetadata.from_json(resumed["metadata"]).channel_widths
+        apply_channel_widths(model, widths)
+    elif config.model.pretrained:
         try:
             raw = read_checkpoint(config.model.pretrained)
         except DDRNetError as error:  # name the setting, as distill.teacher's errors do

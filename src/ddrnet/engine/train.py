@@ -83,8 +83,11 @@ def train(config: Config, resume: bool | str = False) -> Path:
         resume_path = checked_output(output, resume, _config_text(config))
         amp_dtype = _set_up_process(config, device, ctx)
 
+        # Read first: a resumed run's widths are its checkpoint's (model.pretrained, which
+        # a pruned student started from, is not read again: it may have moved since).
+        state = load_training_checkpoint(resume_path) if resume_path is not None else None
         data = build_data(config, ctx)
-        model, widths = build_model(config, data.labels, device, bool(amp_dtype))
+        model, widths = build_model(config, data.labels, device, bool(amp_dtype), state)
         # distill.teacher: loaded (or refused) here, before the slow data check; None when off.
         distiller = build_distiller(
             config.distill, data.labels, data.mean, data.std, device, amp_dtype,
@@ -99,9 +102,8 @@ def train(config: Config, resume: bool | str = False) -> Path:
             config.optim, models.core.parameters(), device, scaler.is_enabled()
         )
 
-        progress, state = Progress(), None
-        if resume_path is not None:
-            state = load_training_checkpoint(resume_path)
+        progress = Progress()
+        if state is not None:
             progress = restore_run(state, resume_path, config, models, optimizer, scaler)
         if ctx.is_main:
             _open_run_folder(output, config, state, models.evaluated)
