@@ -350,4 +350,21 @@ def restore_run(
     logger.info(
         "resumed from %s at epoch %d (iteration %d)", path, progress.epoch, progress.iteration
     )
+    changed = _changed_settings(state.get("config"), to_dict(config))
+    if changed:  # config.yaml will say only the new values
+        logger.info("settings changed on resume: %s", ", ".join(changed))
     return progress
+
+
+def _changed_settings(saved: Any, current: dict[str, Any]) -> list[str]:
+    """``section.key: old -> new`` for each setting of ``current`` that differs from the
+    ``saved`` config (a plain dict; anything else: none)."""
+    if not isinstance(saved, dict):
+        return []
+    return [
+        f"{section}.{key}: {saved[section][key]} -> {value}"
+        for section, values in current.items()
+        if isinstance(values, dict) and isinstance(saved.get(section), dict)
+        for key, value in values.items()
+        if key in saved[section] and saved[section][key] != value
+    ]
