@@ -353,3 +353,19 @@ def test_what_the_audit_found_in_labelme_files(tmp_path: Path) -> None:
     path.write_text(json.dumps({**document, "imagePath": "x.jpg"}))
     convert_annotations(path, tmp_path / "out")
     assert [p.name for p in (tmp_path / "out/images/train").iterdir()] == ["x.png"]
+
+
+def test_a_no_background_split_beside_a_black_background_class_reads_as_not_labelled(
+    tmp_path: Path,
+) -> None:
+    """Its masks' value 255 (not labelled) has the palette padding's black, which is the
+    background class's colour: the loader must not read the mask through its palette."""
+    root = tmp_path / "out"
+    (tmp_path / "t").mkdir()
+    (tmp_path / "v").mkdir()
+    _labelme_file(tmp_path / "t", "t", [_shape("car", "rectangle", [[0, 0], [1, 1]])])
+    _labelme_file(tmp_path / "v", "v", [_shape("car", "rectangle", [[0, 0], [1, 1]])])
+    convert_annotations(tmp_path / "t", root, "train")
+    convert_annotations(tmp_path / "v", root, "val", background=False)
+    label = folder_dataset(root, "val").load(0)[1]
+    assert (label[:2, :2] == 1).all() and (label[2:] == 255).all()

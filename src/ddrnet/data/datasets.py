@@ -245,8 +245,14 @@ class ColourLabelDataset(PairedSegmentationDataset):
 
     def _palette_holds_colours(self, indices: np.ndarray, palette: np.ndarray) -> bool:
         """Whether a palette mask's ``indices`` mean its ``palette``'s colours: every colour
-        used is in the table, and some index is not the raw value its colour stands for."""
+        used is in the table, and some index is not the raw value its colour stands for.
+        The void value (``ignore_index``) says nothing either way: writers leave its palette
+        entry at the padding's black, which may well be a class colour (``background``)."""
         used = np.flatnonzero(np.bincount(indices.ravel(), minlength=256))
+        void = self.valid_raw[used] & (self.lut[used] == self.labels.ignore_index)
+        used = used[~void]
+        if used.size == 0:
+            return False
         rows = colour_indices(palette[used][None], self.colours)[0]
         if (rows == len(self.colours)).any():  # a colour outside the table: ids, as stored
             return False
