@@ -115,7 +115,7 @@ def test_spread_indices() -> None:
 def test_label_pictures_of_real_frames(camvid_root: Path, tmp_path: Path) -> None:
     dataset = camvid(camvid_root, "val")
     written = write_label_pictures(dataset, tmp_path / "val", 2)
-    assert [p.name for p in written] == ["0016E5_07959.png", "0016E5_08159.png"]
+    assert [p.name for p in written] == ["001_0016E5_07959.png", "002_0016E5_08159.png"]
     from PIL import Image
 
     picture = np.asarray(Image.open(written[0]))
@@ -148,8 +148,15 @@ def test_cli_reports_problems_and_figures(tmp_path: Path, capsys) -> None:
     assert len(document["sets"]["train"]["problems"]) == 2
     assert len(document["warnings"]) == 2
     pictures = sorted((tmp_path / "pictures/train").iterdir())  # frames 0 and 4 of 5
-    assert [p.name for p in pictures] == ["a.png", "e.png"]
+    assert [p.name for p in pictures] == ["001_a.png", "002_e.png"]
     assert len(list((tmp_path / "pictures/val").iterdir())) == 1
+    # A rerun with fewer pictures replaces the earlier set whole (they are named by rank
+    # and frame: a leftover would pass for one of this run's), and only that set.
+    (tmp_path / "pictures/train/notes.png").write_bytes(b"the user's")
+    argv = ["data", "custom_folder_example", f"data.root={root}", "--count", "1"]
+    assert main([*argv, "--show", str(tmp_path / "pictures")]) == 1
+    pictures = sorted((tmp_path / "pictures/train").iterdir())
+    assert [p.name for p in pictures] == ["001_a.png", "notes.png"]
 
 
 def test_cli_refuses_bad_options_in_one_line(tmp_path: Path, capsys) -> None:
@@ -250,7 +257,9 @@ def test_show_never_replaces_the_data_sets_own_files(tmp_path: Path, capsys) -> 
         capsys, ["data", "custom_folder_example", f"data.root={root}", "data.val_split=train",
                  "--show", str(root / "images")]
     )  # fmt: skip
-    assert "would replace the data set's own" in error and "a.png" in error
+    assert error.endswith(
+        f"--show {root / 'images' / 'train'}: the data set's own folder; choose another"
+    )
     assert (root / "images/train/a.png").read_bytes() == before
 
 

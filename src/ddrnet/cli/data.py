@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from ddrnet.data.build import build_split
     from ddrnet.data.survey import survey_dataset, survey_warnings
     from ddrnet.engine.config import Config, resolve_recipe
-    from ddrnet.viz.labels import label_picture_paths, write_label_pictures
+    from ddrnet.viz.figure import check_pictures_folder
+    from ddrnet.viz.labels import write_label_pictures
 
     writable_file("--json", args.json, (".json",))
     _check_show_options(args)
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if args.show:
         folders = {role: Path(args.show) / role for role in sets}
         for role, folder in folders.items():  # refused now, before minutes of reading:
-            label_picture_paths(sets[role], folder, count)  # over the data's own files
+            check_pictures_folder(sets[role], folder)  # the data's own folder
             folder.mkdir(parents=True, exist_ok=True)  # a file in the way
     surveys = {role: survey_dataset(dataset, progress=True) for role, dataset in sets.items()}
     warnings = survey_warnings(surveys["train"], surveys["val"])

@@ -229,7 +229,7 @@ def _check_frame_options(args: argparse.Namespace, dataset, labels):
             len(dataset),
         )
     if args.show:
-        from ddrnet.viz.errors import check_pictures_folder
+        from ddrnet.viz.figure import check_pictures_folder
 
         check_pictures_folder(dataset, args.show)
     if (args.ci or args.compare) and len(dataset) < 2:

@@ -4,7 +4,6 @@ model's mistake (a car called building) from a label's (a car nobody outlined)."
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +14,10 @@ from ddrnet.atomic import staged_files
 from ddrnet.data.io import write_png
 from ddrnet.data.labels import LabelSet
 from ddrnet.engine.frame_scores import FrameScore
-from ddrnet.engine.recordings import frame_samples, unwrap_subsets
-from ddrnet.errors import UsageError
+from ddrnet.engine.recordings import unwrap_subsets
 from ddrnet.viz.compare import titled
+from ddrnet.viz.figure import RANKED_PICTURE, check_pictures_folder, ranked_name
 
-# ``<rank, 3 digits>_<image stem>.png``: the pictures ``write_worst_pictures`` writes.
-RANKED_PICTURE = re.compile(r"\d{3}_.+\.png")
 ERROR_COLOUR = (255, 0, 0)  # the pixels predicted wrong, over the greyed frame
 
 
@@ -50,19 +47,6 @@ def error_picture(
     return render.side_by_side(*pictures, render.to_height(legend, height))
 
 
-def check_pictures_folder(dataset: Dataset, output: str | Path) -> Path:
-    """``output`` as a folder for ``write_worst_pictures``: a ``UsageError`` when it holds
-    images or labels of ``dataset`` (a picture could replace one), before any evaluation."""
-    if Path(output).exists() and not Path(output).is_dir():
-        raise UsageError(f"--show {output}: a file, where the pictures' folder is to be")
-    folder = Path(output).resolve()
-    samples = [sample for sample in frame_samples(dataset) if sample is not None]
-    files = [path for s in samples for path in (s.image, s.label) if path is not None]
-    if any(path.resolve().parent == folder for path in files):
-        raise UsageError(f"--show {output}: the data set's own folder; choose another")
-    return Path(output)
-
-
 def write_worst_pictures(
     dataset: Dataset,
     scores: list[FrameScore],
@@ -87,6 +71,6 @@ def write_worst_pictures(
             stem = score.image.stem if score.image is not None else f"frame{score.index}"
             title = f"prediction: mIoU {score.miou:.1f}, rank {rank}"
             picture = error_picture(image, label, predictions[score.index], labels, title)
-            names.append(f"{rank:03d}_{stem}.png")
+            names.append(ranked_name(rank, stem))
             write_png(staging / names[-1], picture)
     return [folder / name for name in names]

@@ -1,5 +1,6 @@
 """What every figure of ``ddrnet.viz`` shares: its output check, a pyplot-free matplotlib
-figure of an exact pixel size, and writing it (or a plain RGB array) as a PNG.
+figure of an exact pixel size, and writing it (or a plain RGB array) as a PNG; and the
+folder check and names of the sets of ranked pictures (``eval --show``, ``data --show``).
 
 matplotlib is imported inside the functions that need it, so importing ``ddrnet.viz`` stays
 cheap for commands that draw nothing.
@@ -7,18 +8,43 @@ cheap for commands that draw nothing.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch.utils.data import Dataset
 
 from ddrnet.atomic import atomic_write
 from ddrnet.data.io import write_png
+from ddrnet.engine.recordings import frame_samples
 from ddrnet.errors import UsageError
 
 # Figures are saved without ``bbox_inches="tight"`` so that their pixel size is exactly
 # ``figsize * DPI`` and predictable (tests and documentation rely on it).
 DPI = 100
+# ``<rank, 3 digits>_<image stem>.png``: a set of pictures written into a folder by
+# ``ddrnet.atomic.staged_files``; a rerun replaces the files of this pattern, and only them.
+RANKED_PICTURE = re.compile(r"\d{3}_.+\.png")
+
+
+def ranked_name(rank: int, stem: str) -> str:
+    """The file name of a set's picture number ``rank`` (from 1), matching ``RANKED_PICTURE``."""
+    return f"{rank:03d}_{stem}.png"
+
+
+def check_pictures_folder(dataset: Dataset, output: str | Path) -> Path:
+    """``output`` as a folder for a set of ranked pictures: a ``UsageError`` when it is a
+    file, or holds images or labels of ``dataset`` (a rerun replaces the files named as
+    ranked pictures there), raised before any work."""
+    if Path(output).exists() and not Path(output).is_dir():
+        raise UsageError(f"--show {output}: a file, where the pictures' folder is to be")
+    folder = Path(output).resolve()
+    samples = [sample for sample in frame_samples(dataset) if sample is not None]
+    files = [path for s in samples for path in (s.image, s.label) if path is not None]
+    if any(path.resolve().parent == folder for path in files):
+        raise UsageError(f"--show {output}: the data set's own folder; choose another")
+    return Path(output)
 
 
 def prepare_output(output: str | Path) -> Path:

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ddrnet.atomic import staged_files
 from ddrnet.data.datasets import DatasetError, PairedSegmentationDataset
 from ddrnet.data.io import ImageReadError, write_png
-from ddrnet.errors import UsageError
 from ddrnet.render import labelled_overlay
+from ddrnet.viz.figure import RANKED_PICTURE, check_pictures_folder, ranked_name
 
 
 def spread_indices(length: int, count: int) -> list[int]:
@@ -46,23 +47,9 @@ def label_picture(
     return labelled_overlay(image, label, labels.class_names, labels.palette)
 
 
-def label_picture_paths(
-    dataset: PairedSegmentationDataset, output: str | Path, count: int
-) -> dict[int, Path]:
-    """Which frames ``write_label_pictures`` draws (``count``, spread over the labelled
-    ones) and where: frame index -> ``output/<image stem>.png``. A ``UsageError`` when one
-    would replace a file of the data set itself (``output`` being, say, its ``train/``)."""
-    folder = Path(output)
-    indices = [i for i in spread_indices(len(dataset), count) if dataset.samples[i].label]
-    targets = {i: folder / f"{dataset.samples[i].image.stem}.png" for i in indices}
-    files = {p.resolve() for s in dataset.samples for p in (s.image, s.label) if p is not None}
-    clash = next((t for t in targets.values() if t.resolve() in files), None)
-    if clash is not None:
-        raise UsageError(
-            f"label pictures in {folder} would replace the data set's own {clash}; choose a "
-            "folder outside the data set"
-        )
-    return targets
+def picked_frames(dataset: PairedSegmentationDataset, count: int) -> list[int]:
+    """The frames ``write_label_pictures`` draws: ``count`` spread over the labelled ones."""
+    return [i for i in spread_indices(len(dataset), count) if dataset.samples[i].label]
 
 
 def write_label_pictures(
@@ -72,20 +59,22 @@ def write_label_pictures(
     augmented: bool = False,
     seed: int = 0,
 ) -> list[Path]:
-    """``label_picture`` of the frames ``label_picture_paths`` picks, each written whole or
-    not at all; the paths written. Frames whose files cannot be used are skipped (the
-    survey names them). ``seed`` fixes the augmentation's draws without touching the
-    caller's torch RNG."""
-    targets = label_picture_paths(dataset, output, count)
-    Path(output).mkdir(parents=True, exist_ok=True)
-    written = []
-    with torch.random.fork_rng(devices=[]):
+    """``label_picture`` of the frames ``picked_frames`` picks, written to
+    ``output/<rank>_<image stem>.png`` (``check_pictures_folder``); the paths written.
+    They replace an earlier run's pictures there whole (``staged_files``): a rerun with a
+    smaller ``count`` leaves none of the earlier ones, one stopped midway the earlier set.
+    Frames whose files cannot be used are skipped (the survey names them). ``seed`` fixes
+    the augmentation's draws without touching the caller's torch RNG."""
+    folder = check_pictures_folder(dataset, output)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    with torch.random.fork_rng(devices=[]), staged_files(folder, RANKED_PICTURE) as staging:
         torch.manual_seed(seed)
-        for index, path in targets.items():
+        for rank, index in enumerate(picked_frames(dataset, count), 1):
             try:
                 picture = label_picture(dataset, index, augmented)
             except (DatasetError, ImageReadError):  # the survey names these files
                 continue
-            write_png(path, picture)
-            written.append(path)
-    return written
+            names.append(ranked_name(rank, dataset.samples[index].image.stem))
+            write_png(staging / names[-1], picture)
+    return [folder / name for name in names]
