@@ -543,6 +543,7 @@ def test_resume_takes_this_runs_optimiser_settings_and_refuses_what_would_mislea
             train(tiny_config(camvid_root, run, epochs=2, extra=extra), resume=resume)
     assert (run / "last.pt").read_bytes() == before
     changed = [*ema, "optim.momentum=0.5", "optim.weight_decay=0.01", "optim.nesterov=true"]
+    changed += ["optim.warmup_epochs=3"]
     with caplog.at_level("INFO", logger="ddrnet.engine"):
         train(
             tiny_config(camvid_root, run, epochs=2, extra=[*changed, "model.norm_groups=16"]),
@@ -550,6 +551,7 @@ def test_resume_takes_this_runs_optimiser_settings_and_refuses_what_would_mislea
         )
     said = "settings changed on resume: model.norm_groups: 32 -> 16, optim.momentum: 0.9 -> 0.5"
     assert said in caplog.text
+    assert "optim.warmup_epochs=3 covers all 2 epochs: the learning rate never" in caplog.text
     (group,) = torch.load(run / "last.pt", weights_only=True)["optimizer"]["param_groups"]
     assert (group["momentum"], group["weight_decay"], group["nesterov"]) == (0.5, 0.01, True)
     with pytest.raises(TrainingError, match="has trained 2 epochs already, more than train"):

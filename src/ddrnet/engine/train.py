@@ -172,6 +172,12 @@ def _set_up_process(
             str(amp_dtype or torch.float32).removeprefix("torch."),
             cfg_train.amp,
         )
+        if config.optim.warmup_epochs >= cfg_train.epochs:  # a short trial run of a recipe
+            logger.warning(
+                "optim.warmup_epochs=%g covers all %d epochs: the learning rate never "
+                "reaches optim.lr=%g",
+                config.optim.warmup_epochs, cfg_train.epochs, config.optim.lr,
+            )  # fmt: skip
     torch.manual_seed(cfg_train.seed)
     return amp_dtype
 
