@@ -355,6 +355,30 @@ def test_what_the_audit_found_in_labelme_files(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "out/images/train").iterdir()] == ["x.png"]
 
 
+def test_pixels_no_region_covers_get_the_background_class_wherever_its_id_is(
+    tmp_path: Path,
+) -> None:
+    """A classes file written by hand with background last: the uncovered pixels are
+    background (id 2), not id 0 (road). An image without any region is written all
+    background and named in the result, as frames a tool exports unlabelled."""
+    root = tmp_path / "out"
+    root.mkdir()
+    (root / "classes.yaml").write_text(
+        "classes:\n  - {name: road, color: [128, 64, 128]}\n  - {name: car, color: [0, 0, 142]}\n"
+        "  - {name: background, color: [0, 0, 0]}\n"
+    )
+    source = _coco_file(tmp_path, [(7, [[2, 1, 6, 1, 6, 4, 2, 4]], 12)])
+    document = json.loads(source.read_text())
+    document["images"].append({"id": 2, "file_name": "b.png", "height": 6, "width": 8})
+    save_image(tmp_path / "b.png", np.full((6, 8, 3), 90, np.uint8))
+    source.write_text(json.dumps(document))
+    result = convert_annotations(source, root, "train")
+    mask = np.array(Image.open(root / "masks/train/a.png"))
+    assert sorted(np.unique(mask).tolist()) == [1, 2] and (mask == 1).sum() == 12
+    assert (np.array(Image.open(root / "masks/train/b.png")) == 2).all()
+    assert result.unannotated == ("b.png",)
+
+
 def test_a_no_background_split_beside_a_black_background_class_reads_as_not_labelled(
     tmp_path: Path,
 ) -> None:
@@ -369,3 +393,50 @@ def test_a_no_background_split_beside_a_black_background_class_reads_as_not_labe
     convert_annotations(tmp_path / "v", root, "val", background=False)
     label = folder_dataset(root, "val").load(0)[1]
     assert (label[:2, :2] == 1).all() and (label[2:] == 255).all()
+
+
+def test_regions_without_area_are_painted_by_their_drawn_size_and_paths_by_any_slash(
+    tmp_path: Path,
+) -> None:
+    """COCO's area is optional: a small car listed before the road under it stays on top
+    when neither gives one. Exports made on Windows write backslashes in their paths."""
+    car = [[2, 1, 6, 1, 6, 4, 2, 4]]
+    road = [[0, 0, 8, 0, 8, 6, 0, 6]]
+    source = _coco_file(tmp_path, [(7, car, None), (3, road, None)])
+    document = json.loads(source.read_text())
+    for annotation in document["annotations"]:
+        del annotation["area"]
+    (tmp_path / "seq").mkdir()
+    (tmp_path / "a.png").rename(tmp_path / "seq/a.png")
+    document["images"][0]["file_name"] = "seq\\a.png"
+    source.write_text(json.dumps(document))
+    result = convert_annotations(source, tmp_path / "out", "train")
+    assert result.class_pixels == (0, 36, 12)
+    labelme = tmp_path / "labelme" / "ann"
+    labelme.mkdir(parents=True)
+    path = _labelme_file(labelme, "f", [_shape("car", "rectangle", [[0, 0], [1, 1]])])
+    (labelme / "f.png").rename(tmp_path / "labelme/f.png")
+    document = json.loads(path.read_text())
+    document["imagePath"] = "..\\f.png"
+    path.write_text(json.dumps(document))
+    convert_annotations(labelme, tmp_path / "out2", "train")
+    assert [p.name for p in (tmp_path / "out2/images/train").iterdir()] == ["f.png"]
+
+
+def test_two_coco_images_found_as_one_file_are_refused(tmp_path: Path) -> None:
+    """seq1/0001.png and seq2/0001.png with --images pointing into seq1: both were found by
+    their bare name as the same file, and seq2's regions painted on seq1's frame."""
+    folder = tmp_path / "images" / "seq1"
+    save_image(folder / "0001.png", np.full((6, 8, 3), 90, np.uint8))
+    document = {
+        "images": [
+            {"id": 1, "file_name": "seq1/0001.png", "height": 6, "width": 8},
+            {"id": 2, "file_name": "seq2/0001.png", "height": 6, "width": 8},
+        ],
+        "categories": [{"id": 1, "name": "car"}],
+        "annotations": [],
+    }
+    source = tmp_path / "coco.json"
+    source.write_text(json.dumps(document))
+    with pytest.raises(ValueError, match=r"'seq1/0001.png' and 'seq2/0001.png' are both found"):
+        convert_annotations(source, tmp_path / "out", "train", image_folder=folder)

@@ -73,6 +73,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if result.skipped:
         print(f"{len(result.skipped)} images without a region left out (--no-background)")
+    if result.unannotated:
+        print(
+            f"warning: {len(result.unannotated)} images have no region, so their masks are all "
+            f"background (e.g. {result.unannotated[0]}); if nobody labelled them, convert with "
+            "--no-background to leave them out"
+        )
     written = "written" if result.wrote_classes_file else "used"
     print(f"classes file {written}: {result.classes_file}")
     total = sum(result.class_pixels) + result.unlabelled_pixels

@@ -206,8 +206,9 @@ def coco_images(
     document: Any, path: Path, image_folder: Path
 ) -> tuple[list[str], list[AnnotatedImage]]:
     """The category names (id order) and the images of a COCO file, each image's regions
-    ordered by decreasing area (so a small object drawn over a larger one stays visible;
-    ties in file order). Images are looked up under ``image_folder`` by their ``file_name``,
+    ordered by decreasing area (its ``area``, or the pixels it covers where the export gives
+    none), so a small object drawn over a larger one stays visible; ties in file order.
+    Images are looked up under ``image_folder`` by their ``file_name``,
     then by its last part (exports often name the tool's own upload folder)."""
     if not isinstance(document, dict) or not isinstance(document.get("images"), list):
         raise DatasetError(f"{path}: not a COCO file (no 'images' list)")
@@ -226,7 +227,8 @@ def coco_images(
             )
         if entry["id"] in images:
             raise DatasetError(f"{path}: images[{index}]: image id {entry['id']} appears twice")
-        images[entry["id"]] = entry
+        # Exports made on Windows write backslashes (images\\0001.png).
+        images[entry["id"]] = {**entry, "file_name": entry["file_name"].replace("\\", "/")}
     regions: dict[int, list[tuple[float, Region]]] = {key: [] for key in images}
     for index, annotation in enumerate(annotations):
         where = f"annotations[{index}]"
@@ -245,16 +247,30 @@ def coco_images(
             raise DatasetError(f"{path}: {where} has no segmentation (boxes alone are no labels)")
         mask = _coco_mask(annotation["segmentation"], where, path)
         area = annotation.get("area")
-        area = float(area) if isinstance(area, (int, float)) else 0.0
+        if not isinstance(area, (int, float)):  # optional in exports: the drawn pixels
+            image = images[annotation["image_id"]]
+            area = mask(image["height"], image["width"]).sum()
+        area = float(area)
         label = categories[annotation["category_id"]]
         regions[annotation["image_id"]].append((area, Region(label, mask, where)))
     result = []
+    found: dict[Path, str] = {}
     for key, entry in images.items():
+        image = _find_image(image_folder, entry["file_name"])
+        if (
+            image is not None
+            and found.setdefault(image.resolve(), entry["file_name"]) != entry["file_name"]
+        ):
+            raise DatasetError(
+                f"{path}: images {found[image.resolve()]!r} and {entry['file_name']!r} are both "
+                f"found as {image} (by its name alone): point --images at the folder their "
+                "file_name paths start from"
+            )
         ordered = sorted(regions[key], key=lambda item: -item[0])  # stable: ties in file order
         result.append(
             AnnotatedImage(
                 name=entry["file_name"],
-                image=_find_image(image_folder, entry["file_name"]),
+                image=image,
                 image_bytes=None,
                 height=entry["height"],
                 width=entry["width"],
@@ -398,11 +414,12 @@ def labelme_image(document: Any, path: Path) -> AnnotatedImage:
     image_path = document.get("imagePath")
     if not isinstance(image_path, str) or not image_path:
         raise DatasetError(f"{path}: imagePath must name the image")
+    image_path = image_path.replace("\\", "/")  # LabelMe on Windows: ..\\images\\0001.png
     image: Path | None = path.parent / image_path
     name, image_bytes = Path(image_path).name, None
     if not image.is_file():
         image = None
-        if isinstance(document.get("imageData"), str):
+        if isinstance(document.get("imageData"), str) and document["imageData"]:
             image_bytes, suffix = _embedded_image(document["imageData"], path, *size)
             name = Path(name).stem + suffix
     regions = []

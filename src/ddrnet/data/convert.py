@@ -54,7 +54,8 @@ CLASSES_FILE = "classes.yaml"  # the name ddrnet.data.folder looks for under the
 class Conversion:
     """What ``convert_annotations`` wrote: ``class_pixels[i]`` pixels of class i over all
     masks, ``unlabelled_pixels`` of 255; ``skipped`` names the images left out (no region,
-    with no background class)."""
+    with no background class), ``unannotated`` those written all background (no region:
+    frames a labelling tool exports though nobody labelled them)."""
 
     root: Path
     split: str
@@ -65,6 +66,7 @@ class Conversion:
     skipped: tuple[str, ...]
     classes_file: Path
     wrote_classes_file: bool
+    unannotated: tuple[str, ...] = ()
 
 
 def read_annotations(
@@ -148,6 +150,8 @@ def output_names(images: Sequence[AnnotatedImage]) -> list[str]:
     for name, image in zip(names, images, strict=True):
         if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
             raise DatasetError(f"{image.source}: image {image.name!r} has no image suffix")
+        if name.startswith("."):  # a hidden file, which the folder data set passes over
+            raise DatasetError(f"{image.source}: image {image.name!r}: a name starting with '.'")
         stem = Path(name).stem
         if stem in seen:
             raise DatasetError(
@@ -251,11 +255,14 @@ def _write_split(
     counts = np.zeros(256, dtype=np.int64)
     skipped = []
     pairs = list(zip(images, file_names, strict=True))
+    # Pixels no region covers: the background class's id (0 in the files convert writes,
+    # anywhere in a classes file written by hand), or not labelled.
+    fill = ids[BACKGROUND] if background else IGNORE_INDEX
     for image, name in tqdm(pairs, desc="convert", unit="img", disable=not progress):
         if not background and not image.regions:
             skipped.append(image.name)
             continue
-        label = paint(image, ids, 0 if background else IGNORE_INDEX)
+        label = paint(image, ids, fill)
         counts += np.bincount(label.ravel(), minlength=256)
         write_png(staging / "masks" / f"{Path(name).stem}.png", label, palette)
         if image.image is not None:
@@ -334,6 +341,7 @@ def convert_annotations(
         class_pixels=tuple(int(counts[i]) for i in range(len(names))),
         unlabelled_pixels=int(counts[IGNORE_INDEX]),
         skipped=tuple(skipped),
+        unannotated=tuple(image.name for image in images if background and not image.regions),
         classes_file=classes_path,
         wrote_classes_file=existing is None,
     )
