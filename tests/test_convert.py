@@ -440,3 +440,18 @@ def test_two_coco_images_found_as_one_file_are_refused(tmp_path: Path) -> None:
     source.write_text(json.dumps(document))
     with pytest.raises(ValueError, match=r"'seq1/0001.png' and 'seq2/0001.png' are both found"):
         convert_annotations(source, tmp_path / "out", "train", image_folder=folder)
+
+
+def test_roboflows_project_category_is_no_class(tmp_path: Path) -> None:
+    """Roboflow's COCO export lists its project as category 0, the supercategory of the
+    others, which no annotation uses: it became a class without a pixel."""
+    source = _coco_file(tmp_path, [(7, [[2, 1, 6, 1, 6, 4, 2, 4]], 12)])
+    document = json.loads(source.read_text())
+    document["categories"] = [
+        {"id": 0, "name": "streets-aB3d", "supercategory": "none"},
+        {"id": 3, "name": "road", "supercategory": "streets-aB3d"},
+        {"id": 7, "name": "car", "supercategory": "streets-aB3d"},
+    ]
+    source.write_text(json.dumps(document))
+    result = convert_annotations(source, tmp_path / "out", "train")
+    assert result.class_names == ("background", "road", "car")

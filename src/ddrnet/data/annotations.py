@@ -82,7 +82,9 @@ def _mask_utils() -> Any:
 
 
 def coco_categories(document: dict, path: Path) -> dict[int, str]:
-    """``categories`` as ``{id: name}`` in id order; names must be distinct."""
+    """``categories`` as ``{id: name}`` in id order; names must be distinct. Roboflow's
+    project category (id 0, the supercategory of every other, used by no annotation) is left
+    out."""
     categories = document.get("categories")
     if not isinstance(categories, list) or not categories:
         raise DatasetError(f"{path}: 'categories' must be a non-empty list of {{id, name}}")
@@ -96,6 +98,12 @@ def coco_categories(document: dict, path: Path) -> dict[int, str]:
         if category["name"] in names.values():
             raise DatasetError(f"{path}: category name {category['name']!r} appears twice")
         names[category["id"]] = category["name"]
+    # Roboflow lists its project as category 0, the supercategory of all the others, which
+    # no annotation uses: a class that would never have a pixel.
+    used = {a.get("category_id") for a in document.get("annotations") or [] if isinstance(a, dict)}
+    parents = {c.get("supercategory") for c in categories if c.get("id") != 0}
+    if 0 in names and 0 not in used and len(names) > 1 and parents == {names[0]}:
+        del names[0]
     return dict(sorted(names.items()))
 
 
