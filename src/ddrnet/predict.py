@@ -214,7 +214,7 @@ def run_prediction(
     num_workers: int = 0,
     max_frames: int | None = None,
     progress: bool = True,
-    report: Callable[[str], None] = print,
+    report: Callable[[str], None] = tqdm.write,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     warn: Callable[[str], None] = logger.warning,
     drop_frames: str = "auto",
@@ -226,7 +226,8 @@ def run_prediction(
     and ``<stem>_side.png``. Videos: ``<stem>_overlay.mp4``, ``<stem>_side.mp4``, and for
     ``labels`` a folder ``<stem>_labels/`` of ``<frame number, 6 digits>.png``, one per frame
     segmented. ``kinds=None``: ``IMAGE_KINDS`` for images, ``VIDEO_KINDS`` for videos. ``report``
-    receives one line per image with its latency; ``warn`` (by default a warning of this
+    receives one line per image with its latency (by default printed above the progress
+    bar, not into its line); ``warn`` (by default a warning of this
     module's logger, which the command prints on stderr) one per skipped input. An image or
     video frame with more than ``max_pixels`` pixels at the largest of ``runner.scales``
     is skipped. ``drop_frames`` (``ddrnet.video.DROP_FRAMES``): whether video sources skip to
