@@ -282,6 +282,9 @@ def test_refusals_come_before_anything_is_written(camvid_root, tmp_path) -> None
         train(tiny_config(camvid_root, fresh, extra=["data.batch_size=1", "model.norm=ibn"]))
     with pytest.raises(TrainingError, match="train.device=cuda:99"):
         train(tiny_config(camvid_root, fresh, extra=["train.device=cuda:99"]))
+    without_aux = ["model.aux_head=false", "loss.aux_weight=0.2"]
+    with pytest.raises(TrainingError, match=r"^loss.aux_weight=0.2 does nothing with model.aux"):
+        train(tiny_config(camvid_root, fresh, extra=without_aux))
     # Quick refusals come before the file-by-file data check and name their setting.
     with pytest.raises(ValueError, match="train.amp=fp16 needs CUDA"):
         train(tiny_config(camvid_root, fresh, extra=["train.amp=fp16"]))

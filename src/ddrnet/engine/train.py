@@ -24,7 +24,7 @@ from ddrnet.atomic import atomic_write_text, remove_stale_temporaries
 from ddrnet.config import to_dict
 from ddrnet.engine.allocator import retain_freed_memory
 from ddrnet.engine.checkpointing import TrainingError, load_training_checkpoint
-from ddrnet.engine.config import Config
+from ddrnet.engine.config import Config, LossConfig
 from ddrnet.engine.distill import build_distiller
 from ddrnet.engine.distributed import (
     DistributedContext,
@@ -147,7 +147,8 @@ def _checked_device(name: str) -> torch.device:
 def _set_up_process(
     config: Config, device: torch.device, ctx: DistributedContext
 ) -> torch.dtype | None:
-    """Refuse a batch too small for batch norm (GroupNorm takes any); set the process-wide
+    """Refuse a batch too small for batch norm (GroupNorm takes any) and an auxiliary loss
+    weight without the auxiliary head; set the process-wide
     settings of the run (CPU threads, cuDNN's autotuner, the allocator, the seed of the
     initial weights) and return autocast's dtype for ``train.amp`` (None: float32), which is
     logged."""
@@ -163,6 +164,11 @@ def _set_up_process(
             f"data.batch_size={config.data.batch_size}: training needs at least 2 images per "
             "batch (batch norm estimates its statistics from the batch; model.norm=group "
             "trains on single images)"
+        )
+    if not config.model.aux_head and config.loss.aux_weight not in (0.0, LossConfig.aux_weight):
+        raise TrainingError(
+            f"loss.aux_weight={config.loss.aux_weight:g} does nothing with model.aux_head=false "
+            "(there is no auxiliary head to supervise)"
         )
     amp_dtype = resolve_precision(cfg_train.amp, device, option="train.amp")
     if ctx.is_main:
