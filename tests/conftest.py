@@ -19,6 +19,9 @@ independent re-implementation of the official networks in ``official_reference.p
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +45,24 @@ def pytest_configure(config: pytest.Config) -> None:
     # One thread per test process: under pytest-xdist two workers share two cores, and OpenMP
     # threads that outnumber the cores spin against each other and slow everything down.
     torch.set_num_threads(1)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object | None) -> None:
+    """A pytest-xdist worker that went down: how its process ended (a signal, or the status
+    it exited with), which xdist's "node down: Not properly terminated" leaves out."""
+    popen = getattr(getattr(getattr(node, "gateway", None), "_io", None), "popen", None)
+    if error is None or popen is None:
+        return
+    try:
+        status = popen.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        status = None
+    if status is not None and status < 0:
+        ended = f"killed by {signal.Signals(-status).name}"
+    else:
+        ended = "still running" if status is None else f"exited with status {status}"
+    print(f"\n[{node.gateway.id}] worker process {popen.pid}: {ended}", file=sys.stderr)
 
 
 @pytest.fixture(autouse=True)
