@@ -37,9 +37,9 @@ SIZE = (360, 480)
 
 def compile_profiled(onnx_path: Path, threads: int):
     """An inference request for ``onnx_path`` at a fixed 360x480, per-layer counters on."""
-    import openvino as ov
+    from ddrnet.deploy.runtime import openvino_core
 
-    core = ov.Core()
+    core = openvino_core()
     model = core.read_model(str(onnx_path))
     model.reshape([1, 3, *SIZE])
     config = {"PERF_COUNT": "YES", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}

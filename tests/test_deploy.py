@@ -9,6 +9,8 @@ order.
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -391,6 +393,31 @@ def test_export_errors_name_the_problem(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a protobuf")
     with pytest.raises(ExportError, match="junk.onnx: not a readable ONNX file"):
         onnx_file_properties(tmp_path / "junk.onnx")
+
+
+def test_ctrl_c_after_openvino_plans_were_freed_is_an_interrupt_not_a_crash(
+    calibrated_slim_onnx,
+) -> None:
+    """Plans freed out of order (a fourth size evicting the first) used to leave the thread
+    on the signal stack of a freed OpenVINO Core, and Ctrl-C then killed the process with
+    SIGSEGV (so did a child's exit under PyTorch's SIGCHLD handler: a pytest-xdist worker
+    died that way). Run in a process of its own, which the old behaviour would kill."""
+    script = f"""
+import gc, signal
+import numpy as np
+from ddrnet.deploy.runtime import OpenVinoPlans
+plans = OpenVinoPlans({str(calibrated_slim_onnx)!r}, 1, "f32", keep=2)
+for height in (32, 64, 96):
+    plans(np.zeros((1, 3, height, 64), np.float32))
+del plans
+gc.collect()
+try:
+    signal.raise_signal(signal.SIGINT)
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (0, "interrupted\n"), result.stderr[-2000:]
 
 
 def test_openvino_plans_compile_once_per_size_and_keep_the_last_few(

@@ -269,7 +269,7 @@ def test_an_exported_onnx_file_predicts_like_its_pytorch_model(
         assert model.class_ids(normalize(pixels, model.metadata.mean, model.metadata.std)) is None
 
     # precision="bf16" really runs OpenVINO's float layers in bf16 (on CPUs that have it)
-    import openvino
+    from ddrnet.deploy.runtime import openvino_core
 
     batch = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -277,7 +277,7 @@ def test_an_exported_onnx_file_predicts_like_its_pytorch_model(
     f32_error = (load_onnx_model(onnx_files["logits"], "openvino")(batch) - exact).abs().max()
     bf16 = load_onnx_model(onnx_files["logits"], "openvino", precision="bf16")(batch)
     assert float(f32_error) < 1e-3 * float(exact.abs().max())
-    if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+    if "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         assert float((bf16 - exact).abs().max()) > 10 * float(f32_error)
 
     result = run_ddrnet(

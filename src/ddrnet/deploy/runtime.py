@@ -20,6 +20,7 @@ onnxruntime and openvino (the ``deploy`` extra) are imported by the functions th
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -112,6 +113,19 @@ def onnx_logits(session: object, image: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def openvino_core() -> object:
+    """The process's one ``openvino.Core``. Each Core's CPU plugin puts the thread that loads
+    it on a signal stack of its own, and when the Core is freed puts back the stack it found:
+    Cores freed out of order (plans for several sizes, a benchmark of several files) left
+    the thread on a freed stack, and the next signal that Python handles there (Ctrl-C,
+    SIGTERM, a child process's exit under PyTorch's DataLoader) killed the process with
+    SIGSEGV (OpenVINO 2026.4). One Core lives until the process ends."""
+    import openvino as ov
+
+    return ov.Core()
+
+
 def openvino_logits_function(
     path: str | Path,
     threads: int | None = None,
@@ -138,8 +152,6 @@ def openvino_logits_function(
     ``fixed_size_ok`` passes its answer when the caller already has it, to spare parsing the
     file again).
     """
-    import openvino as ov
-
     if precision not in OPENVINO_PRECISIONS:
         raise ValueError(f"OpenVINO precision must be 'f32' or 'bf16', got {precision!r}")
     config: dict[str, object] = {"INFERENCE_PRECISION_HINT": precision}
@@ -149,7 +161,7 @@ def openvino_logits_function(
         config["PERFORMANCE_HINT"] = "LATENCY"
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    core = ov.Core()
+    core = openvino_core()
     model = core.read_model(str(path))
     if fixed_size_ok is None and input_shape is not None:
         fixed_size_ok = openvino_fixed_size_ok(path)
