@@ -62,6 +62,28 @@ def test_the_help_names_every_export_format_and_serve_format() -> None:
     assert f"format={'|'.join(FORMATS)})" in serve, serve
 
 
+def test_help_and_mistyped_options_answer_without_loading_pytorch() -> None:
+    """``ddrnet --help``, a command's help and an unknown option are answered before
+    PyTorch is imported (a second or more); ``bench``'s help lists PyTorch's backends."""
+    from ddrnet.cli import COMMANDS
+
+    asked = [["--help"], ["-v", "nosuchcommand"], ["predict", "in.png", "--colour"]]
+    asked += [[name, "--help"] for name in COMMANDS if name != "bench"]
+    script = f"""
+import contextlib, io, sys
+from ddrnet.cli import main
+for argv in {asked!r}:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            main(argv)
+        except SystemExit as stop:
+            assert stop.code in (0, 2), (argv, stop.code)
+print(sorted(name for name in ("torch", "onnx", "openvino") if name in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.stdout == "[]\n", result.stderr[-2000:]
+
+
 def test_ctrl_c_while_the_command_starts_is_one_line() -> None:
     """SIGINT while the command's modules (and PyTorch) are still being imported."""
     # A shell's default for SIGINT: pytest-xdist's workers ignore it, and a child inherits that.

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from ddrnet.data.corruptions import CORRUPTIONS, CorruptedDataset, corrupt
+from ddrnet.data.corruptions import CORRUPTIONS, corrupt
 from ddrnet.data.io import read_rgb
 from ddrnet.engine.metrics import SegmentationMetrics
-from ddrnet.engine.robustness import evaluate_robustness
+from ddrnet.engine.robustness import CorruptedDataset, evaluate_robustness
 
 from helpers import run_ddrnet
 

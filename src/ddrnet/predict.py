@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ddrnet.atomic import remove_stale_temporaries
 from ddrnet.background import WritingThread
+from ddrnet.choices import OUTPUT_KINDS
 from ddrnet.data.io import IMAGE_SUFFIXES, image_files, image_size, read_rgb, write_png
 from ddrnet.errors import DDRNetError, user_error_message
 from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
-OUTPUT_KINDS = ("labels", "overlay", "side", "confidence")
 # What is written when no kinds are asked for: a label map per video frame is a folder of
 # thousands of files a minute, so videos give only their overlay unless asked.
 IMAGE_KINDS = ("labels", "overlay")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddrnet.engine.inference import OWN_FORMAT_RUNTIMES
+from ddrnet.choices import OWN_FORMAT_RUNTIMES
 from ddrnet.engine.predictor import Predictor
 from ddrnet.engine.temporal import TemporalSmoother
 from ddrnet.errors import UsageError

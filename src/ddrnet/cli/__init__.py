@@ -34,9 +34,12 @@ COMMANDS = (
 )  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line. Its modules are imported here, not when ``ddrnet.cli`` is:
-    some of them import PyTorch, and ``main`` turns a Ctrl-C during that into its line."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line. Its modules are imported here, not when ``ddrnet.cli`` is,
+    so that a Ctrl-C during that is ``main``'s. With ``command`` (a name, or ``""`` for
+    none), only that command's options are built, the others by name and help line: some
+    commands' options (``bench``'s backends) import PyTorch, which ``ddrnet --help`` and
+    ``ddrnet predict --help`` need not wait for."""
     parser = argparse.ArgumentParser(
         prog="ddrnet",
         description="Real-time semantic segmentation with Deep Dual-Resolution Networks.",
@@ -44,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        importlib.import_module(f"ddrnet.cli.{name}").add_parser(commands)
+        module = importlib.import_module(f"ddrnet.cli.{name}")
+        if command is None or command == name:
+            module.add_parser(commands)
+        else:
+            commands.add_parser(name, help=module.HELP)
     return parser
 
 
@@ -57,7 +64,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """
     from ddrnet.cli.options import is_override
 
-    parser = build_parser()
+    # The command is the first word that is no option (``ddrnet`` itself has only flags).
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(next((a for a in arguments if not a.startswith("-")), ""))
     args, extras = parser.parse_known_args(argv)
     takes_overrides = hasattr(args, "overrides")
     if extras and not (takes_overrides and all(is_override(extra) for extra in extras)):

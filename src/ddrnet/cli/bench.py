@@ -18,13 +18,16 @@ from ddrnet.cli.options import (
     writable_file,
 )
 
+# The command's line in ``ddrnet --help``.
+HELP = "inference speed of several backends in one run (the paper's protocol by default)"
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     from ddrnet.deploy.backends import BACKENDS, default_backends
 
     parser = commands.add_parser(
         "bench",
-        help="inference speed of several backends in one run (the paper's protocol by default)",
+        help=HELP,
         description="Batch 1, eval mode, warm-up then a timed loop; every speedup is relative "
         "to eager fp32 measured in the same run.",
     )

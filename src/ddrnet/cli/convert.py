@@ -7,12 +7,17 @@ import argparse
 
 from ddrnet.cli.options import PATH
 
+# The command's line in ``ddrnet --help``.
+HELP = (
+    "turn COCO or LabelMe annotations (CVAT, Label Studio, Roboflow, LabelMe) into a "
+    "data set to train on"
+)
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "convert",
-        help="turn COCO or LabelMe annotations (CVAT, Label Studio, Roboflow, LabelMe) into "
-        "a data set to train on",
+        help=HELP,
         description="Paint the polygons and masks of a COCO JSON file (CVAT, Label Studio, "
         "Roboflow, makesense.ai export it) or of LabelMe JSON files into class-id masks, copy "
         "the images, and write one split of a folder data set: ROOT/images/SPLIT, "

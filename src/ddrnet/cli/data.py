@@ -17,11 +17,17 @@ PRINTED_PROBLEMS = 30
 CELL = 8  # characters of a share in the class table, "100.00%" and a space
 
 
+# The command's line in ``ddrnet --help``.
+HELP = (
+    "check a recipe's data sets: problems by file, class shares, sizes, mean/std, "
+    "validation frames that training saw"
+)
+
+
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "data",
-        help="check a recipe's data sets: problems by file, class shares, sizes, mean/std, "
-        "validation frames that training saw",
+        help=HELP,
         description="Read every image and label of a recipe's training and validation sets "
         "(as `ddrnet train` would) and print: problems by file (unreadable files, size "
         "mismatches, values or colours of no class), image sizes, each class's share of the "

@@ -28,10 +28,14 @@ from ddrnet.errors import UsageError
 logger = logging.getLogger("ddrnet")
 
 
+# The command's line in ``ddrnet --help``.
+HELP = "mIoU, per-class IoU and accuracy of a checkpoint on a data set"
+
+
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "eval",
-        help="mIoU, per-class IoU and accuracy of a checkpoint on a data set",
+        help=HELP,
         description="Evaluate at full label resolution. The data set defaults to the one the "
         "checkpoint was trained on (from its metadata).",
     )

@@ -40,11 +40,17 @@ LOGITS_ONLY_FORMATS = ("ncnn", "executorch", "executorch-int8", "aoti")
 INT8_FORMATS = ("onnx-int8", "executorch-int8")
 
 
+# The command's line in ``ddrnet --help``.
+HELP = (
+    "ONNX (fp32 or INT8), TorchScript, ncnn, ExecuTorch, AOTInductor or TensorRT, "
+    "checked against PyTorch"
+)
+
+
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "export",
-        help="ONNX (fp32 or INT8), TorchScript, ncnn, ExecuTorch, AOTInductor or TensorRT, "
-        "checked against PyTorch",
+        help=HELP,
     )
     add_model_options(parser, "model file (default: the bundled CamVid model)")
     parser.add_argument(

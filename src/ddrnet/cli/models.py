@@ -8,9 +8,12 @@ import json
 
 from ddrnet.cli.options import NUM_CLASSES, parse_size
 
+# The command's line in ``ddrnet --help``.
+HELP = "list variants with parameters and GMACs"
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("models", help="list variants with parameters and GMACs")
+    parser = commands.add_parser("models", help=HELP)
     parser.add_argument(
         "--size", type=parse_size, default=(1024, 2048), help="HEIGHTxWIDTH (default 1024x2048)"
     )

@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ddrnet.choices import EXPORTED_RUNTIMES
 from ddrnet.data.corruptions import SEVERITIES
-from ddrnet.engine.inference import EXPORTED_RUNTIMES
 from ddrnet.errors import UsageError
 from ddrnet.limits import MAX_NUM_CLASSES, MAX_SCALE
 from ddrnet.preview import MAX_PORT

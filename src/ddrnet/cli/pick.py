@@ -19,10 +19,14 @@ from ddrnet.cli.options import (
 SHOWN = 10  # picks listed on the terminal; picks.json lists all
 
 
+# The command's line in ``ddrnet --help``.
+HELP = "choose the frames to label next: those a model is least sure of"
+
+
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "pick",
-        help="choose the frames to label next: those a model is least sure of",
+        help=HELP,
         description="Score every image and every --every-th video frame by the model's "
         "uncertainty (the mean over its pixels of 1 minus the winning class's probability), "
         "pick the -n most uncertain, no two within --gap frames of one video or images of "

@@ -7,6 +7,7 @@ import contextlib
 import sys
 from pathlib import Path
 
+from ddrnet.choices import OUTPUT_KINDS
 from ddrnet.cli.options import (
     FRACTION,
     NON_NEGATIVE_INT,
@@ -23,15 +24,17 @@ from ddrnet.cli.options import (
 )
 from ddrnet.errors import UsageError
 from ddrnet.limits import DEFAULT_MAX_PIXELS
-from ddrnet.predict import OUTPUT_KINDS
 from ddrnet.preview import Preview, parse_address
 from ddrnet.video import DROP_FRAMES
+
+# The command's line in ``ddrnet --help``.
+HELP = "segment images, folders, globs, videos, cameras or streams"
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "predict",
-        help="segment images, folders, globs, videos, cameras or streams",
+        help=HELP,
         description="Without --checkpoint the bundled CamVid model is used; without inputs, the "
         "bundled demo frames.",
     )

@@ -7,11 +7,14 @@ import argparse
 from ddrnet.cli.options import PATH, POSITIVE_INT, parse_image_size, writable_file
 from ddrnet.errors import DDRNetError, UsageError
 
+# The command's line in ``ddrnet --help``.
+HELP = "structured channel pruning to a fraction of the MACs (torch-pruning)"
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "prune",
-        help="structured channel pruning to a fraction of the MACs (torch-pruning)",
+        help=HELP,
         description="Remove whole channels, keeping every residual, fusion, DAPPM and head "
         "connection consistent, until the model has at most --macs of its multiply-adds at "
         "its training size. The result is not fine-tuned.",

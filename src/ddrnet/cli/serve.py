@@ -21,10 +21,14 @@ from ddrnet.errors import UsageError
 logger = logging.getLogger("ddrnet")
 
 
+# The command's line in ``ddrnet --help``.
+HELP = "HTTP server with a web demo page: /, /health, /predict, /demo"
+
+
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "serve",
-        help="HTTP server with a web demo page: /, /health, /predict, /demo",
+        help=HELP,
         # The formats are serve.FORMATS, written out: the help must not import torch.
         description="Load the model once and serve predictions "
         "(POST /predict?format=png|overlay|json|confidence). "

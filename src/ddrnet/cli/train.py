@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# The command's line in ``ddrnet --help``.
+HELP = "train from a YAML recipe"
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "train",
-        help="train from a YAML recipe",
+        help=HELP,
         description="Train from a recipe; any key can be overridden as section.key=value "
         "(train.output_dir=runs/x, train.epochs=50, data.root=/data/camvid).",
         epilog="A short run, to try a recipe or a machine in minutes: "

@@ -14,12 +14,17 @@ from ddrnet.cli.options import (
     writable_file,
 )
 
+# The command's line in ``ddrnet --help``.
+HELP = (
+    "pictures: feature maps, confusion matrix, training curves, model comparison, "
+    "robustness, confidence"
+)
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "viz",
-        help="pictures: feature maps, confusion matrix, training curves, model comparison, "
-        "robustness, confidence",
+        help=HELP,
         description="Write one PNG per call; see 'ddrnet viz FIGURE --help'.",
     )
     figures = parser.add_subparsers(dest="figure", metavar="FIGURE", required=True)

@@ -14,20 +14,18 @@ Dietterich, ICLR 2019) that a vehicle camera meets, with their published paramet
 * digital: ``jpeg_compression``, ``pixelate``.
 
 Each function takes an ``(H, W, 3)`` uint8 RGB image, a severity 1-5 and a NumPy random
-generator, and returns an ``(H, W, 3)`` uint8 image; ``CorruptedDataset`` applies one to an
-evaluation set with noise seeded per image, so every model sees the same corrupted frames.
+generator, and returns an ``(H, W, 3)`` uint8 image. ``engine.robustness.CorruptedDataset``
+applies one to an evaluation set with noise seeded per image, so every model sees the same
+corrupted frames; this module imports no PyTorch (the command line reads its names).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import cv2
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from ddrnet.errors import UsageError
 
@@ -226,24 +224,3 @@ def corrupt(image: np.ndarray, name: str, severity: int, seed: int = 0) -> np.nd
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
     return CORRUPTIONS[name](image, severity, np.random.default_rng(seed))
-
-
-class CorruptedDataset(Dataset):
-    """An evaluation set whose images are corrupted: ``dataset[i]`` gives ``(image, label)``
-    with ``image`` a ``(3, H, W)`` uint8 tensor; image ``i`` draws its noise from the seed
-    ``(seed, i, severity, name)``, the same for every model and run."""
-
-    def __init__(self, dataset: Dataset, name: str, severity: int, seed: int = 0) -> None:
-        check_corruption(name, severity)  # before any frame is read
-        self.dataset, self.name, self.severity, self.seed = dataset, name, severity, seed
-        self._name_key = sum(ord(ch) * 31**k for k, ch in enumerate(name)) % 2**31
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
-        image, label = self.dataset[index]
-        seed = np.random.SeedSequence([self.seed, index, self.severity, self._name_key])
-        pixels = image.permute(1, 2, 0).contiguous().numpy()
-        corrupted = corrupt(pixels, self.name, self.severity, int(seed.generate_state(1)[0]))
-        return torch.from_numpy(corrupted).permute(2, 0, 1).contiguous(), label

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddrnet.choices import EXPORTED_RUNTIMES, OWN_FORMAT_RUNTIMES
 from ddrnet.errors import UsageError
 from ddrnet.hardware import cpu_has_native_bf16
 from ddrnet.limits import check_scales
@@ -49,11 +50,6 @@ def pick_device(name: str) -> torch.device:
 
 
 AMP_SETTINGS = ("auto", "none", "bf16", "fp16")
-# The CPU runtimes of exported files (``ddrnet.load``): ONNX Runtime, OpenVINO, ncnn,
-# ExecuTorch (XNNPACK).
-EXPORTED_RUNTIMES = ("onnxruntime", "openvino", "ncnn", "executorch", "aoti")
-# Runtimes of our own file formats: one precision (the exported one), one frame at a time.
-OWN_FORMAT_RUNTIMES = ("ncnn", "executorch", "aoti")
 
 
 def resolve_precision(

@@ -6,12 +6,36 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
+import torch
 from torch.utils.data import Dataset
 
-from ddrnet.data.corruptions import CORRUPTIONS, SEVERITIES, CorruptedDataset
+from ddrnet.data.corruptions import CORRUPTIONS, SEVERITIES, check_corruption, corrupt
 from ddrnet.engine.confidence import ConfidenceMetrics, ConfidenceResult
 from ddrnet.engine.metrics import SegmentationMetrics, format_cell, nanmean
+
+
+class CorruptedDataset(Dataset):
+    """An evaluation set whose images are corrupted: ``dataset[i]`` gives ``(image, label)``
+    with ``image`` a ``(3, H, W)`` uint8 tensor; image ``i`` draws its noise from the seed
+    ``(seed, i, severity, name)``, the same for every model and run."""
+
+    def __init__(self, dataset: Dataset, name: str, severity: int, seed: int = 0) -> None:
+        check_corruption(name, severity)  # before any frame is read
+        self.dataset, self.name, self.severity, self.seed = dataset, name, severity, seed
+        self._name_key = sum(ord(ch) * 31**k for k, ch in enumerate(name)) % 2**31
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
+        image, label = self.dataset[index]
+        seed = np.random.SeedSequence([self.seed, index, self.severity, self._name_key])
+        pixels = image.permute(1, 2, 0).contiguous().numpy()
+        corrupted = corrupt(pixels, self.name, self.severity, int(seed.generate_state(1)[0]))
+        return torch.from_numpy(corrupted).permute(2, 0, 1).contiguous(), label
 
 
 @dataclass
