@@ -406,6 +406,8 @@ def test_ctrl_c_after_openvino_plans_were_freed_is_an_interrupt_not_a_crash(
 import gc, signal
 import numpy as np
 from ddrnet.deploy.runtime import OpenVinoPlans
+# Python's own Ctrl-C handler: pytest-xdist's workers ignore SIGINT, and a child inherits that.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 plans = OpenVinoPlans({str(calibrated_slim_onnx)!r}, 1, "f32", keep=2)
 for height in (32, 64, 96):
     plans(np.zeros((1, 3, height, 64), np.float32))
