@@ -84,6 +84,18 @@ print(sorted(name for name in ("torch", "onnx", "openvino") if name in sys.modul
     assert result.stdout == "[]\n", result.stderr[-2000:]
 
 
+def test_output_into_a_closed_pipe_stops_quietly() -> None:
+    """``ddrnet models | head -1``: the reader goes away, and the command ends as a shell
+    tool ends on SIGPIPE (status 141), not with a BrokenPipeError traceback."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ddrnet.cli", "models", "--size", "64x64"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    process.stdout.close()  # before the command writes its first line
+    errors = process.stderr.read()
+    assert (process.wait(timeout=120), errors) == (141, "")
+
+
 def test_ctrl_c_while_the_command_starts_is_one_line() -> None:
     """SIGINT while the command's modules (and PyTorch) are still being imported."""
     # A shell's default for SIGINT: pytest-xdist's workers ignore it, and a child inherits that.

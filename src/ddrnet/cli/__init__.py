@@ -9,7 +9,9 @@ So is an ``OSError`` that names a file (``error.filename``): the operating syste
 path the user gave (not found, permission denied, disk full, read-only folder). Anything
 else is a bug and shows its traceback (exit status 1); ``-v`` shows tracebacks for all.
 Ctrl-C prints ``interrupted`` (exit status 130), SIGTERM ``terminated (SIGTERM)`` (143),
-each after the job's own clean-up (see ``ddrnet.errors.Terminated``).
+each after the job's own clean-up (see ``ddrnet.errors.Terminated``). Output into a pipe
+whose reader went away (``ddrnet models | head``) ends the command quietly with 141, the
+status of a shell tool killed by SIGPIPE.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import argparse
 import contextlib
 import importlib
 import logging
+import os
+import select
 import signal
 import sys
 import threading
@@ -90,7 +94,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Log lines (a skipped input, a fallback) printed while a progress bar is drawn would
         # land inside the bar's line; tqdm writes them above it instead.
         with logging_redirect_tqdm(), _sigterm_raises_terminated():
-            return int(args.handler(args) or 0)
+            status = int(args.handler(args) or 0)
+            sys.stdout.flush()  # a reader gone away shows here, not in Python's exit
+            return status
+    except BrokenPipeError:
+        if not _reader_went_away():
+            raise
+        # ``ddrnet models | head``: the rest of the output has no reader. Stop quietly, as
+        # a shell tool dies of SIGPIPE (status 141); Python's exit must not write again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (DDRNetError, OSError) as error:
         message = user_error_message(error)
         if message is None or args.verbose:
@@ -103,6 +116,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _reader_went_away() -> bool:
+    """Whether standard output is a pipe whose reading end was closed (a ``BrokenPipeError``
+    from writing to it, not from a socket or a child process's pipe)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no descriptor
+        return False
 
 
 @contextlib.contextmanager
