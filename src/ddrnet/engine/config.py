@@ -209,6 +209,7 @@ class LossConfig:
     # Pixels always kept by OHEM, counted at full label resolution (scaled down with
     # label_stride so that the kept fraction stays the same).
     ohem_min_kept: int = 131072
+    # The auxiliary head's share of the loss (deep supervision); only with model.aux_head.
     aux_weight: float = 0.4
     # 1: the official loss at full label resolution. s > 1: labels subsampled by s and logits
     # resized to that grid; s = 8 matches the logits' own 1/8 grid. Cheaper on CPUs.
