@@ -84,7 +84,7 @@ print(sorted(name for name in ("torch", "onnx", "openvino") if name in sys.modul
     assert result.stdout == "[]\n", result.stderr[-2000:]
 
 
-def test_output_into_a_closed_pipe_stops_quietly() -> None:
+def test_output_into_a_closed_pipe_or_a_full_disk_ends_without_a_traceback() -> None:
     """``ddrnet models | head -1``: the reader goes away, and the command ends as a shell
     tool ends on SIGPIPE (status 141), not with a BrokenPipeError traceback."""
     process = subprocess.Popen(
@@ -94,6 +94,16 @@ def test_output_into_a_closed_pipe_stops_quietly() -> None:
     process.stdout.close()  # before the command writes its first line
     errors = process.stderr.read()
     assert (process.wait(timeout=120), errors) == (141, "")
+    # Into a full disk (``> out.txt``), which names no file: one line too.
+    if Path("/dev/full").exists():
+        with open("/dev/full", "w") as full:
+            result = subprocess.run(
+                [sys.executable, "-m", "ddrnet.cli", "models"], stdout=full, stderr=subprocess.PIPE,
+                text=True, timeout=120,
+            )  # fmt: skip
+        assert (result.returncode, result.stderr) == (
+            2, "ddrnet models: error: No space left on device\n"
+        )  # fmt: skip
 
 
 def test_ctrl_c_while_the_command_starts_is_one_line() -> None:

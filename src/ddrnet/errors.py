@@ -34,6 +34,8 @@ trace a network, which callers handle (they run it unfolded) or is a bug to repo
 
 from __future__ import annotations
 
+import errno
+
 
 class DDRNetError(Exception):
     """Base of the errors that input the user can fix causes; the message says what and how."""
@@ -71,6 +73,9 @@ def user_error_message(error: BaseException) -> str | None:
         return _without_worker_traceback(str(error))
     if isinstance(error, OSError) and error.filename is not None:
         return f"{error.filename}: {_os_error_reason(error)}"
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        # A full disk names no file when the output is standard output (``> out.txt``).
+        return str(error.strerror)
     return None
 
 

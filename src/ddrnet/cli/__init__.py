@@ -6,7 +6,8 @@ does), so that a Ctrl-C while PyTorch loads is the command's, one line.
 Errors: a ``ddrnet.errors.DDRNetError`` (input the user can fix) is printed as one line,
 ``ddrnet COMMAND: error: MESSAGE``, with exit status 2, as argparse does for bad options.
 So is an ``OSError`` that names a file (``error.filename``): the operating system refused a
-path the user gave (not found, permission denied, disk full, read-only folder). Anything
+path the user gave (not found, permission denied, disk full, read-only folder); and a full
+disk under standard output (``> out.txt``), which names none. Anything
 else is a bug and shows its traceback (exit status 1); ``-v`` shows tracebacks for all.
 Ctrl-C prints ``interrupted`` (exit status 130), SIGTERM ``terminated (SIGTERM)`` (143),
 each after the job's own clean-up (see ``ddrnet.errors.Terminated``). Output into a pipe
