@@ -106,6 +106,25 @@ def test_output_into_a_closed_pipe_or_a_full_disk_ends_without_a_traceback() -> 
         )  # fmt: skip
 
 
+def test_ctrl_c_after_the_job_while_python_exits_prints_nothing() -> None:
+    """A Ctrl-C in the moment between the job's end and the process's (PyTorch's exit
+    handlers run then) printed Python's "Exception ignored in atexit callback" traceback;
+    it ends the process as a shell's Ctrl-C does. An exit handler sends it here."""
+    script = (
+        "import atexit, os, signal, sys\n"
+        "from ddrnet.cli import run\n"
+        "sys.argv = ['ddrnet', 'models', '--size', '64x64']\n"
+        "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))\n"
+        "run()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a shell
+    )  # fmt: skip
+    assert (result.returncode, result.stderr) == (-signal.SIGINT, "")
+    assert "ddrnet_23_slim" in result.stdout  # the job itself ran to its end
+
+
 def test_ctrl_c_while_the_command_starts_is_one_line() -> None:
     """SIGINT while the command's modules (and PyTorch) are still being imported."""
     # A shell's default for SIGINT: pytest-xdist's workers ignore it, and a child inherits that.

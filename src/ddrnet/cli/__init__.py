@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from typing import NoReturn
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -117,6 +118,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def run() -> NoReturn:
+    """The ``ddrnet`` program: ``main``, then exit with its status. Once the job is over, a
+    Ctrl-C (PyTorch's exit handlers take a moment) ends the process as a shell expects,
+    not with Python's "Exception ignored in atexit callback" lines."""
+    status = main()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    sys.exit(status)
 
 
 def _reader_went_away() -> bool:
