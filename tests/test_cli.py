@@ -106,6 +106,52 @@ def test_output_into_a_closed_pipe_or_a_full_disk_ends_without_a_traceback() -> 
         )  # fmt: skip
 
 
+def test_closed_standard_streams_do_not_cost_the_output(camvid_frame, tmp_path) -> None:
+    """``2>&-`` made Python's stderr None, and the first progress bar failed: predict exited
+    1 without a word and without its files. ``>&-`` failed after the job, with a traceback."""
+
+    def closing(descriptor: int):
+        return lambda: os.close(descriptor)
+
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "ddrnet.cli", "predict", str(camvid_frame), "-o", str(out)]
+    argv += ["--checkpoint", "camvid_ddrnet23_slim_fast"]
+    no_stderr = subprocess.run(argv, stdout=subprocess.DEVNULL, preexec_fn=closing(2))
+    assert no_stderr.returncode == 0
+    assert sorted(p.suffix for p in out.iterdir()) == [".png", ".png"]  # labels and overlay
+    models = [sys.executable, "-m", "ddrnet.cli", "models", "--size", "64x64"]
+    no_stdout = subprocess.run(models, stderr=subprocess.PIPE, text=True, preexec_fn=closing(1))
+    assert (no_stdout.returncode, no_stdout.stderr) == (0, "")
+
+
+def test_loops_of_links_and_torchruns_variables_are_one_line(
+    camvid_frame, tmp_path, capsys, monkeypatch
+) -> None:
+    from ddrnet.cli.options import writable_file
+    from ddrnet.engine.distributed import setup_distributed
+    from ddrnet.errors import UsageError
+
+    from helpers import one_line_cli_error
+
+    loop = tmp_path / "loop"
+    loop.mkdir()
+    (loop / "a").symlink_to("b")
+    (loop / "b").symlink_to("a")
+    argv = ["predict", str(camvid_frame), "--checkpoint", "camvid_ddrnet23_slim_fast"]
+    error = one_line_cli_error(capsys, [*argv, "-o", str(loop / "a")])
+    assert str(loop / "a") in error and "symbolic links" in error  # not a RuntimeError
+    # An output file under the loop is refused before the work, not after it.
+    with pytest.raises(UsageError, match="loop/a is a link to nothing"):
+        writable_file("--json", str(loop / "a" / "d.json"), (".json",))
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    with pytest.raises(UsageError, match="WORLD_SIZE='abc': not a whole number"):
+        setup_distributed("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(UsageError, match="WORLD_SIZE=2 is set but RANK is not"):
+        setup_distributed("cpu")
+
+
 def test_ctrl_c_after_the_job_while_python_exits_prints_nothing() -> None:
     """A Ctrl-C in the moment between the job's end and the process's (PyTorch's exit
     handlers run then) printed Python's "Exception ignored in atexit callback" traceback;

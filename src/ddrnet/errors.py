@@ -67,12 +67,18 @@ def parse_error_summary(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
+_LINK_LOOP = "Symlink loop from "  # pathlib's message, before Python 3.13
+
+
 def user_error_message(error: BaseException) -> str | None:
     """The one-line message for an error caused by the user's input, or None for a bug."""
     if isinstance(error, DDRNetError):
         return _without_worker_traceback(str(error))
     if isinstance(error, OSError) and error.filename is not None:
         return f"{error.filename}: {_os_error_reason(error)}"
+    if isinstance(error, RuntimeError) and str(error).startswith(_LINK_LOOP):
+        # Path.resolve() before Python 3.13 (later ones raise OSError ELOOP, with the path).
+        return f"{str(error).removeprefix(_LINK_LOOP).strip(chr(39))}: a loop of symbolic links"
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         # A full disk names no file when the output is standard output (``> out.txt``).
         return str(error.strerror)

@@ -97,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # land inside the bar's line; tqdm writes them above it instead.
         with logging_redirect_tqdm(), _sigterm_raises_terminated():
             status = int(args.handler(args) or 0)
-            sys.stdout.flush()  # a reader gone away shows here, not in Python's exit
+            if sys.stdout is not None:  # a reader gone away shows here, not in Python's exit
+                sys.stdout.flush()
             return status
     except BrokenPipeError:
         if not _reader_went_away():
@@ -106,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a shell tool dies of SIGPIPE (status 141); Python's exit must not write again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
-    except (DDRNetError, OSError) as error:
+    except (DDRNetError, OSError, RuntimeError) as error:
         message = user_error_message(error)
         if message is None or args.verbose:
             raise
@@ -124,9 +125,26 @@ def run() -> NoReturn:
     """The ``ddrnet`` program: ``main``, then exit with its status. Once the job is over, a
     Ctrl-C (PyTorch's exit handlers take a moment) ends the process as a shell expects,
     not with Python's "Exception ignored in atexit callback" lines."""
+    _open_closed_standard_streams()
     status = main()
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     sys.exit(status)
+
+
+def _open_closed_standard_streams() -> None:
+    """Give a standard stream that was closed (``2>&-``) the null device. Python makes it
+    None, and the first progress bar or line printed failed, so a job ended without its
+    output and without a word; and a closed descriptor 2 is the one the next file opened
+    gets, where native libraries would write their messages."""
+    for descriptor, name in enumerate(("stdin", "stdout", "stderr")):
+        if getattr(sys, name) is not None:
+            continue
+        stream = open(os.devnull, "r" if descriptor == 0 else "w")  # for the whole run
+        try:
+            os.fstat(descriptor)
+        except OSError:  # still closed (the null device took another number)
+            os.dup2(stream.fileno(), descriptor)
+        setattr(sys, name, stream)
 
 
 def _reader_went_away() -> bool:

@@ -209,6 +209,8 @@ def writable_file(
     # leaves no empty folders. Here: the nearest existing folder above must take new files.
     existing = target.parent
     while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # exists() is False through a link to nothing, or a loop
+            raise UsageError(f"{option} {path}: {existing} is a link to nothing (or a loop)")
         existing = existing.parent
     if not existing.is_dir():
         raise UsageError(f"{option} {path}: cannot create its folder ({existing} is a file)")

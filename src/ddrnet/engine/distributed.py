@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ddrnet.errors import UsageError
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -27,16 +29,31 @@ class DistributedContext:
 def setup_distributed(device_type: str) -> DistributedContext:
     """Join the process group ``torchrun`` describes through its environment variables;
     a plain single-process run gets a context with ``world_size == 1``."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = _environment_number("WORLD_SIZE", "1")
     if world_size <= 1:
         return DistributedContext()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if "RANK" not in os.environ:
+        raise UsageError(
+            f"WORLD_SIZE={world_size} is set but RANK is not: start several processes with "
+            "torchrun, which sets both (or unset WORLD_SIZE for one process)"
+        )
+    rank, local_rank = _environment_number("RANK", ""), _environment_number("LOCAL_RANK", "0")
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def _environment_number(name: str, default: str) -> int:
+    """The whole number in environment variable ``name`` (torchrun sets them), or a
+    ``UsageError`` naming it."""
+    value = os.environ.get(name, default)
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"{name}={value!r}: not a whole number (torchrun sets it)") from None
 
 
 def collective_device() -> torch.device:
