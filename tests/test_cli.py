@@ -106,7 +106,9 @@ def test_output_into_a_closed_pipe_or_a_full_disk_ends_without_a_traceback() -> 
         )  # fmt: skip
 
 
-def test_closed_standard_streams_do_not_cost_the_output(camvid_frame, tmp_path) -> None:
+def test_closed_standard_streams_or_a_deleted_folder_cost_no_output_and_no_traceback(
+    camvid_frame, tmp_path
+) -> None:
     """``2>&-`` made Python's stderr None, and the first progress bar failed: predict exited
     1 without a word and without its files. ``>&-`` failed after the job, with a traceback."""
 
@@ -122,6 +124,15 @@ def test_closed_standard_streams_do_not_cost_the_output(camvid_frame, tmp_path) 
     models = [sys.executable, "-m", "ddrnet.cli", "models", "--size", "64x64"]
     no_stdout = subprocess.run(models, stderr=subprocess.PIPE, text=True, preexec_fn=closing(1))
     assert (no_stdout.returncode, no_stdout.stderr) == (0, "")
+    # A current folder deleted under the shell: PyTorch's import failed with an MKL error.
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    deleted = subprocess.run(
+        models, capture_output=True, text=True, cwd=gone, preexec_fn=gone.rmdir
+    )
+    assert (deleted.returncode, deleted.stderr) == (
+        2, "ddrnet: error: the current folder no longer exists; cd to one\n"
+    )  # fmt: skip
 
 
 def test_loops_of_links_and_torchruns_variables_are_one_line(

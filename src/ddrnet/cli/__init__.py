@@ -126,6 +126,11 @@ def run() -> NoReturn:
     Ctrl-C (PyTorch's exit handlers take a moment) ends the process as a shell expects,
     not with Python's "Exception ignored in atexit callback" lines."""
     _open_closed_standard_streams()
+    try:
+        os.getcwd()
+    except FileNotFoundError:  # PyTorch's own import would fail with a misleading MKL error
+        print("ddrnet: error: the current folder no longer exists; cd to one", file=sys.stderr)
+        sys.exit(2)
     status = main()
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     sys.exit(status)
