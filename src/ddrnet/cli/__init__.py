@@ -122,9 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> NoReturn:
-    """The ``ddrnet`` program: ``main``, then exit with its status. Once the job is over, a
-    Ctrl-C (PyTorch's exit handlers take a moment) ends the process as a shell expects,
-    not with Python's "Exception ignored in atexit callback" lines."""
+    """The ``ddrnet`` program: ``main``, then exit with its status. What only a program
+    may do happens here, not in ``main`` (which Python callers and tests use): closed
+    standard streams get the null device, a deleted current folder is refused, and once
+    the job is over a Ctrl-C (PyTorch's exit handlers take a moment) ends the process as a
+    shell expects, not with Python's "Exception ignored in atexit callback" lines."""
     _open_closed_standard_streams()
     try:
         os.getcwd()
