@@ -78,7 +78,8 @@ def user_error_message(error: BaseException) -> str | None:
         return f"{error.filename}: {_os_error_reason(error)}"
     if isinstance(error, RuntimeError) and str(error).startswith(_LINK_LOOP):
         # Path.resolve() before Python 3.13 (later ones raise OSError ELOOP, with the path).
-        return f"{str(error).removeprefix(_LINK_LOOP).strip(chr(39))}: a loop of symbolic links"
+        looped = str(error).removeprefix(_LINK_LOOP).strip("'")
+        return f"{looped}: a loop of symbolic links"
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         # A full disk names no file when the output is standard output (``> out.txt``).
         return str(error.strerror)

@@ -265,12 +265,10 @@ def coco_images(
     found: dict[Path, str] = {}
     for key, entry in images.items():
         image = _find_image(image_folder, entry["file_name"])
-        if (
-            image is not None
-            and found.setdefault(image.resolve(), entry["file_name"]) != entry["file_name"]
-        ):
+        first = found.setdefault(image.resolve(), entry["file_name"]) if image else None
+        if first not in (None, entry["file_name"]):
             raise DatasetError(
-                f"{path}: images {found[image.resolve()]!r} and {entry['file_name']!r} are both "
+                f"{path}: images {first!r} and {entry['file_name']!r} are both "
                 f"found as {image} (by its name alone): point --images at the folder their "
                 "file_name paths start from"
             )
