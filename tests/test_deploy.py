@@ -9,6 +9,7 @@ order.
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 
@@ -420,6 +421,28 @@ except KeyboardInterrupt:
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert (result.returncode, result.stdout) == (0, "interrupted\n"), result.stderr[-2000:]
+
+
+def test_openvino_under_an_onednn_cap_runs_as_the_capped_cpu(calibrated_slim_onnx) -> None:
+    """``ONEDNN_MAX_CPU_ISA=AVX2`` alone (a PyTorch user's knob) left OpenVINO's plugin
+    choosing bf16 kernels on an AVX512-BF16 CPU that oneDNN then refused: compiling with the
+    bf16 hint failed ("Supported primitive descriptors list is empty"). OpenVINO now gets the
+    same cap, and runs the hint in float32 as on an AVX2 CPU. In a process of its own: both
+    libraries read their caps once."""
+    script = f"""
+import numpy as np
+from ddrnet.deploy.runtime import openvino_core, openvino_logits_function
+run = openvino_logits_function({str(calibrated_slim_onnx)!r}, 1, "bf16")
+assert run(np.zeros((1, 3, 64, 64), np.float32)).shape[-2:] == (8, 8)
+print(sorted(openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
+"""
+    environment = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    environment.pop("OV_CPU_MAX_ISA", None)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=environment
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "BF16" not in result.stdout and "FP32" in result.stdout
 
 
 def test_openvino_plans_compile_once_per_size_and_keep_the_last_few(

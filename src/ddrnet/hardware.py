@@ -64,6 +64,18 @@ def onednn_isa_cap() -> str | None:
     return None if cap in ("", "ALL", "DEFAULT") else cap
 
 
+def cap_openvino_like_onednn() -> None:
+    """Give OpenVINO's own kernels oneDNN's instruction-set cap (``OV_CPU_MAX_ISA``, unless
+    set already). OpenVINO reads the two caps apart and does not check that they agree:
+    with oneDNN alone capped to AVX2 on an AVX512-BF16 CPU its plugin still chose bf16
+    kernels that oneDNN then refused ("Supported primitive descriptors list is empty"),
+    where a real AVX2 CPU runs the bf16 hint in float32. OpenVINO reads its cap once, at
+    its first look at the CPU: call this before it loads."""
+    cap = onednn_isa_cap()
+    if cap is not None and not os.environ.get("OV_CPU_MAX_ISA"):
+        os.environ["OV_CPU_MAX_ISA"] = cap
+
+
 def _cap_allows(*markers: str) -> bool:
     """True unless an oneDNN cap is set whose name carries none of ``markers`` (oneDNN's ISA
     names say what they add: ``AVX512_CORE_VNNI``, ``AVX512_CORE_BF16``, ``AVX512_CORE_AMX``,

@@ -39,7 +39,7 @@ from ddrnet.deploy.onnx_file import (
     openvino_fixed_size_ok,
 )
 from ddrnet.errors import MissingFileError
-from ddrnet.hardware import cpu_has_int8_dot_product
+from ddrnet.hardware import cap_openvino_like_onednn, cpu_has_int8_dot_product
 from ddrnet.models.metadata import ModelMetadata
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,9 @@ def openvino_core() -> object:
     Cores freed out of order (plans for several sizes, a benchmark of several files) left
     the thread on a freed stack, and the next signal that Python handles there (Ctrl-C,
     SIGTERM, a child process's exit under PyTorch's DataLoader) killed the process with
-    SIGSEGV (OpenVINO 2026.4). One Core lives until the process ends."""
+    SIGSEGV (OpenVINO 2026.4). One Core lives until the process ends, its kernels capped as
+    oneDNN's are (``hardware.cap_openvino_like_onednn``)."""
+    cap_openvino_like_onednn()
     import openvino as ov
 
     return ov.Core()
