@@ -141,6 +141,9 @@ def test_width_multiplier_widens_the_branches() -> None:
 def test_unknown_model_name_lists_the_valid_ones() -> None:
     with pytest.raises(KeyError, match="ddrnet_23_slim"):
         ddrnet.create_model("ddrnet_99")
+    # a bundled model's name where an architecture goes: the call that builds it
+    with pytest.raises(KeyError, match=r"create_model\(checkpoint='camvid_ddrnet23_slim'\)"):
+        ddrnet.create_model("camvid_ddrnet23_slim")
 
 
 def test_create_model_goes_through_the_registered_builder(monkeypatch) -> None:

@@ -26,9 +26,9 @@ from ddrnet.models.checkpoint import (
     read_checkpoint,
 )
 from ddrnet.models.metadata import ModelMetadata
-from ddrnet.models.registry import VariantInfo, list_models, variant_info
+from ddrnet.models.registry import UnknownModelError, VariantInfo, list_models, variant_info
 from ddrnet.models.spec import DDRNetSpec
-from ddrnet.models.weights import WeightsEnum
+from ddrnet.models.weights import WeightsEnum, bundled_names
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,11 @@ def create_model(
     The returned model is in eval mode and carries ``model.metadata`` (a ``ModelMetadata``)
     with classes, palette and normalisation for prediction.
     """
+    if name in bundled_names() and checkpoint is None and weights is None:
+        raise UnknownModelError(
+            f"{name!r} is a bundled model, not an architecture: "
+            f"create_model(checkpoint={name!r}) builds it with its weights"
+        )
     checkpoint = _checkpoint_of(checkpoint, weights)
     raw = read_checkpoint(checkpoint) if checkpoint is not None else None
     metadata = raw.metadata if raw is not None else None
