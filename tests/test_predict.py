@@ -306,6 +306,8 @@ def test_options_that_cannot_work_are_clear_errors(camvid_model_file, onnx_files
         (["--checkpoint", str(tmp_path / "missing.onnx")], "missing.onnx: no such ONNX file"),
         (["--checkpoint", str(camvid_model_file), "--device", "gpu"], "--device gpu: Expected"),
         (["--checkpoint", str(camvid_model_file), "--device", "cuda:99"], "usable CUDA device"),
+        # torch knows the type, but no model runs on it here (it was a RuntimeError traceback)
+        (["--checkpoint", str(camvid_model_file), "--device", "meta"], "no usable meta device"),
     ]
     for options, message in cases:
         result = run_ddrnet("predict", *options, "-o", str(tmp_path / "out"))

@@ -31,8 +31,9 @@ logger = logging.getLogger(__name__)
 def pick_device(name: str) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; any other name as given.
 
-    Raises ``UsageError`` (a ``ValueError``) for a name torch does not know and for a CUDA
-    device this machine does not have (callers add the option's name to the message).
+    Raises ``UsageError`` (a ``ValueError``) for a name torch does not know, for a CUDA
+    device this machine does not have and for any other accelerator (``mps``, ``xpu``...)
+    that this torch build cannot use here (callers add the option's name to the message).
     """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -46,7 +47,20 @@ def pick_device(name: str) -> torch.device:
             raise UsageError(
                 f"this machine has {available} usable CUDA device(s) (torch {torch.__version__})"
             )
+    elif device.type != "cpu" and not _accelerator_available(device.type):
+        raise UsageError(f"no usable {device.type} device here (torch {torch.__version__})")
     return device
+
+
+def _accelerator_available(kind: str) -> bool:
+    """Whether torch can run on accelerators of ``kind`` (``"mps"``, ``"xpu"``...) here: its
+    backend module says so. Types without one (``meta``: no data, ``vulkan``, ``hip`` in a
+    build for another platform) cannot run a model."""
+    for module in (getattr(torch.backends, kind, None), getattr(torch, kind, None)):
+        is_available = getattr(module, "is_available", None)
+        if callable(is_available):
+            return bool(is_available())
+    return False
 
 
 AMP_SETTINGS = ("auto", "none", "bf16", "fp16")
