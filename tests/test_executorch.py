@@ -10,6 +10,7 @@ tests and the bundled model's two exports are ``slow``. Skips where executorch i
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import sys
@@ -42,6 +43,7 @@ from ddrnet.deploy.onnx_file import ExportError
 from ddrnet.deploy.quantize import load_calibration_images
 from ddrnet.deploy.verify import verify_fixed_size
 from ddrnet.engine.predictor import Predictor
+from ddrnet.errors import UsageError
 
 from helpers import check_cli_runs_file, exported_through_cli, one_line_cli_error
 
@@ -128,6 +130,12 @@ def test_other_sizes_are_resized_to_the_file_and_back(tiny_export, tiny_model) -
 def test_predictor_takes_the_file(tiny_export) -> None:
     labels = Predictor(load_executorch_model(tiny_export)).predict(str(demo_frames()[0]))
     assert labels.shape == (360, 480) and labels.max() < 11
+    # Flipped passes keep the size; scaled passes and windows would all be resized to the
+    # file's one size (a "scale 0.5" pass scored as the plain one, blurred): refused.
+    assert Predictor(load_executorch_model(tiny_export), flip=True).flip
+    for options in ({"scales": (0.5, 1.0)}, {"window": (64, 64)}):
+        with pytest.raises(UsageError, match=r"runs one input size, 96x64: --scales and --window"):
+            Predictor(load_executorch_model(tiny_export), **options)
 
 
 def test_bad_files_name_the_file(tiny_export, tiny_model, tmp_path, monkeypatch) -> None:
@@ -168,6 +176,11 @@ def test_bad_export_arguments(tiny_model, tmp_path, monkeypatch) -> None:
         export_executorch(tiny_model, tmp_path / "model.onnx", TINY_SIZE)
     with pytest.raises(ValueError, match="calibration"):
         export_executorch(tiny_model, tmp_path / "model.pte", TINY_SIZE, int8=True)
+    # The lowering's modules imported whole first: hiding executorch.exir from a first import
+    # of the XNNPACK partitioner left that package half-imported for the tests after this
+    # one (a KeyError in importlib, where pytest-xdist ran this test before any export).
+    with quiet_executorch_import():
+        importlib.import_module("executorch.backends.xnnpack.partition.xnnpack_partitioner")
     monkeypatch.setitem(sys.modules, "executorch.exir", None)
     with pytest.raises(ExportError, match="pip install executorch"):
         export_executorch(tiny_model, tmp_path / "model.pte", TINY_SIZE)

@@ -30,6 +30,7 @@ from ddrnet.engine.inference import (
     winning_class,
 )
 from ddrnet.engine.temporal import TemporalSmoother
+from ddrnet.errors import UsageError
 from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels, check_scales, check_window
 from ddrnet.models.metadata import normalisation
 
@@ -133,6 +134,22 @@ def _channel_values(name: str, values: Sequence[float]) -> tuple[float, ...]:
     return values
 
 
+def _check_one_size_model(
+    model: nn.Module, scales: tuple[float, ...], window: tuple[int, int] | None
+) -> None:
+    """Refuse test-time scales and windows for a file compiled for one input size
+    (ExecuTorch, AOTInductor, a fixed-size ONNX export: ``model.input_size``): every pass
+    would be resized to that size (or refused), so a "scale 0.5" pass would be the plain one,
+    blurred, and a window a crop stretched to the full frame."""
+    size = getattr(model, "input_size", None)
+    if size is not None and (scales != (1.0,) or window is not None):
+        raise UsageError(
+            f"{getattr(model, 'path', 'the model')} runs one input size, {size[1]}x{size[0]}: "
+            "--scales and --window passes would all be resized to it; use the PyTorch model "
+            "or an ONNX export of dynamic size for them"
+        )
+
+
 class Predictor:
     """Label maps at input resolution from RGB images, with the model's own pre-processing.
 
@@ -200,6 +217,7 @@ class Predictor:
         if stride is not None and (len(stride) != 2 or min(stride) < 1):
             raise ValueError(f"stride takes (height, width) steps of >= 1 pixel, got {stride}")
         self.window, self.stride = window, stride
+        _check_one_size_model(model, self.scales, window)
         self.max_pixels = max_pixels
         self.amp_dtype = amp_dtype
         self.num_classes = model_num_classes(model)
