@@ -219,6 +219,14 @@ def test_eval_names_only_the_missing_data_option(tmp_path, capsys) -> None:
     path = ddrnet.save_model(model, tmp_path / "m.safetensors", model.metadata)
     error = one_line_cli_error(capsys, ["eval", str(path), "--root", str(tmp_path)])
     assert error.endswith("this checkpoint does not record its data set: give --dataset")
+    # options of another kind of data set name themselves, not the recipe's fields
+    camvid = ["eval", "camvid_ddrnet23_slim_train"]
+    error = one_line_cli_error(capsys, [*camvid, "--classes-file", str(tmp_path / "c.json")])
+    assert error.endswith("--classes-file is for folder data sets; the data set is camvid")
+    argv = [*camvid, "--dataset", "folder", "--root", str(tmp_path), "--sequences", "0006R0"]
+    assert one_line_cli_error(capsys, argv).endswith(
+        "--sequences picks CamVid sequences; the data set is folder"
+    )
 
 
 @pytest.mark.parametrize(
@@ -280,6 +288,15 @@ def test_outputs_never_replace_what_the_command_reads(camvid_model_file, tmp_pat
          "is the file IMAGE reads"),
         (["eval", str(model), "--compare", str(report), "--json", str(report)],
          "is the file --compare reads"),
+        (["eval", str(model), "--dataset", "folder", "--root", str(tmp_path),
+          "--classes-file", str(report), "--json", str(report)],
+         "is the file --classes-file reads"),
+        (["eval", str(model), "--json", str(tmp_path / "new.json"), "--worst", "1",
+          "--show", str(tmp_path / "new.json")], "--show " + str(tmp_path / "new.json")),
+        # the pictures' folder would need a folder where a file is: refused before evaluating
+        (["eval", str(model), "--worst", "1", "--show", str(report / "pictures")],
+         f"cannot create its folder ({report} is a file)"),
+        (["eval", str(model), "--submission", str(image)], "is a file, but a folder is to be"),
     ]  # fmt: skip
     for argv, message in cases:
         assert message in one_line_cli_error(capsys, argv), argv

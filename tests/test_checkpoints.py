@@ -253,10 +253,13 @@ def test_files_that_are_no_checkpoint_are_named_for_what_they_are(tmp_path: Path
     (tmp_path / "empty.pth").write_bytes(b"")
     scripted = torch.jit.script(torch.nn.Linear(2, 2))
     torch.jit.save(scripted, str(tmp_path / "scripted.pt"))
+    (tmp_path / "model.ncnn.param").write_text("7767517\n")  # an ncnn export's two files
+    (tmp_path / "model.ncnn.bin").write_bytes(bytes(16))
     for name, message in (
         ("notes.pt", "is not a PyTorch or safetensors file"),
         ("empty.pth", "is an empty file"),
         ("scripted.pt", "is a TorchScript export"),
+        ("model.ncnn.bin", "holds the weights of the ncnn export .*model.ncnn.param: name that"),
     ):
         with pytest.raises(CheckpointError, match=message):
             read_checkpoint(tmp_path / name)

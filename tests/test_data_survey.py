@@ -147,16 +147,18 @@ def test_cli_reports_problems_and_figures(tmp_path: Path, capsys) -> None:
     assert document["sets"]["train"]["classes"]["car"]["pixels"] == 9
     assert len(document["sets"]["train"]["problems"]) == 2
     assert len(document["warnings"]) == 2
-    pictures = sorted((tmp_path / "pictures/train").iterdir())  # frames 0 and 4 of 5
+    pictures = sorted((tmp_path / "pictures/train").glob("*.png"))  # frames 0 and 4 of 5
     assert [p.name for p in pictures] == ["001_a.png", "002_e.png"]
-    assert len(list((tmp_path / "pictures/val").iterdir())) == 1
+    assert len(list((tmp_path / "pictures/val").glob("*.png"))) == 1
     # A rerun with fewer pictures replaces the earlier set whole (they are named by rank
-    # and frame: a leftover would pass for one of this run's), and only that set.
-    (tmp_path / "pictures/train/notes.png").write_bytes(b"the user's")
+    # and frame: a leftover would pass for one of this run's), and only that set: the
+    # user's files stay, even one named as a ranked picture.
+    for name in ("notes.png", "003_holiday.png"):
+        (tmp_path / "pictures/train" / name).write_bytes(b"the user's")
     argv = ["data", "custom_folder_example", f"data.root={root}", "--count", "1"]
     assert main([*argv, "--show", str(tmp_path / "pictures")]) == 1
-    pictures = sorted((tmp_path / "pictures/train").iterdir())
-    assert [p.name for p in pictures] == ["001_a.png", "notes.png"]
+    pictures = sorted((tmp_path / "pictures/train").glob("*.png"))
+    assert [p.name for p in pictures] == ["001_a.png", "003_holiday.png", "notes.png"]
 
 
 def test_cli_refuses_bad_options_in_one_line(tmp_path: Path, capsys) -> None:

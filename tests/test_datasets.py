@@ -35,7 +35,14 @@ from ddrnet.data.labels import (
 )
 from ddrnet.engine.config import Config, DataConfig
 
-from helpers import check_problems, coco_stuff_tree, folder_tree, save_image
+from helpers import (
+    check_problems,
+    coco_stuff_tree,
+    folder_tree,
+    labelled_model,
+    one_line_cli_error,
+    save_image,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "ddrnet" / "configs"
 FRAME = "frankfurt_000000_000294"
@@ -174,6 +181,30 @@ def test_cityscapes_submission_rejects_unusable_predictions(
     with pytest.raises(ValueError, match="<city>_<seq>_<frame>"):
         write_cityscapes_submission(good, tmp_path / "picture.png", tmp_path)
     assert not list(tmp_path.glob("*.png"))
+    # Results take the images' names: written into the images' own folder, one would
+    # replace its photo (a copy here: the check must hold before anything is written).
+    copy = _cityscapes_copy(cityscapes_root, tmp_path, [FRAME])
+    own = copy / "leftImg8bit/val/frankfurt" / f"{FRAME}_leftImg8bit.png"
+    photo = own.read_bytes()
+    with pytest.raises(ValueError, match="which its result would replace"):
+        write_cityscapes_submission(good, own, own.parent)
+    assert own.read_bytes() == photo
+
+
+def test_eval_refuses_a_submission_into_the_images_folder(
+    cityscapes_root: Path, tmp_path: Path, capsys
+) -> None:
+    from ddrnet.models import save_model
+
+    copy = _cityscapes_copy(cityscapes_root, tmp_path, [FRAME])
+    own = copy / "leftImg8bit/val/frankfurt"
+    photo = (own / f"{FRAME}_leftImg8bit.png").read_bytes()
+    model = labelled_model(CITYSCAPES)
+    path = save_model(model, tmp_path / "city.safetensors", model.metadata)
+    argv = ["eval", str(path), "--dataset", "cityscapes", "--root", str(copy)]
+    error = one_line_cli_error(capsys, [*argv, "--submission", str(own)])
+    assert error.endswith(f"--submission {own}: the data set's own folder; choose another")
+    assert (own / f"{FRAME}_leftImg8bit.png").read_bytes() == photo
 
 
 def _cityscapes_copy(cityscapes_root: Path, tmp_path: Path, frames: list[str]) -> Path:

@@ -503,3 +503,56 @@ def test_sliding_windows_cover_the_image_and_tiny_ones_are_refused(camvid_sample
     assert torch.allclose(tiled[..., :168, :224], corner[..., :168, :224], atol=1e-4)
     with pytest.raises(UsageError, match="--window 7x3: windows need at least 64 pixels"):
         Predictor(model, window=(7, 3))
+
+
+def test_reports_write_scores_never_scored_as_null_and_tables_as_a_dash(tmp_path) -> None:
+    """Python writes nan as ``NaN``, which is not JSON (JavaScript refuses the file): a class
+    neither labelled nor predicted is ``null`` in a report and ``-`` in a table."""
+    import json
+    import math
+
+    from ddrnet.atomic import atomic_write_json
+    from ddrnet.engine.metrics import SegmentationMetrics
+
+    # class 1 is in neither the labels nor the predictions: its IoU is nan
+    metrics = SegmentationMetrics.from_matrix(torch.tensor([[3, 0, 1], [0, 0, 0], [1, 0, 5]]))
+    assert math.isnan(metrics.iou[1]) and metrics.miou == pytest.approx((3 / 5 + 5 / 7) * 50)
+    path = tmp_path / "report.json"
+    atomic_write_json({**metrics.to_dict(["a", "b", "c"]), "nested": [math.inf, (1.5,)]}, path)
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    document = json.loads(path.read_text(), parse_constant=refuse)
+    assert document["per_class_IoU"] == {"a": 60.0, "b": None, "c": pytest.approx(500 / 7)}
+    assert document["nested"] == [None, [1.5]]
+    assert metrics.table(["a", "b", "c"]).splitlines()[3].split() == ["b", "-"]
+
+
+def test_a_set_of_files_replaces_only_what_its_list_names(tmp_path) -> None:
+    """``staged_files`` with a set name deletes the files its earlier set listed, never
+    others: not a user's file beside them, not a path a hand-edited list points outside."""
+    from ddrnet.atomic import staged_files
+
+    folder, outside = tmp_path / "pictures", tmp_path / "precious.png"
+    outside.write_bytes(b"outside")
+    folder.mkdir()
+    (folder / "001_user.png").write_bytes(b"the user's")
+    with staged_files(folder, "set") as staging:
+        for name in ("001_a.png", "002_b.png"):
+            (staging / name).write_bytes(name.encode())
+    assert (folder / ".ddrnet-set").read_text() == "001_a.png\n002_b.png\n"
+    with pytest.raises(KeyboardInterrupt), staged_files(folder, "set") as staging:
+        (staging / "001_c.png").write_bytes(b"c")
+        raise KeyboardInterrupt  # stopped midway: the earlier set stays whole
+    assert sorted(p.name for p in folder.glob("*.png")) == [
+        "001_a.png",
+        "001_user.png",
+        "002_b.png",
+    ]
+    (folder / ".ddrnet-set").write_text("001_a.png\n002_b.png\n../precious.png\n" + f"{outside}\n")
+    with staged_files(folder, "set") as staging:
+        (staging / "001_c.png").write_bytes(b"c")
+    assert sorted(p.name for p in folder.glob("*.png")) == ["001_c.png", "001_user.png"]
+    assert outside.read_bytes() == b"outside" and not (folder / ".partial").exists()
+    assert (folder / ".ddrnet-set").read_text() == "001_c.png\n"

@@ -52,7 +52,7 @@ def test_real_frames_counts_sum_to_the_whole_and_pictures_show_them(
     frames = document["frames"]
     assert [frame["index"] for frame in frames] == [0, 1, 2, 3]
     worst = sorted(frames, key=lambda frame: frame["miou"])[:2]
-    names = sorted(p.name for p in pictures.iterdir())
+    names = sorted(p.name for p in pictures.glob("*.png"))
     assert names == [f"{rank:03d}_{Path(f['image']).stem}.png" for rank, f in enumerate(worst, 1)]
     for frame in frames:
         assert frame["miou"] == pytest.approx(
@@ -61,8 +61,10 @@ def test_real_frames_counts_sum_to_the_whole_and_pictures_show_them(
     # A rerun replaces the earlier run's pictures whole (no two frames under one rank) and
     # leaves other files alone.
     (pictures / "notes.txt").write_text("mine")
+    (pictures / "009_mine.png").write_bytes(b"a picture of the user's, named like ours")
     assert main([*argv[:5], "1", *argv[6:]]) == 0  # --worst 1
-    assert sorted(p.name for p in pictures.iterdir()) == [names[0], "notes.txt"]
+    kept = sorted(p.name for p in pictures.iterdir() if not p.name.startswith("."))
+    assert kept == [names[0], "009_mine.png", "notes.txt"]
 
 
 def test_the_frames_counts_sum_to_the_evaluations_matrix(camvid_val) -> None:
@@ -131,7 +133,7 @@ def test_bootstrap_by_hand() -> None:
 def test_a_real_interval_and_a_comparison_through_the_cli(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from ddrnet.engine.bootstrap import miou_of_counts
+    from ddrnet.engine.bootstrap import miou_of_counts, paired_difference
 
     first, second = tmp_path / "a.json", tmp_path / "b.json"
     argv = ["eval", "camvid_ddrnet23_slim_train", "--max-images", "6", "--ci"]
@@ -146,7 +148,22 @@ def test_a_real_interval_and_a_comparison_through_the_cli(
     assert "+0.00 mIoU, 95% interval +0.00 to +0.00: no difference" in capsys.readouterr().out
     assert json.loads(second.read_text())["comparison"]["value"] == 0.0
     fewer = ["eval", "camvid_ddrnet23_slim_train", "--max-images", "5", "--compare", str(first)]
-    assert "scores other frames (6) than these (5)" in one_line_cli_error(capsys, fewer)
+    assert "scores other frames than these (6 frames, not 5)" in one_line_cli_error(capsys, fewer)
+    # The same frames with their labels at twice the size (every count x4): refused, once the
+    # evaluation shows it, and the evaluation's own report is still written.
+    document["frames"] = [
+        {**frame, "counts": [[4 * n for n in row] for row in frame["counts"]]}
+        for frame in document["frames"]
+    ]
+    resized = tmp_path / "resized.json"
+    resized.write_text(json.dumps(document))
+    third = tmp_path / "c.json"
+    assert main([*argv, "--compare", str(resized), "--json", str(third)]) == 2
+    message = capsys.readouterr().err.splitlines()[-1]  # after the evaluation's progress
+    assert "6 of its 6 frames have other labels than these (the first: " in message
+    assert "comparison" not in json.loads(third.read_text())
+    with pytest.raises(ValueError, match="other labels"):
+        paired_difference(counts, 4 * counts)
     plain = tmp_path / "plain.json"
     assert (
         main(["eval", "camvid_ddrnet23_slim_train", "--max-images", "2", "--json", str(plain)]) == 0
@@ -190,4 +207,4 @@ def test_malformed_reports_and_outputs_are_refused_before_evaluating(
     error = one_line_cli_error(
         capsys, [*base, "--worst", "1", "--show", str(tmp_path / "file.png")]
     )
-    assert "file.png: a file, where the pictures' folder is to be" in error
+    assert "--show " in error and "file.png: is a file, but a folder is to be written" in error

@@ -12,6 +12,8 @@ Callers that need a simulated kill in tests to reach every write call it as
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import re
 import shutil
@@ -19,7 +21,7 @@ import stat
 import tempfile
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 def _process_umask() -> int:
@@ -154,14 +156,15 @@ STAGING_FOLDER = ".partial"
 
 
 @contextlib.contextmanager
-def staged_files(folder: Path, replaces: re.Pattern[str] | None = None) -> Iterator[Path]:
+def staged_files(folder: Path, set_name: str | None = None) -> Iterator[Path]:
     """A staging folder inside ``folder`` to write a set of files into; when the block ends
-    without an error they are moved into ``folder`` (renames, one after another), after the
-    files of ``folder`` whose names match ``replaces`` (an earlier run's set) are deleted.
-    A set stopped or failed midway is removed, and the earlier set stays whole; files that
-    do not match ``replaces`` are left alone; a staging folder a kill left is removed first.
-    Unlike ``commit_folder``, ``folder`` itself is never renamed: it may be the current
-    folder, or hold other files."""
+    without an error they are moved into ``folder`` (renames, one after another). With
+    ``set_name``, the set replaces the one written before under that name: the files it
+    listed in ``folder/.ddrnet-<set_name>`` are deleted, and the list becomes this set's.
+    Only listed files go: a user's own files beside them stay, whatever their names. A set
+    stopped or failed midway is removed, and the earlier set stays whole; a staging folder
+    a kill left is removed first. Unlike ``commit_folder``, ``folder`` itself is never
+    renamed: it may be the current folder, or hold other files."""
     staging = folder / STAGING_FOLDER
     if staging.is_dir() and not staging.is_symlink():
         shutil.rmtree(staging)
@@ -171,19 +174,57 @@ def staged_files(folder: Path, replaces: re.Pattern[str] | None = None) -> Itera
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if replaces is not None:
-        for path in folder.iterdir():
-            if replaces.fullmatch(path.name) and path.is_file():
-                path.unlink()
-    for path in sorted(staging.iterdir()):
-        os.replace(path, folder / path.name)
+    names = sorted(path.name for path in staging.iterdir())
+    if set_name is not None:
+        listing = folder / f".ddrnet-{set_name}"
+        earlier = _listed_names(listing)
+        # Every file of both sets listed while they are swapped: a kill in between leaves
+        # nothing of ours that the next run would not replace.
+        atomic_write_text("".join(f"{name}\n" for name in sorted({*earlier, *names})), listing)
+        for name in set(earlier) - set(names):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                (folder / name).unlink()
+    for name in names:
+        os.replace(staging / name, folder / name)
     staging.rmdir()
+    if set_name is not None:
+        atomic_write_text("".join(f"{name}\n" for name in names), listing)
+
+
+def _listed_names(listing: Path) -> list[str]:
+    """The file names a set's list holds (none when there is no list): plain names only, so
+    a list edited by hand cannot reach outside its folder."""
+    try:
+        lines = listing.read_text(encoding="utf-8", errors="replace").splitlines()
+    except (FileNotFoundError, IsADirectoryError):
+        return []
+    return [name for name in lines if name and name == Path(name).name and name not in (".", "..")]
 
 
 def atomic_write_text(text: str, path: Path) -> None:
     """Write a text file (UTF-8) through ``atomic_write``."""
     data = text.encode()
     atomic_write(path, lambda stream: stream.write(data))
+
+
+def json_values(value: Any) -> Any:
+    """``value`` (dicts, lists, tuples, numbers, strings) with every ``nan`` and infinity as
+    None: Python writes them as ``NaN``/``Infinity``, which is not JSON (JavaScript's and
+    most other parsers refuse the file). A score nothing was scored for becomes ``null``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_values(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_values(item) for item in value]
+    return value
+
+
+def atomic_write_json(document: Any, path: Path, default: Callable | None = None) -> None:
+    """Write ``document`` as an indented JSON report through ``atomic_write``, ``nan`` as
+    ``null`` (``json_values``); ``default`` as ``json.dumps`` takes it."""
+    text = json.dumps(json_values(document), indent=2, allow_nan=False, default=default)
+    atomic_write_text(text + "\n", path)
 
 
 def atomic_copy(source: Path, path: Path) -> None:

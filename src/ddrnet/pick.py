@@ -12,7 +12,6 @@ frames written as PNG) into one folder with ``picks.json``, ready for a labellin
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Iterator, Sequence
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ddrnet.atomic import STAGING_FOLDER, atomic_copy, atomic_write_text, staged_files
+from ddrnet.atomic import STAGING_FOLDER, atomic_copy, atomic_write_json, staged_files
 from ddrnet.data.io import write_png
 from ddrnet.engine.predictor import Predictor
 from ddrnet.errors import DDRNetError, UsageError, user_error_message
@@ -180,7 +179,7 @@ def write_picks(
         ],
         "scored": [asdict(candidate) for candidate in scored],
     }
-    atomic_write_text(json.dumps(listing, indent=2), output / PICKS_FILE)
+    atomic_write_json(listing, output / PICKS_FILE)
     return [output / name for name in names]
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from ddrnet.atomic import atomic_write_text
+from ddrnet.atomic import atomic_write_json
 from ddrnet.cli.options import (
     NON_NEGATIVE_FLOAT,
     PATH,
@@ -134,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
             "backends": {name: BACKENDS[name] for name in backends},
             "rows": rows,
         }
-        atomic_write_text(json.dumps(result, indent=2, default=str), Path(args.json))
+        atomic_write_json(result, Path(args.json), default=str)
         print(f"results written to {args.json}")
     if all(row.get("error") for row in rows if row["backend"] in backends):
         print("ddrnet bench: every backend asked for failed (see above)", file=sys.stderr)

@@ -4,7 +4,6 @@ what they hold and what is wrong with them."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ddrnet.cli.options import NON_NEGATIVE_INT, PATH, POSITIVE_INT, writable_file
@@ -63,7 +62,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddrnet.atomic import atomic_write_text
+    from ddrnet.atomic import atomic_write_json
     from ddrnet.config import load_config
     from ddrnet.data.build import build_split
     from ddrnet.data.survey import survey_dataset, survey_warnings
@@ -108,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             "sets": {role: survey.to_dict() for role, survey in surveys.items()},
             "warnings": warnings,
         }
-        atomic_write_text(json.dumps(document, indent=2), Path(args.json))
+        atomic_write_json(document, Path(args.json))
     return 1 if problems else 0
 
 

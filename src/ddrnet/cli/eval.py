@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 from pathlib import Path
 
-from ddrnet.atomic import atomic_write_text
+from ddrnet.atomic import atomic_write_json
 from ddrnet.cli.options import (
     OPEN_FRACTION,
     PATH,
@@ -21,6 +20,7 @@ from ddrnet.cli.options import (
     load_model,
     parse_size,
     writable_file,
+    writable_folder,
 )
 from ddrnet.data.corruptions import CORRUPTIONS, SEVERITIES, select_corruptions
 from ddrnet.errors import UsageError
@@ -159,8 +159,7 @@ def _add_measure_options(group: argparse._ArgumentGroup) -> None:
 def run(args: argparse.Namespace) -> int:
     from ddrnet.engine.robustness import evaluate_robustness
 
-    reads = {"--compare": args.compare, "CHECKPOINT": args.checkpoint}
-    writable_file("--json", args.json, (".json",), reads=reads)
+    _check_outputs(args)
     if args.severities and not args.corruptions:
         raise UsageError("--severities applies to --corruptions, which is not given")
     if args.show and not args.worst:
@@ -186,15 +185,10 @@ def run(args: argparse.Namespace) -> int:
     )
     print(metrics.table(names))
     sections = _sections(args, accumulators, names)
+    refusal = None
     if args.ci or args.compare:
-        sections.update(_intervals(args, accumulators["frame_scores"], other_counts))
-    if args.show:
-        from ddrnet.viz.errors import write_worst_pictures
-
-        frames = accumulators["frame_scores"]
-        worst = frames.worst(args.worst)
-        written = write_worst_pictures(dataset, worst, frames.kept(), args.show, labels)
-        print(f"{len(written)} pictures of the worst frames written to {args.show}")
+        intervals, refusal = _intervals(args, accumulators["frame_scores"], other_counts)
+        sections.update(intervals)
     if corruptions:
         severities = sorted(set(args.severities or SEVERITIES))
         robustness = evaluate_robustness(
@@ -202,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"\n{robustness.table()}")
         sections["corruptions"] = robustness.to_dict()
-    if args.json:
+    if args.json:  # first: the pictures after it cannot lose the scores
         document = {
             "checkpoint": args.checkpoint,
             "dataset": data_config.dataset,
@@ -215,9 +209,32 @@ def run(args: argparse.Namespace) -> int:
             **sections,
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(json.dumps(document, indent=2), Path(args.json))
+        atomic_write_json(document, Path(args.json))
         print(f"metrics written to {args.json}")
+    if args.show:
+        from ddrnet.viz.errors import write_worst_pictures
+
+        frames = accumulators["frame_scores"]
+        worst = frames.worst(args.worst)
+        written = write_worst_pictures(dataset, worst, frames.kept(), args.show, labels)
+        print(f"{len(written)} pictures of the worst frames written to {args.show}")
+    if refusal:
+        raise UsageError(refusal)
     return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, output paths that cannot be written or would replace an
+    input (or each other)."""
+    reads = {
+        "--compare": args.compare,
+        "CHECKPOINT": args.checkpoint,
+        "--classes-file": args.classes_file,
+    }
+    writable_file("--json", args.json, (".json",), reads=reads)
+    writes = {"--json": args.json, **reads}
+    writable_folder("--show", args.show, reads=writes)
+    writable_folder("--submission", args.submission, reads={"--show": args.show, **writes})
 
 
 def _check_frame_options(args: argparse.Namespace, dataset, labels):
@@ -232,10 +249,11 @@ def _check_frame_options(args: argparse.Namespace, dataset, labels):
             "--smooth take its %d frames, in order, as one video",
             len(dataset),
         )
-    if args.show:
-        from ddrnet.viz.figure import check_pictures_folder
+    from ddrnet.viz.figure import check_pictures_folder
 
-        check_pictures_folder(dataset, args.show)
+    for option in ("--show", "--submission"):
+        if getattr(args, option[2:]):
+            check_pictures_folder(dataset, getattr(args, option[2:]), option)
     if (args.ci or args.compare) and len(dataset) < 2:
         raise UsageError("--ci and --compare draw the frames again: they take two frames or more")
     if not args.compare:
@@ -305,10 +323,15 @@ def _sections(args: argparse.Namespace, accumulators: dict, names: list[str]) ->
     return sections
 
 
-def _intervals(args: argparse.Namespace, frames, other_counts) -> dict:
+def _intervals(args: argparse.Namespace, frames, other_counts) -> tuple[dict, str | None]:
     """Print the mIoU's bootstrap interval (and the difference to ``--compare``'s); their
-    JSON sections."""
-    from ddrnet.engine.bootstrap import bootstrap_miou, paired_difference
+    JSON sections, and why the comparison was refused (None: it was made). Refused only
+    here, after the evaluation: whether the labels match shows in the counts."""
+    from ddrnet.engine.bootstrap import (
+        bootstrap_miou,
+        frames_labelled_otherwise,
+        paired_difference,
+    )
 
     counts = frames.class_counts().numpy()
     interval = bootstrap_miou(counts)
@@ -318,6 +341,14 @@ def _intervals(args: argparse.Namespace, frames, other_counts) -> dict:
         f"{interval.high:.2f} (bootstrap over the {interval.frames} frames)"
     )
     sections = {"interval": interval.to_dict()}
+    relabelled = [] if other_counts is None else frames_labelled_otherwise(counts, other_counts)
+    if len(relabelled):
+        first = frames.images[relabelled[0]] or f"frame {relabelled[0] + 1}"
+        return sections, (
+            f"--compare {args.compare}: {len(relabelled)} of its {len(counts)} frames have "
+            f"other labels than these (the first: {first}); compare evaluations of the same "
+            "labels at the same size"
+        )
     if other_counts is not None:
         difference = paired_difference(counts, other_counts)
         verdict = (
@@ -330,7 +361,7 @@ def _intervals(args: argparse.Namespace, frames, other_counts) -> dict:
             f"{difference.low:+.2f} to {difference.high:+.2f}: {verdict}"
         )
         sections["comparison"] = {"against": args.compare, **difference.to_dict()}
-    return sections
+    return sections, None
 
 
 def _dataset(args: argparse.Namespace, metadata):

@@ -205,9 +205,31 @@ def writable_file(
                 f"{option} {path}: is the file {name} reads; writing it would replace it "
                 "(give another file name)"
             )
-    # The folder is made by the writer, once there is something to write: a refused command
-    # leaves no empty folders. Here: the nearest existing folder above must take new files.
-    existing = target.parent
+    _check_can_write_in(option, path, target.parent)
+
+
+def writable_folder(
+    option: str, path: str | None, reads: dict[str, str | None] | None = None
+) -> None:
+    """Check an output folder's path before the work that fills it: not a file, not one
+    of the files the command ``reads``, and a folder that exists or can be made, and
+    written in."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{option} {path}: is a file, but a folder is to be written there")
+    for name, source in (reads or {}).items():
+        if source is not None and _same_file(target, Path(source)):
+            raise UsageError(f"{option} {path}: is the file {name} writes or reads")
+    _check_can_write_in(option, path, target)
+
+
+def _check_can_write_in(option: str, path: str, folder: Path) -> None:
+    """``folder`` (where ``option``'s ``path`` goes) exists and takes new files, or the
+    nearest existing folder above it does. The folder is made by the writer, once there is
+    something to write: a refused command leaves no empty folders."""
+    existing = folder
     while not existing.exists() and existing != existing.parent:
         if existing.is_symlink():  # exists() is False through a link to nothing, or a loop
             raise UsageError(f"{option} {path}: {existing} is a link to nothing (or a loop)")

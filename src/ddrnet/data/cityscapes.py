@@ -118,5 +118,10 @@ def write_cityscapes_submission(
                 f"{width}x{height} (WxH); the server needs full-resolution results"
             )
     path = Path(out_dir) / f"{frame}{CITYSCAPES_IMAGE_SUFFIX}"
+    if path.exists() and image_path.exists() and path.samefile(image_path):
+        raise DatasetError(
+            f"{out_dir}: holds the image {image_path.name}, which its result would replace "
+            "(results take the images' names); write them into another folder"
+        )
     write_png(path, CITYSCAPES_TRAIN_TO_LABEL_ID[prediction.astype(np.intp)])
     return path

@@ -82,6 +82,13 @@ def _drawn_miou(weights: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return miou_of_counts(np.einsum("rf,fck->rck", weights, counts))
 
 
+def frames_labelled_otherwise(counts: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Indices of the frames whose labelled pixels per class differ between two ``(F, C,
+    3)`` counts of the same frames: labels changed or resized between the two evaluations,
+    so their scores do not measure the same thing."""
+    return np.flatnonzero((np.asarray(counts)[..., 1] != np.asarray(other)[..., 1]).any(axis=1))
+
+
 def _checked(counts: np.ndarray) -> np.ndarray:
     counts = np.asarray(counts)
     if counts.ndim != 3 or counts.shape[2] < 3 or counts.shape[0] < 2:
@@ -113,6 +120,9 @@ def paired_difference(
     counts, other = _checked(counts), _checked(other)
     if counts.shape != other.shape:
         raise ValueError(f"counts {counts.shape} and {other.shape} are not of the same frames")
+    relabelled = frames_labelled_otherwise(counts, other)
+    if relabelled.size:
+        raise ValueError(f"frames {relabelled[:10].tolist()} have other labels in the two counts")
     weights = resample_weights(counts.shape[0], resamples, seed).astype(np.float64)
     draws = _drawn_miou(weights, counts) - _drawn_miou(weights, other)
     value = float(miou_of_counts(counts.sum(0)) - miou_of_counts(other.sum(0)))

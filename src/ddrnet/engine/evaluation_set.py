@@ -65,6 +65,11 @@ def evaluation_dataset(
             f"the model records its data at {values['root']}, which is not a folder from "
             f"here ({Path.cwd()}); give --root"
         )
+    kind = values["dataset"]
+    if sequences is not None and kind != "camvid":
+        raise UsageError(f"--sequences picks CamVid sequences; the data set is {kind}")
+    if classes_file is not None and kind != "folder":
+        raise UsageError(f"--classes-file is for folder data sets; the data set is {kind}")
     values["cache_images"] = False
     values["check"] = False
     if sequences is not None or split != values.get("val_split", split):

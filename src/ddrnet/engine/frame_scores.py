@@ -194,9 +194,15 @@ def read_frame_counts(
     names = [None if image is None else image.name for image in images]
     other = [Path(f["image"]).name if isinstance(f.get("image"), str) else None for f in frames]
     if other != names:
+        first = next((i for i, pair in enumerate(zip(other, names)) if pair[0] != pair[1]), None)
+        which = (
+            f"{len(other)} frames, not {len(names)}"
+            if first is None
+            else f"frame {first + 1} is {other[first]}, here {names[first]}"
+        )
         raise UsageError(
-            f"--compare: {path} scores other frames ({len(other)}) than these ({len(names)}), "
-            "or in another order; evaluate both models on the same split and frames"
+            f"--compare: {path} scores other frames than these ({which}); evaluate both "
+            "models on the same split and frames"
         )
     return _checked_counts(frames, len(class_names), path)
 

@@ -128,11 +128,11 @@ class SegmentationMetrics:
         names = class_names or [str(i) for i in range(len(self.iou))]
         width = max(12, *(len(n) for n in names)) + 2
         lines = [f"{'class':<{width}}{'IoU (%)':>9}", "-" * (width + 9)]
-        lines += [f"{name:<{width}}{value:>9.2f}" for name, value in zip(names, self.iou)]
+        lines += [f"{name:<{width}}{format_cell(value):>9}" for name, value in zip(names, self.iou)]
         lines += [
             "-" * (width + 9),
-            f"{'mIoU':<{width}}{self.miou:>9.2f}",
-            f"{'pixel acc':<{width}}{self.pixel_accuracy:>9.2f}",
-            f"{'mean acc':<{width}}{self.mean_accuracy:>9.2f}",
+            f"{'mIoU':<{width}}{format_cell(self.miou):>9}",
+            f"{'pixel acc':<{width}}{format_cell(self.pixel_accuracy):>9}",
+            f"{'mean acc':<{width}}{format_cell(self.mean_accuracy):>9}",
         ]
         return "\n".join(lines)

@@ -167,6 +167,11 @@ def refuse_what_is_no_pytorch_file(path: Path) -> None:
                 ".safetensors/.pt model it was exported from"
             )
         return
+    if path.suffix == ".bin" and path.with_suffix(".param").is_file():
+        raise CheckpointError(
+            f"{path} holds the weights of the ncnn export {path.with_suffix('.param')}: "
+            "name that .param file instead"
+        )
     if not head.startswith(b"\x80"):  # pickle protocol 2+: what older torch.save wrote
         raise CheckpointError(
             f"checkpoint {path} is not a PyTorch or safetensors file (it starts with "

@@ -16,7 +16,7 @@ from ddrnet.data.labels import LabelSet
 from ddrnet.engine.frame_scores import FrameScore
 from ddrnet.engine.recordings import unwrap_subsets
 from ddrnet.viz.compare import titled
-from ddrnet.viz.figure import RANKED_PICTURE, check_pictures_folder, ranked_name
+from ddrnet.viz.figure import WORST_FRAMES, check_pictures_folder, ranked_name
 
 ERROR_COLOUR = (255, 0, 0)  # the pixels predicted wrong, over the greyed frame
 
@@ -63,7 +63,7 @@ def write_worst_pictures(
     folder = check_pictures_folder(dataset, output)
     base, indices = unwrap_subsets(dataset)
     names = []
-    with staged_files(folder, replaces=RANKED_PICTURE) as staging:
+    with staged_files(folder, WORST_FRAMES) as staging:
         for rank, score in enumerate(scores, 1):
             if score.index not in predictions:
                 continue

@@ -8,7 +8,6 @@ cheap for commands that draw nothing.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -23,27 +22,29 @@ from ddrnet.errors import UsageError
 # Figures are saved without ``bbox_inches="tight"`` so that their pixel size is exactly
 # ``figsize * DPI`` and predictable (tests and documentation rely on it).
 DPI = 100
-# ``<rank, 3 digits>_<image stem>.png``: a set of pictures written into a folder by
-# ``ddrnet.atomic.staged_files``; a rerun replaces the files of this pattern, and only them.
-RANKED_PICTURE = re.compile(r"\d{3}_.+\.png")
+# The sets of ranked pictures, by the name ``ddrnet.atomic.staged_files`` lists them under:
+# a rerun replaces its own set's files in a folder, and nothing else there.
+WORST_FRAMES, LABEL_PICTURES = "worst-frames", "label-pictures"
 
 
 def ranked_name(rank: int, stem: str) -> str:
-    """The file name of a set's picture number ``rank`` (from 1), matching ``RANKED_PICTURE``."""
+    """The file name of a set's picture number ``rank`` (from 1): ``<rank, 3 digits>_<image
+    stem>.png``, so that a folder lists them in rank order."""
     return f"{rank:03d}_{stem}.png"
 
 
-def check_pictures_folder(dataset: Dataset, output: str | Path) -> Path:
-    """``output`` as a folder for a set of ranked pictures: a ``UsageError`` when it is a
-    file, or holds images or labels of ``dataset`` (a rerun replaces the files named as
-    ranked pictures there), raised before any work."""
+def check_pictures_folder(dataset: Dataset, output: str | Path, option: str = "--show") -> Path:
+    """``output`` as a folder for pictures of ``dataset``'s frames (``option`` names it in
+    messages): a ``UsageError`` when it is a file, or holds images or labels of ``dataset``
+    (pictures there could replace them, and a rerun would read them as data), raised
+    before any work."""
     if Path(output).exists() and not Path(output).is_dir():
-        raise UsageError(f"--show {output}: a file, where the pictures' folder is to be")
+        raise UsageError(f"{option} {output}: a file, where the pictures' folder is to be")
     folder = Path(output).resolve()
     samples = [sample for sample in frame_samples(dataset) if sample is not None]
     files = [path for s in samples for path in (s.image, s.label) if path is not None]
     if any(path.resolve().parent == folder for path in files):
-        raise UsageError(f"--show {output}: the data set's own folder; choose another")
+        raise UsageError(f"{option} {output}: the data set's own folder; choose another")
     return Path(output)
 
 

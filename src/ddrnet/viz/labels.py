@@ -19,7 +19,7 @@ from ddrnet.atomic import staged_files
 from ddrnet.data.datasets import DatasetError, PairedSegmentationDataset
 from ddrnet.data.io import ImageReadError, write_png
 from ddrnet.render import labelled_overlay
-from ddrnet.viz.figure import RANKED_PICTURE, check_pictures_folder, ranked_name
+from ddrnet.viz.figure import LABEL_PICTURES, check_pictures_folder, ranked_name
 
 
 def spread_indices(length: int, count: int) -> list[int]:
@@ -68,7 +68,7 @@ def write_label_pictures(
     folder = check_pictures_folder(dataset, output)
     folder.mkdir(parents=True, exist_ok=True)
     names = []
-    with torch.random.fork_rng(devices=[]), staged_files(folder, RANKED_PICTURE) as staging:
+    with torch.random.fork_rng(devices=[]), staged_files(folder, LABEL_PICTURES) as staging:
         torch.manual_seed(seed)
         for rank, index in enumerate(picked_frames(dataset, count), 1):
             try:
