@@ -345,6 +345,33 @@ def test_options_of_another_mode_are_refused(camvid_model_file, tmp_path, capsys
     error = one_line_cli_error(capsys, [*argv, "--calibration", str(tmp_path)])
     assert error.endswith("--calibration applies to the INT8 formats (onnx-int8, "
                           "executorch-int8), not onnx")  # fmt: skip
+    # options the format would accept and ignore
+    cases = [
+        (["--weight-bits", "8"], "--weight-bits applies to --format onnx-int8, not onnx"),
+        (["--calibration-count", "5"], "--calibration-count applies to the INT8 formats"),
+        (["--evaluate-images", "3"], "--evaluate-images applies to --evaluate-root, which is"),
+        (["--format", "torchscript", "-o", str(tmp_path / "m.pt"), "--evaluate-root", "."],
+         "--evaluate-root scores onnx, onnx-int8, ncnn, executorch, executorch-int8, aoti "
+         "files, not torchscript"),
+    ]  # fmt: skip
+    for options, message in cases:
+        assert message in one_line_cli_error(capsys, [*argv, *options]), options
+
+
+def test_export_never_writes_a_companion_file_over_its_input(camvid_model_file, tmp_path, capsys):
+    """ncnn writes NAME.bin and NAME.json beside -o NAME.param: a checkpoint named NAME.bin
+    was replaced by the ncnn weights. Every file an export writes is checked before any."""
+    checkpoint = tmp_path / "m.bin"
+    checkpoint.write_bytes(camvid_model_file.read_bytes())
+    argv = ["export", "--checkpoint", str(checkpoint), "--format", "ncnn"]
+    error = one_line_cli_error(capsys, [*argv, "-o", str(tmp_path / "m.param")])
+    assert f"writes beside it {checkpoint}: is the file --checkpoint reads" in error
+    assert checkpoint.read_bytes() == camvid_model_file.read_bytes()
+    (tmp_path / "int8_fp32.onnx").mkdir()  # in the way of the float32 file kept beside
+    argv = ["export", "--checkpoint", str(checkpoint), "--format", "onnx-int8"]
+    error = one_line_cli_error(capsys, [*argv, "-o", str(tmp_path / "int8.onnx")])
+    assert error.endswith("int8_fp32.onnx: is a folder, but a file is to be written there")
+    assert not (tmp_path / "int8.onnx").exists()
 
 
 def test_a_run_stopped_before_its_first_checkpoint_can_start_again(tmp_path) -> None:

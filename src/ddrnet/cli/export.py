@@ -38,6 +38,9 @@ SUFFIXES = {
 LOGITS_ONLY_FORMATS = ("ncnn", "executorch", "executorch-int8", "aoti")
 # Formats whose INT8 calibration reads real images (``--calibration``).
 INT8_FORMATS = ("onnx-int8", "executorch-int8")
+CALIBRATION_COUNT = 32  # images, when --calibration-count is not given
+# Formats that ``--evaluate-root`` scores on CamVid val.
+EVALUATED_FORMATS = ("onnx", "onnx-int8", "ncnn", "executorch", "executorch-int8", "aoti")
 
 
 # The command's line in ``ddrnet --help``.
@@ -74,13 +77,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--argmax", action="store_true", help="labels instead of logits")
     parser.add_argument("--upsample", action="store_true", help="resize to the input size in-graph")
     parser.add_argument("--calibration", help="INT8: folder of real images")
-    parser.add_argument("--calibration-count", type=POSITIVE_INT, default=32)
+    parser.add_argument(
+        "--calibration-count",
+        type=POSITIVE_INT,
+        help=f"INT8: how many calibration images (default {CALIBRATION_COUNT})",
+    )
     parser.add_argument(
         "--weight-bits",
         type=int,
         choices=[7, 8],
-        default=7,
-        help="INT8: 7 (default) is accurate on every CPU; 8 only for files that run on "
+        help="onnx-int8: 7 (default) is accurate on every CPU; 8 only for files that run on "
         "VNNI/AMX CPUs or ARM (x86 CPUs without VNNI saturate with 8-bit weights)",
     )
     parser.add_argument(
@@ -155,17 +161,14 @@ def _checked_options(args: argparse.Namespace) -> list | None:
     from ddrnet.deploy import load_calibration_images
     from ddrnet.deploy.calibration import calibration_folder
 
-    writable_file("-o", args.output, SUFFIXES[args.format], reads={"--checkpoint": args.checkpoint})
+    reads = {"--checkpoint": args.checkpoint}
+    writable_file("-o", args.output, SUFFIXES[args.format], reads=reads)
+    for companion in _files_beside(Path(args.output), args.format):
+        writable_file(f"-o {args.output} writes beside it", str(companion), reads=reads)
+    _check_options_apply(args)
     if args.format in LOGITS_ONLY_FORMATS and args.argmax:
         raise UsageError(f"--format {args.format} exports logits only: drop --argmax")
-    if args.isa is not None and args.format != "aoti":
-        raise UsageError(f"--isa applies to --format aoti, not {args.format}")
-    if args.calibration is not None and args.format not in INT8_FORMATS:
-        raise UsageError(
-            f"--calibration applies to the INT8 formats ({', '.join(INT8_FORMATS)}), "
-            f"not {args.format}"
-        )
-    if args.evaluate_root is not None:
+    if args.evaluate_root is not None:  # read now: a wrong root fails before the export
         try:
             camvid(args.evaluate_root, "val")
         except (DatasetError, OSError) as error:
@@ -175,7 +178,44 @@ def _checked_options(args: argparse.Namespace) -> list | None:
     if args.format not in INT8_FORMATS:
         return None
     folder = calibration_folder(args.calibration, f"--format {args.format}", demo_default=False)
-    return load_calibration_images(folder, count=args.calibration_count)
+    return load_calibration_images(folder, count=args.calibration_count or CALIBRATION_COUNT)
+
+
+def _files_beside(output: Path, export_format: str) -> list[Path]:
+    """The files an export of ``export_format`` to ``output`` writes besides it."""
+    if export_format == "ncnn":
+        from ddrnet.deploy.ncnn_runtime import NcnnFiles
+
+        files = NcnnFiles.of(output)
+        return [files.weights, files.sidecar]
+    if export_format.startswith("executorch"):
+        from ddrnet.deploy.executorch_runtime import ExecutorchFiles
+
+        return [ExecutorchFiles.of(output).sidecar]
+    if export_format in ("onnx-int8", "tensorrt"):
+        return [output.with_name(output.stem + "_fp32.onnx")]
+    return []
+
+
+def _check_options_apply(args: argparse.Namespace) -> None:
+    """Refuse options that the format would accept and ignore."""
+    if args.isa is not None and args.format != "aoti":
+        raise UsageError(f"--isa applies to --format aoti, not {args.format}")
+    int8_only = {"--calibration": args.calibration, "--calibration-count": args.calibration_count}
+    for option, value in int8_only.items():
+        if value is not None and args.format not in INT8_FORMATS:
+            raise UsageError(
+                f"{option} applies to the INT8 formats ({', '.join(INT8_FORMATS)}), "
+                f"not {args.format}"
+            )
+    if args.weight_bits is not None and args.format != "onnx-int8":
+        raise UsageError(f"--weight-bits applies to --format onnx-int8, not {args.format}")
+    if args.evaluate_root is not None and args.format not in EVALUATED_FORMATS:
+        raise UsageError(
+            f"--evaluate-root scores {', '.join(EVALUATED_FORMATS)} files, not {args.format}"
+        )
+    if args.evaluate_images is not None and args.evaluate_root is None:
+        raise UsageError("--evaluate-images applies to --evaluate-root, which is not given")
 
 
 def _export_onnx_forms(model: nn.Module, output: Path, images, args: argparse.Namespace) -> None:
@@ -248,10 +288,10 @@ def _quantize(fp32_path: Path, output: Path, images: list, args: argparse.Namesp
     from ddrnet.deploy import quantize_onnx_int8
 
     quantize_onnx_int8(
-        fp32_path, output, images, size=args.size, reduce_range=args.weight_bits == 7
+        fp32_path, output, images, size=args.size, reduce_range=args.weight_bits != 8
     )
     print(
-        f"INT8 (QDQ, per-channel, {args.weight_bits}-bit weights) written to {output}, "
+        f"INT8 (QDQ, per-channel, {args.weight_bits or 7}-bit weights) written to {output}, "
         f"calibrated on {len(images)} images"
     )
 

@@ -200,7 +200,7 @@ def writable_file(
     if suffixes and target.suffix.lower() not in suffixes:
         raise UsageError(f"{option} {path}: expected a {' or '.join(suffixes)} file name")
     for name, source in (reads or {}).items():
-        if source is not None and _same_file(target, Path(source)):
+        if source is not None and _same_file(target, _input_file(source)):
             raise UsageError(
                 f"{option} {path}: is the file {name} reads; writing it would replace it "
                 "(give another file name)"
@@ -220,7 +220,7 @@ def writable_folder(
     if target.exists() and not target.is_dir():
         raise UsageError(f"{option} {path}: is a file, but a folder is to be written there")
     for name, source in (reads or {}).items():
-        if source is not None and _same_file(target, Path(source)):
+        if source is not None and _same_file(target, _input_file(source)):
             raise UsageError(f"{option} {path}: is the file {name} writes or reads")
     _check_can_write_in(option, path, target)
 
@@ -242,6 +242,13 @@ def _check_can_write_in(option: str, path: str, folder: Path) -> None:
     except OSError as error:
         reason = error.strerror or error
         raise UsageError(f"{option} {path}: cannot write in its folder ({reason})") from None
+
+
+def _input_file(source: str) -> Path:
+    """The file an input option names: a bundled model's name is its file."""
+    from ddrnet.models.weights import resolve_bundled_name
+
+    return resolve_bundled_name(source)
 
 
 def _same_file(first: Path, second: Path) -> bool:
