@@ -87,7 +87,7 @@ def test_bench_prints_and_writes_rows(camvid_model_file, tmp_path) -> None:
     assert rows["eager"]["speedup"] == pytest.approx(1.0)
     assert all(r["fps"] > 0 and r["latency_ms_p50"] <= r["latency_ms_p99"] for r in rows.values())
     assert report["gmacs"] == pytest.approx(count_macs(camvid_model(), (64, 96)) / 1e9)
-    assert "bn_folded" in result.stdout
+    assert report["batch_size"] == 1 and "bn_folded" in result.stdout
 
 
 def test_bench_without_bundled_model_or_checkpoint_is_a_clear_error(tmp_path) -> None:
@@ -96,6 +96,11 @@ def test_bench_without_bundled_model_or_checkpoint_is_a_clear_error(tmp_path) ->
     assert "Traceback" not in result.stderr
     result = run_ddrnet("export", "--checkpoint", str(tmp_path / "model.onnx"), "-o", "x.onnx")
     assert result.returncode == 2 and "works on the PyTorch model" in result.stderr
+    # a calibration folder no backend would read: refused before the model loads
+    result = run_ddrnet("bench", "--backends", "eager", "--calibration", str(tmp_path))
+    assert result.returncode == 2 and result.stderr.strip().endswith(
+        "--calibration applies to the INT8 backends, and none is asked for"
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without GPU")

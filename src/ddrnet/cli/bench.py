@@ -16,6 +16,7 @@ from ddrnet.cli.options import (
     parse_image_size,
     writable_file,
 )
+from ddrnet.errors import UsageError
 
 # The command's line in ``ddrnet --help``.
 HELP = "inference speed of several backends in one run (the paper's protocol by default)"
@@ -92,6 +93,13 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     # Checked before the ~30 s of measuring, not after.
     backends = check_backends(args.backends) if args.backends else default_backends()
+    int8 = any(name.endswith("int8") for name in backends)
+    if args.calibration is not None and not int8:
+        raise UsageError("--calibration applies to the INT8 backends, and none is asked for")
+    calibration = None
+    if int8:  # read now: a wrong folder fails before the model loads and the peak is timed
+        folder = calibration_folder(args.calibration, "INT8", demo_default=True)
+        calibration = load_calibration_images(folder, count=16)
     model = load_pytorch_model(args)
     height, width = args.size
     params = count_parameters(model, exclude_prefixes=("aux_head.",))
@@ -106,10 +114,6 @@ def run(args: argparse.Namespace) -> int:
         f"convolution peak of this CPU (3x3, 256 ch): fp32 {peak['float32']:.0f} GFLOP/s, "
         f"bf16 {peak['bfloat16']:.0f} GFLOP/s"
     )
-    calibration = None
-    if any(name.endswith("int8") for name in backends):
-        folder = calibration_folder(args.calibration, "INT8", demo_default=True)
-        calibration = load_calibration_images(folder, count=16)
     rows = run_benchmarks(
         model,
         (height, width),
@@ -126,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         result = {
             "model": model.metadata.architecture,
             "input_size": [height, width],
+            "batch_size": args.batch_size,
             "parameters": params,
             "gmacs": gmacs,
             "threads": torch.get_num_threads(),

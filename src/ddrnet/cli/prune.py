@@ -94,4 +94,11 @@ def run(args: argparse.Namespace) -> int:
         f"{result.params_after / 1e6:.3f} M parameters; written to {args.output} "
         "(not fine-tuned: train it before use)"
     )
+    if result.macs_fraction < args.macs - 0.01:  # the search's tolerance
+        print(
+            f"note: {result.macs_fraction:.3f} is the nearest to --macs {args.macs:g} from below "
+            "that the same fraction of every coupled group reaches (widths move in steps"
+            + (f" of {args.round_to}" if args.round_to else "")
+            + "); --global ranks channels across the network and steps finer"
+        )
     return 0
