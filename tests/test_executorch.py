@@ -159,12 +159,21 @@ def test_bad_files_name_the_file(tiny_export, tiny_model, tmp_path, monkeypatch)
         load_executorch_model(lonely)
     truncated = tmp_path / "truncated.pte"
     truncated.write_bytes(tiny_export.read_bytes()[:4096])
-    shutil.copy(ExecutorchFiles.of(tiny_export).sidecar, tmp_path / "truncated.json")
+    sidecar = json.loads(ExecutorchFiles.of(tiny_export).sidecar.read_text())
+    del sidecar["executorch"]  # as written before the digest: ExecuTorch itself refuses it
+    (tmp_path / "truncated.json").write_text(json.dumps(sidecar))
     with pytest.raises(ExecutorchFileError, match="ExecuTorch cannot load this program") as error:
         load_executorch_model(truncated)
     assert str(truncated) in str(error.value) and "\n" not in str(error.value)
     with pytest.raises(ExecutorchFileError, match="no such ExecuTorch .pte file"):
         load_executorch_model(tmp_path / "absent.pte")
+    # A kill between an export's two writes leaves a new program beside the old sidecar,
+    # which would describe it with another model's classes and options: the digest tells.
+    swapped = tmp_path / "swapped.pte"
+    swapped.write_bytes(tiny_export.read_bytes() + b"\0")
+    shutil.copy(ExecutorchFiles.of(tiny_export).sidecar, tmp_path / "swapped.json")
+    with pytest.raises(ExecutorchFileError, match="not the program swapped.json was written with"):
+        load_executorch_model(swapped)
     monkeypatch.setitem(sys.modules, "executorch.runtime", None)  # as if not installed
     with pytest.raises(ExecutorchFileError, match="pip install executorch") as error:
         load_executorch_model(tiny_export)

@@ -12,6 +12,7 @@ Callers that need a simulated kill in tests to reach every write call it as
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -205,6 +206,17 @@ def atomic_write_text(text: str, path: Path) -> None:
     """Write a text file (UTF-8) through ``atomic_write``."""
     data = text.encode()
     atomic_write(path, lambda stream: stream.write(data))
+
+
+def file_digest(path: Path) -> str:
+    """BLAKE2b (16 bytes, hex) of a file's content: an export's sidecar, written last,
+    records those of the files written before it, so that files of two exports that a kill
+    left side by side are told apart."""
+    digest = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def json_values(value: Any) -> Any:

@@ -27,8 +27,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddrnet.atomic import atomic_write, atomic_write_text, remove_stale_temporaries
+from ddrnet.atomic import (
+    atomic_write,
+    atomic_write_text,
+    file_digest,
+    remove_stale_temporaries,
+)
 from ddrnet.deploy.executorch_runtime import (
+    EXECUTORCH_KEY,
     INSTALL_HINT,
     ExecutorchFiles,
     ExecutorchSegmentationModel,
@@ -145,6 +151,9 @@ def export_executorch(
     remove_stale_temporaries(files.program.parent, names)  # of an export killed before
     atomic_write(files.program, lambda stream: stream.write(lowered.buffer))
     sidecar = export_record(model, (height, width), int8, upsample_to_input)
+    # Last, with the program's digest: a kill between the two writes leaves a new program
+    # beside an old sidecar, which the digest tells apart (``check_program_belongs``).
+    sidecar[EXECUTORCH_KEY] = {"pte_blake2b": file_digest(files.program)}
     atomic_write_text(json.dumps(sidecar, indent=1) + "\n", files.sidecar)
     return files.program
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ddrnet.atomic import file_digest
 from ddrnet.deploy.fixed_size import FixedSizeSegmentationModel
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.models.metadata import ModelMetadata
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 INSTALL_HINT = "pip install executorch (or pip install 'ddrnet[edge]')"
 # A .pte is a FlatBuffer whose file identifier (bytes 4..8) is "ET" and a 2-digit version.
 PTE_IDENTIFIER = b"ET"
+# The sidecar's section about the program itself: {"pte_blake2b": the digest it was written with}.
+EXECUTORCH_KEY = "executorch"
 # Loggers that announce, at import, things irrelevant to a CPU run (torchao's CUDA kernels
 # it cannot load, a pytree deprecation it triggers in torch); errors still come through.
 _NOISY_IMPORT_LOGGERS = ("torchao", "torch.utils._pytree")
@@ -123,6 +126,18 @@ def check_executorch_files(path: str | Path) -> ExecutorchFiles:
             "`ddrnet export --format executorch` (same name, .json)"
         )
     return files
+
+
+def check_program_belongs(files: ExecutorchFiles, sidecar: dict[str, Any]) -> None:
+    """Refuse a ``.pte`` other than the one its sidecar was written with (an export killed
+    between its two writes leaves a new program beside the old sidecar: it would load with
+    another model's classes and options). Sidecars without the digest predate it."""
+    recorded = (sidecar.get(EXECUTORCH_KEY) or {}).get("pte_blake2b")
+    if recorded is not None and file_digest(files.program) != recorded:
+        raise ExecutorchFileError(
+            f"{files.program}: it is not the program {files.sidecar.name} was written with "
+            "(an export interrupted while writing?); export it again"
+        )
 
 
 def read_sidecar(files: ExecutorchFiles) -> dict[str, Any]:
@@ -212,6 +227,7 @@ class ExecutorchSegmentationModel(FixedSizeSegmentationModel):
         super().__init__()
         files = check_executorch_files(path)
         sidecar = read_sidecar(files)
+        check_program_belongs(files, sidecar)
         metadata = ModelMetadata.from_json(
             json.dumps(sidecar[METADATA_KEY]), source=str(files.sidecar)
         )

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddrnet.atomic import atomic_copy, atomic_write_text, remove_stale_temporaries
+from ddrnet.atomic import atomic_copy, atomic_write_text, file_digest, remove_stale_temporaries
 from ddrnet.deploy.export import check_size, example_input, folded_export_wrapper
-from ddrnet.deploy.ncnn_runtime import NCNN_KEY, NcnnFiles, file_digest, is_ncnn_file
+from ddrnet.deploy.ncnn_runtime import NCNN_KEY, NcnnFiles, is_ncnn_file
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.deploy.verify import evaluate_on_camvid, real_frames, verify_ncnn
 from ddrnet.errors import UsageError

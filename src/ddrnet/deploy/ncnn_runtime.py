@@ -14,7 +14,6 @@ importing this module needs only PyTorch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ddrnet.atomic import file_digest
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.models.metadata import ModelMetadata
 
@@ -91,15 +91,6 @@ def check_ncnn_files(path: str | Path) -> NcnnFiles:
             "beside it by `ddrnet export --format ncnn` (same name, .bin)"
         )
     return files
-
-
-def file_digest(path: Path) -> str:
-    """BLAKE2b (16 bytes, hex) of a file's content."""
-    digest = hashlib.blake2b(digest_size=16)
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_files_belong_together(files: NcnnFiles, sidecar: dict[str, object]) -> None:
