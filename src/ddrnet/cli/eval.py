@@ -251,9 +251,9 @@ def _check_frame_options(args: argparse.Namespace, dataset, labels):
         )
     from ddrnet.viz.figure import check_pictures_folder
 
-    for option in ("--show", "--submission"):
-        if getattr(args, option[2:]):
-            check_pictures_folder(dataset, getattr(args, option[2:]), option)
+    for option, folder in (("--show", args.show), ("--submission", args.submission)):
+        if folder:
+            check_pictures_folder(dataset, folder, option)
     if (args.ci or args.compare) and len(dataset) < 2:
         raise UsageError("--ci and --compare draw the frames again: they take two frames or more")
     if not args.compare:
