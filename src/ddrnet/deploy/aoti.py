@@ -40,12 +40,12 @@ import torch
 from torch import nn
 
 from ddrnet.atomic import commit, remove_stale_temporaries, temporary_beside
-from ddrnet.deploy.export import check_size, example_input, folded_export_wrapper
+from ddrnet.deploy.export import example_input, folded_export_wrapper
 from ddrnet.deploy.fixed_size import (
     FixedSizeSegmentationModel,
     check_fixed_size_export,
-    default_export_size,
     export_record,
+    program_size,
 )
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.errors import UsageError
@@ -102,7 +102,7 @@ def export_aoti(
         raise UsageError("the model has no metadata (classes, normalisation) to export with it")
     if isa not in ISAS:
         raise UsageError(f"isa must be one of {', '.join(ISAS)}; got {isa!r}")
-    height, width = check_size("size", size or default_export_size(model))
+    height, width = program_size(model, size)
     record = export_record(model, (height, width), False, upsample_to_input)
     wrapper = folded_export_wrapper(model, upsample_to_input)
     with torch.no_grad():
@@ -271,7 +271,7 @@ def export_aoti_checked(
 ) -> Path:
     """``ddrnet export --format aoti``: ``export_aoti``, then ``check_fixed_size_export``
     (PyTorch against the package on real frames; CamVid val mIoU with ``evaluate_root``)."""
-    size = check_size("size", size or default_export_size(model))
+    size = program_size(model, size)
     path = export_aoti(model, path, size, upsample_to_input=upsample_to_input, isa=isa)
     deployed = AotiSegmentationModel(path, resize=False)
     report(

@@ -41,8 +41,8 @@ from ddrnet.deploy.executorch_runtime import (
     is_executorch_file,
     quiet_executorch_import,
 )
-from ddrnet.deploy.export import check_size, example_input, folded_export_wrapper
-from ddrnet.deploy.fixed_size import check_fixed_size_export, default_export_size, export_record
+from ddrnet.deploy.export import example_input, folded_export_wrapper
+from ddrnet.deploy.fixed_size import check_fixed_size_export, export_record, program_size
 from ddrnet.deploy.onnx_file import ExportError
 from ddrnet.deploy.quantize import ImageSource, preprocess_image
 from ddrnet.errors import UsageError
@@ -129,7 +129,7 @@ def export_executorch(
         raise UsageError(f"{files.program}: an ExecuTorch export is written to a NAME.pte file")
     if getattr(model, "metadata", None) is None:
         raise UsageError("the model has no metadata (classes, normalisation) to export with it")
-    height, width = check_size("size", size or default_export_size(model))
+    height, width = program_size(model, size)
     if int8 and calibration is None:
         raise UsageError("INT8 export needs calibration images (real frames)")
     partitioner, lower = _lowering()  # before the slow steps: a missing package fails at once
@@ -174,7 +174,7 @@ def export_executorch_checked(
     PyTorch on real frames (float32: the logit difference; INT8: the label agreement too),
     and with ``evaluate_root`` (a CamVid folder) the val mIoU of PyTorch fp32 and of the file
     (first ``evaluate_images`` frames), each line passed to ``report``."""
-    size = check_size("size", size or default_export_size(model))
+    size = program_size(model, size)
     path = export_executorch(
         model, path, size, int8, calibration, upsample_to_input=upsample_to_input
     )

@@ -22,8 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddrnet.deploy.export import check_size
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.deploy.verify import evaluate_on_camvid, real_frames, verify_fixed_size
+from ddrnet.errors import UsageError
+from ddrnet.limits import MIN_WINDOW
 from ddrnet.models.metadata import ModelMetadata
 
 logger = logging.getLogger(__name__)
@@ -120,6 +123,21 @@ def default_export_size(model: nn.Module) -> tuple[int, int]:
     from ddrnet.models.prune import training_size
 
     return training_size(getattr(model, "metadata", None))
+
+
+def program_size(model: nn.Module, size: tuple[int, int] | None) -> tuple[int, int]:
+    """The one ``(height, width)`` a fixed-size program is compiled for: ``size``, else
+    ``default_export_size(model)``. Every frame is resized to it, so a ``UsageError`` below
+    ``MIN_WINDOW`` pixels a side, where the network's coarsest branch (1/64) has one pixel
+    and the program would label every frame from a thumbnail."""
+    height, width = check_size("size", size or default_export_size(model))
+    if min(height, width) < MIN_WINDOW:
+        raise UsageError(
+            f"--size {height}x{width}: a program of one input size needs at least {MIN_WINDOW} "
+            "pixels a side (every frame is resized to it; the network's coarsest branch is "
+            "1/64 of its input)"
+        )
+    return height, width
 
 
 def export_record(
