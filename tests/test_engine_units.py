@@ -556,3 +556,25 @@ def test_a_set_of_files_replaces_only_what_its_list_names(tmp_path) -> None:
     assert sorted(p.name for p in folder.glob("*.png")) == ["001_c.png", "001_user.png"]
     assert outside.read_bytes() == b"outside" and not (folder / ".partial").exists()
     assert (folder / ".ddrnet-set").read_text() == "001_c.png\n"
+
+
+def test_scratch_folders_of_killed_processes_are_removed_by_the_next(tmp_path, monkeypatch) -> None:
+    """An export killed with SIGKILL never removes its scratch folder (graphs of tens of
+    MB): the next scratch folder removes those whose process is gone, and only those."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from ddrnet.atomic import scratch_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = 2**22 + 12345  # above Linux's largest process id: no such process
+    names = [f"ddrnet-onnx-{gone}-k1ll3d", f"ddrnet-bench-ncnn-{os.getpid()}-alive0",
+             "ddrnet-onnx-oldstyle", "mine"]  # fmt: skip
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.onnx").write_bytes(b"graph")
+    with scratch_folder("pnnx") as folder:
+        assert Path(folder).name.startswith(f"ddrnet-pnnx-{os.getpid()}-")
+        left = sorted(path.name for path in tmp_path.iterdir() if path.name != Path(folder).name)
+    assert left == sorted(names[1:])

@@ -208,6 +208,36 @@ def atomic_write_text(text: str, path: Path) -> None:
     atomic_write(path, lambda stream: stream.write(data))
 
 
+# ``ddrnet-<kind>-<process id>-<random>``: a scratch folder in the temporary folder.
+_SCRATCH = re.compile(r"ddrnet-[a-z-]+?-(?P<pid>\d+)-[a-z0-9_]+")
+
+
+def scratch_folder(kind: str) -> tempfile.TemporaryDirectory:
+    """A ``TemporaryDirectory`` for an export's or a benchmark's files (``kind``: what for,
+    lower-case words joined by ``-``). Such folders can be large (a model's ONNX graphs,
+    pnnx's files), and one whose process was killed (SIGKILL, a full machine) is never
+    removed by it: those of processes that no longer run are removed first."""
+    root = Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(root):
+            match = _SCRATCH.fullmatch(entry.name)
+            if match and entry.is_dir(follow_symlinks=False) and not _running(int(match["pid"])):
+                shutil.rmtree(entry.path, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"ddrnet-{kind}-{os.getpid()}-", dir=root)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process of this id exists (another user's counts: it is not ours to
+    clean)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 def file_digest(path: Path) -> str:
     """BLAKE2b (16 bytes, hex) of a file's content: an export's sidecar, written last,
     records those of the files written before it, so that files of two exports that a kill

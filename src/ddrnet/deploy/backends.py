@@ -9,7 +9,6 @@ float32/float16 and TensorRT (``gpu.py``). ``ddrnet.deploy.bench`` times them.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ddrnet.atomic import scratch_folder
 from ddrnet.deploy.export import export_onnx, float_cpu_copy
 from ddrnet.deploy.quantize import quantize_onnx_int8
 from ddrnet.deploy.runtime import onnx_session, openvino_logits_function
@@ -146,7 +146,7 @@ def _onnx_runner(
     threads: int,
     calibration_images: Sequence[Any] | None,
 ) -> Runner:
-    scratch = tempfile.TemporaryDirectory(prefix="ddrnet-bench-")
+    scratch = scratch_folder("bench")
     input_size = (int(image.shape[-2]), int(image.shape[-1]))
     path = export_onnx(model, Path(scratch.name) / "model.onnx", input_size)
     if name in ("ort_int8", "openvino_int8"):
@@ -232,7 +232,7 @@ def _gpu_runner(name: str, model: nn.Module, image: torch.Tensor) -> Runner:
     if name in ("cuda", "cuda_fp16"):
         fn, image = gpu.cuda_torch_function(fuse_conv_bn(model), image, half=name == "cuda_fp16")
         return Runner(name, fn, (image,), BACKENDS[name])
-    scratch = tempfile.TemporaryDirectory(prefix="ddrnet-bench-")
+    scratch = scratch_folder("bench")
     input_size = (int(image.shape[-2]), int(image.shape[-1]))
     onnx_path = export_onnx(
         model, Path(scratch.name) / "model.onnx", input_size, batch_size=int(image.shape[0])
@@ -250,7 +250,7 @@ def _ncnn_runner(model: nn.Module, image: torch.Tensor, threads: int) -> Runner:
     from ddrnet.deploy.ncnn_export import export_ncnn
     from ddrnet.deploy.ncnn_runtime import NcnnSegmentationModel
 
-    scratch = tempfile.TemporaryDirectory(prefix="ddrnet-bench-ncnn-")
+    scratch = scratch_folder("bench-ncnn")
     input_size = (int(image.shape[-2]), int(image.shape[-1]))
     path = export_ncnn(model, Path(scratch.name) / "model.ncnn.param", input_size)
     deployed = NcnnSegmentationModel(path, threads)
@@ -277,7 +277,7 @@ def _executorch_runner(
     size = (int(image.shape[-2]), int(image.shape[-1]))
     int8 = name == "executorch_int8"
     calibration = _timing_calibration(calibration_images, size) if int8 else None
-    scratch = tempfile.TemporaryDirectory(prefix="ddrnet-bench-executorch-")
+    scratch = scratch_folder("bench-executorch")
     path = export_executorch(model, Path(scratch.name) / "model.pte", size, int8, calibration)
     deployed = ExecutorchSegmentationModel(path, threads)
     return Runner(name, deployed, (image,), BACKENDS[name], keep=[scratch, deployed])
@@ -289,7 +289,7 @@ def _aoti_runner(model: nn.Module, image: torch.Tensor) -> Runner:
     from ddrnet.deploy.aoti import AotiSegmentationModel, export_aoti
 
     size = (int(image.shape[-2]), int(image.shape[-1]))
-    scratch = tempfile.TemporaryDirectory(prefix="ddrnet-bench-aoti-")
+    scratch = scratch_folder("bench-aoti")
     path = export_aoti(model, Path(scratch.name) / "model.pt2", size)
     deployed = AotiSegmentationModel(path)
     return Runner("aoti", deployed, (image,), BACKENDS["aoti"], keep=[scratch, deployed])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddrnet.atomic import atomic_copy, atomic_write, remove_stale_temporaries
+from ddrnet.atomic import atomic_copy, atomic_write, remove_stale_temporaries, scratch_folder
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.errors import UsageError
 from ddrnet.limits import check_pixels
@@ -183,7 +182,7 @@ def export_onnx(
         )
         # Exported, checked and described in a scratch folder, then copied into place whole:
         # a graph the checks refuse, or a kill, never leaves a file under the user's name.
-        with tempfile.TemporaryDirectory(prefix="ddrnet-onnx-") as scratch:
+        with scratch_folder("onnx") as scratch:
             draft = Path(scratch) / "model.onnx"
             torch.onnx.export(wrapper, (example,), str(draft), **export_kwargs)
             options = {"argmax": argmax, "upsample_to_input": upsample_to_input, "dynamic": dynamic}

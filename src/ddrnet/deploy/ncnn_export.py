@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddrnet.atomic import atomic_copy, atomic_write_text, file_digest, remove_stale_temporaries
+from ddrnet.atomic import (
+    atomic_copy,
+    atomic_write_text,
+    file_digest,
+    remove_stale_temporaries,
+    scratch_folder,
+)
 from ddrnet.deploy.export import check_size, example_input, folded_export_wrapper
 from ddrnet.deploy.ncnn_runtime import NCNN_KEY, NcnnFiles, is_ncnn_file
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
@@ -132,7 +137,7 @@ def export_ncnn(
     _pnnx_executable()  # before tracing: a missing pnnx fails at once
     files.param.parent.mkdir(parents=True, exist_ok=True)
     wrapper = folded_export_wrapper(model, upsample_to_input)
-    with tempfile.TemporaryDirectory(prefix="ddrnet-pnnx-") as folder:
+    with scratch_folder("pnnx") as folder:
         scratch = Path(folder)
         traced_path = scratch / "model.pt"
         with torch.no_grad(), warnings.catch_warnings():

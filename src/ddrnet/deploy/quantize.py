@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddrnet.atomic import atomic_copy, remove_stale_temporaries
+from ddrnet.atomic import atomic_copy, remove_stale_temporaries, scratch_folder
 from ddrnet.deploy.calibration import calibration_files
 from ddrnet.deploy.onnx_file import (
     OPENVINO_FIXED_SIZE_KEY,
@@ -222,7 +221,7 @@ def quantize_onnx_int8(
     if method not in methods:
         raise ValueError(f"method must be one of {CALIBRATION_METHODS}, got {method!r}")
     reader = _calibration_reader(fp32_path, calibration_images, mean, std, size)
-    with tempfile.TemporaryDirectory(prefix="ddrnet-quant-") as scratch:
+    with scratch_folder("quant") as scratch:
         # Written and marked in the scratch folder, then copied into place whole.
         draft = Path(scratch) / "int8.onnx"
         model_input = _graph_to_quantise(fp32_path, Path(scratch), preprocess, pools_as_convs)
