@@ -193,8 +193,13 @@ def _files_beside(output: Path, export_format: str) -> list[Path]:
 
         return [ExecutorchFiles.of(output).sidecar]
     if export_format in ("onnx-int8", "tensorrt"):
-        return [output.with_name(output.stem + "_fp32.onnx")]
+        return [_kept_fp32_path(output)]
     return []
+
+
+def _kept_fp32_path(output: Path) -> Path:
+    """The float32 ONNX file kept beside an INT8 file or TensorRT engine ``output``."""
+    return output.with_name(output.stem + "_fp32.onnx")
 
 
 def _check_options_apply(args: argparse.Namespace) -> None:
@@ -229,7 +234,7 @@ def _export_onnx_forms(model: nn.Module, output: Path, images, args: argparse.Na
     # The float32 file kept beside the INT8 file or engine is made first, under a temporary
     # name, and takes its name last: a run stopped in between leaves an earlier pair as it
     # was, never a new float32 file beside an old INT8 one.
-    fp32_path = output.with_name(output.stem + "_fp32.onnx")
+    fp32_path = _kept_fp32_path(output)
     remove_stale_temporaries(output.parent, (fp32_path.name,))  # of a run killed before
     draft = temporary_beside(fp32_path, ".onnx")
     try:

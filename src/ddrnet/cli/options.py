@@ -199,12 +199,12 @@ def writable_file(
         raise UsageError(f"{option} {path}: is a folder, but a file is to be written there")
     if suffixes and target.suffix.lower() not in suffixes:
         raise UsageError(f"{option} {path}: expected a {' or '.join(suffixes)} file name")
-    for name, source in (reads or {}).items():
-        if source is not None and _same_file(target, _input_file(source)):
-            raise UsageError(
-                f"{option} {path}: is the file {name} reads; writing it would replace it "
-                "(give another file name)"
-            )
+    taken = _path_taken(target, reads)
+    if taken is not None:
+        raise UsageError(
+            f"{option} {path}: is the file {taken} reads; writing it would replace it "
+            "(give another file name)"
+        )
     _check_can_write_in(option, path, target.parent)
 
 
@@ -219,10 +219,18 @@ def writable_folder(
     target = Path(path)
     if target.exists() and not target.is_dir():
         raise UsageError(f"{option} {path}: is a file, but a folder is to be written there")
-    for name, source in (reads or {}).items():
-        if source is not None and _same_file(target, _input_file(source)):
-            raise UsageError(f"{option} {path}: is the file {name} writes or reads")
+    taken = _path_taken(target, reads)
+    if taken is not None:
+        raise UsageError(f"{option} {path}: is the file {taken} writes or reads")
     _check_can_write_in(option, path, target)
+
+
+def _path_taken(target: Path, paths: dict[str, str | None] | None) -> str | None:
+    """The option among ``paths`` (option -> path) that names ``target`` too, or None."""
+    for name, source in (paths or {}).items():
+        if source is not None and _same_file(target, _input_file(source)):
+            return name
+    return None
 
 
 def _check_can_write_in(option: str, path: str, folder: Path) -> None:
