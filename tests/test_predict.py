@@ -544,3 +544,22 @@ def test_predictor_reads_pixel_types_by_their_range_or_refuses_them() -> None:
             predictor.predict(bad)
     with pytest.raises(TypeError, match="a sequence of images"):
         predictor.predict_batch(str(demo_frames()[0]))
+
+
+def test_a_scale_that_leaves_almost_nothing_of_the_image_is_logged_once(
+    camvid_model_file, camvid_frames, caplog
+) -> None:
+    """eval/predict --scales 0.01 ran 480x360 frames as 8x8 passes without a word."""
+    from ddrnet.engine.inference import _warn_tiny_pass
+
+    _warn_tiny_pass.cache_clear()
+    predictor = ddrnet.Predictor(
+        ddrnet.create_model(checkpoint=camvid_model_file), scales=(0.01, 1)
+    )
+    with caplog.at_level("WARNING", logger="ddrnet.engine.inference"):
+        predictor.predict(camvid_frames[0])
+        predictor.predict(camvid_frames[1])
+        ddrnet.Predictor(predictor.model, scales=(0.5, 1)).predict(camvid_frames[0])
+    warnings = [r.getMessage() for r in caplog.records if "coarsest branch" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "scale 0.01 takes 360x480 (height x width) images to 8x8 pixels" in warnings[0]

@@ -22,7 +22,7 @@ from torch import nn
 from ddrnet.choices import EXPORTED_RUNTIMES, OWN_FORMAT_RUNTIMES
 from ddrnet.errors import UsageError
 from ddrnet.hardware import cpu_has_native_bf16
-from ddrnet.limits import check_scales
+from ddrnet.limits import MIN_WINDOW, check_scales
 from ddrnet.models.bn_folding import FusionError, fuse_conv_bn, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -413,6 +413,34 @@ def sliding_window_logits(
     return total / counts
 
 
+# A test-time pass is never run on fewer pixels a side than this, whatever its scale.
+MIN_SCALED_SIDE = 8
+
+
+def _scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The ``(height, width)`` in pixels of a pass at ``scale``, at least ``MIN_SCALED_SIDE``
+    a side; a scale that takes an image of ``MIN_WINDOW`` pixels a side or more under that
+    is logged once, as nothing else would tell the user that the pass sees almost nothing."""
+    exact = (round(height * scale), round(width * scale))
+    size = (max(MIN_SCALED_SIDE, exact[0]), max(MIN_SCALED_SIDE, exact[1]))
+    if min(exact) < MIN_WINDOW <= min(height, width):
+        _warn_tiny_pass(scale, (height, width), size)
+    return size
+
+
+@functools.lru_cache(maxsize=64)
+def _warn_tiny_pass(scale: float, size: tuple[int, int], scaled: tuple[int, int]) -> None:
+    logger.warning(
+        "scale %g takes %dx%d (height x width) images to %dx%d pixels: under %d a side the "
+        "network's coarsest branch (1/64 of its input) sees less than one cell, so this pass "
+        "adds little but noise",
+        scale,
+        *size,
+        *scaled,
+        MIN_WINDOW,
+    )
+
+
 @torch.no_grad()
 def segment_logits(
     model: nn.Module,
@@ -442,7 +470,7 @@ def segment_logits(
     for scale in scales:
         scaled = images
         if scale != 1.0:
-            scaled_size = (max(8, round(height * scale)), max(8, round(width * scale)))
+            scaled_size = _scaled_size(height, width, scale)
             scaled = F.interpolate(images, size=scaled_size, mode="bilinear", align_corners=False)
         for flipped in (False, True) if flip else (False,):
             batch = scaled.flip(-1) if flipped else scaled
