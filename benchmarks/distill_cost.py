@@ -19,8 +19,8 @@ import torch
 import ddrnet
 from ddrnet.data.labels import CAMVID
 from ddrnet.engine.config import DistillConfig
+from ddrnet.engine.device import autocast
 from ddrnet.engine.distill import build_distiller
-from ddrnet.engine.inference import autocast
 from ddrnet.engine.losses import DeepSupervisionLoss, OhemCrossEntropy
 
 

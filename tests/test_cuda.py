@@ -215,7 +215,7 @@ def test_nccl_collectives_take_the_tensors_we_give_them(tmp_path: Path) -> None:
 
 
 def test_cuda_device_names_in_the_environment_are_respected() -> None:
-    from ddrnet.engine.inference import pick_device
+    from ddrnet.engine.device import pick_device
 
     assert pick_device("auto").type == "cuda"
     assert pick_device("cuda:0") == torch.device("cuda", 0)

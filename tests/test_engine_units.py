@@ -371,13 +371,13 @@ def test_retained_memory_is_reused_without_page_faults() -> None:
 def test_amp_auto_takes_bf16_only_where_the_cpu_computes_it(monkeypatch, caplog, native_bf16):
     """Emulated bf16 ran a training step 10x slower than float32 on an AMD Zen 2 (AVX2):
     auto must not pick it there, and an explicit bf16 is obeyed with a warning."""
-    from ddrnet.engine import inference
+    from ddrnet.engine import device as inference
 
     monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: native_bf16)
     cpu = torch.device("cpu")
     assert inference.resolve_precision("auto", cpu) == (torch.bfloat16 if native_bf16 else None)
     assert inference.resolve_precision("none", cpu) is None
-    with caplog.at_level("WARNING", logger="ddrnet.engine.inference"):
+    with caplog.at_level("WARNING", logger="ddrnet.engine.device"):
         assert inference.resolve_precision("bf16", cpu, option="train.amp") == torch.bfloat16
     warnings = [r.getMessage() for r in caplog.records]
     if native_bf16:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ddrnet.engine.inference import pick_device, resolve_precision
+from ddrnet.engine.device import pick_device, resolve_precision
 from ddrnet.errors import UsageError
 from ddrnet.hardware import cpu_has_native_bf16
 from ddrnet.models import DDRNetClassifier, create_model, weights

@@ -308,7 +308,7 @@ def _evaluate_forms(model, fp32_path: Path, final: Path, args: argparse.Namespac
 
     from ddrnet.data.camvid import camvid
     from ddrnet.deploy import evaluate_onnx, evaluate_onnx_forms
-    from ddrnet.engine.inference import resolve_precision
+    from ddrnet.engine.device import resolve_precision
 
     dataset = camvid(args.evaluate_root, "val")
     count = min(args.evaluate_images or len(dataset), len(dataset))

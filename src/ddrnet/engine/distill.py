@@ -31,7 +31,8 @@ from torch import nn
 from ddrnet.data.labels import LabelSet
 from ddrnet.engine.checkpointing import TrainingError
 from ddrnet.engine.config import DistillConfig
-from ddrnet.engine.inference import autocast, segment_logits
+from ddrnet.engine.device import autocast
+from ddrnet.engine.inference import segment_logits
 from ddrnet.engine.losses import resize_logits
 
 logger = logging.getLogger(__name__)

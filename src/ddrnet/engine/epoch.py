@@ -20,10 +20,11 @@ from ddrnet.config import to_dict
 from ddrnet.data.sampling import WeightedFrameSampler
 from ddrnet.engine.checkpointing import TrainingError
 from ddrnet.engine.config import Config
+from ddrnet.engine.device import autocast
 from ddrnet.engine.distill import Distiller
 from ddrnet.engine.distributed import DistributedContext
 from ddrnet.engine.evaluate import evaluate
-from ddrnet.engine.inference import autocast, normalize
+from ddrnet.engine.inference import normalize
 from ddrnet.engine.losses import DeepSupervisionLoss
 from ddrnet.engine.run_folder import write_epoch
 from ddrnet.engine.steps import Progress, TrainingData, TrainingModels

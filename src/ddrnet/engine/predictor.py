@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddrnet.engine.device import autocast
 from ddrnet.engine.inference import (
-    autocast,
     model_num_classes,
     normalize,
     segment_class_ids,

@@ -25,6 +25,7 @@ from ddrnet.config import to_dict
 from ddrnet.engine.allocator import retain_freed_memory
 from ddrnet.engine.checkpointing import TrainingError, load_training_checkpoint
 from ddrnet.engine.config import Config, LossConfig
+from ddrnet.engine.device import pick_device, resolve_precision
 from ddrnet.engine.distill import build_distiller
 from ddrnet.engine.distributed import (
     DistributedContext,
@@ -42,7 +43,6 @@ from ddrnet.engine.epoch import (
     save_epoch,
     validate,
 )
-from ddrnet.engine.inference import pick_device, resolve_precision
 from ddrnet.engine.run_folder import (
     CONFIG,
     CONFIG_HEADER,
