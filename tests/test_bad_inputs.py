@@ -391,7 +391,7 @@ def test_python_api_mistakes_are_named(tmp_path) -> None:
     """What a caller of the Python API gets wrong is a ValueError/TypeError saying what is
     expected, not an error from deep inside torch, OpenCV or pathlib."""
     import ddrnet
-    from ddrnet.video import VideoSource, VideoSourceError
+    from ddrnet.video_source import VideoSource, VideoSourceError
 
     from helpers import camvid_model
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import ddrnet
-import ddrnet.video
+import ddrnet.video_source
 from ddrnet.errors import UsageError
 from ddrnet.models.weights import bundled_model_path
 from ddrnet.predict import run_prediction
@@ -74,7 +74,9 @@ def test_a_viewer_gets_the_page_then_each_newest_picture_until_closed() -> None:
 
 
 def test_the_preview_shows_a_cameras_overlays_while_they_are_written(monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(ddrnet.video, "_open_capture", lambda s: FakeCamera(100, period=0.02))
+    monkeypatch.setattr(
+        ddrnet.video_source, "_open_capture", lambda s: FakeCamera(100, period=0.02)
+    )
     model = ddrnet.create_model(checkpoint=bundled_model_path("camvid_ddrnet23_slim_fast_train"))
     runner = SegmentationRunner(model, torch.device("cpu"))
     seen: list[np.ndarray] = []

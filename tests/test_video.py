@@ -1,7 +1,7 @@
 """Video sources: files, cameras and network streams; live sources skip to their newest frame.
 
 A camera is stood in for by ``FakeCamera``, a capture that delivers frames at its own rate
-(or when the test allows), patched in where ``ddrnet.video`` opens captures; a stream by a
+(or when the test allows), patched in where ``ddrnet.video_source`` opens captures; a stream by a
 file served over HTTP on a loopback port.
 """
 
@@ -26,12 +26,13 @@ import torch
 from PIL import Image
 
 import ddrnet
-import ddrnet.video
+import ddrnet.video_source
 from ddrnet.errors import UsageError
 from ddrnet.models.weights import bundled_model_path
 from ddrnet.predict import expand_inputs, run_prediction
 from ddrnet.runner import SegmentationRunner
-from ddrnet.video import VideoOutputs, VideoSource, is_live, source_stem
+from ddrnet.video import VideoOutputs
+from ddrnet.video_source import VideoSource, is_live, source_stem
 
 from helpers import FakeCamera, run_ddrnet
 
@@ -77,7 +78,7 @@ def test_a_live_source_hands_out_its_newest_frame_and_counts_the_ones_it_skipped
 ) -> None:
     gate = threading.Semaphore(0)
     camera = FakeCamera(10, gate=gate)
-    monkeypatch.setattr(ddrnet.video, "_open_capture", lambda source: camera)
+    monkeypatch.setattr(ddrnet.video_source, "_open_capture", lambda source: camera)
     with ddrnet.VideoSource("camera:0") as video:  # the package exports it
         assert video.drops and video.frame_count is None
         frames = video.frames()
@@ -100,12 +101,12 @@ def test_a_live_source_hands_out_its_newest_frame_and_counts_the_ones_it_skipped
 def test_drop_frames_no_gives_every_frame_and_a_file_that_drops_plays_at_its_rate(
     monkeypatch,
 ) -> None:
-    monkeypatch.setattr(ddrnet.video, "_open_capture", lambda source: FakeCamera(6))
+    monkeypatch.setattr(ddrnet.video_source, "_open_capture", lambda source: FakeCamera(6))
     with VideoSource("camera:0", drop_frames="no") as video:
         frames = video.frames()
-        _wait_for(lambda: video.frames_read == ddrnet.video.READ_AHEAD)
+        _wait_for(lambda: video.frames_read == ddrnet.video_source.READ_AHEAD)
         time.sleep(0.05)
-        assert video.frames_read == ddrnet.video.READ_AHEAD  # it waits for room
+        assert video.frames_read == ddrnet.video_source.READ_AHEAD  # it waits for room
         assert [int(frame[0, 0, 0]) for _, frame in frames] == list(range(6))
         assert video.dropped == 0
     with VideoSource("drive.mp4", drop_frames="yes") as video:  # 30 frames per second
@@ -127,7 +128,9 @@ def test_a_live_source_slower_network_keeps_the_sources_timeline(
 ) -> None:
     """Frames every 2 ms, 10 ms or more a frame to segment: the network falls behind, skips
     to the newest frame, and the video repeats results in the skipped frames' places."""
-    monkeypatch.setattr(ddrnet.video, "_open_capture", lambda s: FakeCamera(60, period=0.002))
+    monkeypatch.setattr(
+        ddrnet.video_source, "_open_capture", lambda s: FakeCamera(60, period=0.002)
+    )
     segmented = []
     labels = fast_runner.labels
 
@@ -155,7 +158,7 @@ def test_ctrl_c_ends_a_live_source_and_stops_a_file_with_playable_videos(
     monkeypatch, tmp_path, fast_runner, source, request
 ) -> None:
     camera = FakeCamera(10_000, period=0.005)
-    monkeypatch.setattr(ddrnet.video, "_open_capture", lambda s: camera)
+    monkeypatch.setattr(ddrnet.video_source, "_open_capture", lambda s: camera)
     monkeypatch.setattr(ddrnet.predict, "expand_inputs", lambda inputs: ([], list(inputs)))
     labels, calls = fast_runner.labels, []
     # interrupt_main does nothing while SIGINT is ignored or not Python's, as a library that
@@ -302,7 +305,7 @@ def test_an_error_in_the_reading_thread_reaches_the_reader(monkeypatch) -> None:
                 raise cv2.error("decoder crashed")
             return super().read()
 
-    monkeypatch.setattr(ddrnet.video, "_open_capture", lambda source: Failing(10))
+    monkeypatch.setattr(ddrnet.video_source, "_open_capture", lambda source: Failing(10))
     with VideoSource("drive.mp4") as video:
         taken = []
         with pytest.raises(cv2.error, match="decoder crashed"):
@@ -339,11 +342,13 @@ def test_the_command_says_how_many_frames_a_live_source_skipped(
     command = ["predict", "camera:0", "--checkpoint", "camvid_ddrnet23_slim_fast_train"]
     # 48x64 frames take milliseconds: 2 frames a second are all segmented (a frame is lost
     # only if the next two come while one is segmented) ...
-    monkeypatch.setattr(ddrnet.video, "_open_capture", lambda s: FakeCamera(4, period=0.5))
+    monkeypatch.setattr(ddrnet.video_source, "_open_capture", lambda s: FakeCamera(4, period=0.5))
     assert main([*command, "-o", str(tmp_path / "slow")]) == 0
     assert "camera:0: all 4 frames segmented" in capsys.readouterr().out
     # ... 1000 a second are not.
-    monkeypatch.setattr(ddrnet.video, "_open_capture", lambda s: FakeCamera(200, period=0.001))
+    monkeypatch.setattr(
+        ddrnet.video_source, "_open_capture", lambda s: FakeCamera(200, period=0.001)
+    )
     assert main([*command, "-o", str(tmp_path / "fast")]) == 0
     said = re.search(
         r"camera:0: (\d+) of 200 frames skipped for newer ones", capsys.readouterr().out
@@ -527,7 +532,7 @@ def test_a_cut_off_video_is_segmented_as_far_as_it_goes_with_a_warning(
     data = whole.read_bytes()
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "cut.avi").write_bytes(data[: len(data) // 2])
-    with caplog.at_level("WARNING", logger="ddrnet.video"):
+    with caplog.at_level("WARNING", logger="ddrnet.video_source"):
         summary = run_prediction(fast_runner, [str(tmp_path / "in" / "cut.avi")], tmp_path / "out",
                                  progress=False, report=lambda _: None)  # fmt: skip
     decoded = len(summary.latencies_ms)

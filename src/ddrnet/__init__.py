@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time ``__getattr__`` imp
         register_model,
         save_model,
     )
-    from ddrnet.video import VideoSource
+    from ddrnet.video_source import VideoSource
 
 # Each public name and the module it lives in, imported at its first use (PEP 562): the
 # ``ddrnet`` command and ``import ddrnet.errors`` do not pay for PyTorch's import until a
@@ -39,7 +39,7 @@ _LAZY = {
     "Predictor": "ddrnet.engine.predictor",
     "TemporalSmoother": "ddrnet.engine.temporal",
     "load": "ddrnet.loading",
-    "VideoSource": "ddrnet.video",
+    "VideoSource": "ddrnet.video_source",
     **dict.fromkeys(
         (
             "CheckpointError",

@@ -25,7 +25,7 @@ Each class keeps the built-in base it always had (``ValueError``, ``RuntimeError
 ``TrainingError`` (RuntimeError)  ``ddrnet.engine.checkpointing``: training cannot go on
 ``ExportError`` (RuntimeError)    ``ddrnet.deploy.export``; ``NcnnFileError`` under it
 ``PredictionInputError``          ``ddrnet.predict``: prediction inputs and output folder
-``VideoSourceError`` (ValueError) ``ddrnet.video``: a video, camera or stream to read
+``VideoSourceError`` (ValueError) ``ddrnet.video_source``: a video, camera or stream to read
 ================================  ======================================================
 
 ``ddrnet.models.bn_folding.FusionError`` is no user error: it says that BN folding could not

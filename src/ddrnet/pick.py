@@ -28,7 +28,12 @@ from ddrnet.engine.predictor import Predictor
 from ddrnet.errors import DDRNetError, UsageError, user_error_message
 from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels
 from ddrnet.predict import check_output_folder, expand_inputs, read_image_within, unique_stems
-from ddrnet.video import VideoSource, is_camera_or_stream, source_stem
+from ddrnet.video_source import (
+    VideoSource,
+    is_camera_or_stream,
+    source_stem,
+    warn_if_frames_lost,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +104,7 @@ def _video_candidates(predictor: Predictor, video: str, every: int) -> Iterator[
             pixels = torch.from_numpy(frame).permute(2, 0, 1)[None]
             _, confidence = predictor.class_ids_and_confidence(pixels)
             yield Candidate(video, index, video, index, uncertainty(confidence[0]))
-        if source.frame_count and decoded < source.frame_count:
-            logger.warning(
-                "%s: %d of its %d frames could be decoded (a damaged or cut-off file?)",
-                video, decoded, source.frame_count,
-            )  # fmt: skip
+        warn_if_frames_lost(video, decoded, source.frame_count or 0)
 
 
 def score_frames(

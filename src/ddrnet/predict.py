@@ -30,14 +30,13 @@ from ddrnet.data.io import IMAGE_SUFFIXES, image_files, image_size, read_rgb, wr
 from ddrnet.errors import DDRNetError, user_error_message
 from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels
 from ddrnet.runner import SegmentationRunner
-from ddrnet.video import (
+from ddrnet.video import segment_video, shown_picture
+from ddrnet.video_source import (
     VideoSourceError,
     camera_index,
     check_drop_frames,
     is_camera,
     is_camera_or_stream,
-    segment_video,
-    shown_picture,
     source_stem,
 )
 
@@ -75,7 +74,7 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
 
     Each input may be an image file, a folder (its images and videos, sorted, not
     recursive), a glob pattern, a video file, ``camera:N`` for camera N, or a stream's URL
-    (``rtsp://...``, any of ``ddrnet.video.STREAM_SCHEMES``). Raises
+    (``rtsp://...``, any of ``ddrnet.video_source.STREAM_SCHEMES``). Raises
     ``PredictionInputError`` for an input that matches nothing.
     """
     images: list[Path] = []
@@ -230,7 +229,7 @@ def run_prediction(
     bar, not into its line); ``warn`` (by default a warning of this
     module's logger, which the command prints on stderr) one per skipped input. An image or
     video frame with more than ``max_pixels`` pixels at the largest of ``runner.scales``
-    is skipped. ``drop_frames`` (``ddrnet.video.DROP_FRAMES``): whether video sources skip to
+    is skipped. ``drop_frames`` (``ddrnet.video_source.DROP_FRAMES``): whether video sources skip to
     their newest frame; ``"auto"``: live ones (cameras, RTSP...) do, and ``summary.dropped``
     counts what they skipped. Raises ``PredictionInputError`` before writing anything when
     ``output_dir`` is, holds or lies inside an input folder (``check_output_folder``); an

@@ -25,7 +25,7 @@ from ddrnet.cli.options import (
 from ddrnet.errors import UsageError
 from ddrnet.limits import DEFAULT_MAX_PIXELS
 from ddrnet.preview import Preview, parse_address
-from ddrnet.video import DROP_FRAMES
+from ddrnet.video_source import DROP_FRAMES
 
 # The command's line in ``ddrnet --help``.
 HELP = "segment images, folders, globs, videos, cameras or streams"
