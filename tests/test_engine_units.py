@@ -511,7 +511,7 @@ def test_reports_write_scores_never_scored_as_null_and_tables_as_a_dash(tmp_path
     import json
     import math
 
-    from ddrnet.atomic import atomic_write_json
+    from ddrnet.atomic import atomic_write_json, nan_for_null
     from ddrnet.engine.metrics import SegmentationMetrics
 
     # class 1 is in neither the labels nor the predictions: its IoU is nan
@@ -526,6 +526,8 @@ def test_reports_write_scores_never_scored_as_null_and_tables_as_a_dash(tmp_path
     document = json.loads(path.read_text(), parse_constant=refuse)
     assert document["per_class_IoU"] == {"a": 60.0, "b": None, "c": pytest.approx(500 / 7)}
     assert document["nested"] == [None, [1.5]]
+    read_back = nan_for_null(document)  # as the figures read a report: nan, no point drawn
+    assert math.isnan(read_back["per_class_IoU"]["b"]) and read_back["nested"][1] == [1.5]
     assert metrics.table(["a", "b", "c"]).splitlines()[3].split() == ["b", "-"]
 
 

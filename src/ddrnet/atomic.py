@@ -249,17 +249,29 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def json_values(value: Any) -> Any:
-    """``value`` (dicts, lists, tuples, numbers, strings) with every ``nan`` and infinity as
-    None: Python writes them as ``NaN``/``Infinity``, which is not JSON (JavaScript's and
-    most other parsers refuse the file). A score nothing was scored for becomes ``null``."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+def _map_leaves(value: Any, leaf: Callable[[Any], Any]) -> Any:
+    """``value`` (dicts, lists, tuples of numbers, strings, None) with ``leaf`` applied to
+    everything that is not a dict or a list; tuples come back as lists, as JSON has them."""
     if isinstance(value, dict):
-        return {key: json_values(item) for key, item in value.items()}
+        return {key: _map_leaves(item, leaf) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [json_values(item) for item in value]
-    return value
+        return [_map_leaves(item, leaf) for item in value]
+    return leaf(value)
+
+
+def json_values(value: Any) -> Any:
+    """``value`` with every ``nan`` and infinity as None: Python writes them as
+    ``NaN``/``Infinity``, which is not JSON (JavaScript's and most other parsers refuse the
+    file). A score nothing was scored for becomes ``null``; ``nan_for_null`` reads it back."""
+    return _map_leaves(
+        value, lambda x: None if isinstance(x, float) and not math.isfinite(x) else x
+    )
+
+
+def nan_for_null(value: Any) -> Any:
+    """A report's numbers as they were scored: every None (``null``) as ``nan``, the
+    inverse of ``json_values`` for a score nothing was scored for."""
+    return _map_leaves(value, lambda x: math.nan if x is None else x)
 
 
 def atomic_write_json(document: Any, path: Path, default: Callable | None = None) -> None:

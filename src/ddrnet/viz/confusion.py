@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ddrnet.atomic import nan_for_null
 from ddrnet.data.labels import CAMVID, CITYSCAPES, COCO_STUFF
 from ddrnet.errors import MissingFileError, UsageError
 from ddrnet.models.metadata import ClassInfo
@@ -93,20 +94,7 @@ def read_eval_section(
             f"{path}: no {key}; write it with 'ddrnet eval CHECKPOINT {option} --json FILE'"
         )
     label = Path(str(document.get("checkpoint") or Path(path).stem)).stem
-    return label, _nan_for_null(section)
-
-
-def _nan_for_null(value: Any) -> Any:
-    """A section of numbers as it was scored: ``eval --json`` writes a score nothing was
-    scored for as ``null`` (``ddrnet.atomic.json_values``), the figures draw it as ``nan``
-    (no point)."""
-    if value is None:
-        return math.nan
-    if isinstance(value, dict):
-        return {key: _nan_for_null(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_nan_for_null(item) for item in value]
-    return value
+    return label, nan_for_null(section)
 
 
 def confusion_figure_size(num_classes: int) -> tuple[int, int]:
