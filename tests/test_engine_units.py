@@ -580,3 +580,69 @@ def test_scratch_folders_of_killed_processes_are_removed_by_the_next(tmp_path, m
         assert Path(folder).name.startswith(f"ddrnet-pnnx-{os.getpid()}-")
         left = sorted(path.name for path in tmp_path.iterdir() if path.name != Path(folder).name)
     assert left == sorted(names[1:])
+
+
+@pytest.mark.parametrize("earlier", [True, False], ids=["replacing", "first"])
+def test_files_replaced_together_are_whole_after_a_kill_at_any_rename(
+    tmp_path, monkeypatch, earlier
+) -> None:
+    """An ncnn export's .param, .bin and sidecar only work together: a kill at each rename of
+    the swap leaves, once the next reader or writer has looked, the whole earlier set (or, for
+    a first export, none) or the whole new one, and no staging folder."""
+    import os
+
+    from ddrnet import atomic
+
+    class Killed(BaseException):
+        pass
+
+    real_replace = os.replace
+    outcomes = set()
+    for kill_at in range(7):  # three files moved aside, three into place: 6 renames
+        folder = tmp_path / f"kill{kill_at}"
+        folder.mkdir()
+        paths = [folder / name for name in ("m.param", "m.bin", "m.json")]
+        for path in paths if earlier else ():
+            path.write_text("old " + path.name)
+        calls = []
+
+        def replace(source, target, calls=calls, kill_at=kill_at):
+            calls.append(target)
+            if len(calls) > kill_at:
+                raise Killed
+            real_replace(source, target)
+
+        monkeypatch.setattr(os, "replace", replace)
+        try:
+            with atomic.replaced_together(paths) as staged:
+                for path in paths:
+                    staged[path].write_text("new " + path.name)
+        except Killed:
+            pass
+        monkeypatch.setattr(os, "replace", real_replace)
+        restored = atomic.restored_before_reading(paths)
+        contents = {path.read_text() if path.exists() else None for path in paths}
+        if not earlier and contents == {None}:
+            outcome = "none"
+        else:
+            assert len({text.split()[0] for text in contents}) == 1, (kill_at, contents)
+            outcome = next(iter(contents)).split()[0]
+        assert restored == (earlier and outcome == "old" and 0 < kill_at)
+        outcomes.add(outcome)
+        assert sorted(p.name for p in folder.iterdir()) == (
+            ["m.bin", "m.json", "m.param"] if outcome != "none" else []
+        )
+    assert outcomes == {"old" if earlier else "none", "new"}
+
+
+def test_a_set_whose_writing_fails_leaves_the_earlier_one(tmp_path) -> None:
+    from ddrnet.atomic import replaced_together
+
+    paths = [tmp_path / "m.pte", tmp_path / "m.json"]
+    for path in paths:
+        path.write_text("old")
+    with pytest.raises(RuntimeError, match="did not write m.json"):
+        with replaced_together(paths) as staged:
+            staged[paths[0]].write_text("new")
+    assert [path.read_text() for path in paths] == ["old", "old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.pte"]

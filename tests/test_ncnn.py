@@ -85,6 +85,46 @@ def test_files_of_different_exports_are_not_mixed(exported, tmp_path) -> None:
         load_ncnn_model(copy.param)
 
 
+def test_an_export_killed_midway_leaves_the_earlier_one_working(
+    exported, tmp_path, monkeypatch, caplog
+) -> None:
+    """A kill while a new export's three files take the earlier one's place (here: after the
+    new .param went in) lost the earlier export: the mix was refused, never run. The next load
+    puts the earlier files back and runs them."""
+    import os
+
+    from ddrnet import atomic
+
+    files = NcnnFiles.of(exported)
+    copy = NcnnFiles.of(tmp_path / files.param.name)
+    for source, target in zip(files.paths, copy.paths):
+        shutil.copy(source, target)
+    earlier = [path.read_bytes() for path in copy.paths]
+
+    class Killed(BaseException):
+        pass
+
+    real_replace, calls = os.replace, []
+
+    def replace(source, target):
+        calls.append(target)
+        if len(calls) > 4:  # three moved aside, the new .param in: killed
+            raise Killed
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(Killed), atomic.replaced_together(copy.paths) as staged:
+        for path in copy.paths:
+            staged[path].write_bytes(b"7767517\nanother export\n")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert copy.param.read_bytes().startswith(b"7767517\nanother")  # the mix a kill leaves
+    with caplog.at_level("WARNING", logger="ddrnet.deploy.ncnn_runtime"):
+        assert load_ncnn_model(copy.param).num_classes == 11
+    assert "stopped midway; the earlier export's files are back" in caplog.text
+    assert [path.read_bytes() for path in copy.paths] == earlier
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(p.name for p in copy.paths)
+
+
 def test_logits_match_pytorch_on_real_frames_at_any_size(exported, model, val_frames) -> None:
     difference = verify_ncnn(model, exported, val_frames)
     with torch.no_grad():

@@ -32,6 +32,7 @@ from ddrnet.atomic import (
     atomic_write_text,
     file_digest,
     remove_stale_temporaries,
+    replaced_together,
 )
 from ddrnet.deploy.executorch_runtime import (
     EXECUTORCH_KEY,
@@ -149,12 +150,13 @@ def export_executorch(
         ) from None
     names = (files.program.name, files.sidecar.name)
     remove_stale_temporaries(files.program.parent, names)  # of an export killed before
-    atomic_write(files.program, lambda stream: stream.write(lowered.buffer))
     sidecar = export_record(model, (height, width), int8, upsample_to_input)
-    # Last, with the program's digest: a kill between the two writes leaves a new program
-    # beside an old sidecar, which the digest tells apart (``check_program_belongs``).
-    sidecar[EXECUTORCH_KEY] = {"pte_blake2b": file_digest(files.program)}
-    atomic_write_text(json.dumps(sidecar, indent=1) + "\n", files.sidecar)
+    # The two replace an earlier export's together (a kill leaves one whole set); the
+    # program's digest still tells a mix of two exports apart (``check_program_belongs``).
+    with replaced_together(files.paths) as staged:
+        atomic_write(staged[files.program], lambda stream: stream.write(lowered.buffer))
+        sidecar[EXECUTORCH_KEY] = {"pte_blake2b": file_digest(staged[files.program])}
+        atomic_write_text(json.dumps(sidecar, indent=1) + "\n", staged[files.sidecar])
     return files.program
 
 

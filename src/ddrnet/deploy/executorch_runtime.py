@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ddrnet.atomic import file_digest
+from ddrnet.atomic import file_digest, restored_before_reading
 from ddrnet.deploy.fixed_size import FixedSizeSegmentationModel
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.models.metadata import ModelMetadata
@@ -66,6 +66,11 @@ class ExecutorchFiles:
     def of(cls, program: str | Path) -> ExecutorchFiles:
         program = Path(program)
         return cls(program, program.with_suffix(".json"))
+
+    @property
+    def paths(self) -> tuple[Path, Path]:
+        """The two, in the order ``ddrnet.atomic.replaced_together`` takes them."""
+        return self.program, self.sidecar
 
 
 @contextlib.contextmanager
@@ -109,6 +114,11 @@ def check_executorch_files(path: str | Path) -> ExecutorchFiles:
             f"{files.program}: not an ExecuTorch .pte file; --runtime executorch runs the "
             "NAME.pte (with NAME.json beside it) written by "
             "`ddrnet export --format executorch -o NAME.pte`"
+        )
+    if restored_before_reading(files.paths):
+        logger.warning(
+            "%s: an export to it was stopped midway; the earlier export's files are back",
+            files.program,
         )
     if not files.program.is_file():
         raise ExecutorchFileError(f"{files.program}: no such ExecuTorch .pte file")

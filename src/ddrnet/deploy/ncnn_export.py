@@ -28,6 +28,7 @@ from ddrnet.atomic import (
     atomic_write_text,
     file_digest,
     remove_stale_temporaries,
+    replaced_together,
     scratch_folder,
 )
 from ddrnet.deploy.export import check_size, example_input, folded_export_wrapper
@@ -154,13 +155,13 @@ def export_ncnn(
         sidecar = _sidecar(model, scratch / "out.param", upsample_to_input)
         sidecar[NCNN_KEY]["param_blake2b"] = file_digest(scratch / "out.param")
         sidecar[NCNN_KEY]["bin_blake2b"] = file_digest(scratch / "out.bin")
-        # The weights, the graph, then the sidecar that records both: a kill in between
-        # leaves files that the digests tell apart (check_files_belong_together).
+        # The three replace an earlier export's together: a kill leaves one whole set.
         names = (files.weights.name, files.param.name, files.sidecar.name)
         remove_stale_temporaries(files.param.parent, names)  # of an export killed before
-        atomic_copy(scratch / "out.bin", files.weights)
-        atomic_copy(scratch / "out.param", files.param)
-    atomic_write_text(json.dumps(sidecar, indent=1) + "\n", files.sidecar)
+        with replaced_together(files.paths) as staged:
+            atomic_copy(scratch / "out.bin", staged[files.weights])
+            atomic_copy(scratch / "out.param", staged[files.param])
+            atomic_write_text(json.dumps(sidecar, indent=1) + "\n", staged[files.sidecar])
     return files.param
 
 

@@ -15,6 +15,7 @@ importing this module needs only PyTorch.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddrnet.atomic import file_digest
+from ddrnet.atomic import file_digest, restored_before_reading
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.models.metadata import ModelMetadata
+
+logger = logging.getLogger(__name__)
 
 # Sidecar key: {"input": blob name, "output": blob name, "param_blake2b", "bin_blake2b":
 # digests of the two files it was written with, which the sidecar, written last, commits}.
@@ -55,6 +58,11 @@ class NcnnFiles:
         param = Path(param)
         return cls(param, param.with_suffix(".bin"), param.with_suffix(".json"))
 
+    @property
+    def paths(self) -> tuple[Path, Path, Path]:
+        """The three, in the order ``ddrnet.atomic.replaced_together`` takes them."""
+        return self.param, self.weights, self.sidecar
+
 
 def import_ncnn(path: str | Path) -> object:
     """The ``ncnn`` module, or an ``NcnnFileError`` saying what to install to run ``path``."""
@@ -75,6 +83,11 @@ def check_ncnn_files(path: str | Path) -> NcnnFiles:
         raise NcnnFileError(
             f"{files.param}: not an ncnn .param file; --runtime ncnn runs the NAME.param "
             "(with NAME.bin beside it) written by `ddrnet export --format ncnn -o NAME.param`"
+        )
+    if restored_before_reading(files.paths):
+        logger.warning(
+            "%s: an export to it was stopped midway; the earlier export's files are back",
+            files.param,
         )
     if not files.param.is_file():
         raise NcnnFileError(f"{files.param}: no such ncnn .param file")
