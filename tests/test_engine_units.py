@@ -646,3 +646,22 @@ def test_a_set_whose_writing_fails_leaves_the_earlier_one(tmp_path) -> None:
             staged[paths[0]].write_text("new")
     assert [path.read_text() for path in paths] == ["old", "old"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.pte"]
+
+
+def test_a_set_being_replaced_by_a_running_process_is_left_to_it(tmp_path) -> None:
+    """A reader that loads the files while another process exports them must not undo that
+    export; a swap whose process is gone is undone."""
+    from ddrnet.atomic import restore_interrupted_set
+
+    paths = [tmp_path / "m.pte", tmp_path / "m.json"]
+    for path in paths:
+        path.write_text("new")
+    running = tmp_path / ".m.pte.ddrnet-new.1"  # process 1 (init) always runs
+    gone_new, gone_old = (tmp_path / f".m.pte.ddrnet-{kind}.{2**22 + 7}" for kind in ("new", "old"))
+    for folder in (running, gone_new, gone_old):
+        folder.mkdir()
+    (gone_old / "m.pte").write_text("old")
+    (gone_old / "m.json").write_text("old")
+    assert restore_interrupted_set(paths)
+    assert [path.read_text() for path in paths] == ["old", "old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "m.json", "m.pte"]

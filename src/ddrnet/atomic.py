@@ -320,11 +320,14 @@ def remove_stale_temporaries(folder: Path, names: Collection[str]) -> list[Path]
     return stale
 
 
-def _set_folders(paths: Sequence[Path]) -> tuple[Path, Path]:
-    """The staging folder of a new set of ``paths`` and the folder that holds the earlier
-    set's files while they are swapped, both beside the first path."""
+def _set_folders(paths: Sequence[Path], pid: int) -> tuple[Path, Path]:
+    """The staging folder of process ``pid``'s new set of ``paths`` and the folder that holds
+    the earlier set's files while they are swapped, both beside the first path."""
     first = paths[0]
-    return first.parent / f".{first.name}.ddrnet-new", first.parent / f".{first.name}.ddrnet-old"
+    return (
+        first.parent / f".{first.name}.ddrnet-new.{pid}",
+        first.parent / f".{first.name}.ddrnet-old.{pid}",
+    )
 
 
 @contextlib.contextmanager
@@ -339,7 +342,7 @@ def replaced_together(paths: Sequence[Path]) -> Iterator[dict[Path, Path]]:
     the readers of such sets) puts an interrupted swap's earlier files back. An error in the
     block leaves the earlier set as it was."""
     restore_interrupted_set(paths)
-    new, old = _set_folders(paths)
+    new, old = _set_folders(paths, os.getpid())
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     new.mkdir()
     try:
@@ -370,11 +373,27 @@ def restored_before_reading(paths: Sequence[Path]) -> bool:
 
 
 def restore_interrupted_set(paths: Sequence[Path]) -> bool:
-    """Finish what a killed ``replaced_together`` of ``paths`` left: while its staging folder
-    is there the swap was not complete, so the earlier files go back in place (and a file
-    that had no earlier version goes); after it, only the earlier files' folder is removed.
-    True when earlier files were put back."""
-    new, old = _set_folders(paths)
+    """Finish what a killed ``replaced_together`` of ``paths`` left (one of a process that
+    still runs is its own business: an export under way): while its staging folder is there
+    the swap was not complete, so the earlier files go back in place (and a file that had no
+    earlier version goes); after it, only the earlier files' folder is removed. True when
+    earlier files were put back."""
+    first = paths[0]
+    pattern = re.compile(rf"\.{re.escape(first.name)}\.ddrnet-(new|old)\.(?P<pid>\d+)")
+    try:
+        names = [entry.name for entry in os.scandir(first.parent)]
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    pids = {int(match["pid"]) for name in names if (match := pattern.fullmatch(name))}
+    restored = False
+    for pid in sorted(pids):
+        if pid == os.getpid() or not _running(pid):
+            restored |= _undo_swap(paths, *_set_folders(paths, pid))
+    return restored
+
+
+def _undo_swap(paths: Sequence[Path], new: Path, old: Path) -> bool:
+    """``restore_interrupted_set`` for one killed swap's folders ``new`` and ``old``."""
     if not new.exists():
         shutil.rmtree(old, ignore_errors=True)
         return False
