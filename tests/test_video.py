@@ -423,6 +423,62 @@ def test_a_stopped_video_keeps_the_finished_one(tmp_path) -> None:
     assert _frame_count(tmp_path / "first_overlay.mp4") == 2
 
 
+def test_a_video_that_cannot_be_written_whole_replaces_nothing(tmp_path) -> None:
+    """OpenCV's writer reports no error: on a full disk it leaves a file cut short, which
+    replaced the earlier run's video and the job said nothing. The file is read back first."""
+    frame = {"overlay": np.full((32, 48, 3), 120, np.uint8)}
+    with VideoOutputs(tmp_path, "drive", 10.0) as video:
+        video.write(frame, times=6)
+    video = VideoOutputs(tmp_path, "drive", 10.0)
+    video.write(frame, times=3)
+    writer, temporary = video._writers["overlay"], video._temporaries["overlay"]
+
+    class CutShort:  # what a full disk leaves: the end of the file, an MP4's index, missing
+        def release(self) -> None:
+            writer.release()
+            temporary.write_bytes(temporary.read_bytes()[:200])
+
+    video._writers["overlay"] = CutShort()
+    with pytest.raises(
+        OSError, match="could not be written whole .a full disk.*earlier one is kept"
+    ):
+        video.close()
+    assert _frame_count(tmp_path / "drive_overlay.mp4") == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drive_overlay.mp4"]
+
+
+def test_ctrl_c_in_a_file_replayed_at_its_rate_keeps_the_finished_videos(
+    monkeypatch, tmp_path, fast_runner, request
+) -> None:
+    """--drop-frames yes on a file replays it as a camera would deliver it; Ctrl-C ends it
+    as it ends a camera (the job goes on), but the file did not give all of itself: the
+    finished run's video stays, the frames so far go to .partial.mp4."""
+    monkeypatch.setattr(ddrnet.video_source, "_open_capture", lambda s: FakeCamera(6, period=0.01))
+    monkeypatch.setattr(ddrnet.predict, "expand_inputs", lambda inputs: ([], list(inputs)))
+    out = tmp_path / "out"
+    run_prediction(fast_runner, ["drive.mp4"], out, progress=False, drop_frames="yes")
+    finished = _frame_count(out / "drive_overlay.mp4")
+    assert finished == 6
+    monkeypatch.setattr(
+        ddrnet.video_source, "_open_capture", lambda s: FakeCamera(10_000, period=0.005)
+    )
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
+    labels, calls = fast_runner.labels, []
+
+    def interrupted_at_the_fourth(images, *options):
+        calls.append(1)
+        if len(calls) == 4:
+            _thread.interrupt_main()
+        return labels(images, *options)
+
+    monkeypatch.setattr(fast_runner, "labels", interrupted_at_the_fourth)
+    summary = run_prediction(fast_runner, ["drive.mp4"], out, progress=False, drop_frames="yes")
+    assert summary.processed == ["drive.mp4"]
+    assert _frame_count(out / "drive_overlay.mp4") == finished
+    assert 3 <= _frame_count(out / "drive_overlay.partial.mp4") < 10_000
+
+
 def _labels_run(folder: Path, frames: int, value: int, close: bool = True) -> VideoOutputs:
     """A run that writes ``frames`` label maps filled with ``value`` into ``folder``."""
     video = VideoOutputs(folder, "drive", 10.0, labels=True)
@@ -459,6 +515,35 @@ def test_a_label_folder_is_replaced_whole_and_a_kill_leaves_the_earlier_one(tmp_
     plain = tmp_path / "plain"
     plain.mkdir()  # the folder has the mode mkdir gives, not mkdtemp's owner-only one
     assert (tmp_path / "drive_labels").stat().st_mode == plain.stat().st_mode
+
+
+def test_a_kill_between_the_renames_of_a_label_folder_loses_nothing(tmp_path, monkeypatch) -> None:
+    """The earlier folder is renamed aside before the new one takes its name: a kill between
+    the two left the name empty, and the next run deleted the earlier folder as a stale
+    temporary. It now goes back to its name."""
+    import os
+
+    _labels_run(tmp_path, 3, 2)
+    second = _labels_run(tmp_path, 2, 3, close=False)
+    second._encoder.close()  # its label maps are written
+    real_replace, calls = os.replace, []
+
+    class Killed(BaseException):
+        pass
+
+    def replace(source, target):
+        calls.append(target)
+        if len(calls) == 2:  # the earlier folder is aside; the new one not yet in
+            raise Killed
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(Killed):
+        second.close()
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not (tmp_path / "drive_labels").exists()
+    VideoOutputs(tmp_path, "drive", 10.0, labels=True)._clear_stale()  # the next run's first step
+    assert _label_values(tmp_path / "drive_labels") == {f"{i:06d}.png": 2 for i in range(3)}
 
 
 def test_a_label_folder_with_other_files_is_not_replaced(
@@ -521,9 +606,11 @@ def test_a_folder_in_the_way_of_an_output_is_named(tmp_path) -> None:
     assert not list(tmp_path.glob(".a.png.*"))
 
 
-def test_a_cut_off_video_is_segmented_as_far_as_it_goes_with_a_warning(
+def test_a_cut_off_video_is_segmented_as_far_as_it_goes_and_counts_as_failed(
     camvid_frames, tmp_path, fast_runner, caplog
 ) -> None:
+    """A damaged copy of a video segmented before: the whole video's results stay, the frames
+    read go to .partial.mp4, and the input counts as failed (the command exits 1)."""
     whole = tmp_path / "whole.avi"
     writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (480, 360))
     for frame in (camvid_frames * 4)[:10]:
@@ -531,13 +618,19 @@ def test_a_cut_off_video_is_segmented_as_far_as_it_goes_with_a_warning(
     writer.release()
     data = whole.read_bytes()
     (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "cut.avi").write_bytes(whole.read_bytes())
+    out = tmp_path / "out"
+    run_prediction(fast_runner, [str(tmp_path / "in" / "cut.avi")], out, progress=False,
+                   report=lambda _: None)  # fmt: skip
     (tmp_path / "in" / "cut.avi").write_bytes(data[: len(data) // 2])
-    with caplog.at_level("WARNING", logger="ddrnet.video_source"):
-        summary = run_prediction(fast_runner, [str(tmp_path / "in" / "cut.avi")], tmp_path / "out",
+    with caplog.at_level("WARNING"):
+        summary = run_prediction(fast_runner, [str(tmp_path / "in" / "cut.avi")], out,
                                  progress=False, report=lambda _: None)  # fmt: skip
     decoded = len(summary.latencies_ms)
-    assert 0 < decoded < 10 and not summary.failed
+    assert 0 < decoded < 10 and list(summary.failed) == [str(tmp_path / "in" / "cut.avi")]
     assert f"cut.avi: {decoded} of its 10 frames could be decoded" in caplog.text
+    assert _frame_count(out / "cut_overlay.mp4") == 10
+    assert _frame_count(out / "cut_overlay.partial.mp4") == decoded
 
 
 def test_frames_dropped_before_the_first_result_get_it(tmp_path) -> None:

@@ -118,13 +118,15 @@ def commit(temporary: Path, path: Path) -> None:
         raise
 
 
-def temporary_folder_beside(path: Path) -> Path:
-    """A new empty folder ``.<name>.<random>.tmp`` in ``path``'s folder (made if missing),
-    with the mode ``mkdir`` would give it, to fill and then make ``path`` with
+def temporary_folder_beside(path: Path, suffix: str = "") -> Path:
+    """A new empty folder ``.<name>.<random>.tmp<suffix>`` in ``path``'s folder (made if
+    missing), with the mode ``mkdir`` would give it, to fill and then make ``path`` with
     ``commit_folder``: a kill mid-way leaves an earlier ``path`` as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        folder = Path(
+            tempfile.mkdtemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+        )
     except OSError as error:  # it names the random folder it could not create
         error.filename, error.filename2 = str(path), None
         raise
@@ -132,14 +134,19 @@ def temporary_folder_beside(path: Path) -> Path:
     return folder
 
 
+# The suffix of a folder renamed aside while its replacement takes its name.
+ASIDE = ".aside"
+
+
 def commit_folder(temporary: Path, path: Path) -> None:
     """Make a complete ``temporary_folder_beside`` folder ``path``. A folder already there is
-    first renamed aside (to a temporary name) and deleted once the new one is in place:
-    between the two renames a kill leaves it whole under that name, which
-    ``remove_stale_temporaries`` clears. An ``OSError`` (a file in the way) names ``path``."""
+    first renamed aside (``.<name>.<random>.tmp.aside``) and deleted once the new one is in
+    place: between the two renames a kill leaves it whole under that name, and
+    ``remove_stale_temporaries`` puts it back while ``path`` is missing. An ``OSError`` (a
+    file in the way) names ``path``."""
     aside = None
     if path.is_dir() and not path.is_symlink():
-        aside = temporary_folder_beside(path)
+        aside = temporary_folder_beside(path, ASIDE)
         os.replace(path, aside)  # onto the new empty folder: rename(2) allows it
     try:
         os.replace(temporary, path)
@@ -298,8 +305,9 @@ def remove_stale_temporaries(folder: Path, names: Collection[str]) -> list[Path]
     """Delete the temporaries of the files or folders ``names`` that a killed
     ``atomic_write``, an uncommitted ``temporary_beside`` or ``temporary_folder_beside`` or a
     killed ``commit_folder`` left in ``folder`` (and ``<name>.tmp``, what ``save_model`` wrote
-    before it used ``atomic_write``); the paths deleted. One scan of the folder, however many
-    names."""
+    before it used ``atomic_write``); the paths deleted. A folder that ``commit_folder`` had
+    renamed aside when it was killed goes back to its name instead, if that is free. One scan
+    of the folder, however many names."""
     wanted = set(names)
     try:
         entries = list(os.scandir(folder))
@@ -309,6 +317,10 @@ def remove_stale_temporaries(folder: Path, names: Collection[str]) -> list[Path]
     for entry in entries:
         match = _TEMPORARY.fullmatch(entry.name)
         if match and match["name"] in wanted:
+            original = Path(folder) / match["name"]
+            if entry.name.endswith(ASIDE) and entry.is_dir() and not os.path.lexists(original):
+                os.replace(entry.path, original)  # the earlier folder, whole
+                continue
             stale.append(Path(entry.path))
         elif entry.name.endswith(".tmp") and entry.name[:-4] in wanted and entry.is_file():
             stale.append(Path(entry.path))

@@ -11,7 +11,7 @@ import itertools
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -79,6 +79,7 @@ class VideoOutputs:
         self._sizes: dict[str, tuple[int, int]] = {}
         self._encoder = WritingThread("ddrnet-video-writer")
         self._last: tuple[int, dict[str, np.ndarray] | None] = (-1, None)
+        self._closed = False
 
     def add(
         self, index: int, pictures: dict[str, np.ndarray], labels: np.ndarray | None = None
@@ -175,33 +176,68 @@ class VideoOutputs:
         """Encode what waits, then finish the files (playable, under their names, also after
         an error or Ctrl-C); raises the first writing error. ``stopped``: the video ended
         early (an error, Ctrl-C): a file of the same name, a finished run's, is kept, and
-        the frames so far go to ``<stem>_<kind>.partial.mp4``."""
+        the frames so far go to ``<stem>_<kind>.partial.mp4``; a writing error stops it
+        too. A video that cannot be read back whole (a full disk) replaces nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        failure: BaseException | None = None
         try:
             self._encoder.close()
+        except BaseException as error:  # re-raised once what was written is safe
+            failure, stopped = error, True
+        for writer in self._writers.values():
+            writer.release()
+        self._writers.clear()
+        temporaries, self._temporaries = self._temporaries, {}
+        for kind, temporary in temporaries.items():
+            target = self.folder / f"{self.stem}_{kind}.mp4"
+            if not self._complete(temporary):
+                temporary.unlink(missing_ok=True)
+                kept = "the earlier one is kept" if target.exists() else "nothing written"
+                failure = failure or OSError(
+                    errno.EIO, f"the video could not be written whole (a full disk?); {kept}",
+                    str(target),
+                )  # fmt: skip
+                continue
+            partial = target.with_suffix(".partial.mp4")
+            _commit(commit, temporary, target, partial if stopped else None)
+        folder, self._label_folder = self._label_folder, None
+        if folder is not None:
+            target = self.folder / f"{self.stem}_labels"
+            partial = target.with_name(f"{target.name}.partial")
+            _commit(commit_folder, folder, target, partial if stopped else None)
+        if failure is not None:
+            raise failure
+
+    def _complete(self, video: Path) -> bool:
+        """Whether the closed ``video`` opens and holds every frame written: OpenCV's writer
+        reports no error (a full disk leaves a file cut short, without the index an MP4
+        keeps at its end), so the file is read back before it replaces anything."""
+        import cv2
+
+        capture = cv2.VideoCapture(str(video))
+        try:
+            return capture.isOpened() and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == self.frames
         finally:
-            for writer in self._writers.values():
-                writer.release()
-            self._writers.clear()
-            temporaries, self._temporaries = self._temporaries, {}
-            for kind, temporary in temporaries.items():
-                target = self.folder / f"{self.stem}_{kind}.mp4"
-                if stopped and target.exists():
-                    kept, target = target, target.with_suffix(".partial.mp4")
-                    logger.warning("stopped early: %s kept, the frames so far in %s", kept, target)
-                commit(temporary, target)
-            folder, self._label_folder = self._label_folder, None
-            if folder is not None:
-                target = self.folder / f"{self.stem}_labels"
-                if stopped and target.exists():
-                    kept, target = target, target.with_name(f"{target.name}.partial")
-                    logger.warning("stopped early: %s kept, the frames so far in %s", kept, target)
-                commit_folder(folder, target)
+            capture.release()
 
     def __enter__(self) -> VideoOutputs:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
         self.close(stopped=exc_type is not None)
+
+
+def _commit(
+    move: Callable[[Path, Path], None], temporary: Path, target: Path, partial: Path | None
+) -> None:
+    """``move`` the finished ``temporary`` (a file or folder) to ``target``; with ``partial``
+    (the video ended early), to ``partial`` instead when ``target`` holds a finished run's."""
+    if partial is not None and target.exists():
+        logger.warning("stopped early: %s kept, the frames so far in %s", target, partial)
+        target = partial
+    move(temporary, target)
 
 
 def _check_label_folder(folder: Path) -> None:
@@ -265,7 +301,7 @@ def segment_video(
         total = max_frames or video.frame_count
         bar = tqdm(total=total, desc=stem, unit="frame", disable=not progress, leave=False)
         results = runner.map(segment, itertools.islice(video.frames(), max_frames))
-        segmented = 0
+        segmented, interrupted = 0, False
         try:
             for index, pictures, labels, milliseconds in results:
                 segmented += 1
@@ -278,15 +314,22 @@ def segment_video(
             if isinstance(stop, Terminated) or not (video.live or video.drops):
                 raise
             logger.info("%s: stopped (Ctrl-C) after %d frames segmented", source, segmented)
+            interrupted = True
         finally:
             results.close()
             bar.close()
         if video.drops:
             summary.dropped[source] = (video.dropped, video.frames_read)
+        expected = min(video.frame_count or 0, max_frames or video.frame_count or 0)
+        cut = not (video.live or video.drops) and 0 < segmented < expected
+        # A file replayed at its rate and stopped, or one cut short, did not give all of
+        # itself: a finished run's videos of it are kept (a camera's end is its own).
+        out.close(stopped=cut or (interrupted and not video.live))
     if segmented == 0:
         raise VideoSourceError("no frames could be decoded (corrupt or empty video)")
-    expected = min(video.frame_count or 0, max_frames or video.frame_count or 0)
-    if not (video.live or video.drops):
-        warn_if_frames_lost(source, segmented, expected)
     summary.outputs += out.paths
-    summary.processed.append(source)
+    if cut:
+        warn_if_frames_lost(source, segmented, expected)
+        summary.failed[source] = f"{segmented} of its {expected} frames could be decoded"
+    else:
+        summary.processed.append(source)
