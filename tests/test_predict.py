@@ -563,3 +563,33 @@ def test_a_scale_that_leaves_almost_nothing_of_the_image_is_logged_once(
     warnings = [r.getMessage() for r in caplog.records if "coarsest branch" in r.getMessage()]
     assert len(warnings) == 1
     assert "scale 0.01 takes 360x480 (height x width) images to 8x8 pixels" in warnings[0]
+
+
+def test_options_the_inputs_would_ignore_and_unwritable_outputs_are_refused_up_front(
+    camvid_frames, tmp_path, capsys
+) -> None:
+    """--max-frames on images, --batch-size on a video, --preview of pictures it cannot show
+    were accepted and ignored; an output folder that cannot be made was found after the
+    first input had been segmented. One line each, before the model is loaded."""
+    from helpers import one_line_cli_error
+
+    image, video = str(camvid_frames[0]), str(tmp_path / "drive.mp4")
+    Path(video).write_bytes(b"not read: the refusal comes first")
+    (tmp_path / "afile").write_text("in the way")
+    cases = {
+        "--max-frames applies to videos, cameras and streams, and none is among the inputs": [
+            image, "--max-frames", "2"],
+        "--drop-frames applies to videos": [image, "--drop-frames", "yes"],
+        "--batch-size applies to images, and none is among the inputs": [
+            video, "--batch-size", "2"],
+        "--workers applies to images": [video, "--workers", "1"],
+        "--preview shows overlays or side-by-side pictures, and --save labels makes neither": [
+            image, "--save", "labels", "--preview", "18767"],
+        f"--output {tmp_path / 'afile' / 'out'}: cannot create its folder": [
+            image, "-o", str(tmp_path / "afile" / "out")],
+    }  # fmt: skip
+    for message, argv in cases.items():
+        # The case's own -o, where it has one, comes last and wins.
+        error = one_line_cli_error(capsys, ["predict", "-o", str(tmp_path / "o"), *argv])
+        assert message in error, error
+    assert not (tmp_path / "o").exists()

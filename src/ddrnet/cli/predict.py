@@ -21,6 +21,7 @@ from ddrnet.cli.options import (
     device_and_precision,
     load_model,
     parse_pixel_count,
+    writable_folder,
 )
 from ddrnet.errors import UsageError
 from ddrnet.limits import DEFAULT_MAX_PIXELS
@@ -63,9 +64,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "unknown: 255 in the label PNGs, dark in the overlays ('ddrnet eval --confidence' "
         "shows what a threshold keeps and catches)",
     )
-    parser.add_argument("--batch-size", type=POSITIVE_INT, default=1)
+    parser.add_argument("--batch-size", type=POSITIVE_INT, help="images: segmented at once (1)")
     parser.add_argument(
-        "--workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers for reading"
+        "--workers", type=NON_NEGATIVE_INT, help="images: DataLoader workers for reading (0)"
     )
     add_scales_option(parser)
     parser.add_argument(
@@ -104,9 +105,8 @@ def _add_video_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--drop-frames",
         choices=DROP_FRAMES,
-        default="auto",
         help="skip to the newest frame when the network is slower than the source, so that "
-        "results do not fall behind (auto: cameras and rtsp/rtmp/udp/tcp/srt streams, not "
+        "results do not fall behind (default auto: cameras and rtsp/rtmp/udp/tcp/srt streams, not "
         "files or http URLs); the videos written keep the source's timing",
     )
     parser.add_argument(
@@ -127,6 +127,11 @@ def _add_video_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _given(**options: object) -> dict[str, object]:
+    """The options the user gave: the others keep ``run_prediction``'s defaults."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 def _address(value: str) -> tuple[str, int]:
     try:
         return parse_address(value)
@@ -134,15 +139,34 @@ def _address(value: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _check_options_apply(args: argparse.Namespace, images: list, videos: list) -> None:
+    """Refuse options that these inputs would accept and ignore."""
+    per_kind = {
+        "videos, cameras and streams": (videos, ("--max-frames", "--drop-frames")),
+        "images": (images, ("--batch-size", "--workers")),
+    }
+    for kind, (inputs, options) in per_kind.items():
+        for option in options:
+            if not inputs and getattr(args, option[2:].replace("-", "_")) is not None:
+                raise UsageError(f"{option} applies to {kind}, and none is among the inputs")
+    if args.preview and args.save and not {"overlay", "side"} & set(args.save):
+        raise UsageError(
+            f"--preview shows overlays or side-by-side pictures, and --save {' '.join(args.save)}"
+            " makes neither: add overlay or side"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from ddrnet.assets import demo_frames
-    from ddrnet.predict import run_prediction
+    from ddrnet.predict import expand_inputs, run_prediction
     from ddrnet.runner import SegmentationRunner
 
-    model = load_model(args, streams=args.streams)
     inputs = args.inputs or [str(p) for p in demo_frames()]
     if not inputs:
         raise UsageError("no inputs given and no demo frames are installed")
+    _check_options_apply(args, *expand_inputs(inputs))
+    writable_folder("--output", args.output, {"--checkpoint": args.checkpoint})
+    model = load_model(args, streams=args.streams)
     device, amp = device_and_precision(args, model)
     runner = SegmentationRunner(
         model,
@@ -163,12 +187,12 @@ def run(args: argparse.Namespace) -> int:
             inputs,
             Path(args.output),
             kinds=args.save,
-            batch_size=args.batch_size,
-            num_workers=args.workers,
             max_frames=args.max_frames,
             max_pixels=args.max_pixels,
-            drop_frames=args.drop_frames,
             preview=preview,
+            **_given(
+                batch_size=args.batch_size, num_workers=args.workers, drop_frames=args.drop_frames
+            ),
         )
     done, failed = len(summary.processed), len(summary.failed)
     if summary.latencies_ms:
