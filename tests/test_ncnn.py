@@ -125,6 +125,34 @@ def test_an_export_killed_midway_leaves_the_earlier_one_working(
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(p.name for p in copy.paths)
 
 
+def test_a_json_beside_that_is_not_an_ncnn_sidecar_is_neither_replaced_nor_read(
+    exported, model, tmp_path
+) -> None:
+    """m.param and m.pte share m.json: an ncnn export replaced an ExecuTorch export's sidecar
+    (or a user's own m.json), and the ncnn file then ran with the other's record."""
+    import json
+
+    from ddrnet.deploy.onnx_file import ExportError
+
+    mine = tmp_path / "m.json"
+    mine.write_text('{"lanes": 4}')
+    with pytest.raises(ExportError, match=r"m.json: .* is not a ddrnet sidecar; move it"):
+        export_ncnn(model, tmp_path / "m.param", (96, 128))
+    assert mine.read_text() == '{"lanes": 4}' and not (tmp_path / "m.param").exists()
+    files = NcnnFiles.of(exported)
+    copy = NcnnFiles.of(tmp_path / "copy.param")
+    for source, target in zip(files.paths, copy.paths):
+        shutil.copy(source, target)
+    record = json.loads(copy.sidecar.read_text())
+    record["executorch"] = {"pte_blake2b": "0" * 32}
+    del record["ncnn"]
+    copy.sidecar.write_text(json.dumps(record))
+    with pytest.raises(NcnnFileError, match=r"copy.json beside it is the sidecar of an ExecuTorch"):
+        load_ncnn_model(copy.param)
+    with pytest.raises(ExportError, match=r"is the sidecar of an ExecuTorch export; move it"):
+        export_ncnn(model, copy.param, (96, 128))
+
+
 def test_logits_match_pytorch_on_real_frames_at_any_size(exported, model, val_frames) -> None:
     difference = verify_ncnn(model, exported, val_frames)
     with torch.no_grad():

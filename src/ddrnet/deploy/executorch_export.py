@@ -35,7 +35,6 @@ from ddrnet.atomic import (
     replaced_together,
 )
 from ddrnet.deploy.executorch_runtime import (
-    EXECUTORCH_KEY,
     INSTALL_HINT,
     ExecutorchFiles,
     ExecutorchSegmentationModel,
@@ -44,7 +43,7 @@ from ddrnet.deploy.executorch_runtime import (
 )
 from ddrnet.deploy.export import example_input, folded_export_wrapper
 from ddrnet.deploy.fixed_size import check_fixed_size_export, export_record, program_size
-from ddrnet.deploy.onnx_file import ExportError
+from ddrnet.deploy.onnx_file import EXECUTORCH_KEY, ExportError, check_sidecar_replaceable
 from ddrnet.deploy.quantize import ImageSource, preprocess_image
 from ddrnet.errors import UsageError
 
@@ -133,6 +132,7 @@ def export_executorch(
     height, width = program_size(model, size)
     if int8 and calibration is None:
         raise UsageError("INT8 export needs calibration images (real frames)")
+    check_sidecar_replaceable(files.sidecar, EXECUTORCH_KEY)
     partitioner, lower = _lowering()  # before the slow steps: a missing package fails at once
     batches = calibration_batches(model, calibration, (height, width)) if int8 else []
     wrapper = folded_export_wrapper(model, upsample_to_input)

@@ -32,8 +32,14 @@ from ddrnet.atomic import (
     scratch_folder,
 )
 from ddrnet.deploy.export import check_size, example_input, folded_export_wrapper
-from ddrnet.deploy.ncnn_runtime import NCNN_KEY, NcnnFiles, is_ncnn_file
-from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
+from ddrnet.deploy.ncnn_runtime import NcnnFiles, is_ncnn_file
+from ddrnet.deploy.onnx_file import (
+    EXPORT_OPTIONS_KEY,
+    METADATA_KEY,
+    NCNN_KEY,
+    ExportError,
+    check_sidecar_replaceable,
+)
 from ddrnet.deploy.verify import evaluate_on_camvid, real_frames, verify_ncnn
 from ddrnet.errors import UsageError
 
@@ -136,6 +142,7 @@ def export_ncnn(
     sizes = [check_size("input_size", input_size)]
     sizes.append(_second_size(*sizes[0]))
     _pnnx_executable()  # before tracing: a missing pnnx fails at once
+    check_sidecar_replaceable(files.sidecar, NCNN_KEY)
     files.param.parent.mkdir(parents=True, exist_ok=True)
     wrapper = folded_export_wrapper(model, upsample_to_input)
     with scratch_folder("pnnx") as folder:

@@ -24,14 +24,20 @@ import torch
 from torch import nn
 
 from ddrnet.atomic import file_digest, restored_before_reading
-from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
+from ddrnet.deploy.onnx_file import (
+    EXPORT_OPTIONS_KEY,
+    METADATA_KEY,
+    NCNN_KEY,
+    SIDECAR_FORMATS,
+    ExportError,
+    sidecar_writer,
+)
 from ddrnet.models.metadata import ModelMetadata
 
 logger = logging.getLogger(__name__)
 
-# Sidecar key: {"input": blob name, "output": blob name, "param_blake2b", "bin_blake2b":
-# digests of the two files it was written with, which the sidecar, written last, commits}.
-NCNN_KEY = "ncnn"
+# Under the sidecar's NCNN_KEY: {"input": blob name, "output": blob name, "param_blake2b",
+# "bin_blake2b": digests of the two files it was written with}.
 NCNN_MAGIC = "7767517"  # the first line of every ncnn .param text file
 INSTALL_HINT = "pip install ncnn (or pip install 'ddrnet[edge]')"
 
@@ -110,6 +116,12 @@ def check_files_belong_together(files: NcnnFiles, sidecar: dict[str, object]) ->
     """Refuse a ``.param``/``.bin`` pair other than the one its sidecar was written with (an
     export killed between its three writes leaves new files beside old ones; they would load
     and give wrong labels)."""
+    writer = sidecar_writer(sidecar)
+    if writer not in (None, SIDECAR_FORMATS[NCNN_KEY]):
+        raise NcnnFileError(
+            f"{files.param}: {files.sidecar.name} beside it is the sidecar of an {writer} "
+            "export of the same name, not this file's; export it again under another name"
+        )
     blobs = sidecar.get(NCNN_KEY)
     if not isinstance(blobs, dict):
         return  # a foreign file, or one exported before the digests were recorded
