@@ -301,3 +301,37 @@ def test_validation_frames_that_nearly_repeat_training_frames_are_named(
     near = [w for w in survey_warnings(train, val) if "nearly repeat" in w]
     assert len(near) == 1 and ": 1 of 2 (e.g. " in near[0]
     assert f"moved.png ~ {root / 'images/train/street.png'}, {bits} bits" in near[0]
+
+
+def test_the_report_and_pictures_never_replace_a_users_files(tmp_path: Path, capsys) -> None:
+    """--json onto the classes file (or a JSON recipe) replaced it with the report; --show
+    into the images' tree of a data set of recordings in sub-folders drew among its frames;
+    a user's file under the name of a new picture was replaced."""
+    import shutil
+
+    import yaml
+
+    root = folder_tree(tmp_path)
+    classes = root / "classes.json"
+    classes.write_text(json.dumps(yaml.safe_load((root / "classes.yaml").read_text())))
+    before = classes.read_text()
+    argv = ["data", "custom_folder_example", f"data.root={root}", "data.val_split=train",
+            f"data.classes_file={classes}"]  # fmt: skip
+    error = one_line_cli_error(capsys, [*argv, "--json", str(classes)])
+    assert "is the file data.classes_file reads; writing it would replace it" in error
+    assert classes.read_text() == before
+    for kind in ("images", "masks"):  # frames of one recording in a folder of their own
+        drive = root / kind / "train" / "drive1"
+        drive.mkdir()
+        for path in sorted((root / kind / "train").glob("*.*")):
+            shutil.move(path, drive / path.name)
+    error = one_line_cli_error(capsys, [*argv, "--show", str(root / "images")])
+    assert error.endswith("the data set's own folder; choose another")
+    assert sorted(p.name for p in (root / "images/train").iterdir()) == ["drive1"]
+    mine = tmp_path / "pictures/train/001_a.png"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"the user's")
+    error = one_line_cli_error(capsys, [*argv, "--show", str(tmp_path / "pictures")])
+    assert f"{mine}: not written by an earlier run, and this one would replace it" in error
+    assert mine.read_bytes() == b"the user's"
+    assert sorted(p.name for p in mine.parent.iterdir()) == ["001_a.png"]

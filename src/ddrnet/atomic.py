@@ -12,6 +12,7 @@ Callers that need a simulated kill in tests to reach every write call it as
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -169,7 +170,8 @@ def staged_files(folder: Path, set_name: str | None = None) -> Iterator[Path]:
     without an error they are moved into ``folder`` (renames, one after another). With
     ``set_name``, the set replaces the one written before under that name: the files it
     listed in ``folder/.ddrnet-<set_name>`` are deleted, and the list becomes this set's.
-    Only listed files go: a user's own files beside them stay, whatever their names. A set
+    Only listed files go: a user's own files beside them stay, whatever their names (one
+    under the name of a new file is a ``FileExistsError``, and nothing is moved). A set
     stopped or failed midway is removed, and the earlier set stays whole; a staging folder
     a kill left is removed first. Unlike ``commit_folder``, ``folder`` itself is never
     renamed: it may be the current folder, or hold other files."""
@@ -186,6 +188,11 @@ def staged_files(folder: Path, set_name: str | None = None) -> Iterator[Path]:
     if set_name is not None:
         listing = folder / f".ddrnet-{set_name}"
         earlier = _listed_names(listing)
+        try:  # a user's file under the name of one of ours: it stays, ours are not kept
+            check_set_names_free(folder, set_name, names)
+        except FileExistsError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         # Every file of both sets listed while they are swapped: a kill in between leaves
         # nothing of ours that the next run would not replace.
         atomic_write_text("".join(f"{name}\n" for name in sorted({*earlier, *names})), listing)
@@ -197,6 +204,21 @@ def staged_files(folder: Path, set_name: str | None = None) -> Iterator[Path]:
     staging.rmdir()
     if set_name is not None:
         atomic_write_text("".join(f"{name}\n" for name in names), listing)
+
+
+def check_set_names_free(folder: Path, set_name: str, names: Collection[str]) -> None:
+    """A ``FileExistsError`` naming the first of ``names`` that is a file in ``folder`` which
+    the earlier ``staged_files`` set ``set_name`` did not write: a user's file, which the
+    set would replace. Callers that know the names before the work check them first."""
+    earlier = set(_listed_names(folder / f".ddrnet-{set_name}"))
+    for name in names:
+        if name not in earlier and os.path.lexists(folder / name):
+            raise FileExistsError(
+                errno.EEXIST,
+                "not written by an earlier run, and this one would replace it: move it, or "
+                "choose another folder",
+                str(folder / name),
+            )
 
 
 def _listed_names(listing: Path) -> list[str]:

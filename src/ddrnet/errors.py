@@ -35,6 +35,7 @@ trace a network, which callers handle (they run it unfolded) or is a bug to repo
 from __future__ import annotations
 
 import errno
+import os
 
 
 class DDRNetError(Exception):
@@ -87,7 +88,10 @@ def user_error_message(error: BaseException) -> str | None:
 
 
 def _os_error_reason(error: OSError) -> str:
-    """What an OS error on an output path means for the user (e.g. ``-o`` naming a file)."""
+    """What an OS error on an output path means for the user (e.g. ``-o`` naming a file);
+    ours, raised with a reason of their own, say it."""
+    if error.errno is not None and error.strerror not in (None, os.strerror(error.errno)):
+        return str(error.strerror)
     if isinstance(error, (FileExistsError, NotADirectoryError)):
         return "a file is in the way where an output folder is needed"
     if isinstance(error, IsADirectoryError):

@@ -62,18 +62,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddrnet.atomic import atomic_write_json
+    from ddrnet.atomic import atomic_write_json, check_set_names_free
     from ddrnet.config import load_config
     from ddrnet.data.build import build_split
     from ddrnet.data.survey import survey_dataset, survey_warnings
     from ddrnet.engine.config import Config, resolve_recipe
-    from ddrnet.viz.figure import check_pictures_folder
-    from ddrnet.viz.labels import write_label_pictures
+    from ddrnet.viz.figure import LABEL_PICTURES, check_pictures_folder
+    from ddrnet.viz.labels import label_picture_names, write_label_pictures
 
-    writable_file("--json", args.json, (".json",))
     _check_show_options(args)
     overrides = list(args.overrides) + getattr(args, "late_overrides", [])
-    config = load_config(Config, resolve_recipe(args.config), overrides)
+    recipe = resolve_recipe(args.config)
+    config = load_config(Config, recipe, overrides)
+    reads = {"config": str(recipe), "data.classes_file": config.data.classes_file}
+    writable_file("--json", args.json, (".json",), reads=reads)
     # Not cached: the survey reads each file once, and a broken one must not stop the rest.
     sets = {
         "train": build_split(config.data, "train_split", train=True, cache=False),
@@ -85,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         for role, folder in folders.items():  # refused now, before minutes of reading:
             check_pictures_folder(sets[role], folder)  # the data's own folder
             folder.mkdir(parents=True, exist_ok=True)  # a file in the way
+            check_set_names_free(folder, LABEL_PICTURES, label_picture_names(sets[role], count))
     surveys = {role: survey_dataset(dataset, progress=True) for role, dataset in sets.items()}
     warnings = survey_warnings(surveys["train"], surveys["val"])
     labels = sets["train"].labels

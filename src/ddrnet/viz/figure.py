@@ -36,14 +36,17 @@ def ranked_name(rank: int, stem: str) -> str:
 def check_pictures_folder(dataset: Dataset, output: str | Path, option: str = "--show") -> Path:
     """``output`` as a folder for pictures of ``dataset``'s frames (``option`` names it in
     messages): a ``UsageError`` when it is a file, or holds images or labels of ``dataset``
-    (pictures there could replace them, and a rerun would read them as data), raised
+    at any depth, or lies inside a folder of them (pictures there could replace them, and a
+    rerun would read them as data, as a data set of recordings in sub-folders does), raised
     before any work."""
     if Path(output).exists() and not Path(output).is_dir():
         raise UsageError(f"{option} {output}: a file, where the pictures' folder is to be")
     folder = Path(output).resolve()
     samples = [sample for sample in frame_samples(dataset) if sample is not None]
     files = [path for s in samples for path in (s.image, s.label) if path is not None]
-    if any(path.resolve().parent == folder for path in files):
+    data_folders = {path.resolve().parent for path in files}
+    inside = {folder, *folder.parents}
+    if any(data in inside or folder in data.parents for data in data_folders):
         raise UsageError(f"{option} {output}: the data set's own folder; choose another")
     return Path(output)
 

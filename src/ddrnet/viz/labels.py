@@ -52,6 +52,13 @@ def picked_frames(dataset: PairedSegmentationDataset, count: int) -> list[int]:
     return [i for i in spread_indices(len(dataset), count) if dataset.samples[i].label]
 
 
+def label_picture_names(dataset: PairedSegmentationDataset, count: int) -> list[str]:
+    """The file names ``write_label_pictures`` gives the ``count`` frames it picks (fewer
+    where a frame's files cannot be used)."""
+    frames = picked_frames(dataset, count)
+    return [ranked_name(rank, dataset.samples[i].image.stem) for rank, i in enumerate(frames, 1)]
+
+
 def write_label_pictures(
     dataset: PairedSegmentationDataset,
     output: str | Path,
