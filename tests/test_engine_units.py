@@ -311,7 +311,8 @@ def test_upsampled_class_ids_of_a_real_frame_match_pytorchs_resize(camvid_root) 
         ("eval.scales=[9]", "eval: scales: scale 9 is outside \\(0, 4\\]"),
         ("train.epochs=0", "train: epochs must be >= 1"),
         ("train.threads=-1", "threads must be >= 1"),
-        ("model.width_multiplier=0", "width_multiplier must be > 0"),
+        ("model.width_multiplier=0", "width_multiplier must be in \\(0, 8\\]"),
+        ("model.width_multiplier=100", "width_multiplier must be in \\(0, 8\\]"),
         ("model.norm=layer", "model.norm: 'layer' is not one of \\['batch', 'group', 'ibn'\\]"),
         ("model.norm_groups=0", "model: norm_groups must be >= 1, got 0"),
         ("model.name=ddrnet_23_slim_imagenet", "model: name must be one of \\['ddrnet_23_slim'"),
@@ -665,3 +666,26 @@ def test_a_set_being_replaced_by_a_running_process_is_left_to_it(tmp_path) -> No
     assert restore_interrupted_set(paths)
     assert [path.read_text() for path in paths] == ["old", "old"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "m.json", "m.pte"]
+
+
+# An override that did nothing, what it was refused with, and what makes it apply.
+DEAD_SETTINGS = [
+    ("optim.momentum=0.5", "left at 0.9 unless optimizer is sgd", "optim.optimizer=sgd"),
+    ("loss.ohem_threshold=0.5", "left at 0.9 unless ohem is true", "loss.ohem=true"),
+    ("loss.ohem_min_kept=10", "left at 131072 unless ohem is true", "loss.ohem=true"),
+    ("loss.boundary_width=7", "left at 3 unless boundary_weight is set", "loss.boundary_weight=1"),
+    ("model.norm_groups=7", "left at 32 unless norm is group", "model.norm=group"),
+    ("optim.warmup_ratio=0.5", "left at 0.1 unless warmup_epochs > 0", "optim.warmup_epochs=1"),
+]
+
+
+@pytest.mark.parametrize(("override", "message", "applies"), DEAD_SETTINGS)
+def test_settings_that_would_do_nothing_are_refused_by_name(override, message, applies) -> None:
+    """Each was accepted, trained without any effect, and said nothing."""
+    off = {"optim.": "optim.optimizer=adamw", "loss.ohem": "loss.ohem=false"}
+    context = [value for prefix, value in off.items() if override.startswith(prefix)]
+    with pytest.raises(
+        ConfigError, match=f"{override.split('=')[0].split('.')[1]} must be {message}"
+    ):
+        load_config(Config, None, [*context[:1], override])
+    load_config(Config, None, [applies, override])  # where it applies, it is taken

@@ -285,6 +285,10 @@ def test_refusals_come_before_anything_is_written(camvid_root, tmp_path) -> None
     without_aux = ["model.aux_head=false", "loss.aux_weight=0.2"]
     with pytest.raises(TrainingError, match=r"^loss.aux_weight=0.2 does nothing with model.aux"):
         train(tiny_config(camvid_root, fresh, extra=without_aux))
+    with pytest.raises(
+        TrainingError, match=r"^loss.label_stride=1000 is larger than the data.crop"
+    ):
+        train(tiny_config(camvid_root, fresh, extra=["loss.label_stride=1000"]))  # was a crash
     # Quick refusals come before the file-by-file data check and name their setting.
     with pytest.raises(ValueError, match="train.amp=fp16 needs CUDA"):
         train(tiny_config(camvid_root, fresh, extra=["train.amp=fp16"]))

@@ -10,7 +10,7 @@ from typing import Literal
 
 from ddrnet.config import ConfigError
 from ddrnet.engine.losses import CLASS_WEIGHTING_METHODS
-from ddrnet.limits import check_scales
+from ddrnet.limits import MAX_WIDTH_MULTIPLIER, check_scales
 from ddrnet.models import list_models
 from ddrnet.models.fusion import FUSIONS
 from ddrnet.models.spec import NORMS
@@ -21,6 +21,14 @@ def _require(ok: bool, key: str, rule: str, value: object) -> None:
     value (``ddrnet.config.from_dict`` adds the section, e.g. ``data: batch_size ...``)."""
     if not ok:
         raise ValueError(f"{key} must be {rule}, got {value!r}")
+
+
+def _unused_unless(section: object, applies: bool, key: str, condition: str) -> None:
+    """Refuse ``key`` of a config ``section`` set away from its default where it would do
+    nothing (``applies`` False): a recipe that sets it expects an effect it does not get."""
+    default = next(f.default for f in fields(section) if f.name == key)  # type: ignore[arg-type]
+    value = getattr(section, key)
+    _require(applies or value == default, key, f"left at {default!r} unless {condition}", value)
 
 
 def _positive(value: float | None) -> bool:
@@ -53,10 +61,16 @@ class ModelConfig:
     def __post_init__(self) -> None:
         names = list_models("segmentation")  # the classifiers are ImageNet backbones
         _require(self.name in names, "name", f"one of {names}", self.name)
-        _require(_positive(self.width_multiplier), "width_multiplier", "> 0", self.width_multiplier)
+        _require(
+            _positive(self.width_multiplier) and self.width_multiplier <= MAX_WIDTH_MULTIPLIER,
+            "width_multiplier",
+            f"in (0, {MAX_WIDTH_MULTIPLIER:g}]",
+            self.width_multiplier,
+        )
         _require(self.norm in NORMS, "norm", f"one of {NORMS}", self.norm)
         _require(self.norm_groups >= 1, "norm_groups", ">= 1", self.norm_groups)
         _require(self.fusion in FUSIONS, "fusion", f"one of {FUSIONS}", self.fusion)
+        _unused_unless(self, self.norm == "group", "norm_groups", "norm is group")
 
 
 @dataclass
@@ -200,6 +214,8 @@ class OptimConfig:
             )  # fmt: skip
         _require(0 < self.warmup_ratio <= 1, "warmup_ratio", "in (0, 1]", self.warmup_ratio)
         _require(0 <= self.min_lr <= self.lr, "min_lr", "in [0, lr]", self.min_lr)
+        _unused_unless(self, self.optimizer == "sgd", "momentum", "optimizer is sgd")
+        _unused_unless(self, self.warmup_epochs > 0, "warmup_ratio", "warmup_epochs > 0")
 
 
 @dataclass
@@ -235,6 +251,11 @@ class LossConfig:
         _require(self.ohem_min_kept >= 0, "ohem_min_kept", ">= 0", self.ohem_min_kept)
         _require(_finite(self.aux_weight), "aux_weight", ">= 0", self.aux_weight)
         _require(self.label_stride >= 1, "label_stride", ">= 1", self.label_stride)
+        for key in ("ohem_threshold", "ohem_min_kept"):
+            _unused_unless(self, self.ohem, key, "ohem is true")
+        _unused_unless(
+            self, self.boundary_weight is not None, "boundary_width", "boundary_weight is set"
+        )
         weights = self.class_weights
         if isinstance(weights, str):
             methods = list(CLASS_WEIGHTING_METHODS)

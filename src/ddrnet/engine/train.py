@@ -170,6 +170,11 @@ def _set_up_process(
             f"loss.aux_weight={config.loss.aux_weight:g} does nothing with model.aux_head=false "
             "(there is no auxiliary head to supervise)"
         )
+    if config.loss.label_stride > min(config.data.crop_size):
+        raise TrainingError(
+            f"loss.label_stride={config.loss.label_stride} is larger than the data.crop_size "
+            f"{list(config.data.crop_size)}: the subsampled labels would have no pixel left"
+        )
     amp_dtype = resolve_precision(cfg_train.amp, device, option="train.amp")
     if ctx.is_main:
         logger.info(

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ddrnet.limits import MAX_WIDTH_MULTIPLIER
 from ddrnet.models.fusion import FUSIONS
 
 # The normalisation layers a DDRNet can be built with (``DDRNetSpec.norm``).
@@ -72,11 +73,15 @@ class DDRNetSpec:
 
     def widened(self, multiplier: float) -> DDRNetSpec:
         """The same topology with branch and head widths scaled (e.g. DDRNet-39 1.5x);
-        ``multiplier`` > 0 (widths are rounded to multiples of 8, at least 8)."""
-        if not (isinstance(multiplier, (int, float)) and math.isfinite(multiplier)) or (
-            multiplier <= 0
+        ``multiplier`` in ``(0, MAX_WIDTH_MULTIPLIER]`` (widths are rounded to multiples of
+        8, at least 8)."""
+        if not (isinstance(multiplier, (int, float)) and math.isfinite(multiplier)) or not (
+            0 < multiplier <= MAX_WIDTH_MULTIPLIER
         ):
-            raise ValueError(f"width_multiplier must be a number > 0, got {multiplier!r}")
+            raise ValueError(
+                f"width_multiplier must be a number in (0, {MAX_WIDTH_MULTIPLIER:g}], "
+                f"got {multiplier!r}"
+            )
 
         def scale(channels: int) -> int:
             return max(8, int(round(channels * multiplier / 8)) * 8)
