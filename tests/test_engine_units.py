@@ -689,3 +689,27 @@ def test_settings_that_would_do_nothing_are_refused_by_name(override, message, a
     ):
         load_config(Config, None, [*context[:1], override])
     load_config(Config, None, [applies, override])  # where it applies, it is taken
+
+
+def test_a_stop_during_a_save_is_a_stop_not_the_savers_error(tmp_path) -> None:
+    """torch.save interrupted by Ctrl-C (or SIGTERM) mid-write raises its own RuntimeError
+    while closing its zip writer: the command printed that traceback instead of stopping."""
+    from ddrnet.atomic import atomic_write
+    from ddrnet.errors import Terminated
+
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"the earlier checkpoint")
+
+    def save(stream) -> None:
+        try:
+            stream.write(b"half")
+            raise Terminated
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
+
+    with pytest.raises(Terminated):
+        atomic_write(target, save)
+    assert target.read_bytes() == b"the earlier checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # a plain failure stays one
+        atomic_write(target, lambda stream: (_ for _ in ()).throw(RuntimeError("unexpected pos")))

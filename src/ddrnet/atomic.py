@@ -66,7 +66,25 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
         _name_target(error, path, temporary)
+        stop = _stop_behind(error)
+        if stop is not None:
+            raise stop from None
         raise
+
+
+def _stop_behind(error: BaseException) -> BaseException | None:
+    """The Ctrl-C or SIGTERM (a ``KeyboardInterrupt``) that ``error`` was raised in the
+    handling of, if any: ``torch.save`` stopped by one mid-write raises its own error while
+    closing its zip writer ("unexpected pos ..."), which would hide the stop behind a
+    traceback. None when ``error`` is itself the stop, or none is behind it."""
+    if isinstance(error, KeyboardInterrupt):
+        return None
+    cause = error.__context__
+    while cause is not None:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        cause = cause.__context__
+    return None
 
 
 def _name_target(error: BaseException, path: Path, temporary: str | Path) -> None:
