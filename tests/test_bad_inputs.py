@@ -183,10 +183,13 @@ def test_resume_from_a_run_folder_continues_its_last_pt(camvid_root, tmp_path, c
 
     first, second = tmp_path / "first", tmp_path / "second"
     assert main(command(first, epochs=1)) == 0
-    with caplog.at_level("INFO", logger="ddrnet.engine.train"):
+    with caplog.at_level("INFO", logger="ddrnet.engine"):
         assert main([*command(second, epochs=2), "--resume", str(first)]) == 0
     assert f"resumed from {first / 'last.pt'} at epoch 1" in caplog.text
     assert torch.load(second / "last.pt", weights_only=True)["epoch"] == 2
+    # A new folder's files are written from the checkpoint, not "repaired after a kill".
+    assert f"written to {second} from epoch 1" in caplog.text
+    assert "repaired" not in caplog.text and "not written by this run" not in caplog.text
 
 
 def test_a_mean_outside_the_image_scale_is_refused_by_name(capsys) -> None:

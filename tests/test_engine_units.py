@@ -713,3 +713,15 @@ def test_a_stop_during_a_save_is_a_stop_not_the_savers_error(tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
     with pytest.raises(RuntimeError, match="unexpected pos"):  # a plain failure stays one
         atomic_write(target, lambda stream: (_ for _ in ()).throw(RuntimeError("unexpected pos")))
+
+
+def test_an_empty_resume_or_pretrained_path_is_refused(tmp_path) -> None:
+    """`--resume "$RUN"` or `model.pretrained=$CKPT` with an empty variable started a run
+    from scratch without a word."""
+    from ddrnet.engine.checkpointing import TrainingError
+    from ddrnet.engine.run_folder import checked_output
+
+    with pytest.raises(TrainingError, match="--resume '': give a checkpoint or run folder"):
+        checked_output(tmp_path / "run", "")
+    with pytest.raises(ConfigError, match="pretrained must be a file"):
+        load_config(Config, None, ["model.pretrained=''"])

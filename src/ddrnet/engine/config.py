@@ -61,6 +61,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         names = list_models("segmentation")  # the classifiers are ImageNet backbones
         _require(self.name in names, "name", f"one of {names}", self.name)
+        if self.pretrained is not None:  # an empty variable would train from scratch
+            _require(
+                bool(self.pretrained.strip()), "pretrained", "a file (or null)", self.pretrained
+            )
         _require(
             _positive(self.width_multiplier) and self.width_multiplier <= MAX_WIDTH_MULTIPLIER,
             "width_multiplier",

@@ -45,6 +45,8 @@ def checked_output(output: Path, resume: bool | str, config_text: str = "") -> P
     ``CONFIG_HEADER`` first, which a new run replaces) and that differs from
     ``config_text``."""
     resume_path = output / LAST if resume is True else Path(resume) if resume else None
+    if resume == "":  # an empty variable (`--resume "$RUN"`): no new run by mistake
+        raise TrainingError("--resume '': give a checkpoint or run folder, or no value")
     if resume_path is not None and resume_path.is_dir():  # `--resume runs/x`: a run folder
         resume_path = resume_path / LAST
     if output.exists() and not output.is_dir():
@@ -144,10 +146,13 @@ def repair_run(output: Path, state: dict[str, Any], model: torch.nn.Module) -> l
     """Finish what a kill left half done, from the resumed ``state`` (with ``model`` holding
     its evaluated weights): remove stale temporaries, write ``best.*`` when ``last.pt``'s epoch
     is the best one and they lag behind it, and make ``metrics.jsonl`` one line per finished
-    epoch. Returns the names of the files repaired (logged)."""
+    epoch. Returns the names of the files repaired (logged). A folder without a run's files
+    is a new one for a checkpoint resumed from elsewhere: its files are written, not
+    repaired, and the best epoch, unless it is the last, stays with the run it came from."""
     output.mkdir(parents=True, exist_ok=True)
     for path in remove_stale_temporaries(output, WRITTEN_FILES):
         logger.info("removed %s, a temporary file left by an interrupted write", path)
+    new_folder = not any((output / name).exists() for name in RUN_FILES)
     repaired = []
     best = best_epoch(state)
     if best is not None and best == state["epoch"]:
@@ -155,6 +160,12 @@ def repair_run(output: Path, state: dict[str, Any], model: torch.nn.Module) -> l
             atomic_save(state, output / BEST)
             save_model(model, output / BEST_MODEL, ModelMetadata.from_json(state["metadata"]))
             repaired += [BEST, BEST_MODEL]
+    elif best is not None and new_folder:
+        logger.info(
+            "best.* not written to %s: the run's best epoch, %d (val mIoU %.2f), is not the "
+            "last one, and stays in the folder it was trained in",
+            output, best, state["best_miou"],
+        )  # fmt: skip
     elif best is not None and _saved_epoch(output / BEST_MODEL) != best:
         logger.warning(
             "%s does not hold epoch %d, the best one of the run (val mIoU %.2f); it was not "
@@ -167,7 +178,9 @@ def repair_run(output: Path, state: dict[str, Any], model: torch.nn.Module) -> l
         if not metrics.is_file() or metrics.read_text() != text:
             atomic_write_text(text, metrics)
             repaired.append(METRICS)
-    if repaired:
+    if repaired and new_folder:
+        logger.info("%s written to %s from epoch %d", ", ".join(repaired), output, state["epoch"])
+    elif repaired:
         logger.info(
             "repaired %s after an interrupted epoch: they now match %s (epoch %d)",
             ", ".join(repaired), LAST, state["epoch"],
