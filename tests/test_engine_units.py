@@ -140,6 +140,9 @@ def test_config_overrides_and_errors(tmp_path) -> None:
     assert str(error.value) == (
         f"{bad}: invalid YAML (line 3, column 1: expected ',' or ']', but got '<stream end>')"
     )
+    bad.write_text("# a recipe cut off before its first section\n")  # trained the defaults
+    with pytest.raises(ConfigError, match=r"bad\.yaml: empty \(no sections\)"):
+        load_config(Config, bad)
     with pytest.raises(ConfigError) as error:
         load_config(Config, None, ["train.epochs=[1,"])
     assert "\n" not in str(error.value)

@@ -107,6 +107,8 @@ def test_live_sources_and_an_output_among_the_inputs_are_refused(
     folder = str(camvid_root / "val")
     error = one_line_cli_error(capsys, ["pick", folder, "-o", folder])
     assert "is the input folder" in error
+    error = one_line_cli_error(capsys, ["pick", folder, "--every", "3", "-o", "x"])
+    assert error.endswith("--every applies to videos, and none is among the inputs")
 
 
 def test_what_the_audit_found(

@@ -9,3 +9,5 @@ EXPORTED_RUNTIMES = ("onnxruntime", "openvino", "ncnn", "executorch", "aoti")
 OWN_FORMAT_RUNTIMES = ("ncnn", "executorch", "aoti")
 # What ``ddrnet predict`` can write of each input (``ddrnet.predict.run_prediction``).
 OUTPUT_KINDS = ("labels", "overlay", "side", "confidence")
+# The video frames ``ddrnet pick`` scores: every N-th (``ddrnet.pick.pick_frames``' ``every``).
+PICK_EVERY = 5

@@ -225,15 +225,17 @@ def read_json(path: str | Path, what: str, error: type[DDRNetError] = ConfigErro
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """The mapping of sections of the YAML file ``path``; a ``ConfigError`` naming the file
-    when it is missing, a folder, not UTF-8 text, not YAML or not a mapping."""
+    when it is missing, a folder, not UTF-8 text, not YAML, empty or not a mapping."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
     text = read_text(path, "config file")
     try:
-        values = parse_yaml(text) or {}
+        values = parse_yaml(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: invalid YAML ({parse_error_summary(error)})") from None
+    if values is None:  # an empty or cut-off file would train the built-in defaults
+        raise ConfigError(f"{path}: empty (no sections): a recipe sets at least one")
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return values

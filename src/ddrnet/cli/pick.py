@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from ddrnet.choices import PICK_EVERY
 from ddrnet.cli.options import (
     NON_NEGATIVE_INT,
     PATH,
@@ -15,6 +16,7 @@ from ddrnet.cli.options import (
     device_and_precision,
     load_model,
 )
+from ddrnet.errors import UsageError
 
 SHOWN = 10  # picks listed on the terminal; picks.json lists all
 
@@ -42,8 +44,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--every",
         type=POSITIVE_INT,
-        default=5,
-        help="score every N-th frame of a video (default 5)",
+        help=f"score every N-th frame of a video (default {PICK_EVERY})",
     )
     parser.add_argument(
         "--gap",
@@ -62,12 +63,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ddrnet.engine.predictor import Predictor
     from ddrnet.pick import PICKS_FILE, pick_frames, spread
+    from ddrnet.predict import expand_inputs
 
+    if args.every is not None and not expand_inputs(args.inputs)[1]:
+        raise UsageError("--every applies to videos, and none is among the inputs")
     model = load_model(args)
     device, amp = device_and_precision(args, model)
     predictor = Predictor(model, device, amp_dtype=amp)  # its fast copy: folded, channels-last
+    every = args.every or PICK_EVERY
     candidates, chosen = pick_frames(
-        predictor, args.inputs, args.output, args.count, args.every, args.gap, progress=True
+        predictor, args.inputs, args.output, args.count, every, args.gap, progress=True
     )
     low, median, high = spread(candidates)
     print(
