@@ -16,6 +16,7 @@ import ddrnet
 from ddrnet.cli import main
 from ddrnet.data.io import read_rgb
 from ddrnet.data.labels import CAMVID
+from ddrnet.errors import UsageError
 from ddrnet.models.metadata import class_info, distinct_palette
 from ddrnet.viz import (
     TITLE_HEIGHT,
@@ -83,7 +84,7 @@ def test_class_info_falls_back_to_numbered_classes() -> None:
     assert class_info_for_names(["a", "b"]).palette == distinct_palette(2)
 
 
-def test_features_figure(camvid_frame, checkpoints, tmp_path) -> None:
+def test_features_figure(camvid_frame, checkpoints, tmp_path, caplog) -> None:
     image = read_rgb(camvid_frame)
     panels = feature_panels(camvid_model(), image, top_k=5)
     titles = [panel.title for panel in panels]
@@ -108,6 +109,13 @@ def test_features_figure(camvid_frame, checkpoints, tmp_path) -> None:
     assert main(["viz", "features", str(camvid_frame), "--checkpoint", str(checkpoints[0]),
                  "--reduce", "pca", "-o", str(output)]) == 0  # fmt: skip
     assert Image.open(output).size == feature_figure_size(len(panels)) == (1600, 2090)
+    # A bare --model draws an untrained network's maps: said, as compare says it.
+    with caplog.at_level("WARNING", logger="ddrnet"):
+        assert main(["viz", "features", str(camvid_frame), "--model", "ddrnet_23_slim",
+                     "-o", str(output)]) == 0  # fmt: skip
+    assert (
+        "--model ddrnet_23_slim without --checkpoint: a network with random weights" in caplog.text
+    )
 
 
 def test_confusion_figure(tmp_path) -> None:
@@ -251,3 +259,6 @@ def test_compare_figure(camvid_frame, checkpoints, tmp_path) -> None:
         "assets/camvid_ddrnet23_slim.safetensors",
         "assets/camvid_ddrnet23_slim_train.safetensors",
     ]
+    # DDRNet's ImageNet classifier has no label maps: it crashed in the figure.
+    with pytest.raises(UsageError, match="--model ddrnet_23_slim_imagenet: an ImageNet classifier"):
+        load_models([], ["ddrnet_23_slim_imagenet"])

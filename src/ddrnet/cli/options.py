@@ -5,6 +5,7 @@ the library (``ddrnet.load``, ``ddrnet.loading.inference_setup``)."""
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import tempfile
@@ -21,6 +22,8 @@ from ddrnet.preview import MAX_PORT
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+logger = logging.getLogger("ddrnet")
 
 
 def _number(
@@ -171,6 +174,8 @@ def load_pytorch_model(args: argparse.Namespace) -> nn.Module:
     from ddrnet.loading import check_pytorch_file, load
 
     check_pytorch_file(args.checkpoint, f"ddrnet {args.command}")
+    if args.checkpoint is None and args.model is not None:
+        logger.warning("--model %s without --checkpoint: a network with random weights", args.model)
     return load(args.checkpoint, model=args.model)
 
 

@@ -94,7 +94,10 @@ def load_models(
         raise UsageError("give at least one --checkpoint FILE (or --model NAME)")
     if not checkpoints:
         logger.warning("no --checkpoint: the models have random weights")
-        return [(f"{name} (untrained)", ddrnet.create_model(name)) for name in model_names]
+        return [
+            (f"{name} (untrained)", _segmentation(ddrnet.create_model(name), f"--model {name}"))
+            for name in model_names
+        ]
     if len(model_names) not in (0, 1, len(checkpoints)):
         raise UsageError(
             f"{len(model_names)} --model names for {len(checkpoints)} --checkpoint files: give "
@@ -110,7 +113,7 @@ def load_models(
         path = resolve_bundled_name(checkpoint)  # a bundled model's name stands for its file
         if not path.is_file():
             raise MissingFileError(f"{path}: no such checkpoint file")
-        model = ddrnet.create_model(name, checkpoint=path)
+        model = _segmentation(ddrnet.create_model(name, checkpoint=path), str(path))
         metadata = model.metadata
         caption = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
         caption += f": {metadata.architecture}"
@@ -119,3 +122,16 @@ def load_models(
             caption += f", mIoU {miou:.1f}"
         models.append((caption, model))
     return models
+
+
+def _segmentation(model: nn.Module, source: str) -> nn.Module:
+    """``model``, or a ``UsageError`` naming ``source`` when it is DDRNet's ImageNet
+    classifier, which has no label maps to compare."""
+    from ddrnet.models import DDRNetClassifier
+
+    if isinstance(model, DDRNetClassifier):
+        raise UsageError(
+            f"{source}: an ImageNet classifier (DDRNet's pre-training form), not a "
+            "segmentation model; compare segmentation models"
+        )
+    return model
