@@ -470,3 +470,20 @@ def test_an_error_in_a_data_loader_worker_is_its_own_one_line_message() -> None:
     assert user_error_message(error.value) == (
         "a.png: label values [30] are not classes of mine: 0..10, 255"
     )
+
+
+def test_float_images_with_no_readings_keep_their_other_pixels(tmp_path) -> None:
+    """A float TIFF (a depth or thermal camera's) with one NaN or infinite pixel became all
+    black: the min..max rescale took the non-finite value. By hand: 0, 1, 2 over 0..2."""
+    import numpy as np
+    from PIL import Image
+
+    from ddrnet.data.io import ImageReadError, read_rgb
+
+    for missing in (np.nan, np.inf):
+        pixels = np.array([[0.0, 1.0], [2.0, missing]], np.float32)
+        Image.fromarray(pixels, mode="F").save(tmp_path / "depth.tif")
+        assert read_rgb(tmp_path / "depth.tif")[..., 0].tolist() == [[0, 128], [255, 0]]
+    Image.fromarray(np.full((2, 2), np.nan, np.float32), mode="F").save(tmp_path / "none.tif")
+    with pytest.raises(ImageReadError, match="none.tif: no pixel holds a finite value"):
+        read_rgb(tmp_path / "none.tif")

@@ -361,3 +361,15 @@ def test_checkpoint_filter_fn_maps_official_keys_in_one_pass() -> None:
     mixed = {**model.state_dict(), "layer1.0.conv1.weight": state["model.layer1.0.conv1.weight"]}
     with pytest.raises(CheckpointError, match="mixes ddrnet and official"):
         checkpoint_filter_fn(mixed, model)
+
+
+def test_weights_that_are_not_finite_are_refused_by_name(tmp_path) -> None:
+    """A file whose weights are NaN loaded without a word and labelled every pixel 0."""
+    from ddrnet.models.checkpoint import CheckpointError, load_weights
+
+    model = ddrnet.create_model("ddrnet_23_slim", num_classes=11)
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.ndim == 4)
+    state[key][0, 0, 0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match=f"<state dict>: {key} holds NaN or infinite"):
+        load_weights(model, state)

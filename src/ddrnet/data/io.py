@@ -82,13 +82,18 @@ def to_rgb_array(image: Image.Image, source: str = "<image>") -> np.ndarray:
 
     Documented conversions: greyscale is repeated to three channels, alpha is dropped,
     palette images are expanded, and 16-bit or float images are rescaled from their own
-    min..max range to 0..255 (the usual way to view such data).
+    min..max range to 0..255 (the usual way to view such data); a float image's NaN and
+    infinite pixels (a depth or thermal camera's "no reading") are left out of that range and
+    drawn black, and one without a finite pixel is an ``ImageReadError``.
     """
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
+        finite = np.isfinite(array)
+        if not finite.any():
+            raise ImageReadError(f"{source}: no pixel holds a finite value (all NaN or infinite)")
+        low, high = float(array[finite].min()), float(array[finite].max())
         scale = 255.0 / (high - low) if high > low else 0.0
-        grey = ((array - low) * scale).round().astype(np.uint8)
+        grey = np.where(finite, (array - low) * scale, 0.0).round().astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
     try:
         return np.array(image.convert("RGB"))  # a writable copy (torch warns on read-only)

@@ -476,6 +476,11 @@ def load_weights(
         raw = source if isinstance(source, RawCheckpoint) else read_checkpoint(source)
         state_dict, name = raw.state_dict, raw.source
     converted, report = checkpoint_filter_fn(state_dict, model, source=name)
+    for key, tensor in converted.items():  # a diverged run's weights label every pixel alike
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"{name}: {key} holds NaN or infinite values (a run that diverged?)"
+            )
     model.load_state_dict(converted, strict=False)
     if report.reinitialised or report.missing:
         logger.info(report.summary())
