@@ -133,8 +133,11 @@ def test_predictor_takes_the_file(tiny_export) -> None:
     # Flipped passes keep the size; scaled passes and windows would all be resized to the
     # file's one size (a "scale 0.5" pass scored as the plain one, blurred): refused.
     assert Predictor(load_executorch_model(tiny_export), flip=True).flip
-    for options in ({"scales": (0.5, 1.0)}, {"window": (64, 64)}):
-        with pytest.raises(UsageError, match=r"runs one input size, 96x64: --scales and --window"):
+    for options, option in (
+        ({"scales": (0.5, 1.0)}, "--scales"),
+        ({"window": (64, 64)}, "--window"),
+    ):
+        with pytest.raises(UsageError, match=rf"runs one input size, 96x64: {option} passes"):
             Predictor(load_executorch_model(tiny_export), **options)
 
 

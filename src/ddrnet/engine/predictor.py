@@ -143,10 +143,11 @@ def _check_one_size_model(
     blurred, and a window a crop stretched to the full frame."""
     size = getattr(model, "input_size", None)
     if size is not None and (scales != (1.0,) or window is not None):
+        asked = "--window" if window is not None else "--scales"  # predict has no --window
         raise UsageError(
             f"{getattr(model, 'path', 'the model')} runs one input size, {size[1]}x{size[0]}: "
-            "--scales and --window passes would all be resized to it; use the PyTorch model "
-            "or an ONNX export of dynamic size for them"
+            f"{asked} passes would all be resized to it; use the PyTorch model or an ONNX "
+            "export of dynamic size for them"
         )
 
 
