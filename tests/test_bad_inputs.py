@@ -432,6 +432,9 @@ def test_resuming_from_what_is_no_training_checkpoint_says_what_it_is(
     weights = shutil.copy(camvid_model_file, tmp_path / "last.pt")  # safetensors inside
     with pytest.raises(CheckpointError, match=r"is a safetensors model file under another"):
         load_training_checkpoint(weights)
+    # A run's best.safetensors was said to be "a safetensors file under another suffix".
+    with pytest.raises(CheckpointError, match=r"a model file \(weights only\), not a training"):
+        load_training_checkpoint(camvid_model_file)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(bytes(range(7, 200)))
     with pytest.raises(CheckpointError, match=r"not a PyTorch or safetensors file"):
