@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -122,3 +123,19 @@ def test_eval_confidence_and_its_figure(camvid_root, tmp_path) -> None:
     refused = run_ddrnet("viz", "confidence", str(tmp_path / "plain.json"), "-o", str(figure))
     assert refused.returncode == 2 and "--confidence" in refused.stderr
     assert "Traceback" not in refused.stderr
+    # A report edited or cut by hand: one line naming the field (each was a traceback).
+    from ddrnet.errors import UsageError
+    from ddrnet.viz import plot_confidence
+
+    edits = {
+        "confidence.ECE: expected a number": lambda c: c.update(ECE="x"),
+        "confidence: missing selective": lambda c: c.pop("selective"),
+        "confidence.reliability[0]: expected an object": lambda c: c.update(reliability=[1, 2]),
+        "predicted_class.Sky: expected an object": lambda c: c["predicted_class"].update(Sky=1),
+    }  # fmt: skip
+    for message, edit in edits.items():
+        document = json.loads(metrics.read_text())
+        edit(document["confidence"])
+        (tmp_path / "edited.json").write_text(json.dumps(document))
+        with pytest.raises(UsageError, match=re.escape(message)):
+            plot_confidence([tmp_path / "edited.json"], figure)

@@ -213,6 +213,24 @@ def test_robustness_figure(tmp_path, capsys) -> None:
     capsys.readouterr()
     assert main(["viz", "robustness", str(plain), "-o", str(tmp_path / "x.png")]) == 2
     assert "no corruptions; write it with 'ddrnet eval" in capsys.readouterr().err
+    # Reports edited by hand: one line naming the field (each was a traceback).
+    document = json.loads(first.read_text())
+    section = "corruptions"
+    for edit, message in [
+        (lambda d: d[section].update(clean_mIoU="x"), "corruptions.clean_mIoU: expected a number"),
+        (lambda d: d[section]["mIoU"]["fog"].update(x=1.0), "corruptions.mIoU.fog: severities"),
+        (lambda d: d.update(confusion_matrix=[[1, 2], [3]]), "confusion_matrix: rows of different"),
+        (lambda d: d.update(confusion_matrix=[["x"]]), "confusion_matrix[0][0]: expected a number"),
+        (lambda d: d.update(confusion_matrix=[[-1]]), "pixel counts must be >= 0"),
+        (lambda d: d.update(per_class_IoU={f"c{i}": 1.0 for i in range(700)}), "700 classes, more"),
+    ]:  # fmt: skip
+        edited = json.loads(json.dumps(document))
+        edit(edited)
+        plain.write_text(json.dumps(edited))
+        command = "confusion" if "confusion" in message or "classes" in message else "robustness"
+        assert main(["viz", command, str(plain), "-o", str(tmp_path / "x.png")]) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and message in error, error
 
 
 def test_training_curves(tmp_path, capsys) -> None:
@@ -235,6 +253,11 @@ def test_training_curves(tmp_path, capsys) -> None:
     (run / "metrics.jsonl").write_text('{"epoch": 1}\nnot json\n{"epoch": 2}\n')
     assert main(["viz", "curves", str(run), "-o", str(output)]) == 2
     assert "metrics.jsonl:2: not a JSON line" in capsys.readouterr().err
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": "x"}\n')  # was a traceback
+    assert main(["viz", "curves", str(run), "-o", str(output)]) == 2
+    assert (
+        "metrics.jsonl:2: expected an object with a whole-number 'epoch'" in capsys.readouterr().err
+    )
 
 
 def test_compare_figure(camvid_frame, checkpoints, tmp_path) -> None:

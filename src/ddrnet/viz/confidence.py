@@ -16,16 +16,25 @@ from pathlib import Path
 from typing import Any
 
 from ddrnet.errors import UsageError
-from ddrnet.viz.confusion import read_eval_section
+from ddrnet.viz.confusion import NUMBER, read_eval_section
 from ddrnet.viz.figure import new_figure, prepare_output, save_figure
 
 CONFIDENCE_SIZE = (1500, 480)  # pixels of the whole figure
 
 
+# What the figure reads of a report's confidence section.
+SHAPE = {
+    "ECE": NUMBER,
+    "reliability": [{"pixels": NUMBER, "confidence": NUMBER, "accuracy": NUMBER}],
+    "selective": [{"pixels": NUMBER, "errors_below": NUMBER, "min_confidence": NUMBER}],
+    "predicted_class": {str: {"confidence": NUMBER, "precision": NUMBER}},
+}
+
+
 def read_confidence(path: str | Path) -> tuple[str, dict[str, Any]]:
     """A model's label (its checkpoint's name) and the ``confidence`` section of an evaluation
     JSON; a file without one is a ``UsageError`` that says how to write it."""
-    return read_eval_section(path, "confidence", "reliability", list, "--confidence")
+    return read_eval_section(path, "confidence", "reliability", list, "--confidence", SHAPE)
 
 
 def plot_confidence(metrics_jsons: Sequence[str | Path], output: str | Path) -> Path:

@@ -20,6 +20,11 @@ from ddrnet.viz.figure import DPI, new_figure, prepare_output, save_figure
 
 KNOWN_LABEL_SETS = (CAMVID, CITYSCAPES, COCO_STUFF)
 LEGIBLE_CLASSES = 30  # up to this many classes the matrix cells carry their numbers
+# The most classes a confusion figure draws: COCO-Stuff's 171 fit; a figure of 700 classes
+# would be 40,000 pixels a side.
+MAX_FIGURE_CLASSES = 256
+# In a report's shape (``check_shape``): a number, or null for a score never scored.
+NUMBER = "number"
 
 
 def row_normalize(matrix: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
@@ -68,31 +73,71 @@ def read_eval_json(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray,
             f"{path}: missing {', '.join(missing)}; write it with 'ddrnet eval CHECKPOINT --json'"
         )
     per_class = document["per_class_IoU"]
-    if not isinstance(per_class, dict):
-        raise UsageError(f"{path}: per_class_IoU must map class names to IoU in percent")
+    check_shape(path, per_class, {str: NUMBER}, "per_class_IoU")
     names = [str(name) for name in per_class]
+    if len(names) > MAX_FIGURE_CLASSES:
+        raise UsageError(
+            f"{path}: {len(names)} classes, more than a figure draws ({MAX_FIGURE_CLASSES})"
+        )
     iou = np.array([np.nan if v is None else float(v) for v in per_class.values()], np.float64)
-    matrix = np.asarray(document["confusion_matrix"], dtype=np.float64)
+    check_shape(path, document["confusion_matrix"], [[NUMBER]], "confusion_matrix")
+    try:
+        matrix = np.asarray(document["confusion_matrix"], dtype=np.float64)
+    except ValueError:  # rows of different lengths
+        raise UsageError(f"{path}: confusion_matrix: rows of different lengths") from None
     if matrix.shape != (len(names), len(names)):
         raise UsageError(
             f"{path}: confusion_matrix has shape {matrix.shape} but per_class_IoU names "
             f"{len(names)} classes"
         )
+    if not (matrix >= 0).all():
+        raise UsageError(f"{path}: confusion_matrix: pixel counts must be >= 0")
     return names, matrix, iou, document
 
 
+def check_shape(path: str | Path, value: Any, shape: Any, where: str) -> None:
+    """A ``UsageError`` naming ``path`` and the field (``where``) of a report whose ``value``
+    does not have ``shape``: ``NUMBER`` (or null), ``str``, ``[shape]`` (a list of them),
+    ``{str: shape}`` (an object of any keys) or ``{"key": shape, ...}`` (an object with at
+    least these keys). Reports are files a user may have edited or cut."""
+    if shape == NUMBER:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UsageError(f"{path}: {where}: expected a number, got {str(value)[:40]!r}")
+    elif shape is str:
+        if not isinstance(value, str):
+            raise UsageError(f"{path}: {where}: expected text, got {str(value)[:40]!r}")
+    elif isinstance(shape, list):
+        if not isinstance(value, list):
+            raise UsageError(f"{path}: {where}: expected a list")
+        for index, item in enumerate(value):
+            check_shape(path, item, shape[0], f"{where}[{index}]")
+    elif not isinstance(value, dict):
+        raise UsageError(f"{path}: {where}: expected an object")
+    elif list(shape) == [str]:
+        for key, item in value.items():
+            check_shape(path, item, shape[str], f"{where}.{key}")
+    else:
+        for key, item_shape in shape.items():
+            if key not in value:
+                raise UsageError(f"{path}: {where}: missing {key}")
+            check_shape(path, value[key], item_shape, f"{where}.{key}")
+
+
 def read_eval_section(
-    path: str | Path, key: str, field: str, kind: type, option: str
+    path: str | Path, key: str, field: str, kind: type, option: str, shape: Any = None
 ) -> tuple[str, dict[str, Any]]:
     """A model's label (its checkpoint's name) and the ``key`` section of an evaluation
-    JSON, which must hold ``field`` of type ``kind``; a file without it is a ``UsageError``
-    that says how to write it (``ddrnet eval`` with ``option``)."""
+    JSON, which must hold ``field`` of type ``kind`` and have ``shape`` (``check_shape``);
+    a file without it is a ``UsageError`` that says how to write it (``ddrnet eval`` with
+    ``option``)."""
     _, _, _, document = read_eval_json(path)
     section = document.get(key)
     if not isinstance(section, dict) or not isinstance(section.get(field), kind):
         raise UsageError(
             f"{path}: no {key}; write it with 'ddrnet eval CHECKPOINT {option} --json FILE'"
         )
+    if shape is not None:
+        check_shape(path, section, shape, key)
     label = Path(str(document.get("checkpoint") or Path(path).stem)).stem
     return label, nan_for_null(section)
 

@@ -42,8 +42,9 @@ def read_metrics_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 logger.warning("%s: skipping the unfinished last line %d", path, number)
                 continue
             raise UsageError(f"{path}:{number}: not a JSON line ({error})") from None
-        if not isinstance(record, dict) or "epoch" not in record:
-            raise UsageError(f"{path}:{number}: expected an object with an 'epoch' key")
+        epoch = record.get("epoch") if isinstance(record, dict) else None
+        if isinstance(epoch, bool) or not isinstance(epoch, int):
+            raise UsageError(f"{path}:{number}: expected an object with a whole-number 'epoch'")
         by_epoch[int(record["epoch"])] = record
     if not by_epoch:
         raise UsageError(f"{path}: no epoch records yet")

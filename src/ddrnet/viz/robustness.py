@@ -10,17 +10,27 @@ from pathlib import Path
 from typing import Any
 
 from ddrnet.errors import UsageError
-from ddrnet.viz.confusion import read_eval_section
+from ddrnet.viz.confusion import NUMBER, read_eval_section
 from ddrnet.viz.figure import new_figure, prepare_output, save_figure
 
 COLUMNS = 4
 PANEL_SIZE = (400, 300)  # pixels of one corruption's panel
 
 
+# What the figure reads of a report's corruptions section.
+SHAPE = {"mIoU": {str: {str: NUMBER}}, "clean_mIoU": NUMBER, "mean_per_corruption": {str: NUMBER}}
+
+
 def read_robustness(path: str | Path) -> tuple[str, dict[str, Any]]:
     """A model's label (its checkpoint's name) and the ``corruptions`` section of an evaluation
     JSON; a file without one is a ``UsageError`` that says how to write it."""
-    return read_eval_section(path, "corruptions", "mIoU", dict, "--corruptions all")
+    label, section = read_eval_section(
+        path, "corruptions", "mIoU", dict, "--corruptions all", SHAPE
+    )
+    for name, row in section["mIoU"].items():
+        if not all(str(severity).isdigit() for severity in row):
+            raise UsageError(f"{path}: corruptions.mIoU.{name}: severities are whole numbers")
+    return label, section
 
 
 def robustness_figure_size(corruptions: int) -> tuple[int, int]:
