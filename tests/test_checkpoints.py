@@ -373,3 +373,11 @@ def test_weights_that_are_not_finite_are_refused_by_name(tmp_path) -> None:
     state[key][0, 0, 0, 0] = float("nan")
     with pytest.raises(CheckpointError, match=f"<state dict>: {key} holds NaN or infinite"):
         load_weights(model, state)
+
+
+def test_a_model_name_that_contradicts_the_file_is_named_as_the_mistake() -> None:
+    """--model ddrnet_39 with the bundled 23-slim file blamed "damaged or crafted metadata"."""
+    from ddrnet.models.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"holds a ddrnet_23_slim, whose weights do not fit"):
+        ddrnet.create_model("ddrnet_39", checkpoint="camvid_ddrnet23_slim")

@@ -259,6 +259,26 @@ def atomic_write_text(text: str, path: Path) -> None:
 _SCRATCH = re.compile(r"ddrnet-[a-z-]+?-(?P<pid>\d+)-[a-z0-9_]+")
 
 
+def why_not_writable(folder: Path) -> str | None:
+    """Why files cannot be written in ``folder`` (None: they can): it exists and takes new
+    files, or the nearest existing folder above it does, where the writer will make it once
+    there is something to write (a refused command leaves no empty folders). Checked before
+    minutes of work, not after."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # exists() is False through a link to nothing, or a loop
+            return f"{existing} is a link to nothing (or a loop)"
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot create its folder ({existing} is a file)"
+    try:  # a read-only folder, or /proc
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        return f"cannot write in its folder ({error.strerror or error})"
+    return None
+
+
 def scratch_folder(kind: str) -> tempfile.TemporaryDirectory:
     """A ``TemporaryDirectory`` for an export's or a benchmark's files (``kind``: what for,
     lower-case words joined by ``-``). Such folders can be large (a model's ONNX graphs,

@@ -8,11 +8,11 @@ import argparse
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ddrnet.atomic import why_not_writable
 from ddrnet.choices import EXPORTED_RUNTIMES
 from ddrnet.data.corruptions import SEVERITIES
 from ddrnet.errors import UsageError
@@ -239,22 +239,11 @@ def _path_taken(target: Path, paths: dict[str, str | None] | None) -> str | None
 
 
 def _check_can_write_in(option: str, path: str, folder: Path) -> None:
-    """``folder`` (where ``option``'s ``path`` goes) exists and takes new files, or the
-    nearest existing folder above it does. The folder is made by the writer, once there is
-    something to write: a refused command leaves no empty folders."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        if existing.is_symlink():  # exists() is False through a link to nothing, or a loop
-            raise UsageError(f"{option} {path}: {existing} is a link to nothing (or a loop)")
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"{option} {path}: cannot create its folder ({existing} is a file)")
-    try:  # a read-only folder: refused now, not after minutes of work
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as error:
-        reason = error.strerror or error
-        raise UsageError(f"{option} {path}: cannot write in its folder ({reason})") from None
+    """``folder`` (where ``option``'s ``path`` goes) can be written in
+    (``ddrnet.atomic.why_not_writable``), or a ``UsageError`` naming ``option``."""
+    reason = why_not_writable(folder)
+    if reason is not None:
+        raise UsageError(f"{option} {path}: {reason}")
 
 
 def _input_file(source: str) -> Path:

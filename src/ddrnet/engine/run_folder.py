@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ddrnet.atomic import atomic_write_text, remove_stale_temporaries
+from ddrnet.atomic import atomic_write_text, remove_stale_temporaries, why_not_writable
 from ddrnet.engine.checkpointing import TrainingError, atomic_save
 from ddrnet.models import ModelMetadata, read_checkpoint, save_model
 
@@ -51,6 +51,9 @@ def checked_output(output: Path, resume: bool | str, config_text: str = "") -> P
         resume_path = resume_path / LAST
     if output.exists() and not output.is_dir():
         raise TrainingError(f"train.output_dir={output} is a file, not a folder")
+    reason = why_not_writable(output)
+    if reason is not None:
+        raise TrainingError(f"train.output_dir={output}: {reason}")
     if resume_path is not None and not resume_path.is_file():
         never = " (the run stopped before its first epoch: start it again without --resume)"
         started = resume is True and (output / CONFIG).is_file()

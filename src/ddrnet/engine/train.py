@@ -80,6 +80,7 @@ def train(config: Config, resume: bool | str = False) -> Path:
     ctx = setup_distributed(device.type)
     try:
         output = Path(cfg_train.output_dir)
+        _check_outside_data(output, config)
         resume_path = checked_output(output, resume, _config_text(config))
         amp_dtype = _set_up_process(config, device, ctx)
 
@@ -142,6 +143,16 @@ def _checked_device(name: str) -> torch.device:
         return pick_device(name)
     except ValueError as error:
         raise TrainingError(f"train.device={name}: {error}") from None
+
+
+def _check_outside_data(output: Path, config: Config) -> None:
+    """Refuse a run folder inside the data set: its files would mix with the frames."""
+    root = Path(config.data.root).resolve()
+    if root in (output.resolve(), *output.resolve().parents):
+        raise TrainingError(
+            f"train.output_dir={output} lies inside the data set "
+            f"(data.root={config.data.root}): the run's files would mix with its frames"
+        )
 
 
 def _set_up_process(

@@ -95,7 +95,7 @@ def create_model(
     if classes is not None:
         kwargs["num_classes"] = check_num_classes(classes)
     if raw is not None:  # before allocating a model the file may not fill
-        check_weights_fit(lambda: info.builder(**kwargs), raw)
+        _check_fits(info, kwargs, raw, name)
     model = info.builder(**kwargs)
     if raw is not None:
         _load_checked(model, raw, classes_from_file=num_classes is None)
@@ -114,6 +114,21 @@ def create_model(
         )
     model.metadata = metadata
     return model.eval()
+
+
+def _check_fits(info: VariantInfo, kwargs: dict[str, Any], raw: RawCheckpoint, name: str) -> None:
+    """``check_weights_fit`` of the model ``name`` for the file ``raw``; where the file names
+    another architecture, the name given (``--model``) is the mistake, and the error says so."""
+    try:
+        check_weights_fit(lambda: info.builder(**kwargs), raw)
+    except CheckpointError:
+        recorded = raw.metadata.architecture if raw.metadata is not None else name
+        if recorded == name:
+            raise
+        raise CheckpointError(
+            f"{raw.source} holds a {recorded}, whose weights do not fit {name}, the model "
+            "name given: drop it (the file names its architecture)"
+        ) from None
 
 
 def _checkpoint_of(checkpoint: str | Path | None, weights: WeightsEnum | None) -> str | Path | None:

@@ -59,6 +59,8 @@ def read_eval_json(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray,
     """Class names, the ``(C, C)`` confusion matrix, ``(C,)`` IoU in percent (``nan`` for
     classes never seen) and the whole document of an ``ddrnet eval --json`` file."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path}: a folder; give the file 'ddrnet eval --json' wrote")
     if not path.is_file():
         raise MissingFileError(f"{path}: no such metrics file")
     try:
