@@ -325,6 +325,7 @@ def test_upsampled_class_ids_of_a_real_frame_match_pytorchs_resize(camvid_root) 
         ),
         ("loss.class_weights=[1, 0]", "class_weights must be > 0 per class"),
         ("loss.label_stride=0", "loss: label_stride must be >= 1"),
+        ("data.val_sequences=[]", "val_sequences must be a non-empty list \\(or null: all\\)"),
     ],
 )
 def test_settings_out_of_range_are_named(override: str, message: str) -> None:

@@ -296,9 +296,14 @@ def _uploaded_image() -> tuple[bytes, dict[str, str]]:
     from flask import request
 
     if request.mimetype == "multipart/form-data":
-        if not request.files:
+        files = [upload for uploads in request.files.listvalues() for upload in uploads]
+        if not files:
             raise RequestError(400, "the multipart request has no file field")
-        return next(iter(request.files.values())).read(), request.form.to_dict()
+        if len(files) > 1:  # the others would go unanswered without a word
+            raise RequestError(
+                400, f"the multipart request has {len(files)} files: send one image per request"
+            )
+        return files[0].read(), request.form.to_dict()
     # The raw body whatever its Content-Type says (never parsed as a form: `curl
     # --data-binary @f.png` labels it x-www-form-urlencoded); decode_image tells an image
     # from its bytes.

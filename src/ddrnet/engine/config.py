@@ -133,6 +133,8 @@ class DataConfig:
                 "null unless dataset is camvid",
                 value,
             )
+            # [] read as "no filter": an emptied list trained on every sequence
+            _require(value is None or len(value) > 0, key, "a non-empty list (or null: all)", value)
         if self.class_mix is not None:  # it mixes two crops of one batch
             _require(
                 self.batch_size >= 2, "class_mix", "null with batch_size 1 (it mixes two crops "
