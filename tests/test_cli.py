@@ -356,3 +356,15 @@ def test_train_overrides_may_follow_resume(monkeypatch, argv, overrides, resume)
     assert seen == {"overrides": overrides, "resume": resume}
     with pytest.raises(SystemExit):  # an unknown option stays an argparse error
         main(["train", "camvid_ddrnet23_slim", "--resume", "--bogus"])
+
+
+def test_inputs_may_follow_options() -> None:
+    """`ddrnet predict a.png -o out --batch-size 3 b.png` was "unrecognized arguments: b.png"."""
+    from ddrnet.cli import _parse
+
+    args = _parse(["predict", "a.png", "-o", "out", "--batch-size", "3", "b.png", "c/"])
+    assert args.inputs == ["a.png", "b.png", "c/"] and args.batch_size == 3
+    args = _parse(["pick", "frames/", "-n", "5", "drive.mp4", "-o", "to_label"])
+    assert args.inputs == ["frames/", "drive.mp4"]
+    with pytest.raises(SystemExit):  # an unknown option stays an argparse error
+        _parse(["predict", "a.png", "--bogus", "b.png"])

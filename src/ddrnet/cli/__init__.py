@@ -66,7 +66,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
     argparse takes a command's positional overrides in one run, so in ``ddrnet train RECIPE
     --resume a=1 b=2`` the ones after the option come back unrecognised; they join the others
-    (``args.late_overrides``) for the commands that take overrides.
+    (``args.late_overrides``) for the commands that take overrides. Inputs after an option
+    (``ddrnet predict a.png -o out b.png``) join the others the same way.
     """
     from ddrnet.cli.options import is_override
 
@@ -75,6 +76,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = build_parser(next((a for a in arguments if not a.startswith("-")), ""))
     args, extras = parser.parse_known_args(argv)
     takes_overrides = hasattr(args, "overrides")
+    if isinstance(getattr(args, "inputs", None), list) and not any(
+        extra.startswith("-") for extra in extras
+    ):  # `ddrnet predict a.png -o out b.png`: b.png is an input too
+        args.inputs, extras = [*args.inputs, *extras], []
     if extras and not (takes_overrides and all(is_override(extra) for extra in extras)):
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
     if takes_overrides:
