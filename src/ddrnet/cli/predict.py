@@ -197,8 +197,10 @@ def run(args: argparse.Namespace) -> int:
     done, failed = len(summary.processed), len(summary.failed)
     if summary.latencies_ms:
         latencies = sorted(summary.latencies_ms)
+        # Frames of an input that failed midway (a damaged video) count in the figures.
+        what = f"{done} input{'s' if done != 1 else ''}" if done else "no input whole"
         print(
-            f"{done} input{'s' if done != 1 else ''} segmented into {args.output}; "
+            f"{what} segmented into {args.output}; "
             "latency per image: "
             f"mean {sum(latencies) / len(latencies):.1f} ms, "
             f"median {latencies[len(latencies) // 2]:.1f} ms (not counted: a first, untimed "
