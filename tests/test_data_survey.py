@@ -335,3 +335,15 @@ def test_the_report_and_pictures_never_replace_a_users_files(tmp_path: Path, cap
     assert f"{mine}: not written by an earlier run, and this one would replace it" in error
     assert mine.read_bytes() == b"the user's"
     assert sorted(p.name for p in mine.parent.iterdir()) == ["001_a.png"]
+
+
+def test_a_folder_mixes_with_frames_only_among_them(tmp_path: Path) -> None:
+    """`runs/` beside images/ and masks/ was refused as train.output_dir (a common layout);
+    a folder among the frames, or holding them, is what must be refused."""
+    from ddrnet.engine.recordings import mixes_with_frames
+
+    root = folder_tree(tmp_path)
+    dataset = folder_dataset(root, "train")
+    assert not mixes_with_frames(root / "runs" / "a", dataset)
+    for folder in (root / "images/train", root / "masks/train/x", root / "images", root):
+        assert mixes_with_frames(folder, dataset), folder

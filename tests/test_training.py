@@ -289,9 +289,10 @@ def test_refusals_come_before_anything_is_written(camvid_root, tmp_path) -> None
         TrainingError, match=r"^loss.label_stride=1000 is larger than the data.crop"
     ):
         train(tiny_config(camvid_root, fresh, extra=["loss.label_stride=1000"]))  # was a crash
-    inside = f"train.output_dir={camvid_root / 'runs'}"
-    with pytest.raises(TrainingError, match=r"lies inside the data set \(data.root="):
+    inside = f"train.output_dir={camvid_root / 'val' / 'runs'}"  # among the frames
+    with pytest.raises(TrainingError, match=r"lies among the data set's frames"):
         train(tiny_config(camvid_root, fresh, extra=[inside]))
+    assert not (camvid_root / "val" / "runs").exists()
     with pytest.raises(TrainingError, match=r"^train.output_dir=/proc/run: cannot write in its"):
         train(tiny_config(camvid_root, fresh, extra=["train.output_dir=/proc/run"]))
     # Quick refusals come before the file-by-file data check and name their setting.

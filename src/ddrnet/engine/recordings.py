@@ -37,6 +37,19 @@ def frame_samples(dataset: Dataset) -> list[Sample | None]:
     return [None if samples is None else samples[i] for i in indices]
 
 
+def mixes_with_frames(folder: str | Path, dataset: Dataset) -> bool:
+    """Whether files written in ``folder`` would mix with ``dataset``'s images or labels: it
+    is, or lies inside, a folder of them, or holds some at any depth (a data set of
+    recordings in sub-folders). A folder beside them (``runs/`` next to ``images/``) does not."""
+    folder = Path(folder).resolve()
+    samples = [sample for sample in frame_samples(dataset) if sample is not None]
+    files = [path for s in samples for path in (s.image, s.label) if path is not None]
+    inside = {folder, *folder.parents}
+    return any(
+        data in inside or folder in data.parents for data in {p.resolve().parent for p in files}
+    )
+
+
 def frame_images(dataset: Dataset) -> list[Path | None]:
     """Each frame's image file (``frame_samples``); None for a data set without files."""
     return [None if sample is None else sample.image for sample in frame_samples(dataset)]

@@ -43,6 +43,7 @@ from ddrnet.engine.epoch import (
     save_epoch,
     validate,
 )
+from ddrnet.engine.recordings import mixes_with_frames
 from ddrnet.engine.run_folder import (
     CONFIG,
     CONFIG_HEADER,
@@ -53,6 +54,7 @@ from ddrnet.engine.run_folder import (
 from ddrnet.engine.schedules import build_optimizer, lr_schedule
 from ddrnet.engine.steps import (
     Progress,
+    TrainingData,
     build_criterion,
     build_data,
     build_model,
@@ -80,7 +82,6 @@ def train(config: Config, resume: bool | str = False) -> Path:
     ctx = setup_distributed(device.type)
     try:
         output = Path(cfg_train.output_dir)
-        _check_outside_data(output, config)
         resume_path = checked_output(output, resume, _config_text(config))
         amp_dtype = _set_up_process(config, device, ctx)
 
@@ -88,6 +89,7 @@ def train(config: Config, resume: bool | str = False) -> Path:
         # a pruned student started from, is not read again: it may have moved since).
         state = load_training_checkpoint(resume_path) if resume_path is not None else None
         data = build_data(config, ctx)
+        _check_outside_data(output, data)
         model, widths = build_model(config, data.labels, device, bool(amp_dtype), state)
         # distill.teacher: loaded (or refused) here, before the slow data check; None when off.
         distiller = build_distiller(
@@ -145,14 +147,14 @@ def _checked_device(name: str) -> torch.device:
         raise TrainingError(f"train.device={name}: {error}") from None
 
 
-def _check_outside_data(output: Path, config: Config) -> None:
-    """Refuse a run folder inside the data set: its files would mix with the frames."""
-    root = Path(config.data.root).resolve()
-    if root in (output.resolve(), *output.resolve().parents):
-        raise TrainingError(
-            f"train.output_dir={output} lies inside the data set "
-            f"(data.root={config.data.root}): the run's files would mix with its frames"
-        )
+def _check_outside_data(output: Path, data: TrainingData) -> None:
+    """Refuse a run folder among the data set's frames (``mixes_with_frames``)."""
+    for dataset in (data.train_set, data.val_set):
+        if mixes_with_frames(output, dataset):
+            raise TrainingError(
+                f"train.output_dir={output} lies among the data set's frames: the run's files "
+                "would mix with them (a folder beside images/ and masks/ is fine)"
+            )
 
 
 def _set_up_process(

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from ddrnet.atomic import atomic_write
 from ddrnet.data.io import write_png
-from ddrnet.engine.recordings import frame_samples
+from ddrnet.engine.recordings import mixes_with_frames
 from ddrnet.errors import UsageError
 
 # Figures are saved without ``bbox_inches="tight"`` so that their pixel size is exactly
@@ -41,12 +41,7 @@ def check_pictures_folder(dataset: Dataset, output: str | Path, option: str = "-
     before any work."""
     if Path(output).exists() and not Path(output).is_dir():
         raise UsageError(f"{option} {output}: a file, where the pictures' folder is to be")
-    folder = Path(output).resolve()
-    samples = [sample for sample in frame_samples(dataset) if sample is not None]
-    files = [path for s in samples for path in (s.image, s.label) if path is not None]
-    data_folders = {path.resolve().parent for path in files}
-    inside = {folder, *folder.parents}
-    if any(data in inside or folder in data.parents for data in data_folders):
+    if mixes_with_frames(output, dataset):
         raise UsageError(f"{option} {output}: the data set's own folder; choose another")
     return Path(output)
 
