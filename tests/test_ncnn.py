@@ -151,6 +151,11 @@ def test_a_json_beside_that_is_not_an_ncnn_sidecar_is_neither_replaced_nor_read(
         load_ncnn_model(copy.param)
     with pytest.raises(ExportError, match=r"is the sidecar of an ExecuTorch export; move it"):
         export_ncnn(model, copy.param, (96, 128))
+    mine.unlink()
+    (tmp_path / "m.bin").write_bytes(b"my firmware")  # a .bin of no ncnn model: replaced
+    with pytest.raises(ExportError, match=r"m.bin: .* is no ncnn export's \(no m.param beside"):
+        export_ncnn(model, tmp_path / "m.param", (96, 128))
+    assert (tmp_path / "m.bin").read_bytes() == b"my firmware"
 
 
 def test_logits_match_pytorch_on_real_frames_at_any_size(exported, model, val_frames) -> None:

@@ -143,6 +143,12 @@ def export_ncnn(
     sizes.append(_second_size(*sizes[0]))
     _pnnx_executable()  # before tracing: a missing pnnx fails at once
     check_sidecar_replaceable(files.sidecar, NCNN_KEY)
+    if files.weights.exists() and not files.param.exists():  # no ncnn model's weights
+        raise ExportError(
+            f"{files.weights}: the export writes its weights there, and the file there is no "
+            f"ncnn export's (no {files.param.name} beside it); move it, or export under another "
+            "name"
+        )
     files.param.parent.mkdir(parents=True, exist_ok=True)
     wrapper = folded_export_wrapper(model, upsample_to_input)
     with scratch_folder("pnnx") as folder:
