@@ -276,7 +276,7 @@ def segment_video(
     A live source that drops frames (``ddrnet.video_source``) fills each dropped frame's place with
     the pictures of the newest frame segmented before it, so that the video keeps the
     source's length and timing. Ctrl-C ends a live source as the end of a file does: its
-    videos are closed and kept, and the job goes on."""
+    videos are closed and kept, and the job goes on; during a file it stops the job."""
     keep_labels = "labels" in kinds
     smoother = runner.smoother()
 
@@ -301,7 +301,7 @@ def segment_video(
         total = max_frames or video.frame_count
         bar = tqdm(total=total, desc=stem, unit="frame", disable=not progress, leave=False)
         results = runner.map(segment, itertools.islice(video.frames(), max_frames))
-        segmented, interrupted = 0, False
+        segmented = 0
         try:
             for index, pictures, labels, milliseconds in results:
                 segmented += 1
@@ -311,10 +311,11 @@ def segment_video(
                 if video.drops:
                     bar.set_postfix(dropped=video.dropped, refresh=False)
         except KeyboardInterrupt as stop:
-            if isinstance(stop, Terminated) or not (video.live or video.drops):
+            # A camera or stream ends on Ctrl-C as a file ends; a file (replayed at its rate
+            # or not) stops the job, its outputs .partial beside a finished run's.
+            if isinstance(stop, Terminated) or not video.live:
                 raise
             logger.info("%s: stopped (Ctrl-C) after %d frames segmented", source, segmented)
-            interrupted = True
         finally:
             results.close()
             bar.close()
@@ -322,9 +323,7 @@ def segment_video(
             summary.dropped[source] = (video.dropped, video.frames_read)
         expected = min(video.frame_count or 0, max_frames or video.frame_count or 0)
         cut = not (video.live or video.drops) and 0 < segmented < expected
-        # A file replayed at its rate and stopped, or one cut short, did not give all of
-        # itself: a finished run's videos of it are kept (a camera's end is its own).
-        out.close(stopped=cut or (interrupted and not video.live))
+        out.close(stopped=cut)  # a file cut short did not give all of itself
     if segmented == 0:
         raise VideoSourceError("no frames could be decoded (corrupt or empty video)")
     summary.outputs += out.paths
