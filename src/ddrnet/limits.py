@@ -34,10 +34,11 @@ MAX_NUM_CLASSES = 65535
 # cell are no view of a scene, and their count grows with the inverse square of the side
 # (a 7x3 window took 52 s for one 480x360 frame).
 MIN_WINDOW = 64
-# Widths a model may be scaled by: parameters grow with its square, and 8x a DDRNet-23-slim
-# (DDRNet-23 is 2x) is already ~64x its parameters; `model.width_multiplier=100` asked for
-# tens of GB of weights, gradients and moments, and the kernel killed the run.
-MAX_WIDTH_MULTIPLIER = 8.0
+# The widest first stage a widened model may have (``DDRNetSpec.planes``): parameters grow
+# with the square of the width. 256 is 8x DDRNet-23-slim (~300 M parameters) or 4x DDRNet-23
+# or -39; `model.width_multiplier=100` asked for tens of GB of weights, gradients and
+# moments, and the kernel killed the run.
+MAX_PLANES = 256
 
 
 class InputTooLargeError(DDRNetError, ValueError):

@@ -10,8 +10,8 @@ from typing import Literal
 
 from ddrnet.config import ConfigError
 from ddrnet.engine.losses import CLASS_WEIGHTING_METHODS
-from ddrnet.limits import MAX_WIDTH_MULTIPLIER, check_scales
-from ddrnet.models import list_models
+from ddrnet.limits import MAX_PLANES, check_scales
+from ddrnet.models import list_models, variant_info
 from ddrnet.models.fusion import FUSIONS
 from ddrnet.models.spec import NORMS
 
@@ -65,12 +65,13 @@ class ModelConfig:
             _require(
                 bool(self.pretrained.strip()), "pretrained", "a file (or null)", self.pretrained
             )
+        _require(_positive(self.width_multiplier), "width_multiplier", "> 0", self.width_multiplier)
+        widest = MAX_PLANES / variant_info(self.name).spec.planes
         _require(
-            _positive(self.width_multiplier) and self.width_multiplier <= MAX_WIDTH_MULTIPLIER,
-            "width_multiplier",
-            f"in (0, {MAX_WIDTH_MULTIPLIER:g}]",
+            self.width_multiplier <= widest, "width_multiplier",
+            f"at most {widest:g} for {self.name} (a first stage of {MAX_PLANES} channels)",
             self.width_multiplier,
-        )
+        )  # fmt: skip
         _require(self.norm in NORMS, "norm", f"one of {NORMS}", self.norm)
         _require(self.norm_groups >= 1, "norm_groups", ">= 1", self.norm_groups)
         _require(self.fusion in FUSIONS, "fusion", f"one of {FUSIONS}", self.fusion)

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ddrnet.limits import MAX_WIDTH_MULTIPLIER
+from ddrnet.limits import MAX_PLANES
 from ddrnet.models.fusion import FUSIONS
 
 # The normalisation layers a DDRNet can be built with (``DDRNetSpec.norm``).
@@ -73,14 +73,16 @@ class DDRNetSpec:
 
     def widened(self, multiplier: float) -> DDRNetSpec:
         """The same topology with branch and head widths scaled (e.g. DDRNet-39 1.5x);
-        ``multiplier`` in ``(0, MAX_WIDTH_MULTIPLIER]`` (widths are rounded to multiples of
-        8, at least 8)."""
-        if not (isinstance(multiplier, (int, float)) and math.isfinite(multiplier)) or not (
-            0 < multiplier <= MAX_WIDTH_MULTIPLIER
+        ``multiplier`` > 0 (widths are rounded to multiples of 8, at least 8), for a first
+        stage of at most ``MAX_PLANES`` channels."""
+        if not (isinstance(multiplier, (int, float)) and math.isfinite(multiplier)) or (
+            multiplier <= 0
         ):
+            raise ValueError(f"width_multiplier must be a number > 0, got {multiplier!r}")
+        if self.planes * multiplier > MAX_PLANES:
             raise ValueError(
-                f"width_multiplier must be a number in (0, {MAX_WIDTH_MULTIPLIER:g}], "
-                f"got {multiplier!r}"
+                f"width_multiplier {multiplier:g} gives {self.planes * multiplier:g} channels in "
+                f"the first stage, more than {MAX_PLANES} (8x DDRNet-23-slim, 4x DDRNet-23)"
             )
 
         def scale(channels: int) -> int:
