@@ -368,3 +368,5 @@ def test_inputs_may_follow_options() -> None:
     assert args.inputs == ["frames/", "drive.mp4"]
     with pytest.raises(SystemExit):  # an unknown option stays an argparse error
         _parse(["predict", "a.png", "--bogus", "b.png"])
+    args = _parse(["predict", "a.png", "--flip", "--", "b.png", "-dash.png"])  # end of options
+    assert args.inputs == ["a.png", "b.png", "-dash.png"] and args.flip

@@ -655,21 +655,25 @@ def test_a_set_whose_writing_fails_leaves_the_earlier_one(tmp_path) -> None:
 
 def test_a_set_being_replaced_by_a_running_process_is_left_to_it(tmp_path) -> None:
     """A reader that loads the files while another process exports them must not undo that
-    export; a swap whose process is gone is undone."""
-    from ddrnet.atomic import restore_interrupted_set
+    export; a swap whose process is gone is undone, also when its id now names another
+    process (ids are reused: the start time tells them apart)."""
+    from ddrnet.atomic import _process_tag, restore_interrupted_set
 
     paths = [tmp_path / "m.pte", tmp_path / "m.json"]
     for path in paths:
         path.write_text("new")
-    running = tmp_path / ".m.pte.ddrnet-new.1"  # process 1 (init) always runs
-    gone_new, gone_old = (tmp_path / f".m.pte.ddrnet-{kind}.{2**22 + 7}" for kind in ("new", "old"))
-    for folder in (running, gone_new, gone_old):
-        folder.mkdir()
-    (gone_old / "m.pte").write_text("old")
-    (gone_old / "m.json").write_text("old")
-    assert restore_interrupted_set(paths)
-    assert [path.read_text() for path in paths] == ["old", "old"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "m.json", "m.pte"]
+    running = tmp_path / f".m.pte.ddrnet-new.{_process_tag(1)}"  # process 1 (init) runs
+    for writer in (f"{2**22 + 7}-5", f"1-{int(_process_tag(1).split('-')[1]) + 1}"):  # gone
+        for path in paths:
+            path.write_text("new")
+        new, old = (tmp_path / f".m.pte.ddrnet-{kind}.{writer}" for kind in ("new", "old"))
+        for folder in (running, new, old):
+            folder.mkdir(exist_ok=True)
+        (old / "m.pte").write_text("old")
+        (old / "m.json").write_text("old")
+        assert restore_interrupted_set(paths), writer
+        assert [path.read_text() for path in paths] == ["old", "old"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "m.json", "m.pte"]
 
 
 # An override that did nothing, what it was refused with, and what makes it apply.

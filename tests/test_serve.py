@@ -235,6 +235,9 @@ def test_refused_uploads_get_clear_errors_and_the_server_lives_on(base_url, camv
     end = f"--{content_type.split('boundary=')[1]}--\r\n".encode()
     two = one.removesuffix(end) + one.replace(b'"a.png"', b'"b.png"')
     refused(request(f"{base_url}/predict", two, content_type), 400, "has 2 files")
+    empty_input = one.removesuffix(end) + one.replace(b'"a.png"', b'""').replace(frame, b"")
+    status, _, body = request(f"{base_url}/predict?format=json", empty_input, content_type)
+    assert status == 200, body  # an HTML form's optional file input, left empty
     # 2000 x 2000 is over this server's limit; 20000 x 20000 (a ~50 kB file) also over
     # Pillow's MAX_IMAGE_PIXELS. Both are refused from the header, without decoding.
     refused(post_file(base_url, bomb_png(2000, 2000), "png"), 413, "over this server's limit")

@@ -392,14 +392,27 @@ def remove_stale_temporaries(folder: Path, names: Collection[str]) -> list[Path]
     return stale
 
 
-def _set_folders(paths: Sequence[Path], pid: int) -> tuple[Path, Path]:
-    """The staging folder of process ``pid``'s new set of ``paths`` and the folder that holds
-    the earlier set's files while they are swapped, both beside the first path."""
+def _set_folders(paths: Sequence[Path], writer: str) -> tuple[Path, Path]:
+    """The staging folder of a new set of ``paths`` written by the process ``writer``
+    (``_process_tag``) and the folder that holds the earlier set's files while they are
+    swapped, both beside the first path."""
     first = paths[0]
     return (
-        first.parent / f".{first.name}.ddrnet-new.{pid}",
-        first.parent / f".{first.name}.ddrnet-old.{pid}",
+        first.parent / f".{first.name}.ddrnet-new.{writer}",
+        first.parent / f".{first.name}.ddrnet-old.{writer}",
     )
+
+
+def _process_tag(pid: int) -> str:
+    """``<pid>-<start>``: a process id with its start time (clock ticks since boot, field 22
+    of ``/proc/PID/stat``; 0 where there is none), which names one process where an id
+    alone may since have been given to another."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        start = stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        start = "0"
+    return f"{pid}-{start}"
 
 
 @contextlib.contextmanager
@@ -414,7 +427,7 @@ def replaced_together(paths: Sequence[Path]) -> Iterator[dict[Path, Path]]:
     the readers of such sets) puts an interrupted swap's earlier files back. An error in the
     block leaves the earlier set as it was."""
     restore_interrupted_set(paths)
-    new, old = _set_folders(paths, os.getpid())
+    new, old = _set_folders(paths, _process_tag(os.getpid()))
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     new.mkdir()
     try:
@@ -451,16 +464,19 @@ def restore_interrupted_set(paths: Sequence[Path]) -> bool:
     earlier version goes); after it, only the earlier files' folder is removed. True when
     earlier files were put back."""
     first = paths[0]
-    pattern = re.compile(rf"\.{re.escape(first.name)}\.ddrnet-(new|old)\.(?P<pid>\d+)")
+    pattern = re.compile(rf"\.{re.escape(first.name)}\.ddrnet-(new|old)\.(?P<tag>\d+-\d+)")
     try:
         names = [entry.name for entry in os.scandir(first.parent)]
     except (FileNotFoundError, NotADirectoryError):
         return False
-    pids = {int(match["pid"]) for name in names if (match := pattern.fullmatch(name))}
+    writers = {match["tag"] for name in names if (match := pattern.fullmatch(name))}
     restored = False
-    for pid in sorted(pids):
-        if pid == os.getpid() or not _running(pid):
-            restored |= _undo_swap(paths, *_set_folders(paths, pid))
+    for writer in sorted(writers):
+        pid = int(writer.split("-")[0])
+        # Ours (a swap this process was stopped in), or of a process that is gone: the id
+        # may run again, in another process, whose start time then differs.
+        if pid == os.getpid() or not _running(pid) or _process_tag(pid) != writer:
+            restored |= _undo_swap(paths, *_set_folders(paths, writer))
     return restored
 
 

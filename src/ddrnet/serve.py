@@ -296,7 +296,8 @@ def _uploaded_image() -> tuple[bytes, dict[str, str]]:
     from flask import request
 
     if request.mimetype == "multipart/form-data":
-        files = [upload for uploads in request.files.listvalues() for upload in uploads]
+        # A form's optional file input left empty sends a part without a file name: no file.
+        files = [f for uploads in request.files.listvalues() for f in uploads if f.filename]
         if not files:
             raise RequestError(400, "the multipart request has no file field")
         if len(files) > 1:  # the others would go unanswered without a word

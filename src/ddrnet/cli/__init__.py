@@ -76,10 +76,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = build_parser(next((a for a in arguments if not a.startswith("-")), ""))
     args, extras = parser.parse_known_args(argv)
     takes_overrides = hasattr(args, "overrides")
-    if isinstance(getattr(args, "inputs", None), list) and not any(
-        extra.startswith("-") for extra in extras
-    ):  # `ddrnet predict a.png -o out b.png`: b.png is an input too
-        args.inputs, extras = [*args.inputs, *extras], []
+    if isinstance(getattr(args, "inputs", None), list):
+        # `ddrnet predict a.png -o out b.png`: b.png is an input too; after `--`, every word is
+        split = extras.index("--") if "--" in extras else len(extras)
+        before, after = extras[:split], extras[split + 1 :]
+        if not any(extra.startswith("-") for extra in before):
+            args.inputs, extras = [*args.inputs, *before, *after], []
     if extras and not (takes_overrides and all(is_override(extra) for extra in extras)):
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
     if takes_overrides:

@@ -22,16 +22,22 @@ def atomic_save(payload: dict[str, Any], path: Path) -> None:
     atomic.atomic_write(path, lambda stream: torch.save(payload, stream))
 
 
-def load_training_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by ``atomic_save`` (weights-only unpickling)."""
-    if not path.is_file():
-        raise MissingFileError(f"no checkpoint to resume from at {path}")
-    if path.suffix == ".safetensors":  # a model file: weights only, no optimiser or epoch
+def refuse_model_file(path: Path) -> None:
+    """A ``CheckpointError`` for a model file (``.safetensors``: weights only, no optimiser or
+    epoch) given to resume from."""
+    if path.suffix == ".safetensors":
         raise CheckpointError(
             f"cannot resume from {path}: a model file (weights only), not a training "
             "checkpoint; resume from the run's last.pt, or start a new run from it with "
             f"model.pretrained={path}"
         )
+
+
+def load_training_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by ``atomic_save`` (weights-only unpickling)."""
+    if not path.is_file():
+        raise MissingFileError(f"no checkpoint to resume from at {path}")
+    refuse_model_file(path)
     try:
         refuse_what_is_no_pytorch_file(path)
     except CheckpointError as error:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ddrnet.atomic import atomic_write_text, remove_stale_temporaries, why_not_writable
-from ddrnet.engine.checkpointing import TrainingError, atomic_save
+from ddrnet.engine.checkpointing import TrainingError, atomic_save, refuse_model_file
 from ddrnet.models import ModelMetadata, read_checkpoint, save_model
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ def checked_output(output: Path, resume: bool | str, config_text: str = "") -> P
     reason = why_not_writable(output)
     if reason is not None:
         raise TrainingError(f"train.output_dir={output}: {reason}")
+    if resume_path is not None and resume_path.is_file():
+        refuse_model_file(resume_path)  # now, before the run's set-up says anything
     if resume_path is not None and not resume_path.is_file():
         never = " (the run stopped before its first epoch: start it again without --resume)"
         started = resume is True and (output / CONFIG).is_file()
