@@ -253,6 +253,9 @@ def test_training_curves(tmp_path, capsys) -> None:
     (run / "metrics.jsonl").write_text('{"epoch": 1}\nnot json\n{"epoch": 2}\n')
     assert main(["viz", "curves", str(run), "-o", str(output)]) == 2
     assert "metrics.jsonl:2: not a JSON line" in capsys.readouterr().err
+    # -o is checked before the run is read, and named (it was only the file, after)
+    assert main(["viz", "curves", str(run), "-o", "/proc/curves.png"]) == 2
+    assert "-o /proc/curves.png: cannot write in its folder" in capsys.readouterr().err
     (run / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": "x"}\n')  # was a traceback
     assert main(["viz", "curves", str(run), "-o", str(output)]) == 2
     assert (

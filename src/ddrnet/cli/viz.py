@@ -100,6 +100,7 @@ def run_features(args: argparse.Namespace) -> int:
 def run_confusion(args: argparse.Namespace) -> int:
     from ddrnet.viz import plot_confusion
 
+    writable_file("-o", args.output, (".png",))  # before the report is read and drawn
     print(f"confusion matrix and IoU written to {plot_confusion(args.metrics, args.output)}")
     return 0
 
@@ -107,6 +108,7 @@ def run_confusion(args: argparse.Namespace) -> int:
 def run_models_figure(name: str, args: argparse.Namespace) -> int:
     import ddrnet.viz
 
+    writable_file("-o", args.output, (".png",))
     output = getattr(ddrnet.viz, f"plot_{name}")(args.metrics, args.output)
     print(f"{name} figure written to {output}")
     return 0
@@ -115,6 +117,7 @@ def run_models_figure(name: str, args: argparse.Namespace) -> int:
 def run_curves(args: argparse.Namespace) -> int:
     from ddrnet.viz import plot_curves
 
+    writable_file("-o", args.output, (".png",))
     print(f"training curves written to {plot_curves(args.run_dir, args.output)}")
     return 0
 
