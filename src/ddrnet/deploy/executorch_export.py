@@ -43,8 +43,9 @@ from ddrnet.deploy.executorch_runtime import (
 )
 from ddrnet.deploy.export import example_input, folded_export_wrapper
 from ddrnet.deploy.fixed_size import check_fixed_size_export, export_record, program_size
-from ddrnet.deploy.onnx_file import EXECUTORCH_KEY, ExportError, check_sidecar_replaceable
+from ddrnet.deploy.onnx_file import ExportError
 from ddrnet.deploy.quantize import ImageSource, preprocess_image
+from ddrnet.deploy.sidecar import EXECUTORCH_KEY, check_sidecar_replaceable
 from ddrnet.errors import UsageError
 
 

@@ -29,15 +29,13 @@ from typing import Any
 
 import torch
 
-from ddrnet.atomic import file_digest, restored_before_reading
+from ddrnet.atomic import file_digest
 from ddrnet.deploy.fixed_size import FixedSizeSegmentationModel
-from ddrnet.deploy.onnx_file import (
+from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
+from ddrnet.deploy.sidecar import (
     EXECUTORCH_KEY,
-    EXPORT_OPTIONS_KEY,
-    METADATA_KEY,
-    SIDECAR_FORMATS,
-    ExportError,
-    sidecar_writer,
+    check_sidecar_is_own,
+    restore_interrupted_export,
 )
 from ddrnet.models.metadata import ModelMetadata
 
@@ -46,7 +44,6 @@ logger = logging.getLogger(__name__)
 INSTALL_HINT = "pip install executorch (or pip install 'ddrnet[edge]')"
 # A .pte is a FlatBuffer whose file identifier (bytes 4..8) is "ET" and a 2-digit version.
 PTE_IDENTIFIER = b"ET"
-# Under the sidecar's EXECUTORCH_KEY: {"pte_blake2b": the digest it was written with}.
 # Loggers that announce, at import, things irrelevant to a CPU run (torchao's CUDA kernels
 # it cannot load, a pytree deprecation it triggers in torch); errors still come through.
 _NOISY_IMPORT_LOGGERS = ("torchao", "torch.utils._pytree")
@@ -121,11 +118,7 @@ def check_executorch_files(path: str | Path) -> ExecutorchFiles:
             "NAME.pte (with NAME.json beside it) written by "
             "`ddrnet export --format executorch -o NAME.pte`"
         )
-    if restored_before_reading(files.paths):
-        logger.warning(
-            "%s: an export to it was stopped midway; the earlier export's files are back",
-            files.program,
-        )
+    restore_interrupted_export(files.paths)
     if not files.program.is_file():
         raise ExecutorchFileError(f"{files.program}: no such ExecuTorch .pte file")
     with files.program.open("rb") as stream:
@@ -148,12 +141,7 @@ def check_program_belongs(files: ExecutorchFiles, sidecar: dict[str, Any]) -> No
     """Refuse a ``.pte`` other than the one its sidecar was written with (an export killed
     between its two writes leaves a new program beside the old sidecar: it would load with
     another model's classes and options). Sidecars without the digest predate it."""
-    writer = sidecar_writer(sidecar)
-    if writer not in (None, SIDECAR_FORMATS[EXECUTORCH_KEY]):
-        raise ExecutorchFileError(
-            f"{files.program}: {files.sidecar.name} beside it is the sidecar of an {writer} "
-            "export of the same name, not this file's; export it again under another name"
-        )
+    check_sidecar_is_own(sidecar, EXECUTORCH_KEY, files.program, files.sidecar, ExecutorchFileError)
     recorded = (sidecar.get(EXECUTORCH_KEY) or {}).get("pte_blake2b")
     if recorded is not None and file_digest(files.program) != recorded:
         raise ExecutorchFileError(

@@ -33,13 +33,8 @@ from ddrnet.atomic import (
 )
 from ddrnet.deploy.export import check_size, example_input, folded_export_wrapper
 from ddrnet.deploy.ncnn_runtime import NcnnFiles, is_ncnn_file
-from ddrnet.deploy.onnx_file import (
-    EXPORT_OPTIONS_KEY,
-    METADATA_KEY,
-    NCNN_KEY,
-    ExportError,
-    check_sidecar_replaceable,
-)
+from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
+from ddrnet.deploy.sidecar import NCNN_KEY, check_sidecar_replaceable
 from ddrnet.deploy.verify import evaluate_on_camvid, real_frames, verify_ncnn
 from ddrnet.errors import UsageError
 

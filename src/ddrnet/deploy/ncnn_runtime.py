@@ -15,7 +15,6 @@ importing this module needs only PyTorch.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,21 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddrnet.atomic import file_digest, restored_before_reading
-from ddrnet.deploy.onnx_file import (
-    EXPORT_OPTIONS_KEY,
-    METADATA_KEY,
-    NCNN_KEY,
-    SIDECAR_FORMATS,
-    ExportError,
-    sidecar_writer,
-)
+from ddrnet.atomic import file_digest
+from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
+from ddrnet.deploy.sidecar import NCNN_KEY, check_sidecar_is_own, restore_interrupted_export
 from ddrnet.models.metadata import ModelMetadata
 
-logger = logging.getLogger(__name__)
-
-# Under the sidecar's NCNN_KEY: {"input": blob name, "output": blob name, "param_blake2b",
-# "bin_blake2b": digests of the two files it was written with}.
 NCNN_MAGIC = "7767517"  # the first line of every ncnn .param text file
 INSTALL_HINT = "pip install ncnn (or pip install 'ddrnet[edge]')"
 
@@ -90,11 +79,7 @@ def check_ncnn_files(path: str | Path) -> NcnnFiles:
             f"{files.param}: not an ncnn .param file; --runtime ncnn runs the NAME.param "
             "(with NAME.bin beside it) written by `ddrnet export --format ncnn -o NAME.param`"
         )
-    if restored_before_reading(files.paths):
-        logger.warning(
-            "%s: an export to it was stopped midway; the earlier export's files are back",
-            files.param,
-        )
+    restore_interrupted_export(files.paths)
     if not files.param.is_file():
         raise NcnnFileError(f"{files.param}: no such ncnn .param file")
     with files.param.open("rb") as stream:
@@ -116,12 +101,7 @@ def check_files_belong_together(files: NcnnFiles, sidecar: dict[str, object]) ->
     """Refuse a ``.param``/``.bin`` pair other than the one its sidecar was written with (an
     export killed between its three writes leaves new files beside old ones; they would load
     and give wrong labels)."""
-    writer = sidecar_writer(sidecar)
-    if writer not in (None, SIDECAR_FORMATS[NCNN_KEY]):
-        raise NcnnFileError(
-            f"{files.param}: {files.sidecar.name} beside it is the sidecar of an {writer} "
-            "export of the same name, not this file's; export it again under another name"
-        )
+    check_sidecar_is_own(sidecar, NCNN_KEY, files.param, files.sidecar, NcnnFileError)
     blobs = sidecar.get(NCNN_KEY)
     if not isinstance(blobs, dict):
         return  # a foreign file, or one exported before the digests were recorded

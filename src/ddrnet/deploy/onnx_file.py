@@ -21,11 +21,6 @@ METADATA_KEY = "ddrnet"  # ONNX metadata_props key holding the model's ModelMeta
 EXPORT_OPTIONS_KEY = "ddrnet.export"
 # metadata_props key of an INT8 file that OpenVINO can compile for a fixed input size.
 OPENVINO_FIXED_SIZE_KEY = "ddrnet.openvino_fixed_size"
-# The JSON sidecars beside ncnn and ExecuTorch files carry the keys above, and each its
-# format's own key (blob names, the files' digests): its key -> the format's name.
-NCNN_KEY = "ncnn"
-EXECUTORCH_KEY = "executorch"
-SIDECAR_FORMATS = {NCNN_KEY: "ncnn", EXECUTORCH_KEY: "ExecuTorch"}
 
 
 class ExportError(DDRNetError, RuntimeError):
@@ -163,37 +158,3 @@ def file_normalisation(
         tuple(mean if mean is not None else metadata["mean"]),  # type: ignore[arg-type]
         tuple(std if std is not None else metadata["std"]),  # type: ignore[arg-type]
     )
-
-
-def sidecar_writer(values: object) -> str | None:
-    """The format (``SIDECAR_FORMATS``'s names) whose export wrote the sidecar ``values``
-    (its parsed JSON), or None when no format's key says so."""
-    if isinstance(values, dict):
-        for key, name in SIDECAR_FORMATS.items():
-            if key in values:
-                return name
-    return None
-
-
-def check_sidecar_replaceable(sidecar: Path, own_key: str) -> None:
-    """Refuse an export whose ``sidecar`` (``NAME.json``) would replace a file that is not an
-    earlier sidecar of its own format (``own_key``): a user's own JSON, or the sidecar of
-    another format's export of the same name (``m.param`` and ``m.pte`` share ``m.json``)."""
-    if not sidecar.is_file():
-        return
-    try:
-        values = json.loads(sidecar.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        values = None
-    writer = sidecar_writer(values)
-    ours = (
-        isinstance(values, dict)
-        and METADATA_KEY in values
-        and writer in (None, SIDECAR_FORMATS[own_key])
-    )
-    if not ours:
-        what = f"the sidecar of an {writer} export" if writer else "not a ddrnet sidecar"
-        raise ExportError(
-            f"{sidecar}: the export writes its sidecar there, and the file there is {what}; "
-            "move it, or export under another name"
-        )
