@@ -207,7 +207,7 @@ def staged_files(folder: Path, set_name: str | None = None) -> Iterator[Path]:
         listing = folder / f".ddrnet-{set_name}"
         earlier = _listed_names(listing)
         try:  # a user's file under the name of one of ours: it stays, ours are not kept
-            check_set_names_free(folder, set_name, names)
+            _check_names_free(folder, earlier, names)
         except FileExistsError:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -228,7 +228,12 @@ def check_set_names_free(folder: Path, set_name: str, names: Collection[str]) ->
     """A ``FileExistsError`` naming the first of ``names`` that is a file in ``folder`` which
     the earlier ``staged_files`` set ``set_name`` did not write: a user's file, which the
     set would replace. Callers that know the names before the work check them first."""
-    earlier = set(_listed_names(folder / f".ddrnet-{set_name}"))
+    _check_names_free(folder, _listed_names(folder / f".ddrnet-{set_name}"), names)
+
+
+def _check_names_free(folder: Path, earlier: Collection[str], names: Collection[str]) -> None:
+    """``check_set_names_free`` with the earlier set's names already read."""
+    earlier = set(earlier)
     for name in names:
         if name not in earlier and os.path.lexists(folder / name):
             raise FileExistsError(
@@ -255,10 +260,6 @@ def atomic_write_text(text: str, path: Path) -> None:
     atomic_write(path, lambda stream: stream.write(data))
 
 
-# ``ddrnet-<kind>-<process id>-<random>``: a scratch folder in the temporary folder.
-_SCRATCH = re.compile(r"ddrnet-[a-z-]+?-(?P<pid>\d+)-[a-z0-9_]+")
-
-
 def why_not_writable(folder: Path) -> str | None:
     """Why files cannot be written in ``folder`` (None: they can): it exists and takes new
     files, or the nearest existing folder above it does, where the writer will make it once
@@ -277,6 +278,10 @@ def why_not_writable(folder: Path) -> str | None:
     except OSError as error:
         return f"cannot write in its folder ({error.strerror or error})"
     return None
+
+
+# ``ddrnet-<kind>-<process id>-<random>``: a scratch folder in the temporary folder.
+_SCRATCH = re.compile(r"ddrnet-[a-z-]+?-(?P<pid>\d+)-[a-z0-9_]+")
 
 
 def scratch_folder(kind: str) -> tempfile.TemporaryDirectory:

@@ -55,8 +55,15 @@ def picked_frames(dataset: PairedSegmentationDataset, count: int) -> list[int]:
 def label_picture_names(dataset: PairedSegmentationDataset, count: int) -> list[str]:
     """The file names ``write_label_pictures`` gives the ``count`` frames it picks (fewer
     where a frame's files cannot be used)."""
+    return [name for _, name in _named_frames(dataset, count)]
+
+
+def _named_frames(dataset: PairedSegmentationDataset, count: int) -> list[tuple[int, str]]:
+    """The frames ``picked_frames`` picks, each with its picture's file name."""
     frames = picked_frames(dataset, count)
-    return [ranked_name(rank, dataset.samples[i].image.stem) for rank, i in enumerate(frames, 1)]
+    return [
+        (i, ranked_name(rank, dataset.samples[i].image.stem)) for rank, i in enumerate(frames, 1)
+    ]
 
 
 def write_label_pictures(
@@ -77,11 +84,11 @@ def write_label_pictures(
     names = []
     with torch.random.fork_rng(devices=[]), staged_files(folder, LABEL_PICTURES) as staging:
         torch.manual_seed(seed)
-        for rank, index in enumerate(picked_frames(dataset, count), 1):
+        for index, name in _named_frames(dataset, count):
             try:
                 picture = label_picture(dataset, index, augmented)
             except (DatasetError, ImageReadError):  # the survey names these files
                 continue
-            names.append(ranked_name(rank, dataset.samples[index].image.stem))
-            write_png(staging / names[-1], picture)
+            names.append(name)
+            write_png(staging / name, picture)
     return [folder / name for name in names]
