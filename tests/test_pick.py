@@ -136,6 +136,11 @@ def test_what_the_audit_found(
     assert "broken.avi" in logged
     error = one_line_cli_error(capsys, ["pick", inputs[0], "-o", str(out)])
     assert "holds files already; pick into a new or empty folder" in error
+    # nothing readable: refused, and no output folder is left behind
+    none = tmp_path / "none"
+    assert main(["pick", str(tmp_path / "broken.avi"), "-o", str(none)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith("no input frame could be read") and not none.exists()
 
 
 def test_a_stopped_or_killed_pick_leaves_no_half_set(

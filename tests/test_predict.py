@@ -381,6 +381,7 @@ def test_the_pixel_cap_counts_the_largest_scale(camvid_model_file, camvid_frames
         warn=lines.append, max_pixels=500_000,
     )  # fmt: skip
     assert list(summary.failed) == [str(camvid_frames[0])] and not summary.processed
+    assert not (tmp_path / "out").exists()  # a job that wrote nothing leaves no folder
     assert "480x360 is 0.2 megapixels, 0.7 megapixels at scale 2, over the limit of 0.5" in lines[0]
     summary = run_prediction(
         runner, [str(camvid_frames[0])], tmp_path / "out", kinds=("labels",), progress=False,

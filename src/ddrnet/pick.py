@@ -205,7 +205,7 @@ def _write_frames(chosen: Sequence[Candidate], names: Sequence[str], folder: Pat
 
 
 def _prepare_output(output: Path) -> None:
-    """Make ``output``, refusing one that holds files: a pick never overwrites, and a folder
+    """Check ``output`` (made when the picks are written), refusing one that holds files: a pick never overwrites, and a folder
     of earlier picks beside new ones would be labelled as one. The staging folder of a
     pick killed before its frames were moved out is removed first."""
     if (output / STAGING_FOLDER).is_dir():
@@ -213,7 +213,6 @@ def _prepare_output(output: Path) -> None:
         logger.info("removed %s, the frames of a pick that was stopped", output / STAGING_FOLDER)
     if output.is_dir() and any(output.iterdir()):
         raise UsageError(f"-o {output} holds files already; pick into a new or empty folder")
-    output.mkdir(parents=True, exist_ok=True)
 
 
 def _distinct(items: Sequence[str | Path]) -> list:

@@ -219,7 +219,8 @@ def run_prediction(
     drop_frames: str = "auto",
     preview: Preview | None = None,
 ) -> PredictionSummary:
-    """Segment every input and write the requested ``kinds`` into ``output_dir``.
+    """Segment every input and write the requested ``kinds`` into ``output_dir`` (made with
+    the first output: a job in which every input fails leaves no folder).
 
     Images: ``<stem>_labels.png`` (indexed PNG, palette = class colours), ``<stem>_overlay.png``
     and ``<stem>_side.png``. Videos: ``<stem>_overlay.mp4``, ``<stem>_side.mp4``, and for
@@ -240,7 +241,6 @@ def run_prediction(
     images, videos = expand_inputs(inputs)
     files = [v for v in videos if not is_camera_or_stream(v)]
     check_output_folder(output_dir, inputs, [*images, *files])
-    output_dir.mkdir(parents=True, exist_ok=True)
     summary = PredictionSummary()
     warm_before = runner.warmup_ms
     start = time.perf_counter()
