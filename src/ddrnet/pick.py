@@ -205,9 +205,10 @@ def _write_frames(chosen: Sequence[Candidate], names: Sequence[str], folder: Pat
 
 
 def _prepare_output(output: Path) -> None:
-    """Check ``output`` (made when the picks are written), refusing one that holds files: a pick never overwrites, and a folder
-    of earlier picks beside new ones would be labelled as one. The staging folder of a
-    pick killed before its frames were moved out is removed first."""
+    """Check ``output`` (made when the picks are written), refusing one that holds files: a
+    pick never overwrites, and a folder of earlier picks beside new ones would be labelled
+    as one. The staging folder of a pick killed before its frames were moved out is removed
+    first."""
     if (output / STAGING_FOLDER).is_dir():
         shutil.rmtree(output / STAGING_FOLDER)
         logger.info("removed %s, the frames of a pick that was stopped", output / STAGING_FOLDER)
