@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 
 import ddrnet
-from ddrnet.assets import demo_frames
 from ddrnet.data.camvid import camvid
+from ddrnet.data.io import demo_frames
 from ddrnet.deploy import (
     export_onnx,
     float32_conv_peak,

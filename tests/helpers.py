@@ -110,8 +110,8 @@ def check_cli_runs_file(deployed: nn.Module, path: Path, camvid_root: Path, outp
     """``ddrnet eval`` of the exported file ``path`` scores 2 CamVid val frames as the
     evaluation loop scores ``deployed`` (the file loaded here), and ``ddrnet predict`` writes
     the labels ``Predictor(deployed)`` gives (into ``output``)."""
-    from ddrnet.assets import demo_frames
     from ddrnet.data.camvid import camvid
+    from ddrnet.data.io import demo_frames
     from ddrnet.engine.evaluate import evaluate
     from ddrnet.engine.predictor import Predictor
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import ddrnet
-from ddrnet.assets import demo_frames
+from ddrnet.data.io import demo_frames
 from ddrnet.data.labels import CAMVID
 from ddrnet.deploy import aoti
 from ddrnet.deploy.aoti import AotiFileError, AotiSegmentationModel, export_aoti, load_aoti_model

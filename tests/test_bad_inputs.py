@@ -273,7 +273,7 @@ def test_outputs_never_replace_what_the_command_reads(camvid_model_file, tmp_pat
     the input is left as it was."""
     import shutil
 
-    from ddrnet.assets import demo_frames
+    from ddrnet.data.io import demo_frames
 
     model = tmp_path / "model.safetensors"
     shutil.copy(camvid_model_file, model)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ddrnet
-from ddrnet.assets import demo_frames
+from ddrnet.data.io import demo_frames
 from ddrnet.models import CheckpointError
 from ddrnet.models.weights import bundled_model_path, bundled_names
 

@@ -290,7 +290,7 @@ def test_eval_refuses_labels_outside_the_classes_by_file(
 
 
 def test_viz_features_defaults_to_the_bundled_model(tmp_path) -> None:
-    from ddrnet.assets import demo_frames
+    from ddrnet.data.io import demo_frames
 
     output = tmp_path / "features.png"
     result = run_ddrnet("viz", "features", str(demo_frames()[0]), "-o", str(output))

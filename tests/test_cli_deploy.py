@@ -36,8 +36,8 @@ def test_an_int8_export_stopped_midway_leaves_the_earlier_pair(
     """The float32 file beside an INT8 file takes its name after the INT8 file is written:
     a run stopped while quantising leaves an earlier pair as it was."""
     import ddrnet.cli.export
-    from ddrnet.assets import demo_frames
     from ddrnet.cli import main
+    from ddrnet.data.io import demo_frames
 
     int8, fp32 = tmp_path / "m.onnx", tmp_path / "m_fp32.onnx"
     int8.write_bytes(b"earlier int8")
@@ -118,7 +118,7 @@ def test_tensorrt_export_without_gpu_is_a_clear_error(camvid_model_file, tmp_pat
 def test_export_evaluates_every_deployed_form_on_camvid_val(camvid_root, tmp_path) -> None:
     """fp32 ONNX scores what PyTorch scores on the same frames; the INT8 and bf16 forms are
     reported against it and stay within 3 mIoU points (bundled model, 3 val frames)."""
-    from ddrnet.assets import demo_frames
+    from ddrnet.data.io import demo_frames
     from ddrnet.models.weights import bundled_model_path
 
     images = 3

@@ -567,24 +567,27 @@ def test_a_set_of_files_replaces_only_what_its_list_names(tmp_path) -> None:
 
 def test_scratch_folders_of_killed_processes_are_removed_by_the_next(tmp_path, monkeypatch) -> None:
     """An export killed with SIGKILL never removes its scratch folder (graphs of tens of
-    MB): the next scratch folder removes those whose process is gone, and only those."""
+    MB): the next scratch folder removes those whose process has ended, and only those,
+    also where the process id has since been given to another process."""
     import os
     import tempfile
     from pathlib import Path
 
-    from ddrnet.atomic import scratch_folder
+    from ddrnet.atomic import process_tag, scratch_folder
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     gone = 2**22 + 12345  # above Linux's largest process id: no such process
-    names = [f"ddrnet-onnx-{gone}-k1ll3d", f"ddrnet-bench-ncnn-{os.getpid()}-alive0",
-             "ddrnet-onnx-oldstyle", "mine"]  # fmt: skip
+    init_start = int(process_tag(1).split("-")[1])
+    names = [f"ddrnet-onnx-{gone}-0-k1ll3d", f"ddrnet-onnx-1-{init_start + 1}-reused",
+             f"ddrnet-bench-ncnn-{process_tag(os.getpid())}-alive0",
+             f"ddrnet-onnx-{process_tag(1)}-init", "ddrnet-onnx-oldstyle", "mine"]  # fmt: skip
     for name in names:
         (tmp_path / name).mkdir()
         (tmp_path / name / "model.onnx").write_bytes(b"graph")
     with scratch_folder("pnnx") as folder:
-        assert Path(folder).name.startswith(f"ddrnet-pnnx-{os.getpid()}-")
+        assert Path(folder).name.startswith(f"ddrnet-pnnx-{process_tag(os.getpid())}-")
         left = sorted(path.name for path in tmp_path.iterdir() if path.name != Path(folder).name)
-    assert left == sorted(names[1:])
+    assert left == sorted(names[2:])
 
 
 @pytest.mark.parametrize("earlier", [True, False], ids=["replacing", "first"])
@@ -596,7 +599,7 @@ def test_files_replaced_together_are_whole_after_a_kill_at_any_rename(
     a first export, none) or the whole new one, and no staging folder."""
     import os
 
-    from ddrnet import atomic
+    from ddrnet import file_sets
 
     class Killed(BaseException):
         pass
@@ -619,13 +622,13 @@ def test_files_replaced_together_are_whole_after_a_kill_at_any_rename(
 
         monkeypatch.setattr(os, "replace", replace)
         try:
-            with atomic.replaced_together(paths) as staged:
+            with file_sets.replaced_together(paths) as staged:
                 for path in paths:
                     staged[path].write_text("new " + path.name)
         except Killed:
             pass
         monkeypatch.setattr(os, "replace", real_replace)
-        restored = atomic.restored_before_reading(paths)
+        restored = file_sets.restored_before_reading(paths)
         contents = {path.read_text() if path.exists() else None for path in paths}
         if not earlier and contents == {None}:
             outcome = "none"
@@ -641,7 +644,7 @@ def test_files_replaced_together_are_whole_after_a_kill_at_any_rename(
 
 
 def test_a_set_whose_writing_fails_leaves_the_earlier_one(tmp_path) -> None:
-    from ddrnet.atomic import replaced_together
+    from ddrnet.file_sets import replaced_together
 
     paths = [tmp_path / "m.pte", tmp_path / "m.json"]
     for path in paths:
@@ -657,13 +660,14 @@ def test_a_set_being_replaced_by_a_running_process_is_left_to_it(tmp_path) -> No
     """A reader that loads the files while another process exports them must not undo that
     export; a swap whose process is gone is undone, also when its id now names another
     process (ids are reused: the start time tells them apart)."""
-    from ddrnet.atomic import _process_tag, restore_interrupted_set
+    from ddrnet.atomic import process_tag
+    from ddrnet.file_sets import restore_interrupted_set
 
     paths = [tmp_path / "m.pte", tmp_path / "m.json"]
     for path in paths:
         path.write_text("new")
-    running = tmp_path / f".m.pte.ddrnet-new.{_process_tag(1)}"  # process 1 (init) runs
-    for writer in (f"{2**22 + 7}-5", f"1-{int(_process_tag(1).split('-')[1]) + 1}"):  # gone
+    running = tmp_path / f".m.pte.ddrnet-new.{process_tag(1)}"  # process 1 (init) runs
+    for writer in (f"{2**22 + 7}-5", f"1-{int(process_tag(1).split('-')[1]) + 1}"):  # gone
         for path in paths:
             path.write_text("new")
         new, old = (tmp_path / f".m.pte.ddrnet-{kind}.{writer}" for kind in ("new", "old"))

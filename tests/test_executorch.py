@@ -28,8 +28,8 @@ with quiet_executorch_import():
     )
 
 import ddrnet
-from ddrnet.assets import demo_frames
 from ddrnet.data.camvid import camvid
+from ddrnet.data.io import demo_frames
 from ddrnet.deploy.executorch_export import export_executorch, export_executorch_checked
 from ddrnet.deploy.executorch_runtime import (
     ExecutorchFileError,

@@ -20,8 +20,8 @@ pytest.importorskip("ncnn", reason="ncnn is not installed (pip install 'ddrnet[e
 pytest.importorskip("pnnx", reason="pnnx is not installed (pip install 'ddrnet[edge]')")
 
 import ddrnet
-from ddrnet.assets import demo_frames
 from ddrnet.data.camvid import camvid
+from ddrnet.data.io import demo_frames
 from ddrnet.deploy.ncnn_export import export_ncnn, frozen_interps
 from ddrnet.deploy.ncnn_runtime import (
     NcnnFileError,
@@ -93,7 +93,7 @@ def test_an_export_killed_midway_leaves_the_earlier_one_working(
     puts the earlier files back and runs them."""
     import os
 
-    from ddrnet import atomic
+    from ddrnet import file_sets
 
     files = NcnnFiles.of(exported)
     copy = NcnnFiles.of(tmp_path / files.param.name)
@@ -113,7 +113,7 @@ def test_an_export_killed_midway_leaves_the_earlier_one_working(
         real_replace(source, target)
 
     monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(Killed), atomic.replaced_together(copy.paths) as staged:
+    with pytest.raises(Killed), file_sets.replaced_together(copy.paths) as staged:
         for path in copy.paths:
             staged[path].write_bytes(b"7767517\nanother export\n")
     monkeypatch.setattr(os, "replace", real_replace)

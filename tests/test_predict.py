@@ -526,8 +526,7 @@ def test_runtime_models_leave_the_cores_to_their_runtime(camvid_model_file, onnx
 def test_predictor_reads_pixel_types_by_their_range_or_refuses_them() -> None:
     """uint8 is 0..255, uint16 its high bytes, float 0..1; 0..255 floats, other integer
     types, NaN and empty images would give wrong labels silently: refused."""
-    from ddrnet.assets import demo_frames
-    from ddrnet.data.io import read_rgb
+    from ddrnet.data.io import demo_frames, read_rgb
 
     predictor = ddrnet.Predictor(ddrnet.load("camvid_ddrnet23_slim_fast_train"))
     frame = read_rgb(demo_frames()[0])[100:164, 200:296]

@@ -21,7 +21,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -280,34 +280,51 @@ def why_not_writable(folder: Path) -> str | None:
     return None
 
 
-# ``ddrnet-<kind>-<process id>-<random>``: a scratch folder in the temporary folder.
-_SCRATCH = re.compile(r"ddrnet-[a-z-]+?-(?P<pid>\d+)-[a-z0-9_]+")
+# ``ddrnet-<kind>-<process tag>-<random>``: a scratch folder in the temporary folder.
+_SCRATCH = re.compile(r"ddrnet-[a-z-]+?-(?P<tag>\d+-\d+)-[a-z0-9_]+")
 
 
 def scratch_folder(kind: str) -> tempfile.TemporaryDirectory:
     """A ``TemporaryDirectory`` for an export's or a benchmark's files (``kind``: what for,
     lower-case words joined by ``-``). Such folders can be large (a model's ONNX graphs,
     pnnx's files), and one whose process was killed (SIGKILL, a full machine) is never
-    removed by it: those of processes that no longer run are removed first."""
+    removed by it: those of processes that have ended are removed first."""
     root = Path(tempfile.gettempdir())
     with contextlib.suppress(OSError):
         for entry in os.scandir(root):
             match = _SCRATCH.fullmatch(entry.name)
-            if match and entry.is_dir(follow_symlinks=False) and not _running(int(match["pid"])):
+            if match and entry.is_dir(follow_symlinks=False) and process_ended(match["tag"]):
                 shutil.rmtree(entry.path, ignore_errors=True)
-    return tempfile.TemporaryDirectory(prefix=f"ddrnet-{kind}-{os.getpid()}-", dir=root)
+    tag = process_tag(os.getpid())
+    return tempfile.TemporaryDirectory(prefix=f"ddrnet-{kind}-{tag}-", dir=root)
 
 
-def _running(pid: int) -> bool:
-    """Whether a process of this id exists (another user's counts: it is not ours to
-    clean)."""
+def process_tag(pid: int) -> str:
+    """``<pid>-<start>``: a process id with its start time (clock ticks since boot, field 22
+    of ``/proc/PID/stat``; 0 where there is none), which names one process where an id
+    alone may since have been given to another."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        start = stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        start = "0"
+    return f"{pid}-{start}"
+
+
+def process_ended(tag: str) -> bool:
+    """Whether the process that ``tag`` (``process_tag``) names has ended: no process has
+    its id, or the one that has it started at another time (the id was given again). A
+    process of another user counts as running: what it left is not ours to clean."""
+    pid = int(tag.split("-")[0])
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
         return True
-    return True
+    except OverflowError:
+        return True  # no process can have such an id
+    except PermissionError:
+        pass
+    return process_tag(pid) != tag
 
 
 def file_digest(path: Path) -> str:
@@ -395,109 +412,3 @@ def remove_stale_temporaries(folder: Path, names: Collection[str]) -> list[Path]
         else:
             path.unlink(missing_ok=True)
     return stale
-
-
-def _set_folders(paths: Sequence[Path], writer: str) -> tuple[Path, Path]:
-    """The staging folder of a new set of ``paths`` written by the process ``writer``
-    (``_process_tag``) and the folder that holds the earlier set's files while they are
-    swapped, both beside the first path."""
-    first = paths[0]
-    return (
-        first.parent / f".{first.name}.ddrnet-new.{writer}",
-        first.parent / f".{first.name}.ddrnet-old.{writer}",
-    )
-
-
-def _process_tag(pid: int) -> str:
-    """``<pid>-<start>``: a process id with its start time (clock ticks since boot, field 22
-    of ``/proc/PID/stat``; 0 where there is none), which names one process where an id
-    alone may since have been given to another."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        start = stat.rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        start = "0"
-    return f"{pid}-{start}"
-
-
-@contextlib.contextmanager
-def replaced_together(paths: Sequence[Path]) -> Iterator[dict[Path, Path]]:
-    """Replace files that are only of use together (an ncnn export's ``.param``, ``.bin`` and
-    sidecar) so that a kill at any moment leaves the whole earlier set or the whole new one.
-
-    Yields ``{path: where to write its new version}`` (in a staging folder beside the first
-    path); each must be written, completely, before the block ends. Then the earlier files
-    are moved aside, the new ones into place, and the staging folder is removed: that is the
-    moment the new set counts as written. ``restore_interrupted_set`` (run here first, and by
-    the readers of such sets) puts an interrupted swap's earlier files back. An error in the
-    block leaves the earlier set as it was."""
-    restore_interrupted_set(paths)
-    new, old = _set_folders(paths, _process_tag(os.getpid()))
-    paths[0].parent.mkdir(parents=True, exist_ok=True)
-    new.mkdir()
-    try:
-        yield {path: new / path.name for path in paths}
-        missing = [path.name for path in paths if not (new / path.name).is_file()]
-        if missing:
-            raise RuntimeError(f"the block did not write {', '.join(missing)}")
-    except BaseException:
-        shutil.rmtree(new, ignore_errors=True)
-        raise
-    old.mkdir()
-    for path in paths:
-        if path.is_file():
-            os.replace(path, old / path.name)
-    for path in paths:
-        os.replace(new / path.name, path)
-    new.rmdir()  # the new set is complete from here on
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def restored_before_reading(paths: Sequence[Path]) -> bool:
-    """``restore_interrupted_set`` for a reader of the set: where the folder cannot be
-    written it changes nothing (False), and the reader's own checks then see the mix."""
-    try:
-        return restore_interrupted_set(paths)
-    except OSError:
-        return False
-
-
-def restore_interrupted_set(paths: Sequence[Path]) -> bool:
-    """Finish what a killed ``replaced_together`` of ``paths`` left (one of a process that
-    still runs is its own business: an export under way): while its staging folder is there
-    the swap was not complete, so the earlier files go back in place (and a file that had no
-    earlier version goes); after it, only the earlier files' folder is removed. True when
-    earlier files were put back."""
-    first = paths[0]
-    pattern = re.compile(rf"\.{re.escape(first.name)}\.ddrnet-(new|old)\.(?P<tag>\d+-\d+)")
-    try:
-        names = [entry.name for entry in os.scandir(first.parent)]
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    writers = {match["tag"] for name in names if (match := pattern.fullmatch(name))}
-    restored = False
-    for writer in sorted(writers):
-        pid = int(writer.split("-")[0])
-        # Ours (a swap this process was stopped in), or of a process that is gone: the id
-        # may run again, in another process, whose start time then differs.
-        if pid == os.getpid() or not _running(pid) or _process_tag(pid) != writer:
-            restored |= _undo_swap(paths, *_set_folders(paths, writer))
-    return restored
-
-
-def _undo_swap(paths: Sequence[Path], new: Path, old: Path) -> bool:
-    """``restore_interrupted_set`` for one killed swap's folders ``new`` and ``old``."""
-    if not new.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        return False
-    restored = False
-    if old.is_dir():
-        for path in paths:
-            if (old / path.name).is_file():
-                os.replace(old / path.name, path)
-                restored = True
-            elif not (new / path.name).exists():  # moved into place, with nothing before it
-                path.unlink(missing_ok=True)
-    shutil.rmtree(new, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-    return restored

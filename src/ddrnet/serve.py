@@ -44,8 +44,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from ddrnet.assets import demo_frames
-from ddrnet.data.io import png_bytes
+from ddrnet.data.io import demo_frames, png_bytes
 from ddrnet.engine.predictor import Predictor, mark_unknown, unknown_label
 from ddrnet.models.metadata import class_info
 from ddrnet.render import confidence_picture, labelled_overlay
@@ -217,7 +216,7 @@ def create_app(
     """The Flask application serving ``model`` (on ``device``, under autocast to
     ``amp_dtype`` when given).
 
-    ``demo_folder`` defaults to the package's ``assets/demo`` (``ddrnet.assets.demo_frames``;
+    ``demo_folder`` defaults to the package's ``assets/demo`` (``ddrnet.data.io.demo_frames``;
     absent: ``/demo`` lists nothing). Returns a ``flask.Flask``; run it with ``make_server``
     (waitress).
     """

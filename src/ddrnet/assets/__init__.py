@@ -26,13 +26,3 @@ from pathlib import Path
 
 def assets_dir() -> Path:
     return Path(str(resources.files("ddrnet") / "assets"))
-
-
-def demo_frames(folder: Path | None = None) -> list[Path]:
-    """The images in ``folder`` (``ddrnet.data.io.image_files``; none when the folder does
-    not exist), by default the demo road scenes shipped with the
-    package (CamVid, CC BY-NC 4.0; see demo/README.md)."""
-    from ddrnet.data.io import image_files
-
-    folder = assets_dir() / "demo" if folder is None else Path(folder)
-    return image_files(folder) if folder.is_dir() else []

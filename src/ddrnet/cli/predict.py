@@ -157,7 +157,7 @@ def _check_options_apply(args: argparse.Namespace, images: list, videos: list) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddrnet.assets import demo_frames
+    from ddrnet.data.io import demo_frames
     from ddrnet.predict import expand_inputs, run_prediction
     from ddrnet.runner import SegmentationRunner
 

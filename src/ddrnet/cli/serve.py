@@ -98,8 +98,7 @@ def _warm_up(service) -> None:
     """One prediction on the first demo frame before the first request: oneDNN creates its
     kernels and OpenVINO compiles for that size (about a second for an ONNX file), so the
     first user of the usual frame size does not wait for it."""
-    from ddrnet.assets import demo_frames
-    from ddrnet.data.io import ImageReadError, read_rgb
+    from ddrnet.data.io import ImageReadError, demo_frames, read_rgb
 
     frames = demo_frames()
     if frames:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ddrnet.assets import assets_dir
 from ddrnet.atomic import atomic_write
 from ddrnet.errors import DDRNetError
 
@@ -31,6 +32,14 @@ def image_files(folder: str | Path) -> list[Path]:
         for path in Path(folder).iterdir()
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
     )
+
+
+def demo_frames(folder: Path | None = None) -> list[Path]:
+    """The images in ``folder`` (``image_files``; none when the folder does not exist), by
+    default the demo road scenes shipped with the package (``assets/demo``: CamVid, CC
+    BY-NC 4.0; see its README.md)."""
+    folder = assets_dir() / "demo" if folder is None else Path(folder)
+    return image_files(folder) if folder.is_dir() else []
 
 
 class ImageReadError(DDRNetError, ValueError):

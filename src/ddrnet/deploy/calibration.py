@@ -25,7 +25,7 @@ def calibration_folder(source: str | Path | None, what: str, *, demo_default: bo
         calibration_files(Path(source))
         return Path(source)
     if demo_default:
-        from ddrnet.assets import demo_frames
+        from ddrnet.data.io import demo_frames
 
         frames = demo_frames()
         if frames:

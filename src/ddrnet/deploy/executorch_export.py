@@ -32,7 +32,6 @@ from ddrnet.atomic import (
     atomic_write_text,
     file_digest,
     remove_stale_temporaries,
-    replaced_together,
 )
 from ddrnet.deploy.executorch_runtime import (
     INSTALL_HINT,
@@ -47,6 +46,7 @@ from ddrnet.deploy.onnx_file import ExportError
 from ddrnet.deploy.quantize import ImageSource, preprocess_image
 from ddrnet.deploy.sidecar import EXECUTORCH_KEY, check_sidecar_replaceable
 from ddrnet.errors import UsageError
+from ddrnet.file_sets import replaced_together
 
 
 def _lowering() -> tuple[Any, Any]:

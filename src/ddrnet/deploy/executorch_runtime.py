@@ -72,7 +72,7 @@ class ExecutorchFiles:
 
     @property
     def paths(self) -> tuple[Path, Path]:
-        """The two, in the order ``ddrnet.atomic.replaced_together`` takes them."""
+        """The two, in the order ``ddrnet.file_sets.replaced_together`` takes them."""
         return self.program, self.sidecar
 
 

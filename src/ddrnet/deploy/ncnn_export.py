@@ -28,7 +28,6 @@ from ddrnet.atomic import (
     atomic_write_text,
     file_digest,
     remove_stale_temporaries,
-    replaced_together,
     scratch_folder,
 )
 from ddrnet.deploy.export import check_size, example_input, folded_export_wrapper
@@ -37,6 +36,7 @@ from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportErro
 from ddrnet.deploy.sidecar import NCNN_KEY, check_sidecar_replaceable
 from ddrnet.deploy.verify import evaluate_on_camvid, real_frames, verify_ncnn
 from ddrnet.errors import UsageError
+from ddrnet.file_sets import replaced_together
 
 PNNX_INSTALL_HINT = "pip install pnnx ncnn (or pip install 'ddrnet[edge]')"
 PNNX_TIMEOUT_SECONDS = 900

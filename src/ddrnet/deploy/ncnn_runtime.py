@@ -55,7 +55,7 @@ class NcnnFiles:
 
     @property
     def paths(self) -> tuple[Path, Path, Path]:
-        """The three, in the order ``ddrnet.atomic.replaced_together`` takes them."""
+        """The three, in the order ``ddrnet.file_sets.replaced_together`` takes them."""
         return self.param, self.weights, self.sidecar
 
 

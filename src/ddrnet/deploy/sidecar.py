@@ -14,8 +14,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from ddrnet.atomic import restored_before_reading
 from ddrnet.deploy.onnx_file import METADATA_KEY, ExportError
+from ddrnet.file_sets import restored_before_reading
 
 logger = logging.getLogger(__name__)
 

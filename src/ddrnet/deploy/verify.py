@@ -213,8 +213,7 @@ def real_frames(model: nn.Module, count: int = 2) -> list[torch.Tensor]:
     """The first ``count`` bundled demo frames (CamVid, 360x480) normalised as ``model``
     expects, plus the first one resized to an odd 361x479: real inputs to check an export
     on where it is written."""
-    from ddrnet.assets import demo_frames
-    from ddrnet.data.io import read_rgb
+    from ddrnet.data.io import demo_frames, read_rgb
 
     mean, std = normalisation(model)
     images = [torch.from_numpy(read_rgb(frame)).permute(2, 0, 1)[None] for frame in demo_frames()]
