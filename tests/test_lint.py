@@ -23,3 +23,14 @@ def test_ruff_finds_nothing_to_change(command: list[str]) -> None:
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_layers_import_only_the_layers_below_them() -> None:
+    """models <- data <- engine <- deploy <- application <- cli, as pyproject.toml's
+    import-linter contract lists them: an import against the flow (a function's own import
+    too) fails here, naming the importing line."""
+    code = (
+        "import sys, importlinter.cli as c; sys.exit(c.lint_imports(no_cache=True, no_logo=True))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

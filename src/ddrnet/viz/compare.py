@@ -88,14 +88,14 @@ def load_models(
     (for files without metadata). Model names alone give untrained models (random weights),
     which is only useful to look at architectures.
     """
-    import ddrnet
+    from ddrnet.models import create_model
 
     if not checkpoints and not model_names:
         raise UsageError("give at least one --checkpoint FILE (or --model NAME)")
     if not checkpoints:
         logger.warning("no --checkpoint: the models have random weights")
         return [
-            (f"{name} (untrained)", _segmentation(ddrnet.create_model(name), f"--model {name}"))
+            (f"{name} (untrained)", _segmentation(create_model(name), f"--model {name}"))
             for name in model_names
         ]
     if len(model_names) not in (0, 1, len(checkpoints)):
@@ -113,7 +113,7 @@ def load_models(
         path = resolve_bundled_name(checkpoint)  # a bundled model's name stands for its file
         if not path.is_file():
             raise MissingFileError(f"{path}: no such checkpoint file")
-        model = _segmentation(ddrnet.create_model(name, checkpoint=path), str(path))
+        model = _segmentation(create_model(name, checkpoint=path), str(path))
         metadata = model.metadata
         caption = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
         caption += f": {metadata.architecture}"
