@@ -66,7 +66,8 @@ class ModelConfig:
                 bool(self.pretrained.strip()), "pretrained", "a file (or null)", self.pretrained
             )
         _require(_positive(self.width_multiplier), "width_multiplier", "> 0", self.width_multiplier)
-        widest = MAX_PLANES / variant_info(self.name).spec.planes
+        # Here, with the recipe's key, before the data is read; the rule is the spec's.
+        widest = variant_info(self.name).spec.widest_multiplier
         _require(
             self.width_multiplier <= widest, "width_multiplier",
             f"at most {widest:g} for {self.name} (a first stage of {MAX_PLANES} channels)",

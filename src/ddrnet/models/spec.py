@@ -71,6 +71,12 @@ class DDRNetSpec:
                 f"{self.stage3_splits} equal parts"
             )
 
+    @property
+    def widest_multiplier(self) -> float:
+        """The largest ``widened`` multiplier: one that gives the first stage ``MAX_PLANES``
+        channels (a memory guard; a mistyped 100 would ask for hundreds of GB)."""
+        return MAX_PLANES / self.planes
+
     def widened(self, multiplier: float) -> DDRNetSpec:
         """The same topology with branch and head widths scaled (e.g. DDRNet-39 1.5x);
         ``multiplier`` > 0 (widths are rounded to multiples of 8, at least 8), for a first
@@ -79,7 +85,7 @@ class DDRNetSpec:
             multiplier <= 0
         ):
             raise ValueError(f"width_multiplier must be a number > 0, got {multiplier!r}")
-        if self.planes * multiplier > MAX_PLANES:
+        if multiplier > self.widest_multiplier:
             raise ValueError(
                 f"width_multiplier {multiplier:g} gives {self.planes * multiplier:g} channels in "
                 f"the first stage, more than {MAX_PLANES} (8x DDRNet-23-slim, 4x DDRNet-23)"
