@@ -431,7 +431,7 @@ def test_resuming_from_what_is_no_training_checkpoint_says_what_it_is(
     import shutil
 
     from ddrnet.engine.checkpointing import load_training_checkpoint
-    from ddrnet.models.checkpoint import CheckpointError
+    from ddrnet.models import CheckpointError
 
     weights = shutil.copy(camvid_model_file, tmp_path / "last.pt")  # safetensors inside
     with pytest.raises(CheckpointError, match=r"is a safetensors model file under another"):

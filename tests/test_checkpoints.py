@@ -365,7 +365,7 @@ def test_checkpoint_filter_fn_maps_official_keys_in_one_pass() -> None:
 
 def test_weights_that_are_not_finite_are_refused_by_name(tmp_path) -> None:
     """A file whose weights are NaN loaded without a word and labelled every pixel 0."""
-    from ddrnet.models.checkpoint import CheckpointError, load_weights
+    from ddrnet.models import CheckpointError, load_weights
 
     model = ddrnet.create_model("ddrnet_23_slim", num_classes=11)
     state = {key: value.clone() for key, value in model.state_dict().items()}
@@ -377,7 +377,7 @@ def test_weights_that_are_not_finite_are_refused_by_name(tmp_path) -> None:
 
 def test_a_model_name_that_contradicts_the_file_is_named_as_the_mistake() -> None:
     """--model ddrnet_39 with the bundled 23-slim file blamed "damaged or crafted metadata"."""
-    from ddrnet.models.checkpoint import CheckpointError
+    from ddrnet.models import CheckpointError
 
     with pytest.raises(CheckpointError, match=r"holds a ddrnet_23_slim, whose weights do not fit"):
         ddrnet.create_model("ddrnet_39", checkpoint="camvid_ddrnet23_slim")

@@ -15,7 +15,7 @@ Each class keeps the built-in base it always had (``ValueError``, ``RuntimeError
 ``UsageError`` (ValueError)       here: an option or setting value that cannot work
 ``MissingFileError``              here: a file or folder the user named does not exist
 ``ConfigError`` (ValueError)      ``ddrnet.config``: a recipe key or value
-``CheckpointError`` (ValueError)  ``ddrnet.models.checkpoint``: an unreadable model file
+``CheckpointError`` (ValueError)  ``ddrnet.models.checkpoint_file``: an unreadable model file
 ``MetadataError`` (ValueError)    ``ddrnet.models.metadata``: a model file's metadata
 ``UnknownModelError`` (KeyError)  ``ddrnet.models.registry``: no such architecture
 ``PruningError`` (ValueError)     ``ddrnet.models.prune``

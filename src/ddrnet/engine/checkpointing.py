@@ -10,7 +10,7 @@ import torch
 
 from ddrnet import atomic
 from ddrnet.errors import DDRNetError, MissingFileError
-from ddrnet.models.checkpoint import CheckpointError, refuse_what_is_no_pytorch_file
+from ddrnet.models.checkpoint_file import CheckpointError, refuse_what_is_no_pytorch_file
 
 
 class TrainingError(DDRNetError, RuntimeError):

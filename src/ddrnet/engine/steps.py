@@ -34,7 +34,7 @@ from ddrnet.engine.losses import (
 from ddrnet.errors import DDRNetError
 from ddrnet.limits import check_training_crop
 from ddrnet.models import create_model, load_weights
-from ddrnet.models.checkpoint import RawCheckpoint, read_checkpoint
+from ddrnet.models.checkpoint_file import RawCheckpoint, read_checkpoint
 from ddrnet.models.ddrnet import MainAndAuxiliary
 from ddrnet.models.metadata import ModelMetadata
 from ddrnet.models.spec import DDRNetSpec

@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-from ddrnet.models.checkpoint import (
-    CheckpointError,
-    LoadReport,
-    checkpoint_filter_fn,
-    load_weights,
-    read_checkpoint,
-    read_metadata,
-    save_model,
-)
+from ddrnet.models.checkpoint import LoadReport, checkpoint_filter_fn, load_weights, save_model
+from ddrnet.models.checkpoint_file import CheckpointError, read_checkpoint, read_metadata
 from ddrnet.models.complexity import count_macs, count_parameters
 from ddrnet.models.ddrnet import DDRNet, DDRNetClassifier
 from ddrnet.models.factory import create_model

@@ -1,31 +1,27 @@
-"""Reading, converting and writing DDRNet weights.
+"""Fitting weights into a DDRNet, and writing model files.
 
-Supported inputs, all loaded without unpickling arbitrary code:
+The weights come from ``ddrnet.models.checkpoint_file`` (any model file, read without
+unpickling code), in ours or the official layout:
 
-* ``ddrnet`` model files: ``.safetensors`` with ``ModelMetadata`` in the header;
 * the official ImageNet checkpoints (plain state dict; the classifier keys ``down5``,
   ``last_layer`` and ``linear`` have no counterpart in the segmentation network);
 * the official Cityscapes/CamVid checkpoints (every key prefixed ``model.``, an extra
   ``loss.criterion.weight``, with or without the auxiliary head ``seghead_extra``);
-* the usual wrappers: ``{"state_dict": ...}``, ``{"model": ...}``, ``module.`` from DDP;
-* our own training checkpoints (``{"model": state_dict, "optimizer": ..., ...}``); when the
-  run kept an exponential moving average of its weights (``state_dict_ema``, also timm's
-  key), that average is read, since it is what the run evaluated.
+* ``module.`` from DDP on every key; our own model files and training checkpoints.
 
 Conversion is ``checkpoint_filter_fn(state_dict, model)``, timm's hook, in one pass over the
 keys, and strict, as in segmentation_models_pytorch: a key that no rule maps, a mapped key the
 model does not have, a missing weight, or a shape mismatch outside the class-dependent layers
 is an error that names every offending key. A different number of classes re-initialises the
 class-dependent layers and the ``LoadReport`` says so. ``check_weights_fit`` runs the same
-filter on a shape-only (meta device) build before a model is allocated.
+filter on a shape-only (meta device) build before a model is allocated. ``save_model``
+writes a ``.safetensors`` model file with its metadata, atomically.
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
 import re
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +30,7 @@ import torch
 from torch import nn
 
 from ddrnet import atomic
-from ddrnet.errors import DDRNetError
+from ddrnet.models.checkpoint_file import CheckpointError, RawCheckpoint, read_checkpoint
 from ddrnet.models.metadata import ModelMetadata
 
 logger = logging.getLogger(__name__)
@@ -48,10 +44,6 @@ _SEGMENTATION_ONLY = ("dappm.", "head.", "aux_head.")
 _CLASS_DEPENDENT = ("head.conv2.", "aux_head.conv2.", "classifier.")
 # Every top-level module of either network: a key under one of these is in our layout.
 _OUR_MODULES = ("backbone.", *_SEGMENTATION_ONLY, *_CLASSIFICATION_ONLY)
-
-
-class CheckpointError(DDRNetError, ValueError):
-    """A checkpoint cannot be read or does not fit the model; the message says why."""
 
 
 @dataclass
@@ -94,157 +86,6 @@ def _first_few(items: list[str], separator: str, count: int = 5) -> str:
 def _prefixes(keys: list[str]) -> list[str]:
     """Collapse parameter names to their module names for readable reports."""
     return sorted({key.rsplit(".", 1)[0] for key in keys})
-
-
-@dataclass
-class RawCheckpoint:
-    state_dict: dict[str, torch.Tensor]
-    metadata: ModelMetadata | None
-    source: str
-
-
-def read_checkpoint(path: str | Path) -> RawCheckpoint:
-    """Read tensors (and ddrnet metadata, if any) from a ``.safetensors`` or PyTorch file.
-
-    Pickled files are opened with ``weights_only=True``: a file that holds anything but
-    tensors and plain containers is refused rather than executed. The name of a bundled
-    model (``ddrnet.models.weights``: ``camvid_ddrnet23_slim``, ...) stands for its file.
-    """
-    from ddrnet.models.weights import bundled_names, resolve_bundled_name
-
-    path = resolve_bundled_name(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint {path} does not exist or is not a file (bundled models, usable by "
-            f"name: {', '.join(bundled_names())})"
-        )
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    refuse_what_is_no_pytorch_file(path)
-    try:
-        with warnings.catch_warnings():  # torch's note on pickle protocols: not the user's
-            warnings.simplefilter("ignore", UserWarning)
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # torch's own text advises unsafe loading, in terminal colours; only what it found.
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-        stopped = f" (weights-only loading stopped at {found.group(1)})" if found else ""
-        raise CheckpointError(
-            f"refusing to load {path}: it is not a plain weights file, and loading it would "
-            f"run code stored inside it{stopped}. Only load checkpoints from sources you "
-            "trust; convert them to .safetensors."
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from None
-    metadata = None
-    if isinstance(payload, dict) and isinstance(payload.get("metadata"), str):
-        metadata = ModelMetadata.from_json(payload["metadata"], source=str(path))
-    return RawCheckpoint(_unwrap(payload, path), metadata, str(path))
-
-
-def refuse_what_is_no_pytorch_file(path: Path) -> None:
-    """Name what a file is when it is plainly no PyTorch checkpoint (a picture, text, an
-    ONNX file, a TorchScript export), instead of torch's advice to unpickle it unsafely."""
-    import zipfile
-
-    with path.open("rb") as stream:
-        head = stream.read(9)
-    if not head:
-        raise CheckpointError(f"checkpoint {path} is an empty file")
-    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
-        raise CheckpointError(
-            f"{path} is a safetensors model file under another suffix: name it .safetensors"
-        )  # safetensors: an 8-byte header length, then the JSON header
-    if head.startswith(b"PK"):  # torch.save's zip format, and TorchScript's
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-        except zipfile.BadZipFile:
-            return  # torch will say what is wrong
-        if any(name.split("/", 1)[-1].startswith("code/") for name in names):
-            raise CheckpointError(
-                f"{path} is a TorchScript export (torch.jit), not a checkpoint: load the "
-                ".safetensors/.pt model it was exported from"
-            )
-        return
-    if path.suffix == ".bin" and path.with_suffix(".param").is_file():
-        raise CheckpointError(
-            f"{path} holds the weights of the ncnn export {path.with_suffix('.param')}: "
-            "name that .param file instead"
-        )
-    if not head.startswith(b"\x80"):  # pickle protocol 2+: what older torch.save wrote
-        raise CheckpointError(
-            f"checkpoint {path} is not a PyTorch or safetensors file (it starts with "
-            f"{head[:4]!r}); "
-            "ONNX files run with predict/eval/serve --checkpoint model.onnx"
-        )
-
-
-def _read_safetensors(path: Path) -> RawCheckpoint:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        tensors: dict[str, torch.Tensor] = {}
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            header = handle.metadata() or {}
-            for key in handle.keys():
-                tensors[key] = handle.get_tensor(key)
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"cannot read safetensors file {path}: {error}") from None
-    return RawCheckpoint(tensors, _metadata_of(header, path), str(path))
-
-
-def read_metadata(path: str | Path) -> ModelMetadata | None:
-    """The ``ModelMetadata`` of a ``.safetensors`` model file, reading its header only (no
-    weights); ``None`` when the file carries none. Raises ``CheckpointError``."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            header = handle.metadata() or {}
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"cannot read safetensors file {path}: {error}") from None
-    return _metadata_of(header, path)
-
-
-def _metadata_of(header: dict[str, str], path: Path) -> ModelMetadata | None:
-    if "ddrnet" not in header:
-        return None
-    try:
-        return ModelMetadata.from_json(header["ddrnet"], source=str(path))
-    except ValueError as error:
-        raise CheckpointError(str(error)) from None
-
-
-# Where wrappers keep the weights, in order of preference: an exponential moving average of
-# the weights (timm's key, and ours when train.ema_decay is set) is what such a run evaluated.
-_STATE_DICT_KEYS = ("state_dict_ema", "state_dict", "model", "model_state", "net")
-
-
-def _unwrap(payload: object, path: Path) -> dict[str, torch.Tensor]:
-    """Find the state dict inside the usual wrappers."""
-    for _ in range(3):
-        if isinstance(payload, dict) and not _is_state_dict(payload):
-            inner = next(
-                (payload[k] for k in _STATE_DICT_KEYS if k in payload),
-                None,
-            )
-            if inner is None:
-                break
-            payload = inner
-    if not isinstance(payload, dict) or not _is_state_dict(payload):
-        raise CheckpointError(
-            f"{path} holds no state dict: expected a mapping of names to tensors, possibly "
-            "under 'state_dict' or 'model'"
-        )
-    return dict(payload)
-
-
-def _is_state_dict(value: dict) -> bool:
-    return bool(value) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
-    )
 
 
 def _strip_common_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

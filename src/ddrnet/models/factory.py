@@ -17,14 +17,8 @@ from typing import Any
 from torch import nn
 
 from ddrnet.limits import check_num_classes
-from ddrnet.models.checkpoint import (
-    CheckpointError,
-    RawCheckpoint,
-    check_weights_fit,
-    checkpoint_num_classes,
-    load_weights,
-    read_checkpoint,
-)
+from ddrnet.models.checkpoint import check_weights_fit, checkpoint_num_classes, load_weights
+from ddrnet.models.checkpoint_file import CheckpointError, RawCheckpoint, read_checkpoint
 from ddrnet.models.metadata import ModelMetadata
 from ddrnet.models.registry import UnknownModelError, VariantInfo, list_models, variant_info
 from ddrnet.models.spec import DDRNetSpec

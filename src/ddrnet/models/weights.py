@@ -65,7 +65,7 @@ class WeightsEnum(Enum):
     @cached_property
     def metadata(self) -> ModelMetadata:
         """The file's ``ModelMetadata``, read from its header once."""
-        from ddrnet.models.checkpoint import CheckpointError, read_metadata
+        from ddrnet.models.checkpoint_file import CheckpointError, read_metadata
 
         metadata = read_metadata(self.path)
         if metadata is None:
