@@ -11,3 +11,25 @@ OWN_FORMAT_RUNTIMES = ("ncnn", "executorch", "aoti")
 OUTPUT_KINDS = ("labels", "overlay", "side", "confidence")
 # The video frames ``ddrnet pick`` scores: every N-th (``ddrnet.pick.pick_frames``' ``every``).
 PICK_EVERY = 5
+# What ``ddrnet bench`` can time (``ddrnet.deploy.backends.build_runner``), with what each is.
+BACKENDS: dict[str, str] = {
+    "eager": "PyTorch eager, float32, NCHW",
+    "eager_channels_last": "PyTorch eager, float32, channels-last (NHWC) memory format",
+    "eager_bf16": "PyTorch eager, bfloat16 autocast, NCHW",
+    "eager_bf16_channels_last": "PyTorch eager, bfloat16 autocast, channels-last",
+    "bn_folded": "PyTorch eager, float32, Conv+BN folded (the paper's speed protocol)",
+    "compile": "torch.compile (inductor), float32, BN folded",
+    "ort": "ONNX Runtime CPU, float32, all graph optimisations",
+    "ort_int8": "ONNX Runtime CPU, INT8 QDQ (u8 activations, per-channel s8 weights)",
+    "openvino": "OpenVINO CPU, float32 inference precision",
+    "openvino_bf16": "OpenVINO CPU, bfloat16 inference precision where the CPU supports it",
+    "openvino_int8": "OpenVINO CPU running our INT8 QDQ model (AMX/VNNI int8), bf16 elsewhere",
+    "ncnn": "ncnn CPU (pnnx export), float32, Winograd 3x3 and packed layouts (its defaults)",
+    "executorch": "ExecuTorch CPU, XNNPACK delegate, float32, fixed input size",
+    "executorch_int8": "ExecuTorch CPU, XNNPACK delegate, INT8 PT2E (per-channel s8 weights)",
+    "aoti": "AOTInductor package (torch.export, compiled ahead of time), float32, AVX2 kernels",
+    "cuda": "PyTorch on the GPU, float32 (no TF32), BN folded, cudnn.benchmark",
+    "cuda_fp16": "PyTorch on the GPU, float16 weights and input, channels-last, BN folded",
+    "tensorrt_fp16": "TensorRT engine from our ONNX export, float16 allowed, static shape",
+}
+GPU_BACKENDS = ("cuda", "cuda_fp16", "tensorrt_fp16")

@@ -23,7 +23,7 @@ HELP = "inference speed of several backends in one run (the paper's protocol by 
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    from ddrnet.deploy.backends import BACKENDS, default_backends
+    from ddrnet.choices import BACKENDS
 
     parser = commands.add_parser(
         "bench",
@@ -43,7 +43,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--backends",
         nargs="+",
         help=f"any of {', '.join(BACKENDS)} (cuda* and tensorrt* on NVIDIA GPUs); default: "
-        f"those that run well on this machine, here {' '.join(default_backends())}",
+        "those that run well on this machine (bf16 where the CPU computes it natively, "
+        "OpenVINO and ncnn where installed, the GPU's where there is one)",
     )
     parser.add_argument(
         "--seconds",
