@@ -318,6 +318,10 @@ def test_upsampled_class_ids_of_a_real_frame_match_pytorchs_resize(camvid_root) 
         ("model.width_multiplier=100", "width_multiplier must be at most 8 for ddrnet_23_slim"),
         ("model.norm=layer", "model.norm: 'layer' is not one of \\['batch', 'group', 'ibn'\\]"),
         ("model.norm_groups=0", "model: norm_groups must be >= 1, got 0"),
+        ("model.blocks=[1, 0, 1, 1]", "model: blocks must be four counts of 1 to 16"),
+        ("model.blocks=[1, 1, 1]", "model.blocks: expected 4 values, got \\[1, 1, 1\\]"),
+        ("model.planes=300", "model: planes must be at most 256, got 300"),
+        ("model.head_planes=0", "model: head_planes must be a positive integer, got 0"),
         ("model.name=ddrnet_23_slim_imagenet", "model: name must be one of \\['ddrnet_23_slim'"),
         (
             "loss.class_weights=enett",
@@ -331,6 +335,13 @@ def test_upsampled_class_ids_of_a_real_frame_match_pytorchs_resize(camvid_root) 
 def test_settings_out_of_range_are_named(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(Config, None, [override])
+
+
+def test_a_custom_width_and_the_width_multiplier_are_refused_together() -> None:
+    with pytest.raises(ConfigError, match=r"planes must be null with width_multiplier"):
+        load_config(Config, None, ["model.planes=24", "model.width_multiplier=2"])
+    config = load_config(Config, None, ["model.blocks=[1, 1, 2, 1]", "model.dappm_planes=64"])
+    assert config.model.blocks == (1, 1, 2, 1) and config.model.dappm_planes == 64
 
 
 _FAULTS_PER_CYCLE = """

@@ -138,6 +138,34 @@ def test_width_multiplier_widens_the_branches() -> None:
         assert wide(torch.randn(1, 3, 72, 88)).shape == (1, 19, 9, 11)
 
 
+def test_a_custom_topology_builds_the_blocks_and_widths_asked_and_its_file_rebuilds_it(
+    tmp_path,
+) -> None:
+    """``ddrnet search``'s candidates: blocks per stage 1-4, stem, DAPPM and head widths."""
+    model = ddrnet.create_model(
+        "ddrnet_23_slim", num_classes=11, blocks=[1, 2, 3, 1], planes=24, dappm_planes=40,
+        head_planes=32,
+    )  # fmt: skip
+    backbone = model.backbone
+    assert (len(backbone.layer1), len(backbone.layer2)) == (1, 2)
+    assert [len(stage.low) for stage in backbone.stages] == [3, 1]
+    assert [len(stage.high) for stage in backbone.stages] == [3, 1]  # stages 3-4 at 1/8 too
+    assert backbone.stem[0].out_channels == 24 and model.head.conv1.out_channels == 32
+    assert model.dappm.scale0[2].out_channels == 40 and model.dappm.scale0[0].num_features == 384
+    assert count_macs(model, (360, 480)) < count_macs(
+        ddrnet.create_model("ddrnet_23_slim"), (360, 480)
+    )
+    path = ddrnet.save_model(model, tmp_path / "custom.safetensors", model.metadata)
+    rebuilt = ddrnet.create_model(checkpoint=path)
+    assert rebuilt.spec == model.spec and rebuilt.spec.blocks == (1, 2, 3, 1)
+    with pytest.raises(ValueError, match="give width_multiplier or planes, not both"):
+        ddrnet.create_model("ddrnet_23_slim", planes=24, width_multiplier=0.5)
+    with pytest.raises(ValueError, match=r"blocks must be four counts of 1 to 16"):
+        ddrnet.create_model("ddrnet_23_slim", blocks=[1, 0, 1, 1])
+    with pytest.raises(ValueError, match="stage 3 has 3 blocks, which cannot be split into 2"):
+        ddrnet.create_model("ddrnet_39", blocks=[1, 1, 3, 1])
+
+
 def test_unknown_model_name_lists_the_valid_ones() -> None:
     with pytest.raises(KeyError, match="ddrnet_23_slim"):
         ddrnet.create_model("ddrnet_99")

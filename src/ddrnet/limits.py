@@ -39,6 +39,8 @@ MIN_WINDOW = 64
 # or -39; `model.width_multiplier=100` asked for tens of GB of weights, gradients and
 # moments, and the kernel killed the run.
 MAX_PLANES = 256
+# The most BasicBlocks a stage may have (DDRNet-39 has 6 in stage 3): the same guard for depth.
+MAX_BLOCKS = 16
 
 
 class InputTooLargeError(DDRNetError, ValueError):

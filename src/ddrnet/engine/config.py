@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import MISSING, dataclass, field, fields
 from importlib import resources
@@ -57,6 +58,13 @@ class ModelConfig:
     # paper's), "cbam", "pixel" or "transformer" (attention; ddrnet.models.fusion). The model
     # file records it.
     fusion: Literal["add", "cbam", "pixel", "transformer"] = "add"
+    # A custom topology (DDRNetSpec's fields; null: the variant's), as `ddrnet search` finds
+    # them: stem width (the high branch has twice it), BasicBlocks in stages 1-4, the DAPPM
+    # and head widths. planes and head_planes replace width_multiplier. The file records them.
+    planes: int | None = None
+    blocks: tuple[int, int, int, int] | None = None
+    dappm_planes: int | None = None
+    head_planes: int | None = None
 
     def __post_init__(self) -> None:
         names = list_models("segmentation")  # the classifiers are ImageNet backbones
@@ -77,6 +85,22 @@ class ModelConfig:
         _require(self.norm_groups >= 1, "norm_groups", ">= 1", self.norm_groups)
         _require(self.fusion in FUSIONS, "fusion", f"one of {FUSIONS}", self.fusion)
         _unused_unless(self, self.norm == "group", "norm_groups", "norm is group")
+        self._check_topology()
+
+    def _check_topology(self) -> None:
+        """The custom topology fields, each against the spec's own rule (named by its key
+        here, before the data is read)."""
+        base = variant_info(self.name).spec
+        for key in ("planes", "blocks", "dappm_planes", "head_planes"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            dataclasses.replace(base, **{key: value})  # the spec's ValueError names the key
+        for key in ("planes", "head_planes"):
+            _require(
+                getattr(self, key) is None or self.width_multiplier == 1.0, key,
+                "null with width_multiplier (both set widths)", getattr(self, key),
+            )  # fmt: skip
 
 
 @dataclass

@@ -159,6 +159,10 @@ def build_model(
         norm=config.model.norm,
         norm_groups=config.model.norm_groups,
         fusion=config.model.fusion,
+        planes=config.model.planes,
+        blocks=config.model.blocks,
+        dappm_planes=config.model.dappm_planes,
+        head_planes=config.model.head_planes,
     )
     cfg_data = config.data
     check_training_crop(cfg_data.crop_size, cfg_data.batch_size, model.spec.planes, device, amp)

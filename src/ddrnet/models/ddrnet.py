@@ -333,8 +333,11 @@ DDRNET39_SPEC = DDRNetSpec(
 )
 
 
-# The spec fields a builder takes as keyword arguments (None: the variant's default).
-SPEC_OPTIONS = ("norm", "norm_groups", "fusion")
+# The spec fields a builder takes as keyword arguments (None: the variant's default): the
+# norm and fusion forms, and the widths and depths of a custom topology (``ddrnet search``).
+SPEC_OPTIONS = ("norm", "norm_groups", "fusion", "planes", "blocks", "dappm_planes", "head_planes")
+# Those that set a width, which ``width_multiplier`` would set too.
+_WIDTH_OPTIONS = ("planes", "head_planes")
 
 
 def _variant_spec(
@@ -352,6 +355,11 @@ def _variant_spec(
                 "give spec or width_multiplier/norm/fusion, not both: a spec records them"
             )
         return spec
+    widths = [key for key in _WIDTH_OPTIONS if key in asked]
+    if width_multiplier != 1.0 and widths:
+        raise ValueError(f"give width_multiplier or {'/'.join(widths)}, not both")
+    if "blocks" in asked:
+        asked["blocks"] = tuple(asked["blocks"])
     built = default if width_multiplier == 1.0 else default.widened(width_multiplier)
     return dataclasses.replace(built, **asked)
 

@@ -11,6 +11,7 @@ loaded strictly through ``checkpoint_filter_fn``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,10 @@ def create_model(
     norm: str | None = None,
     norm_groups: int | None = None,
     fusion: str | None = None,
+    planes: int | None = None,
+    blocks: Sequence[int] | None = None,
+    dappm_planes: int | None = None,
+    head_planes: int | None = None,
 ) -> nn.Module:
     """Build a DDRNet variant, optionally with weights.
 
@@ -66,6 +71,10 @@ def create_model(
             ``"cbam"``, ``"pixel"`` or ``"transformer"`` (attention;
             ``ddrnet.models.fusion``). None: the variant's, ``"add"``; a self-describing
             file's recorded fusion takes its place.
+        planes, blocks, dappm_planes, head_planes: a custom topology (``DDRNetSpec``'s
+            fields: stem width, BasicBlocks per stage 1-4, DAPPM and head widths), as
+            ``ddrnet search`` explores; None: the variant's. ``planes`` and ``head_planes``
+            replace ``width_multiplier``. A self-describing file's spec takes their place.
 
     The returned model is in eval mode and carries ``model.metadata`` (a ``ModelMetadata``)
     with classes, palette and normalisation for prediction.
@@ -84,6 +93,7 @@ def create_model(
         raise ValueError(f"{name} is an ImageNet classifier: it has no auxiliary head")
     widened = width_multiplier if width_multiplier != 1.0 else None
     asked = dict(width_multiplier=widened, norm=norm, norm_groups=norm_groups, fusion=fusion)
+    asked.update(planes=planes, blocks=blocks, dappm_planes=dappm_planes, head_planes=head_planes)
     kwargs = _builder_kwargs(raw, name, aux_head, asked)
     classes = num_classes if num_classes is not None else _file_num_classes(raw, info)
     if classes is not None:
@@ -202,6 +212,7 @@ def _warn_overruled(source: str, spec: DDRNetSpec, topology: dict[str, Any]) -> 
     weights fit only the topology they were trained in)."""
     for option, value in topology.items():
         recorded = getattr(spec, option, None)
+        value = tuple(value) if option == "blocks" and value is not None else value
         if value is None or value == recorded:
             continue
         what = f"{option} {recorded!r}" if recorded is not None else "its widths"

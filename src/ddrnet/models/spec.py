@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ddrnet.limits import MAX_PLANES
+from ddrnet.limits import MAX_BLOCKS, MAX_PLANES
 from ddrnet.models.fusion import FUSIONS
 
 # The normalisation layers a DDRNet can be built with (``DDRNetSpec.norm``).
@@ -63,8 +63,19 @@ class DDRNetSpec:
             raise ValueError(f"norm_groups must be an integer, got {self.norm_groups!r}")
         if self.norm_groups < 1:
             raise ValueError(f"norm_groups must be at least 1, got {self.norm_groups}")
-        if len(self.blocks) != 4 or any(count < 1 for count in self.blocks):
-            raise ValueError(f"blocks must be four positive counts, got {self.blocks}")
+        for name in ("planes", "dappm_planes", "head_planes", "classifier_planes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.planes > MAX_PLANES:
+            raise ValueError(f"planes must be at most {MAX_PLANES}, got {self.planes}")
+        if len(self.blocks) != 4 or not all(
+            isinstance(count, int) and 1 <= count <= MAX_BLOCKS for count in self.blocks
+        ):
+            raise ValueError(
+                f"blocks must be four counts of 1 to {MAX_BLOCKS} (stages 1-4), got "
+                f"{list(self.blocks)}"
+            )
         if self.blocks[2] % self.stage3_splits:
             raise ValueError(
                 f"stage 3 has {self.blocks[2]} blocks, which cannot be split into "
