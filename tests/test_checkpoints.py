@@ -284,15 +284,21 @@ def _crafted_file(path: Path, tensors: dict[str, torch.Tensor] | None = None, **
 
 
 def test_metadata_claiming_a_huge_model_is_refused_before_building_it(tmp_path: Path) -> None:
-    spec = {**ddrnet.create_model("ddrnet_23_slim").spec.to_dict(), "planes": 1024}
+    spec = {**ddrnet.create_model("ddrnet_23_slim").spec.to_dict(), "planes": 256}
     path = _crafted_file(
         tmp_path / "small.safetensors", {"backbone.stem.0.weight": torch.zeros(32, 3, 3, 3)},
         spec=spec,
     )  # fmt: skip
     assert path.stat().st_size < 5000
-    # Built for real, this model would take ~19 GB: the refusal comes from shapes alone.
-    with pytest.raises(CheckpointError, match=r"has 4,728\.5 M weights but the file holds only"):
+    # Built for real, this model would take GBs: the refusal comes from shapes alone.
+    with pytest.raises(CheckpointError, match=r"has 299\.2 M weights but the file holds only"):
         ddrnet.create_model(checkpoint=path)
+    # Wider than any model may be: refused by the spec's own rule, naming the file.
+    huge = _crafted_file(path, spec={**spec, "planes": 1024})
+    with pytest.raises(
+        CheckpointError, match=r"small.safetensors: metadata spec: planes must be at"
+    ):
+        ddrnet.create_model(checkpoint=huge)
     bad_specs = (
         {**spec, "planes": "wide"},
         {**spec, "blocks": [2, 2]},
