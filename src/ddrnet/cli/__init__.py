@@ -35,17 +35,15 @@ from ddrnet.errors import DDRNetError, Terminated, user_error_message
 
 # The commands' modules, in the order of ``ddrnet --help``.
 COMMANDS = (
-    "models", "convert", "data", "train", "eval", "predict", "pick", "bench", "export", "prune",
-    "viz", "serve",
+    "models", "convert", "data", "train", "search", "eval", "predict", "pick", "bench", "export",
+    "prune", "viz", "serve",
 )  # fmt: skip
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole command line. Its modules are imported here, not when ``ddrnet.cli`` is,
     so that a Ctrl-C during that is ``main``'s. With ``command`` (a name, or ``""`` for
-    none), only that command's options are built, the others by name and help line: some
-    commands' options (``bench``'s backends) import PyTorch, which ``ddrnet --help`` and
-    ``ddrnet predict --help`` need not wait for."""
+    none), only that command's options are built, the others by name and help line."""
     parser = argparse.ArgumentParser(
         prog="ddrnet",
         description="Real-time semantic segmentation with Deep Dual-Resolution Networks.",

@@ -1,0 +1,79 @@
+"""``ddrnet search``: the DDRNet topology a recipe trains best within a multiply-add budget."""
+
+from __future__ import annotations
+
+import argparse
+
+from ddrnet.cli.options import PATH, POSITIVE_INT, SHARE, writable_folder
+
+# The command's line in ``ddrnet --help``.
+HELP = "search the topology (depths, widths) a recipe trains best within a MAC budget"
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "search",
+        help=HELP,
+        description="Architecture search: candidates (BasicBlocks per stage 1-4, stem, DAPPM "
+        "and head widths) within --max-macs of the recipe model's multiply-adds, each trained "
+        "by the recipe for --epochs and scored by its last validation mIoU; Optuna's TPE "
+        "proposes them. Score on held-out data (data.val_sequences), not on frames that "
+        "share a sequence with the training ones. Run again to continue a stopped search or "
+        "to add trials.",
+        epilog="Everything is in -o: search.journal, trials/CANDIDATE/ (run folders), "
+        "leaderboard.json (best first, with the model.* overrides that train each).",
+    )
+    parser.add_argument("config", help="bundled recipe name or path to a YAML file")
+    parser.add_argument(
+        "overrides", nargs="*", help="recipe overrides such as data.root=... (section.key=value)"
+    )
+    parser.add_argument("-o", "--output", type=PATH, required=True, help="the search's folder")
+    parser.add_argument(
+        "--trials", type=POSITIVE_INT, default=12, help="candidates to score (default 12)"
+    )
+    parser.add_argument(
+        "--epochs", type=POSITIVE_INT, default=20, help="training epochs each (default 20)"
+    )
+    parser.add_argument(
+        "--max-macs",
+        type=SHARE,
+        default=0.5,
+        help="budget: fraction of the recipe model's multiply-adds (default 0.5)",
+    )
+    parser.add_argument("--seed", type=int, help="sampler seed (default: the recipe's)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ddrnet.config import load_config
+    from ddrnet.engine.config import Config, resolve_recipe
+    from ddrnet.engine.search import Candidate, search
+
+    overrides = [*args.overrides, *getattr(args, "late_overrides", [])]
+    config = load_config(Config, resolve_recipe(args.config), overrides)
+    writable_folder("--output", args.output)
+
+    def report(candidate: Candidate) -> None:
+        print(f"{_row(candidate)}  {candidate.run}", flush=True)
+
+    candidates = search(
+        config, args.output, args.trials, args.epochs, args.max_macs, seed=args.seed,
+        on_candidate=report,
+    )  # fmt: skip
+    print(f"\n{len(candidates)} candidates, best first (leaderboard.json in {args.output}):")
+    print(f"{'val mIoU':>8}  {'MACs':>5}  {'GMACs':>6}  {'params':>7}  {'minutes':>7}  topology")
+    for candidate in candidates[:10]:
+        print(_row(candidate))
+    if candidates:
+        command = ["ddrnet train", args.config, *overrides, *candidates[0].overrides]
+        print(f"train the best with the full recipe:\n  {' '.join(command)}")
+    return 0
+
+
+def _row(candidate) -> str:
+    """A candidate's figures in one line."""
+    return (
+        f"{candidate.miou:8.2f}  {candidate.macs_fraction:5.2f}  {candidate.gmacs:6.2f}  "
+        f"{candidate.params_millions:6.2f}M  {candidate.minutes:7.1f}  "
+        f"{' '.join(candidate.overrides)}"
+    )

@@ -1,0 +1,346 @@
+"""Architecture search: which DDRNet topology a recipe trains best within a multiply-add
+budget (the starting documents' §11: search the dual-branch structure automatically).
+
+A candidate is a topology (``SearchSpace``: BasicBlocks per stage 1-4, stem width, DAPPM and
+head widths); everything else is the recipe's. A candidate over the budget (a fraction of the
+recipe model's multiply-adds at its crop size) is refused before any training; one within
+it is trained by the recipe for a short schedule (``epochs``) in its own run folder and
+scored by its last validation mIoU (the weight average's, where the recipe keeps one). Which
+candidate comes next is Optuna's TPE sampler's choice: the first third at random, then near
+the best so far; refused candidates count as failures, so it learns where the budget ends.
+
+Everything lives in the output folder, so a killed search continues where it stopped:
+``search.journal`` (Optuna's append-only journal of the trials), ``trials/<candidate>/``
+(each a ``ddrnet train`` run folder; an interrupted one resumes from its last epoch) and
+``leaderboard.json`` (the scored candidates, best first; rewritten after each).
+
+Short schedules rank candidates, they do not finish them: train the winner with the full
+recipe (``leaderboard.json`` gives its ``model.*`` overrides).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddrnet.atomic import atomic_write_json, process_ended, process_tag
+from ddrnet.config import to_dict
+from ddrnet.engine.checkpointing import load_training_checkpoint
+from ddrnet.engine.config import Config
+from ddrnet.engine.run_folder import LAST
+from ddrnet.engine.train import train
+from ddrnet.errors import UsageError
+from ddrnet.models import count_macs, count_parameters, create_model, variant_info
+
+logger = logging.getLogger(__name__)
+
+JOURNAL, LEADERBOARD, TRIALS = "search.journal", "leaderboard.json", "trials"
+STUDY_NAME = "ddrnet-search"
+TOPOLOGY_KEYS = ("planes", "blocks", "dappm_planes", "head_planes")
+# Proposals in a row that are over the budget or scored before, after which the search ends:
+# the space holds few other candidates within the budget (each costs a MAC count, ~0.2 s).
+MAX_STALLED = 200
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The choices of each topology field (``DDRNetSpec``'s). The defaults span DDRNet-23-slim
+    (stem 32, blocks 2-2-2-2, DAPPM 128, head 64) from a quarter of its multiply-adds to
+    about twice them. Stage 3 counts are multiplied by the variant's ``stage3_splits``
+    (DDRNet-39 splits stage 3 in two)."""
+
+    planes: tuple[int, ...] = (16, 24, 32, 48)
+    blocks: tuple[tuple[int, ...], ...] = ((1, 2), (1, 2), (1, 2, 3), (1, 2))
+    dappm_planes: tuple[int, ...] = (64, 96, 128)
+    head_planes: tuple[int, ...] = (32, 64, 128)
+
+    def suggest(self, trial: Any, stage3_splits: int) -> dict[str, Any]:
+        """One candidate's topology, drawn by an Optuna ``trial``."""
+        blocks = [
+            trial.suggest_categorical(f"blocks{stage + 1}", self._stage(stage, stage3_splits))
+            for stage in range(4)
+        ]
+        return {
+            "planes": trial.suggest_categorical("planes", self.planes),
+            "blocks": blocks,
+            "dappm_planes": trial.suggest_categorical("dappm_planes", self.dappm_planes),
+            "head_planes": trial.suggest_categorical("head_planes", self.head_planes),
+        }
+
+    def smallest(self, stage3_splits: int) -> dict[str, Any]:
+        """The candidate with the fewest multiply-adds: every field at its least."""
+        return {
+            "planes": min(self.planes),
+            "blocks": [min(self._stage(stage, stage3_splits)) for stage in range(4)],
+            "dappm_planes": min(self.dappm_planes),
+            "head_planes": min(self.head_planes),
+        }
+
+    def _stage(self, stage: int, stage3_splits: int) -> list[int]:
+        counts = self.blocks[stage]
+        return [count * stage3_splits for count in counts] if stage == 2 else list(counts)
+
+
+@dataclass
+class Candidate:
+    """A scored candidate, as ``leaderboard.json`` lists it."""
+
+    trial: int
+    topology: dict[str, Any]
+    miou: float  # the last validation's, in percent
+    macs_fraction: float  # of the recipe model's multiply-adds
+    gmacs: float  # at the recipe's crop size
+    params_millions: float
+    minutes: float  # of training
+    run: str  # the candidate's run folder
+
+    @property
+    def overrides(self) -> list[str]:
+        """The recipe keys that train this topology (``ddrnet train RECIPE ...``)."""
+        return [
+            f"model.{key}={json.dumps(value).replace(' ', '')}"
+            for key, value in self.topology.items()
+        ]
+
+
+def search(
+    config: Config,
+    output: str | Path,
+    trials: int,
+    epochs: int = 20,
+    max_macs: float = 0.5,
+    space: SearchSpace | None = None,
+    seed: int | None = None,
+    on_candidate: Callable[[Candidate], None] | None = None,
+) -> list[Candidate]:
+    """Search ``space`` for the topology that ``config`` (a recipe) trains best within
+    ``max_macs`` (0 < fraction <= 1) of its own model's multiply-adds, until ``trials``
+    candidates are scored in ``output`` (those of an earlier search there count: a larger
+    ``trials`` extends it). Each candidate trains for ``epochs``. ``seed`` seeds the sampler
+    (default: the recipe's ``train.seed``); ``on_candidate`` hears of each scored one.
+    Returns the scored candidates, best first. Raises ``UsageError`` for bad arguments, a
+    budget no candidate meets, or an ``output`` that holds another search."""
+    optuna = _optuna()
+    space = space or SearchSpace()
+    _check_arguments(trials, epochs, max_macs)
+    output = Path(output)
+    splits = variant_info(config.model.name).spec.stage3_splits
+    reference = _macs(config, {})
+    smallest = _macs(config, space.smallest(splits)) / reference
+    if smallest > max_macs:
+        raise UsageError(
+            f"max_macs {max_macs:g}: the smallest candidate takes {smallest:.2f} of the "
+            "recipe model's multiply-adds; raise the budget"
+        )
+    study = _open_study(optuna, config, output, epochs, max_macs, space, seed, trials)
+    _requeue_interrupted(optuna, study)
+    states = optuna.trial.TrialState
+    stalled = 0  # proposals in a row over the budget or scored before
+    while len(_scored(optuna, study)) < trials:
+        if stalled >= MAX_STALLED:
+            logger.warning(
+                "the last %d candidates proposed were over the budget or scored before: few "
+                "others are within it; stopping at %d", stalled, len(_scored(optuna, study)),
+            )  # fmt: skip
+            break
+        trial = study.ask()
+        trial.set_user_attr("process", process_tag(os.getpid()))
+        topology = space.suggest(trial, splits)
+        earlier = _scored(optuna, study).get(_key(trial.params))
+        fraction = _macs(config, topology) / reference if earlier is None else 0.0
+        if earlier is not None or fraction > max_macs:
+            stalled += 1
+            if earlier is not None:  # the same score again, for the sampler; not a new one
+                study.tell(trial, earlier.values[0])
+            else:
+                study.tell(trial, state=states.PRUNED)
+            continue
+        stalled = 0
+        try:
+            candidate = _train_candidate(config, output, trial.number, topology, epochs)
+        except BaseException:
+            study.tell(trial, state=states.FAIL)  # queued again on the next start
+            raise
+        candidate.macs_fraction = fraction
+        trial.set_user_attr("candidate", dataclasses.asdict(candidate))
+        study.tell(trial, candidate.miou)
+        write_leaderboard(optuna, study, output)
+        if on_candidate is not None:
+            on_candidate(candidate)
+    return write_leaderboard(optuna, study, output)
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError as error:
+        raise UsageError(
+            f"the architecture search needs Optuna ({error}): pip install 'ddrnet[search]'"
+        ) from None
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own line per candidate
+    return optuna
+
+
+def _check_arguments(trials: int, epochs: int, max_macs: float) -> None:
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise UsageError(f"trials must be at least 1, got {trials!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise UsageError(f"epochs must be at least 1, got {epochs!r}")
+    if not (isinstance(max_macs, (int, float)) and 0 < max_macs <= 1):
+        raise UsageError(f"max_macs must be a fraction in (0, 1], got {max_macs!r}")
+
+
+def _macs(config: Config, topology: dict[str, Any]) -> int:
+    """Multiply-adds of the recipe's model with ``topology`` (empty: the recipe's own), at
+    its crop size, counted on a shape-only (meta device) build."""
+    cfg = config.model
+    asked = {key: getattr(cfg, key) for key in TOPOLOGY_KEYS} | topology
+    with torch.device("meta"):
+        model = create_model(
+            cfg.name, width_multiplier=cfg.width_multiplier, norm=cfg.norm,
+            norm_groups=cfg.norm_groups, fusion=cfg.fusion, **asked,
+        )  # fmt: skip
+    return count_macs(model, tuple(config.data.crop_size))
+
+
+def _settings(config: Config, epochs: int, max_macs: float, space: SearchSpace) -> dict[str, Any]:
+    """What makes two searches the same search: the recipe (but its output folder and
+    epochs, which the search sets), the budget, the schedule and the space, as JSON values."""
+    recipe = to_dict(config)
+    for key in ("output_dir", "epochs"):
+        recipe["train"].pop(key, None)
+    settings = {"recipe": recipe, "epochs": epochs, "max_macs": max_macs}
+    settings["space"] = dataclasses.asdict(space)
+    return json.loads(json.dumps(settings))
+
+
+def _open_study(
+    optuna: Any, config: Config, output: Path, epochs: int, max_macs: float,
+    space: SearchSpace, seed: int | None, trials: int,
+) -> Any:  # fmt: skip
+    """The search journalled in ``output`` (made if new); an ``output`` that holds another
+    search (another recipe, budget, schedule or space) is refused."""
+    output.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(output / JOURNAL))
+    )
+    sampler = optuna.samplers.TPESampler(
+        seed=config.train.seed if seed is None else seed,
+        n_startup_trials=max(3, trials // 3),
+    )
+    study = optuna.create_study(
+        storage=storage, study_name=STUDY_NAME, direction="maximize", sampler=sampler,
+        load_if_exists=True,
+    )  # fmt: skip
+    settings = _settings(config, epochs, max_macs, space)
+    recorded = study.user_attrs.get("settings")
+    if recorded is None:
+        study.set_user_attr("settings", settings)
+    elif recorded != settings:
+        changed = sorted(key for key in settings if settings[key] != recorded.get(key))
+        raise UsageError(
+            f"{output} holds a search with another {', '.join(changed)}; continue it with the "
+            "same recipe and options, or search into a new folder"
+        )
+    return study
+
+
+def _requeue_interrupted(optuna: Any, study: Any) -> None:
+    """Give the candidates a kill or Ctrl-C interrupted another go (their run folders resume
+    from the last epoch): a trial still marked running whose process has ended is failed,
+    and each failed candidate not scored or queued since is queued again."""
+    states = optuna.trial.TrialState
+    for trial in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
+        if process_ended(trial.user_attrs.get("process", "0-0")):
+            study.tell(trial.number, state=states.FAIL)
+    settled = {
+        _key(trial.params)
+        for trial in study.get_trials(deepcopy=False)
+        if trial.state in (states.COMPLETE, states.WAITING, states.RUNNING)
+    }
+    for trial in study.get_trials(deepcopy=False, states=(states.FAIL,)):
+        if _key(trial.params) not in settled:
+            study.enqueue_trial(trial.params)
+            settled.add(_key(trial.params))
+
+
+def _key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+def _scored(optuna: Any, study: Any) -> dict[str, Any]:
+    """The first scored trial of each candidate, by its parameters (``_key``)."""
+    first: dict[str, Any] = {}
+    complete = optuna.trial.TrialState.COMPLETE
+    for trial in study.get_trials(deepcopy=False, states=(complete,)):
+        first.setdefault(_key(trial.params), trial)
+    return first
+
+
+def run_name(topology: dict[str, Any]) -> str:
+    """A candidate's run folder name, from its topology alone (``p24_b1-1-2-1_d96_h64``), so
+    that a candidate queued again after a kill finds its own run to resume."""
+    blocks = "-".join(str(count) for count in topology["blocks"])
+    return f"p{topology['planes']}_b{blocks}_d{topology['dappm_planes']}_h{topology['head_planes']}"
+
+
+def _train_candidate(
+    config: Config, output: Path, number: int, topology: dict[str, Any], epochs: int
+) -> Candidate:
+    """Train one candidate by the recipe in its run folder (resuming what a kill left) and
+    score it by its last validation."""
+    folder = output / TRIALS / run_name(topology)
+    model = dataclasses.replace(config.model, **{**topology, "blocks": tuple(topology["blocks"])})
+    settings = dataclasses.replace(config.train, epochs=epochs, output_dir=str(folder))
+    logger.info("candidate %d: %s", number, run_name(topology))
+    train(
+        dataclasses.replace(config, model=model, train=settings),
+        resume=(folder / LAST).is_file(),
+    )
+    history = load_training_checkpoint(folder / LAST)["history"]
+    scores = [record["val_mIoU"] for record in history if "val_mIoU" in record]
+    trained = create_model(checkpoint=folder / LAST)
+    return Candidate(
+        trial=number,
+        topology=topology,
+        miou=float(scores[-1]),
+        macs_fraction=0.0,  # set by the caller, which measured it against the budget
+        gmacs=count_macs(trained, tuple(config.data.crop_size)) / 1e9,
+        params_millions=count_parameters(trained) / 1e6,
+        minutes=sum(record.get("epoch_seconds", 0.0) for record in history) / 60,
+        run=str(folder),
+    )
+
+
+def write_leaderboard(optuna: Any, study: Any, output: Path) -> list[Candidate]:
+    """``output/leaderboard.json``: the scored candidates, best first, with the search's
+    settings; returns the candidates."""
+    scored = _scored(optuna, study).values()
+    candidates = sorted(
+        (Candidate(**trial.user_attrs["candidate"]) for trial in scored),
+        key=lambda candidate: -candidate.miou,
+    )
+    refused = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
+    document = {
+        **study.user_attrs["settings"],
+        "candidates_over_budget": refused,
+        "leaderboard": [
+            {"rank": rank, **dataclasses.asdict(candidate), "overrides": candidate.overrides}
+            for rank, candidate in enumerate(candidates, 1)
+        ],
+    }
+    atomic_write_json(document, output / LEADERBOARD)
+    return candidates
+
+
+def best_overrides(candidates: Sequence[Candidate]) -> list[str]:
+    """The ``model.*`` overrides of the best candidate (empty when none is scored)."""
+    return candidates[0].overrides if candidates else []

@@ -1,0 +1,130 @@
+"""``ddrnet search``: candidates within the budget, trained by the recipe and scored, a search
+that continues where a kill or Ctrl-C stopped it, and bad arguments in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import ddrnet
+from ddrnet.config import load_config
+from ddrnet.engine import search as search_module
+from ddrnet.engine.config import Config
+from ddrnet.engine.search import LEADERBOARD, SearchSpace, run_name, search
+from ddrnet.errors import UsageError
+
+from helpers import one_line_cli_error, tiny_config
+
+# A small space, so that a few trials cover distinct candidates quickly.
+SPACE = SearchSpace(planes=(16, 24), dappm_planes=(32, 64), head_planes=(32,))
+
+
+def test_the_space_draws_valid_topologies_and_names_their_runs() -> None:
+    space = SearchSpace()
+    assert space.smallest(1) == {
+        "planes": 16, "blocks": [1, 1, 1, 1], "dappm_planes": 64, "head_planes": 32
+    }  # fmt: skip
+    assert space.smallest(2)["blocks"] == [1, 1, 2, 1]  # DDRNet-39 splits stage 3 in two
+    assert space._stage(2, 2) == [2, 4, 6]
+    topology = {"planes": 24, "blocks": [1, 2, 3, 1], "dappm_planes": 96, "head_planes": 64}
+    assert run_name(topology) == "p24_b1-2-3-1_d96_h64"
+
+
+def test_a_search_scores_candidates_within_the_budget_and_extends(camvid_root, tmp_path) -> None:
+    config = tiny_config(camvid_root, tmp_path / "unused", epochs=1)
+    heard = []
+    candidates = search(config, tmp_path / "s", 2, epochs=1, max_macs=0.6, space=SPACE,
+                        on_candidate=heard.append)  # fmt: skip
+    assert len(candidates) == 2 == len(heard)
+    assert len({c.run for c in candidates}) == 2  # two distinct candidates
+    assert [c.miou for c in candidates] == sorted((c.miou for c in candidates), reverse=True)
+    reference = ddrnet.count_macs(ddrnet.create_model("ddrnet_23_slim", num_classes=11), (64, 96))
+    for candidate in candidates:
+        assert 0 < candidate.macs_fraction <= 0.6
+        model = ddrnet.create_model(checkpoint=Path(candidate.run) / "last.pt")
+        assert model.spec.planes == candidate.topology["planes"]  # the run trained the candidate
+        assert list(model.spec.blocks) == candidate.topology["blocks"]
+        macs = ddrnet.count_macs(model, (64, 96))
+        assert candidate.gmacs == pytest.approx(macs / 1e9)
+        assert abs(candidate.macs_fraction - macs / reference) < 0.02  # 19 vs 11 classes
+        # The overrides printed for the winner train that very topology.
+        loaded = load_config(Config, None, candidate.overrides)
+        assert loaded.model.planes == candidate.topology["planes"]
+        assert list(loaded.model.blocks) == candidate.topology["blocks"]
+        history = Path(candidate.run, "metrics.jsonl").read_text().splitlines()
+        assert candidate.miou == json.loads(history[-1])["val_mIoU"]
+    board = json.loads((tmp_path / "s" / LEADERBOARD).read_text())
+    assert [row["run"] for row in board["leaderboard"]] == [c.run for c in candidates]
+    assert board["max_macs"] == 0.6 and board["epochs"] == 1
+    # A larger --trials extends the search: the two scored stay as they were.
+    more = search(config, tmp_path / "s", 3, epochs=1, max_macs=0.6, space=SPACE)
+    assert len(more) == 3 and {c.run for c in candidates} < {c.run for c in more}
+    assert {c.run: c.miou for c in candidates}.items() <= {c.run: c.miou for c in more}.items()
+
+
+def test_a_stopped_search_trains_its_interrupted_candidate_first(
+    camvid_root, tmp_path, monkeypatch
+) -> None:
+    """Ctrl-C during a candidate's training, and a kill that left a trial marked running:
+    the next search gives that candidate another go before any new one."""
+    config = tiny_config(camvid_root, tmp_path / "unused", epochs=1)
+    trained: list[str] = []
+    real_train = search_module.train
+
+    def train_or_stop(trial_config, resume):
+        trained.append(Path(trial_config.train.output_dir).name)
+        if len(trained) == 1:
+            raise KeyboardInterrupt
+        return real_train(trial_config, resume=resume)
+
+    monkeypatch.setattr(search_module, "train", train_or_stop)
+    with pytest.raises(KeyboardInterrupt):
+        search(config, tmp_path / "s", 1, epochs=1, max_macs=0.6, space=SPACE)
+    candidates = search(config, tmp_path / "s", 1, epochs=1, max_macs=0.6, space=SPACE)
+    assert trained[1] == trained[0] and Path(candidates[0].run).name == trained[0]
+
+    # A trial of a process that is gone (a kill), still marked running in the journal.
+    optuna = search_module._optuna()
+    study = search_module._open_study(optuna, config, tmp_path / "s", 1, 0.6, SPACE, None, 2)
+    killed = study.ask({"planes": optuna.distributions.CategoricalDistribution([16, 24])})
+    SPACE.suggest(killed, 1)
+    killed.set_user_attr("process", f"{2**22 + 7}-0")  # no such process
+    candidates = search(config, tmp_path / "s", 2, epochs=1, max_macs=0.6, space=SPACE)
+    assert trained[-1] == run_name(SPACE.suggest(_Fixed(killed.params), 1))
+    assert len(candidates) == 2
+
+
+class _Fixed:
+    """A stand-in trial that answers with fixed parameters."""
+
+    def __init__(self, params: dict) -> None:
+        self.params = params
+
+    def suggest_categorical(self, name: str, choices):
+        return self.params[name]
+
+
+def test_bad_arguments_are_one_line(camvid_root, tmp_path, capsys) -> None:
+    # (values argparse refuses, --max-macs 0 among them: tests/test_cli.py)
+    recipe = ["search", "camvid_ddrnet23_slim", f"data.root={camvid_root}"]
+    error = one_line_cli_error(capsys, [*recipe, "-o", str(tmp_path / "s"), "--max-macs", "0.05"])
+    assert error.endswith(
+        "max_macs 0.05: the smallest candidate takes 0.15 of the recipe model's multiply-adds; "
+        "raise the budget"
+    )
+    (tmp_path / "file").write_text("x")
+    error = one_line_cli_error(capsys, [*recipe, "-o", str(tmp_path / "file")])
+    assert error.endswith(
+        f"--output {tmp_path / 'file'}: is a file, but a folder is to be written there"
+    )
+    config = tiny_config(camvid_root, tmp_path / "unused", epochs=1)
+    optuna = search_module._optuna()
+    search_module._open_study(optuna, config, tmp_path / "s", 1, 0.6, SPACE, None, 1)
+    with pytest.raises(UsageError, match="holds a search with another epochs, max_macs; continue"):
+        search(config, tmp_path / "s", 1, epochs=2, max_macs=0.5, space=SPACE)
+    for bad in (0, 1.5, True):
+        with pytest.raises(UsageError, match="trials must be at least 1"):
+            search(config, tmp_path / "t", bad, epochs=1, space=SPACE)
+    assert not (tmp_path / "t").exists()
