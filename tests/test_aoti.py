@@ -136,6 +136,13 @@ def test_packages_that_cannot_run_here_are_refused_by_name(package, tmp_path) ->
         AotiSegmentationModel(tmp_path / "empty.pt2")
     with pytest.raises(AotiFileError, match=r"missing.pt2: no such AOTInductor package"):
         AotiSegmentationModel(tmp_path / "missing.pt2")
+    # A damaged copy: 64 bytes flipped in the middle (the compiled code or the weights).
+    data = bytearray(package.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(255 - byte for byte in data[middle : middle + 64])
+    (tmp_path / "flipped.pt2").write_bytes(bytes(data))
+    with pytest.raises(AotiFileError, match=r"flipped.pt2: damaged \(its .+ fails the archive"):
+        AotiSegmentationModel(tmp_path / "flipped.pt2")
 
 
 def test_vector_instruction_sets_are_checked_against_this_cpu() -> None:

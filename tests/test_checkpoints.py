@@ -243,9 +243,13 @@ def test_missing_and_corrupt_files(tmp_path: Path) -> None:
         read_checkpoint(tmp_path / "junk.pth")
 
 
-def test_name_is_required_without_self_describing_checkpoint() -> None:
-    with pytest.raises(ValueError, match="does not name its architecture: give a model name"):
+def test_name_is_required_without_self_describing_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"create_model\(\) needs a model name or a checkpoint"):
         ddrnet.create_model()
+    torch.save(ddrnet.create_model("ddrnet_23_slim").state_dict(), tmp_path / "sd.pt")
+    message = f"{tmp_path / 'sd.pt'} does not name its architecture: give a model name"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ddrnet.create_model(checkpoint=tmp_path / "sd.pt")
 
 
 def test_files_that_are_no_checkpoint_are_named_for_what_they_are(tmp_path: Path) -> None:

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from ddrnet.data.io import demo_frames
 from ddrnet.deploy import onnx_session
 from ddrnet.models import count_macs
 
-from helpers import camvid_model, run_ddrnet
+from helpers import camvid_model, one_line_cli_error, run_ddrnet
 
 
 @pytest.mark.slow
@@ -38,10 +39,12 @@ def test_an_int8_export_stopped_midway_leaves_the_earlier_pair(
     import ddrnet.cli.export
     from ddrnet.cli import main
     from ddrnet.data.io import demo_frames
+    from ddrnet.deploy import export_onnx
 
     int8, fp32 = tmp_path / "m.onnx", tmp_path / "m_fp32.onnx"
     int8.write_bytes(b"earlier int8")
-    fp32.write_bytes(b"earlier fp32")
+    export_onnx(camvid_model(), fp32, (64, 64))  # an earlier export's (another file is refused)
+    earlier = fp32.read_bytes()
 
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt
@@ -50,7 +53,7 @@ def test_an_int8_export_stopped_midway_leaves_the_earlier_pair(
     command = ["export", "--checkpoint", str(camvid_model_file), "--format", "onnx-int8"]
     command += ["-o", str(int8), "--calibration", str(demo_frames()[0].parent)]
     assert main([*command, "--calibration-count", "1", "--size", "64x64"]) == 130
-    assert (int8.read_bytes(), fp32.read_bytes()) == (b"earlier int8", b"earlier fp32")
+    assert (int8.read_bytes(), fp32.read_bytes()) == (b"earlier int8", earlier)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m_fp32.onnx"]
 
 
@@ -190,14 +193,14 @@ def test_bench_checks_its_backends_before_measuring_and_fails_when_all_did(
         assert "Traceback" not in result.stderr
 
 
-def test_bench_help_shows_defaults_and_the_backends_that_run_here() -> None:
+def test_bench_help_shows_defaults_and_which_backends_run_by_default() -> None:
     from ddrnet.deploy import default_backends
     from ddrnet.hardware import cpu_has_native_bf16
 
     text = " ".join(run_ddrnet("bench", "--help").stdout.split())
     for option, default in (("seconds", "6.0"), ("rounds", "3"), ("warmup", "2.0")):
         assert re.search(rf"--{option} \w+ .*?\(default {re.escape(default)}\)", text), option
-    assert f"here {' '.join(default_backends())}" in text
+    assert "default: those that run well on this machine (bf16 where the CPU computes" in text
     assert ("eager_bf16_channels_last" in default_backends()) == cpu_has_native_bf16()
 
 
@@ -257,3 +260,49 @@ def test_int8_export_checks_its_calibration_folder_before_exporting(
         assert f"calibration folder {tmp_path / name} {reason}" in result.stderr
         assert "ONNX Runtime vs PyTorch" not in result.stdout  # no export was run first
     assert not output.exists()
+
+
+def test_export_refuses_before_any_work_what_would_write_a_wrong_or_a_users_file(
+    camvid_root, tmp_path, capsys
+) -> None:
+    """What the export audit found: a user's NAME_fp32.onnx replaced by an INT8 export's
+    float32 model; a 19-class model scored on CamVid's 11; INT8 calibrated on 1-pixel
+    images; label exports that cannot be scored or quantised, found after the work."""
+    from ddrnet.cli import main
+
+    fast = ["export", "--checkpoint", "camvid_ddrnet23_slim_fast_train"]
+    demo = ["--calibration", str(demo_frames()[0].parent)]
+    mine = tmp_path / "notes_fp32.onnx"
+    mine.write_text("my notes")
+    error = one_line_cli_error(
+        capsys, [*fast, "--format", "onnx-int8", *demo, "-o", str(tmp_path / "notes.onnx")]
+    )
+    assert error.endswith(f"{mine} is no ddrnet export, and this export writes its float32 "
+                          "model there: move it, or export under another name")  # fmt: skip
+    assert mine.read_text() == "my notes"
+    root = ["--evaluate-root", str(camvid_root)]
+    for argv, message in (
+        ([*fast, "--format", "onnx-int8", *demo, "--size", "8x8"],
+         "--size 8x8: INT8 calibration runs the images at the deployment size, at least 64 "
+         "pixels a side"),
+        ([*fast, "--argmax", *root],
+         "--evaluate-root scores labels at each frame's size: with --argmax add --upsample"),
+        ([*fast, "--format", "onnx-int8", *demo, "--argmax"],
+         "--format onnx-int8 quantises a logits model: drop --argmax"),
+    ):  # fmt: skip
+        error = one_line_cli_error(capsys, [*argv, "-o", str(tmp_path / "m.onnx")])
+        assert error.endswith(message), error
+    # (a model of random weights is named in a warning first)
+    assert main(["export", "--model", "ddrnet_23_slim", *root, "-o", str(tmp_path / "m.onnx")]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .endswith("--evaluate-root scores CamVid's 11 classes; the model predicts 19")
+    )
+    error = one_line_cli_error(
+        capsys, ["bench", "--size", "32x48", "--backends", "eager", "executorch", "aoti"]
+    )
+    assert error.endswith("--size 32x48: executorch, aoti compile one input size, at least 64 "
+                          "pixels a side")  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes_fp32.onnx"]

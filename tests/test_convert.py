@@ -226,6 +226,18 @@ def test_cli_refusals_name_the_file_or_option_and_write_nothing(
         capsys, ["convert", str(tmp_path / "bad.json"), "-o", out, "--split", "c"]
     )
     assert "bad.json: not JSON (line 1, column 2" in error
+    (tmp_path / "afile").write_text("x")
+    error = one_line_cli_error(capsys, ["convert", str(source), "-o", f"{tmp_path}/afile/sub"])
+    assert error.endswith(f"-o {tmp_path}/afile/sub: cannot create its folder ({tmp_path}/afile "
+                          "is a file)")  # fmt: skip
+    twice = json.loads(source.read_text())
+    twice["images"].append({**twice["images"][0], "id": 99})
+    (tmp_path / "twice.json").write_text(json.dumps(twice))
+    save_image(tmp_path / "a.png", np.zeros((6, 8, 3), np.uint8))
+    error = one_line_cli_error(
+        capsys, ["convert", str(tmp_path / "twice.json"), "-o", out, "--split", "d"]
+    )
+    assert error.endswith("twice.json: two images named 'a.png'")  # the file named once
     assert sorted(p.name for p in (tmp_path / "out/images").iterdir()) == ["train"]
 
 

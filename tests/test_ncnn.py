@@ -85,6 +85,20 @@ def test_files_of_different_exports_are_not_mixed(exported, tmp_path) -> None:
         load_ncnn_model(copy.param)
 
 
+def test_an_export_copied_without_its_sidecar_says_so(exported, tmp_path, caplog) -> None:
+    """``cp m.param m.bin elsewhere/``: without ``m.json`` the classes and normalisation
+    are unknown; the file still runs (a foreign ncnn file has no sidecar either), with a
+    warning naming what is missing."""
+    files = NcnnFiles.of(exported)
+    copy = NcnnFiles.of(tmp_path / files.param.name)
+    shutil.copy(files.param, copy.param)
+    shutil.copy(files.weights, copy.weights)
+    model = load_ncnn_model(copy.param)
+    assert model.num_classes == 11 and model.metadata.class_names == []  # by number
+    assert f"{copy.param}: no {copy.sidecar.name} beside it" in caplog.text
+    assert "copy its .json with the .param and .bin" in caplog.text
+
+
 def test_an_export_killed_midway_leaves_the_earlier_one_working(
     exported, tmp_path, monkeypatch, caplog
 ) -> None:

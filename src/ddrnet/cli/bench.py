@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     # Checked before the ~30 s of measuring, not after.
-    backends = check_backends(args.backends) if args.backends else default_backends()
+    names = args.backends or default_backends()
+    backends = check_backends(names, args.size)
     int8 = any(name.endswith("int8") for name in backends)
     if args.calibration is not None and not int8:
         raise UsageError("--calibration applies to the INT8 backends, and none is asked for")

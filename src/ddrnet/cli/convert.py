@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ddrnet.cli.options import PATH
+from ddrnet.cli.options import PATH, writable_folder
 
 # The command's line in ``ddrnet --help``.
 HELP = (
@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ddrnet.data.convert import convert_annotations, split_names
 
+    writable_folder("-o", args.output)
     result = convert_annotations(
         Path(args.source),
         Path(args.output),

@@ -103,6 +103,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     images = _checked_options(args)
     model = load_pytorch_model(args)
+    if args.evaluate_root is not None:  # before the export, not after it
+        _check_camvid_classes(model)
     output = Path(args.output)
     if args.format == "ncnn":
         from ddrnet.deploy.ncnn_export import export_ncnn_checked
@@ -166,8 +168,19 @@ def _checked_options(args: argparse.Namespace) -> list | None:
     for companion in _files_beside(Path(args.output), args.format):
         writable_file(f"-o {args.output} writes beside it", str(companion), reads=reads)
     _check_options_apply(args)
-    if args.format in LOGITS_ONLY_FORMATS and args.argmax:
-        raise UsageError(f"--format {args.format} exports logits only: drop --argmax")
+    if args.format in (*LOGITS_ONLY_FORMATS, "onnx-int8") and args.argmax:
+        what = "quantises a logits model" if args.format == "onnx-int8" else "exports logits only"
+        raise UsageError(f"--format {args.format} {what}: drop --argmax")
+    if args.argmax and args.evaluate_root is not None and not args.upsample:
+        raise UsageError(
+            "--evaluate-root scores labels at each frame's size: with --argmax add --upsample"
+        )
+    if args.format == "onnx-int8":
+        from ddrnet.deploy.quantize import check_calibration_size
+
+        check_calibration_size(args.size)
+    if args.format in ("onnx-int8", "tensorrt"):
+        _check_fp32_companion(_kept_fp32_path(Path(args.output)))
     if args.evaluate_root is not None:  # read now: a wrong root fails before the export
         try:
             camvid(args.evaluate_root, "val")
@@ -200,6 +213,36 @@ def _files_beside(output: Path, export_format: str) -> list[Path]:
 def _kept_fp32_path(output: Path) -> Path:
     """The float32 ONNX file kept beside an INT8 file or TensorRT engine ``output``."""
     return output.with_name(output.stem + "_fp32.onnx")
+
+
+def _check_camvid_classes(model: nn.Module) -> None:
+    """``--evaluate-root`` scores CamVid's classes: a model of other classes is refused
+    (its scores would be another class's, or none)."""
+    from ddrnet.data.labels import CAMVID
+
+    if model.num_classes != CAMVID.num_classes:
+        raise UsageError(
+            f"--evaluate-root scores CamVid's {CAMVID.num_classes} classes; the model predicts "
+            f"{model.num_classes}"
+        )
+
+
+def _check_fp32_companion(path: Path) -> None:
+    """The float32 file an INT8 export or TensorRT engine keeps beside it replaces only an
+    earlier export's (one with our metadata), never a user's file of that name."""
+    from ddrnet.deploy.onnx_file import METADATA_KEY, ExportError, onnx_file_properties
+
+    if not path.exists():
+        return
+    try:
+        ours = METADATA_KEY in onnx_file_properties(path).metadata_props
+    except ExportError:
+        ours = False
+    if not ours:
+        raise UsageError(
+            f"{path} is no ddrnet export, and this export writes its float32 model there: "
+            "move it, or export under another name"
+        )
 
 
 def _check_options_apply(args: argparse.Namespace) -> None:
@@ -264,9 +307,12 @@ def _check_tensorrt() -> None:
     from ddrnet.deploy.gpu import require_cuda
 
     try:
-        require_cuda("--format tensorrt")
+        require_cuda("--format tensorrt")  # its message names the option
+    except RuntimeError as error:
+        raise UsageError(str(error)) from None
+    try:
         import tensorrt  # noqa: F401
-    except (RuntimeError, ImportError) as error:
+    except ImportError as error:
         raise UsageError(f"--format tensorrt: {error}") from None
 
 

@@ -154,9 +154,8 @@ def output_names(images: Sequence[AnnotatedImage]) -> list[str]:
             raise DatasetError(f"{image.source}: image {image.name!r}: a name starting with '.'")
         stem = Path(name).stem
         if stem in seen:
-            raise DatasetError(
-                f"{seen[stem].source} and {image.source}: two images named {image.name!r}"
-            )
+            where = {str(seen[stem].source): None, str(image.source): None}  # each file once
+            raise DatasetError(f"{' and '.join(where)}: two images named {image.name!r}")
         seen[stem] = image
     return names
 

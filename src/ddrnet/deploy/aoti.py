@@ -163,8 +163,16 @@ def read_package_metadata(path: str | Path) -> dict[str, str]:
         with zipfile.ZipFile(path) as archive:
             names = [n for n in archive.namelist() if n.endswith(_METADATA_FILE)]
             values = json.loads(archive.read(names[0])) if names else None
+            # The archive's own checksums (the shared library, the weights): a damaged copy
+            # would load and label frames wrongly (a quarter of them, 64 bytes flipped).
+            damaged = archive.testzip() if values is not None else None
     except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
         raise AotiFileError(f"{path}: not an AOTInductor package ({error}); {hint}") from None
+    if damaged is not None:
+        raise AotiFileError(
+            f"{path}: damaged (its {damaged.rsplit('/', 1)[-1]} fails the archive's checksum); "
+            "copy it again or export it again"
+        )
     if not isinstance(values, dict):
         raise AotiFileError(
             f"{path}: a .pt2 archive without a compiled model (a torch.export program?); {hint}"

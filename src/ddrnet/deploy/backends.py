@@ -24,18 +24,30 @@ from ddrnet.deploy.export import export_onnx, float_cpu_copy
 from ddrnet.deploy.quantize import quantize_onnx_int8
 from ddrnet.deploy.runtime import onnx_session, openvino_logits_function
 from ddrnet.errors import UsageError
+from ddrnet.limits import MIN_WINDOW
 from ddrnet.models.bn_folding import fuse_conv_bn
 from ddrnet.models.metadata import normalisation
 
 REFERENCE_BACKEND = "eager"
 
 
-def check_backends(names: Sequence[str]) -> list[str]:
-    """``names`` as a list, or a ``ValueError`` naming those that are not in ``BACKENDS``
-    (called before anything is measured)."""
+# Backends that compile a program for one input size (``ddrnet.deploy.fixed_size``).
+FIXED_SIZE_BACKENDS = ("executorch", "executorch_int8", "aoti")
+
+
+def check_backends(names: Sequence[str], input_size: tuple[int, int] | None = None) -> list[str]:
+    """``names`` as a list, or a ``UsageError`` naming those that are not in ``BACKENDS``,
+    or the one-size programs an ``input_size`` under ``MIN_WINDOW`` pixels a side cannot be
+    compiled for (called before anything is measured)."""
     unknown = [name for name in names if name not in BACKENDS]
     if unknown:
         raise UsageError(f"unknown backends {unknown}; valid: {', '.join(BACKENDS)}")
+    fixed = [name for name in names if name in FIXED_SIZE_BACKENDS]
+    if fixed and input_size is not None and min(input_size) < MIN_WINDOW:
+        raise UsageError(
+            f"--size {input_size[0]}x{input_size[1]}: {', '.join(fixed)} compile one input "
+            f"size, at least {MIN_WINDOW} pixels a side"
+        )
     return list(names)
 
 

@@ -218,7 +218,9 @@ def run_benchmarks(
     OpenMP threads that compete with another busy process for cores spin and can run ten
     times slower, while ONNX Runtime degrades gracefully, which distorts every ratio.
     """
-    requested = check_backends(backends if backends is not None else list(BACKENDS))
+    # Backends asked for by name that cannot run at this size are refused; of all of them
+    # (None), those fail in their rows.
+    requested = check_backends(backends, input_size) if backends is not None else list(BACKENDS)
     if seconds <= 0:
         raise ValueError(f"seconds must be positive, got {seconds}")
     if rounds < 1:

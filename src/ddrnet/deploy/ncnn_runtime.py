@@ -15,6 +15,7 @@ importing this module needs only PyTorch.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from ddrnet.atomic import file_digest
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.deploy.sidecar import NCNN_KEY, check_sidecar_is_own, restore_interrupted_export
 from ddrnet.models.metadata import ModelMetadata
+
+logger = logging.getLogger(__name__)
 
 NCNN_MAGIC = "7767517"  # the first line of every ncnn .param text file
 INSTALL_HINT = "pip install ncnn (or pip install 'ddrnet[edge]')"
@@ -190,6 +193,12 @@ class NcnnSegmentationModel(nn.Module):
                 json.dumps(sidecar[METADATA_KEY]), source=str(files.sidecar)
             )
         else:  # a foreign file: classes by number, ImageNet normalisation (ModelMetadata's)
+            logger.warning(
+                "%s: no %s beside it (a ddrnet export's classes, palette and normalisation): "
+                "classes by number and ImageNet normalisation; for a ddrnet export, copy its "
+                ".json with the .param and .bin",
+                files.param, files.sidecar.name,
+            )  # fmt: skip
             channels = int(self._run(np.zeros((3, 64, 64), np.float32)).shape[0])
             self.metadata = ModelMetadata(
                 architecture=files.param.name.split(".")[0], num_classes=channels, spec={}

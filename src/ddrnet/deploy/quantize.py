@@ -32,7 +32,8 @@ from ddrnet.deploy.onnx_file import (
     onnx_file_properties,
 )
 from ddrnet.engine.inference import normalize
-from ddrnet.errors import MissingFileError
+from ddrnet.errors import MissingFileError, UsageError
+from ddrnet.limits import MIN_WINDOW
 
 if TYPE_CHECKING:
     import onnx
@@ -139,6 +140,17 @@ class ImageCalibrationReader:
         return len(self.images)
 
 
+def check_calibration_size(size: tuple[int, int] | None) -> None:
+    """Refuse a calibration ``size`` under ``MIN_WINDOW`` pixels a side: at 1x1 or 8x8 the
+    coarse branches see one pixel, and the activation ranges measured there are not those of
+    real frames (such a file labelled a quarter of a 360x480 frame otherwise than PyTorch)."""
+    if size is not None and min(size) < MIN_WINDOW:
+        raise UsageError(
+            f"--size {size[0]}x{size[1]}: INT8 calibration runs the images at the deployment "
+            f"size, at least {MIN_WINDOW} pixels a side"
+        )
+
+
 def quantize_onnx_int8(
     fp32_path: str | Path,
     out_path: str | Path,
@@ -220,6 +232,7 @@ def quantize_onnx_int8(
     }
     if method not in methods:
         raise ValueError(f"method must be one of {CALIBRATION_METHODS}, got {method!r}")
+    check_calibration_size(size)
     reader = _calibration_reader(fp32_path, calibration_images, mean, std, size)
     with scratch_folder("quant") as scratch:
         # Written and marked in the scratch folder, then copied into place whole.

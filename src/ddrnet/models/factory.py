@@ -87,7 +87,7 @@ def create_model(
     checkpoint = _checkpoint_of(checkpoint, weights)
     raw = read_checkpoint(checkpoint) if checkpoint is not None else None
     metadata = raw.metadata if raw is not None else None
-    name = name if name is not None else _architecture_named_by(metadata)
+    name = name if name is not None else _architecture_named_by(raw)
     info = variant_info(name)
     if aux_head and info.task != "segmentation":
         raise ValueError(f"{name} is an ImageNet classifier: it has no auxiliary head")
@@ -149,15 +149,20 @@ def _checkpoint_of(checkpoint: str | Path | None, weights: WeightsEnum | None) -
     return weights.path
 
 
-def _architecture_named_by(metadata: ModelMetadata | None) -> str:
+def _architecture_named_by(raw: RawCheckpoint | None) -> str:
     """The registry name a self-describing file records; other files name none."""
-    if metadata is None:
+    if raw is None:
+        raise TypeError(
+            "create_model() needs a model name or a checkpoint; names: "
+            f"{', '.join(list_models())}"
+        )
+    if raw.metadata is None:
         raise CheckpointError(
-            "this file does not name its architecture: give a model name (--model on the "
+            f"{raw.source} does not name its architecture: give a model name (--model on the "
             "command line, name= in create_model), or use a ddrnet .safetensors file, whose "
             f"metadata names it; available: {', '.join(list_models())}"
         )
-    return metadata.architecture
+    return raw.metadata.architecture
 
 
 def _file_num_classes(raw: RawCheckpoint | None, info: VariantInfo) -> int | None:
