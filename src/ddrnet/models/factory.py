@@ -153,8 +153,7 @@ def _architecture_named_by(raw: RawCheckpoint | None) -> str:
     """The registry name a self-describing file records; other files name none."""
     if raw is None:
         raise TypeError(
-            "create_model() needs a model name or a checkpoint; names: "
-            f"{', '.join(list_models())}"
+            f"create_model() needs a model name or a checkpoint; names: {', '.join(list_models())}"
         )
     if raw.metadata is None:
         raise CheckpointError(
