@@ -131,6 +131,8 @@ def search(
     optuna = _optuna()
     space = space or SearchSpace()
     _check_arguments(trials, epochs, max_macs)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would search on its own
+        raise UsageError("the search runs in one process: start it without torchrun")
     output = Path(output)
     splits = variant_info(config.model.name).spec.stage3_splits
     reference = _macs(config, {})
