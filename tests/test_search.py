@@ -91,9 +91,13 @@ def test_a_stopped_search_trains_its_interrupted_candidate_first(
     killed = study.ask({"planes": optuna.distributions.CategoricalDistribution([16, 24])})
     SPACE.suggest(killed, 1)
     killed.set_user_attr("process", f"{2**22 + 7}-0")  # no such process
+    # A kill in the middle of a journal write: a record half written at the end.
+    with (tmp_path / "s" / search_module.JOURNAL).open("ab") as journal:
+        journal.write(b'{"op_code": 5, "worker_id": "x", "trial_id": 9')
     candidates = search(config, tmp_path / "s", 2, epochs=1, max_macs=0.6, space=SPACE)
     assert trained[-1] == run_name(SPACE.suggest(_Fixed(killed.params), 1))
     assert len(candidates) == 2
+    assert (tmp_path / "s" / search_module.JOURNAL).read_bytes().endswith(b"}\n")
 
 
 class _Fixed:

@@ -231,6 +231,7 @@ def _open_study(
     """The search journalled in ``output`` (made if new); an ``output`` that holds another
     search (another recipe, budget, schedule or space) is refused."""
     output.mkdir(parents=True, exist_ok=True)
+    _drop_unfinished_line(output / JOURNAL)
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(output / JOURNAL))
     )
@@ -253,6 +254,21 @@ def _open_study(
             "same recipe and options, or search into a new folder"
         )
     return study
+
+
+def _drop_unfinished_line(journal: Path) -> None:
+    """Cut a line a kill (or a full disk) left half written at the end of the journal: the
+    next record would be appended to it, and Optuna would refuse the journal from there on.
+    The record it held was never complete, so the trial it spoke of is redone."""
+    if not journal.is_file() or journal.stat().st_size == 0:
+        return
+    data = journal.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    with journal.open("r+b") as stream:
+        stream.truncate(data.rfind(b"\n") + 1)
+        os.fsync(stream.fileno())
+    logger.warning("%s: dropped the half-written last record of an interrupted search", journal)
 
 
 def _requeue_interrupted(optuna: Any, study: Any) -> None:
