@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from ddrnet.cli.options import PATH, POSITIVE_INT, SHARE, writable_folder
+
+if TYPE_CHECKING:
+    from ddrnet.engine.search import Candidate
 
 # The command's line in ``ddrnet --help``.
 HELP = "search the topology (depths, widths) a recipe trains best within a MAC budget"
@@ -47,7 +51,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ddrnet.config import load_config
     from ddrnet.engine.config import Config, resolve_recipe
-    from ddrnet.engine.search import Candidate, search
+    from ddrnet.engine.search import search
 
     overrides = [*args.overrides, *getattr(args, "late_overrides", [])]
     config = load_config(Config, resolve_recipe(args.config), overrides)
@@ -70,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _row(candidate) -> str:
+def _row(candidate: Candidate) -> str:
     """A candidate's figures in one line."""
     return (
         f"{candidate.miou:8.2f}  {candidate.macs_fraction:5.2f}  {candidate.gmacs:6.2f}  "
