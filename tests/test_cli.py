@@ -251,6 +251,8 @@ def test_out_of_range_options_are_refused_by_name(tmp_path) -> None:
         (["eval", "x", "--max-images", "-1"], "argument --max-images: must be >= 1"),
         (["serve", "--port", "99999"], "argument --port: must be >= 0 and <= 65535"),
         (["bench", "--threads", "0"], "argument --threads: must be >= 1"),
+        (["search", "x", "-o", str(tmp_path / "s"), "--max-macs", "0"], "must be > 0 and <= 1"),
+        (["search", "x", "-o", str(tmp_path / "s"), "--seed", "-1"], "argument --seed: must be"),
     ):
         result = run_ddrnet(*arguments)
         assert result.returncode == 2 and message in result.stderr, (arguments, result.stderr)

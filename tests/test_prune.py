@@ -142,7 +142,11 @@ def test_a_pruned_start_with_a_width_multiplier_is_refused_by_name(
     config.model.pretrained = str(path)
     assert build_model(config, CAMVID, torch.device("cpu"), amp=False)[1]  # its widths
     config.model.width_multiplier = 2.0
-    with pytest.raises(ConfigError, match=r"is a channel-pruned model of 32 stem channels, .*64"):
+    message = r"is a channel-pruned model of another planes/head_planes than this recipe builds"
+    with pytest.raises(ConfigError, match=message + r": .* \(drop model.width_multiplier\)"):
+        build_model(config, CAMVID, torch.device("cpu"), amp=False)
+    config.model.width_multiplier, config.model.blocks = 1.0, (1, 1, 1, 1)
+    with pytest.raises(ConfigError, match=r"another blocks than .* \(drop model.blocks\)$"):
         build_model(config, CAMVID, torch.device("cpu"), amp=False)
 
 

@@ -87,7 +87,7 @@ def test_a_stopped_search_trains_its_interrupted_candidate_first(
 
     # A trial of a process that is gone (a kill), still marked running in the journal.
     optuna = search_module._optuna()
-    study = search_module._open_study(optuna, config, tmp_path / "s", 1, 0.6, SPACE, None, 2)
+    study = search_module._open_study(optuna, config, tmp_path / "s", 1, 0.6, SPACE, 0, 2)
     killed = study.ask({"planes": optuna.distributions.CategoricalDistribution([16, 24])})
     SPACE.suggest(killed, 1)
     killed.set_user_attr("process", f"{2**22 + 7}-0")  # no such process
@@ -116,7 +116,7 @@ def test_bad_arguments_are_one_line(camvid_root, tmp_path, capsys) -> None:
     error = one_line_cli_error(capsys, [*recipe, "-o", str(tmp_path / "s"), "--max-macs", "0.05"])
     assert error.endswith(
         "max_macs 0.05: the smallest candidate takes 0.15 of the recipe model's multiply-adds; "
-        "raise the budget"
+        "raise it"
     )
     (tmp_path / "file").write_text("x")
     error = one_line_cli_error(capsys, [*recipe, "-o", str(tmp_path / "file")])
@@ -125,10 +125,63 @@ def test_bad_arguments_are_one_line(camvid_root, tmp_path, capsys) -> None:
     )
     config = tiny_config(camvid_root, tmp_path / "unused", epochs=1)
     optuna = search_module._optuna()
-    search_module._open_study(optuna, config, tmp_path / "s", 1, 0.6, SPACE, None, 1)
+    search_module._open_study(optuna, config, tmp_path / "s", 1, 0.6, SPACE, 0, 1)
     with pytest.raises(UsageError, match="holds a search with another epochs, max_macs; continue"):
         search(config, tmp_path / "s", 1, epochs=2, max_macs=0.5, space=SPACE)
     for bad in (0, 1.5, True):
         with pytest.raises(UsageError, match="trials must be at least 1"):
             search(config, tmp_path / "t", bad, epochs=1, space=SPACE)
+    with pytest.raises(UsageError, match="seed must be an integer from 0 to 2\\*\\*32 - 1"):
+        search(config, tmp_path / "t", 1, epochs=1, space=SPACE, seed=-1)
+    # Recipe settings a search cannot honour, refused before anything is written.
+    for override, message in (
+        ("train.max_minutes=1", "train.max_minutes would stop each candidate before its epochs"),
+        ("model.pretrained=camvid_ddrnet23_slim", "model.pretrained: candidates of other shapes"),
+        ("model.width_multiplier=1.5", "model.width_multiplier: the search sets the widths"),
+    ):
+        recipe = tiny_config(camvid_root, tmp_path / "unused", 1, extra=[override])
+        with pytest.raises(UsageError, match=message):
+            search(recipe, tmp_path / "t", 1, epochs=1, space=SPACE)
     assert not (tmp_path / "t").exists()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    with pytest.raises(UsageError, match="run holds a training run \\(metrics.jsonl\\): search"):
+        search(config, tmp_path / "run", 1, epochs=1, space=SPACE)
+    with pytest.raises(UsageError, match="holds a search with another seed"):
+        search(config, tmp_path / "s", 1, epochs=1, max_macs=0.6, space=SPACE, seed=7)
+    (tmp_path / "s" / search_module.JOURNAL).write_text("garbage\n")
+    with pytest.raises(UsageError, match="search.journal: not a readable search journal"):
+        search(config, tmp_path / "s", 1, epochs=1, max_macs=0.6, space=SPACE)
+
+
+def test_a_budget_only_the_smallest_candidate_meets_trains_it(
+    camvid_root, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setattr(search_module, "MAX_STALLED", 3)
+    config = tiny_config(camvid_root, tmp_path / "unused", epochs=1)
+    budget = search_module._Budget(config, 11)
+    smallest = SPACE.smallest(1)
+    others = {**smallest, "dappm_planes": 64}
+    assert budget.fraction(smallest) < budget.fraction(others)
+    candidates = search(config, tmp_path / "s", 2, 1, budget.fraction(smallest), SPACE)
+    assert [c.topology for c in candidates] == [smallest]  # then it stopped: none else fits
+
+
+def test_the_command_prints_each_candidate_and_a_command_that_trains_the_best(
+    camvid_root, tmp_path, capsys
+) -> None:
+    import shlex
+
+    from ddrnet.cli import main
+
+    from helpers import tiny_overrides
+
+    overrides = [o for o in tiny_overrides(camvid_root, tmp_path / "x", 1) if "output_dir" not in o]
+    argv = ["search", "camvid_ddrnet23_slim", *overrides, "--trials", "1", "--epochs", "1"]
+    assert main([*argv, "-o", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    board = json.loads((tmp_path / "s" / LEADERBOARD).read_text())["leaderboard"]
+    assert f"{board[0]['miou']:8.2f}" in out and board[0]["run"] in out
+    command = shlex.split(out.strip().splitlines()[-1])  # the shell reads it back whole
+    assert command[:3] == ["ddrnet", "train", "camvid_ddrnet23_slim"]
+    assert "data.crop_size=[64, 96]" in command and command[-4:] == board[0]["overrides"]

@@ -76,6 +76,7 @@ NON_NEGATIVE_FLOAT = _number(float, 0)
 FRACTION = _number(float, 0, 1)
 OPEN_FRACTION = _number(float, 0, 1, open_low=True, open_high=True)  # in (0, 1)
 SHARE = _number(float, 0, 1, open_low=True)  # in (0, 1]
+SEED = _number(int, 0, 2**32 - 1)  # what NumPy's and Optuna's generators take
 SCALE = _number(float, 0, MAX_SCALE, open_low=True)
 PORT = _number(int, 0, MAX_PORT)
 SEVERITY = _number(int, min(SEVERITIES), max(SEVERITIES))  # of a camera corruption

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from typing import TYPE_CHECKING
 
-from ddrnet.cli.options import PATH, POSITIVE_INT, SHARE, writable_folder
+from ddrnet.cli.options import PATH, POSITIVE_INT, SEED, SHARE, writable_folder
 
 if TYPE_CHECKING:
     from ddrnet.engine.search import Candidate
@@ -44,7 +45,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=0.5,
         help="budget: fraction of the recipe model's multiply-adds (default 0.5)",
     )
-    parser.add_argument("--seed", type=int, help="sampler seed (default: the recipe's)")
+    parser.add_argument("--seed", type=SEED, help="sampler seed (default: the recipe's)")
     parser.set_defaults(handler=run)
 
 
@@ -69,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
     for candidate in candidates[:10]:
         print(_row(candidate))
     if candidates:
-        command = ["ddrnet train", args.config, *overrides, *candidates[0].overrides]
-        print(f"train the best with the full recipe:\n  {' '.join(command)}")
+        command = ["ddrnet", "train", args.config, *overrides, *candidates[0].overrides]
+        print(f"train the best with the full recipe:\n  {shlex.join(command)}")
     return 0
 
 

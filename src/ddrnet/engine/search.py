@@ -33,9 +33,10 @@ import torch
 
 from ddrnet.atomic import atomic_write_json, process_ended, process_tag
 from ddrnet.config import to_dict
+from ddrnet.data.build import build_dataset
 from ddrnet.engine.checkpointing import load_training_checkpoint
 from ddrnet.engine.config import Config
-from ddrnet.engine.run_folder import LAST
+from ddrnet.engine.run_folder import LAST, RUN_FILES
 from ddrnet.engine.train import train
 from ddrnet.errors import UsageError
 from ddrnet.models import count_macs, count_parameters, create_model, variant_info
@@ -84,6 +85,12 @@ class SearchSpace:
             "head_planes": min(self.head_planes),
         }
 
+    @staticmethod
+    def params(topology: dict[str, Any]) -> dict[str, Any]:
+        """``topology`` as the parameters ``suggest`` draws (``blocks1`` ... ``blocks4``)."""
+        params = {key: value for key, value in topology.items() if key != "blocks"}
+        return params | {f"blocks{stage + 1}": n for stage, n in enumerate(topology["blocks"])}
+
     def _stage(self, stage: int, stage3_splits: int) -> list[int]:
         counts = self.blocks[stage]
         return [count * stage3_splits for count in counts] if stage == 2 else list(counts)
@@ -124,57 +131,47 @@ def search(
     """Search ``space`` for the topology that ``config`` (a recipe) trains best within
     ``max_macs`` (0 < fraction <= 1) of its own model's multiply-adds, until ``trials``
     candidates are scored in ``output`` (those of an earlier search there count: a larger
-    ``trials`` extends it). Each candidate trains for ``epochs``. ``seed`` seeds the sampler
-    (default: the recipe's ``train.seed``); ``on_candidate`` hears of each scored one.
-    Returns the scored candidates, best first. Raises ``UsageError`` for bad arguments, a
-    budget no candidate meets, or an ``output`` that holds another search."""
+    ``trials`` extends it). Each candidate trains for ``epochs``. ``seed`` (0 to 2**32 - 1)
+    seeds the sampler (default: the recipe's ``train.seed``); ``on_candidate`` hears of each
+    scored one. Returns the scored candidates, best first. Raises ``UsageError`` for bad
+    arguments, recipe settings a search cannot honour, a budget no candidate meets, or an
+    ``output`` that holds a training run or another search."""
     optuna = _optuna()
     space = space or SearchSpace()
-    _check_arguments(trials, epochs, max_macs)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would search on its own
-        raise UsageError("the search runs in one process: start it without torchrun")
     output = Path(output)
+    seed = config.train.seed if seed is None else seed
+    _check_arguments(trials, epochs, max_macs, seed)
+    _check_recipe(config, output)
+    # The data set's classes (its file list only): the budget counts the real heads.
+    labels = build_dataset(config.data, config.data.train_split, False, cache=False).labels
+    budget = _Budget(config, labels.num_classes)
     splits = variant_info(config.model.name).spec.stage3_splits
-    reference = _macs(config, {})
-    smallest = _macs(config, space.smallest(splits)) / reference
-    if smallest > max_macs:
+    smallest = space.smallest(splits)
+    if budget.fraction(smallest) > max_macs:
         raise UsageError(
-            f"max_macs {max_macs:g}: the smallest candidate takes {smallest:.2f} of the "
-            "recipe model's multiply-adds; raise the budget"
+            f"max_macs {max_macs:g}: the smallest candidate takes "
+            f"{budget.fraction(smallest):.2f} of the recipe model's multiply-adds; raise it"
         )
     study = _open_study(optuna, config, output, epochs, max_macs, space, seed, trials)
     _requeue_interrupted(optuna, study)
-    states = optuna.trial.TrialState
-    stalled = 0  # proposals in a row over the budget or scored before
+    stalled, anchored = 0, False  # proposals refused in a row; the smallest queued
     while len(_scored(optuna, study)) < trials:
         if stalled >= MAX_STALLED:
-            logger.warning(
-                "the last %d candidates proposed were over the budget or scored before: few "
-                "others are within it; stopping at %d", stalled, len(_scored(optuna, study)),
-            )  # fmt: skip
-            break
-        trial = study.ask()
-        trial.set_user_attr("process", process_tag(os.getpid()))
-        topology = space.suggest(trial, splits)
-        earlier = _scored(optuna, study).get(_key(trial.params))
-        fraction = _macs(config, topology) / reference if earlier is None else 0.0
-        if earlier is not None or fraction > max_macs:
+            if anchored or _key(space.params(smallest)) in _scored(optuna, study):
+                logger.warning(
+                    "the last %d candidates proposed were over the budget or scored before: "
+                    "few others are within it; stopping at %d", stalled,
+                    len(_scored(optuna, study)),
+                )  # fmt: skip
+                break
+            study.enqueue_trial(space.params(smallest))  # one known to fit a tight budget
+            stalled, anchored = 0, True
+        proposal = _propose(optuna, study, space, splits, budget, max_macs)
+        if proposal is None:
             stalled += 1
-            if earlier is not None:  # the same score again, for the sampler; not a new one
-                study.tell(trial, earlier.values[0])
-            else:
-                study.tell(trial, state=states.PRUNED)
             continue
         stalled = 0
-        try:
-            candidate = _train_candidate(config, output, trial.number, topology, epochs)
-        except BaseException:
-            study.tell(trial, state=states.FAIL)  # queued again on the next start
-            raise
-        candidate.macs_fraction = fraction
-        trial.set_user_attr("candidate", dataclasses.asdict(candidate))
-        study.tell(trial, candidate.miou)
-        write_leaderboard(optuna, study, output)
+        candidate = _score(optuna, study, *proposal, config, output, epochs)
         if on_candidate is not None:
             on_candidate(candidate)
     return write_leaderboard(optuna, study, output)
@@ -191,59 +188,145 @@ def _optuna() -> Any:
     return optuna
 
 
-def _check_arguments(trials: int, epochs: int, max_macs: float) -> None:
+def _check_arguments(trials: int, epochs: int, max_macs: float, seed: int) -> None:
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise UsageError(f"trials must be at least 1, got {trials!r}")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise UsageError(f"epochs must be at least 1, got {epochs!r}")
     if not (isinstance(max_macs, (int, float)) and 0 < max_macs <= 1):
         raise UsageError(f"max_macs must be a fraction in (0, 1], got {max_macs!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise UsageError(f"seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
 
 
-def _macs(config: Config, topology: dict[str, Any]) -> int:
-    """Multiply-adds of the recipe's model with ``topology`` (empty: the recipe's own), at
-    its crop size, counted on a shape-only (meta device) build."""
-    cfg = config.model
-    asked = {key: getattr(cfg, key) for key in TOPOLOGY_KEYS} | topology
-    with torch.device("meta"):
-        model = create_model(
-            cfg.name, width_multiplier=cfg.width_multiplier, norm=cfg.norm,
-            norm_groups=cfg.norm_groups, fusion=cfg.fusion, **asked,
-        )  # fmt: skip
-    return count_macs(model, tuple(config.data.crop_size))
+def _check_recipe(config: Config, output: Path) -> None:
+    """Refuse what a search cannot honour, before anything is written."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would search on its own
+        raise UsageError("the search runs in one process: start it without torchrun")
+    if config.train.max_minutes is not None:
+        raise UsageError(
+            "train.max_minutes would stop each candidate before its epochs, unfinished: leave "
+            "it null (Ctrl-C stops a search; the same command continues it)"
+        )
+    if config.model.pretrained:
+        raise UsageError(
+            "model.pretrained: candidates of other shapes cannot start from one file; a "
+            "search trains them from scratch (leave it null)"
+        )
+    if config.model.width_multiplier != 1.0:
+        raise UsageError(
+            "model.width_multiplier: the search sets the widths itself (model.planes, "
+            "model.head_planes); leave it at 1"
+        )
+    present = [name for name in RUN_FILES if (output / name).exists()]
+    if present:
+        raise UsageError(
+            f"{output} holds a training run ({', '.join(present)}): search into another folder"
+        )
 
 
-def _settings(config: Config, epochs: int, max_macs: float, space: SearchSpace) -> dict[str, Any]:
+@dataclass
+class _Budget:
+    """Multiply-adds of the recipe's model with a candidate topology, as a fraction of the
+    recipe model's own, at its crop size with its data set's classes (shape-only builds)."""
+
+    config: Config
+    num_classes: int
+    reference: int = 0
+
+    def __post_init__(self) -> None:
+        self.reference = self.macs({})
+
+    def macs(self, topology: dict[str, Any]) -> int:
+        """Of the recipe's model with ``topology`` (empty: its own)."""
+        cfg = self.config.model
+        asked = {key: getattr(cfg, key) for key in TOPOLOGY_KEYS} | topology
+        with torch.device("meta"):
+            model = create_model(
+                cfg.name, num_classes=self.num_classes, norm=cfg.norm,
+                norm_groups=cfg.norm_groups, fusion=cfg.fusion, **asked,
+            )  # fmt: skip
+        return count_macs(model, tuple(self.config.data.crop_size))
+
+    def fraction(self, topology: dict[str, Any]) -> float:
+        return self.macs(topology) / self.reference
+
+
+def _propose(
+    optuna: Any, study: Any, space: SearchSpace, splits: int, budget: _Budget, max_macs: float
+) -> tuple[Any, dict[str, Any], float] | None:
+    """The sampler's next candidate within the budget: its trial, topology and MAC fraction;
+    None when it proposed one over the budget (told as pruned, which the sampler learns
+    from) or one scored before (told that score again; it is not trained twice)."""
+    trial = study.ask()
+    trial.set_user_attr("process", process_tag(os.getpid()))
+    topology = space.suggest(trial, splits)
+    earlier = _scored(optuna, study).get(_key(trial.params))
+    if earlier is not None:
+        study.tell(trial, earlier.values[0])
+        return None
+    fraction = budget.fraction(topology)
+    if fraction > max_macs:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return None
+    return trial, topology, fraction
+
+
+def _score(
+    optuna: Any, study: Any, trial: Any, topology: dict[str, Any], fraction: float,
+    config: Config, output: Path, epochs: int,
+) -> Candidate:  # fmt: skip
+    """Train and score one candidate, and record it (journal, leaderboard); a failure or
+    Ctrl-C marks the trial failed, and the next search gives it another go."""
+    try:
+        candidate = _train_candidate(config, output, trial.number, topology, epochs)
+    except BaseException:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    candidate.macs_fraction = fraction
+    trial.set_user_attr("candidate", dataclasses.asdict(candidate))
+    study.tell(trial, candidate.miou)
+    write_leaderboard(optuna, study, output)
+    return candidate
+
+
+def _settings(
+    config: Config, epochs: int, max_macs: float, space: SearchSpace, seed: int
+) -> dict[str, Any]:
     """What makes two searches the same search: the recipe (but its output folder and
-    epochs, which the search sets), the budget, the schedule and the space, as JSON values."""
+    epochs, which the search sets), the budget, the schedule, the space and the sampler's
+    seed, as JSON values."""
     recipe = to_dict(config)
     for key in ("output_dir", "epochs"):
         recipe["train"].pop(key, None)
-    settings = {"recipe": recipe, "epochs": epochs, "max_macs": max_macs}
+    settings = {"recipe": recipe, "epochs": epochs, "max_macs": max_macs, "seed": seed}
     settings["space"] = dataclasses.asdict(space)
     return json.loads(json.dumps(settings))
 
 
 def _open_study(
     optuna: Any, config: Config, output: Path, epochs: int, max_macs: float,
-    space: SearchSpace, seed: int | None, trials: int,
+    space: SearchSpace, seed: int, trials: int,
 ) -> Any:  # fmt: skip
     """The search journalled in ``output`` (made if new); an ``output`` that holds another
-    search (another recipe, budget, schedule or space) is refused."""
+    search (another recipe, budget, schedule, space or seed) is refused, as is a journal
+    that cannot be read."""
     output.mkdir(parents=True, exist_ok=True)
     _drop_unfinished_line(output / JOURNAL)
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(output / JOURNAL))
-    )
-    sampler = optuna.samplers.TPESampler(
-        seed=config.train.seed if seed is None else seed,
-        n_startup_trials=max(3, trials // 3),
-    )
-    study = optuna.create_study(
-        storage=storage, study_name=STUDY_NAME, direction="maximize", sampler=sampler,
-        load_if_exists=True,
-    )  # fmt: skip
-    settings = _settings(config, epochs, max_macs, space)
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, trials // 3))
+    try:
+        storage = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(output / JOURNAL))
+        )
+        study = optuna.create_study(
+            storage=storage, study_name=STUDY_NAME, direction="maximize", sampler=sampler,
+            load_if_exists=True,
+        )  # fmt: skip
+    except (ValueError, KeyError) as error:  # a journal edited or damaged by hand
+        raise UsageError(
+            f"{output / JOURNAL}: not a readable search journal ({error}); search into a new folder"
+        ) from None
+    settings = _settings(config, epochs, max_macs, space, seed)
     recorded = study.user_attrs.get("settings")
     if recorded is None:
         study.set_user_attr("settings", settings)
@@ -323,7 +406,10 @@ def _train_candidate(
         dataclasses.replace(config, model=model, train=settings),
         resume=(folder / LAST).is_file(),
     )
-    history = load_training_checkpoint(folder / LAST)["history"]
+    state = load_training_checkpoint(folder / LAST)
+    if state["epoch"] != epochs:  # scored unfinished, it would rank below what it is
+        raise RuntimeError(f"{folder}: trained {state['epoch']} of its {epochs} epochs")
+    history = state["history"]
     scores = [record["val_mIoU"] for record in history if "val_mIoU" in record]
     trained = create_model(checkpoint=folder / LAST)
     return Candidate(

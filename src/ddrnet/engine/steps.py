@@ -180,17 +180,36 @@ def build_model(
         if raw.metadata is not None and raw.metadata.architecture == config.model.name:
             # A channel-pruned file (`ddrnet prune`): fine-tune its narrower layers.
             widths = raw.metadata.channel_widths
-            if widths and raw.metadata.spec.get("planes") != model.spec.planes:
-                raise ConfigError(
-                    f"model.pretrained={config.model.pretrained} is a channel-pruned model of "
-                    f"{raw.metadata.spec.get('planes')} stem channels, this recipe's "
-                    f"model.width_multiplier={config.model.width_multiplier} builds "
-                    f"{model.spec.planes}: its widths are the file's (drop the multiplier)"
-                )
+            if widths:
+                _check_pruned_topology(config, raw.metadata.spec, model.spec)
             apply_channel_widths(model, widths)
         report = load_weights(model, raw)
         logger.info(report.summary())
     return model, widths
+
+
+def _check_pruned_topology(config: Config, recorded: dict[str, Any], built: DDRNetSpec) -> None:
+    """A channel-pruned ``model.pretrained`` narrows the layers of its own topology: a recipe
+    that builds another (wider, deeper) cannot take its widths."""
+    file_spec = DDRNetSpec.from_dict(recorded)
+    keys = ("planes", "blocks", "dappm_planes", "head_planes")
+    differ = [key for key in keys if getattr(file_spec, key) != getattr(built, key)]
+    if differ:
+        settings = [f"model.{key}" for key in ("width_multiplier", *keys)]
+        asked = [name for name in settings if name in _set_in(config)]
+        raise ConfigError(
+            f"model.pretrained={config.model.pretrained} is a channel-pruned model of another "
+            f"{'/'.join(differ)} than this recipe builds: its widths are the file's"
+            + (f" (drop {', '.join(asked)})" if asked else "")
+        )
+
+
+def _set_in(config: Config) -> list[str]:
+    """The ``model.*`` topology settings ``config`` sets away from the variant's."""
+    cfg = config.model
+    named = [f"model.{key}" for key in ("planes", "blocks", "dappm_planes", "head_planes")]
+    chosen = [name for name in named if getattr(cfg, name.split(".")[1]) is not None]
+    return chosen + (["model.width_multiplier"] if cfg.width_multiplier != 1.0 else [])
 
 
 def _check_pretrained_layers(raw: RawCheckpoint, cfg_model: ModelConfig) -> None:

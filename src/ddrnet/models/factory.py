@@ -222,6 +222,6 @@ def _warn_overruled(source: str, spec: DDRNetSpec, topology: dict[str, Any]) -> 
         what = f"{option} {recorded!r}" if recorded is not None else "its widths"
         logger.warning(
             "%s=%r does not apply to %s: the file records %s and is rebuilt as recorded "
-            "(to train another from its weights: the recipe's model.%s with model.pretrained)",
-            option, value, source, what, option,
+            "(its weights fit only that)",
+            option, value, source, what,
         )  # fmt: skip
