@@ -43,7 +43,7 @@ def test_a_search_scores_candidates_within_the_budget_and_extends(camvid_root, t
     reference = ddrnet.count_macs(ddrnet.create_model("ddrnet_23_slim", num_classes=11), (64, 96))
     for candidate in candidates:
         assert 0 < candidate.macs_fraction <= 0.6
-        model = ddrnet.create_model(checkpoint=Path(candidate.run) / "last.pt")
+        model = ddrnet.create_model(checkpoint=Path(candidate.run) / "seed0" / "last.pt")
         assert model.spec.planes == candidate.topology["planes"]  # the run trained the candidate
         assert list(model.spec.blocks) == candidate.topology["blocks"]
         macs = ddrnet.count_macs(model, (64, 96))
@@ -53,8 +53,8 @@ def test_a_search_scores_candidates_within_the_budget_and_extends(camvid_root, t
         loaded = load_config(Config, None, candidate.overrides)
         assert loaded.model.planes == candidate.topology["planes"]
         assert list(loaded.model.blocks) == candidate.topology["blocks"]
-        history = Path(candidate.run, "metrics.jsonl").read_text().splitlines()
-        assert candidate.miou == json.loads(history[-1])["val_mIoU"]
+        history = Path(candidate.run, "seed0", "metrics.jsonl").read_text().splitlines()
+        assert candidate.miou == json.loads(history[-1])["val_mIoU"] == candidate.seed_mious[0]
     board = json.loads((tmp_path / "s" / LEADERBOARD).read_text())
     assert [row["run"] for row in board["leaderboard"]] == [c.run for c in candidates]
     assert board["max_macs"] == 0.6 and board["epochs"] == 1
@@ -62,6 +62,21 @@ def test_a_search_scores_candidates_within_the_budget_and_extends(camvid_root, t
     more = search(config, tmp_path / "s", 3, epochs=1, max_macs=0.6, space=SPACE)
     assert len(more) == 3 and {c.run for c in candidates} < {c.run for c in more}
     assert {c.run: c.miou for c in candidates}.items() <= {c.run: c.miou for c in more}.items()
+
+
+def test_each_candidate_can_train_with_several_seeds_and_score_their_mean(
+    camvid_root, tmp_path
+) -> None:
+    config = tiny_config(camvid_root, tmp_path / "unused", epochs=1)
+    (candidate,) = search(config, tmp_path / "s", 1, 1, 0.6, SPACE, seeds=2)
+    runs = sorted(Path(candidate.run).iterdir())
+    assert [run.name for run in runs] == ["seed0", "seed1"]
+    last = [json.loads((run / "metrics.jsonl").read_text().splitlines()[-1]) for run in runs]
+    assert candidate.seed_mious == [record["val_mIoU"] for record in last]
+    assert candidate.miou == pytest.approx(sum(candidate.seed_mious) / 2)
+    assert "seed: 1" in (runs[1] / "config.yaml").read_text()
+    with pytest.raises(UsageError, match="holds a search with another seeds"):
+        search(config, tmp_path / "s", 1, 1, 0.6, SPACE, seeds=1)
 
 
 def test_a_stopped_search_trains_its_interrupted_candidate_first(
@@ -74,7 +89,7 @@ def test_a_stopped_search_trains_its_interrupted_candidate_first(
     real_train = search_module.train
 
     def train_or_stop(trial_config, resume):
-        trained.append(Path(trial_config.train.output_dir).name)
+        trained.append(Path(trial_config.train.output_dir).parent.name)
         if len(trained) == 1:
             raise KeyboardInterrupt
         return real_train(trial_config, resume=resume)
@@ -87,7 +102,7 @@ def test_a_stopped_search_trains_its_interrupted_candidate_first(
 
     # A trial of a process that is gone (a kill), still marked running in the journal.
     optuna = search_module._optuna()
-    study = search_module._open_study(optuna, config, tmp_path / "s", 1, 0.6, SPACE, 0, 2)
+    study = search_module._open_study(optuna, config, tmp_path / "s", 1, 0.6, SPACE, (0, 1), 2)
     killed = study.ask({"planes": optuna.distributions.CategoricalDistribution([16, 24])})
     SPACE.suggest(killed, 1)
     killed.set_user_attr("process", f"{2**22 + 7}-0")  # no such process
@@ -125,7 +140,7 @@ def test_bad_arguments_are_one_line(camvid_root, tmp_path, capsys) -> None:
     )
     config = tiny_config(camvid_root, tmp_path / "unused", epochs=1)
     optuna = search_module._optuna()
-    search_module._open_study(optuna, config, tmp_path / "s", 1, 0.6, SPACE, 0, 1)
+    search_module._open_study(optuna, config, tmp_path / "s", 1, 0.6, SPACE, (0, 1), 1)
     with pytest.raises(UsageError, match="holds a search with another epochs, max_macs; continue"):
         search(config, tmp_path / "s", 1, epochs=2, max_macs=0.5, space=SPACE)
     for bad in (0, 1.5, True):

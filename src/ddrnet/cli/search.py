@@ -45,6 +45,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=0.5,
         help="budget: fraction of the recipe model's multiply-adds (default 0.5)",
     )
+    parser.add_argument(
+        "--seeds",
+        type=POSITIVE_INT,
+        default=1,
+        help="train each candidate with this many seeds and score the mean (default 1; short "
+        "runs of one seed differ by about as much as candidates do)",
+    )
     parser.add_argument("--seed", type=SEED, help="sampler seed (default: the recipe's)")
     parser.set_defaults(handler=run)
 
@@ -63,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     candidates = search(
         config, args.output, args.trials, args.epochs, args.max_macs, seed=args.seed,
-        on_candidate=report,
+        on_candidate=report, seeds=args.seeds,
     )  # fmt: skip
     print(f"\n{len(candidates)} candidates, best first (leaderboard.json in {args.output}):")
     print(f"{'val mIoU':>8}  {'MACs':>5}  {'GMACs':>6}  {'params':>7}  {'minutes':>7}  topology")
@@ -77,8 +84,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _row(candidate: Candidate) -> str:
     """A candidate's figures in one line."""
+    seeds = candidate.seed_mious
+    each = f" (seeds: {', '.join(f'{miou:.2f}' for miou in seeds)})" if len(seeds) > 1 else ""
     return (
         f"{candidate.miou:8.2f}  {candidate.macs_fraction:5.2f}  {candidate.gmacs:6.2f}  "
         f"{candidate.params_millions:6.2f}M  {candidate.minutes:7.1f}  "
-        f"{' '.join(candidate.overrides)}"
+        f"{' '.join(candidate.overrides)}{each}"
     )

@@ -11,7 +11,8 @@ the best so far; refused candidates count as failures, so it learns where the bu
 
 Everything lives in the output folder, so a killed search continues where it stopped:
 ``search.journal`` (Optuna's append-only journal of the trials), ``trials/<candidate>/``
-(each a ``ddrnet train`` run folder; an interrupted one resumes from its last epoch) and
+(a ``ddrnet train`` run folder per seed, ``seed<N>/``; an interrupted one resumes from its
+last epoch) and
 ``leaderboard.json`` (the scored candidates, best first; rewritten after each).
 
 Short schedules rank candidates, they do not finish them: train the winner with the full
@@ -102,12 +103,13 @@ class Candidate:
 
     trial: int
     topology: dict[str, Any]
-    miou: float  # the last validation's, in percent
+    miou: float  # the last validation's, in percent; the mean over the seeds trained
     macs_fraction: float  # of the recipe model's multiply-adds
     gmacs: float  # at the recipe's crop size
     params_millions: float
-    minutes: float  # of training
-    run: str  # the candidate's run folder
+    minutes: float  # of training, all seeds
+    run: str  # the candidate's folder: a run folder per seed, seed<N>/
+    seed_mious: list[float] = dataclasses.field(default_factory=list)  # one per seed
 
     @property
     def overrides(self) -> list[str]:
@@ -127,11 +129,14 @@ def search(
     space: SearchSpace | None = None,
     seed: int | None = None,
     on_candidate: Callable[[Candidate], None] | None = None,
+    seeds: int = 1,
 ) -> list[Candidate]:
     """Search ``space`` for the topology that ``config`` (a recipe) trains best within
     ``max_macs`` (0 < fraction <= 1) of its own model's multiply-adds, until ``trials``
     candidates are scored in ``output`` (those of an earlier search there count: a larger
-    ``trials`` extends it). Each candidate trains for ``epochs``. ``seed`` (0 to 2**32 - 1)
+    ``trials`` extends it). Each candidate trains for ``epochs``, ``seeds`` times (the
+    recipe's ``train.seed`` and the next ones), and scores the mean: short runs of one seed
+    differ by about as much as candidates do. ``seed`` (0 to 2**32 - 1)
     seeds the sampler (default: the recipe's ``train.seed``); ``on_candidate`` hears of each
     scored one. Returns the scored candidates, best first. Raises ``UsageError`` for bad
     arguments, recipe settings a search cannot honour, a budget no candidate meets, or an
@@ -140,7 +145,7 @@ def search(
     space = space or SearchSpace()
     output = Path(output)
     seed = config.train.seed if seed is None else seed
-    _check_arguments(trials, epochs, max_macs, seed)
+    _check_arguments(trials, epochs, max_macs, seed, seeds)
     _check_recipe(config, output)
     # The data set's classes (its file list only): the budget counts the real heads.
     labels = build_dataset(config.data, config.data.train_split, False, cache=False).labels
@@ -152,7 +157,7 @@ def search(
             f"max_macs {max_macs:g}: the smallest candidate takes "
             f"{budget.fraction(smallest):.2f} of the recipe model's multiply-adds; raise it"
         )
-    study = _open_study(optuna, config, output, epochs, max_macs, space, seed, trials)
+    study = _open_study(optuna, config, output, epochs, max_macs, space, (seed, seeds), trials)
     _requeue_interrupted(optuna, study)
     stalled, anchored = 0, False  # proposals refused in a row; the smallest queued
     while len(_scored(optuna, study)) < trials:
@@ -171,7 +176,7 @@ def search(
             stalled += 1
             continue
         stalled = 0
-        candidate = _score(optuna, study, *proposal, config, output, epochs)
+        candidate = _score(optuna, study, *proposal, config, output, epochs, seeds)
         if on_candidate is not None:
             on_candidate(candidate)
     return write_leaderboard(optuna, study, output)
@@ -188,7 +193,7 @@ def _optuna() -> Any:
     return optuna
 
 
-def _check_arguments(trials: int, epochs: int, max_macs: float, seed: int) -> None:
+def _check_arguments(trials: int, epochs: int, max_macs: float, seed: int, seeds: int) -> None:
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise UsageError(f"trials must be at least 1, got {trials!r}")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -197,6 +202,8 @@ def _check_arguments(trials: int, epochs: int, max_macs: float, seed: int) -> No
         raise UsageError(f"max_macs must be a fraction in (0, 1], got {max_macs!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise UsageError(f"seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise UsageError(f"seeds must be at least 1, got {seeds!r}")
 
 
 def _check_recipe(config: Config, output: Path) -> None:
@@ -274,12 +281,12 @@ def _propose(
 
 def _score(
     optuna: Any, study: Any, trial: Any, topology: dict[str, Any], fraction: float,
-    config: Config, output: Path, epochs: int,
+    config: Config, output: Path, epochs: int, seeds: int,
 ) -> Candidate:  # fmt: skip
     """Train and score one candidate, and record it (journal, leaderboard); a failure or
     Ctrl-C marks the trial failed, and the next search gives it another go."""
     try:
-        candidate = _train_candidate(config, output, trial.number, topology, epochs)
+        candidate = _train_candidate(config, output, trial.number, topology, epochs, seeds)
     except BaseException:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise
@@ -291,7 +298,7 @@ def _score(
 
 
 def _settings(
-    config: Config, epochs: int, max_macs: float, space: SearchSpace, seed: int
+    config: Config, epochs: int, max_macs: float, space: SearchSpace, seeds: tuple[int, int]
 ) -> dict[str, Any]:
     """What makes two searches the same search: the recipe (but its output folder and
     epochs, which the search sets), the budget, the schedule, the space and the sampler's
@@ -299,21 +306,23 @@ def _settings(
     recipe = to_dict(config)
     for key in ("output_dir", "epochs"):
         recipe["train"].pop(key, None)
-    settings = {"recipe": recipe, "epochs": epochs, "max_macs": max_macs, "seed": seed}
+    settings = {"recipe": recipe, "epochs": epochs, "max_macs": max_macs}
+    settings |= {"seed": seeds[0], "seeds": seeds[1]}
     settings["space"] = dataclasses.asdict(space)
     return json.loads(json.dumps(settings))
 
 
 def _open_study(
     optuna: Any, config: Config, output: Path, epochs: int, max_macs: float,
-    space: SearchSpace, seed: int, trials: int,
+    space: SearchSpace, seeds: tuple[int, int], trials: int,
 ) -> Any:  # fmt: skip
     """The search journalled in ``output`` (made if new); an ``output`` that holds another
     search (another recipe, budget, schedule, space or seed) is refused, as is a journal
     that cannot be read."""
     output.mkdir(parents=True, exist_ok=True)
     _drop_unfinished_line(output / JOURNAL)
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, trials // 3))
+    # seeds: the sampler's, and how many training seeds each candidate has
+    sampler = optuna.samplers.TPESampler(seed=seeds[0], n_startup_trials=max(3, trials // 3))
     try:
         storage = optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(str(output / JOURNAL))
@@ -326,7 +335,7 @@ def _open_study(
         raise UsageError(
             f"{output / JOURNAL}: not a readable search journal ({error}); search into a new folder"
         ) from None
-    settings = _settings(config, epochs, max_macs, space, seed)
+    settings = _settings(config, epochs, max_macs, space, seeds)
     recorded = study.user_attrs.get("settings")
     if recorded is None:
         study.set_user_attr("settings", settings)
@@ -394,33 +403,40 @@ def run_name(topology: dict[str, Any]) -> str:
 
 
 def _train_candidate(
-    config: Config, output: Path, number: int, topology: dict[str, Any], epochs: int
-) -> Candidate:
-    """Train one candidate by the recipe in its run folder (resuming what a kill left) and
-    score it by its last validation."""
+    config: Config, output: Path, number: int, topology: dict[str, Any], epochs: int,
+    seeds: int,
+) -> Candidate:  # fmt: skip
+    """Train one candidate by the recipe with ``seeds`` seeds (the recipe's ``train.seed``
+    and the next ones), each in its run folder (resuming what a kill left), and score it by
+    the mean of their last validations."""
     folder = output / TRIALS / run_name(topology)
     model = dataclasses.replace(config.model, **{**topology, "blocks": tuple(topology["blocks"])})
-    settings = dataclasses.replace(config.train, epochs=epochs, output_dir=str(folder))
     logger.info("candidate %d: %s", number, run_name(topology))
-    train(
-        dataclasses.replace(config, model=model, train=settings),
-        resume=(folder / LAST).is_file(),
-    )
-    state = load_training_checkpoint(folder / LAST)
-    if state["epoch"] != epochs:  # scored unfinished, it would rank below what it is
-        raise RuntimeError(f"{folder}: trained {state['epoch']} of its {epochs} epochs")
-    history = state["history"]
-    scores = [record["val_mIoU"] for record in history if "val_mIoU" in record]
-    trained = create_model(checkpoint=folder / LAST)
+    mious, minutes = [], 0.0
+    for seed in range(config.train.seed, config.train.seed + seeds):
+        run = folder / f"seed{seed}"
+        settings = dataclasses.replace(config.train, epochs=epochs, output_dir=str(run), seed=seed)
+        train(
+            dataclasses.replace(config, model=model, train=settings),
+            resume=(run / LAST).is_file(),
+        )
+        state = load_training_checkpoint(run / LAST)
+        if state["epoch"] != epochs:  # scored unfinished, it would rank below what it is
+            raise RuntimeError(f"{run}: trained {state['epoch']} of its {epochs} epochs")
+        scores = [record["val_mIoU"] for record in state["history"] if "val_mIoU" in record]
+        mious.append(float(scores[-1]))
+        minutes += sum(record.get("epoch_seconds", 0.0) for record in state["history"]) / 60
+    trained = create_model(checkpoint=run / LAST)
     return Candidate(
         trial=number,
         topology=topology,
-        miou=float(scores[-1]),
+        miou=sum(mious) / len(mious),
         macs_fraction=0.0,  # set by the caller, which measured it against the budget
         gmacs=count_macs(trained, tuple(config.data.crop_size)) / 1e9,
         params_millions=count_parameters(trained) / 1e6,
-        minutes=sum(record.get("epoch_seconds", 0.0) for record in history) / 60,
+        minutes=minutes,
         run=str(folder),
+        seed_mious=mious,
     )
 
 
