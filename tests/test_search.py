@@ -200,3 +200,37 @@ def test_the_command_prints_each_candidate_and_a_command_that_trains_the_best(
     command = shlex.split(out.strip().splitlines()[-1])  # the shell reads it back whole
     assert command[:3] == ["ddrnet", "train", "camvid_ddrnet23_slim"]
     assert "data.crop_size=[64, 96]" in command and command[-4:] == board[0]["overrides"]
+
+
+def test_a_space_file_sets_the_choices_and_bad_ones_are_named(
+    camvid_root, tmp_path, capsys
+) -> None:
+    from ddrnet.cli import main
+
+    from helpers import tiny_overrides
+
+    overrides = [o for o in tiny_overrides(camvid_root, tmp_path / "x", 1) if "output_dir" not in o]
+    argv = ["search", "camvid_ddrnet23_slim", *overrides, "--trials", "1", "--epochs", "1"]
+    (tmp_path / "space.yaml").write_text(
+        "planes: [16]\nblocks: [[1], [1], [2], [1]]\ndappm_planes: [32]\nhead_planes: [32]\n"
+    )
+    assert main([*argv, "--space", str(tmp_path / "space.yaml"), "-o", str(tmp_path / "s")]) == 0
+    board = json.loads((tmp_path / "s" / LEADERBOARD).read_text())
+    assert board["leaderboard"][0]["run"].endswith("p16_b1-1-2-1_d32_h32")  # the one choice
+    assert board["space"]["blocks"] == [[1], [1], [2], [1]]
+    capsys.readouterr()
+    for text, message in (
+        ("planes: [0, 16]\n", "planes must be a positive integer, got 0"),
+        ("blocks: [[1], [1], [1, 2]]\n", "blocks must list the choices of stages 1-4"),
+        ("head_planes: []\n", "head_planes: give distinct choices, got []"),
+        ("blocks: [[1], [1], [1, 17], [1]]\n", "blocks3: counts must be 1 to 16, got [1, 17]"),
+        ("depth: [1]\n", "unknown key depth"),
+    ):
+        (tmp_path / "bad.yaml").write_text(text)
+        error = one_line_cli_error(
+            capsys, [*argv, "--space", str(tmp_path / "bad.yaml"), "-o", str(tmp_path / "t")]
+        )
+        assert f"{tmp_path / 'bad.yaml'}: " in error and message in error, error
+    error = one_line_cli_error(capsys, [*argv, "--space", "nope.yaml", "-o", str(tmp_path / "t")])
+    assert error.endswith("--space nope.yaml: no such file")
+    assert not (tmp_path / "t").exists()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ddrnet.cli.options import PATH, POSITIVE_INT, SEED, SHARE, writable_folder
+from ddrnet.errors import UsageError
 
 if TYPE_CHECKING:
     from ddrnet.engine.search import Candidate
@@ -52,6 +54,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="train each candidate with this many seeds and score the mean (default 1; short "
         "runs of one seed differ by about as much as candidates do)",
     )
+    parser.add_argument(
+        "--space",
+        type=PATH,
+        help="YAML file of the choices (any of planes, blocks: four lists for stages 1-4, "
+        "dappm_planes, head_planes); default: ddrnet.engine.search.SearchSpace's",
+    )
     parser.add_argument("--seed", type=SEED, help="sampler seed (default: the recipe's)")
     parser.set_defaults(handler=run)
 
@@ -59,17 +67,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ddrnet.config import load_config
     from ddrnet.engine.config import Config, resolve_recipe
-    from ddrnet.engine.search import search
+    from ddrnet.engine.search import SearchSpace, search
 
     overrides = [*args.overrides, *getattr(args, "late_overrides", [])]
     config = load_config(Config, resolve_recipe(args.config), overrides)
+    if args.space is not None and not Path(args.space).is_file():
+        raise UsageError(f"--space {args.space}: no such file")
+    space = load_config(SearchSpace, args.space) if args.space is not None else None
     writable_folder("--output", args.output)
 
     def report(candidate: Candidate) -> None:
         print(f"{_row(candidate)}  {candidate.run}", flush=True)
 
     candidates = search(
-        config, args.output, args.trials, args.epochs, args.max_macs, seed=args.seed,
+        config, args.output, args.trials, args.epochs, args.max_macs, space, args.seed,
         on_candidate=report, seeds=args.seeds,
     )  # fmt: skip
     print(f"\n{len(candidates)} candidates, best first (leaderboard.json in {args.output}):")

@@ -40,7 +40,9 @@ from ddrnet.engine.config import Config
 from ddrnet.engine.run_folder import LAST, RUN_FILES
 from ddrnet.engine.train import train
 from ddrnet.errors import UsageError
+from ddrnet.limits import MAX_BLOCKS
 from ddrnet.models import count_macs, count_parameters, create_model, variant_info
+from ddrnet.models.spec import DDRNetSpec
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,23 @@ class SearchSpace:
     blocks: tuple[tuple[int, ...], ...] = ((1, 2), (1, 2), (1, 2, 3), (1, 2))
     dappm_planes: tuple[int, ...] = (64, 96, 128)
     head_planes: tuple[int, ...] = (32, 64, 128)
+
+    def __post_init__(self) -> None:
+        """Each choice checked by ``DDRNetSpec``'s own rule, before anything is trained."""
+        if len(self.blocks) != 4:
+            raise ValueError(f"blocks must list the choices of stages 1-4, got {self.blocks}")
+        widths = {"planes": self.planes, "dappm_planes": self.dappm_planes}
+        widths["head_planes"] = self.head_planes
+        stages = {f"blocks{stage}": counts for stage, counts in enumerate(self.blocks, 1)}
+        for key, choices in {**widths, **stages}.items():
+            if not choices or len(set(choices)) != len(choices):
+                raise ValueError(f"{key}: give distinct choices, got {list(choices)}")
+        for key, choices in widths.items():
+            for value in choices:
+                DDRNetSpec(**{key: value})  # its ValueError names the key and the rule
+        for key, counts in stages.items():
+            if not all(1 <= count <= MAX_BLOCKS for count in counts):
+                raise ValueError(f"{key}: counts must be 1 to {MAX_BLOCKS}, got {list(counts)}")
 
     def suggest(self, trial: Any, stage3_splits: int) -> dict[str, Any]:
         """One candidate's topology, drawn by an Optuna ``trial``."""
