@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ddrnet.cli.options import NON_NEGATIVE_INT, PATH, POSITIVE_INT, writable_file
+from ddrnet.cli.options import (
+    NON_NEGATIVE_INT,
+    PATH,
+    POSITIVE_INT,
+    add_recipe_arguments,
+    given_overrides,
+    writable_file,
+)
 from ddrnet.errors import UsageError
 
 PICTURES_PER_SET = 8  # --show's frames per set
@@ -36,10 +43,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         epilog="Example: ddrnet data camvid_ddrnet23_slim data.root=../shared/data/camvid "
         "data.train_split=train --show runs/labels --augmented",
     )
-    parser.add_argument("config", help="bundled recipe name or path to a YAML file")
-    parser.add_argument(
-        "overrides", nargs="*", help="overrides such as data.root=/data/camvid (section.key=value)"
-    )
+    add_recipe_arguments(parser, "data.root=/data/camvid")
     parser.add_argument(
         "--json", type=PATH, help="write every figure, warning and problem to this file"
     )
@@ -71,9 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from ddrnet.viz.labels import label_picture_names, write_label_pictures
 
     _check_show_options(args)
-    overrides = list(args.overrides) + getattr(args, "late_overrides", [])
     recipe = resolve_recipe(args.config)
-    config = load_config(Config, recipe, overrides)
+    config = load_config(Config, recipe, given_overrides(args))
     reads = {"config": str(recipe), "data.classes_file": config.data.classes_file}
     writable_file("--json", args.json, (".json",), reads=reads)
     # Not cached: the survey reads each file once, and a broken one must not stop the rest.

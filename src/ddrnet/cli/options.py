@@ -262,6 +262,21 @@ def _same_file(first: Path, second: Path) -> bool:
     return first.resolve() == second.resolve()
 
 
+def add_recipe_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+    """A recipe (a bundled recipe's name or a YAML file) and its overrides, ``example``
+    showing one, for the commands that read a recipe."""
+    parser.add_argument("config", help="bundled recipe name or path to a YAML file")
+    parser.add_argument(
+        "overrides", nargs="*", help=f"overrides such as {example} (section.key=value)"
+    )
+
+
+def given_overrides(args: argparse.Namespace) -> list[str]:
+    """Every override given, those after an option too (``args.late_overrides``, which
+    ``ddrnet.cli`` collects), in order."""
+    return [*args.overrides, *getattr(args, "late_overrides", [])]
+
+
 def is_override(argument: str) -> bool:
     """Whether a command-line word is a recipe override, ``section.key=value``."""
     return "=" in argument and not argument.startswith("-")

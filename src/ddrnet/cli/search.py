@@ -7,7 +7,15 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ddrnet.cli.options import PATH, POSITIVE_INT, SEED, SHARE, writable_folder
+from ddrnet.cli.options import (
+    PATH,
+    POSITIVE_INT,
+    SEED,
+    SHARE,
+    add_recipe_arguments,
+    given_overrides,
+    writable_folder,
+)
 from ddrnet.errors import UsageError
 
 if TYPE_CHECKING:
@@ -27,13 +35,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "proposes them. Score on held-out data (data.val_sequences), not on frames that "
         "share a sequence with the training ones. Run again to continue a stopped search or "
         "to add trials.",
-        epilog="Everything is in -o: search.journal, trials/CANDIDATE/ (run folders), "
+        epilog="Everything is in -o: search.journal, trials/CANDIDATE/seedN/ (run folders), "
         "leaderboard.json (best first, with the model.* overrides that train each).",
     )
-    parser.add_argument("config", help="bundled recipe name or path to a YAML file")
-    parser.add_argument(
-        "overrides", nargs="*", help="recipe overrides such as data.root=... (section.key=value)"
-    )
+    add_recipe_arguments(parser, "data.root=/data/camvid")
     parser.add_argument("-o", "--output", type=PATH, required=True, help="the search's folder")
     parser.add_argument(
         "--trials", type=POSITIVE_INT, default=12, help="candidates to score (default 12)"
@@ -69,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from ddrnet.engine.config import Config, resolve_recipe
     from ddrnet.engine.search import SearchSpace, search
 
-    overrides = [*args.overrides, *getattr(args, "late_overrides", [])]
+    overrides = given_overrides(args)
     config = load_config(Config, resolve_recipe(args.config), overrides)
     if args.space is not None and not Path(args.space).is_file():
         raise UsageError(f"--space {args.space}: no such file")

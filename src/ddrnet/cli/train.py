@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ddrnet.cli.options import add_recipe_arguments
+
 # The command's line in ``ddrnet --help``.
 HELP = "train from a YAML recipe"
 
@@ -21,10 +23,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "train.max_minutes=N stops cleanly after the epoch that crosses N minutes; "
         "--resume continues.",
     )
-    parser.add_argument("config", help="bundled recipe name or path to a YAML file")
-    parser.add_argument(
-        "overrides", nargs="*", help="overrides such as train.epochs=10 (section.key=value)"
-    )
+    add_recipe_arguments(parser, "train.epochs=10")
     parser.add_argument(
         "--resume",
         nargs="?",

@@ -14,7 +14,7 @@ from ddrnet.engine.losses import CLASS_WEIGHTING_METHODS
 from ddrnet.limits import MAX_PLANES, check_scales
 from ddrnet.models import list_models, variant_info
 from ddrnet.models.fusion import FUSIONS
-from ddrnet.models.spec import NORMS
+from ddrnet.models.spec import NORMS, TOPOLOGY_FIELDS, WIDTH_FIELDS
 
 
 def _require(ok: bool, key: str, rule: str, value: object) -> None:
@@ -91,12 +91,12 @@ class ModelConfig:
         """The custom topology fields, each against the spec's own rule (named by its key
         here, before the data is read)."""
         base = variant_info(self.name).spec
-        for key in ("planes", "blocks", "dappm_planes", "head_planes"):
+        for key in TOPOLOGY_FIELDS:
             value = getattr(self, key)
             if value is None:
                 continue
             dataclasses.replace(base, **{key: value})  # the spec's ValueError names the key
-        for key in ("planes", "head_planes"):
+        for key in WIDTH_FIELDS:
             _require(
                 getattr(self, key) is None or self.width_multiplier == 1.0, key,
                 "null with width_multiplier (both set widths)", getattr(self, key),

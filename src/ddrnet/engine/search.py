@@ -42,13 +42,12 @@ from ddrnet.engine.train import train
 from ddrnet.errors import UsageError
 from ddrnet.limits import MAX_BLOCKS
 from ddrnet.models import count_macs, count_parameters, create_model, variant_info
-from ddrnet.models.spec import DDRNetSpec
+from ddrnet.models.spec import TOPOLOGY_FIELDS, DDRNetSpec
 
 logger = logging.getLogger(__name__)
 
 JOURNAL, LEADERBOARD, TRIALS = "search.journal", "leaderboard.json", "trials"
 STUDY_NAME = "ddrnet-search"
-TOPOLOGY_KEYS = ("planes", "blocks", "dappm_planes", "head_planes")
 # Proposals in a row that are over the budget or scored before, after which the search ends:
 # the space holds few other candidates within the budget (each costs a MAC count, ~0.2 s).
 MAX_STALLED = 200
@@ -171,10 +170,11 @@ def search(
     budget = _Budget(config, labels.num_classes)
     splits = variant_info(config.model.name).spec.stage3_splits
     smallest = space.smallest(splits)
-    if budget.fraction(smallest) > max_macs:
+    least = budget.fraction(smallest)
+    if least > max_macs:
         raise UsageError(
-            f"max_macs {max_macs:g}: the smallest candidate takes "
-            f"{budget.fraction(smallest):.2f} of the recipe model's multiply-adds; raise it"
+            f"max_macs {max_macs:g}: the smallest candidate takes {least:.2f} of the recipe "
+            "model's multiply-adds; raise it"
         )
     study = _open_study(optuna, config, output, epochs, max_macs, space, (seed, seeds), trials)
     _requeue_interrupted(optuna, study)
@@ -266,7 +266,7 @@ class _Budget:
     def macs(self, topology: dict[str, Any]) -> int:
         """Of the recipe's model with ``topology`` (empty: its own)."""
         cfg = self.config.model
-        asked = {key: getattr(cfg, key) for key in TOPOLOGY_KEYS} | topology
+        asked = {key: getattr(cfg, key) for key in TOPOLOGY_FIELDS} | topology
         with torch.device("meta"):
             model = create_model(
                 cfg.name, num_classes=self.num_classes, norm=cfg.norm,

@@ -37,7 +37,7 @@ from ddrnet.models import create_model, load_weights
 from ddrnet.models.checkpoint_file import RawCheckpoint, read_checkpoint
 from ddrnet.models.ddrnet import MainAndAuxiliary
 from ddrnet.models.metadata import ModelMetadata
-from ddrnet.models.spec import DDRNetSpec
+from ddrnet.models.spec import TOPOLOGY_FIELDS, DDRNetSpec
 from ddrnet.models.widths import apply_channel_widths
 
 logger = logging.getLogger("ddrnet.engine.train")  # the run's log lines keep one source
@@ -192,11 +192,9 @@ def _check_pruned_topology(config: Config, recorded: dict[str, Any], built: DDRN
     """A channel-pruned ``model.pretrained`` narrows the layers of its own topology: a recipe
     that builds another (wider, deeper) cannot take its widths."""
     file_spec = DDRNetSpec.from_dict(recorded)
-    keys = ("planes", "blocks", "dappm_planes", "head_planes")
-    differ = [key for key in keys if getattr(file_spec, key) != getattr(built, key)]
+    differ = [key for key in TOPOLOGY_FIELDS if getattr(file_spec, key) != getattr(built, key)]
     if differ:
-        settings = [f"model.{key}" for key in ("width_multiplier", *keys)]
-        asked = [name for name in settings if name in _set_in(config)]
+        asked = _set_in(config)
         raise ConfigError(
             f"model.pretrained={config.model.pretrained} is a channel-pruned model of another "
             f"{'/'.join(differ)} than this recipe builds: its widths are the file's"
@@ -207,9 +205,8 @@ def _check_pruned_topology(config: Config, recorded: dict[str, Any], built: DDRN
 def _set_in(config: Config) -> list[str]:
     """The ``model.*`` topology settings ``config`` sets away from the variant's."""
     cfg = config.model
-    named = [f"model.{key}" for key in ("planes", "blocks", "dappm_planes", "head_planes")]
-    chosen = [name for name in named if getattr(cfg, name.split(".")[1]) is not None]
-    return chosen + (["model.width_multiplier"] if cfg.width_multiplier != 1.0 else [])
+    chosen = [f"model.{key}" for key in TOPOLOGY_FIELDS if getattr(cfg, key) is not None]
+    return (["model.width_multiplier"] if cfg.width_multiplier != 1.0 else []) + chosen
 
 
 def _check_pretrained_layers(raw: RawCheckpoint, cfg_model: ModelConfig) -> None:

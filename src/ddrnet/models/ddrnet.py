@@ -40,7 +40,7 @@ from ddrnet.models.dappm import DAPPM
 from ddrnet.models.fusion import CrossAttentionFusion, make_fusion
 from ddrnet.models.metadata import ModelMetadata
 from ddrnet.models.registry import register_model
-from ddrnet.models.spec import DDRNetSpec
+from ddrnet.models.spec import TOPOLOGY_FIELDS, WIDTH_FIELDS, DDRNetSpec
 from ddrnet.models.widths import apply_channel_widths
 
 
@@ -335,9 +335,7 @@ DDRNET39_SPEC = DDRNetSpec(
 
 # The spec fields a builder takes as keyword arguments (None: the variant's default): the
 # norm and fusion forms, and the widths and depths of a custom topology (``ddrnet search``).
-SPEC_OPTIONS = ("norm", "norm_groups", "fusion", "planes", "blocks", "dappm_planes", "head_planes")
-# Those that set a width, which ``width_multiplier`` would set too.
-_WIDTH_OPTIONS = ("planes", "head_planes")
+SPEC_OPTIONS = ("norm", "norm_groups", "fusion", *TOPOLOGY_FIELDS)
 
 
 def _variant_spec(
@@ -355,7 +353,7 @@ def _variant_spec(
                 "give spec or width_multiplier/norm/fusion, not both: a spec records them"
             )
         return spec
-    widths = [key for key in _WIDTH_OPTIONS if key in asked]
+    widths = [key for key in WIDTH_FIELDS if key in asked]
     if width_multiplier != 1.0 and widths:
         raise ValueError(f"give width_multiplier or {'/'.join(widths)}, not both")
     if "blocks" in asked:

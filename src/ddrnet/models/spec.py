@@ -13,6 +13,10 @@ from ddrnet.models.fusion import FUSIONS
 
 # The normalisation layers a DDRNet can be built with (``DDRNetSpec.norm``).
 NORMS = ("batch", "group", "ibn")
+# The fields a custom topology sets (recipe keys ``model.*``, ``create_model`` options, what
+# ``ddrnet search`` explores), and those of them that ``widened`` sets too.
+TOPOLOGY_FIELDS = ("planes", "blocks", "dappm_planes", "head_planes")
+WIDTH_FIELDS = ("planes", "head_planes")
 
 
 @dataclass(frozen=True)
