@@ -283,8 +283,8 @@ def test_export_refuses_before_any_work_what_would_write_a_wrong_or_a_users_file
     root = ["--evaluate-root", str(camvid_root)]
     for argv, message in (
         ([*fast, "--format", "onnx-int8", *demo, "--size", "8x8"],
-         "--size 8x8: INT8 calibration runs the images at the deployment size, at least 64 "
-         "pixels a side"),
+         "--size 8x8: under 64 pixels a side, too small for INT8 calibration at the deployment "
+         "size (the network's coarsest branch is 1/64 of its input)"),
         ([*fast, "--argmax", *root],
          "--evaluate-root scores labels at each frame's size: with --argmax add --upsample"),
         ([*fast, "--format", "onnx-int8", *demo, "--argmax"],
@@ -303,6 +303,7 @@ def test_export_refuses_before_any_work_what_would_write_a_wrong_or_a_users_file
     error = one_line_cli_error(
         capsys, ["bench", "--size", "32x48", "--backends", "eager", "executorch", "aoti"]
     )
-    assert error.endswith("--size 32x48: executorch, aoti compile one input size, at least 64 "
-                          "pixels a side")  # fmt: skip
+    assert error.endswith("--size 32x48: under 64 pixels a side, too small for executorch, aoti, "
+                          "which compile one input size (the network's coarsest branch is 1/64 "
+                          "of its input)")  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes_fp32.onnx"]

@@ -517,7 +517,9 @@ def test_sliding_windows_cover_the_image_and_tiny_ones_are_refused(camvid_sample
     # Where no windows overlap, a pixel's logits are its one window's.
     corner = Predictor(model).scores(batch[..., :192, :256])
     assert torch.allclose(tiled[..., :168, :224], corner[..., :168, :224], atol=1e-4)
-    with pytest.raises(UsageError, match="--window 7x3: windows need at least 64 pixels"):
+    with pytest.raises(
+        UsageError, match="--window 7x3: under 64 pixels a side, too small for a sliding window"
+    ):
         Predictor(model, window=(7, 3))
 
 

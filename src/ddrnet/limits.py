@@ -59,14 +59,22 @@ def check_scales(scales: Sequence[float], option: str = "scales") -> tuple[float
     return scales
 
 
+def check_min_side(size: tuple[int, int] | None, option: str, what: str) -> None:
+    """A ``UsageError`` naming ``option`` when ``size`` (``(height, width)`` pixels) is under
+    ``MIN_WINDOW`` a side; ``what`` says what runs at that size ("a sliding window",
+    "INT8 calibration"). None (no size given) passes. The one check of every input size the
+    network sees at a fixed size: windows, one-size programs, calibration images."""
+    if size is not None and min(size) < MIN_WINDOW:
+        raise UsageError(
+            f"{option} {size[0]}x{size[1]}: under {MIN_WINDOW} pixels a side, too small for "
+            f"{what} (the network's coarsest branch is 1/64 of its input)"
+        )
+
+
 def check_window(window: tuple[int, int] | None, option: str = "window") -> None:
     """A ``UsageError`` naming ``option`` for a sliding window (``(height, width)`` pixels)
     under ``MIN_WINDOW`` a side; None (no window) passes."""
-    if window is not None and min(window) < MIN_WINDOW:
-        raise UsageError(
-            f"{option} {window[0]}x{window[1]}: windows need at least {MIN_WINDOW} pixels a "
-            "side (the network's coarsest branch is 1/64 of its input)"
-        )
+    check_min_side(window, option, "a sliding window")
 
 
 def check_num_classes(num_classes: int, option: str = "num_classes") -> int:

@@ -24,7 +24,7 @@ from ddrnet.deploy.export import export_onnx, float_cpu_copy
 from ddrnet.deploy.quantize import quantize_onnx_int8
 from ddrnet.deploy.runtime import onnx_session, openvino_logits_function
 from ddrnet.errors import UsageError
-from ddrnet.limits import MIN_WINDOW
+from ddrnet.limits import check_min_side
 from ddrnet.models.bn_folding import fuse_conv_bn
 from ddrnet.models.metadata import normalisation
 
@@ -43,11 +43,8 @@ def check_backends(names: Sequence[str], input_size: tuple[int, int] | None = No
     if unknown:
         raise UsageError(f"unknown backends {unknown}; valid: {', '.join(BACKENDS)}")
     fixed = [name for name in names if name in FIXED_SIZE_BACKENDS]
-    if fixed and input_size is not None and min(input_size) < MIN_WINDOW:
-        raise UsageError(
-            f"--size {input_size[0]}x{input_size[1]}: {', '.join(fixed)} compile one input "
-            f"size, at least {MIN_WINDOW} pixels a side"
-        )
+    if fixed:
+        check_min_side(input_size, "--size", f"{', '.join(fixed)}, which compile one input size")
     return list(names)
 
 

@@ -25,8 +25,7 @@ from torch import nn
 from ddrnet.deploy.export import check_size
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.deploy.verify import evaluate_on_camvid, real_frames, verify_fixed_size
-from ddrnet.errors import UsageError
-from ddrnet.limits import MIN_WINDOW
+from ddrnet.limits import check_min_side
 from ddrnet.models.metadata import ModelMetadata
 
 logger = logging.getLogger(__name__)
@@ -131,12 +130,9 @@ def program_size(model: nn.Module, size: tuple[int, int] | None) -> tuple[int, i
     ``MIN_WINDOW`` pixels a side, where the network's coarsest branch (1/64) has one pixel
     and the program would label every frame from a thumbnail."""
     height, width = check_size("size", size or default_export_size(model))
-    if min(height, width) < MIN_WINDOW:
-        raise UsageError(
-            f"--size {height}x{width}: a program of one input size needs at least {MIN_WINDOW} "
-            "pixels a side (every frame is resized to it; the network's coarsest branch is "
-            "1/64 of its input)"
-        )
+    check_min_side(
+        (height, width), "--size", "a program of one input size (every frame is resized to it)"
+    )
     return height, width
 
 

@@ -32,8 +32,8 @@ from ddrnet.deploy.onnx_file import (
     onnx_file_properties,
 )
 from ddrnet.engine.inference import normalize
-from ddrnet.errors import MissingFileError, UsageError
-from ddrnet.limits import MIN_WINDOW
+from ddrnet.errors import MissingFileError
+from ddrnet.limits import check_min_side
 
 if TYPE_CHECKING:
     import onnx
@@ -144,11 +144,7 @@ def check_calibration_size(size: tuple[int, int] | None) -> None:
     """Refuse a calibration ``size`` under ``MIN_WINDOW`` pixels a side: at 1x1 or 8x8 the
     coarse branches see one pixel, and the activation ranges measured there are not those of
     real frames (such a file labelled a quarter of a 360x480 frame otherwise than PyTorch)."""
-    if size is not None and min(size) < MIN_WINDOW:
-        raise UsageError(
-            f"--size {size[0]}x{size[1]}: INT8 calibration runs the images at the deployment "
-            f"size, at least {MIN_WINDOW} pixels a side"
-        )
+    check_min_side(size, "--size", "INT8 calibration at the deployment size")
 
 
 def quantize_onnx_int8(
