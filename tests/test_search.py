@@ -12,7 +12,8 @@ import ddrnet
 from ddrnet.config import load_config
 from ddrnet.engine import search as search_module
 from ddrnet.engine.config import Config
-from ddrnet.engine.search import LEADERBOARD, SearchSpace, run_name, search
+from ddrnet.engine.search import LEADERBOARD, run_name, search
+from ddrnet.engine.search_space import SearchSpace, candidate_config
 from ddrnet.errors import UsageError
 
 from helpers import one_line_cli_error, tiny_config
@@ -110,7 +111,7 @@ def test_a_stopped_search_trains_its_interrupted_candidate_first(
     with (tmp_path / "s" / search_module.JOURNAL).open("ab") as journal:
         journal.write(b'{"op_code": 5, "worker_id": "x", "trial_id": 9')
     candidates = search(config, tmp_path / "s", 2, epochs=1, max_macs=0.6, space=SPACE)
-    assert trained[-1] == run_name(SPACE.suggest(_Fixed(killed.params), 1))
+    assert trained[-1] == run_name(*SPACE.suggest(_Fixed(killed.params), 1))
     assert len(candidates) == 2
     assert (tmp_path / "s" / search_module.JOURNAL).read_bytes().endswith(b"}\n")
 
@@ -177,8 +178,8 @@ def test_a_budget_only_the_smallest_candidate_meets_trains_it(
     budget = search_module._Budget(config, 11)
     smallest = SPACE.smallest(1)
     others = {**smallest, "dappm_planes": 64}
-    assert budget.fraction(smallest) < budget.fraction(others)
-    candidates = search(config, tmp_path / "s", 2, 1, budget.fraction(smallest), SPACE)
+    assert budget.fraction(smallest, {}) < budget.fraction(others, {})
+    candidates = search(config, tmp_path / "s", 2, 1, budget.fraction(smallest, {}), SPACE)
     assert [c.topology for c in candidates] == [smallest]  # then it stopped: none else fits
 
 
@@ -233,4 +234,66 @@ def test_a_space_file_sets_the_choices_and_bad_ones_are_named(
         assert f"{tmp_path / 'bad.yaml'}: " in error and message in error, error
     error = one_line_cli_error(capsys, [*argv, "--space", "nope.yaml", "-o", str(tmp_path / "t")])
     assert error.endswith("--space nope.yaml: no such file")
+    assert not (tmp_path / "t").exists()
+
+
+def test_recipe_settings_are_searched_beside_the_topology(camvid_root, tmp_path) -> None:
+    """``SearchSpace.recipe``: each candidate trains with its choice of each named setting
+    (its run records it, the leaderboard's overrides reproduce it), and a setting that
+    changes the model (``model.fusion``) counts in the candidate's multiply-adds."""
+    config = tiny_config(camvid_root, tmp_path / "unused", epochs=1)
+    recipe = {"optim.lr": [0.01, 0.02], "model.fusion": ["add", "cbam"]}
+    one = {"planes": (16,), "blocks": ((1,), (1,), (1,), (1,)), "dappm_planes": (32,)}
+    space = SearchSpace(**one, head_planes=(32,), recipe=recipe)
+    candidates = search(config, tmp_path / "s", 4, epochs=1, max_macs=1.0, space=space)
+    assert sorted((c.settings["optim.lr"], c.settings["model.fusion"]) for c in candidates) == [
+        (0.01, "add"), (0.01, "cbam"), (0.02, "add"), (0.02, "cbam")
+    ]  # fmt: skip
+    fractions = {}
+    for candidate in candidates:
+        run = Path(candidate.run) / "seed0"
+        assert Path(candidate.run).name == run_name(candidate.topology, candidate.settings)
+        trained = load_config(Config, run / "config.yaml")
+        assert trained.optim.lr == candidate.settings["optim.lr"]
+        assert trained.model.fusion == candidate.settings["model.fusion"]
+        again = load_config(Config, None, candidate.overrides)  # as `ddrnet train` reads them
+        assert (again.optim.lr, again.model.fusion) == (trained.optim.lr, trained.model.fusion)
+        assert again.model.planes == 16
+        fractions[candidate.settings["model.fusion"]] = candidate.macs_fraction
+    assert fractions["cbam"] > fractions["add"]  # CBAM's attention adds multiply-adds
+    board = json.loads((tmp_path / "s" / LEADERBOARD).read_text())
+    assert board["space"]["recipe"] == {"optim.lr": [0.01, 0.02], "model.fusion": ["add", "cbam"]}
+
+
+def test_recipe_choices_a_search_cannot_use_are_named(camvid_root, tmp_path, capsys) -> None:
+    from ddrnet.cli import main  # noqa: F401  (one_line_cli_error runs it)
+
+    from helpers import tiny_overrides
+
+    for recipe, message in (
+        ({"train.epochs": [1, 2]}, "recipe.train.epochs: set by the search itself"),
+        ({"model.planes": [16]}, "recipe.model.planes: searched as the topology field planes"),
+        ({"eval.flip": [True]}, "recipe.eval.flip: decides what candidates are scored on"),
+        ({"data.val_split": ["val"]}, "recipe.data.val_split: decides what candidates are"),
+        ({"optim.lr": 0.01}, "recipe.optim.lr: give a list of choices, got 0.01"),
+        ({"optim.lr": [0.01, 0.01]}, "recipe.optim.lr: give distinct choices"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            SearchSpace(recipe=recipe)
+    config = tiny_config(camvid_root, tmp_path / "unused", epochs=1)
+    lr = candidate_config(config, {"planes": 16}, {"optim.lr": 0.5, "data.crop_size": [32, 32]})
+    assert (lr.optim.lr, lr.data.crop_size, lr.model.planes) == (0.5, (32, 32), 16)
+    overrides = [o for o in tiny_overrides(camvid_root, tmp_path / "x", 1) if "output_dir" not in o]
+    argv = ["search", "camvid_ddrnet23_slim", *overrides, "--trials", "1", "--epochs", "1"]
+    for text, message in (
+        ("recipe:\n  optim.lr: [0.01, fast]\n",
+         'search space: recipe.optim.lr: choice "fast": optim.lr: expected a number'),
+        ("recipe:\n  optim.lrr: [0.01]\n", "unknown key optim.lrr"),
+        ("recipe:\n  train.seed: [1, 2]\n", "recipe.train.seed: set by the search itself"),
+    ):  # fmt: skip
+        (tmp_path / "bad.yaml").write_text(text)
+        error = one_line_cli_error(
+            capsys, [*argv, "--space", str(tmp_path / "bad.yaml"), "-o", str(tmp_path / "t")]
+        )
+        assert message in error, error
     assert not (tmp_path / "t").exists()

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ddrnet.engine.search import Candidate
 
 # The command's line in ``ddrnet --help``.
-HELP = "search the topology (depths, widths) a recipe trains best within a MAC budget"
+HELP = "search the topology (depths, widths) and settings a recipe trains best within a MAC budget"
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -30,13 +30,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "search",
         help=HELP,
         description="Architecture search: candidates (BasicBlocks per stage 1-4, stem, DAPPM "
-        "and head widths) within --max-macs of the recipe model's multiply-adds, each trained "
+        "and head widths, and a choice of each recipe setting that --space names) within "
+        "--max-macs of the recipe model's multiply-adds, each trained "
         "by the recipe for --epochs and scored by its last validation mIoU; Optuna's TPE "
         "proposes them. Score on held-out data (data.val_sequences), not on frames that "
         "share a sequence with the training ones. Run again to continue a stopped search or "
         "to add trials.",
         epilog="Everything is in -o: search.journal, trials/CANDIDATE/seedN/ (run folders), "
-        "leaderboard.json (best first, with the model.* overrides that train each).",
+        "leaderboard.json (best first, with the overrides that train each).",
     )
     add_recipe_arguments(parser, "data.root=/data/camvid")
     parser.add_argument("-o", "--output", type=PATH, required=True, help="the search's folder")
@@ -63,7 +64,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--space",
         type=PATH,
         help="YAML file of the choices (any of planes, blocks: four lists for stages 1-4, "
-        "dappm_planes, head_planes); default: ddrnet.engine.search.SearchSpace's",
+        "dappm_planes, head_planes; recipe: a mapping of recipe keys to their choices, e.g. "
+        "optim.lr: [0.005, 0.01]); default: ddrnet.engine.search_space.SearchSpace's",
     )
     parser.add_argument("--seed", type=SEED, help="sampler seed (default: the recipe's)")
     parser.set_defaults(handler=run)
@@ -72,7 +74,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ddrnet.config import load_config
     from ddrnet.engine.config import Config, resolve_recipe
-    from ddrnet.engine.search import SearchSpace, search
+    from ddrnet.engine.search import search
+    from ddrnet.engine.search_space import SearchSpace
 
     overrides = given_overrides(args)
     config = load_config(Config, resolve_recipe(args.config), overrides)

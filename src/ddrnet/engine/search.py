@@ -1,27 +1,31 @@
 """Architecture search: which DDRNet topology a recipe trains best within a multiply-add
-budget (the starting documents' §11: search the dual-branch structure automatically).
+budget (the starting documents' §11: search the dual-branch structure automatically), and
+with which recipe settings, where the user names some to choose among.
 
 A candidate is a topology (``SearchSpace``: BasicBlocks per stage 1-4, stem width, DAPPM and
-head widths); everything else is the recipe's. A candidate over the budget (a fraction of the
-recipe model's multiply-adds at its crop size) is refused before any training; one within
-it is trained by the recipe for a short schedule (``epochs``) in its own run folder and
-scored by its last validation mIoU (the weight average's, where the recipe keeps one). Which
-candidate comes next is Optuna's TPE sampler's choice: the first third at random, then near
-the best so far; refused candidates count as failures, so it learns where the budget ends.
+head widths) and, where the space names recipe settings (``SearchSpace.recipe``: learning
+rate, augmentation...), a choice of each; everything else is the recipe's. A candidate over
+the budget (a fraction of the recipe model's multiply-adds at its crop size) is refused
+before any training; one within it is trained by the recipe for a short schedule
+(``epochs``) in its own run folder and scored by its last validation mIoU (the weight
+average's, where the recipe keeps one). Which candidate comes next is Optuna's TPE
+sampler's choice: the first third at random, then near the best so far; refused candidates
+count as failures, so it learns where the budget ends.
 
 Everything lives in the output folder, so a killed search continues where it stopped:
 ``search.journal`` (Optuna's append-only journal of the trials), ``trials/<candidate>/``
 (a ``ddrnet train`` run folder per seed, ``seed<N>/``; an interrupted one resumes from its
-last epoch) and
-``leaderboard.json`` (the scored candidates, best first; rewritten after each).
+last epoch) and ``leaderboard.json`` (the scored candidates, best first; rewritten after
+each).
 
 Short schedules rank candidates, they do not finish them: train the winner with the full
-recipe (``leaderboard.json`` gives its ``model.*`` overrides).
+recipe (``leaderboard.json`` gives the overrides that train it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -33,16 +37,20 @@ from typing import Any
 import torch
 
 from ddrnet.atomic import atomic_write_json, process_ended, process_tag
-from ddrnet.config import to_dict
+from ddrnet.config import ConfigError, to_dict
 from ddrnet.data.build import build_dataset
 from ddrnet.engine.checkpointing import load_training_checkpoint
 from ddrnet.engine.config import Config
 from ddrnet.engine.run_folder import LAST, RUN_FILES
+from ddrnet.engine.search_space import (
+    SearchSpace,
+    candidate_config,
+    check_recipe_choices,
+)
 from ddrnet.engine.train import train
 from ddrnet.errors import UsageError
-from ddrnet.limits import MAX_BLOCKS
 from ddrnet.models import count_macs, count_parameters, create_model, variant_info
-from ddrnet.models.spec import TOPOLOGY_FIELDS, DDRNetSpec
+from ddrnet.models.spec import TOPOLOGY_FIELDS
 
 logger = logging.getLogger(__name__)
 
@@ -51,68 +59,6 @@ STUDY_NAME = "ddrnet-search"
 # Proposals in a row that are over the budget or scored before, after which the search ends:
 # the space holds few other candidates within the budget (each costs a MAC count, ~0.2 s).
 MAX_STALLED = 200
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """The choices of each topology field (``DDRNetSpec``'s). The defaults span DDRNet-23-slim
-    (stem 32, blocks 2-2-2-2, DAPPM 128, head 64) from 0.15 to 2.6 times its multiply-adds
-    (at CamVid's crop size). Stage 3 counts are multiplied by the variant's ``stage3_splits``
-    (DDRNet-39 splits stage 3 in two)."""
-
-    planes: tuple[int, ...] = (16, 24, 32, 48)
-    blocks: tuple[tuple[int, ...], ...] = ((1, 2), (1, 2), (1, 2, 3), (1, 2))
-    dappm_planes: tuple[int, ...] = (64, 96, 128)
-    head_planes: tuple[int, ...] = (32, 64, 128)
-
-    def __post_init__(self) -> None:
-        """Each choice checked by ``DDRNetSpec``'s own rule, before anything is trained."""
-        if len(self.blocks) != 4:
-            raise ValueError(f"blocks must list the choices of stages 1-4, got {self.blocks}")
-        widths = {"planes": self.planes, "dappm_planes": self.dappm_planes}
-        widths["head_planes"] = self.head_planes
-        stages = {f"blocks{stage}": counts for stage, counts in enumerate(self.blocks, 1)}
-        for key, choices in {**widths, **stages}.items():
-            if not choices or len(set(choices)) != len(choices):
-                raise ValueError(f"{key}: give distinct choices, got {list(choices)}")
-        for key, choices in widths.items():
-            for value in choices:
-                DDRNetSpec(**{key: value})  # its ValueError names the key and the rule
-        for key, counts in stages.items():
-            if not all(1 <= count <= MAX_BLOCKS for count in counts):
-                raise ValueError(f"{key}: counts must be 1 to {MAX_BLOCKS}, got {list(counts)}")
-
-    def suggest(self, trial: Any, stage3_splits: int) -> dict[str, Any]:
-        """One candidate's topology, drawn by an Optuna ``trial``."""
-        blocks = [
-            trial.suggest_categorical(f"blocks{stage + 1}", self._stage(stage, stage3_splits))
-            for stage in range(4)
-        ]
-        return {
-            "planes": trial.suggest_categorical("planes", self.planes),
-            "blocks": blocks,
-            "dappm_planes": trial.suggest_categorical("dappm_planes", self.dappm_planes),
-            "head_planes": trial.suggest_categorical("head_planes", self.head_planes),
-        }
-
-    def smallest(self, stage3_splits: int) -> dict[str, Any]:
-        """The candidate with the fewest multiply-adds: every field at its least."""
-        return {
-            "planes": min(self.planes),
-            "blocks": [min(self._stage(stage, stage3_splits)) for stage in range(4)],
-            "dappm_planes": min(self.dappm_planes),
-            "head_planes": min(self.head_planes),
-        }
-
-    @staticmethod
-    def params(topology: dict[str, Any]) -> dict[str, Any]:
-        """``topology`` as the parameters ``suggest`` draws (``blocks1`` ... ``blocks4``)."""
-        params = {key: value for key, value in topology.items() if key != "blocks"}
-        return params | {f"blocks{stage + 1}": n for stage, n in enumerate(topology["blocks"])}
-
-    def _stage(self, stage: int, stage3_splits: int) -> list[int]:
-        counts = self.blocks[stage]
-        return [count * stage3_splits for count in counts] if stage == 2 else list(counts)
 
 
 @dataclass
@@ -128,14 +74,14 @@ class Candidate:
     minutes: float  # of training, all seeds
     run: str  # the candidate's folder: a run folder per seed, seed<N>/
     seed_mious: list[float] = dataclasses.field(default_factory=list)  # one per seed
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # recipe key -> choice
 
     @property
     def overrides(self) -> list[str]:
-        """The recipe keys that train this topology (``ddrnet train RECIPE ...``)."""
-        return [
-            f"model.{key}={json.dumps(value).replace(' ', '')}"
-            for key, value in self.topology.items()
-        ]
+        """The recipe keys that train this candidate (``ddrnet train RECIPE ...``): its
+        topology, then its recipe settings."""
+        keys = {f"model.{key}": value for key, value in self.topology.items()} | self.settings
+        return [f"{key}={json.dumps(value).replace(' ', '')}" for key, value in keys.items()]
 
 
 def search(
@@ -149,7 +95,8 @@ def search(
     on_candidate: Callable[[Candidate], None] | None = None,
     seeds: int = 1,
 ) -> list[Candidate]:
-    """Search ``space`` for the topology that ``config`` (a recipe) trains best within
+    """Search ``space`` for the topology (and recipe settings, where ``space.recipe`` names
+    them) that ``config`` (a recipe) trains best within
     ``max_macs`` (0 < fraction <= 1) of its own model's multiply-adds, until ``trials``
     candidates are scored in ``output`` (those of an earlier search there count: a larger
     ``trials`` extends it). Each candidate trains for ``epochs``, ``seeds`` times (the
@@ -157,20 +104,28 @@ def search(
     differ by about as much as candidates do. ``seed`` (0 to 2**32 - 1)
     seeds the sampler (default: the recipe's ``train.seed``); ``on_candidate`` hears of each
     scored one. Returns the scored candidates, best first. Raises ``UsageError`` for bad
-    arguments, recipe settings a search cannot honour, a budget no candidate meets, or an
-    ``output`` that holds a training run or another search."""
+    arguments, recipe settings a search cannot honour (in the recipe or among the space's
+    choices), a budget no candidate meets, or an ``output`` that holds a training run or
+    another search."""
     optuna = _optuna()
     space = space or SearchSpace()
     output = Path(output)
     seed = config.train.seed if seed is None else seed
     _check_arguments(trials, epochs, max_macs, seed, seeds)
     _check_recipe(config, output)
+    try:
+        check_recipe_choices(config, space)
+    except ConfigError as error:
+        raise UsageError(f"search space: {error}") from None
     # The data set's classes (its file list only): the budget counts the real heads.
     labels = build_dataset(config.data, config.data.train_split, False, cache=False).labels
     budget = _Budget(config, labels.num_classes)
     splits = variant_info(config.model.name).spec.stage3_splits
-    smallest = space.smallest(splits)
-    least = budget.fraction(smallest)
+    smallest = (space.smallest(splits), space.first_settings())
+    try:
+        least = budget.fraction(*smallest)
+    except ConfigError as error:  # each setting passed alone (check_recipe_choices)
+        raise UsageError(f"search space: the first choices together: {error}") from None
     if least > max_macs:
         raise UsageError(
             f"max_macs {max_macs:g}: the smallest candidate takes {least:.2f} of the recipe "
@@ -181,14 +136,14 @@ def search(
     stalled, anchored = 0, False  # proposals refused in a row; the smallest queued
     while len(_scored(optuna, study)) < trials:
         if stalled >= MAX_STALLED:
-            if anchored or _key(space.params(smallest)) in _scored(optuna, study):
+            if anchored or _key(space.params(*smallest)) in _scored(optuna, study):
                 logger.warning(
                     "the last %d candidates proposed were over the budget or scored before: "
                     "few others are within it; stopping at %d", stalled,
                     len(_scored(optuna, study)),
                 )  # fmt: skip
                 break
-            study.enqueue_trial(space.params(smallest))  # one known to fit a tight budget
+            study.enqueue_trial(space.params(*smallest))  # one known to fit a tight budget
             stalled, anchored = 0, True
         proposal = _propose(optuna, study, space, splits, budget, max_macs)
         if proposal is None:
@@ -253,20 +208,21 @@ def _check_recipe(config: Config, output: Path) -> None:
 
 @dataclass
 class _Budget:
-    """Multiply-adds of the recipe's model with a candidate topology, as a fraction of the
-    recipe model's own, at its crop size with its data set's classes (shape-only builds)."""
+    """Multiply-adds of a candidate's model (its topology, and its settings where they change
+    the model, such as ``model.fusion``), as a fraction of the recipe model's own, at the
+    recipe's crop size with its data set's classes (shape-only builds)."""
 
     config: Config
     num_classes: int
     reference: int = 0
 
     def __post_init__(self) -> None:
-        self.reference = self.macs({})
+        self.reference = self.macs({}, {})
 
-    def macs(self, topology: dict[str, Any]) -> int:
-        """Of the recipe's model with ``topology`` (empty: its own)."""
-        cfg = self.config.model
-        asked = {key: getattr(cfg, key) for key in TOPOLOGY_FIELDS} | topology
+    def macs(self, topology: dict[str, Any], settings: dict[str, Any]) -> int:
+        """Of the recipe's model with ``topology`` and ``settings`` (empty: its own)."""
+        cfg = candidate_config(self.config, topology, settings).model
+        asked = {key: getattr(cfg, key) for key in TOPOLOGY_FIELDS}
         with torch.device("meta"):
             model = create_model(
                 cfg.name, num_classes=self.num_classes, norm=cfg.norm,
@@ -274,38 +230,47 @@ class _Budget:
             )  # fmt: skip
         return count_macs(model, tuple(self.config.data.crop_size))
 
-    def fraction(self, topology: dict[str, Any]) -> float:
-        return self.macs(topology) / self.reference
+    def fraction(self, topology: dict[str, Any], settings: dict[str, Any]) -> float:
+        return self.macs(topology, settings) / self.reference
 
 
 def _propose(
     optuna: Any, study: Any, space: SearchSpace, splits: int, budget: _Budget, max_macs: float
-) -> tuple[Any, dict[str, Any], float] | None:
-    """The sampler's next candidate within the budget: its trial, topology and MAC fraction;
-    None when it proposed one over the budget (told as pruned, which the sampler learns
-    from) or one scored before (told that score again; it is not trained twice)."""
+) -> tuple[Any, dict[str, Any], dict[str, Any], float] | None:
+    """The sampler's next candidate within the budget: its trial, topology, recipe settings
+    and MAC fraction; None when it proposed one over the budget or one whose settings the
+    recipe refuses together (told as pruned, which the sampler learns from), or one scored
+    before (told that score again; it is not trained twice)."""
     trial = study.ask()
     trial.set_user_attr("process", process_tag(os.getpid()))
-    topology = space.suggest(trial, splits)
+    topology, settings = space.suggest(trial, splits)
     earlier = _scored(optuna, study).get(_key(trial.params))
     if earlier is not None:
         study.tell(trial, earlier.values[0])
         return None
-    fraction = budget.fraction(topology)
+    try:
+        fraction = budget.fraction(topology, settings)
+    except ConfigError as error:  # each setting passed alone (check_recipe_choices)
+        logger.warning("settings refused together, not trained: %s", error)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return None
     if fraction > max_macs:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         return None
-    return trial, topology, fraction
+    return trial, topology, settings, fraction
 
 
 def _score(
-    optuna: Any, study: Any, trial: Any, topology: dict[str, Any], fraction: float,
-    config: Config, output: Path, epochs: int, seeds: int,
+    optuna: Any, study: Any, trial: Any, topology: dict[str, Any], settings: dict[str, Any],
+    fraction: float, config: Config, output: Path, epochs: int, seeds: int,
 ) -> Candidate:  # fmt: skip
     """Train and score one candidate, and record it (journal, leaderboard); a failure or
     Ctrl-C marks the trial failed, and the next search gives it another go."""
     try:
-        candidate = _train_candidate(config, output, trial.number, topology, epochs, seeds)
+        candidate = _train_candidate(
+            candidate_config(config, topology, settings), output, trial.number, topology,
+            settings, epochs, seeds,
+        )  # fmt: skip
     except BaseException:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise
@@ -327,7 +292,7 @@ def _settings(
         recipe["train"].pop(key, None)
     settings = {"recipe": recipe, "epochs": epochs, "max_macs": max_macs}
     settings |= {"seed": seeds[0], "seeds": seeds[1]}
-    settings["space"] = dataclasses.asdict(space)
+    settings["space"] = space.as_record()
     return json.loads(json.dumps(settings))
 
 
@@ -414,31 +379,32 @@ def _scored(optuna: Any, study: Any) -> dict[str, Any]:
     return first
 
 
-def run_name(topology: dict[str, Any]) -> str:
-    """A candidate's run folder name, from its topology alone (``p24_b1-1-2-1_d96_h64``), so
-    that a candidate queued again after a kill finds its own run to resume."""
+def run_name(topology: dict[str, Any], settings: dict[str, Any] | None = None) -> str:
+    """A candidate's run folder name, from the candidate alone (``p24_b1-1-2-1_d96_h64``,
+    then ``_r`` and a digest of its recipe settings where it has any), so that a candidate
+    queued again after a kill finds its own run to resume."""
     blocks = "-".join(str(count) for count in topology["blocks"])
-    return f"p{topology['planes']}_b{blocks}_d{topology['dappm_planes']}_h{topology['head_planes']}"
+    name = f"p{topology['planes']}_b{blocks}_d{topology['dappm_planes']}_h{topology['head_planes']}"
+    if not settings:
+        return name
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return f"{name}_r{digest[:8]}"
 
 
 def _train_candidate(
-    config: Config, output: Path, number: int, topology: dict[str, Any], epochs: int,
-    seeds: int,
+    config: Config, output: Path, number: int, topology: dict[str, Any],
+    settings: dict[str, Any], epochs: int, seeds: int,
 ) -> Candidate:  # fmt: skip
-    """Train one candidate by the recipe with ``seeds`` seeds (the recipe's ``train.seed``
-    and the next ones), each in its run folder (resuming what a kill left), and score it by
-    the mean of their last validations."""
-    folder = output / TRIALS / run_name(topology)
-    model = dataclasses.replace(config.model, **{**topology, "blocks": tuple(topology["blocks"])})
-    logger.info("candidate %d: %s", number, run_name(topology))
+    """Train one candidate (``config``: the recipe with its topology and settings) with
+    ``seeds`` seeds (the recipe's ``train.seed`` and the next ones), each in its run folder
+    (resuming what a kill left), and score it by the mean of their last validations."""
+    folder = output / TRIALS / run_name(topology, settings)
+    logger.info("candidate %d: %s %s", number, folder.name, settings or "")
     mious, minutes = [], 0.0
     for seed in range(config.train.seed, config.train.seed + seeds):
         run = folder / f"seed{seed}"
-        settings = dataclasses.replace(config.train, epochs=epochs, output_dir=str(run), seed=seed)
-        train(
-            dataclasses.replace(config, model=model, train=settings),
-            resume=(run / LAST).is_file(),
-        )
+        schedule = dataclasses.replace(config.train, epochs=epochs, output_dir=str(run), seed=seed)
+        train(dataclasses.replace(config, train=schedule), resume=(run / LAST).is_file())
         state = load_training_checkpoint(run / LAST)
         if state["epoch"] != epochs:  # scored unfinished, it would rank below what it is
             raise RuntimeError(f"{run}: trained {state['epoch']} of its {epochs} epochs")
@@ -456,6 +422,7 @@ def _train_candidate(
         minutes=minutes,
         run=str(folder),
         seed_mious=mious,
+        settings=settings,
     )
 
 
