@@ -22,6 +22,9 @@ What a user must know about the file, each checked when it is loaded here:
   of the last decade runs; ``"native"`` for the widest this CPU has (AVX-512 here means the
   file refuses to load on an AVX2 laptop).
 * One input size, as ExecuTorch's (``ddrnet.deploy.fixed_size``): other sizes are resized.
+  ``torch.export`` with a symbolic height and width holds for too few sizes to be worth it:
+  the shapes of the 1/64 branch and of DAPPM's pools specialise the program to 257-512
+  pixels a side (PyTorch 2.13, DDRNet-23-slim).
 """
 
 from __future__ import annotations
