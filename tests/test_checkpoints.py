@@ -13,6 +13,7 @@ import torch
 
 import ddrnet
 from ddrnet.models import CheckpointError, ModelMetadata, read_checkpoint, save_model
+from ddrnet.models.metadata import IMAGENET_MEAN, IMAGENET_STD, normalisation
 
 from official_reference import official_network, randomize_batchnorm
 
@@ -150,6 +151,27 @@ def test_official_camvid_file_without_metadata_keeps_its_11_class_head(tmp_path:
     # ... and an ImageNet file has no segmentation head to count: the default 19 stands.
     torch.save(official_network("ddrnet_23_slim_imagenet").state_dict(), tmp_path / "i.pth")
     assert ddrnet.create_model("ddrnet_23_slim", checkpoint=tmp_path / "i.pth").num_classes == 19
+
+
+def test_a_trained_file_without_metadata_says_which_normalisation_it_gets(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing in a bare state dict says what mean and std its network was trained with:
+    ImageNet's are assumed (the official code's), and a warning names the file; a ddrnet
+    file, and an ImageNet backbone read to start training, need no such word."""
+    model = _trained_like(num_classes=11)
+    torch.save(model.state_dict(), tmp_path / "bare.pth")
+    loaded = ddrnet.create_model("ddrnet_23_slim", checkpoint=tmp_path / "bare.pth")
+    assert normalisation(loaded) == (IMAGENET_MEAN, IMAGENET_STD)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith(f"{tmp_path / 'bare.pth'} has no ddrnet metadata: its inputs are "
+                              "normalised with ImageNet's mean and std")  # fmt: skip
+    caplog.clear()
+    path = save_model(model, tmp_path / "own.safetensors", model.metadata)
+    ddrnet.create_model(checkpoint=path)
+    torch.save(official_network("ddrnet_23_slim_imagenet").state_dict(), tmp_path / "i.pth")
+    ddrnet.create_model("ddrnet_23_slim", checkpoint=tmp_path / "i.pth")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_official_imagenet_checkpoint_initialises_the_segmentation_backbone(tmp_path: Path) -> None:

@@ -172,4 +172,39 @@ def test_a_stopped_or_killed_pick_leaves_no_half_set(
     monkeypatch.undo()
     assert main(argv) == 0
     files = [p["file"] for p in json.loads((out / "picks.json").read_text())["picked"]]
-    assert sorted(p.name for p in out.iterdir()) == sorted([*files, "picks.json"])
+    whole = sorted([*files, "picks.json"])
+    assert sorted(p.name for p in out.iterdir()) == whole
+
+    # Killed while moving the files out, one rename at a time: some frames out, the rest and
+    # picks.json still staged. The next pick removes that half set and picks again.
+    import ddrnet.atomic
+
+    real_replace, moved = ddrnet.atomic.os.replace, []
+
+    def replace_then_die(source, target) -> None:
+        if Path(source).parent == again / ".partial" and Path(target).parent == again:
+            if moved:
+                raise SystemExit(137)  # a kill: nothing of the pick's clean-up runs
+            moved.append(target)
+        real_replace(source, target)
+
+    again = tmp_path / "again"
+    monkeypatch.setattr(ddrnet.atomic.os, "replace", replace_then_die)
+    with pytest.raises(SystemExit):
+        ddrnet.pick.write_picks(ddrnet.pick.choose(_candidates(frames), 2, 0), again)
+    monkeypatch.undo()
+    assert (again / ".partial").is_dir() and not (again / "picks.json").exists()
+    assert main([*argv[:-1], str(again)]) == 0
+    assert sorted(p.name for p in again.iterdir()) == whole
+    # A finished pick is never taken for a stopped one: refused, left whole.
+    assert main(argv) == 2 and sorted(p.name for p in out.iterdir()) == whole
+
+
+def _candidates(frames: list[Path]) -> list:
+    """Scored image candidates for ``frames``, the first the most uncertain."""
+    from ddrnet.pick import Candidate
+
+    return [
+        Candidate(str(frame), None, str(frame.parent), index, 0.5 - index / 10)
+        for index, frame in enumerate(frames)
+    ]

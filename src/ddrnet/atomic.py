@@ -244,6 +244,12 @@ def _check_names_free(folder: Path, earlier: Collection[str], names: Collection[
             )
 
 
+def set_names(folder: Path, set_name: str) -> list[str]:
+    """The file names the ``staged_files(folder, set_name)`` list holds (while a set is
+    moved out: both sets'); none when there is no list."""
+    return _listed_names(folder / f".ddrnet-{set_name}")
+
+
 def _listed_names(listing: Path) -> list[str]:
     """The file names a set's list holds (none when there is no list): plain names only, so
     a list edited by hand cannot reach outside its folder."""

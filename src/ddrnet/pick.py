@@ -12,6 +12,7 @@ frames written as PNG) into one folder with ``picks.json``, ready for a labellin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from collections.abc import Iterator, Sequence
@@ -22,7 +23,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ddrnet.atomic import STAGING_FOLDER, atomic_copy, atomic_write_json, staged_files
+from ddrnet.atomic import (
+    STAGING_FOLDER,
+    atomic_copy,
+    atomic_write_json,
+    set_names,
+    staged_files,
+)
 from ddrnet.data.io import write_png
 from ddrnet.engine.predictor import Predictor
 from ddrnet.errors import DDRNetError, UsageError, user_error_message
@@ -38,6 +45,7 @@ from ddrnet.video_source import (
 logger = logging.getLogger(__name__)
 
 PICKS_FILE = "picks.json"
+PICKS_SET = "picks"  # staged_files' set name: output/.ddrnet-picks lists a pick's files
 MIN_SIDE = 64  # pixels: smaller images are no street frames to label (and score as unsure)
 
 
@@ -168,11 +176,11 @@ def write_picks(
     files, and ``scored``, every candidate; the paths of the frames. The frames are written
     into a staging folder (``ddrnet.atomic.staged_files``) and moved out once all are
     written, ``picks.json`` last: a pick stopped or failed midway leaves no half set of
-    frames (a kill leaves the staging folder, which the next pick into ``output`` removes)."""
+    frames (a kill leaves the staging folder, and the next pick into ``output`` removes it
+    with whatever of its files were moved out, as listed in ``output/.ddrnet-picks`` while
+    they are moved)."""
     output.mkdir(parents=True, exist_ok=True)
     names = _file_names(chosen)
-    with staged_files(output) as staging:
-        _write_frames(chosen, names, staging)
     listing = {
         "picked": [
             {"rank": rank, "file": name, **asdict(candidate)}
@@ -180,7 +188,11 @@ def write_picks(
         ],
         "scored": [asdict(candidate) for candidate in scored],
     }
-    atomic_write_json(listing, output / PICKS_FILE)
+    with staged_files(output, PICKS_SET) as staging:
+        _write_frames(chosen, names, staging)
+        atomic_write_json(listing, staging / PICKS_FILE)  # moved out with the frames
+    # Whole now: the list served a stopped pick's clean-up only (picks.json lists the frames).
+    (output / f".ddrnet-{PICKS_SET}").unlink(missing_ok=True)
     return [output / name for name in names]
 
 
@@ -207,11 +219,19 @@ def _write_frames(chosen: Sequence[Candidate], names: Sequence[str], folder: Pat
 def _prepare_output(output: Path) -> None:
     """Check ``output`` (made when the picks are written), refusing one that holds files: a
     pick never overwrites, and a folder of earlier picks beside new ones would be labelled
-    as one. The staging folder of a pick killed before its frames were moved out is removed
-    first."""
-    if (output / STAGING_FOLDER).is_dir():
-        shutil.rmtree(output / STAGING_FOLDER)
-        logger.info("removed %s, the frames of a pick that was stopped", output / STAGING_FOLDER)
+    as one. What a pick killed before all its files were moved out left is removed first:
+    its staging folder, and the files it had moved out (listed in ``.ddrnet-picks``; a pick
+    starts in an empty folder, so the list names that pick's files alone). A staging folder
+    left empty means the move had finished: that pick is whole and stays."""
+    staging = output / STAGING_FOLDER
+    if staging.is_dir() and not staging.is_symlink():
+        if any(staging.iterdir()):
+            for name in set_names(output, PICKS_SET):
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    (output / name).unlink()
+            (output / f".ddrnet-{PICKS_SET}").unlink(missing_ok=True)
+        shutil.rmtree(staging)
+        logger.info("removed what a stopped pick left in %s", output)
     if output.is_dir() and any(output.iterdir()):
         raise UsageError(f"-o {output} holds files already; pick into a new or empty folder")
 

@@ -103,6 +103,8 @@ def create_model(
     model = info.builder(**kwargs)
     if raw is not None:
         _load_checked(model, raw, classes_from_file=num_classes is None)
+    if raw is not None and raw.metadata is None:
+        _warn_assumed_normalisation(raw, info)
     if (
         metadata is None
         or metadata.num_classes != model.num_classes
@@ -118,6 +120,22 @@ def create_model(
         )
     model.metadata = metadata
     return model.eval()
+
+
+def _warn_assumed_normalisation(raw: RawCheckpoint, info: VariantInfo) -> None:
+    """A file without metadata (an official checkpoint, a bare state dict) says nothing of
+    the mean and std its network was trained with: ImageNet's are assumed, as the official
+    code trains. Said once, where the file holds a trained segmentation head (an ImageNet
+    backbone read to start a training run is normalised by the run's own recipe): a model
+    trained with other statistics would score points lower without a word."""
+    if info.task != "segmentation" or checkpoint_num_classes(raw, info.spec.stage3_splits) is None:
+        return
+    logger.warning(
+        "%s has no ddrnet metadata: its inputs are normalised with ImageNet's mean and std "
+        "(as the official DDRNet code trains); for weights trained otherwise, set "
+        "model.metadata.mean/std and save it with ddrnet.save_model",
+        raw.source,
+    )
 
 
 def _check_fits(info: VariantInfo, kwargs: dict[str, Any], raw: RawCheckpoint, name: str) -> None:
