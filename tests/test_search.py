@@ -297,3 +297,24 @@ def test_recipe_choices_a_search_cannot_use_are_named(camvid_root, tmp_path, cap
         )
         assert message in error, error
     assert not (tmp_path / "t").exists()
+
+
+def test_a_grid_search_scores_each_candidate_within_the_budget_once_and_ends(
+    camvid_root, tmp_path, caplog
+) -> None:
+    config = tiny_config(camvid_root, tmp_path / "unused", epochs=1)
+    fixed = {"blocks": ((1,), (1,), (1,), (1,)), "dappm_planes": (32,), "head_planes": (32,)}
+    space = SearchSpace(planes=(16, 24), **fixed, recipe={"optim.lr": [0.01, 0.02]})
+    assert space.grid(1)["optim.lr"] == ["0.01", "0.02"] and len(space.grid(1)) == 8
+    budget = search_module._Budget(config, 11)
+    narrow = budget.fraction(space.smallest(1), {})  # planes 16 fits, planes 24 does not
+    candidates = search(config, tmp_path / "s", 10, 1, narrow, space, sampler="grid")
+    assert sorted((c.topology["planes"], c.settings["optim.lr"]) for c in candidates) == [
+        (16, 0.01), (16, 0.02)
+    ]  # fmt: skip
+    assert "few others are within it" not in caplog.text  # it ended with the grid
+    assert json.loads((tmp_path / "s" / LEADERBOARD).read_text())["sampler"] == "grid"
+    with pytest.raises(UsageError, match="holds a search with another sampler"):
+        search(config, tmp_path / "s", 10, 1, narrow, space)
+    with pytest.raises(UsageError, match="sampler must be one of tpe, grid, got 'random'"):
+        search(config, tmp_path / "t", 1, 1, narrow, space, sampler="random")

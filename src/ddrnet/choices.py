@@ -11,6 +11,9 @@ OWN_FORMAT_RUNTIMES = ("ncnn", "executorch", "aoti")
 OUTPUT_KINDS = ("labels", "overlay", "side", "confidence")
 # The video frames ``ddrnet pick`` scores: every N-th (``ddrnet.pick.pick_frames``' ``every``).
 PICK_EVERY = 5
+# How ``ddrnet search`` proposes candidates (``ddrnet.engine.search.search``): Optuna's TPE
+# (near the best so far) or every candidate of the space in turn.
+SEARCH_SAMPLERS = ("tpe", "grid")
 # What ``ddrnet bench`` can time (``ddrnet.deploy.backends.build_runner``), with what each is.
 BACKENDS: dict[str, str] = {
     "eager": "PyTorch eager, float32, NCHW",

@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ddrnet.choices import SEARCH_SAMPLERS
 from ddrnet.cli.options import (
     PATH,
     POSITIVE_INT,
@@ -31,11 +32,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help=HELP,
         description="Architecture search: candidates (BasicBlocks per stage 1-4, stem, DAPPM "
         "and head widths, and a choice of each recipe setting that --space names) within "
-        "--max-macs of the recipe model's multiply-adds, each trained "
-        "by the recipe for --epochs and scored by its last validation mIoU; Optuna's TPE "
-        "proposes them. Score on held-out data (data.val_sequences), not on frames that "
-        "share a sequence with the training ones. Run again to continue a stopped search or "
-        "to add trials.",
+        "--max-macs of the recipe model's multiply-adds, each trained by the recipe for "
+        "--epochs and scored by its last validation mIoU; Optuna's TPE proposes them (or "
+        "--sampler grid: each in turn). Score on held-out data (data.val_sequences), not on "
+        "frames that share a sequence with the training ones. Run again to continue a "
+        "stopped search or to add trials.",
         epilog="Everything is in -o: search.journal, trials/CANDIDATE/seedN/ (run folders), "
         "leaderboard.json (best first, with the overrides that train each).",
     )
@@ -67,6 +68,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "dappm_planes, head_planes; recipe: a mapping of recipe keys to their choices, e.g. "
         "optim.lr: [0.005, 0.01]); default: ddrnet.engine.search_space.SearchSpace's",
     )
+    parser.add_argument(
+        "--sampler",
+        choices=SEARCH_SAMPLERS,
+        default="tpe",
+        help="tpe: Optuna's TPE, candidates near the best so far (default); grid: every "
+        "candidate of the space in turn, ending when all are scored or over the budget",
+    )
     parser.add_argument("--seed", type=SEED, help="sampler seed (default: the recipe's)")
     parser.set_defaults(handler=run)
 
@@ -89,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
     candidates = search(
         config, args.output, args.trials, args.epochs, args.max_macs, space, args.seed,
-        on_candidate=report, seeds=args.seeds,
+        on_candidate=report, seeds=args.seeds, sampler=args.sampler,
     )  # fmt: skip
     print(f"\n{len(candidates)} candidates, best first (leaderboard.json in {args.output}):")
     print(f"{'val mIoU':>8}  {'MACs':>5}  {'GMACs':>6}  {'params':>7}  {'minutes':>7}  topology")

@@ -10,7 +10,8 @@ before any training; one within it is trained by the recipe for a short schedule
 (``epochs``) in its own run folder and scored by its last validation mIoU (the weight
 average's, where the recipe keeps one). Which candidate comes next is Optuna's TPE
 sampler's choice: the first third at random, then near the best so far; refused candidates
-count as failures, so it learns where the budget ends.
+count as failures, so it learns where the budget ends. A grid search (``sampler="grid"``)
+queues every candidate of the space instead, in a shuffled order, and ends with the last.
 
 Everything lives in the output folder, so a killed search continues where it stopped:
 ``search.journal`` (Optuna's append-only journal of the trials), ``trials/<candidate>/``
@@ -26,9 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
+import math
 import os
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +41,7 @@ from typing import Any
 import torch
 
 from ddrnet.atomic import atomic_write_json, process_ended, process_tag
+from ddrnet.choices import SEARCH_SAMPLERS
 from ddrnet.config import ConfigError, to_dict
 from ddrnet.data.build import build_dataset
 from ddrnet.engine.checkpointing import load_training_checkpoint
@@ -94,6 +99,7 @@ def search(
     seed: int | None = None,
     on_candidate: Callable[[Candidate], None] | None = None,
     seeds: int = 1,
+    sampler: str = "tpe",
 ) -> list[Candidate]:
     """Search ``space`` for the topology (and recipe settings, where ``space.recipe`` names
     them) that ``config`` (a recipe) trains best within
@@ -102,7 +108,9 @@ def search(
     ``trials`` extends it). Each candidate trains for ``epochs``, ``seeds`` times (the
     recipe's ``train.seed`` and the next ones), and scores the mean: short runs of one seed
     differ by about as much as candidates do. ``seed`` (0 to 2**32 - 1)
-    seeds the sampler (default: the recipe's ``train.seed``); ``on_candidate`` hears of each
+    seeds the sampler (default: the recipe's ``train.seed``); ``sampler`` is ``"tpe"``
+    (Optuna's TPE: near the best so far) or ``"grid"`` (every candidate of the space in turn,
+    the search ending when all are scored or refused); ``on_candidate`` hears of each
     scored one. Returns the scored candidates, best first. Raises ``UsageError`` for bad
     arguments, recipe settings a search cannot honour (in the recipe or among the space's
     choices), a budget no candidate meets, or an ``output`` that holds a training run or
@@ -112,6 +120,8 @@ def search(
     output = Path(output)
     seed = config.train.seed if seed is None else seed
     _check_arguments(trials, epochs, max_macs, seed, seeds)
+    if sampler not in SEARCH_SAMPLERS:
+        raise UsageError(f"sampler must be one of {', '.join(SEARCH_SAMPLERS)}, got {sampler!r}")
     _check_recipe(config, output)
     try:
         check_recipe_choices(config, space)
@@ -131,29 +141,79 @@ def search(
             f"max_macs {max_macs:g}: the smallest candidate takes {least:.2f} of the recipe "
             "model's multiply-adds; raise it"
         )
-    study = _open_study(optuna, config, output, epochs, max_macs, space, (seed, seeds), trials)
+    grid = space.grid(splits) if sampler == "grid" else None
+    study = _open_study(
+        optuna, config, output, epochs, max_macs, space, (seed, seeds), trials, grid=grid
+    )
     _requeue_interrupted(optuna, study)
-    stalled, anchored = 0, False  # proposals refused in a row; the smallest queued
-    while len(_scored(optuna, study)) < trials:
+    if grid is not None:
+        _queue_grid(study, grid, seed)
+
+    def propose() -> tuple[Any, dict[str, Any], dict[str, Any], float] | None:
+        return _propose(optuna, study, space, splits, budget, max_macs)
+
+    def score(proposal: tuple[Any, dict[str, Any], dict[str, Any], float]) -> None:
+        candidate = _score(optuna, study, *proposal, config, output, epochs, seeds)
+        if on_candidate is not None:
+            on_candidate(candidate)
+
+    # Where few candidates fit the budget, the sampler may keep proposing others: queue the
+    # one known to fit a tight budget (a grid proposes it in its turn).
+    smallest_params = space.params(*smallest) if grid is None else None
+    _run_trials(optuna, study, trials, propose, score, smallest_params, grid)
+    return write_leaderboard(optuna, study, output)
+
+
+def _run_trials(
+    optuna: Any, study: Any, trials: int, propose: Callable[[], Any],
+    score: Callable[[Any], None], smallest: dict[str, Any] | None,
+    grid: dict[str, list[Any]] | None,
+) -> None:  # fmt: skip
+    """Propose and score candidates until ``trials`` are scored, the ``grid`` (if any) is
+    done, or the sampler keeps proposing none that is new and within the budget."""
+    stalled, anchored = 0, smallest is None  # proposals refused in a row; smallest queued
+    while len(_scored(optuna, study)) < trials and not _grid_done(optuna, study, grid):
         if stalled >= MAX_STALLED:
-            if anchored or _key(space.params(*smallest)) in _scored(optuna, study):
+            if anchored or _key(smallest) in _scored(optuna, study):
                 logger.warning(
                     "the last %d candidates proposed were over the budget or scored before: "
                     "few others are within it; stopping at %d", stalled,
                     len(_scored(optuna, study)),
                 )  # fmt: skip
                 break
-            study.enqueue_trial(space.params(*smallest))  # one known to fit a tight budget
+            study.enqueue_trial(smallest)
             stalled, anchored = 0, True
-        proposal = _propose(optuna, study, space, splits, budget, max_macs)
+        proposal = propose()
         if proposal is None:
             stalled += 1
             continue
         stalled = 0
-        candidate = _score(optuna, study, *proposal, config, output, epochs, seeds)
-        if on_candidate is not None:
-            on_candidate(candidate)
-    return write_leaderboard(optuna, study, output)
+        score(proposal)
+
+
+def _queue_grid(study: Any, grid: dict[str, list[Any]], seed: int) -> None:
+    """Queue each candidate of ``grid`` that the study holds in no state yet, in an order
+    shuffled by ``seed`` (so that a ``trials`` below the grid's size takes a fair sample).
+    Optuna's own grid sampler stops the study from inside ``tell``, which only its
+    ``optimize`` loop allows."""
+    points = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    random.Random(seed).shuffle(points)
+    held = {
+        _key(trial.params or trial.system_attrs.get("fixed_params", {}))
+        for trial in study.get_trials(deepcopy=False)
+    }
+    for point in points:
+        if _key(point) not in held:
+            study.enqueue_trial(point)
+
+
+def _grid_done(optuna: Any, study: Any, grid: dict[str, list[Any]] | None) -> bool:
+    """Whether every candidate of ``grid`` (None: no grid) is scored or was refused."""
+    if grid is None:
+        return False
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    seen = {_key(trial.params) for trial in study.get_trials(deepcopy=False, states=states)}
+    return len(seen) >= math.prod(len(choices) for choices in grid.values())
 
 
 def _optuna() -> Any:
@@ -282,10 +342,11 @@ def _score(
 
 
 def _settings(
-    config: Config, epochs: int, max_macs: float, space: SearchSpace, seeds: tuple[int, int]
-) -> dict[str, Any]:
+    config: Config, epochs: int, max_macs: float, space: SearchSpace, seeds: tuple[int, int],
+    grid: bool,
+) -> dict[str, Any]:  # fmt: skip
     """What makes two searches the same search: the recipe (but its output folder and
-    epochs, which the search sets), the budget, the schedule, the space and the sampler's
+    epochs, which the search sets), the budget, the schedule, the space, the sampler and its
     seed, as JSON values."""
     recipe = to_dict(config)
     for key in ("output_dir", "epochs"):
@@ -293,20 +354,27 @@ def _settings(
     settings = {"recipe": recipe, "epochs": epochs, "max_macs": max_macs}
     settings |= {"seed": seeds[0], "seeds": seeds[1]}
     settings["space"] = space.as_record()
+    if grid:  # (TPE's searches recorded no sampler)
+        settings["sampler"] = "grid"
     return json.loads(json.dumps(settings))
 
 
 def _open_study(
     optuna: Any, config: Config, output: Path, epochs: int, max_macs: float,
     space: SearchSpace, seeds: tuple[int, int], trials: int,
+    grid: dict[str, list[Any]] | None = None,
 ) -> Any:  # fmt: skip
-    """The search journalled in ``output`` (made if new); an ``output`` that holds another
-    search (another recipe, budget, schedule, space or seed) is refused, as is a journal
-    that cannot be read."""
+    """The search journalled in ``output`` (made if new), sampled by TPE or over ``grid``
+    (the parameters' choices); an ``output`` that holds another search (another recipe,
+    budget, schedule, space, sampler or seed) is refused, as is a journal that cannot be
+    read."""
     output.mkdir(parents=True, exist_ok=True)
     _drop_unfinished_line(output / JOURNAL)
     # seeds: the sampler's, and how many training seeds each candidate has
-    sampler = optuna.samplers.TPESampler(seed=seeds[0], n_startup_trials=max(3, trials // 3))
+    if grid is None:
+        sampler = optuna.samplers.TPESampler(seed=seeds[0], n_startup_trials=max(3, trials // 3))
+    else:  # every candidate is queued (_queue_grid): the sampler draws none itself
+        sampler = optuna.samplers.RandomSampler(seed=seeds[0])
     try:
         storage = optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(str(output / JOURNAL))
@@ -319,12 +387,12 @@ def _open_study(
         raise UsageError(
             f"{output / JOURNAL}: not a readable search journal ({error}); search into a new folder"
         ) from None
-    settings = _settings(config, epochs, max_macs, space, seeds)
+    settings = _settings(config, epochs, max_macs, space, seeds, grid is not None)
     recorded = study.user_attrs.get("settings")
     if recorded is None:
         study.set_user_attr("settings", settings)
     elif recorded != settings:
-        changed = sorted(key for key in settings if settings[key] != recorded.get(key))
+        changed = sorted(k for k in {*settings, *recorded} if settings.get(k) != recorded.get(k))
         raise UsageError(
             f"{output} holds a search with another {', '.join(changed)}; continue it with the "
             "same recipe and options, or search into a new folder"

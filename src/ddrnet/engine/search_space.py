@@ -100,6 +100,14 @@ class SearchSpace:
             "head_planes": min(self.head_planes),
         }
 
+    def grid(self, stage3_splits: int) -> dict[str, list[Any]]:
+        """Every parameter's choices, as ``suggest`` draws them: Optuna's grid sampler's
+        space (its size: the product of the lists' lengths)."""
+        grid: dict[str, list[Any]] = {"planes": list(self.planes)}
+        grid |= {f"blocks{stage + 1}": self._stage(stage, stage3_splits) for stage in range(4)}
+        grid |= {"dappm_planes": list(self.dappm_planes), "head_planes": list(self.head_planes)}
+        return grid | {key: [_text(c) for c in choices] for key, choices in self.recipe.items()}
+
     def first_settings(self) -> dict[str, Any]:
         """The first choice of each recipe setting (with ``smallest``: the candidate queued
         when the sampler keeps proposing candidates over a tight budget)."""
