@@ -79,6 +79,38 @@ def test_onnx_export_is_dynamic_and_matches_pytorch_at_odd_sizes(
     assert output.shape == (2, 11, 5, 3)
 
 
+def test_an_export_without_a_size_takes_the_models_own(tmp_path, capsys, monkeypatch) -> None:
+    """Exports, pruning and fixed-size programs share one default: the size the model
+    records, else its data set's usual one (a Cityscapes model is not exported at CamVid's
+    360x480), else 512x512; the command line's --size defaults to it as well."""
+    from ddrnet.cli import main
+    from ddrnet.models.metadata import default_input_size
+
+    model = ddrnet.create_model("ddrnet_23_slim", num_classes=19)
+    assert default_input_size(model) == (512, 512)  # no data set recorded
+    model.metadata.dataset = "cityscapes"
+    assert default_input_size(model) == (1024, 2048)
+    model.metadata.input_size = [64, 96]
+    assert default_input_size(model) == (64, 96)
+    assert default_input_size(torch.nn.Conv2d(3, 3, 1)) == (512, 512)  # no metadata at all
+    export_onnx(model, tmp_path / "fixed.onnx", dynamic=False)
+    shape = onnx.load(str(tmp_path / "fixed.onnx")).graph.input[0].type.tensor_type.shape
+    assert [d.dim_value for d in shape.dim] == [1, 3, 64, 96]
+    ddrnet.save_model(model, tmp_path / "m.safetensors", model.metadata)
+    sizes = []
+
+    def recording_export(model, path, input_size=None, **options):
+        sizes.append(input_size)
+        return export_onnx(model, path, input_size, **options)
+
+    monkeypatch.setattr(ddrnet.deploy, "export_onnx", recording_export)
+    argv = ["export", "--checkpoint", str(tmp_path / "m.safetensors")]
+    assert main([*argv, "-o", str(tmp_path / "m.onnx")]) == 0 and sizes == [(64, 96)]
+    assert main(["prune", str(tmp_path / "m.safetensors"), "--macs", "0.5",
+                 "-o", str(tmp_path / "p.safetensors")]) == 0  # fmt: skip
+    assert "pruned " + str(tmp_path / "m.safetensors") + " at 64x96:" in capsys.readouterr().out
+
+
 def test_a_rerun_removes_what_a_killed_export_or_save_left(model, tmp_path) -> None:
     """A kill (SIGKILL) mid-copy leaves ``.<name>.<random>.tmp``: the next write of that
     file removes it, and only temporaries of the files it writes."""

@@ -71,8 +71,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--size",
         type=parse_image_size,
-        default=(360, 480),
-        help="example HEIGHTxWIDTH (default 360x480)",
+        help="HEIGHTxWIDTH: the size of fixed-size formats and of INT8 calibration, the "
+        "example size of the others (default: the model's recorded input size, else its "
+        "data set's: CamVid 360x480, Cityscapes 1024x2048)",
     )
     parser.add_argument("--argmax", action="store_true", help="labels instead of logits")
     parser.add_argument("--upsample", action="store_true", help="resize to the input size in-graph")
@@ -101,8 +102,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ddrnet.models.metadata import default_input_size
+
     images = _checked_options(args)
     model = load_pytorch_model(args)
+    args.size = args.size or default_input_size(model)  # the library's rule, for every form
     if args.evaluate_root is not None:  # before the export, not after it
         _check_camvid_classes(model)
     output = Path(args.output)

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     """Channel-prune a model to a fraction of its MACs and write it as a model file."""
     from ddrnet.loading import check_pytorch_file, load
     from ddrnet.models import save_model
-    from ddrnet.models.prune import prune_to_macs, training_size
+    from ddrnet.models.prune import prune_to_macs
 
     if not 0 < args.macs < 1:  # also refuses nan
         raise UsageError(f"--macs {args.macs:g}: the MAC fraction to keep must be in (0, 1)")
@@ -76,17 +76,17 @@ def run(args: argparse.Namespace) -> int:
         model = load(args.checkpoint, model=args.model)
     except DDRNetError as error:
         raise UsageError(f"CHECKPOINT {args.checkpoint}: {error}") from None
-    size = args.size or training_size(model.metadata)
     result = prune_to_macs(
         model,
         args.macs,
-        input_size=size,
+        input_size=args.size,
         importance=args.importance,
         max_layer_ratio=args.max_layer_ratio,
         global_pruning=args.global_pruning,
         round_to=args.round_to,
     )
     save_model(result.model, args.output, result.model.metadata)
+    size = result.input_size
     print(
         f"pruned {args.checkpoint} at {size[0]}x{size[1]}: "
         f"{result.macs_before / 1e9:.3f} -> {result.macs_after / 1e9:.3f} GMACs "

@@ -91,7 +91,7 @@ def export_aoti(
         path: the ``.pt2`` file; parent folders are created, an existing file is replaced
             only once the package is complete.
         size: ``(height, width)`` in pixels of the one input size; by default
-            ``default_export_size(model)`` (360x480 for CamVid models).
+            ``default_input_size(model)`` (360x480 for CamVid models).
         upsample_to_input: resize the logits bilinearly to the input size inside the graph.
         isa: ``"portable"`` (AVX2 kernels on x86) or ``"native"`` (this CPU's widest).
 

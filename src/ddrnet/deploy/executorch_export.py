@@ -113,7 +113,7 @@ def export_executorch(
         path: the ``.pte`` file to write; parent folders are created. An existing file of
             the same name is replaced only once the export has succeeded.
         size: ``(height, width)`` in pixels of the program's fixed input; by default
-            ``default_export_size(model)`` (360x480 for CamVid models).
+            ``default_input_size(model)`` (360x480 for CamVid models).
         int8: quantise (PT2E, ``XNNPACKQuantizer``, per-channel weights) before lowering.
         calibration: INT8 only: real ``(H, W, 3)`` uint8 RGB images or their paths (e.g.
             ``load_calibration_images(folder, 32)``), resized to ``size``; activation

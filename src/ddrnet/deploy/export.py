@@ -26,6 +26,7 @@ from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportErro
 from ddrnet.errors import UsageError
 from ddrnet.limits import check_pixels
 from ddrnet.models.bn_folding import FusionError, fuse_conv_bn, unwrapped_copy
+from ddrnet.models.metadata import default_input_size
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def static_resize_nodes(onnx_model: object) -> list[str]:
 def export_onnx(
     model: nn.Module,
     path: str | Path,
-    input_size: tuple[int, int] = (360, 480),
+    input_size: tuple[int, int] | None = None,
     *,
     dynamic: bool = True,
     argmax: bool = False,
@@ -158,7 +159,7 @@ def export_onnx(
     Raises ``ExportError`` if the checker rejects the graph or, with ``dynamic=True``, a
     Resize node kept a constant size.
     """
-    height, width = check_size("input_size", input_size)
+    height, width = check_size("input_size", input_size or default_input_size(model))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     path = Path(path)
@@ -258,7 +259,7 @@ def _check_and_describe(
 def export_torchscript(
     model: nn.Module,
     path: str | Path,
-    input_size: tuple[int, int] = (360, 480),
+    input_size: tuple[int, int] | None = None,
     *,
     argmax: bool = False,
     upsample_to_input: bool = False,
@@ -276,7 +277,7 @@ def export_torchscript(
     produces guards), while the trace stays general. TorchScript is deprecated upstream but
     still works in PyTorch 2.x; ``export_onnx`` is the preferred deployment format.
     """
-    height, width = check_size("input_size", input_size)
+    height, width = check_size("input_size", input_size or default_input_size(model))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = SegmentationExportWrapper(float_cpu_copy(model), argmax, upsample_to_input).eval()

@@ -26,7 +26,7 @@ from ddrnet.deploy.export import check_size
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.deploy.verify import evaluate_on_camvid, real_frames, verify_fixed_size
 from ddrnet.limits import check_min_side
-from ddrnet.models.metadata import ModelMetadata
+from ddrnet.models.metadata import ModelMetadata, default_input_size
 
 logger = logging.getLogger(__name__)
 
@@ -116,20 +116,12 @@ class FixedSizeSegmentationModel(nn.Module):
         return f"path={str(self.path)!r}, runtime={self.runtime_name}, {precision}, size={size}"
 
 
-def default_export_size(model: nn.Module) -> tuple[int, int]:
-    """``(height, width)`` to export at when none is given: the model's recorded input size,
-    else its data set's usual one (CamVid 360x480, Cityscapes 1024x2048), else 512x512."""
-    from ddrnet.models.prune import training_size
-
-    return training_size(getattr(model, "metadata", None))
-
-
 def program_size(model: nn.Module, size: tuple[int, int] | None) -> tuple[int, int]:
     """The one ``(height, width)`` a fixed-size program is compiled for: ``size``, else
-    ``default_export_size(model)``. Every frame is resized to it, so a ``UsageError`` below
+    ``default_input_size(model)``. Every frame is resized to it, so a ``UsageError`` below
     ``MIN_WINDOW`` pixels a side, where the network's coarsest branch (1/64) has one pixel
     and the program would label every frame from a thumbnail."""
-    height, width = check_size("size", size or default_export_size(model))
+    height, width = check_size("size", size or default_input_size(model))
     check_min_side(
         (height, width), "--size", "a program of one input size (every frame is resized to it)"
     )

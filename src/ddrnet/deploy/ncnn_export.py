@@ -37,6 +37,7 @@ from ddrnet.deploy.sidecar import NCNN_KEY, check_sidecar_replaceable
 from ddrnet.deploy.verify import evaluate_on_camvid, real_frames, verify_ncnn
 from ddrnet.errors import UsageError
 from ddrnet.file_sets import replaced_together
+from ddrnet.models.metadata import default_input_size
 
 PNNX_INSTALL_HINT = "pip install pnnx ncnn (or pip install 'ddrnet[edge]')"
 PNNX_TIMEOUT_SECONDS = 900
@@ -114,7 +115,7 @@ def _run_pnnx(traced: Path, param: Path, weights: Path, sizes: Sequence[tuple[in
 def export_ncnn(
     model: nn.Module,
     path: str | Path,
-    input_size: tuple[int, int] = (360, 480),
+    input_size: tuple[int, int] | None = None,
     *,
     upsample_to_input: bool = False,
 ) -> Path:
@@ -134,7 +135,7 @@ def export_ncnn(
     files = NcnnFiles.of(path)
     if not is_ncnn_file(files.param):
         raise UsageError(f"{files.param}: an ncnn export is written to a NAME.param file")
-    sizes = [check_size("input_size", input_size)]
+    sizes = [check_size("input_size", input_size or default_input_size(model))]
     sizes.append(_second_size(*sizes[0]))
     _pnnx_executable()  # before tracing: a missing pnnx fails at once
     check_sidecar_replaceable(files.sidecar, NCNN_KEY)
@@ -193,7 +194,7 @@ def _sidecar(model: nn.Module, param: Path, upsample_to_input: bool) -> dict[str
 def export_ncnn_checked(
     model: nn.Module,
     path: str | Path,
-    input_size: tuple[int, int] = (360, 480),
+    input_size: tuple[int, int] | None = None,
     *,
     upsample_to_input: bool = False,
     evaluate_root: str | Path | None = None,

@@ -24,6 +24,10 @@ FORMAT_VERSION = 1
 # backbones, the default of every data set and model that records none of its own.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The (height, width) in pixels a model is measured, pruned and exported at when it records
+# none (``input_size``): its data set's usual size, else DEFAULT_INPUT_SIZE.
+DATASET_INPUT_SIZES = {"camvid": (360, 480), "cityscapes": (1024, 2048), "coco_stuff": (640, 640)}
+DEFAULT_INPUT_SIZE = (512, 512)
 
 
 class MetadataError(DDRNetError, ValueError):
@@ -171,6 +175,18 @@ def class_info(model: object) -> ClassInfo:
     if metadata is None:
         return ClassInfo.of(int(getattr(model, "num_classes", 0)))
     return metadata.class_info()
+
+
+def default_input_size(model: object) -> tuple[int, int]:
+    """``(height, width)`` to measure, prune or export ``model`` at when none is given: its
+    metadata's ``input_size``, else its data set's usual size (CamVid 360x480, Cityscapes
+    1024x2048), else ``DEFAULT_INPUT_SIZE`` (a model without metadata)."""
+    metadata = getattr(model, "metadata", None)
+    if metadata is not None and metadata.input_size:
+        height, width = metadata.input_size
+        return int(height), int(width)
+    dataset = metadata.dataset if metadata is not None else None
+    return DATASET_INPUT_SIZES.get(str(dataset), DEFAULT_INPUT_SIZE)
 
 
 def normalisation(model: object) -> tuple[tuple[float, ...], tuple[float, ...]]:

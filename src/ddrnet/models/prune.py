@@ -35,15 +35,11 @@ from ddrnet.errors import DDRNetError
 from ddrnet.models.complexity import count_macs, count_parameters
 from ddrnet.models.ddrnet import DDRNet
 from ddrnet.models.fusion import CrossAttentionFusion, PixelAttentionFusion
-from ddrnet.models.metadata import ModelMetadata
+from ddrnet.models.metadata import ModelMetadata, default_input_size
 from ddrnet.models.registry import list_models, variant_info
 from ddrnet.models.widths import CLASS_DEPENDENT_LAYERS, channel_widths
 
 IMPORTANCES = ("l1", "l2", "bn-scale")
-# The size MACs are counted at when a model records none (``input_size`` in its metadata):
-# its data set's usual training/evaluation size, (height, width) in pixels.
-TRAINING_SIZES = {"camvid": (360, 480), "cityscapes": (1024, 2048), "coco_stuff": (640, 640)}
-DEFAULT_SIZE = (512, 512)
 
 
 class PruningError(DDRNetError, ValueError):
@@ -67,16 +63,6 @@ class PruneResult:
     @property
     def macs_fraction(self) -> float:
         return self.macs_after / self.macs_before
-
-
-def training_size(metadata: ModelMetadata | None) -> tuple[int, int]:
-    """The (height, width) a model is measured at: its metadata's ``input_size``, else its
-    data set's usual size (CamVid 360x480, Cityscapes 1024x2048), else 512x512."""
-    if metadata is not None and metadata.input_size:
-        height, width = metadata.input_size
-        return int(height), int(width)
-    dataset = metadata.dataset if metadata is not None else None
-    return TRAINING_SIZES.get(str(dataset), DEFAULT_SIZE)
 
 
 def _torch_pruning() -> Any:
@@ -181,7 +167,7 @@ def prune_to_macs(
     Args:
         model: a ``DDRNet`` (any variant, pruned already or not).
         macs_fraction: in (0, 1): the pruned model's MACs over the model's, both counted by
-            ``count_macs`` at ``input_size`` (default ``training_size(model.metadata)``).
+            ``count_macs`` at ``input_size`` (default ``default_input_size(model)``).
         importance: ``"l1"``, ``"l2"`` or ``"bn-scale"`` (see the module docstring).
         max_layer_ratio: the most any group of coupled layers may lose, as a fraction of its
             channels (0.8 keeps at least a fifth of every layer).
@@ -199,7 +185,7 @@ def prune_to_macs(
         raise PruningError(f"the MAC fraction must be in (0, 1), got {macs_fraction}")
     if not 0 < max_layer_ratio < 1:
         raise PruningError(f"the per-layer ratio limit must be in (0, 1), got {max_layer_ratio}")
-    size = input_size or training_size(model.metadata)
+    size = input_size or default_input_size(model)
     base = count_macs(model, size)
     target = macs_fraction * base
 
