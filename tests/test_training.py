@@ -21,6 +21,7 @@ from ddrnet.config import ConfigError, load_config
 from ddrnet.engine import train as train_module
 from ddrnet.engine.checkpointing import atomic_save
 from ddrnet.engine.config import Config
+from ddrnet.engine.run_folder import metrics_text
 from ddrnet.engine.train import TrainingError, train
 from ddrnet.limits import InputTooLargeError
 
@@ -31,10 +32,22 @@ def test_run_writes_config_metrics_and_a_self_describing_model(camvid_root, tmp_
     output = train(tiny_config(camvid_root, tmp_path / "run", epochs=2))
     saved = load_config(Config, output / "config.yaml")
     assert saved.train.epochs == 2 and saved.data.crop_size == (64, 96)
-    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+    def strict(constant: str) -> None:  # NaN and Infinity are not JSON
+        raise ValueError(f"metrics.jsonl holds {constant}")
+
+    lines = (output / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line, parse_constant=strict) for line in lines]
     assert [r["epoch"] for r in records] == [1, 2]
     assert all(0 <= r["val_mIoU"] <= 100 for r in records)
     assert set(records[0]["val_per_class_IoU"]) >= {"Sky", "Road", "Bicyclist"}
+    # A class neither labelled nor predicted in the validation frames has a nan IoU in the
+    # history, and null in the file.
+    record = {"epoch": 3, "val_per_class_IoU": {"Sky": float("nan"), "Road": 97.5}}
+    assert (
+        metrics_text([record]) == '{"epoch": 3, "val_per_class_IoU": {"Sky": null, "Road": 97.5}}\n'
+    )
+
     model = ddrnet.create_model(checkpoint=output / "best.safetensors")
     assert model.metadata.class_names[3] == "Road" and model.metadata.dataset == "camvid"
     assert model.metadata.mean == pytest.approx([0.412, 0.425, 0.433])

@@ -9,8 +9,10 @@ EXPORTED_RUNTIMES = ("onnxruntime", "openvino", "ncnn", "executorch", "aoti")
 OWN_FORMAT_RUNTIMES = ("ncnn", "executorch", "aoti")
 # What ``ddrnet predict`` can write of each input (``ddrnet.predict.run_prediction``).
 OUTPUT_KINDS = ("labels", "overlay", "side", "confidence")
-# The video frames ``ddrnet pick`` scores: every N-th (``ddrnet.pick.pick_frames``' ``every``).
-PICK_EVERY = 5
+# ``ddrnet pick``'s defaults (``ddrnet.pick.pick_frames``): frames to pick, every N-th video
+# frame scored, and the least distance between two picks (frames of a video, images of a
+# folder in name order: consecutive frames of a drive teach the labeller little new).
+PICK_COUNT, PICK_EVERY, PICK_GAP = 50, 5, 30
 # How ``ddrnet search`` proposes candidates (``ddrnet.engine.search.search``): Optuna's TPE
 # (near the best so far) or every candidate of the space in turn.
 SEARCH_SAMPLERS = ("tpe", "grid")

@@ -30,6 +30,7 @@ from ddrnet.atomic import (
     set_names,
     staged_files,
 )
+from ddrnet.choices import PICK_COUNT, PICK_EVERY, PICK_GAP
 from ddrnet.data.io import write_png
 from ddrnet.engine.predictor import Predictor
 from ddrnet.errors import DDRNetError, UsageError, user_error_message
@@ -252,15 +253,16 @@ def pick_frames(
     predictor: Predictor,
     inputs: Sequence[str],
     output: str | Path,
-    count: int,
-    every: int = 1,
-    gap: int = 0,
+    count: int = PICK_COUNT,
+    every: int = PICK_EVERY,
+    gap: int = PICK_GAP,
     progress: bool = False,
 ) -> tuple[list[Candidate], list[Candidate]]:
     """Score ``inputs`` (images, folders, globs, video files; as ``ddrnet predict`` takes
     them, without cameras and streams, which cannot be read twice; a file given twice counts
     once), choose ``count`` frames (``choose``) and write them to ``output``, a new or empty
-    folder (``write_picks``). Returns every candidate and the chosen ones."""
+    folder (``write_picks``); the defaults are ``ddrnet pick``'s. Returns every candidate
+    and the chosen ones."""
     live = [item for item in inputs if is_camera_or_stream(item)]
     if live:
         raise UsageError(f"{live[0]}: pick reads files, a camera or stream cannot be read twice")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ddrnet.choices import PICK_EVERY
+from ddrnet.choices import PICK_COUNT, PICK_EVERY, PICK_GAP
 from ddrnet.cli.options import (
     NON_NEGATIVE_INT,
     PATH,
@@ -39,7 +39,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="+", help="images, folders, glob patterns or video files")
     parser.add_argument("-o", "--output", type=PATH, required=True, help="the folder to fill")
     parser.add_argument(
-        "-n", "--count", type=POSITIVE_INT, default=50, help="frames to pick (default 50)"
+        "-n",
+        "--count",
+        type=POSITIVE_INT,
+        default=PICK_COUNT,
+        help=f"frames to pick (default {PICK_COUNT})",
     )
     parser.add_argument(
         "--every",
@@ -49,9 +53,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--gap",
         type=NON_NEGATIVE_INT,
-        default=30,
+        default=PICK_GAP,
         help="no two picks closer than this many frames of one video or images of one folder "
-        "(in name order); 0 for unrelated photos (default 30)",
+        f"(in name order); 0 for unrelated photos (default {PICK_GAP})",
     )
     add_model_options(parser, "model file or bundled name (default: the bundled model)")
     add_runtime_option(parser)
@@ -70,10 +74,10 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args)
     device, amp = device_and_precision(args, model)
     predictor = Predictor(model, device, amp_dtype=amp)  # its fast copy: folded, channels-last
-    every = args.every or PICK_EVERY
     candidates, chosen = pick_frames(
-        predictor, args.inputs, args.output, args.count, every, args.gap, progress=True
-    )
+        predictor, args.inputs, args.output, args.count, args.every or PICK_EVERY, args.gap,
+        progress=True,
+    )  # fmt: skip
     low, median, high = spread(candidates)
     print(
         f"{len(candidates)} frames scored; uncertainty {low:.3f} (lowest), {median:.3f} "

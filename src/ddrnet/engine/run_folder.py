@@ -20,7 +20,12 @@ from typing import Any
 
 import torch
 
-from ddrnet.atomic import atomic_write_text, remove_stale_temporaries, why_not_writable
+from ddrnet.atomic import (
+    atomic_write_text,
+    json_values,
+    remove_stale_temporaries,
+    why_not_writable,
+)
 from ddrnet.engine.checkpointing import TrainingError, atomic_save, refuse_model_file
 from ddrnet.models import ModelMetadata, read_checkpoint, save_model
 
@@ -93,8 +98,10 @@ def checked_output(output: Path, resume: bool | str, config_text: str = "") -> P
 
 
 def metrics_text(history: list[dict[str, Any]]) -> str:
-    """``metrics.jsonl``'s content: one JSON line per finished epoch."""
-    return "".join(json.dumps(record) + "\n" for record in history)
+    """``metrics.jsonl``'s content: one JSON line per finished epoch; a score nothing was
+    scored for (the IoU of a class absent from the validation frames: nan) is ``null``,
+    as in every JSON file we write (``atomic.json_values``)."""
+    return "".join(json.dumps(json_values(record), allow_nan=False) + "\n" for record in history)
 
 
 def write_epoch(
