@@ -16,6 +16,9 @@ PICK_COUNT, PICK_EVERY, PICK_GAP = 50, 5, 30
 # How ``ddrnet search`` proposes candidates (``ddrnet.engine.search.search``): Optuna's TPE
 # (near the best so far) or every candidate of the space in turn.
 SEARCH_SAMPLERS = ("tpe", "grid")
+# ``ddrnet bench``'s protocol (``ddrnet.deploy.run_benchmarks``' defaults): the paper's
+# 1024x2048 input, timed seconds per backend split into round-robin passes, warm-up seconds.
+BENCH_SIZE, BENCH_SECONDS, BENCH_ROUNDS, BENCH_WARMUP_SECONDS = (1024, 2048), 6.0, 3, 2.0
 # What ``ddrnet bench`` can time (``ddrnet.deploy.backends.build_runner``), with what each is.
 BACKENDS: dict[str, str] = {
     "eager": "PyTorch eager, float32, NCHW",

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ddrnet.atomic import atomic_write_json
+from ddrnet.choices import BENCH_ROUNDS, BENCH_SECONDS, BENCH_SIZE, BENCH_WARMUP_SECONDS
 from ddrnet.cli.options import (
     NON_NEGATIVE_FLOAT,
     PATH,
@@ -36,8 +37,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--size",
         type=parse_image_size,
-        default=(1024, 2048),
-        help="HEIGHTxWIDTH (default 1024x2048)",
+        default=BENCH_SIZE,
+        help=f"HEIGHTxWIDTH (default {BENCH_SIZE[0]}x{BENCH_SIZE[1]}, the paper's)",
     )
     parser.add_argument(
         "--backends",
@@ -49,13 +50,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--seconds",
         type=POSITIVE_FLOAT,
-        default=6.0,
+        default=BENCH_SECONDS,
         help="timed seconds per backend, in all (default %(default)s)",
     )
     parser.add_argument(
         "--rounds",
         type=POSITIVE_INT,
-        default=3,
+        default=BENCH_ROUNDS,
         help="split --seconds into this many round-robin passes over the backends; speed-ups "
         "are medians of the per-pass ratios, so a machine whose load drifts still gives "
         "fair ratios (default %(default)s)",
@@ -63,7 +64,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--warmup",
         type=NON_NEGATIVE_FLOAT,
-        default=2.0,
+        default=BENCH_WARMUP_SECONDS,
         help="warm-up seconds per backend (default %(default)s)",
     )
     parser.add_argument("--batch-size", type=POSITIVE_INT, default=1)
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     calibration = None
     if int8:  # read now: a wrong folder fails before the model loads and the peak is timed
         folder = calibration_folder(args.calibration, "INT8", demo_default=True)
-        calibration = load_calibration_images(folder, count=16)
+        calibration = load_calibration_images(folder)
     model = load_pytorch_model(args)
     height, width = args.size
     params = count_parameters(model, exclude_prefixes=("aux_head.",))

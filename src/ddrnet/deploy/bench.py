@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ddrnet.choices import BENCH_ROUNDS, BENCH_SECONDS, BENCH_SIZE, BENCH_WARMUP_SECONDS
 from ddrnet.deploy.backends import (
     BACKENDS,
     GPU_BACKENDS,
@@ -38,6 +39,7 @@ from ddrnet.deploy.backends import (
     Runner,
     build_runner,
     check_backends,
+    default_backends,
     torch_call,
 )
 from ddrnet.deploy.export import float_cpu_copy
@@ -165,20 +167,21 @@ def _reset_peak_rss() -> bool:
 
 def run_benchmarks(
     model: nn.Module,
-    input_size: tuple[int, int] = (360, 480),
+    input_size: tuple[int, int] = BENCH_SIZE,
     backends: Sequence[str] | None = None,
-    seconds: float = 3.0,
+    seconds: float = BENCH_SECONDS,
     *,
-    rounds: int = 1,
-    warmup_seconds: float = 1.0,
+    rounds: int = BENCH_ROUNDS,
+    warmup_seconds: float = BENCH_WARMUP_SECONDS,
     batch_size: int = 1,
     threads: int | None = None,
     calibration_images: Sequence[Any] | None = None,
     peak_gflops: float | None = None,
     measure_peak: Callable[[], float] | None = None,
 ) -> list[dict[str, Any]]:
-    """Time ``backends`` (default: all in ``BACKENDS``) on ``model`` at ``input_size``
-    ``(H, W)``, one row per backend, in the order given.
+    """Time ``backends`` (default: ``default_backends()``, those that run well here) on
+    ``model`` at ``input_size`` ``(H, W)``, one row per backend, in the order given; the
+    defaults are ``ddrnet bench``'s.
 
     Eager float32 (``"eager"``) is the reference: it is timed first, and added if missing,
     so every ``speedup`` (``fps / eager fps``) compares runs made in the same process under
@@ -218,9 +221,8 @@ def run_benchmarks(
     OpenMP threads that compete with another busy process for cores spin and can run ten
     times slower, while ONNX Runtime degrades gracefully, which distorts every ratio.
     """
-    # Backends asked for by name that cannot run at this size are refused; of all of them
-    # (None), those fail in their rows.
-    requested = check_backends(backends, input_size) if backends is not None else list(BACKENDS)
+    # Backends that cannot run at this size are refused, before anything is timed.
+    requested = check_backends(default_backends() if backends is None else backends, input_size)
     if seconds <= 0:
         raise ValueError(f"seconds must be positive, got {seconds}")
     if rounds < 1:
