@@ -19,6 +19,13 @@ SEARCH_SAMPLERS = ("tpe", "grid")
 # ``ddrnet bench``'s protocol (``ddrnet.deploy.run_benchmarks``' defaults): the paper's
 # 1024x2048 input, timed seconds per backend split into round-robin passes, warm-up seconds.
 BENCH_SIZE, BENCH_SECONDS, BENCH_ROUNDS, BENCH_WARMUP_SECONDS = (1024, 2048), 6.0, 3, 2.0
+# ``ddrnet serve``'s defaults (``ddrnet.serve``): the address; the upload and image caps
+# (4096 x 2048 pixels: twice a Cityscapes frame; larger inputs need gigabytes of activations
+# on a CPU, and clients should resize first); worker threads, and the seconds without a byte
+# after which a connection is closed.
+SERVE_HOST, SERVE_PORT = "127.0.0.1", 8000
+SERVE_MAX_UPLOAD_MB, SERVE_MAX_PIXELS = 10.0, 4096 * 2048
+SERVE_THREADS, SERVE_TIMEOUT_S = 4, 30
 # What ``ddrnet bench`` can time (``ddrnet.deploy.backends.build_runner``), with what each is.
 BACKENDS: dict[str, str] = {
     "eager": "PyTorch eager, float32, NCHW",

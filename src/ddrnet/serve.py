@@ -44,6 +44,14 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
+from ddrnet.choices import (
+    SERVE_HOST,
+    SERVE_MAX_PIXELS,
+    SERVE_MAX_UPLOAD_MB,
+    SERVE_PORT,
+    SERVE_THREADS,
+    SERVE_TIMEOUT_S,
+)
 from ddrnet.data.io import demo_frames, png_bytes
 from ddrnet.engine.predictor import Predictor, mark_unknown, unknown_label
 from ddrnet.models.metadata import class_info
@@ -52,13 +60,6 @@ from ddrnet.runner import leave_cores_to_runtime
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_UPLOAD_MB = 10.0
-# 4096 x 2048 pixels: twice a Cityscapes frame. Larger inputs need gigabytes of activations
-# on a CPU; clients should resize first.
-DEFAULT_MAX_PIXELS = 4096 * 2048
-# Worker threads, and seconds without a byte after which a connection is closed.
-DEFAULT_THREADS = 4
-DEFAULT_TIMEOUT_S = 30
 # Open connections beyond this wait in the listen backlog until others close.
 CONNECTION_LIMIT = 500
 FORMATS = ("png", "overlay", "json", "confidence")
@@ -75,7 +76,7 @@ class RequestError(Exception):
         self.message = message
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int = SERVE_MAX_PIXELS) -> np.ndarray:
     """Uploaded bytes -> ``(H, W, 3)`` uint8 RGB, or ``RequestError`` (400 / 413).
 
     The pixel count is checked from the header before decoding, so a small file that declares
@@ -207,8 +208,8 @@ def static_folder() -> Path:
 def create_app(
     model: nn.Module,
     *,
-    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_upload_mb: float = SERVE_MAX_UPLOAD_MB,
+    max_pixels: int = SERVE_MAX_PIXELS,
     demo_folder: Path | None = None,
     device: str | torch.device = "cpu",
     amp_dtype: torch.dtype | None = None,
@@ -442,11 +443,11 @@ class Server:
 
 def make_server(
     app: Any,
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    host: str = SERVE_HOST,
+    port: int = SERVE_PORT,
     *,
-    threads: int = DEFAULT_THREADS,
-    timeout: int = DEFAULT_TIMEOUT_S,
+    threads: int = SERVE_THREADS,
+    timeout: int = SERVE_TIMEOUT_S,
 ) -> Server:
     """A production WSGI server (waitress) for ``app``: ``threads`` workers, connections
     closed after ``timeout`` seconds without a byte, at most ``CONNECTION_LIMIT`` open at

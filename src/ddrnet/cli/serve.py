@@ -5,6 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ddrnet.choices import (
+    SERVE_HOST,
+    SERVE_MAX_PIXELS,
+    SERVE_MAX_UPLOAD_MB,
+    SERVE_PORT,
+    SERVE_THREADS,
+    SERVE_TIMEOUT_S,
+)
 from ddrnet.cli.options import (
     PORT,
     POSITIVE_FLOAT,
@@ -35,25 +43,34 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "Without --checkpoint the bundled model is used.",
     )
     add_model_options(parser, "model file, or an exported .onnx file (default: the bundled model)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=PORT, default=8000, help="0 picks a free port")
+    parser.add_argument("--host", default=SERVE_HOST, help=f"address (default {SERVE_HOST})")
     parser.add_argument(
-        "--max-upload-mb", type=POSITIVE_FLOAT, default=10.0, help="larger bodies get 413"
+        "--port", type=PORT, default=SERVE_PORT, help=f"0 picks a free port (default {SERVE_PORT})"
+    )
+    parser.add_argument(
+        "--max-upload-mb",
+        type=POSITIVE_FLOAT,
+        default=SERVE_MAX_UPLOAD_MB,
+        help=f"larger bodies get 413 (default {SERVE_MAX_UPLOAD_MB:g})",
     )
     parser.add_argument(
         "--max-pixels",
         type=parse_pixel_count,
-        default=4096 * 2048,
-        help="larger images get 413 (default 4096x2048)",
+        default=SERVE_MAX_PIXELS,
+        help=f"larger images get 413 (default {SERVE_MAX_PIXELS:,}, 4096x2048)",
     )
     parser.add_argument(
-        "--threads", type=POSITIVE_INT, default=4, help="worker threads (default 4)"
+        "--threads",
+        type=POSITIVE_INT,
+        default=SERVE_THREADS,
+        help=f"worker threads (default {SERVE_THREADS})",
     )
     parser.add_argument(
         "--timeout",
         type=POSITIVE_INT,
-        default=30,
-        help="close a connection after this many seconds without a byte (default 30)",
+        default=SERVE_TIMEOUT_S,
+        help=f"close a connection after this many seconds without a byte (default "
+        f"{SERVE_TIMEOUT_S})",
     )
     add_amp_option(parser)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
