@@ -31,11 +31,11 @@ from ddrnet.atomic import (
     staged_files,
 )
 from ddrnet.choices import PICK_COUNT, PICK_EVERY, PICK_GAP
-from ddrnet.data.io import write_png
+from ddrnet.data.io import read_rgb_within, write_png
 from ddrnet.engine.predictor import Predictor
 from ddrnet.errors import DDRNetError, UsageError, user_error_message
 from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels
-from ddrnet.predict import check_output_folder, expand_inputs, read_image_within, unique_stems
+from ddrnet.predict import check_output_folder, expand_inputs, unique_stems
 from ddrnet.video_source import (
     VideoSource,
     is_camera_or_stream,
@@ -88,7 +88,7 @@ def _image_candidates(predictor: Predictor, images: Sequence[Path]) -> Iterator[
     left out (the size read from the file's header, before its pixels are decoded)."""
     for path, (group, position) in zip(images, _image_positions(images), strict=True):
         try:
-            image = read_image_within(path)
+            image = read_rgb_within(path)
             if min(image.shape[:2]) < MIN_SIDE:
                 height, width = image.shape[:2]
                 logger.warning("skipped %s: %dx%d, too small to label", path, width, height)

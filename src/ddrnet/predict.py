@@ -26,9 +26,9 @@ from tqdm import tqdm
 from ddrnet.atomic import remove_stale_temporaries
 from ddrnet.background import WritingThread
 from ddrnet.choices import OUTPUT_KINDS
-from ddrnet.data.io import IMAGE_SUFFIXES, image_files, image_size, read_rgb, write_png
+from ddrnet.data.io import IMAGE_SUFFIXES, image_files, read_rgb_within, write_png
 from ddrnet.errors import DDRNetError, user_error_message
-from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels
+from ddrnet.limits import DEFAULT_MAX_PIXELS
 from ddrnet.runner import SegmentationRunner
 from ddrnet.video import segment_video, shown_picture
 from ddrnet.video_source import (
@@ -182,22 +182,11 @@ class _ImageFiles(Dataset):
         try:
             return (
                 index,
-                read_image_within(self.paths[index], self.max_pixels, self.largest_scale),
+                read_rgb_within(self.paths[index], self.max_pixels, self.largest_scale),
                 None,
             )
         except DDRNetError as error:  # ImageReadError, InputTooLargeError
             return index, None, str(error)
-
-
-def read_image_within(
-    path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, largest_scale: float = 1.0
-) -> np.ndarray:
-    """``read_rgb`` of an image whose header says it has at most ``max_pixels`` pixels at
-    ``largest_scale`` (``InputTooLargeError`` naming it otherwise, before its pixels are
-    decoded: a small PNG can hold gigabytes of them)."""
-    width, height = image_size(path)
-    check_pixels(str(path), width, height, max_pixels, largest_scale)
-    return read_rgb(path)
 
 
 def _keep_as_list(batch):

@@ -12,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 from ddrnet.assets import assets_dir
 from ddrnet.atomic import atomic_write
 from ddrnet.errors import DDRNetError
+from ddrnet.limits import DEFAULT_MAX_PIXELS, check_pixels
 
 # What counts as an image file wherever files are picked from a folder or a pattern (inputs
 # of ``ddrnet predict``, calibration folders, folder data sets, demo frames): formats Pillow
@@ -115,6 +116,23 @@ def to_rgb_array(image: Image.Image, source: str = "<image>") -> np.ndarray:
 def read_rgb(path: str | Path) -> np.ndarray:
     """Read an image file as ``(H, W, 3)`` uint8 RGB (see ``to_rgb_array`` for conversions)."""
     return to_rgb_array(_open(path), str(path))
+
+
+def read_rgb_within(
+    path: str | Path,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    largest_scale: float = 1.0,
+    hint: str | None = None,
+) -> np.ndarray:
+    """``read_rgb`` of an image whose header says it has at most ``max_pixels`` pixels at
+    ``largest_scale`` (``InputTooLargeError`` naming it otherwise, before its pixels are
+    decoded: a small PNG can hold gigabytes of them; ``hint`` says how to raise the cap);
+    ``max_pixels=None``: no cap."""
+    if max_pixels is not None:
+        width, height = image_size(path)
+        how = {"hint": hint} if hint is not None else {}
+        check_pixels(str(path), width, height, max_pixels, largest_scale, **how)
+    return read_rgb(path)
 
 
 def read_label(path: str | Path) -> np.ndarray:

@@ -76,7 +76,7 @@ def image_batch(
     uint8 tensor (a channels-last view of the stacked pixels, not a copy of them). A file
     with more than ``max_pixels`` at ``scale`` is refused from its header, before decoding
     (``InputTooLargeError``)."""
-    from ddrnet.data.io import image_size, read_rgb
+    from ddrnet.data.io import read_rgb_within
 
     if isinstance(images, (str, Path, np.ndarray)):
         raise TypeError("expected a sequence of images (a list), got a single image or path")
@@ -84,10 +84,7 @@ def image_batch(
     def pixels(image: ImageInput) -> np.ndarray:
         if not isinstance(image, (str, Path)):
             return np.asarray(image)
-        if max_pixels is not None:
-            width, height = image_size(image)
-            check_pixels(str(image), width, height, max_pixels, scale, MAX_PIXELS_HINT)
-        return read_rgb(image)
+        return read_rgb_within(image, max_pixels, scale, MAX_PIXELS_HINT)
 
     arrays = [_checked_pixels(pixels(image)) for image in images]
     if not arrays:
