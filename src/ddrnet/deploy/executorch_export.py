@@ -19,7 +19,6 @@ and the larger quantised graph), idle to loaded.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ from torch import nn
 
 from ddrnet.atomic import (
     atomic_write,
-    atomic_write_text,
     file_digest,
     remove_stale_temporaries,
 )
@@ -44,7 +42,7 @@ from ddrnet.deploy.export import example_input, folded_export_wrapper
 from ddrnet.deploy.fixed_size import check_fixed_size_export, export_record, program_size
 from ddrnet.deploy.onnx_file import ExportError
 from ddrnet.deploy.quantize import ImageSource, preprocess_image
-from ddrnet.deploy.sidecar import EXECUTORCH_KEY, check_sidecar_replaceable
+from ddrnet.deploy.sidecar import EXECUTORCH_KEY, check_sidecar_replaceable, write_sidecar
 from ddrnet.errors import UsageError
 from ddrnet.file_sets import replaced_together
 
@@ -157,7 +155,7 @@ def export_executorch(
     with replaced_together(files.paths) as staged:
         atomic_write(staged[files.program], lambda stream: stream.write(lowered.buffer))
         sidecar[EXECUTORCH_KEY] = {"pte_blake2b": file_digest(staged[files.program])}
-        atomic_write_text(json.dumps(sidecar, indent=1) + "\n", staged[files.sidecar])
+        write_sidecar(sidecar, staged[files.sidecar])
     return files.program
 
 

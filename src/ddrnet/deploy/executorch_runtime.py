@@ -35,6 +35,7 @@ from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportErro
 from ddrnet.deploy.sidecar import (
     EXECUTORCH_KEY,
     check_sidecar_is_own,
+    read_sidecar_values,
     restore_interrupted_export,
 )
 from ddrnet.models.metadata import ModelMetadata
@@ -153,13 +154,8 @@ def check_program_belongs(files: ExecutorchFiles, sidecar: dict[str, Any]) -> No
 def read_sidecar(files: ExecutorchFiles) -> dict[str, Any]:
     """The sidecar JSON of an export: a dict with the model's metadata under ``"ddrnet"``;
     an ``ExecutorchFileError`` naming the file when it is not one."""
-    try:
-        values = json.loads(files.sidecar.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ExecutorchFileError(
-            f"{files.sidecar}: not a ddrnet ExecuTorch sidecar ({error})"
-        ) from None
-    if not isinstance(values, dict) or not isinstance(values.get(METADATA_KEY), dict):
+    values = read_sidecar_values(files.sidecar, EXECUTORCH_KEY, ExecutorchFileError)
+    if not isinstance(values.get(METADATA_KEY), dict):
         raise ExecutorchFileError(
             f"{files.sidecar}: not a ddrnet ExecuTorch sidecar (no {METADATA_KEY!r} metadata "
             f"object); export {files.program} again with `ddrnet export --format executorch`"

@@ -25,7 +25,6 @@ from torch import nn
 
 from ddrnet.atomic import (
     atomic_copy,
-    atomic_write_text,
     file_digest,
     remove_stale_temporaries,
     scratch_folder,
@@ -33,7 +32,7 @@ from ddrnet.atomic import (
 from ddrnet.deploy.export import check_size, example_input, folded_export_wrapper
 from ddrnet.deploy.ncnn_runtime import NcnnFiles, is_ncnn_file
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
-from ddrnet.deploy.sidecar import NCNN_KEY, check_sidecar_replaceable
+from ddrnet.deploy.sidecar import NCNN_KEY, check_sidecar_replaceable, write_sidecar
 from ddrnet.deploy.verify import evaluate_on_camvid, real_frames, verify_ncnn
 from ddrnet.errors import UsageError
 from ddrnet.file_sets import replaced_together
@@ -170,7 +169,7 @@ def export_ncnn(
         with replaced_together(files.paths) as staged:
             atomic_copy(scratch / "out.bin", staged[files.weights])
             atomic_copy(scratch / "out.param", staged[files.param])
-            atomic_write_text(json.dumps(sidecar, indent=1) + "\n", staged[files.sidecar])
+            write_sidecar(sidecar, staged[files.sidecar])
     return files.param
 
 

@@ -25,7 +25,12 @@ from torch import nn
 
 from ddrnet.atomic import file_digest
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
-from ddrnet.deploy.sidecar import NCNN_KEY, check_sidecar_is_own, restore_interrupted_export
+from ddrnet.deploy.sidecar import (
+    NCNN_KEY,
+    check_sidecar_is_own,
+    read_sidecar_values,
+    restore_interrupted_export,
+)
 from ddrnet.models.metadata import ModelMetadata
 
 logger = logging.getLogger(__name__)
@@ -120,13 +125,7 @@ def read_sidecar(files: NcnnFiles) -> dict[str, object]:
     """The sidecar JSON of an export (empty when there is none: a foreign ncnn file)."""
     if not files.sidecar.is_file():
         return {}
-    try:
-        values = json.loads(files.sidecar.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise NcnnFileError(f"{files.sidecar}: not a ddrnet ncnn sidecar ({error})") from None
-    if not isinstance(values, dict):
-        raise NcnnFileError(f"{files.sidecar}: not a ddrnet ncnn sidecar (not a JSON object)")
-    return values
+    return read_sidecar_values(files.sidecar, NCNN_KEY, NcnnFileError)
 
 
 def ncnn_net(files: NcnnFiles, threads: int | None = None) -> object:

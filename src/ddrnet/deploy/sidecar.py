@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from ddrnet.atomic import atomic_write_text
 from ddrnet.deploy.onnx_file import METADATA_KEY, ExportError
 from ddrnet.file_sets import restored_before_reading
 
@@ -25,6 +26,24 @@ logger = logging.getLogger(__name__)
 NCNN_KEY = "ncnn"
 EXECUTORCH_KEY = "executorch"
 SIDECAR_FORMATS = {NCNN_KEY: "ncnn", EXECUTORCH_KEY: "ExecuTorch"}
+
+
+def write_sidecar(values: dict[str, object], path: Path) -> None:
+    """Write the sidecar ``values`` to ``path`` whole (a reader never sees half of it)."""
+    atomic_write_text(json.dumps(values, indent=1) + "\n", path)
+
+
+def read_sidecar_values(path: Path, own_key: str, error: type[Exception]) -> dict[str, object]:
+    """The sidecar at ``path`` as a JSON object; ``error`` naming the file (and the format
+    of ``own_key``) when it is not one."""
+    what = f"not a ddrnet {SIDECAR_FORMATS[own_key]} sidecar"
+    try:
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as problem:
+        raise error(f"{path}: {what} ({problem})") from None
+    if not isinstance(values, dict):
+        raise error(f"{path}: {what} (not a JSON object)")
+    return values
 
 
 def sidecar_writer(values: object) -> str | None:

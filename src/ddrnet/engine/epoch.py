@@ -26,7 +26,7 @@ from ddrnet.engine.distributed import DistributedContext
 from ddrnet.engine.evaluate import evaluate
 from ddrnet.engine.inference import normalize
 from ddrnet.engine.losses import DeepSupervisionLoss
-from ddrnet.engine.run_folder import write_epoch
+from ddrnet.engine.run_folder import LAST, write_epoch
 from ddrnet.engine.steps import Progress, TrainingData, TrainingModels
 from ddrnet.models import ModelMetadata
 
@@ -164,7 +164,7 @@ def run_epoch(
         if not torch.isfinite(loss):
             kept = (
                 f"The last checkpoint in {run.output} is intact."
-                if (run.output / "last.pt").is_file()
+                if (run.output / LAST).is_file()
                 else "No checkpoint was written yet."
             )
             raise TrainingError(

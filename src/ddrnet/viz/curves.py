@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ddrnet.config import read_text
+from ddrnet.engine.run_folder import METRICS
 from ddrnet.errors import MissingFileError, UsageError
 from ddrnet.viz.figure import new_figure, prepare_output, save_figure
 
@@ -69,7 +70,7 @@ def plot_curves(run_dir: str | Path, output: str | Path) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise MissingFileError(f"{run_dir}: no such run folder")
-    records = read_metrics_jsonl(run_dir / "metrics.jsonl")
+    records = read_metrics_jsonl(run_dir / METRICS)
     from matplotlib.ticker import MaxNLocator
 
     figure, axes = new_figure(CURVES_SIZE, 2, 2)
