@@ -94,8 +94,7 @@ def run(args: argparse.Namespace) -> int:
     surveys = {role: survey_dataset(dataset, progress=True) for role, dataset in sets.items()}
     warnings = survey_warnings(surveys["train"], surveys["val"])
     labels = sets["train"].labels
-    mean = tuple(config.data.mean or labels.mean)
-    std = tuple(config.data.std or labels.std)
+    mean, std = config.data.normalisation(labels)
     print(_report(surveys, mean, std))
     for warning in warnings:
         print(f"warning: {warning}")

@@ -404,16 +404,17 @@ def _scorer(args: argparse.Namespace, model, labels):
     from ddrnet.engine.evaluate import evaluate
     from ddrnet.engine.inference import to_fast_layout
     from ddrnet.engine.temporal import TemporalSmoother
+    from ddrnet.models.metadata import normalisation
 
-    metadata = model.metadata
+    mean, std = normalisation(model)  # the model's own (ImageNet's for a bare state dict)
     device, amp = device_and_precision(args, model)
     model, memory_format = to_fast_layout(model.to(device))
     return functools.partial(
         evaluate,
         model,
         num_classes=labels.num_classes,
-        mean=metadata.mean or labels.mean,
-        std=metadata.std or labels.std,
+        mean=mean,
+        std=std,
         device=device,
         scales=args.scales,
         flip=args.flip,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from ddrnet.config import ConfigError
+from ddrnet.data.labels import LabelSet
 from ddrnet.engine.losses import CLASS_WEIGHTING_METHODS
 from ddrnet.limits import MAX_PLANES, check_scales
 from ddrnet.models import list_models, variant_info
@@ -183,6 +184,12 @@ class DataConfig:
         if self.std is not None:
             _require(all(_positive(v) for v in self.std), "std", "> 0 per channel", self.std)
         self._check_augmentation_options()
+
+    def normalisation(self, labels: LabelSet) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The RGB ``(mean, std)`` (0..1 scale) a run normalises its images with: the
+        recipe's ``mean``/``std`` where given, else the data set's (``labels``: its
+        ``LabelSet``)."""
+        return tuple(self.mean or labels.mean), tuple(self.std or labels.std)
 
     def _check_augmentation_options(self) -> None:
         """The issue-20 options: null (off) or a value in range."""

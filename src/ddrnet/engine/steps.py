@@ -87,8 +87,7 @@ def build_data(config: Config, ctx: DistributedContext) -> TrainingData:
         train_set,
         val_set,
         labels,
-        tuple(cfg_data.mean or labels.mean),
-        tuple(cfg_data.std or labels.std),
+        *cfg_data.normalisation(labels),
         iterations,
         _class_mix(cfg_data, labels),
     )
