@@ -207,15 +207,23 @@ def test_pruned_metadata_keeps_the_rest(pruned_half) -> None:
 @pytest.mark.parametrize(
     ("arguments", "expected"),
     [
-        (["--macs", "1.5"], "--macs 1.5: the MAC fraction to keep must be in (0, 1)"),
-        (["--macs", "0"], "--macs 0: the MAC fraction to keep must be in (0, 1)"),
-        (["--macs", "nan"], "--macs nan: the MAC fraction to keep must be in (0, 1)"),
+        (["--macs", "1.5"], "argument --macs: must be > 0 and < 1, got '1.5'"),
+        (["--macs", "0"], "argument --macs: must be > 0 and < 1, got '0'"),
+        (["--macs", "nan"], "argument --macs: must be a finite number, got 'nan'"),
+        (
+            ["--macs", "0.5", "--max-layer-ratio", "1"],
+            "argument --max-layer-ratio: must be > 0 and < 1, got '1'",
+        ),
     ],
 )
 def test_prune_refuses_a_fraction_outside_0_1(arguments, expected, capsys, tmp_path) -> None:
+    from ddrnet.cli import main
+
     output = str(tmp_path / "p.safetensors")
-    argv = ["prune", "camvid_ddrnet23_slim_train", *arguments, "-o", output]
-    assert one_line_cli_error(capsys, argv) == f"ddrnet prune: error: {expected}"
+    with pytest.raises(SystemExit) as stop:  # argparse's refusal, before anything loads
+        main(["prune", "camvid_ddrnet23_slim_train", *arguments, "-o", output])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"ddrnet prune: error: {expected}"
 
 
 def test_prune_refuses_onnx_files_and_files_that_are_no_model(capsys, tmp_path) -> None:

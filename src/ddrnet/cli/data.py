@@ -18,8 +18,6 @@ from ddrnet.errors import UsageError
 
 PICTURES_PER_SET = 8  # --show's frames per set
 
-# Problems printed; --json keeps all of them.
-PRINTED_PROBLEMS = 30
 CELL = 8  # characters of a share in the class table, "100.00%" and a space
 
 
@@ -160,14 +158,17 @@ def _percent(count: int, total: int) -> str:
 
 
 def _print_problems(problems: list[str]) -> None:
+    """The survey's problems, as many as a failed training run lists; --json keeps all."""
+    from ddrnet.data.survey import LISTED_PROBLEMS
+
     if not problems:
         print("no problems: every file is readable and every label fits its image and classes")
         return
     print(f"problems: {len(problems)}")
-    for problem in problems[:PRINTED_PROBLEMS]:
+    for problem in problems[:LISTED_PROBLEMS]:
         print(f"  {problem}")
-    if len(problems) > PRINTED_PROBLEMS:
-        print(f"  ... and {len(problems) - PRINTED_PROBLEMS} more (all of them: --json)")
+    if len(problems) > LISTED_PROBLEMS:
+        print(f"  ... and {len(problems) - LISTED_PROBLEMS} more (all of them: --json)")
 
 
 def _check_show_options(args: argparse.Namespace) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ddrnet.cli.options import PATH, POSITIVE_INT, parse_image_size, writable_file
+from ddrnet.cli.options import OPEN_FRACTION, PATH, POSITIVE_INT, parse_image_size, writable_file
 from ddrnet.errors import DDRNetError, UsageError
 
 # The command's line in ``ddrnet --help``.
@@ -22,7 +22,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", help="model file or bundled model name (not .onnx)")
     parser.add_argument("--model", help="architecture, for checkpoints without metadata")
     parser.add_argument(
-        "--macs", type=float, required=True, help="fraction of the MACs to keep, in (0, 1)"
+        "--macs", type=OPEN_FRACTION, required=True, help="fraction of the MACs to keep, in (0, 1)"
     )
     parser.add_argument("-o", "--output", type=PATH, required=True, help="output .safetensors file")
     parser.add_argument(
@@ -34,7 +34,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--max-layer-ratio",
-        type=float,
+        type=OPEN_FRACTION,
         default=0.8,
         help="most any layer may lose, as a fraction of its channels (default 0.8)",
     )
@@ -64,12 +64,8 @@ def run(args: argparse.Namespace) -> int:
     """Channel-prune a model to a fraction of its MACs and write it as a model file."""
     from ddrnet.loading import check_pytorch_file, load
     from ddrnet.models import save_model
-    from ddrnet.models.prune import prune_to_macs
+    from ddrnet.models.prune import MAC_TOLERANCE, prune_to_macs
 
-    if not 0 < args.macs < 1:  # also refuses nan
-        raise UsageError(f"--macs {args.macs:g}: the MAC fraction to keep must be in (0, 1)")
-    if not 0 < args.max_layer_ratio < 1:
-        raise UsageError(f"--max-layer-ratio {args.max_layer_ratio:g}: must be in (0, 1)")
     writable_file("-o", args.output, (".safetensors",), reads={"CHECKPOINT": args.checkpoint})
     try:
         check_pytorch_file(args.checkpoint, "ddrnet prune")
@@ -94,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         f"{result.params_after / 1e6:.3f} M parameters; written to {args.output} "
         "(not fine-tuned: train it before use)"
     )
-    if result.macs_fraction < args.macs - 0.01:  # the search's tolerance
+    if result.macs_fraction < args.macs - MAC_TOLERANCE:
         print(
             f"note: {result.macs_fraction:.3f} is the nearest to --macs {args.macs:g} from below "
             "that the same fraction of every coupled group reaches (widths move in steps"

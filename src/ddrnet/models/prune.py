@@ -40,6 +40,8 @@ from ddrnet.models.registry import list_models, variant_info
 from ddrnet.models.widths import CLASS_DEPENDENT_LAYERS, channel_widths
 
 IMPORTANCES = ("l1", "l2", "bn-scale")
+# How far below its target a pruned model's MACs may stay, as a fraction of the unpruned ones.
+MAC_TOLERANCE = 0.01
 
 
 class PruningError(DDRNetError, ValueError):
@@ -159,7 +161,7 @@ def prune_to_macs(
     max_layer_ratio: float = 0.8,
     global_pruning: bool = False,
     round_to: int | None = None,
-    tolerance: float = 0.01,
+    tolerance: float = MAC_TOLERANCE,
     max_trials: int = 10,
 ) -> PruneResult:
     """Prune ``model`` (not modified) to at most ``macs_fraction`` of its MACs.
