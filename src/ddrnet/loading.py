@@ -273,5 +273,5 @@ def check_pytorch_file(source: str | Path | None, command: str) -> None:
             raise UsageError(
                 f"{command} works on the PyTorch model (.safetensors/.pt/.pth), not on the "
                 f"exported {kind} file {source}; predict, eval and serve run .onnx, ncnn "
-                ".param and ExecuTorch .pte files"
+                ".param, ExecuTorch .pte and AOTInductor .pt2 files"
             )
