@@ -101,8 +101,8 @@ class SearchSpace:
         }
 
     def grid(self, stage3_splits: int) -> dict[str, list[Any]]:
-        """Every parameter's choices, as ``suggest`` draws them: Optuna's grid sampler's
-        space (its size: the product of the lists' lengths)."""
+        """Every parameter's choices, as ``suggest`` draws them: a grid search's space, each
+        combination one candidate (as many as the product of the lists' lengths)."""
         grid: dict[str, list[Any]] = {"planes": list(self.planes)}
         grid |= {f"blocks{stage + 1}": self._stage(stage, stage3_splits) for stage in range(4)}
         grid |= {"dappm_planes": list(self.dappm_planes), "head_planes": list(self.head_planes)}
