@@ -36,7 +36,7 @@ def test_an_int8_export_stopped_midway_leaves_the_earlier_pair(
 ) -> None:
     """The float32 file beside an INT8 file takes its name after the INT8 file is written:
     a run stopped while quantising leaves an earlier pair as it was."""
-    import ddrnet.cli.export
+    import ddrnet.deploy.onnx_checked
     from ddrnet.cli import main
     from ddrnet.data.io import demo_frames
     from ddrnet.deploy import export_onnx
@@ -49,7 +49,7 @@ def test_an_int8_export_stopped_midway_leaves_the_earlier_pair(
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ddrnet.cli.export, "_quantize", stopped)
+    monkeypatch.setattr(ddrnet.deploy.onnx_checked, "quantize_onnx_int8", stopped)
     command = ["export", "--checkpoint", str(camvid_model_file), "--format", "onnx-int8"]
     command += ["-o", str(int8), "--calibration", str(demo_frames()[0].parent)]
     assert main([*command, "--calibration-count", "1", "--size", "64x64"]) == 130

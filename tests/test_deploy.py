@@ -84,6 +84,7 @@ def test_an_export_without_a_size_takes_the_models_own(tmp_path, capsys, monkeyp
     records, else its data set's usual one (a Cityscapes model is not exported at CamVid's
     360x480), else 512x512; the command line's --size defaults to it as well."""
     from ddrnet.cli import main
+    from ddrnet.deploy import onnx_checked
     from ddrnet.models.metadata import default_input_size
 
     model = ddrnet.create_model("ddrnet_23_slim", num_classes=19)
@@ -103,12 +104,33 @@ def test_an_export_without_a_size_takes_the_models_own(tmp_path, capsys, monkeyp
         sizes.append(input_size)
         return export_onnx(model, path, input_size, **options)
 
-    monkeypatch.setattr(ddrnet.deploy, "export_onnx", recording_export)
+    monkeypatch.setattr(onnx_checked, "export_onnx", recording_export)
     argv = ["export", "--checkpoint", str(tmp_path / "m.safetensors")]
     assert main([*argv, "-o", str(tmp_path / "m.onnx")]) == 0 and sizes == [(64, 96)]
     assert main(["prune", str(tmp_path / "m.safetensors"), "--macs", "0.5",
                  "-o", str(tmp_path / "p.safetensors")]) == 0  # fmt: skip
     assert "pruned " + str(tmp_path / "m.safetensors") + " at 64x96:" in capsys.readouterr().out
+
+
+def test_the_checked_onnx_export_runs_from_python(model, tmp_path) -> None:
+    """``ddrnet export``'s ONNX path is the library's: each check a line to ``report``, the
+    float32 file kept beside an INT8 one, a user's file of that name refused."""
+    from ddrnet.data.io import demo_frames
+    from ddrnet.deploy.onnx_checked import export_onnx_checked
+
+    lines: list[str] = []
+    images = [str(frame) for frame in demo_frames()[:1]]
+    path = export_onnx_checked(model, tmp_path / "m.onnx", (64, 64), form="onnx-int8",
+                               calibration=images, report=lines.append)  # fmt: skip
+    assert lines[0].startswith(f"ONNX written to {tmp_path / 'm_fp32.onnx'} (the float32 model")
+    assert float(lines[1].rsplit(" ", 1)[-1]) < 1e-2  # max abs logit difference to PyTorch
+    assert lines[2].startswith(f"INT8 (QDQ, per-channel, 7-bit weights) written to {path}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m_fp32.onnx"]
+    (tmp_path / "n_fp32.onnx").write_text("my notes")
+    with pytest.raises(ExportError, match="n_fp32.onnx is no ddrnet export"):
+        export_onnx_checked(model, tmp_path / "n.onnx", (64, 64), form="onnx-int8",
+                            calibration=images, report=lines.append)  # fmt: skip
+    assert (tmp_path / "n_fp32.onnx").read_text() == "my notes"
 
 
 def test_a_rerun_removes_what_a_killed_export_or_save_left(model, tmp_path) -> None:

@@ -4,11 +4,9 @@ INT8) or AOTInductor, each checked against PyTorch, optionally scored on CamVid 
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ddrnet.atomic import commit, remove_stale_temporaries, temporary_beside
 from ddrnet.cli.options import (
     PATH,
     POSITIVE_INT,
@@ -22,7 +20,6 @@ from ddrnet.errors import UsageError
 if TYPE_CHECKING:
     from torch import nn
 
-logger = logging.getLogger("ddrnet")
 
 SUFFIXES = {
     "onnx": (".onnx",),
@@ -154,7 +151,20 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"TorchScript written to {output}")
     else:
-        _export_onnx_forms(model, output, images, args)
+        from ddrnet.deploy.onnx_checked import export_onnx_checked
+
+        export_onnx_checked(
+            model,
+            output,
+            args.size,
+            form=args.format,
+            calibration=images or (),
+            weight_bits=args.weight_bits or 7,
+            argmax=args.argmax,
+            upsample_to_input=args.upsample,
+            evaluate_root=args.evaluate_root,
+            evaluate_images=args.evaluate_images,
+        )
     return 0
 
 
@@ -184,7 +194,9 @@ def _checked_options(args: argparse.Namespace) -> list | None:
 
         check_calibration_size(args.size)
     if args.format in ("onnx-int8", "tensorrt"):
-        _check_fp32_companion(_kept_fp32_path(Path(args.output)))
+        from ddrnet.deploy.onnx_checked import check_fp32_companion
+
+        check_fp32_companion(args.output)
     if args.evaluate_root is not None:  # read now: a wrong root fails before the export
         try:
             camvid(args.evaluate_root, "val")
@@ -210,13 +222,10 @@ def _files_beside(output: Path, export_format: str) -> list[Path]:
 
         return [ExecutorchFiles.of(output).sidecar]
     if export_format in ("onnx-int8", "tensorrt"):
-        return [_kept_fp32_path(output)]
+        from ddrnet.deploy.onnx_checked import kept_fp32_path
+
+        return [kept_fp32_path(output)]
     return []
-
-
-def _kept_fp32_path(output: Path) -> Path:
-    """The float32 ONNX file kept beside an INT8 file or TensorRT engine ``output``."""
-    return output.with_name(output.stem + "_fp32.onnx")
 
 
 def _check_camvid_classes(model: nn.Module) -> None:
@@ -228,24 +237,6 @@ def _check_camvid_classes(model: nn.Module) -> None:
         raise UsageError(
             f"--evaluate-root scores CamVid's {CAMVID.num_classes} classes; the model predicts "
             f"{model.num_classes}"
-        )
-
-
-def _check_fp32_companion(path: Path) -> None:
-    """The float32 file an INT8 export or TensorRT engine keeps beside it replaces only an
-    earlier export's (one with our metadata), never a user's file of that name."""
-    from ddrnet.deploy.onnx_file import METADATA_KEY, ExportError, onnx_file_properties
-
-    if not path.exists():
-        return
-    try:
-        ours = METADATA_KEY in onnx_file_properties(path).metadata_props
-    except ExportError:
-        ours = False
-    if not ours:
-        raise UsageError(
-            f"{path} is no ddrnet export, and this export writes its float32 model there: "
-            "move it, or export under another name"
         )
 
 
@@ -270,41 +261,6 @@ def _check_options_apply(args: argparse.Namespace) -> None:
         raise UsageError("--evaluate-images applies to --evaluate-root, which is not given")
 
 
-def _export_onnx_forms(model: nn.Module, output: Path, images, args: argparse.Namespace) -> None:
-    """ONNX, ONNX INT8 (the float32 file kept beside it) or a TensorRT engine built from
-    the float32 ONNX file; with --evaluate-root each ONNX form scored on CamVid val."""
-    if args.format == "onnx":
-        _export_checked_onnx(model, output, output, args)
-        if args.evaluate_root:
-            _evaluate_forms(model, output, output, args)
-        return
-    # The float32 file kept beside the INT8 file or engine is made first, under a temporary
-    # name, and takes its name last: a run stopped in between leaves an earlier pair as it
-    # was, never a new float32 file beside an old INT8 one.
-    fp32_path = _kept_fp32_path(output)
-    remove_stale_temporaries(output.parent, (fp32_path.name,))  # of a run killed before
-    draft = temporary_beside(fp32_path, ".onnx")
-    try:
-        _export_checked_onnx(model, draft, output, args, shown=fp32_path)
-        if args.format == "tensorrt":
-            _build_engine(draft, output, args)
-        else:
-            _quantize(draft, output, images, args)
-        commit(draft, fp32_path)
-    finally:
-        draft.unlink(missing_ok=True)
-    if args.evaluate_root and args.format != "tensorrt":
-        _evaluate_forms(model, fp32_path, output, args)
-
-
-def _build_engine(onnx_path: Path, output: Path, args: argparse.Namespace) -> None:
-    from ddrnet.deploy import build_tensorrt_engine
-
-    height, width = args.size
-    build_tensorrt_engine(onnx_path, output, (1, 3, height, width), fp16=True)
-    print(f"TensorRT engine (float16 allowed, input 1x3x{height}x{width}) written to {output}")
-
-
 def _check_tensorrt() -> None:
     """A TensorRT engine is built on this machine's GPU: refused before any work without
     one, or without the tensorrt package."""
@@ -318,74 +274,3 @@ def _check_tensorrt() -> None:
         import tensorrt  # noqa: F401
     except ImportError as error:
         raise UsageError(f"--format tensorrt: {error}") from None
-
-
-def _export_checked_onnx(
-    model, fp32_path: Path, output: Path, args: argparse.Namespace, shown: Path | None = None
-) -> None:
-    """Write the float32 ONNX file and report how closely ONNX Runtime reproduces PyTorch;
-    ``shown``: the name it will have, if it is written under a temporary one."""
-    from ddrnet.deploy import export_onnx, verify_onnx, verify_onnx_labels
-
-    export_onnx(model, fp32_path, args.size, argmax=args.argmax, upsample_to_input=args.upsample)
-    shown = shown or fp32_path
-    kept = " (the float32 model, kept beside the INT8 file)" if shown != output else ""
-    print(f"ONNX written to {shown}{kept} (dynamic batch, height and width)")
-    if args.argmax:
-        agreement = verify_onnx_labels(model, fp32_path)
-        print(f"ONNX Runtime vs PyTorch: labels agree on {100 * agreement:.3f}% of pixels")
-    else:
-        difference = verify_onnx(model, fp32_path)
-        print(f"ONNX Runtime vs PyTorch: max abs logit difference {difference:.2e}")
-
-
-def _quantize(fp32_path: Path, output: Path, images: list, args: argparse.Namespace) -> None:
-    from ddrnet.deploy import quantize_onnx_int8
-
-    quantize_onnx_int8(
-        fp32_path, output, images, size=args.size, reduce_range=args.weight_bits != 8
-    )
-    print(
-        f"INT8 (QDQ, per-channel, {args.weight_bits or 7}-bit weights) written to {output}, "
-        f"calibrated on {len(images)} images"
-    )
-
-
-def _evaluate_forms(model, fp32_path: Path, final: Path, args: argparse.Namespace) -> None:
-    """mIoU on CamVid val of the fp32 ONNX file with onnxruntime, and of every deployed form
-    (OpenVINO, the INT8 file) against it, run as ``ddrnet bench`` runs them."""
-    import torch
-
-    from ddrnet.data.camvid import camvid
-    from ddrnet.deploy import evaluate_onnx, evaluate_onnx_forms
-    from ddrnet.engine.device import resolve_precision
-
-    dataset = camvid(args.evaluate_root, "val")
-    count = min(args.evaluate_images or len(dataset), len(dataset))
-    print(f"scoring on {count} of the {len(dataset)} CamVid val images (--evaluate-images)")
-    if model.metadata.trained_on("camvid", "val"):
-        logger.warning(
-            "this model was trained on CamVid val: its scores there are training-set "
-            "figures; the held-out model is camvid_ddrnet23_slim_train (--checkpoint)"
-        )
-    reference = evaluate_onnx(fp32_path, dataset, limit=args.evaluate_images)
-    print(f"fp32 ONNX with onnxruntime on CamVid val: mIoU {reference.miou:.2f}")
-    # OpenVINO's float layers as --amp auto runs them: bf16 where the CPU computes it.
-    auto = resolve_precision("auto", torch.device("cpu"), "openvino")
-    precision = "bf16" if auto == torch.bfloat16 else "f32"
-    layers = f"({precision} float layers)"
-    forms = [(f"fp32 ONNX with openvino {layers}", fp32_path, "openvino", precision)]
-    if final != fp32_path:
-        forms += [
-            ("INT8 ONNX with onnxruntime", final, "onnxruntime", "f32"),
-            (f"INT8 ONNX with openvino {layers}", final, "openvino", precision),
-        ]
-    results = evaluate_onnx_forms(forms, dataset, limit=args.evaluate_images)
-    for name, deployed in results.items():
-        if deployed is None:
-            print(f"{name}: not installed")
-            continue
-        print(
-            f"{name} on CamVid val: mIoU {deployed.miou:.2f} "
-            f"({deployed.miou - reference.miou:+.2f})"
-        )
