@@ -7,9 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ddrnet.models.metadata import IMAGENET_MEAN, IMAGENET_STD, distinct_palette
-
-IGNORE_INDEX = 255
+from ddrnet.models.metadata import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, distinct_palette
 
 
 @dataclass(frozen=True)

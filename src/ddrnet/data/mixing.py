@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import default_collate
 
+from ddrnet.models.metadata import IGNORE_INDEX
+
 
 @dataclass(frozen=True)
 class ClassMix:
@@ -38,7 +40,7 @@ class ClassMix:
 
     probability: float
     classes: tuple[int, ...] | None = None
-    ignore_index: int = 255
+    ignore_index: int = IGNORE_INDEX
 
     def __call__(
         self, samples: Sequence[tuple[torch.Tensor, torch.Tensor]]

@@ -25,7 +25,7 @@ from ddrnet.deploy.runtime import RUNTIMES, OnnxSegmentationModel, onnx_logits, 
 from ddrnet.engine.evaluate import evaluate
 from ddrnet.engine.inference import normalize
 from ddrnet.engine.metrics import SegmentationMetrics
-from ddrnet.models.metadata import normalisation
+from ddrnet.models.metadata import IGNORE_INDEX, normalisation
 
 if TYPE_CHECKING:
     from ddrnet.deploy.fixed_size import FixedSizeSegmentationModel
@@ -231,7 +231,7 @@ def evaluate_onnx(
     std: Sequence[float] | None = None,
     num_classes: int | None = None,
     *,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     limit: int | None = None,
     threads: int | None = None,
     runtime: str = "onnxruntime",

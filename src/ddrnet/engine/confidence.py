@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from ddrnet.engine.metrics import format_cell, percent_or_nan
+from ddrnet.models.metadata import IGNORE_INDEX
 
 ECE_BINS = 15
 CONFIDENCE_THRESHOLDS = (0.5, 0.7, 0.9, 0.95, 0.99)
@@ -45,7 +46,7 @@ class ConfidenceMetrics:
     summed negative log-likelihood instead of the confidence.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         rows = ECE_BINS + len(CONFIDENCE_THRESHOLDS) + num_classes + 1

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ddrnet.engine.metrics import format_cell, nanmean, percent_or_nan
+from ddrnet.models.metadata import IGNORE_INDEX
 
 BOUNDARY_DILATION_RATIO = 0.02
 SIZE_BUCKETS = ("small", "medium", "large")
@@ -67,7 +68,7 @@ class DetailMetrics:
     def __init__(
         self,
         num_classes: int,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         dilation_ratio: float = BOUNDARY_DILATION_RATIO,
     ) -> None:
         self.num_classes = num_classes

@@ -34,6 +34,7 @@ from ddrnet.engine.config import DistillConfig
 from ddrnet.engine.device import autocast
 from ddrnet.engine.inference import segment_logits
 from ddrnet.engine.losses import resize_logits
+from ddrnet.models.metadata import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class Distiller:
         config: DistillConfig,
         mean: Sequence[float],
         std: Sequence[float],
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         device: torch.device | None = None,
         amp_dtype: torch.dtype | None = None,
         channels_last: bool = False,

@@ -18,6 +18,7 @@ from ddrnet.engine.metrics import ConfusionMatrix, SegmentationMetrics
 from ddrnet.engine.predictor import Predictor
 from ddrnet.engine.recordings import frame_recordings
 from ddrnet.engine.temporal import Flicker, TemporalSmoother
+from ddrnet.models.metadata import IGNORE_INDEX
 
 PredictionCallback = Callable[[int, np.ndarray], object]
 
@@ -56,7 +57,7 @@ def evaluate(
     batch_size: int = 1,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     context: DistributedContext | None = None,
     progress: bool = True,
     num_workers: int = 0,
@@ -109,7 +110,7 @@ def evaluate_predictor(
     num_classes: int,
     *,
     batch_size: int = 1,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     context: DistributedContext | None = None,
     progress: bool = True,
     num_workers: int = 0,

@@ -22,6 +22,7 @@ from ddrnet.config import read_json
 from ddrnet.engine.metrics import class_iou, confusion_counts, format_cell, mean_iou
 from ddrnet.engine.recordings import frame_images
 from ddrnet.errors import UsageError
+from ddrnet.models.metadata import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,9 @@ class FrameScores:
     this process (``kept()``), for pictures, without holding every prediction in memory.
     """
 
-    def __init__(self, dataset: Dataset, num_classes: int, ignore_index: int = 255, keep: int = 0):
+    def __init__(
+        self, dataset: Dataset, num_classes: int, ignore_index: int = IGNORE_INDEX, keep: int = 0
+    ):
         self.images = frame_images(dataset)
         self.num_classes, self.ignore_index, self.keep = num_classes, ignore_index, keep
         self.counts = torch.zeros(len(self.images), num_classes, 5, dtype=torch.int64)

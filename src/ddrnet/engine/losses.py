@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddrnet.models.metadata import IGNORE_INDEX
+
 
 @functools.lru_cache(maxsize=32)
 def bilinear_matrix(in_size: int, out_size: int) -> torch.Tensor:
@@ -55,7 +57,9 @@ def subsample_labels(target: torch.Tensor, stride: int) -> torch.Tensor:
     return target[:, offset::stride, offset::stride].contiguous()
 
 
-def boundary_mask(target: torch.Tensor, radius: int, ignore_index: int = 255) -> torch.Tensor:
+def boundary_mask(
+    target: torch.Tensor, radius: int, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """``(N, H, W)`` bool: the labelled pixels of ``target`` ``(N, H, W)`` that have a pixel
     of another labelled class within ``radius`` pixels (a ``(2r+1)``-square window). Void is
     no class: an object's edge against void is not a boundary."""
@@ -110,7 +114,7 @@ class OhemCrossEntropy(nn.Module):
         self,
         threshold: float = 0.9,
         min_kept: int = 131072,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         class_weights: torch.Tensor | None = None,
         boundary_weight: float = 0.0,
         boundary_radius: int = 1,
@@ -160,7 +164,7 @@ class CrossEntropy(nn.Module):
 
     def __init__(
         self,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         class_weights: torch.Tensor | None = None,
         boundary_weight: float = 0.0,
         boundary_radius: int = 1,

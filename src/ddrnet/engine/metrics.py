@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ddrnet.models.metadata import IGNORE_INDEX
+
 
 def ratio_or_nan(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
     """``numerator / denominator`` elementwise (float tensors of counts), ``nan`` where the
@@ -46,7 +48,10 @@ def format_cell(value: float, spec: str = ".2f") -> str:
 
 
 def confusion_counts(
-    prediction: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
     """The ``(C, C)`` int64 CPU matrix of one prediction, rows = ground truth, columns =
     prediction, of integer tensors of one shape; pixels whose label is ``ignore_index`` (or
@@ -69,7 +74,7 @@ class ConfusionMatrix:
     Pixels whose label is ``ignore_index`` (or otherwise outside ``0..C-1``) are skipped.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)

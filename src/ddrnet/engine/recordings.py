@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, Subset
 from ddrnet.data.datasets import Sample
 from ddrnet.engine.metrics import SegmentationMetrics, confusion_counts, format_cell
 from ddrnet.errors import UsageError
+from ddrnet.models.metadata import IGNORE_INDEX
 
 
 def unwrap_subsets(dataset: Dataset) -> tuple[Dataset, list[int]]:
@@ -75,7 +76,9 @@ class RecordingMetrics:
     count under ``"(none)"``.
     """
 
-    def __init__(self, recordings: list[str | None], num_classes: int, ignore_index: int = 255):
+    def __init__(
+        self, recordings: list[str | None], num_classes: int, ignore_index: int = IGNORE_INDEX
+    ):
         names = [r if r is not None else "(none)" for r in recordings]
         self.names = sorted(set(names))
         position = {name: k for k, name in enumerate(self.names)}
@@ -84,7 +87,7 @@ class RecordingMetrics:
         self.counts = torch.zeros(len(self.names), num_classes, num_classes, dtype=torch.int64)
 
     @classmethod
-    def of_dataset(cls, dataset: Dataset, num_classes: int, ignore_index: int = 255):
+    def of_dataset(cls, dataset: Dataset, num_classes: int, ignore_index: int = IGNORE_INDEX):
         """For the frames of ``dataset``; a ``UsageError`` when it records no recordings
         (a folder data set, COCO-Stuff): one column would only repeat the whole."""
         recordings = frame_recordings(dataset)

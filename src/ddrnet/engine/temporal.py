@@ -40,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ddrnet.models.metadata import IGNORE_INDEX
+
 # The flow is computed at this many times the scores' resolution (a DDRNet's 1/8 grid: half
 # the input's), at most FLOW_MAX_WIDTH pixels wide and never beyond the frame itself. Half
 # the input resolution kept the mIoU gain on CamVid where a quarter lost it.
@@ -148,7 +150,7 @@ class Flicker:
     whose prediction changes.
     """
 
-    def __init__(self, ignore_index: int = 255) -> None:
+    def __init__(self, ignore_index: int = IGNORE_INDEX) -> None:
         self.ignore_index = ignore_index
         self.stable = 0
         self.changed = 0

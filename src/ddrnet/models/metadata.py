@@ -24,6 +24,8 @@ FORMAT_VERSION = 1
 # backbones, the default of every data set and model that records none of its own.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The label value of pixels that are not scored (void, unlabelled): the usual 255.
+IGNORE_INDEX = 255
 # The (height, width) in pixels a model is measured, pruned and exported at when it records
 # none (``input_size``): its data set's usual size, else DEFAULT_INPUT_SIZE.
 DATASET_INPUT_SIZES = {"camvid": (360, 480), "cityscapes": (1024, 2048), "coco_stuff": (640, 640)}
@@ -52,7 +54,7 @@ class ModelMetadata:
     palette: list[list[int]] = field(default_factory=list)
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
-    ignore_index: int = 255
+    ignore_index: int = IGNORE_INDEX
     dataset: str | None = None
     input_size: list[int] | None = None  # recommended (height, width) in pixels
     metrics: dict[str, Any] = field(default_factory=dict)
