@@ -204,7 +204,7 @@ def staged_files(folder: Path, set_name: str | None = None) -> Iterator[Path]:
         raise
     names = sorted(path.name for path in staging.iterdir())
     if set_name is not None:
-        listing = folder / f".ddrnet-{set_name}"
+        listing = set_listing(folder, set_name)
         earlier = _listed_names(listing)
         try:  # a user's file under the name of one of ours: it stays, ours are not kept
             _check_names_free(folder, earlier, names)
@@ -228,7 +228,7 @@ def check_set_names_free(folder: Path, set_name: str, names: Collection[str]) ->
     """A ``FileExistsError`` naming the first of ``names`` that is a file in ``folder`` which
     the earlier ``staged_files`` set ``set_name`` did not write: a user's file, which the
     set would replace. Callers that know the names before the work check them first."""
-    _check_names_free(folder, _listed_names(folder / f".ddrnet-{set_name}"), names)
+    _check_names_free(folder, set_names(folder, set_name), names)
 
 
 def _check_names_free(folder: Path, earlier: Collection[str], names: Collection[str]) -> None:
@@ -244,10 +244,15 @@ def _check_names_free(folder: Path, earlier: Collection[str], names: Collection[
             )
 
 
+def set_listing(folder: Path, set_name: str) -> Path:
+    """The file in ``folder`` that lists the ``staged_files(folder, set_name)`` set."""
+    return folder / f".ddrnet-{set_name}"
+
+
 def set_names(folder: Path, set_name: str) -> list[str]:
     """The file names the ``staged_files(folder, set_name)`` list holds (while a set is
     moved out: both sets'); none when there is no list."""
-    return _listed_names(folder / f".ddrnet-{set_name}")
+    return _listed_names(set_listing(folder, set_name))
 
 
 def _listed_names(listing: Path) -> list[str]:

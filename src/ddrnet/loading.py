@@ -129,7 +129,7 @@ def _load_onnx(
     path: str, model: str | None, runtime: str | None, amp: str, streams: int = 1
 ) -> nn.Module:
     """An ``OnnxSegmentationModel`` of ``path`` run by ``runtime`` (default onnxruntime)."""
-    from ddrnet.deploy.runtime import load_onnx_model
+    from ddrnet.deploy.runtime import load_onnx_model, openvino_precision
 
     runtime = runtime or "onnxruntime"
     if model is not None:
@@ -142,8 +142,7 @@ def _load_onnx(
             path,
         )
     try:
-        precision_name = "bf16" if precision == torch.bfloat16 else "f32"
-        return load_onnx_model(path, runtime, precision_name, streams=streams)
+        return load_onnx_model(path, runtime, openvino_precision(precision), streams=streams)
     except ImportError as error:
         package = "openvino" if runtime == "openvino" else "onnxruntime and onnx"
         raise UsageError(

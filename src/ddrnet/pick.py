@@ -27,6 +27,7 @@ from ddrnet.atomic import (
     STAGING_FOLDER,
     atomic_copy,
     atomic_write_json,
+    set_listing,
     set_names,
     staged_files,
 )
@@ -193,7 +194,7 @@ def write_picks(
         _write_frames(chosen, names, staging)
         atomic_write_json(listing, staging / PICKS_FILE)  # moved out with the frames
     # Whole now: the list served a stopped pick's clean-up only (picks.json lists the frames).
-    (output / f".ddrnet-{PICKS_SET}").unlink(missing_ok=True)
+    set_listing(output, PICKS_SET).unlink(missing_ok=True)
     return [output / name for name in names]
 
 
@@ -230,7 +231,7 @@ def _prepare_output(output: Path) -> None:
             for name in set_names(output, PICKS_SET):
                 with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                     (output / name).unlink()
-            (output / f".ddrnet-{PICKS_SET}").unlink(missing_ok=True)
+            set_listing(output, PICKS_SET).unlink(missing_ok=True)
         shutil.rmtree(staging)
         logger.info("removed what a stopped pick left in %s", output)
     if output.is_dir() and any(output.iterdir()):

@@ -99,11 +99,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddrnet.models.metadata import default_input_size
-
     images = _checked_options(args)
     model = load_pytorch_model(args)
-    args.size = args.size or default_input_size(model)  # the library's rule, for every form
     if args.evaluate_root is not None:  # before the export, not after it
         _check_camvid_classes(model)
     output = Path(args.output)

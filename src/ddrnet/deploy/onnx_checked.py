@@ -133,15 +133,6 @@ def _build_engine(
     report(f"TensorRT engine (float16 allowed, input 1x3x{height}x{width}) written to {output}")
 
 
-def openvino_auto_precision() -> str:
-    """OpenVINO's precision of float layers as ``--amp auto`` runs them: ``"bf16"`` where
-    the CPU computes it natively, else ``"f32"``."""
-    from ddrnet.engine.device import resolve_precision
-
-    auto = resolve_precision("auto", torch.device("cpu"), "openvino")
-    return "bf16" if auto == torch.bfloat16 else "f32"
-
-
 def _evaluate_forms(
     model: nn.Module, fp32_path: Path, final: Path, root: str | Path, limit: int | None,
     report: Callable[[str], Any],
@@ -149,7 +140,9 @@ def _evaluate_forms(
     """mIoU on CamVid val of the fp32 ONNX file with onnxruntime, and of every deployed form
     (OpenVINO, the INT8 file) against it, run as ``ddrnet bench`` runs them."""
     from ddrnet.data.camvid import camvid
+    from ddrnet.deploy.runtime import openvino_precision
     from ddrnet.deploy.verify import evaluate_onnx, evaluate_onnx_forms
+    from ddrnet.engine.device import resolve_precision
 
     dataset = camvid(str(root), "val")
     count = min(limit or len(dataset), len(dataset))
@@ -161,7 +154,8 @@ def _evaluate_forms(
         )
     reference = evaluate_onnx(fp32_path, dataset, limit=limit)
     report(f"fp32 ONNX with onnxruntime on CamVid val: mIoU {reference.miou:.2f}")
-    precision = openvino_auto_precision()
+    # OpenVINO's float layers as --amp auto runs them: bf16 where the CPU computes it.
+    precision = openvino_precision(resolve_precision("auto", torch.device("cpu"), "openvino"))
     layers = f"({precision} float layers)"
     forms = [(f"fp32 ONNX with openvino {layers}", fp32_path, "openvino", precision)]
     if final != fp32_path:

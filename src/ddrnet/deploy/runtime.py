@@ -48,6 +48,12 @@ RUNTIMES = ("onnxruntime", "openvino")
 OPENVINO_PRECISIONS = ("f32", "bf16")
 
 
+def openvino_precision(dtype: torch.dtype | None) -> str:
+    """The name (``OPENVINO_PRECISIONS``) of float layers computed in ``dtype``, as
+    ``resolve_precision`` gives it: ``"bf16"`` for bfloat16, else ``"f32"``."""
+    return "bf16" if dtype == torch.bfloat16 else "f32"
+
+
 def is_onnx_file(path: str | Path | None) -> bool:
     """Whether ``path`` names an ONNX file (by its suffix; the file need not exist)."""
     return path is not None and Path(path).suffix.lower() == ".onnx"

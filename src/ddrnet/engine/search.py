@@ -455,7 +455,7 @@ def run_name(topology: dict[str, Any], settings: dict[str, Any] | None = None) -
     name = f"p{topology['planes']}_b{blocks}_d{topology['dappm_planes']}_h{topology['head_planes']}"
     if not settings:
         return name
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256(_key(settings).encode()).hexdigest()
     return f"{name}_r{digest[:8]}"
 
 
