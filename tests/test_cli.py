@@ -62,6 +62,23 @@ def test_the_help_names_every_export_format_and_serve_format() -> None:
     assert f"format={'|'.join(FORMATS)})" in serve, serve
 
 
+def test_every_command_that_runs_a_model_picks_its_device_alike() -> None:
+    """predict, eval, pick and serve run where ``--device auto`` says (CUDA when there is
+    one); the server once defaulted to the CPU alone."""
+    from ddrnet.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    with_device = {
+        name
+        for name, parser in commands.items()
+        if any("--device" in action.option_strings for action in parser._actions)
+    }
+    assert {"predict", "eval", "pick", "serve"} <= with_device
+    for name in with_device:
+        device = next(a for a in commands[name]._actions if "--device" in a.option_strings)
+        assert device.default == "auto", name
+
+
 def test_help_and_mistyped_options_answer_without_loading_pytorch() -> None:
     """``ddrnet --help``, a command's help and an unknown option are answered before
     PyTorch is imported (a second or more)."""

@@ -53,10 +53,9 @@ from ddrnet.choices import (
     SERVE_TIMEOUT_S,
 )
 from ddrnet.data.io import demo_frames, png_bytes
-from ddrnet.engine.predictor import Predictor, mark_unknown, unknown_label
-from ddrnet.models.metadata import class_info
-from ddrnet.render import confidence_picture, labelled_overlay
-from ddrnet.runner import leave_cores_to_runtime
+from ddrnet.engine.predictor import mark_unknown, unknown_label
+from ddrnet.render import confidence_picture
+from ddrnet.runner import SegmentationRunner
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +126,9 @@ class Prediction:
 
 
 class SegmentationService:
-    """The loaded model, its classes, and thread-safe prediction."""
+    """The loaded model in a ``SegmentationRunner`` (the predictor, classes and pictures
+    ``ddrnet predict`` uses), with thread-safe prediction and a per-request
+    ``min_confidence``."""
 
     def __init__(
         self,
@@ -135,13 +136,10 @@ class SegmentationService:
         device: str | torch.device = "cpu",
         amp_dtype: torch.dtype | None = None,
     ) -> None:
-        self.model = model.eval()
-        leave_cores_to_runtime(model)
         # decode_image refuses uploads over the server's max_pixels before decoding them.
-        self.predictor = Predictor(self.model, device=device, amp_dtype=amp_dtype, max_pixels=None)
-        info = class_info(model)
-        self.class_names = list(info.names)
-        self.palette = [list(colour) for colour in info.palette]
+        self.runner = SegmentationRunner(model.eval(), torch.device(device), amp_dtype)
+        self.class_names = self.runner.class_names
+        self.palette = [list(colour) for colour in self.runner.palette]
         metadata = getattr(model, "metadata", None)
         self.architecture = metadata.architecture if metadata else type(model).__name__
         # One forward pass at a time: the modules are shared, and on a CPU PyTorch already
@@ -153,17 +151,12 @@ class SegmentationService:
     ) -> Prediction:
         """Label map of an ``(H, W, 3)`` uint8 RGB image at its own resolution; with
         ``confidence`` or ``min_confidence``, its confidence map too, and the pixels below
-        ``min_confidence`` labelled ``unknown_label`` (255)."""
+        ``min_confidence`` labelled ``unknown_label`` (255). The first call also warms the
+        kernels up (``SegmentationRunner.labels``), untimed."""
         confidence = confidence or min_confidence is not None
         with self._lock:
-            start = time.perf_counter()
-            # Grad mode is per thread in PyTorch: set it here, in the request's thread.
-            with torch.inference_mode():
-                if confidence:
-                    (labels,), (confidences,) = self.predictor.predict_with_confidence([image])
-                else:
-                    labels, confidences = self.predictor.predict(image), None
-            latency = (time.perf_counter() - start) * 1000
+            (labels,), confidences, latency = self.runner.labels([image], confidence)
+        confidences = confidences[0] if confidences else None
         if min_confidence is not None:
             unknown = unknown_label(len(self.class_names))
             mark_unknown(labels, confidences, min_confidence, unknown)
@@ -184,10 +177,8 @@ class SegmentationService:
         return shares
 
     def overlay_png(self, prediction: Prediction) -> bytes:
-        picture = labelled_overlay(
-            prediction.image, prediction.labels, self.class_names, self.palette
-        )
-        return png_bytes(picture)
+        pictures = self.runner.pictures(prediction.image, prediction.labels, ["overlay"])
+        return png_bytes(pictures["overlay"])
 
     def health(self) -> dict[str, Any]:
         return {

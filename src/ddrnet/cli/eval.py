@@ -14,6 +14,7 @@ from ddrnet.cli.options import (
     POSITIVE_INT,
     SEVERITY,
     add_amp_option,
+    add_device_option,
     add_runtime_option,
     add_scales_option,
     device_and_precision,
@@ -75,7 +76,7 @@ def _add_inference_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--window", type=parse_size, help="sliding window HEIGHTxWIDTH")
     group.add_argument("--batch-size", type=POSITIVE_INT, default=1)
     add_amp_option(group)
-    group.add_argument("--device", default="auto")
+    add_device_option(group)
     add_runtime_option(group)
 
 

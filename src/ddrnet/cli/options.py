@@ -132,6 +132,16 @@ def add_amp_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_device_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--device`` of the commands that run a model (``ddrnet.loading.inference_setup``)."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when there is one, else the CPU; exported files run on the CPU), "
+        "cpu, cuda or cuda:N",
+    )
+
+
 def add_scales_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scales",

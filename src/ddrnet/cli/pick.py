@@ -11,6 +11,7 @@ from ddrnet.cli.options import (
     PATH,
     POSITIVE_INT,
     add_amp_option,
+    add_device_option,
     add_model_options,
     add_runtime_option,
     device_and_precision,
@@ -60,7 +61,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_model_options(parser, "model file or bundled name (default: the bundled model)")
     add_runtime_option(parser)
     add_amp_option(parser)
-    parser.add_argument("--device", default="auto")
+    add_device_option(parser)
     parser.set_defaults(handler=run)
 
 

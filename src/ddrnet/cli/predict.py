@@ -16,6 +16,7 @@ from ddrnet.cli.options import (
     PATH,
     POSITIVE_INT,
     add_amp_option,
+    add_device_option,
     add_model_options,
     add_runtime_option,
     add_scales_option,
@@ -80,7 +81,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--flip", action="store_true")
     parser.add_argument("--alpha", type=FRACTION, default=0.5, help="overlay colour weight, 0-1")
     add_amp_option(parser)
-    parser.add_argument("--device", default="auto")
+    add_device_option(parser)
     add_runtime_option(parser)
     _add_video_options(parser)
     parser.set_defaults(handler=run)

@@ -18,6 +18,7 @@ from ddrnet.cli.options import (
     POSITIVE_FLOAT,
     POSITIVE_INT,
     add_amp_option,
+    add_device_option,
     add_model_options,
     add_runtime_option,
     device_and_precision,
@@ -73,7 +74,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         f"{SERVE_TIMEOUT_S})",
     )
     add_amp_option(parser)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+    add_device_option(parser)
     add_runtime_option(parser)
     parser.set_defaults(handler=run)
 
