@@ -131,6 +131,9 @@ def test_the_checked_onnx_export_runs_from_python(model, tmp_path) -> None:
         export_onnx_checked(model, tmp_path / "n.onnx", (64, 64), form="onnx-int8",
                             calibration=images, report=lines.append)  # fmt: skip
     assert (tmp_path / "n_fp32.onnx").read_text() == "my notes"
+    with pytest.raises(ValueError, match="weight_bits must be 7 or 8, got 6"):
+        export_onnx_checked(model, tmp_path / "w.onnx", form="onnx-int8", weight_bits=6)
+    assert not (tmp_path / "w.onnx").exists() and not (tmp_path / "w_fp32.onnx").exists()
 
 
 def test_a_rerun_removes_what_a_killed_export_or_save_left(model, tmp_path) -> None:

@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
             args.size,
             form=args.format,
             calibration=images or (),
-            weight_bits=args.weight_bits or 7,
+            weight_bits=args.weight_bits,
             argmax=args.argmax,
             upsample_to_input=args.upsample,
             evaluate_root=args.evaluate_root,
