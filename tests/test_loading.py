@@ -67,6 +67,34 @@ def test_an_onnx_file_loads_as_a_model_that_runs_on_the_cpu(tmp_path) -> None:
         ddrnet.load(path, amp="bf16")
     with pytest.raises(FileNotFoundError, match="missing.onnx: no such ONNX file"):
         ddrnet.load(tmp_path / "missing.onnx")
+    # The file's suffix decides; a runtime of another format is told which ones run it.
+    with pytest.raises(UsageError, match="--runtime ncnn: .*m.onnx is an ONNX file; run it with "
+                       "--runtime onnxruntime or openvino"):  # fmt: skip
+        ddrnet.load(path, runtime="ncnn")
+
+
+def test_each_exported_format_is_told_by_its_suffix_alone() -> None:
+    """One table (``ddrnet.deploy.formats``) names every exported file; a PyTorch model file,
+    a bundled name or nothing is none of them."""
+    from ddrnet.deploy import formats
+    from ddrnet.loading import check_pytorch_file
+
+    for name, expected in [
+        ("m.onnx", formats.ONNX), ("M.ONNX", formats.ONNX), ("dir/m.param", formats.NCNN),
+        ("m.pte", formats.EXECUTORCH), ("m.pt2", formats.AOTI), ("m.pt", None),
+        ("m.safetensors", None), ("m.bin", None), ("camvid_ddrnet23_slim", None), (None, None),
+    ]:  # fmt: skip
+        assert formats.exported_format(name) is expected, name
+    assert formats.format_of_runtime("ncnn") is formats.NCNN
+    assert formats.format_of_runtime("openvino") is None  # ONNX files have two runtimes
+    with pytest.raises(UsageError) as refused:
+        check_pytorch_file("model.pte", "ddrnet prune")
+    message = str(refused.value)
+    assert message.startswith("ddrnet prune works on the PyTorch model")
+    assert "exported ExecuTorch file model.pte" in message
+    for fmt in formats.EXPORTED_FORMATS:  # what the refusal offers instead
+        assert f"{fmt.label} {fmt.suffix}" in message
+    check_pytorch_file("model.safetensors", "ddrnet prune")  # no refusal
 
 
 def test_the_segmenting_commands_refuse_meaningless_models(tmp_path, capsys) -> None:

@@ -18,7 +18,6 @@ PyTorch model: ``check_pytorch_file`` refuses exported files for those by name.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -77,21 +76,17 @@ def load(
     Errors a user can fix (a missing or unreadable file, options that do not fit the file)
     are ``DDRNetError`` subclasses that name the file.
     """
-    from ddrnet.deploy.aoti import is_aoti_file
-    from ddrnet.deploy.executorch_runtime import is_executorch_file
-    from ddrnet.deploy.ncnn_runtime import is_ncnn_file
-    from ddrnet.deploy.runtime import is_onnx_file
+    from ddrnet.deploy.formats import ONNX, exported_format, format_of_runtime
 
     if source is None and model is None:
         source = default_checkpoint()
-    if runtime == "aoti" or is_aoti_file(source):
-        return _load_own_format("aoti", str(source or model), model, runtime, amp)
-    if runtime == "executorch" or is_executorch_file(source):
-        return _load_own_format("executorch", str(source or model), model, runtime, amp)
-    if runtime == "ncnn" or is_ncnn_file(source):
-        return _load_own_format("ncnn", str(source or model), model, runtime, amp)
-    if is_onnx_file(source):
+    # The file's suffix decides (a runtime that does not run it is refused there); else a
+    # runtime of one format's own (which then says what the file should be).
+    fmt = exported_format(source) or (format_of_runtime(runtime) if runtime else None)
+    if fmt is ONNX:
         return _load_onnx(str(source), model, runtime, amp, streams)
+    if fmt is not None:
+        return _load_own_format(fmt.runtimes[0], str(source or model), model, runtime, amp)
     if runtime is not None:
         raise UsageError(
             f"--runtime applies to exported .onnx files; {source or model} is a PyTorch model "
@@ -129,9 +124,15 @@ def _load_onnx(
     path: str, model: str | None, runtime: str | None, amp: str, streams: int = 1
 ) -> nn.Module:
     """An ``OnnxSegmentationModel`` of ``path`` run by ``runtime`` (default onnxruntime)."""
+    from ddrnet.deploy.formats import ONNX
     from ddrnet.deploy.runtime import load_onnx_model, openvino_precision
 
-    runtime = runtime or "onnxruntime"
+    runtime = runtime or ONNX.runtimes[0]
+    if runtime not in ONNX.runtimes:
+        raise UsageError(
+            f"--runtime {runtime}: {path} is an ONNX file; run it with --runtime "
+            f"{' or '.join(ONNX.runtimes)} (or without --runtime)"
+        )
     if model is not None:
         raise UsageError(f"--model does not apply to {path}: an ONNX file is its own model")
     precision = resolve_precision(amp, torch.device("cpu"), runtime, option="--amp")
@@ -150,30 +151,6 @@ def _load_onnx(
         ) from None
 
 
-@dataclass(frozen=True)
-class _OwnFormat:
-    """An exported format that only its own runtime runs (ncnn, ExecuTorch)."""
-
-    label: str  # as users call it
-    file_kind: str  # what its file is, for messages
-    export_hint: str  # how to make one
-
-
-_OWN_FORMATS = {
-    "ncnn": _OwnFormat(
-        "ncnn", "ncnn .param file",
-        "`ddrnet export --format ncnn -o NAME.param` (writes NAME.param, NAME.bin, NAME.json)",
-    ),
-    "executorch": _OwnFormat(
-        "ExecuTorch", "ExecuTorch .pte file",
-        "`ddrnet export --format executorch -o NAME.pte` (writes NAME.pte and NAME.json)",
-    ),
-    "aoti": _OwnFormat(
-        "AOTInductor", "AOTInductor .pt2 package", "`ddrnet export --format aoti -o NAME.pt2`",
-    ),
-}  # fmt: skip
-
-
 def _load_own_format(
     runtime_name: str, path: str, model: str | None, runtime: str | None, amp: str
 ) -> nn.Module:
@@ -181,22 +158,20 @@ def _load_own_format(
     the suffix or by ``--runtime``); a ``UsageError`` naming the file for another format,
     runtime or precision; the runtime's own error for a missing companion file or package."""
     from ddrnet.deploy import aoti, executorch_runtime, ncnn_runtime
+    from ddrnet.deploy.formats import format_of_runtime
 
-    is_file, loader = {
-        "aoti": (aoti.is_aoti_file, aoti.load_aoti_model),
-        "ncnn": (ncnn_runtime.is_ncnn_file, ncnn_runtime.load_ncnn_model),
-        "executorch": (
-            executorch_runtime.is_executorch_file,
-            executorch_runtime.load_executorch_model,
-        ),
+    loader = {
+        "aoti": aoti.load_aoti_model,
+        "ncnn": ncnn_runtime.load_ncnn_model,
+        "executorch": executorch_runtime.load_executorch_model,
     }[runtime_name]
-    fmt = _OWN_FORMATS[runtime_name]
+    fmt = format_of_runtime(runtime_name)
     if runtime not in (None, runtime_name):
         raise UsageError(
             f"--runtime {runtime}: {path} is an {fmt.label} file; run it with --runtime "
             f"{runtime_name} (or without --runtime)"
         )
-    if not is_file(path):
+    if not fmt.names(path):
         raise UsageError(
             f"--runtime {runtime_name}: {path} is not an {fmt.file_kind}; export one with "
             f"{fmt.export_hint}"
@@ -256,21 +231,12 @@ def check_pytorch_file(source: str | Path | None, command: str) -> None:
     ``.pt2``) where
     ``command`` (e.g. ``"ddrnet export"``) needs the PyTorch network itself: a ``UsageError``
     naming it."""
-    from ddrnet.deploy.aoti import is_aoti_file
-    from ddrnet.deploy.executorch_runtime import is_executorch_file
-    from ddrnet.deploy.ncnn_runtime import is_ncnn_file
-    from ddrnet.deploy.runtime import is_onnx_file
+    from ddrnet.deploy.formats import EXPORTED_FORMATS, exported_format
 
-    kinds = {
-        "ONNX": is_onnx_file,
-        "ncnn": is_ncnn_file,
-        "ExecuTorch": is_executorch_file,
-        "AOTInductor": is_aoti_file,
-    }
-    for kind, is_kind in kinds.items():
-        if is_kind(source):
-            raise UsageError(
-                f"{command} works on the PyTorch model (.safetensors/.pt/.pth), not on the "
-                f"exported {kind} file {source}; predict, eval and serve run .onnx, ncnn "
-                ".param, ExecuTorch .pte and AOTInductor .pt2 files"
-            )
+    fmt = exported_format(source)
+    if fmt is not None:
+        runnable = ", ".join(f"{each.label} {each.suffix}" for each in EXPORTED_FORMATS)
+        raise UsageError(
+            f"{command} works on the PyTorch model (.safetensors/.pt/.pth), not on the "
+            f"exported {fmt.label} file {source}; predict, eval and serve run {runnable} files"
+        )

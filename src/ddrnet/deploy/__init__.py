@@ -17,12 +17,7 @@ importing this package needs only PyTorch.
 
 from __future__ import annotations
 
-from ddrnet.deploy.aoti import (
-    AotiSegmentationModel,
-    export_aoti,
-    is_aoti_file,
-    load_aoti_model,
-)
+from ddrnet.deploy.aoti import AotiSegmentationModel, export_aoti, load_aoti_model
 from ddrnet.deploy.backends import (
     BACKENDS,
     GPU_BACKENDS,
@@ -39,15 +34,20 @@ from ddrnet.deploy.bench import (
     run_benchmarks,
 )
 from ddrnet.deploy.executorch_export import export_executorch
-from ddrnet.deploy.executorch_runtime import (
-    ExecutorchSegmentationModel,
-    is_executorch_file,
-    load_executorch_model,
-)
+from ddrnet.deploy.executorch_runtime import ExecutorchSegmentationModel, load_executorch_model
 from ddrnet.deploy.export import export_onnx, export_torchscript
+from ddrnet.deploy.formats import (
+    EXPORTED_FORMATS,
+    ExportedFormat,
+    exported_format,
+    is_aoti_file,
+    is_executorch_file,
+    is_ncnn_file,
+    is_onnx_file,
+)
 from ddrnet.deploy.gpu import build_tensorrt_engine, tensorrt_function
 from ddrnet.deploy.ncnn_export import export_ncnn
-from ddrnet.deploy.ncnn_runtime import NcnnSegmentationModel, is_ncnn_file, load_ncnn_model
+from ddrnet.deploy.ncnn_runtime import NcnnSegmentationModel, load_ncnn_model
 from ddrnet.deploy.onnx_file import (
     OPENVINO_FIXED_SIZE_KEY,
     ExportError,
@@ -65,7 +65,6 @@ from ddrnet.deploy.quantize import (
 )
 from ddrnet.deploy.runtime import (
     OnnxSegmentationModel,
-    is_onnx_file,
     load_onnx_model,
     onnx_session,
     openvino_logits_function,
@@ -108,6 +107,9 @@ __all__ = [
     "export_onnx",
     "export_torchscript",
     "fuse_conv_bn",
+    "EXPORTED_FORMATS",
+    "ExportedFormat",
+    "exported_format",
     "is_aoti_file",
     "is_executorch_file",
     "is_ncnn_file",

@@ -50,6 +50,7 @@ from ddrnet.deploy.fixed_size import (
     export_record,
     program_size,
 )
+from ddrnet.deploy.formats import AOTI, is_aoti_file
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.errors import UsageError
 from ddrnet.hardware import is_x86, runs_inductor_isa
@@ -57,7 +58,6 @@ from ddrnet.models.metadata import ModelMetadata
 
 logger = logging.getLogger(__name__)
 
-AOTI_SUFFIX = ".pt2"
 MAX_BATCH = 32  # the largest batch the package takes; the runtime splits larger ones
 ISAS = ("portable", "native")
 # The package's metadata file (one per compiled model), written by AOTInductor.
@@ -69,11 +69,6 @@ _PACKAGE_LOGGER = "torch.export.pt2_archive._package"
 
 class AotiFileError(ExportError):
     """An AOTInductor package that cannot be run here; the message names the file and fix."""
-
-
-def is_aoti_file(path: str | Path | None) -> bool:
-    """Whether ``path`` names an AOTInductor package (by its ``.pt2`` suffix)."""
-    return path is not None and Path(path).suffix.lower() == AOTI_SUFFIX
 
 
 def export_aoti(
@@ -118,7 +113,7 @@ def export_aoti(
     if isa == "portable" and is_x86():
         configs["cpp.simdlen"] = 256  # Inductor's AVX2 kernels
     remove_stale_temporaries(path.parent, (path.name,))  # of an export killed before
-    temporary = temporary_beside(path, AOTI_SUFFIX)
+    temporary = temporary_beside(path, AOTI.suffix)
     try:
         _compile(wrapper, (height, width), configs, temporary)
         commit(temporary, path)

@@ -31,6 +31,7 @@ import torch
 
 from ddrnet.atomic import file_digest
 from ddrnet.deploy.fixed_size import FixedSizeSegmentationModel
+from ddrnet.deploy.formats import is_executorch_file
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.deploy.sidecar import (
     EXECUTORCH_KEY,
@@ -52,11 +53,6 @@ _NOISY_IMPORT_LOGGERS = ("torchao", "torch.utils._pytree")
 
 class ExecutorchFileError(ExportError):
     """An ExecuTorch file that cannot be run as asked; the message names the file and the fix."""
-
-
-def is_executorch_file(path: str | Path | None) -> bool:
-    """Whether ``path`` names an ExecuTorch program (by its ``.pte`` suffix; need not exist)."""
-    return path is not None and Path(path).suffix.lower() == ".pte"
 
 
 @dataclass(frozen=True)

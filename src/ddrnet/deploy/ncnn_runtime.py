@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ddrnet.atomic import file_digest
+from ddrnet.deploy.formats import is_ncnn_file
 from ddrnet.deploy.onnx_file import EXPORT_OPTIONS_KEY, METADATA_KEY, ExportError
 from ddrnet.deploy.sidecar import (
     NCNN_KEY,
@@ -41,11 +42,6 @@ INSTALL_HINT = "pip install ncnn (or pip install 'ddrnet[edge]')"
 
 class NcnnFileError(ExportError):
     """An ncnn file that cannot be run as asked; the message names the file and the fix."""
-
-
-def is_ncnn_file(path: str | Path | None) -> bool:
-    """Whether ``path`` names an ncnn graph (by its ``.param`` suffix; need not exist)."""
-    return path is not None and Path(path).suffix.lower() == ".param"
 
 
 @dataclass(frozen=True)

@@ -54,11 +54,6 @@ def openvino_precision(dtype: torch.dtype | None) -> str:
     return "bf16" if dtype == torch.bfloat16 else "f32"
 
 
-def is_onnx_file(path: str | Path | None) -> bool:
-    """Whether ``path`` names an ONNX file (by its suffix; the file need not exist)."""
-    return path is not None and Path(path).suffix.lower() == ".onnx"
-
-
 # --------------------------------------------------------------------------------------------
 # ONNX Runtime
 # --------------------------------------------------------------------------------------------
