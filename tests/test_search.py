@@ -4,6 +4,7 @@ that continues where a kill or Ctrl-C stopped it, and bad arguments in one line.
 from __future__ import annotations
 
 import json
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,11 @@ import pytest
 import ddrnet
 from ddrnet.config import load_config
 from ddrnet.engine import search as search_module
+from ddrnet.engine import search_runs, search_study
 from ddrnet.engine.config import Config
-from ddrnet.engine.search import LEADERBOARD, run_name, search
+from ddrnet.engine.search import run_name, search
 from ddrnet.engine.search_space import SearchSpace, candidate_config
+from ddrnet.engine.search_study import LEADERBOARD
 from ddrnet.errors import UsageError
 
 from helpers import one_line_cli_error, tiny_config
@@ -65,6 +68,54 @@ def test_a_search_scores_candidates_within_the_budget_and_extends(camvid_root, t
     assert {c.run: c.miou for c in candidates}.items() <= {c.run: c.miou for c in more}.items()
 
 
+def test_workers_train_runs_side_by_side_each_in_a_process(camvid_root, tmp_path, monkeypatch):
+    """``workers=2``: the second run starts while the first trains, each in a child process
+    with its output in ``<run>.log`` and half the cores (the recipe sets no threads); the
+    scores are the runs' own, and the search ends with no child left."""
+    config = tiny_config(camvid_root, tmp_path / "unused", epochs=1)
+    assert config.train.threads is None
+    in_flight: list[int] = []
+    real_start = search_runs.ParallelRuns.start
+
+    def start(self, run_config):
+        real_start(self, run_config)
+        in_flight.append(len(self._children))
+
+    monkeypatch.setattr(search_runs.ParallelRuns, "start", start)
+    candidates = search(config, tmp_path / "s", 3, epochs=1, max_macs=0.6, space=SPACE,
+                        seeds=2, workers=2)  # fmt: skip
+    assert len(candidates) == 3 and len(in_flight) == 6 and max(in_flight) == 2
+    threads = max(1, search_runs.usable_cores() // 2)
+    for candidate in candidates:
+        for seed, miou in zip((0, 1), candidate.seed_mious, strict=True):
+            run = Path(candidate.run) / f"seed{seed}"
+            log = run.with_name(f"seed{seed}.log").read_bytes()
+            assert b"epoch 1: loss" in log and b"\r" not in log  # its epochs, no progress bar
+            recipe = load_config(Config, run / "config.yaml")
+            assert recipe.train.threads == threads and recipe.train.seed == seed
+            history = (run / "metrics.jsonl").read_text().splitlines()
+            assert miou == json.loads(history[-1])["val_mIoU"]
+    assert not multiprocessing.active_children()
+
+
+def test_a_failed_run_in_a_worker_is_named(tmp_path) -> None:
+    """A child that wrote a user's problem gives that one line; any other failure names the
+    log that holds the traceback, with its last lines."""
+    run = tmp_path / "trials" / "p16" / "seed0"
+    run.with_name("seed0.log").parent.mkdir(parents=True)
+    run.with_name("seed0.log").write_text(
+        "epoch 1/1:  50%|#####\rTraceback (most recent call last):\nBoom\n"
+    )
+    with pytest.raises(
+        RuntimeError, match=r"(?s)seed0 stopped \(exit status 1\); its log .*seed0.log ends:.*Boom"
+    ):
+        search_runs._raise_if_failed(run, 1)
+    run.with_name("seed0.error").write_text(f"{run}: data.root /nowhere: no such folder\n")
+    with pytest.raises(UsageError, match=r"seed0: data.root /nowhere: no such folder$"):
+        search_runs._raise_if_failed(run, 2)
+    search_runs._raise_if_failed(run, 0)  # finished: nothing to say
+
+
 def test_each_candidate_can_train_with_several_seeds_and_score_their_mean(
     camvid_root, tmp_path
 ) -> None:
@@ -87,7 +138,7 @@ def test_a_stopped_search_trains_its_interrupted_candidate_first(
     the next search gives that candidate another go before any new one."""
     config = tiny_config(camvid_root, tmp_path / "unused", epochs=1)
     trained: list[str] = []
-    real_train = search_module.train
+    real_train = search_runs.train
 
     def train_or_stop(trial_config, resume):
         trained.append(Path(trial_config.train.output_dir).parent.name)
@@ -95,25 +146,25 @@ def test_a_stopped_search_trains_its_interrupted_candidate_first(
             raise KeyboardInterrupt
         return real_train(trial_config, resume=resume)
 
-    monkeypatch.setattr(search_module, "train", train_or_stop)
+    monkeypatch.setattr(search_runs, "train", train_or_stop)
     with pytest.raises(KeyboardInterrupt):
         search(config, tmp_path / "s", 1, epochs=1, max_macs=0.6, space=SPACE)
     candidates = search(config, tmp_path / "s", 1, epochs=1, max_macs=0.6, space=SPACE)
     assert trained[1] == trained[0] and Path(candidates[0].run).name == trained[0]
 
     # A trial of a process that is gone (a kill), still marked running in the journal.
-    optuna = search_module._optuna()
-    study = search_module._open_study(optuna, config, tmp_path / "s", 1, 0.6, SPACE, (0, 1), 2)
+    optuna = search_study.import_optuna()
+    study = search_study.open_study(optuna, config, tmp_path / "s", 1, 0.6, SPACE, (0, 1), 2)
     killed = study.ask({"planes": optuna.distributions.CategoricalDistribution([16, 24])})
     SPACE.suggest(killed, 1)
     killed.set_user_attr("process", f"{2**22 + 7}-0")  # no such process
     # A kill in the middle of a journal write: a record half written at the end.
-    with (tmp_path / "s" / search_module.JOURNAL).open("ab") as journal:
+    with (tmp_path / "s" / search_study.JOURNAL).open("ab") as journal:
         journal.write(b'{"op_code": 5, "worker_id": "x", "trial_id": 9')
     candidates = search(config, tmp_path / "s", 2, epochs=1, max_macs=0.6, space=SPACE)
     assert trained[-1] == run_name(*SPACE.suggest(_Fixed(killed.params), 1))
     assert len(candidates) == 2
-    assert (tmp_path / "s" / search_module.JOURNAL).read_bytes().endswith(b"}\n")
+    assert (tmp_path / "s" / search_study.JOURNAL).read_bytes().endswith(b"}\n")
 
 
 class _Fixed:
@@ -140,8 +191,8 @@ def test_bad_arguments_are_one_line(camvid_root, tmp_path, capsys) -> None:
         f"--output {tmp_path / 'file'}: is a file, but a folder is to be written there"
     )
     config = tiny_config(camvid_root, tmp_path / "unused", epochs=1)
-    optuna = search_module._optuna()
-    search_module._open_study(optuna, config, tmp_path / "s", 1, 0.6, SPACE, (0, 1), 1)
+    optuna = search_study.import_optuna()
+    search_study.open_study(optuna, config, tmp_path / "s", 1, 0.6, SPACE, (0, 1), 1)
     with pytest.raises(UsageError, match="holds a search with another epochs, max_macs; continue"):
         search(config, tmp_path / "s", 1, epochs=2, max_macs=0.5, space=SPACE)
     for bad in (0, 1.5, True):
@@ -165,7 +216,7 @@ def test_bad_arguments_are_one_line(camvid_root, tmp_path, capsys) -> None:
         search(config, tmp_path / "run", 1, epochs=1, space=SPACE)
     with pytest.raises(UsageError, match="holds a search with another seed"):
         search(config, tmp_path / "s", 1, epochs=1, max_macs=0.6, space=SPACE, seed=7)
-    (tmp_path / "s" / search_module.JOURNAL).write_text("garbage\n")
+    (tmp_path / "s" / search_study.JOURNAL).write_text("garbage\n")
     with pytest.raises(UsageError, match="search.journal: not a readable search journal"):
         search(config, tmp_path / "s", 1, epochs=1, max_macs=0.6, space=SPACE)
 

@@ -152,7 +152,9 @@ def run_epoch(
     bar = tqdm(
         total=iterations,
         desc=f"epoch {epoch + 1}/{cfg_train.epochs}",
-        disable=not ctx.is_main,
+        # On a terminal only (None: tqdm's test): a log file or a search worker's log
+        # keeps the epoch's one line, not a line of carriage returns.
+        disable=None if ctx.is_main else True,
         dynamic_ncols=True,
         mininterval=1.0,
     )

@@ -152,7 +152,8 @@ def evaluate_predictor(
     )
     confusion = ConfusionMatrix(num_classes, ignore_index)
     position = 0
-    bar = tqdm(loader, desc=description, disable=not (progress and context.is_main), leave=False)
+    shown = progress and context.is_main
+    bar = tqdm(loader, desc=description, disable=None if shown else True, leave=False)  # None: tty
     for images, labels in bar:
         groups = (
             [(images, labels)]
