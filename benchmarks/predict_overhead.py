@@ -16,9 +16,12 @@ at 480x360, the stages of one frame, each timed: normalise into an NCHW tensor (
 - ``cells``: ``upsampled_class_ids`` now (the ``Predictor``'s tail): the same cells, their
   values one matrix product of corners and bilinear weights, and the arg-max a running
   maximum over the classes;
-- ``confidence``: the tail of ``--save confidence`` and ``--min-confidence``
-  (``Predictor.class_ids_and_confidence``): every logit resized as ``interp`` does, then the
-  arg-max and the winning class's probability (``winning_class``);
+- ``conf-interp``: the first tail of ``--save confidence`` and ``--min-confidence``: every
+  logit resized as ``interp`` does, then the arg-max and the winning class's probability
+  (``winning_class``);
+- ``confidence``: that tail now (``upsampled_winning_class``, which
+  ``Predictor.class_ids_and_confidence`` runs): the logits resized as ``opencv`` does, the
+  arg-max and the probability over the contiguous class axis;
 - ``smooth``: the tail of ``--smooth 0.5`` (``ddrnet.engine.temporal``): the optical flow
   from the previous frame, the running log-probabilities carried along it and blended with
   the frame's, then ``cells`` on the result (its class ids differ from the others' by
@@ -60,6 +63,7 @@ from ddrnet.engine.inference import (
     class_ids_by_opencv,
     class_indices,
     upsampled_class_ids,
+    upsampled_winning_class,
     winning_class,
 )
 from ddrnet.engine.predictor import Predictor, image_batch
@@ -112,10 +116,14 @@ def lerp_cells_tail(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     return torch.from_numpy(np.ascontiguousarray(ids)[None]).long()
 
 
-def confidence_tail(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def conf_interp_tail(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     full = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
     ids, _ = winning_class(full, logits=True)
     return ids
+
+
+def confidence_tail(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return upsampled_winning_class(logits, size)[0]
 
 
 def smooth_tail(
@@ -130,6 +138,7 @@ TAILS: dict[str, Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]] = {
     "opencv": class_ids_by_opencv,
     "lerp-cells": lerp_cells_tail,
     "cells": upsampled_class_ids,
+    "conf-interp": conf_interp_tail,
     "confidence": confidence_tail,
     "smooth": upsampled_class_ids,  # with a smoother: see main()
 }

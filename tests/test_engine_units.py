@@ -258,6 +258,30 @@ def test_upsampled_class_ids_is_argmax_of_the_bilinear_resize(low, high) -> None
     assert not upsampled_class_ids(logits[:, :1], high).any()  # one class: all zeros
 
 
+@pytest.mark.parametrize("low, high", [((45, 60), (360, 480)), ((46, 61), (361, 479))])
+def test_upsampled_winning_class_is_the_softmax_of_the_bilinear_resize(low, high) -> None:
+    """The confidence tail: ids as ``upsampled_class_ids``'s reference, and the winning
+    class's probability as the softmax of the float64 resize gives it."""
+    from ddrnet.engine.inference import upsampled_winning_class
+
+    logits = 4 * torch.randn(2, 11, *low, generator=torch.Generator().manual_seed(1))
+    ids, confidence = upsampled_winning_class(logits, high)
+    exact = F.interpolate(logits.double(), size=high, mode="bilinear", align_corners=False)
+    probabilities = exact.softmax(dim=1)
+    best = probabilities.max(dim=1)
+    assert ids.shape == confidence.shape == (2, *high) and ids.dtype == torch.int64
+    assert confidence.dtype == torch.float32
+    differ = ids != best.indices
+    assert differ.float().mean() < 1e-4
+    assert torch.allclose(confidence.double(), best.values, atol=1e-5)
+    assert float(confidence.min()) >= 1 / 11 - 1e-6 and float(confidence.max()) <= 1 + 1e-6
+    # The Predictor's confidence maps go through it: one class everywhere is certain.
+    certain = torch.zeros(1, 3, *low)
+    certain[:, 1] = 50.0
+    ids, confidence = upsampled_winning_class(certain, high)
+    assert bool((ids == 1).all()) and torch.allclose(confidence, torch.ones_like(confidence))
+
+
 def test_upsampled_class_ids_of_a_real_frame_match_pytorchs_resize(camvid_root) -> None:
     """The bundled model's logits of a CamVid val frame (smooth, so most cells between four
     logit pixels share one class and are filled without interpolating): the same ids as

@@ -27,6 +27,7 @@ from ddrnet.engine.inference import (
     segment_logits,
     to_fast_layout,
     upsampled_class_ids,
+    upsampled_winning_class,
     winning_class,
 )
 from ddrnet.engine.temporal import TemporalSmoother
@@ -303,6 +304,7 @@ class Predictor:
         scores = self.scores(images)
         return scores.softmax(dim=1) if self.single_pass else scores
 
+    @torch.no_grad()
     def class_ids_and_confidence(
         self, images: torch.Tensor, smoother: TemporalSmoother | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,11 +312,15 @@ class Predictor:
         W)`` float32 confidence (the winning class's probability, 0..1), at input
         resolution, on the device; ids below ``min_confidence`` are ``unknown``. With
         ``smoother``: as ``class_ids``."""
-        if smoother is not None:
-            smoothed = self._smoothed(images, smoother, full_size=True)
-            ids, confidence = winning_class(smoothed, logits=True)
-        else:
-            ids, confidence = winning_class(self.scores(images), logits=self.single_pass)
+        size = tuple(images.shape[-2:])
+        if smoother is not None:  # log-probabilities, at 1/8 for a plain pass
+            ids, confidence = upsampled_winning_class(self._smoothed(images, smoother), size)
+        elif self.single_pass:
+            with autocast(self.device, self.amp_dtype):
+                logits = self.model(self.preprocess(images))
+            ids, confidence = upsampled_winning_class(logits.float(), size)
+        else:  # averaged probabilities at input resolution
+            ids, confidence = winning_class(self.scores(images), logits=False)
         if self.min_confidence is not None:
             mark_unknown(ids, confidence, self.min_confidence, self.unknown)
         return ids, confidence
