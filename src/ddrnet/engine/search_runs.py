@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import sys
 import time
@@ -34,7 +35,6 @@ from ddrnet.errors import DDRNetError, UsageError
 
 logger = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.5  # how often the search looks for finished children
 STOP_GRACE_SECONDS = 5.0  # for children to end on their own after the search stops
 
 
@@ -59,9 +59,7 @@ class InlineRuns:
 
     def start(self, config: Config) -> None:
         """Train ``config``'s run (``train.output_dir``), resuming what a kill left."""
-        run = Path(config.train.output_dir)
-        train(config, resume=(run / LAST).is_file())
-        self._done.append(run)
+        self._done.append(_train_run(config))
 
     def wait(self) -> list[Path]:
         done, self._done = self._done, []
@@ -111,11 +109,8 @@ class ParallelRuns:
         """Block until one run or more has ended; their folders. A run that failed raises:
         ``UsageError`` with the child's one line for a problem with the input, else
         ``RuntimeError`` naming the log that holds the traceback."""
-        while True:
-            ended = [run for run, child in self._children.items() if not child.is_alive()]
-            if ended:
-                break
-            time.sleep(POLL_SECONDS)
+        sentinels = {child.sentinel: run for run, child in self._children.items()}
+        ended = [sentinels[ready] for ready in multiprocessing.connection.wait(list(sentinels))]
         for run in ended:
             child = self._children.pop(run)
             child.join()
@@ -134,6 +129,13 @@ class ParallelRuns:
                 child.terminate()
                 child.join()
         self._children.clear()
+
+
+def _train_run(config: Config) -> Path:
+    """Train ``config``'s run (``train.output_dir``), resuming what a kill left; its folder."""
+    run = Path(config.train.output_dir)
+    train(config, resume=(run / LAST).is_file())
+    return run
 
 
 def _log_path(run: Path) -> Path:
@@ -175,7 +177,7 @@ def _train_in_child(config: Config, log: str, error: str) -> None:
     _end_with_parent()
     run = Path(config.train.output_dir)
     try:
-        train(config, resume=(run / LAST).is_file())
+        _train_run(config)
     except DDRNetError as problem:
         Path(error).write_text(f"{run}: {problem}\n")
         sys.exit(2)
